@@ -1,0 +1,50 @@
+"""PostgreSQL access shared by the CLI, services and jobs: connections and migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+from reco.settings import Settings
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# Serialises concurrent `reco db migrate` runs (any constant works; this one spells "reco").
+_MIGRATION_LOCK_ID = 0x7265636F
+
+
+@contextmanager
+def connect(settings: Settings, database: str | None = None) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(settings.pg_url(database or settings.pg_database)) as conn:
+        yield conn
+
+
+def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
+    """Ordered migrations: files named NNN_description.sql."""
+    return sorted(p for p in sql_dir.glob("*.sql") if p.name[:3].isdigit())
+
+
+def migrate(settings: Settings, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; returns those applied."""
+    applied: list[str] = []
+    with connect(settings) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_ID,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            conn.commit()
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for path in migration_files(sql_dir):
+                if path.stem in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(path.read_text())
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
+                applied.append(path.stem)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_ID,))
+    return applied

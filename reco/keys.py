@@ -1,0 +1,74 @@
+"""Every Redis key the platform uses, built here and nowhere else.
+
+Each key names one user or one item (or one global structure), so no command or script
+ever spans keys of different users or items and the layout works on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+# Global structures
+ITEM_POPULARITY = "item:popularity"
+ITEM_NEW_ARRIVALS = "item:new"  # sorted set: item -> created_at epoch seconds
+MODEL_VERSIONS = "model:versions"  # hash: model name -> active published version
+
+
+def user_recent(user_id: str) -> str:
+    """List of distinct recent item ids, newest first."""
+    return f"user:recent:{user_id}"
+
+
+def user_recent_times(user_id: str) -> str:
+    """Hash item id -> epoch seconds the user last touched it (recency signal, co-view window)."""
+    return f"user:recent_ts:{user_id}"
+
+
+def co_view(item_id: str) -> str:
+    return f"co_view:{item_id}"
+
+
+def item_meta(item_id: str) -> str:
+    """Hash with the catalogue fields business rules need: category, price, in_stock, created_at."""
+    return f"item:meta:{item_id}"
+
+
+def category_popularity(category: str) -> str:
+    return f"item:popularity:cat:{category}"
+
+
+def trending_bucket(bucket_start_s: int) -> str:
+    """Sorted set of weighted counts for one time bucket; the last hour is the union of buckets."""
+    return f"item:trending:{bucket_start_s}"
+
+
+def item_knn(item_id: str, version: str) -> str:
+    """Embedding neighbours of one item in one published Item2Vec version."""
+    return f"item:knn:{version}:{item_id}"
+
+
+def item_cf_neighbours(item_id: str, version: str) -> str:
+    """ALS item-item neighbours in one published ALS version."""
+    return f"item:cf:{version}:{item_id}"
+
+
+def user_cf(user_id: str, version: str) -> str:
+    """ALS candidates for one user in one published ALS version."""
+    return f"user:cf:{version}:{user_id}"
+
+
+def reco_cache(user_id: str, variant: str = "") -> str:
+    """Cached response; `variant` encodes the request parameters that change the answer."""
+    return f"cache:reco:{user_id}" + (f":{variant}" if variant else "")
+
+
+def event_seen(event_id: str) -> str:
+    """Marker that the processor has applied an event (dedup of redeliveries)."""
+    return f"event:seen:{event_id}"
+
+
+def version_prefix(kind: str, version: str) -> str:
+    """Pattern matching every key of one published version, for cleanup with SCAN."""
+    return {
+        "knn": f"item:knn:{version}:*",
+        "cf_item": f"item:cf:{version}:*",
+        "cf_user": f"user:cf:{version}:*",
+    }[kind]
