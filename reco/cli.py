@@ -1,0 +1,15 @@
+"""`reco`: the platform's command-line tool. Commands only wire plain functions."""
+
+from __future__ import annotations
+
+import typer
+
+from reco.commands import db, run, stack
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app.add_typer(db.app, name="db")
+app.add_typer(run.app, name="run")
+stack.register(app)
+
+if __name__ == "__main__":
+    app()
