@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     airflow_port: int = 8088
     prometheus_port: int = 9090
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    processor_metrics_port: int = 9101
+    archiver_metrics_port: int = 9102
+    # Shared by Airflow's API server and scheduler to sign task tokens.
+    airflow_secret: str = _LOCAL_SECRET
 
     # Events
     event_weights: dict[str, float] = Field(
@@ -64,7 +68,9 @@ class Settings(BaseSettings):
     recent_ttl_s: int = 24 * 3600
     popularity_half_life_h: float = 24.0
     # Forward decay landmark (epoch seconds): scores are stored as w*2^((t-L)/half_life).
-    popularity_landmark_s: float = 1_700_000_000.0
+    # Doubles limit event times to ~1,000 half-lives after it (see reco/features.py): 1.79e9 is
+    # 2026-09-20, good until ~2029-06 with a 24h half-life (1.7e9 overflowed from 2026-08).
+    popularity_landmark_s: float = 1_790_000_000.0
     coview_max: int = 200
     coview_ttl_s: int = 7 * 24 * 3600
     coview_window_s: int = 30 * 60
@@ -73,6 +79,10 @@ class Settings(BaseSettings):
     trending_bucket_s: int = 60
     dedup_ttl_s: int = 7 * 24 * 3600
     consumer_batch_max: int = 500
+    consumer_backoff_max_s: float = 30.0  # ceiling of the retry backoff when a store is down
+    # Ingest: how long to wait for the broker's ack before answering 503, and the Retry-After
+    ingest_ack_timeout_s: float = 5.0
+    ingest_retry_after_s: int = 5
 
     # Offline lists
     knn_size: int = 100
@@ -92,6 +102,13 @@ class Settings(BaseSettings):
     freshness_days: int = 14
     cache_ttl_s: int = 300
     popular_snapshot_refresh_s: float = 5.0
+    # Recommendation API (issue 4)
+    reco_popular_filler_n: int = 200  # popular items added as candidates to fill thin lists
+    reco_recency_half_life_s: float = 6 * 3600.0  # recency signal: weight halves per this age
+    popular_snapshot_size: int = 20_000  # top items held in process; others score popularity 0
+    catalog_reload_s: float = 300.0  # full item-metadata reload even without a version bump
+    reco_redis_timeout_s: float = 0.25  # per command; a slow store degrades to fallback
+    reco_redis_retry_s: float = 1.0  # after a store error, serve fallback this long before retrying
 
     # Batch / training
     engine: Literal["local", "spark"] = "local"
@@ -99,6 +116,15 @@ class Settings(BaseSettings):
     spark_master: str = "local[2]"
     spark_driver_memory: str = "2g"
     gate_tolerance: float = 0.02
+    # Offline pipeline (issue 5): hyperparameter defaults live in spark_jobs' *Params dataclasses.
+    offline_dir: Path | None = None  # run folders; default state_dir / "offline"
+    spark_jars_dir: Path | None = None  # JDBC driver jar cache; default state_dir / "jars"
+    train_window_days: int = 30
+    recency_half_life_days: float = 30.0
+    jdbc_partitions: int = 4
+    eval_k: int = 10
+    publish_batch: int = 5000
+    publish_grace_s: int = 3600  # previous version stays readable this long after a switch
 
     @property
     def database_url(self) -> str:
@@ -118,8 +144,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_local_secrets_in_production(self) -> Settings:
-        if self.env == "production" and self.pg_password in ("reco", _LOCAL_SECRET):
-            raise ValueError("RECO_PG_PASSWORD must be set to a real secret when RECO_ENV=production")
+        if self.env == "production":
+            for name in ("pg_password", "airflow_secret"):
+                if getattr(self, name) in ("reco", _LOCAL_SECRET):
+                    raise ValueError(
+                        f"RECO_{name.upper()} must be set to a real secret when RECO_ENV=production"
+                    )
         unknown = set(self.event_weights) - {"view", "click", "cart", "purchase"}
         if unknown:
             raise ValueError(f"RECO_EVENT_WEIGHTS has unknown event types: {sorted(unknown)}")

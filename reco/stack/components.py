@@ -1,0 +1,205 @@
+"""The components of the local stack: what each runs, how it is prepared, how it is probed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reco import db
+from reco.settings import Settings
+from reco.stack import servers
+from reco.stack.health import http_ok, tcp_open
+from reco.topics import ensure_topics, platform_topics
+
+
+@dataclass(frozen=True)
+class Component:
+    """One supervised process of the stack."""
+
+    name: str
+    command: list[str]
+    health: Callable[[], bool]
+    url: str | None = None
+    prepare: Callable[[], None] | None = None  # one-time set-up before the first start
+    ready: Callable[[], None] | None = None  # runs once it is healthy (databases, topics)
+    startup_timeout_s: float = 60.0
+    group: str = "infra"  # "infra" (third-party servers) or "app" (the project's processes)
+
+
+@dataclass
+class StackPaths:
+    root: Path
+    logs: Path = field(init=False)
+    jars: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
+        self.logs = self.root / "logs"
+        self.jars = self.root / "jars"
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Airflow configuration for every Airflow process (and `airflow` CLI calls)."""
+    home = settings.state_dir.resolve() / "airflow"
+    api = f"http://127.0.0.1:{settings.airflow_port}"
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(servers.REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.pg_url(
+            settings.pg_airflow_database, driver="postgresql+psycopg2"),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__API__BASE_URL": api,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__SECRET_KEY": settings.airflow_secret,
+        "AIRFLOW__API_AUTH__JWT_SECRET": settings.airflow_secret,
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "PYTHONPATH": str(servers.REPO_ROOT),
+        "NO_PROXY": "*",
+    }
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    """Environment every supervised process inherits: RECO_* (as given) plus Airflow's."""
+    env = dict(os.environ)
+    env.update(airflow_env(settings))
+    env["RECO_STATE_DIR"] = str(settings.state_dir.resolve())
+    env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    return env
+
+
+def _reco(*args: str) -> list[str]:
+    return [servers.venv_bin("reco"), *args]
+
+
+def build_components(settings: Settings) -> list[Component]:
+    """Components in start order; `reco down` stops them in reverse."""
+    paths = StackPaths(settings.state_dir)
+    pg_data = paths.root / "postgres"
+    kafka_data = paths.root / "kafka"
+    host = "127.0.0.1"
+
+    def pg_ready() -> None:
+        servers.ensure_databases(
+            settings.pg_port, settings.pg_user, settings.pg_password,
+            [settings.pg_database, settings.pg_mlflow_database, settings.pg_airflow_database],
+        )
+        db.migrate(settings)
+
+    def kafka_ready() -> None:
+        asyncio.run(ensure_topics(settings.kafka_bootstrap, platform_topics(settings)))
+
+    def airflow_prepare() -> None:
+        result = subprocess.run(
+            [servers.venv_bin("airflow"), "db", "migrate"],
+            env={**os.environ, **airflow_env(settings)}, capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise servers.ServerSetupError(f"airflow db migrate failed:\n{result.stderr[-3000:]}")
+
+    mlflow_artifacts = paths.root / "mlflow" / "artifacts"
+    airflow = servers.venv_bin("airflow")
+    return [
+        Component(
+            "postgres", servers.postgres_command(pg_data, settings.pg_port),
+            health=lambda: tcp_open(host, settings.pg_port),
+            url=f"postgresql://{host}:{settings.pg_port}/{settings.pg_database}",
+            prepare=lambda: servers.prepare_postgres(pg_data), ready=pg_ready,
+        ),
+        Component(
+            "redis", servers.redis_command(paths.root / "redis", _redis_port(settings)),
+            health=lambda: tcp_open(host, _redis_port(settings)),
+            url=f"redis://{host}:{_redis_port(settings)}",
+        ),
+        Component(
+            "kafka", servers.kafka_command(paths.jars, kafka_data / "server.properties"),
+            health=lambda: tcp_open(host, _kafka_port(settings)),
+            url=f"kafka://{settings.kafka_bootstrap}",
+            prepare=lambda: servers.prepare_kafka(
+                paths.jars, kafka_data, _kafka_port(settings), _kafka_port(settings) + 1),
+            ready=kafka_ready, startup_timeout_s=90,
+        ),
+        Component(
+            "mlflow",
+            [servers.venv_bin("mlflow"), "server",
+             "--backend-store-uri", settings.pg_url(settings.pg_mlflow_database,
+                                                    driver="postgresql+psycopg2"),
+             "--artifacts-destination", str(mlflow_artifacts),
+             "--host", host, "--port", str(settings.mlflow_port), "--workers", "1"],
+            health=lambda: http_ok(f"http://{host}:{settings.mlflow_port}/health"),
+            url=f"http://{host}:{settings.mlflow_port}", startup_timeout_s=120,
+        ),
+        Component(
+            "airflow-api-server", [airflow, "api-server"],
+            health=lambda: http_ok(f"http://{host}:{settings.airflow_port}/api/v2/monitor/health"),
+            url=f"http://{host}:{settings.airflow_port}",
+            prepare=airflow_prepare, startup_timeout_s=180,
+        ),
+        Component(
+            "airflow-scheduler", [airflow, "scheduler"],
+            health=lambda: _airflow_component_healthy(settings, "scheduler"),
+            startup_timeout_s=120,
+        ),
+        Component(
+            "airflow-dag-processor", [airflow, "dag-processor"],
+            health=lambda: _airflow_component_healthy(settings, "dag_processor"),
+            startup_timeout_s=120,
+        ),
+        *app_components(settings),
+    ]
+
+
+def app_components(settings: Settings) -> list[Component]:
+    """The project's own processes, started once the infrastructure is healthy."""
+    host = "127.0.0.1"
+    ingest = f"http://{host}:{settings.ingest_port}"
+    reco = f"http://{host}:{settings.reco_port}"
+    wanted = [
+        ("ingest", "serving/ingest.py", _reco("run", "ingest"),
+         lambda: http_ok(f"{ingest}/health"), f"{ingest}/docs"),
+        ("recommendations", "serving/recommendations.py", _reco("run", "recommendations"),
+         lambda: http_ok(f"{reco}/health"), f"{reco}/docs"),
+        ("processor", "streaming/processor.py", _reco("run", "processor"),
+         lambda: tcp_open(host, settings.processor_metrics_port),
+         f"http://{host}:{settings.processor_metrics_port}/metrics"),
+        ("archiver", "streaming/archiver.py", _reco("run", "archiver"),
+         lambda: tcp_open(host, settings.archiver_metrics_port),
+         f"http://{host}:{settings.archiver_metrics_port}/metrics"),
+    ]
+    return [
+        Component(name, cmd, health=health, url=url, group="app")
+        for name, module, cmd, health, url in wanted
+        if (servers.REPO_ROOT / module).exists()
+    ]
+
+
+def _airflow_component_healthy(settings: Settings, component: str) -> bool:
+    import httpx
+
+    try:
+        body = httpx.get(
+            f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health", timeout=2
+        ).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return body.get(component, {}).get("status") == "healthy"
+
+
+def _redis_port(settings: Settings) -> int:
+    from urllib.parse import urlparse
+
+    return urlparse(settings.redis_url).port or 6379
+
+
+def _kafka_port(settings: Settings) -> int:
+    return int(settings.kafka_bootstrap.rsplit(":", 1)[1])

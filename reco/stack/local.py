@@ -1,0 +1,97 @@
+"""`reco up/down/status/logs`: the local stack as plain functions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+
+from reco.settings import Settings
+from reco.stack.components import Component, build_components, process_env
+from reco.stack.health import wait_until
+from reco.stack.supervisor import Supervisor
+
+
+class ComponentFailed(RuntimeError):
+    """A component did not become healthy; the message carries the tail of its log."""
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    state: str
+    healthy: bool
+    url: str | None
+    uptime_s: int | None
+
+
+def up(settings: Settings, console: Console, only: set[str] | None = None) -> list[Component]:
+    """Start every component in order and wait for each to be healthy; harmless if running."""
+    components = build_components(settings)
+    supervisor = Supervisor(settings.state_dir)
+    supervisor.write_config(components)
+    supervisor.start_daemon(process_env(settings))
+    for component in components:
+        if only is not None and component.name not in only:
+            continue
+        _bring_up(component, supervisor, console)
+    return components
+
+
+def _bring_up(component: Component, supervisor: Supervisor, console: Console) -> None:
+    started = time.monotonic()
+    with console.status(f"[bold]{component.name}[/]: preparing"):
+        if not supervisor.is_running(component.name) and component.prepare is not None:
+            try:
+                component.prepare()
+            except Exception as exc:  # report any set-up failure with its reason
+                raise ComponentFailed(f"{component.name}: set-up failed: {exc}") from exc
+    with console.status(f"[bold]{component.name}[/]: starting, waiting until healthy"):
+        supervisor.start(component.name)
+        healthy = wait_until(
+            component.health, component.startup_timeout_s, interval_s=0.5,
+            alive=lambda: supervisor.info(component.name)["statename"] not in ("FATAL", "EXITED"),
+        )
+    if not healthy:
+        state = supervisor.info(component.name)["statename"]
+        raise ComponentFailed(
+            f"{component.name} is not healthy after {component.startup_timeout_s:.0f}s "
+            f"(process state {state}). Last lines of {supervisor.log_path(component.name)}:\n"
+            + supervisor.tail(component.name, 40)
+        )
+    if component.ready is not None:
+        with console.status(f"[bold]{component.name}[/]: initialising"):
+            component.ready()
+    console.print(
+        f"[green]✓[/] {component.name:<22} {time.monotonic() - started:5.1f}s  {component.url or ''}"
+    )
+
+
+def down(settings: Settings) -> None:
+    """Stop every component (reverse order) and the process runner itself."""
+    Supervisor(settings.state_dir).shutdown()
+
+
+def status(settings: Settings) -> list[ComponentStatus]:
+    supervisor = Supervisor(settings.state_dir)
+    info = supervisor.all_info()
+    rows = []
+    for component in build_components(settings):
+        proc = info.get(component.name)
+        state = proc["statename"] if proc else "STOPPED"
+        running = state == "RUNNING"
+        rows.append(ComponentStatus(
+            name=component.name, state=state, healthy=running and component.health(),
+            url=component.url,
+            uptime_s=(proc["now"] - proc["start"]) if running else None,
+        ))
+    return rows
+
+
+def logs(settings: Settings, name: str, lines: int) -> str:
+    supervisor = Supervisor(settings.state_dir)
+    known = {c.name for c in build_components(settings)} | {"supervisord"}
+    if name not in known:
+        raise KeyError(f"unknown component {name!r}; one of: {', '.join(sorted(known))}")
+    return supervisor.tail(name, lines)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the local stack needs, only those that are missing.
+set -euo pipefail
+
+declare -A needs=(
+  [python3]=python3
+  [java]=openjdk-17-jre-headless
+  [mvn]=maven
+  [redis-server]=redis-server
+  [prometheus]=prometheus
+  [promtool]=prometheus
+  [runuser]=util-linux
+)
+missing=()
+for cmd in "${!needs[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${needs[$cmd]}")
+done
+# PostgreSQL's server binaries live outside PATH.
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+echo "installing system packages: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Debian starts packaged servers as services where it can; the stack runs its own copies.
+for svc in redis-server postgresql prometheus; do
+  $sudo service "$svc" stop >/dev/null 2>&1 || true
+done
