@@ -10,6 +10,10 @@ from __future__ import annotations
 ITEM_POPULARITY = "item:popularity"
 ITEM_NEW_ARRIVALS = "item:new"  # sorted set: item -> created_at epoch seconds
 MODEL_VERSIONS = "model:versions"  # hash: model name -> active published version
+# Counter that writers of item:meta:* INCR after a change, so servers reload their catalogue.
+ITEM_META_VERSION = "item:meta:version"
+ITEM_META_PATTERN = "item:meta:*"  # SCAN pattern for the catalogue reload
+MODEL_PUBLISHED_AT = "model:published_at"  # hash: model name -> publish epoch seconds
 
 
 def user_recent(user_id: str) -> str:

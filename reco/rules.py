@@ -1,0 +1,70 @@
+"""Business rules applied to ranked candidates: hard filters, freshness boost, category diversity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from reco.catalog import UNKNOWN_CATEGORY, Catalog, ItemsMeta
+
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What one request asks to keep; unknown metadata never passes an explicit filter."""
+
+    exclude_seen: bool = True
+    category: str | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+
+
+def eligible(meta: ItemsMeta, catalog: Catalog, filters: Filters) -> np.ndarray:
+    """Mask of items that may be shown: in stock, in the asked category and price range."""
+    mask = meta.in_stock.copy()
+    code = catalog.code_of(filters.category)
+    if code is not None:
+        mask &= meta.category == code
+    # NaN comparisons are False, so items without a known price drop out of a price filter.
+    if filters.min_price is not None:
+        mask &= meta.price >= filters.min_price
+    if filters.max_price is not None:
+        mask &= meta.price <= filters.max_price
+    return mask
+
+
+def freshness(meta: ItemsMeta, now: float, days: float) -> np.ndarray:
+    """1.0 for items created within the last `days`, else 0.0 (unknown creation time: 0)."""
+    age = now - meta.created_at
+    with np.errstate(invalid="ignore"):
+        return ((age >= 0) & (age <= days * DAY_S)).astype(np.float64)
+
+
+def diversify(order: np.ndarray, category: np.ndarray, k: int, max_share: float) -> np.ndarray:
+    """Greedy re-rank: the best items such that no category fills more than `max_share` of k.
+
+    Items of a full category are deferred, not dropped: they fill the list only when too few
+    other items remain (a short list would be worse for the shop than a capped share).
+    Items without a known category are never capped.
+    """
+    if max_share >= 1.0 or len(order) <= 1:
+        return order[:k]
+    cap = max(1, math.floor(max_share * k))
+    counts: dict[int, int] = {}
+    chosen: list[int] = []
+    deferred: list[int] = []
+    for pos in order.tolist():
+        cat = int(category[pos])
+        if cat != UNKNOWN_CATEGORY and counts.get(cat, 0) >= cap:
+            deferred.append(pos)
+            continue
+        counts[cat] = counts.get(cat, 0) + 1
+        chosen.append(pos)
+        if len(chosen) == k:
+            break
+    if len(chosen) < k:
+        chosen.extend(deferred[: k - len(chosen)])
+    return np.asarray(chosen, dtype=np.int64)

@@ -1,0 +1,135 @@
+"""What one recommendation request does: cache check, feature reads, ranking, response bytes.
+
+Routes stay thin; this module holds the request flow, and `reco.ranking` holds the maths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import astuple, dataclass
+
+import orjson
+
+from reco.catalog import Popularity
+from reco.ranking import RankConfig, Ranking, ScoredItem, UserFeatures, rank, similar_items
+from reco.rules import Filters
+from reco.settings import Settings
+from serving import reco_metrics as metrics
+from serving.reco_snapshots import GlobalSignals
+from serving.reco_store import FeatureStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+CACHED_FALSE, CACHED_TRUE = b'"cached":false}', b'"cached":true}'
+
+
+@dataclass(frozen=True)
+class RecoParams:
+    user_id: str
+    k: int = 20
+    exclude_seen: bool = True
+    category: str | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+    explain: bool = False
+
+    def variant(self) -> str:
+        """Short stable hash of every parameter that changes the answer (not the user)."""
+        return hashlib.blake2b(repr(astuple(self)[1:]).encode(), digest_size=8).hexdigest()
+
+    @property
+    def filters(self) -> Filters:
+        return Filters(self.exclude_seen, self.category, self.min_price, self.max_price)
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: bytes
+    strategy: str
+    cache_entry: bytes | None = None  # what to store under the cache key, if anything
+
+
+class RecoService:
+    def __init__(self, settings: Settings, store: FeatureStore, signals: GlobalSignals) -> None:
+        self.settings = settings
+        self.store = store
+        self.signals = signals
+        self.config = RankConfig.from_settings(settings)
+        self.with_item_cf = settings.w_cf > 0  # ALS item lists only matter with a CF weight
+
+    def recommend(self, p: RecoParams) -> Answer:
+        variant = p.variant()
+        try:
+            first = self.store.first_read(p.user_id, variant)
+        except StoreUnavailable:
+            return self.fallback(p)
+        head = first.recent[0].encode() if first.recent else b""
+        versions_sig = orjson.dumps(first.versions, option=orjson.OPT_SORT_KEYS)
+        if first.cached:
+            cached_head, cached_versions, body = first.cached.split(b"\n", 2)
+            # A new event moves a different item to the head; a model switch changes versions.
+            if cached_head == head and cached_versions == versions_sig:
+                metrics.CACHE_HITS.inc()
+                return Answer(body, "cached")
+        metrics.CACHE_MISSES.inc()
+        sources = first.recent[: self.config.recent_n]
+        try:
+            features = self.store.user_features(
+                p.user_id, first.recent, sources, first.versions, self.config.neighbours_n,
+                self.with_item_cf)
+        except StoreUnavailable:
+            return self.fallback(p)
+        ranking = rank(features, self.signals.popularity, self.signals.catalog, self.config,
+                       p.filters, p.k)
+        body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
+        entry = head + b"\n" + versions_sig + b"\n" + body[: -len(CACHED_FALSE)] + CACHED_TRUE
+        return Answer(body, ranking.strategy, entry)
+
+    def fallback(self, p: RecoParams) -> Answer:
+        """Popular items from the in-process snapshot: the shop still gets a list."""
+        metrics.FALLBACKS.labels(endpoint="recommendations").inc()
+        log.warning("serving fallback recommendations to user %s", p.user_id)
+        ranking = self.popular_ranking(p.filters, p.k)
+        return Answer(render(p, "fallback", ranking.items, {}, p.explain), "fallback")
+
+    def popular_ranking(self, filters: Filters, k: int) -> Ranking:
+        features = UserFeatures([], {}, time.time())
+        return rank(features, self.signals.popularity, self.signals.catalog, self.config,
+                    filters, k)
+
+    def popular(self, k: int, category: str | None) -> list[dict]:
+        """Top popular items (in stock, optional category), score relative to the global top."""
+        pop: Popularity = self.signals.popularity
+        top = float(pop.scores[0]) if len(pop.scores) else 0.0
+        items = self.popular_ranking(Filters(exclude_seen=False, category=category), k).items
+        scores = pop.scores_of([i.item_id for i in items])
+        return [{"item_id": i.item_id, "score": round(float(s) / top, 6) if top > 0 else 0.0}
+                for i, s in zip(items, scores, strict=True)]
+
+    def similar(self, item_id: str, k: int) -> tuple[list[dict], dict[str, str]]:
+        coview, knn, versions = self.store.item_lists(item_id, self.config.neighbours_n)
+        items = similar_items(item_id, coview, knn, self.signals.catalog, self.config, k)
+        return [_item_json(i, explain=False) for i in items], versions
+
+
+def render(p: RecoParams, strategy: str, items: list[ScoredItem], versions: dict[str, str],
+           explain: bool) -> bytes:
+    """Response bytes; "cached" is the last key so a cache entry can flip it without parsing."""
+    return orjson.dumps({
+        "user_id": p.user_id, "strategy": strategy,
+        "items": [_item_json(i, explain) for i in items],
+        "model_versions": versions, "cached": False,
+    })
+
+
+def _item_json(item: ScoredItem, explain: bool) -> dict:
+    out: dict = {"item_id": item.item_id, "score": round(item.score, 6)}
+    if explain:
+        out["reasons"] = {
+            "signals": {name: round(v, 6) for name, v in item.contributions.items()},
+            "source_item": item.source_item,
+            "because": (f"because you viewed {item.source_item}" if item.source_item
+                        else "popular right now"),
+        }
+    return out

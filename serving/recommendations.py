@@ -1,0 +1,144 @@
+"""Recommendation API (port 8081): routes validate, call `RecoService`, and map errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import uvicorn
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
+
+from reco.settings import Settings
+from serving import reco_metrics as metrics
+from serving.reco_service import RecoParams, RecoService
+from serving.reco_snapshots import GlobalSignals
+from serving.reco_store import FeatureStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+JSON = "application/json"
+ID_PATTERN = r"^[!-~]+$"  # printable, no whitespace (the event contract's identifiers)
+
+UserId = Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)]
+K = Annotated[int, Query(ge=1, le=100)]
+Category = Annotated[str | None, Query(min_length=1, max_length=128)]
+Price = Annotated[float | None, Query(ge=0, allow_inf_nan=False)]
+
+
+class ParamError(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        self.field, self.reason = field, reason
+
+
+def reco_params(user_id: UserId, k: K = 20, exclude_seen: bool = True,
+                category: Category = None, min_price: Price = None,
+                max_price: Price = None, explain: bool = False) -> RecoParams:
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise ParamError("min_price", f"must not exceed max_price ({max_price:g})")
+    return RecoParams(user_id, k, exclude_seen, category, min_price, max_price, explain)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    store = FeatureStore(settings.redis_url, settings.reco_redis_timeout_s,
+                         settings.reco_redis_retry_s)
+    signals = GlobalSignals(settings)
+    service = RecoService(settings, store, signals)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        signals.start()
+        try:
+            yield
+        finally:
+            signals.stop()
+            store.close()
+
+    app = FastAPI(title="reco recommendations", lifespan=lifespan)
+    app.state.service = service
+    hist = {e: metrics.LATENCY.labels(endpoint=e) for e in ("recommendations", "popular",
+                                                            "similar")}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"field": _field(e["loc"]), "reason": e["msg"].removeprefix("Value error, ")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(ParamError)
+    async def _bad_param(_: Request, exc: ParamError) -> JSONResponse:
+        return JSONResponse({"detail": [{"field": exc.field, "reason": exc.reason}]},
+                            status_code=422)
+
+    # Routes are `async def` on purpose: the feature reads are sub-millisecond blocking calls
+    # (see serving/reco_store.py) and a threadpool hop would cost more than it frees.
+    @app.get("/recommendations")
+    async def recommendations(p: Annotated[RecoParams, Depends(reco_params)]) -> Response:
+        start = time.perf_counter()
+        answer = service.recommend(p)
+        task = None
+        if answer.cache_entry is not None:
+            entry, variant = answer.cache_entry, p.variant()
+
+            async def write_cache() -> None:
+                store.write_cache(p.user_id, variant, entry, settings.cache_ttl_s)
+
+            task = BackgroundTask(write_cache)
+        metrics.REQUESTS.labels(endpoint="recommendations", strategy=answer.strategy).inc()
+        hist["recommendations"].observe(time.perf_counter() - start)
+        return Response(answer.body, media_type=JSON, background=task)
+
+    @app.get("/popular")
+    async def popular(k: K = 20, category: Category = None) -> Response:
+        start = time.perf_counter()
+        items = service.popular(k, category)
+        metrics.REQUESTS.labels(endpoint="popular", strategy="popular").inc()
+        hist["popular"].observe(time.perf_counter() - start)
+        return JSONResponse({"category": category, "items": items})
+
+    @app.get("/items/{item_id}/similar")
+    async def similar(item_id: Annotated[str, Path(min_length=1, max_length=128,
+                                                   pattern=ID_PATTERN)],
+                      k: K = 20) -> Response:
+        start = time.perf_counter()
+        try:
+            items, versions = service.similar(item_id, k)
+            strategy = "similar"
+        except StoreUnavailable:
+            metrics.FALLBACKS.labels(endpoint="similar").inc()
+            items, versions, strategy = service.popular(k, None), {}, "fallback"
+        metrics.REQUESTS.labels(endpoint="similar", strategy=strategy).inc()
+        hist["similar"].observe(time.perf_counter() - start)
+        return JSONResponse({"item_id": item_id, "strategy": strategy, "items": items,
+                             "model_versions": versions})
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        checks = {"redis": store.ping(), "snapshot": signals.loaded}
+        return JSONResponse({"ready": all(checks.values()), "checks": checks},
+                            status_code=200 if all(checks.values()) else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _field(loc: tuple) -> str:
+    names = [str(p) for p in loc if not isinstance(p, int) and p not in ("query", "path")]
+    return ".".join(names) or "request"
+
+
+def serve(settings: Settings) -> None:
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.reco_port,
+                loop="uvloop", http="httptools", access_log=False, log_level="info")
