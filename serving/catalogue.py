@@ -1,0 +1,115 @@
+"""Catalogue upserts: PostgreSQL `items` (source of truth) and the Redis item metadata.
+
+The recommendation API reads `item:meta:{item_id}` (category, price, in_stock "1"/"0",
+created_at epoch seconds, title) for business rules and `item:new` (item -> created_at) for
+new arrivals. PostgreSQL is written first; Redis mirrors what PostgreSQL holds afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import asyncpg
+import orjson
+import redis.asyncio as aredis
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from reco import keys
+from reco.events import Identifier
+
+Category = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class ItemIn(BaseModel):
+    """Catalogue fields of one item; `created_at` (RFC 3339 / epoch ms) defaults to first upsert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[str, StringConstraints(max_length=512)] | None = None
+    category: Category | None = None
+    price: Annotated[float, Field(ge=0, lt=1e10)] | None = None  # numeric(12, 2)
+    in_stock: bool = True
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _epoch_ms(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class ItemWithId(ItemIn):
+    item_id: Identifier
+
+
+class ItemBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: Annotated[list[ItemWithId], Field(min_length=1, max_length=1000)]
+
+
+# created_at: set on first insert (now() unless given), kept on update unless given again.
+UPSERT_ITEMS = """
+WITH src AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::bool[],
+                         $6::jsonb[], $7::timestamptz[])
+        AS s(item_id, title, category, price, in_stock, attributes, created_at)
+)
+INSERT INTO items AS i (item_id, title, category, price, in_stock, attributes, created_at)
+SELECT item_id, title, category, price, in_stock, attributes, COALESCE(created_at, now())
+FROM src
+ON CONFLICT (item_id) DO UPDATE SET
+    title = EXCLUDED.title, category = EXCLUDED.category, price = EXCLUDED.price,
+    in_stock = EXCLUDED.in_stock, attributes = EXCLUDED.attributes, updated_at = now(),
+    created_at = COALESCE((SELECT s.created_at FROM src s WHERE s.item_id = i.item_id),
+                          i.created_at)
+RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at)
+"""
+
+
+def duplicate_ids(items: Sequence[ItemWithId]) -> list[int]:
+    """Indexes of items whose id already appeared earlier in the batch."""
+    seen: set[str] = set()
+    dupes = []
+    for i, item in enumerate(items):
+        if item.item_id in seen:
+            dupes.append(i)
+        seen.add(item.item_id)
+    return dupes
+
+
+async def upsert_items(
+    pool: asyncpg.Pool, client: aredis.Redis, items: Sequence[ItemWithId]
+) -> list[str]:
+    """Upsert into PostgreSQL, then mirror the stored rows into Redis; returns the item ids."""
+    columns = (
+        [it.item_id for it in items], [it.title for it in items], [it.category for it in items],
+        [it.price for it in items], [it.in_stock for it in items],
+        [orjson.dumps(it.attributes).decode() for it in items], [it.created_at for it in items],
+    )
+    rows = await pool.fetch(UPSERT_ITEMS, *columns)
+    pipe = client.pipeline(transaction=False)
+    for item_id, title, category, price, in_stock, created_at in rows:
+        fields = {"title": title, "category": category,
+                  "price": None if price is None else str(price),
+                  "in_stock": "1" if in_stock else "0", "created_at": repr(float(created_at))}
+        present = {k: v for k, v in fields.items() if v is not None}
+        absent = [k for k, v in fields.items() if v is None]
+        key = keys.item_meta(item_id)
+        pipe.hset(key, mapping=present)
+        if absent:
+            pipe.hdel(key, *absent)
+        pipe.zadd(keys.ITEM_NEW_ARRIVALS, {item_id: float(created_at)})
+    await pipe.execute()
+    return [row[0] for row in rows]

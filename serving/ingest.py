@@ -1,0 +1,182 @@
+"""Event ingest API (port 8080): events to Kafka, catalogue upserts to PostgreSQL + Redis.
+
+Routes only read the body, call the parsing and publishing functions and map their errors:
+422 (field + reason), 413 (body over settings.max_body_bytes), 503 + Retry-After (broker or
+database unavailable). 202 means the broker acknowledged every event of the request.
+Run with `reco run ingest`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as aredis
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from reco.settings import Settings
+from serving import catalogue, ingest_metrics
+from serving.publisher import BrokerUnavailable, Publisher
+from serving.validation import (
+    InvalidInput,
+    PayloadTooLarge,
+    parse_event,
+    parse_event_batch,
+    parse_item,
+    parse_item_batch,
+    read_body,
+    with_path_id,
+)
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(Exception):
+    """PostgreSQL or Redis did not answer (HTTP 503)."""
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
+
+
+class Catalogue:
+    """PostgreSQL pool (opened on first use, so the API starts without it) and Redis client."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = aredis.Redis.from_url(settings.redis_url)
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self._pool is None:
+                try:
+                    self._pool = await asyncpg.create_pool(
+                        self.settings.database_url, min_size=1, max_size=4, timeout=5)
+                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    raise StoreUnavailable(f"PostgreSQL unavailable: {exc!r}") from exc
+            return self._pool
+
+    async def upsert(self, items: list[catalogue.ItemWithId]) -> list[str]:
+        pool = await self.pool()
+        try:
+            return await catalogue.upsert_items(pool, self.redis, items)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                asyncpg.InterfaceError, aredis.ConnectionError, TimeoutError) as exc:
+            raise StoreUnavailable(f"store unavailable: {exc!r}") from exc
+
+    async def check(self) -> bool:
+        try:
+            pool = await self.pool()
+            async with asyncio.timeout(2.0):
+                await pool.fetchval("SELECT 1")
+        except (StoreUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                TimeoutError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        await self.redis.aclose()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    publisher = Publisher(settings)
+    items = Catalogue(settings)
+    limit = settings.max_body_bytes
+    context = {"max_future_skew_s": settings.max_future_skew_s}
+    retry_after = {"Retry-After": str(settings.ingest_retry_after_s)}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await publisher.start()
+        try:
+            yield
+        finally:
+            await publisher.stop()
+            await items.close()
+
+    app = FastAPI(title="reco ingest", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.publisher = publisher
+    app.state.catalogue = items
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_: Request, exc: InvalidInput) -> Response:
+        ingest_metrics.count_rejected(422)
+        return json_response({"detail": exc.errors}, 422)
+
+    @app.exception_handler(PayloadTooLarge)
+    async def _too_large(_: Request, exc: PayloadTooLarge) -> Response:
+        ingest_metrics.count_rejected(413)
+        return json_response({"detail": str(exc)}, 413)
+
+    @app.exception_handler(BrokerUnavailable)
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(_: Request, exc: Exception) -> Response:
+        ingest_metrics.count_rejected(503)
+        if isinstance(exc, BrokerUnavailable):
+            ingest_metrics.PUBLISH_FAILURES.inc()
+        return json_response({"detail": str(exc)}, 503, retry_after)
+
+    @app.post("/events", status_code=202)
+    async def post_event(request: Request) -> Response:
+        event = parse_event(await read_body(request, limit), context)
+        await publisher.publish((event,))
+        ingest_metrics.count_published((event,))
+        return json_response({"event_id": str(event.event_id)}, 202)
+
+    @app.post("/events/batch", status_code=202)
+    async def post_events(request: Request) -> Response:
+        events = parse_event_batch(await read_body(request, limit), context,
+                                   settings.max_batch_events)
+        await publisher.publish(events)
+        ingest_metrics.count_published(events)
+        return json_response({"event_ids": [str(e.event_id) for e in events]}, 202)
+
+    @app.put("/items/{item_id}")
+    async def put_item(item_id: str, request: Request) -> Response:
+        item = parse_item(await read_body(request, limit))
+        full = with_path_id(item_id, item)
+        await items.upsert([full])
+        ingest_metrics.ITEMS_UPSERTED.inc()
+        return json_response({"item_id": item_id})
+
+    @app.post("/items/batch")
+    async def post_items(request: Request) -> Response:
+        batch = parse_item_batch(await read_body(request, limit))
+        ids = await items.upsert(batch.items)
+        ingest_metrics.ITEMS_UPSERTED.inc(len(ids))
+        return json_response({"item_ids": [it.item_id for it in batch.items]})
+
+    @app.get("/health")
+    async def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        broker, database = await asyncio.gather(publisher.check(), items.check())
+        ok = broker and database
+        return json_response({"broker": broker, "database": database}, 200 if ok else 503,
+                             None if ok else retry_after)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Entry point of `reco run ingest`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.ingest_port,
+                access_log=False, log_level="warning")

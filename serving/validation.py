@@ -1,0 +1,117 @@
+"""Request parsing for the ingest API: size limit, JSON, schema; errors name field and reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+from starlette.requests import Request
+
+from reco.events import Event, describe_errors
+from serving.catalogue import ItemBatch, ItemIn, ItemWithId, duplicate_ids
+
+EVENT_LIST = TypeAdapter(list[Event])
+
+
+class InvalidInput(Exception):
+    """HTTP 422: `errors` is a list of {loc, field, reason} (+ index for batches)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+class PayloadTooLarge(Exception):
+    """HTTP 413."""
+
+
+def _error(field: str, reason: str, loc: list[Any] | None = None) -> dict[str, Any]:
+    return {"loc": loc if loc is not None else [field], "field": field, "reason": reason}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing anything over `limit` bytes before reading all of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit} byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_event(body: bytes, context: dict[str, Any]) -> Event:
+    try:
+        return Event.model_validate_json(body, context=context)
+    except ValidationError as exc:
+        raise InvalidInput(describe_errors(exc)) from None
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput([_error("body", f"malformed JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise InvalidInput([_error("body", "must be a JSON object")])
+    return data
+
+
+def parse_event_batch(body: bytes, context: dict[str, Any], max_events: int) -> list[Event]:
+    """`{"events": [...]}`, validated as a whole: every bad index is reported, none is kept."""
+    data = _json_object(body)
+    unknown = sorted(set(data) - {"events"})
+    if unknown:
+        raise InvalidInput([_error(k, "unknown field") for k in unknown])
+    raw = data.get("events")
+    if not isinstance(raw, list):
+        raise InvalidInput([_error("events", "required: a list of events")])
+    if not 1 <= len(raw) <= max_events:
+        reason = f"must hold 1 to {max_events} events, got {len(raw)}"
+        raise InvalidInput([_error("events", reason)])
+    try:
+        events = EVENT_LIST.validate_python(raw, context=context)
+    except ValidationError as exc:
+        raise InvalidInput(_indexed(describe_errors(exc, prefix=("events",)))) from None
+    return events
+
+
+def _indexed(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for err in errors:
+        loc = err["loc"]
+        if len(loc) > 1 and isinstance(loc[1], int):
+            err["index"] = loc[1]
+    return errors
+
+
+def parse_item(body: bytes) -> ItemIn:
+    try:
+        return ItemIn.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidInput(describe_errors(exc)) from None
+
+
+def parse_item_batch(body: bytes) -> ItemBatch:
+    try:
+        batch = ItemBatch.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidInput(_indexed(describe_errors(exc))) from None
+    dupes = duplicate_ids(batch.items)
+    if dupes:
+        raise InvalidInput(_indexed([
+            _error("items.item_id", "duplicate item_id in batch", ["items", i, "item_id"])
+            for i in dupes
+        ]))
+    return batch
+
+
+def with_path_id(item_id: str, item: ItemIn) -> ItemWithId:
+    """Combine PUT /items/{item_id}'s path id with its body; the id follows the event id rules."""
+    try:
+        return ItemWithId(item_id=item_id, **item.model_dump())
+    except ValidationError as exc:
+        raise InvalidInput(describe_errors(exc, prefix=("path",))) from None

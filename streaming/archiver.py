@@ -1,0 +1,111 @@
+"""Event archiver: consumer group `event-archiver`, topic `events` -> PostgreSQL `events`.
+
+Batches are inserted with ON CONFLICT (event_id) DO NOTHING in one transaction, and offsets are
+committed only after that commit, so every acknowledged event lands exactly once however often
+it is redelivered. While PostgreSQL is down the batch is retried with exponential backoff and
+nothing is committed. Invalid messages are skipped here and dead-lettered by the processor.
+Run with `reco run archiver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka.structs import ConsumerRecord
+
+from reco.events import Event
+from reco.settings import Settings
+from streaming import consumer as loop
+from streaming.messages import decode
+from streaming.metrics import EVENTS_ARCHIVED, PROCESSING_ERRORS, serve_metrics
+
+log = logging.getLogger(__name__)
+
+# One statement per batch: arrays in, duplicates (also within the batch) skipped by the key.
+INSERT_EVENTS = """
+INSERT INTO events (event_id, user_id, item_id, event_type, event_time, session_id, context,
+                    kafka_partition, kafka_offset)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                     $6::text[], $7::jsonb[], $8::int[], $9::bigint[])
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+def event_row(event: Event, record: ConsumerRecord) -> tuple[Any, ...]:
+    return (
+        event.event_id, event.user_id, event.item_id, event.event_type,
+        datetime.fromtimestamp(event.timestamp / 1000.0, tz=UTC), event.session_id,
+        orjson.dumps(event.context).decode() if event.context is not None else None,
+        record.partition, record.offset,
+    )
+
+
+class Archiver:
+    """The batch handler; holds one connection and reopens it after a failure."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.conn: asyncpg.Connection | None = None
+
+    async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
+        rows = []
+        for record in records:
+            decoded = decode(record)
+            if isinstance(decoded, str):
+                PROCESSING_ERRORS.labels(self.settings.group_archiver, "invalid_message").inc()
+            else:
+                rows.append(event_row(decoded, record))
+        if rows:
+            await self._insert(rows)
+
+    async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            if self.conn is None or self.conn.is_closed():
+                self.conn = await asyncpg.connect(self.settings.database_url, timeout=5)
+            status = await self.conn.execute(INSERT_EVENTS, *zip(*rows, strict=True))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            await self.close()  # reconnect on the retry
+            raise
+        EVENTS_ARCHIVED.inc(int(status.rsplit(" ", 1)[-1]))  # "INSERT 0 <rows>"
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                conn.terminate()
+
+
+async def run_async(settings: Settings, stop: asyncio.Event) -> None:
+    """Archive until `stop` is set, then finish the batch in hand, commit and close."""
+    consumer = loop.make_consumer(settings, settings.group_archiver)
+    archiver = Archiver(settings)
+    try:
+        if not await loop.start_with_retry(consumer, stop, settings.consumer_backoff_max_s):
+            return
+        await loop.run_batches(consumer, archiver, stop, group=settings.group_archiver,
+                               batch_max=settings.consumer_batch_max,
+                               backoff_max_s=settings.consumer_backoff_max_s)
+    finally:
+        await consumer.stop()
+        await archiver.close()
+
+
+def run(settings: Settings) -> None:
+    """Entry point of `reco run archiver`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve_metrics(settings.archiver_metrics_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop.stop_on_signals(stop)
+        await run_async(settings, stop)
+
+    asyncio.run(main())

@@ -1,0 +1,124 @@
+"""The at-least-once batch loop both consumers share.
+
+Fetch a batch, run the handler's side effects (retrying with exponential backoff while a store
+is down, never skipping), and only then commit `last offset + 1` per partition. Handlers make
+their writes idempotent, so a redelivery after a crash or a rebalance is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from reco.settings import Settings
+from streaming.metrics import BATCH_SECONDS, CONSUMER_LAG, PROCESSING_ERRORS
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
+
+POLL_TIMEOUT_MS = 200
+BACKOFF_START_S = 0.1
+
+
+def make_consumer(settings: Settings, group: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        settings.topic_events,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group,
+        client_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+
+
+async def start_with_retry(client: object, stop: asyncio.Event, max_s: float) -> bool:
+    """Start an aiokafka client, waiting for the broker; False if asked to stop meanwhile."""
+    delay = BACKOFF_START_S
+    while not stop.is_set():
+        try:
+            await client.start()  # type: ignore[attr-defined]
+            return True
+        except KafkaConnectionError as exc:
+            log.warning("broker not reachable (%s); retrying in %.1fs", exc, delay)
+            await _sleep_or_stop(stop, delay)
+            delay = min(delay * 2, max_s)
+    return False
+
+
+async def run_batches(
+    consumer: AIOKafkaConsumer, handle: Handler, stop: asyncio.Event, *,
+    group: str, batch_max: int, backoff_max_s: float,
+) -> None:
+    """Consume until `stop` is set; the batch in progress is finished and committed first."""
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=batch_max)
+        records = [r for part in batches.values() for r in part]
+        if records:
+            started = time.perf_counter()
+            if not await _until_done(handle, records, stop, group, backoff_max_s):
+                return  # stopping while a store is down: leave the batch uncommitted
+            BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
+            await _commit(consumer, {tp: part[-1].offset + 1 for tp, part in batches.items()})
+        await _record_lag(consumer, group)
+
+
+async def _until_done(
+    handle: Handler, records: Sequence[ConsumerRecord], stop: asyncio.Event,
+    group: str, backoff_max_s: float,
+) -> bool:
+    delay = BACKOFF_START_S
+    while True:
+        try:
+            await handle(records)
+            return True
+        except Exception as exc:  # any failure: retry the same batch, never skip it
+            PROCESSING_ERRORS.labels(group, type(exc).__name__).inc()
+            log.warning("%s: batch failed (%r); retrying in %.1fs", group, exc, delay)
+            if await _sleep_or_stop(stop, delay):
+                return False
+            delay = min(delay * 2, backoff_max_s)
+
+
+async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    try:
+        await consumer.commit(offsets)
+    except CommitFailedError as exc:
+        # A rebalance moved the partitions: the new owner re-reads them, idempotently.
+        log.warning("commit failed after a rebalance (%s); batch will be redelivered", exc)
+
+
+async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        try:
+            position = await consumer.position(tp)
+        except KafkaError:
+            continue
+        CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep, waking early on stop; True if stop was requested."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT ask the loop to finish its batch, commit and exit."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

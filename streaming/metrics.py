@@ -1,0 +1,37 @@
+"""Prometheus metrics of the streaming consumers (names from DESIGN.md)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+log = logging.getLogger(__name__)
+
+EVENTS_PROCESSED = Counter(
+    "events_processed_total", "Events applied to the Redis features", ["event_type"])
+EVENTS_DUPLICATE = Counter(
+    "events_duplicate_total", "Redelivered events skipped by the processor (already applied)")
+PROCESSING_ERRORS = Counter(
+    "event_processing_errors_total",
+    "Messages that could not be processed (invalid -> DLQ) or store errors retried",
+    ["consumer", "reason"])
+DLQ_PUBLISHED = Counter("dlq_messages_published_total", "Messages sent to the dead-letter topic")
+EVENTS_UNSCORED = Counter(
+    "events_popularity_unscored_total",
+    "Events beyond the popularity landmark's range (move the landmark, see reco/features.py)")
+EVENTS_ARCHIVED = Counter(
+    "events_archived_total", "Events written to PostgreSQL (inserted, not counting duplicates)")
+CONSUMER_LAG = Gauge(
+    "kafka_consumer_lag", "Messages behind the partition's high watermark",
+    ["group", "topic", "partition"])
+BATCH_SECONDS = Gauge(
+    "consumer_last_batch_seconds", "Duration of the last batch's side effects", ["group"])
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on `port` (0 picks a free port); a negative port disables it."""
+    if port < 0:
+        return
+    server, _ = start_http_server(port)
+    log.info("metrics on port %d", server.server_port)

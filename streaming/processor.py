@@ -1,0 +1,106 @@
+"""Feature processor: consumer group `reco-processor`, topic `events` -> Redis features.
+
+It is also the one consumer that publishes bad messages to the DLQ (the archiver skips them),
+so each bad message is dead-lettered once. Run with `reco run processor`; scale by running
+more copies (partitions are the unit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import redis.asyncio as aredis
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from reco.events import Event
+from reco.settings import Settings
+from streaming import consumer as loop
+from streaming.feature_store import FeatureStore
+from streaming.messages import decode, dlq_value
+from streaming.metrics import (
+    DLQ_PUBLISHED,
+    EVENTS_DUPLICATE,
+    EVENTS_PROCESSED,
+    EVENTS_UNSCORED,
+    PROCESSING_ERRORS,
+    serve_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Processor:
+    """The batch handler: Redis updates for valid events, DLQ records for the rest."""
+
+    def __init__(self, store: FeatureStore, dlq: AIOKafkaProducer, settings: Settings) -> None:
+        self.store = store
+        self.dlq = dlq
+        self.settings = settings
+
+    async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
+        events: list[Event] = []
+        bad: list[tuple[ConsumerRecord, str]] = []
+        for record in records:
+            decoded = decode(record)
+            if isinstance(decoded, str):
+                bad.append((record, decoded))
+            else:
+                events.append(decoded)
+        # Redis first: on a retry its markers make it a no-op, so only the DLQ can repeat.
+        result = await self.store.apply(events) if events else None
+        if bad:
+            await self._dead_letter(bad)
+        if result is not None:
+            for event in result.applied:
+                EVENTS_PROCESSED.labels(event.event_type).inc()
+            EVENTS_DUPLICATE.inc(result.duplicates)
+            EVENTS_UNSCORED.inc(result.unscored)
+
+    async def _dead_letter(self, bad: list[tuple[ConsumerRecord, str]]) -> None:
+        futures = [
+            await self.dlq.send(self.settings.topic_dlq, dlq_value(r, reason), key=r.key)
+            for r, reason in bad
+        ]
+        await asyncio.gather(*futures)
+        for record, reason in bad:
+            log.warning("dead-lettered %s[%d]@%d: %s",
+                        record.topic, record.partition, record.offset, reason)
+        PROCESSING_ERRORS.labels(self.settings.group_processor, "invalid_message").inc(len(bad))
+        DLQ_PUBLISHED.inc(len(bad))
+
+
+async def run_async(settings: Settings, stop: asyncio.Event) -> None:
+    """Process until `stop` is set, then finish the batch in hand, commit and close."""
+    client = aredis.Redis.from_url(settings.redis_url)
+    dlq = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                           enable_idempotence=True)
+    consumer = loop.make_consumer(settings, settings.group_processor)
+    try:
+        if not await loop.start_with_retry(dlq, stop, settings.consumer_backoff_max_s):
+            return
+        if not await loop.start_with_retry(consumer, stop, settings.consumer_backoff_max_s):
+            return
+        handler = Processor(FeatureStore(client, settings), dlq, settings)
+        await loop.run_batches(consumer, handler, stop, group=settings.group_processor,
+                               batch_max=settings.consumer_batch_max,
+                               backoff_max_s=settings.consumer_backoff_max_s)
+    finally:
+        await consumer.stop()
+        await dlq.stop()
+        await client.aclose()
+
+
+def run(settings: Settings) -> None:
+    """Entry point of `reco run processor`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve_metrics(settings.processor_metrics_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop.stop_on_signals(stop)
+        await run_async(settings, stop)
+
+    asyncio.run(main())
