@@ -1,0 +1,95 @@
+"""Temporal leave-last-out splits and ranking metrics for offline and through-the-API evaluation.
+
+The protocol matches `spark_jobs.extract.split_leave_last_out`, so numbers measured through the
+API and by the batch evaluation are comparable:
+- each user's events are ordered by (timestamp, item_id); the last one is the test interaction
+  (ties on the timestamp go to the larger item_id, deterministically);
+- the history usable to predict it is every event strictly earlier and on another item, so the
+  held-out item is one the user has not been seen with (full ranking excludes seen items);
+- validation applies the same rule to the history (its last event), train is what precedes it;
+- users with no usable history are not evaluated and keep all their events in train/history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class LeaveLastOut:
+    train: pd.DataFrame  # history minus validation: fit and tune on this
+    validation: pd.DataFrame  # one row per tunable user: their last history event
+    test: pd.DataFrame  # one row per evaluated user: their last event
+    history: pd.DataFrame  # what may be known when predicting test (replay this for the test run)
+
+
+def _hold_out_last(
+    events: pd.DataFrame, user_col: str, item_col: str, time_col: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(held, rest): each user's last event, and the events allowed as its history."""
+    ordered = events.sort_values([user_col, time_col, item_col], kind="stable")
+    last = ~ordered[user_col].duplicated(keep="last")
+    held = ordered[last]
+    held_at = ordered[user_col].map(held.set_index(user_col)[time_col])
+    held_item = ordered[user_col].map(held.set_index(user_col)[item_col])
+    usable = (ordered[time_col] < held_at) & (ordered[item_col] != held_item)
+    evaluable = ordered.loc[usable, user_col].unique()
+    held = held[held[user_col].isin(evaluable)]
+    # Users that cannot be evaluated keep everything as history.
+    keep = usable | ~ordered[user_col].isin(evaluable)
+    return held, ordered[keep]
+
+
+def leave_last_out(
+    events: pd.DataFrame, user_col: str = "user_id", item_col: str = "item_id",
+    time_col: str = "timestamp",
+) -> LeaveLastOut:
+    """Split events into train / validation / test (+ the test-time history), per user by time."""
+    test, history = _hold_out_last(events, user_col, item_col, time_col)
+    validation, train = _hold_out_last(history, user_col, item_col, time_col)
+    def tidy(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.sort_values([time_col, user_col, item_col], kind="stable").reset_index(
+            drop=True)
+    return LeaveLastOut(tidy(train), tidy(validation), tidy(test), tidy(history))
+
+
+def ranks_of(ranked: Mapping[str, Sequence[str]], targets: Mapping[str, str]) -> np.ndarray:
+    """1-based rank of each user's target in their ranked list (inf when absent or no list)."""
+    out = np.full(len(targets), np.inf)
+    for n, (user, target) in enumerate(targets.items()):
+        items = list(ranked.get(user, ()))
+        if target in items:
+            out[n] = items.index(target) + 1
+    return out
+
+
+def hit_rate_at_k(rank: np.ndarray, k: int) -> float:
+    return float((rank <= k).mean()) if len(rank) else 0.0
+
+
+def ndcg_at_k(rank: np.ndarray, k: int) -> float:
+    """One relevant item per user, so the ideal DCG is 1 and NDCG = 1/log2(rank + 1)."""
+    return float(np.where(rank <= k, 1.0 / np.log2(rank + 1), 0.0).mean()) if len(rank) else 0.0
+
+
+def mrr_at_k(rank: np.ndarray, k: int) -> float:
+    return float(np.where(rank <= k, 1.0 / rank, 0.0).mean()) if len(rank) else 0.0
+
+
+def score_rankings(
+    ranked: Mapping[str, Sequence[str]], targets: Mapping[str, str], k: int = 10
+) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR@k of served lists against held-out items (missing list = miss)."""
+    rank = ranks_of({u: list(items)[:k] for u, items in ranked.items()}, targets)
+    return {f"hr_at_{k}": hit_rate_at_k(rank, k), f"ndcg_at_{k}": ndcg_at_k(rank, k),
+            f"mrr_at_{k}": mrr_at_k(rank, k), "users": int(len(rank))}
+
+
+def targets_of(held: pd.DataFrame, user_col: str = "user_id", item_col: str = "item_id"
+               ) -> dict[str, str]:
+    """{user: held-out item} from a validation or test frame."""
+    return dict(zip(held[user_col].astype(str), held[item_col].astype(str), strict=True))
