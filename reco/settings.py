@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     session_gap_s: int = 30 * 60
     spark_master: str = "local[2]"
     spark_driver_memory: str = "2g"
+    # A PostgreSQL JDBC jar to use instead of fetching one with Maven (the Docker image sets it).
+    jdbc_driver_path: Path | None = None
     gate_tolerance: float = 0.02
     # Offline pipeline (issue 5): hyperparameter defaults live in spark_jobs' *Params dataclasses.
     offline_dir: Path | None = None  # run folders; default state_dir / "offline"

@@ -12,7 +12,7 @@ from pathlib import Path
 from reco import db
 from reco.settings import Settings
 from reco.stack import servers
-from reco.stack.health import http_ok, tcp_open
+from reco.stack.health import http_ok, postgres_accepts, redis_ping, tcp_open
 from reco.topics import ensure_topics, platform_topics
 
 
@@ -112,13 +112,13 @@ def build_components(settings: Settings) -> list[Component]:
     return [
         Component(
             "postgres", servers.postgres_command(pg_data, settings.pg_port),
-            health=lambda: tcp_open(host, settings.pg_port),
+            health=lambda: postgres_accepts(settings.pg_port),
             url=f"postgresql://{host}:{settings.pg_port}/{settings.pg_database}",
             prepare=lambda: servers.prepare_postgres(pg_data), ready=pg_ready,
         ),
         Component(
             "redis", servers.redis_command(paths.root / "redis", _redis_port(settings)),
-            health=lambda: tcp_open(host, _redis_port(settings)),
+            health=lambda: redis_ping(settings.redis_url),
             url=f"redis://{host}:{_redis_port(settings)}",
         ),
         Component(

@@ -1,0 +1,27 @@
+# One image for the project's services, MLflow and Airflow: Python + Java (Spark) + the JDBC driver.
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless libpostgresql-jdbc-java \
+      git curl ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
+    RECO_JDBC_DRIVER_PATH=/usr/share/java/postgresql.jar \
+    RECO_STATE_DIR=/var/lib/reco
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY reco ./reco
+COPY serving ./serving
+COPY streaming ./streaming
+COPY spark_jobs ./spark_jobs
+RUN pip install .
+COPY dags ./dags
+COPY sql ./sql
+
+RUN useradd --create-home --uid 1000 reco && mkdir -p /var/lib/reco && chown reco /var/lib/reco
+USER reco
+CMD ["reco", "--help"]

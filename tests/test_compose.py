@@ -1,0 +1,82 @@
+"""docker-compose.yml cannot run here (no Docker engine): check its structure instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reco.commands import run
+from reco.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict] = COMPOSE["services"]
+DEFAULTS = Settings()
+
+# Host port each user-facing service must publish (DESIGN.md "Ports").
+EXPECTED_PORTS = {
+    "ingest": DEFAULTS.ingest_port,
+    "recommendations": DEFAULTS.reco_port,
+    "kafka": 9092,
+    "redis": 6379,
+    "postgres": DEFAULTS.pg_port,
+    "mlflow": DEFAULTS.mlflow_port,
+    "airflow-api-server": DEFAULTS.airflow_port,
+    "prometheus": DEFAULTS.prometheus_port,
+    "grafana": 3000,
+}
+
+
+def _host_ports(service: dict) -> set[int]:
+    return {int(str(p).split(":")[0]) for p in service.get("ports", [])}
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_has_an_image_or_build(name: str) -> None:
+    service = SERVICES[name]
+    assert service.get("image") or service.get("build"), name
+
+
+@pytest.mark.parametrize(("name", "port"), sorted(EXPECTED_PORTS.items()))
+def test_published_ports_match_design(name: str, port: int) -> None:
+    assert port in _host_ports(SERVICES[name])
+
+
+def test_dependencies_name_existing_services() -> None:
+    for name, service in SERVICES.items():
+        for dep in service.get("depends_on", []):
+            assert dep in SERVICES, f"{name} depends on unknown service {dep}"
+
+
+def test_reco_env_names_are_settings_fields() -> None:
+    fields = set(Settings.model_fields)
+    for name, service in SERVICES.items():
+        for key in service.get("environment", {}) or {}:
+            if key.startswith("RECO_"):
+                assert key.removeprefix("RECO_").lower() in fields, f"{name}: {key}"
+
+
+def test_project_services_run_real_cli_commands() -> None:
+    commands = {c.name or c.callback.__name__ for c in run.app.registered_commands}
+    for name in ("ingest", "recommendations", "processor", "archiver"):
+        command = SERVICES[name]["command"]
+        assert command[:2] == ["reco", "run"] and command[2] in commands, name
+        assert SERVICES[name]["build"] == ".", name
+
+
+def test_mounted_files_exist() -> None:
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_production_services_use_production_settings() -> None:
+    env = SERVICES["ingest"]["environment"]
+    assert env["RECO_ENV"] == "production"
+    assert env["RECO_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert SERVICES["kafka"]["image"].startswith("apache/kafka:4.")
+    assert SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"

@@ -1,0 +1,86 @@
+"""`reco up` / `reco down` against real servers, on free ports in a throwaway state folder."""
+
+from __future__ import annotations
+
+import subprocess
+
+import psycopg
+import pytest
+import redis
+from rich.console import Console
+
+from reco.settings import Settings
+from reco.stack import local
+from reco.stack.health import free_port
+from reco.stack.supervisor import Supervisor
+from tests.servers import JARS_DIR, scratch_dir
+
+pytestmark = pytest.mark.integration
+INFRA = {"postgres", "redis", "kafka"}
+
+
+@pytest.fixture
+def stack_settings() -> Settings:
+    state = scratch_dir("stack")
+    (state / "jars").symlink_to(JARS_DIR)  # reuse the Maven download of the session
+    kafka_port = free_port()
+    return Settings(
+        state_dir=state, pg_port=free_port(), redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        mlflow_port=free_port(), airflow_port=free_port(),
+    )
+
+
+def _stack_pids(settings: Settings) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", str(settings.state_dir)], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def test_up_is_idempotent_down_leaves_nothing_and_data_survives(stack_settings: Settings) -> None:
+    console = Console(quiet=True)
+    try:
+        local.up(stack_settings, console, only=INFRA)
+        rows = {r.name: r for r in local.status(stack_settings)}
+        assert all(rows[name].healthy for name in INFRA)
+        assert rows["mlflow"].state == "STOPPED" and not rows["mlflow"].healthy
+
+        with psycopg.connect(stack_settings.database_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO users (user_id) VALUES ('kept')")
+        redis.Redis.from_url(stack_settings.redis_url).set("kept", "yes")
+
+        local.up(stack_settings, console, only=INFRA)  # second `up`: nothing changes
+        assert {r.name for r in local.status(stack_settings) if r.healthy} == INFRA
+
+        local.down(stack_settings)
+        assert _stack_pids(stack_settings) == []
+        assert not Supervisor(stack_settings.state_dir).running()
+
+        local.up(stack_settings, console, only=INFRA)
+        with psycopg.connect(stack_settings.database_url) as conn:
+            assert conn.execute("SELECT user_id FROM users").fetchall() == [("kept",)]
+        assert redis.Redis.from_url(stack_settings.redis_url).get("kept") == b"yes"
+    finally:
+        local.down(stack_settings)
+    assert _stack_pids(stack_settings) == []
+
+
+def test_failing_component_reports_its_log(stack_settings: Settings) -> None:
+    # A port that is already taken makes Redis exit at once: `up` must say why, not hang.
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    settings = stack_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{taken}/0"})
+    try:
+        with pytest.raises(local.ComponentFailed, match=r"redis is not healthy[\s\S]*Address already in use"):
+            local.up(settings, Console(quiet=True), only={"redis"})
+    finally:
+        blocker.close()
+        local.down(settings)
+
+
+def test_logs_of_unknown_component_names_the_known_ones(stack_settings: Settings) -> None:
+    with pytest.raises(KeyError, match="unknown component 'nope'.*postgres"):
+        local.logs(stack_settings, "nope", 10)
