@@ -1,4 +1,4 @@
-"""In-memory views of the slowly changing global signals ranking needs: item metadata and popularity.
+"""In-memory views of slowly changing global signals ranking needs: item metadata, popularity.
 
 Plain data (numpy arrays + an id -> row dict) so the online API (refreshed from Redis in the
 background) and offline evaluation (built from training data) hand ranking the same structures.
@@ -18,7 +18,7 @@ UNKNOWN_CATEGORY = -1
 
 @dataclass(frozen=True)
 class ItemsMeta:
-    """Metadata of a list of items, aligned with it; unknown items: category -1, price/created NaN."""
+    """Metadata aligned with a list of items; unknown items: category -1, price/created NaN."""
 
     category: np.ndarray  # int32 codes into Catalog.categories
     price: np.ndarray  # float64
@@ -45,7 +45,7 @@ class Catalog:
 
     @classmethod
     def from_records(cls, records: Mapping[str, Mapping[str, Any]], version: str = "") -> Catalog:
-        """Build from `item_id -> {category, price, in_stock, created_at}` (Redis hash strings ok)."""
+        """From `item_id -> {category, price, in_stock, created_at}` (Redis hash strings ok)."""
         n = len(records)
         index: dict[str, int] = {}
         codes: dict[str, int] = {}

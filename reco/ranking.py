@@ -1,4 +1,4 @@
-"""Candidate generation, blended scoring and business rules: one pure function used online and offline.
+"""Candidate generation, blended scoring, business rules: one pure function, online and offline.
 
 The API gathers a user's features from Redis and offline evaluation builds them from training
 data; both call `rank` with the same plain structures, so what is measured is what is served.

@@ -1,4 +1,4 @@
-"""Business rules applied to ranked candidates: hard filters, freshness boost, category diversity."""
+"""Business rules on ranked candidates: hard filters, freshness boost, category diversity."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
 import orjson
 
@@ -93,16 +93,21 @@ class RecoService:
         ranking = self.popular_ranking(p.filters, p.k)
         return Answer(render(p, "fallback", ranking.items, {}, p.explain), "fallback")
 
-    def popular_ranking(self, filters: Filters, k: int) -> Ranking:
+    def popular_ranking(self, filters: Filters, k: int, config: RankConfig | None = None
+                        ) -> Ranking:
         features = UserFeatures([], {}, time.time())
-        return rank(features, self.signals.popularity, self.signals.catalog, self.config,
-                    filters, k)
+        return rank(features, self.signals.popularity, self.signals.catalog,
+                    config or self.config, filters, k)
 
     def popular(self, k: int, category: str | None) -> list[dict]:
         """Top popular items (in stock, optional category), score relative to the global top."""
         pop: Popularity = self.signals.popularity
         top = float(pop.scores[0]) if len(pop.scores) else 0.0
-        items = self.popular_ranking(Filters(exclude_seen=False, category=category), k).items
+        # The plain popularity order: no diversity re-rank, no freshness boost.
+        plain = replace(self.config, max_category_share=1.0, freshness_boost=0.0,
+                        popular_filler_n=max(k, self.config.popular_filler_n))
+        items = self.popular_ranking(Filters(exclude_seen=False, category=category), k,
+                                     plain).items
         scores = pop.scores_of([i.item_id for i in items])
         return [{"item_id": i.item_id, "score": round(float(s) / top, 6) if top > 0 else 0.0}
                 for i, s in zip(items, scores, strict=True)]

@@ -12,13 +12,13 @@ import logging
 import threading
 import time
 
-import numpy as np
 import redis
 
 from reco import keys
 from reco.catalog import Catalog, Popularity
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving.reco_store import zset_pairs
 
 log = logging.getLogger(__name__)
 META_FIELDS = ("category", "price", "in_stock", "created_at")
@@ -30,7 +30,7 @@ class GlobalSignals:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5.0,
+        self.client = redis.Redis.from_url(settings.redis_url, protocol=3, socket_timeout=5.0,
                                            socket_connect_timeout=1.0)
         self.popularity = Popularity.empty()
         self.catalog = Catalog.empty()
@@ -48,8 +48,7 @@ class GlobalSignals:
         pipe.get(keys.ITEM_META_VERSION)
         pipe.hgetall(keys.MODEL_PUBLISHED_AT)
         flat, meta_version, published = pipe.execute()
-        ids = [m.decode() for m in flat[0::2]]
-        self.popularity = Popularity(ids, np.array(flat[1::2], dtype=np.float64))
+        self.popularity = Popularity(*zset_pairs(flat))
         now = time.time()
         for model, at in published.items():
             metrics.MODEL_AGE.labels(model=model.decode()).set(max(0.0, now - float(at)))

@@ -12,6 +12,7 @@ request time. Short timeouts plus a breaker keep a sick store from stalling the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ class FeatureStore:
     """The API's Redis reads and its cache writes, behind a small circuit breaker."""
 
     def __init__(self, url: str, timeout_s: float = 0.25, retry_s: float = 1.0) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s,
+        self.client = redis.Redis.from_url(url, protocol=3, socket_timeout=timeout_s,
                                            socket_connect_timeout=timeout_s)
         self.retry_s = retry_s
         self._down_until = 0.0
@@ -76,8 +77,7 @@ class FeatureStore:
         if sources:
             pipe.hmget(keys.user_recent_times(user_id), list(sources))
         for item in sources:
-            # Raw ZRANGE (no withscores option): redis-py leaves scores as bytes, which numpy
-            # converts in one call instead of a Python float() per member.
+            # Raw ZRANGE (no withscores option): no per-member Python callback in redis-py.
             pipe.execute_command("ZRANGE", keys.co_view(item), 0, neighbours_n - 1, "REV",
                                  "WITHSCORES")
             if knn_v:
@@ -94,7 +94,7 @@ class FeatureStore:
             features.recent_times = {s: float(t) for s, t in zip(sources, times, strict=True)
                                      if t is not None}
         for item in sources:
-            features.coview[item] = _pairs(next(replies))
+            features.coview[item] = zset_pairs(next(replies))
             if knn_v:
                 features.knn[item] = neighbours.decode(next(replies), neighbours_n)
             if als_v and with_item_cf:
@@ -116,15 +116,13 @@ class FeatureStore:
             pipe = self.client.pipeline(transaction=False)
             pipe.get(keys.item_knn(item_id, versions[ITEM2VEC]))
             knn = neighbours.decode(self._run(pipe)[0], neighbours_n)
-        return _pairs(coview), knn, versions
+        return zset_pairs(coview), knn, versions
 
     def write_cache(self, user_id: str, variant: str, value: bytes, ttl_s: int) -> None:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.reco_cache(user_id, variant), value, ex=ttl_s)
-        try:
+        with contextlib.suppress(StoreUnavailable):  # a lost write only costs a later miss
             self._run(pipe)
-        except StoreUnavailable:
-            pass  # a lost cache write only costs a later miss
 
     def ping(self) -> bool:
         try:
@@ -136,8 +134,14 @@ class FeatureStore:
         self.client.close()
 
 
-def _pairs(flat: list[bytes]) -> Lists:
-    """[member, score, member, score, ...] -> (ids, scores)."""
-    if not flat:
+def zset_pairs(reply: list) -> Lists:
+    """A raw `ZRANGE ... WITHSCORES` reply -> (ids, scores).
+
+    RESP3 (the client here) answers [[member, score], ...] with scores already parsed as
+    doubles by hiredis; RESP2 answers [member, score, ...] with scores as bytes.
+    """
+    if not reply:
         return [], np.zeros(0)
-    return [m.decode() for m in flat[0::2]], np.array(flat[1::2], dtype=np.float64)
+    if isinstance(reply[0], list):
+        return [m.decode() for m, _ in reply], np.array([s for _, s in reply], dtype=np.float64)
+    return [m.decode() for m in reply[0::2]], np.array(reply[1::2], dtype=np.float64)

@@ -1,0 +1,120 @@
+"""The API's other endpoints, its 422s, and degradation with Redis stopped (real Redis)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from reco import keys
+from tests.api.conftest import put_meta
+from tests.api.test_recommendations import W_POP, get, ids_scores, metric
+
+
+@pytest.mark.parametrize(("path", "params", "field", "reason"), [
+    ("/recommendations", {}, "user_id", "Field required"),
+    ("/recommendations", {"user_id": ""}, "user_id", "String should have at least 1 character"),
+    ("/recommendations", {"user_id": "a b"}, "user_id", "String should match pattern '^[!-~]+$'"),
+    ("/recommendations", {"user_id": "u" * 129}, "user_id",
+     "String should have at most 128 characters"),
+    ("/recommendations", {"user_id": "u", "k": 0}, "k",
+     "Input should be greater than or equal to 1"),
+    ("/recommendations", {"user_id": "u", "k": 101}, "k",
+     "Input should be less than or equal to 100"),
+    ("/recommendations", {"user_id": "u", "k": "ten"}, "k",
+     "Input should be a valid integer, unable to parse string as an integer"),
+    ("/recommendations", {"user_id": "u", "min_price": -1}, "min_price",
+     "Input should be greater than or equal to 0"),
+    ("/recommendations", {"user_id": "u", "max_price": "nan"}, "max_price",
+     "Input should be a finite number"),
+    ("/recommendations", {"user_id": "u", "min_price": 5, "max_price": 2}, "min_price",
+     "must not exceed max_price (2)"),
+    ("/recommendations", {"user_id": "u", "category": ""}, "category",
+     "String should have at least 1 character"),
+    ("/recommendations", {"user_id": "u", "explain": "maybe"}, "explain",
+     "Input should be a valid boolean, unable to interpret input"),
+    ("/recommendations", {"user_id": "u", "exclude_seen": "2"}, "exclude_seen",
+     "Input should be a valid boolean, unable to interpret input"),
+    ("/popular", {"k": 0}, "k", "Input should be greater than or equal to 1"),
+    ("/items/A/similar", {"k": 101}, "k", "Input should be less than or equal to 100"),
+])
+def test_bad_parameters_get_422_naming_them(client, path, params, field, reason) -> None:
+    response = client.get(path, params=params)
+    assert response.status_code == 422
+    assert response.json() == {"detail": [{"field": field, "reason": reason}]}
+
+
+def test_popular_with_and_without_category(world, make_client) -> None:
+    put_meta(world["redis"], "W", "shoes")
+    put_meta(world["redis"], "Y", "shoes")
+    put_meta(world["redis"], "A", "c0", in_stock=False)
+    with make_client() as client:
+        body = client.get("/popular", params={"k": 3}).json()
+        shoes = client.get("/popular", params={"category": "shoes"}).json()
+    # A (50) is out of stock; scores are relative to the most popular item P (100).
+    assert body == {"category": None, "items": [{"item_id": "P", "score": 1.0},
+                                                {"item_id": "W", "score": 0.4},
+                                                {"item_id": "Y", "score": 0.2}]}
+    assert shoes["items"] == [{"item_id": "W", "score": 0.4}, {"item_id": "Y", "score": 0.2}]
+
+
+def test_similar_blends_coview_and_embeddings(world, make_client) -> None:
+    put_meta(world["redis"], "Y", "c3", in_stock=False)
+    with make_client() as client:
+        body = client.get("/items/A/similar", params={"k": 5}).json()
+    # A: co-view X 4 (max), embeddings Z .8 (max), X .4; Y is out of stock.
+    assert body["item_id"] == "A" and body["model_versions"] == {"item2vec": "v1"}
+    assert [(i["item_id"], i["score"]) for i in body["items"]] == [
+        ("X", pytest.approx(0.4 * 1 + 0.3 * 0.5)), ("Z", pytest.approx(0.3 * 1.0))]
+    assert client.get("/items/nobody-knows/similar").json()["items"] == []
+
+
+def test_health_ready_metrics_and_model_age(world, make_client) -> None:
+    world["redis"].hset(keys.MODEL_PUBLISHED_AT, "item2vec", time.time() - 100)
+    with make_client() as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/ready").json() == {"ready": True,
+                                               "checks": {"redis": True, "snapshot": True}}
+        get(client)
+        assert metric(client, "recommendation_requests_total",
+                      '{endpoint="recommendations",strategy="personalized"}') >= 1
+        assert metric(client, "recommendation_latency_seconds_count",
+                      '{endpoint="recommendations"}') >= 1
+        assert 'recommendation_latency_seconds_bucket{endpoint="recommendations",le="0.0005"}' \
+            in client.get("/metrics").text
+        age = metric(client, "model_age_seconds", '{model="item2vec"}')
+        assert 100 <= age < 130
+
+
+def test_catalogue_reloads_when_its_version_changes(world, make_client) -> None:
+    with make_client() as client:
+        assert "X" in [i for i, _ in ids_scores(get(client, k=5))]
+        put_meta(world["redis"], "X", "c2", in_stock=False)
+        world["redis"].incr(keys.ITEM_META_VERSION)
+        client.app.state.service.signals.refresh()
+        assert "X" not in [i for i, _ in ids_scores(get(client, k=6))]
+
+
+def test_fallback_when_redis_is_down(world, make_client, redis_server) -> None:
+    with make_client(reco_redis_retry_s=0.2) as client:
+        fallbacks = metric(client, "recommendation_fallbacks_total", '{endpoint="recommendations"}')
+        redis_server.stop()
+        try:
+            body = get(client, k=3)
+            similar = client.get("/items/A/similar", params={"k": 2}).json()
+            ready = client.get("/ready")
+        finally:
+            redis_server.start()
+        assert body["strategy"] == "fallback" and body["cached"] is False
+        assert body["model_versions"] == {}
+        # The in-process popularity snapshot, most popular first; A is not excluded (unknown).
+        assert [(i, s) for i, s in ids_scores(body)] == [
+            ("P", pytest.approx(W_POP)), ("A", pytest.approx(W_POP * 0.5)),
+            ("W", pytest.approx(W_POP * 0.4))]
+        assert similar["strategy"] == "fallback"
+        assert [i["item_id"] for i in similar["items"]] == ["P", "A"]
+        assert ready.status_code == 503
+        assert metric(client, "recommendation_fallbacks_total",
+                      '{endpoint="recommendations"}') == fallbacks + 1
+        time.sleep(0.3)  # past the breaker's retry time: personalised again
+        assert get(client, k=3)["strategy"] == "personalized"

@@ -1,0 +1,108 @@
+"""Fast unit tests of the pure ranking code (no Redis): the functions offline evaluation calls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reco import neighbours
+from reco.catalog import Catalog, Popularity
+from reco.ranking import RankConfig, UserFeatures, _source_recency, rank, similar_items
+from reco.rules import Filters, diversify, eligible, freshness
+
+NOW = 1_750_000_000.0
+HOUR = 3600.0
+
+
+def lists(pairs: dict[str, float]) -> tuple[list[str], np.ndarray]:
+    return list(pairs), np.array(list(pairs.values()), dtype=np.float64)
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return Catalog.from_records({
+        "X": {"category": "a", "price": "5", "in_stock": "1", "created_at": "0"},
+        "Y": {"category": "a", "price": "15", "in_stock": "1", "created_at": str(NOW - 3600)},
+        "Z": {"category": "b", "price": "25", "in_stock": "0", "created_at": "0"},
+    })
+
+
+def test_codec_round_trip_and_limit() -> None:
+    raw = neighbours.encode(["a", "b", "c"], np.array([0.9, 0.5, 0.25]))
+    ids, scores = neighbours.decode(raw)
+    assert ids == ["a", "b", "c"] and scores.tolist() == [0.9, 0.5, 0.25]
+    assert neighbours.decode(raw, limit=2)[0] == ["a", "b"]
+    assert neighbours.decode(None)[0] == [] and neighbours.decode(b"")[1].size == 0
+    with pytest.raises(ValueError, match="2 ids but 1 scores"):
+        neighbours.encode(["a", "b"], [1.0])
+
+
+def test_rank_blends_signals_exactly() -> None:
+    features = UserFeatures(
+        recent=["A", "B"], recent_times={"A": NOW - 60, "B": NOW - 60 - HOUR}, now=NOW,
+        coview={"A": lists({"X": 4, "Y": 2}), "B": lists({"Y": 2, "Z": 1})},
+        knn={"A": lists({"Z": 0.8, "X": 0.4}), "B": lists({"W": 0.6})})
+    popularity = Popularity.from_pairs([("X", 10), ("Y", 20), ("Z", 5), ("W", 40), ("P", 100)])
+    ranking = rank(features, popularity, Catalog.empty(),
+                   RankConfig(recency_half_life_s=HOUR), k=10)
+    assert ranking.strategy == "personalized"
+    got = [(i.item_id, i.score, i.source_item) for i in ranking.items]
+    assert got == [("X", pytest.approx(0.67), "A"), ("Y", pytest.approx(0.54), "A"),
+                   ("Z", pytest.approx(0.51), "A"), ("W", pytest.approx(0.355), "B"),
+                   ("P", pytest.approx(0.2), None)]
+
+
+def test_rank_without_features_is_popular() -> None:
+    popularity = Popularity.from_pairs([("X", 1.0), ("Y", 4.0)])
+    ranking = rank(UserFeatures([], {}, NOW), popularity, Catalog.empty(), RankConfig(), k=5)
+    assert ranking.strategy == "popular"
+    assert [(i.item_id, i.score) for i in ranking.items] == [("Y", 0.2), ("X", 0.05)]
+
+
+def test_negative_cosine_is_no_evidence() -> None:
+    features = UserFeatures(["A"], {"A": NOW}, NOW, knn={"A": lists({"X": -0.5, "Y": 0.5})})
+    items = rank(features, Popularity.empty(), Catalog.empty(), RankConfig(), k=5).items
+    assert [(i.item_id, i.contributions["embedding"]) for i in items] == [("Y", 0.3), ("X", 0.0)]
+
+
+def test_eligible_rules_and_unknown_items(catalog: Catalog) -> None:
+    meta = catalog.lookup(["X", "Y", "Z", "unknown"])
+    assert eligible(meta, catalog, Filters()).tolist() == [True, True, False, True]
+    assert eligible(meta, catalog, Filters(category="a")).tolist() == [True, True, False, False]
+    assert eligible(meta, catalog, Filters(min_price=10)).tolist() == [False, True, False, False]
+    assert eligible(meta, catalog, Filters(max_price=10)).tolist() == [True, False, False, False]
+    assert not eligible(meta, catalog, Filters(category="none")).any()
+
+
+def test_freshness_window(catalog: Catalog) -> None:
+    meta = catalog.lookup(["X", "Y", "unknown"])
+    assert freshness(meta, NOW, days=14).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_diversify_caps_then_fills() -> None:
+    category = np.array([0, 0, 0, 1, -1])
+    order = np.arange(5)
+    assert diversify(order, category, k=4, max_share=0.5).tolist() == [0, 1, 3, 4]
+    assert diversify(order, category, k=5, max_share=0.5).tolist() == [0, 1, 3, 4, 2]
+    assert diversify(order, category, k=2, max_share=0.5).tolist() == [0, 3]
+    assert diversify(order, category, k=3, max_share=1.0).tolist() == [0, 1, 2]
+
+
+def test_source_recency_borrows_newer_time_when_missing() -> None:
+    weights = _source_recency(["A", "B", "C"], {"A": NOW - HOUR, "C": NOW - 2 * HOUR}, NOW, HOUR)
+    assert weights.tolist() == [0.5, 0.5, 0.25]
+
+
+def test_similar_items_exclude_itself_and_out_of_stock(catalog: Catalog) -> None:
+    items = similar_items("X", lists({"Y": 3, "Z": 9, "X": 1}), lists({"Y": 0.5}), catalog,
+                          RankConfig(), k=5)
+    # Signals are normalised over eligible candidates only: Y is the max of both.
+    assert [(i.item_id, i.score) for i in items] == [("Y", pytest.approx(0.4 + 0.3))]
+
+
+def test_config_from_settings() -> None:
+    from reco.settings import Settings
+
+    config = RankConfig.from_settings(Settings(w_cf=0.7, reco_recent_n=3, freshness_days=2))
+    assert (config.w_cf, config.recent_n, config.freshness_days, config.w_coview) == (
+        0.7, 3, 2, 0.4)
