@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from reco.commands import db, run, stack
 from reco.commands import data as data_commands
+from reco.commands import db, run, stack
 from reco.commands import replay as replay_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)

@@ -29,7 +29,7 @@ from reco.data.schema import parquet_max, shift_offset_ms
 
 EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "timestamp", "session_id",
                  "context")
-ITEM_COLUMNS = ("item_id", "title", "category", "price", "in_stock", "attributes")
+ITEM_COLUMNS = ("item_id", "title", "category", "price", "in_stock", "attributes", "created_at")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
@@ -167,7 +167,8 @@ class _Sender:
                 if index is not None and 0 <= index < len(rows):
                     bad.setdefault(index, _reason(entry))
             if not bad:  # nothing to single out: the whole batch is refused
-                reason = _reason(errors[0]) if errors else f"HTTP {resp.status_code}: {resp.text[:200]}"
+                reason = (_reason(errors[0]) if errors
+                          else f"HTTP {resp.status_code}: {resp.text[:200]}")
                 self.summary.rejections[reason] += len(rows)
                 return accepted, rejected + len(rows), 0
             for reason in bad.values():
@@ -253,8 +254,8 @@ async def _replay_items(rows: list[dict[str, Any]], sender: _Sender, batch_size:
         summary.items_rejected += bad + failed
 
 
-def item_rows(table: pa.Table) -> list[dict[str, Any]]:
-    """Catalogue rows for POST /items/batch (attributes parsed from JSON text)."""
+def item_rows(table: pa.Table, offset_ms: int = 0) -> list[dict[str, Any]]:
+    """Catalogue rows for POST /items/batch (attributes parsed, created_at shifted like events)."""
     names = [c for c in ITEM_COLUMNS if c in table.schema.names]
     rows = []
     for row in table.select(names).to_pylist():
@@ -262,6 +263,8 @@ def item_rows(table: pa.Table) -> list[dict[str, Any]]:
         if isinstance(row.get("attributes"), str):
             row["attributes"] = json.loads(row["attributes"])
         row["item_id"] = str(row["item_id"])
+        if "created_at" in row:
+            row["created_at"] = int(row["created_at"]) + offset_ms
         rows.append(row)
     return rows
 
@@ -269,12 +272,15 @@ def item_rows(table: pa.Table) -> list[dict[str, Any]]:
 async def replay_async(
     rows: Iterable[dict[str, Any]], opts: ReplayOptions, items: list[dict[str, Any]] | None = None,
     progress: Callable[[int], None] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> ReplaySummary:
     """Send the catalogue (if any), then the events; returns the summary."""
     summary = ReplaySummary()
     limits = httpx.Limits(max_connections=opts.lanes + 1, max_keepalive_connections=opts.lanes + 1)
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=opts.url, timeout=opts.timeout_s, limits=limits) as client:
+    client = httpx.AsyncClient(base_url=opts.url, timeout=opts.timeout_s, limits=limits,
+                               transport=transport)
+    async with client:
         sender = _Sender(client, opts, summary, _RateLimiter(opts.rate))
         if items:
             await _replay_items(items, sender, min(opts.batch_size, 1000))
@@ -291,7 +297,7 @@ def replay_file(
     """`reco replay FILE`: stream a Parquet event file (and catalogue) through the API."""
     offset = shift_offset_ms(parquet_max(events_path, "timestamp"), now_ms) if shift_to_now else 0
     batches = pq.ParquetFile(events_path).iter_batches(batch_size=10_000)
-    items = item_rows(pq.read_table(items_path)) if items_path else None
+    items = item_rows(pq.read_table(items_path), offset) if items_path else None
     return asyncio.run(replay_async(event_rows(batches, offset), opts, items, progress))
 
 
@@ -304,5 +310,5 @@ def replay_table(
     last = int(np.max(events["timestamp"].to_numpy())) if events.num_rows else 0
     offset = shift_offset_ms(last, now_ms) if shift_to_now and events.num_rows else 0
     rows = event_rows(events.to_batches(max_chunksize=10_000), offset)
-    return asyncio.run(replay_async(rows, opts, item_rows(items) if items is not None else None,
-                                    progress))
+    item_list = item_rows(items, offset) if items is not None else None
+    return asyncio.run(replay_async(rows, opts, item_list, progress))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +14,8 @@ from reco.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, help="Real and synthetic event data sets (Parquet).")
 console = Console()
+OutDir = Annotated[Path | None, typer.Option("--out", help="Output folder [default: under "
+                                             "STATE/data/]")]
 
 
 def _default_out(name: str) -> Path:
@@ -21,10 +24,11 @@ def _default_out(name: str) -> Path:
 
 @app.command("movielens-100k")
 def movielens_100k(
-    source: Path | None = typer.Option(
-        None, "--source", help="u.data (u.item beside it is used too), its folder, or a recbole "
-        "wheel; default: the recbole wheel from PyPI, cached under the state folder."),
-    out: Path | None = typer.Option(None, "--out", help="Output folder [default: STATE/data/movielens-100k]"),
+    source: Annotated[Path | None, typer.Option(
+        "--source", exists=True, help="u.data (u.item beside it is used too), its folder, or a "
+        "recbole wheel [default: the recbole wheel from PyPI, cached under STATE/downloads]")
+    ] = None,
+    out: OutDir = None,
 ) -> None:
     """MovieLens-100k: ratings as events (5 purchase, 4 cart, 3 click, 1-2 view) + movies."""
     from reco.data import movielens
@@ -39,12 +43,12 @@ def movielens_100k(
 
 @app.command()
 def synthetic(
-    users: int = typer.Option(1_000, "--users", min=1),
-    items: int = typer.Option(500, "--items", min=1),
-    events: int = typer.Option(100_000, "--events", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    days: float = typer.Option(30.0, "--days", help="Length of the time window."),
-    out: Path | None = typer.Option(None, "--out", help="Output folder [default: STATE/data/synthetic]"),
+    users: Annotated[int, typer.Option("--users", min=1)] = 1_000,
+    items: Annotated[int, typer.Option("--items", min=1)] = 500,
+    events: Annotated[int, typer.Option("--events", min=1)] = 100_000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    days: Annotated[float, typer.Option("--days", help="Length of the time window.")] = 30.0,
+    out: OutDir = None,
 ) -> None:
     """A synthetic e-commerce stream: catalogue, taste groups, sessions, the purchase funnel."""
     from reco.data.synthetic import SyntheticConfig, generate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import pyarrow.parquet as pq
 import typer
@@ -17,15 +18,18 @@ console = Console()
 
 
 def replay(
-    file: Path = typer.Argument(..., exists=True, help="events.parquet, or a folder holding it "
-                                "(its items.parquet is sent too)"),
-    rate: float | None = typer.Option(None, "--rate", help="Events per second (default: no limit)"),
-    url: str | None = typer.Option(None, "--url", help="Ingest API [default: settings' host:port]"),
-    batch_size: int = typer.Option(500, "--batch-size", min=1, max=1000),
-    lanes: int = typer.Option(4, "--lanes", min=1, help="Concurrent per-user-ordered streams"),
-    items: Path | None = typer.Option(None, "--items", exists=True, help="Catalogue Parquet"),
-    shift_to_now: bool = typer.Option(True, "--shift-to-now/--keep-time",
-                                      help="Move the data so its last event is now"),
+    file: Annotated[Path, typer.Argument(exists=True, help="events.parquet, or a folder holding "
+                                         "it (its items.parquet is sent too)")],
+    rate: Annotated[float | None, typer.Option(help="Events per second [default: no limit]")
+                    ] = None,
+    url: Annotated[str | None, typer.Option(help="Ingest API [default: settings' host:port]")
+                   ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 500,
+    lanes: Annotated[int, typer.Option(min=1, help="Concurrent per-user-ordered streams")] = 4,
+    items: Annotated[Path | None, typer.Option(exists=True, help="Catalogue Parquet")] = None,
+    shift_to_now: Annotated[bool, typer.Option("--shift-to-now/--keep-time",
+                                               help="Move the data so its last event is now")
+                            ] = True,
 ) -> None:
     """Replay events (per-user order kept), retrying 503s; ends with a summary."""
     from reco.settings import get_settings

@@ -106,7 +106,7 @@ def read_recbole(wheel: Path) -> Raw:
 
 
 def read_official(u_data: Path, u_item: Path | None = None) -> Raw:
-    """GroupLens' `u.data` (user, item, rating, unix time) and `u.item` (pipe-separated, latin-1)."""
+    """GroupLens' `u.data` (user, item, rating, unix time) and `u.item` (pipe-separated)."""
     ratings = pd.read_csv(
         u_data, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"],
         dtype=np.int64,
@@ -204,7 +204,7 @@ def write(events: pd.DataFrame, items: pd.DataFrame, out_dir: Path) -> tuple[Pat
 
 
 def load(source: Path | None, cache_dir: Path) -> Raw:
-    """Read `source` (a u.data file, a folder holding one, or a recbole wheel) or fetch the wheel."""
+    """Read `source` (u.data, a folder holding it, or a recbole wheel), else fetch the wheel."""
     if source is None:
         return read_recbole(fetch_recbole_wheel(cache_dir))
     if source.is_dir():

@@ -1,4 +1,4 @@
-"""Column names and Arrow schemas of the Parquet files the data commands write, plus time shifting."""
+"""Arrow schemas of the Parquet files the data commands write, and moving data in time."""
 
 from __future__ import annotations
 

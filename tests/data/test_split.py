@@ -1,0 +1,63 @@
+"""Leave-last-out split and ranking metrics on hand-built data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from reco.evaluation_split import (
+    hit_rate_at_k,
+    leave_last_out,
+    mrr_at_k,
+    ndcg_at_k,
+    ranks_of,
+    score_rankings,
+    targets_of,
+)
+
+EVENTS = pd.DataFrame(
+    [
+        # a: plain history; the test item was seen before, so its earlier view leaves history
+        ("a", "i1", 10), ("a", "i2", 20), ("a", "i3", 30), ("a", "i4", 40), ("a", "i2", 50),
+        # b: the last two share a timestamp: the larger item id counts as the later one
+        ("b", "i7", 5), ("b", "i9", 8), ("b", "i8", 8),
+        # c: a single event, not evaluable: kept for training
+        ("c", "i1", 7),
+        # d: two events, evaluable, nothing left for validation
+        ("d", "i5", 1), ("d", "i6", 2),
+    ],
+    columns=["user_id", "item_id", "timestamp"],
+).sample(frac=1.0, random_state=3)  # row order must not matter
+
+
+def _rows(frame: pd.DataFrame) -> list[tuple[str, str, int]]:
+    return sorted(map(tuple, frame[["user_id", "item_id", "timestamp"]].values.tolist()))
+
+
+def test_leave_last_out_holds_out_exact_items() -> None:
+    split = leave_last_out(EVENTS)
+    assert targets_of(split.test) == {"a": "i2", "b": "i9", "d": "i6"}
+    assert _rows(split.history) == [
+        ("a", "i1", 10), ("a", "i3", 30), ("a", "i4", 40), ("b", "i7", 5), ("c", "i1", 7),
+        ("d", "i5", 1),
+    ]
+    assert targets_of(split.validation) == {"a": "i4"}
+    assert _rows(split.train) == [
+        ("a", "i1", 10), ("a", "i3", 30), ("b", "i7", 5), ("c", "i1", 7), ("d", "i5", 1),
+    ]
+    assert split.test["timestamp"].tolist() == sorted(split.test["timestamp"])
+
+
+def test_metrics_on_ranked_lists() -> None:
+    ranked = {"a": ["x", "i2", "y"], "b": ["i9"], "d": ["p", "q", "r", "s"], "e": ["i1"]}
+    targets = {"a": "i2", "b": "i9", "d": "i6", "z": "i1"}  # z has no list: a miss
+    rank = ranks_of(ranked, targets)
+    assert rank.tolist() == [2.0, 1.0, math.inf, math.inf]
+    assert hit_rate_at_k(rank, 10) == 0.5
+    assert hit_rate_at_k(rank, 1) == 0.25
+    assert np.isclose(ndcg_at_k(rank, 10), (1 / math.log2(3) + 1.0) / 4)
+    assert np.isclose(mrr_at_k(rank, 10), (0.5 + 1.0) / 4)
+    assert score_rankings(ranked, targets, k=1) == {
+        "hr_at_1": 0.25, "ndcg_at_1": 0.25, "mrr_at_1": 0.25, "users": 4}
