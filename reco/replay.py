@@ -145,7 +145,8 @@ class _Sender:
                 self.summary.latencies_ms.append((time.perf_counter() - started) * 1000)
                 if resp.status_code not in RETRY_STATUSES:
                     return resp
-                wait = _retry_after(resp) or delay
+                retry_after = _retry_after(resp)
+                wait = delay if retry_after is None else retry_after
             await asyncio.sleep(min(wait, self.opts.max_backoff_s * 6))
             delay = min(delay * 2, self.opts.max_backoff_s)
         return None
