@@ -43,7 +43,9 @@ def migrate(settings: Settings, sql_dir: Path = SQL_DIR) -> list[str]:
                     continue
                 with conn.transaction():
                     conn.execute(path.read_text())
-                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,)
+                    )
                 applied.append(path.stem)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_ID,))

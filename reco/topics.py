@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
@@ -11,7 +12,7 @@ from reco.settings import Settings
 
 
 def platform_topics(settings: Settings) -> dict[str, int]:
-    """Topic name -> partitions. Events are keyed by user_id, so partitions are the unit of scale."""
+    """Topic name -> partitions (events are keyed by user_id: partitions are the unit of scale)."""
     return {settings.topic_events: settings.topic_partitions, settings.topic_dlq: 1}
 
 
@@ -36,9 +37,8 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float
             if name not in existing
         ]
         if missing:
-            try:
+            # Another process may create them at the same moment.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()

@@ -79,7 +79,9 @@ def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
 
 
 @pytest.fixture
-def pg(_migrated_database: str, postgres_server: servers.ServerProcess) -> Iterator[psycopg.Connection]:
+def pg(
+    _migrated_database: str, postgres_server: servers.ServerProcess
+) -> Iterator[psycopg.Connection]:
     """A connection to the migrated app database, emptied before each test."""
     url = Settings(pg_port=postgres_server.port).database_url
     with psycopg.connect(url, autocommit=True) as conn:

@@ -74,7 +74,8 @@ def test_failing_component_reports_its_log(stack_settings: Settings) -> None:
     taken = blocker.getsockname()[1]
     settings = stack_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{taken}/0"})
     try:
-        with pytest.raises(local.ComponentFailed, match=r"redis is not healthy[\s\S]*Address already in use"):
+        failure = r"redis is not healthy[\s\S]*Address already in use"
+        with pytest.raises(local.ComponentFailed, match=failure):
             local.up(settings, Console(quiet=True), only={"redis"})
     finally:
         blocker.close()

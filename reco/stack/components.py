@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from reco import db
 from reco.settings import Settings
-from reco.stack import servers
+from reco.stack import prometheus, servers
 from reco.stack.health import http_ok, postgres_accepts, redis_ping, tcp_open
 from reco.topics import ensure_topics, platform_topics
 
@@ -28,6 +29,7 @@ class Component:
     ready: Callable[[], None] | None = None  # runs once it is healthy (databases, topics)
     startup_timeout_s: float = 60.0
     group: str = "infra"  # "infra" (third-party servers) or "app" (the project's processes)
+    metrics_url: str | None = None  # where Prometheus scrapes it
 
 
 @dataclass
@@ -108,6 +110,8 @@ def build_components(settings: Settings) -> list[Component]:
             raise servers.ServerSetupError(f"airflow db migrate failed:\n{result.stderr[-3000:]}")
 
     mlflow_artifacts = paths.root / "mlflow" / "artifacts"
+    prom_config = paths.root / "prometheus" / "prometheus.yml"
+    apps = app_components(settings)
     airflow = servers.venv_bin("airflow")
     return [
         Component(
@@ -155,7 +159,19 @@ def build_components(settings: Settings) -> list[Component]:
             health=lambda: _airflow_component_healthy(settings, "dag_processor"),
             startup_timeout_s=120,
         ),
-        *app_components(settings),
+        *apps,
+        Component(
+            "prometheus",
+            [_which("prometheus"), f"--config.file={prom_config}",
+             f"--storage.tsdb.path={paths.root / 'prometheus' / 'data'}",
+             f"--web.listen-address={host}:{settings.prometheus_port}",
+             "--storage.tsdb.retention.time=7d"],
+            health=lambda: http_ok(f"http://{host}:{settings.prometheus_port}/-/ready"),
+            url=f"http://{host}:{settings.prometheus_port}",
+            prepare=lambda: (_require("prometheus"), prometheus.write_config(prom_config, {
+                c.name: [prometheus.metrics_target(c.metrics_url)] for c in apps if c.metrics_url
+            })),
+        ),
     ]
 
 
@@ -164,23 +180,32 @@ def app_components(settings: Settings) -> list[Component]:
     host = "127.0.0.1"
     ingest = f"http://{host}:{settings.ingest_port}"
     reco = f"http://{host}:{settings.reco_port}"
+    processor = f"http://{host}:{settings.processor_metrics_port}"
+    archiver = f"http://{host}:{settings.archiver_metrics_port}"
     wanted = [
         ("ingest", "serving/ingest.py", _reco("run", "ingest"),
-         lambda: http_ok(f"{ingest}/health"), f"{ingest}/docs"),
+         lambda: http_ok(f"{ingest}/health"), f"{ingest}/docs", f"{ingest}/metrics"),
         ("recommendations", "serving/recommendations.py", _reco("run", "recommendations"),
-         lambda: http_ok(f"{reco}/health"), f"{reco}/docs"),
+         lambda: http_ok(f"{reco}/health"), f"{reco}/docs", f"{reco}/metrics"),
         ("processor", "streaming/processor.py", _reco("run", "processor"),
-         lambda: tcp_open(host, settings.processor_metrics_port),
-         f"http://{host}:{settings.processor_metrics_port}/metrics"),
+         lambda: http_ok(f"{processor}/metrics"), f"{processor}/metrics", f"{processor}/metrics"),
         ("archiver", "streaming/archiver.py", _reco("run", "archiver"),
-         lambda: tcp_open(host, settings.archiver_metrics_port),
-         f"http://{host}:{settings.archiver_metrics_port}/metrics"),
+         lambda: http_ok(f"{archiver}/metrics"), f"{archiver}/metrics", f"{archiver}/metrics"),
     ]
     return [
-        Component(name, cmd, health=health, url=url, group="app")
-        for name, module, cmd, health, url in wanted
+        Component(name, cmd, health=health, url=url, group="app", metrics_url=metrics)
+        for name, module, cmd, health, url, metrics in wanted
         if (servers.REPO_ROOT / module).exists()
     ]
+
+
+def _which(name: str) -> str:
+    return shutil.which(name) or name
+
+
+def _require(name: str) -> None:
+    if shutil.which(name) is None:
+        raise servers.ServerSetupError(f"{name} not found: make install (apt-get install {name})")
 
 
 def _airflow_component_healthy(settings: Settings, component: str) -> bool:

@@ -63,9 +63,8 @@ def _bring_up(component: Component, supervisor: Supervisor, console: Console) ->
     if component.ready is not None:
         with console.status(f"[bold]{component.name}[/]: initialising"):
             component.ready()
-    console.print(
-        f"[green]✓[/] {component.name:<22} {time.monotonic() - started:5.1f}s  {component.url or ''}"
-    )
+    elapsed = time.monotonic() - started
+    console.print(f"[green]✓[/] {component.name:<22} {elapsed:5.1f}s  {component.url or ''}")
 
 
 def down(settings: Settings) -> None:

@@ -87,7 +87,8 @@ class Supervisor:
         deadline = time.monotonic() + 15
         while not self.running():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"supervisord did not start; see {self.log_dir / 'supervisord.log'}")
+                log = self.log_dir / "supervisord.log"
+                raise RuntimeError(f"supervisord did not start; see {log}")
             time.sleep(0.1)
 
     def info(self, name: str) -> dict:

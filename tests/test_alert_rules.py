@@ -1,0 +1,40 @@
+"""Alert rules tested the Prometheus way: promtool check + promtool unit tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+MONITORING = Path(__file__).resolve().parents[1] / "monitoring"
+PROMTOOL = shutil.which("promtool")
+pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: make install")
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PROMTOOL, *args], cwd=MONITORING, capture_output=True, text=True)
+
+
+def test_rules_are_valid() -> None:
+    result = _promtool("check", "rules", "alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 8 rules found" in result.stdout
+
+
+def test_rule_unit_tests_pass() -> None:
+    result = _promtool("test", "rules", "alerts.test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_severity_for_and_summary() -> None:
+    rules = [r for g in yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"]
+             for r in g["rules"]]
+    tested = {t["alertname"] for case in yaml.safe_load(
+        (MONITORING / "alerts.test.yml").read_text())["tests"] for t in case["alert_rule_test"]}
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert "for" in rule and rule["annotations"]["summary"], rule["alert"]
+        assert rule["alert"] in tested, f"{rule['alert']} has no promtool test"
