@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
+import httpx
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from reco.settings import get_settings
-from reco.stack import local
+from reco.settings import Settings, get_settings
+from reco.stack import headline, local
 
 console = Console()
 
@@ -38,15 +40,33 @@ def down() -> None:
 
 def status() -> None:
     """Each component with its process state, health and URL."""
-    rows = local.status(get_settings())
-    table = Table("component", "process", "health", "uptime", "url")
+    settings = get_settings()
+    rows = local.status(settings)
+    table = Table("component", "state", "uptime", "url", box=box.SIMPLE)
+    for column in table.columns:
+        column.no_wrap = True
     for row in rows:
-        health = "[green]healthy[/]" if row.healthy else "[red]down[/]"
+        state = "[green]healthy[/]" if row.healthy else f"[red]{row.state.lower()}[/]"
+        if row.state == "RUNNING" and not row.healthy:
+            state = "[red]unhealthy[/]"
         uptime = f"{row.uptime_s}s" if row.uptime_s is not None else "-"
-        table.add_row(row.name, row.state, health, uptime, row.url or "")
+        table.add_row(row.name, state, uptime, row.url or "")
     console.print(table)
+    _print_headlines(settings)
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
+
+
+def _print_headlines(settings: Settings) -> None:
+    try:
+        figures = headline.read_headlines(f"http://127.0.0.1:{settings.prometheus_port}")
+    except httpx.HTTPError:
+        console.print("(Prometheus is not reachable: no headline figures)")
+        return
+    table = Table("headline figure (Prometheus)", "value", box=box.SIMPLE)
+    for figure in figures:
+        table.add_row(figure.name, figure.formatted())
+    console.print(table)
 
 
 def logs(

@@ -1,0 +1,56 @@
+"""Headline figures of the running platform, read from the local Prometheus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+# name -> (PromQL, unit). Windows are short so a demo run shows up within a minute.
+HEADLINES: dict[str, tuple[str, str]] = {
+    "ingest rate": ("sum(rate(events_ingested_total[1m]))", "events/s"),
+    "ingest p99": (
+        'histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket'
+        '{job="ingest"}[5m])))', "s"),
+    "recommendation rate": ("sum(rate(recommendation_requests_total[1m]))", "req/s"),
+    "recommendation p99": (
+        "histogram_quantile(0.99, sum by (le) (rate(recommendation_latency_seconds_bucket[5m])))",
+        "s"),
+    "cache hit ratio": (
+        "sum(increase(recommendation_cache_hits_total[15m])) / (sum(increase("
+        "recommendation_cache_hits_total[15m])) + sum(increase("
+        "recommendation_cache_misses_total[15m])))", "ratio"),
+    "processor lag": ('sum(kafka_consumer_lag{group=~".*processor.*"})', "messages"),
+    "archiver lag": ('sum(kafka_consumer_lag{group=~".*archiver.*"})', "messages"),
+    "HTTP 5xx ratio": (
+        'sum(rate(http_requests_total{status=~"5.."}[5m])) / sum(rate(http_requests_total[5m]))',
+        "ratio"),
+    "processing errors": ("sum(rate(event_processing_errors_total[5m]))", "msgs/s"),
+    "targets up": ("sum(up) / count(up)", "ratio"),
+}
+
+
+@dataclass(frozen=True)
+class Headline:
+    name: str
+    value: float | None
+    unit: str
+
+    def formatted(self) -> str:
+        if self.value is None or self.value != self.value:  # no data yet, or NaN (0/0)
+            return "no data"
+        if self.unit == "s":
+            return f"{self.value * 1000:.1f} ms"
+        if self.unit == "ratio":
+            return f"{self.value:.1%}"
+        return f"{self.value:,.1f} {self.unit}"
+
+
+def read_headlines(prometheus_url: str, timeout_s: float = 2.0) -> list[Headline]:
+    """One instant query per figure; a figure without data yet is reported as such."""
+    out = []
+    with httpx.Client(base_url=prometheus_url, timeout=timeout_s) as client:
+        for name, (query, unit) in HEADLINES.items():
+            result = client.get("/api/v1/query", params={"query": query}).json()["data"]["result"]
+            out.append(Headline(name, float(result[0]["value"][1]) if result else None, unit))
+    return out
