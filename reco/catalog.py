@@ -1,14 +1,17 @@
-"""In-memory views of slowly changing global signals ranking needs: item metadata, popularity.
+"""The item universe ranking works in: every known item's row, metadata and popularity.
 
-Plain data (numpy arrays + an id -> row dict) so the online API (refreshed from Redis in the
-background) and offline evaluation (built from training data) hand ranking the same structures.
+Ranking maps each candidate id to a row once and then works on numpy arrays indexed by row,
+so per-request Python work is one dict lookup per neighbour-list entry. The online API builds
+this from Redis in the background; offline evaluation builds it from training data with
+`ItemIndex.build`, so both rank with the same structures.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -17,72 +20,86 @@ UNKNOWN_CATEGORY = -1
 
 
 @dataclass(frozen=True)
-class ItemsMeta:
-    """Metadata aligned with a list of items; unknown items: category -1, price/created NaN."""
+class ItemIndex:
+    """Arrays by row; one extra last row describes unknown items (no category/price, in stock)."""
 
-    category: np.ndarray  # int32 codes into Catalog.categories
-    price: np.ndarray  # float64
-    in_stock: np.ndarray  # bool (unknown items count as in stock)
-    created_at: np.ndarray  # float64 epoch seconds
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Item metadata for business rules: category, price, stock, creation time."""
-
-    index: dict[str, int]
-    categories: list[str]
-    category: np.ndarray
-    price: np.ndarray
-    in_stock: np.ndarray
-    created_at: np.ndarray
-    version: str = ""
+    ids: list[str]  # row -> item id (length n)
+    row: dict[str, int]  # item id -> row
+    category: np.ndarray  # int32 codes into `categories` (length n + 1)
+    price: np.ndarray  # float64, NaN unknown
+    in_stock: np.ndarray  # bool
+    created_at: np.ndarray  # float64 epoch seconds, NaN unknown
+    popularity: np.ndarray  # float64 time-decayed score, 0 outside the popular snapshot
+    popular_rows: np.ndarray  # rows with popularity > 0, most popular first
+    categories: list[str] = field(default_factory=list)
     category_code: dict[str, int] = field(default_factory=dict)
+    version: str = ""
+    # Filtered popular rows per filter tuple: the popular filler costs no work per request.
+    _filler: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def unknown_row(self) -> int:
+        return len(self.ids)
 
     @classmethod
-    def empty(cls) -> Catalog:
-        return cls.from_records({})
+    def empty(cls) -> ItemIndex:
+        return cls.build({})
 
     @classmethod
-    def from_records(cls, records: Mapping[str, Mapping[str, Any]], version: str = "") -> Catalog:
-        """From `item_id -> {category, price, in_stock, created_at}` (Redis hash strings ok)."""
+    def build(cls, records: Mapping[str, Mapping[str, Any]],
+              popularity: Iterable[tuple[str, float]] = (), version: str = "") -> ItemIndex:
+        """From `item_id -> {category, price, in_stock, created_at}` (Redis hash strings ok)
+        and `(item_id, popularity)` pairs; popular items without metadata get rows too."""
         n = len(records)
-        index: dict[str, int] = {}
+        ids = list(records)
         codes: dict[str, int] = {}
-        category = np.full(n, UNKNOWN_CATEGORY, dtype=np.int32)
-        price = np.full(n, np.nan)
-        in_stock = np.ones(n, dtype=bool)
-        created_at = np.full(n, np.nan)
-        for row, (item_id, meta) in enumerate(records.items()):
-            index[item_id] = row
+        category = np.full(n + 1, UNKNOWN_CATEGORY, dtype=np.int32)
+        price = np.full(n + 1, np.nan)
+        in_stock = np.ones(n + 1, dtype=bool)
+        created_at = np.full(n + 1, np.nan)
+        for row, meta in enumerate(records.values()):
             cat = meta.get("category")
             if cat:
                 category[row] = codes.setdefault(str(cat), len(codes))
             price[row] = _to_float(meta.get("price"))
             stock = meta.get("in_stock")
-            in_stock[row] = str(stock) not in ("0", "false", "False") if stock is not None else True
+            in_stock[row] = stock is None or str(stock) not in ("0", "false", "False")
             created_at[row] = _to_float(meta.get("created_at"))
-        return cls(index, list(codes), category, price, in_stock, created_at, version, codes)
+        index = cls(ids, {item: r for r, item in enumerate(ids)}, category, price, in_stock,
+                    created_at, np.zeros(n + 1), np.zeros(0, dtype=np.int64), list(codes),
+                    codes, version)
+        pairs = list(popularity)
+        return index.with_popularity([p[0] for p in pairs], [p[1] for p in pairs])
+
+    def with_popularity(self, ids: Sequence[str], scores: Sequence[float] | np.ndarray
+                        ) -> ItemIndex:
+        """A copy sharing the metadata, with a new popularity snapshot."""
+        scores = np.asarray(scores, dtype=np.float64)
+        extra = [i for i in dict.fromkeys(ids) if i not in self.row]
+        base = self
+        if extra:  # popular items the catalogue lacks: rows with unknown metadata
+            n, grow = len(self.ids), len(extra)
+            row = dict(self.row)
+            row.update({item: n + j for j, item in enumerate(extra)})
+
+            def widen(a: np.ndarray) -> np.ndarray:
+                return np.concatenate([a[:n], np.repeat(a[n:], grow + 1)])
+
+            base = replace(self, ids=self.ids + extra, row=row, category=widen(self.category),
+                           price=widen(self.price), in_stock=widen(self.in_stock),
+                           created_at=widen(self.created_at), _filler={})
+        pop = np.zeros(len(base.ids) + 1)
+        rows = base.rows(ids)
+        pop[rows] = scores
+        popular = rows[np.argsort(-scores, kind="stable")]
+        return replace(base, popularity=pop, popular_rows=popular[pop[popular] > 0], _filler={})
 
     def rows(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Row of each item, -1 when the catalogue does not know it."""
-        get = self.index.get
-        return np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
-
-    def lookup(self, item_ids: Sequence[str]) -> ItemsMeta:
-        rows = self.rows(item_ids)
-        known = rows >= 0
-        safe = np.where(known, rows, 0)
-        if len(self.index) == 0:
-            n = len(item_ids)
-            return ItemsMeta(np.full(n, UNKNOWN_CATEGORY, dtype=np.int32), np.full(n, np.nan),
-                             np.ones(n, dtype=bool), np.full(n, np.nan))
-        return ItemsMeta(
-            category=np.where(known, self.category[safe], UNKNOWN_CATEGORY).astype(np.int32),
-            price=np.where(known, self.price[safe], np.nan),
-            in_stock=np.where(known, self.in_stock[safe], True),
-            created_at=np.where(known, self.created_at[safe], np.nan),
-        )
+        """Row of each item; unknown items get `unknown_row`."""
+        n = len(item_ids)
+        # map(dict.get, ids, repeat(default)) stays in C: ~3x faster than a generator.
+        return np.fromiter(map(self.row.get, item_ids, repeat(len(self.ids), n)),
+                           dtype=np.int64, count=n)
 
     def code_of(self, category: str | None) -> int | None:
         """Code of a category name; None when no category was asked; -2 when none matches."""
@@ -90,42 +107,14 @@ class Catalog:
             return None
         return self.category_code.get(category, -2)
 
-
-@dataclass
-class Popularity:
-    """Popular items best first with their (relative) scores."""
-
-    ids: list[str]
-    scores: np.ndarray
-    index: dict[str, int] = field(default_factory=dict)
-    # Metadata of `ids` per catalogue object, so filtering the popular list costs no lookups.
-    _meta: tuple[Catalog, ItemsMeta] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.index:
-            self.index = {item: i for i, item in enumerate(self.ids)}
-
-    @classmethod
-    def empty(cls) -> Popularity:
-        return cls([], np.zeros(0))
-
-    @classmethod
-    def from_pairs(cls, pairs: Iterable[tuple[str, float]]) -> Popularity:
-        ordered = sorted(pairs, key=lambda p: -p[1])
-        return cls([p[0] for p in ordered], np.array([p[1] for p in ordered], dtype=np.float64))
-
-    def scores_of(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Score of each item; items outside the snapshot score 0."""
-        if not self.ids:
-            return np.zeros(len(item_ids))
-        get = self.index.get
-        pos = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
-        return np.where(pos >= 0, self.scores[np.maximum(pos, 0)], 0.0)
-
-    def meta(self, catalog: Catalog) -> ItemsMeta:
-        if self._meta is None or self._meta[0] is not catalog:
-            self._meta = (catalog, catalog.lookup(self.ids))
-        return self._meta[1]
+    def filler(self, key: tuple, compute: Any) -> np.ndarray:
+        """Cached `compute()` of the popular rows passing one filter tuple (bounded cache)."""
+        rows = self._filler.get(key)
+        if rows is None:
+            if len(self._filler) > 1024:
+                self._filler.clear()
+            rows = self._filler[key] = compute()
+        return rows
 
 
 def _to_float(value: Any) -> float:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from reco.catalog import Catalog, Popularity
+from reco.catalog import ItemIndex
 from reco.rules import Filters, diversify, eligible, freshness
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 Lists = tuple[list[str], np.ndarray]  # (ids best first, scores)
 SIGNALS = ("coview", "embedding", "popularity", "recency", "cf")
+COVIEW, KNN, ITEM_CF, USER_CF = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,6 @@ class RankConfig:
             freshness_boost=settings.freshness_boost, freshness_days=settings.freshness_days,
         )
 
-    def weight(self, signal: str) -> float:
-        return {"coview": self.w_coview, "embedding": self.w_embed, "popularity": self.w_pop,
-                "recency": self.w_recency, "cf": self.w_cf}[signal]
-
 
 @dataclass
 class UserFeatures:
@@ -91,53 +88,43 @@ class Ranking:
     items: list[ScoredItem]
 
 
-def rank(features: UserFeatures, popularity: Popularity, catalog: Catalog,
-         config: RankConfig, filters: Filters | None = None, k: int = 20) -> Ranking:
+def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
+         filters: Filters | None = None, k: int = 20) -> Ranking:
     """The top-k items for one user, best first, after every business rule."""
     filters = filters or Filters()
     sources = features.recent[: config.recent_n]
-    cands = _Candidates(len(sources))
-    for s, item in enumerate(sources):
-        for name in ("coview", "knn", "item_cf"):
-            lists = getattr(features, name).get(item)
-            if lists is not None:
-                cands.add_source(name, s, lists, config.neighbours_n)
-    user_cf = features.user_cf if features.user_cf is not None else ([], np.zeros(0))
-    cands.add_user_cf(user_cf)
-    personal = len(cands.index) > 0
-    _add_popular_filler(cands, popularity, catalog, filters, config.popular_filler_n)
+    c = _Candidates(features, sources, items, config)
+    personal = c.n_entries > 0
+    strategy: Literal["personalized", "popular"] = "personalized" if personal else "popular"
+    c.finish(_popular_filler(items, filters, config.popular_filler_n))
+    if c.m == 0:
+        return Ranking(strategy, [])
 
-    ids = list(cands.index)
-    if not ids:
-        return Ranking("personalized" if personal else "popular", [])
-    meta = catalog.lookup(ids)
-    keep = eligible(meta, catalog, filters)
+    keep = eligible(items, c.meta_rows, filters)
     if filters.exclude_seen and features.recent:
-        seen = set(features.recent)
-        keep &= np.fromiter((i not in seen for i in ids), dtype=bool, count=len(ids))
-
+        keep &= ~np.isin(c.rows, c.codes_of(features.recent))
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
-    parts = cands.signals(recency_w, popularity.scores_of(ids), keep)
-    contrib = {sig: config.weight(sig) * parts[sig] for sig in SIGNALS}
-    contrib["freshness"] = config.freshness_boost * freshness(meta, features.now,
-                                                              config.freshness_days)
+    parts, norms = c.signals(recency_w, keep)
+    weights = (config.w_coview, config.w_embed, config.w_pop, config.w_recency, config.w_cf)
+    contrib = {sig: w * parts[sig] for sig, w in zip(SIGNALS, weights, strict=True)}
+    contrib["freshness"] = config.freshness_boost * freshness(
+        items, c.meta_rows, features.now, config.freshness_days)
     score = sum(contrib.values())
 
     pool = np.flatnonzero(keep)
     order = pool[np.argsort(-score[pool], kind="stable")]
     share = 1.0 if filters.category is not None else config.max_category_share
-    top = diversify(order, meta.category, k, share)
-    src = cands.best_source(top, recency_w, parts["norms"], config)
-    items = [
-        ScoredItem(ids[p], float(score[p]), {n: float(c[p]) for n, c in contrib.items()},
+    top = diversify(order, items.category[c.meta_rows], k, share)
+    src = c.best_source(top, recency_w, norms, config)
+    return Ranking(strategy, [
+        ScoredItem(c.item_id(p), float(score[p]), {n: float(v[p]) for n, v in contrib.items()},
                    sources[src[j]] if src[j] >= 0 else None)
         for j, p in enumerate(top.tolist())
-    ]
-    return Ranking("personalized" if personal else "popular", items)
+    ])
 
 
-def similar_items(item_id: str, coview: Lists | None, knn: Lists | None, catalog: Catalog,
+def similar_items(item_id: str, coview: Lists | None, knn: Lists | None, items: ItemIndex,
                   config: RankConfig, k: int = 20) -> list[ScoredItem]:
     """Neighbours of one item blended from co-view and embeddings (in stock, not itself)."""
     features = UserFeatures([item_id], {}, 0.0, coview={item_id: coview} if coview else {},
@@ -145,7 +132,13 @@ def similar_items(item_id: str, coview: Lists | None, knn: Lists | None, catalog
     blend = RankConfig(w_coview=config.w_coview, w_embed=config.w_embed, w_pop=0.0,
                        w_recency=0.0, w_cf=0.0, recent_n=1, neighbours_n=config.neighbours_n,
                        popular_filler_n=0, max_category_share=1.0, freshness_boost=0.0)
-    return rank(features, Popularity.empty(), catalog, blend, Filters(), k).items
+    return rank(features, items, blend, Filters(), k).items
+
+
+def popular_items(items: ItemIndex, filters: Filters, k: int) -> list[tuple[str, float]]:
+    """The k most popular items passing `filters`, with their raw popularity."""
+    rows = _popular_filler(items, filters, k)
+    return [(items.ids[r], float(items.popularity[r])) for r in rows.tolist()]
 
 
 def _source_recency(sources: list[str], times: dict[str, float], now: float,
@@ -160,14 +153,16 @@ def _source_recency(sources: list[str], times: dict[str, float], now: float,
     return out
 
 
-def _add_popular_filler(cands: _Candidates, popularity: Popularity, catalog: Catalog,
-                        filters: Filters, n: int) -> None:
-    """Popular items that pass the filters, so a filtered or thin list still fills up."""
-    if n <= 0 or not popularity.ids:
-        return
-    mask = eligible(popularity.meta(catalog), catalog, filters)
-    for pos in np.flatnonzero(mask)[:n].tolist():
-        cands.index.setdefault(popularity.ids[pos], len(cands.index))
+def _popular_filler(items: ItemIndex, filters: Filters, n: int) -> np.ndarray:
+    """Rows of the `n` most popular items passing the filters (cached per filter tuple)."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+
+    def compute() -> np.ndarray:
+        rows = items.popular_rows
+        return rows[eligible(items, rows, filters)][:n]
+
+    return items.filler((filters.key, n), compute)
 
 
 def _norm(x: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, float]:
@@ -176,60 +171,100 @@ def _norm(x: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 class _Candidates:
-    """Candidate ids in first-seen order and, per source item, the rows each list points to."""
+    """All list entries of one request mapped to candidate positions in one vectorised pass.
 
-    def __init__(self, n_sources: int) -> None:
-        self.n_sources = n_sources
-        self.index: dict[str, int] = {}
-        self.entries: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {
-            "coview": [], "knn": [], "item_cf": []}
-        self.user_cf: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0))
+    Candidates are identified by their row in the ItemIndex; ids the index does not know get
+    codes past its unknown row (their metadata is the unknown row's).
+    """
 
-    def _rows(self, ids: list[str]) -> np.ndarray:
-        index = self.index
-        return np.fromiter((index.setdefault(i, len(index)) for i in ids), np.int64, len(ids))
+    def __init__(self, f: UserFeatures, sources: list[str], items: ItemIndex,
+                 config: RankConfig) -> None:
+        self.items, self.n_sources = items, len(sources)
+        ids: list[str] = []
+        kind: list[np.ndarray] = []
+        src: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        limit = config.neighbours_n
+        for s, item in enumerate(sources):
+            for code, table in ((COVIEW, f.coview), (KNN, f.knn), (ITEM_CF, f.item_cf)):
+                lists = table.get(item)
+                if lists is None or not lists[0]:
+                    continue
+                part = lists[0][:limit]
+                ids.extend(part)
+                kind.append(np.full(len(part), code, dtype=np.int8))
+                src.append(np.full(len(part), s, dtype=np.int64))
+                scores.append(np.asarray(lists[1][: len(part)], dtype=np.float64))
+        if f.user_cf is not None and f.user_cf[0]:
+            ids.extend(f.user_cf[0])
+            kind.append(np.full(len(f.user_cf[0]), USER_CF, dtype=np.int8))
+            src.append(np.full(len(f.user_cf[0]), -1, dtype=np.int64))
+            scores.append(np.asarray(f.user_cf[1], dtype=np.float64))
+        self.n_entries = len(ids)
+        self.extra: dict[str, int] = {}  # ids unknown to the index -> code
+        self.entry_rows = self.codes_of(ids, assign=True)
+        cat = np.concatenate
+        empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0)
+        self.kind = cat(kind) if kind else np.zeros(0, np.int8)
+        self.src = cat(src) if src else empty_i
+        self.scores = cat(scores) if scores else empty_f
 
-    def add_source(self, name: str, source: int, lists: Lists, limit: int) -> None:
-        ids, scores = lists
-        ids = ids[:limit]
-        self.entries[name].append((source, self._rows(ids), np.asarray(scores[: len(ids)])))
+    def codes_of(self, ids: list[str], assign: bool = False) -> np.ndarray:
+        rows = self.items.rows(ids)
+        unknown = self.items.unknown_row
+        for j in np.flatnonzero(rows == unknown).tolist():
+            code = self.extra.get(ids[j])
+            if code is None:
+                code = unknown + 1 + len(self.extra) if assign else -1
+                if assign:
+                    self.extra[ids[j]] = code
+            rows[j] = code
+        return rows
 
-    def add_user_cf(self, lists: Lists) -> None:
-        ids, scores = lists
-        self.user_cf = (self._rows(ids), np.asarray(scores, dtype=np.float64))
+    def finish(self, filler: np.ndarray) -> None:
+        self.rows, inv = np.unique(np.concatenate([self.entry_rows, filler]),
+                                   return_inverse=True)
+        self.pos = inv[: self.n_entries]
+        self.m = len(self.rows)
+        self.meta_rows = np.minimum(self.rows, self.items.unknown_row)
+        self.extra_ids = list(self.extra)
 
-    def _matrix(self, name: str, m: int) -> np.ndarray:
-        out = np.zeros((self.n_sources, m))
-        for s, rows, scores in self.entries[name]:
-            out[s, rows] = scores
+    def item_id(self, p: int) -> str:
+        row = int(self.rows[p])
+        unknown = self.items.unknown_row
+        return self.items.ids[row] if row < unknown else self.extra_ids[row - unknown - 1]
+
+    def _matrix(self, code: int) -> np.ndarray:
+        out = np.zeros((self.n_sources, self.m))
+        sel = self.kind == code
+        out[self.src[sel], self.pos[sel]] = self.scores[sel]
         return out
 
-    def signals(self, recency_w: np.ndarray, pop: np.ndarray, keep: np.ndarray) -> dict:
-        m = len(self.index)
-        self.coview = self._matrix("coview", m)
-        self.embed = np.maximum(self._matrix("knn", m), 0.0)  # negative cosine: no evidence
-        self.item_cf = np.maximum(self._matrix("item_cf", m), 0.0)
-        self.present = np.zeros((self.n_sources, m), dtype=bool)
-        for entries in self.entries.values():
-            for s, rows, _ in entries:
-                self.present[s, rows] = True
-        user_cf = np.zeros(m)
-        user_cf[self.user_cf[0]] = np.maximum(self.user_cf[1], 0.0)
+    def signals(self, recency_w: np.ndarray, keep: np.ndarray) -> tuple[dict, tuple]:
+        self.coview = self._matrix(COVIEW)
+        self.embed = np.maximum(self._matrix(KNN), 0.0)  # negative cosine: no evidence
+        self.item_cf = np.maximum(self._matrix(ITEM_CF), 0.0)
+        self.present = np.zeros((self.n_sources, self.m), dtype=bool)
+        by_source = self.kind != USER_CF
+        self.present[self.src[by_source], self.pos[by_source]] = True
+        user_cf = np.zeros(self.m)
+        sel = self.kind == USER_CF
+        user_cf[self.pos[sel]] = np.maximum(self.scores[sel], 0.0)
 
         coview, c_top = _norm(self.coview.sum(axis=0), keep)
         embed, e_top = _norm(self.embed.max(axis=0, initial=0.0), keep)
-        rec_raw = (self.present * recency_w[:, None]).max(axis=0, initial=0.0)
-        recency, r_top = _norm(rec_raw, keep)
+        recency, r_top = _norm((self.present * recency_w[:, None]).max(axis=0, initial=0.0),
+                               keep)
         item_cf, f_top = _norm(self.item_cf.max(axis=0, initial=0.0), keep)
         ucf, _ = _norm(user_cf, keep)
-        popularity, _ = _norm(pop, keep)
-        return {"coview": coview, "embedding": embed, "popularity": popularity,
-                "recency": recency, "cf": np.maximum(ucf, item_cf),
-                "norms": (c_top, e_top, r_top, f_top)}
+        popularity, _ = _norm(self.items.popularity[self.meta_rows], keep)
+        parts = {"coview": coview, "embedding": embed, "popularity": popularity,
+                 "recency": recency, "cf": np.maximum(ucf, item_cf)}
+        return parts, (c_top, e_top, r_top, f_top)
 
     def best_source(self, top: np.ndarray, recency_w: np.ndarray, norms: tuple,
                     config: RankConfig) -> np.ndarray:
-        """Per chosen row, the source item contributing most to its score (-1: none)."""
+        """Per chosen position, the source item contributing most to its score (-1: none)."""
         if self.n_sources == 0 or len(top) == 0:
             return np.full(len(top), -1)
         c_top, e_top, r_top, f_top = (n if n > 0 else 1.0 for n in norms)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reco.catalog import UNKNOWN_CATEGORY, Catalog, ItemsMeta
+from reco.catalog import UNKNOWN_CATEGORY, ItemIndex
 
 DAY_S = 86_400.0
 
@@ -21,24 +21,29 @@ class Filters:
     min_price: float | None = None
     max_price: float | None = None
 
+    @property
+    def key(self) -> tuple:
+        """The part that depends on item metadata only (not on the user)."""
+        return (self.category, self.min_price, self.max_price)
 
-def eligible(meta: ItemsMeta, catalog: Catalog, filters: Filters) -> np.ndarray:
-    """Mask of items that may be shown: in stock, in the asked category and price range."""
-    mask = meta.in_stock.copy()
-    code = catalog.code_of(filters.category)
+
+def eligible(items: ItemIndex, rows: np.ndarray, filters: Filters) -> np.ndarray:
+    """Mask of rows that may be shown: in stock, in the asked category and price range."""
+    mask = items.in_stock[rows]
+    code = items.code_of(filters.category)
     if code is not None:
-        mask &= meta.category == code
+        mask &= items.category[rows] == code
     # NaN comparisons are False, so items without a known price drop out of a price filter.
     if filters.min_price is not None:
-        mask &= meta.price >= filters.min_price
+        mask &= items.price[rows] >= filters.min_price
     if filters.max_price is not None:
-        mask &= meta.price <= filters.max_price
+        mask &= items.price[rows] <= filters.max_price
     return mask
 
 
-def freshness(meta: ItemsMeta, now: float, days: float) -> np.ndarray:
+def freshness(items: ItemIndex, rows: np.ndarray, now: float, days: float) -> np.ndarray:
     """1.0 for items created within the last `days`, else 0.0 (unknown creation time: 0)."""
-    age = now - meta.created_at
+    age = now - items.created_at[rows]
     with np.errstate(invalid="ignore"):
         return ((age >= 0) & (age <= days * DAY_S)).astype(np.float64)
 
@@ -56,8 +61,7 @@ def diversify(order: np.ndarray, category: np.ndarray, k: int, max_share: float)
     counts: dict[int, int] = {}
     chosen: list[int] = []
     deferred: list[int] = []
-    for pos in order.tolist():
-        cat = int(category[pos])
+    for pos, cat in zip(order.tolist(), category[order].tolist(), strict=True):
         if cat != UNKNOWN_CATEGORY and counts.get(cat, 0) >= cap:
             deferred.append(pos)
             continue

@@ -8,12 +8,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import astuple, dataclass, replace
+from dataclasses import astuple, dataclass
 
 import orjson
 
-from reco.catalog import Popularity
-from reco.ranking import RankConfig, Ranking, ScoredItem, UserFeatures, rank, similar_items
+from reco.ranking import (
+    RankConfig,
+    ScoredItem,
+    UserFeatures,
+    popular_items,
+    rank,
+    similar_items,
+)
 from reco.rules import Filters
 from reco.settings import Settings
 from serving import reco_metrics as metrics
@@ -80,8 +86,7 @@ class RecoService:
                 self.with_item_cf)
         except StoreUnavailable:
             return self.fallback(p)
-        ranking = rank(features, self.signals.popularity, self.signals.catalog, self.config,
-                       p.filters, p.k)
+        ranking = rank(features, self.signals.items, self.config, p.filters, p.k)
         body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
         entry = head + b"\n" + versions_sig + b"\n" + body[: -len(CACHED_FALSE)] + CACHED_TRUE
         return Answer(body, ranking.strategy, entry)
@@ -90,31 +95,20 @@ class RecoService:
         """Popular items from the in-process snapshot: the shop still gets a list."""
         metrics.FALLBACKS.labels(endpoint="recommendations").inc()
         log.warning("serving fallback recommendations to user %s", p.user_id)
-        ranking = self.popular_ranking(p.filters, p.k)
+        ranking = rank(UserFeatures([], {}, time.time()), self.signals.items, self.config,
+                       p.filters, p.k)
         return Answer(render(p, "fallback", ranking.items, {}, p.explain), "fallback")
-
-    def popular_ranking(self, filters: Filters, k: int, config: RankConfig | None = None
-                        ) -> Ranking:
-        features = UserFeatures([], {}, time.time())
-        return rank(features, self.signals.popularity, self.signals.catalog,
-                    config or self.config, filters, k)
 
     def popular(self, k: int, category: str | None) -> list[dict]:
         """Top popular items (in stock, optional category), score relative to the global top."""
-        pop: Popularity = self.signals.popularity
-        top = float(pop.scores[0]) if len(pop.scores) else 0.0
-        # The plain popularity order: no diversity re-rank, no freshness boost.
-        plain = replace(self.config, max_category_share=1.0, freshness_boost=0.0,
-                        popular_filler_n=max(k, self.config.popular_filler_n))
-        items = self.popular_ranking(Filters(exclude_seen=False, category=category), k,
-                                     plain).items
-        scores = pop.scores_of([i.item_id for i in items])
-        return [{"item_id": i.item_id, "score": round(float(s) / top, 6) if top > 0 else 0.0}
-                for i, s in zip(items, scores, strict=True)]
+        items = self.signals.items
+        top = float(items.popularity[items.popular_rows[0]]) if len(items.popular_rows) else 0.0
+        return [{"item_id": item, "score": round(score / top, 6) if top > 0 else 0.0}
+                for item, score in popular_items(items, Filters(category=category), k)]
 
     def similar(self, item_id: str, k: int) -> tuple[list[dict], dict[str, str]]:
         coview, knn, versions = self.store.item_lists(item_id, self.config.neighbours_n)
-        items = similar_items(item_id, coview, knn, self.signals.catalog, self.config, k)
+        items = similar_items(item_id, coview, knn, self.signals.items, self.config, k)
         return [_item_json(i, explain=False) for i in items], versions
 
 

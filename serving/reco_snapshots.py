@@ -15,7 +15,7 @@ import time
 import redis
 
 from reco import keys
-from reco.catalog import Catalog, Popularity
+from reco.catalog import ItemIndex
 from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving.reco_store import zset_pairs
@@ -32,8 +32,8 @@ class GlobalSignals:
         self.settings = settings
         self.client = redis.Redis.from_url(settings.redis_url, protocol=3, socket_timeout=5.0,
                                            socket_connect_timeout=1.0)
-        self.popularity = Popularity.empty()
-        self.catalog = Catalog.empty()
+        self.items = ItemIndex.empty()  # catalogue + popularity, what requests rank with
+        self._catalog = ItemIndex.empty()  # catalogue alone, reloaded rarely
         self.loaded = False  # at least one successful refresh
         self._catalog_version: bytes | None = None
         self._catalog_loaded_at = 0.0
@@ -48,18 +48,20 @@ class GlobalSignals:
         pipe.get(keys.ITEM_META_VERSION)
         pipe.hgetall(keys.MODEL_PUBLISHED_AT)
         flat, meta_version, published = pipe.execute()
-        self.popularity = Popularity(*zset_pairs(flat))
+        pop_ids, pop_scores = zset_pairs(flat)
         now = time.time()
         for model, at in published.items():
             metrics.MODEL_AGE.labels(model=model.decode()).set(max(0.0, now - float(at)))
         stale = time.monotonic() - self._catalog_loaded_at >= self.settings.catalog_reload_s
         if meta_version != self._catalog_version or stale or not self.loaded:
-            self.catalog = self.load_catalog(str(meta_version or b"", "utf-8"))
+            self._catalog = self.load_catalog(str(meta_version or b"", "utf-8"))
             self._catalog_version = meta_version
             self._catalog_loaded_at = time.monotonic()
+        # One attribute swap: a request sees either the old or the new snapshot, never a mix.
+        self.items = self._catalog.with_popularity(pop_ids, pop_scores)
         self.loaded = True
 
-    def load_catalog(self, version: str) -> Catalog:
+    def load_catalog(self, version: str) -> ItemIndex:
         """Every `item:meta:*` hash, read in pipelined chunks of HMGET (one item per command)."""
         prefix = len(keys.item_meta(""))
         records: dict[str, dict] = {}
@@ -80,7 +82,7 @@ class GlobalSignals:
                 break
             time.sleep(0)  # let request handling have the GIL between chunks
         log.info("loaded %d items of catalogue version %r", len(records), version)
-        return Catalog.from_records(records, version)
+        return ItemIndex.build(records, version=version)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.popular_snapshot_refresh_s):

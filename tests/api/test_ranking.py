@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from reco import neighbours
-from reco.catalog import Catalog, Popularity
-from reco.ranking import RankConfig, UserFeatures, _source_recency, rank, similar_items
+from reco.catalog import ItemIndex
+from reco.ranking import (
+    RankConfig,
+    UserFeatures,
+    _source_recency,
+    popular_items,
+    rank,
+    similar_items,
+)
 from reco.rules import Filters, diversify, eligible, freshness
 
 NOW = 1_750_000_000.0
@@ -19,12 +26,12 @@ def lists(pairs: dict[str, float]) -> tuple[list[str], np.ndarray]:
 
 
 @pytest.fixture
-def catalog() -> Catalog:
-    return Catalog.from_records({
+def catalog() -> ItemIndex:
+    return ItemIndex.build({
         "X": {"category": "a", "price": "5", "in_stock": "1", "created_at": "0"},
         "Y": {"category": "a", "price": "15", "in_stock": "1", "created_at": str(NOW - 3600)},
         "Z": {"category": "b", "price": "25", "in_stock": "0", "created_at": "0"},
-    })
+    }, popularity=[("Z", 9.0), ("X", 3.0), ("Y", 4.0), ("V", 1.0)])
 
 
 def test_codec_round_trip_and_limit() -> None:
@@ -42,9 +49,8 @@ def test_rank_blends_signals_exactly() -> None:
         recent=["A", "B"], recent_times={"A": NOW - 60, "B": NOW - 60 - HOUR}, now=NOW,
         coview={"A": lists({"X": 4, "Y": 2}), "B": lists({"Y": 2, "Z": 1})},
         knn={"A": lists({"Z": 0.8, "X": 0.4}), "B": lists({"W": 0.6})})
-    popularity = Popularity.from_pairs([("X", 10), ("Y", 20), ("Z", 5), ("W", 40), ("P", 100)])
-    ranking = rank(features, popularity, Catalog.empty(),
-                   RankConfig(recency_half_life_s=HOUR), k=10)
+    items = ItemIndex.build({}, [("X", 10), ("Y", 20), ("Z", 5), ("W", 40), ("P", 100)])
+    ranking = rank(features, items, RankConfig(recency_half_life_s=HOUR), k=10)
     assert ranking.strategy == "personalized"
     got = [(i.item_id, i.score, i.source_item) for i in ranking.items]
     assert got == [("X", pytest.approx(0.67), "A"), ("Y", pytest.approx(0.54), "A"),
@@ -53,30 +59,45 @@ def test_rank_blends_signals_exactly() -> None:
 
 
 def test_rank_without_features_is_popular() -> None:
-    popularity = Popularity.from_pairs([("X", 1.0), ("Y", 4.0)])
-    ranking = rank(UserFeatures([], {}, NOW), popularity, Catalog.empty(), RankConfig(), k=5)
+    items = ItemIndex.build({}, [("X", 1.0), ("Y", 4.0)])
+    ranking = rank(UserFeatures([], {}, NOW), items, RankConfig(), k=5)
     assert ranking.strategy == "popular"
     assert [(i.item_id, i.score) for i in ranking.items] == [("Y", 0.2), ("X", 0.05)]
 
 
 def test_negative_cosine_is_no_evidence() -> None:
     features = UserFeatures(["A"], {"A": NOW}, NOW, knn={"A": lists({"X": -0.5, "Y": 0.5})})
-    items = rank(features, Popularity.empty(), Catalog.empty(), RankConfig(), k=5).items
+    items = rank(features, ItemIndex.empty(), RankConfig(), k=5).items
     assert [(i.item_id, i.contributions["embedding"]) for i in items] == [("Y", 0.3), ("X", 0.0)]
 
 
-def test_eligible_rules_and_unknown_items(catalog: Catalog) -> None:
-    meta = catalog.lookup(["X", "Y", "Z", "unknown"])
-    assert eligible(meta, catalog, Filters()).tolist() == [True, True, False, True]
-    assert eligible(meta, catalog, Filters(category="a")).tolist() == [True, True, False, False]
-    assert eligible(meta, catalog, Filters(min_price=10)).tolist() == [False, True, False, False]
-    assert eligible(meta, catalog, Filters(max_price=10)).tolist() == [True, False, False, False]
-    assert not eligible(meta, catalog, Filters(category="none")).any()
+def test_eligible_rules_and_unknown_items(catalog: ItemIndex) -> None:
+    rows = catalog.rows(["X", "Y", "Z", "unknown", "V"])  # V: popular, no metadata
+    assert eligible(catalog, rows, Filters()).tolist() == [True, True, False, True, True]
+    assert eligible(catalog, rows, Filters(category="a")).tolist() == [
+        True, True, False, False, False]
+    assert eligible(catalog, rows, Filters(min_price=10)).tolist() == [
+        False, True, False, False, False]
+    assert eligible(catalog, rows, Filters(max_price=10)).tolist() == [
+        True, False, False, False, False]
+    assert not eligible(catalog, rows, Filters(category="none")).any()
 
 
-def test_freshness_window(catalog: Catalog) -> None:
-    meta = catalog.lookup(["X", "Y", "unknown"])
-    assert freshness(meta, NOW, days=14).tolist() == [0.0, 1.0, 0.0]
+def test_freshness_window(catalog: ItemIndex) -> None:
+    rows = catalog.rows(["X", "Y", "unknown"])
+    assert freshness(catalog, rows, NOW, days=14).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_popular_items_skip_out_of_stock_and_filter(catalog: ItemIndex) -> None:
+    assert popular_items(catalog, Filters(), 3) == [("Y", 4.0), ("X", 3.0), ("V", 1.0)]
+    assert popular_items(catalog, Filters(category="a"), 5) == [("Y", 4.0), ("X", 3.0)]
+
+
+def test_unknown_ids_are_ranked_with_unknown_metadata() -> None:
+    features = UserFeatures(["A"], {"A": NOW}, NOW, coview={"A": lists({"n1": 2, "n2": 1})})
+    items = rank(features, ItemIndex.build({"n2": {"category": "a"}}), RankConfig(), k=5).items
+    assert [(i.item_id, i.score) for i in items] == [("n1", pytest.approx(0.5)),
+                                                     ("n2", pytest.approx(0.3))]
 
 
 def test_diversify_caps_then_fills() -> None:
@@ -93,7 +114,7 @@ def test_source_recency_borrows_newer_time_when_missing() -> None:
     assert weights.tolist() == [0.5, 0.5, 0.25]
 
 
-def test_similar_items_exclude_itself_and_out_of_stock(catalog: Catalog) -> None:
+def test_similar_items_exclude_itself_and_out_of_stock(catalog: ItemIndex) -> None:
     items = similar_items("X", lists({"Y": 3, "Z": 9, "X": 1}), lists({"Y": 0.5}), catalog,
                           RankConfig(), k=5)
     # Signals are normalised over eligible candidates only: Y is the max of both.
