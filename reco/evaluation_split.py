@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,3 +94,20 @@ def targets_of(held: pd.DataFrame, user_col: str = "user_id", item_col: str = "i
                ) -> dict[str, str]:
     """{user: held-out item} from a validation or test frame."""
     return dict(zip(held[user_col].astype(str), held[item_col].astype(str), strict=True))
+
+
+SPLIT_FILES = ("train", "validation", "test", "history")
+
+
+def split_file(events_path: Path, out_dir: Path) -> dict[str, Path]:
+    """Split an events Parquet file into train/validation/test/history Parquet files."""
+    import pyarrow as pa
+
+    from reco.data.schema import EVENTS_SCHEMA, write_table
+
+    split = leave_last_out(pd.read_parquet(events_path))
+    return {
+        name: write_table(pa.Table.from_pandas(getattr(split, name), preserve_index=False),
+                          out_dir / f"{name}.parquet", EVENTS_SCHEMA)
+        for name in SPLIT_FILES
+    }

@@ -63,3 +63,19 @@ def synthetic(
     elapsed = time.perf_counter() - started
     console.print(f"wrote {out} in {elapsed:.1f}s ({events / elapsed:,.0f} events/s): "
                   f"{manifest['event_counts']}")
+
+
+@app.command()
+def split(
+    events: Annotated[Path, typer.Argument(exists=True, help="events.parquet or its folder")],
+    out: OutDir = None,
+) -> None:
+    """Temporal leave-last-out: train / validation / test / history Parquet files."""
+    from reco.data.schema import EVENTS_FILE
+    from reco.evaluation_split import split_file
+
+    if events.is_dir():
+        events = events / EVENTS_FILE
+    paths = split_file(events, out or events.parent / "split")
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")

@@ -61,3 +61,41 @@ def test_metrics_on_ranked_lists() -> None:
     assert np.isclose(mrr_at_k(rank, 10), (0.5 + 1.0) / 4)
     assert score_rankings(ranked, targets, k=1) == {
         "hr_at_1": 0.25, "ndcg_at_1": 0.25, "mrr_at_1": 0.25, "users": 4}
+
+
+def test_split_file_writes_the_four_parts(tmp_path) -> None:
+    import pyarrow as pa
+
+    from reco.data.schema import EVENTS_SCHEMA, write_table
+    from reco.evaluation_split import split_file
+
+    frame = EVENTS.assign(event_id=[f"e{i}" for i in range(len(EVENTS))], event_type="view",
+                          session_id=None)
+    write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "events.parquet",
+                EVENTS_SCHEMA)
+    paths = split_file(tmp_path / "events.parquet", tmp_path / "split")
+    test = pd.read_parquet(paths["test"])
+    assert targets_of(test) == {"a": "i2", "b": "i9", "d": "i6"}
+    assert len(pd.read_parquet(paths["history"])) == 6
+
+
+def test_fetch_recommendations_collects_lists_and_errors() -> None:
+    import asyncio
+
+    import httpx
+
+    from reco.evaluation_api import fetch_recommendations_async
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        user, k = request.url.params["user_id"], int(request.url.params["k"])
+        if user == "down":
+            return httpx.Response(503)
+        return httpx.Response(200, json={"items": [{"item_id": f"{user}-{n}", "score": 1.0}
+                                                   for n in range(k)]})
+
+    served = asyncio.run(fetch_recommendations_async(
+        "http://reco", ["a", "b", "down"], k=2, transport=httpx.MockTransport(handler)))
+    assert served.ranked == {"a": ["a-0", "a-1"], "b": ["b-0", "b-1"]}
+    assert dict(served.errors) == {"HTTP 503": 1}
+    assert score_rankings(served.ranked, {"a": "a-1", "b": "x", "down": "y"}, k=2)["hr_at_2"] \
+        == 1 / 3
