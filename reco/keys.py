@@ -76,3 +76,8 @@ def version_prefix(kind: str, version: str) -> str:
         "cf_item": f"item:cf:{version}:*",
         "cf_user": f"user:cf:{version}:*",
     }[kind]
+
+
+def version_pattern(kind: str) -> str:
+    """Pattern matching the keys of every published version of one kind (cleanup with SCAN)."""
+    return version_prefix(kind, "*")

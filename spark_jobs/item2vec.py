@@ -1,0 +1,116 @@
+"""Item2Vec: skip-gram with negative sampling over sessions; one factory, two engines.
+
+engine "local": gensim Word2Vec (sg=1). engine "spark": pyspark.ml.feature.Word2Vec (Spark's
+skip-gram uses hierarchical softmax, so negative / ns_exponent / sample do not apply there).
+Both return the same `Item2VecModel`: item ids, vectors and top-k cosine neighbours.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spark_jobs import knn
+from spark_jobs.files import MODEL_FILE, read_parquet
+
+
+@dataclass(frozen=True)
+class Item2VecParams:
+    vector_size: int = 128
+    window: int = 5
+    epochs: int = 10
+    negative: int = 10
+    ns_exponent: float = 0.75
+    sample: float = 1e-3
+    min_count: int = 1
+    alpha: float = 0.025
+    seed: int = 42
+    workers: int = 2
+    neighbours: int = 100
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Item2VecParams:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values or {}) - known
+        if unknown:
+            raise ValueError(f"unknown item2vec parameters: {sorted(unknown)}")
+        return cls(**{k: type(getattr(cls, k))(v) for k, v in (values or {}).items()})
+
+
+@dataclass
+class Item2VecModel:
+    item_ids: np.ndarray  # str, shape [n]
+    vectors: np.ndarray  # float32 [n, dim]
+    nbr_idx: np.ndarray  # int32 [n, k] indices into item_ids, best first
+    nbr_scores: np.ndarray  # float32 [n, k] cosine similarity
+
+    def save(self, out_dir: Path) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / MODEL_FILE
+        np.savez(path, item_ids=self.item_ids.astype(str), vectors=self.vectors,
+                 nbr_idx=self.nbr_idx, nbr_scores=self.nbr_scores)
+        return path
+
+    @classmethod
+    def load(cls, out_dir: Path) -> Item2VecModel:
+        with np.load(out_dir / MODEL_FILE) as data:
+            return cls(**{name: data[name] for name in ("item_ids", "vectors", "nbr_idx",
+                                                       "nbr_scores")})
+
+
+def read_sessions(sessions_dir: Path) -> list[list[str]]:
+    frame = read_parquet(sessions_dir, ["items"])
+    return [list(items) for items in frame["items"]]
+
+
+def _fit_gensim(sentences: list[list[str]], p: Item2VecParams) -> tuple[np.ndarray, np.ndarray]:
+    from gensim.models import Word2Vec
+
+    model = Word2Vec(
+        sentences=sentences, vector_size=p.vector_size, window=p.window, min_count=p.min_count,
+        sg=1, hs=0, negative=p.negative, ns_exponent=p.ns_exponent, sample=p.sample,
+        epochs=p.epochs, alpha=p.alpha, seed=p.seed, workers=p.workers,
+    )
+    return np.asarray(model.wv.index_to_key, dtype=str), model.wv.vectors.astype(np.float32)
+
+
+def _fit_spark(spark, sessions_dir: Path, p: Item2VecParams) -> tuple[np.ndarray, np.ndarray]:
+    from pyspark.ml.feature import Word2Vec
+
+    sessions = spark.read.parquet(str(sessions_dir)).select("items")
+    w2v = Word2Vec(vectorSize=p.vector_size, windowSize=p.window, minCount=p.min_count,
+                   maxIter=p.epochs, stepSize=p.alpha, seed=p.seed, inputCol="items",
+                   numPartitions=1)
+    rows = w2v.fit(sessions).getVectors().collect()
+    ids = np.asarray([r["word"] for r in rows], dtype=str)
+    vectors = np.asarray([r["vector"].toArray() for r in rows], dtype=np.float32)
+    return ids, vectors.reshape(len(rows), p.vector_size)
+
+
+def fit(sessions_dir: Path, params: Item2VecParams, engine: str = "local",
+        spark=None, timings: dict | None = None) -> Item2VecModel:
+    """Train on the extract's sessions with the chosen engine; compute cosine neighbours."""
+    timings = timings if timings is not None else {}
+    started = time.perf_counter()
+    if engine == "local":
+        ids, vectors = _fit_gensim(read_sessions(sessions_dir), params)
+    elif engine == "spark":
+        if spark is None:
+            raise ValueError("engine 'spark' needs a SparkSession")
+        ids, vectors = _fit_spark(spark, sessions_dir, params)
+    else:
+        raise ValueError(f"unknown engine {engine!r}: expected 'local' or 'spark'")
+    if len(ids) == 0:
+        raise ValueError("no sessions with two or more items in the window: nothing to train on")
+    timings["train_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    nbr_idx, nbr_scores = knn.item_neighbours(vectors, params.neighbours, params.workers)
+    timings["neighbours_s"] = time.perf_counter() - started
+    return Item2VecModel(ids, vectors, nbr_idx, nbr_scores)
+
+
+def params_dict(params: Item2VecParams) -> dict:
+    return asdict(params)

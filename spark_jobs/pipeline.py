@@ -1,0 +1,251 @@
+"""The offline pipeline as plain functions: extract -> train -> evaluate -> gate -> publish.
+
+Airflow tasks and `reco train` call these same functions. Each step takes a `PipelineConfig`
+plus the small dict the previous step returned (paths and ids, never data) and returns one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from spark_jobs import extract as ex
+from spark_jobs import tracking
+
+MODELS = ("item2vec", "als")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    model: str
+    engine: str
+    run_dir: str
+    window_days: int
+    window_end: str  # ISO 8601, UTC
+    params: dict = field(default_factory=dict)
+    jdbc_url: str = ""
+    pg_user: str = ""
+    pg_password: str = field(default="", repr=False)
+    database_url: str = field(default="", repr=False)
+    redis_url: str = ""
+    mlflow_tracking_uri: str = ""
+    event_weights: dict = field(default_factory=dict)
+    session_gap_s: float = 1800.0
+    half_life_days: float = 30.0
+    jdbc_partitions: int = 4
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "2g"
+    jars_dir: str = ""
+    eval_k: int = 10
+    recent_n: int = 10
+    eval_max_users: int = 50_000
+    gate_tolerance: float = 0.02
+    publish_batch: int = 5000
+    publish_grace_s: int = 3600
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}: expected one of {MODELS}")
+        if self.engine not in ("local", "spark"):
+            raise ValueError(f"unknown engine {self.engine!r}: expected 'local' or 'spark'")
+        self.hyperparameters()  # unknown names fail before any work starts
+
+    def hyperparameters(self):
+        from spark_jobs.als import ALSParams
+        from spark_jobs.item2vec import Item2VecParams
+
+        cls = Item2VecParams if self.model == "item2vec" else ALSParams
+        return cls.from_dict(self.params)
+
+    @property
+    def window(self) -> tuple[datetime, datetime]:
+        end = datetime.fromisoformat(self.window_end)
+        end = end if end.tzinfo else end.replace(tzinfo=UTC)
+        return end - timedelta(days=self.window_days), end
+
+
+def config_from_settings(settings, model: str, run_dir: Path | None = None,
+                         engine: str | None = None, window_days: int | None = None,
+                         window_end: datetime | None = None, params: dict | None = None,
+                         **overrides) -> PipelineConfig:
+    """Entry points (DAG tasks, CLI) turn `Settings` plus run parameters into a config."""
+    state = Path(settings.state_dir)
+    end = (window_end or datetime.now(UTC)).astimezone(UTC)
+    if run_dir is None:
+        base = Path(settings.offline_dir or state / "offline")
+        run_dir = base / model / end.strftime("%Y%m%dT%H%M%S")
+    values = dict(
+        model=model, engine=engine or settings.engine, run_dir=str(run_dir),
+        window_days=window_days or settings.train_window_days, window_end=end.isoformat(),
+        params=dict(params or {}), jdbc_url=settings.jdbc_url, pg_user=settings.pg_user,
+        pg_password=settings.pg_password, database_url=settings.database_url,
+        redis_url=settings.redis_url, mlflow_tracking_uri=settings.mlflow_tracking_uri,
+        event_weights=dict(settings.event_weights), session_gap_s=settings.session_gap_s,
+        half_life_days=settings.recency_half_life_days, jdbc_partitions=settings.jdbc_partitions,
+        spark_master=settings.spark_master, spark_driver_memory=settings.spark_driver_memory,
+        jars_dir=str(settings.spark_jars_dir or state / "jars"), eval_k=settings.eval_k,
+        recent_n=settings.reco_recent_n, gate_tolerance=settings.gate_tolerance,
+        publish_batch=settings.publish_batch, publish_grace_s=settings.publish_grace_s,
+    )
+    values.update(overrides)
+    return PipelineConfig(**values)
+
+
+def spark_session(cfg: PipelineConfig):
+    from reco.stack.servers import jdbc_driver_jar
+    from spark_jobs.session import build_session
+
+    jar = jdbc_driver_jar(Path(cfg.jars_dir))
+    return build_session(f"reco-{cfg.model}", cfg.spark_master, cfg.spark_driver_memory,
+                         jars=[jar], shuffle_partitions=max(2, cfg.jdbc_partitions))
+
+
+def _connect(cfg: PipelineConfig):
+    import psycopg
+
+    return psycopg.connect(cfg.database_url, autocommit=True)
+
+
+def extract_step(cfg: PipelineConfig, spark=None) -> dict:
+    started = time.perf_counter()
+    spark = spark or spark_session(cfg)
+    start, end = cfg.window
+    source = ex.JdbcSource(cfg.jdbc_url, cfg.pg_user, cfg.pg_password, cfg.jdbc_partitions)
+    out = Path(cfg.run_dir) / "extract"
+    manifest = ex.extract(spark, source, start, end, cfg.event_weights, cfg.session_gap_s,
+                          cfg.half_life_days, out)
+    if manifest["train_events"] == 0:
+        raise ValueError(f"no training events between {start} and {end}")
+    return {"extract_dir": str(out), "events": manifest["events"],
+            "timings": {"extract_s": time.perf_counter() - started}}
+
+
+def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
+    from spark_jobs import als, item2vec
+
+    extract_dir = Path(extracted["extract_dir"])
+    manifest = json.loads((extract_dir / ex.MANIFEST).read_text())
+    hp = cfg.hyperparameters()
+    run_id = tracking.start_run(cfg.mlflow_tracking_uri, cfg.model, cfg.engine, asdict(hp),
+                                manifest)
+    try:
+        if cfg.engine == "spark":
+            spark = spark or spark_session(cfg)
+        timings: dict = {}
+        if cfg.model == "item2vec":
+            model = item2vec.fit(extract_dir / ex.SESSIONS, hp, cfg.engine, spark, timings)
+        else:
+            model = als.fit(extract_dir / ex.INTERACTIONS, hp, cfg.engine, spark, timings)
+        model_dir = Path(cfg.run_dir) / "model"
+        model.save(model_dir)
+        (model_dir / "params.json").write_text(json.dumps(
+            {"model": cfg.model, "engine": cfg.engine, **asdict(hp)}, indent=2))
+        version = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{run_id[:8]}"
+        tracking.log_artifacts(cfg.mlflow_tracking_uri, run_id, model_dir,
+                               tracking.MODEL_ARTIFACTS)
+        registry_version = tracking.register(cfg.mlflow_tracking_uri, cfg.model, run_id)
+        tracking.set_tags(cfg.mlflow_tracking_uri, run_id, {"publish_version": version})
+        tracking.log_metrics(cfg.mlflow_tracking_uri, run_id,
+                             {f"time.{k}": v for k, v in timings.items()})
+    except BaseException:
+        tracking.finish_run(cfg.mlflow_tracking_uri, run_id, failed=True)
+        raise
+    with _connect(cfg) as conn:
+        conn.execute(
+            "INSERT INTO models (name, version, mlflow_run_id, status) VALUES (%s, %s, %s,"
+            " 'trained') ON CONFLICT (name, version) DO NOTHING", (cfg.model, version, run_id))
+    return {**extracted, "model_dir": str(model_dir), "run_id": run_id, "version": version,
+            "registry_version": registry_version,
+            "timings": {**extracted.get("timings", {}), **timings}}
+
+
+def evaluate_step(cfg: PipelineConfig, trained: dict) -> dict:
+    from spark_jobs import evaluate as ev
+
+    started = time.perf_counter()
+    data = ev.EvalData(Path(trained["extract_dir"]), cfg.eval_max_users)
+    model_dir = Path(trained["model_dir"])
+    if cfg.model == "item2vec":
+        from spark_jobs.item2vec import Item2VecModel
+
+        m = Item2VecModel.load(model_dir)
+        scorer = ev.item2vec_scorer(data, m.item_ids, m.vectors, cfg.recent_n)
+    else:
+        from spark_jobs.als import ALSModel
+
+        m = ALSModel.load(model_dir)
+        scorer = ev.als_scorer(data, m.user_ids, m.item_ids, m.user_factors, m.item_factors)
+    report = ev.evaluate(data, {"model": scorer, "popularity": ev.popularity_scorer(data)},
+                         cfg.eval_k)
+    blend = ev.evaluate_blend(data, cfg.model, model_dir, cfg.eval_k)
+    report["blend"] = blend if blend is not None else "not evaluated: reco.ranking not wired"
+    report_dir = Path(cfg.run_dir) / "evaluation"
+    ev.write_report(report, report_dir)
+    flat = {f"{scorer_name}.{k}": v for scorer_name, values in report["results"].items()
+            for k, v in values.items()}
+    timings = {**trained.get("timings", {}), "evaluate_s": time.perf_counter() - started}
+    uri, run_id = cfg.mlflow_tracking_uri, trained["run_id"]
+    tracking.log_metrics(uri, run_id, {**flat, "time.evaluate_s": timings["evaluate_s"]})
+    tracking.log_artifacts(uri, run_id, report_dir, tracking.EVALUATION_ARTIFACTS)
+    tracking.finish_run(uri, run_id)
+    with _connect(cfg) as conn:
+        conn.execute("UPDATE models SET metrics = %s WHERE name = %s AND version = %s",
+                     (orjson.dumps(flat).decode(), cfg.model, trained["version"]))
+    return {**trained, "report": str(report_dir / ev.REPORT), "metrics": flat,
+            "timings": timings}
+
+
+def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
+    from spark_jobs import gate
+
+    report = json.loads(Path(evaluated["report"]).read_text())
+    decision = gate.gate(cfg.mlflow_tracking_uri, cfg.model, evaluated["run_id"],
+                         evaluated["registry_version"], report, cfg.gate_tolerance)
+    with _connect(cfg) as conn:
+        conn.execute("UPDATE models SET status = %s WHERE name = %s AND version = %s",
+                     ("champion" if decision.accepted else "rejected", cfg.model,
+                      evaluated["version"]))
+    return {**evaluated, "gate": decision.as_dict()}
+
+
+def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
+    """Serve the champion: the new run if it passed, else make sure the champion is serving."""
+    import redis
+
+    from spark_jobs import publish
+
+    client = redis.Redis.from_url(cfg.redis_url)
+    decision = gated["gate"]
+    if decision["accepted"]:
+        version, model_dir = gated["version"], Path(gated["model_dir"])
+    elif decision["champion_run_id"] is None:
+        return {**gated, "published": None, "reason": "rejected and no champion to serve"}
+    else:
+        run = tracking.client(cfg.mlflow_tracking_uri).get_run(decision["champion_run_id"])
+        version = run.data.tags["publish_version"]
+        if publish.current_version(client, cfg.model) == version:
+            return {**gated, "published": None, "reason": f"champion {version} already serving"}
+        model_dir = tracking.download_model(cfg.mlflow_tracking_uri, run.info.run_id,
+                                            Path(cfg.run_dir) / "champion")
+    result = publish.publish(client, cfg.model, version,
+                             publish.model_lists(cfg.model, model_dir, version),
+                             cfg.publish_batch, cfg.publish_grace_s)
+    with _connect(cfg) as conn:
+        publish.record_published(conn, cfg.model, version)
+    timings = {**gated.get("timings", {}), "publish_s": result.seconds}
+    return {**gated, "published": version, "keys_written": result.keys_written,
+            "timings": timings}
+
+
+def run_all(cfg: PipelineConfig, spark=None) -> dict:
+    """Every step in one process (the CLI); reuses one SparkSession."""
+    state = extract_step(cfg, spark)
+    state = train_step(cfg, state, spark)
+    state = evaluate_step(cfg, state)
+    state = gate_step(cfg, state)
+    return publish_step(cfg, state)

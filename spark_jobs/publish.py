@@ -1,0 +1,157 @@
+"""Publish a model's lists to Redis atomically: versioned keys, then one switch.
+
+All of a version's keys are written first (pipelined, non-transactional batches); a single
+MULTI then points `keys.MODEL_VERSIONS[model]` at the new version and stamps
+`keys.MODEL_PUBLISHED_AT`. Readers resolve the version first, so they never see half a
+version. A failure before the switch deletes what was written and leaves the previous version
+serving. After the switch the previous version expires after a grace period and older ones
+(including leftovers of crashed publishes) are deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from reco import keys, neighbours
+
+# Which key kinds (keys.version_prefix) each model publishes.
+KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user")}
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    model: str
+    version: str
+    previous: str | None
+    keys_written: int
+    keys_expiring: int
+    keys_deleted: int
+    seconds: float
+
+
+def _lists(ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, key_of: Callable[[str], str],
+           targets: np.ndarray) -> Iterator[tuple[str, bytes]]:
+    targets_list = targets.tolist()
+    for row, owner in enumerate(ids.tolist()):
+        ok = np.isfinite(scores[row])
+        yield key_of(owner), neighbours.encode(
+            [targets_list[j] for j in idx[row][ok]], scores[row][ok])
+
+
+def model_lists(model: str, model_dir: Path, version: str) -> Iterator[tuple[str, bytes]]:
+    """(key, value) of every list a trained model publishes."""
+    with np.load(model_dir / "model.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    items = arrays["item_ids"]
+    if model == "item2vec":
+        yield from _lists(items, arrays["nbr_idx"], arrays["nbr_scores"],
+                          lambda i: keys.item_knn(i, version), items)
+    elif model == "als":
+        yield from _lists(items, arrays["nbr_idx"], arrays["nbr_scores"],
+                          lambda i: keys.item_cf_neighbours(i, version), items)
+        yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
+                          lambda u: keys.user_cf(u, version), items)
+    else:
+        raise ValueError(f"unknown model {model!r}")
+
+
+def _key_version(key: str, kind: str) -> str:
+    prefix = keys.version_prefix(kind, "\0").split("\0")[0]
+    return key[len(prefix):].split(":", 1)[0]
+
+
+def _versions(client: redis.Redis, kinds: tuple[str, ...]) -> dict[str, list[str]]:
+    """Every key of every version of these kinds, grouped by version (one SCAN per kind)."""
+    found: dict[str, list[str]] = {}
+    for kind in kinds:
+        for key in client.scan_iter(match=keys.version_pattern(kind), count=10_000):
+            key = key.decode() if isinstance(key, bytes) else key
+            found.setdefault(_key_version(key, kind), []).append(key)
+    return found
+
+
+def _delete_version(client: redis.Redis, kinds: tuple[str, ...], version: str,
+                    batch: int) -> int:
+    deleted = 0
+    for kind in kinds:
+        chunk: list[str] = []
+        for key in client.scan_iter(match=keys.version_prefix(kind, version), count=10_000):
+            chunk.append(key)
+            if len(chunk) >= batch:
+                deleted += client.unlink(*chunk)
+                chunk = []
+        if chunk:
+            deleted += client.unlink(*chunk)
+    return deleted
+
+
+def current_version(client: redis.Redis, model: str) -> str | None:
+    value = client.hget(keys.MODEL_VERSIONS, model)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def publish(client: redis.Redis, model: str, version: str,
+            lists: Iterator[tuple[str, bytes]], batch: int = 5000, grace_s: int = 3600,
+            after_batch: Callable[[int], None] | None = None) -> PublishResult:
+    """Write every list of `version`, switch to it, then retire older versions.
+
+    `after_batch(keys_written_so_far)` runs after each pipelined batch (progress; tests
+    inject failures through it).
+    """
+    started = time.perf_counter()
+    kinds = KINDS[model]
+    previous = current_version(client, model)
+    if previous == version:
+        raise ValueError(f"{model} version {version} is already the serving version")
+    written = 0
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key, value in lists:
+            pipe.set(key, value)
+            if len(pipe) >= batch:
+                pipe.execute()
+                written += batch
+                if after_batch:
+                    after_batch(written)
+        written += len(pipe)
+        pipe.execute()
+        if after_batch:
+            after_batch(written)
+        with client.pipeline(transaction=True) as switch:
+            switch.hset(keys.MODEL_VERSIONS, model, version)
+            switch.hset(keys.MODEL_PUBLISHED_AT, model, int(time.time()))
+            switch.execute()
+    except BaseException:
+        _delete_version(client, kinds, version, batch)
+        raise
+    expiring = deleted = 0
+    for old, old_keys in _versions(client, kinds).items():
+        if old == version:
+            continue
+        if old == previous:
+            pipe = client.pipeline(transaction=False)
+            for n, key in enumerate(old_keys, 1):
+                pipe.expire(key, grace_s)
+                if n % batch == 0:
+                    pipe.execute()
+            pipe.execute()
+            expiring += len(old_keys)
+        else:
+            for lo in range(0, len(old_keys), batch):
+                deleted += client.unlink(*old_keys[lo:lo + batch])
+    return PublishResult(model, version, previous, written, expiring, deleted,
+                         time.perf_counter() - started)
+
+
+def record_published(conn, model: str, version: str) -> None:
+    """PostgreSQL `models`: this version is published, the one before it is retired."""
+    conn.execute("UPDATE models SET status = 'retired' WHERE name = %s AND status = 'published'"
+                 " AND version <> %s", (model, version))
+    conn.execute("UPDATE models SET status = 'published', published_at = now()"
+                 " WHERE name = %s AND version = %s", (model, version))

@@ -1,0 +1,124 @@
+"""MLflow tracking: one experiment and one registered model per model kind, all names here."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+EXPERIMENTS = {"item2vec": "item2vec", "als": "als"}
+REGISTERED_MODELS = {"item2vec": "item2vec", "als": "als"}
+CHAMPION_ALIAS = "champion"
+MODEL_ARTIFACTS = "model"  # artifact folder of embeddings / factors and the published lists
+EVALUATION_ARTIFACTS = "evaluation"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def code_version(repo: Path = REPO_ROOT) -> str:
+    """The git commit of the code that trained (with '-dirty' for uncommitted changes)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--",
+                                "spark_jobs", "dags"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def experiment_id(mlflow: MlflowClient, model: str) -> str:
+    name = EXPERIMENTS[model]
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlflow.create_experiment(name)
+    except MlflowException:  # created concurrently
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def start_run(tracking_uri: str, model: str, engine: str, params: dict, dataset: dict) -> str:
+    """Create a run with the hyperparameters, the dataset's window and size and the code version."""
+    mlflow = client(tracking_uri)
+    run = mlflow.create_run(
+        experiment_id(mlflow, model),
+        run_name=f"{model}-{engine}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"engine": engine, "model": model, "mlflow.source.git.commit": code_version(),
+              "code_version": code_version()},
+    )
+    flat = {**{k: str(v) for k, v in params.items()}, "engine": engine}
+    for key in ("window_start", "window_end", "events", "users", "items", "train_events",
+                "holdout_users", "sessions", "session_gap_s", "half_life_days"):
+        if key in dataset:
+            flat[f"dataset.{key}"] = str(dataset[key])
+    mlflow.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flat.items()])
+    return run.info.run_id
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> None:
+    now = int(time.time() * 1000)
+    client(tracking_uri).log_batch(
+        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def log_artifacts(tracking_uri: str, run_id: str, local_dir: Path, artifact_path: str) -> None:
+    client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
+    client(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def finish_run(tracking_uri: str, run_id: str, failed: bool = False) -> None:
+    client(tracking_uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def register(tracking_uri: str, model: str, run_id: str) -> str:
+    """Register the run's model folder as a new version of the model; returns the version."""
+    mlflow = client(tracking_uri)
+    name = REGISTERED_MODELS[model]
+    try:
+        mlflow.create_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    version = mlflow.create_model_version(
+        name, source=f"runs:/{run_id}/{MODEL_ARTIFACTS}", run_id=run_id)
+    return str(version.version)
+
+
+def champion(tracking_uri: str, model: str) -> tuple[str, str] | None:
+    """(registry version, run id) of the current champion, or None."""
+    try:
+        mv = client(tracking_uri).get_model_version_by_alias(
+            REGISTERED_MODELS[model], CHAMPION_ALIAS)
+    except MlflowException:
+        return None
+    return str(mv.version), mv.run_id
+
+
+def run_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
+    return dict(client(tracking_uri).get_run(run_id).data.metrics)
+
+
+def set_champion(tracking_uri: str, model: str, version: str) -> None:
+    client(tracking_uri).set_registered_model_alias(
+        REGISTERED_MODELS[model], CHAMPION_ALIAS, version)
+
+
+def download_model(tracking_uri: str, run_id: str, dst: Path) -> Path:
+    """The champion's model folder, for re-publishing when Redis lost it."""
+    from mlflow.artifacts import download_artifacts
+
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACTS,
+                                   dst_path=str(dst), tracking_uri=tracking_uri))
