@@ -224,6 +224,17 @@ async def _replay_events(rows: Iterable[dict[str, Any]], sender: _Sender, opts: 
                 progress(len(batch))
 
     workers = [asyncio.create_task(lane(q)) for q in queues]
+
+    async def put(k: int, batch: list[dict[str, Any]] | None) -> None:
+        # Wait for room in the lane, but surface a lane's crash instead of blocking on it.
+        putter = asyncio.ensure_future(queues[k].put(batch))
+        await asyncio.wait({putter, *workers}, return_when=asyncio.FIRST_COMPLETED)
+        for worker in workers:
+            if worker.done() and worker.exception() is not None:
+                putter.cancel()
+                raise worker.exception()  # type: ignore[misc]
+        await putter
+
     buffers: list[list[dict[str, Any]]] = [[] for _ in range(opts.lanes)]
     try:
         for n, row in enumerate(rows, 1):
@@ -231,14 +242,14 @@ async def _replay_events(rows: Iterable[dict[str, Any]], sender: _Sender, opts: 
             buffers[k].append(row)
             summary.sent += 1
             if len(buffers[k]) >= opts.batch_size:
-                await queues[k].put(buffers[k])
+                await put(k, buffers[k])
                 buffers[k] = []
             elif n % 5000 == 0:
                 await asyncio.sleep(0)  # let lanes run while a long file is being read
         for k, buffer in enumerate(buffers):
             if buffer:
-                await queues[k].put(buffer)
-            await queues[k].put(None)
+                await put(k, buffer)
+            await put(k, None)
         await asyncio.gather(*workers)
     finally:
         for w in workers:

@@ -1,0 +1,1 @@
+"""Data sets as Parquet: MovieLens-100k and a synthetic e-commerce stream."""

@@ -143,3 +143,13 @@ def test_replay_through_real_ingest_keeps_user_order(
                       "category FROM items").fetchall()
     assert {r[0]: (r[1], r[2]) for r in rows} == {
         i: (int(row.created_at) + offset, row.category) for i, row in items.iterrows()}
+
+
+def test_a_crashing_lane_stops_the_replay_instead_of_hanging() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise ValueError("unexpected")
+
+    opts = ReplayOptions(url="http://ingest", batch_size=1, lanes=1)
+    with pytest.raises(ValueError, match="unexpected"):
+        asyncio.run(asyncio.wait_for(
+            replay_async(_rows(10), opts, transport=httpx.MockTransport(handler)), 10))
