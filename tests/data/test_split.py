@@ -99,3 +99,14 @@ def test_fetch_recommendations_collects_lists_and_errors() -> None:
     assert dict(served.errors) == {"HTTP 503": 1}
     assert score_rankings(served.ranked, {"a": "a-1", "b": "x", "down": "y"}, k=2)["hr_at_2"] \
         == 1 / 3
+
+
+def test_metrics_match_the_batch_evaluation() -> None:
+    """Served-list metrics and spark_jobs.evaluate must agree on the same ranks."""
+    from spark_jobs.evaluate import metrics
+
+    rank = np.array([1.0, 3.0, 10.0, 11.0, math.inf])
+    batch = metrics(rank, np.zeros((len(rank), 1), np.int64), n_items=20, k=10)
+    assert batch["hr_at_10"] == hit_rate_at_k(rank, 10)
+    assert batch["ndcg_at_10"] == ndcg_at_k(rank, 10)
+    assert batch["mrr_at_10"] == mrr_at_k(rank, 10)
