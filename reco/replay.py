@@ -190,7 +190,8 @@ def _retry_after(resp: httpx.Response) -> float | None:
 def _clean(row: dict[str, Any], offset_ms: int) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if v is not None}
     # A client-side id makes a retried batch idempotent downstream (the archiver dedups on it).
-    out.setdefault("event_id", str(uuid.uuid4()))
+    if "event_id" not in out:
+        out["event_id"] = str(uuid.uuid4())
     if "timestamp" in out:
         out["timestamp"] = int(out["timestamp"]) + offset_ms
     if isinstance(out.get("context"), str):
