@@ -1,0 +1,231 @@
+"""The ingest API against a real broker, PostgreSQL and Redis: acks, every refusal, catalogue."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import orjson
+import psycopg
+import pytest
+import redis
+
+from reco import keys
+from reco.events import Event
+from reco.settings import Settings
+from reco.stack.health import free_port
+from serving.ingest import create_app
+from tests.realtime.conftest import end_offsets, read_topic
+
+pytestmark = pytest.mark.integration
+
+NOW_MS = int(time.time() * 1000)
+
+
+def event(**fields: object) -> dict:
+    return {"user_id": "u1", "item_id": "i1", "event_type": "view", **fields}
+
+
+async def test_single_event_is_published_after_ack(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
+) -> None:
+    body = event(event_id="6f1c2f36-3b43-4d47-9a51-4f6f3c1b8a01", timestamp=NOW_MS,
+                 session_id="s1", context={"device": "ios"})
+    response = await ingest.post("/events", json=body)
+    assert response.status_code == 202
+    assert response.json() == {"event_id": "6f1c2f36-3b43-4d47-9a51-4f6f3c1b8a01"}
+
+    [record] = await read_topic(settings, settings.topic_events, 1)
+    assert record.key == b"u1"
+    assert Event.from_json_bytes(record.value) == Event.model_validate(body)
+
+
+async def test_server_assigns_ids_and_batch_keeps_order(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
+) -> None:
+    batch = [event(item_id=f"i{n}", timestamp=NOW_MS + n) for n in range(5)]
+    response = await ingest.post("/events/batch", json={"events": batch})
+    assert response.status_code == 202
+    ids = response.json()["event_ids"]
+    assert len(set(ids)) == 5 and all(uuid.UUID(i).version == 4 for i in ids)
+
+    records = await read_topic(settings, settings.topic_events, 5)
+    assert len({r.partition for r in records}) == 1  # one user: one partition, in order
+    got = [Event.from_json_bytes(r.value) for r in sorted(records, key=lambda r: r.offset)]
+    assert [str(e.event_id) for e in got] == ids
+    assert [e.item_id for e in got] == [f"i{n}" for n in range(5)]
+
+
+@pytest.mark.parametrize(("body", "field", "reason"), [
+    (b'{"user_id": "u1", ', "body", "Invalid JSON: EOF while parsing a value at line 1 column 18"),
+    (b"[1, 2]", "body", "Input should be an object"),
+    (orjson.dumps(event(user_id=123)), "user_id", "Input should be a valid string"),
+    (orjson.dumps(event(event_type="like")), "event_type",
+     "Input should be 'view', 'click', 'cart' or 'purchase'"),
+    (orjson.dumps(event(item_id="")), "item_id", "String should have at least 1 character"),
+    (orjson.dumps(event(item_id="x" * 129)), "item_id",
+     "String should have at most 128 characters"),
+    (orjson.dumps(event(user_id="a b")), "user_id", "String should match pattern '^[!-~]+$'"),
+    (orjson.dumps(event(timestamp=NOW_MS + 600_000)), "timestamp",
+     "is more than 300 seconds in the future"),
+    (orjson.dumps(event(timestamp="yesterday")), "timestamp",
+     "must be RFC 3339 text or epoch milliseconds"),
+    (orjson.dumps(event(event_id="not-a-uuid")), "event_id",
+     "Input should be a valid UUID, invalid character: found `n` at 0"),
+    (orjson.dumps({"user_id": "u1", "event_type": "view"}), "item_id", "Field required"),
+    (orjson.dumps(event(price=3)), "price", "Extra inputs are not permitted"),
+])
+async def test_bad_event_is_422_naming_field_and_reason(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict,
+    body: bytes, field: str, reason: str,
+) -> None:
+    response = await ingest.post("/events", content=body,
+                                 headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["field"], error["reason"]) == (field, reason)
+    assert await end_offsets(settings, settings.topic_events) == 0
+
+
+async def test_batch_is_validated_as_a_whole(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
+) -> None:
+    batch = [event(), event(event_type="like"), event(), event(user_id=""), event()]
+    response = await ingest.post("/events/batch", json={"events": batch})
+    assert response.status_code == 422
+    assert [(e["index"], e["field"], e["reason"]) for e in response.json()["detail"]] == [
+        (1, "events.event_type", "Input should be 'view', 'click', 'cart' or 'purchase'"),
+        (3, "events.user_id", "String should have at least 1 character"),
+    ]
+    assert await end_offsets(settings, settings.topic_events) == 0  # nothing of it published
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ({"events": [event()] * 1001}, "must hold 1 to 1000 events, got 1001"),
+    ({"events": []}, "must hold 1 to 1000 events, got 0"),
+    ({"events": "x"}, "required: a list of events"),
+    ({"evts": []}, "unknown field"),
+])
+async def test_batch_shape_errors(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict, body: dict, reason: str
+) -> None:
+    response = await ingest.post("/events/batch", json=body)
+    assert response.status_code == 422
+    assert [e["reason"] for e in response.json()["detail"]] == [reason]
+
+
+async def test_bodies_over_the_limit_are_413(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
+) -> None:
+    big = b"x" * (settings.max_body_bytes + 1)
+    declared = await ingest.post("/events", content=big)
+    assert declared.status_code == 413
+    assert declared.json() == {"detail": "body of 1000001 bytes is over the 1000000 byte limit"}
+
+    async def chunks():  # no Content-Length: counted while streaming
+        for _ in range(11):
+            yield b"x" * 100_000
+
+    streamed = await ingest.post("/events/batch", content=chunks())
+    assert streamed.status_code == 413
+    assert streamed.json() == {"detail": "body is over the 1000000 byte limit"}
+    assert await end_offsets(settings, settings.topic_events) == 0
+
+
+async def test_unreachable_broker_is_503_with_retry_after(settings: Settings) -> None:
+    settings = settings.model_copy(update={
+        "kafka_bootstrap": f"127.0.0.1:{free_port()}", "ingest_ack_timeout_s": 1.0,
+        "pg_port": free_port()})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            one = await client.post("/events", json=event())
+            batch = await client.post("/events/batch", json={"events": [event()]})
+            ready = await client.get("/ready")
+            health = await client.get("/health")
+            item = await client.put("/items/i1", json={"category": "shoes"})
+    for response in (one, batch):
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
+        assert response.json() == {"detail": "broker not connected"}
+    assert ready.status_code == 503 and ready.json() == {"broker": False, "database": False}
+    assert health.status_code == 200
+    assert item.status_code == 503 and item.headers["retry-after"] == "5"
+
+
+async def test_catalogue_upserts_postgres_and_redis(
+    ingest: httpx.AsyncClient, pg: psycopg.Connection, redis_client: redis.Redis,
+    settings: Settings, kafka_topics: dict,
+) -> None:
+    created = 1_790_000_000_000
+    put = await ingest.put("/items/i1", json={
+        "title": "Trail shoe", "category": "shoes", "price": 89.9, "in_stock": True,
+        "attributes": {"brand": "acme"}, "created_at": created})
+    assert put.status_code == 200 and put.json() == {"item_id": "i1"}
+    batch = await ingest.post("/items/batch", json={"items": [
+        {"item_id": "i1", "title": "Trail shoe 2", "category": "shoes", "in_stock": False},
+        {"item_id": "i2", "category": "socks", "price": 5},
+    ]})
+    assert batch.status_code == 200 and batch.json() == {"item_ids": ["i1", "i2"]}
+
+    rows = pg.execute("SELECT item_id, title, category, price::float, in_stock, attributes, "
+                      "extract(epoch FROM created_at)::float FROM items ORDER BY 1").fetchall()
+    i2_created = rows[1][6]
+    assert rows == [
+        ("i1", "Trail shoe 2", "shoes", None, False, {}, created / 1000),  # created_at kept
+        ("i2", None, "socks", 5.0, True, {}, i2_created),
+    ]
+    assert abs(i2_created - time.time()) < 600
+    assert redis_client.hgetall(keys.item_meta("i1")) == {
+        "title": "Trail shoe 2", "category": "shoes", "in_stock": "0",
+        "created_at": repr(created / 1000)}
+    assert redis_client.hgetall(keys.item_meta("i2")) == {
+        "category": "socks", "price": "5.00", "in_stock": "1", "created_at": repr(i2_created)}
+    assert redis_client.zrange(keys.ITEM_NEW_ARRIVALS, 0, -1, withscores=True) == [
+        ("i1", created / 1000), ("i2", i2_created)]
+
+
+async def test_catalogue_errors(
+    ingest: httpx.AsyncClient, pg: psycopg.Connection, redis_client: redis.Redis,
+    settings: Settings, kafka_topics: dict,
+) -> None:
+    bad_price = await ingest.put("/items/i1", json={"price": -1})
+    assert bad_price.status_code == 422
+    assert [(e["field"], e["reason"]) for e in bad_price.json()["detail"]] == [
+        ("price", "Input should be greater than or equal to 0")]
+    bad_id = await ingest.put("/items/a%20b", json={})
+    assert [(e["field"], e["reason"]) for e in bad_id.json()["detail"]] == [
+        ("path.item_id", "String should match pattern '^[!-~]+$'")]
+    twice = {"items": [{"item_id": "i1"}, {"item_id": "i1"}]}
+    dupes = await ingest.post("/items/batch", json=twice)
+    assert dupes.status_code == 422
+    assert [(e["index"], e["reason"]) for e in dupes.json()["detail"]] == [
+        (1, "duplicate item_id in batch")]
+    assert pg.execute("SELECT count(*) FROM items").fetchone() == (0,)
+
+
+async def test_health_ready_metrics(
+    ingest: httpx.AsyncClient, pg: psycopg.Connection, settings: Settings, kafka_topics: dict
+) -> None:
+    assert (await ingest.get("/health")).json() == {"status": "ok"}
+    ready = await ingest.get("/ready")
+    assert ready.status_code == 200 and ready.json() == {"broker": True, "database": True}
+
+    def purchases() -> float:
+        return _sample(metrics.text, 'events_ingested_total{event_type="purchase"}')
+
+    metrics = await ingest.get("/metrics")
+    before = purchases()
+    await ingest.post("/events/batch", json={"events": [event(event_type="purchase")] * 3})
+    metrics = await ingest.get("/metrics")
+    assert purchases() == before + 3
+    assert "kafka_messages_published_total" in metrics.text
+
+
+def _sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
