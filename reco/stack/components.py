@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from reco import db
 from reco.settings import Settings
 from reco.stack import prometheus, servers
@@ -112,6 +114,11 @@ def build_components(settings: Settings) -> list[Component]:
     mlflow_artifacts = paths.root / "mlflow" / "artifacts"
     prom_config = paths.root / "prometheus" / "prometheus.yml"
     apps = app_components(settings)
+
+    def write_prometheus_config() -> None:
+        prometheus.write_config(prom_config, {
+            c.name: [prometheus.metrics_target(c.metrics_url)] for c in apps if c.metrics_url
+        })
     airflow = servers.venv_bin("airflow")
     return [
         Component(
@@ -165,12 +172,14 @@ def build_components(settings: Settings) -> list[Component]:
             [_which("prometheus"), f"--config.file={prom_config}",
              f"--storage.tsdb.path={paths.root / 'prometheus' / 'data'}",
              f"--web.listen-address={host}:{settings.prometheus_port}",
-             "--storage.tsdb.retention.time=7d"],
+             "--storage.tsdb.retention.time=7d", "--web.enable-lifecycle"],
             health=lambda: http_ok(f"http://{host}:{settings.prometheus_port}/-/ready"),
             url=f"http://{host}:{settings.prometheus_port}",
-            prepare=lambda: (_require("prometheus"), prometheus.write_config(prom_config, {
-                c.name: [prometheus.metrics_target(c.metrics_url)] for c in apps if c.metrics_url
-            })),
+            prepare=lambda: (_require("prometheus"), write_prometheus_config()),
+            # Every `up` rewrites the scrape targets (components may have been added) and reloads.
+            ready=lambda: (write_prometheus_config(), httpx.post(
+                f"http://{host}:{settings.prometheus_port}/-/reload", timeout=5
+            ).raise_for_status()),
         ),
     ]
 
@@ -209,8 +218,6 @@ def _require(name: str) -> None:
 
 
 def _airflow_component_healthy(settings: Settings, component: str) -> bool:
-    import httpx
-
     try:
         body = httpx.get(
             f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health", timeout=2
