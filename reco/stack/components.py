@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -73,11 +74,21 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as RECO_* variables, so every supervised process sees the same values."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            env[f"RECO_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    env["RECO_STATE_DIR"] = str(settings.state_dir.resolve())
+    return env
+
+
 def process_env(settings: Settings) -> dict[str, str]:
-    """Environment every supervised process inherits: RECO_* (as given) plus Airflow's."""
+    """Environment every supervised process inherits: the settings plus Airflow's."""
     env = dict(os.environ)
     env.update(airflow_env(settings))
-    env["RECO_STATE_DIR"] = str(settings.state_dir.resolve())
+    env.update(settings_env(settings))
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     return env
 

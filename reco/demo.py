@@ -1,0 +1,197 @@
+"""The main job (`make demo`): MovieLens-100k through the whole platform, measured at the API.
+
+Steps: start the stack, load the data, hold out each user's last interaction, replay the rest
+through the ingest API, wait for the consumers, train through the Airflow DAGs, then ask the
+recommendation API for every user and score the answers against the held-out items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from rich.console import Console
+
+from reco.airflow_client import AirflowClient
+from reco.data import movielens
+from reco.data.schema import EVENTS_FILE, ITEMS_FILE
+from reco.evaluation_split import LeaveLastOut, leave_last_out, score_rankings, targets_of
+from reco.lag import wait_for_zero_lag
+from reco.replay import ReplayOptions, replay_table
+from reco.settings import Settings
+from reco.stack import local
+
+DAGS = ("item2vec_daily", "als_weekly")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    max_users: int | None = None  # a slice of the users, for quick runs and the test suite
+    engine: str = "local"
+    k: int = 10
+    concurrency: int = 8
+    dag_timeout_s: float = 900.0
+    lag_timeout_s: float = 300.0
+    start_stack: bool = True
+
+
+@dataclass
+class DemoReport:
+    users: int
+    events_replayed: int
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> HR/NDCG/...
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    strategies: dict[str, int] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    dag_runs: dict[str, str] = field(default_factory=dict)
+
+
+class Steps:
+    """Prints what the demo is doing and how long each step took."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self.console.rule(f"[bold]{title}")
+        started = time.monotonic()
+        yield
+        self.timings[title] = time.monotonic() - started
+        self.console.print(f"[green]done[/] in {self.timings[title]:.1f}s")
+
+
+def load_movielens(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    out = settings.state_dir / "data" / "ml-100k"
+    if not (out / EVENTS_FILE).exists():
+        movielens.build(None, out, settings.state_dir / "downloads")
+    return pd.read_parquet(out / EVENTS_FILE), pd.read_parquet(out / ITEMS_FILE)
+
+
+def slice_users(events: pd.DataFrame, max_users: int | None) -> pd.DataFrame:
+    """The first `max_users` users by id (deterministic), or everyone."""
+    if max_users is None:
+        return events
+    users = sorted(events["user_id"].unique(), key=lambda u: (len(u), u))[:max_users]
+    return events[events["user_id"].isin(users)]
+
+
+def train_through_airflow(settings: Settings, opts: DemoOptions, console: Console,
+                          window_days: int) -> dict[str, str]:
+    """Trigger both DAGs through Airflow's REST API and wait for them; returns run states."""
+    client = AirflowClient(f"http://127.0.0.1:{settings.airflow_port}")
+    client.wait_for_dags(list(DAGS))
+    states = {}
+    for dag_id in DAGS:
+        client.unpause(dag_id)
+        run_id = client.trigger(dag_id, {"engine": opts.engine, "window_days": window_days})
+        console.print(f"triggered {dag_id} run {run_id}")
+        state = client.wait(dag_id, run_id, opts.dag_timeout_s,
+                            on_poll=lambda s, d=dag_id: console.print(f"  {d}: {s}", end="\r"))
+        states[dag_id] = state
+        if state != "success":
+            failed = client.failed_tasks(dag_id, run_id)
+            raise RuntimeError(f"{dag_id} run {run_id} {state} (failed tasks: {failed}); "
+                               f"see the Airflow UI at http://127.0.0.1:{settings.airflow_port}")
+        console.print(f"{dag_id}: {state}          ")
+    return states
+
+
+async def _fetch_all(base_url: str, paths: list[str], concurrency: int
+                     ) -> list[tuple[dict[str, Any], float]]:
+    """GET every path with bounded concurrency; returns (body, latency ms) in order."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+        async def one(path: str) -> tuple[dict[str, Any], float]:
+            async with semaphore:
+                started = time.perf_counter()
+                response = await client.get(path)
+                elapsed = (time.perf_counter() - started) * 1000
+                return response.raise_for_status().json(), elapsed
+
+        return await asyncio.gather(*(one(p) for p in paths))
+
+
+def served_recommendations(settings: Settings, users: list[str], k: int, concurrency: int
+                           ) -> tuple[dict[str, list[str]], np.ndarray, dict[str, int]]:
+    """Ask the API for every user: (user -> item ids, latencies ms, strategy counts)."""
+    base = f"http://127.0.0.1:{settings.reco_port}"
+    paths = [f"/recommendations?user_id={u}&k={k}" for u in users]
+    answers = asyncio.run(_fetch_all(base, paths, concurrency))
+    ranked = {u: [i["item_id"] for i in body["items"]]
+              for u, (body, _) in zip(users, answers, strict=True)}
+    strategies = Counter(body["strategy"] for body, _ in answers)
+    return ranked, np.array([ms for _, ms in answers]), dict(strategies)
+
+
+def popularity_baseline(settings: Settings, history: pd.DataFrame, users: list[str], k: int
+                        ) -> dict[str, list[str]]:
+    """The API's /popular list with each user's seen items removed (full ranking over unseen)."""
+    base = f"http://127.0.0.1:{settings.reco_port}"
+    body = httpx.get(f"{base}/popular", params={"k": 100}, timeout=10).raise_for_status().json()
+    popular = [i["item_id"] for i in body["items"]]
+    seen = history.groupby("user_id")["item_id"].agg(set).to_dict()
+    return {u: [i for i in popular if i not in seen.get(u, set())][:k] for u in users}
+
+
+def score(ranked: dict[str, list[str]], split: LeaveLastOut, k: int) -> dict[str, float]:
+    return score_rankings(ranked, targets_of(split.test), k)
+
+
+def run_demo(settings: Settings, console: Console, opts: DemoOptions,
+             single_signals: Callable[[list[str]], dict[str, dict[str, list[str]]]] | None = None
+             ) -> DemoReport:
+    steps = Steps(console)
+    if opts.start_stack:
+        with steps.step("1/6 Starting the local stack (reco up)"):
+            local.up(settings, console)
+    with steps.step("2/6 Loading MovieLens-100k and holding out each user's last interaction"):
+        events, items = load_movielens(settings)
+        split = leave_last_out(slice_users(events, opts.max_users))
+        users = sorted(split.test["user_id"].unique())
+        console.print(f"{len(events):,} ratings; {len(split.history):,} events to replay for "
+                      f"{len(users):,} users; {len(split.test):,} held out")
+    with steps.step("3/6 Replaying the history through the ingest API"):
+        item_table = pa.Table.from_pandas(items[items["item_id"].isin(split.history["item_id"])],
+                                          preserve_index=False)
+        summary = replay_table(
+            pa.Table.from_pandas(split.history, preserve_index=False),
+            ReplayOptions(url=f"http://127.0.0.1:{settings.ingest_port}"), items=item_table)
+        console.print(f"accepted {summary.accepted:,} of {summary.sent:,} events "
+                      f"({summary.rejected} rejected, {summary.failed} failed) in "
+                      f"{summary.elapsed_s:.1f}s")
+        if summary.accepted != summary.sent:
+            raise RuntimeError(f"replay lost events: {summary.rejections.most_common(5)}")
+    with steps.step("4/6 Waiting for the processor and the archiver to catch up (lag 0)"):
+        wait_for_zero_lag(settings.kafka_bootstrap,
+                          [settings.group_processor, settings.group_archiver],
+                          settings.topic_events, opts.lag_timeout_s,
+                          on_poll=lambda lag: console.print(f"  lag {lag}", end="\r"))
+    with steps.step("5/6 Training Item2Vec and ALS through Airflow"):
+        span_days = (split.history["timestamp"].max() - split.history["timestamp"].min()) / 86.4e6
+        dag_runs = train_through_airflow(settings, opts, console, int(span_days) + 2)
+    with steps.step("6/6 Asking the recommendation API for every user"):
+        ranked, latencies, strategies = served_recommendations(
+            settings, users, opts.k, opts.concurrency)
+        results = {"served (blend)": score(ranked, split, opts.k),
+                   "popularity baseline": score(
+                       popularity_baseline(settings, split.history, users, opts.k), split, opts.k)}
+        for name, per_user in (single_signals(users) if single_signals else {}).items():
+            results[f"{name} alone"] = score(per_user, split, opts.k)
+    return DemoReport(
+        users=len(users), events_replayed=summary.accepted, metrics=results,
+        latency_ms={f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)}
+        | {"max": float(latencies.max())},
+        strategies=strategies, timings_s=steps.timings, dag_runs=dag_runs,
+    )
