@@ -1,0 +1,64 @@
+"""`reco train item2vec|als`: the offline pipeline's steps in one process, without Airflow."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from reco.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True, help="Train, evaluate, gate and publish a model.")
+console = Console()
+
+Engine = Annotated[str | None, typer.Option(
+    "--engine", help="local (gensim / implicit) or spark (Spark ML) [default: RECO_ENGINE]")]
+WindowDays = Annotated[int | None, typer.Option(
+    "--window-days", min=1, help="Days of events [default: RECO_TRAIN_WINDOW_DAYS]")]
+WindowEnd = Annotated[str | None, typer.Option(
+    "--window-end", help="ISO 8601 end of the window [default: now]")]
+Params = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", help="Hyperparameter override name=value (repeatable), e.g. -p epochs=20")]
+
+
+def _parse(pairs: list[str] | None) -> dict:
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not name=value", param_hint="--param")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _run(model: str, engine: str | None, window_days: int | None, window_end: str | None,
+         params: list[str] | None) -> None:
+    from spark_jobs import pipeline
+
+    try:
+        cfg = pipeline.config_from_settings(
+            get_settings(), model, engine=engine, window_days=window_days,
+            window_end=datetime.fromisoformat(window_end) if window_end else None,
+            params=_parse(params))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    state = pipeline.run_all(cfg)
+    console.print_json(json.dumps({k: state.get(k) for k in (
+        "run_id", "version", "metrics", "gate", "published", "timings", "report")}))
+
+
+@app.command()
+def item2vec(engine: Engine = None, window_days: WindowDays = None, window_end: WindowEnd = None,
+             param: Params = None) -> None:
+    """Item2Vec (skip-gram over sessions): embeddings and item neighbours."""
+    _run("item2vec", engine, window_days, window_end, param)
+
+
+@app.command()
+def als(engine: Engine = None, window_days: WindowDays = None, window_end: WindowEnd = None,
+        param: Params = None) -> None:
+    """Implicit ALS: user candidates and item neighbours."""
+    _run("als", engine, window_days, window_end, param)

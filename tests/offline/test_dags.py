@@ -1,0 +1,107 @@
+"""The DAG files parse cleanly, and each DAG runs end to end under `airflow dags test`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reco import keys, neighbours
+from reco.stack import servers as stack_servers
+from spark_jobs import tracking
+from tests import servers
+from tests.offline import synthetic
+
+DAGS = {"item2vec_daily": "item2vec", "als_weekly": "als"}
+DAGS_FOLDER = stack_servers.REPO_ROOT / "dags"
+
+
+@pytest.fixture(scope="session")
+def airflow_env(postgres_server, _migrated_database, tmp_path_factory) -> dict[str, str]:
+    """Environment of an Airflow home on the fixture PostgreSQL `airflow` database, migrated."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    port = postgres_server.port
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
+            f"postgresql+psycopg2://reco:reco@127.0.0.1:{port}/airflow",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:1/execution/",
+        "PYTHONPATH": str(stack_servers.REPO_ROOT),
+    }
+    result = subprocess.run([stack_servers.venv_bin("airflow"), "db", "migrate"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return env
+
+
+@pytest.mark.airflow
+def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+
+    assert bag.import_errors == {}
+    assert set(bag.dags) == set(DAGS)
+    assert bag.dags["item2vec_daily"].schedule == "@daily"
+    assert bag.dags["als_weekly"].schedule == "@weekly"
+    for dag_id, model in DAGS.items():
+        dag = bag.dags[dag_id]
+        assert {"reco", "training", model} <= set(dag.tags)
+        assert dag.catchup is False
+        assert [t.task_id for t in dag.topological_sort()] == [
+            "extract", "train", "evaluate", "gate", "publish"]
+        for t in dag.tasks:
+            assert t.retries >= 1 and t.retry_delay.total_seconds() > 0
+            assert t.execution_timeout is not None
+        assert set(dag.params) == {"engine", "window_days", "window_end", "hyperparameters"}
+
+
+@pytest.mark.airflow
+@pytest.mark.spark
+@pytest.mark.integration
+@pytest.mark.parametrize("dag_id", list(DAGS))
+def test_dag_runs_end_to_end(dag_id, airflow_env, offline_settings, small_events, redis_client,
+                             pg, tmp_path):
+    model = DAGS[dag_id]
+    s = offline_settings
+    env = {
+        **airflow_env,
+        "RECO_PG_PORT": str(s.pg_port), "RECO_REDIS_URL": s.redis_url,
+        "RECO_MLFLOW_TRACKING_URI": s.mlflow_tracking_uri, "RECO_STATE_DIR": str(tmp_path),
+        "RECO_SPARK_JARS_DIR": str(servers.JARS_DIR), "RECO_JDBC_PARTITIONS": "2",
+        "RECO_SPARK_DRIVER_MEMORY": "1g", "RECO_ENGINE": "local",
+    }
+    hyper = ({"vector_size": 32, "epochs": 30, "window": 3, "sample": 0.0}
+             if model == "item2vec" else {"factors": 16, "iterations": 15})
+    conf = {"window_end": small_events["end"].isoformat(), "window_days": 30,
+            "hyperparameters": hyper}
+
+    result = subprocess.run(
+        [stack_servers.venv_bin("airflow"), "dags", "test", dag_id, "-c", json.dumps(conf)],
+        env=env, capture_output=True, text=True, timeout=600)
+
+    output = result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.returncode == 0, output
+    version = redis_client.hget(keys.MODEL_VERSIONS, model)
+    assert version, output
+    assert redis_client.hget(keys.MODEL_PUBLISHED_AT, model)
+    key = (keys.item_knn(synthetic.item_id(1, 3), version) if model == "item2vec"
+           else keys.user_cf("u1", version))
+    ids, _ = neighbours.decode(redis_client.get(key))
+    assert len(ids) > 0 and sum(i.startswith("g1-") for i in ids[:10]) >= 7, ids[:10]
+    runs = tracking.client(s.mlflow_tracking_uri).search_runs(
+        [tracking.client(s.mlflow_tracking_uri).get_experiment_by_name(
+            tracking.EXPERIMENTS[model]).experiment_id],
+        filter_string=f"tags.publish_version = '{version}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["model.hr_at_10"] > runs[0].data.metrics["popularity.hr_at_10"]
+    assert pg.execute("SELECT status FROM models WHERE name = %s AND version = %s",
+                      (model, version)).fetchone() == ("published",)
