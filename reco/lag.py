@@ -17,10 +17,10 @@ async def group_lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     await admin.start()
     await probe.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or []]
+        (described,) = await admin.describe_topics([topic])
+        partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
         if not partitions:
-            await probe.force_metadata_update()  # a fresh client may not know the topic yet
-            partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or []]
+            raise LookupError(f"topic {topic!r} has no partitions (does it exist?)")
         ends = await probe.end_offsets(partitions)
         starts = await probe.beginning_offsets(partitions)
         committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
