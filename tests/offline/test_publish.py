@@ -1,0 +1,107 @@
+"""Atomic publish to Redis: readers see a whole version or the previous one, never a mix."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import redis
+
+from reco import keys, neighbours
+from spark_jobs import publish
+
+ITEMS = [f"item-{i}" for i in range(3000)]
+
+
+def lists_of(version: str, size: int = 20):
+    """Each item's list names the version in every id, so a mixed read is detectable."""
+    scores = np.linspace(1.0, 0.5, size, dtype=np.float32)
+    for n, item in enumerate(ITEMS):
+        ids = [f"{version}/{ITEMS[(n + j) % len(ITEMS)]}" for j in range(1, size + 1)]
+        yield keys.item_knn(item, version), neighbours.encode(ids, scores)
+
+
+def read_lists(client: redis.Redis, sample: list[str]) -> tuple[str | None, list]:
+    """What the API does: resolve the serving version, then read that version's keys."""
+    version = publish.current_version(client, "item2vec")
+    if version is None:
+        return None, []
+    pipe = client.pipeline(transaction=False)
+    for item in sample:
+        pipe.get(keys.item_knn(item, version))
+    return version, [neighbours.decode(raw)[0] for raw in pipe.execute()]
+
+
+@pytest.mark.integration
+def test_concurrent_reader_sees_whole_old_or_whole_new_version(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+    sample = ITEMS[::97]
+    seen: list[tuple[str, list]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        own = redis.Redis.from_url(redis_url)
+        while not stop.is_set():
+            seen.append(read_lists(own, sample))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        # Small batches: many round trips, so the reader interleaves with the writes.
+        result = publish.publish(client, "item2vec", "v2", lists_of("v2"), batch=50,
+                                 grace_s=600)
+        for _ in range(20):
+            seen.append(read_lists(client, sample))
+    finally:
+        stop.set()
+        thread.join()
+
+    versions = [v for v, _ in seen]
+    assert "v1" in versions and "v2" in versions
+    assert versions.index("v2") > 0 and "v1" not in versions[versions.index("v2"):]
+    for version, lists in seen:
+        assert len(lists) == len(sample)
+        assert all(ids and all(i.startswith(f"{version}/") for i in ids) for ids in lists)
+    assert result.keys_written == len(ITEMS) and result.previous == "v1"
+    assert result.keys_expiring == len(ITEMS)
+    assert 0 < client.ttl(keys.item_knn(ITEMS[0], "v1")) <= 600
+    assert client.ttl(keys.item_knn(ITEMS[0], "v2")) == -1
+    assert int(client.hget(keys.MODEL_PUBLISHED_AT, "item2vec")) > 0
+
+    third = publish.publish(client, "item2vec", "v3", lists_of("v3"), batch=1000)
+    assert third.keys_deleted == len(ITEMS)  # v1, two versions back, is gone at once
+    assert client.exists(keys.item_knn(ITEMS[0], "v1")) == 0
+    assert client.ttl(keys.item_knn(ITEMS[0], "v2")) > 0
+
+
+@pytest.mark.integration
+def test_failed_publish_leaves_previous_version_serving(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+    before = read_lists(client, ITEMS[:50])
+
+    def fail_midway(written: int) -> None:
+        if written >= 1000:
+            raise ConnectionError("injected failure after 1000 keys")
+
+    with pytest.raises(ConnectionError, match="injected"):
+        publish.publish(client, "item2vec", "v2", lists_of("v2"), batch=500,
+                        after_batch=fail_midway)
+
+    assert read_lists(client, ITEMS[:50]) == before
+    assert client.ttl(keys.item_knn(ITEMS[0], "v1")) == -1
+    assert list(client.scan_iter(match=keys.version_prefix("knn", "v2"))) == []
+    # The next publish goes through normally.
+    publish.publish(client, "item2vec", "v3", lists_of("v3"), batch=500)
+    assert read_lists(client, ITEMS[:1])[0] == "v3"
+
+
+@pytest.mark.integration
+def test_republishing_the_serving_version_is_refused(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+    with pytest.raises(ValueError, match="already the serving version"):
+        publish.publish(client, "item2vec", "v1", lists_of("v1"))
+    assert read_lists(client, ITEMS[:1])[0] == "v1"
