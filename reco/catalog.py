@@ -8,6 +8,7 @@ this from Redis in the background; offline evaluation builds it from training da
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 UNKNOWN_CATEGORY = -1
+_spaces = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class ItemIndex:
     categories: list[str] = field(default_factory=list)
     category_code: dict[str, int] = field(default_factory=dict)
     version: str = ""
+    # Row-space id: rows keep their meaning across `with_popularity` (which only appends rows),
+    # so lists mapped to rows once stay valid while `space` is unchanged.
+    space: int = 0
     # Filtered popular rows per filter tuple: the popular filler costs no work per request.
     _filler: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -67,13 +72,14 @@ class ItemIndex:
             created_at[row] = _to_float(meta.get("created_at"))
         index = cls(ids, {item: r for r, item in enumerate(ids)}, category, price, in_stock,
                     created_at, np.zeros(n + 1), np.zeros(0, dtype=np.int64), list(codes),
-                    codes, version)
+                    codes, version, next(_spaces))
         pairs = list(popularity)
         return index.with_popularity([p[0] for p in pairs], [p[1] for p in pairs])
 
     def with_popularity(self, ids: Sequence[str], scores: Sequence[float] | np.ndarray
                         ) -> ItemIndex:
-        """A copy sharing the metadata, with a new popularity snapshot."""
+        """A copy sharing the metadata, with a new popularity snapshot; popular items the
+        catalogue lacks are appended as rows (existing rows never move)."""
         scores = np.asarray(scores, dtype=np.float64)
         extra = [i for i in dict.fromkeys(ids) if i not in self.row]
         base = self

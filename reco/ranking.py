@@ -27,6 +27,18 @@ if TYPE_CHECKING:
     from reco.settings import Settings
 
 Lists = tuple[list[str], np.ndarray]  # (ids best first, scores)
+
+
+@dataclass(frozen=True)
+class RowList:
+    """A neighbour list already mapped to rows of the ItemIndex it is ranked with (a caller
+    that caches parsed lists across requests saves the id -> row lookups)."""
+
+    rows: np.ndarray  # int64, every row < that index's unknown_row
+    scores: np.ndarray
+
+
+Neighbours = Lists | RowList
 SIGNALS = ("coview", "embedding", "popularity", "recency", "cf")
 COVIEW, KNN, ITEM_CF, USER_CF = 0, 1, 2, 3
 
@@ -68,9 +80,9 @@ class UserFeatures:
     recent: list[str]  # distinct item ids, newest first
     recent_times: dict[str, float]  # item id -> epoch seconds last touched
     now: float
-    coview: dict[str, Lists] = field(default_factory=dict)
-    knn: dict[str, Lists] = field(default_factory=dict)
-    item_cf: dict[str, Lists] = field(default_factory=dict)
+    coview: dict[str, Neighbours] = field(default_factory=dict)
+    knn: dict[str, Neighbours] = field(default_factory=dict)
+    item_cf: dict[str, Neighbours] = field(default_factory=dict)
     user_cf: Lists | None = None
 
 
@@ -89,8 +101,12 @@ class Ranking:
 
 
 def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
-         filters: Filters | None = None, k: int = 20) -> Ranking:
-    """The top-k items for one user, best first, after every business rule."""
+         filters: Filters | None = None, k: int = 20, explain: bool = False) -> Ranking:
+    """The top-k items for one user, best first, after every business rule.
+
+    `explain` fills each item's per-signal contributions (skipped otherwise: it is per item
+    Python work on the hot path).
+    """
     filters = filters or Filters()
     sources = features.recent[: config.recent_n]
     c = _Candidates(features, sources, items, config)
@@ -102,7 +118,11 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
 
     keep = eligible(items, c.meta_rows, filters)
     if filters.exclude_seen and features.recent:
-        keep &= ~np.isin(c.rows, c.codes_of(features.recent))
+        seen = c.codes_of(features.recent)
+        at = np.searchsorted(c.rows, seen)  # c.rows is sorted and unique
+        hit = at < c.m
+        at, seen = at[hit], seen[hit]
+        keep[at[c.rows[at] == seen]] = False
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
     parts, norms = c.signals(recency_w, keep)
@@ -117,14 +137,17 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     share = 1.0 if filters.category is not None else config.max_category_share
     top = diversify(order, items.category[c.meta_rows], k, share)
     src = c.best_source(top, recency_w, norms, config)
+    names = list(contrib) if explain else []
+    table = np.stack([contrib[n][top] for n in names]).T.tolist() if explain else []
     return Ranking(strategy, [
-        ScoredItem(c.item_id(p), float(score[p]), {n: float(v[p]) for n, v in contrib.items()},
+        ScoredItem(c.item_id(p), s, dict(zip(names, table[j], strict=True)) if explain else {},
                    sources[src[j]] if src[j] >= 0 else None)
-        for j, p in enumerate(top.tolist())
+        for j, (p, s) in enumerate(zip(top.tolist(), score[top].tolist(), strict=True))
     ])
 
 
-def similar_items(item_id: str, coview: Lists | None, knn: Lists | None, items: ItemIndex,
+def similar_items(item_id: str, coview: Neighbours | None, knn: Neighbours | None,
+                  items: ItemIndex,
                   config: RankConfig, k: int = 20) -> list[ScoredItem]:
     """Neighbours of one item blended from co-view and embeddings (in stock, not itself)."""
     features = UserFeatures([item_id], {}, 0.0, coview={item_id: coview} if coview else {},
@@ -180,34 +203,41 @@ class _Candidates:
     def __init__(self, f: UserFeatures, sources: list[str], items: ItemIndex,
                  config: RankConfig) -> None:
         self.items, self.n_sources = items, len(sources)
+        # Entries of lists given as ids first, then of lists already mapped to rows.
         ids: list[str] = []
-        kind: list[np.ndarray] = []
-        src: list[np.ndarray] = []
-        scores: list[np.ndarray] = []
+        id_meta: list[tuple[int, int, int]] = []  # (kind, source, length)
+        id_scores: list[np.ndarray] = []
+        row_parts: list[np.ndarray] = []
+        row_meta: list[tuple[int, int, int]] = []
+        row_scores: list[np.ndarray] = []
         limit = config.neighbours_n
         for s, item in enumerate(sources):
             for code, table in ((COVIEW, f.coview), (KNN, f.knn), (ITEM_CF, f.item_cf)):
                 lists = table.get(item)
-                if lists is None or not lists[0]:
+                if lists is None:
                     continue
-                part = lists[0][:limit]
-                ids.extend(part)
-                kind.append(np.full(len(part), code, dtype=np.int8))
-                src.append(np.full(len(part), s, dtype=np.int64))
-                scores.append(np.asarray(lists[1][: len(part)], dtype=np.float64))
+                if isinstance(lists, RowList):
+                    rows = lists.rows[:limit]
+                    row_parts.append(rows)
+                    row_meta.append((code, s, len(rows)))
+                    row_scores.append(lists.scores[: len(rows)])
+                elif lists[0]:
+                    part = lists[0][:limit]
+                    ids.extend(part)
+                    id_meta.append((code, s, len(part)))
+                    id_scores.append(np.asarray(lists[1][: len(part)], dtype=np.float64))
         if f.user_cf is not None and f.user_cf[0]:
             ids.extend(f.user_cf[0])
-            kind.append(np.full(len(f.user_cf[0]), USER_CF, dtype=np.int8))
-            src.append(np.full(len(f.user_cf[0]), -1, dtype=np.int64))
-            scores.append(np.asarray(f.user_cf[1], dtype=np.float64))
-        self.n_entries = len(ids)
+            id_meta.append((USER_CF, -1, len(f.user_cf[0])))
+            id_scores.append(np.asarray(f.user_cf[1], dtype=np.float64))
         self.extra: dict[str, int] = {}  # ids unknown to the index -> code
-        self.entry_rows = self.codes_of(ids, assign=True)
-        cat = np.concatenate
-        empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0)
-        self.kind = cat(kind) if kind else np.zeros(0, np.int8)
-        self.src = cat(src) if src else empty_i
-        self.scores = cat(scores) if scores else empty_f
+        meta = id_meta + row_meta
+        self.n_entries = sum(m[2] for m in meta)
+        lengths = np.array([m[2] for m in meta], dtype=np.int64)
+        self.kind = np.repeat(np.array([m[0] for m in meta], dtype=np.int8), lengths)
+        self.src = np.repeat(np.array([m[1] for m in meta], dtype=np.int64), lengths)
+        self.scores = np.concatenate(id_scores + row_scores) if meta else np.zeros(0)
+        self.entry_rows = np.concatenate([self.codes_of(ids, assign=True), *row_parts])
 
     def codes_of(self, ids: list[str], assign: bool = False) -> np.ndarray:
         rows = self.items.rows(ids)

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     catalog_reload_s: float = 300.0  # full item-metadata reload even without a version bump
     reco_redis_timeout_s: float = 0.25  # per command; a slow store degrades to fallback
     reco_redis_retry_s: float = 1.0  # after a store error, serve fallback this long before retrying
+    reco_list_cache_items: int = 50_000  # item neighbour lists kept parsed in process
+    reco_coview_cache_ttl_s: float = 10.0  # co-view sets change with events: keep them briefly
+    reco_offline_list_cache_ttl_s: float = 300.0  # KNN/ALS lists are immutable per version
+    reco_redis_in_threads: bool = False  # feature reads in a threadpool instead of the loop
 
     # Batch / training
     engine: Literal["local", "spark"] = "local"

@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import orjson
 
+from reco.catalog import ItemIndex
 from reco.ranking import (
     RankConfig,
     ScoredItem,
@@ -23,8 +24,9 @@ from reco.ranking import (
 from reco.rules import Filters
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving.reco_lists import ItemListCache
 from serving.reco_snapshots import GlobalSignals
-from serving.reco_store import FeatureStore, StoreUnavailable
+from serving.reco_store import ALS, ITEM2VEC, FeatureStore, FirstRead, ListKey, StoreUnavailable
 
 log = logging.getLogger(__name__)
 CACHED_FALSE, CACHED_TRUE = b'"cached":false}', b'"cached":true}'
@@ -42,7 +44,9 @@ class RecoParams:
 
     def variant(self) -> str:
         """Short stable hash of every parameter that changes the answer (not the user)."""
-        return hashlib.blake2b(repr(astuple(self)[1:]).encode(), digest_size=8).hexdigest()
+        params = (self.k, self.exclude_seen, self.category, self.min_price, self.max_price,
+                  self.explain)
+        return hashlib.blake2b(repr(params).encode(), digest_size=8).hexdigest()
 
     @property
     def filters(self) -> Filters:
@@ -63,6 +67,9 @@ class RecoService:
         self.signals = signals
         self.config = RankConfig.from_settings(settings)
         self.with_item_cf = settings.w_cf > 0  # ALS item lists only matter with a CF weight
+        self.lists = ItemListCache(settings.reco_list_cache_items,
+                                   settings.reco_coview_cache_ttl_s,
+                                   settings.reco_offline_list_cache_ttl_s)
 
     def recommend(self, p: RecoParams) -> Answer:
         variant = p.variant()
@@ -79,24 +86,45 @@ class RecoService:
                 metrics.CACHE_HITS.inc()
                 return Answer(body, "cached")
         metrics.CACHE_MISSES.inc()
-        sources = first.recent[: self.config.recent_n]
+        items = self.signals.items  # one snapshot for the whole request
         try:
-            features = self.store.user_features(
-                p.user_id, first.recent, sources, first.versions, self.config.neighbours_n,
-                self.with_item_cf)
+            features = self._features(p.user_id, first, items)
         except StoreUnavailable:
             return self.fallback(p)
-        ranking = rank(features, self.signals.items, self.config, p.filters, p.k)
+        ranking = rank(features, items, self.config, p.filters, p.k, p.explain)
         body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
         entry = head + b"\n" + versions_sig + b"\n" + body[: -len(CACHED_FALSE)] + CACHED_TRUE
         return Answer(body, ranking.strategy, entry)
+
+    def _features(self, user_id: str, first: FirstRead, items: ItemIndex) -> UserFeatures:
+        """Round 2 for the source items' lists not already parsed in process."""
+        sources = first.recent[: self.config.recent_n]
+        knn_v, als_v = first.versions.get(ITEM2VEC), first.versions.get(ALS)
+        wanted = []
+        for item in sources:
+            wanted.append(ListKey("coview", item, ""))
+            if knn_v:
+                wanted.append(ListKey("knn", item, knn_v))
+            if als_v and self.with_item_cf:
+                wanted.append(ListKey("item_cf", item, als_v))
+        clock = time.monotonic()
+        have = {key: self.lists.get(key, items.space, clock) for key in wanted}
+        missing = [key for key, value in have.items() if value is None]
+        second = self.store.second_read(user_id, sources, missing, als_v)
+        for key, lists in second.lists.items():
+            have[key] = self.lists.put(key, lists, items, clock)
+        features = UserFeatures(first.recent, second.times, time.time(), user_cf=second.user_cf)
+        tables = {"coview": features.coview, "knn": features.knn, "item_cf": features.item_cf}
+        for key, value in have.items():
+            tables[key.kind][key.item_id] = value
+        return features
 
     def fallback(self, p: RecoParams) -> Answer:
         """Popular items from the in-process snapshot: the shop still gets a list."""
         metrics.FALLBACKS.labels(endpoint="recommendations").inc()
         log.warning("serving fallback recommendations to user %s", p.user_id)
         ranking = rank(UserFeatures([], {}, time.time()), self.signals.items, self.config,
-                       p.filters, p.k)
+                       p.filters, p.k, p.explain)
         return Answer(render(p, "fallback", ranking.items, {}, p.explain), "fallback")
 
     def popular(self, k: int, category: str | None) -> list[dict]:
@@ -107,7 +135,7 @@ class RecoService:
                 for item, score in popular_items(items, Filters(category=category), k)]
 
     def similar(self, item_id: str, k: int) -> tuple[list[dict], dict[str, str]]:
-        coview, knn, versions = self.store.item_lists(item_id, self.config.neighbours_n)
+        coview, knn, versions = self.store.item_lists(item_id)
         items = similar_items(item_id, coview, knn, self.signals.items, self.config, k)
         return [_item_json(i, explain=False) for i in items], versions
 

@@ -57,8 +57,11 @@ class GlobalSignals:
             self._catalog = self.load_catalog(str(meta_version or b"", "utf-8"))
             self._catalog_version = meta_version
             self._catalog_loaded_at = time.monotonic()
+        # The base keeps the rows appended for popular items the catalogue lacks, so rows never
+        # move until the next catalogue load (parsed lists cached by row stay valid).
+        self._catalog = self._catalog.with_popularity(pop_ids, pop_scores)
         # One attribute swap: a request sees either the old or the new snapshot, never a mix.
-        self.items = self._catalog.with_popularity(pop_ids, pop_scores)
+        self.items = self._catalog
         self.loaded = True
 
     def load_catalog(self, version: str) -> ItemIndex:

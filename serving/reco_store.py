@@ -1,28 +1,31 @@
 """Feature reads of the recommendation API: at most two pipelined Redis round trips per request.
 
-Round 1 (user keys + one global hash): cached response, recent list, active model versions.
-Round 2 (only on a cache miss): the recent items' last-touch times and, per source item, its
-co-view set, KNN list, ALS item neighbours, plus the user's ALS candidates. Every command names
-one user or one item, so the layout works on Redis Cluster.
+Round 1 (user keys + one global hash): cached response, recent list, active model versions,
+plus any queued cache writes. Round 2 (only on a cache miss): the source items' last-touch
+times, their co-view / KNN / ALS item lists not already parsed in process, and the user's ALS
+candidates. Every command names one user or one item, so the layout works on Redis Cluster.
 
-The sync client (hiredis parser) is called directly from the event loop: on loopback a round
-trip is ~0.1 ms, cheaper than a thread hop, and the measured redis.asyncio overhead dominated
-request time. Short timeouts plus a breaker keep a sick store from stalling the loop.
+Calls are blocking (serving/reco_redis.py) and, by default, made right in the event loop: on
+loopback a round trip is ~0.1 ms, cheaper than a thread hop, and the measured redis.asyncio
+overhead dominated request time. Short timeouts plus a breaker keep a sick store from
+stalling the loop; `reco_redis_in_threads` moves them to a threadpool instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
-import redis
 
 from reco import keys, neighbours
-from reco.ranking import Lists, UserFeatures
+from reco.ranking import Lists
+from serving.reco_redis import Command, PipelineClient, RedisDown
 
 log = logging.getLogger(__name__)
 ITEM2VEC, ALS = "item2vec", "als"
@@ -32,6 +35,14 @@ class StoreUnavailable(Exception):
     """Redis is unreachable or timing out; callers serve the fallback."""
 
 
+class ListKey(NamedTuple):
+    """One item's neighbour list: kind "coview" | "knn" | "item_cf", model version or ""."""
+
+    kind: str
+    item_id: str
+    version: str
+
+
 @dataclass(frozen=True)
 class FirstRead:
     cached: bytes | None
@@ -39,106 +50,123 @@ class FirstRead:
     versions: dict[str, str]
 
 
+@dataclass(frozen=True)
+class SecondRead:
+    times: dict[str, float]
+    lists: dict[ListKey, Lists]
+    user_cf: Lists | None
+
+
 class FeatureStore:
     """The API's Redis reads and its cache writes, behind a small circuit breaker."""
 
-    def __init__(self, url: str, timeout_s: float = 0.25, retry_s: float = 1.0) -> None:
-        self.client = redis.Redis.from_url(url, protocol=3, socket_timeout=timeout_s,
-                                           socket_connect_timeout=timeout_s)
+    def __init__(self, url: str, timeout_s: float = 0.25, retry_s: float = 1.0,
+                 neighbours_n: int = 50) -> None:
+        self.client = PipelineClient(url, timeout_s)
         self.retry_s = retry_s
+        self.neighbours_n = neighbours_n
         self._down_until = 0.0
+        # Cache writes ride along with the next request's first pipeline (or a flush soon
+        # after): a cache miss then costs two round trips in total, not three.
+        self._pending: list[Command] = []
+        self._pending_lock = threading.Lock()
 
-    def _run(self, pipe: redis.client.Pipeline) -> list:
+    def _run(self, commands: Sequence[Command]) -> list:
         if time.monotonic() < self._down_until:
             raise StoreUnavailable("feature store marked down")
         try:
-            return pipe.execute()
-        except redis.RedisError as exc:
+            return self.client.execute(commands)
+        except RedisDown as exc:
             self._down_until = time.monotonic() + self.retry_s
             log.warning("feature store unavailable, serving fallback for %.1fs: %s",
                         self.retry_s, exc)
             raise StoreUnavailable(str(exc)) from exc
 
     def first_read(self, user_id: str, variant: str) -> FirstRead:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(keys.reco_cache(user_id, variant))
-        pipe.lrange(keys.user_recent(user_id), 0, -1)
-        pipe.hgetall(keys.MODEL_VERSIONS)
-        cached, recent, versions = self._run(pipe)
-        return FirstRead(cached, [i.decode() for i in recent],
-                         {m.decode(): v.decode() for m, v in versions.items()})
+        writes = self._take_pending()
+        replies = self._run([*writes,
+                             ("GET", keys.reco_cache(user_id, variant)),
+                             ("LRANGE", keys.user_recent(user_id), 0, -1),
+                             ("HGETALL", keys.MODEL_VERSIONS)])
+        cached, recent, versions = replies[len(writes):]
+        return FirstRead(cached, [i.decode() for i in recent], _hash(versions))
 
-    def user_features(self, user_id: str, recent: list[str], sources: Sequence[str],
-                      versions: dict[str, str], neighbours_n: int,
-                      with_item_cf: bool) -> UserFeatures:
-        """Round 2: everything `rank` needs about this user and their source items."""
-        knn_v, als_v = versions.get(ITEM2VEC), versions.get(ALS)
-        pipe = self.client.pipeline(transaction=False)
+    def second_read(self, user_id: str, sources: Sequence[str], lists: Sequence[ListKey],
+                    user_cf_version: str | None) -> SecondRead:
+        """Round 2: the sources' last-touch times, the item lists not cached in process, and
+        the user's ALS candidates."""
+        commands: list[Command] = []
         if sources:
-            pipe.hmget(keys.user_recent_times(user_id), list(sources))
-        for item in sources:
-            # Raw ZRANGE (no withscores option): no per-member Python callback in redis-py.
-            pipe.execute_command("ZRANGE", keys.co_view(item), 0, neighbours_n - 1, "REV",
-                                 "WITHSCORES")
-            if knn_v:
-                pipe.get(keys.item_knn(item, knn_v))
-            if als_v and with_item_cf:
-                pipe.get(keys.item_cf_neighbours(item, als_v))
-        if als_v:
-            pipe.get(keys.user_cf(user_id, als_v))
-        replies = iter(self._run(pipe)) if len(pipe) else iter(())
-
-        features = UserFeatures(recent, {}, time.time())
+            commands.append(("HMGET", keys.user_recent_times(user_id), *sources))
+        for key in lists:
+            if key.kind == "coview":
+                commands.append(("ZRANGE", keys.co_view(key.item_id), 0,
+                                 self.neighbours_n - 1, "REV", "WITHSCORES"))
+            elif key.kind == "knn":
+                commands.append(("GET", keys.item_knn(key.item_id, key.version)))
+            else:
+                commands.append(("GET", keys.item_cf_neighbours(key.item_id, key.version)))
+        if user_cf_version:
+            commands.append(("GET", keys.user_cf(user_id, user_cf_version)))
+        replies = iter(self._run(commands))
+        times: dict[str, float] = {}
         if sources:
-            times = next(replies)
-            features.recent_times = {s: float(t) for s, t in zip(sources, times, strict=True)
-                                     if t is not None}
-        for item in sources:
-            features.coview[item] = zset_pairs(next(replies))
-            if knn_v:
-                features.knn[item] = neighbours.decode(next(replies), neighbours_n)
-            if als_v and with_item_cf:
-                features.item_cf[item] = neighbours.decode(next(replies), neighbours_n)
-        if als_v:
-            features.user_cf = neighbours.decode(next(replies))
-        return features
+            times = {s: float(t) for s, t in zip(sources, next(replies), strict=True)
+                     if t is not None}
+        found = {key: zset_pairs(next(replies)) if key.kind == "coview"
+                 else neighbours.decode(next(replies), self.neighbours_n) for key in lists}
+        user_cf = neighbours.decode(next(replies)) if user_cf_version else None
+        return SecondRead(times, found, user_cf)
 
-    def item_lists(self, item_id: str, neighbours_n: int) -> tuple[Lists, Lists, dict[str, str]]:
+    def item_lists(self, item_id: str) -> tuple[Lists, Lists, dict[str, str]]:
         """Co-view set and KNN list of one item (two round trips: the version picks the key)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(keys.MODEL_VERSIONS)
-        pipe.execute_command("ZRANGE", keys.co_view(item_id), 0, neighbours_n - 1, "REV",
-                             "WITHSCORES")
-        raw_versions, coview = self._run(pipe)
-        versions = {m.decode(): v.decode() for m, v in raw_versions.items()}
+        raw_versions, coview = self._run([
+            ("HGETALL", keys.MODEL_VERSIONS),
+            ("ZRANGE", keys.co_view(item_id), 0, self.neighbours_n - 1, "REV", "WITHSCORES")])
+        versions = _hash(raw_versions)
         knn: Lists = ([], np.zeros(0))
         if ITEM2VEC in versions:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(keys.item_knn(item_id, versions[ITEM2VEC]))
-            knn = neighbours.decode(self._run(pipe)[0], neighbours_n)
+            raw = self._run([("GET", keys.item_knn(item_id, versions[ITEM2VEC]))])[0]
+            knn = neighbours.decode(raw, self.neighbours_n)
         return zset_pairs(coview), knn, versions
 
-    def write_cache(self, user_id: str, variant: str, value: bytes, ttl_s: int) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(keys.reco_cache(user_id, variant), value, ex=ttl_s)
+    def queue_cache_write(self, user_id: str, variant: str, value: bytes, ttl_s: int) -> bool:
+        """Queue a cache entry; True when the queue was empty (the caller schedules a flush)."""
+        with self._pending_lock:
+            self._pending.append(("SET", keys.reco_cache(user_id, variant), value, "EX", ttl_s))
+            return len(self._pending) == 1
+
+    def flush_cache_writes(self) -> None:
+        writes = self._take_pending()
         with contextlib.suppress(StoreUnavailable):  # a lost write only costs a later miss
-            self._run(pipe)
+            self._run(writes)
+
+    def _take_pending(self) -> list[Command]:
+        if not self._pending:
+            return []
+        with self._pending_lock:
+            writes, self._pending = self._pending, []
+        return writes
 
     def ping(self) -> bool:
         try:
-            return bool(self.client.ping())
-        except redis.RedisError:
+            return self.client.execute([("PING",)]) == [b"PONG"]
+        except RedisDown:
             return False
 
     def close(self) -> None:
         self.client.close()
 
 
+def _hash(flat: list[bytes]) -> dict[str, str]:
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
 def zset_pairs(reply: list) -> Lists:
     """A raw `ZRANGE ... WITHSCORES` reply -> (ids, scores).
 
-    RESP3 (the client here) answers [[member, score], ...] with scores already parsed as
-    doubles by hiredis; RESP2 answers [member, score, ...] with scores as bytes.
+    RESP2 answers [member, score, ...] with scores as bytes (numpy parses them in one call);
+    RESP3 answers [[member, score], ...] with scores already parsed as doubles.
     """
     if not reply:
         return [], np.zeros(0)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import uvicorn
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from reco.settings import Settings
 from serving import reco_metrics as metrics
@@ -23,6 +24,8 @@ from serving.reco_store import FeatureStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
+FLUSH_AFTER_S = 0.02
+T = TypeVar("T")
 ID_PATTERN = r"^[!-~]+$"  # printable, no whitespace (the event contract's identifiers)
 
 UserId = Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)]
@@ -46,7 +49,7 @@ def reco_params(user_id: UserId, k: K = 20, exclude_seen: bool = True,
 
 def create_app(settings: Settings) -> FastAPI:
     store = FeatureStore(settings.redis_url, settings.reco_redis_timeout_s,
-                         settings.reco_redis_retry_s)
+                         settings.reco_redis_retry_s, settings.reco_neighbours_n)
     signals = GlobalSignals(settings)
     service = RecoService(settings, store, signals)
 
@@ -57,7 +60,23 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             signals.stop()
+            store.flush_cache_writes()
             store.close()
+
+    if settings.reco_redis_in_threads:
+        async def call(fn: Callable[..., T], *args: Any) -> T:
+            return await run_in_threadpool(fn, *args)
+    else:
+        # Default: the feature reads are sub-millisecond blocking calls made right in the event
+        # loop (see serving/reco_store.py); the benchmark measures both modes.
+        async def call(fn: Callable[..., T], *args: Any) -> T:
+            return fn(*args)
+
+    def flush() -> None:
+        if settings.reco_redis_in_threads:
+            asyncio.get_running_loop().run_in_executor(None, store.flush_cache_writes)
+        else:
+            store.flush_cache_writes()
 
     app = FastAPI(title="reco recommendations", lifespan=lifespan)
     app.state.service = service
@@ -75,23 +94,17 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": [{"field": exc.field, "reason": exc.reason}]},
                             status_code=422)
 
-    # Routes are `async def` on purpose: the feature reads are sub-millisecond blocking calls
-    # (see serving/reco_store.py) and a threadpool hop would cost more than it frees.
     @app.get("/recommendations")
     async def recommendations(p: Annotated[RecoParams, Depends(reco_params)]) -> Response:
         start = time.perf_counter()
-        answer = service.recommend(p)
-        task = None
-        if answer.cache_entry is not None:
-            entry, variant = answer.cache_entry, p.variant()
-
-            async def write_cache() -> None:
-                store.write_cache(p.user_id, variant, entry, settings.cache_ttl_s)
-
-            task = BackgroundTask(write_cache)
+        answer = await call(service.recommend, p)
+        if answer.cache_entry is not None and store.queue_cache_write(
+                p.user_id, p.variant(), answer.cache_entry, settings.cache_ttl_s):
+            # Normally the next request's pipeline carries the write; flush soon if none comes.
+            asyncio.get_running_loop().call_later(FLUSH_AFTER_S, flush)
         metrics.REQUESTS.labels(endpoint="recommendations", strategy=answer.strategy).inc()
         hist["recommendations"].observe(time.perf_counter() - start)
-        return Response(answer.body, media_type=JSON, background=task)
+        return Response(answer.body, media_type=JSON)
 
     @app.get("/popular")
     async def popular(k: K = 20, category: Category = None) -> Response:
@@ -107,7 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
                       k: K = 20) -> Response:
         start = time.perf_counter()
         try:
-            items, versions = service.similar(item_id, k)
+            items, versions = await call(service.similar, item_id, k)
             strategy = "similar"
         except StoreUnavailable:
             metrics.FALLBACKS.labels(endpoint="similar").inc()

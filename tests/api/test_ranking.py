@@ -67,7 +67,7 @@ def test_rank_without_features_is_popular() -> None:
 
 def test_negative_cosine_is_no_evidence() -> None:
     features = UserFeatures(["A"], {"A": NOW}, NOW, knn={"A": lists({"X": -0.5, "Y": 0.5})})
-    items = rank(features, ItemIndex.empty(), RankConfig(), k=5).items
+    items = rank(features, ItemIndex.empty(), RankConfig(), k=5, explain=True).items
     assert [(i.item_id, i.contributions["embedding"]) for i in items] == [("Y", 0.3), ("X", 0.0)]
 
 

@@ -1,0 +1,45 @@
+"""In-process cache of parsed item neighbour lists, shared by every user's requests.
+
+Co-view sets, KNN and ALS item lists belong to items, not users, and popular items appear in
+many users' recent lists: caching them parsed and mapped to ItemIndex rows saves most of a
+cache miss's Redis reads and id lookups. KNN/ALS lists live under versioned (immutable) keys;
+co-view sets change with events, so they are kept only `coview_ttl_s` (a few seconds of
+staleness in an item's neighbours; the user's own recent items are always read fresh).
+"""
+
+from __future__ import annotations
+
+from reco.catalog import ItemIndex
+from reco.ranking import Lists, Neighbours, RowList
+from serving.reco_store import ListKey
+
+
+class ItemListCache:
+    """FIFO-bounded map ListKey -> RowList, valid for one ItemIndex row space."""
+
+    def __init__(self, max_entries: int, coview_ttl_s: float, offline_ttl_s: float) -> None:
+        self.max_entries = max_entries
+        self.ttl = {"coview": coview_ttl_s, "knn": offline_ttl_s, "item_cf": offline_ttl_s}
+        self._data: dict[ListKey, tuple[float, int, Neighbours]] = {}
+
+    def get(self, key: ListKey, space: int, now: float) -> Neighbours | None:
+        entry = self._data.get(key)
+        if entry is None or entry[0] < now or entry[1] != space:
+            return None
+        return entry[2]
+
+    def put(self, key: ListKey, lists: Lists, items: ItemIndex, now: float) -> Neighbours:
+        """Map `lists` to rows and keep them; lists naming unknown items stay as ids."""
+        rows = items.rows(lists[0])
+        value: Neighbours = lists if (rows == items.unknown_row).any() else RowList(
+            rows, lists[1])
+        if self.max_entries <= 0:
+            return value
+        self._data.pop(key, None)
+        self._data[key] = (now + self.ttl[key.kind], items.space, value)
+        if len(self._data) > self.max_entries:
+            del self._data[next(iter(self._data))]  # oldest insertion first
+        return value
+
+    def __len__(self) -> int:
+        return len(self._data)

