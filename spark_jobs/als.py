@@ -66,11 +66,14 @@ class ALSModel:
 
 def _fit_implicit(confidence: sp.csr_matrix, p: ALSParams) -> tuple[np.ndarray, np.ndarray]:
     from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
     model = AlternatingLeastSquares(
         factors=p.factors, regularization=p.regularization, alpha=p.alpha,
         iterations=p.iterations, random_state=p.seed, num_threads=p.threads)
-    model.fit(confidence, show_progress=False)
+    # implicit parallelises itself; a BLAS thread pool underneath only oversubscribes.
+    with threadpool_limits(1, "blas"):
+        model.fit(confidence, show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 

@@ -139,14 +139,13 @@ def als_scorer(data: EvalData, user_ids: np.ndarray, item_ids: np.ndarray,
     return score
 
 
-def evaluate_blend(data: EvalData, model_name: str, model_dir: Path, k: int) -> dict | None:
-    """The full blend scored with reco.ranking, the API's own ranking code.
+def evaluate_blend(data: EvalData, model_name: str, model_dir: Path, k: int,
+                   rank_config: dict, feature_params: dict, max_users: int = 2000) -> dict:
+    """The full blend scored with reco.ranking (the API's ranking code); see spark_jobs.blend."""
+    from spark_jobs import blend
 
-    Not wired yet: reco.ranking (issue 4) had not landed when this was written, so this
-    returns None and the report says so; the model-alone and popularity metrics do not
-    depend on it.
-    """
-    return None
+    return blend.evaluate(data, model_name, model_dir, k, rank_config, feature_params,
+                          max_users=max_users)
 
 
 def evaluate(data: EvalData, scorers: dict[str, Scorer], k: int) -> dict:

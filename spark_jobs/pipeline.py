@@ -47,6 +47,9 @@ class PipelineConfig:
     gate_tolerance: float = 0.02
     publish_batch: int = 5000
     publish_grace_s: int = 3600
+    blend_max_users: int = 2000
+    rank_config: dict = field(default_factory=dict)  # reco.ranking.RankConfig fields
+    feature_params: dict = field(default_factory=dict)  # reco.features.FeatureParams fields
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -74,6 +77,9 @@ def config_from_settings(settings, model: str, run_dir: Path | None = None,
                          window_end: datetime | None = None, params: dict | None = None,
                          **overrides) -> PipelineConfig:
     """Entry points (DAG tasks, CLI) turn `Settings` plus run parameters into a config."""
+    from reco.features import FeatureParams
+    from reco.ranking import RankConfig
+
     state = Path(settings.state_dir)
     end = (window_end or datetime.now(UTC)).astimezone(UTC)
     if run_dir is None:
@@ -91,6 +97,8 @@ def config_from_settings(settings, model: str, run_dir: Path | None = None,
         jars_dir=str(settings.spark_jars_dir or state / "jars"), eval_k=settings.eval_k,
         recent_n=settings.reco_recent_n, gate_tolerance=settings.gate_tolerance,
         publish_batch=settings.publish_batch, publish_grace_s=settings.publish_grace_s,
+        rank_config=asdict(RankConfig.from_settings(settings)),
+        feature_params=asdict(FeatureParams.from_settings(settings)),
     )
     values.update(overrides)
     return PipelineConfig(**values)
@@ -182,8 +190,11 @@ def evaluate_step(cfg: PipelineConfig, trained: dict) -> dict:
         scorer = ev.als_scorer(data, m.user_ids, m.item_ids, m.user_factors, m.item_factors)
     report = ev.evaluate(data, {"model": scorer, "popularity": ev.popularity_scorer(data)},
                          cfg.eval_k)
-    blend = ev.evaluate_blend(data, cfg.model, model_dir, cfg.eval_k)
-    report["blend"] = blend if blend is not None else "not evaluated: reco.ranking not wired"
+    blend = ev.evaluate_blend(data, cfg.model, model_dir, cfg.eval_k, cfg.rank_config,
+                              cfg.feature_params, cfg.blend_max_users)
+    report["results"]["blend"] = blend["metrics"]
+    report["curves"]["blend"] = blend["curve"]
+    report["blend_weights"] = blend["weights"]
     report_dir = Path(cfg.run_dir) / "evaluation"
     ev.write_report(report, report_dir)
     flat = {f"{scorer_name}.{k}": v for scorer_name, values in report["results"].items()

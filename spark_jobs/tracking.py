@@ -6,9 +6,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+
+from mlflow import MlflowClient
 
 EXPERIMENTS = {"item2vec": "item2vec", "als": "als"}
 REGISTERED_MODELS = {"item2vec": "item2vec", "als": "als"}

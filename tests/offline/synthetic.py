@@ -32,7 +32,7 @@ def item_id(group: int, position: int) -> str:
 
 
 def generate(shape: Shape, end: datetime) -> list[tuple]:
-    """Rows (event_id, user_id, item_id, event_type, event_time, session_id), time ordered per user."""
+    """Rows (event_id, user_id, item_id, event_type, event_time, session_id) per user in time."""
     rng = np.random.default_rng(shape.seed)
     g, n = shape.groups, shape.items_per_group
     start = end - timedelta(days=shape.days)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_model_recommends_the_withheld_item(model, engine, offline_settings, sma
 
     state = pipeline.run_all(cfg, spark)
 
-    report = json.loads(open(state["report"]).read())
+    report = json.loads(Path(state["report"]).read_text())
     ours, popular = report["results"]["model"], report["results"]["popularity"]
     # Most users' next item is in the model's top 10 over all unseen items; popularity
     # (the same for everyone) cannot know a user's taste group.
@@ -38,6 +39,9 @@ def test_model_recommends_the_withheld_item(model, engine, offline_settings, sma
     assert ours["hr_at_10"] >= 0.6, report["results"]
     assert ours["hr_at_10"] >= popular["hr_at_10"] + 0.3, report["results"]
     assert ours["ndcg_at_10"] > popular["ndcg_at_10"]
+    # The full blend, ranked by reco.ranking as the API ranks, beats popularity too.
+    blend = report["results"]["blend"]
+    assert blend["users"] >= 250 and blend["hr_at_10"] >= popular["hr_at_10"] + 0.3, blend
     assert state["gate"]["accepted"], state["gate"]
 
     version = state["published"]
