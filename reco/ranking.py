@@ -54,7 +54,7 @@ class RankConfig:
     w_cf: float = 0.0
     recent_n: int = 10
     neighbours_n: int = 50
-    popular_filler_n: int = 200
+    popular_filler_n: int = 50
     recency_half_life_s: float = 6 * 3600.0
     max_category_share: float = 0.5
     freshness_boost: float = 0.1
@@ -90,6 +90,7 @@ class UserFeatures:
 class ScoredItem:
     item_id: str
     score: float
+    # Filled only by rank(..., explain=True):
     contributions: dict[str, float]  # weighted, normalised signal values (+ "freshness")
     source_item: str | None  # the recent item that led to it most
 
@@ -112,7 +113,10 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     c = _Candidates(features, sources, items, config)
     personal = c.n_entries > 0
     strategy: Literal["personalized", "popular"] = "personalized" if personal else "popular"
-    c.finish(_popular_filler(items, filters, config.popular_filler_n))
+    # Enough popular filler to fill k even after the user's seen items are excluded.
+    filler_n = config.popular_filler_n and max(config.popular_filler_n,
+                                               k + len(features.recent))
+    c.finish(_popular_filler(items, filters, filler_n))
     if c.m == 0:
         return Ranking(strategy, [])
 
@@ -136,13 +140,18 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     order = pool[np.argsort(-score[pool], kind="stable")]
     share = 1.0 if filters.category is not None else config.max_category_share
     top = diversify(order, items.category[c.meta_rows], k, share)
-    src = c.best_source(top, recency_w, norms, config)
-    names = list(contrib) if explain else []
-    table = np.stack([contrib[n][top] for n in names]).T.tolist() if explain else []
+    scores = score[top].tolist()
+    ids = [c.item_id(p) for p in top.tolist()]
+    if not explain:
+        return Ranking(strategy, [ScoredItem(i, s, {}, None) for i, s in zip(ids, scores,
+                                                                              strict=True)])
+    src = c.best_source(top, recency_w, norms, config).tolist()
+    names = list(contrib)
+    table = np.stack([contrib[n][top] for n in names]).T.tolist()
     return Ranking(strategy, [
-        ScoredItem(c.item_id(p), s, dict(zip(names, table[j], strict=True)) if explain else {},
+        ScoredItem(i, s, dict(zip(names, table[j], strict=True)),
                    sources[src[j]] if src[j] >= 0 else None)
-        for j, (p, s) in enumerate(zip(top.tolist(), score[top].tolist(), strict=True))
+        for j, (i, s) in enumerate(zip(ids, scores, strict=True))
     ])
 
 
@@ -189,7 +198,8 @@ def _popular_filler(items: ItemIndex, filters: Filters, n: int) -> np.ndarray:
 
 
 def _norm(x: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, float]:
-    top = float(x[keep].max()) if keep.any() else 0.0
+    """x divided by its max over the eligible candidates (all zeros when that max is <= 0)."""
+    top = float(x.max(where=keep, initial=0.0))
     return (x / top if top > 0 else np.zeros_like(x)), top
 
 
@@ -264,29 +274,25 @@ class _Candidates:
         unknown = self.items.unknown_row
         return self.items.ids[row] if row < unknown else self.extra_ids[row - unknown - 1]
 
-    def _matrix(self, code: int) -> np.ndarray:
-        out = np.zeros((self.n_sources, self.m))
+    def _aggregate(self, code: int, how: str) -> np.ndarray:
+        """Per candidate, the sum or the max (>= 0) of one kind of entries' scores."""
         sel = self.kind == code
-        out[self.src[sel], self.pos[sel]] = self.scores[sel]
+        if how == "sum":
+            return np.bincount(self.pos[sel], weights=self.scores[sel], minlength=self.m)
+        out = np.zeros(self.m)  # negative similarity is no evidence: floor at 0
+        np.maximum.at(out, self.pos[sel], self.scores[sel])
         return out
 
     def signals(self, recency_w: np.ndarray, keep: np.ndarray) -> tuple[dict, tuple]:
-        self.coview = self._matrix(COVIEW)
-        self.embed = np.maximum(self._matrix(KNN), 0.0)  # negative cosine: no evidence
-        self.item_cf = np.maximum(self._matrix(ITEM_CF), 0.0)
-        self.present = np.zeros((self.n_sources, self.m), dtype=bool)
+        """Each signal per candidate, normalised over the eligible ones; and the maxima."""
         by_source = self.kind != USER_CF
-        self.present[self.src[by_source], self.pos[by_source]] = True
-        user_cf = np.zeros(self.m)
-        sel = self.kind == USER_CF
-        user_cf[self.pos[sel]] = np.maximum(self.scores[sel], 0.0)
-
-        coview, c_top = _norm(self.coview.sum(axis=0), keep)
-        embed, e_top = _norm(self.embed.max(axis=0, initial=0.0), keep)
-        recency, r_top = _norm((self.present * recency_w[:, None]).max(axis=0, initial=0.0),
-                               keep)
-        item_cf, f_top = _norm(self.item_cf.max(axis=0, initial=0.0), keep)
-        ucf, _ = _norm(user_cf, keep)
+        rec_raw = np.zeros(self.m)
+        np.maximum.at(rec_raw, self.pos[by_source], recency_w[self.src[by_source]])
+        coview, c_top = _norm(self._aggregate(COVIEW, "sum"), keep)
+        embed, e_top = _norm(self._aggregate(KNN, "max"), keep)
+        recency, r_top = _norm(rec_raw, keep)
+        item_cf, f_top = _norm(self._aggregate(ITEM_CF, "max"), keep)
+        ucf, _ = _norm(self._aggregate(USER_CF, "max"), keep)
         popularity, _ = _norm(self.items.popularity[self.meta_rows], keep)
         parts = {"coview": coview, "embedding": embed, "popularity": popularity,
                  "recency": recency, "cf": np.maximum(ucf, item_cf)}
@@ -298,10 +304,19 @@ class _Candidates:
         if self.n_sources == 0 or len(top) == 0:
             return np.full(len(top), -1)
         c_top, e_top, r_top, f_top = (n if n > 0 else 1.0 for n in norms)
-        per_source = (config.w_coview * self.coview[:, top] / c_top
-                      + config.w_embed * self.embed[:, top] / e_top
-                      + config.w_cf * self.item_cf[:, top] / f_top
-                      + config.w_recency * self.present[:, top] * recency_w[:, None] / r_top)
-        present = self.present[:, top]
-        best = np.where(present, per_source, -np.inf).argmax(axis=0)
-        return np.where(present.any(axis=0), best, -1)
+        slot = np.full(self.m, -1)
+        slot[top] = np.arange(len(top))
+        j = slot[self.pos]
+        sel = (j >= 0) & (self.kind != USER_CF)
+        j, src, kind, score = j[sel], self.src[sel], self.kind[sel], self.scores[sel]
+        weight = np.select([kind == COVIEW, kind == KNN, kind == ITEM_CF],
+                           [config.w_coview / c_top, config.w_embed / e_top,
+                            config.w_cf / f_top])
+        per_source = np.zeros((len(top), self.n_sources))
+        present = np.zeros((len(top), self.n_sources), dtype=bool)
+        np.add.at(per_source, (j, src), weight * np.where(kind == COVIEW, score,
+                                                           np.maximum(score, 0.0)))
+        present[j, src] = True
+        per_source += present * (config.w_recency * recency_w / r_top)
+        best = np.where(present, per_source, -np.inf).argmax(axis=1)
+        return np.where(present.any(axis=1), best, -1)

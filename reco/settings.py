@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     cache_ttl_s: int = 300
     popular_snapshot_refresh_s: float = 5.0
     # Recommendation API (issue 4)
-    reco_popular_filler_n: int = 200  # popular items added as candidates to fill thin lists
+    reco_popular_filler_n: int = 50  # popular candidates (at least k + seen) to fill thin lists
     reco_recency_half_life_s: float = 6 * 3600.0  # recency signal: weight halves per this age
     popular_snapshot_size: int = 20_000  # top items held in process; others score popularity 0
     catalog_reload_s: float = 300.0  # full item-metadata reload even without a version bump

@@ -50,7 +50,7 @@ def test_rank_blends_signals_exactly() -> None:
         coview={"A": lists({"X": 4, "Y": 2}), "B": lists({"Y": 2, "Z": 1})},
         knn={"A": lists({"Z": 0.8, "X": 0.4}), "B": lists({"W": 0.6})})
     items = ItemIndex.build({}, [("X", 10), ("Y", 20), ("Z", 5), ("W", 40), ("P", 100)])
-    ranking = rank(features, items, RankConfig(recency_half_life_s=HOUR), k=10)
+    ranking = rank(features, items, RankConfig(recency_half_life_s=HOUR), k=10, explain=True)
     assert ranking.strategy == "personalized"
     got = [(i.item_id, i.score, i.source_item) for i in ranking.items]
     assert got == [("X", pytest.approx(0.67), "A"), ("Y", pytest.approx(0.54), "A"),
