@@ -38,10 +38,12 @@ class PublishResult:
 def _lists(ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, key_of: Callable[[str], str],
            targets: np.ndarray) -> Iterator[tuple[str, bytes]]:
     targets_list = targets.tolist()
+    # float64 rounded to 6 digits serialises short (float32 -> float prints ~17 digits).
+    rounded = np.round(scores.astype(np.float64), 6)
     for row, owner in enumerate(ids.tolist()):
-        ok = np.isfinite(scores[row])
+        ok = np.isfinite(rounded[row])
         yield key_of(owner), neighbours.encode(
-            [targets_list[j] for j in idx[row][ok]], scores[row][ok])
+            [targets_list[j] for j in idx[row][ok]], rounded[row][ok])
 
 
 def model_lists(model: str, model_dir: Path, version: str) -> Iterator[tuple[str, bytes]]:
