@@ -199,12 +199,20 @@ async def open_loop(port: int, actions, rate: float, seconds: float) -> list[flo
 
     async def one(path: str, scheduled: float) -> None:
         nonlocal failures
-        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
-        reader, writer = conn
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
-        await reader.readexactly(length)
+        for attempt in (1, 2):
+            reused = bool(idle)
+            conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = conn
+            try:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+                await reader.readexactly(length)
+                break
+            except (ConnectionError, asyncio.IncompleteReadError):
+                writer.close()  # a kept-alive connection the server closed: retry once, fresh
+                if attempt == 2 or not reused:
+                    raise
         latencies.append((loop.time() - scheduled) * 1000)
         failures += not head.startswith(b"HTTP/1.1 200")
         idle.append(conn)
@@ -227,6 +235,10 @@ async def open_loop(port: int, actions, rate: float, seconds: float) -> list[flo
     if failures:
         raise RuntimeError(f"{failures} non-200 responses")
     return latencies
+
+
+def progress(phase: str, value: object) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {phase}: {value}", file=sys.stderr, flush=True)
 
 
 def pct(latencies: list[float]) -> dict:
@@ -304,7 +316,7 @@ def start_api(redis_port: int, threads: bool) -> tuple[subprocess.Popen, int]:
         [sys.executable, "-m", "uvicorn", "--factory", "reco_bench:bench_app",
          "--app-dir", str(ROOT / "benchmarks"), "--host", "127.0.0.1", "--port", str(port),
          "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
-         "warning"], env=env, cwd=ROOT)
+         "warning", "--timeout-keep-alive", "75"], env=env, cwd=ROOT)
     if not wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 60,
                       alive=lambda: proc.poll() is None):
         proc.kill()
@@ -325,6 +337,7 @@ def run(quick: bool, threads: bool = False) -> dict:
         t0 = time.perf_counter()
         result["fill_s"] = fill(r, s, rng)
         result["fill_total_s"] = time.perf_counter() - t0
+        progress("fill", result["fill_s"])
         result["redis_memory_mb"] = r.info("memory")["used_memory"] / 2**20
         api, port = start_api(server.port, threads)
         base = f"http://127.0.0.1:{port}"
@@ -336,10 +349,12 @@ def run(quick: bool, threads: bool = False) -> dict:
         wrk(base, BARE, 2)  # warm-up
         wrk(base, SEQUENTIAL_USERS % (s.users // 2), 2)
         result["bare"] = wrk(base, BARE, seconds)
+        progress("bare", result["bare"])
 
         before = counters(base)
         result["miss_max"] = wrk(base, SEQUENTIAL_USERS % (s.users // 10), seconds)
         result["miss_max"]["cache"] = delta(before, counters(base))
+        progress("miss_max", result["miss_max"])
 
         warm = min(1000, s.users // 10)
         asyncio.run(open_loop(port, iter([f"/recommendations?user_id=u{n}&k=20"
@@ -347,6 +362,7 @@ def run(quick: bool, threads: bool = False) -> dict:
         before = counters(base)
         result["hit_max"] = wrk(base, RANDOM_USERS % (warm - 1), seconds)
         result["hit_max"]["cache"] = delta(before, counters(base))
+        progress("hit_max", result["hit_max"])
 
         before = counters(base)
         first = int(s.users * 0.6)
@@ -354,11 +370,13 @@ def run(quick: bool, threads: bool = False) -> dict:
         result["miss_200"] = pct(asyncio.run(open_loop(port, paths, 200, 10 if not quick
                                                        else 4)))
         result["miss_200"]["cache"] = delta(before, counters(base))
+        progress("miss_200", result["miss_200"])
 
         before = counters(base)
         paths = iter([f"/recommendations?user_id=u{n % warm}&k=20" for n in range(100_000)])
         result["hit_200"] = pct(asyncio.run(open_loop(port, paths, 200, 5 if not quick else 2)))
         result["hit_200"]["cache"] = delta(before, counters(base))
+        progress("hit_200", result["hit_200"])
 
         mix = {"active_users": 2000, "event_share": 0.2, "rate": 200,
                "warmup_s": 10 if not quick else 3, "measure_s": 15 if not quick else 4}
@@ -371,6 +389,7 @@ def run(quick: bool, threads: bool = False) -> dict:
         mix["cache"] = delta(before, counters(base))
         mix["hit_ratio"] = mix["cache"]["hits"] / max(1.0, sum(mix["cache"].values()))
         result["mix"] = mix
+        progress("mix", result["mix"])
     finally:
         if api is not None:
             api.terminate()

@@ -9,6 +9,8 @@ staleness in an item's neighbours; the user's own recent items are always read f
 
 from __future__ import annotations
 
+import threading
+
 from reco.catalog import ItemIndex
 from reco.ranking import Lists, Neighbours, RowList
 from serving.reco_store import ListKey
@@ -21,6 +23,7 @@ class ItemListCache:
         self.max_entries = max_entries
         self.ttl = {"coview": coview_ttl_s, "knn": offline_ttl_s, "item_cf": offline_ttl_s}
         self._data: dict[ListKey, tuple[float, int, Neighbours]] = {}
+        self._lock = threading.Lock()  # threadpool mode: evictions must not race
 
     def get(self, key: ListKey, space: int, now: float) -> Neighbours | None:
         entry = self._data.get(key)
@@ -35,10 +38,11 @@ class ItemListCache:
             rows, lists[1])
         if self.max_entries <= 0:
             return value
-        self._data.pop(key, None)
-        self._data[key] = (now + self.ttl[key.kind], items.space, value)
-        if len(self._data) > self.max_entries:
-            del self._data[next(iter(self._data))]  # oldest insertion first
+        with self._lock:
+            self._data.pop(key, None)
+            self._data[key] = (now + self.ttl[key.kind], items.space, value)
+            if len(self._data) > self.max_entries:
+                del self._data[next(iter(self._data))]  # oldest insertion first
         return value
 
     def __len__(self) -> int:

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import orjson
 
@@ -42,6 +43,7 @@ class RecoParams:
     max_price: float | None = None
     explain: bool = False
 
+    @cached_property
     def variant(self) -> str:
         """Short stable hash of every parameter that changes the answer (not the user)."""
         params = (self.k, self.exclude_seen, self.category, self.min_price, self.max_price,
@@ -72,7 +74,7 @@ class RecoService:
                                    settings.reco_offline_list_cache_ttl_s)
 
     def recommend(self, p: RecoParams) -> Answer:
-        variant = p.variant()
+        variant = p.variant
         try:
             first = self.store.first_read(p.user_id, variant)
         except StoreUnavailable:

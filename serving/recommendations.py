@@ -10,15 +10,17 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 import uvicorn
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from reco.settings import Settings
 from serving import reco_metrics as metrics
-from serving.reco_service import RecoParams, RecoService
+from serving.reco_params import ID_PATTERN, MAX_K, ParamErrors, parse_reco_params
+from serving.reco_service import RecoService
 from serving.reco_snapshots import GlobalSignals
 from serving.reco_store import FeatureStore, StoreUnavailable
 
@@ -26,25 +28,9 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 FLUSH_AFTER_S = 0.02
 T = TypeVar("T")
-ID_PATTERN = r"^[!-~]+$"  # printable, no whitespace (the event contract's identifiers)
 
-UserId = Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)]
-K = Annotated[int, Query(ge=1, le=100)]
+K = Annotated[int, Query(ge=1, le=MAX_K)]
 Category = Annotated[str | None, Query(min_length=1, max_length=128)]
-Price = Annotated[float | None, Query(ge=0, allow_inf_nan=False)]
-
-
-class ParamError(Exception):
-    def __init__(self, field: str, reason: str) -> None:
-        self.field, self.reason = field, reason
-
-
-def reco_params(user_id: UserId, k: K = 20, exclude_seen: bool = True,
-                category: Category = None, min_price: Price = None,
-                max_price: Price = None, explain: bool = False) -> RecoParams:
-    if min_price is not None and max_price is not None and min_price > max_price:
-        raise ParamError("min_price", f"must not exceed max_price ({max_price:g})")
-    return RecoParams(user_id, k, exclude_seen, category, min_price, max_price, explain)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -89,22 +75,24 @@ def create_app(settings: Settings) -> FastAPI:
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.exception_handler(ParamError)
-    async def _bad_param(_: Request, exc: ParamError) -> JSONResponse:
-        return JSONResponse({"detail": [{"field": exc.field, "reason": exc.reason}]},
-                            status_code=422)
-
-    @app.get("/recommendations")
-    async def recommendations(p: Annotated[RecoParams, Depends(reco_params)]) -> Response:
+    async def recommendations(request: Request) -> Response:
+        """GET /recommendations?user_id&k&exclude_seen&category&min_price&max_price&explain"""
         start = time.perf_counter()
+        try:
+            p = parse_reco_params(request.query_params)
+        except ParamErrors as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=422)
         answer = await call(service.recommend, p)
         if answer.cache_entry is not None and store.queue_cache_write(
-                p.user_id, p.variant(), answer.cache_entry, settings.cache_ttl_s):
+                p.user_id, p.variant, answer.cache_entry, settings.cache_ttl_s):
             # Normally the next request's pipeline carries the write; flush soon if none comes.
             asyncio.get_running_loop().call_later(FLUSH_AFTER_S, flush)
         metrics.REQUESTS.labels(endpoint="recommendations", strategy=answer.strategy).inc()
         hist["recommendations"].observe(time.perf_counter() - start)
         return Response(answer.body, media_type=JSON)
+
+    # A plain Starlette route: see serving/reco_params.py for why.
+    app.router.routes.append(Route("/recommendations", recommendations, methods=["GET"]))
 
     @app.get("/popular")
     async def popular(k: K = 20, category: Category = None) -> Response:

@@ -187,7 +187,7 @@ def test_cache_is_per_parameters_and_model_version(client, world) -> None:
 def _variant(**params) -> str:
     from serving.reco_service import RecoParams
 
-    return RecoParams("u1", **params).variant()
+    return RecoParams("u1", **params).variant
 
 
 def metric(client, name: str, labels: str = "") -> float:

@@ -1,0 +1,36 @@
+"""The in-process item-list cache and the threadpool serving mode."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reco.catalog import ItemIndex
+from reco.ranking import RowList
+from serving.reco_lists import ItemListCache
+from serving.reco_store import ListKey
+from tests.api.test_recommendations import EXPECTED, assert_ranking, get
+
+
+def test_list_cache_maps_rows_expires_and_follows_row_space() -> None:
+    items = ItemIndex.build({"a": {}, "b": {}})
+    cache = ItemListCache(max_entries=2, coview_ttl_s=10, offline_ttl_s=100)
+    key = ListKey("coview", "x", "")
+    value = cache.put(key, (["b", "a"], np.array([2.0, 1.0])), items, now=0.0)
+    assert isinstance(value, RowList) and value.rows.tolist() == [1, 0]
+    assert cache.get(key, items.space, now=5.0) is value
+    assert cache.get(key, items.space, now=11.0) is None  # co-view TTL passed
+    assert cache.get(key, ItemIndex.build({}).space, now=5.0) is None  # catalogue reloaded
+    grown = items.with_popularity(["new"], [1.0])  # rows appended: same space
+    assert grown.space == items.space and grown.rows(["a", "b", "new"]).tolist() == [0, 1, 2]
+    # Lists naming unknown items stay as ids; the oldest entry goes past max_entries.
+    raw = (["zz"], np.array([1.0]))
+    assert cache.put(ListKey("knn", "y", "v1"), raw, items, now=0.0) is raw
+    cache.put(ListKey("knn", "z", "v1"), raw, items, now=0.0)
+    assert len(cache) == 2 and cache.get(key, items.space, now=1.0) is None
+
+
+def test_threadpool_mode_serves_the_same_ranking(make_client, world) -> None:
+    with make_client(reco_redis_in_threads=True) as client:
+        first = get(client, k=10)
+        assert_ranking(first, sorted(EXPECTED.items(), key=lambda kv: -kv[1]))
+        assert get(client, k=10)["cached"] is True
