@@ -81,7 +81,9 @@ class ItemIndex:
         """A copy sharing the metadata, with a new popularity snapshot; popular items the
         catalogue lacks are appended as rows (existing rows never move)."""
         scores = np.asarray(scores, dtype=np.float64)
-        extra = [i for i in dict.fromkeys(ids) if i not in self.row]
+        rows = self.rows(ids)
+        unknown = np.flatnonzero(rows == self.unknown_row).tolist()
+        extra = list(dict.fromkeys(ids[j] for j in unknown))
         base = self
         if extra:  # popular items the catalogue lacks: rows with unknown metadata
             n, grow = len(self.ids), len(extra)
@@ -95,7 +97,8 @@ class ItemIndex:
                            price=widen(self.price), in_stock=widen(self.in_stock),
                            created_at=widen(self.created_at), _filler={})
         pop = np.zeros(len(base.ids) + 1)
-        rows = base.rows(ids)
+        if extra:
+            rows = base.rows(ids)
         pop[rows] = scores
         popular = rows[np.argsort(-scores, kind="stable")]
         return replace(base, popularity=pop, popular_rows=popular[pop[popular] > 0], _filler={})

@@ -25,9 +25,11 @@ class RedisDown(Exception):
 
 
 class PipelineClient:
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, encoding: str | None = "utf-8") -> None:
         self.options = parse_url(url)
         self.timeout_s = timeout_s
+        # hiredis decodes bulk strings in C: ids arrive as str without a Python loop.
+        self.encoding = encoding
         self._local = threading.local()  # one connection per thread (threadpool mode)
 
     def execute(self, commands: Sequence[Command]) -> list:
@@ -69,7 +71,8 @@ class PipelineClient:
                                              opts.get("port", 6379)), self.timeout_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.timeout_s)
-        conn = (sock, hiredis.Reader())
+        conn = (sock, hiredis.Reader(encoding=self.encoding) if self.encoding
+                else hiredis.Reader())
         self._local.conn = conn
         setup: list[Command] = []
         if opts.get("password"):

@@ -79,14 +79,14 @@ class RecoService:
             first = self.store.first_read(p.user_id, variant)
         except StoreUnavailable:
             return self.fallback(p)
-        head = first.recent[0].encode() if first.recent else b""
-        versions_sig = orjson.dumps(first.versions, option=orjson.OPT_SORT_KEYS)
+        head = first.recent[0] if first.recent else ""
+        versions_sig = orjson.dumps(first.versions, option=orjson.OPT_SORT_KEYS).decode()
         if first.cached:
-            cached_head, cached_versions, body = first.cached.split(b"\n", 2)
+            cached_head, cached_versions, body = first.cached.split("\n", 2)
             # A new event moves a different item to the head; a model switch changes versions.
             if cached_head == head and cached_versions == versions_sig:
                 metrics.CACHE_HITS.inc()
-                return Answer(body, "cached")
+                return Answer(body.encode(), "cached")
         metrics.CACHE_MISSES.inc()
         items = self.signals.items  # one snapshot for the whole request
         try:
@@ -95,7 +95,8 @@ class RecoService:
             return self.fallback(p)
         ranking = rank(features, items, self.config, p.filters, p.k, p.explain)
         body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
-        entry = head + b"\n" + versions_sig + b"\n" + body[: -len(CACHED_FALSE)] + CACHED_TRUE
+        entry = b"\n".join((head.encode(), versions_sig.encode(),
+                            body[: -len(CACHED_FALSE)] + CACHED_TRUE))
         return Answer(body, ranking.strategy, entry)
 
     def _features(self, user_id: str, first: FirstRead, items: ItemIndex) -> UserFeatures:

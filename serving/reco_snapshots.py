@@ -8,6 +8,7 @@ of members, and the popularity snapshot is what the API serves when Redis is dow
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from reco import keys
 from reco.catalog import ItemIndex
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving.reco_redis import PipelineClient, RedisDown
 from serving.reco_store import zset_pairs
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,9 @@ class GlobalSignals:
         self.items = ItemIndex.empty()  # catalogue + popularity, what requests rank with
         self._catalog = ItemIndex.empty()  # catalogue alone, reloaded rarely
         self.loaded = False  # at least one successful refresh
-        self._catalog_version: bytes | None = None
+        self._catalog_version: str | None = None
+        # Popularity is read with the hiredis pipeline client: 20,000 members parse in C.
+        self.fast = PipelineClient(settings.redis_url, timeout_s=5.0)
         self._catalog_loaded_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -43,20 +47,24 @@ class GlobalSignals:
     def refresh(self) -> None:
         """One refresh pass; raises redis errors (the loop logs them and keeps the old copy)."""
         size = self.settings.popular_snapshot_size
-        pipe = self.client.pipeline(transaction=False)
-        pipe.execute_command("ZRANGE", keys.ITEM_POPULARITY, 0, size - 1, "REV", "WITHSCORES")
-        pipe.get(keys.ITEM_META_VERSION)
-        pipe.hgetall(keys.MODEL_PUBLISHED_AT)
-        flat, meta_version, published = pipe.execute()
+        try:
+            flat, meta_version, published = self.fast.execute([
+                ("ZRANGE", keys.ITEM_POPULARITY, 0, size - 1, "REV", "WITHSCORES"),
+                ("GET", keys.ITEM_META_VERSION), ("HGETALL", keys.MODEL_PUBLISHED_AT)])
+        except RedisDown as exc:
+            raise redis.ConnectionError(str(exc)) from exc
         pop_ids, pop_scores = zset_pairs(flat)
         now = time.time()
-        for model, at in published.items():
-            metrics.MODEL_AGE.labels(model=model.decode()).set(max(0.0, now - float(at)))
+        for model, at in zip(published[0::2], published[1::2], strict=True):
+            metrics.MODEL_AGE.labels(model=model).set(max(0.0, now - float(at)))
         stale = time.monotonic() - self._catalog_loaded_at >= self.settings.catalog_reload_s
         if meta_version != self._catalog_version or stale or not self.loaded:
-            self._catalog = self.load_catalog(str(meta_version or b"", "utf-8"))
+            self._catalog = self.load_catalog(meta_version or "")
             self._catalog_version = meta_version
             self._catalog_loaded_at = time.monotonic()
+            # The catalogue is long-lived: keep the cyclic GC from rescanning it (fewer pauses).
+            gc.collect()
+            gc.freeze()
         # The base keeps the rows appended for popular items the catalogue lacks, so rows never
         # move until the next catalogue load (parsed lists cached by row stay valid).
         self._catalog = self._catalog.with_popularity(pop_ids, pop_scores)
@@ -108,3 +116,4 @@ class GlobalSignals:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         self.client.close()
+        self.fast.close()

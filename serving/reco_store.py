@@ -45,7 +45,7 @@ class ListKey(NamedTuple):
 
 @dataclass(frozen=True)
 class FirstRead:
-    cached: bytes | None
+    cached: str | None
     recent: list[str]
     versions: dict[str, str]
 
@@ -89,7 +89,7 @@ class FeatureStore:
                              ("LRANGE", keys.user_recent(user_id), 0, -1),
                              ("HGETALL", keys.MODEL_VERSIONS)])
         cached, recent, versions = replies[len(writes):]
-        return FirstRead(cached, [i.decode() for i in recent], _hash(versions))
+        return FirstRead(cached, recent, _hash(versions))
 
     def second_read(self, user_id: str, sources: Sequence[str], lists: Sequence[ListKey],
                     user_cf_version: str | None) -> SecondRead:
@@ -150,7 +150,7 @@ class FeatureStore:
 
     def ping(self) -> bool:
         try:
-            return self.client.execute([("PING",)]) == [b"PONG"]
+            return self.client.execute([("PING",)]) == ["PONG"]
         except RedisDown:
             return False
 
@@ -158,18 +158,18 @@ class FeatureStore:
         self.client.close()
 
 
-def _hash(flat: list[bytes]) -> dict[str, str]:
-    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+def _hash(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
 
 
 def zset_pairs(reply: list) -> Lists:
     """A raw `ZRANGE ... WITHSCORES` reply -> (ids, scores).
 
-    RESP2 answers [member, score, ...] with scores as bytes (numpy parses them in one call);
-    RESP3 answers [[member, score], ...] with scores already parsed as doubles.
+    RESP2 (serving/reco_redis.py) answers [member, score, ...] as str: slicing and one numpy
+    parse, no Python loop. RESP3 (redis-py) answers [[member, score], ...] as bytes, float.
     """
     if not reply:
         return [], np.zeros(0)
     if isinstance(reply[0], list):
         return [m.decode() for m, _ in reply], np.array([s for _, s in reply], dtype=np.float64)
-    return [m.decode() for m in reply[0::2]], np.array(reply[1::2], dtype=np.float64)
+    return reply[0::2], np.array(reply[1::2], dtype=np.float64)
