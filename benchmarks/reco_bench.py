@@ -460,6 +460,17 @@ Cache-miss phases use each user once; hit phases re-ask 1,000 warmed users.
 Phase cache counters (misses/hits): miss max {res['miss_max']['cache']}, hit max
 {res['hit_max']['cache']}, miss 200/s {res['miss_200']['cache']}, hit 200/s
 {res['hit_200']['cache']}.
+
+Notes:
+- The cache must never ignore a user's latest event, so every event makes that user's next
+  request a miss: with {res['mix']['event_share']:.0%} of a user's actions being events the hit
+  ratio cannot exceed {1 - res['mix']['event_share']:.0%}, less first requests of users not seen
+  before in the run (the Zipf tail).
+- A cache miss does two pipelined Redis round trips (cache entry, recent list and model
+  versions; then last-touch times, the source items' lists not already parsed in process, and
+  the user's ALS list) and ranks ~1,000 candidates with numpy; a hit does one round trip.
+- Redis runs with `zset-max-listpack-entries 256` so that co-view sets (at most 200 members)
+  stay compact.
 """
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "recommendations.md").write_text(md)
