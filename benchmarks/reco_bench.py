@@ -13,10 +13,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +26,19 @@ from fastapi.responses import Response
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reco import keys, neighbours  # noqa: E402
+from reco_bench_data import Sizes, fill, mix_actions  # noqa: E402
+from reco_bench_load import (  # noqa: E402
+    BARE,
+    RANDOM_USERS,
+    SEQUENTIAL_USERS,
+    counters,
+    delta,
+    open_loop,
+    pct,
+    progress,
+    wrk,
+)
+
 from reco.settings import Settings  # noqa: E402
 from reco.stack import servers as stack_servers  # noqa: E402
 from reco.stack.health import free_port, http_ok, wait_until  # noqa: E402
@@ -49,253 +59,6 @@ def bench_app() -> FastAPI:
         return Response(b'{"ok":true}', media_type="application/json")
 
     return app
-
-
-# --- data --------------------------------------------------------------------------------
-
-
-class Sizes:
-    def __init__(self, quick: bool) -> None:
-        scale = 10 if quick else 1
-        self.items = 100_000 // scale
-        self.users = 100_000 // scale
-        self.recent = 50
-        self.coview = 200
-        self.knn = 100
-        self.cf = 100
-        self.pool = 1000  # distinct payloads, copied to every key (cheap realistic fill)
-        self.categories = 500
-
-
-def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]:
-    """Catalogue, popularity, co-view sets, KNN and ALS lists, users' recent items."""
-    timings: dict[str, float] = {}
-    now = time.time()
-    ids = [f"i{n}" for n in range(s.items)]
-    # Zipf-like popularity: a few items get most attention, neighbours are drawn the same way.
-    weight = 1.0 / np.arange(1, s.items + 1) ** 0.9
-    weight /= weight.sum()
-    order = rng.permutation(s.items)
-
-    def draw(n: int) -> list[str]:
-        picks = order[rng.choice(s.items, size=n * 2, p=weight)]
-        return [ids[j] for j in dict.fromkeys(picks.tolist())][:n]
-
-    start = time.perf_counter()
-    pipe = r.pipeline(transaction=False)
-    price = rng.uniform(1, 500, s.items).round(2)
-    stock = rng.random(s.items) > 0.05
-    created = np.where(rng.random(s.items) < 0.05, now - rng.uniform(0, 14 * 86400, s.items),
-                       now - rng.uniform(30 * 86400, 900 * 86400, s.items))
-    for n, item in enumerate(ids):
-        pipe.hset(keys.item_meta(item), mapping={
-            "category": f"cat{int(order[n]) % s.categories}", "price": float(price[n]),
-            "in_stock": "1" if stock[n] else "0", "created_at": float(created[n]),
-            "title": f"Item {n}"})
-        if len(pipe) >= 5000:
-            pipe.execute()
-    pipe.set(keys.ITEM_META_VERSION, 1)
-    pipe.execute()
-    timings["catalogue"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    scores = 1000.0 * weight[np.argsort(order)]
-    for lo in range(0, s.items, 10_000):
-        r.zadd(keys.ITEM_POPULARITY, {ids[n]: float(scores[n]) for n in range(lo, min(
-            s.items, lo + 10_000))})
-    r.hset(keys.MODEL_VERSIONS, mapping={"item2vec": "v1", "als": "a1"})
-    r.hset(keys.MODEL_PUBLISHED_AT, mapping={"item2vec": now - 3600, "als": now - 86400})
-    timings["popularity"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    coview_pool = []
-    for j in range(s.pool):
-        tmp = f"bench:tmp:{j}"
-        members = draw(s.coview)
-        r.zadd(tmp, {m: float(len(members) - k) for k, m in enumerate(members)})
-        coview_pool.append(r.dump(tmp))
-        r.delete(tmp)
-    knn_pool = [neighbours.encode(draw(s.knn), np.linspace(0.95, 0.3, s.knn))
-                for _ in range(s.pool)]
-    for lo in range(0, s.items, 2000):
-        pipe = r.pipeline(transaction=False)
-        for n in range(lo, min(s.items, lo + 2000)):
-            pipe.restore(keys.co_view(ids[n]), 0, coview_pool[n % s.pool], replace=True)
-            pipe.set(keys.item_knn(ids[n], "v1"), knn_pool[(n * 7) % s.pool])
-        pipe.execute()
-    timings["item_lists"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    recent_pool, times_pool = [], []
-    for _ in range(s.pool):
-        items = draw(s.recent)
-        ages = np.sort(rng.uniform(0, 24 * 3600, len(items)))
-        r.rpush("bench:tmp:l", *items)
-        r.hset("bench:tmp:h", mapping={m: now - float(a) for m, a in zip(items, ages,
-                                                                         strict=True)})
-        recent_pool.append(r.dump("bench:tmp:l"))
-        times_pool.append(r.dump("bench:tmp:h"))
-        r.delete("bench:tmp:l", "bench:tmp:h")
-    cf_pool = [neighbours.encode(draw(s.cf), np.linspace(2.0, 0.5, s.cf))
-               for _ in range(s.pool)]
-    for lo in range(0, s.users, 2000):
-        pipe = r.pipeline(transaction=False)
-        for n in range(lo, min(s.users, lo + 2000)):
-            user = f"u{n}"
-            pipe.restore(keys.user_recent(user), 0, recent_pool[n % s.pool], replace=True)
-            pipe.restore(keys.user_recent_times(user), 0, times_pool[n % s.pool], replace=True)
-            pipe.set(keys.user_cf(user, "a1"), cf_pool[(n * 3) % s.pool])
-        pipe.execute()
-    timings["users"] = time.perf_counter() - start
-    return timings
-
-
-# --- load --------------------------------------------------------------------------------
-
-
-def wrk(url: str, script: str, seconds: float, connections: int = 16) -> dict:
-    """Closed-loop max throughput with wrk; the Lua script picks the path per request."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", f.name,
-         url], capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    pct = {p: _wrk_ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in (50, 99)}
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": pct[50], "p99_ms": pct[99],
-            "non_2xx": int(errors.group(1)) if errors else 0}
-
-
-def _wrk_ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-SEQUENTIAL_USERS = """
-counter = %d
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/recommendations?user_id=u" .. counter .. "&k=20")
-end
-"""
-RANDOM_USERS = """
-math.randomseed(7)
-request = function()
-  return wrk.format("GET", "/recommendations?user_id=u" .. math.random(0, %d) .. "&k=20")
-end
-"""
-BARE = 'request = function() return wrk.format("GET", "/bare") end\n'
-
-
-async def open_loop(port: int, actions, rate: float, seconds: float) -> list[float]:
-    """Fixed-rate (open-loop) load: latency counts from each request's scheduled time, so a
-    slow server cannot hide its queueing. `actions` yields paths, or callables (events)."""
-    loop = asyncio.get_running_loop()
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    latencies: list[float] = []
-    failures = 0
-
-    async def one(path: str, scheduled: float) -> None:
-        nonlocal failures
-        for attempt in (1, 2):
-            reused = bool(idle)
-            conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
-            reader, writer = conn
-            try:
-                writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
-                await reader.readexactly(length)
-                break
-            except (ConnectionError, asyncio.IncompleteReadError):
-                writer.close()  # a kept-alive connection the server closed: retry once, fresh
-                if attempt == 2 or not reused:
-                    raise
-        latencies.append((loop.time() - scheduled) * 1000)
-        failures += not head.startswith(b"HTTP/1.1 200")
-        idle.append(conn)
-
-    tasks = []
-    start = loop.time() + 0.05
-    for n in range(int(rate * seconds)):
-        scheduled = start + n / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        action = next(actions)
-        if callable(action):
-            action()
-        else:
-            tasks.append(asyncio.create_task(one(action, scheduled)))
-    await asyncio.gather(*tasks)
-    for _, writer in idle:
-        writer.close()
-    if failures:
-        raise RuntimeError(f"{failures} non-200 responses")
-    return latencies
-
-
-def progress(phase: str, value: object) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {phase}: {value}", file=sys.stderr, flush=True)
-
-
-def pct(latencies: list[float]) -> dict:
-    a = np.asarray(latencies)
-    return {"n": len(a), "p50_ms": float(np.percentile(a, 50)),
-            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
-            "max_ms": float(a.max())}
-
-
-def counters(base: str) -> dict[str, float]:
-    import httpx
-
-    text = httpx.get(f"{base}/metrics").text
-    out = {}
-    for name in ("recommendation_cache_hits_total", "recommendation_cache_misses_total"):
-        out[name] = float(re.search(rf"^{name} ([\d.e+]+)$", text, re.M).group(1))
-    return out
-
-
-def delta(before: dict, after: dict) -> dict:
-    return {"hits": after["recommendation_cache_hits_total"]
-            - before["recommendation_cache_hits_total"],
-            "misses": after["recommendation_cache_misses_total"]
-            - before["recommendation_cache_misses_total"]}
-
-
-def mix_actions(r: redis.Redis, s: Sizes, rng: np.random.Generator, first_user: int,
-                active: int, event_share: float):
-    """Realistic mix: Zipf-active users; each action is an event (applied to Redis as the
-    feature processor does) with probability `event_share`, else a recommendation request."""
-    weight = 1.0 / np.arange(1, active + 1)
-    weight /= weight.sum()
-    while True:
-        users = first_user + rng.choice(active, size=1000, p=weight)
-        kinds = rng.random(1000) < event_share
-        items = rng.integers(0, s.items, 1000)
-        for user, is_event, item in zip(users.tolist(), kinds.tolist(), items.tolist(),
-                                        strict=True):
-            if is_event:
-                yield _event(r, f"u{user}", f"i{item}")
-            else:
-                yield f"/recommendations?user_id=u{user}&k=20"
-
-
-def _event(r: redis.Redis, user: str, item: str):
-    def apply() -> None:
-        pipe = r.pipeline(transaction=False)
-        pipe.lrem(keys.user_recent(user), 0, item)
-        pipe.lpush(keys.user_recent(user), item)
-        pipe.ltrim(keys.user_recent(user), 0, 49)
-        pipe.hset(keys.user_recent_times(user), item, time.time())
-        pipe.execute()
-
-    return apply
-
-
-# --- run ---------------------------------------------------------------------------------
 
 
 def start_redis() -> ServerProcess:

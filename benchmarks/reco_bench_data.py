@@ -1,0 +1,140 @@
+"""Realistic feature data for the recommendation benchmark, filled fast into Redis.
+
+Pools of distinct payloads (DUMP/RESTORE, prebuilt neighbour lists) are copied across keys, so
+every user and item has full-size features while the fill stays well under a minute.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import redis
+
+from reco import keys, neighbours
+
+
+class Sizes:
+    def __init__(self, quick: bool) -> None:
+        scale = 10 if quick else 1
+        self.items = 100_000 // scale
+        self.users = 100_000 // scale
+        self.recent = 50
+        self.coview = 200
+        self.knn = 100
+        self.cf = 100
+        self.pool = 1000  # distinct payloads, copied to every key (cheap realistic fill)
+        self.categories = 500
+
+
+def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]:
+    """Catalogue, popularity, co-view sets, KNN and ALS lists, users' recent items."""
+    timings: dict[str, float] = {}
+    now = time.time()
+    ids = [f"i{n}" for n in range(s.items)]
+    # Zipf-like popularity: a few items get most attention, neighbours are drawn the same way.
+    weight = 1.0 / np.arange(1, s.items + 1) ** 0.9
+    weight /= weight.sum()
+    order = rng.permutation(s.items)
+
+    def draw(n: int) -> list[str]:
+        picks = order[rng.choice(s.items, size=n * 2, p=weight)]
+        return [ids[j] for j in dict.fromkeys(picks.tolist())][:n]
+
+    start = time.perf_counter()
+    pipe = r.pipeline(transaction=False)
+    price = rng.uniform(1, 500, s.items).round(2)
+    stock = rng.random(s.items) > 0.05
+    created = np.where(rng.random(s.items) < 0.05, now - rng.uniform(0, 14 * 86400, s.items),
+                       now - rng.uniform(30 * 86400, 900 * 86400, s.items))
+    for n, item in enumerate(ids):
+        pipe.hset(keys.item_meta(item), mapping={
+            "category": f"cat{int(order[n]) % s.categories}", "price": float(price[n]),
+            "in_stock": "1" if stock[n] else "0", "created_at": float(created[n]),
+            "title": f"Item {n}"})
+        if len(pipe) >= 5000:
+            pipe.execute()
+    pipe.set(keys.ITEM_META_VERSION, 1)
+    pipe.execute()
+    timings["catalogue"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    scores = 1000.0 * weight[np.argsort(order)]
+    for lo in range(0, s.items, 10_000):
+        r.zadd(keys.ITEM_POPULARITY, {ids[n]: float(scores[n]) for n in range(lo, min(
+            s.items, lo + 10_000))})
+    r.hset(keys.MODEL_VERSIONS, mapping={"item2vec": "v1", "als": "a1"})
+    r.hset(keys.MODEL_PUBLISHED_AT, mapping={"item2vec": now - 3600, "als": now - 86400})
+    timings["popularity"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    coview_pool = []
+    for j in range(s.pool):
+        tmp = f"bench:tmp:{j}"
+        members = draw(s.coview)
+        r.zadd(tmp, {m: float(len(members) - k) for k, m in enumerate(members)})
+        coview_pool.append(r.dump(tmp))
+        r.delete(tmp)
+    knn_pool = [neighbours.encode(draw(s.knn), np.linspace(0.95, 0.3, s.knn))
+                for _ in range(s.pool)]
+    for lo in range(0, s.items, 2000):
+        pipe = r.pipeline(transaction=False)
+        for n in range(lo, min(s.items, lo + 2000)):
+            pipe.restore(keys.co_view(ids[n]), 0, coview_pool[n % s.pool], replace=True)
+            pipe.set(keys.item_knn(ids[n], "v1"), knn_pool[(n * 7) % s.pool])
+        pipe.execute()
+    timings["item_lists"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    recent_pool, times_pool = [], []
+    for _ in range(s.pool):
+        items = draw(s.recent)
+        ages = np.sort(rng.uniform(0, 24 * 3600, len(items)))
+        r.rpush("bench:tmp:l", *items)
+        r.hset("bench:tmp:h", mapping={m: now - float(a) for m, a in zip(items, ages,
+                                                                         strict=True)})
+        recent_pool.append(r.dump("bench:tmp:l"))
+        times_pool.append(r.dump("bench:tmp:h"))
+        r.delete("bench:tmp:l", "bench:tmp:h")
+    cf_pool = [neighbours.encode(draw(s.cf), np.linspace(2.0, 0.5, s.cf))
+               for _ in range(s.pool)]
+    for lo in range(0, s.users, 2000):
+        pipe = r.pipeline(transaction=False)
+        for n in range(lo, min(s.users, lo + 2000)):
+            user = f"u{n}"
+            pipe.restore(keys.user_recent(user), 0, recent_pool[n % s.pool], replace=True)
+            pipe.restore(keys.user_recent_times(user), 0, times_pool[n % s.pool], replace=True)
+            pipe.set(keys.user_cf(user, "a1"), cf_pool[(n * 3) % s.pool])
+        pipe.execute()
+    timings["users"] = time.perf_counter() - start
+    return timings
+
+
+def mix_actions(r: redis.Redis, s: Sizes, rng: np.random.Generator, first_user: int,
+                active: int, event_share: float):
+    """Realistic mix: Zipf-active users; each action is an event (applied to Redis as the
+    feature processor does) with probability `event_share`, else a recommendation request."""
+    weight = 1.0 / np.arange(1, active + 1)
+    weight /= weight.sum()
+    while True:
+        users = first_user + rng.choice(active, size=1000, p=weight)
+        kinds = rng.random(1000) < event_share
+        items = rng.integers(0, s.items, 1000)
+        for user, is_event, item in zip(users.tolist(), kinds.tolist(), items.tolist(),
+                                        strict=True):
+            if is_event:
+                yield _event(r, f"u{user}", f"i{item}")
+            else:
+                yield f"/recommendations?user_id=u{user}&k=20"
+
+
+def _event(r: redis.Redis, user: str, item: str):
+    def apply() -> None:
+        pipe = r.pipeline(transaction=False)
+        pipe.lrem(keys.user_recent(user), 0, item)
+        pipe.lpush(keys.user_recent(user), item)
+        pipe.ltrim(keys.user_recent(user), 0, 49)
+        pipe.hset(keys.user_recent_times(user), item, time.time())
+        pipe.execute()
+
+    return apply
