@@ -198,7 +198,7 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(res: dict) -> str:
+def write_report(res: dict, name: str = "recommendations") -> str:
     s = res["sizes"]
     fill = ", ".join(f"{k} {v:.1f}s" for k, v in res["fill_s"].items())
     md = f"""# Recommendation API benchmark
@@ -236,8 +236,8 @@ Notes:
   stay compact.
 """
     REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "recommendations.md").write_text(md)
-    (REPORTS / "recommendations.json").write_text(json.dumps(res, indent=2, default=float))
+    (REPORTS / f"{name}.md").write_text(md)
+    (REPORTS / f"{name}.json").write_text(json.dumps(res, indent=2, default=float))
     return md
 
 
@@ -248,7 +248,8 @@ def main() -> None:
                         help="serve with feature reads in a threadpool (RECO_REDIS_IN_THREADS)")
     args = parser.parse_args()
     res = run(args.quick, args.threads)
-    write_report(res)
+    # A quick run never replaces the full run's report.
+    write_report(res, "recommendations" if not args.quick else "recommendations-quick")
     print(table(res))
 
 
