@@ -41,9 +41,24 @@ def event_row(event: Event, record: ConsumerRecord) -> tuple[Any, ...]:
     return (
         event.event_id, event.user_id, event.item_id, event.event_type,
         datetime.fromtimestamp(event.timestamp / 1000.0, tz=UTC), event.session_id,
-        orjson.dumps(event.context).decode() if event.context is not None else None,
+        _jsonb(event.context) if event.context is not None else None,
         record.partition, record.offset,
     )
+
+
+def _jsonb(value: dict[str, Any]) -> str:
+    # jsonb cannot hold NUL characters: dropping them beats retrying a poison row forever.
+    return orjson.dumps(_without_nul(value)).decode()
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 class Archiver:

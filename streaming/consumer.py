@@ -58,17 +58,49 @@ async def run_batches(
     consumer: AIOKafkaConsumer, handle: Handler, stop: asyncio.Event, *,
     group: str, batch_max: int, backoff_max_s: float,
 ) -> None:
-    """Consume until `stop` is set; the batch in progress is finished and committed first."""
-    while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=batch_max)
-        records = [r for part in batches.values() for r in part]
-        if records:
-            started = time.perf_counter()
-            if not await _until_done(handle, records, stop, group, backoff_max_s):
-                return  # stopping while a store is down: leave the batch uncommitted
-            BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
-            await _commit(consumer, {tp: part[-1].offset + 1 for tp, part in batches.items()})
-        await _record_lag(consumer, group)
+    """Consume until `stop` is set; the batch in progress is finished and committed first.
+
+    A batch's commit runs while the next batch is processed (its side effects are already
+    done, so only the broker round trip overlaps); commits stay in order, one at a time.
+    """
+    committing: asyncio.Task[None] | None = None
+    try:
+        while not stop.is_set():
+            batches = await _fetch(consumer, batch_max)
+            records = [r for part in batches.values() for r in part]
+            if records:
+                started = time.perf_counter()
+                if not await _until_done(handle, records, stop, group, backoff_max_s):
+                    return  # stopping while a store is down: leave the batch uncommitted
+                BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
+                if committing is not None:
+                    await committing
+                offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
+                committing = asyncio.create_task(_commit(consumer, offsets))
+            await _record_lag(consumer, group)
+    finally:
+        if committing is not None:
+            await committing
+
+
+async def _fetch(
+    consumer: AIOKafkaConsumer, batch_max: int
+) -> dict[TopicPartition, list[ConsumerRecord]]:
+    """Up to `batch_max` records: wait for the first, then take whatever else is buffered.
+
+    One getmany() returns a single fetch response's worth (often ~100 records); per-batch
+    costs (Redis round trips, the commit) are paid once per batch, so fuller batches matter.
+    """
+    batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=batch_max)
+    count = sum(len(part) for part in batches.values())
+    while 0 < count < batch_max:
+        more = await consumer.getmany(timeout_ms=0, max_records=batch_max - count)
+        if not more:
+            break
+        for tp, part in more.items():
+            batches.setdefault(tp, []).extend(part)
+            count += len(part)
+    return batches
 
 
 async def _until_done(
@@ -91,9 +123,9 @@ async def _until_done(
 async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
     try:
         await consumer.commit(offsets)
-    except CommitFailedError as exc:
-        # A rebalance moved the partitions: the new owner re-reads them, idempotently.
-        log.warning("commit failed after a rebalance (%s); batch will be redelivered", exc)
+    except (CommitFailedError, KafkaError) as exc:
+        # E.g. a rebalance moved the partitions: whoever owns them re-reads, idempotently.
+        log.warning("offset commit failed (%r); the batch will be redelivered", exc)
 
 
 async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:

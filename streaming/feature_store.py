@@ -14,14 +14,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aredis
-
 from reco import keys
 from reco.events import Event
 from reco.features import FeatureParams, FeatureUpdates, RecentItems, plan_batch
 from reco.settings import Settings
+from streaming.redis_pipe import Command, RedisPipe
 
 TRENDING_TTL_MARGIN_S = 120
+CATEGORY_CACHE_S = 60.0  # catalogue categories rarely change; a minute of staleness is fine
+CATEGORY_CACHE_MAX = 200_000
 
 
 @dataclass
@@ -32,10 +33,11 @@ class AppliedBatch:
 
 
 class FeatureStore:
-    def __init__(self, client: aredis.Redis, settings: Settings) -> None:
+    def __init__(self, client: RedisPipe, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         self.params = FeatureParams.from_settings(settings)
+        self._categories: dict[str, tuple[str | None, float]] = {}  # item -> (category, expiry)
 
     async def apply(self, events: Sequence[Event]) -> AppliedBatch:
         ids: set = set()
@@ -53,66 +55,70 @@ class FeatureStore:
         self, events: Sequence[Event]
     ) -> tuple[list[bool], dict[str, RecentItems], dict[str, str | None]]:
         users = list(dict.fromkeys(e.user_id for e in events))
-        items = list(dict.fromkeys(e.item_id for e in events))
-        pipe = self.redis.pipeline(transaction=False)
-        for e in events:
-            pipe.exists(keys.event_seen(str(e.event_id)))
+        now = time.monotonic()
+        cached = self._categories
+        unknown = [i for i in dict.fromkeys(e.item_id for e in events)
+                   if cached.get(i, (None, 0.0))[1] <= now]
+        commands: list[Command] = [("EXISTS", _marker(e)) for e in events]
         for user in users:
-            pipe.lrange(keys.user_recent(user), 0, -1)
-            pipe.hgetall(keys.user_recent_times(user))
-        for item in items:
-            pipe.hget(keys.item_meta(item), "category")
-        replies = await pipe.execute()
+            commands.append(("LRANGE", keys.user_recent(user), 0, -1))
+            commands.append(("HGETALL", keys.user_recent_times(user)))
+        commands += [("HGET", keys.item_meta(item), "category") for item in unknown]
+        replies = await self.redis.execute(commands)
 
         n = len(events)
         seen = [bool(x) for x in replies[:n]]
         recent = {}
         for i, user in enumerate(users):
-            listed, times = replies[n + 2 * i], replies[n + 2 * i + 1]
-            recent[user] = RecentItems(
-                [_text(x) for x in listed], {_text(k): float(v) for k, v in times.items()})
+            listed, flat = replies[n + 2 * i], replies[n + 2 * i + 1]
+            times = {flat[j].decode(): float(flat[j + 1]) for j in range(0, len(flat), 2)}
+            recent[user] = RecentItems([x.decode() for x in listed], times)
         offset = n + 2 * len(users)
-        categories = {item: _text_or_none(replies[offset + i]) for i, item in enumerate(items)}
+        fetched = {item: (replies[offset + i] or b"").decode() or None
+                   for i, item in enumerate(unknown)}
+        categories = {e.item_id: fetched[e.item_id] if e.item_id in fetched
+                      else cached[e.item_id][0] for e in events}
+        if len(cached) + len(fetched) > CATEGORY_CACHE_MAX:
+            cached.clear()
+        cached.update((item, (cat, now + CATEGORY_CACHE_S)) for item, cat in fetched.items())
         return seen, recent, categories
 
     async def _write(self, events: Sequence[Event], up: FeatureUpdates, now: float) -> None:
         s = self.settings
-        pipe = self.redis.pipeline(transaction=True)
+        cmds: list[Command] = []
+        add = cmds.append
         for user, state in up.recent.items():
             # The batch's final state replaces the old one inside the transaction (single writer).
             recent_key, times_key = keys.user_recent(user), keys.user_recent_times(user)
-            pipe.delete(recent_key)
-            pipe.rpush(recent_key, *state.items)
-            pipe.expire(recent_key, s.recent_ttl_s)
-            pipe.delete(times_key)
-            pipe.hset(times_key, mapping={k: repr(v) for k, v in state.times.items()})
-            pipe.expire(times_key, s.recent_ttl_s)
+            add(("DEL", recent_key))
+            add(("RPUSH", recent_key, *state.items))
+            add(("EXPIRE", recent_key, s.recent_ttl_s))
+            add(("DEL", times_key))
+            fields = [x for item, t in state.times.items() for x in (item, repr(t))]
+            add(("HSET", times_key, *fields))
+            add(("EXPIRE", times_key, s.recent_ttl_s))
         for item, score in up.popularity.items():
-            pipe.zincrby(keys.ITEM_POPULARITY, score, item)
+            add(("ZINCRBY", keys.ITEM_POPULARITY, repr(score), item))
         for category, scores in up.category_popularity.items():
             key = keys.category_popularity(category)
             for item, score in scores.items():
-                pipe.zincrby(key, score, item)
+                add(("ZINCRBY", key, repr(score), item))
         for bucket, counts in up.trending.items():
             key = keys.trending_bucket(bucket)
             for item, count in counts.items():
-                pipe.zincrby(key, count, item)
-            pipe.expireat(key, bucket + s.trending_window_s + s.trending_bucket_s
-                          + TRENDING_TTL_MARGIN_S)
+                add(("ZINCRBY", key, repr(count), item))
+            add(("EXPIREAT", key, bucket + s.trending_window_s + s.trending_bucket_s
+                 + TRENDING_TTL_MARGIN_S))
         for item, partners in up.coview.items():
             key = keys.co_view(item)
             for other, count in partners.items():
-                pipe.zincrby(key, count, other)
-            pipe.zremrangebyrank(key, 0, -(s.coview_max + 1))  # keep the coview_max strongest
-            pipe.expire(key, s.coview_ttl_s)
+                add(("ZINCRBY", key, repr(count), other))
+            add(("ZREMRANGEBYRANK", key, 0, -(s.coview_max + 1)))  # keep the coview_max best
+            add(("EXPIRE", key, s.coview_ttl_s))
         for e in events:
-            pipe.set(keys.event_seen(str(e.event_id)), 1, ex=s.dedup_ttl_s)
-        await pipe.execute()
+            add(("SET", _marker(e), 1, "EX", s.dedup_ttl_s))
+        await self.redis.execute(cmds, transaction=True)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_or_none(value: bytes | str | None) -> str | None:
-    return None if value is None else _text(value)
+def _marker(event: Event) -> str:
+    return keys.event_seen(str(event.event_id))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
 
-import redis.asyncio as aredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
@@ -28,6 +28,7 @@ from streaming.metrics import (
     PROCESSING_ERRORS,
     serve_metrics,
 )
+from streaming.redis_pipe import RedisPipe
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ class Processor:
         if bad:
             await self._dead_letter(bad)
         if result is not None:
-            for event in result.applied:
-                EVENTS_PROCESSED.labels(event.event_type).inc()
+            for event_type, count in Counter(e.event_type for e in result.applied).items():
+                EVENTS_PROCESSED.labels(event_type).inc(count)
             EVENTS_DUPLICATE.inc(result.duplicates)
             EVENTS_UNSCORED.inc(result.unscored)
 
@@ -74,7 +75,7 @@ class Processor:
 
 async def run_async(settings: Settings, stop: asyncio.Event) -> None:
     """Process until `stop` is set, then finish the batch in hand, commit and close."""
-    client = aredis.Redis.from_url(settings.redis_url)
+    client = RedisPipe(settings.redis_url)
     dlq = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                            enable_idempotence=True)
     consumer = loop.make_consumer(settings, settings.group_processor)
@@ -90,7 +91,7 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         await consumer.stop()
         await dlq.stop()
-        await client.aclose()
+        await client.close()
 
 
 def run(settings: Settings) -> None:

@@ -50,11 +50,32 @@ async def test_server_assigns_ids_and_batch_keeps_order(
     ids = response.json()["event_ids"]
     assert len(set(ids)) == 5 and all(uuid.UUID(i).version == 4 for i in ids)
 
-    records = await read_topic(settings, settings.topic_events, 5)
-    assert len({r.partition for r in records}) == 1  # one user: one partition, in order
+    assert (await ingest.post("/events", json=event(item_id="single"))).status_code == 202
+
+    records = await read_topic(settings, settings.topic_events, 6)
+    # one user: one partition (batches and single events agree on it), in order
+    assert len({r.partition for r in records}) == 1 and {r.key for r in records} == {b"u1"}
     got = [Event.from_json_bytes(r.value) for r in sorted(records, key=lambda r: r.offset)]
-    assert [str(e.event_id) for e in got] == ids
-    assert [e.item_id for e in got] == [f"i{n}" for n in range(5)]
+    assert [str(e.event_id) for e in got[:5]] == ids
+    assert [e.item_id for e in got] == [f"i{n}" for n in range(5)] + ["single"]
+
+
+async def test_batch_spreads_users_over_partitions(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
+) -> None:
+    batch = [event(user_id=f"user-{n % 40}", item_id=f"i{n}") for n in range(400)]
+    response = await ingest.post("/events/batch", json={"events": batch})
+    assert response.status_code == 202
+    records = await read_topic(settings, settings.topic_events, 400)
+    partition_of: dict[bytes, set[int]] = {}
+    for r in records:
+        partition_of.setdefault(r.key, set()).add(r.partition)
+    assert len(partition_of) == 40 and all(len(p) == 1 for p in partition_of.values())
+    assert {p for ps in partition_of.values() for p in ps} == {0, 1, 2}
+    ordered = sorted(records, key=lambda r: (r.partition, r.offset))
+    for user in partition_of:
+        items = [Event.from_json_bytes(r.value).item_id for r in ordered if r.key == user]
+        assert items == [e["item_id"] for e in batch if e["user_id"].encode() == user]
 
 
 @pytest.mark.parametrize(("body", "field", "reason"), [

@@ -69,6 +69,7 @@ async def test_end_to_end_features_and_archive(
         ev("u3", "D", T - 3600), ev("u3", "A", T),  # D is outside the 30 min co-view window
         ev("u4", "E", T - DAY), ev("u5", "F", T),  # same weight, one half-life apart
     ]
+    events[-1]["context"] = {"page": "p\x00d"}  # jsonb cannot hold NUL: archived without it
     single = await ingest.post("/events", json=events[0])
     batch = await ingest.post("/events/batch", json={"events": events[1:]})
     assert single.status_code == batch.status_code == 202
@@ -112,6 +113,8 @@ async def test_end_to_end_features_and_archive(
     assert trending == {"A": 4.0, "B": 13.0, "C": 5.0, "F": 1.0}  # D and E are over an hour old
 
     assert archived(settings) == rows_of(events)
+    assert pg.execute("SELECT context FROM events WHERE context IS NOT NULL").fetchall() == [
+        ({"page": "pd"},)]
 
 
 async def test_redelivery_is_not_counted_twice(
