@@ -25,6 +25,7 @@ import numpy as np
 
 from reco import keys, neighbours
 from reco.ranking import Lists
+from reco.timing import REDIS_OPERATION_SECONDS, timed
 from serving.reco_redis import Command, PipelineClient, RedisDown
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,12 @@ class FeatureStore:
         self._pending: list[Command] = []
         self._pending_lock = threading.Lock()
 
-    def _run(self, commands: Sequence[Command]) -> list:
+    def _run(self, operation: str, commands: Sequence[Command]) -> list:
         if time.monotonic() < self._down_until:
             raise StoreUnavailable("feature store marked down")
         try:
-            return self.client.execute(commands)
+            with timed(REDIS_OPERATION_SECONDS, operation):
+                return self.client.execute(commands)
         except RedisDown as exc:
             self._down_until = time.monotonic() + self.retry_s
             log.warning("feature store unavailable, serving fallback for %.1fs: %s",
@@ -84,7 +86,7 @@ class FeatureStore:
 
     def first_read(self, user_id: str, variant: str) -> FirstRead:
         writes = self._take_pending()
-        replies = self._run([*writes,
+        replies = self._run("reco_first_read", [*writes,
                              ("GET", keys.reco_cache(user_id, variant)),
                              ("LRANGE", keys.user_recent(user_id), 0, -1),
                              ("HGETALL", keys.MODEL_VERSIONS)])
@@ -108,7 +110,7 @@ class FeatureStore:
                 commands.append(("GET", keys.item_cf_neighbours(key.item_id, key.version)))
         if user_cf_version:
             commands.append(("GET", keys.user_cf(user_id, user_cf_version)))
-        replies = iter(self._run(commands))
+        replies = iter(self._run("reco_second_read", commands))
         times: dict[str, float] = {}
         if sources:
             times = {s: float(t) for s, t in zip(sources, next(replies), strict=True)
@@ -120,13 +122,14 @@ class FeatureStore:
 
     def item_lists(self, item_id: str) -> tuple[Lists, Lists, dict[str, str]]:
         """Co-view set and KNN list of one item (two round trips: the version picks the key)."""
-        raw_versions, coview = self._run([
+        raw_versions, coview = self._run("similar_lists", [
             ("HGETALL", keys.MODEL_VERSIONS),
             ("ZRANGE", keys.co_view(item_id), 0, self.neighbours_n - 1, "REV", "WITHSCORES")])
         versions = _hash(raw_versions)
         knn: Lists = ([], np.zeros(0))
         if ITEM2VEC in versions:
-            raw = self._run([("GET", keys.item_knn(item_id, versions[ITEM2VEC]))])[0]
+            knn_key = keys.item_knn(item_id, versions[ITEM2VEC])
+            raw = self._run("similar_knn", [("GET", knn_key)])[0]
             knn = neighbours.decode(raw, self.neighbours_n)
         return zset_pairs(coview), knn, versions
 
@@ -139,7 +142,7 @@ class FeatureStore:
     def flush_cache_writes(self) -> None:
         writes = self._take_pending()
         with contextlib.suppress(StoreUnavailable):  # a lost write only costs a later miss
-            self._run(writes)
+            self._run("reco_cache_write", writes)
 
     def _take_pending(self) -> list[Command]:
         if not self._pending:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving.http_metrics import HTTPMetrics
 from serving.reco_params import ID_PATTERN, MAX_K, ParamErrors, parse_reco_params
 from serving.reco_service import RecoService
 from serving.reco_snapshots import GlobalSignals
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
             store.flush_cache_writes()
 
     app = FastAPI(title="reco recommendations", lifespan=lifespan)
+    app.add_middleware(HTTPMetrics)
     app.state.service = service
     hist = {e: metrics.LATENCY.labels(endpoint=e) for e in ("recommendations", "popular",
                                                             "similar")}
