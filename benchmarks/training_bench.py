@@ -15,6 +15,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -252,6 +253,7 @@ def main() -> None:
             mlflow.wait(30)
         servers.remove(pg)
         servers.remove(rd)
+        shutil.rmtree(workdir, ignore_errors=True)
     text = report(results)
     (REPORTS / "training.md").write_text(text)
     (REPORTS / "training.json").write_text(json.dumps(results, indent=2, default=str))

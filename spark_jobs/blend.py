@@ -44,8 +44,12 @@ def model_features(model: str, model_dir: Path, neighbours_n: int) -> dict:
 
 def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: dict,
              feature_params: dict, coview_max: int = 200, max_users: int = 2000,
-             seed: int = 0) -> dict:
-    """Blend metrics (same keys as the model-alone ones) on up to `max_users` users."""
+             replay_s: float = 7 * 86400.0, seed: int = 0) -> dict:
+    """Blend metrics (same keys as the model-alone ones) on up to `max_users` users.
+
+    Co-view and popularity replay only the window's last `replay_s` seconds (the co-view TTL:
+    what the serving store would still hold); recent items come from the whole history.
+    """
     from reco.catalog import ItemIndex
     from reco.features import FeatureParams, plan_batch
     from reco.ranking import RankConfig, UserFeatures, rank
@@ -54,12 +58,13 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
     config = RankConfig(**rank_config)
     params = FeatureParams(**feature_params)
     events = read_parquet(data.extract_dir / ex.TRAIN_EVENTS,
-                          ["user_id", "item_id", "event_type", "ts"]).sort_values(
-        ["ts", "user_id"], kind="stable")
-    last_ts = events["ts"].max() if len(events) else 0.0
+                          ["user_id", "item_id", "event_type", "ts"])
+    last_ts = float(events["ts"].max()) if len(events) else 0.0
+    replay = events[events["ts"] >= last_ts - replay_s].sort_values(["ts", "user_id"],
+                                                                    kind="stable")
     updates = plan_batch(
-        (_Event(*row) for row in events.itertuples(index=False, name=None)), {}, {}, params,
-        now_s=float(last_ts))
+        (_Event(*row) for row in replay.itertuples(index=False, name=None)), {}, {}, params,
+        now_s=last_ts)
     coview = {}
     for item, partners in updates.coview.items():
         top = sorted(partners.items(), key=lambda kv: -kv[1])[:coview_max]
@@ -71,14 +76,20 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
     held = read_parquet(data.extract_dir / ex.HOLDOUT, ["user_id", "item_id", "ts"])
     if len(held) > max_users:
         held = held.sample(n=max_users, random_state=seed)
+    history = (events[events["user_id"].isin(set(held["user_id"]))]
+               .sort_values("ts", ascending=False, kind="stable")
+               .drop_duplicates(["user_id", "item_id"]))
+    recent = {u: (g["item_id"].tolist()[:params.recent_max],
+                  g["ts"].tolist()[:params.recent_max])
+              for u, g in history.groupby("user_id", sort=False)}
     ranks, tops = [], []
     for user, target, t in held.itertuples(index=False, name=None):
-        state = updates.recent.get(user)
-        if state is None:
+        if user not in recent:
             continue
-        sources = state.items[: config.recent_n]
+        items, times = recent[user]
+        sources = items[: config.recent_n]
         features = UserFeatures(
-            recent=list(state.items), recent_times=dict(state.times), now=float(t),
+            recent=items, recent_times=dict(zip(items, times, strict=True)), now=float(t),
             coview={s: coview[s] for s in sources if s in coview},
             knn={s: lists["knn"][s] for s in sources if s in lists.get("knn", {})},
             item_cf={s: lists["item_cf"][s] for s in sources if s in lists.get("item_cf", {})},

@@ -22,7 +22,7 @@ class Item2VecParams:
     vector_size: int = 128
     window: int = 5
     epochs: int = 10
-    negative: int = 10
+    negative: int = 5
     ns_exponent: float = 0.75
     sample: float = 1e-3
     min_count: int = 1

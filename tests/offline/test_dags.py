@@ -31,7 +31,6 @@ def airflow_env(postgres_server, _migrated_database, tmp_path_factory) -> dict[s
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:1/execution/",
-        "PYTHONPATH": str(stack_servers.REPO_ROOT),
     }
     result = subprocess.run([stack_servers.venv_bin("airflow"), "db", "migrate"], env=env,
                             capture_output=True, text=True, timeout=300)
