@@ -81,3 +81,8 @@ def version_prefix(kind: str, version: str) -> str:
 def version_pattern(kind: str) -> str:
     """Pattern matching the keys of every published version of one kind (cleanup with SCAN)."""
     return version_prefix(kind, "*")
+
+
+def rate_limit(scope: str, subject: str) -> str:
+    """Request counter of one client ("ip") or one user ("user") for the current window."""
+    return f"ratelimit:{scope}:{subject}"

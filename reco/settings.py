@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EventType = Literal["view", "click", "cart", "purchase"]
 
@@ -17,7 +17,9 @@ _LOCAL_SECRET = "local-dev-only"
 class Settings(BaseSettings):
     """Every setting of every process; defaults match the local stack of `reco up`."""
 
-    model_config = SettingsConfigDict(env_prefix="RECO_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused setting's error must not echo the secrets around it.
+    model_config = SettingsConfigDict(env_prefix="RECO_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)
 
     env: Literal["local", "production"] = "local"
     state_dir: Path = Path(".reco")
@@ -132,6 +134,24 @@ class Settings(BaseSettings):
     publish_batch: int = 5000
     publish_grace_s: int = 3600  # previous version stays readable this long after a switch
 
+    # Security (issue 7; serving/security.py, serving/rate_limit.py, serving/tls.py)
+    auth_enabled: bool = False  # API keys on ingest writes, JWT on recommendations
+    # Service-to-service keys for ingest and catalogue writes: comma-separated in the env.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_secret: SecretStr = SecretStr(_LOCAL_SECRET)  # HS256
+    jwt_public_key: str | None = None  # RS256: PEM text or the path of a PEM file
+    jwt_audience: str | None = None  # checked when set
+    jwt_leeway_s: float = 10.0  # clock skew allowed on exp / nbf
+    # Requests per second (0 = no limit), counted in Redis so replicas share one budget.
+    rate_limit_ingest_per_s: float = 0.0  # per client IP, on ingest writes
+    rate_limit_reco_per_s: float = 0.0  # per user, on the recommendation endpoints
+    rate_limit_window_s: float = 1.0  # fixed window; a burst of rate * window is allowed
+    tls_certfile: Path | None = None  # both set: the HTTP services serve HTTPS
+    tls_keyfile: Path | None = None
+    # Keyed hash for user ids in logs (reco/privacy.py).
+    log_pseudonym_key: SecretStr = SecretStr(_LOCAL_SECRET)
+
     @property
     def database_url(self) -> str:
         return self.pg_url(self.pg_database)
@@ -148,6 +168,19 @@ class Settings(BaseSettings):
     def event_weight(self, event_type: str) -> float:
         return self.event_weights[event_type]
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("tls_certfile", "tls_keyfile", "jwt_public_key", "jwt_audience",
+                     mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes unset optional vars as ""
+
     @model_validator(mode="after")
     def _refuse_local_secrets_in_production(self) -> Settings:
         if self.env == "production":
@@ -156,10 +189,33 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"RECO_{name.upper()} must be set to a real secret when RECO_ENV=production"
                     )
+            _refuse_insecure_auth(self)
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("RECO_TLS_CERTFILE and RECO_TLS_KEYFILE must be set together")
         unknown = set(self.event_weights) - {"view", "click", "cart", "purchase"}
         if unknown:
             raise ValueError(f"RECO_EVENT_WEIGHTS has unknown event types: {sorted(unknown)}")
         return self
+
+
+def _refuse_insecure_auth(s: Settings) -> None:
+    """Production: auth on, and no local or empty secrets (messages name settings, not values)."""
+    if not s.auth_enabled:
+        raise ValueError("RECO_AUTH_ENABLED must be true when RECO_ENV=production")
+    keys = [k.get_secret_value() for k in s.api_keys]
+    if not keys or any(k == _LOCAL_SECRET or len(k) < 16 for k in keys):
+        raise ValueError("RECO_API_KEYS must hold real keys (16+ characters) when "
+                         "RECO_ENV=production")
+    if s.jwt_algorithm == "HS256":
+        secret = s.jwt_secret.get_secret_value()
+        if secret == _LOCAL_SECRET or len(secret) < 32:
+            raise ValueError("RECO_JWT_SECRET must be a real secret (32+ characters) when "
+                             "RECO_ENV=production")
+    elif not s.jwt_public_key:
+        raise ValueError("RECO_JWT_PUBLIC_KEY must be set for RS256")
+    if s.log_pseudonym_key.get_secret_value() == _LOCAL_SECRET:
+        raise ValueError("RECO_LOG_PSEUDONYM_KEY must be set to a real secret when "
+                         "RECO_ENV=production")
 
 
 @lru_cache

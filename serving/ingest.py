@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reco.settings import Settings
-from serving import catalogue, ingest_metrics
+from serving import catalogue, ingest_metrics, ingest_openapi, security, tls
 from serving.publisher import BrokerUnavailable, Publisher
 from serving.validation import (
     InvalidInput,
@@ -108,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="reco ingest", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.publisher = publisher
     app.state.catalogue = items
+    writes = security.ingest_write_guard(settings, app)  # API key, per-IP limit (issue 7)
 
     @app.exception_handler(InvalidInput)
     async def _invalid(_: Request, exc: InvalidInput) -> Response:
@@ -127,14 +128,15 @@ def create_app(settings: Settings) -> FastAPI:
             ingest_metrics.PUBLISH_FAILURES.inc()
         return json_response({"detail": str(exc)}, 503, retry_after)
 
-    @app.post("/events", status_code=202)
+    @app.post("/events", status_code=202, dependencies=writes, **ingest_openapi.EVENT)
     async def post_event(request: Request) -> Response:
         event = parse_event(await read_body(request, limit), context)
         await publisher.publish((event,))
         ingest_metrics.count_published((event,))
         return json_response({"event_id": str(event.event_id)}, 202)
 
-    @app.post("/events/batch", status_code=202)
+    @app.post("/events/batch", status_code=202, dependencies=writes,
+              **ingest_openapi.EVENT_BATCH)
     async def post_events(request: Request) -> Response:
         events = parse_event_batch(await read_body(request, limit), context,
                                    settings.max_batch_events)
@@ -142,7 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
         ingest_metrics.count_published(events)
         return json_response({"event_ids": [str(e.event_id) for e in events]}, 202)
 
-    @app.put("/items/{item_id}")
+    @app.put("/items/{item_id}", dependencies=writes, **ingest_openapi.ITEM)
     async def put_item(item_id: str, request: Request) -> Response:
         item = parse_item(await read_body(request, limit))
         full = with_path_id(item_id, item)
@@ -150,7 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
         ingest_metrics.ITEMS_UPSERTED.inc()
         return json_response({"item_id": item_id})
 
-    @app.post("/items/batch")
+    @app.post("/items/batch", dependencies=writes, **ingest_openapi.ITEM_BATCH)
     async def post_items(request: Request) -> Response:
         batch = parse_item_batch(await read_body(request, limit))
         ids = await items.upsert(batch.items)
@@ -178,5 +180,6 @@ def create_app(settings: Settings) -> FastAPI:
 def serve(settings: Settings) -> None:
     """Entry point of `reco run ingest`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    security.configure_logging(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.ingest_port,
-                access_log=False, log_level="warning")
+                access_log=False, log_level="warning", **tls.uvicorn_options(settings))

@@ -14,6 +14,7 @@ from functools import cached_property
 import orjson
 
 from reco.catalog import ItemIndex
+from reco.privacy import pseudonym
 from reco.ranking import (
     RankConfig,
     ScoredItem,
@@ -125,7 +126,7 @@ class RecoService:
     def fallback(self, p: RecoParams) -> Answer:
         """Popular items from the in-process snapshot: the shop still gets a list."""
         metrics.FALLBACKS.labels(endpoint="recommendations").inc()
-        log.warning("serving fallback recommendations to user %s", p.user_id)
+        log.warning("serving fallback recommendations to user %s", pseudonym(p.user_id))
         ranking = rank(UserFeatures([], {}, time.time()), self.signals.items, self.config,
                        p.filters, p.k, p.explain)
         return Answer(render(p, "fallback", ranking.items, {}, p.explain), "fallback")

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving import reco_openapi, security, tls
 from serving.http_metrics import HTTPMetrics
 from serving.reco_params import ID_PATTERN, MAX_K, ParamErrors, parse_reco_params
 from serving.reco_service import RecoService
@@ -68,6 +69,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="reco recommendations", lifespan=lifespan)
     app.add_middleware(HTTPMetrics)
     app.state.service = service
+    guard = security.RecoGuard.create(settings, app)  # JWT, per-user limit (issue 7)
+    user_deps = guard.dependencies() if guard is not None else []
+    reco_openapi.document(app, user_deps)
     hist = {e: metrics.LATENCY.labels(endpoint=e) for e in ("recommendations", "popular",
                                                             "similar")}
 
@@ -80,10 +84,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def recommendations(request: Request) -> Response:
         """GET /recommendations?user_id&k&exclude_seen&category&min_price&max_price&explain"""
         start = time.perf_counter()
+        if guard is not None:
+            subject, denied = guard.authenticate(request)
+            if denied is not None:
+                return denied
         try:
             p = parse_reco_params(request.query_params)
         except ParamErrors as exc:
             return JSONResponse({"detail": exc.detail}, status_code=422)
+        if guard is not None and (denied := guard.authorize(request, subject, p.user_id)):
+            return denied
         answer = await call(service.recommend, p)
         if answer.cache_entry is not None and store.queue_cache_write(
                 p.user_id, p.variant, answer.cache_entry, settings.cache_ttl_s):
@@ -96,7 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
     # A plain Starlette route: see serving/reco_params.py for why.
     app.router.routes.append(Route("/recommendations", recommendations, methods=["GET"]))
 
-    @app.get("/popular")
+    @app.get("/popular", dependencies=user_deps, responses=reco_openapi.ERRORS)
     async def popular(k: K = 20, category: Category = None) -> Response:
         start = time.perf_counter()
         items = service.popular(k, category)
@@ -104,7 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
         hist["popular"].observe(time.perf_counter() - start)
         return JSONResponse({"category": category, "items": items})
 
-    @app.get("/items/{item_id}/similar")
+    @app.get("/items/{item_id}/similar", dependencies=user_deps,
+             responses=reco_openapi.ERRORS)
     async def similar(item_id: Annotated[str, Path(min_length=1, max_length=128,
                                                    pattern=ID_PATTERN)],
                       k: K = 20) -> Response:
@@ -143,5 +154,7 @@ def _field(loc: tuple) -> str:
 
 
 def serve(settings: Settings) -> None:
+    security.configure_logging(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.reco_port,
-                loop="uvloop", http="httptools", access_log=False, log_level="info")
+                loop="uvloop", http="httptools", access_log=False, log_level="info",
+                **tls.uvicorn_options(settings))

@@ -1,0 +1,62 @@
+"""User ids in logs: a keyed hash (HMAC-SHA256) instead of the id itself.
+
+The same user always maps to the same pseudonym (logs stay joinable for debugging) but the id
+cannot be recovered without the key (`log_pseudonym_key`). Processes call `configure` once at
+start; `pseudonym` is what log calls pass instead of a user id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterable
+
+from pydantic import SecretStr
+
+_key: bytes = b"local-dev-only"
+
+
+def configure(key: SecretStr | str) -> None:
+    global _key
+    _key = (key.get_secret_value() if isinstance(key, SecretStr) else key).encode()
+
+
+def pseudonym(user_id: str) -> str:
+    """`u:` + the first 16 hex digits of HMAC-SHA256(key, user_id)."""
+    return "u:" + hmac.new(_key, user_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+class RedactSecrets(logging.Filter):
+    """Handler filter replacing any configured secret in a formatted record with `***`.
+
+    Defence in depth: no code path logs a secret, but an exception text (a URL with a password,
+    a header echoed by a library) could.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for secret in self.secrets:
+            redacted = redacted.replace(secret, "***")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            for secret in self.secrets:
+                record.exc_text = record.exc_text.replace(secret, "***")
+        return True
+
+
+def install_redaction(secrets: Iterable[str]) -> None:
+    """Put a `RedactSecrets` filter on every handler of the root logger."""
+    redactor = RedactSecrets(secrets)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redactor)

@@ -1,0 +1,86 @@
+"""OpenAPI documentation of the ingest routes, which read their bodies by hand.
+
+The routes parse raw bytes (size limit first, then pydantic), so FastAPI cannot infer their
+request bodies; these are spelled out from the same models, so clients and the schemathesis
+fuzz tests (tests/security/test_fuzz.py) see what is accepted and what comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reco.events import Event
+from serving.catalogue import ItemBatch, ItemIn
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """Resolve pydantic's local `#/$defs/...` references (OpenAPI keeps its own components)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.removeprefix("#/$defs/")]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def _event_schema() -> dict[str, Any]:
+    schema = _inline(Event.model_json_schema())
+    # The validator also takes RFC 3339 text; the generated schema only knows the stored int.
+    schema["properties"]["timestamp"] = {
+        "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "format": "date-time"}],
+        "description": "RFC 3339 or epoch milliseconds; default now; at most 5 minutes ahead",
+    }
+    return schema
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_DETAIL = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
+_ERRORS = {"type": "object", "required": ["detail"], "properties": {"detail": {
+    "type": "array", "items": {"type": "object", "required": ["loc", "field", "reason"],
+                               "properties": {"loc": {"type": "array"},
+                                              "field": {"type": "string"},
+                                              "reason": {"type": "string"},
+                                              "index": {"type": "integer"}}}}}}
+_COMMON = {
+    401: _json(_DETAIL, "Missing or invalid API key (when auth is enabled)"),
+    413: _json(_DETAIL, "Body over the size limit"),
+    422: _json(_ERRORS, "Invalid input: each error names the field and the reason"),
+    429: _json(_DETAIL, "Over the per-client rate limit; see Retry-After"),
+    503: _json(_DETAIL, "Broker or database unavailable; retry after Retry-After"),
+}
+_ID = {"type": "string"}
+
+
+def _route(body: dict[str, Any], status: int, answer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "openapi_extra": {"requestBody": {"required": True, "content": {
+            "application/json": {"schema": body}}}},
+        "responses": {status: _json(answer, "Accepted" if status == 202 else "Stored"),
+                      **_COMMON},
+    }
+
+
+def _object(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+_event = _event_schema()
+EVENT = _route(_event, 202, _object(event_id={"type": "string", "format": "uuid"}))
+EVENT_BATCH = _route(
+    {"type": "object", "required": ["events"], "additionalProperties": False,
+     "properties": {"events": {"type": "array", "items": _event, "minItems": 1,
+                               "maxItems": 1000}}},
+    202, _object(event_ids={"type": "array", "items": {"type": "string", "format": "uuid"}}))
+ITEM = _route(_inline(ItemIn.model_json_schema()), 200, _object(item_id=_ID))
+ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
+                    _object(item_ids={"type": "array", "items": _ID}))

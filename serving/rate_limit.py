@@ -1,0 +1,101 @@
+"""Fixed-window rate limits counted in Redis, so every replica of a service shares one budget.
+
+One small Lua script per request, on one key (`reco.keys.rate_limit`): INCR, set the window's
+expiry on the first hit, and return the count and the time left. The window lives in Redis (not
+in each replica's clock), so replicas agree on it. A store error lets the request through
+(fail open) and skips the limiter for a moment: rate limiting must not turn a Redis outage into
+an outage of ingest, and the recommendation API has its own fallback for that case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from reco import keys
+from serving.reco_redis import PipelineClient, RedisDown
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] = counter, ARGV[1] = window in ms -> {count, ms left in the window}
+HIT = """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if n == 1 or ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+"""
+SKIP_AFTER_ERROR_S = 1.0
+TIMEOUT_S = 0.25
+
+
+class RateLimited(Exception):
+    """HTTP 429 with Retry-After."""
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class RateLimiter:
+    """`per_s` requests per second per subject of `scope` ("ip" or "user")."""
+
+    scope: str
+    per_s: float
+    window_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.limit = max(1, math.floor(self.per_s * self.window_s))
+        self.window_ms = max(1, round(self.window_s * 1000))
+        self._skip_until = 0.0
+
+    def _decide(self, reply: list) -> None:
+        count, ttl_ms = int(reply[0]), int(reply[1])
+        if count > self.limit:
+            raise RateLimited(
+                f"rate limit exceeded: {self.limit} requests per {self.window_s:g}s per "
+                f"{'client IP' if self.scope == 'ip' else self.scope}",
+                max(1, math.ceil(ttl_ms / 1000)))
+
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._skip_until
+
+    def _failed(self, exc: Exception) -> None:
+        self._skip_until = time.monotonic() + SKIP_AFTER_ERROR_S
+        log.warning("rate limiter store unavailable, not limiting for %.0fs: %s",
+                    SKIP_AFTER_ERROR_S, type(exc).__name__)
+
+    def hit(self, client: PipelineClient, subject: str) -> None:
+        """Count one request (blocking client of the recommendation API); raises RateLimited."""
+        if self._skipping():
+            return
+        try:
+            reply = client.execute([("EVAL", HIT, 1, keys.rate_limit(self.scope, subject),
+                                     self.window_ms)])[0]
+        except RedisDown as exc:
+            self._failed(exc)
+            return
+        self._decide(reply)
+
+    async def hit_async(self, client: aredis.Redis, subject: str) -> None:
+        """Count one request (asyncio client of the ingest API); raises RateLimited."""
+        if self._skipping():
+            return
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                reply = await client.eval(HIT, 1, keys.rate_limit(self.scope, subject),
+                                          self.window_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            return
+        self._decide(reply)

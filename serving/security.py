@@ -1,0 +1,258 @@
+"""Authentication of both HTTP services, and their rate limits wired into the routes.
+
+- Ingest writes (events, catalogue) need one of `settings.api_keys` in the `X-API-Key` header.
+- Recommendation endpoints need a JWT (`Authorization: Bearer`, HS256 with `jwt_secret` or
+  RS256 with `jwt_public_key`) carrying `exp` and `sub`; `sub` must equal the `user_id` asked
+  about (403 otherwise).
+Failures are 401/403 with a reason that names what is wrong, never what was presented or
+expected: keys, secrets and tokens appear in no log line and no response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import jwt
+import orjson
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+from starlette.responses import Response
+
+from reco import privacy
+from reco.settings import Settings
+from serving.rate_limit import RateLimited, RateLimiter
+from serving.reco_redis import PipelineClient
+
+API_KEY_HEADER = "X-API-Key"
+_api_key_scheme = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                               description="Service key for ingest and catalogue writes")
+_bearer_scheme = HTTPBearer(auto_error=False, bearerFormat="JWT",
+                            description="User token; its subject must equal user_id")
+
+
+class AuthError(Exception):
+    """HTTP 401 (no or bad credentials) or 403 (valid credentials, not for this resource)."""
+
+    def __init__(self, status: int, reason: str, challenge: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.challenge = challenge
+
+
+def _json(content: Any, status: int, headers: dict[str, str]) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def auth_response(exc: AuthError) -> Response:
+    return _json({"detail": exc.reason}, exc.status, {"WWW-Authenticate": exc.challenge})
+
+
+def limited_response(exc: RateLimited) -> Response:
+    return _json({"detail": exc.detail}, 429, {"Retry-After": str(exc.retry_after_s)})
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map AuthError and RateLimited raised by route dependencies to responses."""
+
+    async def _auth(_: Request, exc: Exception) -> Response:
+        return auth_response(exc)  # type: ignore[arg-type]
+
+    async def _limited(_: Request, exc: Exception) -> Response:
+        return limited_response(exc)  # type: ignore[arg-type]
+
+    app.add_exception_handler(AuthError, _auth)
+    app.add_exception_handler(RateLimited, _limited)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Pseudonymise user ids with the configured key; redact secrets from every log handler."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    privacy.configure(settings.log_pseudonym_key)
+    secrets = [k.get_secret_value() for k in settings.api_keys]
+    secrets += [settings.jwt_secret.get_secret_value(), settings.pg_password,
+                settings.airflow_secret, settings.log_pseudonym_key.get_secret_value()]
+    privacy.install_redaction(secrets)
+
+
+def _reveal(value: SecretStr | str) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+class ApiKeyCheck:
+    """Constant-time comparison against the configured keys (held only as digests)."""
+
+    def __init__(self, keys: list[SecretStr] | list[str]) -> None:
+        self._digests = [hashlib.sha256(_reveal(k).encode()).digest() for k in keys]
+
+    def verify(self, presented: str | None) -> None:
+        challenge = f'ApiKey header="{API_KEY_HEADER}"'
+        if not presented:
+            raise AuthError(401, f"missing API key: send it in the {API_KEY_HEADER} header",
+                            challenge)
+        digest = hashlib.sha256(presented.encode()).digest()
+        # Compare with every key (no early exit) so timing does not tell which one is close.
+        matches = [hmac.compare_digest(digest, d) for d in self._digests]
+        if not any(matches):
+            raise AuthError(401, "invalid API key", challenge)
+
+
+_JWT_REASONS: list[tuple[type[Exception], str]] = [
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.ImmatureSignatureError, "token not valid yet"),
+    (jwt.InvalidSignatureError, "token signature is invalid"),
+    (jwt.InvalidAlgorithmError, "token algorithm is not accepted"),
+    (jwt.InvalidAudienceError, "token audience is not accepted"),
+    (jwt.DecodeError, "malformed token"),
+]
+
+
+class JwtCheck:
+    """Verifies user tokens; `subject` returns the `sub` claim of a valid one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.algorithm = settings.jwt_algorithm
+        if self.algorithm == "HS256":
+            self.key: str = settings.jwt_secret.get_secret_value()
+        else:
+            if not settings.jwt_public_key:
+                raise ValueError("RECO_JWT_PUBLIC_KEY must be set for RS256")
+            self.key = _pem(settings.jwt_public_key)
+        self.audience = settings.jwt_audience
+        self.leeway = settings.jwt_leeway_s
+
+    def subject(self, authorization: str | None) -> str:
+        if not authorization:
+            raise AuthError(401, "missing bearer token: send 'Authorization: Bearer <JWT>'",
+                            "Bearer")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError(401, "Authorization header must be 'Bearer <JWT>'", "Bearer")
+        try:
+            claims = jwt.decode(token.strip(), self.key, algorithms=[self.algorithm],
+                                audience=self.audience, leeway=self.leeway,
+                                options={"require": ["exp", "sub"],
+                                         "verify_aud": self.audience is not None})
+        except jwt.MissingRequiredClaimError as exc:
+            raise self._invalid(f"token has no '{exc.claim}' claim") from None
+        except jwt.InvalidTokenError as exc:
+            reason = next((r for t, r in _JWT_REASONS if isinstance(exc, t)), "invalid token")
+            raise self._invalid(reason) from None
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise self._invalid("token subject must be a non-empty string")
+        return subject
+
+    @staticmethod
+    def _invalid(reason: str) -> AuthError:
+        return AuthError(401, reason, f'Bearer error="invalid_token", error_description="{reason}"')
+
+
+def require_subject(subject: str, user_id: str) -> None:
+    if subject != user_id:
+        raise AuthError(403, "token subject does not match user_id",
+                        'Bearer error="insufficient_scope"')
+
+
+def _pem(value: str) -> str:
+    return value if value.lstrip().startswith("-----BEGIN") else Path(value).read_text()
+
+
+# -- ingest ---------------------------------------------------------------------------------
+
+
+def ingest_write_guard(settings: Settings, app: FastAPI) -> list[Any]:
+    """Route dependencies of ingest writes: API key (if auth is on), then the per-IP limit."""
+    keys = ApiKeyCheck(settings.api_keys) if settings.auth_enabled else None
+    limiter = (RateLimiter("ip", settings.rate_limit_ingest_per_s, settings.rate_limit_window_s)
+               if settings.rate_limit_ingest_per_s > 0 else None)
+    if keys is None and limiter is None:
+        return []
+    install_handlers(app)
+
+    async def limit(request: Request) -> None:
+        if limiter is not None:
+            await limiter.hit_async(app.state.catalogue.redis, client_ip(request))
+
+    async def guard(request: Request,
+                    api_key: Annotated[str | None, Security(_api_key_scheme)] = None) -> None:
+        if keys is not None:
+            keys.verify(api_key)
+        await limit(request)
+
+    # Without auth the API key stays out of the documented schema.
+    return [Depends(guard if keys is not None else limit)]
+
+
+# -- recommendations ----------------------------------------------------------------------
+
+
+class RecoGuard:
+    """JWT + per-user rate limit for the recommendation API (one Redis command per request)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.jwt = JwtCheck(settings) if settings.auth_enabled else None
+        self.limiter = (RateLimiter("user", settings.rate_limit_reco_per_s,
+                                    settings.rate_limit_window_s)
+                        if settings.rate_limit_reco_per_s > 0 else None)
+        self.ip_limiter = (RateLimiter("ip", settings.rate_limit_reco_per_s,
+                                       settings.rate_limit_window_s) if self.limiter else None)
+        self.client = (PipelineClient(settings.redis_url, settings.reco_redis_timeout_s)
+                       if self.limiter else None)
+
+    @classmethod
+    def create(cls, settings: Settings, app: FastAPI) -> RecoGuard | None:
+        if not settings.auth_enabled and settings.rate_limit_reco_per_s <= 0:
+            return None
+        install_handlers(app)
+        return cls(settings)
+
+    def authenticate(self, request: Request) -> tuple[str | None, Response | None]:
+        """(subject, None) or (None, the 401 response) for the hand-validated route."""
+        if self.jwt is None:
+            return None, None
+        try:
+            return self.jwt.subject(request.headers.get("authorization")), None
+        except AuthError as exc:
+            return None, auth_response(exc)
+
+    def authorize(self, request: Request, subject: str | None, user_id: str) -> Response | None:
+        """None if the request may go on, else the 403 or 429 response."""
+        try:
+            if subject is not None:
+                require_subject(subject, user_id)
+            if self.limiter is not None:
+                self.limiter.hit(self.client, user_id)  # type: ignore[arg-type]
+        except AuthError as exc:
+            return auth_response(exc)
+        except RateLimited as exc:
+            return limited_response(exc)
+        return None
+
+    def dependencies(self) -> list[Any]:
+        """For the FastAPI routes without a user id: a valid token; limit per subject or IP."""
+
+        async def guard(request: Request, credentials: Annotated[
+                HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None) -> None:
+            subject = self.jwt.subject(request.headers.get("authorization")) if self.jwt else None
+            if subject is not None and self.limiter is not None:
+                self.limiter.hit(self.client, subject)  # type: ignore[arg-type]
+            elif self.ip_limiter is not None:
+                self.ip_limiter.hit(self.client, client_ip(request))  # type: ignore[arg-type]
+
+        return [Depends(guard)]
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
