@@ -1,0 +1,96 @@
+"""Redis-backed rate limits: 429 + Retry-After, one budget shared by every replica."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from reco import keys
+from reco.settings import Settings
+from reco.stack.health import free_port
+from serving.rate_limit import RateLimited, RateLimiter
+from serving.reco_redis import PipelineClient
+from tests.realtime.conftest import end_offsets
+from tests.security.conftest import bearer, make_token
+
+pytestmark = pytest.mark.integration
+
+# Three requests per minute: a window long enough that no test straddles two of them.
+LIMITS = {"rate_limit_window_s": 60.0, "rate_limit_ingest_per_s": 0.05,
+          "rate_limit_reco_per_s": 0.05}
+
+
+def event(user: str) -> dict:
+    return {"event_id": str(uuid.uuid4()), "user_id": user, "item_id": "i1", "event_type": "view"}
+
+
+def test_recommendations_limit_per_user_shared_by_replicas(
+    settings: Settings, reco_client, redis_client: redis.Redis
+) -> None:
+    limited = settings.model_copy(update={**LIMITS, "popular_snapshot_refresh_s": 3600.0})
+    with reco_client(limited) as one, reco_client(limited) as two:
+        statuses = [c.get("/recommendations", params={"user_id": "u1"}).status_code
+                    for c in (one, two, one, two)]
+        assert statuses == [200, 200, 200, 429]
+        refused = one.get("/recommendations", params={"user_id": "u1"})
+        assert refused.status_code == 429
+        assert refused.json() == {"detail": "rate limit exceeded: 3 requests per 60s per user"}
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        # Another user has a budget of their own.
+        assert two.get("/recommendations", params={"user_id": "u2"}).status_code == 200
+        # Routes without a user are limited per client IP.
+        assert [one.get("/popular").status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert redis_client.ttl(keys.rate_limit("user", "u1")) > 0  # the window expires by itself
+
+
+def test_recommendations_auth_then_limit(settings: Settings, reco_client, redis_client) -> None:
+    """401/403 are decided first and do not spend the user's budget."""
+    secure = settings.model_copy(update={**LIMITS, "auth_enabled": True,
+                                         "popular_snapshot_refresh_s": 3600.0})
+    token = make_token("u1", key=secure.jwt_secret.get_secret_value())
+    with reco_client(secure) as client:
+        for _ in range(5):
+            assert client.get("/recommendations", params={"user_id": "u1"}).status_code == 401
+        assert client.get("/recommendations", params={"user_id": "u1"},
+                          headers=bearer(make_token("u2", key=secure.jwt_secret
+                                                    .get_secret_value()))).status_code == 403
+        statuses = [client.get("/recommendations", params={"user_id": "u1"},
+                               headers=bearer(token)).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_ingest_limit_per_ip_shared_by_replicas(
+    settings: Settings, ingest_client, kafka_topics: dict, redis_client: redis.Redis
+) -> None:
+    limited = settings.model_copy(update=LIMITS)
+    async with ingest_client(limited) as one, ingest_client(limited) as two:
+        statuses = [(await c.post("/events", json=event("u1"))).status_code
+                    for c in (one, two, one, two, two)]
+        refused = await one.post("/events/batch", json={"events": [event("u2")]})
+        health = await two.get("/health")
+    assert statuses == [202, 202, 202, 429, 429]
+    assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json() == {"detail": "rate limit exceeded: 3 requests per 60s per client IP"}
+    assert health.status_code == 200  # only writes are limited
+    assert await end_offsets(limited, limited.topic_events) == 3  # refused ones never published
+
+
+def test_limiter_fails_open_when_redis_is_down() -> None:
+    limiter = RateLimiter("user", per_s=1, window_s=60)
+    client = PipelineClient(f"redis://127.0.0.1:{free_port()}/0", 0.1)
+    for _ in range(5):
+        limiter.hit(client, "u1")  # no exception: requests go through
+
+
+def test_limiter_counts_in_one_key(redis_url: str, redis_client: redis.Redis) -> None:
+    limiter = RateLimiter("user", per_s=2, window_s=1.0)
+    client = PipelineClient(redis_url, 1.0)
+    limiter.hit(client, "u1")
+    limiter.hit(client, "u1")
+    with pytest.raises(RateLimited) as exc:
+        limiter.hit(client, "u1")
+    assert exc.value.retry_after_s == 1
+    assert redis_client.keys("ratelimit:*") == [keys.rate_limit("user", "u1")]
+    assert int(redis_client.get(keys.rate_limit("user", "u1"))) == 3
