@@ -40,8 +40,7 @@ class FeatureStore:
         self._categories: dict[str, tuple[str | None, float]] = {}  # item -> (category, expiry)
 
     async def apply(self, events: Sequence[Event]) -> AppliedBatch:
-        ids: set = set()
-        unique = [e for e in events if not (e.event_id in ids or ids.add(e.event_id))]
+        unique = _first_copies(events)
         seen, recent, categories = await self._read_state(unique)
         fresh = [e for e, was_seen in zip(unique, seen, strict=True) if not was_seen]
         if not fresh:
@@ -122,3 +121,14 @@ class FeatureStore:
 
 def _marker(event: Event) -> str:
     return keys.event_seen(str(event.event_id))
+
+
+def _first_copies(events: Sequence[Event]) -> list[Event]:
+    """The events in order, without later copies of an id (a redelivery inside one batch)."""
+    seen: set[object] = set()
+    out = []
+    for event in events:
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            out.append(event)
+    return out
