@@ -34,11 +34,31 @@ class ItemIn(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
 
+    @field_validator("title", "category")
+    @classmethod
+    def _no_nul_text(cls, value: str | None) -> str | None:
+        # PostgreSQL text cannot hold NUL (found by tests/security/test_fuzz.py: it was a 500).
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # jsonb cannot hold NUL and orjson refuses integers beyond 64 bits (both were 500s).
+        problem = _unstorable(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("created_at", mode="before")
     @classmethod
     def _epoch_ms(cls, value: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+            try:
+                return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+            except (OverflowError, OSError, ValueError):  # was a 500 (tests/security fuzz)
+                raise ValueError("epoch milliseconds out of range") from None
         return value
 
     @field_validator("created_at")
@@ -47,6 +67,22 @@ class ItemIn(BaseModel):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why a JSON value cannot be stored as jsonb by `upsert_items`, or None."""
+    if isinstance(value, str):
+        return "must not contain NUL characters" if "\x00" in value else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if -(2**63) <= value < 2**64 else "integers must fit in 64 bits"
+    if isinstance(value, dict):
+        return next((p for k, v in value.items()
+                     if (p := _unstorable(k) or _unstorable(v))), None)
+    if isinstance(value, list):
+        return next((p for v in value if (p := _unstorable(v))), None)
+    return None
 
 
 class ItemWithId(ItemIn):

@@ -19,6 +19,7 @@ import orjson
 import redis.asyncio as aredis
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reco.settings import Settings
@@ -170,7 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         return json_response({"broker": broker, "database": database}, 200 if ok else 503,
                              None if ok else retry_after)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import uvicorn
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
@@ -141,7 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"ready": all(checks.values()), "checks": checks},
                             status_code=200 if all(checks.values()) else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
