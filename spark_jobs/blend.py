@@ -82,6 +82,7 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
     recent = {u: (g["item_id"].tolist()[:params.recent_max],
                   g["ts"].tolist()[:params.recent_max])
               for u, g in history.groupby("user_id", sort=False)}
+    seen = history.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
     ranks, tops = [], []
     for user, target, t in held.itertuples(index=False, name=None):
         if user not in recent:
@@ -93,7 +94,7 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
             coview={s: coview[s] for s in sources if s in coview},
             knn={s: lists["knn"][s] for s in sources if s in lists.get("knn", {})},
             item_cf={s: lists["item_cf"][s] for s in sources if s in lists.get("item_cf", {})},
-            user_cf=lists.get("user_cf", {}).get(user))
+            user_cf=lists.get("user_cf", {}).get(user), seen=seen.get(user, ()))
         ranked = [s.item_id for s in rank(features, index, config, Filters(), k).items]
         ranks.append(ranked.index(target) + 1 if target in ranked else np.inf)
         tops.append([index.row.get(i, -1) for i in ranked] + [-1] * (k - len(ranked)))

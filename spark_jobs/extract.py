@@ -129,6 +129,13 @@ def sessions(events: DataFrame, gap_s: float, min_length: int = 2, user_col: str
     )
 
 
+def parquet_rows(path: Path) -> int:
+    """Row count of a written Parquet folder, from its footers (no Spark job)."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet").count_rows()
+
+
 def extract(spark: SparkSession, source: JdbcSource, start: datetime, end: datetime,
             weights: dict[str, float], session_gap_s: float, half_life_days: float,
             out_dir: Path) -> dict:
@@ -151,9 +158,9 @@ def extract(spark: SparkSession, source: JdbcSource, start: datetime, end: datet
         "window_start": start.astimezone(UTC).isoformat(),
         "window_end": end.astimezone(UTC).isoformat(),
         "events": int(counts["events"]), "users": int(counts["users"]),
-        "items": int(counts["items"]), "train_events": train.count(),
-        "holdout_users": spark.read.parquet(str(out_dir / HOLDOUT)).count(),
-        "sessions": spark.read.parquet(str(out_dir / SESSIONS)).count(),
+        "items": int(counts["items"]), "train_events": parquet_rows(out_dir / TRAIN_EVENTS),
+        "holdout_users": parquet_rows(out_dir / HOLDOUT),
+        "sessions": parquet_rows(out_dir / SESSIONS),
         "session_gap_s": session_gap_s, "half_life_days": half_life_days, "weights": weights,
         "source": {k: v for k, v in asdict(source).items() if k != "password"},
         "dir": str(out_dir),

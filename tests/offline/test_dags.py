@@ -87,6 +87,7 @@ def test_dag_runs_end_to_end(dag_id, airflow_env, offline_settings, small_events
         env=env, capture_output=True, text=True, timeout=600)
 
     output = result.stdout[-4000:] + result.stderr[-4000:]
+    (tmp_path / "dags-test.log").write_text(result.stdout + result.stderr)  # for debugging
     assert result.returncode == 0, output
     version = redis_client.hget(keys.MODEL_VERSIONS, model)
     assert version, output
