@@ -21,6 +21,11 @@ def user_recent(user_id: str) -> str:
     return f"user:recent:{user_id}"
 
 
+def user_seen(user_id: str) -> str:
+    """Set of every item the user interacted with (exclude_seen reaches beyond the recent 50)."""
+    return f"user:seen:{user_id}"
+
+
 def user_recent_times(user_id: str) -> str:
     """Hash item id -> epoch seconds the user last touched it (recency signal, co-view window)."""
     return f"user:recent_ts:{user_id}"

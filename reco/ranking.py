@@ -15,6 +15,7 @@ Each signal is divided by its maximum over the request's eligible candidates:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -84,6 +85,7 @@ class UserFeatures:
     knn: dict[str, Neighbours] = field(default_factory=dict)
     item_cf: dict[str, Neighbours] = field(default_factory=dict)
     user_cf: Lists | None = None
+    seen: Collection[str] = ()  # every item the user interacted with, beyond `recent`
 
 
 @dataclass(frozen=True)
@@ -115,14 +117,14 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     strategy: Literal["personalized", "popular"] = "personalized" if personal else "popular"
     # Enough popular filler to fill k even after the user's seen items are excluded.
     filler_n = config.popular_filler_n and max(config.popular_filler_n,
-                                               k + len(features.recent))
+                                               k + len(features.recent) + len(features.seen))
     c.finish(_popular_filler(items, filters, filler_n))
     if c.m == 0:
         return Ranking(strategy, [])
 
     keep = eligible(items, c.meta_rows, filters)
-    if filters.exclude_seen and features.recent:
-        seen = c.codes_of(features.recent)
+    if filters.exclude_seen and (features.recent or features.seen):
+        seen = c.codes_of([*features.recent, *features.seen])
         at = np.searchsorted(c.rows, seen)  # c.rows is sorted and unique
         hit = at < c.m
         at, seen = at[hit], seen[hit]

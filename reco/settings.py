@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     # Real-time features
     recent_max: int = 50
     recent_ttl_s: int = 24 * 3600
+    seen_ttl_s: int = 30 * 24 * 3600
     popularity_half_life_h: float = 24.0
     # Forward decay landmark (epoch seconds): scores are stored as w*2^((t-L)/half_life).
     # Doubles limit event times to ~1,000 half-lives after it (see reco/features.py): 1.79e9 is

@@ -117,7 +117,8 @@ class RecoService:
         second = self.store.second_read(user_id, sources, missing, als_v)
         for key, lists in second.lists.items():
             have[key] = self.lists.put(key, lists, items, clock)
-        features = UserFeatures(first.recent, second.times, time.time(), user_cf=second.user_cf)
+        features = UserFeatures(first.recent, second.times, time.time(), user_cf=second.user_cf,
+                                seen=second.seen)
         tables = {"coview": features.coview, "knn": features.knn, "item_cf": features.item_cf}
         for key, value in have.items():
             tables[key.kind][key.item_id] = value

@@ -56,6 +56,7 @@ class SecondRead:
     times: dict[str, float]
     lists: dict[ListKey, Lists]
     user_cf: Lists | None
+    seen: list[str]
 
 
 class FeatureStore:
@@ -110,6 +111,7 @@ class FeatureStore:
                 commands.append(("GET", keys.item_cf_neighbours(key.item_id, key.version)))
         if user_cf_version:
             commands.append(("GET", keys.user_cf(user_id, user_cf_version)))
+        commands.append(("SMEMBERS", keys.user_seen(user_id)))
         replies = iter(self._run("reco_second_read", commands))
         times: dict[str, float] = {}
         if sources:
@@ -118,7 +120,7 @@ class FeatureStore:
         found = {key: zset_pairs(next(replies)) if key.kind == "coview"
                  else neighbours.decode(next(replies), self.neighbours_n) for key in lists}
         user_cf = neighbours.decode(next(replies)) if user_cf_version else None
-        return SecondRead(times, found, user_cf)
+        return SecondRead(times, found, user_cf, next(replies))
 
     def item_lists(self, item_id: str) -> tuple[Lists, Lists, dict[str, str]]:
         """Co-view set and KNN list of one item (two round trips: the version picks the key)."""

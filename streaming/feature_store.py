@@ -114,9 +114,19 @@ class FeatureStore:
                 add(("ZINCRBY", key, repr(count), other))
             add(("ZREMRANGEBYRANK", key, 0, -(s.coview_max + 1)))  # keep the coview_max best
             add(("EXPIRE", key, s.coview_ttl_s))
+        for user, items in _items_by_user(events).items():
+            add(("SADD", keys.user_seen(user), *items))
+            add(("EXPIRE", keys.user_seen(user), s.seen_ttl_s))
         for e in events:
             add(("SET", _marker(e), 1, "EX", s.dedup_ttl_s))
         await self.redis.execute(cmds, transaction=True)
+
+
+def _items_by_user(events: Sequence[Event]) -> dict[str, set[str]]:
+    by_user: dict[str, set[str]] = {}
+    for e in events:
+        by_user.setdefault(e.user_id, set()).add(e.item_id)
+    return by_user
 
 
 def _marker(event: Event) -> str:

@@ -85,6 +85,15 @@ def test_exclude_seen_false_keeps_recent_items(client) -> None:
     assert [i for i, _ in ids_scores(body)] == ["X", "Y", "Z", "W", "P", "A"]
 
 
+def test_items_seen_long_ago_are_excluded_too(world, make_client) -> None:
+    # W and P left the 50-item recent list long ago, but the user did interact with them.
+    world["redis"].sadd(keys.user_seen("u1"), "A", "B", "W", "P")
+    with make_client() as client:
+        assert [i for i, _ in ids_scores(get(client))] == ["X", "Y", "Z"]
+        assert [i for i, _ in ids_scores(get(client, exclude_seen="false", k=10))] == [
+            "X", "Y", "Z", "W", "P", "A"]
+
+
 def test_out_of_stock_is_dropped(world, make_client) -> None:
     put_meta(world["redis"], "X", "c2", in_stock=False)
     with make_client() as client:
