@@ -8,6 +8,9 @@ score = w_coview*coview + w_embed*embedding + w_pop*popularity + w_rec*recency +
 Each signal is divided by its maximum over the request's eligible candidates:
 - coview: sum over source items (the user's recent items) of the co-view affinity;
 - embedding: best cosine similarity (from the published KNN lists) to any source item, >= 0;
+  with `source_half_n` > 0, every source's list scores (coview, embedding, ALS item-item) are
+  first multiplied by 0.5**(position / source_half_n), position 0 being the newest source, so
+  the items touched last count most;
 - recency: best 0.5**(age/half_life) over the source items that led to the candidate;
 - cf: the larger of the normalised ALS user score and the best ALS item-item score;
 - popularity: the global (time-decayed) popularity.
@@ -57,6 +60,7 @@ class RankConfig:
     neighbours_n: int = 50
     popular_filler_n: int = 50
     recency_half_life_s: float = 6 * 3600.0
+    source_half_n: float = 0.0  # > 0: a source's lists weigh 0.5**(position/source_half_n)
     max_category_share: float = 0.5
     freshness_boost: float = 0.1
     freshness_days: float = 14.0
@@ -69,6 +73,7 @@ class RankConfig:
             neighbours_n=settings.reco_neighbours_n,
             popular_filler_n=settings.reco_popular_filler_n,
             recency_half_life_s=settings.reco_recency_half_life_s,
+            source_half_n=settings.reco_source_half_n,
             max_category_share=settings.max_category_share,
             freshness_boost=settings.freshness_boost, freshness_days=settings.freshness_days,
         )
@@ -113,6 +118,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     filters = filters or Filters()
     sources = features.recent[: config.recent_n]
     c = _Candidates(features, sources, items, config)
+    c.weigh_sources(config.source_half_n)
     personal = c.n_entries > 0
     strategy: Literal["personalized", "popular"] = "personalized" if personal else "popular"
     # Enough popular filler to fill k even after the user's seen items are excluded.
@@ -250,6 +256,14 @@ class _Candidates:
         self.src = np.repeat(np.array([m[1] for m in meta], dtype=np.int64), lengths)
         self.scores = np.concatenate(id_scores + row_scores) if meta else np.zeros(0)
         self.entry_rows = np.concatenate([self.codes_of(ids, assign=True), *row_parts])
+
+    def weigh_sources(self, half_n: float) -> None:
+        """Scale each source's list scores by 0.5**(position/half_n) (newest source = 0)."""
+        if half_n > 0 and self.n_sources > 1:
+            pos_w = 0.5 ** (np.arange(self.n_sources) / half_n)
+            by_source = self.src >= 0
+            self.scores = self.scores.copy()
+            self.scores[by_source] *= pos_w[self.src[by_source]]
 
     def codes_of(self, ids: list[str], assign: bool = False) -> np.ndarray:
         rows = self.items.rows(ids)

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     # Recommendation API (issue 4)
     reco_popular_filler_n: int = 50  # popular candidates (at least k + seen) to fill thin lists
     reco_recency_half_life_s: float = 6 * 3600.0  # recency signal: weight halves per this age
+    # > 0: the lists of the user's k-th newest recent item weigh 0.5**(k / this) (0: all equal)
+    reco_source_half_n: float = 0.0
     popular_snapshot_size: int = 20_000  # top items held in process; others score popularity 0
     catalog_reload_s: float = 300.0  # full item-metadata reload even without a version bump
     reco_redis_timeout_s: float = 0.25  # per command; a slow store degrades to fallback
