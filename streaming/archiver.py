@@ -10,7 +10,9 @@ Run with `reco run archiver`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +50,22 @@ def event_row(event: Event, record: ConsumerRecord) -> tuple[Any, ...]:
 
 def _jsonb(value: dict[str, Any]) -> str:
     # jsonb cannot hold NUL characters: dropping them beats retrying a poison row forever.
-    return orjson.dumps(_without_nul(value)).decode()
+    clean = _without_nul(value)
+    try:
+        return orjson.dumps(clean).decode()
+    except TypeError:  # an integer beyond 64 bits (orjson refuses it; jsonb's numeric holds it)
+        return json.dumps(_finite(clean))  # was a poison batch retried forever (issue 7)
+
+
+def _finite(value: Any) -> Any:
+    """NaN/Infinity as null, as orjson writes them (jsonb refuses them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _without_nul(value: Any) -> Any:

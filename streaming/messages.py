@@ -20,13 +20,24 @@ def decode(record: ConsumerRecord) -> Event | str:
         return f"invalid event: {reasons}"
 
 
+# Characters of the original message kept in a DLQ record. Escaping can make a character six
+# bytes (\u0001): uncapped, a 300 KB message became a 1.8 MB record the producer refused, and
+# the processor retried that batch forever (issue 7). 64 Ki characters stay under 400 KB.
+DLQ_RAW_MAX_CHARS = 65_536
+
+
 def dlq_value(record: ConsumerRecord, reason: str) -> bytes:
-    """DLQ message value: the reason, where the message came from, and its original bytes."""
+    """DLQ message value: the reason, where the message came from, and its original bytes
+    (the first DLQ_RAW_MAX_CHARS characters; `raw_bytes` is the full size)."""
     raw = record.value.decode("utf-8", errors="replace") if record.value is not None else None
-    return orjson.dumps({
+    value = {
         "reason": reason,
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
-        "raw": raw,
-    })
+        "raw": raw if raw is None else raw[:DLQ_RAW_MAX_CHARS],
+    }
+    if raw is not None and len(raw) > DLQ_RAW_MAX_CHARS:
+        value["raw_truncated"] = True
+        value["raw_bytes"] = len(record.value)
+    return orjson.dumps(value)

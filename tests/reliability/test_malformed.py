@@ -1,0 +1,90 @@
+"""Malformed messages on `events` land in `events.dlq` with their reason, and neither consumer
+stalls behind them. tests/realtime covers "not JSON" and a wrong event_type; this adds the
+other shapes, oversized ones, and values the archiver once could not store."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import orjson
+import psycopg
+import pytest
+import redis
+
+from reco.settings import Settings
+from streaming.messages import DLQ_RAW_MAX_CHARS
+from tests.realtime.conftest import Consumers, read_topic, wait_for
+from tests.realtime.test_pipeline import _committed, archived
+from tests.reliability.conftest import produce_fast, seen_count
+
+pytestmark = pytest.mark.integration
+
+
+def ev(user: str, item: str, **extra) -> dict:
+    return {"event_id": str(uuid.uuid4()), "user_id": user, "item_id": item,
+            "event_type": "view", "timestamp": 1_790_000_000_000, **extra}
+
+
+BAD = {
+    "tombstone": (None, "empty message value"),
+    "array": (b"[1, 2]", "invalid event: body: Input should be an object"),
+    "missing": (orjson.dumps({"user_id": "u1"}),
+                "invalid event: item_id: Field required; event_type: Field required"),
+    "unknown field": (orjson.dumps({**ev("u1", "A"), "price": 3}),
+                      "invalid event: price: Extra inputs are not permitted"),
+    "bad utf-8": (b'{"user_id": "\xff\xfe", "item_id": "A", "event_type": "view"}',
+                  "invalid event: body: Invalid JSON: invalid unicode code point at line 1 "
+                  "column 14"),
+    "user_id too long": (orjson.dumps(ev("u" * 5000, "A")),
+                         "invalid event: user_id: String should have at most 128 characters"),
+    "context too big": (orjson.dumps(ev("u1", "A", context={f"k{i}": i for i in range(40)})),
+                        "invalid event: context: must have at most 32 keys"),
+    # 300 KB of control characters: escaped, its DLQ record would be 1.8 MB (over the
+    # producer's limit; the processor used to retry that batch forever).
+    "oversized garbage": (b"\x01" * 300_000,
+                          "invalid event: body: Invalid JSON: expected value at line 1 column 1"),
+}
+
+
+async def test_malformed_messages_are_dead_lettered_with_reasons(
+    settings: Settings, redis_client: redis.Redis, pg: psycopg.Connection, kafka_topics: dict,
+) -> None:
+    before = ev("u1", "A")
+    # Valid events the archiver once could not store: a >64-bit integer and NUL in context.
+    odd = ev("u2", "B", context={"big": 2**70, "text": "a\x00b", "nan": float("nan")})
+    after = [ev(f"u{n}", "C") for n in range(5)]
+    # Every message on one key: one partition, so the good events sit behind the bad ones.
+    messages = [(b"k", orjson.dumps(before))] + [(b"k", v) for v, _ in BAD.values()]
+    messages += [(b"k", json.dumps(odd).encode())] + [(b"k", orjson.dumps(e)) for e in after]
+    await produce_fast(settings, messages)
+    consumers = Consumers()
+    consumers.start("processor", settings)
+    consumers.start("archiver", settings)
+    try:
+        good = [before, odd, *after]
+        await wait_for(lambda: seen_count(redis_client, good) == len(good), "good events")
+        await wait_for(lambda: _committed(settings, settings.group_processor, len(messages)),
+                       "processor committed past every bad message")
+        await wait_for(lambda: _committed(settings, settings.group_archiver, len(messages)),
+                       "archiver committed past every bad message")
+    finally:
+        await consumers.stop_all()
+
+    dead = await read_topic(settings, settings.topic_dlq, len(BAD))
+    assert len(dead) == len(BAD)
+    letters = [orjson.loads(m.value) for m in sorted(dead, key=lambda m: m.offset)]
+    assert [d["reason"] for d in letters] == [reason for _, reason in BAD.values()]
+    assert [d["offset"] for d in letters] == list(range(1, len(BAD) + 1))
+    assert all(d["topic"] == settings.topic_events for d in letters)
+    assert letters[0]["raw"] is None
+    assert letters[1]["raw"] == "[1, 2]" and "raw_truncated" not in letters[1]
+    garbage = letters[-1]
+    assert garbage["raw"] == "\x01" * DLQ_RAW_MAX_CHARS
+    assert garbage["raw_truncated"] is True and garbage["raw_bytes"] == 300_000
+
+    rows = archived(settings)
+    assert sorted(r[0] for r in rows) == sorted(e["event_id"] for e in good)
+    stored = pg.execute("SELECT context FROM events WHERE event_id = %s",
+                        (odd["event_id"],)).fetchone()[0]
+    assert stored == {"big": 2**70, "text": "ab", "nan": None}
