@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from reco.data import movielens
 from reco.data.schema import EVENTS_FILE, ITEMS_FILE
 from reco.evaluation_split import LeaveLastOut, leave_last_out, score_rankings, targets_of
 from reco.lag import wait_for_zero_lag
+from reco.ranking import RankConfig
 from reco.replay import ReplayOptions, replay_table
 from reco.settings import Settings
 from reco.stack import local
@@ -145,13 +146,40 @@ def popularity_baseline(settings: Settings, history: pd.DataFrame, users: list[s
     return {u: [i for i in popular if i not in seen.get(u, set())][:k] for u in users}
 
 
+SIGNAL_WEIGHTS = {"co-view": "w_coview", "embedding": "w_embed", "popularity": "w_pop",
+                  "recency": "w_recency", "ALS": "w_cf"}
+
+
+def single_signal_rankings(settings: Settings, users: list[str], k: int
+                           ) -> dict[str, dict[str, list[str]]]:
+    """Each signal alone, ranked by the API's own service code over the live Redis features
+    (in process, bypassing the response cache): what each signal would serve by itself."""
+    from serving.reco_service import RecoParams, RecoService
+    from serving.reco_snapshots import GlobalSignals
+    from serving.reco_store import FeatureStore
+
+    # w_cf > 0 makes the service read the ALS item lists too.
+    reader_settings = settings.model_copy(update={"w_cf": max(settings.w_cf, 1.0)})
+    store = FeatureStore(settings.redis_url, timeout_s=5.0, neighbours_n=settings.reco_neighbours_n)
+    signals = GlobalSignals(reader_settings)
+    signals.refresh()
+    service = RecoService(reader_settings, store, signals)
+    base = RankConfig.from_settings(settings)
+    zero = dict.fromkeys(SIGNAL_WEIGHTS.values(), 0.0)
+    out = {}
+    for name, weight in SIGNAL_WEIGHTS.items():
+        config = replace(base, **{**zero, weight: 1.0}, freshness_boost=0.0)
+        out[name] = {u: [s.item_id for s in service.rank_uncached(RecoParams(u, k), config).items]
+                     for u in users}
+    store.close()
+    return out
+
+
 def score(ranked: dict[str, list[str]], split: LeaveLastOut, k: int) -> dict[str, float]:
     return score_rankings(ranked, targets_of(split.test), k)
 
 
-def run_demo(settings: Settings, console: Console, opts: DemoOptions,
-             single_signals: Callable[[list[str]], dict[str, dict[str, list[str]]]] | None = None
-             ) -> DemoReport:
+def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoReport:
     steps = Steps(console)
     if opts.start_stack:
         with steps.step("1/6 Starting the local stack (reco up)"):
@@ -187,7 +215,7 @@ def run_demo(settings: Settings, console: Console, opts: DemoOptions,
         results = {"served (blend)": score(ranked, split, opts.k),
                    "popularity baseline": score(
                        popularity_baseline(settings, split.history, users, opts.k), split, opts.k)}
-        for name, per_user in (single_signals(users) if single_signals else {}).items():
+        for name, per_user in single_signal_rankings(settings, users, opts.k).items():
             results[f"{name} alone"] = score(per_user, split, opts.k)
     return DemoReport(
         users=len(users), events_replayed=summary.accepted, metrics=results,

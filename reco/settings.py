@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     processor_metrics_port: int = 9101
     archiver_metrics_port: int = 9102
+    # Copies `reco up` runs of each consumer (partitions are the unit of scale).
+    processor_copies: int = Field(default=1, ge=1)
+    archiver_copies: int = Field(default=1, ge=1)
     # Shared by Airflow's API server and scheduler to sign task tokens.
     airflow_secret: str = _LOCAL_SECRET
 

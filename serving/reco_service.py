@@ -17,6 +17,7 @@ from reco.catalog import ItemIndex
 from reco.privacy import pseudonym
 from reco.ranking import (
     RankConfig,
+    Ranking,
     ScoredItem,
     UserFeatures,
     popular_items,
@@ -99,6 +100,13 @@ class RecoService:
         entry = b"\n".join((head.encode(), versions_sig.encode(),
                             body[: -len(CACHED_FALSE)] + CACHED_TRUE))
         return Answer(body, ranking.strategy, entry)
+
+    def rank_uncached(self, p: RecoParams, config: RankConfig) -> Ranking:
+        """The personalised path with other weights and no response cache: how the demo and
+        offline comparisons score each signal alone on the live features."""
+        items = self.signals.items
+        first = self.store.first_read(p.user_id, p.variant)
+        return rank(self._features(p.user_id, first, items), items, config, p.filters, p.k)
 
     def _features(self, user_id: str, first: FirstRead, items: ItemIndex) -> UserFeatures:
         """Round 2 for the source items' lists not already parsed in process."""

@@ -7,11 +7,14 @@ import subprocess
 import psycopg
 import pytest
 import redis
+import yaml
 from rich.console import Console
 
 from reco.settings import Settings
 from reco.stack import local
+from reco.stack.components import build_components
 from reco.stack.health import free_port
+from reco.stack.prometheus import ALERT_RULES
 from reco.stack.supervisor import Supervisor
 from tests.servers import JARS_DIR, scratch_dir
 
@@ -85,3 +88,18 @@ def test_failing_component_reports_its_log(stack_settings: Settings) -> None:
 def test_logs_of_unknown_component_names_the_known_ones(stack_settings: Settings) -> None:
     with pytest.raises(KeyError, match="unknown component 'nope'.*postgres"):
         local.logs(stack_settings, "nope", 10)
+
+
+def test_every_copy_of_a_consumer_runs_and_is_scraped(tmp_path) -> None:
+    settings = Settings(state_dir=tmp_path, processor_copies=2)
+    components = {c.name: c for c in build_components(settings)}
+    assert components["processor-2"].command[:2] == ["env", "RECO_PROCESSOR_METRICS_PORT=9111"]
+    components["prometheus"].prepare()
+    config = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]}
+    assert jobs == {
+        "archiver": ["127.0.0.1:9102"], "ingest": ["127.0.0.1:8080"],
+        "processor": ["127.0.0.1:9101", "127.0.0.1:9111"],
+        "recommendations": ["127.0.0.1:8081"],
+    }
+    assert config["rule_files"] == [str(ALERT_RULES)]

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,7 @@ class Component:
     startup_timeout_s: float = 60.0
     group: str = "infra"  # "infra" (third-party servers) or "app" (the project's processes)
     metrics_url: str | None = None  # where Prometheus scrapes it
+    job: str | None = None  # Prometheus job (copies of one process share it); default: name
 
 
 @dataclass
@@ -127,9 +129,12 @@ def build_components(settings: Settings) -> list[Component]:
     apps = app_components(settings)
 
     def write_prometheus_config() -> None:
-        prometheus.write_config(prom_config, {
-            c.name: [prometheus.metrics_target(c.metrics_url)] for c in apps if c.metrics_url
-        })
+        targets: dict[str, list[str]] = {}
+        for c in apps:
+            if c.metrics_url:
+                targets.setdefault(c.job or c.name, []).append(
+                    prometheus.metrics_target(c.metrics_url))
+        prometheus.write_config(prom_config, targets)
     airflow = servers.venv_bin("airflow")
     return [
         Component(
@@ -196,27 +201,34 @@ def build_components(settings: Settings) -> list[Component]:
 
 
 def app_components(settings: Settings) -> list[Component]:
-    """The project's own processes, started once the infrastructure is healthy."""
+    """The project's own processes, started once the infrastructure is healthy.
+
+    Consumers scale by running more copies in their group (up to the partition count); copy n
+    serves its metrics on the base port + 10*n, and Prometheus scrapes every copy.
+    """
     host = "127.0.0.1"
     ingest = f"http://{host}:{settings.ingest_port}"
     reco = f"http://{host}:{settings.reco_port}"
-    processor = f"http://{host}:{settings.processor_metrics_port}"
-    archiver = f"http://{host}:{settings.archiver_metrics_port}"
-    wanted = [
-        ("ingest", "serving/ingest.py", _reco("run", "ingest"),
-         lambda: http_ok(f"{ingest}/health"), f"{ingest}/docs", f"{ingest}/metrics"),
-        ("recommendations", "serving/recommendations.py", _reco("run", "recommendations"),
-         lambda: http_ok(f"{reco}/health"), f"{reco}/docs", f"{reco}/metrics"),
-        ("processor", "streaming/processor.py", _reco("run", "processor"),
-         lambda: http_ok(f"{processor}/metrics"), f"{processor}/metrics", f"{processor}/metrics"),
-        ("archiver", "streaming/archiver.py", _reco("run", "archiver"),
-         lambda: http_ok(f"{archiver}/metrics"), f"{archiver}/metrics", f"{archiver}/metrics"),
+    out = [
+        Component("ingest", _reco("run", "ingest"), health=partial(http_ok, f"{ingest}/health"),
+                  url=f"{ingest}/docs", group="app", metrics_url=f"{ingest}/metrics"),
+        Component("recommendations", _reco("run", "recommendations"),
+                  health=partial(http_ok, f"{reco}/health"), url=f"{reco}/docs", group="app",
+                  metrics_url=f"{reco}/metrics"),
     ]
-    return [
-        Component(name, cmd, health=health, url=url, group="app", metrics_url=metrics)
-        for name, module, cmd, health, url, metrics in wanted
-        if (servers.REPO_ROOT / module).exists()
-    ]
+    for role, base_port, copies in (
+        ("processor", settings.processor_metrics_port, settings.processor_copies),
+        ("archiver", settings.archiver_metrics_port, settings.archiver_copies),
+    ):
+        for n in range(copies):
+            port = base_port + 10 * n
+            metrics = f"http://{host}:{port}/metrics"
+            out.append(Component(
+                role if n == 0 else f"{role}-{n + 1}",
+                ["env", f"RECO_{role.upper()}_METRICS_PORT={port}", *_reco("run", role)],
+                health=partial(http_ok, metrics), url=metrics, group="app",
+                metrics_url=metrics, job=role))
+    return out
 
 
 def _which(name: str) -> str:
