@@ -1,69 +1,15 @@
-"""Weekly ALS: extract -> train -> evaluate -> gate -> publish (logic in spark_jobs)."""
+"""Airflow DAG, weekly ALS: extract -> train -> evaluate -> gate -> publish."""
 
-from __future__ import annotations
+from spark_jobs.training_dag import training_dag
 
-from datetime import datetime, timedelta
-
-from airflow.sdk import Param, dag, task
-
-MODEL = "als"
-
-
-@dag(
+als_weekly = training_dag(
+    model="als",
     dag_id="als_weekly",
+    cron="0 3 * * 0",
     description="ALS user candidates and item neighbours, published to Redis if they pass the gate",
-    schedule="@weekly",
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    tags=["reco", "training", "als"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=2),
-                  "execution_timeout": timedelta(minutes=60)},
-    params={
-        "engine": Param("", type="string", enum=["", "local", "spark"],
-                        description="'' = RECO_ENGINE; local = implicit, spark = Spark ML"),
-        "window_days": Param(0, type="integer", minimum=0,
-                             description="days of events to train on; 0 = RECO_TRAIN_WINDOW_DAYS"),
-        "window_end": Param("", type="string",
-                            description="ISO 8601 end of the window; '' = the run's interval end"),
-        "hyperparameters": Param({}, type="object", description=(
-            "overrides of spark_jobs.als.ALSParams, e.g. {\"factors\": 128, "
-            "\"iterations\": 20, \"regularization\": 0.05, \"alpha\": 2.0}")),
-    },
+    engines_doc="local = implicit, spark = Spark ML",
+    hyperparameters_doc=(
+        "overrides of spark_jobs.als.ALSParams, e.g. {\"factors\": 128, "
+        "\"iterations\": 20, \"regularization\": 0.05, \"alpha\": 2.0}"),
     doc_md=__doc__,
 )
-def als_weekly():
-    @task
-    def extract() -> dict:
-        from spark_jobs import dag_steps
-
-        return dag_steps.extract(MODEL)
-
-    @task
-    def train(state: dict) -> dict:
-        from spark_jobs import dag_steps
-
-        return dag_steps.step("train", MODEL, state)
-
-    @task
-    def evaluate(state: dict) -> dict:
-        from spark_jobs import dag_steps
-
-        return dag_steps.step("evaluate", MODEL, state)
-
-    @task
-    def gate(state: dict) -> dict:
-        from spark_jobs import dag_steps
-
-        return dag_steps.step("gate", MODEL, state)
-
-    @task
-    def publish(state: dict) -> dict:
-        from spark_jobs import dag_steps
-
-        return dag_steps.step("publish", MODEL, state)
-
-    publish(gate(evaluate(train(extract()))))
-
-
-als_weekly()

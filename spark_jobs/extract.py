@@ -19,6 +19,10 @@ TRAIN_EVENTS = "train_events.parquet"
 HOLDOUT = "holdout.parquet"
 INTERACTIONS = "interactions.parquet"
 SESSIONS = "sessions.parquet"
+# The same two datasets from every event of the window, held-out ones included: the model that
+# is published is refit on these, so it knows each user's latest interactions.
+INTERACTIONS_FULL = "interactions_full.parquet"
+SESSIONS_FULL = "sessions_full.parquet"
 MANIFEST = "extract.json"
 
 
@@ -152,6 +156,10 @@ def extract(spark: SparkSession, source: JdbcSource, start: datetime, end: datet
         "overwrite").parquet(str(out_dir / INTERACTIONS))
     sessions(train, session_gap_s).coalesce(parts).write.mode("overwrite").parquet(
         str(out_dir / SESSIONS))
+    interactions(events, now_s, half_life_days * 86400.0).coalesce(parts).write.mode(
+        "overwrite").parquet(str(out_dir / INTERACTIONS_FULL))
+    sessions(events, session_gap_s).coalesce(parts).write.mode("overwrite").parquet(
+        str(out_dir / SESSIONS_FULL))
     counts = events.agg(F.count("*").alias("events"), F.countDistinct("user_id").alias("users"),
                         F.countDistinct("item_id").alias("items")).first()
     manifest = {

@@ -147,10 +147,16 @@ def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
         if cfg.engine == "spark":
             spark = spark or spark_session(cfg)
         timings: dict = {}
-        if cfg.model == "item2vec":
-            model = item2vec.fit(extract_dir / ex.SESSIONS, hp, cfg.engine, spark, timings)
-        else:
-            model = als.fit(extract_dir / ex.INTERACTIONS, hp, cfg.engine, spark, timings)
+        fit, held_out_data, full_data = (
+            (item2vec.fit, ex.SESSIONS, ex.SESSIONS_FULL) if cfg.model == "item2vec"
+            else (als.fit, ex.INTERACTIONS, ex.INTERACTIONS_FULL))
+        # Evaluated: trained without each user's held-out last interaction.
+        eval_timings: dict = {}
+        eval_model_dir = Path(cfg.run_dir) / "eval_model"
+        fit(extract_dir / held_out_data, hp, cfg.engine, spark, eval_timings).save(eval_model_dir)
+        timings["eval_train_s"] = sum(eval_timings.values())
+        # Served: the same hyperparameters refit on the whole window.
+        model = fit(extract_dir / full_data, hp, cfg.engine, spark, timings)
         model_dir = Path(cfg.run_dir) / "model"
         model.save(model_dir)
         (model_dir / "params.json").write_text(json.dumps(
@@ -169,7 +175,8 @@ def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
         conn.execute(
             "INSERT INTO models (name, version, mlflow_run_id, status) VALUES (%s, %s, %s,"
             " 'trained') ON CONFLICT (name, version) DO NOTHING", (cfg.model, version, run_id))
-    return {**extracted, "model_dir": str(model_dir), "run_id": run_id, "version": version,
+    return {**extracted, "model_dir": str(model_dir), "eval_model_dir": str(eval_model_dir),
+            "run_id": run_id, "version": version,
             "registry_version": registry_version,
             "timings": {**extracted.get("timings", {}), **timings}}
 
@@ -179,7 +186,7 @@ def evaluate_step(cfg: PipelineConfig, trained: dict) -> dict:
 
     started = time.perf_counter()
     data = ev.EvalData(Path(trained["extract_dir"]), cfg.eval_max_users)
-    model_dir = Path(trained["model_dir"])
+    model_dir = Path(trained["eval_model_dir"])
     if cfg.model == "item2vec":
         from spark_jobs.item2vec import Item2VecModel
 

@@ -48,8 +48,11 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
 
     assert bag.import_errors == {}
     assert set(bag.dags) == set(DAGS)
-    assert bag.dags["item2vec_daily"].schedule == "@daily"
-    assert bag.dags["als_weekly"].schedule == "@weekly"
+    # Daily at 02:00 and weekly on Sunday 03:00 UTC; unpausing never starts a past slot.
+    assert bag.dags["item2vec_daily"].timetable.summary == "0 2 * * *"
+    assert bag.dags["als_weekly"].timetable.summary == "0 3 * * 0"
+    for dag in bag.dags.values():
+        assert dag.timetable.serialize()["run_immediately"] is False
     for dag_id, model in DAGS.items():
         dag = bag.dags[dag_id]
         assert {"reco", "training", model} <= set(dag.tags)
