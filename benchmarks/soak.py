@@ -1,0 +1,341 @@
+"""Soak: a bounded run of mixed load (ingest + recommendations) watching errors, latency over
+time, processor/archiver lag and the memory of every process.
+
+    .venv/bin/python benchmarks/soak.py                  # 10 minutes, its own stack
+    .venv/bin/python benchmarks/soak.py --duration 180   # shorter
+    .venv/bin/python benchmarks/soak.py --ingest-url http://127.0.0.1:8080 \\
+        --reco-url http://127.0.0.1:8081                 # a running local stack
+
+Its own stack: Kafka, Redis, PostgreSQL (tests/servers.py) and `reco run ingest|
+recommendations|processor|archiver` as subprocesses on free loopback ports. Open-loop load at
+fixed rates. Targets: no errors, bounded lag, RSS growth under 10% (after a one-minute
+warm-up). Writes benchmarks/reports/soak.{md,json} and prints the table. Not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from urllib.parse import urlparse
+
+import aiohttp
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reco import db  # noqa: E402
+from reco.settings import Settings  # noqa: E402
+from reco.stack import servers as stack_servers  # noqa: E402
+from reco.stack.health import free_port, http_ok, wait_until  # noqa: E402
+from reco.topics import ensure_topics  # noqa: E402
+from tests import servers  # noqa: E402
+
+REPORTS = ROOT / "benchmarks" / "reports"
+SERVICES = ("ingest", "recommendations", "processor", "archiver")
+USERS, ITEMS = 5000, 20000
+WARMUP_S = 60.0
+
+
+class Stack:
+    """Own servers and the project's four processes, or URLs of a running stack."""
+
+    def __init__(self) -> None:
+        self.servers: list[servers.ServerProcess] = []
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.urls: dict[str, str] = {}
+        self.settings: Settings | None = None
+        self.logdir = Path(tempfile.mkdtemp(prefix="reco-soak-"))
+
+    def start(self) -> None:
+        pg, rd, kf = servers.start_postgres(), servers.start_redis(), servers.start_kafka()
+        self.servers = [pg, rd, kf]
+        s = Settings(pg_port=pg.port, redis_url=f"redis://127.0.0.1:{rd.port}/0",
+                     kafka_bootstrap=f"127.0.0.1:{kf.port}", ingest_port=free_port(),
+                     reco_port=free_port(), processor_metrics_port=free_port(),
+                     archiver_metrics_port=free_port())
+        stack_servers.ensure_databases(pg.port, s.pg_user, s.pg_password, [s.pg_database])
+        db.migrate(s)
+        asyncio.run(ensure_topics(s.kafka_bootstrap, {s.topic_events: 3, s.topic_dlq: 1}))
+        self.settings = s
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RECO_PG_PORT": str(s.pg_port),
+               "RECO_REDIS_URL": s.redis_url, "RECO_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+               "RECO_INGEST_PORT": str(s.ingest_port), "RECO_RECO_PORT": str(s.reco_port),
+               "RECO_PROCESSOR_METRICS_PORT": str(s.processor_metrics_port),
+               "RECO_ARCHIVER_METRICS_PORT": str(s.archiver_metrics_port)}
+        for name in SERVICES:
+            log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "reco.cli", "run", name], env=env, cwd=self.logdir,
+                stdout=log, stderr=subprocess.STDOUT)
+        self.urls = {"ingest": f"http://127.0.0.1:{s.ingest_port}",
+                     "recommendations": f"http://127.0.0.1:{s.reco_port}",
+                     "processor": f"http://127.0.0.1:{s.processor_metrics_port}",
+                     "archiver": f"http://127.0.0.1:{s.archiver_metrics_port}"}
+        for name, url in self.urls.items():
+            path = "/metrics" if name in ("processor", "archiver") else "/health"
+            if not wait_until(lambda u=url + path: http_ok(u), 60):
+                raise RuntimeError(f"{name} did not start; see {self.logdir}")
+
+    def attach(self, urls: dict[str, str]) -> None:
+        self.urls = urls
+        for name, url in urls.items():  # find each process by its listening port
+            port = urlparse(url).port
+            for conn in psutil.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                    self.procs[name] = psutil.Process(conn.pid)  # type: ignore[assignment]
+
+    def rss_mb(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
+            try:
+                out[name] = psutil.Process(proc.pid).memory_info().rss / 2**20
+            except psutil.Error:
+                out[name] = float("nan")
+        return out
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if isinstance(proc, subprocess.Popen):
+                proc.terminate()
+        for proc in self.procs.values():
+            if isinstance(proc, subprocess.Popen):
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        for server in self.servers:
+            servers.remove(server)
+
+
+async def lag(client: httpx.AsyncClient, url: str) -> float | None:
+    try:
+        text = (await client.get(url + "/metrics", timeout=2)).text
+    except httpx.HTTPError:
+        return None
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("kafka_consumer_lag{"))
+
+
+class Recorder:
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.lat: dict[tuple[int, str], list[float]] = defaultdict(list)
+        self.errors: dict[tuple[int, str], int] = defaultdict(int)
+        self.statuses: dict[str, int] = defaultdict(int)
+        self.lag: list[tuple[float, float | None, float | None]] = []
+        self.acked = 0
+        self.late = 0
+
+    def record(self, endpoint: str, began: float, status: int | str) -> None:
+        minute = int((began - self.start) // 60)
+        self.statuses[f"{endpoint} {status}"] += 1
+        if status in (200, 202):
+            self.lat[(minute, endpoint)].append(time.perf_counter() - began)
+        else:
+            self.errors[(minute, endpoint)] += 1
+
+
+async def load(urls: dict[str, str], duration_s: float, ingest_rate: float, reco_rate: float,
+               rec: Recorder) -> None:
+    rng = random.Random(1)
+    # aiohttp, not httpx: under ~50 concurrent requests/s httpx's pool alone added 100s of ms
+    # per request here (measured), which would have been reported as server latency.
+    connector = aiohttp.TCPConnector(limit=64)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client, \
+            httpx.AsyncClient() as probe:
+        sem = asyncio.Semaphore(256)
+
+        async def one(endpoint: str, request) -> None:
+            began = time.perf_counter()
+            try:
+                async with request() as response:
+                    await response.read()
+                    status: int | str = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status = type(exc).__name__
+            finally:
+                sem.release()
+            rec.record(endpoint, began, status)
+            if endpoint == "ingest" and status == 202:
+                rec.acked += 1
+
+        def user() -> str:
+            return f"u{int(rng.paretovariate(1.2)) % USERS}"
+
+        def ingest_call():
+            body = {"event_id": str(uuid.uuid4()), "user_id": user(),
+                    "item_id": f"i{int(rng.paretovariate(1.1)) % ITEMS}",
+                    "event_type": rng.choice(["view"] * 7 + ["click", "cart", "purchase"])}
+            return lambda: client.post(urls["ingest"] + "/events", json=body)
+
+        def reco_call():
+            params = {"user_id": user(), "k": 20}
+            return lambda: client.get(urls["recommendations"] + "/recommendations",
+                                      params=params)
+
+        async def generator(rate: float, endpoint: str, make) -> None:
+            interval, tick = 1.0 / rate, time.perf_counter()
+            end = rec.start + duration_s
+            tasks = set()
+            while time.perf_counter() < end:
+                tick += interval
+                delay = tick - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -1.0 or sem.locked():
+                    rec.late += 1  # over a second behind schedule: skipped, and reported
+                    continue
+                await sem.acquire()
+                task = asyncio.create_task(one(endpoint, make()))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks)
+
+        async def lag_probe() -> None:
+            while time.perf_counter() < rec.start + duration_s:
+                rec.lag.append((time.perf_counter() - rec.start,
+                                await lag(probe, urls["processor"]),
+                                await lag(probe, urls["archiver"])))
+                await asyncio.sleep(5)
+
+        await asyncio.gather(generator(ingest_rate, "ingest", ingest_call),
+                             generator(reco_rate, "recommendations", reco_call), lag_probe())
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict) -> dict:
+    minutes = sorted({m for m, _ in rec.lat} | {m for m, _ in rec.errors})
+    rows = []
+    for m in minutes:
+        lags = [(p, a) for t, p, a in rec.lag if m * 60 <= t < (m + 1) * 60]
+        row = {"minute": m + 1}
+        for e in ("ingest", "recommendations"):
+            lat = rec.lat.get((m, e), [])
+            row[e] = {"ok": len(lat), "errors": rec.errors.get((m, e), 0),
+                      "p50_ms": pct(lat, .5), "p95_ms": pct(lat, .95), "p99_ms": pct(lat, .99)}
+        row["processor_lag_max"] = max((p for p, _ in lags if p is not None), default=None)
+        row["archiver_lag_max"] = max((a for _, a in lags if a is not None), default=None)
+        rows.append(row)
+    total = sum(rec.statuses.values())
+    errors = sum(rec.errors.values())
+    growth = {n: (rss["end"][n] / rss["warm"][n] - 1) * 100 for n in rss["end"]}
+    result = {"duration_s": args.duration, "ingest_rate": args.ingest_rate,
+              "reco_rate": args.reco_rate, "requests": total, "errors": errors,
+              "error_rate": errors / total if total else 0.0, "statuses": dict(rec.statuses),
+              "late_sends": rec.late, "acked_events": rec.acked, "minutes": rows,
+              "lag_samples": rec.lag, "rss_mb": rss, "rss_growth_pct": growth, **drained}
+    result["verdict"] = {
+        "no_errors": errors == 0,
+        "lag_bounded": all((p or 0) < args.ingest_rate * 10 for _, p, _ in rec.lag),
+        "rss_growth_under_10pct": all(g < 10 for g in growth.values()),
+    }
+    return result
+
+
+def markdown(r: dict) -> str:
+    f = "{:.1f}".format
+    lines = [f"# Soak: {r['duration_s']:.0f} s, ingest {r['ingest_rate']:g}/s + "
+             f"recommendations {r['reco_rate']:g}/s", "",
+             "| min | ingest ok | err | p50 ms | p95 ms | p99 ms | reco ok | err | p50 ms | "
+             "p95 ms | p99 ms | proc lag max | arch lag max |", "|" + "---|" * 13]
+    for row in r["minutes"]:
+        i, c = row["ingest"], row["recommendations"]
+        lines.append(f"| {row['minute']} | {i['ok']} | {i['errors']} | {f(i['p50_ms'])} | "
+                     f"{f(i['p95_ms'])} | {f(i['p99_ms'])} | {c['ok']} | {c['errors']} | "
+                     f"{f(c['p50_ms'])} | {f(c['p95_ms'])} | {f(c['p99_ms'])} | "
+                     f"{row['processor_lag_max']} | {row['archiver_lag_max']} |")
+    lines += ["", "| process | RSS ready MB | RSS after warm-up MB | RSS end MB | growth "
+              "since warm-up |", "|---|---|---|---|---|"]
+    for n, g in r["rss_growth_pct"].items():
+        lines.append(f"| {n} | {f(r['rss_mb']['ready'][n])} | {f(r['rss_mb']['warm'][n])} | "
+                     f"{f(r['rss_mb']['end'][n])} | {g:+.1f}% |")
+    lines += ["", f"Requests {r['requests']}, errors {r['errors']} "
+              f"(rate {r['error_rate']:.4%}); statuses {r['statuses']}.",
+              f"Sends skipped (generator over a second behind schedule): {r['late_sends']}.",
+              f"Acknowledged events {r['acked_events']}; archived {r.get('archived')}; "
+              f"lag drained {r.get('drained_s')} s after the load.",
+              f"Verdict: {r['verdict']}"]
+    return "\n".join(lines) + "\n"
+
+
+async def drain(stack: Stack, rec: Recorder) -> dict:
+    """After the load: time for both lags to reach 0, and the archived row count."""
+    began = time.perf_counter()
+    async with httpx.AsyncClient() as client:
+        while time.perf_counter() - began < 120:
+            p, a = await lag(client, stack.urls["processor"]), await lag(client, stack.urls[
+                "archiver"])
+            if p == 0 and a == 0:
+                break
+            await asyncio.sleep(1)
+    out: dict = {"drained_s": round(time.perf_counter() - began, 1)}
+    if stack.settings is not None:
+        import psycopg
+
+        with psycopg.connect(stack.settings.database_url) as conn:
+            out["archived"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
+    parser.add_argument("--ingest-rate", type=float, default=100.0, help="events/s")
+    parser.add_argument("--reco-rate", type=float, default=50.0, help="requests/s")
+    parser.add_argument("--ingest-url")
+    parser.add_argument("--reco-url")
+    parser.add_argument("--processor-metrics-url", default="http://127.0.0.1:9101")
+    parser.add_argument("--archiver-metrics-url", default="http://127.0.0.1:9102")
+    args = parser.parse_args()
+    stack = Stack()
+    try:
+        if args.ingest_url and args.reco_url:
+            stack.attach({"ingest": args.ingest_url, "recommendations": args.reco_url,
+                          "processor": args.processor_metrics_url,
+                          "archiver": args.archiver_metrics_url})
+        else:
+            stack.start()
+        rss = {"ready": stack.rss_mb()}
+        rec = Recorder(time.perf_counter())
+
+        async def run() -> None:
+            async def warm_snapshot() -> None:
+                await asyncio.sleep(min(WARMUP_S, args.duration / 3))
+                rss["warm"] = stack.rss_mb()
+
+            await asyncio.gather(load(stack.urls, args.duration, args.ingest_rate,
+                                      args.reco_rate, rec), warm_snapshot())
+
+        asyncio.run(run())
+        rss["end"] = stack.rss_mb()
+        drained = asyncio.run(drain(stack, rec))
+        result = report(rec, rss, args, drained)
+    finally:
+        stack.stop()
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / "soak.json").write_text(json.dumps(result, indent=1, default=str))
+    (REPORTS / "soak.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
