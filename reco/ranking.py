@@ -11,6 +11,8 @@ Each signal is divided by its maximum over the request's eligible candidates:
   with `source_half_n` > 0, every source's list scores (coview, embedding, ALS item-item) are
   first multiplied by 0.5**(position / source_half_n), position 0 being the newest source, so
   the items touched last count most;
+- with `neighbour_agg` "sum", embedding and ALS item-item similarities (each >= 0) are summed
+  over the sources like co-view instead of taking the best one;
 - recency: best 0.5**(age/half_life) over the source items that led to the candidate;
 - cf: the larger of the normalised ALS user score and the best ALS item-item score;
 - popularity: the global (time-decayed) popularity.
@@ -61,6 +63,7 @@ class RankConfig:
     popular_filler_n: int = 50
     recency_half_life_s: float = 6 * 3600.0
     source_half_n: float = 0.0  # > 0: a source's lists weigh 0.5**(position/source_half_n)
+    neighbour_agg: str = "max"  # "max" or "sum" over sources, for embedding and ALS item-item
     max_category_share: float = 0.5
     freshness_boost: float = 0.1
     freshness_days: float = 14.0
@@ -74,6 +77,7 @@ class RankConfig:
             popular_filler_n=settings.reco_popular_filler_n,
             recency_half_life_s=settings.reco_recency_half_life_s,
             source_half_n=settings.reco_source_half_n,
+            neighbour_agg=settings.reco_neighbour_agg,
             max_category_share=settings.max_category_share,
             freshness_boost=settings.freshness_boost, freshness_days=settings.freshness_days,
         )
@@ -137,7 +141,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
         keep[at[c.rows[at] == seen]] = False
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
-    parts, norms = c.signals(recency_w, keep)
+    parts, norms = c.signals(recency_w, keep, config.neighbour_agg)
     weights = (config.w_coview, config.w_embed, config.w_pop, config.w_recency, config.w_cf)
     contrib = {sig: w * parts[sig] for sig, w in zip(SIGNALS, weights, strict=True)}
     contrib["freshness"] = config.freshness_boost * freshness(
@@ -295,19 +299,24 @@ class _Candidates:
         sel = self.kind == code
         if how == "sum":
             return np.bincount(self.pos[sel], weights=self.scores[sel], minlength=self.m)
+        if how == "sum+":  # similarities: negative is no evidence
+            return np.bincount(self.pos[sel], weights=np.maximum(self.scores[sel], 0.0),
+                               minlength=self.m)
         out = np.zeros(self.m)  # negative similarity is no evidence: floor at 0
         np.maximum.at(out, self.pos[sel], self.scores[sel])
         return out
 
-    def signals(self, recency_w: np.ndarray, keep: np.ndarray) -> tuple[dict, tuple]:
+    def signals(self, recency_w: np.ndarray, keep: np.ndarray, agg: str = "max"
+                ) -> tuple[dict, tuple]:
         """Each signal per candidate, normalised over the eligible ones; and the maxima."""
         by_source = self.kind != USER_CF
         rec_raw = np.zeros(self.m)
         np.maximum.at(rec_raw, self.pos[by_source], recency_w[self.src[by_source]])
         coview, c_top = _norm(self._aggregate(COVIEW, "sum"), keep)
-        embed, e_top = _norm(self._aggregate(KNN, "max"), keep)
+        how = "sum+" if agg == "sum" else "max"
+        embed, e_top = _norm(self._aggregate(KNN, how), keep)
         recency, r_top = _norm(rec_raw, keep)
-        item_cf, f_top = _norm(self._aggregate(ITEM_CF, "max"), keep)
+        item_cf, f_top = _norm(self._aggregate(ITEM_CF, how), keep)
         ucf, _ = _norm(self._aggregate(USER_CF, "max"), keep)
         popularity, _ = _norm(self.items.popularity[self.meta_rows], keep)
         parts = {"coview": coview, "embedding": embed, "popularity": popularity,

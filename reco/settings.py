@@ -72,7 +72,9 @@ class Settings(BaseSettings):
     recent_max: int = 50
     recent_ttl_s: int = 24 * 3600
     seen_ttl_s: int = 30 * 24 * 3600
-    popularity_half_life_h: float = 24.0
+    # 30 days: measured on MovieLens-100k validation (benchmarks/reports/tuning.md); 24h made
+    # the popularity signal half as good there.
+    popularity_half_life_h: float = 720.0
     # Forward decay landmark (epoch seconds): scores are stored as w*2^((t-L)/half_life).
     # Doubles limit event times to ~1,000 half-lives after it (see reco/features.py): 1.79e9 is
     # 2026-09-20, good until ~2029-06 with a 24h half-life (1.7e9 overflowed from 2026-08).
@@ -95,14 +97,15 @@ class Settings(BaseSettings):
     knn_ttl_s: int = 7 * 24 * 3600
     cf_size: int = 100
 
-    # Ranking
+    # Ranking: weights and n's tuned on MovieLens-100k validation (benchmarks/tune_quality.py,
+    # benchmarks/reports/tuning.md); w_pop stays > 0 so popularity orders the cold-start fallback.
     w_coview: float = 0.4
-    w_embed: float = 0.3
-    w_pop: float = 0.2
-    w_recency: float = 0.1
-    w_cf: float = 0.0
-    reco_recent_n: int = 10
-    reco_neighbours_n: int = 50
+    w_embed: float = 0.1
+    w_pop: float = 0.05
+    w_recency: float = 0.2
+    w_cf: float = 1.0
+    reco_recent_n: int = 5
+    reco_neighbours_n: int = 100
     max_category_share: float = 0.5
     freshness_boost: float = 0.1
     freshness_days: int = 14
@@ -110,9 +113,10 @@ class Settings(BaseSettings):
     popular_snapshot_refresh_s: float = 5.0
     # Recommendation API (issue 4)
     reco_popular_filler_n: int = 50  # popular candidates (at least k + seen) to fill thin lists
-    reco_recency_half_life_s: float = 6 * 3600.0  # recency signal: weight halves per this age
+    reco_recency_half_life_s: float = 7 * 86400.0  # recency signal: weight halves per this age
     # > 0: the lists of the user's k-th newest recent item weigh 0.5**(k / this) (0: all equal)
-    reco_source_half_n: float = 0.0
+    reco_source_half_n: float = 2.0
+    reco_neighbour_agg: Literal["max", "sum"] = "sum"  # embedding / ALS item-item over sources
     popular_snapshot_size: int = 20_000  # top items held in process; others score popularity 0
     catalog_reload_s: float = 300.0  # full item-metadata reload even without a version bump
     reco_redis_timeout_s: float = 0.25  # per command; a slow store degrades to fallback
@@ -134,7 +138,7 @@ class Settings(BaseSettings):
     offline_dir: Path | None = None  # run folders; default state_dir / "offline"
     spark_jars_dir: Path | None = None  # JDBC driver jar cache; default state_dir / "jars"
     train_window_days: int = 30
-    recency_half_life_days: float = 30.0
+    recency_half_life_days: float = 3650.0  # ALS confidence age decay; ~none won on validation
     jdbc_partitions: int = 4
     eval_k: int = 10
     publish_batch: int = 5000

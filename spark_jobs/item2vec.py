@@ -20,11 +20,13 @@ from spark_jobs.files import MODEL_FILE, read_parquet
 @dataclass(frozen=True)
 class Item2VecParams:
     vector_size: int = 128
-    window: int = 5
-    epochs: int = 10
+    # Tuned on MovieLens-100k validation (benchmarks/reports/tuning.md), not NLP defaults:
+    # short window, more epochs, flat negative sampling (ns_exponent 0), stronger subsampling.
+    window: int = 3
+    epochs: int = 30
     negative: int = 5
-    ns_exponent: float = 0.75
-    sample: float = 1e-3
+    ns_exponent: float = 0.0
+    sample: float = 1e-4
     min_count: int = 1
     alpha: float = 0.025
     seed: int = 42
