@@ -187,3 +187,20 @@ def test_redaction_filter_scrubs_secrets_from_messages_and_tracebacks() -> None:
     text = logging.Formatter().format(record)
     assert API_KEY not in text and JWT_SECRET not in text
     assert "url redis://:***@host key ***" in text and "auth failed with ***" in text
+
+
+def test_verified_token_cache_still_enforces_expiry() -> None:
+    import time
+
+    from serving.security import AuthError, JwtCheck
+
+    check = JwtCheck(Settings(jwt_secret=JWT_SECRET, jwt_leeway_s=0))
+    token = make_token("u1", expires_in_s=1.2)
+    assert check.subject(f"Bearer {token}") == "u1"
+    assert check.subject(f"Bearer {token}") == "u1"  # from the cache
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    with pytest.raises(AuthError, match="token signature is invalid"):
+        check.subject(f"Bearer {forged}")  # the cache is keyed by the whole token
+    time.sleep(1.5)
+    with pytest.raises(AuthError, match="token expired"):
+        check.subject(f"Bearer {token}")
