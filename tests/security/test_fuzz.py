@@ -29,6 +29,7 @@ from schemathesis.python import asgi
 
 from reco.settings import Settings
 from serving import ingest, recommendations
+from tests.security.conftest import API_KEY, JWT_SECRET, bearer, make_token
 
 pytestmark = pytest.mark.integration
 
@@ -37,19 +38,19 @@ CHECKS = [not_a_server_error, response_schema_conformance, status_code_conforman
 EXAMPLES = {GenerationMode.POSITIVE: 35, GenerationMode.NEGATIVE: 15}  # 50 per operation
 
 
-def _property(strategy, examples: int, seen: list):
+def _property(strategy, examples: int, seen: list, headers: dict | None):
     @hypothesis.settings(max_examples=examples, deadline=None, database=None,
                          suppress_health_check=list(HealthCheck),
                          phases=[hypothesis.Phase.generate, hypothesis.Phase.shrink])
     @given(case=strategy)
     def run(case) -> None:
         seen.append(case)
-        case.call_and_validate(checks=CHECKS)
+        case.call_and_validate(checks=CHECKS, headers=headers)
 
     return run
 
 
-def fuzz(schema) -> tuple[list[str], int]:
+def fuzz(schema, headers: dict | None = None) -> tuple[list[str], int]:
     """(failures, cases run) over every operation and generation mode."""
     failures: list[str] = []
     count = 0
@@ -59,7 +60,8 @@ def fuzz(schema) -> tuple[list[str], int]:
             seen: list = []
             started = time.perf_counter()
 
-            run = _property(operation.as_strategy(generation_mode=mode), examples, seen)
+            run = _property(operation.as_strategy(generation_mode=mode), examples, seen,
+                            headers)
             try:
                 run()
             except hypothesis.errors.Unsatisfiable:
@@ -96,3 +98,19 @@ def test_recommendations_fuzz(settings: Settings, redis_client, shutdown_apps) -
     failures, count = fuzz(schemathesis.openapi.from_asgi("/openapi.json", app))
     assert not failures, "\n\n".join(failures)
     assert count >= 150
+
+
+def test_fuzz_with_auth_and_limits_on(settings: Settings, kafka_topics: dict, pg, redis_client,
+                                      shutdown_apps) -> None:
+    """Auth and rate limits on: 401/403/429 are documented answers, never a 5xx."""
+    secure = settings.model_copy(update={
+        "auth_enabled": True, "api_keys": Settings(api_keys=API_KEY).api_keys,
+        "jwt_secret": Settings(jwt_secret=JWT_SECRET).jwt_secret,
+        "rate_limit_ingest_per_s": 40.0, "rate_limit_reco_per_s": 40.0,
+        "popular_snapshot_refresh_s": 3600.0})
+    failures, count = fuzz(schemathesis.openapi.from_asgi(
+        "/openapi.json", ingest.create_app(secure)), {"X-API-Key": API_KEY})
+    reco_failures, reco_count = fuzz(schemathesis.openapi.from_asgi(
+        "/openapi.json", recommendations.create_app(secure)), bearer(make_token("u1")))
+    assert not failures + reco_failures, "\n\n".join(failures + reco_failures)
+    assert count + reco_count >= 300
