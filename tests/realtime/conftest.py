@@ -34,6 +34,13 @@ async def wait_for(check: Callable[[], Any], what: str, timeout_s: float = WAIT_
         await asyncio.sleep(0.1)
 
 
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The hand computations of these tests use a 24 h popularity half-life, pinned here so
+    tuning the default does not change what they check."""
+    return settings.model_copy(update={"popularity_half_life_h": 24.0})
+
 @pytest.fixture
 async def ingest(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The ingest app with its real producer, PostgreSQL pool and Redis client."""

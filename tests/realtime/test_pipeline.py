@@ -39,7 +39,8 @@ def ev(user: str, item: str, t_s: float, event_type: str = "view") -> dict:
 
 
 def decayed(settings: Settings, weight: float, t_s: float) -> float:
-    return weight * 2 ** ((t_s - settings.popularity_landmark_s) / (24 * 3600))
+    half_life_s = settings.popularity_half_life_h * 3600
+    return weight * 2 ** ((t_s - settings.popularity_landmark_s) / half_life_s)
 
 
 def archived(settings: Settings) -> list[tuple]:
