@@ -29,8 +29,10 @@ BATCH_SECONDS = Gauge(
     "consumer_last_batch_seconds", "Duration of the last batch's side effects", ["group"])
 
 
-def serve_metrics(port: int) -> None:
+def serve_metrics(port: int, group: str) -> None:
     """Expose /metrics on `port` (0 picks a free port); a negative port disables it."""
+    # Export the error counter at 0 from the start: "no errors" is data, a missing series is not.
+    PROCESSING_ERRORS.labels(group, "invalid_message")
     if port < 0:
         return
     server, _ = start_http_server(port)

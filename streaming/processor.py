@@ -97,7 +97,7 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
 def run(settings: Settings) -> None:
     """Entry point of `reco run processor`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve_metrics(settings.processor_metrics_port)
+    serve_metrics(settings.processor_metrics_port, settings.group_processor)
 
     async def main() -> None:
         stop = asyncio.Event()
