@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reco.settings import Settings
 from serving import catalogue, ingest_metrics, ingest_openapi, security, tls
+from serving.http_metrics import HTTPMetrics
 from serving.publisher import BrokerUnavailable, Publisher
 from serving.validation import (
     InvalidInput,
@@ -106,7 +107,8 @@ def create_app(settings: Settings) -> FastAPI:
             await publisher.stop()
             await items.close()
 
-    app = FastAPI(title="reco ingest", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="reco ingest", lifespan=lifespan)
+    app.add_middleware(HTTPMetrics)
     app.state.publisher = publisher
     app.state.catalogue = items
     writes = security.ingest_write_guard(settings, app)  # API key, per-IP limit (issue 7)

@@ -23,7 +23,8 @@ HEADLINES: dict[str, tuple[str, str]] = {
     "processor lag": ('sum(kafka_consumer_lag{group=~".*processor.*"})', "messages"),
     "archiver lag": ('sum(kafka_consumer_lag{group=~".*archiver.*"})', "messages"),
     "HTTP 5xx ratio": (
-        'sum(rate(http_requests_total{status=~"5.."}[5m])) / sum(rate(http_requests_total[5m]))',
+        '(sum(rate(http_requests_total{status=~"5.."}[5m])) or vector(0))'
+        ' / sum(rate(http_requests_total[5m]))',
         "ratio"),
     "processing errors": ("sum(rate(event_processing_errors_total[5m]))", "msgs/s"),
     "targets up": ("sum(up) / count(up)", "ratio"),
