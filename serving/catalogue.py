@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from reco import keys
 from reco.events import Identifier
+from reco.timing import POSTGRES_QUERY_SECONDS, timed
 
 Category = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
@@ -134,7 +135,8 @@ async def upsert_items(
         [it.price for it in items], [it.in_stock for it in items],
         [orjson.dumps(it.attributes).decode() for it in items], [it.created_at for it in items],
     )
-    rows = await pool.fetch(UPSERT_ITEMS, *columns)
+    with timed(POSTGRES_QUERY_SECONDS, "upsert_items"):
+        rows = await pool.fetch(UPSERT_ITEMS, *columns)
     pipe = client.pipeline(transaction=False)
     for item_id, title, category, price, in_stock, created_at in rows:
         fields = {"title": title, "category": category,

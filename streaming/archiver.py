@@ -23,6 +23,7 @@ from aiokafka.structs import ConsumerRecord
 
 from reco.events import Event
 from reco.settings import Settings
+from reco.timing import POSTGRES_QUERY_SECONDS, timed
 from streaming import consumer as loop
 from streaming.messages import decode
 from streaming.metrics import EVENTS_ARCHIVED, PROCESSING_ERRORS, serve_metrics
@@ -100,7 +101,8 @@ class Archiver:
         try:
             if self.conn is None or self.conn.is_closed():
                 self.conn = await asyncpg.connect(self.settings.database_url, timeout=5)
-            status = await self.conn.execute(INSERT_EVENTS, *zip(*rows, strict=True))
+            with timed(POSTGRES_QUERY_SECONDS, "archive_events"):
+                status = await self.conn.execute(INSERT_EVENTS, *zip(*rows, strict=True))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             await self.close()  # reconnect on the retry
             raise
