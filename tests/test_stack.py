@@ -12,7 +12,7 @@ from rich.console import Console
 
 from reco.settings import Settings
 from reco.stack import local
-from reco.stack.components import build_components
+from reco.stack.components import build_components, settings_env
 from reco.stack.health import free_port
 from reco.stack.prometheus import ALERT_RULES
 from reco.stack.supervisor import Supervisor
@@ -103,3 +103,15 @@ def test_every_copy_of_a_consumer_runs_and_is_scraped(tmp_path) -> None:
         "recommendations": ["127.0.0.1:8081"],
     }
     assert config["rule_files"] == [str(ALERT_RULES)]
+
+
+def test_supervised_processes_get_the_real_settings_secrets_included(monkeypatch) -> None:
+    secret, keys = "s" * 40, "key-one-0123456789,key-two-0123456789"
+    settings = Settings(pg_port=6543, jwt_secret=secret, api_keys=keys, processor_copies=2)
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    seen = Settings()  # what a supervised process reads from its environment
+    assert seen.pg_port == 6543 and seen.processor_copies == 2
+    assert seen.jwt_secret.get_secret_value() == secret
+    assert [k.get_secret_value() for k in seen.api_keys] == keys.split(",")
+    assert seen.event_weights == settings.event_weights

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from reco import db
 from reco.settings import Settings
@@ -77,9 +78,15 @@ def airflow_env(settings: Settings) -> dict[str, str]:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as RECO_* variables, so every supervised process sees the same values."""
+    """The settings as RECO_* variables, so every supervised process sees the same values
+    (secrets included: model_dump would mask them)."""
     env = {}
     for name, value in settings.model_dump(mode="json").items():
+        raw = getattr(settings, name)
+        if isinstance(raw, SecretStr):
+            value = raw.get_secret_value()
+        elif isinstance(raw, list) and raw and all(isinstance(v, SecretStr) for v in raw):
+            value = ",".join(v.get_secret_value() for v in raw)  # e.g. RECO_API_KEYS
         if value is not None:
             env[f"RECO_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     env["RECO_STATE_DIR"] = str(settings.state_dir.resolve())
