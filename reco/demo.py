@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -87,6 +87,19 @@ def slice_users(events: pd.DataFrame, max_users: int | None) -> pd.DataFrame:
     return events[events["user_id"].isin(users)]
 
 
+def status_printer(console: Console, prefix: str) -> Callable[[object], None]:
+    """A poll callback printing `prefix + value` when the value changes; it rewrites one line
+    on a terminal and appends lines in logs (no carriage returns there)."""
+    last: list[object] = [object()]
+
+    def show(value: object) -> None:
+        if value != last[0]:
+            last[0] = value
+            console.print(f"{prefix}{value}", end="\r" if console.is_terminal else "\n")
+
+    return show
+
+
 def train_through_airflow(settings: Settings, opts: DemoOptions, console: Console,
                           window_days: int) -> dict[str, str]:
     """Trigger both DAGs through Airflow's REST API and wait for them; returns run states."""
@@ -98,13 +111,13 @@ def train_through_airflow(settings: Settings, opts: DemoOptions, console: Consol
         run_id = client.trigger(dag_id, {"engine": opts.engine, "window_days": window_days})
         console.print(f"triggered {dag_id} run {run_id}")
         state = client.wait(dag_id, run_id, opts.dag_timeout_s,
-                            on_poll=lambda s, d=dag_id: console.print(f"  {d}: {s}", end="\r"))
+                            on_poll=status_printer(console, f"  {dag_id}: "))
         states[dag_id] = state
         if state != "success":
             failed = client.failed_tasks(dag_id, run_id)
             raise RuntimeError(f"{dag_id} run {run_id} {state} (failed tasks: {failed}); "
                                f"see the Airflow UI at http://127.0.0.1:{settings.airflow_port}")
-        console.print(f"{dag_id}: {state}          ")
+        console.print(f"{dag_id}: {state}")
     return states
 
 
@@ -205,7 +218,7 @@ def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoRep
         wait_for_zero_lag(settings.kafka_bootstrap,
                           [settings.group_processor, settings.group_archiver],
                           settings.topic_events, opts.lag_timeout_s,
-                          on_poll=lambda lag: console.print(f"  lag {lag}", end="\r"))
+                          on_poll=status_printer(console, "  lag "))
     with steps.step("5/6 Training Item2Vec and ALS through Airflow"):
         span_days = (split.history["timestamp"].max() - split.history["timestamp"].min()) / 86.4e6
         dag_runs = train_through_airflow(settings, opts, console, int(span_days) + 2)
