@@ -10,12 +10,15 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 
 from reco.catalog import ItemIndex
 from reco.privacy import pseudonym
 from reco.ranking import (
+    Neighbours,
     RankConfig,
     Ranking,
     ScoredItem,
@@ -29,7 +32,15 @@ from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving.reco_lists import ItemListCache
 from serving.reco_snapshots import GlobalSignals
-from serving.reco_store import ALS, ITEM2VEC, FeatureStore, FirstRead, ListKey, StoreUnavailable
+from serving.reco_store import (
+    ALS,
+    ITEM2VEC,
+    FeatureStore,
+    FirstRead,
+    ListKey,
+    SecondRead,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 CACHED_FALSE, CACHED_TRUE = b'"cached":false}', b'"cached":true}'
@@ -57,6 +68,48 @@ class RecoParams:
         return Filters(self.exclude_seen, self.category, self.min_price, self.max_price)
 
 
+@dataclass
+class _Plan:
+    sources: list[str]
+    als_version: str | None
+    have: dict[ListKey, Neighbours | None]
+    missing: list[ListKey]
+    clock: float
+
+
+def _head(first: FirstRead) -> str:
+    return first.recent[0] if first.recent else ""
+
+
+def _versions_sig(first: FirstRead) -> str:
+    return orjson.dumps(first.versions, option=orjson.OPT_SORT_KEYS).decode()
+
+
+class AsyncReads:
+    """The store's reads on the event loop (the default)."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.first_read = store.first_read_async
+        self.second_read = store.second_read_async
+        self.item_lists = store.item_lists_async
+
+
+class ThreadReads:
+    """The store's blocking reads in the threadpool (`reco_redis_in_threads`)."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+
+    async def first_read(self, *args: Any) -> FirstRead:
+        return await run_in_threadpool(self.store.first_read, *args)
+
+    async def second_read(self, *args: Any) -> SecondRead:
+        return await run_in_threadpool(self.store.second_read, *args)
+
+    async def item_lists(self, *args: Any) -> Any:
+        return await run_in_threadpool(self.store.item_lists, *args)
+
+
 @dataclass(frozen=True)
 class Answer:
     body: bytes
@@ -71,33 +124,61 @@ class RecoService:
         self.signals = signals
         self.config = RankConfig.from_settings(settings)
         self.with_item_cf = settings.w_cf > 0  # ALS item lists only matter with a CF weight
+        self.io = ThreadReads(store) if settings.reco_redis_in_threads else AsyncReads(store)
         self.lists = ItemListCache(settings.reco_list_cache_items,
                                    settings.reco_coview_cache_ttl_s,
                                    settings.reco_offline_list_cache_ttl_s)
 
-    def recommend(self, p: RecoParams) -> Answer:
-        variant = p.variant
+    async def recommend(self, p: RecoParams) -> Answer:
+        """The serving path: reads on the event loop (or in a thread, `reco_redis_in_threads`)."""
         try:
-            first = self.store.first_read(p.user_id, variant)
+            first = await self.io.first_read(p.user_id, p.variant)
         except StoreUnavailable:
             return self.fallback(p)
-        head = first.recent[0] if first.recent else ""
-        versions_sig = orjson.dumps(first.versions, option=orjson.OPT_SORT_KEYS).decode()
+        hit = self._cached(first)
+        if hit is not None:
+            return hit
+        items = self.signals.items  # one snapshot for the whole request
+        plan = self._plan(first, items)
+        try:
+            second = await self.io.second_read(p.user_id, plan.sources, plan.missing,
+                                               plan.als_version)
+        except StoreUnavailable:
+            return self.fallback(p)
+        return self._answer(p, first, self._features(first, plan, second, items), items)
+
+    def recommend_blocking(self, p: RecoParams) -> Answer:
+        """The same flow with blocking reads (tests and tools outside an event loop)."""
+        try:
+            first = self.store.first_read(p.user_id, p.variant)
+            hit = self._cached(first)
+            if hit is not None:
+                return hit
+            items = self.signals.items
+            plan = self._plan(first, items)
+            second = self.store.second_read(p.user_id, plan.sources, plan.missing,
+                                            plan.als_version)
+        except StoreUnavailable:
+            return self.fallback(p)
+        return self._answer(p, first, self._features(first, plan, second, items), items)
+
+    def _cached(self, first: FirstRead) -> Answer | None:
+        """The cached response if it was made with the user's current recent-list head and
+        the active model versions; None (a miss) otherwise."""
         if first.cached:
             cached_head, cached_versions, body = first.cached.split("\n", 2)
             # A new event moves a different item to the head; a model switch changes versions.
-            if cached_head == head and cached_versions == versions_sig:
+            if cached_head == _head(first) and cached_versions == _versions_sig(first):
                 metrics.CACHE_HITS.inc()
                 return Answer(body.encode(), "cached")
         metrics.CACHE_MISSES.inc()
-        items = self.signals.items  # one snapshot for the whole request
-        try:
-            features = self._features(p.user_id, first, items)
-        except StoreUnavailable:
-            return self.fallback(p)
+        return None
+
+    def _answer(self, p: RecoParams, first: FirstRead, features: UserFeatures,
+                items: ItemIndex) -> Answer:
         ranking = rank(features, items, self.config, p.filters, p.k, p.explain)
         body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
-        entry = b"\n".join((head.encode(), versions_sig.encode(),
+        entry = b"\n".join((_head(first).encode(), _versions_sig(first).encode(),
                             body[: -len(CACHED_FALSE)] + CACHED_TRUE))
         return Answer(body, ranking.strategy, entry)
 
@@ -106,10 +187,13 @@ class RecoService:
         offline comparisons score each signal alone on the live features."""
         items = self.signals.items
         first = self.store.first_read(p.user_id, p.variant)
-        return rank(self._features(p.user_id, first, items), items, config, p.filters, p.k)
+        plan = self._plan(first, items)
+        second = self.store.second_read(p.user_id, plan.sources, plan.missing,
+                                        plan.als_version)
+        return rank(self._features(first, plan, second, items), items, config, p.filters, p.k)
 
-    def _features(self, user_id: str, first: FirstRead, items: ItemIndex) -> UserFeatures:
-        """Round 2 for the source items' lists not already parsed in process."""
+    def _plan(self, first: FirstRead, items: ItemIndex) -> _Plan:
+        """Which item lists round 2 must read: those not already parsed in process."""
         sources = first.recent[: self.config.recent_n]
         knn_v, als_v = first.versions.get(ITEM2VEC), first.versions.get(ALS)
         wanted = []
@@ -122,9 +206,13 @@ class RecoService:
         clock = time.monotonic()
         have = {key: self.lists.get(key, items.space, clock) for key in wanted}
         missing = [key for key, value in have.items() if value is None]
-        second = self.store.second_read(user_id, sources, missing, als_v)
+        return _Plan(sources, als_v, have, missing, clock)
+
+    def _features(self, first: FirstRead, plan: _Plan, second: SecondRead,
+                  items: ItemIndex) -> UserFeatures:
+        have = plan.have
         for key, lists in second.lists.items():
-            have[key] = self.lists.put(key, lists, items, clock)
+            have[key] = self.lists.put(key, lists, items, plan.clock)
         features = UserFeatures(first.recent, second.times, time.time(), user_cf=second.user_cf,
                                 seen=second.seen)
         tables = {"coview": features.coview, "knn": features.knn, "item_cf": features.item_cf}
@@ -147,8 +235,8 @@ class RecoService:
         return [{"item_id": item, "score": round(score / top, 6) if top > 0 else 0.0}
                 for item, score in popular_items(items, Filters(category=category), k)]
 
-    def similar(self, item_id: str, k: int) -> tuple[list[dict], dict[str, str]]:
-        coview, knn, versions = self.store.item_lists(item_id)
+    async def similar(self, item_id: str, k: int) -> tuple[list[dict], dict[str, str]]:
+        coview, knn, versions = await self.io.item_lists(item_id)
         items = similar_items(item_id, coview, knn, self.signals.items, self.config, k)
         return [_item_json(i, explain=False) for i in items], versions
 

@@ -1,30 +1,41 @@
-"""In-process copies of slowly changing global signals, refreshed by a background thread.
+"""In-process copies of slowly changing global signals, refreshed in the background.
 
 Popularity (top `popular_snapshot_size` items) is re-read every `popular_snapshot_refresh_s`;
 the item catalogue is reloaded when `keys.ITEM_META_VERSION` changes and at least every
 `catalog_reload_s`. Requests then look these up in memory instead of asking Redis for hundreds
 of members, and the popularity snapshot is what the API serves when Redis is down.
+
+The popularity refresh runs on the event loop in slices of `CHUNK` members (one read, parse
+and id -> row mapping each, ~1 ms here), so requests wait at most one slice. It used to run in
+a thread in one piece: reading, parsing and mapping 20,000 members held the GIL for 40-100 ms
+every 5 s (hiredis and numpy do not release it), which stalled every request arriving
+meanwhile and made the p99 of cache hits at 200 req/s ~20 ms. The rare catalogue reload (a
+Python loop over every item) still runs in a thread: slicing it would block the loop longer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import gc
 import logging
-import threading
 import time
 
+import numpy as np
 import redis
 
 from reco import keys
 from reco.catalog import ItemIndex
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving.reco_aio import AsyncPipelineClient
 from serving.reco_redis import PipelineClient, RedisDown
 from serving.reco_store import zset_pairs
 
 log = logging.getLogger(__name__)
 META_FIELDS = ("category", "price", "in_stock", "created_at")
 SCAN_COUNT = 2000
+CHUNK = 500  # popularity members per slice of the on-loop refresh
 
 
 class GlobalSignals:
@@ -40,9 +51,9 @@ class GlobalSignals:
         self._catalog_version: str | None = None
         # Popularity is read with the hiredis pipeline client: 20,000 members parse in C.
         self.fast = PipelineClient(settings.redis_url, timeout_s=5.0)
+        self.aio = AsyncPipelineClient(settings.redis_url, timeout_s=5.0)
         self._catalog_loaded_at = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task | None = None
 
     def refresh(self) -> None:
         """One refresh pass; raises redis errors (the loop logs them and keeps the old copy)."""
@@ -54,23 +65,74 @@ class GlobalSignals:
         except RedisDown as exc:
             raise redis.ConnectionError(str(exc)) from exc
         pop_ids, pop_scores = zset_pairs(flat)
-        now = time.time()
-        for model, at in zip(published[0::2], published[1::2], strict=True):
-            metrics.MODEL_AGE.labels(model=model).set(max(0.0, now - float(at)))
-        stale = time.monotonic() - self._catalog_loaded_at >= self.settings.catalog_reload_s
-        if meta_version != self._catalog_version or stale or not self.loaded:
-            self._catalog = self.load_catalog(meta_version or "")
-            self._catalog_version = meta_version
-            self._catalog_loaded_at = time.monotonic()
-            # The catalogue is long-lived: keep the cyclic GC from rescanning it (fewer pauses).
-            gc.collect()
-            gc.freeze()
+        self._model_ages(published)
+        if self._catalog_due(meta_version):
+            self._set_catalog(self.load_catalog(meta_version or ""), meta_version)
         # The base keeps the rows appended for popular items the catalogue lacks, so rows never
         # move until the next catalogue load (parsed lists cached by row stay valid).
         self._catalog = self._catalog.with_popularity(pop_ids, pop_scores)
         # One attribute swap: a request sees either the old or the new snapshot, never a mix.
         self.items = self._catalog
         self.loaded = True
+
+    async def refresh_async(self) -> None:
+        """One refresh pass on the event loop, in slices (see the module docstring)."""
+        try:
+            meta_version, published = await self.aio.execute([
+                ("GET", keys.ITEM_META_VERSION), ("HGETALL", keys.MODEL_PUBLISHED_AT)])
+        except RedisDown as exc:
+            raise redis.ConnectionError(str(exc)) from exc
+        self._model_ages(published)
+        if self._catalog_due(meta_version):
+            loop = asyncio.get_running_loop()
+            catalog = await loop.run_in_executor(None, self.load_catalog, meta_version or "")
+            self._set_catalog(catalog, meta_version)
+        base = self._catalog
+        ids: list[str] = []
+        rows: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        size = self.settings.popular_snapshot_size
+        for lo in range(0, size, CHUNK):
+            try:
+                flat = (await self.aio.execute([("ZRANGE", keys.ITEM_POPULARITY, lo,
+                                                 min(size, lo + CHUNK) - 1, "REV",
+                                                 "WITHSCORES")]))[0]
+            except RedisDown as exc:
+                raise redis.ConnectionError(str(exc)) from exc
+            part_ids, part_scores = zset_pairs(flat)
+            ids += part_ids
+            rows.append(base.rows(part_ids))
+            scores.append(part_scores)
+            if len(part_ids) < CHUNK:
+                break
+        all_rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        all_scores = np.concatenate(scores) if scores else np.zeros(0)
+        if self._catalog is not base:  # reloaded meanwhile (a test's blocking refresh): retry later
+            return
+        if (all_rows == base.unknown_row).any():
+            # Popular items the catalogue lacks get rows appended (rare after the first time).
+            self._catalog = base.with_popularity(ids, all_scores)
+        else:
+            self._catalog = _with_popular_rows(base, all_rows, all_scores)
+        self.items = self._catalog
+        self.loaded = True
+
+    def _model_ages(self, published: list[str]) -> None:
+        now = time.time()
+        for model, at in zip(published[0::2], published[1::2], strict=True):
+            metrics.MODEL_AGE.labels(model=model).set(max(0.0, now - float(at)))
+
+    def _catalog_due(self, meta_version: str | None) -> bool:
+        stale = time.monotonic() - self._catalog_loaded_at >= self.settings.catalog_reload_s
+        return meta_version != self._catalog_version or stale or not self.loaded
+
+    def _set_catalog(self, catalog: ItemIndex, meta_version: str | None) -> None:
+        self._catalog = catalog
+        self._catalog_version = meta_version
+        self._catalog_loaded_at = time.monotonic()
+        # The catalogue is long-lived: keep the cyclic GC from rescanning it. No gc.collect()
+        # first: a full collection here paused the whole process for 60-130 ms (measured).
+        gc.freeze()
 
     def load_catalog(self, version: str) -> ItemIndex:
         """Every `item:meta:*` hash, read in pipelined chunks of HMGET (one item per command)."""
@@ -95,25 +157,49 @@ class GlobalSignals:
         log.info("loaded %d items of catalogue version %r", len(records), version)
         return ItemIndex.build(records, version=version)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.popular_snapshot_refresh_s):
-            self._refresh_logged()
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.popular_snapshot_refresh_s)
+            try:
+                await self.refresh_async()
+            except (redis.RedisError, ValueError) as exc:
+                self._refresh_failed(exc)
 
-    def _refresh_logged(self) -> None:
+    def _refresh_failed(self, exc: Exception) -> None:
+        metrics.SNAPSHOT_ERRORS.inc()
+        log.warning("snapshot refresh failed, keeping the previous one: %s", exc)
+
+    def start(self) -> None:
+        """First load (blocking: the API is not serving yet), then refreshes on the loop."""
+        # Startup allocates the catalogue's transient structures: without automatic GC here
+        # no full collection pauses over them, and gc.freeze() afterwards skips what stays.
+        gc.disable()
         try:
             self.refresh()
         except (redis.RedisError, ValueError) as exc:
-            metrics.SNAPSHOT_ERRORS.inc()
-            log.warning("snapshot refresh failed, keeping the previous one: %s", exc)
-
-    def start(self) -> None:
-        self._refresh_logged()
-        self._thread = threading.Thread(target=self._loop, name="reco-snapshots", daemon=True)
-        self._thread.start()
+            self._refresh_failed(exc)
+        finally:
+            gc.enable()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        if self._task is not None:
+            self._task.cancel()
         self.client.close()
         self.fast.close()
+        self.aio.close()
+
+
+def _with_popular_rows(base: ItemIndex, rows: np.ndarray, scores: np.ndarray) -> ItemIndex:
+    """`base.with_popularity` for members already mapped to known rows (chunked reads can see
+    a member twice when it moved between chunks: its first sighting counts)."""
+    _, first = np.unique(rows, return_index=True)
+    if len(first) < len(rows):
+        keep = np.sort(first)
+        rows, scores = rows[keep], scores[keep]
+    pop = np.zeros(len(base.ids) + 1)
+    pop[rows] = scores
+    popular = rows[np.argsort(-scores, kind="stable")]
+    # _filler is the popular-filler cache of one popularity snapshot: never share it.
+    return dataclasses.replace(base, popularity=pop, popular_rows=popular[pop[popular] > 0],
+                               _filler={})

@@ -5,10 +5,11 @@ plus any queued cache writes. Round 2 (only on a cache miss): the source items' 
 times, their co-view / KNN / ALS item lists not already parsed in process, and the user's ALS
 candidates. Every command names one user or one item, so the layout works on Redis Cluster.
 
-Calls are blocking (serving/reco_redis.py) and, by default, made right in the event loop: on
-loopback a round trip is ~0.1 ms, cheaper than a thread hop, and the measured redis.asyncio
-overhead dominated request time. Short timeouts plus a breaker keep a sick store from
-stalling the loop; `reco_redis_in_threads` moves them to a threadpool instead.
+By default the reads go through a minimal asyncio client (serving/reco_aio.py): concurrent
+requests pipeline on one connection and the loop serves others during a round trip (redis-py's
+asyncio client was measured too slow for this path). `reco_redis_in_threads` makes blocking
+calls (serving/reco_redis.py) in a threadpool instead. Short timeouts plus a breaker keep a
+sick store from holding requests.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from reco import keys, neighbours
 from reco.ranking import Lists
-from reco.timing import REDIS_OPERATION_SECONDS, timed
+from reco.timing import REDIS_OPERATION_SECONDS
+from serving.reco_aio import AsyncPipelineClient
 from serving.reco_redis import Command, PipelineClient, RedisDown
 
 log = logging.getLogger(__name__)
@@ -60,11 +62,17 @@ class SecondRead:
 
 
 class FeatureStore:
-    """The API's Redis reads and its cache writes, behind a small circuit breaker."""
+    """The API's Redis reads and its cache writes, behind a small circuit breaker.
+
+    Each read exists twice over the same command building and reply parsing: blocking
+    (`first_read`, ...: threadpool mode, the demo's offline comparisons, tests) and on the
+    event loop (`first_read_async`, ...: the default serving mode).
+    """
 
     def __init__(self, url: str, timeout_s: float = 0.25, retry_s: float = 1.0,
                  neighbours_n: int = 50) -> None:
         self.client = PipelineClient(url, timeout_s)
+        self.aio = AsyncPipelineClient(url, timeout_s)
         self.retry_s = retry_s
         self.neighbours_n = neighbours_n
         self._down_until = 0.0
@@ -72,32 +80,67 @@ class FeatureStore:
         # after): a cache miss then costs two round trips in total, not three.
         self._pending: list[Command] = []
         self._pending_lock = threading.Lock()
+        self._timers: dict[str, Any] = {}  # operation -> histogram child (labels() is slow)
+
+    def _timer(self, operation: str) -> Any:
+        timer = self._timers.get(operation)
+        if timer is None:
+            timer = self._timers[operation] = REDIS_OPERATION_SECONDS.labels(operation)
+        return timer
+
+    def _unavailable(self, exc: RedisDown) -> StoreUnavailable:
+        self._down_until = time.monotonic() + self.retry_s
+        log.warning("feature store unavailable, serving fallback for %.1fs: %s",
+                    self.retry_s, exc)
+        return StoreUnavailable(str(exc))
 
     def _run(self, operation: str, commands: Sequence[Command]) -> list:
         if time.monotonic() < self._down_until:
             raise StoreUnavailable("feature store marked down")
+        started = time.perf_counter()
         try:
-            with timed(REDIS_OPERATION_SECONDS, operation):
-                return self.client.execute(commands)
+            return self.client.execute(commands)
         except RedisDown as exc:
-            self._down_until = time.monotonic() + self.retry_s
-            log.warning("feature store unavailable, serving fallback for %.1fs: %s",
-                        self.retry_s, exc)
-            raise StoreUnavailable(str(exc)) from exc
+            raise self._unavailable(exc) from exc
+        finally:
+            self._timer(operation).observe(time.perf_counter() - started)
 
-    def first_read(self, user_id: str, variant: str) -> FirstRead:
-        writes = self._take_pending()
-        replies = self._run("reco_first_read", [*writes,
-                             ("GET", keys.reco_cache(user_id, variant)),
-                             ("LRANGE", keys.user_recent(user_id), 0, -1),
-                             ("HGETALL", keys.MODEL_VERSIONS)])
-        cached, recent, versions = replies[len(writes):]
+    async def _run_async(self, operation: str, commands: Sequence[Command]) -> list:
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable("feature store marked down")
+        started = time.perf_counter()
+        try:
+            return await self.aio.execute(commands)
+        except RedisDown as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            self._timer(operation).observe(time.perf_counter() - started)
+
+    # -- round 1: cached response, recent list, model versions (+ queued cache writes) -----
+
+    def _first_commands(self, user_id: str, variant: str) -> list[Command]:
+        return [*self._take_pending(),
+                ("GET", keys.reco_cache(user_id, variant)),
+                ("LRANGE", keys.user_recent(user_id), 0, -1),
+                ("HGETALL", keys.MODEL_VERSIONS)]
+
+    @staticmethod
+    def _first_reply(replies: list) -> FirstRead:
+        cached, recent, versions = replies[-3:]
         return FirstRead(cached, recent, _hash(versions))
 
-    def second_read(self, user_id: str, sources: Sequence[str], lists: Sequence[ListKey],
-                    user_cf_version: str | None) -> SecondRead:
-        """Round 2: the sources' last-touch times, the item lists not cached in process, and
-        the user's ALS candidates."""
+    def first_read(self, user_id: str, variant: str) -> FirstRead:
+        return self._first_reply(self._run("reco_first_read",
+                                           self._first_commands(user_id, variant)))
+
+    async def first_read_async(self, user_id: str, variant: str) -> FirstRead:
+        return self._first_reply(await self._run_async(
+            "reco_first_read", self._first_commands(user_id, variant)))
+
+    # -- round 2 (cache miss): times, item lists not parsed in process, ALS, seen set ------
+
+    def _second_commands(self, user_id: str, sources: Sequence[str], lists: Sequence[ListKey],
+                         user_cf_version: str | None) -> list[Command]:
         commands: list[Command] = []
         if sources:
             commands.append(("HMGET", keys.user_recent_times(user_id), *sources))
@@ -112,7 +155,11 @@ class FeatureStore:
         if user_cf_version:
             commands.append(("GET", keys.user_cf(user_id, user_cf_version)))
         commands.append(("SMEMBERS", keys.user_seen(user_id)))
-        replies = iter(self._run("reco_second_read", commands))
+        return commands
+
+    def _second_reply(self, replies_list: list, sources: Sequence[str],
+                      lists: Sequence[ListKey], user_cf_version: str | None) -> SecondRead:
+        replies = iter(replies_list)
         times: dict[str, float] = {}
         if sources:
             times = {s: float(t) for s, t in zip(sources, next(replies), strict=True)
@@ -122,18 +169,50 @@ class FeatureStore:
         user_cf = neighbours.decode(next(replies)) if user_cf_version else None
         return SecondRead(times, found, user_cf, next(replies))
 
+    def second_read(self, user_id: str, sources: Sequence[str], lists: Sequence[ListKey],
+                    user_cf_version: str | None) -> SecondRead:
+        """Round 2: the sources' last-touch times, the item lists not cached in process, and
+        the user's ALS candidates."""
+        commands = self._second_commands(user_id, sources, lists, user_cf_version)
+        return self._second_reply(self._run("reco_second_read", commands), sources, lists,
+                                  user_cf_version)
+
+    async def second_read_async(self, user_id: str, sources: Sequence[str],
+                                lists: Sequence[ListKey],
+                                user_cf_version: str | None) -> SecondRead:
+        commands = self._second_commands(user_id, sources, lists, user_cf_version)
+        return self._second_reply(await self._run_async("reco_second_read", commands), sources,
+                                  lists, user_cf_version)
+
+    # -- similar items ---------------------------------------------------------------------
+
+    def _similar_commands(self, item_id: str) -> list[Command]:
+        return [("HGETALL", keys.MODEL_VERSIONS),
+                ("ZRANGE", keys.co_view(item_id), 0, self.neighbours_n - 1, "REV", "WITHSCORES")]
+
     def item_lists(self, item_id: str) -> tuple[Lists, Lists, dict[str, str]]:
         """Co-view set and KNN list of one item (two round trips: the version picks the key)."""
-        raw_versions, coview = self._run("similar_lists", [
-            ("HGETALL", keys.MODEL_VERSIONS),
-            ("ZRANGE", keys.co_view(item_id), 0, self.neighbours_n - 1, "REV", "WITHSCORES")])
+        raw_versions, coview = self._run("similar_lists", self._similar_commands(item_id))
         versions = _hash(raw_versions)
         knn: Lists = ([], np.zeros(0))
         if ITEM2VEC in versions:
-            knn_key = keys.item_knn(item_id, versions[ITEM2VEC])
-            raw = self._run("similar_knn", [("GET", knn_key)])[0]
+            raw = self._run("similar_knn", [("GET", keys.item_knn(item_id,
+                                                                   versions[ITEM2VEC]))])[0]
             knn = neighbours.decode(raw, self.neighbours_n)
         return zset_pairs(coview), knn, versions
+
+    async def item_lists_async(self, item_id: str) -> tuple[Lists, Lists, dict[str, str]]:
+        raw_versions, coview = await self._run_async("similar_lists",
+                                                     self._similar_commands(item_id))
+        versions = _hash(raw_versions)
+        knn: Lists = ([], np.zeros(0))
+        if ITEM2VEC in versions:
+            raw = (await self._run_async("similar_knn", [
+                ("GET", keys.item_knn(item_id, versions[ITEM2VEC]))]))[0]
+            knn = neighbours.decode(raw, self.neighbours_n)
+        return zset_pairs(coview), knn, versions
+
+    # -- cache writes ----------------------------------------------------------------------
 
     def queue_cache_write(self, user_id: str, variant: str, value: bytes, ttl_s: int) -> bool:
         """Queue a cache entry; True when the queue was empty (the caller schedules a flush)."""
@@ -145,6 +224,12 @@ class FeatureStore:
         writes = self._take_pending()
         with contextlib.suppress(StoreUnavailable):  # a lost write only costs a later miss
             self._run("reco_cache_write", writes)
+
+    async def flush_cache_writes_async(self) -> None:
+        writes = self._take_pending()
+        if writes:
+            with contextlib.suppress(StoreUnavailable):
+                await self._run_async("reco_cache_write", writes)
 
     def _take_pending(self) -> list[Command]:
         if not self._pending:
@@ -161,6 +246,7 @@ class FeatureStore:
 
     def close(self) -> None:
         self.client.close()
+        self.aio.close()
 
 
 def _hash(flat: list[str]) -> dict[str, str]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
 from reco.settings import Settings
@@ -29,7 +28,6 @@ from serving.reco_store import FeatureStore, StoreUnavailable
 log = logging.getLogger(__name__)
 JSON = "application/json"
 FLUSH_AFTER_S = 0.02
-T = TypeVar("T")
 
 K = Annotated[int, Query(ge=1, le=MAX_K)]
 Category = Annotated[str | None, Query(min_length=1, max_length=128)]
@@ -51,20 +49,11 @@ def create_app(settings: Settings) -> FastAPI:
             store.flush_cache_writes()
             store.close()
 
-    if settings.reco_redis_in_threads:
-        async def call(fn: Callable[..., T], *args: Any) -> T:
-            return await run_in_threadpool(fn, *args)
-    else:
-        # Default: the feature reads are sub-millisecond blocking calls made right in the event
-        # loop (see serving/reco_store.py); the benchmark measures both modes.
-        async def call(fn: Callable[..., T], *args: Any) -> T:
-            return fn(*args)
-
     def flush() -> None:
         if settings.reco_redis_in_threads:
             asyncio.get_running_loop().run_in_executor(None, store.flush_cache_writes)
         else:
-            store.flush_cache_writes()
+            _background(store.flush_cache_writes_async())
 
     app = FastAPI(title="reco recommendations", lifespan=lifespan)
     app.add_middleware(HTTPMetrics)
@@ -94,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse({"detail": exc.detail}, status_code=422)
         if guard is not None and (denied := guard.authorize(request, subject, p.user_id)):
             return denied
-        answer = await call(service.recommend, p)
+        answer = await service.recommend(p)
         if answer.cache_entry is not None and store.queue_cache_write(
                 p.user_id, p.variant, answer.cache_entry, settings.cache_ttl_s):
             # Normally the next request's pipeline carries the write; flush soon if none comes.
@@ -121,7 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
                       k: K = 20) -> Response:
         start = time.perf_counter()
         try:
-            items, versions = await call(service.similar, item_id, k)
+            items, versions = await service.similar(item_id, k)
             strategy = "similar"
         except StoreUnavailable:
             metrics.FALLBACKS.labels(endpoint="similar").inc()
@@ -146,6 +135,16 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+_tasks: set[asyncio.Task] = set()
+
+
+def _background(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine without awaiting it, keeping a reference until it is done."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 def _field(loc: tuple) -> str:

@@ -17,7 +17,8 @@ def test_list_cache_maps_rows_expires_and_follows_row_space() -> None:
     key = ListKey("coview", "x", "")
     value = cache.put(key, (["b", "a"], np.array([2.0, 1.0])), items, now=0.0)
     assert isinstance(value, RowList) and value.rows.tolist() == [1, 0]
-    assert cache.get(key, items.space, now=5.0) is value
+    got = cache.get(key, items.space, now=5.0)
+    assert isinstance(got, RowList) and got.rows is value.rows and got.scores is value.scores
     assert cache.get(key, items.space, now=11.0) is None  # co-view TTL passed
     assert cache.get(key, ItemIndex.build({}).space, now=5.0) is None  # catalogue reloaded
     grown = items.with_popularity(["new"], [1.0])  # rows appended: same space
@@ -25,6 +26,7 @@ def test_list_cache_maps_rows_expires_and_follows_row_space() -> None:
     # Lists naming unknown items stay as ids; the oldest entry goes past max_entries.
     raw = (["zz"], np.array([1.0]))
     assert cache.put(ListKey("knn", "y", "v1"), raw, items, now=0.0) is raw
+    assert cache.get(ListKey("knn", "y", "v1"), items.space, now=1.0) == raw
     cache.put(ListKey("knn", "z", "v1"), raw, items, now=0.0)
     assert len(cache) == 2 and cache.get(key, items.space, now=1.0) is None
 
