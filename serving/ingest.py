@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from reco import heap
 from reco.settings import Settings
 from serving import catalogue, ingest_metrics, ingest_openapi, security, tls
 from serving.http_metrics import HTTPMetrics
@@ -101,6 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await publisher.start()
+        heap.settle()
         try:
             yield
         finally:

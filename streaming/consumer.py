@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from reco import heap
 from reco.settings import Settings
 from streaming.metrics import BATCH_SECONDS, CONSUMER_LAG, PROCESSING_ERRORS
 
@@ -64,6 +65,7 @@ async def run_batches(
     done, so only the broker round trip overlaps); commits stay in order, one at a time.
     """
     committing: asyncio.Task[None] | None = None
+    heap.settle()
     try:
         while not stop.is_set():
             batches = await _fetch(consumer, batch_max)
