@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Sequence
 
 import hiredis
@@ -75,7 +76,8 @@ class _Connection(asyncio.Protocol):
             if not batch.future.done():
                 batch.future.set_exception(exc)
         if self.transport is not None:
-            self.transport.close()
+            with contextlib.suppress(RuntimeError):  # closing after its loop was closed
+                self.transport.close()
 
 
 class AsyncPipelineClient:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from urllib.parse import parse_qsl
 
 from serving.reco_service import RecoParams
 
@@ -25,6 +26,22 @@ class ParamErrors(Exception):
     def __init__(self, detail: list[dict[str, str]]) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """A URL query string -> {name: value} (the last value of a repeated name wins, blank
+    values are kept), like Starlette's QueryParams at a fraction of its cost."""
+    if not raw:
+        return {}
+    text = raw.decode("latin-1")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    out = {}
+    for pair in text.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            out[name] = value
+    return out
 
 
 def parse_reco_params(query: Mapping[str, str]) -> RecoParams:

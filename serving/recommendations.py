@@ -20,14 +20,14 @@ from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving import reco_openapi, security, tls
 from serving.http_metrics import HTTPMetrics
-from serving.reco_params import ID_PATTERN, MAX_K, ParamErrors, parse_reco_params
+from serving.reco_params import ID_PATTERN, MAX_K
+from serving.reco_route import PATH, HotRoute, RecommendationsEndpoint
 from serving.reco_service import RecoService
 from serving.reco_snapshots import GlobalSignals
 from serving.reco_store import FeatureStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
-FLUSH_AFTER_S = 0.02
 
 K = Annotated[int, Query(ge=1, le=MAX_K)]
 Category = Annotated[str | None, Query(min_length=1, max_length=128)]
@@ -56,9 +56,14 @@ def create_app(settings: Settings) -> FastAPI:
             _background(store.flush_cache_writes_async())
 
     app = FastAPI(title="reco recommendations", lifespan=lifespan)
-    app.add_middleware(HTTPMetrics)
     app.state.service = service
     guard = security.RecoGuard.create(settings, app)  # JWT, per-user limit (issue 7)
+    # The hot endpoint: a plain ASGI app (serving/reco_route.py), also an ordinary route.
+    endpoint = RecommendationsEndpoint(settings, service, store, guard, flush)
+    route = Route(PATH, endpoint, methods=["GET"])
+    app.router.routes.append(route)
+    app.add_middleware(HotRoute, endpoint=endpoint, route=route)
+    app.add_middleware(HTTPMetrics)  # added last: outermost, so it times the hot route too
     user_deps = guard.dependencies() if guard is not None else []
     reco_openapi.document(app, user_deps)
     hist = {e: metrics.LATENCY.labels(endpoint=e) for e in ("recommendations", "popular",
@@ -69,31 +74,6 @@ def create_app(settings: Settings) -> FastAPI:
         detail = [{"field": _field(e["loc"]), "reason": e["msg"].removeprefix("Value error, ")}
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
-
-    async def recommendations(request: Request) -> Response:
-        """GET /recommendations?user_id&k&exclude_seen&category&min_price&max_price&explain"""
-        start = time.perf_counter()
-        if guard is not None:
-            subject, denied = guard.authenticate(request)
-            if denied is not None:
-                return denied
-        try:
-            p = parse_reco_params(request.query_params)
-        except ParamErrors as exc:
-            return JSONResponse({"detail": exc.detail}, status_code=422)
-        if guard is not None and (denied := guard.authorize(request, subject, p.user_id)):
-            return denied
-        answer = await service.recommend(p)
-        if answer.cache_entry is not None and store.queue_cache_write(
-                p.user_id, p.variant, answer.cache_entry, settings.cache_ttl_s):
-            # Normally the next request's pipeline carries the write; flush soon if none comes.
-            asyncio.get_running_loop().call_later(FLUSH_AFTER_S, flush)
-        metrics.REQUESTS.labels(endpoint="recommendations", strategy=answer.strategy).inc()
-        hist["recommendations"].observe(time.perf_counter() - start)
-        return Response(answer.body, media_type=JSON)
-
-    # A plain Starlette route: see serving/reco_params.py for why.
-    app.router.routes.append(Route("/recommendations", recommendations, methods=["GET"]))
 
     @app.get("/popular", dependencies=user_deps, responses=reco_openapi.ERRORS)
     async def popular(k: K = 20, category: Category = None) -> Response:

@@ -1,0 +1,106 @@
+"""The serving fast paths: hand-parsed query strings, the ASGI-dispatched /recommendations,
+the pipelined asyncio Redis client and the on-loop popularity refresh (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from reco import keys
+from reco.settings import Settings
+from serving.reco_aio import AsyncPipelineClient
+from serving.reco_params import parse_query
+from serving.reco_redis import RedisDown
+from serving.reco_snapshots import GlobalSignals
+from tests.api.test_recommendations import EXPECTED, assert_ranking, metric
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"", {}),
+    (b"user_id=u1&k=5", {"user_id": "u1", "k": "5"}),
+    (b"k=5&k=7", {"k": "7"}),  # the last value wins, as in Starlette's QueryParams
+    (b"user_id=&explain", {"user_id": "", "explain": ""}),
+    (b"user_id=a%2Fb&category=home+garden", {"user_id": "a/b", "category": "home garden"}),
+    (b"category=caf%C3%A9&&x=1", {"category": "café", "x": "1"}),
+])
+def test_query_strings_parse_like_starlette(raw: bytes, expected: dict) -> None:
+    from starlette.datastructures import QueryParams
+
+    assert parse_query(raw) == expected == dict(QueryParams(raw))
+
+
+def test_hot_route_serves_counts_and_leaves_other_methods_to_the_router(client) -> None:
+    response = client.get("/recommendations?user_id=u1&k=10")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert_ranking(response.json(), sorted(EXPECTED.items(), key=lambda kv: -kv[1]))
+    # Percent-encoded parameters take the slow parser and give the same answer.
+    assert client.get("/recommendations?user_id=u%31&k=10").json()["items"] == \
+        response.json()["items"]
+    assert metric(client, "http_requests_total",
+                  '{method="GET",route="/recommendations",status="200"}') >= 2
+    assert client.post("/recommendations?user_id=u1").status_code == 405
+    assert client.head("/recommendations?user_id=u1").status_code == 200
+
+
+def test_async_client_pipelines_concurrent_batches_in_order(redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    r.set("hot:a", "1")
+    r.rpush("hot:l", "x", "y")
+
+    async def scenario() -> list:
+        client = AsyncPipelineClient(redis_url, timeout_s=1.0)
+        try:
+            return await asyncio.gather(*[
+                client.execute([("GET", "hot:a"), ("LRANGE", "hot:l", 0, -1), ("INCR", "hot:n")])
+                for _ in range(50)])
+        finally:
+            client.close()
+
+    replies = asyncio.run(scenario())
+    assert all(reply[:2] == ["1", ["x", "y"]] for reply in replies)
+    assert sorted(reply[2] for reply in replies) == list(range(1, 51))
+
+
+def test_async_client_raises_redis_down_on_errors_and_unreachable_servers(
+        redis_url: str) -> None:
+    from reco.stack.health import free_port
+
+    async def scenario() -> None:
+        client = AsyncPipelineClient(redis_url, timeout_s=1.0)
+        with pytest.raises(RedisDown, match="server error"):
+            await client.execute([("SET", "hot:k", "v"), ("LPUSH", "hot:k", "x")])
+        assert await client.execute([("GET", "hot:k")]) == ["v"]  # the connection is fine
+        client.close()
+        gone = AsyncPipelineClient(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+        with pytest.raises(RedisDown):
+            await gone.execute([("PING",)])
+
+    asyncio.run(scenario())
+
+
+def test_on_loop_refresh_matches_the_blocking_one(redis_url: str, settings: Settings,
+                                                  monkeypatch) -> None:
+    r = redis.Redis.from_url(redis_url)
+    for n in range(30):
+        r.hset(keys.item_meta(f"i{n}"), mapping={"category": f"c{n % 3}", "price": n})
+    r.zadd(keys.ITEM_POPULARITY, {f"i{n}": float(n % 7 + n / 100) for n in range(30)})
+    r.zadd(keys.ITEM_POPULARITY, {"no-meta": 3.5})  # popular, unknown to the catalogue
+    monkeypatch.setattr("serving.reco_snapshots.CHUNK", 4)  # many slices
+    blocking = GlobalSignals(settings)
+    blocking.refresh()
+    sliced = GlobalSignals(settings)
+
+    async def twice() -> None:
+        await sliced.refresh_async()  # catalogue load + the unknown item's appended row
+        await sliced.refresh_async()  # every member known now: the row-mapped path
+
+    asyncio.run(twice())
+    for signals in (blocking, sliced):
+        signals.stop()
+    a, b = blocking.items, sliced.items
+    assert [a.ids[row] for row in a.popular_rows] == [b.ids[row] for row in b.popular_rows]
+    assert a.popularity[a.popular_rows].tolist() == b.popularity[b.popular_rows].tolist()
+    assert b.ids[b.popular_rows[0]] == "i27" and "no-meta" in b.row
