@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 CACHED_FALSE, CACHED_TRUE = b'"cached":false}', b'"cached":true}'
 
 
+_variants: dict[tuple, str] = {}  # parameter tuple -> variant (most requests share a few)
+
+
 @dataclass(frozen=True)
 class RecoParams:
     user_id: str
@@ -61,7 +64,13 @@ class RecoParams:
         """Short stable hash of every parameter that changes the answer (not the user)."""
         params = (self.k, self.exclude_seen, self.category, self.min_price, self.max_price,
                   self.explain)
-        return hashlib.blake2b(repr(params).encode(), digest_size=8).hexdigest()
+        variant = _variants.get(params)
+        if variant is None:
+            if len(_variants) >= 4096:  # categories and prices are open-ended: stay bounded
+                _variants.clear()
+            variant = _variants[params] = hashlib.blake2b(repr(params).encode(),
+                                                          digest_size=8).hexdigest()
+        return variant
 
     @property
     def filters(self) -> Filters:
