@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import redis
 from fastapi import FastAPI
@@ -48,15 +50,66 @@ REPORTS = ROOT / "benchmarks" / "reports"
 TARGETS = {"miss_p99_ms": 15.0, "miss_vs_bare": 0.40, "hit_vs_bare": 0.70}
 
 
+class Stalls:
+    """Event-loop lag and GC pauses inside the API process, per benchmark phase.
+
+    A task sleeps `TICK_S` in a loop and records how late it wakes: a late wake-up is time the
+    loop could not run anything (GC pause, a long callback, the process not scheduled).
+    """
+
+    TICK_S = 0.005
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task | None = None
+        self._gc_started = 0.0
+        gc.callbacks.append(self._gc)
+        self.reset()
+
+    def reset(self) -> None:
+        self.lags: list[float] = []
+        self.gc: dict[int, list[float]] = {g: [0, 0.0] for g in range(3)}  # count, max ms
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        stats = self.gc[info["generation"]]
+        stats[0] += 1
+        stats[1] = max(stats[1], (time.perf_counter() - self._gc_started) * 1000)
+
+    async def _watch(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.TICK_S)
+            self.lags.append((time.perf_counter() - started - self.TICK_S) * 1000)
+
+    def read_and_reset(self) -> dict:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+        lags = np.asarray(self.lags or [0.0])
+        out = {"loop_lag_max_ms": float(lags.max()), "loop_lag_p99_ms": float(
+            np.percentile(lags, 99)), "ticks_late_over_5ms": int((lags > 5).sum()),
+            "ticks": len(self.lags),
+            "gc": {f"gen{g}": {"count": int(c), "max_ms": round(m, 2)}
+                   for g, (c, m) in self.gc.items()}}
+        self.reset()
+        return out
+
+
 def bench_app() -> FastAPI:
     """The real app (settings from RECO_* env) plus a bare endpoint, served by one uvicorn."""
     from serving.recommendations import create_app
 
     app = create_app(Settings())
+    stalls = Stalls()
 
     @app.get("/bare")
     async def bare() -> Response:
         return Response(b'{"ok":true}', media_type="application/json")
+
+    @app.get("/bench/stalls")
+    async def bench_stalls() -> dict:
+        return stalls.read_and_reset()
 
     return app
 
@@ -106,7 +159,7 @@ def run(quick: bool, threads: bool = False) -> dict:
         api, port = start_api(server.port, threads)
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_ok(f"{base}/ready") and
-                   __import__("httpx").get(f"{base}/ready").status_code == 200, 120)
+                   httpx.get(f"{base}/ready").status_code == 200, 120)
         result["ready_after_s"] = time.perf_counter() - t0
 
         wrk(base, BARE, 2)  # warm-up
@@ -127,18 +180,22 @@ def run(quick: bool, threads: bool = False) -> dict:
         result["hit_max"]["cache"] = delta(before, counters(base))
         progress("hit_max", result["hit_max"])
 
+        stalls(base)  # starts the watcher; what it saw so far is dropped
         before = counters(base)
         first = int(s.users * 0.6)
         paths = iter([f"/recommendations?user_id=u{first + n}&k=20" for n in range(100_000)])
         result["miss_200"] = pct(asyncio.run(open_loop(port, paths, 200, 10 if not quick
                                                        else 4)))
         result["miss_200"]["cache"] = delta(before, counters(base))
+        result["miss_200"]["stalls"] = stalls(base)
         progress("miss_200", result["miss_200"])
 
+        stalls(base)
         before = counters(base)
         paths = iter([f"/recommendations?user_id=u{n % warm}&k=20" for n in range(100_000)])
         result["hit_200"] = pct(asyncio.run(open_loop(port, paths, 200, 5 if not quick else 2)))
         result["hit_200"]["cache"] = delta(before, counters(base))
+        result["hit_200"]["stalls"] = stalls(base)
         progress("hit_200", result["hit_200"])
 
         mix = {"active_users": 2000, "event_share": 0.2, "rate": 200,
@@ -146,10 +203,12 @@ def run(quick: bool, threads: bool = False) -> dict:
         actions = mix_actions(r, s, rng, int(s.users * 0.8), mix["active_users"],
                               mix["event_share"])
         asyncio.run(open_loop(port, actions, mix["rate"], mix["warmup_s"]))
+        stalls(base)
         before = counters(base)
         mix["latency"] = pct(asyncio.run(open_loop(port, actions, mix["rate"],
                                                    mix["measure_s"])))
         mix["cache"] = delta(before, counters(base))
+        mix["stalls"] = stalls(base)
         mix["hit_ratio"] = mix["cache"]["hits"] / max(1.0, sum(mix["cache"].values()))
         result["mix"] = mix
         progress("mix", result["mix"])
@@ -168,6 +227,22 @@ def run(quick: bool, threads: bool = False) -> dict:
         "hit ratio > 80% (seed)": result["mix"]["hit_ratio"] > 0.8,
     }
     return result
+
+
+def stalls(base: str) -> dict:
+    return httpx.get(f"{base}/bench/stalls").json()
+
+
+def stall_lines(res: dict) -> str:
+    lines = []
+    for name, phase in (("cache miss 200/s", res["miss_200"]), ("cache hit 200/s", res["hit_200"]),
+                        ("mix 200/s", res["mix"])):
+        st = phase["stalls"]
+        gcs = ", ".join(f"{g} {v['count']}x max {v['max_ms']:.1f} ms" for g, v in st["gc"].items())
+        lines.append(f"- {name}: loop lag max {st['loop_lag_max_ms']:.1f} ms, p99 "
+                     f"{st['loop_lag_p99_ms']:.1f} ms, {st['ticks_late_over_5ms']} of "
+                     f"{st['ticks']} ticks late by > 5 ms; GC {gcs}")
+    return "\n".join(lines)
 
 
 def table(res: dict) -> str:
@@ -220,6 +295,11 @@ Cache-miss phases use each user once; hit phases re-ask 1,000 warmed users.
 
 {table(res)}
 
+Event-loop stalls inside the API during the open-loop phases (a task waking every 5 ms
+records how late it wakes; GC pauses from `gc.callbacks`):
+
+{stall_lines(res)}
+
 Phase cache counters (misses/hits): miss max {res['miss_max']['cache']}, hit max
 {res['hit_max']['cache']}, miss 200/s {res['miss_200']['cache']}, hit 200/s
 {res['hit_200']['cache']}.
@@ -232,6 +312,11 @@ Notes:
 - A cache miss does two pipelined Redis round trips (cache entry, recent list and model
   versions; then last-touch times, the source items' lists not already parsed in process, and
   the user's ALS list) and ranks ~1,000 candidates with numpy; a hit does one round trip.
+- The API reads Redis through a pipelined asyncio client (serving/reco_aio.py: the loop serves
+  other requests during a round trip) and refreshes its popularity snapshot on the loop in
+  slices of 500 members. GET /recommendations is a plain ASGI endpoint dispatched ahead of
+  FastAPI's router (serving/reco_route.py), while the bare endpoint is an ordinary FastAPI
+  route: a cache hit can therefore be served faster than the bare endpoint.
 - Redis runs with `zset-max-listpack-entries 256` so that co-view sets (at most 200 members)
   stay compact.
 """
