@@ -156,21 +156,6 @@ class RecoService:
             return self.fallback(p)
         return self._answer(p, first, self._features(first, plan, second, items), items)
 
-    def recommend_blocking(self, p: RecoParams) -> Answer:
-        """The same flow with blocking reads (tests and tools outside an event loop)."""
-        try:
-            first = self.store.first_read(p.user_id, p.variant)
-            hit = self._cached(first)
-            if hit is not None:
-                return hit
-            items = self.signals.items
-            plan = self._plan(first, items)
-            second = self.store.second_read(p.user_id, plan.sources, plan.missing,
-                                            plan.als_version)
-        except StoreUnavailable:
-            return self.fallback(p)
-        return self._answer(p, first, self._features(first, plan, second, items), items)
-
     def _cached(self, first: FirstRead) -> Answer | None:
         """The cached response if it was made with the user's current recent-list head and
         the active model versions; None (a miss) otherwise."""
