@@ -145,6 +145,7 @@ def run(quick: bool, threads: bool = False) -> dict:
     seconds = 3 if quick else 6
     rng = np.random.default_rng(42)
     result: dict = {"sizes": vars(s), "loadavg_at_start": os.getloadavg(),
+                    "cpu_pressure_at_start": cpu_pressure(),
                     "cpus": os.cpu_count(), "redis_in_threads": threads}
     server = start_redis()
     api = None
@@ -212,6 +213,8 @@ def run(quick: bool, threads: bool = False) -> dict:
         mix["hit_ratio"] = mix["cache"]["hits"] / max(1.0, sum(mix["cache"].values()))
         result["mix"] = mix
         progress("mix", result["mix"])
+        result["loadavg_at_end"] = os.getloadavg()
+        result["cpu_pressure_at_end"] = cpu_pressure()
     finally:
         if api is not None:
             api.terminate()
@@ -227,6 +230,15 @@ def run(quick: bool, threads: bool = False) -> dict:
         "hit ratio > 80% (seed)": result["mix"]["hit_ratio"] > 0.8,
     }
     return result
+
+
+def cpu_pressure() -> float | None:
+    """Linux PSI: % of the last 60 s in which some runnable task waited for a CPU."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return float(line.split("avg60=")[1].split()[0])
 
 
 def stalls(base: str) -> dict:
@@ -273,6 +285,10 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}%"
+
+
 def write_report(res: dict, name: str = "recommendations") -> str:
     s = res["sizes"]
     fill = ", ".join(f"{k} {v:.1f}s" for k, v in res["fill_s"].items())
@@ -287,10 +303,13 @@ lists of {s['cf']} ({s['pool']} distinct payloads copied across keys). Redis use
 was ready (catalogue + popularity loaded) {res['ready_after_s']:.1f} s after its process started.
 
 One uvicorn worker (uvloop, httptools), Redis and the load generators on the same
-{res['cpus']}-core machine (load average at start {res['loadavg_at_start'][0]:.1f}: the machine
-is shared, so absolute numbers move between runs; the ratios to the bare endpoint measured in the
-same run are the comparable figures). Max throughput: wrk, 1 thread, 16 connections. Fixed rates:
-an open-loop asyncio generator, latency measured from each request's scheduled send time.
+{res['cpus']}-core machine (load average {res['loadavg_at_start'][0]:.1f} at start and
+{res['loadavg_at_end'][0]:.1f} at the end; CPU pressure, the share of time some runnable task waited
+for a core, {_pct(res['cpu_pressure_at_start'])} and {_pct(res['cpu_pressure_at_end'])} over the
+minute before each: the machine is shared, so absolute numbers move between runs; the ratios to
+the bare endpoint measured in the same run are the comparable figures). Max throughput: wrk,
+1 thread, 16 connections. Fixed rates: an open-loop asyncio generator, latency measured from
+each request's scheduled send time.
 Cache-miss phases use each user once; hit phases re-ask 1,000 warmed users.
 
 {table(res)}
