@@ -104,3 +104,26 @@ def test_on_loop_refresh_matches_the_blocking_one(redis_url: str, settings: Sett
     assert [a.ids[row] for row in a.popular_rows] == [b.ids[row] for row in b.popular_rows]
     assert a.popularity[a.popular_rows].tolist() == b.popularity[b.popular_rows].tolist()
     assert b.ids[b.popular_rows[0]] == "i27" and "no-meta" in b.row
+
+
+def test_a_list_ranked_before_a_new_event_is_never_served_after_it(client, world) -> None:
+    """Requests now overlap on the event loop: an event can land between a miss's reads and
+    its cache write. The entry is stamped with the head the ranking saw, so it is a miss."""
+    from tests.api.conftest import touch
+    from tests.api.test_recommendations import get
+
+    io = client.app.state.service.io
+    read = io.second_read
+
+    async def event_during_the_miss(*args):
+        second = await read(*args)
+        touch(world["redis"], "u1", "Y", world["now"])  # Y becomes the head meanwhile
+        return second
+
+    io.second_read = event_during_the_miss
+    stale = get(client)
+    io.second_read = read
+    assert stale["cached"] is False and "Y" in [i["item_id"] for i in stale["items"]]
+    fresh = get(client)  # the stale entry was written, but its head is A, not Y
+    assert fresh["cached"] is False and "Y" not in [i["item_id"] for i in fresh["items"]]
+    assert get(client)["cached"] is True
