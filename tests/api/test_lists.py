@@ -36,3 +36,16 @@ def test_threadpool_mode_serves_the_same_ranking(make_client, world) -> None:
         first = get(client, k=10)
         assert_ranking(first, sorted(EXPECTED.items(), key=lambda kv: -kv[1]))
         assert get(client, k=10)["cached"] is True
+
+
+def test_a_reread_list_with_the_same_members_keeps_its_rows_and_takes_new_scores() -> None:
+    items = ItemIndex.build({"a": {}, "b": {}, "c": {}})
+    cache = ItemListCache(max_entries=10, coview_ttl_s=10, offline_ttl_s=100)
+    key = ListKey("coview", "x", "")
+    first = cache.put(key, (["b", "a"], np.array([2.0, 1.0])), items, now=0.0)
+    assert cache.get(key, items.space, now=11.0) is None  # expired: the caller re-reads it
+    again = cache.put(key, (["b", "a"], np.array([5.0, 4.0])), items, now=11.0)
+    assert again.rows is first.rows and again.scores.tolist() == [5.0, 4.0]
+    moved = cache.put(key, (["a", "c"], np.array([3.0, 1.0])), items, now=12.0)
+    assert moved.rows.tolist() == [0, 2]
+    assert cache.get(key, items.space, now=13.0).rows.tolist() == [0, 2]
