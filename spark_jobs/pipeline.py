@@ -18,6 +18,11 @@ from spark_jobs import extract as ex
 from spark_jobs import tracking
 
 MODELS = ("item2vec", "als")
+# What each model's training (and every evaluation) reads from an extract: only these are built.
+EXTRACT_DATASETS = {
+    "item2vec": (ex.TRAIN_EVENTS, ex.HOLDOUT, ex.INTERACTIONS, ex.SESSIONS, ex.SESSIONS_FULL),
+    "als": (ex.TRAIN_EVENTS, ex.HOLDOUT, ex.INTERACTIONS, ex.INTERACTIONS_FULL),
+}
 
 
 @dataclass(frozen=True)
@@ -107,12 +112,16 @@ def config_from_settings(settings, model: str, run_dir: Path | None = None,
 
 
 def spark_session(cfg: PipelineConfig):
+    import pyspark
+
     from reco.stack.servers import jdbc_driver_jar
     from spark_jobs.session import build_session
 
     jar = jdbc_driver_jar(Path(cfg.jars_dir))
+    archive = Path(cfg.jars_dir) / f"spark-{pyspark.__version__}-classes.jsa"
     return build_session(f"reco-{cfg.model}", cfg.spark_master, cfg.spark_driver_memory,
-                         jars=[jar], shuffle_partitions=max(2, cfg.jdbc_partitions))
+                         jars=[jar], shuffle_partitions=max(2, cfg.jdbc_partitions),
+                         class_archive=archive)
 
 
 def _connect(cfg: PipelineConfig):
@@ -128,11 +137,12 @@ def extract_step(cfg: PipelineConfig, spark=None) -> dict:
     source = ex.JdbcSource(cfg.jdbc_url, cfg.pg_user, cfg.pg_password, cfg.jdbc_partitions)
     out = Path(cfg.run_dir) / "extract"
     manifest = ex.extract(spark, source, start, end, cfg.event_weights, cfg.session_gap_s,
-                          cfg.half_life_days, out)
+                          cfg.half_life_days, out, EXTRACT_DATASETS[cfg.model])
     if manifest["train_events"] == 0:
         raise ValueError(f"no training events between {start} and {end}")
+    detail = {f"extract.{k}": v for k, v in manifest["timings"].items()}
     return {"extract_dir": str(out), "events": manifest["events"],
-            "timings": {"extract_s": time.perf_counter() - started}}
+            "timings": {"extract_s": time.perf_counter() - started, **detail}}
 
 
 def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
