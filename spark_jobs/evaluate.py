@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
 from spark_jobs import extract as ex
 from spark_jobs import knn
@@ -42,12 +44,18 @@ class EvalData:
         self.popularity = pop.reindex(self.item_ids).fillna(0).to_numpy(np.float32)
         self.extract_dir = extract_dir
 
-    def recent_items(self, n: int) -> dict[str, list[str]]:
-        """Each evaluated user's last n distinct training items, newest first."""
+    def recent_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(user row, catalogue row) of each evaluated user's last n distinct training items."""
         events = read_parquet(self.extract_dir / ex.TRAIN_EVENTS, ["user_id", "item_id", "ts"])
-        events = events[events["user_id"].isin(self.users)]
-        events = events.sort_values("ts", ascending=False).drop_duplicates(["user_id", "item_id"])
-        return {u: list(g["item_id"].head(n)) for u, g in events.groupby("user_id", sort=False)}
+        user = pd.Index(self.user_ids).get_indexer(events["user_id"])
+        item = pd.Index(self.item_ids).get_indexer(events["item_id"])
+        keep = (user >= 0) & (item >= 0)
+        frame = pd.DataFrame({"user": user[keep], "item": item[keep],
+                              "ts": events["ts"].to_numpy()[keep]})
+        frame = (frame.sort_values("ts", ascending=False, kind="stable")
+                 .drop_duplicates(["user", "item"]))
+        frame = frame[frame.groupby("user", sort=False).cumcount() < n]
+        return frame["user"].to_numpy(np.int64), frame["item"].to_numpy(np.int64)
 
 
 def ranks(data: EvalData, scorer: Scorer, k: int, batch: int | None = None
@@ -92,23 +100,28 @@ def popularity_scorer(data: EvalData) -> Scorer:
     return lambda rows: np.broadcast_to(data.popularity, (len(rows), len(data.popularity))).copy()
 
 
+def _catalogue_rows(data: EvalData, model_ids: np.ndarray) -> np.ndarray:
+    """Each catalogue item's row in a model's id array, -1 where the model does not know it."""
+    return pd.Index(np.asarray(model_ids, dtype=str)).get_indexer(data.item_ids)
+
+
 def item2vec_scorer(data: EvalData, item_ids: np.ndarray, vectors: np.ndarray,
                     recent_n: int) -> Scorer:
     """Score = cosine between each item and the mean of the user's recent items' vectors."""
     unit = knn.normalize(vectors)
-    vocab = index_of(item_ids)
+    model_row = _catalogue_rows(data, item_ids)
+    in_vocab = model_row >= 0
     catalogue_unit = np.zeros((len(data.item_ids), unit.shape[1]), np.float32)
-    in_vocab = np.zeros(len(data.item_ids), bool)
-    for i, item in enumerate(data.item_ids.tolist()):
-        j = vocab.get(item)
-        if j is not None:
-            catalogue_unit[i], in_vocab[i] = unit[j], True
-    recent = data.recent_items(recent_n)
-    queries = np.zeros((len(data.user_ids), unit.shape[1]), np.float32)
-    for u, user in enumerate(data.user_ids.tolist()):
-        rows = [vocab[i] for i in recent.get(user, []) if i in vocab]
-        if rows:
-            queries[u] = unit[rows].mean(axis=0)
+    catalogue_unit[in_vocab] = unit[model_row[in_vocab]]
+    # Mean of the unit vectors of each user's recent items that the model knows.
+    users, items = data.recent_rows(recent_n)
+    known = in_vocab[items]
+    users, items = users[known], items[known]
+    pick = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)),
+                         shape=(len(data.user_ids), len(data.item_ids)))
+    counts = np.bincount(users, minlength=len(data.user_ids)).astype(np.float32)
+    queries = np.asarray(pick @ catalogue_unit, dtype=np.float32)
+    queries /= np.maximum(counts, 1.0)[:, None]
 
     def score(rows: np.ndarray) -> np.ndarray:
         scores = queries[rows] @ catalogue_unit.T
@@ -120,16 +133,13 @@ def item2vec_scorer(data: EvalData, item_ids: np.ndarray, vectors: np.ndarray,
 
 def als_scorer(data: EvalData, user_ids: np.ndarray, item_ids: np.ndarray,
                user_factors: np.ndarray, item_factors: np.ndarray) -> Scorer:
-    users, items = index_of(user_ids), index_of(item_ids)
+    user_row = pd.Index(np.asarray(user_ids, dtype=str)).get_indexer(data.user_ids)
     q = np.zeros((len(data.user_ids), user_factors.shape[1]), np.float32)
-    for u, user in enumerate(data.user_ids.tolist()):
-        if user in users:
-            q[u] = user_factors[users[user]]
+    q[user_row >= 0] = user_factors[user_row[user_row >= 0]]
+    item_row = _catalogue_rows(data, item_ids)
+    known = item_row >= 0
     cat = np.zeros((len(data.item_ids), item_factors.shape[1]), np.float32)
-    known = np.zeros(len(data.item_ids), bool)
-    for i, item in enumerate(data.item_ids.tolist()):
-        if item in items:
-            cat[i], known[i] = item_factors[items[item]], True
+    cat[known] = item_factors[item_row[known]]
 
     def score(rows: np.ndarray) -> np.ndarray:
         scores = q[rows] @ cat.T
