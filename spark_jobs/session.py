@@ -24,9 +24,12 @@ def class_archive_options(archive: Path) -> list[str]:
     archive.parent.mkdir(parents=True, exist_ok=True)
     for written in archive.parent.glob(f"{archive.name}.*.tmp"):
         try:
-            if time.time() - written.stat().st_mtime > 60 and written.stat().st_size > 0:
-                written.replace(archive)
-        except FileNotFoundError:  # another session moved it first
+            if time.time() - written.stat().st_mtime > 60:
+                if archive.exists() or written.stat().st_size == 0:
+                    written.unlink()  # one archive is enough
+                else:
+                    written.replace(archive)
+        except FileNotFoundError:  # another session got to it first
             pass
     if archive.exists():
         return [f"-XX:SharedArchiveFile={archive}", _QUIET_CDS]
