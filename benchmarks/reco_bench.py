@@ -302,14 +302,14 @@ lists of {s['cf']} ({s['pool']} distinct payloads copied across keys). Redis use
 {res['redis_memory_mb']:,.0f} MB; fill took {res['fill_total_s']:.0f} s ({fill}); the API
 was ready (catalogue + popularity loaded) {res['ready_after_s']:.1f} s after its process started.
 
-One uvicorn worker (uvloop, httptools), Redis and the load generators on the same
-{res['cpus']}-core machine (load average {res['loadavg_at_start'][0]:.1f} at start and
-{res['loadavg_at_end'][0]:.1f} at the end; CPU pressure, the share of time some runnable task waited
-for a core, {_pct(res['cpu_pressure_at_start'])} and {_pct(res['cpu_pressure_at_end'])} over the
-minute before each: the machine is shared, so absolute numbers move between runs; the ratios to
-the bare endpoint measured in the same run are the comparable figures). Max throughput: wrk,
-1 thread, 16 connections. Fixed rates: an open-loop asyncio generator, latency measured from
-each request's scheduled send time.
+One uvicorn worker (uvloop, httptools), Redis and the load generators on the same \
+{res['cpus']}-core machine, shared with other work: load average \
+{res['loadavg_at_start'][0]:.1f} at the start and {res['loadavg_at_end'][0]:.1f} at the end; CPU \
+pressure (share of the previous minute in which some runnable task waited for a core) \
+{_pct(res['cpu_pressure_at_start'])} and {_pct(res['cpu_pressure_at_end'])}. Absolute numbers \
+move between runs; the ratios to the bare endpoint measured in the same run are the comparable \
+figures. Max throughput: wrk, 1 thread, 16 connections. Fixed rates: an open-loop asyncio \
+generator, latency measured from each request's scheduled send time.
 Cache-miss phases use each user once; hit phases re-ask 1,000 warmed users.
 
 {table(res)}
