@@ -110,19 +110,18 @@ def sessions(events: DataFrame, gap_s: float, min_length: int = 2, user_col: str
              item_col: str = "item_id", ts_col: str = "ts") -> DataFrame:
     """Item sequences split on inactivity > gap_s; consecutive repeats of an item collapse."""
     by_time = Window.partitionBy(user_col).orderBy(ts_col, item_col)
+    # One window pass: a session is a contiguous run of the user's time order, so the previous
+    # event inside the session is the user's previous event unless this one starts a session.
     marked = (
         events.select(user_col, item_col, ts_col)
         .withColumn("_prev_ts", F.lag(ts_col).over(by_time))
+        .withColumn("_prev_item", F.lag(item_col).over(by_time))
         .withColumn("_new", F.when(F.col("_prev_ts").isNull()
                                    | (F.col(ts_col) - F.col("_prev_ts") > gap_s), 1).otherwise(0))
         .withColumn("session", F.sum("_new").over(
             by_time.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
     )
-    in_session = Window.partitionBy(user_col, "session").orderBy(ts_col, item_col)
-    deduped = (
-        marked.withColumn("_prev_item", F.lag(item_col).over(in_session))
-        .where(F.col("_prev_item").isNull() | (F.col("_prev_item") != F.col(item_col)))
-    )
+    deduped = marked.where((F.col("_new") == 1) | (F.col("_prev_item") != F.col(item_col)))
     grouped = deduped.groupBy(user_col, "session").agg(
         F.sort_array(F.collect_list(F.struct(ts_col, item_col))).alias("_seq"),
         F.min(ts_col).alias("start_ts"),
@@ -165,7 +164,9 @@ def extract(spark: SparkSession, source: JdbcSource, start: datetime, end: datet
     # shuffling the events again (checked in the physical plans: no further exchange by user).
     events = (with_weights(read_events(spark, source, start, end), weights)
               .repartition(parts, "user_id").cache())
-    n_events = events.count()
+    # The first action fills the cache and counts in the same pass.
+    counts = events.agg(F.count("*").alias("events"), F.countDistinct("user_id").alias("users"),
+                        F.countDistinct("item_id").alias("items")).first()
     timings["read_s"] = time.perf_counter() - started
     train, held = split_leave_last_out(events)
     train = train.cache()
@@ -183,14 +184,10 @@ def extract(spark: SparkSession, source: JdbcSource, start: datetime, end: datet
             started = time.perf_counter()
             builders[name]().write.mode("overwrite").parquet(str(out_dir / name))
             timings[name.split(".")[0] + "_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    counts = events.agg(F.countDistinct("user_id").alias("users"),
-                        F.countDistinct("item_id").alias("items")).first()
-    timings["counts_s"] = time.perf_counter() - started
     manifest = {
         "window_start": start.astimezone(UTC).isoformat(),
         "window_end": end.astimezone(UTC).isoformat(),
-        "events": int(n_events), "users": int(counts["users"]),
+        "events": int(counts["events"]), "users": int(counts["users"]),
         "items": int(counts["items"]),
         "train_events": parquet_rows(out_dir / TRAIN_EVENTS) if TRAIN_EVENTS in datasets
         else train.count(),
