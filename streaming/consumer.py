@@ -86,14 +86,14 @@ async def run_batches(
 
 
 async def _fetch(
-    consumer: AIOKafkaConsumer, batch_max: int
+    consumer: AIOKafkaConsumer, batch_max: int, timeout_ms: int = POLL_TIMEOUT_MS
 ) -> dict[TopicPartition, list[ConsumerRecord]]:
     """Up to `batch_max` records: wait for the first, then take whatever else is buffered.
 
     One getmany() returns a single fetch response's worth (often ~100 records); per-batch
     costs (Redis round trips, the commit) are paid once per batch, so fuller batches matter.
     """
-    batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=batch_max)
+    batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=batch_max)
     count = sum(len(part) for part in batches.values())
     while 0 < count < batch_max:
         more = await consumer.getmany(timeout_ms=0, max_records=batch_max - count)

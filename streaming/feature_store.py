@@ -32,28 +32,64 @@ class AppliedBatch:
     unscored: int
 
 
+@dataclass
+class PlannedBatch:
+    """A batch's fresh events and the Redis commands that apply them, not yet written."""
+
+    fresh: list[Event]
+    duplicates: int
+    updates: FeatureUpdates
+    commands: list[Command]
+
+    @property
+    def result(self) -> AppliedBatch:
+        return AppliedBatch(self.fresh, self.duplicates, self.updates.unscored)
+
+
 class FeatureStore:
-    def __init__(self, client: RedisPipe, settings: Settings) -> None:
+    def __init__(self, client: RedisPipe, settings: Settings,
+                 writer: RedisPipe | None = None) -> None:
         self.redis = client
+        self.writer = writer or client  # a second connection lets a write overlap a read
         self.settings = settings
         self.params = FeatureParams.from_settings(settings)
         self._categories: dict[str, tuple[str | None, float]] = {}  # item -> (category, expiry)
 
     async def apply(self, events: Sequence[Event]) -> AppliedBatch:
+        planned = await self.plan(events)
+        if planned.commands:
+            await self.write(planned)
+        return planned.result
+
+    async def plan(self, events: Sequence[Event],
+                   after: PlannedBatch | None = None) -> PlannedBatch:
+        """Read the state the batch needs and compute its writes.
+
+        `after` is a planned batch whose write may still be in flight: its users' recent
+        items and its event ids are taken from it instead of Redis (one partition, hence
+        this process, owns each user, so nothing else changes them meanwhile)."""
         unique = _first_copies(events)
-        seen, recent, categories = await self._read_state(unique)
+        carried: dict[str, RecentItems] = {}
+        if after is not None and after.fresh:
+            written = {e.event_id for e in after.fresh}
+            unique = [e for e in unique if e.event_id not in written]
+            carried = after.updates.recent
+        seen, recent, categories = await self._read_state(unique, carried)
         fresh = [e for e, was_seen in zip(unique, seen, strict=True) if not was_seen]
         if not fresh:
-            return AppliedBatch([], len(events), 0)
+            return PlannedBatch([], len(events), FeatureUpdates(), [])
         now = time.time()
         updates = plan_batch(fresh, recent, categories, self.params, now)
-        await self._write(fresh, updates, now)
-        return AppliedBatch(fresh, len(events) - len(fresh), updates.unscored)
+        return PlannedBatch(fresh, len(events) - len(fresh), updates,
+                            self._commands(fresh, updates))
+
+    async def write(self, planned: PlannedBatch) -> None:
+        await self.writer.execute(planned.commands, transaction=True)
 
     async def _read_state(
-        self, events: Sequence[Event]
+        self, events: Sequence[Event], carried: dict[str, RecentItems]
     ) -> tuple[list[bool], dict[str, RecentItems], dict[str, str | None]]:
-        users = list(dict.fromkeys(e.user_id for e in events))
+        users = [u for u in dict.fromkeys(e.user_id for e in events) if u not in carried]
         now = time.monotonic()
         cached = self._categories
         unknown = [i for i in dict.fromkeys(e.item_id for e in events)
@@ -67,7 +103,7 @@ class FeatureStore:
 
         n = len(events)
         seen = [bool(x) for x in replies[:n]]
-        recent = {}
+        recent = {e.user_id: carried[e.user_id] for e in events if e.user_id in carried}
         for i, user in enumerate(users):
             listed, flat = replies[n + 2 * i], replies[n + 2 * i + 1]
             times = {flat[j].decode(): float(flat[j + 1]) for j in range(0, len(flat), 2)}
@@ -82,7 +118,7 @@ class FeatureStore:
         cached.update((item, (cat, now + CATEGORY_CACHE_S)) for item, cat in fetched.items())
         return seen, recent, categories
 
-    async def _write(self, events: Sequence[Event], up: FeatureUpdates, now: float) -> None:
+    def _commands(self, events: Sequence[Event], up: FeatureUpdates) -> list[Command]:
         s = self.settings
         cmds: list[Command] = []
         add = cmds.append
@@ -119,7 +155,7 @@ class FeatureStore:
             add(("EXPIRE", keys.user_seen(user), s.seen_ttl_s))
         for e in events:
             add(("SET", _marker(e), 1, "EX", s.dedup_ttl_s))
-        await self.redis.execute(cmds, transaction=True)
+        return cmds
 
 
 def _items_by_user(events: Sequence[Event]) -> dict[str, set[str]]:

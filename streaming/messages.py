@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
@@ -18,6 +20,21 @@ def decode(record: ConsumerRecord) -> Event | str:
     except ValidationError as exc:
         reasons = "; ".join(f"{e['field']}: {e['reason']}" for e in describe_errors(exc))
         return f"invalid event: {reasons}"
+
+
+def split(
+    records: Sequence[ConsumerRecord],
+) -> tuple[list[Event], list[tuple[ConsumerRecord, str]]]:
+    """The batch's events, and its bad messages with the reason."""
+    events: list[Event] = []
+    bad: list[tuple[ConsumerRecord, str]] = []
+    for record in records:
+        decoded = decode(record)
+        if isinstance(decoded, str):
+            bad.append((record, decoded))
+        else:
+            events.append(decoded)
+    return events, bad
 
 
 # Characters of the original message kept in a DLQ record. Escaping can make a character six

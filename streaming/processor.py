@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from reco.events import Event
 from reco.settings import Settings
 from streaming import consumer as loop
-from streaming.feature_store import FeatureStore
-from streaming.messages import decode, dlq_value
+from streaming.feature_store import AppliedBatch, FeatureStore
+from streaming.messages import dlq_value, split
 from streaming.metrics import (
     DLQ_PUBLISHED,
     EVENTS_DUPLICATE,
@@ -28,6 +27,7 @@ from streaming.metrics import (
     PROCESSING_ERRORS,
     serve_metrics,
 )
+from streaming.overlap import run_overlapped
 from streaming.redis_pipe import RedisPipe
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,15 @@ class Processor:
         self.settings = settings
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        events: list[Event] = []
-        bad: list[tuple[ConsumerRecord, str]] = []
-        for record in records:
-            decoded = decode(record)
-            if isinstance(decoded, str):
-                bad.append((record, decoded))
-            else:
-                events.append(decoded)
+        """The plain path: apply a batch and wait for it (also the overlapped loop's fallback)."""
+        events, bad = split(records)
         # Redis first: on a retry its markers make it a no-op, so only the DLQ can repeat.
         result = await self.store.apply(events) if events else None
+        await self.finish(result, bad)
+
+    async def finish(self, result: AppliedBatch | None,
+                     bad: list[tuple[ConsumerRecord, str]]) -> None:
+        """After the batch's Redis write succeeded: dead-letter its bad messages, count it."""
         if bad:
             await self._dead_letter(bad)
         if result is not None:
@@ -75,7 +74,7 @@ class Processor:
 
 async def run_async(settings: Settings, stop: asyncio.Event) -> None:
     """Process until `stop` is set, then finish the batch in hand, commit and close."""
-    client = RedisPipe(settings.redis_url)
+    client, writer = RedisPipe(settings.redis_url), RedisPipe(settings.redis_url)
     dlq = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                            enable_idempotence=True)
     consumer = loop.make_consumer(settings, settings.group_processor)
@@ -84,14 +83,15 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
             return
         if not await loop.start_with_retry(consumer, stop, settings.consumer_backoff_max_s):
             return
-        handler = Processor(FeatureStore(client, settings), dlq, settings)
-        await loop.run_batches(consumer, handler, stop, group=settings.group_processor,
-                               batch_max=settings.consumer_batch_max,
-                               backoff_max_s=settings.consumer_backoff_max_s)
+        handler = Processor(FeatureStore(client, settings, writer), dlq, settings)
+        await run_overlapped(consumer, handler, stop, group=settings.group_processor,
+                             batch_max=settings.consumer_batch_max,
+                             backoff_max_s=settings.consumer_backoff_max_s)
     finally:
         await consumer.stop()
         await dlq.stop()
         await client.close()
+        await writer.close()
 
 
 def run(settings: Settings) -> None:

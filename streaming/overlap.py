@@ -1,0 +1,130 @@
+"""The processor's batch loop: one batch's Redis write overlaps the next batch's work.
+
+Per batch, the plain loop (streaming/consumer.py) reads from Redis, plans in Python, then waits
+while Redis executes the write: Python and Redis took turns on a two-core machine. Here, once
+batch k is planned and batch k+1 fetched, k+1's read goes out first, then k's write (on a
+second connection); Python plans k+1 while Redis executes k's write. The plan of k+1 takes the
+users and event ids of k from k's plan, not from Redis (one partition, hence this process, owns
+each user). Offsets of k are committed only after k's write succeeded; on any failure both
+batches go through the plain path again (with its retries), whose `event:seen` markers make
+whatever did get written a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from reco import heap
+from streaming import consumer as loop
+from streaming.feature_store import PlannedBatch
+from streaming.messages import split
+from streaming.metrics import BATCH_SECONDS, PROCESSING_ERRORS
+
+if TYPE_CHECKING:
+    from streaming.processor import Processor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Planned:
+    records: list[ConsumerRecord]
+    offsets: dict[TopicPartition, int]
+    bad: list[tuple[ConsumerRecord, str]]
+    plan: PlannedBatch
+
+
+async def run_overlapped(
+    consumer: AIOKafkaConsumer, processor: Processor, stop: asyncio.Event, *,
+    group: str, batch_max: int, backoff_max_s: float,
+) -> None:
+    """Consume until `stop` is set; the planned batch is written and committed first."""
+    store = processor.store
+    pending: _Planned | None = None
+    committing: asyncio.Task[None] | None = None
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        nonlocal committing
+        if committing is not None:
+            await committing
+        committing = asyncio.create_task(loop._commit(consumer, offsets))
+
+    async def plainly(batch: list[ConsumerRecord], offsets: dict[TopicPartition, int]) -> bool:
+        if not await loop._until_done(processor, batch, stop, group, backoff_max_s):
+            return False  # stopping while a store is down: leave the batch uncommitted
+        await commit(offsets)
+        return True
+
+    async def flush() -> bool:
+        """Write the planned batch (nothing else to overlap it with) and commit it."""
+        nonlocal pending
+        done, pending = pending, None
+        assert done is not None
+        try:
+            if done.plan.commands:
+                await store.write(done.plan)
+            await processor.finish(done.plan.result, done.bad)
+        except Exception as exc:  # noqa: BLE001 - the plain path retries and reports
+            _failed(group, exc)
+            return await plainly(done.records, done.offsets)
+        await commit(done.offsets)
+        return True
+
+    heap.settle()
+    try:
+        while not stop.is_set():
+            wait_ms = loop.POLL_TIMEOUT_MS if pending is None else 0
+            batches = await loop._fetch(consumer, batch_max, wait_ms)
+            records = [r for part in batches.values() for r in part]
+            if not records:
+                if pending is not None and not await flush():
+                    return
+                await loop._record_lag(consumer, group)
+                continue
+            started = time.perf_counter()
+            offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
+            events, bad = split(records)
+            previous = pending
+            planning = asyncio.create_task(
+                store.plan(events, after=previous.plan if previous else None))
+            writing = (asyncio.create_task(store.write(previous.plan))
+                       if previous is not None and previous.plan.commands else None)
+            try:
+                planned = await planning
+                if writing is not None:
+                    await writing
+                if previous is not None:
+                    await processor.finish(previous.plan.result, previous.bad)
+            except Exception as exc:  # noqa: BLE001 - the plain path retries and reports
+                _failed(group, exc)
+                await asyncio.gather(*(t for t in (planning, writing) if t is not None),
+                                     return_exceptions=True)
+                pending = None
+                if previous is not None and not await plainly(previous.records,
+                                                              previous.offsets):
+                    return
+                if not await plainly(records, offsets):
+                    return
+                continue
+            if previous is not None:
+                await commit(previous.offsets)
+            pending = _Planned(records, offsets, bad, planned)
+            BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
+            await loop._record_lag(consumer, group)
+        if pending is not None:
+            await flush()
+    finally:
+        if committing is not None:
+            await committing
+
+
+def _failed(group: str, exc: Exception) -> None:
+    PROCESSING_ERRORS.labels(group, type(exc).__name__).inc()
+    log.warning("%s: overlapped batch failed (%r); redoing it plainly", group, exc)
