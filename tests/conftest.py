@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import uuid
 from collections.abc import Iterator
 
@@ -18,6 +19,9 @@ from reco.topics import ensure_topics
 from tests import servers
 
 APP_TABLES = ("events", "items", "users", "models")
+# py4j logs "Closing down clientserver connection" from a destructor at interpreter exit, after
+# pytest closed the streams its handlers write to: a "--- Logging error ---" trace after the run.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")
