@@ -30,7 +30,8 @@ class ItemIn(BaseModel):
 
     title: Annotated[str, StringConstraints(max_length=512)] | None = None
     category: Category | None = None
-    price: Annotated[float, Field(ge=0, lt=1e10)] | None = None  # numeric(12, 2)
+    # numeric(12, 2): anything above this rounds to 10**10 in PostgreSQL and overflows.
+    price: Annotated[float, Field(ge=0, le=9_999_999_999.99)] | None = None
     in_stock: bool = True
     attributes: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None

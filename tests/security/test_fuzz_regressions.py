@@ -17,6 +17,8 @@ pytestmark = pytest.mark.integration
     ({"attributes": {"k\x00": 1}}, "attributes", "must not contain NUL characters"),
     ({"attributes": {"sizes": [1, {"eu": 2**64}]}}, "attributes",
      "integers must fit in 64 bits"),
+    # Below the old bound (< 1e10) but rounded to 10**10 by numeric(12, 2): a 500 before.
+    ({"price": 9_999_999_999.995}, "price", "Input should be less than or equal to 9999999999.99"),
     ({"created_at": 1e300}, "created_at", "epoch milliseconds out of range"),
     ({"created_at": -1e20}, "created_at", "epoch milliseconds out of range"),
 ])
@@ -28,7 +30,8 @@ async def test_unstorable_catalogue_fields_are_422(
         one = await client.put("/items/i1", json=item)
         batch = await client.post("/items/batch", json={"items": [
             {"item_id": "ok"}, {"item_id": "i2", **item}]})
-        fine = await client.put("/items/i3", json={"attributes": {"n": 2**64 - 1, "m": -(2**63)}})
+        fine = await client.put("/items/i3", json={"attributes": {"n": 2**64 - 1, "m": -(2**63)},
+                                                   "price": 9_999_999_999.99})
     assert one.status_code == 422
     assert [(e["field"], e["reason"]) for e in one.json()["detail"]] == [(field, reason)]
     assert batch.status_code == 422
