@@ -55,8 +55,23 @@ def diversify(order: np.ndarray, category: np.ndarray, k: int, max_share: float)
     other items remain (a short list would be worse for the shop than a capped share).
     Items without a known category are never capped.
     """
-    if max_share >= 1.0 or len(order) <= 1:
-        return order[:k]
+    chosen, deferred = _capped(order, category, k, max_share)
+    return np.asarray(chosen + deferred[: k - len(chosen)], dtype=np.int64)
+
+
+def diversify_head(head: np.ndarray, category: np.ndarray, k: int, max_share: float
+                   ) -> np.ndarray | None:
+    """`diversify` given only the head of the ranking: the same answer, or None when the head
+    is too short to tell (deferred items, or items past the head, would be needed)."""
+    chosen, _ = _capped(head, category, k, max_share)
+    return np.asarray(chosen, dtype=np.int64) if len(chosen) == k else None
+
+
+def _capped(order: np.ndarray, category: np.ndarray, k: int, max_share: float
+            ) -> tuple[list[int], list[int]]:
+    """(up to k items in order keeping every category within its cap, the items deferred)."""
+    if max_share >= 1.0:
+        return order[:k].tolist(), []
     cap = max(1, math.floor(max_share * k))
     counts: dict[int, int] = {}
     chosen: list[int] = []
@@ -69,6 +84,4 @@ def diversify(order: np.ndarray, category: np.ndarray, k: int, max_share: float)
         chosen.append(pos)
         if len(chosen) == k:
             break
-    if len(chosen) < k:
-        chosen.extend(deferred[: k - len(chosen)])
-    return np.asarray(chosen, dtype=np.int64)
+    return chosen, deferred

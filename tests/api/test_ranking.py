@@ -10,12 +10,13 @@ from reco.catalog import ItemIndex
 from reco.ranking import (
     RankConfig,
     UserFeatures,
+    _best_first,
     _source_recency,
     popular_items,
     rank,
     similar_items,
 )
-from reco.rules import Filters, diversify, eligible, freshness
+from reco.rules import Filters, diversify, diversify_head, eligible, freshness
 
 NOW = 1_750_000_000.0
 HOUR = 3600.0
@@ -107,6 +108,28 @@ def test_diversify_caps_then_fills() -> None:
     assert diversify(order, category, k=5, max_share=0.5).tolist() == [0, 1, 3, 4, 2]
     assert diversify(order, category, k=2, max_share=0.5).tolist() == [0, 3]
     assert diversify(order, category, k=3, max_share=1.0).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_head_of_the_ranking_gives_the_full_sorts_answer(seed: int) -> None:
+    """`rank` sorts only the head of the pool: same top k as sorting and diversifying it all,
+    including score ties (coarse scores) and categories that run out of room."""
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1, 400))
+    score = rng.integers(0, 6, m) / 5.0  # many ties
+    pool = np.flatnonzero(rng.random(m) < 0.8)
+    category = rng.choice([-1, 0, 1, 2], size=m, p=[0.05, 0.8, 0.1, 0.05])
+    full = pool[np.argsort(-score[pool], kind="stable")]
+    for n in (1, 5, 40, len(pool) + 1):
+        head = _best_first(pool, score, n)
+        assert head.tolist() == full[: len(head)].tolist()
+        assert len(head) >= min(n, len(pool))
+        for k, share in ((5, 0.5), (10, 0.2), (3, 1.0)):
+            expected = diversify(full, category, k, share).tolist()
+            got = diversify_head(head, category, k, share)
+            assert got is None or got.tolist() == expected
+            if len(head) == len(pool) and len(expected) == k and share >= 1.0:
+                assert got is not None
 
 
 def test_source_recency_borrows_newer_time_when_missing() -> None:
