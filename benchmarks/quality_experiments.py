@@ -13,9 +13,12 @@ the test split.
 3. Item2Vec trained on each user's whole history as one sequence instead of 30-minute sessions;
 4. EASE (Steck 2019), a closed-form item-item model, alone, all seen items excluded;
 5. a learned second stage: gradient-boosted trees and logistic regression over the blend's
-   per-signal values of its top-200 candidates, two-fold cross-validated over users.
+   per-signal values of its top-200 candidates, two-fold cross-validated over users;
+6. Item2Vec neighbours scored input-vector . output-vector (the skip-gram's own estimate that
+   one item appears in the other's context, raw or through the sigmoid) instead of the cosine
+   of two input vectors; gensim only (Spark's Word2Vec does not expose output vectors).
 
-Run: .venv/bin/python benchmarks/quality_experiments.py   (about 10 minutes on 2 cores)
+Run: .venv/bin/python benchmarks/quality_experiments.py   (about 12 minutes on 2 cores)
 Writes benchmarks/reports/quality_experiments.md.
 """
 
@@ -146,6 +149,28 @@ def second_stage(split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict) -> di
             for n, folds in out.items()}
 
 
+def in_out_lists(split: tq.Split, p: i2v_job.Item2VecParams, gap_s: float, score: str,
+                 k: int = 100) -> dict:
+    """Each item's top-k partners by in . out (score "dot") or sigmoid(in . out) ("sigmoid")."""
+    from gensim.models import Word2Vec
+
+    sessions = [list(s) for s in tq.sessions_frame(split.model_train, gap_s)["items"]]
+    m = Word2Vec(sentences=sessions, vector_size=p.vector_size, window=p.window, min_count=1,
+                 sg=1, hs=0, negative=p.negative, ns_exponent=p.ns_exponent, sample=p.sample,
+                 epochs=p.epochs, alpha=p.alpha, seed=p.seed, workers=p.workers)
+    ids = np.asarray(m.wv.index_to_key)
+    scores = m.wv.vectors @ m.syn1neg.T
+    if score == "sigmoid":
+        scores = 1.0 / (1.0 + np.exp(-scores))
+    np.fill_diagonal(scores, -np.inf)
+    out = {}
+    for r, item in enumerate(ids.tolist()):
+        top = np.argpartition(-scores[r], k)[:k]
+        top = top[np.argsort(-scores[r][top], kind="stable")]
+        out[item] = (ids[top].tolist(), scores[r][top].astype(np.float64))
+    return out
+
+
 def main() -> None:
     settings = Settings()
     weights = dict(settings.event_weights)
@@ -195,6 +220,14 @@ def main() -> None:
         for w in (0.1, 0.3):
             row("3 Item2Vec on user histories", f"{change or 'tuned parameters'}, w_embed {w}",
                 tq.evaluate(val, replace(cfg, w_embed=w), knobs, knn_u, cf))
+
+    for score in ("dot", "sigmoid"):
+        knn_io = in_out_lists(val, i2v, knobs["session_gap_s"], score)
+        row("6 Item2Vec in . out", f"{score} (alone)",
+            tq.evaluate(val, tq.single(cfg, "embedding"), knobs, knn_io, cf))
+        for w in (0.1, 0.3, 0.6):
+            row("6 Item2Vec in . out", f"{score}, w_embed {w}",
+                tq.evaluate(val, replace(cfg, w_embed=w), knobs, knn_io, cf))
 
     row("4 EASE alone", "lambda 50 (all seen excluded)", ease_alone(val, 50.0))
     row("4 EASE alone", "lambda 200 (all seen excluded)", ease_alone(val, 200.0))
