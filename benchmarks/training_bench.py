@@ -267,12 +267,15 @@ def main() -> None:
     parser.add_argument("--dag", action="store_true",
                         help="also time `airflow dags test item2vec_daily` (engine local)")
     parser.add_argument("--merge", action="store_true",
-                        help="keep rows of other sizes from the existing report")
+                        help="keep the existing report's rows this run does not repeat (other"
+                             " sizes, engines or models)")
     args = parser.parse_args()
     results: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "sizes": []}
     previous = REPORTS / "training.json"
-    if args.merge and previous.exists():  # keep other sizes' rows from an earlier run
+    kept: dict[int, dict] = {}  # events -> that size's entry in the existing report
+    if args.merge and previous.exists():
         old = json.loads(previous.read_text())
+        kept = {s["events"]: s for s in old["sizes"]}
         results["sizes"] = [s for s in old["sizes"] if s["events"] not in args.sizes]
         results.update({k: old[k] for k in ("publish", "spark_start_s") if k in old})
     pg, rd = servers.start_postgres(), servers.start_redis()
@@ -315,6 +318,14 @@ def main() -> None:
             if args.cli:
                 size["cli"] = [cli_run(settings, "item2vec", "local", end)]
                 print(json.dumps(size["cli"]), flush=True)
+            earlier = kept.get(n)
+            if earlier:  # rows of this size that this run did not repeat
+                redone = {(r["engine"], r["model"]) for r in size["runs"]}
+                size["runs"] = [r for r in earlier["runs"]
+                                if (r["engine"], r["model"]) not in redone] + size["runs"]
+                for key in ("dag", "cli"):
+                    if key not in size and key in earlier:
+                        size[key] = earlier[key]
             results["sizes"].append(size)
             results["sizes"].sort(key=lambda s: s["events"])
             REPORTS.mkdir(parents=True, exist_ok=True)
