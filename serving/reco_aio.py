@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import hiredis
 from redis.connection import parse_url
 
-from serving.reco_redis import Command, RedisDown
+from serving.reco_redis import Command, RedisDown, setup_commands
 
 
 class _Batch:
@@ -134,11 +134,7 @@ class AsyncPipelineClient:
                 else:
                     await loop.create_connection(lambda: conn, opts.get("host", "127.0.0.1"),
                                                  opts.get("port", 6379))
-                setup: list[Command] = []
-                if opts.get("password"):
-                    setup.append(("AUTH", opts.get("username") or "default", opts["password"]))
-                if opts.get("db"):
-                    setup.append(("SELECT", opts["db"]))
+                setup = setup_commands(opts)
                 if setup:
                     for reply in await self.send(conn, setup):
                         if isinstance(reply, hiredis.ReplyError):

@@ -20,6 +20,16 @@ from redis.connection import parse_url
 Command = Sequence[str | bytes | int | float]
 
 
+def setup_commands(options: dict) -> list[Command]:
+    """AUTH and SELECT a new connection needs, from `redis.connection.parse_url` options."""
+    setup: list[Command] = []
+    if options.get("password"):
+        setup.append(("AUTH", options.get("username") or "default", options["password"]))
+    if options.get("db"):
+        setup.append(("SELECT", options["db"]))
+    return setup
+
+
 class RedisDown(Exception):
     """The server is unreachable, timed out, or answered an error."""
 
@@ -74,11 +84,7 @@ class PipelineClient:
         conn = (sock, hiredis.Reader(encoding=self.encoding) if self.encoding
                 else hiredis.Reader())
         self._local.conn = conn
-        setup: list[Command] = []
-        if opts.get("password"):
-            setup.append(("AUTH", opts.get("username") or "default", opts["password"]))
-        if opts.get("db"):
-            setup.append(("SELECT", opts["db"]))
+        setup = setup_commands(opts)
         if setup:
             self.execute(setup)
         return conn
