@@ -1,7 +1,7 @@
 """Real-time path benchmark: ingest API (single + batch) next to a bare endpoint on the same
 server, processor events/s, and end-to-end lag (POST -> feature visible in Redis).
 
-    .venv/bin/python benchmarks/realtime_bench.py [--processor-only]
+    .venv/bin/python benchmarks/realtime_bench.py [--processor-only | --ingest-only]
 
 Starts its own Kafka, Redis and PostgreSQL (tests/servers.py), one uvicorn worker for the
 ingest app and `reco run processor` in subprocesses. Loopback only; about three minutes.
@@ -249,7 +249,7 @@ async def bench_lag(settings: Settings, rate: float) -> dict:
             **pct(lags)}
 
 
-def run(processor_only: bool = False) -> dict:
+def run(processor_only: bool = False, ingest_only: bool = False) -> dict:
     kafka, redis_server, postgres = servers.start_kafka(), servers.start_redis(), \
         servers.start_postgres()
     try:
@@ -266,6 +266,8 @@ def run(processor_only: bool = False) -> dict:
             result = {"ingest": asyncio.run(bench_ingest(port))}
         finally:
             stop(ingest)
+        if ingest_only:
+            return result
         # a fresh topic for the lag phase: the processor starts with no backlog
         settings = settings.model_copy(update={"topic_events": "events-lag"})
         asyncio.run(ensure_topics(settings.kafka_bootstrap, {"events-lag": 3}))
@@ -289,23 +291,8 @@ def _databases_ready(settings: Settings) -> bool:
 
 
 def table(res: dict) -> str:
-    i, p, lag = res["ingest"], res["processor"], res["lag"]
-    bare, event = i["bare_max"]["rps"], i["event_max"]["rps"]
-    rows = [
-        ("bare endpoint max (wrk, 64 conn)", f"{bare:,.0f} req/s", "", ""),
-        ("POST /events max (wrk, 64 conn)", f"{event:,.0f} ev/s",
-         f"{event / bare:.0%} of bare", "yes" if event / bare >= 0.6 else "NO"),
-    ]
-    for rate in (500, 1000):
-        b, e = i[f"bare_{rate}"], i[f"event_{rate}"]
-        rows.append((f"POST /events at {rate}/s: p50 / p99 / max ms",
-                     f"{e['p50_ms']:.1f} / {e['p99_ms']:.1f} / {e['max_ms']:.1f}",
-                     f"bare {b['p50_ms']:.1f} / {b['p99_ms']:.1f}; {e['failed']} not 202",
-                     ("yes" if e["p99_ms"] < 10 else "NO") if rate == 1000 else ""))
-    rows += [
-        ("POST /events/batch (1,000/req, 2 conn)", f"{i['batch']['events_per_s']:,.0f} ev/s",
-         f"p50 {i['batch']['p50_ms']:.0f} ms / p99 {i['batch']['p99_ms']:.0f} ms per batch",
-         "yes" if i["batch"]["events_per_s"] >= 20_000 else "NO"),
+    p, lag = res["processor"], res["lag"]
+    rows = ingest_rows(res["ingest"]) + [
         (f"processor drain ({p['events']:,} events, 1 process)",
          f"{p['events_per_s']:,.0f} ev/s",
          f"{p['coview_pairs_per_event']:.2f} co-view pairs/event",
@@ -321,6 +308,26 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def ingest_rows(i: dict) -> list[tuple[str, str, str, str]]:
+    bare, event = i["bare_max"]["rps"], i["event_max"]["rps"]
+    rows = [
+        ("bare endpoint max (wrk, 64 conn)", f"{bare:,.0f} req/s", "", ""),
+        ("POST /events max (wrk, 64 conn)", f"{event:,.0f} ev/s",
+         f"{event / bare:.0%} of bare", "yes" if event / bare >= 0.6 else "NO"),
+    ]
+    for rate in (500, 1000):
+        b, e = i[f"bare_{rate}"], i[f"event_{rate}"]
+        rows.append((f"POST /events at {rate}/s: p50 / p99 / max ms",
+                     f"{e['p50_ms']:.1f} / {e['p99_ms']:.1f} / {e['max_ms']:.1f}",
+                     f"bare {b['p50_ms']:.1f} / {b['p99_ms']:.1f}; {e['failed']} not 202",
+                     ("yes" if e["p99_ms"] < 10 else "NO") if rate == 1000 else ""))
+    rows.append(
+        ("POST /events/batch (1,000/req, 2 conn)", f"{i['batch']['events_per_s']:,.0f} ev/s",
+         f"p50 {i['batch']['p50_ms']:.0f} ms / p99 {i['batch']['p99_ms']:.0f} ms per batch",
+         "yes" if i["batch"]["events_per_s"] >= 20_000 else "NO"))
+    return rows
+
+
 def main() -> None:
     # SIGTERM unwinds through run()'s finally, so the servers it started are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -331,6 +338,11 @@ def main() -> None:
         print(f"processor drain ({p['events']:,} events, 1 process): "
               f"{p['events_per_s']:,.0f} ev/s; 1-minute load average {load_before:.1f} before, "
               f"{os.getloadavg()[0]:.1f} after")
+        return
+    if sys.argv[1:] == ["--ingest-only"]:  # just the ingest phases; no report is written
+        rows = ingest_rows(run(ingest_only=True)["ingest"])
+        print("\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows))
+        print(f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
         return
     res = run()
     res["load_avg_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
