@@ -20,6 +20,7 @@ Each signal is divided by its maximum over the request's eligible candidates:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -47,6 +48,7 @@ class RowList:
 Neighbours = Lists | RowList
 SIGNALS = ("coview", "embedding", "popularity", "recency", "cf")
 COVIEW, KNN, ITEM_CF, USER_CF = 0, 1, 2, 3
+_local = threading.local()  # per-thread work arrays of the candidate dedup
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,9 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     """
     filters = filters or Filters()
     sources = features.recent[: config.recent_n]
-    c = _Candidates(features, sources, items, config)
+    exclude = ([*features.recent, *features.seen]
+               if filters.exclude_seen and (features.recent or features.seen) else [])
+    c = _Candidates(features, sources, items, config, exclude)
     c.weigh_sources(config.source_half_n)
     personal = c.n_entries > 0
     strategy: Literal["personalized", "popular"] = "personalized" if personal else "popular"
@@ -133,8 +137,8 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
         return Ranking(strategy, [])
 
     keep = eligible(items, c.meta_rows, filters)
-    if filters.exclude_seen and (features.recent or features.seen):
-        seen = c.codes_of([*features.recent, *features.seen])
+    if len(c.exclude):
+        seen = c.exclude
         at = np.searchsorted(c.rows, seen)  # c.rows is sorted and unique
         hit = at < c.m
         at, seen = at[hit], seen[hit]
@@ -142,11 +146,16 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
     parts, norms = c.signals(recency_w, keep, config.neighbour_agg)
-    weights = (config.w_coview, config.w_embed, config.w_pop, config.w_recency, config.w_cf)
-    contrib = {sig: w * parts[sig] for sig, w in zip(SIGNALS, weights, strict=True)}
-    contrib["freshness"] = config.freshness_boost * freshness(
-        items, c.meta_rows, features.now, config.freshness_days)
-    score = sum(contrib.values())
+    weights = np.array([config.w_coview, config.w_embed, config.w_pop, config.w_recency,
+                        config.w_cf])
+    weighted = weights[:, None] * parts  # rows in SIGNALS order
+    fresh = config.freshness_boost * freshness(items, c.meta_rows, features.now,
+                                               config.freshness_days)
+    # Summed in SIGNALS order, then freshness: the same floating-point sum as always.
+    score = weighted[0] + weighted[1]
+    for j in range(2, len(SIGNALS)):
+        score += weighted[j]
+    score += fresh
 
     pool = np.flatnonzero(keep)
     share = 1.0 if filters.category is not None else config.max_category_share
@@ -159,13 +168,13 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
         full = head if len(head) == len(pool) else _best_first(pool, score, len(pool))
         top = diversify(full, category, k, share)
     scores = score[top].tolist()
-    ids = [c.item_id(p) for p in top.tolist()]
+    ids = c.item_ids(top)
     if not explain:
         return Ranking(strategy, [ScoredItem(i, s, {}, None) for i, s in zip(ids, scores,
                                                                               strict=True)])
     src = c.best_source(top, recency_w, norms, config).tolist()
-    names = list(contrib)
-    table = np.stack([contrib[n][top] for n in names]).T.tolist()
+    names = [*SIGNALS, "freshness"]
+    table = np.vstack([weighted[:, top], fresh[top]]).T.tolist()
     return Ranking(strategy, [
         ScoredItem(i, s, dict(zip(names, table[j], strict=True)),
                    sources[src[j]] if src[j] >= 0 else None)
@@ -224,131 +233,174 @@ def _popular_filler(items: ItemIndex, filters: Filters, n: int) -> np.ndarray:
     return items.filler((filters.key, n), compute)
 
 
-def _norm(x: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, float]:
-    """x divided by its max over the eligible candidates (all zeros when that max is <= 0)."""
-    top = float(x.max(where=keep, initial=0.0))
-    return (x / top if top > 0 else np.zeros_like(x)), top
+def _scratch(size: int) -> np.ndarray:
+    """A per-thread int64 work array of at least `size` (contents are garbage)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buf = np.empty(max(size, 2 * len(buf) if buf is not None else 0),
+                                    dtype=np.int64)
+    return buf
 
 
 class _Candidates:
     """All list entries of one request mapped to candidate positions in one vectorised pass.
 
     Candidates are identified by their row in the ItemIndex; ids the index does not know get
-    codes past its unknown row (their metadata is the unknown row's).
+    codes past its unknown row (their metadata is the unknown row's). Entries are grouped by
+    kind (co-view, KNN, ALS item-item, then ALS user), each kind's id lists before its row
+    lists, sources newest first: per candidate, sums add in the order they always did.
     """
 
     def __init__(self, f: UserFeatures, sources: list[str], items: ItemIndex,
-                 config: RankConfig) -> None:
+                 config: RankConfig, exclude: list[str]) -> None:
         self.items, self.n_sources = items, len(sources)
-        # Entries of lists given as ids first, then of lists already mapped to rows.
-        ids: list[str] = []
-        id_meta: list[tuple[int, int, int]] = []  # (kind, source, length)
-        id_scores: list[np.ndarray] = []
-        row_parts: list[np.ndarray] = []
-        row_meta: list[tuple[int, int, int]] = []
-        row_scores: list[np.ndarray] = []
+        ids: list[str] = []  # every id to map, in the order unknown ids get their codes
+        # Per kind: segments (source, id offset or -1, rows or None, scores).
+        id_segs: tuple[list, list, list] = ([], [], [])
+        row_segs: tuple[list, list, list] = ([], [], [])
         limit = config.neighbours_n
+        tables = (f.coview, f.knn, f.item_cf)
         for s, item in enumerate(sources):
-            for code, table in ((COVIEW, f.coview), (KNN, f.knn), (ITEM_CF, f.item_cf)):
-                lists = table.get(item)
+            for code in (COVIEW, KNN, ITEM_CF):
+                lists = tables[code].get(item)
                 if lists is None:
                     continue
                 if isinstance(lists, RowList):
                     rows = lists.rows[:limit]
-                    row_parts.append(rows)
-                    row_meta.append((code, s, len(rows)))
-                    row_scores.append(lists.scores[: len(rows)])
+                    if len(rows):
+                        row_segs[code].append((s, -1, rows, lists.scores[: len(rows)]))
                 elif lists[0]:
                     part = lists[0][:limit]
+                    id_segs[code].append((s, len(ids), len(part),
+                                          np.asarray(lists[1][: len(part)], dtype=np.float64)))
                     ids.extend(part)
-                    id_meta.append((code, s, len(part)))
-                    id_scores.append(np.asarray(lists[1][: len(part)], dtype=np.float64))
-        if f.user_cf is not None and f.user_cf[0]:
-            ids.extend(f.user_cf[0])
-            id_meta.append((USER_CF, -1, len(f.user_cf[0])))
-            id_scores.append(np.asarray(f.user_cf[1], dtype=np.float64))
-        self.extra: dict[str, int] = {}  # ids unknown to the index -> code
-        meta = id_meta + row_meta
-        self.n_entries = sum(m[2] for m in meta)
-        lengths = np.array([m[2] for m in meta], dtype=np.int64)
-        self.kind = np.repeat(np.array([m[0] for m in meta], dtype=np.int8), lengths)
-        self.src = np.repeat(np.array([m[1] for m in meta], dtype=np.int64), lengths)
-        self.scores = np.concatenate(id_scores + row_scores) if meta else np.zeros(0)
-        self.entry_rows = np.concatenate([self.codes_of(ids, assign=True), *row_parts])
+        n_list_ids = len(ids)
+        user_cf = f.user_cf if f.user_cf is not None and f.user_cf[0] else None
+        if user_cf is not None:
+            ids.extend(user_cf[0])
+        n_entry_ids = len(ids)
+        ids.extend(exclude)
+        codes = self._codes(ids, n_entry_ids)
+        self.exclude = codes[n_entry_ids:]
 
-    def weigh_sources(self, half_n: float) -> None:
-        """Scale each source's list scores by 0.5**(position/half_n) (newest source = 0)."""
-        if half_n > 0 and self.n_sources > 1:
-            pos_w = 0.5 ** (np.arange(self.n_sources) / half_n)
-            by_source = self.src >= 0
-            self.scores = self.scores.copy()
-            self.scores[by_source] *= pos_w[self.src[by_source]]
+        segs = []  # (kind, source, rows, scores, given as rows) in entry order
+        for code in (COVIEW, KNN, ITEM_CF):
+            for s, at, n, scores in id_segs[code]:
+                segs.append((code, s, codes[at: at + n], scores, False))
+            for s, _, rows, scores in row_segs[code]:
+                segs.append((code, s, rows, scores, True))
+        self.segs = segs
+        self.bounds = [0, 0, 0]  # end of the co-view, KNN and ALS item-item entries
+        total = 0
+        for code, _, rows, _, _ in segs:
+            total += len(rows)
+            self.bounds[code] = total
+        self.bounds[KNN] = max(self.bounds[KNN], self.bounds[COVIEW])
+        self.bounds[ITEM_CF] = max(self.bounds[ITEM_CF], self.bounds[KNN])
+        self.n_src_entries = total
+        row_parts = [seg[2] for seg in segs]
+        score_parts = [seg[3] for seg in segs]
+        if user_cf is not None:
+            row_parts.append(codes[n_list_ids:n_entry_ids])
+            score_parts.append(np.asarray(user_cf[1], dtype=np.float64))
+            total += n_entry_ids - n_list_ids
+        self.n_entries = total
+        self.scores = np.concatenate(score_parts) if score_parts else np.zeros(0)
+        self.entry_rows = row_parts
+        lengths = [len(seg[2]) for seg in segs]
+        self.src = np.repeat(np.array([seg[1] for seg in segs], dtype=np.int64), lengths)
 
-    def codes_of(self, ids: list[str], assign: bool = False) -> np.ndarray:
+    def _codes(self, ids: list[str], n_assign: int) -> np.ndarray:
+        """Rows of `ids`; unknown ids among the first `n_assign` get new codes, later unknown
+        ids the code an earlier one got, else -1."""
         rows = self.items.rows(ids)
         unknown = self.items.unknown_row
+        self.extra: dict[str, int] = {}  # ids unknown to the index -> code
         for j in np.flatnonzero(rows == unknown).tolist():
             code = self.extra.get(ids[j])
             if code is None:
-                code = unknown + 1 + len(self.extra) if assign else -1
-                if assign:
+                code = unknown + 1 + len(self.extra) if j < n_assign else -1
+                if j < n_assign:
                     self.extra[ids[j]] = code
             rows[j] = code
         return rows
 
+    def weigh_sources(self, half_n: float) -> None:
+        """Scale each source's list scores by 0.5**(position/half_n) (newest source = 0)."""
+        if half_n > 0 and self.n_sources > 1 and self.n_src_entries:
+            pos_w = 0.5 ** (np.arange(self.n_sources) / half_n)
+            self.scores[: self.n_src_entries] *= pos_w[self.src]
+
     def finish(self, filler: np.ndarray) -> None:
-        self.rows, inv = np.unique(np.concatenate([self.entry_rows, filler]),
-                                   return_inverse=True)
-        self.pos = inv[: self.n_entries]
+        """Candidate codes sorted and unique (`rows`) and each entry's candidate (`pos`)."""
+        codes = np.concatenate([*self.entry_rows, filler]) if self.entry_rows else filler
+        n = len(codes)
+        # Dedup through a row-indexed work array instead of a sort of all entries: write each
+        # entry's index at its code, keep the entries that read their own index back.
+        slot = _scratch(self.items.unknown_row + 1 + len(self.extra))
+        index = np.arange(n)
+        slot[codes] = index
+        self.rows = np.sort(codes[slot[codes] == index])
         self.m = len(self.rows)
+        slot[self.rows] = np.arange(self.m)
+        self.pos = slot[codes[: self.n_entries]]
         self.meta_rows = np.minimum(self.rows, self.items.unknown_row)
         self.extra_ids = list(self.extra)
 
-    def item_id(self, p: int) -> str:
-        row = int(self.rows[p])
-        unknown = self.items.unknown_row
-        return self.items.ids[row] if row < unknown else self.extra_ids[row - unknown - 1]
-
-    def _aggregate(self, code: int, how: str) -> np.ndarray:
-        """Per candidate, the sum or the max (>= 0) of one kind of entries' scores."""
-        sel = self.kind == code
-        if how == "sum":
-            return np.bincount(self.pos[sel], weights=self.scores[sel], minlength=self.m)
-        if how == "sum+":  # similarities: negative is no evidence
-            return np.bincount(self.pos[sel], weights=np.maximum(self.scores[sel], 0.0),
-                               minlength=self.m)
-        out = np.zeros(self.m)  # negative similarity is no evidence: floor at 0
-        np.maximum.at(out, self.pos[sel], self.scores[sel])
-        return out
+    def item_ids(self, positions: np.ndarray) -> list[str]:
+        rows = self.rows[positions].tolist()
+        ids, unknown = self.items.ids, self.items.unknown_row
+        if not self.extra:
+            return [ids[row] for row in rows]
+        return [ids[row] if row < unknown else self.extra_ids[row - unknown - 1]
+                for row in rows]
 
     def signals(self, recency_w: np.ndarray, keep: np.ndarray, agg: str = "max"
-                ) -> tuple[dict, tuple]:
-        """Each signal per candidate, normalised over the eligible ones; and the maxima."""
-        by_source = self.kind != USER_CF
-        rec_raw = np.zeros(self.m)
-        np.maximum.at(rec_raw, self.pos[by_source], recency_w[self.src[by_source]])
-        coview, c_top = _norm(self._aggregate(COVIEW, "sum"), keep)
-        how = "sum+" if agg == "sum" else "max"
-        embed, e_top = _norm(self._aggregate(KNN, how), keep)
-        recency, r_top = _norm(rec_raw, keep)
-        item_cf, f_top = _norm(self._aggregate(ITEM_CF, how), keep)
-        ucf, _ = _norm(self._aggregate(USER_CF, "max"), keep)
-        popularity, _ = _norm(self.items.popularity[self.meta_rows], keep)
-        parts = {"coview": coview, "embedding": embed, "popularity": popularity,
-                 "recency": recency, "cf": np.maximum(ucf, item_cf)}
-        return parts, (c_top, e_top, r_top, f_top)
+                ) -> tuple[np.ndarray, tuple]:
+        """Each signal per candidate (rows in SIGNALS order), normalised over the eligible
+        ones; and the maxima of co-view, embedding, recency and ALS item-item."""
+        m, pos, scores = self.m, self.pos, self.scores
+        cv, kn, ic = self.bounds
+        raw = np.zeros((6, m))  # coview, embedding, popularity, recency, ALS item, ALS user
+        raw[0] = np.bincount(pos[:cv], weights=scores[:cv], minlength=m)
+        for row, lo, hi in ((1, cv, kn), (4, kn, ic)):  # similarities: negative is no evidence
+            if hi == lo:
+                continue
+            if agg == "sum":
+                raw[row] = np.bincount(pos[lo:hi], weights=np.maximum(scores[lo:hi], 0.0),
+                                       minlength=m)
+            else:
+                np.maximum.at(raw[row], pos[lo:hi], scores[lo:hi])
+        np.maximum.at(raw[5], pos[ic:], scores[ic:])
+        raw[2] = self.items.popularity[self.meta_rows]
+        np.maximum.at(raw[3], pos[:ic], recency_w[self.src])
+        tops = raw.max(axis=1, where=keep, initial=0.0)
+        parts = np.divide(raw, tops[:, None], out=np.zeros_like(raw),
+                          where=tops[:, None] > 0)
+        np.maximum(parts[5], parts[4], out=parts[4])  # cf: the larger of user and item-item
+        return parts[:5], (tops[0], tops[1], tops[3], tops[4])
 
     def best_source(self, top: np.ndarray, recency_w: np.ndarray, norms: tuple,
                     config: RankConfig) -> np.ndarray:
         """Per chosen position, the source item contributing most to its score (-1: none)."""
         if self.n_sources == 0 or len(top) == 0:
             return np.full(len(top), -1)
-        c_top, e_top, r_top, f_top = (n if n > 0 else 1.0 for n in norms)
+        c_top, e_top, r_top, f_top = (float(n) if n > 0 else 1.0 for n in norms)
+        # Source entries in the order lists were given (id lists first, each by source and
+        # kind), so that per-source sums add as they always did.
+        starts = np.cumsum([0] + [len(seg[2]) for seg in self.segs])
+        order = sorted(range(len(self.segs)), key=lambda j: (
+            self.segs[j][4], self.segs[j][1], self.segs[j][0]))
+        perm = (np.concatenate([np.arange(starts[j], starts[j + 1]) for j in order])
+                if order else np.zeros(0, dtype=np.int64))
+        kind = np.repeat(np.array([seg[0] for seg in self.segs], dtype=np.int8),
+                         starts[1:] - starts[:-1])[perm]
+        src, score = self.src[perm], self.scores[: self.n_src_entries][perm]
         slot = np.full(self.m, -1)
         slot[top] = np.arange(len(top))
-        j = slot[self.pos]
-        sel = (j >= 0) & (self.kind != USER_CF)
-        j, src, kind, score = j[sel], self.src[sel], self.kind[sel], self.scores[sel]
+        j = slot[self.pos[: self.n_src_entries][perm]]
+        sel = j >= 0
+        j, src, kind, score = j[sel], src[sel], kind[sel], score[sel]
         weight = np.select([kind == COVIEW, kind == KNN, kind == ITEM_CF],
                            [config.w_coview / c_top, config.w_embed / e_top,
                             config.w_cf / f_top])
