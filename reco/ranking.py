@@ -20,6 +20,7 @@ Each signal is divided by its maximum over the request's eligible candidates:
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -145,7 +146,8 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
         keep[at[c.rows[at] == seen]] = False
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
-    parts, norms = c.signals(recency_w, keep, config.neighbour_agg)
+    pool = np.flatnonzero(keep)
+    parts, norms = c.signals(recency_w, pool, config.neighbour_agg)
     weights = np.array([config.w_coview, config.w_embed, config.w_pop, config.w_recency,
                         config.w_cf])
     weighted = weights[:, None] * parts  # rows in SIGNALS order
@@ -157,7 +159,6 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
         score += weighted[j]
     score += fresh
 
-    pool = np.flatnonzero(keep)
     share = 1.0 if filters.category is not None else config.max_category_share
     category = items.category[c.meta_rows]
     # Sorting the whole pool (~1,000 candidates) is most of the cost of this step; the head
@@ -231,6 +232,13 @@ def _popular_filler(items: ItemIndex, filters: Filters, n: int) -> np.ndarray:
         return rows[eligible(items, rows, filters)][:n]
 
     return items.filler((filters.key, n), compute)
+
+
+@functools.lru_cache(maxsize=64)
+def _position_weights(n: int, half_n: float) -> np.ndarray:
+    weights = 0.5 ** (np.arange(n) / half_n)
+    weights.flags.writeable = False
+    return weights
 
 
 def _scratch(size: int) -> np.ndarray:
@@ -328,7 +336,7 @@ class _Candidates:
     def weigh_sources(self, half_n: float) -> None:
         """Scale each source's list scores by 0.5**(position/half_n) (newest source = 0)."""
         if half_n > 0 and self.n_sources > 1 and self.n_src_entries:
-            pos_w = 0.5 ** (np.arange(self.n_sources) / half_n)
+            pos_w = _position_weights(self.n_sources, half_n)
             self.scores[: self.n_src_entries] *= pos_w[self.src]
 
     def finish(self, filler: np.ndarray) -> None:
@@ -355,10 +363,10 @@ class _Candidates:
         return [ids[row] if row < unknown else self.extra_ids[row - unknown - 1]
                 for row in rows]
 
-    def signals(self, recency_w: np.ndarray, keep: np.ndarray, agg: str = "max"
+    def signals(self, recency_w: np.ndarray, pool: np.ndarray, agg: str = "max"
                 ) -> tuple[np.ndarray, tuple]:
         """Each signal per candidate (rows in SIGNALS order), normalised over the eligible
-        ones; and the maxima of co-view, embedding, recency and ALS item-item."""
+        ones (`pool`); and the maxima of co-view, embedding, recency and ALS item-item."""
         m, pos, scores = self.m, self.pos, self.scores
         cv, kn, ic = self.bounds
         raw = np.zeros((6, m))  # coview, embedding, popularity, recency, ALS item, ALS user
@@ -374,9 +382,11 @@ class _Candidates:
         np.maximum.at(raw[5], pos[ic:], scores[ic:])
         raw[2] = self.items.popularity[self.meta_rows]
         np.maximum.at(raw[3], pos[:ic], recency_w[self.src])
-        tops = raw.max(axis=1, where=keep, initial=0.0)
-        parts = np.divide(raw, tops[:, None], out=np.zeros_like(raw),
-                          where=tops[:, None] > 0)
+        tops = raw.take(pool, axis=1).max(axis=1, initial=0.0)
+        ok = tops > 0
+        parts = raw / np.where(ok, tops, 1.0)[:, None]
+        if not ok.all():
+            parts[~ok] = 0.0  # a signal no eligible candidate has: zeros
         np.maximum(parts[5], parts[4], out=parts[4])  # cf: the larger of user and item-item
         return parts[:5], (tops[0], tops[1], tops[3], tops[4])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,13 @@ def _capped(order: np.ndarray, category: np.ndarray, k: int, max_share: float
     if max_share >= 1.0:
         return order[:k].tolist(), []
     cap = max(1, math.floor(max_share * k))
+    if len(order) >= k:
+        counts = Counter(category[order[:k]].tolist())
+        counts.pop(UNKNOWN_CATEGORY, None)
+        if not counts or max(counts.values()) <= cap:
+            # No category exceeds its cap among the first k: the greedy pass below would take
+            # exactly those and defer nothing (the common case, without the loop).
+            return order[:k].tolist(), []
     counts: dict[int, int] = {}
     chosen: list[int] = []
     deferred: list[int] = []
