@@ -242,11 +242,11 @@ def _position_weights(n: int, half_n: float) -> np.ndarray:
 
 
 def _scratch(size: int) -> np.ndarray:
-    """A per-thread int64 work array of at least `size` (contents are garbage)."""
+    """A per-thread int32 work array of at least `size` (contents are garbage)."""
     buf = getattr(_local, "buf", None)
     if buf is None or len(buf) < size:
         buf = _local.buf = np.empty(max(size, 2 * len(buf) if buf is not None else 0),
-                                    dtype=np.int64)
+                                    dtype=np.int32)
     return buf
 
 
@@ -346,11 +346,11 @@ class _Candidates:
         # Dedup through a row-indexed work array instead of a sort of all entries: write each
         # entry's index at its code, keep the entries that read their own index back.
         slot = _scratch(self.items.unknown_row + 1 + len(self.extra))
-        index = np.arange(n)
+        index = np.arange(n, dtype=np.int32)
         slot[codes] = index
         self.rows = np.sort(codes[slot[codes] == index])
         self.m = len(self.rows)
-        slot[self.rows] = np.arange(self.m)
+        slot[self.rows] = np.arange(self.m, dtype=np.int32)
         self.pos = slot[codes[: self.n_entries]]
         self.meta_rows = np.minimum(self.rows, self.items.unknown_row)
         self.extra_ids = list(self.extra)
