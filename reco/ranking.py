@@ -96,7 +96,7 @@ class UserFeatures:
     coview: dict[str, Neighbours] = field(default_factory=dict)
     knn: dict[str, Neighbours] = field(default_factory=dict)
     item_cf: dict[str, Neighbours] = field(default_factory=dict)
-    user_cf: Lists | None = None
+    user_cf: Neighbours | None = None  # the user's ALS candidates
     seen: Collection[str] = ()  # every item the user interacted with, beyond `recent`
 
 
@@ -283,7 +283,14 @@ class _Candidates:
                                           np.asarray(lists[1][: len(part)], dtype=np.float64)))
                     ids.extend(part)
         n_list_ids = len(ids)
-        user_cf = f.user_cf if f.user_cf is not None and f.user_cf[0] else None
+        user_cf = f.user_cf
+        if isinstance(user_cf, RowList):
+            user_rows = user_cf.rows if len(user_cf.rows) else None
+            user_cf = None
+        else:
+            user_rows = None
+            if user_cf is not None and not user_cf[0]:
+                user_cf = None
         if user_cf is not None:
             ids.extend(user_cf[0])
         n_entry_ids = len(ids)
@@ -312,6 +319,10 @@ class _Candidates:
             row_parts.append(codes[n_list_ids:n_entry_ids])
             score_parts.append(np.asarray(user_cf[1], dtype=np.float64))
             total += n_entry_ids - n_list_ids
+        elif user_rows is not None:
+            row_parts.append(user_rows)
+            score_parts.append(f.user_cf.scores[: len(user_rows)])  # type: ignore[union-attr]
+            total += len(user_rows)
         self.n_entries = total
         self.scores = np.concatenate(score_parts) if score_parts else np.zeros(0)
         self.entry_rows = row_parts

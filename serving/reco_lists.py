@@ -1,5 +1,8 @@
 """In-process cache of parsed item neighbour lists, shared by every user's requests.
 
+(A second instance keeps users' ALS candidate lists: versioned and immutable like KNN lists,
+and a user's repeated cache misses, after each of their events, need the same list again.)
+
 Co-view sets, KNN and ALS item lists belong to items, not users, and popular items appear in
 many users' recent lists: caching them parsed and mapped to ItemIndex rows saves most of a
 cache miss's Redis reads and id lookups. KNN/ALS lists live under versioned (immutable) keys;
@@ -25,7 +28,8 @@ class ItemListCache:
 
     def __init__(self, max_entries: int, coview_ttl_s: float, offline_ttl_s: float) -> None:
         self.max_entries = max_entries
-        self.ttl = {"coview": coview_ttl_s, "knn": offline_ttl_s, "item_cf": offline_ttl_s}
+        self.ttl = {"coview": coview_ttl_s, "knn": offline_ttl_s, "item_cf": offline_ttl_s,
+                    "user_cf": offline_ttl_s}
         # (kind, item, version) -> (expires, row space, rows or None, scores, ids or None,
         #                           hash of the ids in order)
         self._data: dict[tuple, tuple] = {}

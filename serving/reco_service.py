@@ -80,10 +80,12 @@ class RecoParams:
 @dataclass
 class _Plan:
     sources: list[str]
-    als_version: str | None
+    als_version: str | None  # the ALS user list to read (None: not needed or cached)
     have: dict[ListKey, Neighbours | None]
     missing: list[ListKey]
     clock: float
+    user_cf: Neighbours | None = None  # cached ALS user list
+    user_key: ListKey | None = None
 
 
 def _head(first: FirstRead) -> str:
@@ -137,6 +139,10 @@ class RecoService:
         self.lists = ItemListCache(settings.reco_list_cache_items,
                                    settings.reco_coview_cache_ttl_s,
                                    settings.reco_offline_list_cache_ttl_s)
+        # Users' ALS lists apart, so that many users cannot evict the shared item lists.
+        self.user_lists = ItemListCache(settings.reco_list_cache_items // 2,
+                                        settings.reco_coview_cache_ttl_s,
+                                        settings.reco_offline_list_cache_ttl_s)
 
     async def recommend(self, p: RecoParams) -> Answer:
         """The serving path: reads on the event loop (or in a thread, `reco_redis_in_threads`)."""
@@ -148,7 +154,7 @@ class RecoService:
         if hit is not None:
             return hit
         items = self.signals.items  # one snapshot for the whole request
-        plan = self._plan(first, items)
+        plan = self._plan(p.user_id, first, items)
         try:
             second = await self.io.second_read(p.user_id, plan.sources, plan.missing,
                                                plan.als_version)
@@ -181,13 +187,13 @@ class RecoService:
         offline comparisons score each signal alone on the live features."""
         items = self.signals.items
         first = self.store.first_read(p.user_id, p.variant)
-        plan = self._plan(first, items)
+        plan = self._plan(p.user_id, first, items)
         second = self.store.second_read(p.user_id, plan.sources, plan.missing,
                                         plan.als_version)
         return rank(self._features(first, plan, second, items), items, config, p.filters, p.k)
 
-    def _plan(self, first: FirstRead, items: ItemIndex) -> _Plan:
-        """Which item lists round 2 must read: those not already parsed in process."""
+    def _plan(self, user_id: str, first: FirstRead, items: ItemIndex) -> _Plan:
+        """Which lists round 2 must read: those not already parsed in process."""
         sources = first.recent[: self.config.recent_n]
         knn_v, als_v = first.versions.get(ITEM2VEC), first.versions.get(ALS)
         wanted = []
@@ -200,14 +206,22 @@ class RecoService:
         clock = time.monotonic()
         have = {key: self.lists.get(key, items.space, clock) for key in wanted}
         missing = [key for key, value in have.items() if value is None]
-        return _Plan(sources, als_v, have, missing, clock)
+        if not als_v:
+            return _Plan(sources, None, have, missing, clock)
+        user_key = ListKey("user_cf", user_id, als_v)
+        user_cf = self.user_lists.get(user_key, items.space, clock)
+        return _Plan(sources, None if user_cf is not None else als_v, have, missing, clock,
+                     user_cf, user_key)
 
     def _features(self, first: FirstRead, plan: _Plan, second: SecondRead,
                   items: ItemIndex) -> UserFeatures:
         have = plan.have
         for key, lists in second.lists.items():
             have[key] = self.lists.put(key, lists, items, plan.clock)
-        features = UserFeatures(first.recent, second.times, time.time(), user_cf=second.user_cf,
+        user_cf = plan.user_cf
+        if second.user_cf is not None and plan.user_key is not None:
+            user_cf = self.user_lists.put(plan.user_key, second.user_cf, items, plan.clock)
+        features = UserFeatures(first.recent, second.times, time.time(), user_cf=user_cf,
                                 seen=second.seen)
         tables = {"coview": features.coview, "knn": features.knn, "item_cf": features.item_cf}
         for key, value in have.items():

@@ -39,7 +39,8 @@ class StoreUnavailable(Exception):
 
 
 class ListKey(NamedTuple):
-    """One item's neighbour list: kind "coview" | "knn" | "item_cf", model version or ""."""
+    """One item's neighbour list: kind "coview" | "knn" | "item_cf", model version or "";
+    or (kind "user_cf") one user's ALS candidates."""
 
     kind: str
     item_id: str
@@ -57,7 +58,7 @@ class FirstRead:
 class SecondRead:
     times: dict[str, float]
     lists: dict[ListKey, Lists]
-    user_cf: Lists | None
+    user_cf: Lists | None  # None when not asked for
     seen: list[str]
 
 

@@ -49,3 +49,25 @@ def test_a_reread_list_with_the_same_members_keeps_its_rows_and_takes_new_scores
     moved = cache.put(key, (["a", "c"], np.array([3.0, 1.0])), items, now=12.0)
     assert moved.rows.tolist() == [0, 2]
     assert cache.get(key, items.space, now=13.0).rows.tolist() == [0, 2]
+
+
+def test_als_user_list_is_kept_parsed_per_model_version(world, make_client) -> None:
+    from reco import keys, neighbours
+
+    r = world["redis"]
+    r.hset(keys.MODEL_VERSIONS, "als", "a1")
+    r.set(keys.user_cf("u2", "a1"), neighbours.encode(["Q", "P"], [2.0, 1.0]))
+    with make_client(w_cf=0.5) as client:
+        first = get(client, user_id="u2", k=3)
+        assert [i["item_id"] for i in first["items"]] == ["Q", "P", "A"]
+        # A later miss of the same user (another k) ranks with the list parsed for a1 ...
+        r.set(keys.user_cf("u2", "a1"), neighbours.encode(["Z"], [1.0]))  # (never happens:
+        again = get(client, user_id="u2", k=2)  # versioned lists are immutable)
+        assert again["cached"] is False
+        assert [i["item_id"] for i in again["items"]] == ["Q", "P"]
+        # ... and a newly published version is read at once.
+        r.hset(keys.MODEL_VERSIONS, "als", "a2")
+        r.set(keys.user_cf("u2", "a2"), neighbours.encode(["Z"], [1.0]))
+        switched = get(client, user_id="u2", k=2)
+        assert switched["model_versions"]["als"] == "a2"
+        assert [i["item_id"] for i in switched["items"]][0] == "Z"
