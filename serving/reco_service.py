@@ -254,7 +254,8 @@ def render(p: RecoParams, strategy: str, items: list[ScoredItem], versions: dict
     """Response bytes; "cached" is the last key so a cache entry can flip it without parsing."""
     return orjson.dumps({
         "user_id": p.user_id, "strategy": strategy,
-        "items": [_item_json(i, explain) for i in items],
+        "items": ([_item_json(i, explain) for i in items] if explain else
+                  [{"item_id": i.item_id, "score": round(i.score, 6)} for i in items]),
         "model_versions": versions, "cached": False,
     })
 
