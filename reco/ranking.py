@@ -140,11 +140,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
 
     keep = eligible(items, c.meta_rows, filters)
     if len(c.exclude):
-        seen = c.exclude
-        at = np.searchsorted(c.rows, seen)  # c.rows is sorted and unique
-        hit = at < c.m
-        at, seen = at[hit], seen[hit]
-        keep[at[c.rows[at] == seen]] = False
+        c.drop(keep, c.exclude)
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
     pool = np.flatnonzero(keep)
@@ -161,14 +157,16 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     score += fresh
 
     share = 1.0 if filters.category is not None else config.max_category_share
-    category = items.category[c.meta_rows]
     # Sorting the whole pool (~1,000 candidates) is most of the cost of this step; the head
     # nearly always settles the top k, and the full sort runs when it does not.
     head = _best_first(pool, score, 4 * k + 32)
-    top = diversify_head(head, category, k, share) if len(head) < len(pool) else None
+    top = None
+    if len(head) < len(pool):
+        at = diversify_head(np.arange(len(head)), items.category[c.meta_rows[head]], k, share)
+        top = head[at] if at is not None else None
     if top is None:
         full = head if len(head) == len(pool) else _best_first(pool, score, len(pool))
-        top = diversify(full, category, k, share)
+        top = diversify(full, items.category[c.meta_rows], k, share)
     scores = score[top].tolist()
     ids = c.item_ids(top)
     if not explain:
@@ -364,8 +362,15 @@ class _Candidates:
         self.m = len(self.rows)
         slot[self.rows] = np.arange(self.m, dtype=np.int32)
         self.pos = slot[codes[: self.n_entries]]
+        self.slot = slot  # valid at the candidates' codes until the next request
         self.meta_rows = np.minimum(self.rows, self.items.unknown_row)
         self.extra_ids = list(self.extra)
+
+    def drop(self, keep: np.ndarray, codes: np.ndarray) -> None:
+        """Mark the candidates among `codes` (any codes, -1 too) not eligible."""
+        at = self.slot[codes]  # garbage where a code is not a candidate's ...
+        hit = np.take(self.rows, at, mode="clip") == codes  # ... which this check rejects
+        keep[at[hit]] = False
 
     def item_ids(self, positions: np.ndarray) -> list[str]:
         rows = self.rows[positions].tolist()
