@@ -7,10 +7,11 @@ of members, and the popularity snapshot is what the API serves when Redis is dow
 
 The popularity refresh runs on the event loop in slices of `CHUNK` members (one read, parse
 and id -> row mapping each: ~2 ms here with 500 members, so now 250), so requests wait at
-most one slice. It used to run in a thread in one piece: reading, parsing and mapping 20,000 members held the GIL for 40-100 ms
-every 5 s (hiredis and numpy do not release it), which stalled every request arriving
-meanwhile and made the p99 of cache hits at 200 req/s ~20 ms. The rare catalogue reload (a
-Python loop over every item) still runs in a thread: slicing it would block the loop longer.
+most one slice. It used to run in a thread in one piece: reading, parsing and mapping 20,000
+members held the GIL for 40-100 ms every 5 s (hiredis and numpy do not release it), which
+stalled every request arriving meanwhile and made the p99 of cache hits at 200 req/s ~20 ms.
+The rare catalogue reload (a Python loop over every item) still runs in a thread: slicing it
+would block the loop longer.
 """
 
 from __future__ import annotations
