@@ -206,6 +206,26 @@ def fmt(m: dict) -> str:
 
 # ---------------------------------------------------------------- search
 
+def random_search(kind: str, start: list[dict], space: dict, n: int, rng: random.Random,
+                  trial, note) -> tuple[dict, object]:
+    """`start` then random points of `space` up to `n` distinct ones; the candidate with the
+    best NDCG@10 and what its `trial` built (`trial(c) -> (metrics, model lists)`)."""
+    candidates = list(start)
+    while len(candidates) < n:
+        candidates.append({k: rng.choice(v) for k, v in space.items()})
+    tried, best = set(), (-1.0, None, None)
+    for c in candidates:
+        key = tuple(sorted(c.items()))
+        if key in tried:
+            continue
+        tried.add(key)
+        m, built = trial(c)
+        note(kind, c, m)
+        if m["ndcg"] > best[0]:
+            best = (m["ndcg"], c, built)
+    return best[1], best[2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -269,7 +289,8 @@ def main() -> None:
     if not previous:  # ---- popularity half-life (popularity alone)
         best_pop = (-1, None)
         for hl in [24.0, 72.0, 168.0, 720.0, 2160.0, 1e6]:
-            m = evaluate(val, single(base_cfg, "popularity"), knobs | {"pop_half_life_h": hl}, knn, cf)
+            m = evaluate(val, single(base_cfg, "popularity"), knobs | {"pop_half_life_h": hl},
+                         knn, cf)
             note("pop_hl", {"pop_half_life_h": hl}, m)
             best_pop = max(best_pop, (m["ndcg"], hl))
         knobs["pop_half_life_h"] = best_pop[1]
@@ -278,54 +299,38 @@ def main() -> None:
         als_space = {"factors": [32, 64, 128], "regularization": [0.5, 5.0, 20.0, 50.0],
                      "alpha": [0.5, 1.0, 5.0], "iterations": [15, 30],
                      "half_life_days": [120.0, 3650.0]}
-        tried, best_als = set(), (-1.0, None)
-        n_als = 6 if args.quick else 16
         # the old defaults, then the best of a first coarse run (reg 0.01-5, alpha 1-20, hl 30d-10y)
-        cand = [dict(factors=64, regularization=0.05, alpha=1.0, iterations=15, half_life_days=30.0),
-                dict(factors=64, regularization=5.0, alpha=1.0, iterations=30, half_life_days=3650.0)]
-        while len(cand) < n_als:
-            cand.append({k: rng.choice(v) for k, v in als_space.items()})
-        for c in cand:
-            key = tuple(sorted(c.items()))
-            if key in tried:
-                continue
-            tried.add(key)
+        start = [dict(factors=64, regularization=0.05, alpha=1.0, iterations=15,
+                      half_life_days=30.0),
+                 dict(factors=64, regularization=5.0, alpha=1.0, iterations=30,
+                      half_life_days=3650.0)]
+
+        def als_trial(c: dict) -> tuple[dict, dict]:
             p = replace(alsp, **{k: v for k, v in c.items() if k != "half_life_days"})
             cf_c = train_als(val, p, c["half_life_days"], tmp)
-            m = evaluate(val, single(base_cfg, "cf"), knobs, knn, cf_c)
-            note("als", c, m)
-            if m["ndcg"] > best_als[0]:
-                best_als = (m["ndcg"], c, cf_c)
-        als_best = best_als[1]
+            return evaluate(val, single(base_cfg, "cf"), knobs, knn, cf_c), cf_c
+
+        als_best, cf = random_search("als", start, als_space, 6 if args.quick else 16, rng,
+                                     als_trial, note)
         alsp = replace(alsp, **{k: v for k, v in als_best.items() if k != "half_life_days"})
         knobs["als_half_life_days"] = als_best["half_life_days"]
-        cf = best_als[2]
 
         # ---- Item2Vec (embedding alone)
         i2v_space = {"window": [3, 5, 10, 20], "epochs": [10, 30], "negative": [5, 10, 20],
                      "ns_exponent": [-0.5, 0.0, 0.5, 0.75, 1.0], "sample": [1e-3, 1e-4, 1e-5],
                      "session_gap_s": [1800.0, 3 * 3600.0, 86400.0]}
-        tried, best_i2v = set(), (-1.0, None)
-        n_i2v = 6 if args.quick else 16
-        cand = [dict(window=5, epochs=10, negative=5, ns_exponent=0.75, sample=1e-3,
-                     session_gap_s=1800.0)]
-        while len(cand) < n_i2v:
-            cand.append({k: rng.choice(v) for k, v in i2v_space.items()})
-        for c in cand:
-            key = tuple(sorted(c.items()))
-            if key in tried:
-                continue
-            tried.add(key)
+        start = [dict(window=5, epochs=10, negative=5, ns_exponent=0.75, sample=1e-3,
+                      session_gap_s=1800.0)]
+
+        def i2v_trial(c: dict) -> tuple[dict, dict]:
             p = replace(i2v, **{k: v for k, v in c.items() if k != "session_gap_s"})
             knn_c = train_item2vec(val, p, c["session_gap_s"], tmp)
-            m = evaluate(val, single(base_cfg, "embedding"), knobs, knn_c, cf)
-            note("item2vec", c, m)
-            if m["ndcg"] > best_i2v[0]:
-                best_i2v = (m["ndcg"], c, knn_c)
-        i2v_best = best_i2v[1]
+            return evaluate(val, single(base_cfg, "embedding"), knobs, knn_c, cf), knn_c
+
+        i2v_best, knn = random_search("item2vec", start, i2v_space, 6 if args.quick else 16, rng,
+                                      i2v_trial, note)
         i2v = replace(i2v, **{k: v for k, v in i2v_best.items() if k != "session_gap_s"})
         knobs["session_gap_s"] = i2v_best["session_gap_s"]
-        knn = best_i2v[2]
 
         # ---- co-view window (coview alone)
         best_cv = (-1.0, None)
@@ -337,7 +342,8 @@ def main() -> None:
 
     # ---- blend: random search on weights + knobs, then coordinate refinement
     def blend_eval(c: dict) -> dict:
-        cfg = replace(base_cfg, **{k: v for k, v in c.items() if k in RankConfig.__dataclass_fields__})
+        fields = RankConfig.__dataclass_fields__
+        cfg = replace(base_cfg, **{k: v for k, v in c.items() if k in fields})
         return evaluate(val, cfg, knobs, knn, cf)
 
     space = {"w_coview": [0.0, 0.1, 0.2, 0.4], "w_embed": [0.0, 0.1, 0.2, 0.3, 0.5],
