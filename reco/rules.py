@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,12 +73,11 @@ def _capped(order: np.ndarray, category: np.ndarray, k: int, max_share: float
     if max_share >= 1.0:
         return order[:k].tolist(), []
     cap = max(1, math.floor(max_share * k))
-    if len(order) >= k:
-        counts = Counter(category[order[:k]].tolist())
-        counts.pop(UNKNOWN_CATEGORY, None)
-        if not counts or max(counts.values()) <= cap:
-            # No category exceeds its cap among the first k: the greedy pass below would take
-            # exactly those and defer nothing (the common case, without the loop).
+    if 0 < k <= len(order):
+        first = category[order[:k]].tolist()
+        if max(map(first.count, first)) <= cap:
+            # No category (unknown included) exceeds the cap among the first k: the greedy
+            # pass below would take exactly those and defer nothing (the common case).
             return order[:k].tolist(), []
     counts: dict[int, int] = {}
     chosen: list[int] = []
