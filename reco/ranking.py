@@ -262,7 +262,8 @@ class _Candidates:
                  config: RankConfig, exclude: list[str]) -> None:
         self.items, self.n_sources = items, len(sources)
         ids: list[str] = []  # every id to map, in the order unknown ids get their codes
-        # Per kind: segments (source, id offset or -1, rows or None, scores).
+        # Per kind, its lists' segments: (source, offset in ids, length, scores) of lists given
+        # as ids, (source, -1, rows, scores) of lists given as rows.
         id_segs: tuple[list, list, list] = ([], [], [])
         row_segs: tuple[list, list, list] = ([], [], [])
         limit = config.neighbours_n
