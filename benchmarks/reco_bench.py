@@ -140,7 +140,11 @@ def start_api(redis_port: int, threads: bool) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def run(quick: bool, threads: bool = False) -> dict:
+PHASES = ("bare", "miss_max", "hit_max", "miss_200", "hit_200", "mix")
+
+
+def run(quick: bool, threads: bool = False, phases: tuple[str, ...] = PHASES,
+        profile: str | None = None) -> dict:
     s = Sizes(quick)
     seconds = 3 if quick else 6
     rng = np.random.default_rng(42)
@@ -168,51 +172,60 @@ def run(quick: bool, threads: bool = False) -> dict:
         result["bare"] = wrk(base, BARE, seconds)
         progress("bare", result["bare"])
 
-        before = counters(base)
-        result["miss_max"] = wrk(base, SEQUENTIAL_USERS % (s.users // 10), seconds)
-        result["miss_max"]["cache"] = delta(before, counters(base))
-        progress("miss_max", result["miss_max"])
+        if "miss_max" in phases:
+            before = counters(base)
+            spy = py_spy(api.pid, seconds, profile) if profile else None
+            result["miss_max"] = wrk(base, SEQUENTIAL_USERS % (s.users // 10), seconds)
+            if spy is not None:
+                spy.wait(30)
+            result["miss_max"]["cache"] = delta(before, counters(base))
+            progress("miss_max", result["miss_max"])
 
         warm = min(1000, s.users // 10)
-        asyncio.run(open_loop(port, iter([f"/recommendations?user_id=u{n}&k=20"
-                                          for n in range(warm)]), 500, warm / 500))
-        before = counters(base)
-        result["hit_max"] = wrk(base, RANDOM_USERS % (warm - 1), seconds)
-        result["hit_max"]["cache"] = delta(before, counters(base))
-        progress("hit_max", result["hit_max"])
+        if "hit_max" in phases or "hit_200" in phases:
+            asyncio.run(open_loop(port, iter([f"/recommendations?user_id=u{n}&k=20"
+                                              for n in range(warm)]), 500, warm / 500))
+        if "hit_max" in phases:
+            before = counters(base)
+            result["hit_max"] = wrk(base, RANDOM_USERS % (warm - 1), seconds)
+            result["hit_max"]["cache"] = delta(before, counters(base))
+            progress("hit_max", result["hit_max"])
 
-        stalls(base)  # starts the watcher; what it saw so far is dropped
-        before = counters(base)
-        first = int(s.users * 0.6)
-        paths = iter([f"/recommendations?user_id=u{first + n}&k=20" for n in range(100_000)])
-        result["miss_200"] = pct(asyncio.run(open_loop(port, paths, 200, 10 if not quick
-                                                       else 4)))
-        result["miss_200"]["cache"] = delta(before, counters(base))
-        result["miss_200"]["stalls"] = stalls(base)
-        progress("miss_200", result["miss_200"])
+        if "miss_200" in phases:
+            stalls(base)  # starts the watcher; what it saw so far is dropped
+            before = counters(base)
+            first = int(s.users * 0.6)
+            paths = iter([f"/recommendations?user_id=u{first + n}&k=20" for n in range(100_000)])
+            result["miss_200"] = pct(asyncio.run(open_loop(port, paths, 200, 10 if not quick
+                                                           else 4)))
+            result["miss_200"]["cache"] = delta(before, counters(base))
+            result["miss_200"]["stalls"] = stalls(base)
+            progress("miss_200", result["miss_200"])
 
-        stalls(base)
-        before = counters(base)
-        paths = iter([f"/recommendations?user_id=u{n % warm}&k=20" for n in range(100_000)])
-        result["hit_200"] = pct(asyncio.run(open_loop(port, paths, 200, 5 if not quick else 2)))
-        result["hit_200"]["cache"] = delta(before, counters(base))
-        result["hit_200"]["stalls"] = stalls(base)
-        progress("hit_200", result["hit_200"])
+        if "hit_200" in phases:
+            stalls(base)
+            before = counters(base)
+            paths = iter([f"/recommendations?user_id=u{n % warm}&k=20" for n in range(100_000)])
+            result["hit_200"] = pct(asyncio.run(open_loop(port, paths, 200, 5 if not quick else 2)))
+            result["hit_200"]["cache"] = delta(before, counters(base))
+            result["hit_200"]["stalls"] = stalls(base)
+            progress("hit_200", result["hit_200"])
 
-        mix = {"active_users": 2000, "event_share": 0.2, "rate": 200,
-               "warmup_s": 10 if not quick else 3, "measure_s": 15 if not quick else 4}
-        actions = mix_actions(r, s, rng, int(s.users * 0.8), mix["active_users"],
-                              mix["event_share"])
-        asyncio.run(open_loop(port, actions, mix["rate"], mix["warmup_s"]))
-        stalls(base)
-        before = counters(base)
-        mix["latency"] = pct(asyncio.run(open_loop(port, actions, mix["rate"],
-                                                   mix["measure_s"])))
-        mix["cache"] = delta(before, counters(base))
-        mix["stalls"] = stalls(base)
-        mix["hit_ratio"] = mix["cache"]["hits"] / max(1.0, sum(mix["cache"].values()))
-        result["mix"] = mix
-        progress("mix", result["mix"])
+        if "mix" in phases:
+            mix = {"active_users": 2000, "event_share": 0.2, "rate": 200,
+                   "warmup_s": 10 if not quick else 3, "measure_s": 15 if not quick else 4}
+            actions = mix_actions(r, s, rng, int(s.users * 0.8), mix["active_users"],
+                                  mix["event_share"])
+            asyncio.run(open_loop(port, actions, mix["rate"], mix["warmup_s"]))
+            stalls(base)
+            before = counters(base)
+            mix["latency"] = pct(asyncio.run(open_loop(port, actions, mix["rate"],
+                                                       mix["measure_s"])))
+            mix["cache"] = delta(before, counters(base))
+            mix["stalls"] = stalls(base)
+            mix["hit_ratio"] = mix["cache"]["hits"] / max(1.0, sum(mix["cache"].values()))
+            result["mix"] = mix
+            progress("mix", result["mix"])
         result["loadavg_at_end"] = os.getloadavg()
         result["cpu_pressure_at_end"] = cpu_pressure()
     finally:
@@ -220,6 +233,8 @@ def run(quick: bool, threads: bool = False) -> dict:
             api.terminate()
             api.wait(10)
         remove(server)
+    if set(phases) != set(PHASES):
+        return result
     bare = result["bare"]["rps"]
     result["checks"] = {
         "miss_p99_ms < 15 at 200 req/s": result["miss_200"]["p99_ms"] < TARGETS["miss_p99_ms"],
@@ -230,6 +245,29 @@ def run(quick: bool, threads: bool = False) -> dict:
         "hit ratio > 80% (seed)": result["mix"]["hit_ratio"] > 0.8,
     }
     return result
+
+
+def py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen:
+    """Sample the API process with py-spy (collapsed stacks) while a phase runs."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                             str(pid), "--duration", str(int(seconds)), "--format", "raw",
+                             "--nonblocking", "--output", out], stdout=subprocess.DEVNULL)
+
+
+def summary(res: dict) -> str:
+    """One line per phase that ran: throughput and its share of bare, or latency."""
+    bare = res["bare"]["rps"]
+    lines = [f"load average {res['loadavg_at_start'][0]:.1f} at start"]
+    for name in PHASES:
+        phase = res.get(name)
+        if phase is None:
+            continue
+        phase = phase.get("latency", phase)
+        line = f"{name}: p50 {phase['p50_ms']:.2f} ms, p99 {phase['p99_ms']:.2f} ms"
+        if "rps" in phase:
+            line += f", {phase['rps']:,.0f} req/s ({phase['rps'] / bare:.0%} of bare)"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def cpu_pressure() -> float | None:
@@ -333,7 +371,7 @@ Notes:
   the user's ALS list) and ranks ~1,000 candidates with numpy; a hit does one round trip.
 - The API reads Redis through a pipelined asyncio client (serving/reco_aio.py: the loop serves
   other requests during a round trip) and refreshes its popularity snapshot on the loop in
-  slices of 500 members. GET /recommendations is a plain ASGI endpoint dispatched ahead of
+  slices of 250 members. GET /recommendations is a plain ASGI endpoint dispatched ahead of
   FastAPI's router (serving/reco_route.py), while the bare endpoint is an ordinary FastAPI
   route: a cache hit can therefore be served faster than the bare endpoint.
 - Redis runs with `zset-max-listpack-entries 256` so that co-view sets (at most 200 members)
@@ -350,8 +388,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tenth of the data, short phases")
     parser.add_argument("--threads", action="store_true",
                         help="serve with feature reads in a threadpool (RECO_REDIS_IN_THREADS)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="comma-separated subset of " + ",".join(PHASES) + " (the bare "
+                        "endpoint always runs); a subset prints ratios and writes no report")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="py-spy the API during miss_max into PATH (collapsed stacks)")
     args = parser.parse_args()
-    res = run(args.quick, args.threads)
+    phases = tuple(p for p in args.phases.split(",") if p)
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases: {sorted(unknown)}")
+    res = run(args.quick, args.threads, phases, args.profile)
+    if set(phases) != set(PHASES):
+        print(summary(res))
+        return
     # A quick run never replaces the full run's report.
     write_report(res, "recommendations" if not args.quick else "recommendations-quick")
     print(table(res))
