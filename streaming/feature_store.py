@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reco import keys
-from reco.events import Event
 from reco.features import FeatureParams, FeatureUpdates, RecentItems, plan_batch
 from reco.settings import Settings
-from streaming.redis_pipe import Command, RedisPipe
+from streaming.messages import StreamEvent
+from streaming.redis_pipe import Packed, RedisPipe
 
 TRENDING_TTL_MARGIN_S = 120
 CATEGORY_CACHE_S = 60.0  # catalogue categories rarely change; a minute of staleness is fine
@@ -27,7 +27,7 @@ CATEGORY_CACHE_MAX = 200_000
 
 @dataclass
 class AppliedBatch:
-    applied: list[Event]
+    applied: list[StreamEvent]
     duplicates: int
     unscored: int
 
@@ -36,10 +36,10 @@ class AppliedBatch:
 class PlannedBatch:
     """A batch's fresh events and the Redis commands that apply them, not yet written."""
 
-    fresh: list[Event]
+    fresh: list[StreamEvent]
     duplicates: int
     updates: FeatureUpdates
-    commands: list[Command]
+    commands: Packed
 
     @property
     def result(self) -> AppliedBatch:
@@ -55,13 +55,13 @@ class FeatureStore:
         self.params = FeatureParams.from_settings(settings)
         self._categories: dict[str, tuple[str | None, float]] = {}  # item -> (category, expiry)
 
-    async def apply(self, events: Sequence[Event]) -> AppliedBatch:
+    async def apply(self, events: Sequence[StreamEvent]) -> AppliedBatch:
         planned = await self.plan(events)
         if planned.commands:
             await self.write(planned)
         return planned.result
 
-    async def plan(self, events: Sequence[Event],
+    async def plan(self, events: Sequence[StreamEvent],
                    after: PlannedBatch | None = None) -> PlannedBatch:
         """Read the state the batch needs and compute its writes.
 
@@ -77,7 +77,7 @@ class FeatureStore:
         seen, recent, categories = await self._read_state(unique, carried)
         fresh = [e for e, was_seen in zip(unique, seen, strict=True) if not was_seen]
         if not fresh:
-            return PlannedBatch([], len(events), FeatureUpdates(), [])
+            return PlannedBatch([], len(events), FeatureUpdates(), Packed())
         now = time.time()
         updates = plan_batch(fresh, recent, categories, self.params, now)
         return PlannedBatch(fresh, len(events) - len(fresh), updates,
@@ -87,28 +87,29 @@ class FeatureStore:
         await self.writer.execute(planned.commands, transaction=True)
 
     async def _read_state(
-        self, events: Sequence[Event], carried: dict[str, RecentItems]
+        self, events: Sequence[StreamEvent], carried: dict[str, RecentItems]
     ) -> tuple[list[bool], dict[str, RecentItems], dict[str, str | None]]:
         users = [u for u in dict.fromkeys(e.user_id for e in events) if u not in carried]
         now = time.monotonic()
         cached = self._categories
         unknown = [i for i in dict.fromkeys(e.item_id for e in events)
                    if cached.get(i, (None, 0.0))[1] <= now]
-        commands: list[Command] = [("EXISTS", _marker(e)) for e in events]
-        for user in users:
-            commands.append(("LRANGE", keys.user_recent(user), 0, -1))
-            commands.append(("HGETALL", keys.user_recent_times(user)))
-        commands += [("HGET", keys.item_meta(item), "category") for item in unknown]
+        commands = Packed()
+        commands.each("EXISTS", [_marker(e) for e in events])
+        commands.each("LRANGE", [keys.user_recent(user) for user in users], "0", "-1")
+        commands.each("HGETALL", [keys.user_recent_times(user) for user in users])
+        commands.each("HGET", [keys.item_meta(item) for item in unknown], "category")
         replies = await self.redis.execute(commands)
 
         n = len(events)
         seen = [bool(x) for x in replies[:n]]
         recent = {e.user_id: carried[e.user_id] for e in events if e.user_id in carried}
-        for i, user in enumerate(users):
-            listed, flat = replies[n + 2 * i], replies[n + 2 * i + 1]
+        u = len(users)
+        for user, listed, flat in zip(users, replies[n:n + u], replies[n + u:n + 2 * u],
+                                      strict=True):
             times = {flat[j].decode(): float(flat[j + 1]) for j in range(0, len(flat), 2)}
             recent[user] = RecentItems([x.decode() for x in listed], times)
-        offset = n + 2 * len(users)
+        offset = n + 2 * u
         fetched = {item: (replies[offset + i] or b"").decode() or None
                    for i, item in enumerate(unknown)}
         categories = {e.item_id: fetched[e.item_id] if e.item_id in fetched
@@ -118,58 +119,56 @@ class FeatureStore:
         cached.update((item, (cat, now + CATEGORY_CACHE_S)) for item, cat in fetched.items())
         return seen, recent, categories
 
-    def _commands(self, events: Sequence[Event], up: FeatureUpdates) -> list[Command]:
+    def _commands(self, events: Sequence[StreamEvent], up: FeatureUpdates) -> Packed:
+        """The batch's writes. Commands on one key keep their order; those on different keys
+        commute, so runs of one shape (a DEL or EXPIRE per key) are packed together."""
         s = self.settings
-        cmds: list[Command] = []
-        add = cmds.append
-        for user, state in up.recent.items():
-            # The batch's final state replaces the old one inside the transaction (single writer).
-            recent_key, times_key = keys.user_recent(user), keys.user_recent_times(user)
-            add(("DEL", recent_key))
-            add(("RPUSH", recent_key, *state.items))
-            add(("EXPIRE", recent_key, s.recent_ttl_s))
-            add(("DEL", times_key))
-            fields = [x for item, t in state.times.items() for x in (item, repr(t))]
-            add(("HSET", times_key, *fields))
-            add(("EXPIRE", times_key, s.recent_ttl_s))
-        for item, score in up.popularity.items():
-            add(("ZINCRBY", keys.ITEM_POPULARITY, repr(score), item))
+        cmds = Packed()
+        # The batch's final state replaces the old one inside the transaction (single writer).
+        recent_keys = [keys.user_recent(user) for user in up.recent]
+        times_keys = [keys.user_recent_times(user) for user in up.recent]
+        cmds.each("DEL", recent_keys)
+        cmds.each("DEL", times_keys)
+        for key, state in zip(recent_keys, up.recent.values(), strict=True):
+            cmds.variadic("RPUSH", key, state.items)
+        for key, state in zip(times_keys, up.recent.values(), strict=True):
+            cmds.variadic("HSET", key, [x for item, t in state.times.items()
+                                        for x in (item, repr(t))])
+        cmds.each("EXPIRE", recent_keys + times_keys, str(s.recent_ttl_s))
+        cmds.zincrby(keys.ITEM_POPULARITY, up.popularity)
         for category, scores in up.category_popularity.items():
-            key = keys.category_popularity(category)
-            for item, score in scores.items():
-                add(("ZINCRBY", key, repr(score), item))
+            cmds.zincrby(keys.category_popularity(category), scores)
         for bucket, counts in up.trending.items():
             key = keys.trending_bucket(bucket)
-            for item, count in counts.items():
-                add(("ZINCRBY", key, repr(count), item))
-            add(("EXPIREAT", key, bucket + s.trending_window_s + s.trending_bucket_s
-                 + TRENDING_TTL_MARGIN_S))
-        for item, partners in up.coview.items():
-            key = keys.co_view(item)
-            for other, count in partners.items():
-                add(("ZINCRBY", key, repr(count), other))
-            add(("ZREMRANGEBYRANK", key, 0, -(s.coview_max + 1)))  # keep the coview_max best
-            add(("EXPIRE", key, s.coview_ttl_s))
-        for user, items in _items_by_user(events).items():
-            add(("SADD", keys.user_seen(user), *items))
-            add(("EXPIRE", keys.user_seen(user), s.seen_ttl_s))
-        for e in events:
-            add(("SET", _marker(e), 1, "EX", s.dedup_ttl_s))
+            cmds.zincrby(key, counts)
+            cmds.add("EXPIREAT", key, bucket + s.trending_window_s + s.trending_bucket_s
+                     + TRENDING_TTL_MARGIN_S)
+        coview_keys = [keys.co_view(item) for item in up.coview]
+        for key, partners in zip(coview_keys, up.coview.values(), strict=True):
+            cmds.zincrby(key, partners)
+        cmds.each("ZREMRANGEBYRANK", coview_keys, "0", str(-(s.coview_max + 1)))  # keep the best
+        cmds.each("EXPIRE", coview_keys, str(s.coview_ttl_s))
+        seen = _items_by_user(events)
+        seen_keys = [keys.user_seen(user) for user in seen]
+        for key, items in zip(seen_keys, seen.values(), strict=True):
+            cmds.variadic("SADD", key, items)
+        cmds.each("EXPIRE", seen_keys, str(s.seen_ttl_s))
+        cmds.each("SET", [_marker(e) for e in events], "1", "EX", str(s.dedup_ttl_s))
         return cmds
 
 
-def _items_by_user(events: Sequence[Event]) -> dict[str, set[str]]:
+def _items_by_user(events: Sequence[StreamEvent]) -> dict[str, list[str]]:
     by_user: dict[str, set[str]] = {}
     for e in events:
         by_user.setdefault(e.user_id, set()).add(e.item_id)
-    return by_user
+    return {user: list(items) for user, items in by_user.items()}
 
 
-def _marker(event: Event) -> str:
-    return keys.event_seen(str(event.event_id))
+def _marker(event: StreamEvent) -> str:
+    return keys.event_seen(event.event_id)
 
 
-def _first_copies(events: Sequence[Event]) -> list[Event]:
+def _first_copies(events: Sequence[StreamEvent]) -> list[StreamEvent]:
     """The events in order, without later copies of an id (a redelivery inside one batch)."""
     seen: set[object] = set()
     out = []

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+import msgspec
 import orjson
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from reco.events import Event, describe_errors
+from reco.events import EVENT_TYPES, MAX_CONTEXT_KEYS, Event, describe_errors
 
 
 def decode(record: ConsumerRecord) -> Event | str:
@@ -30,6 +32,74 @@ def split(
     bad: list[tuple[ConsumerRecord, str]] = []
     for record in records:
         decoded = decode(record)
+        if isinstance(decoded, str):
+            bad.append((record, decoded))
+        else:
+            events.append(decoded)
+    return events, bad
+
+
+class StreamEvent(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a valid event that the feature processor uses."""
+
+    event_id: str  # canonical UUID text, as str(uuid.UUID) writes it
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: int  # epoch milliseconds
+
+    @property
+    def timestamp_s(self) -> float:
+        return self.timestamp / 1000.0
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    """The common shape of a message, as the ingest API writes it. Anything else (a missing id
+    or timestamp, RFC 3339 text, nested context, ...) is left to the full pydantic model."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: int
+    session_id: str | None = None
+    context: dict[str, str | int | float | bool | None] | None = None
+
+
+_wire = msgspec.json.Decoder(_Wire)
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_IDENTIFIER = re.compile(r"[!-~]{1,128}")  # reco.events.Identifier
+
+
+def decode_for_features(record: ConsumerRecord) -> StreamEvent | str:
+    """`decode` at a fraction of the cost: msgspec reads the common shape and the checks below
+    accept only what the Event model accepts, with the same values; everything else (every
+    invalid message included) goes through the model, which has the final word and the reason."""
+    try:
+        w = _wire.decode(record.value)
+    except (msgspec.DecodeError, ValueError, TypeError):  # bad UTF-8; no value (None)
+        w = None
+    if (w is not None and _CANONICAL_UUID.fullmatch(w.event_id)
+            and _IDENTIFIER.fullmatch(w.user_id) and _IDENTIFIER.fullmatch(w.item_id)
+            and w.event_type in EVENT_TYPES and w.timestamp >= 0
+            and (w.session_id is None or _IDENTIFIER.fullmatch(w.session_id))
+            and (w.context is None or len(w.context) <= MAX_CONTEXT_KEYS)):
+        return StreamEvent(w.event_id, w.user_id, w.item_id, w.event_type, w.timestamp)
+    event = decode(record)
+    if isinstance(event, str):
+        return event
+    return StreamEvent(str(event.event_id), event.user_id, event.item_id, event.event_type,
+                       event.timestamp)
+
+
+def split_for_features(
+    records: Sequence[ConsumerRecord],
+) -> tuple[list[StreamEvent], list[tuple[ConsumerRecord, str]]]:
+    """`split` for the feature processor."""
+    events: list[StreamEvent] = []
+    bad: list[tuple[ConsumerRecord, str]] = []
+    for record in records:
+        decoded = decode_for_features(record)
         if isinstance(decoded, str):
             bad.append((record, decoded))
         else:

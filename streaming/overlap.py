@@ -24,7 +24,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from reco import heap
 from streaming import consumer as loop
 from streaming.feature_store import PlannedBatch
-from streaming.messages import split
+from streaming.messages import split_for_features
 from streaming.metrics import BATCH_SECONDS, PROCESSING_ERRORS
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ async def run_overlapped(
                 continue
             started = time.perf_counter()
             offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
-            events, bad = split(records)
+            events, bad = split_for_features(records)
             previous = pending
             planning = asyncio.create_task(
                 store.plan(events, after=previous.plan if previous else None))

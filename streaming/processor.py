@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from reco.settings import Settings
 from streaming import consumer as loop
 from streaming.feature_store import AppliedBatch, FeatureStore
-from streaming.messages import dlq_value, split
+from streaming.messages import dlq_value, split_for_features
 from streaming.metrics import (
     DLQ_PUBLISHED,
     EVENTS_DUPLICATE,
@@ -43,7 +43,7 @@ class Processor:
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
         """The plain path: apply a batch and wait for it (also the overlapped loop's fallback)."""
-        events, bad = split(records)
+        events, bad = split_for_features(records)
         # Redis first: on a retry its markers make it a no-op, so only the DLQ can repeat.
         result = await self.store.apply(events) if events else None
         await self.finish(result, bad)

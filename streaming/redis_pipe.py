@@ -10,7 +10,7 @@ state is unknown) and propagate; the next call reconnects.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -20,6 +20,69 @@ Command = tuple[Any, ...]
 READ_CHUNK = 1 << 16
 _INCOMPLETE = object()  # what the parser returns while no whole reply is buffered (not False:
 # iter() compares with ==, and an integer reply 0 == False)
+
+
+def bulk(arg: str) -> str:
+    """One RESP bulk string; its length counts UTF-8 bytes, as Redis reads it."""
+    return f"${len(arg) if arg.isascii() else len(arg.encode())}\r\n{arg}\r\n"
+
+
+def _bulks(args: Collection[str]) -> str:
+    if "".join(args).isascii():  # one check in C instead of one per argument
+        return "".join([f"${len(a)}\r\n{a}\r\n" for a in args])
+    return "".join(map(bulk, args))
+
+
+class Packed:
+    """Commands encoded as RESP text as they are added: the bytes `hiredis.pack_command`
+    sends, for a fraction of its cost (~0.3 us per argument there; packing was a fifth of the
+    processor's CPU). Runs of one command shape are formatted in one comprehension."""
+
+    __slots__ = ("_parts", "count")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self.count = 0
+
+    def add(self, *args: str | int) -> None:
+        self._parts.append(f"*{len(args)}\r\n{_bulks([str(a) for a in args])}")
+        self.count += 1
+
+    def each(self, name: str, keys: list[str], *tail: str) -> None:
+        """`name key *tail` for each of `keys`."""
+        head, rest = f"*{2 + len(tail)}\r\n{bulk(name)}", _bulks(tail)
+        if "".join(keys).isascii():
+            self._parts.append("".join([f"{head}${len(k)}\r\n{k}\r\n{rest}" for k in keys]))
+        else:
+            self._parts.append("".join([f"{head}{bulk(k)}{rest}" for k in keys]))
+        self.count += len(keys)
+
+    def zincrby(self, key: str, increments: Mapping[str, float]) -> None:
+        """ZINCRBY key repr(increment) member, per member."""
+        head = f"*4\r\n$7\r\nZINCRBY\r\n{bulk(key)}"
+        members, values = increments.keys(), map(repr, increments.values())  # repr is ASCII
+        if "".join(members).isascii():
+            text = "".join([f"{head}${len(x)}\r\n{x}\r\n${len(m)}\r\n{m}\r\n"
+                            for m, x in zip(members, values, strict=True)])
+        else:
+            text = "".join([f"{head}{bulk(x)}{bulk(m)}"
+                            for m, x in zip(members, values, strict=True)])
+        self._parts.append(text)
+        self.count += len(increments)
+
+    def variadic(self, name: str, key: str, args: Sequence[str]) -> None:
+        """`name key *args` (RPUSH, HSET, SADD, ...)."""
+        self._parts.append(f"*{2 + len(args)}\r\n{bulk(name)}{bulk(key)}{_bulks(args)}")
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def payload(self) -> bytes:
+        return "".join(self._parts).encode()
+
+
+_MULTI, _EXEC = hiredis.pack_command(("MULTI",)), hiredis.pack_command(("EXEC",))
 
 
 class RedisReplyError(Exception):
@@ -47,33 +110,36 @@ class RedisPipe:
             if self.db:
                 setup.append(("SELECT", self.db))
             if setup:
-                await self._roundtrip(setup)
+                await self._roundtrip(b"".join(map(hiredis.pack_command, setup)), len(setup))
         return self._streams
 
-    async def execute(self, commands: Sequence[Command], transaction: bool = False) -> list[Any]:
+    async def execute(self, commands: Sequence[Command] | Packed,
+                      transaction: bool = False) -> list[Any]:
         """Send all commands in one write; with `transaction`, wrapped in MULTI/EXEC."""
         if not commands:
             return []
+        payload = (commands.payload() if isinstance(commands, Packed)
+                   else b"".join(map(hiredis.pack_command, commands)))
         if transaction:
-            replies = await self._roundtrip([("MULTI",), *commands, ("EXEC",)])
+            replies = await self._roundtrip(_MULTI + payload + _EXEC, len(commands) + 2)
             queued, result = replies[1:-1], replies[-1]
             _raise_first_error(queued)
             if result is None:
                 raise RedisReplyError("transaction aborted")
             _raise_first_error(result)
             return result
-        replies = await self._roundtrip(commands)
+        replies = await self._roundtrip(payload, len(commands))
         _raise_first_error(replies)
         return replies
 
-    async def _roundtrip(self, commands: Sequence[Command]) -> list[Any]:
+    async def _roundtrip(self, payload: bytes, count: int) -> list[Any]:
         reader, writer = await self._connection()
         try:
-            writer.write(b"".join(map(hiredis.pack_command, commands)))
+            writer.write(payload)
             await writer.drain()
             parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
             replies: list[Any] = []
-            while len(replies) < len(commands):
+            while len(replies) < count:
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     raise ConnectionError("Redis closed the connection")

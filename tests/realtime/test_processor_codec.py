@@ -1,0 +1,115 @@
+"""The processor's own message decoding and RESP encoding agree with the reference ones."""
+
+from __future__ import annotations
+
+import uuid
+
+import hiredis
+import orjson
+import pytest
+import redis
+from aiokafka.structs import ConsumerRecord
+
+from streaming.messages import StreamEvent, decode, decode_for_features
+from streaming.redis_pipe import Packed, RedisPipe
+
+EVENT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+BASE = {"event_id": EVENT_ID, "user_id": "u1", "item_id": "i-9", "event_type": "cart",
+        "timestamp": 1_700_000_000_123}
+
+
+def record(value: bytes | None) -> ConsumerRecord:
+    return ConsumerRecord("events", 0, 7, 0, 0, b"u1", value, None, 0, 0, [])
+
+
+def message(**changes: object) -> bytes:
+    body = {**BASE, **changes}
+    return orjson.dumps({k: v for k, v in body.items() if v is not ...})
+
+
+@pytest.mark.parametrize("value", [
+    message(),
+    message(session_id="s-1", context={"device": "ios", "n": 3, "ok": True, "x": None}),
+    message(context=None),
+    message(event_id=EVENT_ID.upper()),  # not canonical: the model's path
+    message(event_id=EVENT_ID.replace("-", "")),
+    message(timestamp="2026-01-02T03:04:05.678Z"),
+    message(timestamp=1.7e12),
+    message(context={"nested": {"a": [1, 2]}}),
+    message(context={f"k{i}": i for i in range(32)}),
+])
+def test_valid_messages_decode_like_the_event_model(value: bytes) -> None:
+    expected = decode(record(value))
+    assert not isinstance(expected, str)
+    assert decode_for_features(record(value)) == StreamEvent(
+        str(expected.event_id), expected.user_id, expected.item_id, expected.event_type,
+        expected.timestamp)
+
+
+@pytest.mark.parametrize("value", [
+    None,
+    b"not json",
+    b'{"user_id": "\xff\xfe", "item_id": "A", "event_type": "view"}',
+    b"\x01" * 1000,
+    message(timestamp=-1),
+    message(timestamp=True),
+    message(user_id="has space"),
+    message(item_id="x" * 129),
+    message(item_id=""),
+    message(user_id="caf\u00e9"),
+    message(session_id="a\u0000b"),
+    message(event_type="like"),
+    message(event_id="not-a-uuid"),
+    message(surprise=1),
+    message(context={f"k{i}": i for i in range(33)}),
+    message(context=[1]),
+])
+def test_invalid_messages_get_the_event_models_reason(value: bytes | None) -> None:
+    reason = decode(record(value))
+    assert isinstance(reason, str)
+    assert decode_for_features(record(value)) == reason
+
+
+def test_missing_event_id_gets_one() -> None:
+    decoded = decode_for_features(record(message(event_id=...)))
+    assert isinstance(decoded, StreamEvent)
+    assert str(uuid.UUID(decoded.event_id)) == decoded.event_id
+
+
+def packed_by_hiredis(*commands: tuple) -> bytes:
+    return b"".join(hiredis.pack_command(c) for c in commands)
+
+
+@pytest.mark.parametrize("member", ["i1", "K\u00fcche-\u20ac"])  # ASCII and not
+def test_packed_is_what_hiredis_packs(member: str) -> None:
+    p = Packed()
+    p.add("EXPIREAT", f"item:trending:{member}", 1_700_000_000)
+    p.zincrby(f"co_view:{member}", {member: 1.0, "i2": 0.1 + 0.2})
+    p.variadic("RPUSH", f"user:recent:{member}", [member, "i2"])
+    p.each("SET", [f"event:seen:{member}", "event:seen:b"], "1", "EX", "60")
+    assert len(p) == 1 + 2 + 1 + 2
+    assert p.payload() == packed_by_hiredis(
+        ("EXPIREAT", f"item:trending:{member}", 1_700_000_000),
+        ("ZINCRBY", f"co_view:{member}", "1.0", member),
+        ("ZINCRBY", f"co_view:{member}", repr(0.1 + 0.2), "i2"),
+        ("RPUSH", f"user:recent:{member}", member, "i2"),
+        ("SET", f"event:seen:{member}", "1", "EX", "60"),
+        ("SET", "event:seen:b", "1", "EX", "60"))
+
+
+async def test_packed_transaction_reaches_redis(redis_url: str, redis_client: redis.Redis) -> None:
+    category = "K\u00fcche"
+    p = Packed()
+    p.zincrby(f"test:pop:{category}", {"\u00e9clair": 2.5, "i1": 1.0})
+    p.zincrby(f"test:pop:{category}", {"\u00e9clair": 0.5})
+    p.variadic("HSET", "test:times", ["i1", "1.5", "\u00e9", "2.0"])
+    p.each("EXPIRE", ["test:times"], "100")
+    pipe = RedisPipe(redis_url)
+    try:
+        assert await pipe.execute(p, transaction=True) == [b"2.5", b"1", b"3", 2, 1]
+    finally:
+        await pipe.close()
+    assert redis_client.zrange(f"test:pop:{category}", 0, -1, withscores=True) == [
+        ("i1", 1.0), ("\u00e9clair", 3.0)]
+    assert redis_client.hgetall("test:times") == {"i1": "1.5", "\u00e9": "2.0"}
+    assert 0 < redis_client.ttl("test:times") <= 100
