@@ -159,25 +159,34 @@ def train_als(split: Split, params: als_job.ALSParams, half_life_days: float, tm
 
 # ---------------------------------------------------------------- evaluation
 
-def evaluate(split: Split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict,
-             exclude_all_seen: bool = False) -> dict:
+def user_features(split: Split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict,
+                  exclude_all_seen: bool = False) -> dict[str, UserFeatures]:
+    """What the API would read for each evaluated user at `split.now`."""
     recent, coview = split.features(knobs["coview_window_s"])
-    index = split.index(knobs["pop_half_life_h"])
-    ranks = []
     use_cf = cfg.w_cf > 0
-    for user, target in split.targets.items():
+    out = {}
+    for user in split.targets:
         items, times = recent.get(user, ([], {}))
         sources = items[: cfg.recent_n]
         seen_list = items
         if exclude_all_seen:
             seen_list = items + sorted(split.seen_all.get(user, set()) - set(items))
-        f = UserFeatures(
+        out[user] = UserFeatures(
             recent=seen_list, recent_times=times, now=split.now,
             coview={s: coview[s] for s in sources if s in coview and cfg.w_coview > 0},
             knn={s: knn[s] for s in sources if s in knn and cfg.w_embed > 0},
             item_cf={s: cf["item_cf"][s] for s in sources if use_cf and s in cf["item_cf"]},
             user_cf=cf["user_cf"].get(user) if use_cf else None)
-        ranked = [s.item_id for s in rank(f, index, cfg, Filters(), K).items]
+    return out
+
+
+def evaluate(split: Split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict,
+             exclude_all_seen: bool = False) -> dict:
+    index = split.index(knobs["pop_half_life_h"])
+    features = user_features(split, cfg, knobs, knn, cf, exclude_all_seen)
+    ranks = []
+    for user, target in split.targets.items():
+        ranked = [s.item_id for s in rank(features[user], index, cfg, Filters(), K).items]
         ranks.append(ranked.index(target) + 1 if target in ranked else np.inf)
     r = np.asarray(ranks)
     return {"hr": float((r <= K).mean()), "ndcg": ndcg_at_k(r, K), "users": len(r)}
