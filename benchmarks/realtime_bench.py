@@ -359,12 +359,13 @@ bare endpoint; >= 20,000 events/s through the batch endpoint; processor >= 10,00
 process; lag p99 < 1 s at 2,000 events/s.
 
 Setup: one machine ({os.cpu_count()} cores, shared with Kafka, Redis, PostgreSQL and the load
-generators). Ingest: one uvicorn worker (uvloop, httptools), producer acks=all + idempotent;
-the bare endpoint (POST, reads the body, answers 202) is mounted on the same app in the same
-process. Max throughput: wrk, 1 thread, 64 connections, {SECONDS:.0f} s. Fixed rates: an asyncio
-open-loop generator; latency counts from each request's scheduled send time. Processor: one
-`reco run processor` process draining a pre-filled 3-partition topic (20,000 users, 5,000 items,
-Zipf-like items, 70/20/7/3 view/click/cart/purchase over 50 minutes), Redis with AOF (everysec),
+generators). Ingest: one uvicorn worker (uvloop, httptools), librdkafka producer (acks=all,
+idempotent, linger 1 ms); the bare endpoint (POST, reads the body, answers 202) is mounted on
+the same app in the same process. Max throughput: wrk, 1 thread, 64 connections,
+{SECONDS:.0f} s. Fixed rates: an asyncio open-loop generator; latency counts from each request's
+scheduled send time. Processor: one `reco run processor` process draining a pre-filled
+3-partition topic (20,000 users, 5,000 items, Zipf-like items, 70/20/7/3
+view/click/cart/purchase over 50 minutes), Redis with AOF (everysec),
 as the stack runs it. Lag: the processor's `event:seen` marker is written in the same
 MULTI/EXEC as the features; its keyspace notification time minus the POST's send time.
 Wall time {res['wall_s']:.0f} s; 1-minute load average {res['load_avg_1m']['before']:.1f} before,
