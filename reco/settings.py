@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     trending_window_s: int = 3600
     trending_bucket_s: int = 60
     dedup_ttl_s: int = 7 * 24 * 3600
-    consumer_batch_max: int = 500
+    consumer_batch_max: int = 2000  # items and users repeat within a batch: fewer Redis commands
     consumer_backoff_max_s: float = 30.0  # ceiling of the retry backoff when a store is down
     # Ingest: how long to wait for the broker's ack before answering 503, and the Retry-After
     ingest_ack_timeout_s: float = 5.0
