@@ -19,7 +19,8 @@ import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from reco import keys
-from serving.reco_redis import PipelineClient, RedisDown
+from serving.reco_aio import AsyncPipelineClient
+from serving.reco_redis import RedisDown
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,13 @@ class RateLimiter:
         log.warning("rate limiter store unavailable, not limiting for %.0fs: %s",
                     SKIP_AFTER_ERROR_S, type(exc).__name__)
 
-    def hit(self, client: PipelineClient, subject: str) -> None:
-        """Count one request (blocking client of the recommendation API); raises RateLimited."""
+    async def hit(self, client: AsyncPipelineClient, subject: str) -> None:
+        """Count one request (pipelined client of the recommendation API); raises RateLimited."""
         if self._skipping():
             return
         try:
-            reply = client.execute([("EVAL", HIT, 1, keys.rate_limit(self.scope, subject),
-                                     self.window_ms)])[0]
+            reply = (await client.execute([("EVAL", HIT, 1, keys.rate_limit(self.scope, subject),
+                                             self.window_ms)]))[0]
         except RedisDown as exc:
             self._failed(exc)
             return

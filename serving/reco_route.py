@@ -59,7 +59,8 @@ class RecommendationsEndpoint:
         except ParamErrors as exc:
             await JSONResponse({"detail": exc.detail}, status_code=422)(scope, receive, send)
             return
-        if guard is not None and (denied := guard.authorize(request, subject, p.user_id)):
+        if guard is not None and (
+                denied := await guard.authorize(request, subject, p.user_id)):
             await denied(scope, receive, send)
             return
         answer = await self.service.recommend(p)

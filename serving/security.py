@@ -27,7 +27,7 @@ from starlette.responses import Response
 from reco import privacy
 from reco.settings import Settings
 from serving.rate_limit import RateLimited, RateLimiter
-from serving.reco_redis import PipelineClient
+from serving.reco_aio import AsyncPipelineClient
 
 API_KEY_HEADER = "X-API-Key"
 VERIFIED_CACHE_MAX = 10_000
@@ -222,7 +222,8 @@ class RecoGuard:
                         if settings.rate_limit_reco_per_s > 0 else None)
         self.ip_limiter = (RateLimiter("ip", settings.rate_limit_reco_per_s,
                                        settings.rate_limit_window_s) if self.limiter else None)
-        self.client = (PipelineClient(settings.redis_url, settings.reco_redis_timeout_s)
+        # The API's own asyncio client kind: a limit check never blocks the event loop.
+        self.client = (AsyncPipelineClient(settings.redis_url, settings.reco_redis_timeout_s)
                        if self.limiter else None)
 
     @classmethod
@@ -241,13 +242,14 @@ class RecoGuard:
         except AuthError as exc:
             return None, auth_response(exc)
 
-    def authorize(self, request: Request, subject: str | None, user_id: str) -> Response | None:
+    async def authorize(self, request: Request, subject: str | None,
+                        user_id: str) -> Response | None:
         """None if the request may go on, else the 403 or 429 response."""
         try:
             if subject is not None:
                 require_subject(subject, user_id)
             if self.limiter is not None:
-                self.limiter.hit(self.client, user_id)  # type: ignore[arg-type]
+                await self.limiter.hit(self.client, user_id)  # type: ignore[arg-type]
         except AuthError as exc:
             return auth_response(exc)
         except RateLimited as exc:
@@ -261,9 +263,10 @@ class RecoGuard:
                 HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None) -> None:
             subject = self.jwt.subject(request.headers.get("authorization")) if self.jwt else None
             if subject is not None and self.limiter is not None:
-                self.limiter.hit(self.client, subject)  # type: ignore[arg-type]
+                await self.limiter.hit(self.client, subject)  # type: ignore[arg-type]
             elif self.ip_limiter is not None:
-                self.ip_limiter.hit(self.client, client_ip(request))  # type: ignore[arg-type]
+                await self.ip_limiter.hit(self.client,  # type: ignore[arg-type]
+                                          client_ip(request))
 
         return [Depends(guard)]
 

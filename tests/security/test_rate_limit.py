@@ -11,7 +11,7 @@ from reco import keys
 from reco.settings import Settings
 from reco.stack.health import free_port
 from serving.rate_limit import RateLimited, RateLimiter
-from serving.reco_redis import PipelineClient
+from serving.reco_aio import AsyncPipelineClient
 from tests.realtime.conftest import end_offsets
 from tests.security.conftest import bearer, make_token
 
@@ -77,20 +77,21 @@ async def test_ingest_limit_per_ip_shared_by_replicas(
     assert await end_offsets(limited, limited.topic_events) == 3  # refused ones never published
 
 
-def test_limiter_fails_open_when_redis_is_down() -> None:
+async def test_limiter_fails_open_when_redis_is_down() -> None:
     limiter = RateLimiter("user", per_s=1, window_s=60)
-    client = PipelineClient(f"redis://127.0.0.1:{free_port()}/0", 0.1)
+    client = AsyncPipelineClient(f"redis://127.0.0.1:{free_port()}/0", 0.1)
     for _ in range(5):
-        limiter.hit(client, "u1")  # no exception: requests go through
+        await limiter.hit(client, "u1")  # no exception: requests go through
 
 
-def test_limiter_counts_in_one_key(redis_url: str, redis_client: redis.Redis) -> None:
+async def test_limiter_counts_in_one_key(redis_url: str, redis_client: redis.Redis) -> None:
     limiter = RateLimiter("user", per_s=2, window_s=1.0)
-    client = PipelineClient(redis_url, 1.0)
-    limiter.hit(client, "u1")
-    limiter.hit(client, "u1")
+    client = AsyncPipelineClient(redis_url, 1.0)
+    await limiter.hit(client, "u1")
+    await limiter.hit(client, "u1")
     with pytest.raises(RateLimited) as exc:
-        limiter.hit(client, "u1")
+        await limiter.hit(client, "u1")
     assert exc.value.retry_after_s == 1
     assert redis_client.keys("ratelimit:*") == [keys.rate_limit("user", "u1")]
     assert int(redis_client.get(keys.rate_limit("user", "u1"))) == 3
+    client.close()
