@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from reco import keys
 from reco.features import FeatureParams, FeatureUpdates, RecentItems, plan_batch
@@ -107,8 +108,8 @@ class FeatureStore:
         u = len(users)
         for user, listed, flat in zip(users, replies[n:n + u], replies[n + u:n + 2 * u],
                                       strict=True):
-            times = {flat[j].decode(): float(flat[j + 1]) for j in range(0, len(flat), 2)}
-            recent[user] = RecentItems([x.decode() for x in listed], times)
+            times = dict(zip(map(bytes.decode, flat[::2]), map(float, flat[1::2]), strict=True))
+            recent[user] = RecentItems(list(map(bytes.decode, listed)), times)
         offset = n + 2 * u
         fetched = {item: (replies[offset + i] or b"").decode() or None
                    for i, item in enumerate(unknown)}
@@ -132,8 +133,9 @@ class FeatureStore:
         for key, state in zip(recent_keys, up.recent.values(), strict=True):
             cmds.variadic("RPUSH", key, state.items)
         for key, state in zip(times_keys, up.recent.values(), strict=True):
-            cmds.variadic("HSET", key, [x for item, t in state.times.items()
-                                        for x in (item, repr(t))])
+            times = state.times
+            fields = chain.from_iterable(zip(times, map(repr, times.values()), strict=True))
+            cmds.variadic("HSET", key, [*fields])
         cmds.each("EXPIRE", recent_keys + times_keys, str(s.recent_ttl_s))
         cmds.zincrby(keys.ITEM_POPULARITY, up.popularity)
         for category, scores in up.category_popularity.items():
