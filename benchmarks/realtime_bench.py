@@ -10,6 +10,7 @@ Writes benchmarks/reports/realtime.{md,json} and prints the table. Needs wrk.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -331,15 +332,22 @@ def ingest_rows(i: dict) -> list[tuple[str, str, str, str]]:
 def main() -> None:
     # SIGTERM unwinds through run()'s finally, so the servers it started are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--processor-only", action="store_true",
+                      help="just the processor drain phase; no report is written")
+    only.add_argument("--ingest-only", action="store_true",
+                      help="just the ingest phases; no report is written")
+    args = ap.parse_args()
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
-    if sys.argv[1:] == ["--processor-only"]:  # just the drain phase; no report is written
+    if args.processor_only:
         p = run(processor_only=True)["processor"]
         print(f"processor drain ({p['events']:,} events, 1 process): "
               f"{p['events_per_s']:,.0f} ev/s; 1-minute load average {load_before:.1f} before, "
               f"{os.getloadavg()[0]:.1f} after")
         return
-    if sys.argv[1:] == ["--ingest-only"]:  # just the ingest phases; no report is written
+    if args.ingest_only:
         rows = ingest_rows(run(ingest_only=True)["ingest"])
         print("\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows))
         print(f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
