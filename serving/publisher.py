@@ -174,11 +174,13 @@ class Publisher:
 
     def _replace(self) -> None:
         """After a fatal error: fail what the old producer holds (503), start a new one."""
-        self._fatal = False
         old = [self._producer]  # the only reference, so it can be dropped off the loop
         self._producer = self._new_producer()
         old[0].purge()
         old[0].poll(0)  # serves the purge's delivery reports here, on the loop
+        # Cleared only now: a late fatal report of the old producer, served by that poll,
+        # must not replace the new one.
+        self._fatal = False
         # Destroying a producer joins its threads: not on the loop (destroy serves no
         # callbacks; a request whose report is lost there fails at its deadline).
         self._loop.run_in_executor(None, old.clear)
@@ -242,6 +244,10 @@ class Publisher:
                                      on_delivery=delivered)
                 except (BufferError, KafkaException) as exc:  # queue full, fatal state
                     request.not_sent(len(events) - k, f"broker did not take the events: {exc!r}")
+                    break
+                except Exception as exc:  # noqa: BLE001 - fail this request, not the others
+                    log.exception("producing a request's events failed")
+                    request.not_sent(len(events) - k, f"events not produced: {exc!r}")
                     break
 
     def _unavailable(self, reason: str) -> BrokerUnavailable:

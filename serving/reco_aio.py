@@ -116,12 +116,15 @@ class AsyncPipelineClient:
         return replies
 
     def send(self, conn: _Connection, commands: Sequence[Command]) -> asyncio.Future:
+        # Packed first: a command that cannot be packed must not leave a batch queued that
+        # would take the replies of the batches after it.
+        data = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
         loop = asyncio.get_running_loop()
         batch = _Batch(loop.create_future(), len(commands))
         batch.timer = loop.call_later(self.timeout_s, conn.fail,
                                       RedisDown(f"timed out after {self.timeout_s}s"))
         conn.waiting.append(batch)  # replies come back in the order batches are queued
-        conn.write(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))
+        conn.write(data)
         return batch.future
 
     async def _connection(self) -> _Connection:

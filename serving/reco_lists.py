@@ -31,13 +31,13 @@ class ItemListCache:
         self.ttl = {"coview": coview_ttl_s, "knn": offline_ttl_s, "item_cf": offline_ttl_s,
                     "user_cf": offline_ttl_s}
         # (kind, item, version) -> (expires, row space, rows or None, scores, ids or None,
-        #                           hash of the ids in order)
+        #                           hash of the ids in order, rows of the index they came from)
         self._data: dict[tuple, tuple] = {}
         self._lock = threading.Lock()  # threadpool mode: evictions must not race
 
-    def get(self, key: ListKey, space: int, now: float) -> Neighbours | None:
+    def get(self, key: ListKey, items: ItemIndex, now: float) -> Neighbours | None:
         entry = self._data.get(key)  # a ListKey equals and hashes like the plain tuple
-        if entry is None or entry[0] < now or entry[1] != space:
+        if entry is None or entry[0] < now or not _valid_for(entry, items):
             return None
         return RowList(entry[2], entry[3]) if entry[4] is None else (entry[4], entry[3])
 
@@ -46,7 +46,7 @@ class ItemListCache:
         ids, scores = lists
         ids_hash = hash(tuple(ids))
         old = self._data.get(key)
-        if (old is not None and old[1] == items.space and old[2] is not None
+        if (old is not None and old[2] is not None and _valid_for(old, items)
                 and old[5] == ids_hash and len(old[2]) == len(ids)):
             # An expired co-view set re-read with the same members in the same order (most
             # are: only their scores moved): its rows are unchanged, skip the ~1 us per id
@@ -60,8 +60,8 @@ class ItemListCache:
         if self.max_entries <= 0:
             return value
         expires = now + self.ttl[key.kind]
-        entry = ((expires, items.space, rows, scores, None, ids_hash) if known
-                 else (expires, items.space, None, scores, ids, ids_hash))
+        entry = ((expires, items.space, rows, scores, None, ids_hash, items.unknown_row) if known
+                 else (expires, items.space, None, scores, ids, ids_hash, items.unknown_row))
         with self._lock:
             self._data.pop(key, None)
             self._data[tuple(key)] = entry
@@ -71,3 +71,10 @@ class ItemListCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+def _valid_for(entry: tuple, items: ItemIndex) -> bool:
+    """Rows mapped in `items`' row space by an index no longer than `items`: a popularity
+    refresh appends rows in the same space, and a request still ranking with the index from
+    before it must not get rows its index does not have."""
+    return entry[1] == items.space and entry[6] <= items.unknown_row

@@ -204,12 +204,12 @@ class RecoService:
             if als_v and self.with_item_cf:
                 wanted.append(ListKey("item_cf", item, als_v))
         clock = time.monotonic()
-        have = {key: self.lists.get(key, items.space, clock) for key in wanted}
+        have = {key: self.lists.get(key, items, clock) for key in wanted}
         missing = [key for key, value in have.items() if value is None]
         if not als_v:
             return _Plan(sources, None, have, missing, clock)
         user_key = ListKey("user_cf", user_id, als_v)
-        user_cf = self.user_lists.get(user_key, items.space, clock)
+        user_cf = self.user_lists.get(user_key, items, clock)
         return _Plan(sources, None if user_cf is not None else als_v, have, missing, clock,
                      user_cf, user_key)
 

@@ -17,18 +17,25 @@ def test_list_cache_maps_rows_expires_and_follows_row_space() -> None:
     key = ListKey("coview", "x", "")
     value = cache.put(key, (["b", "a"], np.array([2.0, 1.0])), items, now=0.0)
     assert isinstance(value, RowList) and value.rows.tolist() == [1, 0]
-    got = cache.get(key, items.space, now=5.0)
+    got = cache.get(key, items, now=5.0)
     assert isinstance(got, RowList) and got.rows is value.rows and got.scores is value.scores
-    assert cache.get(key, items.space, now=11.0) is None  # co-view TTL passed
-    assert cache.get(key, ItemIndex.build({}).space, now=5.0) is None  # catalogue reloaded
+    assert cache.get(key, items, now=11.0) is None  # co-view TTL passed
+    assert cache.get(key, ItemIndex.build({}), now=5.0) is None  # catalogue reloaded
     grown = items.with_popularity(["new"], [1.0])  # rows appended: same space
     assert grown.space == items.space and grown.rows(["a", "b", "new"]).tolist() == [0, 1, 2]
+    assert cache.get(key, grown, now=5.0).rows is value.rows  # still valid in the grown index
+    # ... but rows mapped by the grown index are not served to a request still ranking with
+    # the shorter index it took before the popularity refresh appended rows.
+    newer = ListKey("coview", "w", "")
+    cache.put(newer, (["new", "a"], np.array([2.0, 1.0])), grown, now=0.0)
+    assert cache.get(newer, grown, now=1.0).rows.tolist() == [2, 0]
+    assert cache.get(newer, items, now=1.0) is None
     # Lists naming unknown items stay as ids; the oldest entry goes past max_entries.
     raw = (["zz"], np.array([1.0]))
     assert cache.put(ListKey("knn", "y", "v1"), raw, items, now=0.0) is raw
-    assert cache.get(ListKey("knn", "y", "v1"), items.space, now=1.0) == raw
+    assert cache.get(ListKey("knn", "y", "v1"), items, now=1.0) == raw
     cache.put(ListKey("knn", "z", "v1"), raw, items, now=0.0)
-    assert len(cache) == 2 and cache.get(key, items.space, now=1.0) is None
+    assert len(cache) == 2 and cache.get(key, items, now=1.0) is None
 
 
 def test_threadpool_mode_serves_the_same_ranking(make_client, world) -> None:
@@ -43,12 +50,12 @@ def test_a_reread_list_with_the_same_members_keeps_its_rows_and_takes_new_scores
     cache = ItemListCache(max_entries=10, coview_ttl_s=10, offline_ttl_s=100)
     key = ListKey("coview", "x", "")
     first = cache.put(key, (["b", "a"], np.array([2.0, 1.0])), items, now=0.0)
-    assert cache.get(key, items.space, now=11.0) is None  # expired: the caller re-reads it
+    assert cache.get(key, items, now=11.0) is None  # expired: the caller re-reads it
     again = cache.put(key, (["b", "a"], np.array([5.0, 4.0])), items, now=11.0)
     assert again.rows is first.rows and again.scores.tolist() == [5.0, 4.0]
     moved = cache.put(key, (["a", "c"], np.array([3.0, 1.0])), items, now=12.0)
     assert moved.rows.tolist() == [0, 2]
-    assert cache.get(key, items.space, now=13.0).rows.tolist() == [0, 2]
+    assert cache.get(key, items, now=13.0).rows.tolist() == [0, 2]
 
 
 def test_als_user_list_is_kept_parsed_per_model_version(world, make_client) -> None:

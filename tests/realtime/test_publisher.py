@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError
 
 from reco.events import Event
 from reco.settings import Settings
-from serving.publisher import Publisher
+from serving.publisher import BrokerUnavailable, Publisher
 from tests.realtime.conftest import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
@@ -74,3 +74,33 @@ async def test_concurrent_requests_are_each_answered_after_their_acks(
         await publisher.stop()
     records = await read_topic(settings, settings.topic_events, len(sent))
     assert sorted(r.value for r in records) == sorted(e.to_json_bytes() for e in sent)
+
+
+class _Unserialisable:
+    """An event whose serialisation fails (a bug, not a broker error)."""
+
+    user_id = "user-x"
+
+    def to_json_bytes(self) -> bytes:
+        raise ValueError("cannot serialise")
+
+
+async def test_a_request_that_cannot_be_produced_fails_alone(
+    settings: Settings, kafka_topics: dict
+) -> None:
+    """Requests of one loop iteration are produced together: one failing must answer 503 at
+    once and leave the others to be acknowledged (not wait for the ack timeout)."""
+    good = events(3, users=3)
+    publisher = Publisher(settings)
+    await publisher.start()
+    try:
+        results = await asyncio.wait_for(asyncio.gather(
+            publisher.publish(good[:1]), publisher.publish([_Unserialisable()]),
+            publisher.publish(good[1:]), return_exceptions=True), settings.ingest_ack_timeout_s)
+    finally:
+        await publisher.stop()
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], BrokerUnavailable)
+    assert "cannot serialise" in str(results[1])
+    records = await read_topic(settings, settings.topic_events, len(good))
+    assert sorted(r.value for r in records) == sorted(e.to_json_bytes() for e in good)
