@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -33,6 +34,9 @@ LIBRDKAFKA_LOG = logging.getLogger(__name__ + ".librdkafka")
 
 POLL_BUSY_S = 0.001  # delivery reports are looked for this often while a request waits
 POLL_IDLE_S = 0.1  # and this often otherwise (librdkafka's errors and logs)
+# A fatal error that keeps coming back (say, the broker refusing the idempotent producer)
+# replaces the producer at most this often; meanwhile requests get 503 at once.
+REPLACE_EVERY_S = 5.0
 ERROR_LOG_EVERY_S = 60.0  # the same broker error (a refused reconnect) logged once a minute
 # librdkafka's batching delay: 1 ms makes fewer, fuller produce requests under load (less CPU
 # in librdkafka and in the broker per event than 0-0.5 ms, measured on the benchmark's broker)
@@ -108,6 +112,8 @@ class Publisher:
         # past it. Cheaper than an asyncio.timeout() per request (~15 us each).
         self._deadlines: deque[_Request] = deque()
         self._fatal = False
+        self.replace_every_s = REPLACE_EVERY_S
+        self._replaced_at = -math.inf  # loop time of the last replacement
         # librdkafka said every broker is down; cleared by the next acknowledged request.
         # It only words the 503: requests still wait for acks, which come once it is back.
         self._down = False
@@ -145,7 +151,7 @@ class Publisher:
         deadline; schedule the next poll whatever happens (it is what ends every request)."""
         try:
             self._producer.poll(0)
-            if self._fatal:
+            if self._fatal and self._loop.time() - self._replaced_at >= self.replace_every_s:
                 self._replace()
         except Exception:  # noqa: BLE001 - a callback's error must not stop the polling
             log.exception("serving producer callbacks failed")
@@ -181,6 +187,7 @@ class Publisher:
         # Cleared only now: a late fatal report of the old producer, served by that poll,
         # must not replace the new one.
         self._fatal = False
+        self._replaced_at = self._loop.time()
         # Destroying a producer joins its threads: not on the loop (destroy serves no
         # callbacks; a request whose report is lost there fails at its deadline).
         self._loop.run_in_executor(None, old.clear)

@@ -104,3 +104,25 @@ async def test_a_request_that_cannot_be_produced_fails_alone(
     assert "cannot serialise" in str(results[1])
     records = await read_topic(settings, settings.topic_events, len(good))
     assert sorted(r.value for r in records) == sorted(e.to_json_bytes() for e in good)
+
+
+async def test_a_recurring_fatal_error_replaces_the_producer_at_most_so_often(
+    settings: Settings, kafka_topics: dict
+) -> None:
+    publisher = Publisher(settings)
+    await publisher.start()
+    try:
+        fatal = KafkaError(KafkaError._FATAL, "injected", fatal=True)
+        first = publisher._producer
+        publisher._on_error(fatal)
+        await wait_for(lambda: publisher._producer is not first, "a new producer")
+        second = publisher._producer
+        publisher.replace_every_s = 3600.0  # the next replacement is far off
+        publisher._on_error(fatal)
+        await asyncio.sleep(0.5)  # several polls
+        assert publisher._producer is second
+        publisher.replace_every_s = 0.0
+        await wait_for(lambda: publisher._producer is not second, "a third producer")
+        await publisher.publish(events(1, users=1))
+    finally:
+        await publisher.stop()
