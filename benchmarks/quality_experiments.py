@@ -24,9 +24,7 @@ Writes benchmarks/reports/quality_experiments.md.
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -39,12 +37,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tune_quality as tq  # noqa: E402
 
-from reco.evaluation_split import leave_last_out  # noqa: E402
 from reco.features import RecentItems, coview_partners  # noqa: E402
 from reco.ranking import RankConfig, UserFeatures, rank  # noqa: E402
 from reco.rules import Filters  # noqa: E402
-from reco.settings import Settings  # noqa: E402
-from spark_jobs import als as als_job  # noqa: E402
 from spark_jobs import item2vec as i2v_job  # noqa: E402
 
 REPORT = ROOT / "benchmarks" / "reports" / "quality_experiments.md"
@@ -172,19 +167,9 @@ def in_out_lists(split: tq.Split, p: i2v_job.Item2VecParams, gap_s: float, score
 
 
 def main() -> None:
-    settings = Settings()
-    weights = dict(settings.event_weights)
-    chosen = json.loads((tq.REPORTS / "tuning.json").read_text())["chosen"]
-    events, items = tq.load()
-    events = events.assign(ts=events["timestamp"] / 1000.0)
-    split = leave_last_out(events)
-    val = tq.Split("validation", split.train, split.train, split.validation, items, weights)
-    knobs = chosen["knobs"]
-    tmp = Path(tempfile.mkdtemp(prefix="quality_"))
-    i2v = i2v_job.Item2VecParams(**chosen["item2vec"])
-    knn = tq.train_item2vec(val, i2v, knobs["session_gap_s"], tmp)
-    cf = tq.train_als(val, als_job.ALSParams(**chosen["als"]), knobs["als_half_life_days"], tmp)
-    cfg = replace(RankConfig.from_settings(settings), **chosen["rank"])
+    tuned = tq.tuned_validation("quality_")
+    val, cfg, knobs, i2v, knn, cf, tmp = (tuned.val, tuned.cfg, tuned.knobs, tuned.i2v,
+                                          tuned.knn, tuned.cf, tuned.tmp)
     rows: list[tuple[str, str, dict]] = []
 
     def row(group: str, what: str, m: dict) -> None:

@@ -19,10 +19,8 @@ Writes benchmarks/reports/sasrec_experiment.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,12 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tune_quality as tq  # noqa: E402
 
-from reco.evaluation_split import leave_last_out, ndcg_at_k  # noqa: E402
-from reco.ranking import RankConfig, rank  # noqa: E402
+from reco.evaluation_split import ndcg_at_k  # noqa: E402
+from reco.ranking import rank  # noqa: E402
 from reco.rules import Filters  # noqa: E402
-from reco.settings import Settings  # noqa: E402
-from spark_jobs import als as als_job  # noqa: E402
-from spark_jobs import item2vec as i2v_job  # noqa: E402
 
 REPORT = ROOT / "benchmarks" / "reports" / "sasrec_experiment.md"
 BLEND_TOP = 300
@@ -193,19 +188,8 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.5)
     args = ap.parse_args()
     started = time.time()
-    settings = Settings()
-    weights = dict(settings.event_weights)
-    chosen = json.loads((tq.REPORTS / "tuning.json").read_text())["chosen"]
-    events, items = tq.load()
-    events = events.assign(ts=events["timestamp"] / 1000.0)
-    split = leave_last_out(events)
-    val = tq.Split("validation", split.train, split.train, split.validation, items, weights)
-    knobs = chosen["knobs"]
-    cfg = RankConfig(**(RankConfig.from_settings(settings).__dict__ | chosen["rank"]))
-    tmp = Path(tempfile.mkdtemp(prefix="sasrec_"))
-    knn = tq.train_item2vec(val, i2v_job.Item2VecParams(**chosen["item2vec"]),
-                            knobs["session_gap_s"], tmp)
-    cf = tq.train_als(val, als_job.ALSParams(**chosen["als"]), knobs["als_half_life_days"], tmp)
+    tuned = tq.tuned_validation("sasrec_")
+    val, items, cfg, knobs = tuned.val, tuned.items, tuned.cfg, tuned.knobs
 
     code = {item: c + 1 for c, item in enumerate(sorted(items["item_id"]))}
     users = list(val.targets)
@@ -216,7 +200,7 @@ def main() -> None:
     targets = np.array([code[val.targets[u]] for u in users])
 
     index = val.index(knobs["pop_half_life_h"])
-    features = tq.user_features(val, cfg, knobs, knn, cf, exclude_all_seen=True)
+    features = tq.user_features(val, cfg, knobs, tuned.knn, tuned.cf, exclude_all_seen=True)
     blend = []
     for u in users:
         top = rank(features[u], index, cfg, Filters(), BLEND_TOP).items

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections import namedtuple
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +211,38 @@ def single(cfg: RankConfig, name: str) -> RankConfig:
 
 def fmt(m: dict) -> str:
     return f"HR@10 {m['hr']:.4f}  NDCG@10 {m['ndcg']:.4f}"
+
+
+@dataclass
+class TunedValidation:
+    """The validation split with the configuration tuning.json chose and its models trained:
+    where every quality experiment starts."""
+
+    val: Split
+    items: pd.DataFrame
+    cfg: RankConfig
+    knobs: dict
+    i2v: i2v_job.Item2VecParams
+    knn: dict
+    cf: dict
+    tmp: Path
+
+
+def tuned_validation(prefix: str) -> TunedValidation:
+    settings = Settings()
+    chosen = json.loads((REPORTS / "tuning.json").read_text())["chosen"]
+    events, items = load()
+    events = events.assign(ts=events["timestamp"] / 1000.0)
+    split = leave_last_out(events)
+    val = Split("validation", split.train, split.train, split.validation, items,
+                dict(settings.event_weights))
+    knobs = chosen["knobs"]
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    i2v = i2v_job.Item2VecParams(**chosen["item2vec"])
+    knn = train_item2vec(val, i2v, knobs["session_gap_s"], tmp)
+    cf = train_als(val, als_job.ALSParams(**chosen["als"]), knobs["als_half_life_days"], tmp)
+    cfg = replace(RankConfig.from_settings(settings), **chosen["rank"])
+    return TunedValidation(val, items, cfg, knobs, i2v, knn, cf, tmp)
 
 
 # ---------------------------------------------------------------- search
