@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -16,22 +17,28 @@ from tests.realtime.conftest import read_topic, wait_for
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+async def publisher(settings: Settings, kafka_topics: dict) -> AsyncIterator[Publisher]:
+    """A started publisher on the test broker, stopped (its queue drained) afterwards."""
+    started = Publisher(settings)
+    await started.start()
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
 def events(n: int, users: int) -> list[Event]:
     return [Event(user_id=f"user-{k % users}", item_id=f"i{k}", event_type="view",
                   session_id="s1", context={"page": "home"}) for k in range(n)]
 
 
 async def test_messages_keep_the_wire_format_and_the_java_partitioner(
-    settings: Settings, kafka_topics: dict
+    settings: Settings, publisher: Publisher
 ) -> None:
     sent = events(120, users=60)
-    publisher = Publisher(settings)
-    await publisher.start()
-    try:
-        await publisher.publish(sent[:1])
-        await publisher.publish(sent[1:])
-    finally:
-        await publisher.stop()
+    await publisher.publish(sent[:1])
+    await publisher.publish(sent[1:])
     records = await read_topic(settings, settings.topic_events, len(sent))
     # exactly the bytes the processor and archiver always read, keyed by user
     assert sorted((r.key, r.value) for r in records) == sorted(
@@ -43,35 +50,25 @@ async def test_messages_keep_the_wire_format_and_the_java_partitioner(
 
 
 async def test_a_fatal_producer_error_replaces_the_producer(
-    settings: Settings, kafka_topics: dict
+    settings: Settings, publisher: Publisher
 ) -> None:
     """librdkafka reconnects by itself; only a fatal error (here injected the way librdkafka
     reports one) ends a producer, and the publisher carries on with a new one."""
     sent = events(2, users=1)
-    publisher = Publisher(settings)
-    await publisher.start()
-    try:
-        await publisher.publish(sent[:1])
-        old = publisher._producer
-        publisher._on_error(KafkaError(KafkaError._FATAL, "injected", fatal=True))
-        await wait_for(lambda: publisher._producer is not old, "a new producer")
-        await publisher.publish(sent[1:])
-    finally:
-        await publisher.stop()
+    await publisher.publish(sent[:1])
+    old = publisher._producer
+    publisher._on_error(KafkaError(KafkaError._FATAL, "injected", fatal=True))
+    await wait_for(lambda: publisher._producer is not old, "a new producer")
+    await publisher.publish(sent[1:])
     records = await read_topic(settings, settings.topic_events, 2)
     assert sorted(r.value for r in records) == sorted(e.to_json_bytes() for e in sent)
 
 
 async def test_concurrent_requests_are_each_answered_after_their_acks(
-    settings: Settings, kafka_topics: dict
+    settings: Settings, publisher: Publisher
 ) -> None:
     sent = events(300, users=50)
-    publisher = Publisher(settings)
-    await publisher.start()
-    try:
-        await asyncio.gather(*(publisher.publish((e,)) for e in sent))
-    finally:
-        await publisher.stop()
+    await asyncio.gather(*(publisher.publish((e,)) for e in sent))
     records = await read_topic(settings, settings.topic_events, len(sent))
     assert sorted(r.value for r in records) == sorted(e.to_json_bytes() for e in sent)
 
@@ -86,19 +83,14 @@ class _Unserialisable:
 
 
 async def test_a_request_that_cannot_be_produced_fails_alone(
-    settings: Settings, kafka_topics: dict
+    settings: Settings, publisher: Publisher
 ) -> None:
     """Requests of one loop iteration are produced together: one failing must answer 503 at
     once and leave the others to be acknowledged (not wait for the ack timeout)."""
     good = events(3, users=3)
-    publisher = Publisher(settings)
-    await publisher.start()
-    try:
-        results = await asyncio.wait_for(asyncio.gather(
-            publisher.publish(good[:1]), publisher.publish([_Unserialisable()]),
-            publisher.publish(good[1:]), return_exceptions=True), settings.ingest_ack_timeout_s)
-    finally:
-        await publisher.stop()
+    results = await asyncio.wait_for(asyncio.gather(
+        publisher.publish(good[:1]), publisher.publish([_Unserialisable()]),
+        publisher.publish(good[1:]), return_exceptions=True), settings.ingest_ack_timeout_s)
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], BrokerUnavailable)
     assert "cannot serialise" in str(results[1])
@@ -107,22 +99,17 @@ async def test_a_request_that_cannot_be_produced_fails_alone(
 
 
 async def test_a_recurring_fatal_error_replaces_the_producer_at_most_so_often(
-    settings: Settings, kafka_topics: dict
+    publisher: Publisher,
 ) -> None:
-    publisher = Publisher(settings)
-    await publisher.start()
-    try:
-        fatal = KafkaError(KafkaError._FATAL, "injected", fatal=True)
-        first = publisher._producer
-        publisher._on_error(fatal)
-        await wait_for(lambda: publisher._producer is not first, "a new producer")
-        second = publisher._producer
-        publisher.replace_every_s = 3600.0  # the next replacement is far off
-        publisher._on_error(fatal)
-        await asyncio.sleep(0.5)  # several polls
-        assert publisher._producer is second
-        publisher.replace_every_s = 0.0
-        await wait_for(lambda: publisher._producer is not second, "a third producer")
-        await publisher.publish(events(1, users=1))
-    finally:
-        await publisher.stop()
+    fatal = KafkaError(KafkaError._FATAL, "injected", fatal=True)
+    first = publisher._producer
+    publisher._on_error(fatal)
+    await wait_for(lambda: publisher._producer is not first, "a new producer")
+    second = publisher._producer
+    publisher.replace_every_s = 3600.0  # the next replacement is far off
+    publisher._on_error(fatal)
+    await asyncio.sleep(0.5)  # several polls
+    assert publisher._producer is second
+    publisher.replace_every_s = 0.0
+    await wait_for(lambda: publisher._producer is not second, "a third producer")
+    await publisher.publish(events(1, users=1))
