@@ -160,8 +160,10 @@ def train_als(split: Split, params: als_job.ALSParams, half_life_days: float, tm
 # ---------------------------------------------------------------- evaluation
 
 def user_features(split: Split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict,
-                  exclude_all_seen: bool = False) -> dict[str, UserFeatures]:
-    """What the API would read for each evaluated user at `split.now`."""
+                  exclude_all_seen: bool = False, seq: dict | None = None
+                  ) -> dict[str, UserFeatures]:
+    """What the API would read for each evaluated user at `split.now` (`seq`: SASRec's
+    per-user lists, when there are any)."""
     recent, coview = split.features(knobs["coview_window_s"])
     use_cf = cfg.w_cf > 0
     out = {}
@@ -176,14 +178,15 @@ def user_features(split: Split, cfg: RankConfig, knobs: dict, knn: dict, cf: dic
             coview={s: coview[s] for s in sources if s in coview and cfg.w_coview > 0},
             knn={s: knn[s] for s in sources if s in knn and cfg.w_embed > 0},
             item_cf={s: cf["item_cf"][s] for s in sources if use_cf and s in cf["item_cf"]},
-            user_cf=cf["user_cf"].get(user) if use_cf else None)
+            user_cf=cf["user_cf"].get(user) if use_cf else None,
+            user_seq=seq.get(user) if seq and cfg.w_seq > 0 else None)
     return out
 
 
 def evaluate(split: Split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict,
-             exclude_all_seen: bool = False) -> dict:
+             exclude_all_seen: bool = False, seq: dict | None = None) -> dict:
     index = split.index(knobs["pop_half_life_h"])
-    features = user_features(split, cfg, knobs, knn, cf, exclude_all_seen)
+    features = user_features(split, cfg, knobs, knn, cf, exclude_all_seen, seq)
     ranks = []
     for user, target in split.targets.items():
         ranked = [s.item_id for s in rank(features[user], index, cfg, Filters(), K).items]
@@ -205,7 +208,7 @@ SINGLE = {"coview": dict(w_coview=1.0), "embedding": dict(w_embed=1.0),
 
 
 def single(cfg: RankConfig, name: str) -> RankConfig:
-    zero = dict(w_coview=0.0, w_embed=0.0, w_pop=0.0, w_recency=0.0, w_cf=0.0)
+    zero = dict(w_coview=0.0, w_embed=0.0, w_pop=0.0, w_recency=0.0, w_cf=0.0, w_seq=0.0)
     return replace(cfg, **(zero | SINGLE[name]))
 
 

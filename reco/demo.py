@@ -31,7 +31,8 @@ from reco.replay import ReplayOptions, replay_table
 from reco.settings import Settings
 from reco.stack import local
 
-DAGS = ("item2vec_daily", "als_weekly")
+DAGS = ("item2vec_daily", "als_weekly", "sasrec_daily")
+LOCAL_ONLY_DAGS = ("sasrec_daily",)  # no Spark engine: trained locally whatever --engine says
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,14 @@ def status_printer(console: Console, prefix: str) -> Callable[[object], None]:
 
 def train_through_airflow(settings: Settings, opts: DemoOptions, console: Console,
                           window_days: int) -> dict[str, str]:
-    """Trigger both DAGs through Airflow's REST API and wait for them; returns run states."""
+    """Trigger each DAG through Airflow's REST API and wait for it; returns run states."""
     client = AirflowClient(f"http://127.0.0.1:{settings.airflow_port}")
     client.wait_for_dags(list(DAGS))
     states = {}
     for dag_id in DAGS:
         client.unpause(dag_id)
-        run_id = client.trigger(dag_id, {"engine": opts.engine, "window_days": window_days})
+        engine = "local" if dag_id in LOCAL_ONLY_DAGS else opts.engine
+        run_id = client.trigger(dag_id, {"engine": engine, "window_days": window_days})
         console.print(f"triggered {dag_id} run {run_id}")
         state = client.wait(dag_id, run_id, opts.dag_timeout_s,
                             on_poll=status_printer(console, f"  {dag_id}: "))
@@ -160,7 +162,7 @@ def popularity_baseline(settings: Settings, history: pd.DataFrame, users: list[s
 
 
 SIGNAL_WEIGHTS = {"co-view": "w_coview", "embedding": "w_embed", "popularity": "w_pop",
-                  "recency": "w_recency", "ALS": "w_cf"}
+                  "recency": "w_recency", "ALS": "w_cf", "SASRec": "w_seq"}
 
 
 def single_signal_rankings(settings: Settings, users: list[str], k: int
@@ -171,8 +173,9 @@ def single_signal_rankings(settings: Settings, users: list[str], k: int
     from serving.reco_snapshots import GlobalSignals
     from serving.reco_store import FeatureStore
 
-    # w_cf > 0 makes the service read the ALS item lists too.
-    reader_settings = settings.model_copy(update={"w_cf": max(settings.w_cf, 1.0)})
+    # w_cf, w_seq > 0 make the service read the ALS item lists and the SASRec lists too.
+    reader_settings = settings.model_copy(update={"w_cf": max(settings.w_cf, 1.0),
+                                                  "w_seq": max(settings.w_seq, 1.0)})
     store = FeatureStore(settings.redis_url, timeout_s=5.0, neighbours_n=settings.reco_neighbours_n)
     signals = GlobalSignals(reader_settings)
     signals.refresh()
@@ -219,7 +222,7 @@ def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoRep
                           [settings.group_processor, settings.group_archiver],
                           settings.topic_events, opts.lag_timeout_s,
                           on_poll=status_printer(console, "  lag "))
-    with steps.step("5/6 Training Item2Vec and ALS through Airflow"):
+    with steps.step("5/6 Training Item2Vec, ALS and SASRec through Airflow"):
         span_days = (split.history["timestamp"].max() - split.history["timestamp"].min()) / 86.4e6
         dag_runs = train_through_airflow(settings, opts, console, int(span_days) + 2)
     with steps.step("6/6 Asking the recommendation API for every user"):

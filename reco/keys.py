@@ -64,6 +64,11 @@ def user_cf(user_id: str, version: str) -> str:
     return f"user:cf:{version}:{user_id}"
 
 
+def user_seq(user_id: str, version: str) -> str:
+    """SASRec next-item candidates for one user in one published SASRec version."""
+    return f"user:seq:{version}:{user_id}"
+
+
 def reco_cache(user_id: str, variant: str = "") -> str:
     """Cached response; `variant` encodes the request parameters that change the answer."""
     return f"cache:reco:{user_id}" + (f":{variant}" if variant else "")
@@ -80,6 +85,7 @@ def version_prefix(kind: str, version: str) -> str:
         "knn": f"item:knn:{version}:*",
         "cf_item": f"item:cf:{version}:*",
         "cf_user": f"user:cf:{version}:*",
+        "seq_user": f"user:seq:{version}:*",
     }[kind]
 
 

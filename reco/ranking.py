@@ -4,7 +4,7 @@ The API gathers a user's features from Redis and offline evaluation builds them 
 data; both call `rank` with the same plain structures, so what is measured is what is served.
 
 score = w_coview*coview + w_embed*embedding + w_pop*popularity + w_rec*recency + w_cf*cf
-        (+ freshness_boost for items created within freshness_days)
+        + w_seq*seq (+ freshness_boost for items created within freshness_days)
 Each signal is divided by its maximum over the request's eligible candidates:
 - coview: sum over source items (the user's recent items) of the co-view affinity;
 - embedding: best cosine similarity (from the published KNN lists) to any source item, >= 0;
@@ -15,6 +15,7 @@ Each signal is divided by its maximum over the request's eligible candidates:
   over the sources like co-view instead of taking the best one;
 - recency: best 0.5**(age/half_life) over the source items that led to the candidate;
 - cf: the larger of the normalised ALS user score and the best ALS item-item score;
+- seq: the sequential model's (SASRec's) probability that the item is the user's next one;
 - popularity: the global (time-decayed) popularity.
 """
 
@@ -47,7 +48,7 @@ class RowList(NamedTuple):
 
 
 Neighbours = Lists | RowList
-SIGNALS = ("coview", "embedding", "popularity", "recency", "cf")
+SIGNALS = ("coview", "embedding", "popularity", "recency", "cf", "seq")
 COVIEW, KNN, ITEM_CF, USER_CF = 0, 1, 2, 3
 _local = threading.local()  # per-thread work arrays of the candidate dedup
 
@@ -61,6 +62,7 @@ class RankConfig:
     w_pop: float = 0.2
     w_recency: float = 0.1
     w_cf: float = 0.0
+    w_seq: float = 0.0
     recent_n: int = 10
     neighbours_n: int = 50
     popular_filler_n: int = 50
@@ -75,7 +77,8 @@ class RankConfig:
     def from_settings(cls, settings: Settings) -> RankConfig:
         return cls(
             w_coview=settings.w_coview, w_embed=settings.w_embed, w_pop=settings.w_pop,
-            w_recency=settings.w_recency, w_cf=settings.w_cf, recent_n=settings.reco_recent_n,
+            w_recency=settings.w_recency, w_cf=settings.w_cf, w_seq=settings.w_seq,
+            recent_n=settings.reco_recent_n,
             neighbours_n=settings.reco_neighbours_n,
             popular_filler_n=settings.reco_popular_filler_n,
             recency_half_life_s=settings.reco_recency_half_life_s,
@@ -97,6 +100,7 @@ class UserFeatures:
     knn: dict[str, Neighbours] = field(default_factory=dict)
     item_cf: dict[str, Neighbours] = field(default_factory=dict)
     user_cf: Neighbours | None = None  # the user's ALS candidates
+    user_seq: Neighbours | None = None  # the user's SASRec next-item candidates
     seen: Collection[str] = ()  # every item the user interacted with, beyond `recent`
 
 
@@ -146,7 +150,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     pool = np.flatnonzero(keep)
     parts, norms = c.signals(recency_w, pool, config.neighbour_agg)
     weights = np.array([config.w_coview, config.w_embed, config.w_pop, config.w_recency,
-                        config.w_cf])
+                        config.w_cf, config.w_seq])
     weighted = weights[:, None] * parts  # rows in SIGNALS order
     fresh = config.freshness_boost * freshness(items, c.meta_rows, features.now,
                                                config.freshness_days)
@@ -189,8 +193,9 @@ def similar_items(item_id: str, coview: Neighbours | None, knn: Neighbours | Non
     features = UserFeatures([item_id], {}, 0.0, coview={item_id: coview} if coview else {},
                             knn={item_id: knn} if knn else {})
     blend = RankConfig(w_coview=config.w_coview, w_embed=config.w_embed, w_pop=0.0,
-                       w_recency=0.0, w_cf=0.0, recent_n=1, neighbours_n=config.neighbours_n,
-                       popular_filler_n=0, max_category_share=1.0, freshness_boost=0.0)
+                       w_recency=0.0, w_cf=0.0, w_seq=0.0, recent_n=1,
+                       neighbours_n=config.neighbours_n, popular_filler_n=0,
+                       max_category_share=1.0, freshness_boost=0.0)
     return rank(features, items, blend, Filters(), k).items
 
 
@@ -254,8 +259,9 @@ class _Candidates:
 
     Candidates are identified by their row in the ItemIndex; ids the index does not know get
     codes past its unknown row (their metadata is the unknown row's). Entries are grouped by
-    kind (co-view, KNN, ALS item-item, then ALS user), each kind's id lists before its row
-    lists, sources newest first: per candidate, sums add in the order they always did.
+    kind (co-view, KNN, ALS item-item, then the user's ALS and SASRec lists), each kind's id
+    lists before its row lists, sources newest first: per candidate, sums add in the order
+    they always did.
     """
 
     def __init__(self, f: UserFeatures, sources: list[str], items: ItemIndex,
@@ -282,17 +288,16 @@ class _Candidates:
                     id_segs[code].append((s, len(ids), len(part),
                                           np.asarray(lists[1][: len(part)], dtype=np.float64)))
                     ids.extend(part)
-        n_list_ids = len(ids)
-        user_cf = f.user_cf
-        if isinstance(user_cf, RowList):
-            user_rows = user_cf.rows if len(user_cf.rows) else None
-            user_cf = None
-        else:
-            user_rows = None
-            if user_cf is not None and not user_cf[0]:
-                user_cf = None
-        if user_cf is not None:
-            ids.extend(user_cf[0])
+        # The user's own lists (ALS, SASRec): (offset in ids, length) or (-1, RowList).
+        user_parts: list[tuple[int, int, Neighbours | None]] = []
+        for lists in (f.user_cf, f.user_seq):
+            if isinstance(lists, RowList):
+                user_parts.append((-1, len(lists.rows), lists))
+            elif lists is not None and lists[0]:
+                user_parts.append((len(ids), len(lists[0]), lists))
+                ids.extend(lists[0])
+            else:
+                user_parts.append((-1, 0, None))
         n_entry_ids = len(ids)
         ids.extend(exclude)
         codes = self._codes(ids, n_entry_ids)
@@ -315,14 +320,16 @@ class _Candidates:
         self.n_src_entries = total
         row_parts = [seg[2] for seg in segs]
         score_parts = [seg[3] for seg in segs]
-        if user_cf is not None:
-            row_parts.append(codes[n_list_ids:n_entry_ids])
-            score_parts.append(np.asarray(user_cf[1], dtype=np.float64))
-            total += n_entry_ids - n_list_ids
-        elif user_rows is not None:
-            row_parts.append(user_rows)
-            score_parts.append(f.user_cf.scores[: len(user_rows)])  # type: ignore[union-attr]
-            total += len(user_rows)
+        self.user_bounds = []  # end of the ALS user entries, then of the SASRec ones
+        for at, n, lists in user_parts:
+            if isinstance(lists, RowList):
+                row_parts.append(lists.rows)
+                score_parts.append(lists.scores[:n])
+            elif lists is not None and n:
+                row_parts.append(codes[at: at + n])
+                score_parts.append(np.asarray(lists[1][:n], dtype=np.float64))
+            total += n
+            self.user_bounds.append(total)
         self.n_entries = total
         self.scores = np.concatenate(score_parts) if score_parts else np.zeros(0)
         self.entry_rows = row_parts
@@ -387,7 +394,7 @@ class _Candidates:
         ones (`pool`); and the maxima of co-view, embedding, recency and ALS item-item."""
         m, pos, scores = self.m, self.pos, self.scores
         cv, kn, ic = self.bounds
-        raw = np.zeros((6, m))  # coview, embedding, popularity, recency, ALS item, ALS user
+        raw = np.zeros((7, m))  # coview, embedding, popularity, recency, ALS item, ALS user, seq
         raw[0] = np.bincount(pos[:cv], weights=scores[:cv], minlength=m)
         for row, lo, hi in ((1, cv, kn), (4, kn, ic)):  # similarities: negative is no evidence
             if hi == lo:
@@ -397,7 +404,9 @@ class _Candidates:
                                        minlength=m)
             else:
                 np.maximum.at(raw[row], pos[lo:hi], scores[lo:hi])
-        np.maximum.at(raw[5], pos[ic:], scores[ic:])
+        uc = self.user_bounds[0]
+        np.maximum.at(raw[5], pos[ic:uc], scores[ic:uc])
+        np.maximum.at(raw[6], pos[uc:], scores[uc:])
         raw[2] = self.items.popularity[self.meta_rows]
         np.maximum.at(raw[3], pos[:ic], recency_w[self.src])
         tops = raw.take(pool, axis=1).max(axis=1, initial=0.0)
@@ -406,7 +415,8 @@ class _Candidates:
         if not ok.all():
             parts[~ok] = 0.0  # a signal no eligible candidate has: zeros
         np.maximum(parts[5], parts[4], out=parts[4])  # cf: the larger of user and item-item
-        return parts[:5], (tops[0], tops[1], tops[3], tops[4])
+        parts[5] = parts[6]
+        return parts[:6], (tops[0], tops[1], tops[3], tops[4])
 
     def best_source(self, top: np.ndarray, recency_w: np.ndarray, norms: tuple,
                     config: RankConfig) -> np.ndarray:

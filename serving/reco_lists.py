@@ -29,7 +29,7 @@ class ItemListCache:
     def __init__(self, max_entries: int, coview_ttl_s: float, offline_ttl_s: float) -> None:
         self.max_entries = max_entries
         self.ttl = {"coview": coview_ttl_s, "knn": offline_ttl_s, "item_cf": offline_ttl_s,
-                    "user_cf": offline_ttl_s}
+                    "user_cf": offline_ttl_s, "user_seq": offline_ttl_s}
         # (kind, item, version) -> (expires, row space, rows or None, scores, ids or None,
         #                           hash of the ids in order, rows of the index they came from)
         self._data: dict[tuple, tuple] = {}

@@ -35,6 +35,8 @@ from serving.reco_snapshots import GlobalSignals
 from serving.reco_store import (
     ALS,
     ITEM2VEC,
+    SASREC,
+    USER_KINDS,
     FeatureStore,
     FirstRead,
     ListKey,
@@ -80,12 +82,9 @@ class RecoParams:
 @dataclass
 class _Plan:
     sources: list[str]
-    als_version: str | None  # the ALS user list to read (None: not needed or cached)
-    have: dict[ListKey, Neighbours | None]
-    missing: list[ListKey]
+    have: dict[ListKey, Neighbours | None]  # item and user lists, None until read
+    missing: list[ListKey]  # what round 2 reads: not parsed in process
     clock: float
-    user_cf: Neighbours | None = None  # cached ALS user list
-    user_key: ListKey | None = None
 
 
 def _head(first: FirstRead) -> str:
@@ -135,11 +134,12 @@ class RecoService:
         self.signals = signals
         self.config = RankConfig.from_settings(settings)
         self.with_item_cf = settings.w_cf > 0  # ALS item lists only matter with a CF weight
+        self.with_seq = settings.w_seq > 0  # and SASRec's user lists with a seq weight
         self.io = ThreadReads(store) if settings.reco_redis_in_threads else AsyncReads(store)
         self.lists = ItemListCache(settings.reco_list_cache_items,
                                    settings.reco_coview_cache_ttl_s,
                                    settings.reco_offline_list_cache_ttl_s)
-        # Users' ALS lists apart, so that many users cannot evict the shared item lists.
+        # Users' ALS and SASRec lists apart, so that many users cannot evict the item lists.
         self.user_lists = ItemListCache(settings.reco_list_cache_items // 2,
                                         settings.reco_coview_cache_ttl_s,
                                         settings.reco_offline_list_cache_ttl_s)
@@ -156,8 +156,7 @@ class RecoService:
         items = self.signals.items  # one snapshot for the whole request
         plan = self._plan(p.user_id, first, items)
         try:
-            second = await self.io.second_read(p.user_id, plan.sources, plan.missing,
-                                               plan.als_version)
+            second = await self.io.second_read(p.user_id, plan.sources, plan.missing)
         except StoreUnavailable:
             return self.fallback(p)
         return self._answer(p, first, self._features(first, plan, second, items), items)
@@ -188,8 +187,7 @@ class RecoService:
         items = self.signals.items
         first = self.store.first_read(p.user_id, p.variant)
         plan = self._plan(p.user_id, first, items)
-        second = self.store.second_read(p.user_id, plan.sources, plan.missing,
-                                        plan.als_version)
+        second = self.store.second_read(p.user_id, plan.sources, plan.missing)
         return rank(self._features(first, plan, second, items), items, config, p.filters, p.k)
 
     def _plan(self, user_id: str, first: FirstRead, items: ItemIndex) -> _Plan:
@@ -205,27 +203,29 @@ class RecoService:
                 wanted.append(ListKey("item_cf", item, als_v))
         clock = time.monotonic()
         have = {key: self.lists.get(key, items, clock) for key in wanted}
+        seq_v = first.versions.get(SASREC) if self.with_seq else None
+        for kind, version in (("user_cf", als_v), ("user_seq", seq_v)):
+            if version:
+                key = ListKey(kind, user_id, version)
+                have[key] = self.user_lists.get(key, items, clock)
         missing = [key for key, value in have.items() if value is None]
-        if not als_v:
-            return _Plan(sources, None, have, missing, clock)
-        user_key = ListKey("user_cf", user_id, als_v)
-        user_cf = self.user_lists.get(user_key, items, clock)
-        return _Plan(sources, None if user_cf is not None else als_v, have, missing, clock,
-                     user_cf, user_key)
+        return _Plan(sources, have, missing, clock)
 
     def _features(self, first: FirstRead, plan: _Plan, second: SecondRead,
                   items: ItemIndex) -> UserFeatures:
         have = plan.have
         for key, lists in second.lists.items():
-            have[key] = self.lists.put(key, lists, items, plan.clock)
-        user_cf = plan.user_cf
-        if second.user_cf is not None and plan.user_key is not None:
-            user_cf = self.user_lists.put(plan.user_key, second.user_cf, items, plan.clock)
-        features = UserFeatures(first.recent, second.times, time.time(), user_cf=user_cf,
-                                seen=second.seen)
+            cache = self.user_lists if key.kind in USER_KINDS else self.lists
+            have[key] = cache.put(key, lists, items, plan.clock)
+        features = UserFeatures(first.recent, second.times, time.time(), seen=second.seen)
         tables = {"coview": features.coview, "knn": features.knn, "item_cf": features.item_cf}
         for key, value in have.items():
-            tables[key.kind][key.item_id] = value
+            if key.kind == "user_cf":
+                features.user_cf = value
+            elif key.kind == "user_seq":
+                features.user_seq = value
+            else:
+                tables[key.kind][key.item_id] = value
         return features
 
     def fallback(self, p: RecoParams) -> Answer:

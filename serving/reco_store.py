@@ -31,7 +31,13 @@ from serving.reco_aio import AsyncPipelineClient
 from serving.reco_redis import Command, PipelineClient, RedisDown
 
 log = logging.getLogger(__name__)
-ITEM2VEC, ALS = "item2vec", "als"
+ITEM2VEC, ALS, SASREC = "item2vec", "als", "sasrec"
+USER_KINDS = ("user_cf", "user_seq")  # ListKey kinds owned by a user, not an item
+
+
+# The key of each versioned list kind (co-view sets are sorted sets, read apart).
+_LIST_KEYS = {"knn": keys.item_knn, "item_cf": keys.item_cf_neighbours,
+              "user_cf": keys.user_cf, "user_seq": keys.user_seq}
 
 
 class StoreUnavailable(Exception):
@@ -40,7 +46,8 @@ class StoreUnavailable(Exception):
 
 class ListKey(NamedTuple):
     """One item's neighbour list: kind "coview" | "knn" | "item_cf", model version or "";
-    or (kind "user_cf") one user's ALS candidates."""
+    or (kind "user_cf" | "user_seq", `item_id` then being a user id) one user's ALS or SASRec
+    candidates."""
 
     kind: str
     item_id: str
@@ -58,7 +65,6 @@ class FirstRead:
 class SecondRead:
     times: dict[str, float]
     lists: dict[ListKey, Lists]
-    user_cf: Lists | None  # None when not asked for
     seen: list[str]
 
 
@@ -140,8 +146,8 @@ class FeatureStore:
 
     # -- round 2 (cache miss): times, item lists not parsed in process, ALS, seen set ------
 
-    def _second_commands(self, user_id: str, sources: Sequence[str], lists: Sequence[ListKey],
-                         user_cf_version: str | None) -> list[Command]:
+    def _second_commands(self, user_id: str, sources: Sequence[str],
+                         lists: Sequence[ListKey]) -> list[Command]:
         commands: list[Command] = []
         if sources:
             commands.append(("HMGET", keys.user_recent_times(user_id), *sources))
@@ -149,41 +155,36 @@ class FeatureStore:
             if key.kind == "coview":
                 commands.append(("ZRANGE", keys.co_view(key.item_id), 0,
                                  self.neighbours_n - 1, "REV", "WITHSCORES"))
-            elif key.kind == "knn":
-                commands.append(("GET", keys.item_knn(key.item_id, key.version)))
             else:
-                commands.append(("GET", keys.item_cf_neighbours(key.item_id, key.version)))
-        if user_cf_version:
-            commands.append(("GET", keys.user_cf(user_id, user_cf_version)))
+                commands.append(("GET", _LIST_KEYS[key.kind](key.item_id, key.version)))
         commands.append(("SMEMBERS", keys.user_seen(user_id)))
         return commands
 
     def _second_reply(self, replies_list: list, sources: Sequence[str],
-                      lists: Sequence[ListKey], user_cf_version: str | None) -> SecondRead:
+                      lists: Sequence[ListKey]) -> SecondRead:
         replies = iter(replies_list)
         times: dict[str, float] = {}
         if sources:
             times = {s: float(t) for s, t in zip(sources, next(replies), strict=True)
                      if t is not None}
         found = {key: zset_pairs(next(replies)) if key.kind == "coview"
-                 else neighbours.decode(next(replies), self.neighbours_n) for key in lists}
-        user_cf = neighbours.decode(next(replies)) if user_cf_version else None
-        return SecondRead(times, found, user_cf, next(replies))
+                 else neighbours.decode(next(replies),
+                                        None if key.kind in USER_KINDS else self.neighbours_n)
+                 for key in lists}
+        return SecondRead(times, found, next(replies))
 
-    def second_read(self, user_id: str, sources: Sequence[str], lists: Sequence[ListKey],
-                    user_cf_version: str | None) -> SecondRead:
-        """Round 2: the sources' last-touch times, the item lists not cached in process, and
-        the user's ALS candidates."""
-        commands = self._second_commands(user_id, sources, lists, user_cf_version)
-        return self._second_reply(self._run("reco_second_read", commands), sources, lists,
-                                  user_cf_version)
+    def second_read(self, user_id: str, sources: Sequence[str],
+                    lists: Sequence[ListKey]) -> SecondRead:
+        """Round 2: the sources' last-touch times, the lists not cached in process (items'
+        and the user's model candidates), and the user's seen set."""
+        commands = self._second_commands(user_id, sources, lists)
+        return self._second_reply(self._run("reco_second_read", commands), sources, lists)
 
     async def second_read_async(self, user_id: str, sources: Sequence[str],
-                                lists: Sequence[ListKey],
-                                user_cf_version: str | None) -> SecondRead:
-        commands = self._second_commands(user_id, sources, lists, user_cf_version)
+                                lists: Sequence[ListKey]) -> SecondRead:
+        commands = self._second_commands(user_id, sources, lists)
         return self._second_reply(await self._run_async("reco_second_read", commands), sources,
-                                  lists, user_cf_version)
+                                  lists)
 
     # -- similar items ---------------------------------------------------------------------
 

@@ -31,15 +31,17 @@ def _lists(owner_ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, targets: 
 
 
 def model_features(model: str, model_dir: Path, neighbours_n: int) -> dict:
-    """The model's lists as the API reads them from Redis: knn, item_cf, user_cf."""
+    """The model's lists as the API reads them from Redis: knn, item_cf, user_cf, user_seq."""
     with np.load(model_dir / "model.npz") as data:
         a = {name: data[name] for name in data.files}
     items = a["item_ids"]
     if model == "item2vec":
         return {"knn": _lists(items, a["nbr_idx"], a["nbr_scores"], items, neighbours_n)}
+    users = _lists(a["user_ids"], a["cand_idx"], a["cand_scores"], items, a["cand_idx"].shape[1])
+    if model == "sasrec":
+        return {"user_seq": users}
     return {"item_cf": _lists(items, a["nbr_idx"], a["nbr_scores"], items, neighbours_n),
-            "user_cf": _lists(a["user_ids"], a["cand_idx"], a["cand_scores"], items,
-                              a["cand_idx"].shape[1])}
+            "user_cf": users}
 
 
 def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: dict,
@@ -97,7 +99,8 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
             coview={s: coview[s] for s in sources if s in coview},
             knn={s: lists["knn"][s] for s in sources if s in lists.get("knn", {})},
             item_cf={s: lists["item_cf"][s] for s in sources if s in lists.get("item_cf", {})},
-            user_cf=lists.get("user_cf", {}).get(user), seen=seen.get(user, ()))
+            user_cf=lists.get("user_cf", {}).get(user),
+            user_seq=lists.get("user_seq", {}).get(user), seen=seen.get(user, ()))
         ranked = [s.item_id for s in rank(features, index, config, Filters(), k).items]
         ranks.append(ranked.index(target) + 1 if target in ranked else np.inf)
         tops.append([index.row.get(i, -1) for i in ranked] + [-1] * (k - len(ranked)))
@@ -105,4 +108,5 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
     top_arr = np.asarray(tops, dtype=np.int64).reshape(-1, k)
     result = metrics(rank_arr, top_arr[top_arr >= 0], len(data.item_ids), k)
     return {"metrics": result, "curve": hit_curve(rank_arr, k), "weights": {
-        n: rank_config[n] for n in ("w_coview", "w_embed", "w_pop", "w_recency", "w_cf")}}
+        n: rank_config[n] for n in ("w_coview", "w_embed", "w_pop", "w_recency", "w_cf",
+                                    "w_seq")}}

@@ -149,6 +149,26 @@ def als_scorer(data: EvalData, user_ids: np.ndarray, item_ids: np.ndarray,
     return score
 
 
+def candidates_scorer(data: EvalData, user_ids: np.ndarray, item_ids: np.ndarray,
+                      cand_idx: np.ndarray, cand_scores: np.ndarray) -> Scorer:
+    """Score = the model's published per-user candidate score; -inf off the list (exact
+    ranks within the list's length, which bounds the k it can be evaluated at)."""
+    user_row = pd.Index(np.asarray(user_ids, dtype=str)).get_indexer(data.user_ids)
+    to_catalogue = pd.Index(data.item_ids).get_indexer(np.asarray(item_ids, dtype=str))
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        scores = np.full((len(rows), len(data.item_ids)), -np.inf, np.float32)
+        for out, r in enumerate(user_row[rows].tolist()):
+            if r < 0:
+                continue
+            cols = to_catalogue[cand_idx[r]]
+            ok = (cols >= 0) & np.isfinite(cand_scores[r])
+            scores[out, cols[ok]] = cand_scores[r][ok]
+        return scores
+
+    return score
+
+
 def evaluate_blend(data: EvalData, model_name: str, model_dir: Path, k: int,
                    rank_config: dict, feature_params: dict, max_users: int = 2000,
                    replay_s: float = 7 * 86400.0) -> dict:

@@ -17,11 +17,13 @@ import orjson
 from spark_jobs import extract as ex
 from spark_jobs import tracking
 
-MODELS = ("item2vec", "als")
+MODELS = ("item2vec", "als", "sasrec")
+SPARK_MODELS = ("item2vec", "als")  # the others train locally whatever RECO_ENGINE says
 # What each model's training (and every evaluation) reads from an extract: only these are built.
 EXTRACT_DATASETS = {
     "item2vec": (ex.TRAIN_EVENTS, ex.HOLDOUT, ex.INTERACTIONS, ex.SESSIONS, ex.SESSIONS_FULL),
     "als": (ex.TRAIN_EVENTS, ex.HOLDOUT, ex.INTERACTIONS, ex.INTERACTIONS_FULL),
+    "sasrec": (ex.TRAIN_EVENTS, ex.HOLDOUT, ex.INTERACTIONS, ex.INTERACTIONS_FULL),
 }
 
 
@@ -62,13 +64,16 @@ class PipelineConfig:
             raise ValueError(f"unknown model {self.model!r}: expected one of {MODELS}")
         if self.engine not in ("local", "spark"):
             raise ValueError(f"unknown engine {self.engine!r}: expected 'local' or 'spark'")
+        if self.engine == "spark" and self.model not in SPARK_MODELS:
+            raise ValueError(f"{self.model} has no Spark engine: use engine 'local'")
         self.hyperparameters()  # unknown names fail before any work starts
 
     def hyperparameters(self):
         from spark_jobs.als import ALSParams
         from spark_jobs.item2vec import Item2VecParams
+        from spark_jobs.sasrec import SASRecParams
 
-        cls = Item2VecParams if self.model == "item2vec" else ALSParams
+        cls = {"item2vec": Item2VecParams, "als": ALSParams, "sasrec": SASRecParams}[self.model]
         return cls.from_dict(self.params)
 
     @property
@@ -92,7 +97,8 @@ def config_from_settings(settings, model: str, run_dir: Path | None = None,
         base = Path(settings.offline_dir or state / "offline")
         run_dir = base / model / end.strftime("%Y%m%dT%H%M%S")
     values = dict(
-        model=model, engine=engine or settings.engine, run_dir=str(run_dir),
+        model=model, engine=engine or (settings.engine if model in SPARK_MODELS else "local"),
+        run_dir=str(run_dir),
         window_days=window_days or settings.train_window_days, window_end=end.isoformat(),
         params=dict(params or {}), jdbc_url=settings.jdbc_url, pg_user=settings.pg_user,
         pg_password=settings.pg_password, database_url=settings.database_url,
@@ -146,7 +152,7 @@ def extract_step(cfg: PipelineConfig, spark=None) -> dict:
 
 
 def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
-    from spark_jobs import als, item2vec
+    from spark_jobs import als, item2vec, sasrec
 
     extract_dir = Path(extracted["extract_dir"])
     manifest = json.loads((extract_dir / ex.MANIFEST).read_text())
@@ -157,9 +163,11 @@ def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
         if cfg.engine == "spark":
             spark = spark or spark_session(cfg)
         timings: dict = {}
-        fit, held_out_data, full_data = (
-            (item2vec.fit, ex.SESSIONS, ex.SESSIONS_FULL) if cfg.model == "item2vec"
-            else (als.fit, ex.INTERACTIONS, ex.INTERACTIONS_FULL))
+        fit, held_out_data, full_data = {
+            "item2vec": (item2vec.fit, ex.SESSIONS, ex.SESSIONS_FULL),
+            "als": (als.fit, ex.INTERACTIONS, ex.INTERACTIONS_FULL),
+            "sasrec": (sasrec.fit, ex.INTERACTIONS, ex.INTERACTIONS_FULL),
+        }[cfg.model]
         # Evaluated: trained without each user's held-out last interaction.
         eval_timings: dict = {}
         eval_model_dir = Path(cfg.run_dir) / "eval_model"
@@ -202,11 +210,16 @@ def evaluate_step(cfg: PipelineConfig, trained: dict) -> dict:
 
         m = Item2VecModel.load(model_dir)
         scorer = ev.item2vec_scorer(data, m.item_ids, m.vectors, cfg.recent_n)
-    else:
+    elif cfg.model == "als":
         from spark_jobs.als import ALSModel
 
         m = ALSModel.load(model_dir)
         scorer = ev.als_scorer(data, m.user_ids, m.item_ids, m.user_factors, m.item_factors)
+    else:
+        from spark_jobs.sasrec import SASRecModel
+
+        m = SASRecModel.load(model_dir)
+        scorer = ev.candidates_scorer(data, m.user_ids, m.item_ids, m.cand_idx, m.cand_scores)
     report = ev.evaluate(data, {"model": scorer, "popularity": ev.popularity_scorer(data)},
                          cfg.eval_k)
     blend = ev.evaluate_blend(data, cfg.model, model_dir, cfg.eval_k, cfg.rank_config,

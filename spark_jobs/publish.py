@@ -21,7 +21,7 @@ import redis
 from reco import keys, neighbours
 
 # Which key kinds (keys.version_prefix) each model publishes.
-KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user")}
+KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user"), "sasrec": ("seq_user",)}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ def model_lists(model: str, model_dir: Path, version: str) -> Iterator[tuple[str
                           lambda i: keys.item_cf_neighbours(i, version), items)
         yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
                           lambda u: keys.user_cf(u, version), items)
+    elif model == "sasrec":
+        yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
+                          lambda u: keys.user_seq(u, version), items)
     else:
         raise ValueError(f"unknown model {model!r}")
 

@@ -11,8 +11,8 @@ from mlflow.exceptions import MlflowException
 
 from mlflow import MlflowClient
 
-EXPERIMENTS = {"item2vec": "item2vec", "als": "als"}
-REGISTERED_MODELS = {"item2vec": "item2vec", "als": "als"}
+EXPERIMENTS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec"}
+REGISTERED_MODELS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec"}
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACTS = "model"  # artifact folder of embeddings / factors and the published lists
 EVALUATION_ARTIFACTS = "evaluation"

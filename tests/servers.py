@@ -7,11 +7,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reco.stack import servers
-from reco.stack.health import free_port, tcp_open, wait_until
+from reco.stack.health import free_port, postgres_accepts, tcp_open, wait_until
 
 JARS_DIR = servers.REPO_ROOT / ".reco" / "jars"
 
@@ -23,6 +24,8 @@ class ServerProcess:
     port: int
     workdir: Path
     startup_timeout_s: float = 60.0
+    # Ready beyond an open port (PostgreSQL listens before it accepts: "starting up").
+    ready: Callable[[], bool] | None = field(default=None, repr=False)
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -34,8 +37,9 @@ class ServerProcess:
         self.process = subprocess.Popen(
             self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        up = wait_until(lambda: tcp_open("127.0.0.1", self.port), self.startup_timeout_s,
-                        alive=lambda: self.process.poll() is None)
+        ready = self.ready or (lambda: True)
+        up = wait_until(lambda: tcp_open("127.0.0.1", self.port) and ready(),
+                        self.startup_timeout_s, alive=lambda: self.process.poll() is None)
         if not up:
             self.stop()
             raise RuntimeError(f"{self.name} did not start:\n{self.log_tail()}")
@@ -73,7 +77,8 @@ def start_postgres() -> ServerProcess:
     data = workdir / "data"
     servers.prepare_postgres(data)
     port = free_port()
-    return ServerProcess("postgres", servers.postgres_command(data, port), port, workdir).start()
+    return ServerProcess("postgres", servers.postgres_command(data, port), port, workdir,
+                         ready=lambda: postgres_accepts(port)).start()
 
 
 def start_redis() -> ServerProcess:

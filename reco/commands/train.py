@@ -1,4 +1,4 @@
-"""`reco train item2vec|als`: the offline pipeline's steps in one process, without Airflow."""
+"""`reco train item2vec|als|sasrec`: the offline pipeline's steps in one process, no Airflow."""
 
 from __future__ import annotations
 
@@ -62,3 +62,10 @@ def als(engine: Engine = None, window_days: WindowDays = None, window_end: Windo
         param: Params = None) -> None:
     """Implicit ALS: user candidates and item neighbours."""
     _run("als", engine, window_days, window_end, param)
+
+
+@app.command()
+def sasrec(window_days: WindowDays = None, window_end: WindowEnd = None,
+           param: Params = None) -> None:
+    """SASRec (self-attention over each user's sequence, JAX): next-item candidates per user."""
+    _run("sasrec", None, window_days, window_end, param)

@@ -72,7 +72,8 @@ def api_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"reco_recency_half_life_s": HOUR,
                                        "popular_snapshot_refresh_s": 3600.0,
                                        "w_coview": 0.4, "w_embed": 0.3, "w_pop": 0.2,
-                                       "w_recency": 0.1, "w_cf": 0.0, "reco_recent_n": 10,
+                                       "w_recency": 0.1, "w_cf": 0.0, "w_seq": 0.0,
+                                       "reco_recent_n": 10,
                                        "reco_neighbours_n": 50, "reco_source_half_n": 0.0,
                                        "reco_neighbour_agg": "max"})
 

@@ -59,6 +59,29 @@ def test_rank_blends_signals_exactly() -> None:
                    ("P", pytest.approx(0.2), None)]
 
 
+def test_seq_is_its_own_signal_beside_cf() -> None:
+    """The user's SASRec list is a sixth signal, normalised apart from ALS's: an item on both
+    lists adds both, whether the lists come as ids (offline) or as rows (the API's cache)."""
+    from reco.ranking import RowList
+
+    items = ItemIndex.build({}, [("X", 10), ("Y", 20), ("Z", 5), ("P", 100)])
+    config = RankConfig(w_coview=0, w_embed=0, w_pop=0.2, w_recency=0, w_cf=0.5, w_seq=0.3)
+    cf, seq = lists({"X": 2.0, "Y": 1.0}), lists({"Z": 0.6, "X": 0.15})
+    as_rows = RowList(items.rows(seq[0]), seq[1])
+    for user_seq in (seq, as_rows):
+        features = UserFeatures(recent=[], recent_times={}, now=NOW, user_cf=cf,
+                                user_seq=user_seq)
+        ranking = rank(features, items, config, k=4, explain=True)
+        got = [(i.item_id, i.score) for i in ranking.items]
+        # X: cf 1, seq .25, pop .1; Z: seq 1, pop .05; Y: cf .5, pop .2; P: pop 1.
+        assert got == [("X", pytest.approx(0.5 + 0.075 + 0.02)),
+                       ("Z", pytest.approx(0.3 + 0.01)), ("Y", pytest.approx(0.25 + 0.04)),
+                       ("P", pytest.approx(0.2))]
+        assert ranking.strategy == "personalized"
+        assert ranking.items[0].contributions["seq"] == pytest.approx(0.075)
+        assert ranking.items[0].contributions["cf"] == pytest.approx(0.5)
+
+
 def test_rank_without_features_is_popular() -> None:
     items = ItemIndex.build({}, [("X", 1.0), ("Y", 4.0)])
     ranking = rank(UserFeatures([], {}, NOW), items, RankConfig(), k=5)

@@ -66,7 +66,7 @@ def test_explain_gives_contributions_and_source(client) -> None:
     items = {i["item_id"]: i["reasons"] for i in get(client, explain="true")["items"]}
     assert items["X"]["signals"] == pytest.approx(
         {"coview": 0.4, "embedding": 0.15, "popularity": 0.02, "recency": 0.1, "cf": 0.0,
-         "freshness": 0.0}, abs=2e-6)
+         "seq": 0.0, "freshness": 0.0}, abs=2e-6)
     assert items["X"]["source_item"] == "A"
     assert items["X"]["because"] == "because you viewed A"
     # Y: A gives .4*2/4 + .1 = .3, B gives .4*2/4 + .05 = .25 -> A; W only comes from B.
@@ -74,7 +74,7 @@ def test_explain_gives_contributions_and_source(client) -> None:
     assert items["W"]["source_item"] == "B"
     assert items["P"] == {"signals": pytest.approx({"coview": 0, "embedding": 0,
                                                     "popularity": 0.2, "recency": 0, "cf": 0,
-                                                    "freshness": 0}),
+                                                    "seq": 0, "freshness": 0}),
                           "source_item": None, "because": "popular right now"}
 
 
@@ -156,6 +156,25 @@ def test_cf_candidates_once_als_is_published(world, make_client) -> None:
     # Q: cf 1, popularity 0 (.5); P: cf .5, popularity 1 (.45); then popular filler A (.1).
     assert_ranking(body, [("Q", 0.5 * 1.0), ("P", 0.5 * 0.5 + W_POP * 1.0),
                           ("A", W_POP * 0.5)])
+
+
+def test_seq_candidates_once_sasrec_is_published(world, make_client) -> None:
+    from reco import neighbours
+
+    r = world["redis"]
+    r.hset(keys.MODEL_VERSIONS, mapping={"als": "a1", "sasrec": "s1"})
+    r.set(keys.user_cf("u2", "a1"), neighbours.encode(["Q", "P"], [2.0, 1.0]))
+    r.set(keys.user_seq("u2", "s1"), neighbours.encode(["W", "Q"], [0.6, 0.15]))
+    with make_client(w_cf=0.5, w_seq=0.3) as client:
+        body = get(client, user_id="u2", k=4, explain="true")
+    assert body["model_versions"] == {"item2vec": "v1", "als": "a1", "sasrec": "s1"}
+    # Q: cf 1, seq .25 (.575); P: cf .5, popularity 1 (.45); W: seq 1, popularity .4 (.38);
+    # then popular filler A (.1).
+    assert_ranking(body, [("Q", 0.5 + 0.3 * 0.25), ("P", 0.5 * 0.5 + W_POP * 1.0),
+                          ("W", 0.3 + W_POP * 0.4), ("A", W_POP * 0.5)])
+    assert body["items"][0]["reasons"]["signals"]["seq"] == pytest.approx(0.075)
+    with make_client(w_cf=0.5) as client:  # w_seq 0: the SASRec list is not even read
+        assert [i["item_id"] for i in get(client, user_id="u2", k=3)["items"]] == ["Q", "P", "A"]
 
 
 def test_unknown_user_gets_popular(client) -> None:

@@ -36,14 +36,15 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
         local.down(demo_settings)
 
     assert report.users == 60
-    assert report.dag_runs == {"item2vec_daily": "success", "als_weekly": "success"}
+    assert report.dag_runs == {"item2vec_daily": "success", "als_weekly": "success",
+                               "sasrec_daily": "success"}
     served = report.metrics["served (blend)"]
     assert served["users"] == 60
     # Every user has history, so every answer is personalised and full.
     assert report.strategies == {"personalized": 60}
     assert list(report.metrics) == [
         "served (blend)", "popularity baseline", "co-view alone", "embedding alone",
-        "popularity alone", "recency alone", "ALS alone"]
+        "popularity alone", "recency alone", "ALS alone", "SASRec alone"]
     assert all(m["users"] == 60 for m in report.metrics.values())
     assert report.events_replayed > 60 * 10
     assert 0.0 <= served["ndcg_at_10"] <= served["hr_at_10"] <= 1.0

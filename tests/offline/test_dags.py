@@ -14,7 +14,19 @@ from spark_jobs import tracking
 from tests import servers
 from tests.offline import synthetic
 
-DAGS = {"item2vec_daily": "item2vec", "als_weekly": "als"}
+DAGS = {"item2vec_daily": "item2vec", "als_weekly": "als", "sasrec_daily": "sasrec"}
+# Small but learnable hyperparameters per model (see test_models.py).
+HYPERPARAMETERS = {
+    "item2vec": {"vector_size": 32, "epochs": 30, "window": 3, "sample": 0.0},
+    "als": {"factors": 16, "iterations": 15},
+    "sasrec": {"dim": 32, "blocks": 1, "epochs": 20, "max_len": 20, "dropout": 0.2,
+               "learning_rate": 0.01},
+}
+# The key of one list each model publishes, and how many of its first n items should be of
+# u1's / item 3's group (SASRec's head continues u1's walk; its tail spreads out).
+LIST_KEY = {"item2vec": lambda v: keys.item_knn(synthetic.item_id(1, 3), v),
+            "als": lambda v: keys.user_cf("u1", v), "sasrec": lambda v: keys.user_seq("u1", v)}
+IN_GROUP = {"item2vec": (10, 7), "als": (10, 7), "sasrec": (3, 3)}
 DAGS_FOLDER = stack_servers.REPO_ROOT / "dags"
 
 
@@ -48,8 +60,9 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
 
     assert bag.import_errors == {}
     assert set(bag.dags) == set(DAGS)
-    # Daily at 02:00 and weekly on Sunday 03:00 UTC; unpausing never starts a past slot.
+    # Daily at 02:00 and 02:30, weekly on Sunday 03:00 UTC; unpausing never starts a past slot.
     assert bag.dags["item2vec_daily"].timetable.summary == "0 2 * * *"
+    assert bag.dags["sasrec_daily"].timetable.summary == "30 2 * * *"
     assert bag.dags["als_weekly"].timetable.summary == "0 3 * * 0"
     for dag in bag.dags.values():
         assert dag.timetable.serialize()["run_immediately"] is False
@@ -80,10 +93,8 @@ def test_dag_runs_end_to_end(dag_id, airflow_env, offline_settings, small_events
         "RECO_SPARK_JARS_DIR": str(servers.JARS_DIR), "RECO_JDBC_PARTITIONS": "2",
         "RECO_SPARK_DRIVER_MEMORY": "1g", "RECO_ENGINE": "local",
     }
-    hyper = ({"vector_size": 32, "epochs": 30, "window": 3, "sample": 0.0}
-             if model == "item2vec" else {"factors": 16, "iterations": 15})
     conf = {"window_end": small_events["end"].isoformat(), "window_days": 30,
-            "hyperparameters": hyper}
+            "hyperparameters": HYPERPARAMETERS[model]}
 
     result = subprocess.run(
         [stack_servers.venv_bin("airflow"), "dags", "test", dag_id, "-c", json.dumps(conf)],
@@ -95,10 +106,9 @@ def test_dag_runs_end_to_end(dag_id, airflow_env, offline_settings, small_events
     version = redis_client.hget(keys.MODEL_VERSIONS, model)
     assert version, output
     assert redis_client.hget(keys.MODEL_PUBLISHED_AT, model)
-    key = (keys.item_knn(synthetic.item_id(1, 3), version) if model == "item2vec"
-           else keys.user_cf("u1", version))
-    ids, _ = neighbours.decode(redis_client.get(key))
-    assert len(ids) > 0 and sum(i.startswith("g1-") for i in ids[:10]) >= 7, ids[:10]
+    ids, _ = neighbours.decode(redis_client.get(LIST_KEY[model](version)))
+    head, at_least = IN_GROUP[model]
+    assert len(ids) > 0 and sum(i.startswith("g1-") for i in ids[:head]) >= at_least, ids[:10]
     runs = tracking.client(s.mlflow_tracking_uri).search_runs(
         [tracking.client(s.mlflow_tracking_uri).get_experiment_by_name(
             tracking.EXPERIMENTS[model]).experiment_id],

@@ -1,4 +1,4 @@
-"""Both models on both engines, end to end on small structured data, asserting results."""
+"""Every model on each of its engines, end to end on small structured data, asserting results."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ PARAMS = {
     ("item2vec", "spark"): {"vector_size": 32, "epochs": 10, "window": 3},
     ("als", "local"): {"factors": 16, "iterations": 15, "regularization": 0.1},
     ("als", "spark"): {"factors": 16, "iterations": 10, "regularization": 0.1},
+    ("sasrec", "local"): {"dim": 32, "blocks": 1, "epochs": 20, "max_len": 20, "dropout": 0.2,
+                          "learning_rate": 0.01},
 }
 
 
@@ -46,14 +48,14 @@ def test_model_recommends_the_withheld_item(model, engine, offline_settings, sma
 
     version = state["published"]
     assert redis_client.hget(keys.MODEL_VERSIONS, model) == version
-    item = synthetic.item_id(0, 5)
-    key = keys.item_knn(item, version) if model == "item2vec" else \
-        keys.item_cf_neighbours(item, version)
-    ids, scores = neighbours.decode(redis_client.get(key))
-    assert len(ids) == min(100, report["catalogue"] - 1)
-    assert list(scores) == sorted(scores, reverse=True)
-    # The closest neighbours of an item are items of its own taste group.
-    assert sum(i.startswith("g0-") for i in ids[:10]) >= 8, ids[:10]
+    if model == "sasrec":
+        # u0 walks group 0's ring: the few items most likely next continue that walk.
+        cands, probs = neighbours.decode(redis_client.get(keys.user_seq("u0", version)))
+        assert len(cands) == 100 and list(probs) == sorted(probs, reverse=True)
+        assert all(i.startswith("g0-") for i in cands[:3]), cands[:10]
+        assert 0 < sum(probs) <= 1.0 + 1e-6
+    else:
+        _assert_item_neighbours(model, version, report, redis_client)
     if model == "als":
         cands, _ = neighbours.decode(redis_client.get(keys.user_cf("u0", version)))
         assert len(cands) == 100 or len(cands) > 0
@@ -62,3 +64,14 @@ def test_model_recommends_the_withheld_item(model, engine, offline_settings, sma
                      " WHERE name = %s AND version = %s", (model, version)).fetchone()
     assert row[0] == "published" and row[1] == state["run_id"] and row[3] is not None
     assert row[2]["model.hr_at_10"] == ours["hr_at_10"]
+
+
+def _assert_item_neighbours(model: str, version: str, report: dict, redis_client) -> None:
+    item = synthetic.item_id(0, 5)
+    key = keys.item_knn(item, version) if model == "item2vec" else \
+        keys.item_cf_neighbours(item, version)
+    ids, scores = neighbours.decode(redis_client.get(key))
+    assert len(ids) == min(100, report["catalogue"] - 1)
+    assert list(scores) == sorted(scores, reverse=True)
+    # The closest neighbours of an item are items of its own taste group.
+    assert sum(i.startswith("g0-") for i in ids[:10]) >= 8, ids[:10]

@@ -1,0 +1,261 @@
+"""SASRec (Kang & McAuley 2018): a self-attentive next-item model over each user's sequence.
+
+Each user's sequence is their distinct items ordered by when they last touched them (the
+extract's interactions, `last_ts`). The model is trained to predict item t+1 from items
+..t at every position, with a full-softmax cross-entropy over the catalogue (better than the
+paper's sampled binary loss on catalogues of thousands of items; its cost grows with the
+catalogue, so very large ones would want a sampled softmax). It publishes, per user, the
+`candidates` unseen items most likely to come next and their probabilities,
+softmax(logits / temperature): the API blends them as the `seq` signal.
+
+engine "local" only: JAX on the CPU (Spark ML has no sequence model). Imported lazily, so
+the rest of the pipeline does not pay for JAX.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spark_jobs.files import MODEL_FILE, read_parquet
+
+_ARRAYS = ("user_ids", "item_ids", "cand_idx", "cand_scores")
+
+
+@dataclass(frozen=True)
+class SASRecParams:
+    # Tuned on MovieLens-100k validation (benchmarks/reports/sasrec_experiment.md).
+    dim: int = 64
+    max_len: int = 50
+    blocks: int = 2
+    epochs: int = 200
+    dropout: float = 0.5
+    learning_rate: float = 1e-3
+    batch: int = 128
+    temperature: float = 2.0
+    seed: int = 0
+    candidates: int = 100
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> SASRecParams:
+        unknown = set(values or {}) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown sasrec parameters: {sorted(unknown)}")
+        return cls(**{k: type(getattr(cls, k))(v) for k, v in (values or {}).items()})
+
+
+@dataclass
+class SASRecModel:
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    cand_idx: np.ndarray  # int32 [users, k] item indices, most likely next first, seen excluded
+    cand_scores: np.ndarray  # their probabilities (softmax over unseen items / temperature)
+
+    def save(self, out_dir: Path) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / MODEL_FILE
+        np.savez(path, **{name: getattr(self, name) for name in _ARRAYS})
+        return path
+
+    @classmethod
+    def load(cls, out_dir: Path) -> SASRecModel:
+        with np.load(out_dir / MODEL_FILE) as data:
+            return cls(**{name: data[name] for name in _ARRAYS})
+
+
+# ---------------------------------------------------------------- the network
+
+def _layer_norm(x, gain, bias):
+    import jax.numpy as jnp
+
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + 1e-8) * gain + bias
+
+
+def init_params(key, n_items: int, dim: int, max_len: int, blocks: int) -> dict:
+    """Weights for item codes 1..n_items (0 is padding)."""
+    import jax
+    import jax.numpy as jnp
+
+    keys = iter(jax.random.split(key, 2 + 5 * blocks))
+    scale = 1 / math.sqrt(dim)
+
+    def matrix(*shape):
+        return jax.random.normal(next(keys), shape) * scale
+
+    ones, zeros = jnp.ones(dim), jnp.zeros(dim)
+    return {"item": matrix(n_items + 1, dim), "pos": matrix(max_len, dim),
+            "out_gain": ones, "out_bias": zeros,
+            "blocks": [{"q": matrix(dim, dim), "k": matrix(dim, dim), "v": matrix(dim, dim),
+                        "ff1": matrix(dim, dim), "ff2": matrix(dim, dim), "b1": zeros,
+                        "b2": zeros, "g_att": ones, "c_att": zeros, "g_ff": ones,
+                        "c_ff": zeros} for _ in range(blocks)]}
+
+
+def encode(params: dict, seq, key, dropout: float):
+    """Hidden state at every position of left-padded item sequences (0 = padding); `key`
+    None = inference (no dropout)."""
+    import jax
+    import jax.numpy as jnp
+
+    _, length = seq.shape
+    dim = params["item"].shape[1]
+    pad_mask = (seq > 0)[..., None]
+    keys = iter(jax.random.split(key, 1 + 3 * len(params["blocks"]))) if key is not None else None
+
+    def drop(x):
+        if keys is None or dropout == 0:
+            return x
+        keep = jax.random.bernoulli(next(keys), 1 - dropout, x.shape)
+        return jnp.where(keep, x / (1 - dropout), 0)
+
+    x = drop(params["item"][seq] * math.sqrt(dim) + params["pos"][None]) * pad_mask
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    for b in params["blocks"]:
+        q = _layer_norm(x, b["g_att"], b["c_att"])
+        att = jnp.einsum("bld,bmd->blm", q @ b["q"], x @ b["k"]) / math.sqrt(dim)
+        att = drop(jax.nn.softmax(jnp.where(causal[None], att, -1e9), -1))
+        x = q + att @ (x @ b["v"])
+        y = _layer_norm(x, b["g_ff"], b["c_ff"])
+        y = drop(jax.nn.relu(y @ b["ff1"] + b["b1"])) @ b["ff2"] + b["b2"]
+        x = (x + drop(y)) * pad_mask
+    return _layer_norm(x, params["out_gain"], params["out_bias"])
+
+
+def left_padded(seqs: list[list[int]], length: int) -> np.ndarray:
+    """The last `length` items of each sequence, right-aligned, 0 before them."""
+    out = np.zeros((len(seqs), length), np.int32)
+    for r, s in enumerate(seqs):
+        tail = s[-length:]
+        out[r, length - len(tail):] = tail
+    return out
+
+
+def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
+          progress: Callable[[int, float], None] | None = None) -> dict:
+    """Next-item training at every position of each sequence's last max_len + 1 items;
+    `seqs` hold item codes 1..n_items. `progress(epoch, loss)` after each epoch."""
+    import jax
+    import optax
+
+    inputs = left_padded([s[:-1] for s in seqs], p.max_len)  # item t predicts item t + 1
+    targets = left_padded([s[1:] for s in seqs], p.max_len)
+    key = jax.random.PRNGKey(p.seed)
+    params = init_params(key, n_items, p.dim, p.max_len, p.blocks)
+    opt = optax.adam(p.learning_rate, b2=0.98)
+    state = opt.init(params)
+
+    def loss(w, x, y, k):
+        logits = encode(w, x, k, p.dropout) @ w["item"].T
+        logits = logits.at[..., 0].set(-1e9)  # never predict padding
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        mask = y > 0
+        return (ce * mask).sum() / jax.numpy.maximum(mask.sum(), 1)
+
+    @jax.jit
+    def step(w, s, x, y, k):
+        value, grads = jax.value_and_grad(loss)(w, x, y, k)
+        updates, s = opt.update(grads, s, w)
+        return optax.apply_updates(w, updates), s, value
+
+    rng = np.random.default_rng(p.seed)
+    for epoch in range(p.epochs):
+        total = 0.0
+        order = rng.permutation(len(seqs))
+        for at in range(0, len(seqs), p.batch):
+            rows = order[at:at + p.batch]
+            key, k = jax.random.split(key)
+            params, state, value = step(params, state, inputs[rows], targets[rows], k)
+            total += float(value)
+        if progress is not None:
+            progress(epoch, total)
+    return params
+
+
+def next_item_logits(params: dict, seqs: list[list[int]], max_len: int,
+                     batch: int = 256) -> np.ndarray:
+    """(users, n_items + 1) next-item logits after each whole sequence (column 0: padding)."""
+    import jax
+
+    last = jax.jit(lambda w, x: encode(w, x, None, 0.0)[:, -1] @ w["item"].T)
+    x = left_padded(seqs, max_len)
+    return np.concatenate([np.asarray(last(params, x[i:i + batch]))
+                           for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, 0))
+
+
+def next_item_probabilities(logits: np.ndarray, seen: list[np.ndarray],
+                            temperature: float) -> np.ndarray:
+    """softmax(logits / temperature) over each user's unseen items (seen and padding: 0)."""
+    z = logits.astype(np.float64) / temperature
+    z[:, 0] = -np.inf
+    for r, codes in enumerate(seen):
+        z[r, codes] = -np.inf
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------- the pipeline's model
+
+def user_sequences(interactions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """(user ids, item ids, each user's item codes 1..n by last touch): from the extract's
+    interactions (one row per user and item, `last_ts`)."""
+    item_ids = np.asarray(sorted(interactions["item_id"].unique()), dtype=str)
+    code = pd.Index(item_ids).get_indexer(interactions["item_id"]) + 1
+    frame = pd.DataFrame({"user_id": interactions["user_id"].to_numpy(str), "code": code,
+                          "ts": interactions["last_ts"].to_numpy(np.float64)})
+    frame = frame.sort_values(["user_id", "ts", "code"], kind="stable")
+    by_user = frame.groupby("user_id", sort=True)["code"].agg(list)
+    return by_user.index.to_numpy(str), item_ids, [list(map(int, s)) for s in by_user]
+
+
+def top_candidates(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k most likely item indices (0-based, padding dropped) and probabilities;
+    rows with fewer than k unseen items end in probability-0 entries marked -inf."""
+    p = probabilities[:, 1:]
+    k = min(k, p.shape[1])
+    part = np.argpartition(-p, k - 1, axis=1)[:, :k]
+    part_p = np.take_along_axis(p, part, axis=1)
+    order = np.argsort(-part_p, axis=1, kind="stable")
+    idx = np.take_along_axis(part, order, axis=1).astype(np.int32)
+    scores = np.take_along_axis(part_p, order, axis=1).astype(np.float32)
+    return idx, np.where(scores > 0, scores, -np.inf).astype(np.float32)
+
+
+def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local", spark=None,
+        timings: dict | None = None) -> SASRecModel:
+    """Train on the extract's interactions; candidates exclude each user's seen items."""
+    timings = timings if timings is not None else {}
+    if engine != "local":
+        raise ValueError(f"sasrec has no {engine!r} engine: it trains with JAX ('local')")
+    frame = read_parquet(interactions_dir, ["user_id", "item_id", "last_ts"])
+    if frame.empty:
+        raise ValueError("no interactions in the window: nothing to train on")
+    user_ids, item_ids, seqs = user_sequences(frame)
+    started = time.perf_counter()
+    weights = train(seqs, len(item_ids), params)
+    timings["train_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    idx_parts, score_parts = [], []
+    for lo in range(0, len(seqs), 1024):  # bounded memory: users x catalogue per chunk
+        chunk = seqs[lo:lo + 1024]
+        logits = next_item_logits(weights, chunk, params.max_len)
+        probs = next_item_probabilities(logits, [np.asarray(s) for s in chunk],
+                                        params.temperature)
+        idx, scores = top_candidates(probs, params.candidates)
+        idx_parts.append(idx)
+        score_parts.append(scores)
+    timings["neighbours_s"] = time.perf_counter() - started
+    return SASRecModel(user_ids, item_ids, np.concatenate(idx_parts),
+                       np.concatenate(score_parts))
+
+
+def params_dict(params: SASRecParams) -> dict:
+    return asdict(params)
