@@ -6,6 +6,7 @@ plus the small dict the previous step returned (paths and ids, never data) and r
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -173,7 +174,10 @@ def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
         eval_model_dir = Path(cfg.run_dir) / "eval_model"
         fit(extract_dir / held_out_data, hp, cfg.engine, spark, eval_timings).save(eval_model_dir)
         timings["eval_train_s"] = sum(eval_timings.values())
-        # Served: the same hyperparameters refit on the whole window.
+        # Served: the same hyperparameters refit on the whole window (SASRec: the evaluated
+        # network reading the whole window's sequences; see spark_jobs.sasrec).
+        if cfg.model == "sasrec":
+            fit = functools.partial(sasrec.fit, warm_start=eval_model_dir)
         model = fit(extract_dir / full_data, hp, cfg.engine, spark, timings)
         model_dir = Path(cfg.run_dir) / "model"
         model.save(model_dir)

@@ -170,6 +170,7 @@ def test_similar_items_exclude_itself_and_out_of_stock(catalog: ItemIndex) -> No
 def test_config_from_settings() -> None:
     from reco.settings import Settings
 
-    config = RankConfig.from_settings(Settings(w_cf=0.7, reco_recent_n=3, freshness_days=2))
-    assert (config.w_cf, config.recent_n, config.freshness_days, config.w_coview) == (
-        0.7, 3, 2, 0.4)
+    config = RankConfig.from_settings(Settings(w_cf=0.7, w_seq=0.3, reco_recent_n=3,
+                                               freshness_days=2))
+    assert (config.w_cf, config.w_seq, config.recent_n, config.freshness_days,
+            config.w_coview) == (0.7, 0.3, 3, 2, 0.4)

@@ -1,0 +1,74 @@
+"""SASRec's own pieces, without Spark: sequences, candidates, and the served network's reuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spark_jobs import sasrec
+
+PARAMS = sasrec.SASRecParams(dim=16, blocks=1, epochs=40, max_len=4, dropout=0.0,
+                             learning_rate=0.01, batch=32, candidates=5)
+
+
+def ring_walks(users: int = 40, items: int = 12, length: int = 6, skip_last: bool = False
+               ) -> pd.DataFrame:
+    """User u visits items u, u+1, ... around a ring: the next item is always the successor."""
+    rows = []
+    for u in range(users):
+        for step in range(length - (1 if skip_last else 0)):
+            rows.append((f"u{u}", f"i{(u + step) % items}", 1000.0 * u + step))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "last_ts"])
+
+
+def write(frame: pd.DataFrame, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(folder / "part-0.parquet")
+    return folder
+
+
+def test_sequences_follow_last_touch_and_the_vocabulary() -> None:
+    frame = pd.DataFrame({"user_id": ["b", "a", "a", "a"], "item_id": ["x", "z", "x", "y"],
+                          "last_ts": [5.0, 3.0, 1.0, 2.0]})
+    users, items, seqs = sasrec.user_sequences(frame)
+    assert users.tolist() == ["a", "b"] and items.tolist() == ["x", "y", "z"]
+    assert seqs == [[1, 2, 3], [1]]  # a: x, y, z by time; codes start at 1 (0 pads)
+    _, _, known_only = sasrec.user_sequences(frame, np.asarray(["z", "x"]))
+    assert known_only == [[2, 1], [2]]  # y is outside that vocabulary
+    assert sasrec.left_padded([[1, 2, 3], [4]], 2).tolist() == [[2, 3], [0, 4]]
+
+
+def test_probabilities_exclude_seen_and_candidates_are_sorted() -> None:
+    logits = np.array([[9.0, 1.0, 3.0, 2.0, 0.0]])
+    probs = sasrec.next_item_probabilities(logits, [np.array([2])], temperature=1.0)
+    assert probs[0, 0] == 0 and probs[0, 2] == 0 and probs.sum() == pytest.approx(1.0)
+    idx, scores = sasrec.top_candidates(probs, 4)
+    assert idx.tolist() == [[2, 0, 3, 1]]  # 0-based items: code 3 first, seen code 2 last
+    assert scores[0, :3].tolist() == sorted(scores[0, :3].tolist(), reverse=True)
+    assert scores[0, 3] == -np.inf  # a seen item is never a candidate
+    hotter = sasrec.next_item_probabilities(logits, [np.array([2])], temperature=2.0)
+    assert hotter[0, 3] / hotter[0, 4] < probs[0, 3] / probs[0, 4]
+
+
+def test_learns_the_successor_and_serves_the_trained_network(tmp_path: Path) -> None:
+    train_dir = write(ring_walks(skip_last=True), tmp_path / "train")
+    full_dir = write(ring_walks(), tmp_path / "full")
+
+    trained = sasrec.fit(train_dir, PARAMS)
+    trained.save(tmp_path / "model")
+    served = sasrec.fit(full_dir, PARAMS, warm_start=tmp_path / "model")
+
+    items = trained.item_ids
+    # After u's first five items the next is item u+5; once the sixth is known, item u+6.
+    for model, step in ((trained, 5), (served, 6)):
+        top = [items[row[0]] for row in model.cand_idx]
+        hits = sum(t == f"i{(u + step) % 12}" for u, t in
+                   zip((int(u[1:]) for u in model.user_ids), top, strict=True))
+        assert hits >= 0.8 * len(top), (step, top[:10])
+    # The served network is the trained one, saved and loaded: same weights, no new training.
+    loaded = sasrec.SASRecModel.load(tmp_path / "model")
+    assert set(loaded.net) == set(served.net)
+    assert all(np.array_equal(loaded.net[n], served.net[n]) for n in loaded.net)
