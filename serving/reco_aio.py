@@ -25,22 +25,46 @@ from serving.reco_redis import Command, RedisDown, setup_commands
 
 
 class _Batch:
-    __slots__ = ("future", "left", "replies", "timer")
+    __slots__ = ("future", "left", "replies", "deadline")
 
-    def __init__(self, future: asyncio.Future, left: int) -> None:
+    def __init__(self, future: asyncio.Future, left: int, deadline: float) -> None:
         self.future = future
         self.left = left
         self.replies: list = []
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = deadline  # loop time by which its replies must have come
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, encoding: str | None) -> None:
+    def __init__(self, encoding: str | None, timeout_s: float) -> None:
         self.reader = hiredis.Reader(encoding=encoding) if encoding else hiredis.Reader()
         self.waiting: collections.deque[_Batch] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.unsent: list[bytes] = []  # batches of this loop iteration, written together
+        self.timeout_s = timeout_s
+        # One timer per connection, at the oldest batch's deadline, instead of one per batch
+        # (creating and cancelling a loop timer twice per cache miss): batches share one
+        # timeout and are answered in order, so the oldest one always expires first.
+        self.timer: asyncio.TimerHandle | None = None
+
+    def queue(self, batch: _Batch) -> None:
+        self.waiting.append(batch)
+        if self.timer is None:
+            self._arm(batch)
+
+    def _arm(self, batch: _Batch) -> None:
+        self.timer = asyncio.get_running_loop().call_at(batch.deadline, self._expired, batch)
+
+    def _expired(self, batch: _Batch) -> None:
+        """`batch`'s deadline: fail everything if it is still waiting, else wait for the
+        oldest batch still in flight."""
+        self.timer = None
+        if self.closed or not self.waiting:
+            return
+        if self.waiting[0] is batch:
+            self.fail(RedisDown(f"timed out after {self.timeout_s}s"))
+        else:
+            self._arm(self.waiting[0])
 
     def write(self, data: bytes) -> None:
         """Queue a batch; the batches of all requests handled in one loop iteration go out in
@@ -69,8 +93,6 @@ class _Connection(asyncio.Protocol):
                 batch.left -= 1
                 if batch.left == 0:
                     waiting.popleft()
-                    if batch.timer is not None:
-                        batch.timer.cancel()
                     if not batch.future.done():
                         batch.future.set_result(batch.replies)
         except hiredis.ProtocolError as exc:
@@ -82,10 +104,11 @@ class _Connection(asyncio.Protocol):
     def fail(self, exc: RedisDown) -> None:
         """Fail every batch in flight and close: later replies could not be matched."""
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         while self.waiting:
             batch = self.waiting.popleft()
-            if batch.timer is not None:
-                batch.timer.cancel()
             if not batch.future.done():
                 batch.future.set_exception(exc)
         if self.transport is not None:
@@ -120,10 +143,8 @@ class AsyncPipelineClient:
         # would take the replies of the batches after it.
         data = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
         loop = asyncio.get_running_loop()
-        batch = _Batch(loop.create_future(), len(commands))
-        batch.timer = loop.call_later(self.timeout_s, conn.fail,
-                                      RedisDown(f"timed out after {self.timeout_s}s"))
-        conn.waiting.append(batch)  # replies come back in the order batches are queued
+        batch = _Batch(loop.create_future(), len(commands), loop.time() + self.timeout_s)
+        conn.queue(batch)  # replies come back in the order batches are queued
         conn.write(data)
         return batch.future
 
@@ -141,7 +162,7 @@ class AsyncPipelineClient:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         opts = self.options
-        conn = _Connection(self.encoding)
+        conn = _Connection(self.encoding, self.timeout_s)
         try:
             async with asyncio.timeout(self.timeout_s):
                 if "path" in opts:

@@ -81,6 +81,40 @@ def test_async_client_raises_redis_down_on_errors_and_unreachable_servers(
     asyncio.run(scenario())
 
 
+def test_async_client_times_out_a_batch_left_unanswered_and_only_that_one() -> None:
+    """A fake server answers the first command and then nothing: the first batch succeeds,
+    the second fails with a timeout at its own deadline (not the first batch's), together
+    with the batch queued behind it, and the next call reconnects."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.read(1024)
+        writer.write(b"+PONG\r\n")  # one reply, then silence
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = AsyncPipelineClient(f"redis://127.0.0.1:{port}/0", timeout_s=1.0)
+        try:
+            assert await client.execute([("PING",)]) == ["PONG"]
+            await asyncio.sleep(0.6)
+            late = asyncio.ensure_future(client.execute([("PING",)]))
+            behind = asyncio.ensure_future(client.execute([("PING",)]))
+            await asyncio.sleep(0.5)  # past the first batch's deadline, 0.5 s before its own
+            assert not late.done()
+            for batch in (late, behind):
+                with pytest.raises(RedisDown, match="timed out after 1.0s"):
+                    await batch
+            assert await client.execute([("PING",)]) == ["PONG"]  # a new connection
+            assert len(connections) == 2
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
 def test_on_loop_refresh_matches_the_blocking_one(redis_url: str, settings: Settings,
                                                   monkeypatch) -> None:
     r = redis.Redis.from_url(redis_url)
