@@ -43,9 +43,8 @@ def eligible(items: ItemIndex, rows: np.ndarray, filters: Filters) -> np.ndarray
 
 def freshness(items: ItemIndex, rows: np.ndarray, now: float, days: float) -> np.ndarray:
     """1.0 for items created within the last `days`, else 0.0 (unknown creation time: 0)."""
-    age = now - items.created_at[rows]
-    with np.errstate(invalid="ignore"):
-        return ((age >= 0) & (age <= days * DAY_S)).astype(np.float64)
+    age = now - items.created_at[rows]  # NaN compares False (and numpy does not warn)
+    return ((age >= 0) & (age <= days * DAY_S)).astype(np.float64)
 
 
 def diversify(order: np.ndarray, category: np.ndarray, k: int, max_share: float) -> np.ndarray:
@@ -75,7 +74,9 @@ def _capped(order: np.ndarray, category: np.ndarray, k: int, max_share: float
     cap = max(1, math.floor(max_share * k))
     if 0 < k <= len(order):
         first = category[order[:k]].tolist()
-        if max(map(first.count, first)) <= cap:
+        # No category occurs more often than the repeats plus one: when that bound is within
+        # the cap (the usual case), the exact O(k^2) count below is not needed.
+        if len(first) - len(set(first)) < cap or max(map(first.count, first)) <= cap:
             # No category (unknown included) exceeds the cap among the first k: the greedy
             # pass below would take exactly those and defer nothing (the common case).
             return order[:k].tolist(), []
