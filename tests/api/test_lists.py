@@ -38,6 +38,16 @@ def test_list_cache_maps_rows_expires_and_follows_row_space() -> None:
     assert len(cache) == 2 and cache.get(key, items, now=1.0) is None
 
 
+def test_lookup_order_keeps_every_row_and_id() -> None:
+    items = ItemIndex.build({f"i{n}": {"category": f"c{n % 3}"} for n in range(50)},
+                            [("i7", 5.0), ("i3", 9.0), ("gone", 1.0)])
+    hot = items.with_lookup_order(["i3", "i7", "gone", "unknown", "i3"])
+    assert hot.ids == items.ids and hot.row == items.row and hot.space == items.space
+    assert list(hot.row)[:3] == ["i3", "i7", "gone"]  # laid out popular first
+    assert hot.rows(["i7", "nope", "gone"]).tolist() == items.rows(["i7", "nope", "gone"]).tolist()
+    assert hot.unknown_row == items.unknown_row and hot.popular_rows is items.popular_rows
+
+
 def test_threadpool_mode_serves_the_same_ranking(make_client, world) -> None:
     with make_client(reco_redis_in_threads=True) as client:
         first = get(client, k=10)
