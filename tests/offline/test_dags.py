@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from datetime import UTC, datetime
 
 import pytest
 
@@ -55,6 +56,7 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.timetables.base import TimeRestriction
 
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
 
@@ -65,7 +67,11 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
     assert bag.dags["sasrec_daily"].timetable.summary == "30 2 * * *"
     assert bag.dags["als_weekly"].timetable.summary == "0 3 * * 0"
     for dag in bag.dags.values():
-        assert dag.timetable.serialize()["run_immediately"] is False
+        assert dag.timetable.serialize()["run_immediately"] == 0.0
+        # The first run is the next slot, never the one that just passed.
+        first = dag.timetable.next_dagrun_info(last_automated_data_interval=None,
+                                               restriction=TimeRestriction(None, None, False))
+        assert first is not None and first.run_after > datetime.now(UTC)
     for dag_id, model in DAGS.items():
         dag = bag.dags[dag_id]
         assert {"reco", "training", model} <= set(dag.tags)
