@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -17,13 +18,16 @@ import scipy.sparse as sp
 
 from spark_jobs import knn
 from spark_jobs.files import MODEL_FILE, index_of, read_parquet, seen_matrix
+from spark_jobs.hyperparameters import Hyperparameters
 
 _ARRAYS = ("user_ids", "item_ids", "user_factors", "item_factors", "cand_idx", "cand_scores",
            "nbr_idx", "nbr_scores")
 
 
 @dataclass(frozen=True)
-class ALSParams:
+class ALSParams(Hyperparameters):
+    MODEL: ClassVar[str] = "als"
+
     # Tuned on MovieLens-100k validation (benchmarks/reports/tuning.md): strong regularisation.
     factors: int = 128
     regularization: float = 50.0
@@ -33,13 +37,6 @@ class ALSParams:
     threads: int = 2
     candidates: int = 100
     neighbours: int = 100
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> ALSParams:
-        unknown = set(values or {}) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown als parameters: {sorted(unknown)}")
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in (values or {}).items()})
 
 
 @dataclass

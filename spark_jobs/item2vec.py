@@ -10,15 +10,19 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from spark_jobs import knn
 from spark_jobs.files import MODEL_FILE, read_parquet
+from spark_jobs.hyperparameters import Hyperparameters
 
 
 @dataclass(frozen=True)
-class Item2VecParams:
+class Item2VecParams(Hyperparameters):
+    MODEL: ClassVar[str] = "item2vec"
+
     vector_size: int = 128
     # Tuned on MovieLens-100k validation (benchmarks/reports/tuning.md), not NLP defaults:
     # short window, more epochs, flat negative sampling (ns_exponent 0), stronger subsampling.
@@ -32,14 +36,6 @@ class Item2VecParams:
     seed: int = 42
     workers: int = 2
     neighbours: int = 100
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> Item2VecParams:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(values or {}) - known
-        if unknown:
-            raise ValueError(f"unknown item2vec parameters: {sorted(unknown)}")
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in (values or {}).items()})
 
 
 @dataclass

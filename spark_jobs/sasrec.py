@@ -24,18 +24,22 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from spark_jobs.files import MODEL_FILE, read_parquet
+from spark_jobs.hyperparameters import Hyperparameters
 
 _ARRAYS = ("user_ids", "item_ids", "cand_idx", "cand_scores")
 _NET = "net."  # prefix of the network's weights in the saved file
 
 
 @dataclass(frozen=True)
-class SASRecParams:
+class SASRecParams(Hyperparameters):
+    MODEL: ClassVar[str] = "sasrec"
+
     # Chosen on MovieLens-100k validation (benchmarks/reports/sasrec_experiment.md): 50 epochs
     # at 4e-3 (alone HR@10 0.177; the blend 0.188 -> 0.204 with it) train in a quarter of the
     # time of 200 at 1e-3 (alone 0.191 in an earlier run), which keeps `make demo` short.
@@ -49,13 +53,6 @@ class SASRecParams:
     temperature: float = 2.0
     seed: int = 0
     candidates: int = 100
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> SASRecParams:
-        unknown = set(values or {}) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown sasrec parameters: {sorted(unknown)}")
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in (values or {}).items()})
 
 
 @dataclass
