@@ -72,3 +72,16 @@ def test_learns_the_successor_and_serves_the_trained_network(tmp_path: Path) -> 
     loaded = sasrec.SASRecModel.load(tmp_path / "model")
     assert set(loaded.net) == set(served.net)
     assert all(np.array_equal(loaded.net[n], served.net[n]) for n in loaded.net)
+
+
+def test_hyperparameters_and_engine_are_checked_before_any_work() -> None:
+    from spark_jobs import pipeline
+
+    assert sasrec.SASRecParams.from_dict({"epochs": "3", "dropout": "0.1"}).epochs == 3
+    with pytest.raises(ValueError, match=r"unknown sasrec parameters: \['heads'\]"):
+        sasrec.SASRecParams.from_dict({"heads": 2})
+    common = dict(run_dir="/tmp/x", window_days=1, window_end="2026-01-01T00:00:00")
+    with pytest.raises(ValueError, match="sasrec has no Spark engine"):
+        pipeline.PipelineConfig(model="sasrec", engine="spark", **common)
+    assert pipeline.PipelineConfig(model="sasrec", engine="local", **common).hyperparameters() \
+        == sasrec.SASRecParams()
