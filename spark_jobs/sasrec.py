@@ -280,8 +280,9 @@ def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local", spa
     timings["train_s"] = time.perf_counter() - started
     started = time.perf_counter()
     idx_parts, score_parts = [], []
-    for lo in range(0, len(seqs), 1024):  # bounded memory: users x catalogue per chunk
-        chunk = seqs[lo:lo + 1024]
+    # Bounded memory: a chunk holds users x catalogue float64 (256 x 100,000 items: 200 MB).
+    for lo in range(0, len(seqs), 256):
+        chunk = seqs[lo:lo + 256]
         logits = next_item_logits(weights, chunk, params.max_len)
         probs = next_item_probabilities(logits, [np.asarray(s) for s in chunk],
                                         params.temperature)
