@@ -144,7 +144,7 @@ class FeatureStore:
         return self._first_reply(await self._run_async(
             "reco_first_read", self._first_commands(user_id, variant)))
 
-    # -- round 2 (cache miss): times, item lists not parsed in process, ALS, seen set ------
+    # -- round 2 (cache miss): times, lists not parsed in process (items, ALS, SASRec), seen --
 
     def _second_commands(self, user_id: str, sources: Sequence[str],
                          lists: Sequence[ListKey]) -> list[Command]:
