@@ -49,7 +49,7 @@ SECONDS = 6.0
 # A fresh broker JVM compiles its produce path during its first ~25 s of single-event load:
 # on a new broker, 1,000 POSTs/s in 4 s rounds gave p50 37/33/19/26/11 ms while its JIT
 # threads took 0.1-0.3 core and its request threads ~2x the CPU per event, then 4-7 ms. A
-# running broker is past that, so the fixed-rate phases start after this much of that load.
+# running broker is past that, so the ingest phases start after this much of that load.
 BROKER_WARM_S = 30.0
 
 
@@ -161,6 +161,7 @@ def one_event(user: str = "u1", item: str = "i1") -> bytes:
 async def bench_ingest(port: int) -> dict:
     base = f"http://127.0.0.1:{port}"
     res: dict = {}
+    await warm_broker(port)
     wrk(base + "/bench/bare", one_event(), 2)  # warm-up
     wrk(base + "/events", one_event(), 2)
     res["bare_max"] = wrk(base + "/bench/bare", one_event(), SECONDS)
@@ -172,7 +173,6 @@ async def bench_ingest(port: int) -> dict:
         while True:
             yield one_event(f"u{rng.randrange(10_000)}", f"i{rng.randrange(5_000)}")
 
-    await warm_broker(port)
     for rate in (500, 1000):
         for name, path in (("bare", "/bench/bare"), ("event", "/events")):
             out = await open_loop(port, path, bodies(), rate, SECONDS)
@@ -407,11 +407,11 @@ process; lag p99 < 1 s at 2,000 events/s.
 Setup: one machine ({os.cpu_count()} cores, shared with Kafka, Redis, PostgreSQL and the load
 generators). Ingest: one uvicorn worker (uvloop, httptools), librdkafka producer (acks=all,
 idempotent, linger 1 ms); the bare endpoint (POST, reads the body, answers 202) is mounted on
-the same app in the same process. Max throughput: wrk, 1 thread, 64 connections,
-{SECONDS:.0f} s. Fixed rates: an asyncio open-loop generator, after {BROKER_WARM_S:.0f} s of 1,000
+the same app in the same process. The ingest phases start after {BROKER_WARM_S:.0f} s of 1,000
 POSTs/s that are not measured (a fresh broker JVM compiles its produce path meanwhile; a
-running one has); latency counts from each request's scheduled send time. Processor: one
-`reco run processor` process draining a pre-filled
+running one has). Max throughput: wrk, 1 thread, 64 connections, {SECONDS:.0f} s. Fixed rates: an
+asyncio open-loop generator; latency counts from each request's scheduled send time.
+Processor: one `reco run processor` process draining a pre-filled
 3-partition topic (20,000 users, 5,000 items, Zipf-like items, 70/20/7/3
 view/click/cart/purchase over 50 minutes), Redis with AOF (everysec),
 as the stack runs it. Lag: the processor's `event:seen` marker is written in the same
