@@ -10,8 +10,9 @@ softmax(logits / temperature): the API blends them as the `seq` signal.
 
 The pipeline trains it once, on the window without each user's held-out last item (the
 evaluated model), and serves that network applied to the whole window's sequences
-(`warm_start`): a sequence model reads each user's latest items at inference, so a second
-training for one more item per user would double the cost for little.
+(`warm_start`) after `refit_epochs` more epochs on them: a sequence model reads each user's
+latest items at inference, so a second full training for one more item per user would double
+the cost for little, while the short refit still learns from those latest items.
 
 engine "local" only: JAX on the CPU (Spark ML has no sequence model). Imported lazily, so
 the rest of the pipeline does not pay for JAX.
@@ -51,6 +52,7 @@ class SASRecParams(Hyperparameters):
     learning_rate: float = 4e-3
     batch: int = 128
     temperature: float = 2.0
+    refit_epochs: int = 5  # the served model: epochs on top of the evaluated network
     seed: int = 0
     candidates: int = 100
 
@@ -166,16 +168,19 @@ def left_padded(seqs: list[list[int]], length: int) -> np.ndarray:
 
 
 def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
-          progress: Callable[[int, float], None] | None = None) -> dict:
+          progress: Callable[[int, float], None] | None = None, init: dict | None = None,
+          epochs: int | None = None) -> dict:
     """Next-item training at every position of each sequence's last max_len + 1 items;
-    `seqs` hold item codes 1..n_items. `progress(epoch, loss)` after each epoch."""
+    `seqs` hold item codes 1..n_items. Starts from `init` weights if given; `epochs`
+    overrides p.epochs; `progress(epoch, loss)` after each epoch."""
     import jax
     import optax
 
     inputs = left_padded([s[:-1] for s in seqs], p.max_len)  # item t predicts item t + 1
     targets = left_padded([s[1:] for s in seqs], p.max_len)
     key = jax.random.PRNGKey(p.seed)
-    params = init_params(key, n_items, p.dim, p.max_len, p.blocks)
+    params = init if init is not None else init_params(key, n_items, p.dim, p.max_len,
+                                                        p.blocks)
     opt = optax.adam(p.learning_rate, b2=0.98)
     state = opt.init(params)
 
@@ -193,7 +198,7 @@ def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
         return optax.apply_updates(w, updates), s, value
 
     rng = np.random.default_rng(p.seed)
-    for epoch in range(p.epochs):
+    for epoch in range(p.epochs if epochs is None else epochs):
         total = 0.0
         order = rng.permutation(len(seqs))
         for at in range(0, len(seqs), p.batch):
@@ -277,6 +282,9 @@ def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local", spa
         trained = SASRecModel.load(warm_start)
         user_ids, item_ids, seqs = user_sequences(frame, trained.item_ids)
         weights = unflatten(trained.net)
+        if params.refit_epochs:
+            weights = train(seqs, len(item_ids), params, init=weights,
+                            epochs=params.refit_epochs)
     timings["train_s"] = time.perf_counter() - started
     started = time.perf_counter()
     idx_parts, score_parts = [], []
