@@ -7,7 +7,7 @@ sasrec_daily = training_dag(
     dag_id="sasrec_daily",
     cron="30 2 * * *",
     description="SASRec next-item candidates per user, published to Redis if they pass the gate",
-    engines_doc="local only (JAX); the Spark engine does not exist for this model",
+    engines_doc="local only (JAX; '' means local here); the Spark engine does not exist",
     hyperparameters_doc=(
         "overrides of spark_jobs.sasrec.SASRecParams, e.g. {\"epochs\": 100, "
         "\"dim\": 64, \"blocks\": 2, \"dropout\": 0.5, \"temperature\": 2.0}"),

@@ -119,7 +119,8 @@ class ItemIndex:
         copies = [(self.ids[r] + " ")[:-1] for r in order]  # new str objects, in this order
         at = np.empty(n, dtype=np.int64)
         at[order] = np.arange(n)
-        return replace(self, ids=[copies[j] for j in at.tolist()], row=dict(zip(copies, order)))
+        return replace(self, ids=[copies[j] for j in at.tolist()],
+                       row=dict(zip(copies, order, strict=True)))
 
     def rows(self, item_ids: Sequence[str]) -> np.ndarray:
         """Row of each item; unknown items get `unknown_row`."""

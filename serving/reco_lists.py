@@ -1,7 +1,8 @@
 """In-process cache of parsed item neighbour lists, shared by every user's requests.
 
-(A second instance keeps users' ALS candidate lists: versioned and immutable like KNN lists,
-and a user's repeated cache misses, after each of their events, need the same list again.)
+(A second instance keeps users' ALS and SASRec candidate lists: versioned and immutable like
+KNN lists, and a user's repeated cache misses, after each of their events, need the same list
+again.)
 
 Co-view sets, KNN and ALS item lists belong to items, not users, and popular items appear in
 many users' recent lists: caching them parsed and mapped to ItemIndex rows saves most of a

@@ -266,7 +266,16 @@ def _item_json(item: ScoredItem, explain: bool) -> dict:
         out["reasons"] = {
             "signals": {name: round(v, 6) for name, v in item.contributions.items()},
             "source_item": item.source_item,
-            "because": (f"because you viewed {item.source_item}" if item.source_item
-                        else "popular right now"),
+            "because": _because(item),
         }
     return out
+
+
+def _because(item: ScoredItem) -> str:
+    if item.source_item:
+        return f"because you viewed {item.source_item}"
+    signals = item.contributions
+    # No recent item led to it: the user's own model lists (ALS, SASRec) or popularity did.
+    if max(signals.get("cf", 0.0), signals.get("seq", 0.0)) > signals.get("popularity", 0.0):
+        return "picked for you from your history"
+    return "popular right now"

@@ -3,7 +3,8 @@
 Round 1 (user keys + one global hash): cached response, recent list, active model versions,
 plus any queued cache writes. Round 2 (only on a cache miss): the source items' last-touch
 times, their co-view / KNN / ALS item lists not already parsed in process, and the user's ALS
-candidates. Every command names one user or one item, so the layout works on Redis Cluster.
+and SASRec candidates (same). Every command names one user or one item, so the layout works on
+Redis Cluster.
 
 By default the reads go through a minimal asyncio client (serving/reco_aio.py): concurrent
 requests pipeline on one connection and the loop serves others during a round trip (redis-py's

@@ -175,7 +175,7 @@ def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
         fit(extract_dir / held_out_data, hp, cfg.engine, spark, eval_timings).save(eval_model_dir)
         timings["eval_train_s"] = sum(eval_timings.values())
         # Served: the same hyperparameters refit on the whole window (SASRec: the evaluated
-        # network reading the whole window's sequences; see spark_jobs.sasrec).
+        # network refit for a few epochs on the whole window's sequences; spark_jobs.sasrec).
         if cfg.model == "sasrec":
             fit = functools.partial(sasrec.fit, warm_start=eval_model_dir)
         model = fit(extract_dir / full_data, hp, cfg.engine, spark, timings)

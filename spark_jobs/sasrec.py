@@ -20,6 +20,7 @@ the rest of the pipeline does not pay for JAX.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -211,12 +212,18 @@ def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
     return params
 
 
+@functools.cache
+def _last_position_logits():
+    """The jitted inference function, built once (a new jax.jit per call compiles again)."""
+    import jax
+
+    return jax.jit(lambda w, x: encode(w, x, None, 0.0)[:, -1] @ w["item"].T)
+
+
 def next_item_logits(params: dict, seqs: list[list[int]], max_len: int,
                      batch: int = 256) -> np.ndarray:
     """(users, n_items + 1) next-item logits after each whole sequence (column 0: padding)."""
-    import jax
-
-    last = jax.jit(lambda w, x: encode(w, x, None, 0.0)[:, -1] @ w["item"].T)
+    last = _last_position_logits()
     x = left_padded(seqs, max_len)
     return np.concatenate([np.asarray(last(params, x[i:i + batch]))
                            for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, 0))
@@ -266,8 +273,10 @@ def top_candidates(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local", spark=None,
         timings: dict | None = None, warm_start: Path | None = None) -> SASRecModel:
-    """Train on the extract's interactions (or, with `warm_start`, reuse the network saved
-    there); candidates exclude each user's seen items."""
+    """Train on the extract's interactions (or, with `warm_start`, start from the network saved
+    there and refit it `refit_epochs`); candidates exclude each user's seen items. Items the
+    warm-started network does not know (seen only in the window's last events) are left out
+    of the sequences: they wait for the next training to be learnt and recommended."""
     timings = timings if timings is not None else {}
     if engine != "local":
         raise ValueError(f"sasrec has no {engine!r} engine: it trains with JAX ('local')")
@@ -281,6 +290,8 @@ def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local", spa
     else:
         trained = SASRecModel.load(warm_start)
         user_ids, item_ids, seqs = user_sequences(frame, trained.item_ids)
+        if not seqs:
+            raise ValueError("no interactions with items the trained network knows")
         weights = unflatten(trained.net)
         if params.refit_epochs:
             weights = train(seqs, len(item_ids), params, init=weights,

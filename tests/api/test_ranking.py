@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -80,6 +82,12 @@ def test_seq_is_its_own_signal_beside_cf() -> None:
         assert ranking.strategy == "personalized"
         assert ranking.items[0].contributions["seq"] == pytest.approx(0.075)
         assert ranking.items[0].contributions["cf"] == pytest.approx(0.5)
+    # w_seq 0: the list is ignored, as the API does not read it (N is then no candidate).
+    unweighted = replace(config, w_seq=0.0)
+    with_seq = UserFeatures(recent=[], recent_times={}, now=NOW, user_cf=cf,
+                            user_seq=lists({"N": 0.9}))
+    without = UserFeatures(recent=[], recent_times={}, now=NOW, user_cf=cf)
+    assert rank(with_seq, items, unweighted, k=5) == rank(without, items, unweighted, k=5)
 
 
 def test_rank_without_features_is_popular() -> None:

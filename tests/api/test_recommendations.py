@@ -173,6 +173,8 @@ def test_seq_candidates_once_sasrec_is_published(world, make_client) -> None:
     assert_ranking(body, [("Q", 0.5 + 0.3 * 0.25), ("P", 0.5 * 0.5 + W_POP * 1.0),
                           ("W", 0.3 + W_POP * 0.4), ("A", W_POP * 0.5)])
     assert body["items"][0]["reasons"]["signals"]["seq"] == pytest.approx(0.075)
+    # W came from SASRec alone, no recent item: the explanation says so, not "popular".
+    assert body["items"][2]["reasons"]["because"] == "picked for you from your history"
     with make_client(w_cf=0.5) as client:  # w_seq 0: the SASRec list is not even read
         assert [i["item_id"] for i in get(client, user_id="u2", k=3)["items"]] == ["Q", "P", "A"]
 
