@@ -13,7 +13,7 @@ from rich.console import Console
 from reco.settings import Settings
 from reco.stack import local
 from reco.stack.components import build_components, settings_env
-from reco.stack.health import free_port
+from reco.stack.health import free_port, free_port_pair
 from reco.stack.prometheus import ALERT_RULES
 from reco.stack.supervisor import Supervisor
 from tests.servers import JARS_DIR, scratch_dir
@@ -26,7 +26,7 @@ INFRA = {"postgres", "redis", "kafka"}
 def stack_settings() -> Settings:
     state = scratch_dir("stack")
     (state / "jars").symlink_to(JARS_DIR)  # reuse the Maven download of the session
-    kafka_port = free_port()
+    kafka_port = free_port_pair()  # the controller listens on kafka_port + 1
     return Settings(
         state_dir=state, pg_port=free_port(), redis_url=f"redis://127.0.0.1:{free_port()}/0",
         kafka_bootstrap=f"127.0.0.1:{kafka_port}",

@@ -49,6 +49,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A free port whose successor is free too: the local Kafka's controller listens on the
+    broker's port + 1 (a free port alone left that one to chance: "Address already in use")."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("found no two consecutive free ports")
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.25,
                alive: Callable[[], bool] = lambda: True) -> bool:
     """Poll `check` until it passes, the deadline passes, or `alive` says the process died."""

@@ -8,7 +8,7 @@ from rich.console import Console
 from reco.demo import DemoOptions, run_demo
 from reco.settings import Settings
 from reco.stack import local
-from reco.stack.health import free_port
+from reco.stack.health import free_port, free_port_pair
 from tests.servers import JARS_DIR, scratch_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(1500)]
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(
 def demo_settings() -> Settings:
     state = scratch_dir("demo")
     (state / "jars").symlink_to(JARS_DIR)
-    mlflow_port, kafka_port = free_port(), free_port()
+    mlflow_port, kafka_port = free_port(), free_port_pair()  # controller: kafka_port + 1
     return Settings(
         state_dir=state, pg_port=free_port(), redis_url=f"redis://127.0.0.1:{free_port()}/0",
         kafka_bootstrap=f"127.0.0.1:{kafka_port}", mlflow_port=mlflow_port,
