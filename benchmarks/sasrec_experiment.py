@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import tune_quality as tq  # noqa: E402
 
 from spark_jobs import sasrec  # noqa: E402
+from spark_jobs.blend import lists_by_owner  # noqa: E402
 
 REPORT = ROOT / "benchmarks" / "reports" / "sasrec_experiment.md"
 TEMPERATURES = (1.0, 2.0, 3.0)
@@ -42,11 +43,7 @@ def seq_lists(user_ids: np.ndarray, item_ids: np.ndarray, seqs: list[list[int]],
     """Per user, SASRec's list as `publish` writes it and the API reads it: (ids, scores)."""
     probs = sasrec.next_item_probabilities(logits, [np.asarray(s) for s in seqs], temperature)
     idx, scores = sasrec.top_candidates(probs, n)
-    out = {}
-    for row, user in enumerate(user_ids.tolist()):
-        ok = np.isfinite(scores[row])
-        out[user] = (item_ids[idx[row][ok]].tolist(), scores[row][ok].astype(np.float64))
-    return out
+    return lists_by_owner(user_ids, idx, scores, item_ids, n)
 
 
 def main() -> None:

@@ -20,8 +20,9 @@ from spark_jobs.files import read_parquet
 _Event = namedtuple("_Event", "user_id item_id event_type timestamp_s")
 
 
-def _lists(owner_ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, targets: np.ndarray,
-           limit: int) -> dict[str, tuple[list[str], np.ndarray]]:
+def lists_by_owner(owner_ids: np.ndarray, idx: np.ndarray, scores: np.ndarray,
+                   targets: np.ndarray, limit: int) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Each owner's (ids, scores) as the API reads a published list (-inf scores dropped)."""
     out = {}
     target_list = targets.tolist()
     for row, owner in enumerate(owner_ids.tolist()):
@@ -36,11 +37,12 @@ def model_features(model: str, model_dir: Path, neighbours_n: int) -> dict:
         a = {name: data[name] for name in data.files}
     items = a["item_ids"]
     if model == "item2vec":
-        return {"knn": _lists(items, a["nbr_idx"], a["nbr_scores"], items, neighbours_n)}
-    users = _lists(a["user_ids"], a["cand_idx"], a["cand_scores"], items, a["cand_idx"].shape[1])
+        return {"knn": lists_by_owner(items, a["nbr_idx"], a["nbr_scores"], items, neighbours_n)}
+    users = lists_by_owner(a["user_ids"], a["cand_idx"], a["cand_scores"], items,
+                           a["cand_idx"].shape[1])
     if model == "sasrec":
         return {"user_seq": users}
-    return {"item_cf": _lists(items, a["nbr_idx"], a["nbr_scores"], items, neighbours_n),
+    return {"item_cf": lists_by_owner(items, a["nbr_idx"], a["nbr_scores"], items, neighbours_n),
             "user_cf": users}
 
 

@@ -237,9 +237,11 @@ def next_item_probabilities(logits: np.ndarray, seen: list[np.ndarray],
     z[:, 0] = -np.inf
     for r, codes in enumerate(seen):
         z[r, codes] = -np.inf
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
+    # A user who has seen every item gets a row of NaN: no candidates (top_candidates).
+    with np.errstate(invalid="ignore"):
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
 
 
 # ---------------------------------------------------------------- the pipeline's model
