@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Route
 
+from reco import scoring
 from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving import reco_openapi, security, tls
@@ -41,6 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        scoring.warm_up()  # compiled (or loaded from disk) before the first request, not in it
         signals.start()
         try:
             yield
