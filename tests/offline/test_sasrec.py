@@ -42,6 +42,14 @@ def test_sequences_follow_last_touch_and_the_vocabulary() -> None:
     assert sasrec.left_padded([[1, 2, 3], [4]], 2).tolist() == [[2, 3], [0, 4]]
 
 
+def test_windows_make_every_later_item_a_target_once() -> None:
+    seq = list(range(1, 12))  # 11 items
+    windows = sasrec.training_windows([seq, [7], [8, 9]], max_len=4)
+    assert windows == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3], [8, 9]]
+    targets = [t for w in windows[:3] for t in w[1:]]
+    assert sorted(targets) == seq[1:]  # each item after the first predicted exactly once
+
+
 def test_probabilities_exclude_seen_and_candidates_are_sorted() -> None:
     logits = np.array([[9.0, 1.0, 3.0, 2.0, 0.0]])
     probs = sasrec.next_item_probabilities(logits, [np.array([2])], temperature=1.0)
