@@ -110,22 +110,50 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
     return timings
 
 
-def mix_actions(r: redis.Redis, s: Sizes, rng: np.random.Generator, first_user: int,
-                active: int, event_share: float):
+class MixActions:
     """Realistic mix: Zipf-active users; each action is an event (applied to Redis as the
-    feature processor does) with probability `event_share`, else a recommendation request."""
-    weight = 1.0 / np.arange(1, active + 1)
-    weight /= weight.sum()
-    while True:
-        users = first_user + rng.choice(active, size=1000, p=weight)
-        kinds = rng.random(1000) < event_share
-        items = rng.integers(0, s.items, 1000)
-        for user, is_event, item in zip(users.tolist(), kinds.tolist(), items.tolist(),
-                                        strict=True):
-            if is_event:
-                yield _event(r, f"u{user}", f"i{item}")
-            else:
-                yield f"/recommendations?user_id=u{user}&k=20"
+    feature processor does) with probability `event_share`, else a recommendation request.
+
+    Also counts what a response cache could at best do on this sequence: a request is
+    `hittable` when the same user's previous action was a request (an event in between, or
+    no earlier request, makes it a miss under the rule that a cached list never ignores the
+    user's latest event).
+    """
+
+    def __init__(self, r: redis.Redis, s: Sizes, rng: np.random.Generator, first_user: int,
+                 active: int, event_share: float) -> None:
+        self._actions = self._generate(r, s, rng, first_user, active, event_share)
+        self._cached: set[int] = set()  # users whose last action was a request
+        self.requests = self.hittable = 0
+
+    def reset(self) -> None:
+        """Zero the counters (the users' state carries on)."""
+        self.requests = self.hittable = 0
+
+    def __iter__(self) -> MixActions:
+        return self
+
+    def __next__(self):
+        return next(self._actions)
+
+    def _generate(self, r: redis.Redis, s: Sizes, rng: np.random.Generator, first_user: int,
+                  active: int, event_share: float):
+        weight = 1.0 / np.arange(1, active + 1)
+        weight /= weight.sum()
+        while True:
+            users = first_user + rng.choice(active, size=1000, p=weight)
+            kinds = rng.random(1000) < event_share
+            items = rng.integers(0, s.items, 1000)
+            for user, is_event, item in zip(users.tolist(), kinds.tolist(), items.tolist(),
+                                            strict=True):
+                if is_event:
+                    self._cached.discard(user)
+                    yield _event(r, f"u{user}", f"i{item}")
+                else:
+                    self.requests += 1
+                    self.hittable += user in self._cached
+                    self._cached.add(user)
+                    yield f"/recommendations?user_id=u{user}&k=20"
 
 
 def _event(r: redis.Redis, user: str, item: str):

@@ -35,11 +35,16 @@ class ItemListCache:
         #                           hash of the ids in order, rows of the index they came from)
         self._data: dict[tuple, tuple] = {}
         self._lock = threading.Lock()  # threadpool mode: evictions must not race
+        # Lookups per kind, [hits, misses] (plain ints: a Prometheus child per get costs more
+        # than the get); the benchmark reports them.
+        self.lookups: dict[str, list[int]] = {kind: [0, 0] for kind in self.ttl}
 
     def get(self, key: ListKey, items: ItemIndex, now: float) -> Neighbours | None:
         entry = self._data.get(key)  # a ListKey equals and hashes like the plain tuple
         if entry is None or entry[0] < now or not _valid_for(entry, items):
+            self.lookups[key[0]][1] += 1
             return None
+        self.lookups[key[0]][0] += 1
         return RowList(entry[2], entry[3]) if entry[4] is None else (entry[4], entry[3])
 
     def put(self, key: ListKey, lists: Lists, items: ItemIndex, now: float) -> Neighbours:

@@ -36,6 +36,8 @@ def test_list_cache_maps_rows_expires_and_follows_row_space() -> None:
     assert cache.get(ListKey("knn", "y", "v1"), items, now=1.0) == raw
     cache.put(ListKey("knn", "z", "v1"), raw, items, now=0.0)
     assert len(cache) == 2 and cache.get(key, items, now=1.0) is None
+    # Lookups per kind, [hits, misses]: what the benchmark reports as the hit ratio.
+    assert cache.lookups["coview"] == [3, 4] and cache.lookups["knn"] == [1, 0]
 
 
 def test_lookup_order_keeps_every_row_and_id() -> None:
