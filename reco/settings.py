@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     w_pop: float = 0.05
     w_recency: float = 0.2
     w_cf: float = 1.0
-    w_seq: float = 1.0  # SASRec's next-item lists (benchmarks/reports/sasrec_experiment.md)
+    w_seq: float = 2.0  # SASRec's next-item lists (benchmarks/reports/sasrec_experiment.md)
     reco_recent_n: int = 5
     reco_neighbours_n: int = 100
     max_category_share: float = 0.5
