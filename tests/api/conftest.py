@@ -75,7 +75,7 @@ def api_settings(settings: Settings) -> Settings:
                                        "w_recency": 0.1, "w_cf": 0.0, "w_seq": 0.0,
                                        "reco_recent_n": 10,
                                        "reco_neighbours_n": 50, "reco_source_half_n": 0.0,
-                                       "reco_neighbour_agg": "max"})
+                                       "reco_neighbour_agg": "max", "max_category_share": 0.5})
 
 
 @pytest.fixture
