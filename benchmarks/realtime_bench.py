@@ -402,7 +402,7 @@ def main() -> None:
     only.add_argument("--ingest-only", action="store_true",
                       help="just the ingest phases; no report is written")
     only.add_argument("--lag-only", action="store_true",
-                      help="just the end-to-end lag phase; no report is written")
+                      help="just the end-to-end lag phases; no report is written")
     ap.add_argument("--same-priority", action="store_true",
                     help=f"compete with other work on the machine (no niceness {NICENESS})")
     args = ap.parse_args()
