@@ -379,36 +379,6 @@ class _Candidates:
         return [ids[row] if row < unknown else self.extra_ids[row - unknown - 1]
                 for row in rows]
 
-    def signals(self, recency_w: np.ndarray, pool: np.ndarray, agg: str = "max"
-                ) -> tuple[np.ndarray, tuple]:
-        """Each signal per candidate (rows in SIGNALS order), normalised over the eligible
-        ones (`pool`); and the maxima of co-view, embedding, recency and ALS item-item."""
-        m, pos, scores = self.m, self.pos, self.scores
-        cv, kn, ic = self.bounds
-        raw = np.zeros((7, m))  # coview, embedding, popularity, recency, ALS item, ALS user, seq
-        raw[0] = np.bincount(pos[:cv], weights=scores[:cv], minlength=m)
-        for row, lo, hi in ((1, cv, kn), (4, kn, ic)):  # similarities: negative is no evidence
-            if hi == lo:
-                continue
-            if agg == "sum":
-                raw[row] = np.bincount(pos[lo:hi], weights=np.maximum(scores[lo:hi], 0.0),
-                                       minlength=m)
-            else:
-                np.maximum.at(raw[row], pos[lo:hi], scores[lo:hi])
-        uc = self.user_bounds[0]
-        np.maximum.at(raw[5], pos[ic:uc], scores[ic:uc])
-        np.maximum.at(raw[6], pos[uc:], scores[uc:])
-        raw[2] = self.items.popularity[self.meta_rows]
-        np.maximum.at(raw[3], pos[:ic], recency_w[self.src])
-        tops = raw.take(pool, axis=1).max(axis=1, initial=0.0)
-        ok = tops > 0
-        parts = raw / np.where(ok, tops, 1.0)[:, None]
-        if not ok.all():
-            parts[~ok] = 0.0  # a signal no eligible candidate has: zeros
-        np.maximum(parts[5], parts[4], out=parts[4])  # cf: the larger of user and item-item
-        parts[5] = parts[6]
-        return parts[:6], (tops[0], tops[1], tops[3], tops[4])
-
     def best_source(self, top: np.ndarray, recency_w: np.ndarray, norms: tuple,
                     config: RankConfig) -> np.ndarray:
         """Per chosen position, the source item contributing most to its score (-1: none)."""
