@@ -43,9 +43,9 @@ class SASRecParams(Hyperparameters):
     MODEL: ClassVar[str] = "sasrec"
 
     # Chosen on MovieLens-100k validation (benchmarks/reports/sasrec_experiment.md): 20
-    # epochs over every sequence's windows in batches of 64 (alone HR@10 0.20) take the time
-    # of the 50 epochs over each sequence's last 51 items in batches of 128 (alone 0.173-0.18)
-    # they replaced; 200 of those at 1e-3 (0.191) took four times as long.
+    # epochs over every sequence's windows in batches of 64 (alone HR@10 0.195-0.205) take
+    # the time of the 50 epochs over each sequence's last 51 items in batches of 128 (alone
+    # 0.173-0.18) they replaced; 200 of those at 1e-3 (0.191) took four times as long.
     dim: int = 64
     max_len: int = 50
     blocks: int = 2
