@@ -141,21 +141,22 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
                                                k + len(features.recent) + len(features.seen))
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
-    # Dedup, rules, signals, scores and the head of the sort in one compiled pass: the head
-    # (~4k of ~1,000 candidates) nearly always settles the top k; the full sort runs if not.
-    pool, weighted, fresh, score, head, norms = c.score(
-        _popular_filler(items, filters, filler_n), filters, config, recency_w, features.now,
-        4 * k + 32)
+    # Dedup, rules, signals, scores and the sort in one compiled pass.
+    weighted, fresh, score, order, norms = c.score(
+        _popular_filler(items, filters, filler_n), filters, config, recency_w, features.now)
     if c.m == 0:
         return Ranking(strategy, [])
     share = 1.0 if filters.category is not None else config.max_category_share
+    # The category cap looks at the head (~4k of ~1,000 candidates), which nearly always
+    # settles the top k; at all of them if not.
+    n_head = _head_length(order, score, 4 * k + 32)
     top = None
-    if len(head) < len(pool):
-        at = diversify_head(np.arange(len(head)), items.category[c.meta_rows[head]], k, share)
-        top = head[at] if at is not None else None
+    if n_head < len(order):
+        at = diversify_head(np.arange(n_head), items.category[c.meta_rows[order[:n_head]]], k,
+                            share)
+        top = order[at] if at is not None else None
     if top is None:
-        full = head if len(head) == len(pool) else _best_first(pool, score, len(pool))
-        top = diversify(full, items.category[c.meta_rows], k, share)
+        top = diversify(order, items.category[c.meta_rows], k, share)
     scores = score[top].tolist()
     ids = c.item_ids(top)
     if not explain:
@@ -202,13 +203,14 @@ def _source_recency(sources: list[str], times: dict[str, float], now: float,
     return out
 
 
-def _best_first(pool: np.ndarray, score: np.ndarray, n: int) -> np.ndarray:
-    """The first `n` (or more, on ties) of `pool` ordered by score, best first, ties in pool
-    order: exactly the head of the full stable sort, without sorting the whole pool."""
-    if n < len(pool):
-        s = score[pool]
-        pool = pool[s >= np.partition(s, len(s) - n)[len(s) - n]]
-    return pool[np.argsort(-score[pool], kind="stable")]
+def _head_length(order: np.ndarray, score: np.ndarray, n: int) -> int:
+    """How many of `order` (best first) make its first `n`, extended over ties with the n-th."""
+    if n >= len(order):
+        return len(order)
+    last = score[order[n - 1]]
+    while n < len(order) and score[order[n]] == last:
+        n += 1
+    return n
 
 
 def _popular_filler(items: ItemIndex, filters: Filters, n: int) -> np.ndarray:
@@ -345,10 +347,10 @@ class _Candidates:
             self.scores[: self.n_src_entries] *= pos_w[self.src]
 
     def score(self, filler: np.ndarray, filters: Filters, config: RankConfig,
-              recency_w: np.ndarray, now: float, head_n: int) -> tuple:
+              recency_w: np.ndarray, now: float) -> tuple:
         """Candidates (`rows`, each entry's `pos`) and their scores: see
-        `reco.scoring.score_candidates`. Returns (pool, weighted, fresh, score, head, maxima of
-        co-view, embedding, recency and ALS item-item)."""
+        `reco.scoring.score_candidates`. Returns (weighted, fresh, score, the eligible
+        candidates best first, maxima of co-view, embedding, recency and ALS item-item)."""
         items = self.items
         codes = np.concatenate([*self.entry_rows, filler]) if self.entry_rows else filler
         code = items.code_of(filters.category)
@@ -357,7 +359,7 @@ class _Candidates:
         weights = np.array([config.w_coview, config.w_embed, config.w_pop, config.w_recency,
                             config.w_cf, config.w_seq], dtype=np.float64)
         lo, hi = filters.min_price, filters.max_price
-        rows, pos, pool, weighted, fresh, tops, score, head = score_candidates(
+        rows, pos, weighted, fresh, tops, score, order = score_candidates(
             codes.astype(np.int64, copy=False), self.n_entries, bounds,
             self.scores.astype(np.float64, copy=False), self.src, recency_w, slot,
             items.unknown_row, items.popularity, items.in_stock, items.category, items.price,
@@ -365,11 +367,11 @@ class _Candidates:
             lo is not None, 0.0 if lo is None else float(lo), hi is not None,
             0.0 if hi is None else float(hi), self.exclude, weights,
             config.neighbour_agg == "sum", float(config.freshness_boost), float(now),
-            float(config.freshness_days), head_n)
+            float(config.freshness_days))
         self.rows, self.pos, self.m = rows, pos, len(rows)
         self.meta_rows = np.minimum(rows, items.unknown_row)
         self.extra_ids = list(self.extra)
-        return pool, weighted, fresh, score, head, (tops[0], tops[1], tops[3], tops[4])
+        return weighted, fresh, score, order, (tops[0], tops[1], tops[3], tops[4])
 
     def item_ids(self, positions: np.ndarray) -> list[str]:
         rows = self.rows[positions].tolist()

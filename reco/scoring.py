@@ -3,13 +3,13 @@ compiled pass (numba).
 
 A cache miss ranks ~1,000-1,700 list entries. As numpy code this step was ~60 array calls of a
 few microseconds each (dedup, eligibility, six signals, normalisation, the weighted sum, the
-head of the sort): about a third of a miss's CPU time in the API, mostly per-call overhead.
+sort): about a third of a miss's CPU time in the API, mostly per-call overhead.
 Compiled, it is one call.
 
 Every operation mirrors the numpy code it replaces, in the same order, so the floating-point
 results are bit for bit the same: sums add entries in list order (as `np.bincount`), maxima
-follow `np.maximum`'s NaN rule, and the head of the ranking is the stable sort by descending
-score (ties in candidate order) that `np.argsort(kind="stable")` gave.
+follow `np.maximum`'s NaN rule, and the ranking is the stable sort by descending score (ties
+in candidate order) that `np.argsort(kind="stable")` gave.
 
 Compiled lazily on the first call and cached on disk (`cache=True`); `warm_up` compiles it
 ahead of serving.
@@ -74,7 +74,7 @@ def _merge_sort(values, score, by_score):  # pragma: no cover - compiled
 def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unknown_row,
                      popularity, in_stock, category, price, created_at, category_code,
                      has_min, min_price, has_max, max_price, exclude, weights, agg_sum,
-                     fresh_boost, now, fresh_days, head_n):  # pragma: no cover - compiled
+                     fresh_boost, now, fresh_days):  # pragma: no cover - compiled
     """Score every candidate of one request.
 
     codes: every entry's candidate code (list entries first, `n_entries` of them, then the
@@ -83,11 +83,11 @@ def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unk
     every code (garbage in, valid at the candidates' codes out); category_code: the asked
     category's code, -1 (never a code asked for) when none was asked.
 
-    Returns (rows, pos, pool, weighted, fresh, tops, score, head): candidate codes sorted,
-    each entry's candidate, the eligible candidates, each signal weighted (rows in SIGNALS
-    order), the freshness boost, each raw signal's maximum over the pool, the total score, and
-    the best `head_n` of the pool (more on ties) best first. Scores are finite (NaN inputs
-    would order differently from numpy's sort).
+    Returns (rows, pos, weighted, fresh, tops, score, order): candidate codes sorted, each
+    entry's candidate, each signal weighted (rows in SIGNALS order), the freshness boost, each
+    raw signal's maximum over the eligible candidates, the total score, and the eligible
+    candidates best first (a stable sort). Scores are finite (NaN inputs would order differently
+    from numpy's sort).
     """
     n = len(codes)
     # Dedup through the row-indexed slot array: each code's last entry wins, then candidates
@@ -188,16 +188,9 @@ def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unk
             total += weighted[s, j]
         score[j] = total + fresh[j]
 
-    # The head: the best head_n of the pool (more on ties), stable by descending score.
+    # The pool stable by descending score (ties in candidate order).
     order = _merge_sort(pool, score, True)
-    n_head = len(order)
-    if head_n < n_head:
-        last = score[order[head_n - 1]]
-        n_head = head_n
-        while n_head < len(order) and score[order[n_head]] == last:
-            n_head += 1
-    head = order[:n_head]
-    return rows, pos, pool, weighted, fresh, tops, score, head
+    return rows, pos, weighted, fresh, tops, score, order
 
 
 def warm_up() -> None:
@@ -206,4 +199,4 @@ def warm_up() -> None:
     score_candidates(empty_i, 0, np.zeros(4, dtype=np.int64), empty_f, empty_i, empty_f,
                      np.zeros(1, dtype=np.int32), 0, np.zeros(1), np.ones(1, dtype=np.bool_),
                      np.zeros(1, dtype=np.int32), np.zeros(1), np.zeros(1), -1, False, 0.0,
-                     False, 0.0, empty_i, np.zeros(6), True, 0.0, 0.0, 14.0, 1)
+                     False, 0.0, empty_i, np.zeros(6), True, 0.0, 0.0, 14.0)

@@ -12,7 +12,7 @@ from reco.catalog import ItemIndex
 from reco.ranking import (
     RankConfig,
     UserFeatures,
-    _best_first,
+    _head_length,
     _source_recency,
     popular_items,
     rank,
@@ -143,8 +143,9 @@ def test_diversify_caps_then_fills() -> None:
 
 @pytest.mark.parametrize("seed", range(20))
 def test_head_of_the_ranking_gives_the_full_sorts_answer(seed: int) -> None:
-    """`rank` sorts only the head of the pool: same top k as sorting and diversifying it all,
-    including score ties (coarse scores) and categories that run out of room."""
+    """`rank` applies the category cap to the head of the sorted pool: same top k as
+    diversifying it all, including score ties (coarse scores) and categories that run out of
+    room."""
     rng = np.random.default_rng(seed)
     m = int(rng.integers(1, 400))
     score = rng.integers(0, 6, m) / 5.0  # many ties
@@ -152,7 +153,7 @@ def test_head_of_the_ranking_gives_the_full_sorts_answer(seed: int) -> None:
     category = rng.choice([-1, 0, 1, 2], size=m, p=[0.05, 0.8, 0.1, 0.05])
     full = pool[np.argsort(-score[pool], kind="stable")]
     for n in (1, 5, 40, len(pool) + 1):
-        head = _best_first(pool, score, n)
+        head = full[: _head_length(full, score, n)]
         assert head.tolist() == full[: len(head)].tolist()
         assert len(head) >= min(n, len(pool))
         for k, share in ((5, 0.5), (10, 0.2), (3, 1.0)):
