@@ -30,9 +30,9 @@ from reco.ranking import RankConfig
 from reco.replay import ReplayOptions, replay_table
 from reco.settings import Settings
 from reco.stack import local
+from spark_jobs import SPARK_MODELS
 
-DAGS = ("item2vec_daily", "als_weekly", "sasrec_daily")
-LOCAL_ONLY_DAGS = ("sasrec_daily",)  # no Spark engine: trained locally whatever --engine says
+DAGS = {"item2vec_daily": "item2vec", "als_weekly": "als", "sasrec_daily": "sasrec"}  # -> model
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,10 @@ def train_through_airflow(settings: Settings, opts: DemoOptions, console: Consol
     client = AirflowClient(f"http://127.0.0.1:{settings.airflow_port}")
     client.wait_for_dags(list(DAGS))
     states = {}
-    for dag_id in DAGS:
+    for dag_id, model in DAGS.items():
         client.unpause(dag_id)
-        engine = "local" if dag_id in LOCAL_ONLY_DAGS else opts.engine
+        # A model without a Spark engine trains locally whatever --engine says.
+        engine = opts.engine if model in SPARK_MODELS else "local"
         run_id = client.trigger(dag_id, {"engine": engine, "window_days": window_days})
         console.print(f"triggered {dag_id} run {run_id}")
         state = client.wait(dag_id, run_id, opts.dag_timeout_s,

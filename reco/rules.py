@@ -1,4 +1,5 @@
-"""Business rules on ranked candidates: hard filters, freshness boost, category diversity."""
+"""Business rules on ranked candidates: hard filters and category diversity (the freshness
+boost is part of the compiled scoring pass, reco/scoring.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from reco.catalog import UNKNOWN_CATEGORY, ItemIndex
-
-DAY_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -39,12 +38,6 @@ def eligible(items: ItemIndex, rows: np.ndarray, filters: Filters) -> np.ndarray
     if filters.max_price is not None:
         mask &= items.price[rows] <= filters.max_price
     return mask
-
-
-def freshness(items: ItemIndex, rows: np.ndarray, now: float, days: float) -> np.ndarray:
-    """1.0 for items created within the last `days`, else 0.0 (unknown creation time: 0)."""
-    age = now - items.created_at[rows]  # NaN compares False (and numpy does not warn)
-    return ((age >= 0) & (age <= days * DAY_S)).astype(np.float64)
 
 
 def diversify(order: np.ndarray, category: np.ndarray, k: int, max_share: float) -> np.ndarray:

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import orjson
 
+from spark_jobs import MODELS, SPARK_MODELS, tracking
 from spark_jobs import extract as ex
-from spark_jobs import tracking
 
-MODELS = ("item2vec", "als", "sasrec")
-SPARK_MODELS = ("item2vec", "als")  # the others train locally whatever RECO_ENGINE says
 # What each model's training (and every evaluation) reads from an extract: only these are built.
 EXTRACT_DATASETS = {
     "item2vec": (ex.TRAIN_EVENTS, ex.HOLDOUT, ex.INTERACTIONS, ex.SESSIONS, ex.SESSIONS_FULL),

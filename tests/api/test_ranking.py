@@ -18,7 +18,7 @@ from reco.ranking import (
     rank,
     similar_items,
 )
-from reco.rules import Filters, diversify, diversify_head, eligible, freshness
+from reco.rules import Filters, diversify, diversify_head, eligible
 
 NOW = 1_750_000_000.0
 HOUR = 3600.0
@@ -115,9 +115,18 @@ def test_eligible_rules_and_unknown_items(catalog: ItemIndex) -> None:
     assert not eligible(catalog, rows, Filters(category="none")).any()
 
 
-def test_freshness_window(catalog: ItemIndex) -> None:
-    rows = catalog.rows(["X", "Y", "unknown"])
-    assert freshness(catalog, rows, NOW, days=14).tolist() == [0.0, 1.0, 0.0]
+def test_freshness_boost_only_for_items_created_within_the_window(catalog: ItemIndex) -> None:
+    # X was created long ago, Y an hour ago; "unknown" has no creation time: no boost.
+    features = UserFeatures(recent=["A"], recent_times={"A": NOW}, now=NOW,
+                            coview={"A": lists({"X": 1.0, "Y": 1.0, "unknown": 1.0})})
+    config = RankConfig(w_coview=1.0, w_embed=0.0, w_pop=0.0, w_recency=0.0,
+                        popular_filler_n=0, freshness_boost=0.25, freshness_days=14)
+    fresh = {i.item_id: i.contributions["freshness"]
+             for i in rank(features, catalog, config, k=3, explain=True).items}
+    assert fresh == {"X": 0.0, "Y": 0.25, "unknown": 0.0}
+    older = replace(config, freshness_days=1 / 48)  # 30 minutes: Y is an hour old
+    assert all(i.contributions["freshness"] == 0.0
+               for i in rank(features, catalog, older, k=3, explain=True).items)
 
 
 def test_popular_items_skip_out_of_stock_and_filter(catalog: ItemIndex) -> None:
