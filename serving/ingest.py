@@ -20,13 +20,16 @@ import redis.asyncio as aredis
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reco import heap
 from reco.settings import Settings
 from serving import catalogue, ingest_metrics, ingest_openapi, security, tls
+from serving.hot_routes import HotRoutes, RequestEndpoint
 from serving.http_metrics import HTTPMetrics
 from serving.publisher import BrokerUnavailable, Publisher
+from serving.rate_limit import RateLimited
 from serving.validation import (
     InvalidInput,
     PayloadTooLarge,
@@ -39,6 +42,7 @@ from serving.validation import (
 )
 
 log = logging.getLogger(__name__)
+HOT_PATHS = ("/events", "/events/batch")  # POST only: the hot routes match method and path
 
 
 class StoreUnavailable(Exception):
@@ -110,44 +114,54 @@ def create_app(settings: Settings) -> FastAPI:
             await items.close()
 
     app = FastAPI(title="reco ingest", lifespan=lifespan)
-    app.add_middleware(HTTPMetrics)
     app.state.publisher = publisher
     app.state.catalogue = items
-    writes = security.ingest_write_guard(settings, app)  # API key, per-IP limit (issue 7)
+    guard = security.IngestGuard.create(settings, app)  # API key, per-IP limit (issue 7)
+    writes = guard.dependencies() if guard is not None else []
 
-    @app.exception_handler(InvalidInput)
-    async def _invalid(_: Request, exc: InvalidInput) -> Response:
-        ingest_metrics.count_rejected(422)
-        return json_response({"detail": exc.errors}, 422)
+    def error_response(exc: Exception) -> Response | None:
+        """The answer to a refused request (None: not a refusal, a server error)."""
+        if isinstance(exc, InvalidInput):
+            ingest_metrics.count_rejected(422)
+            return json_response({"detail": exc.errors}, 422)
+        if isinstance(exc, PayloadTooLarge):
+            ingest_metrics.count_rejected(413)
+            return json_response({"detail": str(exc)}, 413)
+        if isinstance(exc, BrokerUnavailable | StoreUnavailable):
+            ingest_metrics.count_rejected(503)
+            if isinstance(exc, BrokerUnavailable):
+                ingest_metrics.PUBLISH_FAILURES.inc()
+            return json_response({"detail": str(exc)}, 503, retry_after)
+        if isinstance(exc, security.AuthError):
+            return security.auth_response(exc)
+        if isinstance(exc, RateLimited):
+            return security.limited_response(exc)
+        return None
 
-    @app.exception_handler(PayloadTooLarge)
-    async def _too_large(_: Request, exc: PayloadTooLarge) -> Response:
-        ingest_metrics.count_rejected(413)
-        return json_response({"detail": str(exc)}, 413)
+    async def _refused(_: Request, exc: Exception) -> Response:
+        return error_response(exc)  # type: ignore[return-value]
 
-    @app.exception_handler(BrokerUnavailable)
-    @app.exception_handler(StoreUnavailable)
-    async def _unavailable(_: Request, exc: Exception) -> Response:
-        ingest_metrics.count_rejected(503)
-        if isinstance(exc, BrokerUnavailable):
-            ingest_metrics.PUBLISH_FAILURES.inc()
-        return json_response({"detail": str(exc)}, 503, retry_after)
+    for refusal in (InvalidInput, PayloadTooLarge, BrokerUnavailable, StoreUnavailable):
+        app.add_exception_handler(refusal, _refused)
 
-    @app.post("/events", status_code=202, dependencies=writes, **ingest_openapi.EVENT)
     async def post_event(request: Request) -> Response:
         event = parse_event(await read_body(request, limit), context)
         await publisher.publish((event,))
         ingest_metrics.count_published((event,))
         return json_response({"event_id": str(event.event_id)}, 202)
 
-    @app.post("/events/batch", status_code=202, dependencies=writes,
-              **ingest_openapi.EVENT_BATCH)
     async def post_events(request: Request) -> Response:
         events = parse_event_batch(await read_body(request, limit), context,
                                    settings.max_batch_events)
         await publisher.publish(events)
         ingest_metrics.count_published(events)
         return json_response({"event_ids": [str(e.event_id) for e in events]}, 202)
+
+    # Documented and reachable as FastAPI routes; served by the hot routes below.
+    app.post("/events", status_code=202, dependencies=writes,
+             **ingest_openapi.EVENT)(post_event)
+    app.post("/events/batch", status_code=202, dependencies=writes,
+             **ingest_openapi.EVENT_BATCH)(post_events)
 
     @app.put("/items/{item_id}", dependencies=writes, **ingest_openapi.ITEM)
     async def put_item(item_id: str, request: Request) -> Response:
@@ -179,6 +193,15 @@ def create_app(settings: Settings) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    # The event POSTs skip the framework (serving/hot_routes.py). In paired runs (3 rounds)
+    # the ingest took 0.41-0.58 core at 1,000 single-event POSTs/s instead of 0.57-0.61, and
+    # 0.58-0.74 instead of 0.80-0.89 at 2,000/s; its max rate rose by ~30%.
+    check = None if guard is None else (
+        lambda request: guard.check(request, request.headers.get(security.API_KEY_HEADER)))
+    app.add_middleware(HotRoutes, routes={
+        ("POST", route.path): (RequestEndpoint(route.endpoint, error_response, check), route)
+        for route in app.routes if isinstance(route, APIRoute) and route.path in HOT_PATHS})
+    app.add_middleware(HTTPMetrics)  # added last: outermost, so it times the hot routes too
     return app
 
 

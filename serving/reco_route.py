@@ -1,13 +1,4 @@
-"""GET /recommendations as a plain ASGI endpoint, dispatched ahead of the framework's routing.
-
-This is the hot endpoint. Through FastAPI/Starlette a request also passes the exception
-middleware, the exit-stack middleware, the router's match over every route, and the
-request/response wrappers: about a third of a cache hit's CPU time in a py-spy profile here.
-`HotRoute` hands GET /recommendations straight to `RecommendationsEndpoint` (the HTTP metrics
-middleware stays outside it, so requests are counted and timed as before); everything else,
-and the same path with another method, goes through the framework, where the endpoint is also
-registered as an ordinary route (405s, HEAD, the OpenAPI document).
-"""
+"""GET /recommendations as a plain ASGI endpoint, the API's hot path (serving/hot_routes.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from reco.settings import Settings
 from serving import reco_metrics as metrics
@@ -78,19 +68,3 @@ class RecommendationsEndpoint:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]})
         await send({"type": "http.response.body", "body": body})
-
-
-class HotRoute:
-    """ASGI middleware: GET `PATH` goes straight to the endpoint, the rest to the app."""
-
-    def __init__(self, app: ASGIApp, endpoint: ASGIApp, route: BaseRoute) -> None:
-        self.app = app
-        self.endpoint = endpoint
-        self.route = route
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "GET":
-            scope["route"] = self.route  # the route label of the HTTP metrics
-            await self.endpoint(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)

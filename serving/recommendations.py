@@ -20,9 +20,10 @@ from reco import scoring
 from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving import reco_openapi, security, tls
+from serving.hot_routes import HotRoutes
 from serving.http_metrics import HTTPMetrics
 from serving.reco_params import ID_PATTERN, MAX_K
-from serving.reco_route import PATH, HotRoute, RecommendationsEndpoint
+from serving.reco_route import PATH, RecommendationsEndpoint
 from serving.reco_service import RecoService
 from serving.reco_snapshots import GlobalSignals
 from serving.reco_store import FeatureStore, StoreUnavailable
@@ -60,11 +61,11 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="reco recommendations", lifespan=lifespan)
     app.state.service = service
     guard = security.RecoGuard.create(settings, app)  # JWT, per-user limit (issue 7)
-    # The hot endpoint: a plain ASGI app (serving/reco_route.py), also an ordinary route.
+    # The hot endpoint: a plain ASGI app (serving/hot_routes.py), also an ordinary route.
     endpoint = RecommendationsEndpoint(settings, service, store, guard, flush)
     route = Route(PATH, endpoint, methods=["GET"])
     app.router.routes.append(route)
-    app.add_middleware(HotRoute, endpoint=endpoint, route=route)
+    app.add_middleware(HotRoutes, routes={("GET", PATH): (endpoint, route)})
     app.add_middleware(HTTPMetrics)  # added last: outermost, so it times the hot route too
     user_deps = guard.dependencies() if guard is not None else []
     reco_openapi.document(app, user_deps)

@@ -186,27 +186,40 @@ def _pem(value: str) -> str:
 # -- ingest ---------------------------------------------------------------------------------
 
 
-def ingest_write_guard(settings: Settings, app: FastAPI) -> list[Any]:
-    """Route dependencies of ingest writes: API key (if auth is on), then the per-IP limit."""
-    keys = ApiKeyCheck(settings.api_keys) if settings.auth_enabled else None
-    limiter = (RateLimiter("ip", settings.rate_limit_ingest_per_s, settings.rate_limit_window_s)
-               if settings.rate_limit_ingest_per_s > 0 else None)
-    if keys is None and limiter is None:
-        return []
-    install_handlers(app)
+class IngestGuard:
+    """Ingest writes: the API key (if auth is on), then the per-IP limit (raise AuthError or
+    RateLimited). `check` serves the hot routes; `dependencies` the FastAPI ones."""
 
-    async def limit(request: Request) -> None:
-        if limiter is not None:
-            await limiter.hit_async(app.state.catalogue.redis, client_ip(request))
+    def __init__(self, settings: Settings, app: FastAPI) -> None:
+        self.keys = ApiKeyCheck(settings.api_keys) if settings.auth_enabled else None
+        self.limiter = (RateLimiter("ip", settings.rate_limit_ingest_per_s,
+                                    settings.rate_limit_window_s)
+                        if settings.rate_limit_ingest_per_s > 0 else None)
+        self.app = app
 
-    async def guard(request: Request,
-                    api_key: Annotated[str | None, Security(_api_key_scheme)] = None) -> None:
-        if keys is not None:
-            keys.verify(api_key)
-        await limit(request)
+    @classmethod
+    def create(cls, settings: Settings, app: FastAPI) -> IngestGuard | None:
+        if not settings.auth_enabled and settings.rate_limit_ingest_per_s <= 0:
+            return None
+        install_handlers(app)
+        return cls(settings, app)
 
-    # Without auth the API key stays out of the documented schema.
-    return [Depends(guard if keys is not None else limit)]
+    async def check(self, request: Request, api_key: str | None) -> None:
+        if self.keys is not None:
+            self.keys.verify(api_key)
+        if self.limiter is not None:
+            await self.limiter.hit_async(self.app.state.catalogue.redis, client_ip(request))
+
+    def dependencies(self) -> list[Any]:
+        async def guard(request: Request,
+                        api_key: Annotated[str | None, Security(_api_key_scheme)] = None) -> None:
+            await self.check(request, api_key)
+
+        async def limit(request: Request) -> None:
+            await self.check(request, None)
+
+        # Without auth the API key stays out of the documented schema.
+        return [Depends(guard if self.keys is not None else limit)]
 
 
 # -- recommendations ----------------------------------------------------------------------

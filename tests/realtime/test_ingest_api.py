@@ -251,3 +251,29 @@ def _sample(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def test_hot_event_routes_count_like_framework_routes(
+    ingest: httpx.AsyncClient, kafka_topics: dict
+) -> None:
+    """POST /events and /events/batch skip FastAPI (serving/hot_routes.py): their requests and
+    refusals are still counted under their route, and other methods still get the router."""
+
+    def requests(text: str, route: str, status: int) -> float:
+        return _sample(text, f'http_requests_total{{method="POST",route="{route}",'
+                             f'status="{status}"}}')
+
+    def rejected(text: str) -> float:
+        return _sample(text, 'ingest_requests_rejected_total{status="422"}')
+
+    before = (await ingest.get("/metrics")).text
+    assert (await ingest.post("/events", json=event())).status_code == 202
+    assert (await ingest.post("/events", json=event(event_type="like"))).status_code == 422
+    assert (await ingest.post("/events/batch", json={"events": [event()]})).status_code == 202
+    after = (await ingest.get("/metrics")).text
+    assert requests(after, "/events", 202) == requests(before, "/events", 202) + 1
+    assert requests(after, "/events", 422) == requests(before, "/events", 422) + 1
+    assert requests(after, "/events/batch", 202) == requests(before, "/events/batch", 202) + 1
+    assert rejected(after) == rejected(before) + 1
+    assert (await ingest.get("/events")).status_code == 405
+    assert (await ingest.put("/events/batch", json={})).status_code == 405
