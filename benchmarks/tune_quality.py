@@ -291,10 +291,10 @@ def main() -> None:
     split = leave_last_out(events)
     # Validation: known = train. Models fit on all of it (--models-on known, what the DAG
     # serves) or on it minus each user's last event (--models-on heldout, the DAG's own eval).
-    from reco.evaluation_split import _hold_out_last
+    from reco.evaluation_split import hold_out_last
     val_model_train = split.train
     if args.models_on == "heldout":
-        _, val_model_train = _hold_out_last(split.train, "user_id", "item_id", "ts")
+        _, val_model_train = hold_out_last(split.train, "user_id", "item_id", "ts")
     val = Split("validation", split.train, val_model_train, split.validation, items, weights)
     log = []
 

@@ -28,7 +28,7 @@ class LeaveLastOut:
     history: pd.DataFrame  # what may be known when predicting test (replay this for the test run)
 
 
-def _hold_out_last(
+def hold_out_last(
     events: pd.DataFrame, user_col: str, item_col: str, time_col: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(held, rest): each user's last event, and the events allowed as its history."""
@@ -50,8 +50,8 @@ def leave_last_out(
     time_col: str = "timestamp",
 ) -> LeaveLastOut:
     """Split events into train / validation / test (+ the test-time history), per user by time."""
-    test, history = _hold_out_last(events, user_col, item_col, time_col)
-    validation, train = _hold_out_last(history, user_col, item_col, time_col)
+    test, history = hold_out_last(events, user_col, item_col, time_col)
+    validation, train = hold_out_last(history, user_col, item_col, time_col)
     def tidy(frame: pd.DataFrame) -> pd.DataFrame:
         return frame.sort_values([time_col, user_col, item_col], kind="stable").reset_index(
             drop=True)

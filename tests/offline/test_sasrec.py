@@ -12,7 +12,8 @@ import pytest
 from spark_jobs import sasrec
 
 PARAMS = sasrec.SASRecParams(dim=16, blocks=1, epochs=40, max_len=4, dropout=0.0,
-                             learning_rate=0.01, batch=32, candidates=5)
+                             learning_rate=0.01, refit_learning_rate=0.01, batch=32,
+                             candidates=5)
 
 
 def ring_walks(users: int = 40, items: int = 12, length: int = 6, skip_last: bool = False
@@ -85,6 +86,10 @@ def test_learns_the_successor_and_serves_the_trained_network(tmp_path: Path) -> 
     assert set(loaded.net) == set(as_trained.net) == set(served.net)
     assert all(np.array_equal(loaded.net[n], as_trained.net[n]) for n in loaded.net)
     assert not np.array_equal(loaded.net["item"], served.net["item"])
+    # The refit steps at its own rate (a rate of 0 leaves the trained network as it was).
+    still = sasrec.fit(full_dir, replace(PARAMS, refit_learning_rate=0.0),
+                       warm_start=tmp_path / "model")
+    assert all(np.array_equal(loaded.net[n], still.net[n]) for n in loaded.net)
 
 
 def test_hyperparameters_and_engine_are_checked_before_any_work() -> None:
