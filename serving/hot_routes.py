@@ -2,11 +2,12 @@
 
 Through FastAPI a request also passes the exception middleware, the exit-stack middleware, the
 router's match over every route, dependency resolution and the request/response wrappers:
-about a third of a cached recommendation's CPU time in a py-spy profile here, and of a
-single-event POST's. `HotRoutes` hands the listed (method, path) pairs straight to their
-endpoints. The HTTP metrics middleware stays outside it, so those requests are counted and
-timed as before; everything else goes through the framework, where each hot endpoint is also
-registered as an ordinary route (405s, HEAD, the OpenAPI document).
+about a third of a cached recommendation's CPU time in a py-spy profile here, and a quarter of
+a single-event POST's at full load (serving/ingest.py). `HotRoutes` hands the listed
+(method, path) pairs straight to their endpoints. The HTTP metrics middleware stays outside
+it, so those requests are counted and timed as before; everything else goes through the
+framework, where each hot endpoint is also registered as an ordinary route (405s, HEAD, the
+OpenAPI document).
 """
 
 from __future__ import annotations

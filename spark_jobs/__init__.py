@@ -1,7 +1,7 @@
 """The offline jobs (extract, train, evaluate, gate, publish) that Airflow and `reco train` run.
 
-The model names live here, light to import: the demo and the CLI read them without loading
-Spark or MLflow.
+The model names live here, light to import: the demo reads them without loading Spark or
+MLflow.
 """
 
 MODELS = ("item2vec", "als", "sasrec")
