@@ -68,8 +68,7 @@ def main() -> None:
         measure(seed, "trained one item short, no refit", p, down)
         for factor in RATE_FACTORS:
             rate = p.learning_rate * factor
-            refit = sasrec.train(seqs, len(item_ids), replace(p, learning_rate=rate),
-                                 init=down, epochs=p.refit_epochs)
+            refit = sasrec.refit(down, seqs, len(item_ids), replace(p, refit_learning_rate=rate))
             measure(seed, f"+ refit {p.refit_epochs} epochs at {rate:g}", p, refit)
         if not args.no_full:
             measure(seed, "trained from scratch on the whole history", p,

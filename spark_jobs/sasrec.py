@@ -186,11 +186,11 @@ def training_windows(seqs: list[list[int]], max_len: int) -> list[list[int]]:
 
 
 def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
-          progress: Callable[[int, float], None] | None = None, init: dict | None = None,
-          epochs: int | None = None) -> dict:
+          progress: Callable[[int, float], None] | None = None, init: dict | None = None
+          ) -> dict:
     """Next-item training at every position of every sequence (`training_windows`); `seqs`
-    hold item codes 1..n_items. Starts from `init` weights if given; `epochs` overrides
-    p.epochs; `progress(epoch, loss)` after each epoch."""
+    hold item codes 1..n_items. Starts from `init` weights if given; `progress(epoch, loss)`
+    after each epoch."""
     import jax
     import optax
 
@@ -220,7 +220,7 @@ def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
         return optax.apply_updates(w, updates), s, value
 
     rng = np.random.default_rng(p.seed)
-    for epoch in range(p.epochs if epochs is None else epochs):
+    for epoch in range(p.epochs):
         total = 0.0
         order = rng.permutation(len(inputs))
         for at in range(0, len(inputs), p.batch):
@@ -231,6 +231,15 @@ def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
         if progress is not None:
             progress(epoch, total)
     return params
+
+
+def refit(weights: dict, seqs: list[list[int]], n_items: int, p: SASRecParams) -> dict:
+    """The served network: `weights` after p.refit_epochs more epochs at p.refit_learning_rate
+    (a fresh optimiser; none when p.refit_epochs is 0)."""
+    if not p.refit_epochs:
+        return weights
+    return train(seqs, n_items, replace(p, epochs=p.refit_epochs,
+                                        learning_rate=p.refit_learning_rate), init=weights)
 
 
 @functools.cache
@@ -316,10 +325,7 @@ def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local", spa
         if not seqs:
             raise ValueError("no interactions with items the trained network knows")
         weights = unflatten(trained.net)
-        if params.refit_epochs:
-            weights = train(seqs, len(item_ids), replace(
-                params, learning_rate=params.refit_learning_rate), init=weights,
-                epochs=params.refit_epochs)
+        weights = refit(weights, seqs, len(item_ids), params)
     timings["train_s"] = time.perf_counter() - started
     started = time.perf_counter()
     idx_parts, score_parts = [], []
