@@ -193,7 +193,8 @@ class Publisher:
         self._loop.run_in_executor(None, old.clear)
 
     async def stop(self) -> None:
-        """Serve the reports of what is still queued (bounded), then stop polling."""
+        """Serve the reports of what is still queued (bounded), then stop polling; a request
+        still waiting then (its ack not come) fails with 503 instead of waiting forever."""
         producer = self._producer
         if producer is None:
             return
@@ -204,6 +205,11 @@ class Publisher:
         if self._poller is not None:
             self._poller.cancel()
         self._producer = self._poller = None
+        while self._deadlines:  # nothing will poll or expire them any more
+            request = self._deadlines.popleft()
+            if not request.future.done():
+                request.error = "publisher stopped before the broker acknowledged"
+                request.future.set_result(None)
 
     @property
     def connected(self) -> bool:

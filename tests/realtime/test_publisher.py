@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -113,3 +114,24 @@ async def test_a_recurring_fatal_error_replaces_the_producer_at_most_so_often(
     publisher.replace_every_s = 0.0
     await wait_for(lambda: publisher._producer is not second, "a third producer")
     await publisher.publish(events(1, users=1))
+
+
+async def test_a_request_still_waiting_when_the_publisher_stops_fails(settings: Settings) -> None:
+    """A request published while stop() drains (the broker does not answer) gets its 503
+    when stop() ends instead of never being answered."""
+    with socket.socket() as unused:  # a port nothing listens on: no broker
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    publisher = Publisher(settings.model_copy(update={
+        "kafka_bootstrap": f"127.0.0.1:{port}", "ingest_ack_timeout_s": 1.0}))
+    await publisher.start()
+    first = asyncio.create_task(publisher.publish(events(1, users=1)))
+    await asyncio.sleep(0.05)  # produced: stop() has something to drain
+    stopping = asyncio.create_task(publisher.stop())
+    await asyncio.sleep(0.05)
+    late = asyncio.create_task(publisher.publish(events(1, users=1)))  # its deadline is later
+    await stopping
+    with pytest.raises(BrokerUnavailable):
+        await first
+    with pytest.raises(BrokerUnavailable):  # not a TimeoutError: it was answered
+        await asyncio.wait_for(late, 1.0)
