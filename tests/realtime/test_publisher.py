@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,6 +11,7 @@ from confluent_kafka import KafkaError
 
 from reco.events import Event
 from reco.settings import Settings
+from reco.stack.health import free_port
 from serving.publisher import BrokerUnavailable, Publisher
 from tests.realtime.conftest import read_topic, wait_for
 
@@ -119,11 +119,8 @@ async def test_a_recurring_fatal_error_replaces_the_producer_at_most_so_often(
 async def test_a_request_still_waiting_when_the_publisher_stops_fails(settings: Settings) -> None:
     """A request published while stop() drains (the broker does not answer) gets its 503
     when stop() ends instead of never being answered."""
-    with socket.socket() as unused:  # a port nothing listens on: no broker
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    publisher = Publisher(settings.model_copy(update={
-        "kafka_bootstrap": f"127.0.0.1:{port}", "ingest_ack_timeout_s": 1.0}))
+    publisher = Publisher(settings.model_copy(update={  # a port nothing listens on: no broker
+        "kafka_bootstrap": f"127.0.0.1:{free_port()}", "ingest_ack_timeout_s": 1.0}))
     await publisher.start()
     first = asyncio.create_task(publisher.publish(events(1, users=1)))
     await asyncio.sleep(0.05)  # produced: stop() has something to drain
