@@ -19,9 +19,15 @@ COPY serving ./serving
 COPY streaming ./streaming
 COPY spark_jobs ./spark_jobs
 RUN pip install .
+# The ranking's compiled pass (numba) is built into the image once: services load it (~1 s)
+# instead of compiling it (~7 s of CPU) at every container start. Run from / so that it is the
+# installed package that gets compiled (the cache is per source file), not ./reco.
+ENV NUMBA_CACHE_DIR=/var/cache/reco/numba
+RUN cd / && python -c "from reco.scoring import warm_up; warm_up()"
 COPY dags ./dags
 COPY sql ./sql
 
-RUN useradd --create-home --uid 1000 reco && mkdir -p /var/lib/reco && chown reco /var/lib/reco
+RUN useradd --create-home --uid 1000 reco && mkdir -p /var/lib/reco \
+ && chown -R reco /var/lib/reco /var/cache/reco
 USER reco
 CMD ["reco", "--help"]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,3 +48,19 @@ def test_ties_keep_candidate_order_and_sums_add_in_list_order() -> None:
     scores = {i.item_id: i.score for i in rank(three, items, config, k=2).items}
     assert 0.1 + 0.2 + 0.3 != 0.6
     assert scores == {"i5": 1.0, "i6": 0.6 / (0.1 + 0.2 + 0.3)}
+
+
+def test_a_process_loads_the_pass_another_compiled_into_the_cache_dir(tmp_path: Path) -> None:
+    """What the Docker image relies on: warm_up() at build time fills NUMBA_CACHE_DIR, and a
+    service started later loads the compiled pass from there instead of compiling it."""
+    probe = ("from reco import scoring; scoring.warm_up(); s = scoring.score_candidates.stats; "
+             "print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+
+    def hits_and_misses() -> list[int]:
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        return [int(n) for n in out.split()]
+
+    assert hits_and_misses() == [0, 1]  # compiled and written
+    assert hits_and_misses() == [1, 0]  # loaded
