@@ -8,11 +8,12 @@ recommendation API for every user and score the answers against the held-out ite
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -55,6 +56,7 @@ class DemoReport:
     strategies: dict[str, int] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     dag_runs: dict[str, str] = field(default_factory=dict)
+    mlflow_run: str = ""  # the run of experiment `served-evaluation` holding these figures
 
 
 class Steps:
@@ -196,6 +198,30 @@ def score(ranked: dict[str, list[str]], split: LeaveLastOut, k: int) -> dict[str
     return score_rankings(ranked, targets_of(split.test), k)
 
 
+def log_to_mlflow(settings: Settings, report: DemoReport, engine: str) -> str:
+    """The scores of the served lists as an MLflow run (experiment `served-evaluation`, next to
+    the training runs): the blend's weights as parameters, one metric per method and measure
+    ("served_blend.hr_at_10", ...) and the API's latency. Returns the run id."""
+    from spark_jobs import tracking  # imports mlflow: only when logging
+
+    uri = settings.mlflow_tracking_uri
+    run_id = tracking.start_run(uri, "served", engine, asdict(RankConfig.from_settings(settings)),
+                                {"users": report.users, "events": report.events_replayed})
+    metrics = {f"{_metric_key(method)}.{name}": value
+               for method, scores in report.metrics.items()
+               for name, value in scores.items() if name != "users"}
+    metrics |= {f"latency_ms.{name}": ms for name, ms in report.latency_ms.items()}
+    tracking.log_metrics(uri, run_id, metrics)
+    tracking.set_tags(uri, run_id, {f"dag_run.{dag}": state
+                                    for dag, state in report.dag_runs.items()})
+    return run_id
+
+
+def _metric_key(method: str) -> str:
+    """'served (blend)' -> 'served_blend', 'co-view alone' -> 'co_view_alone'."""
+    return re.sub(r"[^a-z0-9]+", "_", method.lower()).strip("_")
+
+
 def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoReport:
     steps = Steps(console)
     if opts.start_stack:
@@ -234,9 +260,11 @@ def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoRep
                        popularity_baseline(settings, split.history, users, opts.k), split, opts.k)}
         for name, per_user in single_signal_rankings(settings, users, opts.k).items():
             results[f"{name} alone"] = score(per_user, split, opts.k)
-    return DemoReport(
+    report = DemoReport(
         users=len(users), events_replayed=summary.accepted, metrics=results,
         latency_ms={f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)}
         | {"max": float(latencies.max())},
         strategies=strategies, timings_s=steps.timings, dag_runs=dag_runs,
     )
+    report.mlflow_run = log_to_mlflow(settings, report, opts.engine)
+    return report

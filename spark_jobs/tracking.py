@@ -11,7 +11,8 @@ from mlflow.exceptions import MlflowException
 
 from mlflow import MlflowClient
 
-EXPERIMENTS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec"}
+EXPERIMENTS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec",
+               "served": "served-evaluation"}  # the demo's scores of the API's answers
 REGISTERED_MODELS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec"}
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACTS = "model"  # artifact folder of embeddings / factors and the published lists

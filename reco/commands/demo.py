@@ -35,6 +35,8 @@ def print_report(report: DemoReport, settings: Settings) -> None:
     latency = ", ".join(f"{name} {ms:.1f} ms" for name, ms in report.latency_ms.items())
     console.print(f"API latency over {report.users:,} requests: {latency}")
     console.print(f"strategies served: {report.strategies}")
+    console.print(f"these figures are MLflow run {report.mlflow_run} "
+                  "(experiment served-evaluation), next to the training runs")
     console.print("\nThe stack stays up for exploration (`reco down` stops it):")
     for name, url in (
         ("recommendation API docs", f"http://127.0.0.1:{settings.reco_port}/docs"),

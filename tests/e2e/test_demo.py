@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
+from mlflow import MlflowClient
 from reco.demo import DemoOptions, run_demo
 from reco.settings import Settings
 from reco.stack import local
@@ -32,6 +33,7 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     console = Console(width=120)
     try:
         report = run_demo(demo_settings, console, DemoOptions(max_users=60, dag_timeout_s=900))
+        logged = MlflowClient(demo_settings.mlflow_tracking_uri).get_run(report.mlflow_run)
     finally:
         local.down(demo_settings)
 
@@ -49,3 +51,10 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     assert report.events_replayed > 60 * 10
     assert 0.0 <= served["ndcg_at_10"] <= served["hr_at_10"] <= 1.0
     assert report.latency_ms["p50"] > 0
+    # The same figures in MLflow, next to the training runs, with the weights that served them.
+    assert logged.data.metrics["served_blend.hr_at_10"] == served["hr_at_10"]
+    assert logged.data.metrics["sasrec_alone.ndcg_at_10"] == (
+        report.metrics["SASRec alone"]["ndcg_at_10"])
+    assert logged.data.metrics["latency_ms.p99"] == report.latency_ms["p99"]
+    assert logged.data.params["w_seq"] == str(demo_settings.w_seq)
+    assert logged.data.tags["dag_run.sasrec_daily"] == "success"
