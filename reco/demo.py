@@ -56,7 +56,6 @@ class DemoReport:
     strategies: dict[str, int] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     dag_runs: dict[str, str] = field(default_factory=dict)
-    mlflow_run: str = ""  # the run of experiment `served-evaluation` holding these figures
 
 
 class Steps:
@@ -260,11 +259,9 @@ def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoRep
                        popularity_baseline(settings, split.history, users, opts.k), split, opts.k)}
         for name, per_user in single_signal_rankings(settings, users, opts.k).items():
             results[f"{name} alone"] = score(per_user, split, opts.k)
-    report = DemoReport(
+    return DemoReport(
         users=len(users), events_replayed=summary.accepted, metrics=results,
         latency_ms={f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)}
         | {"max": float(latencies.max())},
         strategies=strategies, timings_s=steps.timings, dag_runs=dag_runs,
     )
-    report.mlflow_run = log_to_mlflow(settings, report, opts.engine)
-    return report

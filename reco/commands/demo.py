@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from reco.demo import DemoOptions, DemoReport, run_demo
+from reco.demo import DemoOptions, DemoReport, log_to_mlflow, run_demo
 from reco.settings import Settings, get_settings
 
 console = Console()
@@ -22,7 +22,10 @@ def demo(
     """MovieLens-100k through ingest, Kafka, features, Airflow training and the API, scored."""
     settings = get_settings()
     report = run_demo(settings, console, DemoOptions(max_users=max_users, engine=engine))
-    print_report(report, settings)
+    print_report(report, settings)  # before logging: a logging failure must not lose it
+    run_id = log_to_mlflow(settings, report, engine)
+    console.print(f"\nThese figures are MLflow run {run_id} (experiment served-evaluation), next "
+                  "to the training runs.")
 
 
 def print_report(report: DemoReport, settings: Settings) -> None:
@@ -35,8 +38,6 @@ def print_report(report: DemoReport, settings: Settings) -> None:
     latency = ", ".join(f"{name} {ms:.1f} ms" for name, ms in report.latency_ms.items())
     console.print(f"API latency over {report.users:,} requests: {latency}")
     console.print(f"strategies served: {report.strategies}")
-    console.print(f"these figures are MLflow run {report.mlflow_run} "
-                  "(experiment served-evaluation), next to the training runs")
     console.print("\nThe stack stays up for exploration (`reco down` stops it):")
     for name, url in (
         ("recommendation API docs", f"http://127.0.0.1:{settings.reco_port}/docs"),

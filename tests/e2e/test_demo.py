@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from mlflow import MlflowClient
-from reco.demo import DemoOptions, run_demo
+from reco.demo import DemoOptions, log_to_mlflow, run_demo
 from reco.settings import Settings
 from reco.stack import local
 from reco.stack.health import free_port, free_port_pair
@@ -33,7 +33,8 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     console = Console(width=120)
     try:
         report = run_demo(demo_settings, console, DemoOptions(max_users=60, dag_timeout_s=900))
-        logged = MlflowClient(demo_settings.mlflow_tracking_uri).get_run(report.mlflow_run)
+        run_id = log_to_mlflow(demo_settings, report, "local")
+        logged = MlflowClient(demo_settings.mlflow_tracking_uri).get_run(run_id)
     finally:
         local.down(demo_settings)
 
