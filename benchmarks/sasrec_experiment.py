@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tune_quality as tq  # noqa: E402
 
+from reco.ranking import RankConfig  # noqa: E402
 from reco.settings import Settings  # noqa: E402
 from spark_jobs import sasrec  # noqa: E402
 from spark_jobs.blend import lists_by_owner  # noqa: E402
@@ -54,6 +56,20 @@ def seq_lists(user_ids: np.ndarray, item_ids: np.ndarray, seqs: list[list[int]],
     return lists_by_owner(user_ids, idx, scores, item_ids, n)
 
 
+def known_sequences(val: tq.Split
+                    ) -> tuple[np.ndarray, np.ndarray, list[list[int]], pd.DataFrame]:
+    """(user ids, item ids, item-code sequences, one row per user and item with its last
+    time `last_ts`) of what is known at validation time, as the DAG builds them."""
+    known = val.known.groupby(["user_id", "item_id"], as_index=False)["ts"].max().rename(
+        columns={"ts": "last_ts"})
+    return (*sasrec.user_sequences(known), known)
+
+
+def sasrec_alone(cfg: RankConfig) -> RankConfig:
+    """`cfg` ranking by SASRec's probabilities only."""
+    return replace(tq.single(cfg, "popularity"), w_pop=0.0, w_seq=1.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     defaults = sasrec.SASRecParams()
@@ -69,8 +85,7 @@ def main() -> None:
     val, knobs = tuned.val, tuned.knobs
     cfg = replace(tuned.cfg, w_seq=Settings().w_seq)
 
-    known = val.known.groupby(["user_id", "item_id"], as_index=False)["ts"].max()
-    user_ids, item_ids, seqs = sasrec.user_sequences(known.rename(columns={"ts": "last_ts"}))
+    user_ids, item_ids, seqs, _ = known_sequences(val)
     print(f"training SASRec: {params}", flush=True)
     trained_at = time.time()
     weights = sasrec.train(seqs, len(item_ids), params, progress=lambda e, loss: print(
@@ -88,7 +103,7 @@ def main() -> None:
         return what, m
 
     rows = [run("blend without SASRec (w_seq 0)", replace(cfg, w_seq=0.0)),
-            run("SASRec alone", replace(tq.single(cfg, "popularity"), w_pop=0.0, w_seq=1.0))]
+            run("SASRec alone", sasrec_alone(cfg))]
     grid = [(w, t) for t in TEMPERATURES for w in WEIGHTS]
     scanned = [run(f"blend + w_seq {w} (temperature {t})", replace(cfg, w_seq=w), t)
                for w, t in grid]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tune_quality as tq  # noqa: E402
-from sasrec_experiment import seq_lists  # noqa: E402
+from sasrec_experiment import known_sequences, sasrec_alone, seq_lists  # noqa: E402
 
 from reco.evaluation_split import hold_out_last  # noqa: E402
 from spark_jobs import sasrec  # noqa: E402
@@ -43,10 +43,8 @@ def main() -> None:
     started = time.time()
     tuned = tq.tuned_validation("sasrec_")
     val = tuned.val
-    alone = replace(tq.single(tuned.cfg, "popularity"), w_pop=0.0, w_seq=1.0)
-    known = val.known.groupby(["user_id", "item_id"], as_index=False)["ts"].max().rename(
-        columns={"ts": "last_ts"})
-    user_ids, item_ids, seqs = sasrec.user_sequences(known)
+    alone = sasrec_alone(tuned.cfg)
+    user_ids, item_ids, seqs, known = known_sequences(val)
     # One level down: each user's last known item held out by the split's own rule.
     _, earlier = hold_out_last(known, "user_id", "item_id", "last_ts")
     down_users, _, seqs_down = sasrec.user_sequences(earlier, item_ids)

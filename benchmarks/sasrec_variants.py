@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tune_quality as tq  # noqa: E402
-from sasrec_experiment import seq_lists  # noqa: E402
+from sasrec_experiment import known_sequences, sasrec_alone, seq_lists  # noqa: E402
 
 from reco.settings import Settings  # noqa: E402
 from spark_jobs import sasrec  # noqa: E402
@@ -108,9 +108,8 @@ def main() -> None:
     variant = " ".join(args.set) or "served parameters"
     tuned = tq.tuned_validation("sasrec_variants_")
     blend = replace(tuned.cfg, w_seq=Settings().w_seq)
-    alone = replace(tq.single(tuned.cfg, "popularity"), w_pop=0.0, w_seq=1.0)
-    known = tuned.val.known.groupby(["user_id", "item_id"], as_index=False)["ts"].max()
-    user_ids, item_ids, seqs = sasrec.user_sequences(known.rename(columns={"ts": "last_ts"}))
+    alone = sasrec_alone(tuned.cfg)
+    user_ids, item_ids, seqs, _ = known_sequences(tuned.val)
 
     networks = {}
     for seed in args.seeds:
