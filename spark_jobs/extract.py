@@ -40,7 +40,7 @@ def read_events(spark: SparkSession, source: JdbcSource, start: datetime,
                 end: datetime) -> DataFrame:
     """Events with start <= event_time < end, read in `partitions` parallel time ranges."""
     table = (
-        "(SELECT user_id, item_id, event_type, event_time FROM events"
+        "(SELECT event_id::text AS event_id, user_id, item_id, event_type, event_time FROM events"
         f" WHERE event_time >= '{start.isoformat()}' AND event_time < '{end.isoformat()}') AS e"
     )
     raw = (
@@ -57,7 +57,7 @@ def read_events(spark: SparkSession, source: JdbcSource, start: datetime,
         .option("fetchsize", source.fetch_size)
         .load()
     )
-    return raw.select("user_id", "item_id", "event_type",
+    return raw.select("event_id", "user_id", "item_id", "event_type",
                       F.col("event_time").cast("double").alias("ts"))
 
 
@@ -69,25 +69,30 @@ def with_weights(events: DataFrame, weights: dict[str, float], type_col: str = "
 
 
 def split_leave_last_out(events: DataFrame, user_col: str = "user_id", item_col: str = "item_id",
-                         ts_col: str = "ts") -> tuple[DataFrame, DataFrame]:
-    """Hold out each user's last interaction; train on what came strictly before it.
+                         ts_col: str = "ts", tie_col: str = "event_id"
+                         ) -> tuple[DataFrame, DataFrame]:
+    """Hold out each user's last interaction (ties on the time: the larger event id); train
+    on the user's other events, the protocol of `reco.evaluation_split`.
 
-    Earlier events on the held-out item are dropped from that user's history too, so the
-    held-out item is one the user has not seen in training (full ranking excludes seen items).
-    Users with no earlier history are not evaluated.
+    Events on the held-out item are dropped from that user's history too, so the held-out
+    item is one the user has not seen in training (full ranking excludes seen items). Events
+    sharing its time stay. Users with no other history are not evaluated and keep all their
+    events for training.
     """
-    last = Window.partitionBy(user_col).orderBy(F.col(ts_col).desc(), F.col(item_col).desc())
+    last = Window.partitionBy(user_col).orderBy(F.col(ts_col).desc(), F.col(tie_col).desc())
     ranked = events.withColumn("_rn", F.row_number().over(last))
     holdout = ranked.where("_rn = 1").select(
         user_col, F.col(item_col).alias("_held"), F.col(ts_col).alias("_held_ts"))
-    train = (
+    history = (
         events.join(holdout, user_col)
-        .where((F.col(ts_col) < F.col("_held_ts")) & (F.col(item_col) != F.col("_held")))
+        .where(F.col(item_col) != F.col("_held"))
         .drop("_held", "_held_ts")
     )
-    evaluable = train.select(user_col).distinct()
+    evaluable = history.select(user_col).distinct()
     held = holdout.join(evaluable, user_col).select(
         user_col, F.col("_held").alias(item_col), F.col("_held_ts").alias(ts_col))
+    # Users that cannot be evaluated keep all their events for training.
+    train = history.unionByName(events.join(evaluable, user_col, "left_anti"))
     return train, held
 
 

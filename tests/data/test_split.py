@@ -20,15 +20,17 @@ from reco.evaluation_split import (
 EVENTS = pd.DataFrame(
     [
         # a: plain history; the test item was seen before, so its earlier view leaves history
-        ("a", "i1", 10), ("a", "i2", 20), ("a", "i3", 30), ("a", "i4", 40), ("a", "i2", 50),
-        # b: the last two share a timestamp: the larger item id counts as the later one
-        ("b", "i7", 5), ("b", "i9", 8), ("b", "i8", 8),
+        ("a", "i1", 10, "e01"), ("a", "i2", 20, "e02"), ("a", "i3", 30, "e03"),
+        ("a", "i4", 40, "e04"), ("a", "i2", 50, "e05"),
+        # b: the last two share a timestamp (one MovieLens page): the larger event id, not the
+        # larger item id, is held out; the other stays in the history as its validation item
+        ("b", "i7", 5, "e06"), ("b", "i9", 8, "e07"), ("b", "i8", 8, "e08"),
         # c: a single event, not evaluable: kept for training
-        ("c", "i1", 7),
+        ("c", "i1", 7, "e09"),
         # d: two events, evaluable, nothing left for validation
-        ("d", "i5", 1), ("d", "i6", 2),
+        ("d", "i5", 1, "e10"), ("d", "i6", 2, "e11"),
     ],
-    columns=["user_id", "item_id", "timestamp"],
+    columns=["user_id", "item_id", "timestamp", "event_id"],
 ).sample(frac=1.0, random_state=3)  # row order must not matter
 
 
@@ -38,12 +40,12 @@ def _rows(frame: pd.DataFrame) -> list[tuple[str, str, int]]:
 
 def test_leave_last_out_holds_out_exact_items() -> None:
     split = leave_last_out(EVENTS)
-    assert targets_of(split.test) == {"a": "i2", "b": "i9", "d": "i6"}
+    assert targets_of(split.test) == {"a": "i2", "b": "i8", "d": "i6"}
     assert _rows(split.history) == [
-        ("a", "i1", 10), ("a", "i3", 30), ("a", "i4", 40), ("b", "i7", 5), ("c", "i1", 7),
-        ("d", "i5", 1),
+        ("a", "i1", 10), ("a", "i3", 30), ("a", "i4", 40), ("b", "i7", 5), ("b", "i9", 8),
+        ("c", "i1", 7), ("d", "i5", 1),
     ]
-    assert targets_of(split.validation) == {"a": "i4"}
+    assert targets_of(split.validation) == {"a": "i4", "b": "i9"}
     assert _rows(split.train) == [
         ("a", "i1", 10), ("a", "i3", 30), ("b", "i7", 5), ("c", "i1", 7), ("d", "i5", 1),
     ]
@@ -69,14 +71,13 @@ def test_split_file_writes_the_four_parts(tmp_path) -> None:
     from reco.data.schema import EVENTS_SCHEMA, write_table
     from reco.evaluation_split import split_file
 
-    frame = EVENTS.assign(event_id=[f"e{i}" for i in range(len(EVENTS))], event_type="view",
-                          session_id=None)
+    frame = EVENTS.assign(event_type="view", session_id=None)
     write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "events.parquet",
                 EVENTS_SCHEMA)
     paths = split_file(tmp_path / "events.parquet", tmp_path / "split")
     test = pd.read_parquet(paths["test"])
-    assert targets_of(test) == {"a": "i2", "b": "i9", "d": "i6"}
-    assert len(pd.read_parquet(paths["history"])) == 6
+    assert targets_of(test) == {"a": "i2", "b": "i8", "d": "i6"}
+    assert len(pd.read_parquet(paths["history"])) == 7
 
 
 def test_fetch_recommendations_collects_lists_and_errors() -> None:
