@@ -2,8 +2,8 @@
 
 Protocol (issue 6): temporal leave-last-out, full ranking over unseen items, k=10. Choosing is
 done on the validation split only (each user's second-to-last item; features and models from
-the events before it). The test split (each user's last item) is scored ONCE at the end for the
-chosen configuration and is never used to choose anything.
+the user's other events, by `reco.evaluation_split`). The test split (each user's last item)
+is scored ONCE at the end for the chosen configuration and is never used to choose anything.
 
 The evaluation mirrors the live API path as closely as a single process can:
 - models are trained with the pipeline's own functions (`spark_jobs.item2vec.fit`,

@@ -89,6 +89,14 @@ def slice_users(events: pd.DataFrame, max_users: int | None) -> pd.DataFrame:
     return events[events["user_id"].isin(users)]
 
 
+def known_catalogue(items: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """The items the replayed history mentions, each arriving with its first event there: the
+    catalogue dates an item by its first rating, which may be a held-out one."""
+    first = history.groupby("item_id")["timestamp"].min()
+    known = items[items["item_id"].isin(first.index)]
+    return known.assign(created_at=known["item_id"].map(first).astype(np.int64))
+
+
 def status_printer(console: Console, prefix: str) -> Callable[[object], None]:
     """A poll callback printing `prefix + value` when the value changes; it rewrites one line
     on a terminal and appends lines in logs (no carriage returns there)."""
@@ -233,7 +241,7 @@ def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoRep
         console.print(f"{len(events):,} ratings; {len(split.history):,} events to replay for "
                       f"{len(users):,} users; {len(split.test):,} held out")
     with steps.step("3/6 Replaying the history through the ingest API"):
-        item_table = pa.Table.from_pandas(items[items["item_id"].isin(split.history["item_id"])],
+        item_table = pa.Table.from_pandas(known_catalogue(items, split.history),
                                           preserve_index=False)
         summary = replay_table(
             pa.Table.from_pandas(split.history, preserve_index=False),

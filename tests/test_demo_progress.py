@@ -1,10 +1,12 @@
-"""The demo's poll callbacks: one line per change, no carriage returns in logs."""
+"""The demo's poll callbacks (one line per change, no carriage returns in logs) and the
+catalogue it replays."""
 
 import io
 
+import pandas as pd
 from rich.console import Console
 
-from reco.demo import status_printer
+from reco.demo import known_catalogue, status_printer
 
 
 def test_status_printer_prints_changes_only_as_lines_when_not_a_terminal() -> None:
@@ -21,3 +23,13 @@ def test_status_printer_rewrites_one_line_on_a_terminal() -> None:
     show("queued")
     show("running")
     assert out.getvalue() == "  run queued\r  run running\r"
+
+
+def test_the_replayed_catalogue_dates_items_by_the_history_only() -> None:
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "created_at": [5, 1, 1],
+                          "title": ["A", "B", "C"]})
+    # b's first rating (at 1) is held out; c is only in held-out events
+    history = pd.DataFrame({"item_id": ["a", "b", "b"], "timestamp": [5, 7, 9]})
+    known = known_catalogue(items, history)
+    assert known[["item_id", "created_at", "title"]].values.tolist() == [
+        ["a", 5, "A"], ["b", 7, "B"]]
