@@ -103,9 +103,11 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, nargs="*", default=[],
                     help="ensemble sizes to rank besides single networks")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/sasrec_variants"))
+    ap.add_argument("--label", default=None,
+                    help="the rows' name in the report (default: the --set overrides)")
     args = ap.parse_args()
     base = sasrec.SASRecParams.from_dict(dict(s.split("=", 1) for s in args.set))
-    variant = " ".join(args.set) or "served parameters"
+    variant = args.label or " ".join(args.set) or "served parameters"
     tuned = tq.tuned_validation("sasrec_variants_")
     blend = replace(tuned.cfg, w_seq=Settings().w_seq)
     alone = sasrec_alone(tuned.cfg)
