@@ -87,23 +87,24 @@ async def test_store_restarts_mid_stream(
     consumers.start("processor", run)
     consumers.start("archiver", run)
     acked: list[str] = []
+    # Batch number -> (store, stop signal). SIGTERM: Redis persists, as a restart would;
+    # SIGINT: PostgreSQL's fast shutdown, which ends the sessions.
+    outages = {10: (private_redis, signal.SIGTERM), 25: (private_postgres, signal.SIGINT)}
     try:
         async with ingest_client(run) as client:
             for n, i in enumerate(range(0, N, BATCH)):
                 chunk = events[i:i + BATCH]
                 # A store goes down before a batch is posted, so its consumer has events to
                 # write during the outage (a consumer already caught up could miss it).
-                down = {10: private_redis, 25: private_postgres}.get(n)
-                if down is private_redis:
-                    private_redis.stop()  # SIGTERM: Redis persists, as a restart would
-                elif down is private_postgres:
-                    private_postgres.stop(signal.SIGINT)  # fast shutdown: ends sessions
+                down = outages.get(n)
+                if down is not None:
+                    down[0].stop(down[1])
                 response = await client.post("/events/batch", json={"events": chunk})
                 if response.status_code == 202:
                     acked += response.json()["event_ids"]
                 if down is not None:
                     await asyncio.sleep(1.5)
-                    down.start()
+                    down[0].start()
                 await asyncio.sleep(0.05)
         assert len(acked) == N  # ingest needs neither store
 
