@@ -30,44 +30,58 @@ def _np_max(a: float, b: float) -> float:
     return a if (a > b or a != a) else b
 
 
-@njit(cache=True, inline="always")
-def _before(x, y, score, by_score):  # pragma: no cover - compiled
-    return score[x] > score[y] if by_score else x < y
+@njit(cache=True)
+def _radix_sort(values, keys):  # pragma: no cover - compiled
+    """`values` stably ordered by ascending `keys` (uint64, one per value): an LSD radix
+    sort, a byte per pass, skipping the passes where every key has the same byte. ~4x faster
+    than a merge sort on the ~1,000-1,700 candidates of a request, and plain loops compile in a
+    fraction of the time numpy's sorts take in numba (seconds of CPU at every cold start)."""
+    n = len(values)
+    a, ka = values.copy(), keys.copy()
+    b, kb = np.empty_like(a), np.empty_like(ka)
+    count = np.empty(257, dtype=np.int64)
+    for shift in range(0, 64, 8):
+        count[:] = 0
+        for i in range(n):
+            count[((ka[i] >> np.uint64(shift)) & np.uint64(255)) + 1] += 1
+        if count.max() == n:
+            continue
+        for d in range(256):
+            count[d + 1] += count[d]
+        for i in range(n):
+            d = (ka[i] >> np.uint64(shift)) & np.uint64(255)
+            at = count[d]
+            b[at] = a[i]
+            kb[at] = ka[i]
+            count[d] = at + 1
+        a, b = b, a
+        ka, kb = kb, ka
+    return a
 
 
 @njit(cache=True)
-def _merge_sort(values, score, by_score):  # pragma: no cover - compiled
-    """`values` by descending `score[value]` (ties in input order) or, without `by_score`,
-    ascending. A bottom-up merge sort: for finite scores the order of
-    `np.argsort(-score[values], kind="stable")`, and plain loops compile in a fraction of the
-    time numpy's sorts take in numba (seconds of CPU at every cold start)."""
-    n = len(values)
-    a = values.copy()
-    b = np.empty_like(a)
-    width = 1
-    while width < n:
-        for lo in range(0, n, 2 * width):
-            mid, hi = min(lo + width, n), min(lo + 2 * width, n)
-            i, j, k = lo, mid, lo
-            while i < mid and j < hi:
-                if _before(a[j], a[i], score, by_score):  # strictly: ties keep the left first
-                    b[k] = a[j]
-                    j += 1
-                else:
-                    b[k] = a[i]
-                    i += 1
-                k += 1
-            while i < mid:
-                b[k] = a[i]
-                i += 1
-                k += 1
-            while j < hi:
-                b[k] = a[j]
-                j += 1
-                k += 1
-        a, b = b, a
-        width *= 2
-    return a
+def _ascending(values):  # pragma: no cover - compiled
+    """Non-negative integers in ascending order."""
+    keys = np.empty(len(values), dtype=np.uint64)
+    for i in range(len(values)):
+        keys[i] = np.uint64(values[i])
+    return _radix_sort(values, keys)
+
+
+@njit(cache=True)
+def _by_descending_score(values, score):  # pragma: no cover - compiled
+    """`values` by descending `score[value]`, ties in input order: for finite scores the order
+    of `np.argsort(-score[values], kind="stable")`."""
+    keys = np.empty(len(values), dtype=np.uint64)
+    bits = np.empty(1, dtype=np.float64)
+    view = bits.view(np.uint64)
+    sign = np.uint64(1) << np.uint64(63)
+    for i in range(len(values)):
+        bits[0] = score[values[i]] + 0.0  # -0.0 becomes 0.0: they tie, as in a comparison
+        u = view[0]
+        # The IEEE bits as an unsigned key ascending with the score, then reversed.
+        keys[i] = ~(~u if u & sign else u | sign)
+    return _radix_sort(values, keys)
 
 
 @njit(cache=True)
@@ -104,7 +118,7 @@ def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unk
         if slot[codes[i]] == i:
             rows[j] = codes[i]
             j += 1
-    rows = _merge_sort(rows, popularity, False)
+    rows = _ascending(rows)
     for j in range(m):
         slot[rows[j]] = j
     pos = np.empty(n_entries, dtype=np.int64)
@@ -189,7 +203,7 @@ def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unk
         score[j] = total + fresh[j]
 
     # The pool stable by descending score (ties in candidate order).
-    order = _merge_sort(pool, score, True)
+    order = _by_descending_score(pool, score)
     return rows, pos, weighted, fresh, tops, score, order
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from reco.catalog import ItemIndex
 from reco.ranking import RankConfig, RowList, UserFeatures, rank
-from reco.scoring import _np_max, warm_up
+from reco.scoring import _ascending, _by_descending_score, _np_max, warm_up
 
 NOW = 1_750_000_000.0
 
@@ -24,6 +24,20 @@ def test_max_is_numpys_including_signed_zeros_and_nan(a: float, b: float) -> Non
     expected = float(np.maximum(a, b))
     got = _np_max(a, b)
     assert repr(got) == repr(expected)  # repr tells 0.0 from -0.0 and shows nan
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_radix_sorts_give_numpys_stable_orders(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(1 << 40, 1500, replace=False).astype(np.int64)
+    assert _ascending(rows).tolist() == np.sort(rows).tolist()
+    # Few distinct scores, signed zeros, negatives and subnormals: ties keep input order.
+    score = rng.choice([0.0, -0.0, 0.5, -0.5, 1.0, 3e-310, -3e-310, 7.25], 2000)
+    score[:500] = rng.random(500) * 1e6 - 5e5
+    values = rng.permutation(2000)[:1700].astype(np.int64)
+    expected = values[np.argsort(-score[values], kind="stable")]
+    assert _by_descending_score(values, score).tolist() == expected.tolist()
+    assert _by_descending_score(values[:0], score).tolist() == []
 
 
 def test_ties_keep_candidate_order_and_sums_add_in_list_order() -> None:
