@@ -22,7 +22,8 @@ class Sizes:
         self.recent = 50
         self.coview = 200
         self.knn = 100
-        self.cf = 100
+        self.cf = 100  # ALS item-item neighbours and user candidates, as spark_jobs/als.py
+        self.seq = 100  # SASRec user candidates, as spark_jobs/sasrec.py
         self.pool = 1000  # distinct payloads, copied to every key (cheap realistic fill)
         self.categories = 500
 
@@ -63,8 +64,10 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
     for lo in range(0, s.items, 10_000):
         r.zadd(keys.ITEM_POPULARITY, {ids[n]: float(scores[n]) for n in range(lo, min(
             s.items, lo + 10_000))})
-    r.hset(keys.MODEL_VERSIONS, mapping={"item2vec": "v1", "als": "a1"})
-    r.hset(keys.MODEL_PUBLISHED_AT, mapping={"item2vec": now - 3600, "als": now - 86400})
+    # Every model the served configuration blends, so a miss reads what it reads in production.
+    r.hset(keys.MODEL_VERSIONS, mapping={"item2vec": "v1", "als": "a1", "sasrec": "s1"})
+    r.hset(keys.MODEL_PUBLISHED_AT, mapping={"item2vec": now - 3600, "als": now - 86400,
+                                            "sasrec": now - 86400})
     timings["popularity"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -77,11 +80,14 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
         r.delete(tmp)
     knn_pool = [neighbours.encode(draw(s.knn), np.linspace(0.95, 0.3, s.knn))
                 for _ in range(s.pool)]
+    item_cf_pool = [neighbours.encode(draw(s.cf), np.linspace(0.9, 0.2, s.cf))
+                    for _ in range(s.pool)]
     for lo in range(0, s.items, 2000):
         pipe = r.pipeline(transaction=False)
         for n in range(lo, min(s.items, lo + 2000)):
             pipe.restore(keys.co_view(ids[n]), 0, coview_pool[n % s.pool], replace=True)
             pipe.set(keys.item_knn(ids[n], "v1"), knn_pool[(n * 7) % s.pool])
+            pipe.set(keys.item_cf_neighbours(ids[n], "a1"), item_cf_pool[(n * 11) % s.pool])
         pipe.execute()
     timings["item_lists"] = time.perf_counter() - start
 
@@ -98,6 +104,8 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
         r.delete("bench:tmp:l", "bench:tmp:h")
     cf_pool = [neighbours.encode(draw(s.cf), np.linspace(2.0, 0.5, s.cf))
                for _ in range(s.pool)]
+    seq_pool = [neighbours.encode(draw(s.seq), np.geomspace(0.05, 0.0005, s.seq))
+                for _ in range(s.pool)]
     for lo in range(0, s.users, 2000):
         pipe = r.pipeline(transaction=False)
         for n in range(lo, min(s.users, lo + 2000)):
@@ -105,6 +113,7 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
             pipe.restore(keys.user_recent(user), 0, recent_pool[n % s.pool], replace=True)
             pipe.restore(keys.user_recent_times(user), 0, times_pool[n % s.pool], replace=True)
             pipe.set(keys.user_cf(user, "a1"), cf_pool[(n * 3) % s.pool])
+            pipe.set(keys.user_seq(user, "s1"), seq_pool[(n * 13) % s.pool])
         pipe.execute()
     timings["users"] = time.perf_counter() - start
     return timings
