@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import orjson
 import redis
 
 from reco import keys, neighbours
@@ -102,10 +103,17 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
         recent_pool.append(r.dump("bench:tmp:l"))
         times_pool.append(r.dump("bench:tmp:h"))
         r.delete("bench:tmp:l", "bench:tmp:h")
-    cf_pool = [neighbours.encode(draw(s.cf), np.linspace(2.0, 0.5, s.cf))
-               for _ in range(s.pool)]
-    seq_pool = [neighbours.encode(draw(s.seq), np.geomspace(0.05, 0.0005, s.seq))
-                for _ in range(s.pool)]
+    # Users' lists as the publisher writes them: ids, scores and the ids' numbers in the
+    # model's item list (here every item, in catalogue order: "i{n}" is number n).
+    for model, version in (("als", "a1"), ("sasrec", "s1")):
+        r.set(keys.model_items(model, version), orjson.dumps(ids))
+
+    def user_list(n: int, scores: np.ndarray) -> bytes:
+        picks = draw(n)
+        return neighbours.encode(picks, scores, [int(i[1:]) for i in picks])
+
+    cf_pool = [user_list(s.cf, np.linspace(2.0, 0.5, s.cf)) for _ in range(s.pool)]
+    seq_pool = [user_list(s.seq, np.geomspace(0.05, 0.0005, s.seq)) for _ in range(s.pool)]
     for lo in range(0, s.users, 2000):
         pipe = r.pipeline(transaction=False)
         for n in range(lo, min(s.users, lo + 2000)):

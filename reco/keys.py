@@ -69,6 +69,12 @@ def user_seq(user_id: str, version: str) -> str:
     return f"user:seq:{version}:{user_id}"
 
 
+def model_items(model: str, version: str) -> str:
+    """JSON list of the item ids one published model version numbers its items by: its users'
+    lists carry these numbers beside the ids (`reco.neighbours.encode`)."""
+    return f"model:items:{model}:{version}"
+
+
 def reco_cache(user_id: str, variant: str = "") -> str:
     """Cached response; `variant` encodes the request parameters that change the answer."""
     return f"cache:reco:{user_id}" + (f":{variant}" if variant else "")
@@ -86,6 +92,8 @@ def version_prefix(kind: str, version: str) -> str:
         "cf_item": f"item:cf:{version}:*",
         "cf_user": f"user:cf:{version}:*",
         "seq_user": f"user:seq:{version}:*",
+        "cf_items": f"model:items:als:{version}",
+        "seq_items": f"model:items:sasrec:{version}",
     }[kind]
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 from reco.catalog import ItemIndex
 from reco.ranking import Lists, Neighbours, RowList
 from serving.reco_store import ListKey
@@ -47,20 +49,25 @@ class ItemListCache:
         self.lookups[key[0]][0] += 1
         return RowList(entry[2], entry[3]) if entry[4] is None else (entry[4], entry[3])
 
-    def put(self, key: ListKey, lists: Lists, items: ItemIndex, now: float) -> Neighbours:
-        """Map `lists` to rows and keep them; lists naming unknown items stay as ids."""
+    def put(self, key: ListKey, lists: Lists, items: ItemIndex, now: float,
+            rows: np.ndarray | None = None) -> Neighbours:
+        """Map `lists` to rows and keep them; lists naming unknown items stay as ids. `rows`,
+        when given, are the ids' rows already (a user's list mapped through its model's item
+        numbers, serving.model_items)."""
         ids, scores = lists
-        ids_hash = hash(tuple(ids))
-        old = self._data.get(key)
-        if (old is not None and old[2] is not None and _valid_for(old, items)
-                and old[5] == ids_hash and len(old[2]) == len(ids)):
-            # An expired co-view set re-read with the same members in the same order (most
-            # are: only their scores moved): its rows are unchanged, skip the ~1 us per id
-            # dict lookups. A 64-bit hash of the ids is compared, not the ids, so that entries
-            # stay free of GC-tracked lists.
-            rows = old[2]
-        else:
-            rows = items.rows(ids)
+        ids_hash = 0  # compared only for lists mapped here (co-view re-reads)
+        if rows is None:
+            ids_hash = hash(tuple(ids))
+            old = self._data.get(key)
+            if (old is not None and old[2] is not None and _valid_for(old, items)
+                    and old[5] == ids_hash and len(old[2]) == len(ids)):
+                # An expired co-view set re-read with the same members in the same order (most
+                # are: only their scores moved): its rows are unchanged, skip the ~1 us per id
+                # dict lookups. A 64-bit hash of the ids is compared, not the ids, so that
+                # entries stay free of GC-tracked lists.
+                rows = old[2]
+            else:
+                rows = items.rows(ids)
         known = not (rows == items.unknown_row).any()
         value: Neighbours = RowList(rows, scores) if known else lists
         if self.max_entries <= 0:

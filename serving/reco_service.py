@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.concurrency import run_in_threadpool
 
@@ -30,6 +31,7 @@ from reco.ranking import (
 from reco.rules import Filters
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving.model_items import MODEL_OF_KIND
 from serving.reco_lists import ItemListCache
 from serving.reco_snapshots import GlobalSignals
 from serving.reco_store import (
@@ -215,8 +217,12 @@ class RecoService:
                   items: ItemIndex) -> UserFeatures:
         have = plan.have
         for key, lists in second.lists.items():
-            cache = self.user_lists if key.kind in USER_KINDS else self.lists
-            have[key] = cache.put(key, lists, items, plan.clock)
+            if key.kind in USER_KINDS:
+                ids, scores, codes = lists
+                have[key] = self.user_lists.put(key, (ids, scores), items, plan.clock,
+                                                self._model_rows(key, codes, items))
+            else:
+                have[key] = self.lists.put(key, lists, items, plan.clock)
         features = UserFeatures(first.recent, second.times, time.time(), seen=second.seen)
         tables = {"coview": features.coview, "knn": features.knn, "item_cf": features.item_cf}
         for key, value in have.items():
@@ -227,6 +233,17 @@ class RecoService:
             else:
                 tables[key.kind][key.item_id] = value
         return features
+
+    def _model_rows(self, key: ListKey, codes: np.ndarray | None,
+                    items: ItemIndex) -> np.ndarray | None:
+        """Rows of a user's list from its model's item numbers, when the list has them and the
+        model's item list is mapped for `items` (else None: the cache maps the ids)."""
+        if codes is None:
+            return None
+        mapped = self.signals.model_rows.get(MODEL_OF_KIND[key.kind])
+        if mapped is None or mapped.version != key.version:
+            return None
+        return mapped.take(codes, items)
 
     def fallback(self, p: RecoParams) -> Answer:
         """Popular items from the in-process snapshot: the shop still gets a list."""

@@ -24,12 +24,14 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 import redis
 
 from reco import keys
 from reco.catalog import ItemIndex
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving.model_items import MODEL_OF_KIND, ModelRows, map_model_items
 from serving.reco_aio import AsyncPipelineClient
 from serving.reco_redis import PipelineClient, RedisDown
 from serving.reco_store import zset_pairs
@@ -55,15 +57,18 @@ class GlobalSignals:
         self.fast = PipelineClient(settings.redis_url, timeout_s=5.0)
         self.aio = AsyncPipelineClient(settings.redis_url, timeout_s=5.0)
         self._catalog_loaded_at = 0.0
+        # Model name -> its active version's items as rows of the current catalogue.
+        self.model_rows: dict[str, ModelRows] = {}
         self._task: asyncio.Task | None = None
 
     def refresh(self) -> None:
         """One refresh pass; raises redis errors (the loop logs them and keeps the old copy)."""
         size = self.settings.popular_snapshot_size
         try:
-            flat, meta_version, published = self.fast.execute([
+            flat, meta_version, published, versions = self.fast.execute([
                 ("ZRANGE", keys.ITEM_POPULARITY, 0, size - 1, "REV", "WITHSCORES"),
-                ("GET", keys.ITEM_META_VERSION), ("HGETALL", keys.MODEL_PUBLISHED_AT)])
+                ("GET", keys.ITEM_META_VERSION), ("HGETALL", keys.MODEL_PUBLISHED_AT),
+                ("HGETALL", keys.MODEL_VERSIONS)])
         except RedisDown as exc:
             raise redis.ConnectionError(str(exc)) from exc
         pop_ids, pop_scores = zset_pairs(flat)
@@ -76,12 +81,21 @@ class GlobalSignals:
         # One attribute swap: a request sees either the old or the new snapshot, never a mix.
         self.items = self._catalog
         self.loaded = True
+        stale = self._stale_models(versions)
+        if stale:
+            try:
+                raws = self.fast.execute([("GET", keys.model_items(m, v)) for m, v in stale])
+            except RedisDown as exc:
+                raise redis.ConnectionError(str(exc)) from exc
+            for (model, version), raw in zip(stale, raws, strict=True):
+                self._set_model_rows(model, version, raw, self._catalog)
 
     async def refresh_async(self) -> None:
         """One refresh pass on the event loop, in slices (see the module docstring)."""
         try:
-            meta_version, published = await self.aio.execute([
-                ("GET", keys.ITEM_META_VERSION), ("HGETALL", keys.MODEL_PUBLISHED_AT)])
+            meta_version, published, versions = await self.aio.execute([
+                ("GET", keys.ITEM_META_VERSION), ("HGETALL", keys.MODEL_PUBLISHED_AT),
+                ("HGETALL", keys.MODEL_VERSIONS)])
         except RedisDown as exc:
             raise redis.ConnectionError(str(exc)) from exc
         self._model_ages(published)
@@ -126,6 +140,39 @@ class GlobalSignals:
             self._catalog = _with_popular_rows(base, all_rows, all_scores)
         self.items = self._catalog
         self.loaded = True
+        stale = self._stale_models(versions)
+        if stale:
+            try:
+                raws = await self.aio.execute([("GET", keys.model_items(m, v)) for m, v in stale])
+            except RedisDown as exc:
+                raise redis.ConnectionError(str(exc)) from exc
+            for (model, version), raw in zip(stale, raws, strict=True):
+                # ~100,000 id lookups per model: in a thread like the catalogue load, not in
+                # one piece on the loop.
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self._set_model_rows, model, version, raw, self._catalog)
+
+    def _stale_models(self, flat_versions: list[str]) -> list[tuple[str, str]]:
+        """(model, active version) of the user-list models whose item rows are missing or were
+        mapped for another version or catalogue; models no longer published are dropped."""
+        versions = dict(zip(flat_versions[0::2], flat_versions[1::2], strict=True))
+        stale = []
+        for model in MODEL_OF_KIND.values():
+            version, current = versions.get(model), self.model_rows.get(model)
+            if version is None:
+                self.model_rows.pop(model, None)
+            elif current is None or not current.holds_for(version, self._catalog):
+                stale.append((model, version))
+        return stale
+
+    def _set_model_rows(self, model: str, version: str, raw: bytes | str | None,
+                        catalog: ItemIndex) -> None:
+        """Map a model version's item list to `catalog`'s rows; a version published without
+        one (before item lists existed) keeps its users' lists mapped by id."""
+        if not raw:
+            self.model_rows.pop(model, None)
+            return
+        self.model_rows[model] = map_model_items(version, orjson.loads(raw), catalog)
 
     def _model_ages(self, published: list[str]) -> None:
         now = time.time()

@@ -62,10 +62,14 @@ class FirstRead:
     versions: dict[str, str]
 
 
+# A user's list as published: (ids, scores, the ids' numbers in the model's item list or None).
+CodedLists = tuple[list[str], np.ndarray, np.ndarray | None]
+
+
 @dataclass(frozen=True)
 class SecondRead:
     times: dict[str, float]
-    lists: dict[ListKey, Lists]
+    lists: dict[ListKey, Lists | CodedLists]  # CodedLists for USER_KINDS
     seen: list[str]
 
 
@@ -169,8 +173,8 @@ class FeatureStore:
             times = {s: float(t) for s, t in zip(sources, next(replies), strict=True)
                      if t is not None}
         found = {key: zset_pairs(next(replies)) if key.kind == "coview"
-                 else neighbours.decode(next(replies),
-                                        None if key.kind in USER_KINDS else self.neighbours_n)
+                 else neighbours.decode_coded(next(replies)) if key.kind in USER_KINDS
+                 else neighbours.decode(next(replies), self.neighbours_n)
                  for key in lists}
         return SecondRead(times, found, next(replies))
 

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 import redis
 
 from reco import keys, neighbours
 
 # Which key kinds (keys.version_prefix) each model publishes.
-KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user"), "sasrec": ("seq_user",)}
+KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user", "cf_items"),
+         "sasrec": ("seq_user", "seq_items")}
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,17 @@ class PublishResult:
 
 
 def _lists(ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, key_of: Callable[[str], str],
-           targets: np.ndarray) -> Iterator[tuple[str, bytes]]:
+           targets: np.ndarray, with_codes: bool = False) -> Iterator[tuple[str, bytes]]:
+    """One list per owner; `with_codes` adds the targets' positions in `targets` (users' lists:
+    the API maps the model's item list once instead of each list's ids)."""
     targets_list = targets.tolist()
     # float64 rounded to 6 digits serialises short (float32 -> float prints ~17 digits).
     rounded = np.round(scores.astype(np.float64), 6)
     for row, owner in enumerate(ids.tolist()):
         ok = np.isfinite(rounded[row])
+        picked = idx[row][ok]
         yield key_of(owner), neighbours.encode(
-            [targets_list[j] for j in idx[row][ok]], rounded[row][ok])
+            [targets_list[j] for j in picked], rounded[row][ok], picked if with_codes else None)
 
 
 def model_lists(model: str, model_dir: Path, version: str) -> Iterator[tuple[str, bytes]]:
@@ -57,11 +62,13 @@ def model_lists(model: str, model_dir: Path, version: str) -> Iterator[tuple[str
     elif model == "als":
         yield from _lists(items, arrays["nbr_idx"], arrays["nbr_scores"],
                           lambda i: keys.item_cf_neighbours(i, version), items)
+        yield keys.model_items(model, version), orjson.dumps(items.tolist())
         yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
-                          lambda u: keys.user_cf(u, version), items)
+                          lambda u: keys.user_cf(u, version), items, with_codes=True)
     elif model == "sasrec":
+        yield keys.model_items(model, version), orjson.dumps(items.tolist())
         yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
-                          lambda u: keys.user_seq(u, version), items)
+                          lambda u: keys.user_seq(u, version), items, with_codes=True)
     else:
         raise ValueError(f"unknown model {model!r}")
 

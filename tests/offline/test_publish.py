@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -105,3 +106,37 @@ def test_republishing_the_serving_version_is_refused(redis_url):
     with pytest.raises(ValueError, match="already the serving version"):
         publish.publish(client, "item2vec", "v1", lists_of("v1"))
     assert read_lists(client, ITEMS[:1])[0] == "v1"
+
+
+@pytest.mark.integration
+def test_users_lists_carry_their_items_numbers_and_the_item_list_retires_with_them(
+        redis_url, tmp_path):
+    """ALS and SASRec users' lists name each item twice: by id and by its position in the
+    version's item list (`keys.model_items`), which the API maps to rows once per version."""
+    client = redis.Redis.from_url(redis_url)
+    items = np.array(["a", "b", "c", "d"])
+    cand_idx = np.array([[2, 0, 3], [1, 3, 0]], dtype=np.int32)
+    cand_scores = np.array([[0.9, 0.5, np.nan], [0.8, 0.4, 0.1]], dtype=np.float32)
+    np.savez(tmp_path / "model.npz", user_ids=np.array(["u1", "u2"]), item_ids=items,
+             cand_idx=cand_idx, cand_scores=cand_scores, nbr_idx=cand_idx[:, :2].repeat(2, 0),
+             nbr_scores=cand_scores[:, :2].repeat(2, 0))
+    for model, user_key in (("als", keys.user_cf), ("sasrec", keys.user_seq)):
+        for version in ("v1", "v2"):
+            publish.publish(client, model, version,
+                            publish.model_lists(model, tmp_path, version), grace_s=600)
+        assert orjson.loads(client.get(keys.model_items(model, "v2"))) == items.tolist()
+        ids, scores, codes = neighbours.decode_coded(client.get(user_key("u1", "v2")))
+        assert ids == ["c", "a"] and codes.tolist() == [2, 0]  # the NaN score is dropped
+        assert scores.tolist() == pytest.approx([0.9, 0.5])
+        ids, _, codes = neighbours.decode_coded(client.get(user_key("u2", "v2")))
+        assert ids == items[codes].tolist() == ["b", "d", "a"]
+        # The retired version's item list expires with its users' lists.
+        assert 0 < client.ttl(keys.model_items(model, "v1")) <= 600
+        assert client.ttl(keys.model_items(model, "v2")) == -1
+    # Item lists carry no numbers (the API caches them parsed across users).
+    assert neighbours.decode_coded(client.get(keys.item_cf_neighbours("a", "v2")))[2] is None
+
+
+def test_codes_must_match_ids() -> None:
+    with pytest.raises(ValueError, match="2 ids but 1 codes"):
+        neighbours.encode(["a", "b"], [1.0, 0.5], [0])

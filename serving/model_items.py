@@ -1,0 +1,53 @@
+"""Published models' item lists mapped to the catalogue's rows, once per version and catalogue.
+
+A cache miss reads the user's ALS and SASRec candidate lists, and in the benchmark's miss
+phase every miss is a user whose lists were never read before: looking up their ~200 ids in
+the 100,000-entry id -> row map (cold dict entries, key strings and ints, ~0.5-1 us each) was
+~15% of a miss's CPU. Those lists also carry each item's position in the model version's item
+list (`keys.model_items`, `reco.neighbours.encode`). That list is mapped to rows here, when the
+version or the catalogue changes, and a user's rows are then one array take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from reco.catalog import ItemIndex
+
+# The model whose item list numbers each kind of user list (serving.reco_store.USER_KINDS).
+MODEL_OF_KIND = {"user_cf": "als", "user_seq": "sasrec"}
+
+
+@dataclass(frozen=True)
+class ModelRows:
+    """One model version's items as rows of one catalogue row space."""
+
+    version: str
+    space: int  # ItemIndex.space it was mapped in
+    unknown_row: int  # that index's unknown row: valid for indexes at least as long
+    rows: np.ndarray  # int64 row of each model item, -1 where the catalogue lacked it
+
+    def take(self, codes: np.ndarray, items: ItemIndex) -> np.ndarray | None:
+        """Rows of the model items `codes` for ranking with `items`; None when this mapping
+        does not hold for `items` or names an item the catalogue lacked (the caller then maps
+        the list's ids, as for a list without codes)."""
+        if self.space != items.space or self.unknown_row > items.unknown_row:
+            return None  # another catalogue, or an index older than the mapping
+        if len(codes) and (codes.min() < 0 or codes.max() >= len(self.rows)):
+            return None
+        rows = self.rows[codes]
+        if (rows < 0).any():  # an item without a row then may have one now: map its id
+            return None
+        return rows
+
+    def holds_for(self, version: str, items: ItemIndex) -> bool:
+        return self.version == version and self.space == items.space
+
+
+def map_model_items(version: str, ids: list[str], items: ItemIndex) -> ModelRows:
+    """Map a model version's item list to `items`' rows (unknown items -1)."""
+    rows = items.rows(ids)
+    rows[rows == items.unknown_row] = -1
+    return ModelRows(version, items.space, items.unknown_row, rows)
