@@ -18,6 +18,7 @@ from reco.catalog import ItemIndex
 
 # The model whose item list numbers each kind of user list (serving.reco_store.USER_KINDS).
 MODEL_OF_KIND = {"user_cf": "als", "user_seq": "sasrec"}
+CHUNK = 1000  # ids mapped per call (see map_model_items)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,12 @@ class ModelRows:
 
 
 def map_model_items(version: str, ids: list[str], items: ItemIndex) -> ModelRows:
-    """Map a model version's item list to `items`' rows (unknown items -1)."""
-    rows = items.rows(ids)
+    """Map a model version's item list to `items`' rows (unknown items -1).
+
+    In chunks: each `rows` call holds the GIL throughout, and this runs in a thread beside
+    the event loop. Mapping 100,000 ids in one call kept the loop waiting 68-83 ms; in chunks
+    of 1,000 its longest wait was 6-8 ms (the interpreter's 5 ms switch interval)."""
+    rows = np.concatenate([items.rows(ids[lo:lo + CHUNK]) for lo in range(0, len(ids), CHUNK)]
+                          or [np.zeros(0, dtype=np.int64)])
     rows[rows == items.unknown_row] = -1
     return ModelRows(version, items.space, items.unknown_row, rows)

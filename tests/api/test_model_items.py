@@ -29,6 +29,13 @@ def test_take_maps_numbers_and_refuses_what_the_mapping_cannot_vouch_for() -> No
     assert mapped.take(np.array([2]), grown).tolist() == [0]
     assert map_model_items("v1", ["zz"], grown).take(np.array([0]), items) is None
     assert mapped.holds_for("v1", grown) and not mapped.holds_for("v2", grown)
+    # Long item lists are mapped in chunks; the rows are those of one lookup.
+    many = ItemIndex.build({f"i{n}": {} for n in range(3000)})
+    ids = [f"i{n}" for n in range(2999, -1, -1)] + ["gone"]
+    expected = many.rows(ids)
+    expected[-1] = -1
+    assert map_model_items("v1", ids, many).rows.tolist() == expected.tolist()
+    assert map_model_items("v1", [], many).rows.tolist() == []
 
 
 def publish_als(r, version: str, model_items: list[str], user_lists: dict) -> None:
