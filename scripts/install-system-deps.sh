@@ -10,6 +10,7 @@ declare -A needs=(
   [prometheus]=prometheus
   [promtool]=prometheus
   [runuser]=util-linux
+  [wrk]=wrk  # the benchmarks' closed-loop load generator
 )
 missing=()
 for cmd in "${!needs[@]}"; do
