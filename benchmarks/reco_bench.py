@@ -14,9 +14,11 @@ import asyncio
 import gc
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -48,6 +50,34 @@ from tests.servers import ServerProcess, remove, scratch_dir  # noqa: E402
 
 REPORTS = ROOT / "benchmarks" / "reports"
 TARGETS = {"miss_p99_ms": 15.0, "miss_vs_bare": 0.40, "hit_vs_bare": 0.70}
+
+
+class CpuMeter:
+    """CPU seconds each process of a phase used (API, Redis, the wrk children), per request.
+
+    Throughput moves with whatever else the shared machine runs; the API's CPU time per request
+    moves much less, so it is the figure to compare two versions of the code by."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.started = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out = {name: _proc_cpu_s(pid) for name, pid in self.pids.items()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["wrk"] = children.ru_utime + children.ru_stime  # wrk runs as a waited-for child
+        return out
+
+    def per_request_us(self, requests: float) -> dict[str, float]:
+        ended = self._read()
+        return {name: (ended[name] - self.started[name]) / max(requests, 1.0) * 1e6
+                for name in ended}
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, from /proc (fields 14 and 15, after the command name)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Stalls:
@@ -181,14 +211,16 @@ def run(quick: bool, threads: bool = False, phases: tuple[str, ...] = PHASES,
 
         wrk(base, BARE, 2)  # warm-up
         wrk(base, SEQUENTIAL_USERS % (s.users // 2), 2)
-        result["bare"] = wrk(base, BARE, seconds)
+        pids = {"api": api.pid, "redis": server.process.pid}
+        result["bare"] = metered(pids, lambda: wrk(base, BARE, seconds))
         progress("bare", result["bare"])
 
         if "miss_max" in phases:
             lists_before = list_lookups(base)
             before = counters(base)
             spy = py_spy(api.pid, seconds, profile) if profile else None
-            result["miss_max"] = wrk(base, SEQUENTIAL_USERS % (s.users // 10), seconds)
+            result["miss_max"] = metered(
+                pids, lambda: wrk(base, SEQUENTIAL_USERS % (s.users // 10), seconds))
             if spy is not None:
                 spy.wait(30)
             result["miss_max"]["cache"] = delta(before, counters(base))
@@ -201,7 +233,8 @@ def run(quick: bool, threads: bool = False, phases: tuple[str, ...] = PHASES,
                                               for n in range(warm)]), 500, warm / 500))
         if "hit_max" in phases:
             before = counters(base)
-            result["hit_max"] = wrk(base, RANDOM_USERS % (warm - 1), seconds)
+            result["hit_max"] = metered(
+                pids, lambda: wrk(base, RANDOM_USERS % (warm - 1), seconds))
             result["hit_max"]["cache"] = delta(before, counters(base))
             progress("hit_max", result["hit_max"])
 
@@ -270,6 +303,14 @@ def run(quick: bool, threads: bool = False, phases: tuple[str, ...] = PHASES,
     return result
 
 
+def metered(pids: dict[str, int], phase: Callable[[], dict]) -> dict:
+    """Run a wrk phase and add each process's CPU microseconds per request to its result."""
+    meter = CpuMeter(pids)
+    out = phase()
+    out["cpu_us_per_request"] = meter.per_request_us(out["requests"])
+    return out
+
+
 def py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen:
     """Sample the API process with py-spy (collapsed stacks) while a phase runs."""
     return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
@@ -289,6 +330,9 @@ def summary(res: dict) -> str:
         line = f"{name}: p50 {phase['p50_ms']:.2f} ms, p99 {phase['p99_ms']:.2f} ms"
         if "rps" in phase:
             line += f", {phase['rps']:,.0f} req/s ({phase['rps'] / bare:.0%} of bare)"
+        if "cpu_us_per_request" in phase:
+            line += ", CPU us/request " + ", ".join(
+                f"{k} {v:.0f}" for k, v in phase["cpu_us_per_request"].items())
         lines.append(line)
     return "\n".join(lines)
 
@@ -351,24 +395,30 @@ def stall_lines(res: dict) -> str:
 
 def table(res: dict) -> str:
     bare = res["bare"]["rps"]
+
+    def cpu(phase: str) -> str:
+        used = res[phase]["cpu_us_per_request"]
+        return f"{used['api']:.0f} / {used['redis']:.0f} / {used['wrk']:.0f}"
+
     rows = [
         ("bare endpoint, max (wrk 16 conn)", f"{bare:,.0f}", res["bare"]["p50_ms"],
-         res["bare"]["p99_ms"], "100%"),
+         res["bare"]["p99_ms"], "100%", cpu("bare")),
         ("cache miss, max (wrk 16 conn)", f"{res['miss_max']['rps']:,.0f}",
          res["miss_max"]["p50_ms"], res["miss_max"]["p99_ms"],
-         f"{res['miss_max']['rps'] / bare:.0%}"),
+         f"{res['miss_max']['rps'] / bare:.0%}", cpu("miss_max")),
         ("cache hit, max (wrk 16 conn)", f"{res['hit_max']['rps']:,.0f}",
          res["hit_max"]["p50_ms"], res["hit_max"]["p99_ms"],
-         f"{res['hit_max']['rps'] / bare:.0%}"),
+         f"{res['hit_max']['rps'] / bare:.0%}", cpu("hit_max")),
         ("cache miss, open loop 200 req/s", "200", res["miss_200"]["p50_ms"],
-         res["miss_200"]["p99_ms"], ""),
+         res["miss_200"]["p99_ms"], "", ""),
         ("cache hit, open loop 200 req/s", "200", res["hit_200"]["p50_ms"],
-         res["hit_200"]["p99_ms"], ""),
+         res["hit_200"]["p99_ms"], "", ""),
         (f"mix: {res['mix']['event_share']:.0%} events, 2,000 Zipf users, 200/s",
-         "200", res["mix"]["latency"]["p50_ms"], res["mix"]["latency"]["p99_ms"], ""),
+         "200", res["mix"]["latency"]["p50_ms"], res["mix"]["latency"]["p99_ms"], "", ""),
     ]
-    lines = ["| scenario | req/s | p50 ms | p99 ms | of bare |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {a} | {b} | {c:.2f} | {d:.2f} | {e} |" for a, b, c, d, e in rows]
+    lines = ["| scenario | req/s | p50 ms | p99 ms | of bare | CPU us/request: API / Redis / wrk |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {a} | {b} | {c:.2f} | {d:.2f} | {e} | {f} |" for a, b, c, d, e, f in rows]
     mix = res["mix"]
     lines.append(f"\nCache hit ratio under the mix: **{mix['hit_ratio']:.1%}** "
                  f"({mix['cache']['hits']:.0f} hits, {mix['cache']['misses']:.0f} misses); "
@@ -407,7 +457,10 @@ pressure (share of the previous minute in which some runnable task waited for a 
 move between runs; the ratios to the bare endpoint measured in the same run are the comparable \
 figures. Max throughput: wrk, 1 thread, 16 connections. Fixed rates: an open-loop asyncio \
 generator, latency measured from each request's scheduled send time.
-Cache-miss phases use each user once; hit phases re-ask 1,000 warmed users.
+Cache-miss phases use each user once; hit phases re-ask 1,000 warmed users. The CPU column
+is each process's CPU time over the phase divided by the requests served (from /proc and
+wrk's rusage): it moves much less between runs than throughput, and the API's share is what a
+change to the serving code changes.
 
 {table(res)}
 

@@ -24,9 +24,10 @@ def wrk(url: str, script: str, seconds: float, connections: int = 16) -> dict:
          url], capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     pct = {p: _wrk_ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in (50, 99)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": pct[50], "p99_ms": pct[99],
+    return {"rps": rps, "requests": requests, "p50_ms": pct[50], "p99_ms": pct[99],
             "non_2xx": int(errors.group(1)) if errors else 0}
 
 

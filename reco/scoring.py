@@ -168,35 +168,29 @@ def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unk
     for j in range(m):
         raw[2, j] = popularity[min(rows[j], unknown_row)]
 
-    # Normalised over the eligible candidates; a signal none of them has is all zeros.
+    # Normalised over the eligible candidates; a signal none of them has is all zeros. One
+    # pass per step over the candidates, every signal at once (a pass per signal over 7 x m
+    # arrays took ~15 us more per request).
     pool = np.empty(m, dtype=np.int64)
     n_pool = 0
+    tops = np.zeros(N_RAW)
     for j in range(m):
         if keep[j]:
             pool[n_pool] = j
             n_pool += 1
+            for s in range(N_RAW):
+                tops[s] = _np_max(tops[s], raw[s, j])
     pool = pool[:n_pool]
-    tops = np.zeros(N_RAW)
-    for s in range(N_RAW):
-        top = 0.0
-        for j in pool:
-            top = _np_max(top, raw[s, j])
-        tops[s] = top
-    parts = np.empty((N_RAW, m))
-    for s in range(N_RAW):
-        if tops[s] > 0:
-            for j in range(m):
-                parts[s, j] = raw[s, j] / tops[s]
-        else:
-            parts[s, :] = 0.0
-    for j in range(m):
-        parts[4, j] = _np_max(parts[5, j], parts[4, j])  # cf: the larger of user and item-item
-        parts[5, j] = parts[6, j]
     weighted = np.empty((6, m))
     score = np.empty(m)
+    part = np.empty(N_RAW)
     for j in range(m):
+        for s in range(N_RAW):
+            part[s] = raw[s, j] / tops[s] if tops[s] > 0 else 0.0
+        part[4] = _np_max(part[5], part[4])  # cf: the larger of user and item-item
+        part[5] = part[6]  # seq
         for s in range(6):
-            weighted[s, j] = weights[s] * parts[s, j]
+            weighted[s, j] = weights[s] * part[s]
         total = weighted[0, j] + weighted[1, j]
         for s in range(2, 6):
             total += weighted[s, j]
