@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
-import os
 import re
-import subprocess
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 
+import http_load
 import httpx
-import numpy as np
 import uvloop
+from http_load import pct
 
 MAX_CONNECTIONS = 256
 CONTENT_LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
@@ -23,16 +20,7 @@ CONTENT_LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
 
 def wrk(url: str, body: bytes, seconds: float, connections: int = 64) -> dict:
     """Closed-loop max throughput with wrk (1 thread), POSTing `body`."""
-    script = (f"wrk.method = 'POST'\nwrk.body = {json.dumps(body.decode())}\n"
-              "wrk.headers['Content-Type'] = 'application/json'\n")
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency",
-                          "-s", f.name, url], capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "non_2xx": int(errors.group(1)) if errors else 0}
+    return http_load.wrk(url, http_load.post_script(body), seconds, connections)
 
 
 def open_loop(port: int, path: str, bodies: list[bytes], rate: float, seconds: float) -> dict:
@@ -167,12 +155,6 @@ class _Connection(asyncio.Protocol):
         elif self in self.sender.idle:
             self.sender.idle.remove(self)
             self.sender.opened -= 1
-
-
-def pct(values: list[float]) -> dict:
-    a = np.asarray(values)
-    return {"n": len(a), "p50_ms": float(np.percentile(a, 50)),
-            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
 
 
 async def closed_batches(port: int, make_body, connections: int, seconds: float) -> dict:

@@ -30,6 +30,7 @@ from fastapi.responses import Response
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from http_load import pct  # noqa: E402
 from reco_bench_data import MixActions, Sizes, fill  # noqa: E402
 from reco_bench_load import (  # noqa: E402
     BARE,
@@ -38,7 +39,6 @@ from reco_bench_load import (  # noqa: E402
     counters,
     delta,
     open_loop,
-    pct,
     progress,
     wrk,
 )

@@ -4,36 +4,17 @@ open-loop asyncio client (fixed rates, latency from each request's scheduled tim
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 
+import http_load
 import httpx
-import numpy as np
 
 
 def wrk(url: str, script: str, seconds: float, connections: int = 16) -> dict:
     """Closed-loop max throughput with wrk; the Lua script picks the path per request."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", f.name,
-         url], capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    pct = {p: _wrk_ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in (50, 99)}
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "requests": requests, "p50_ms": pct[50], "p99_ms": pct[99],
-            "non_2xx": int(errors.group(1)) if errors else 0}
-
-
-def _wrk_ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return http_load.wrk(url, script, seconds, connections)
 
 
 SEQUENTIAL_USERS = """
@@ -102,13 +83,6 @@ async def open_loop(port: int, actions, rate: float, seconds: float) -> list[flo
 
 def progress(phase: str, value: object) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {phase}: {value}", file=sys.stderr, flush=True)
-
-
-def pct(latencies: list[float]) -> dict:
-    a = np.asarray(latencies)
-    return {"n": len(a), "p50_ms": float(np.percentile(a, 50)),
-            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
-            "max_ms": float(a.max())}
 
 
 def counters(base: str) -> dict[str, float]:
