@@ -6,10 +6,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-
-from mlflow import MlflowClient
 
 EXPERIMENTS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec",
                "served": "served-evaluation"}  # the demo's scores of the API's answers

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from mlflow import MlflowClient
 from rich.console import Console
 
-from mlflow import MlflowClient
 from reco.demo import DemoOptions, log_to_mlflow, run_demo
 from reco.settings import Settings
 from reco.stack import local
