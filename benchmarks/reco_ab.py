@@ -82,8 +82,7 @@ def run(before: str, after: str, rounds: int) -> dict:
         for name, root in (("before", before), ("after", after)):
             sides[name] = subprocess.Popen(
                 [sys.executable, __file__, "--child", root, str(server.port)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                env={**os.environ, "PYTHONPATH": root})
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for side in sides.values():
             if side.stdout.readline().strip() != "ready":
                 raise RuntimeError("a side did not start")

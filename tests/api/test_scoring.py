@@ -38,6 +38,12 @@ def test_the_radix_sorts_give_numpys_stable_orders(seed: int) -> None:
     expected = values[np.argsort(-score[values], kind="stable")]
     assert _by_descending_score(values, score).tolist() == expected.tolist()
     assert _by_descending_score(values[:0], score).tolist() == []
+    # Bytes in which no key differs are skipped: all of them, or all but the lowest.
+    assert _ascending(np.array([9, 9, 9], dtype=np.int64)).tolist() == [9, 9, 9]
+    small = rng.integers(0, 256, 300).astype(np.int64)
+    assert _ascending(small).tolist() == np.sort(small).tolist()
+    same = np.full(10, 0.25)
+    assert _by_descending_score(np.arange(10)[::-1].copy(), same).tolist() == list(range(9, -1, -1))
 
 
 def test_ties_keep_candidate_order_and_sums_add_in_list_order() -> None:
