@@ -7,6 +7,7 @@ HR@k, NDCG@k, MRR@k; coverage is the share of the catalogue in anyone's top k.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ class EvalData:
         pop = inter.groupby("item_id")["confidence"].sum()
         self.popularity = pop.reindex(self.item_ids).fillna(0).to_numpy(np.float32)
         self.extract_dir = extract_dir
+        self.split = split_digest(inter, self.held)
 
     def recent_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(user row, catalogue row) of each evaluated user's last n distinct training items."""
@@ -56,6 +58,21 @@ class EvalData:
                  .drop_duplicates(["user", "item"]))
         frame = frame[frame.groupby("user", sort=False).cumcount() < n]
         return frame["user"].to_numpy(np.int64), frame["item"].to_numpy(np.int64)
+
+
+def split_digest(interactions: pd.DataFrame, held: pd.DataFrame) -> str:
+    """A fingerprint of what a model is scored on: the (user, item) pairs of its training
+    interactions and of the held-out set. Two runs' metrics compare directly only when their
+    digests are equal (the gate compares a new run with the champion's logged score).
+    Confidences are left out: they decay to the window's end, so a retraining on the same
+    events would never match."""
+    digest = hashlib.blake2b(digest_size=16)
+    for frame in (interactions, held):
+        pairs = frame[["user_id", "item_id"]]
+        rows = np.sort(pd.util.hash_pandas_object(pairs, index=False).to_numpy())
+        digest.update(len(rows).to_bytes(8, "little"))
+        digest.update(rows.tobytes())
+    return digest.hexdigest()
 
 
 def ranks(data: EvalData, scorer: Scorer, k: int, batch: int | None = None
@@ -182,7 +199,7 @@ def evaluate_blend(data: EvalData, model_name: str, model_dir: Path, k: int,
 def evaluate(data: EvalData, scorers: dict[str, Scorer], k: int) -> dict:
     """Metrics and hit-rate curves of each named scorer on the same users."""
     out: dict = {"k": k, "catalogue": len(data.item_ids), "evaluated_users": len(data.user_ids),
-                 "results": {}, "curves": {}}
+                 "split": data.split, "results": {}, "curves": {}}
     for name, scorer in scorers.items():
         rank, tops = ranks(data, scorer, k)
         out["results"][name] = metrics(rank, tops, len(data.item_ids), k)

@@ -236,6 +236,7 @@ def evaluate_step(cfg: PipelineConfig, trained: dict) -> dict:
     timings = {**trained.get("timings", {}), "evaluate_s": time.perf_counter() - started}
     uri, run_id = cfg.mlflow_tracking_uri, trained["run_id"]
     tracking.log_metrics(uri, run_id, {**flat, "time.evaluate_s": timings["evaluate_s"]})
+    tracking.set_tags(uri, run_id, {tracking.SPLIT_TAG: report["split"]})
     tracking.log_artifacts(uri, run_id, report_dir, tracking.EVALUATION_ARTIFACTS)
     tracking.finish_run(uri, run_id)
     with _connect(cfg) as conn:

@@ -16,6 +16,7 @@ REGISTERED_MODELS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec"}
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACTS = "model"  # artifact folder of embeddings / factors and the published lists
 EVALUATION_ARTIFACTS = "evaluation"
+SPLIT_TAG = "eval.split"  # digest of the data a run was scored on (spark_jobs.evaluate)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -107,8 +108,10 @@ def champion(tracking_uri: str, model: str) -> tuple[str, str] | None:
     return str(mv.version), mv.run_id
 
 
-def run_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
-    return dict(client(tracking_uri).get_run(run_id).data.metrics)
+def run_record(tracking_uri: str, run_id: str) -> tuple[dict[str, float], dict[str, str]]:
+    """A run's (metrics, tags)."""
+    data = client(tracking_uri).get_run(run_id).data
+    return dict(data.metrics), dict(data.tags)
 
 
 def set_champion(tracking_uri: str, model: str, version: str) -> None:

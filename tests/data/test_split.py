@@ -111,3 +111,20 @@ def test_metrics_match_the_batch_evaluation() -> None:
     assert batch["hr_at_10"] == hit_rate_at_k(rank, 10)
     assert batch["ndcg_at_10"] == ndcg_at_k(rank, 10)
     assert batch["mrr_at_10"] == mrr_at_k(rank, 10)
+
+
+def test_split_digest_names_the_data_scored_on() -> None:
+    """The gate compares raw scores only between runs with the same digest."""
+    from spark_jobs.evaluate import split_digest
+
+    inter = pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["i1", "i2", "i1"],
+                          "confidence": [1.0, 3.0, 1.0]})
+    held = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["i3", "i2"]})
+    digest = split_digest(inter, held)
+    assert split_digest(inter.iloc[::-1], held.iloc[::-1]) == digest  # row order is not data
+    more = pd.concat([inter, pd.DataFrame({"user_id": ["b"], "item_id": ["i3"],
+                                           "confidence": [1.0]})])
+    assert split_digest(more, held) != digest  # a new training event
+    assert split_digest(inter, held.assign(item_id=["i3", "i4"])) != digest  # another held item
+    # Confidences decay to the window's end: the same events later are the same split.
+    assert split_digest(inter.assign(confidence=[0.5, 2.0, 0.9]), held) == digest

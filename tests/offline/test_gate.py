@@ -1,4 +1,5 @@
-"""The gate: beat the popularity baseline, and do not fall behind the champion beyond tolerance."""
+"""The gate: beat the popularity baseline, and do not fall behind the champion beyond tolerance
+(its score on the same split, its lift over popularity on another)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,43 @@ def test_rule():
     assert gate.decide("ndcg_at_10", 0.30, 0.10, None, 0.02).accepted
     below = gate.decide("ndcg_at_10", 0.10, 0.10, None, 0.02)
     assert not below.accepted and "does not beat the popularity baseline" in below.reason
-    assert gate.decide("ndcg_at_10", 0.295, 0.10, 0.30, 0.02).accepted  # within 2%
-    worse = gate.decide("ndcg_at_10", 0.29, 0.10, 0.30, 0.02)
+    same = gate.ChampionScore(0.30, 0.10, same_split=True)
+    within = gate.decide("ndcg_at_10", 0.295, 0.10, same, 0.02)  # within 2%
+    assert within.accepted and within.comparison == "score"
+    worse = gate.decide("ndcg_at_10", 0.29, 0.10, same, 0.02)
     assert not worse.accepted and "worse than the champion" in worse.reason
 
 
-def report(model: float, popularity: float) -> dict:
-    return {"k": 10, "results": {"model": {"ndcg_at_10": model},
-                                 "popularity": {"ndcg_at_10": popularity}}}
+def test_rule_across_splits_compares_lifts_over_popularity():
+    # The champion's 0.30 was 3x its split's baseline; the candidate's split is harder for
+    # every scorer (baseline 0.05), where 0.148 is 2.96x: within 2% of 3x, though far below 0.30.
+    other = gate.ChampionScore(0.30, 0.10, same_split=False)
+    held = gate.decide("ndcg_at_10", 0.148, 0.05, other, 0.02)
+    assert held.accepted and held.comparison == "lift"
+    assert "2.96x" in held.reason and "3.00x" in held.reason
+    assert not gate.decide("ndcg_at_10", 0.145, 0.05, other, 0.02).accepted  # 2.90x: beyond
+    # Above the champion's raw score, yet a smaller lift on an easier split: rejected.
+    easier = gate.decide("ndcg_at_10", 0.40, 0.20, other, 0.02)
+    assert not easier.accepted and "lift over popularity 2.00x" in easier.reason
+    # A baseline too small to divide by (here 0, or none logged with the champion): the scores.
+    for champion, base in ((other, 0.0), (gate.ChampionScore(0.30, None, False), 0.04)):
+        low = gate.decide("ndcg_at_10", 0.05, base, champion, 0.02)
+        assert not low.accepted and low.comparison == "score", low.reason
+    assert gate.decide("ndcg_at_10", 0.31, 0.001, other, 0.02).comparison == "score"
 
 
-def fake_run(uri: str, ndcg: float) -> tuple[str, str]:
+def report(model: float, popularity: float, split: str = "s1") -> dict:
+    return {"k": 10, "split": split, "results": {"model": {"ndcg_at_10": model},
+                                                 "popularity": {"ndcg_at_10": popularity}}}
+
+
+def fake_run(uri: str, ndcg: float, popularity: float = 0.10, split: str = "s1"
+             ) -> tuple[str, str]:
+    """A run logged as the pipeline's evaluate step logs one."""
     run_id = tracking.start_run(uri, "als", "local", {"factors": 8}, {"events": 1})
-    tracking.log_metrics(uri, run_id, {"model.ndcg_at_10": ndcg})
+    tracking.log_metrics(uri, run_id, {"model.ndcg_at_10": ndcg,
+                                       "popularity.ndcg_at_10": popularity})
+    tracking.set_tags(uri, run_id, {tracking.SPLIT_TAG: split})
     tracking.finish_run(uri, run_id)
     return run_id, tracking.register(uri, "als", run_id)
 
@@ -50,3 +75,23 @@ def test_champion_alias_follows_the_gate(mlflow_uri):
     assert tracking.champion(mlflow_uri, "als") == (v4, better)
     tags = tracking.client(mlflow_uri).get_run(worse).data.tags
     assert tags["gate"] == "rejected"
+
+
+@pytest.mark.integration
+def test_champion_from_another_split_is_compared_by_lift(mlflow_uri):
+    first, v1 = fake_run(mlflow_uri, 0.30, popularity=0.10, split="monday")
+    assert gate.gate(mlflow_uri, "als", first, v1, report(0.30, 0.10, "monday"), 0.02).accepted
+
+    # Tuesday's data is harder for every scorer: a lower score, the same lift.
+    second, v2 = fake_run(mlflow_uri, 0.15, popularity=0.05, split="tuesday")
+    decision = gate.gate(mlflow_uri, "als", second, v2, report(0.15, 0.05, "tuesday"), 0.02)
+    assert decision.accepted and decision.comparison == "lift", decision.reason
+    assert tracking.champion(mlflow_uri, "als") == (v2, second)
+    tags = tracking.client(mlflow_uri).get_run(second).data.tags
+    assert tags["gate.comparison"] == "lift"
+
+    # On Tuesday's split again, a raw score below the champion's is compared as such.
+    third, v3 = fake_run(mlflow_uri, 0.14, popularity=0.05, split="tuesday")
+    decision = gate.gate(mlflow_uri, "als", third, v3, report(0.14, 0.05, "tuesday"), 0.02)
+    assert not decision.accepted and decision.comparison == "score"
+    assert tracking.champion(mlflow_uri, "als") == (v2, second)
