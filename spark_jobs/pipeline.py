@@ -269,12 +269,19 @@ def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
     decision = gated["gate"]
     if decision["accepted"]:
         version, model_dir = gated["version"], Path(gated["model_dir"])
+        if publish.is_serving(client, cfg.model, version):
+            # A retry: an earlier attempt switched Redis to this version, then failed to
+            # record it (PostgreSQL down). Publishing again would be refused; record only.
+            with _connect(cfg) as conn:
+                publish.record_published(conn, cfg.model, version)
+            return {**gated, "published": version, "keys_written": 0,
+                    "reason": f"{version} already serving (switched by an earlier attempt)"}
     elif decision["champion_run_id"] is None:
         return {**gated, "published": None, "reason": "rejected and no champion to serve"}
     else:
         run = tracking.client(cfg.mlflow_tracking_uri).get_run(decision["champion_run_id"])
         version = run.data.tags["publish_version"]
-        if publish.current_version(client, cfg.model) == version:
+        if publish.is_serving(client, cfg.model, version):
             return {**gated, "published": None, "reason": f"champion {version} already serving"}
         model_dir = tracking.download_model(cfg.mlflow_tracking_uri, run.info.run_id,
                                             Path(cfg.run_dir) / "champion")

@@ -108,6 +108,17 @@ def current_version(client: redis.Redis, model: str) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _has_keys(client: redis.Redis, kinds: tuple[str, ...], version: str) -> bool:
+    """Every kind of key the model publishes has at least one key of `version`."""
+    return all(next(client.scan_iter(match=keys.version_prefix(kind, version), count=10_000),
+                    None) is not None for kind in kinds)
+
+
+def is_serving(client: redis.Redis, model: str, version: str) -> bool:
+    """`version` is the serving version and its lists are in Redis (none lost or deleted)."""
+    return current_version(client, model) == version and _has_keys(client, KINDS[model], version)
+
+
 def publish(client: redis.Redis, model: str, version: str,
             lists: Iterator[tuple[str, bytes]], batch: int = 5000, grace_s: int = 3600,
             after_batch: Callable[[int], None] | None = None) -> PublishResult:
@@ -119,7 +130,8 @@ def publish(client: redis.Redis, model: str, version: str,
     started = time.perf_counter()
     kinds = KINDS[model]
     previous = current_version(client, model)
-    if previous == version:
+    # Pointed at but without its lists (lost or deleted), the version is written again.
+    if previous == version and _has_keys(client, kinds, version):
         raise ValueError(f"{model} version {version} is already the serving version")
     written = 0
     try:
@@ -162,8 +174,10 @@ def publish(client: redis.Redis, model: str, version: str,
 
 
 def record_published(conn, model: str, version: str) -> None:
-    """PostgreSQL `models`: this version is published, the one before it is retired."""
-    conn.execute("UPDATE models SET status = 'retired' WHERE name = %s AND status = 'published'"
-                 " AND version <> %s", (model, version))
-    conn.execute("UPDATE models SET status = 'published', published_at = now()"
-                 " WHERE name = %s AND version = %s", (model, version))
+    """PostgreSQL `models`: this version is published, the one before it is retired (both or
+    neither)."""
+    with conn.transaction():
+        conn.execute("UPDATE models SET status = 'retired' WHERE name = %s"
+                     " AND status = 'published' AND version <> %s", (model, version))
+        conn.execute("UPDATE models SET status = 'published', published_at = now()"
+                     " WHERE name = %s AND version = %s", (model, version))

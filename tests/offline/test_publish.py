@@ -109,6 +109,20 @@ def test_republishing_the_serving_version_is_refused(redis_url):
 
 
 @pytest.mark.integration
+def test_a_serving_version_whose_lists_are_gone_is_published_again(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+    client.unlink(*client.scan_iter(match=keys.version_prefix("knn", "v1")))
+    assert not publish.is_serving(client, "item2vec", "v1")
+
+    result = publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+
+    assert result.keys_written == len(ITEMS) and publish.is_serving(client, "item2vec", "v1")
+    version, lists = read_lists(client, ITEMS[:50])
+    assert version == "v1" and all(ids[0].startswith("v1/") for ids in lists)
+
+
+@pytest.mark.integration
 def test_users_lists_carry_their_items_numbers_and_the_item_list_retires_with_them(
         redis_url, tmp_path):
     """ALS and SASRec users' lists name each item twice: by id and by its position in the

@@ -1,0 +1,82 @@
+"""The pipeline's steps called directly, failing part-way and retried as Airflow retries them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from reco import keys
+from reco.stack.health import free_port
+from spark_jobs import pipeline, publish
+
+
+def tiny_als(folder: Path) -> Path:
+    """A trained ALS model's folder: two users, four items."""
+    folder.mkdir(parents=True)
+    idx = np.array([[2, 0, 3], [1, 3, 0]], dtype=np.int32)
+    scores = np.array([[0.9, 0.5, 0.2], [0.8, 0.4, 0.1]], dtype=np.float32)
+    np.savez(folder / "model.npz", user_ids=np.array(["u1", "u2"]),
+             item_ids=np.array(["a", "b", "c", "d"]), cand_idx=idx, cand_scores=scores,
+             nbr_idx=idx[:, :2].repeat(2, 0), nbr_scores=scores[:, :2].repeat(2, 0))
+    return folder
+
+
+def accepted(version: str, model_dir: Path) -> dict:
+    """What the gate step hands the publish step for a run that passed."""
+    return {"version": version, "model_dir": str(model_dir),
+            "gate": {"accepted": True, "champion_run_id": None}}
+
+
+def statuses(pg) -> dict[str, tuple[str, bool]]:
+    rows = pg.execute("SELECT version, status, published_at IS NOT NULL FROM models"
+                      " WHERE name = 'als'").fetchall()
+    return {version: (status, published) for version, status, published in rows}
+
+
+def down(cfg: pipeline.PipelineConfig) -> pipeline.PipelineConfig:
+    """The same config while PostgreSQL is unreachable (nothing listens on the port)."""
+    return dataclasses.replace(
+        cfg, database_url=f"postgresql://reco:reco@127.0.0.1:{free_port()}/reco")
+
+
+@pytest.mark.integration
+def test_publish_retry_after_recording_failed_records_the_serving_version(
+        settings, pg, redis_client, tmp_path):
+    cfg = pipeline.config_from_settings(settings, "als", run_dir=tmp_path / "run")
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion'),"
+               " ('als', 'v2', 'champion')")
+    pipeline.publish_step(cfg, accepted("v1", tiny_als(tmp_path / "v1")))
+
+    # Redis switches to v2, then recording it fails: Airflow retries the task.
+    with pytest.raises(psycopg.OperationalError):
+        pipeline.publish_step(down(cfg), accepted("v2", tiny_als(tmp_path / "v2")))
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
+    assert statuses(pg) == {"v1": ("published", True), "v2": ("champion", False)}
+
+    state = pipeline.publish_step(cfg, accepted("v2", tmp_path / "v2"))
+
+    assert state["published"] == "v2" and state["keys_written"] == 0
+    assert "already serving" in state["reason"]
+    assert statuses(pg) == {"v1": ("retired", True), "v2": ("published", True)}
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
+    assert redis_client.exists(keys.user_cf("u1", "v2"), keys.model_items("als", "v2")) == 2
+
+
+@pytest.mark.integration
+def test_recording_a_publish_is_one_transaction(settings, pg):
+    """If marking the new version fails, the previous one is not retired either."""
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'published'),"
+               " ('als', 'v2', 'champion')")
+    with psycopg.connect(settings.database_url) as locker, \
+            psycopg.connect(settings.database_url, autocommit=True) as conn:
+        # Another session holds v2's row: the second UPDATE times out, after the first ran.
+        locker.execute("SELECT 1 FROM models WHERE version = 'v2' FOR UPDATE")
+        conn.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            publish.record_published(conn, "als", "v2")
+        locker.rollback()
+    assert statuses(pg) == {"v1": ("published", False), "v2": ("champion", False)}
