@@ -4,8 +4,9 @@ All of a version's keys are written first (pipelined, non-transactional batches)
 MULTI then points `keys.MODEL_VERSIONS[model]` at the new version and stamps
 `keys.MODEL_PUBLISHED_AT`. Readers resolve the version first, so they never see half a
 version. A failure before the switch deletes what was written and leaves the previous version
-serving. After the switch the previous version expires after a grace period and older ones
-(including leftovers of crashed publishes) are deleted.
+serving; a switch that ran but whose reply was lost leaves the new version serving, keys kept.
+After the switch the previous version expires after a grace period and older ones (including
+leftovers of crashed publishes) are deleted.
 """
 
 from __future__ import annotations
@@ -152,7 +153,15 @@ def publish(client: redis.Redis, model: str, version: str,
             switch.hset(keys.MODEL_PUBLISHED_AT, model, int(time.time()))
             switch.execute()
     except BaseException:
-        _delete_version(client, kinds, version, batch)
+        # The switch may have run with its reply lost (timeout, reset): `version` is then
+        # serving and its keys must stay. When Redis cannot say, they stay too (a later publish
+        # deletes leftovers).
+        try:
+            serving = current_version(client, model)
+        except redis.RedisError:
+            serving = version
+        if serving != version:
+            _delete_version(client, kinds, version, batch)
         raise
     expiring = deleted = 0
     for old, old_keys in _versions(client, kinds).items():

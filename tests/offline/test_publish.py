@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+from collections.abc import Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 import orjson
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from reco import keys, neighbours
 from spark_jobs import publish
@@ -97,6 +102,89 @@ def test_failed_publish_leaves_previous_version_serving(redis_url):
     # The next publish goes through normally.
     publish.publish(client, "item2vec", "v3", lists_of("v3"), batch=500)
     assert read_lists(client, ITEMS[:1])[0] == "v3"
+
+
+class ExecReplyDropper:
+    """A TCP proxy to Redis that loses the reply to every EXEC: Redis runs the transaction,
+    then the client's connection is reset (what a timeout or a network blip looks like)."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self.sockets += [client, server]
+            sent_exec = threading.Event()
+            threading.Thread(target=self._to_server, args=(client, server, sent_exec),
+                             daemon=True).start()
+            threading.Thread(target=self._to_client, args=(server, client, sent_exec),
+                             daemon=True).start()
+
+    @staticmethod
+    def _to_server(client: socket.socket, server: socket.socket, sent_exec) -> None:
+        try:
+            while data := client.recv(65536):
+                if b"EXEC\r\n" in data.upper():
+                    sent_exec.set()
+                server.sendall(data)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _to_client(server: socket.socket, client: socket.socket, sent_exec) -> None:
+        replies = b""
+        try:
+            while data := server.recv(65536):
+                if not sent_exec.is_set():
+                    client.sendall(data)
+                    continue
+                replies += data  # +OK / +QUEUED, then EXEC's reply: an array (or an error)
+                if b"*" in replies or b"-" in replies:
+                    client.shutdown(socket.SHUT_RDWR)
+                    return
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def lossy_client(redis_url) -> Iterator[redis.Redis]:
+    """A client whose transactions run in Redis but whose EXEC replies never arrive."""
+    url = urlparse(redis_url)
+    proxy = ExecReplyDropper((url.hostname, url.port))
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, db=int(url.path.strip("/")),
+                         retry=Retry(NoBackoff(), 0))
+    yield client
+    client.close()
+    proxy.close()
+
+
+@pytest.mark.integration
+def test_a_switch_whose_reply_is_lost_keeps_the_new_version_serving(redis_url, lossy_client):
+    client = redis.Redis.from_url(redis_url)
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+
+    with pytest.raises(redis.ConnectionError):
+        publish.publish(lossy_client, "item2vec", "v2", lists_of("v2"), batch=500)
+
+    # Redis switched: v2 serves whole lists, and a retry knows it is already serving.
+    version, lists = read_lists(client, ITEMS[:50])
+    assert version == "v2" and all(ids and ids[0].startswith("v2/") for ids in lists)
+    assert publish.is_serving(client, "item2vec", "v2")
+    with pytest.raises(ValueError, match="already the serving version"):
+        publish.publish(client, "item2vec", "v2", lists_of("v2"))
 
 
 @pytest.mark.integration
