@@ -188,13 +188,14 @@ def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
         tracking.set_tags(cfg.mlflow_tracking_uri, run_id, {"publish_version": version})
         tracking.log_metrics(cfg.mlflow_tracking_uri, run_id,
                              {f"time.{k}": v for k, v in timings.items()})
+        with _connect(cfg) as conn:
+            conn.execute(
+                "INSERT INTO models (name, version, mlflow_run_id, status) VALUES (%s, %s, %s,"
+                " 'trained') ON CONFLICT (name, version) DO NOTHING",
+                (cfg.model, version, run_id))
     except BaseException:
         tracking.finish_run(cfg.mlflow_tracking_uri, run_id, failed=True)
         raise
-    with _connect(cfg) as conn:
-        conn.execute(
-            "INSERT INTO models (name, version, mlflow_run_id, status) VALUES (%s, %s, %s,"
-            " 'trained') ON CONFLICT (name, version) DO NOTHING", (cfg.model, version, run_id))
     return {**extracted, "model_dir": str(model_dir), "eval_model_dir": str(eval_model_dir),
             "run_id": run_id, "version": version,
             "registry_version": registry_version,
@@ -202,6 +203,19 @@ def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
 
 
 def evaluate_step(cfg: PipelineConfig, trained: dict) -> dict:
+    """Score the run and finish it; on any failure the run ends FAILED (a retry of this step
+    logs to it again and finishes it)."""
+    uri, run_id = cfg.mlflow_tracking_uri, trained["run_id"]
+    try:
+        evaluated = _evaluate(cfg, trained)
+    except BaseException:
+        tracking.finish_run(uri, run_id, failed=True)
+        raise
+    tracking.finish_run(uri, run_id)
+    return evaluated
+
+
+def _evaluate(cfg: PipelineConfig, trained: dict) -> dict:
     from spark_jobs import evaluate as ev
 
     started = time.perf_counter()
@@ -238,7 +252,6 @@ def evaluate_step(cfg: PipelineConfig, trained: dict) -> dict:
     tracking.log_metrics(uri, run_id, {**flat, "time.evaluate_s": timings["evaluate_s"]})
     tracking.set_tags(uri, run_id, {tracking.SPLIT_TAG: report["split"]})
     tracking.log_artifacts(uri, run_id, report_dir, tracking.EVALUATION_ARTIFACTS)
-    tracking.finish_run(uri, run_id)
     with _connect(cfg) as conn:
         conn.execute("UPDATE models SET metrics = %s WHERE name = %s AND version = %s",
                      (orjson.dumps(flat).decode(), cfg.model, trained["version"]))

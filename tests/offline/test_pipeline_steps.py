@@ -11,7 +11,7 @@ import pytest
 
 from reco import keys
 from reco.stack.health import free_port
-from spark_jobs import pipeline, publish
+from spark_jobs import pipeline, publish, tracking
 
 
 def tiny_als(folder: Path) -> Path:
@@ -80,3 +80,47 @@ def test_recording_a_publish_is_one_transaction(settings, pg):
             publish.record_published(conn, "als", "v2")
         locker.rollback()
     assert statuses(pg) == {"v1": ("published", False), "v2": ("champion", False)}
+
+
+def latest_run(uri: str, model: str):
+    mlflow = tracking.client(uri)
+    experiment = mlflow.get_experiment_by_name(tracking.EXPERIMENTS[model]).experiment_id
+    return mlflow.search_runs([experiment], order_by=["attribute.start_time DESC"],
+                              max_results=1)[0]
+
+
+@pytest.mark.spark
+@pytest.mark.integration
+def test_failed_train_and_evaluate_end_their_run_failed_and_a_retry_finishes_it(
+        offline_settings, small_events, spark, pg, tmp_path):
+    cfg = pipeline.config_from_settings(
+        offline_settings, "als", run_dir=tmp_path / "run", engine="local", window_days=30,
+        window_end=small_events["end"], params={"factors": 8, "iterations": 5})
+    uri = cfg.mlflow_tracking_uri
+    extracted = pipeline.extract_step(cfg, spark)
+
+    # Trained, then the models row cannot be written.
+    with pytest.raises(psycopg.OperationalError):
+        pipeline.train_step(down(cfg), extracted)
+    failed = latest_run(uri, "als")
+    assert failed.data.params["dataset.window_end"] == cfg.window_end
+    assert failed.info.status == "FAILED"
+
+    trained = pipeline.train_step(cfg, extracted)
+    run_id = trained["run_id"]
+    with pytest.raises(FileNotFoundError):  # the evaluated model is missing
+        pipeline.evaluate_step(cfg, {**trained, "eval_model_dir": str(tmp_path / "none")})
+    assert tracking.client(uri).get_run(run_id).info.status == "FAILED"
+    # Scored and logged, then the metrics cannot reach the models table.
+    with pytest.raises(psycopg.OperationalError):
+        pipeline.evaluate_step(down(cfg), trained)
+    assert tracking.client(uri).get_run(run_id).info.status == "FAILED"
+
+    evaluated = pipeline.evaluate_step(cfg, trained)  # Airflow's retry
+
+    run = tracking.client(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["model.ndcg_at_10"] == evaluated["metrics"]["model.ndcg_at_10"]
+    row = pg.execute("SELECT metrics FROM models WHERE name = 'als' AND version = %s",
+                     (trained["version"],)).fetchone()
+    assert row[0]["model.ndcg_at_10"] == evaluated["metrics"]["model.ndcg_at_10"]
