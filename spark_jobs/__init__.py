@@ -4,5 +4,12 @@ The model names live here, light to import: the demo reads them without loading 
 MLflow.
 """
 
+from datetime import UTC, datetime
+
 MODELS = ("item2vec", "als", "sasrec")
 SPARK_MODELS = ("item2vec", "als")  # the others train locally whatever RECO_ENGINE says
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Windows are in UTC: a time without a zone is read as UTC, never as the host's zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -36,7 +36,6 @@ def _config(model: str, state: dict | None) -> pipeline.PipelineConfig:
     end_param = params.get("window_end") or ""
     end = (datetime.fromisoformat(end_param) if end_param
            else context.get("data_interval_end") or datetime.now(UTC))
-    end = end if end.tzinfo else end.replace(tzinfo=UTC)
     run_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(context["run_id"]))
     base = Path(settings.offline_dir or Path(settings.state_dir) / "offline")
     return pipeline.config_from_settings(

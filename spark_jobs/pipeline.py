@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from spark_jobs import MODELS, SPARK_MODELS, tracking
+from spark_jobs import MODELS, SPARK_MODELS, as_utc, tracking
 from spark_jobs import extract as ex
 
 # What each model's training (and every evaluation) reads from an extract: only these are built.
@@ -77,8 +77,7 @@ class PipelineConfig:
 
     @property
     def window(self) -> tuple[datetime, datetime]:
-        end = datetime.fromisoformat(self.window_end)
-        end = end if end.tzinfo else end.replace(tzinfo=UTC)
+        end = as_utc(datetime.fromisoformat(self.window_end))
         return end - timedelta(days=self.window_days), end
 
 
@@ -91,7 +90,7 @@ def config_from_settings(settings, model: str, run_dir: Path | None = None,
     from reco.ranking import RankConfig
 
     state = Path(settings.state_dir)
-    end = (window_end or datetime.now(UTC)).astimezone(UTC)
+    end = as_utc(window_end or datetime.now(UTC))
     if run_dir is None:
         base = Path(settings.offline_dir or state / "offline")
         run_dir = base / model / end.strftime("%Y%m%dT%H%M%S")

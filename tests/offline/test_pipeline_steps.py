@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import dataclasses
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
 import pytest
 
 from reco import keys
+from reco.settings import Settings
 from reco.stack.health import free_port
 from spark_jobs import pipeline, publish, tracking
+
+
+@pytest.fixture
+def host_in_new_york(monkeypatch):
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_window_end_without_a_zone_is_utc_whatever_the_hosts_zone(host_in_new_york, tmp_path):
+    settings = Settings(state_dir=tmp_path)
+    # What `reco train als --window-end 2024-01-01` passes.
+    cfg = pipeline.config_from_settings(settings, "als", window_end=datetime(2024, 1, 1))
+    assert cfg.window_end == "2024-01-01T00:00:00+00:00"
+    assert cfg.window[1] == datetime(2024, 1, 1, tzinfo=UTC)
+    assert Path(cfg.run_dir).name == "20240101T000000"
+    paris = datetime(2024, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))
+    cfg = pipeline.config_from_settings(settings, "als", window_end=paris)
+    assert cfg.window_end == "2023-12-31T23:00:00+00:00"
 
 
 def tiny_als(folder: Path) -> Path:
