@@ -183,10 +183,11 @@ def publish(client: redis.Redis, model: str, version: str,
 
 
 def record_published(conn, model: str, version: str) -> None:
-    """PostgreSQL `models`: this version is published, the one before it is retired (both or
-    neither)."""
+    """PostgreSQL `models`: this version is published; the one before it, and any champion
+    that never got published, are retired (all or nothing)."""
     with conn.transaction():
         conn.execute("UPDATE models SET status = 'retired' WHERE name = %s"
-                     " AND status = 'published' AND version <> %s", (model, version))
+                     " AND status IN ('published', 'champion') AND version <> %s",
+                     (model, version))
         conn.execute("UPDATE models SET status = 'published', published_at = now()"
                      " WHERE name = %s AND version = %s", (model, version))

@@ -72,9 +72,9 @@ def down(cfg: pipeline.PipelineConfig) -> pipeline.PipelineConfig:
 def test_publish_retry_after_recording_failed_records_the_serving_version(
         settings, pg, redis_client, tmp_path):
     cfg = pipeline.config_from_settings(settings, "als", run_dir=tmp_path / "run")
-    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion'),"
-               " ('als', 'v2', 'champion')")
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
     pipeline.publish_step(cfg, accepted("v1", tiny_als(tmp_path / "v1")))
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v2', 'champion')")
 
     # Redis switches to v2, then recording it fails: Airflow retries the task.
     with pytest.raises(psycopg.OperationalError):
@@ -89,6 +89,20 @@ def test_publish_retry_after_recording_failed_records_the_serving_version(
     assert statuses(pg) == {"v1": ("retired", True), "v2": ("published", True)}
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
     assert redis_client.exists(keys.user_cf("u1", "v2"), keys.model_items("als", "v2")) == 2
+
+
+@pytest.mark.integration
+def test_a_champion_never_published_is_retired_when_a_later_version_is(settings, pg):
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'published'),"
+               " ('als', 'v2', 'champion'), ('als', 'v3', 'champion'),"
+               " ('als', 'v4', 'rejected'), ('item2vec', 'v1', 'champion')")
+
+    publish.record_published(pg, "als", "v3")
+
+    assert statuses(pg) == {"v1": ("retired", False), "v2": ("retired", False),
+                            "v3": ("published", True), "v4": ("rejected", False)}
+    assert pg.execute("SELECT status FROM models WHERE name = 'item2vec'").fetchone() == (
+        "champion",)
 
 
 @pytest.mark.integration
