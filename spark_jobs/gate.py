@@ -7,6 +7,9 @@ runs were scored on the same split (`spark_jobs.evaluate.split_digest`). Across 
 compares each run's lift over the popularity baseline measured on its own split: what makes a
 day's held-out set easier or harder for every scorer (more popular items held out, say) divides
 out to first order, which a raw comparison would read as a better or worse model.
+
+A run that passes is still not promoted when its data window ends before the champion's (a
+backfill): it would replace the live model with one trained on older events.
 """
 
 from __future__ import annotations
@@ -86,6 +89,18 @@ def champion_score(tracking_uri: str, run_id: str, metric: str, split: str | Non
     return ChampionScore(score, metrics.get(f"popularity.{metric}"), same)
 
 
+def older_window(tracking_uri: str, run_id: str, champion_run_id: str) -> str | None:
+    """Why the run may not replace the champion when its window ends before the champion's;
+    None when it does not (or either end was not logged)."""
+    ours = tracking.window_end(tracking_uri, run_id)
+    theirs = tracking.window_end(tracking_uri, champion_run_id)
+    if ours is None or theirs is None or ours >= theirs:
+        return None
+    return (f"its data window ends {ours:%Y-%m-%d %H:%M} UTC, before the champion's "
+            f"{theirs:%Y-%m-%d %H:%M} UTC: a backfill does not replace a model trained on "
+            f"newer data")
+
+
 def gate(tracking_uri: str, model: str, run_id: str, registry_version: str,
          report: dict, tolerance: float) -> GateDecision:
     """Compare the run with the baseline and the registry's champion; promote if it passes."""
@@ -97,6 +112,11 @@ def gate(tracking_uri: str, model: str, run_id: str, registry_version: str,
     if current is not None and current[1] != run_id:
         champion = champion_score(tracking_uri, current[1], metric, report.get("split"))
     decision = decide(metric, candidate, baseline, champion, tolerance)
+    if decision.accepted and current is not None and current[1] != run_id:
+        older = older_window(tracking_uri, run_id, current[1])
+        if older:
+            decision = GateDecision(**{**decision.as_dict(), "accepted": False,
+                                       "reason": f"{decision.reason}, but {older}"})
     if decision.accepted:
         tracking.set_champion(tracking_uri, model, registry_version)
         current = (registry_version, run_id)

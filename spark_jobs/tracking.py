@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+
+from spark_jobs import as_utc
 
 EXPERIMENTS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec",
                "served": "served-evaluation"}  # the demo's scores of the API's answers
@@ -112,6 +115,15 @@ def run_record(tracking_uri: str, run_id: str) -> tuple[dict[str, float], dict[s
     """A run's (metrics, tags)."""
     data = client(tracking_uri).get_run(run_id).data
     return dict(data.metrics), dict(data.tags)
+
+
+def window_end(tracking_uri: str, run_id: str) -> datetime | None:
+    """The end of the run's extract window (`dataset.window_end`), or None if not logged."""
+    value = client(tracking_uri).get_run(run_id).data.params.get("dataset.window_end")
+    try:
+        return as_utc(datetime.fromisoformat(value)) if value else None
+    except ValueError:
+        return None
 
 
 def set_champion(tracking_uri: str, model: str, version: str) -> None:

@@ -42,10 +42,11 @@ def report(model: float, popularity: float, split: str = "s1") -> dict:
                                                  "popularity": {"ndcg_at_10": popularity}}}
 
 
-def fake_run(uri: str, ndcg: float, popularity: float = 0.10, split: str = "s1"
-             ) -> tuple[str, str]:
+def fake_run(uri: str, ndcg: float, popularity: float = 0.10, split: str = "s1",
+             window_end: str | None = None) -> tuple[str, str]:
     """A run logged as the pipeline's evaluate step logs one."""
-    run_id = tracking.start_run(uri, "als", "local", {"factors": 8}, {"events": 1})
+    dataset = {"events": 1, **({"window_end": window_end} if window_end else {})}
+    run_id = tracking.start_run(uri, "als", "local", {"factors": 8}, dataset)
     tracking.log_metrics(uri, run_id, {"model.ndcg_at_10": ndcg,
                                        "popularity.ndcg_at_10": popularity})
     tracking.set_tags(uri, run_id, {tracking.SPLIT_TAG: split})
@@ -95,3 +96,24 @@ def test_champion_from_another_split_is_compared_by_lift(mlflow_uri):
     decision = gate.gate(mlflow_uri, "als", third, v3, report(0.14, 0.05, "tuesday"), 0.02)
     assert not decision.accepted and decision.comparison == "score"
     assert tracking.champion(mlflow_uri, "als") == (v2, second)
+
+
+@pytest.mark.integration
+def test_a_backfill_does_not_replace_a_champion_trained_on_newer_data(mlflow_uri):
+    first, v1 = fake_run(mlflow_uri, 0.30, window_end="2024-03-01T00:00:00+00:00")
+    assert gate.gate(mlflow_uri, "als", first, v1, report(0.30, 0.10), 0.02).accepted
+
+    # Better on the same split, but trained on a window that ended a month earlier.
+    backfill, v2 = fake_run(mlflow_uri, 0.40, window_end="2024-02-01T00:00:00+00:00")
+    decision = gate.gate(mlflow_uri, "als", backfill, v2, report(0.40, 0.10), 0.02)
+    assert not decision.accepted and decision.champion_run_id == first
+    assert decision.reason.endswith(
+        "but its data window ends 2024-02-01 00:00 UTC, before the champion's 2024-03-01 "
+        "00:00 UTC: a backfill does not replace a model trained on newer data")
+    assert tracking.champion(mlflow_uri, "als") == (v1, first)
+    assert tracking.client(mlflow_uri).get_run(backfill).data.tags["gate"] == "rejected"
+
+    # The same window (another try at hyperparameters) or a later one may replace it.
+    retry, v3 = fake_run(mlflow_uri, 0.31, window_end="2024-03-01T00:00:00+00:00")
+    assert gate.gate(mlflow_uri, "als", retry, v3, report(0.31, 0.10), 0.02).accepted
+    assert tracking.champion(mlflow_uri, "als") == (v3, retry)
