@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,6 +27,19 @@ Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, patt
 
 MAX_FUTURE_SKEW_S = 300.0
 MAX_CONTEXT_KEYS = 32
+# The context's JSON at most; Settings.max_context_bytes sets it for the API. Keys alone did not
+# bound it: a 960 KB body became a 2 MB message the producer refused (then a 503, retried forever).
+MAX_CONTEXT_BYTES = 4096
+# The end of year 9999: datetime (hence the archiver's timestamptz) holds nothing later.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+# A full RFC 3339 date-time, offset required: fromisoformat alone also takes a date alone,
+# compact forms and times without an offset (whose zone is unknown: they were taken as UTC).
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                      r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_TIMESTAMP_FORMS = ("must be an RFC 3339 date-time with an offset (2026-01-02T03:04:05Z) "
+                    "or epoch milliseconds")
+# Validation context of messages read back from the topic (see Event.from_json_bytes).
+REPLAY_CONTEXT = {"max_future_skew_s": math.inf, "max_context_bytes": math.inf}
 
 
 class Event(BaseModel):
@@ -45,34 +61,41 @@ class Event(BaseModel):
         if value is None:
             return int(time.time() * 1000)
         if isinstance(value, bool):
-            raise ValueError("must be RFC 3339 text or epoch milliseconds")
+            raise ValueError(_TIMESTAMP_FORMS)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number of epoch milliseconds")
         if isinstance(value, int | float):
             return int(value)
         if isinstance(value, str):
-            try:
-                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError("must be RFC 3339 text or epoch milliseconds") from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            return int(parsed.timestamp() * 1000)
-        raise ValueError("must be RFC 3339 text or epoch milliseconds")
+            return _rfc3339_ms(value)
+        raise ValueError(_TIMESTAMP_FORMS)
 
     @field_validator("timestamp")
     @classmethod
-    def _not_in_future(cls, value: int, info: ValidationInfo) -> int:
-        skew_s = (info.context or {}).get("max_future_skew_s", MAX_FUTURE_SKEW_S)
+    def _in_range(cls, value: int, info: ValidationInfo) -> int:
+        # Bounds are checked on replay too: the archiver cannot store a time past year 9999.
         if value < 0:
             raise ValueError("must not be negative")
+        if value > MAX_TIMESTAMP_MS:
+            raise ValueError(f"must be at most {MAX_TIMESTAMP_MS} (9999-12-31T23:59:59.999Z)")
+        skew_s = (info.context or {}).get("max_future_skew_s", MAX_FUTURE_SKEW_S)
         if value > (time.time() + skew_s) * 1000:
             raise ValueError(f"is more than {int(skew_s)} seconds in the future")
         return value
 
     @field_validator("context")
     @classmethod
-    def _small_context(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(value) > MAX_CONTEXT_KEYS:
+    def _small_context(
+        cls, value: dict[str, Any] | None, info: ValidationInfo
+    ) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_CONTEXT_KEYS:
             raise ValueError(f"must have at most {MAX_CONTEXT_KEYS} keys")
+        limit = (info.context or {}).get("max_context_bytes", MAX_CONTEXT_BYTES)
+        size = len(pydantic_core.to_json(value, serialize_unknown=True))
+        if size > limit:
+            raise ValueError(f"must be at most {limit} bytes as JSON, got {size}")
         return value
 
     @property
@@ -84,8 +107,20 @@ class Event(BaseModel):
 
     @classmethod
     def from_json_bytes(cls, raw: bytes) -> Event:
-        # Messages already on the topic were accepted: no future-skew check on replay.
-        return cls.model_validate_json(raw, context={"max_future_skew_s": float("inf")})
+        # Messages already on the topic were accepted (and fit the broker): no future-skew
+        # or context-size check on replay, so none acknowledged before a limit changed is lost.
+        return cls.model_validate_json(raw, context=REPLAY_CONTEXT)
+
+
+def _rfc3339_ms(value: str) -> int:
+    """Epoch milliseconds of a full RFC 3339 date-time with an offset."""
+    if not _RFC3339.fullmatch(value):
+        raise ValueError(_TIMESTAMP_FORMS)
+    try:
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:  # in the shape but not a date (month 13, second 60, ...)
+        raise ValueError(_TIMESTAMP_FORMS) from None
+    return int(parsed.timestamp() * 1000)
 
 
 def describe_errors(exc: Any, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:

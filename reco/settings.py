@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     max_future_skew_s: float = 300.0
     max_batch_events: int = 1000
     max_body_bytes: int = 1_000_000
+    max_context_bytes: int = 4096  # an event's context as JSON (reco.events.MAX_CONTEXT_BYTES)
 
     # Real-time features
     recent_max: int = 50

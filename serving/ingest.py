@@ -100,7 +100,8 @@ def create_app(settings: Settings) -> FastAPI:
     publisher = Publisher(settings)
     items = Catalogue(settings)
     limit = settings.max_body_bytes
-    context = {"max_future_skew_s": settings.max_future_skew_s}
+    context = {"max_future_skew_s": settings.max_future_skew_s,
+               "max_context_bytes": settings.max_context_bytes}
     retry_after = {"Retry-After": str(settings.ingest_retry_after_s)}
 
     @asynccontextmanager

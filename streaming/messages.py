@@ -10,7 +10,7 @@ import orjson
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from reco.events import EVENT_TYPES, MAX_CONTEXT_KEYS, Event, describe_errors
+from reco.events import EVENT_TYPES, MAX_CONTEXT_KEYS, MAX_TIMESTAMP_MS, Event, describe_errors
 
 
 def decode(record: ConsumerRecord) -> Event | str:
@@ -22,6 +22,8 @@ def decode(record: ConsumerRecord) -> Event | str:
     except ValidationError as exc:
         reasons = "; ".join(f"{e['field']}: {e['reason']}" for e in describe_errors(exc))
         return f"invalid event: {reasons}"
+    except Exception as exc:  # noqa: BLE001 - any failure is a DLQ reason, not a stuck batch
+        return f"undecodable event: {exc!r}"
 
 
 def split(
@@ -81,7 +83,7 @@ def decode_for_features(record: ConsumerRecord) -> StreamEvent | str:
         w = None
     if (w is not None and _CANONICAL_UUID.fullmatch(w.event_id)
             and _IDENTIFIER.fullmatch(w.user_id) and _IDENTIFIER.fullmatch(w.item_id)
-            and w.event_type in EVENT_TYPES and w.timestamp >= 0
+            and w.event_type in EVENT_TYPES and 0 <= w.timestamp <= MAX_TIMESTAMP_MS
             and (w.session_id is None or _IDENTIFIER.fullmatch(w.session_id))
             and (w.context is None or len(w.context) <= MAX_CONTEXT_KEYS)):
         return StreamEvent(w.event_id, w.user_id, w.item_id, w.event_type, w.timestamp)

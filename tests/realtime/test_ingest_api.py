@@ -27,6 +27,15 @@ def event(**fields: object) -> dict:
     return {"user_id": "u1", "item_id": "i1", "event_type": "view", **fields}
 
 
+def raw_timestamp(text: bytes) -> bytes:
+    """An event body whose timestamp is raw JSON (orjson cannot write 1e400 or NaN)."""
+    return b'{"user_id": "u1", "item_id": "i1", "event_type": "view", "timestamp": %s}' % text
+
+
+FORMS = ("must be an RFC 3339 date-time with an offset (2026-01-02T03:04:05Z) "
+         "or epoch milliseconds")
+
+
 async def test_single_event_is_published_after_ack(
     ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
 ) -> None:
@@ -91,8 +100,17 @@ async def test_batch_spreads_users_over_partitions(
     # A day ahead: parameters are built at collection, possibly many minutes before the test.
     (orjson.dumps(event(timestamp=NOW_MS + 86_400_000)), "timestamp",
      "is more than 300 seconds in the future"),
-    (orjson.dumps(event(timestamp="yesterday")), "timestamp",
-     "must be RFC 3339 text or epoch milliseconds"),
+    (orjson.dumps(event(timestamp="yesterday")), "timestamp", FORMS),
+    (orjson.dumps(event(timestamp="2026-01-02")), "timestamp", FORMS),  # a date alone
+    (orjson.dumps(event(timestamp="2026-01-02T03:04:05")), "timestamp", FORMS),  # no offset
+    (orjson.dumps(event(timestamp="20260102T030405Z")), "timestamp", FORMS),  # compact
+    (raw_timestamp(b"1e400"), "timestamp", "must be a finite number of epoch milliseconds"),
+    (raw_timestamp(b"-1e400"), "timestamp", "must be a finite number of epoch milliseconds"),
+    (raw_timestamp(b"NaN"), "timestamp", "must be a finite number of epoch milliseconds"),
+    (orjson.dumps(event(timestamp=300_000_000_000_000_000)), "timestamp",
+     "must be at most 253402300799999 (9999-12-31T23:59:59.999Z)"),
+    (orjson.dumps(event(context={"pad": "x" * 5000})), "context",
+     "must be at most 4096 bytes as JSON, got 5010"),
     (orjson.dumps(event(event_id="not-a-uuid")), "event_id",
      "Input should be a valid UUID, invalid character: found `n` at 0"),
     (orjson.dumps({"user_id": "u1", "event_type": "view"}), "item_id", "Field required"),

@@ -10,6 +10,7 @@ import pytest
 import redis
 from aiokafka.structs import ConsumerRecord
 
+from reco.events import MAX_TIMESTAMP_MS, Event
 from streaming.messages import StreamEvent, decode, decode_for_features
 from streaming.redis_pipe import Packed, RedisPipe
 
@@ -27,6 +28,11 @@ def message(**changes: object) -> bytes:
     return orjson.dumps({k: v for k, v in body.items() if v is not ...})
 
 
+def with_timestamp(raw: bytes) -> bytes:
+    """A message whose timestamp is raw JSON text (orjson cannot write 1e400 or NaN)."""
+    return message(timestamp=0).replace(b'"timestamp":0', b'"timestamp":' + raw)
+
+
 @pytest.mark.parametrize("value", [
     message(),
     message(session_id="s-1", context={"device": "ios", "n": 3, "ok": True, "x": None}),
@@ -37,6 +43,10 @@ def message(**changes: object) -> bytes:
     message(timestamp=1.7e12),
     message(context={"nested": {"a": [1, 2]}}),
     message(context={f"k{i}": i for i in range(32)}),
+    message(timestamp=MAX_TIMESTAMP_MS),
+    message(timestamp="2026-01-02t03:04:05+01:00"),
+    # Over the API's context limit: accepted before it existed, so still valid on replay.
+    message(context={"pad": "x" * 5000}),
 ])
 def test_valid_messages_decode_like_the_event_model(value: bytes) -> None:
     expected = decode(record(value))
@@ -68,6 +78,49 @@ def test_invalid_messages_get_the_event_models_reason(value: bytes | None) -> No
     reason = decode(record(value))
     assert isinstance(reason, str)
     assert decode_for_features(record(value)) == reason
+
+
+FORMS = ("must be an RFC 3339 date-time with an offset (2026-01-02T03:04:05Z) "
+         "or epoch milliseconds")
+NOT_FINITE = "must be a finite number of epoch milliseconds"
+AFTER_9999 = "must be at most 253402300799999 (9999-12-31T23:59:59.999Z)"
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    # int(inf) raised OverflowError: the processor crashed, the archiver retried forever
+    (with_timestamp(b"1e400"), NOT_FINITE),
+    (with_timestamp(b"-1e400"), NOT_FINITE),
+    (with_timestamp(b"Infinity"), NOT_FINITE),
+    (with_timestamp(b"NaN"), NOT_FINITE),  # was Python's "cannot convert float NaN to integer"
+    # past year 9999: the archiver could not make a datetime of it, and retried forever
+    (message(timestamp=300_000_000_000_000_000), AFTER_9999),
+    (message(timestamp=MAX_TIMESTAMP_MS + 1), AFTER_9999),
+    (message(timestamp="9999-12-31T23:59:59-01:00"), AFTER_9999),
+    # not a full RFC 3339 date-time with an offset (fromisoformat took them, as UTC)
+    (message(timestamp="2026-01-02"), FORMS),
+    (message(timestamp="20260102T030405Z"), FORMS),
+    (message(timestamp="2026-01-02T03:04:05"), FORMS),
+    (message(timestamp="2026-01-02 03:04:05Z"), FORMS),
+    (message(timestamp="2026-01-02T03:04Z"), FORMS),
+    (message(timestamp="2026-13-02T03:04:05Z"), FORMS),
+])
+def test_unusable_timestamps_are_invalid_with_a_clear_reason(value: bytes, reason: str) -> None:
+    assert decode(record(value)) == f"invalid event: timestamp: {reason}"
+    assert decode_for_features(record(value)) == f"invalid event: timestamp: {reason}"
+
+
+def test_any_decoding_failure_is_a_dlq_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only a ValidationError: anything the model raises on a message must dead-letter it
+    (an OverflowError once crash-looped the processor and stalled the archiver)."""
+
+    def broken(raw: bytes) -> None:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(Event, "from_json_bytes", broken)
+    value = message(event_id="NOT-CANONICAL")  # off the fast path, through the model
+    expected = "undecodable event: OverflowError('cannot convert float infinity to integer')"
+    assert decode(record(value)) == expected
+    assert decode_for_features(record(value)) == expected
 
 
 def test_missing_event_id_gets_one() -> None:

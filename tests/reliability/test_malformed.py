@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import redis
 
+from reco.events import MAX_TIMESTAMP_MS
 from reco.settings import Settings
 from streaming.messages import DLQ_RAW_MAX_CHARS
 from tests.realtime.conftest import Consumers, read_topic, wait_for
@@ -40,6 +41,14 @@ BAD = {
                          "invalid event: user_id: String should have at most 128 characters"),
     "context too big": (orjson.dumps(ev("u1", "A", context={f"k{i}": i for i in range(40)})),
                         "invalid event: context: must have at most 32 keys"),
+    # int(inf) raised OverflowError: the processor crash-looped, the archiver retried forever.
+    "infinite timestamp": (orjson.dumps(ev("u1", "A", timestamp=0)).replace(
+        b'"timestamp":0', b'"timestamp":1e400'),
+        "invalid event: timestamp: must be a finite number of epoch milliseconds"),
+    # Valid for the processor, but the archiver could not make a datetime of it (retried).
+    "after year 9999": (orjson.dumps(ev("u1", "A", timestamp=300_000_000_000_000_000)),
+                        "invalid event: timestamp: must be at most 253402300799999 "
+                        "(9999-12-31T23:59:59.999Z)"),
     # 300 KB of control characters: escaped, its DLQ record would be 1.8 MB (over the
     # producer's limit; the processor used to retry that batch forever).
     "oversized garbage": (b"\x01" * 300_000,
@@ -51,18 +60,21 @@ async def test_malformed_messages_are_dead_lettered_with_reasons(
     settings: Settings, redis_client: redis.Redis, pg: psycopg.Connection, kafka_topics: dict,
 ) -> None:
     before = ev("u1", "A")
-    # Valid events the archiver once could not store: a >64-bit integer and NUL in context.
+    # Valid events the archiver once could not store: a >64-bit integer and NUL in context;
+    # the last millisecond of year 9999.
     odd = ev("u2", "B", context={"big": 2**70, "text": "a\x00b", "nan": float("nan")})
+    last = ev("u3", "B", timestamp=MAX_TIMESTAMP_MS)
     after = [ev(f"u{n}", "C") for n in range(5)]
     # Every message on one key: one partition, so the good events sit behind the bad ones.
     messages = [(b"k", orjson.dumps(before))] + [(b"k", v) for v, _ in BAD.values()]
-    messages += [(b"k", json.dumps(odd).encode())] + [(b"k", orjson.dumps(e)) for e in after]
+    messages += [(b"k", json.dumps(odd).encode()), (b"k", orjson.dumps(last))]
+    messages += [(b"k", orjson.dumps(e)) for e in after]
     await produce_fast(settings, messages)
     consumers = Consumers()
     consumers.start("processor", settings)
     consumers.start("archiver", settings)
     try:
-        good = [before, odd, *after]
+        good = [before, odd, last, *after]
         await wait_for(lambda: seen_count(redis_client, good) == len(good), "good events")
         await wait_for(lambda: _committed(settings, settings.group_processor, len(messages)),
                        "processor committed past every bad message")
