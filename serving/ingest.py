@@ -1,8 +1,10 @@
 """Event ingest API (port 8080): events to Kafka, catalogue upserts to PostgreSQL + Redis.
 
 Routes only read the body, call the parsing and publishing functions and map their errors:
-422 (field + reason), 413 (body over settings.max_body_bytes), 503 + Retry-After (broker or
-database unavailable). 202 means the broker acknowledged every event of the request.
+422 (field + reason), 413 (body over settings.max_body_bytes, or an event over the broker's
+message size), 503 + Retry-After (broker or database unavailable). 202 means the broker
+acknowledged every event of the request; a refused publish (413, 503) names the request's
+event ids, since some of its events may have been published: retries reuse them.
 Run with `reco run ingest`.
 """
 
@@ -28,7 +30,7 @@ from reco.settings import Settings
 from serving import catalogue, ingest_metrics, ingest_openapi, security, tls
 from serving.hot_routes import HotRoutes, RequestEndpoint
 from serving.http_metrics import HTTPMetrics
-from serving.publisher import BrokerUnavailable, Publisher
+from serving.publisher import EventTooLarge, Publisher, PublishFailed
 from serving.rate_limit import RateLimited
 from serving.validation import (
     InvalidInput,
@@ -128,10 +130,10 @@ def create_app(settings: Settings) -> FastAPI:
         if isinstance(exc, PayloadTooLarge):
             ingest_metrics.count_rejected(413)
             return json_response({"detail": str(exc)}, 413)
-        if isinstance(exc, BrokerUnavailable | StoreUnavailable):
+        if isinstance(exc, PublishFailed):
+            return publish_failed(exc)
+        if isinstance(exc, StoreUnavailable):
             ingest_metrics.count_rejected(503)
-            if isinstance(exc, BrokerUnavailable):
-                ingest_metrics.PUBLISH_FAILURES.inc()
             return json_response({"detail": str(exc)}, 503, retry_after)
         if isinstance(exc, security.AuthError):
             return security.auth_response(exc)
@@ -139,10 +141,22 @@ def create_app(settings: Settings) -> FastAPI:
             return security.limited_response(exc)
         return None
 
+    def publish_failed(exc: PublishFailed) -> Response:
+        """503 (retry) or 413 (do not), naming the ids the request's events were sent with."""
+        if isinstance(exc, EventTooLarge):
+            ingest_metrics.count_rejected(413)
+            detail = f"{exc}; the events before it may have been published with these event_ids"
+            return json_response({"detail": detail, "event_ids": exc.event_ids}, 413)
+        ingest_metrics.count_rejected(503)
+        ingest_metrics.PUBLISH_FAILURES.inc()
+        detail = (f"{exc}; some events may have been published: retry with these event_ids "
+                  "so that none is counted twice")
+        return json_response({"detail": detail, "event_ids": exc.event_ids}, 503, retry_after)
+
     async def _refused(_: Request, exc: Exception) -> Response:
         return error_response(exc)  # type: ignore[return-value]
 
-    for refusal in (InvalidInput, PayloadTooLarge, BrokerUnavailable, StoreUnavailable):
+    for refusal in (InvalidInput, PayloadTooLarge, PublishFailed, StoreUnavailable):
         app.add_exception_handler(refusal, _refused)
 
     async def post_event(request: Request) -> Response:

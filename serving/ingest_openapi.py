@@ -61,14 +61,26 @@ _COMMON = {
     503: _json(_DETAIL, "Broker or database unavailable; retry after Retry-After"),
 }
 _ID = {"type": "string"}
+_EVENT_IDS = {"type": "array", "items": {"type": "string", "format": "uuid"}}
+# A refused publish names every event id of the request (some events may have been published).
+_PUBLISH_FAILED = {
+    413: _json({**_DETAIL, "properties": {**_DETAIL["properties"], "event_ids": _EVENT_IDS}},
+               "Body over the size limit; or an event over the broker's message size, with the "
+               "request's event_ids (the events before it may have been published)"),
+    503: _json({"type": "object", "required": ["detail", "event_ids"],
+                "properties": {"detail": {"type": "string"}, "event_ids": _EVENT_IDS}},
+               "Broker unavailable; retry after Retry-After with the same event_ids, so that "
+               "events already published are not counted twice"),
+}
 
 
-def _route(body: dict[str, Any], status: int, answer: dict[str, Any]) -> dict[str, Any]:
+def _route(body: dict[str, Any], status: int, answer: dict[str, Any],
+           errors: dict[int, Any] | None = None) -> dict[str, Any]:
     return {
         "openapi_extra": {"requestBody": {"required": True, "content": {
             "application/json": {"schema": body}}}},
         "responses": {status: _json(answer, "Accepted" if status == 202 else "Stored"),
-                      **_COMMON},
+                      **_COMMON, **(errors or {})},
     }
 
 
@@ -77,12 +89,13 @@ def _object(**properties: Any) -> dict[str, Any]:
 
 
 _event = _event_schema()
-EVENT = _route(_event, 202, _object(event_id={"type": "string", "format": "uuid"}))
+EVENT = _route(_event, 202, _object(event_id={"type": "string", "format": "uuid"}),
+               _PUBLISH_FAILED)
 EVENT_BATCH = _route(
     {"type": "object", "required": ["events"], "additionalProperties": False,
      "properties": {"events": {"type": "array", "items": _event, "minItems": 1,
                                "maxItems": 1000}}},
-    202, _object(event_ids={"type": "array", "items": {"type": "string", "format": "uuid"}}))
+    202, _object(event_ids=_EVENT_IDS), _PUBLISH_FAILED)
 ITEM = _route(_inline(ItemIn.model_json_schema()), 200, _object(item_id=_ID))
 ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
                     _object(item_ids={"type": "array", "items": _ID}))

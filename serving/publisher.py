@@ -9,9 +9,11 @@ thread handing reports over with call_soon_threadsafe measured slower).
 
 The API answers 202 only after every message of the request was acknowledged; a delivery
 error, or no ack within `settings.ingest_ack_timeout_s` (checked by the poll), becomes
-`BrokerUnavailable` (HTTP 503). The producer is created at start whether the broker is up or
-not and reconnects by itself when it comes back; after a fatal error (an idempotence state
-librdkafka cannot continue from) it is replaced by a new one.
+`BrokerUnavailable` (HTTP 503), except a message over the size limit: `EventTooLarge` (HTTP 413;
+a retry cannot succeed). Both carry the request's event ids: some of its events may have been
+published, and a retry with the same ids is deduplicated downstream. The producer is created
+at start whether the broker is up or not and reconnects by itself when it comes back; after a
+fatal error (an idempotence state librdkafka cannot continue from) it is replaced by a new one.
 """
 
 from __future__ import annotations
@@ -44,8 +46,20 @@ ERROR_LOG_EVERY_S = 60.0  # the same broker error (a refused reconnect) logged o
 LINGER_MS = 1.0
 
 
-class BrokerUnavailable(Exception):
+class PublishFailed(Exception):
+    """Not every event of a request was acknowledged; `event_ids` are all of the request's."""
+
+    def __init__(self, reason: str, event_ids: Sequence[str]) -> None:
+        super().__init__(reason)
+        self.event_ids = list(event_ids)
+
+
+class BrokerUnavailable(PublishFailed):
     """The broker did not acknowledge: the client must retry (with the same event ids)."""
+
+
+class EventTooLarge(PublishFailed):
+    """An event is over the message size limit: retrying the same request cannot succeed."""
 
 
 class _Request:
@@ -66,7 +80,7 @@ class _Request:
         if self.remaining == 0 and not self.future.done():
             self.future.set_result(None)
 
-    def not_sent(self, n: int, reason: str) -> None:
+    def not_sent(self, n: int, reason: KafkaError | str) -> None:
         """`n` messages were not produced: they will never report."""
         if self.error is None:
             self.error = reason
@@ -216,9 +230,9 @@ class Publisher:
         return self._producer is not None
 
     async def publish(self, events: Sequence[Event]) -> None:
-        """Send every event, then wait for all acks; raises BrokerUnavailable on any failure."""
+        """Send every event, then wait for all acks; raises PublishFailed on any failure."""
         if self._producer is None:
-            raise BrokerUnavailable("publisher not started")
+            raise BrokerUnavailable("publisher not started", _ids(events))
         loop = self._loop
         future = loop.create_future()
         request = _Request(future, len(events), loop.time() + self.timeout_s)
@@ -233,10 +247,8 @@ class Publisher:
             await future
         finally:
             self._waiting -= 1
-        error = request.error
-        if error is not None:
-            raise self._unavailable(error if isinstance(error, str) else
-                                    f"broker did not acknowledge: {error.str()}")
+        if request.error is not None:
+            raise self._failure(request.error, events)
         self._down = False
 
     def _produce_outbox(self) -> None:
@@ -255,16 +267,21 @@ class Publisher:
                 try:
                     producer.produce(topic, e.to_json_bytes(), e.user_id.encode(),
                                      on_delivery=delivered)
-                except (BufferError, KafkaException) as exc:  # queue full, fatal state
-                    request.not_sent(len(events) - k, f"broker did not take the events: {exc!r}")
+                except (BufferError, KafkaException) as exc:  # queue full, fatal state, too large
+                    request.not_sent(len(events) - k, _too_large(exc) or
+                                     f"broker did not take the events: {exc!r}")
                     break
                 except Exception as exc:  # noqa: BLE001 - fail this request, not the others
                     log.exception("producing a request's events failed")
                     request.not_sent(len(events) - k, f"events not produced: {exc!r}")
                     break
 
-    def _unavailable(self, reason: str) -> BrokerUnavailable:
-        return BrokerUnavailable("broker not connected" if self._down else reason)
+    def _failure(self, error: KafkaError | str, events: Sequence[Event]) -> PublishFailed:
+        if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            return EventTooLarge(f"an event is over the broker's message size limit: "
+                                 f"{error.str()}", _ids(events))
+        reason = error if isinstance(error, str) else f"broker did not acknowledge: {error.str()}"
+        return BrokerUnavailable("broker not connected" if self._down else reason, _ids(events))
 
     async def check(self) -> bool:
         """Readiness: a metadata round trip to the broker succeeds."""
@@ -277,3 +294,15 @@ class Publisher:
         except KafkaException:
             return False
         return bool(meta.brokers)
+
+
+def _ids(events: Sequence[Event]) -> list[str]:
+    return [str(e.event_id) for e in events]
+
+
+def _too_large(exc: Exception) -> KafkaError | None:
+    """produce()'s size refusal (librdkafka checks message.max.bytes before queueing)."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+        return error
+    return None

@@ -21,6 +21,7 @@ from tests.realtime.conftest import end_offsets, read_topic
 pytestmark = pytest.mark.integration
 
 NOW_MS = int(time.time() * 1000)
+EVENT_ID = "6f1c2f36-3b43-4d47-9a51-4f6f3c1b8a01"
 
 
 def event(**fields: object) -> dict:
@@ -181,18 +182,47 @@ async def test_unreachable_broker_is_503_with_retry_after(settings: Settings) ->
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
-            one = await client.post("/events", json=event())
-            batch = await client.post("/events/batch", json={"events": [event()]})
+            one = await client.post("/events", json=event(event_id=EVENT_ID))
+            batch = await client.post("/events/batch", json={"events": [event(), event()]})
             ready = await client.get("/ready")
             health = await client.get("/health")
             item = await client.put("/items/i1", json={"category": "shoes"})
     for response in (one, batch):
         assert response.status_code == 503
         assert response.headers["retry-after"] == "5"
-        assert response.json() == {"detail": "broker not connected"}
+        assert response.json()["detail"] == (
+            "broker not connected; some events may have been published: retry with these "
+            "event_ids so that none is counted twice")
+    # The ids to retry with, the server's where the client sent none (a retry with fresh
+    # ones would count the events already published twice).
+    assert one.json()["event_ids"] == [EVENT_ID]
+    ids = batch.json()["event_ids"]
+    assert len(set(ids)) == 2 and all(uuid.UUID(i).version == 4 for i in ids)
     assert ready.status_code == 503 and ready.json() == {"broker": False, "database": False}
     assert health.status_code == 200
     assert item.status_code == 503 and item.headers["retry-after"] == "5"
+
+
+async def test_an_event_over_the_message_size_is_413_not_503(
+    settings: Settings, kafka_topics: dict
+) -> None:
+    """With the context limit raised past the producer's message size, the broker's refusal is
+    final: 413 (a 503 had clients retry it forever), with the id it was sent with."""
+    settings = settings.model_copy(update={"max_context_bytes": 2_000_000,
+                                           "max_body_bytes": 3_000_000})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            response = await client.post("/events", json=event(
+                event_id=EVENT_ID, context={"pad": "x" * 1_100_000}))
+    assert response.status_code == 413
+    assert response.json() == {
+        "detail": "an event is over the broker's message size limit: Unable to produce "
+                  "message: Broker: Message size too large; the events before it may have "
+                  "been published with these event_ids",
+        "event_ids": [EVENT_ID]}
+    assert await end_offsets(settings, settings.topic_events) == 0
 
 
 async def test_catalogue_upserts_postgres_and_redis(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -77,6 +78,7 @@ async def test_concurrent_requests_are_each_answered_after_their_acks(
 class _Unserialisable:
     """An event whose serialisation fails (a bug, not a broker error)."""
 
+    event_id = uuid.UUID("0f8fad5b-d9cb-469f-a165-70867728950e")
     user_id = "user-x"
 
     def to_json_bytes(self) -> bytes:
@@ -95,8 +97,22 @@ async def test_a_request_that_cannot_be_produced_fails_alone(
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], BrokerUnavailable)
     assert "cannot serialise" in str(results[1])
+    assert results[1].event_ids == [str(_Unserialisable.event_id)]
     records = await read_topic(settings, settings.topic_events, len(good))
     assert sorted(r.value for r in records) == sorted(e.to_json_bytes() for e in good)
+
+
+async def test_a_partly_produced_request_fails_with_all_its_event_ids(
+    settings: Settings, publisher: Publisher
+) -> None:
+    """The first event of the request is published, the second is not: the failure names both
+    ids, so a client that sent none can retry without counting the first twice."""
+    first = events(1, users=1)[0]
+    with pytest.raises(BrokerUnavailable) as failed:
+        await publisher.publish([first, _Unserialisable()])
+    assert failed.value.event_ids == [str(first.event_id), str(_Unserialisable.event_id)]
+    [record] = await read_topic(settings, settings.topic_events, 1)
+    assert record.value == first.to_json_bytes()
 
 
 async def test_a_recurring_fatal_error_replaces_the_producer_at_most_so_often(
