@@ -114,8 +114,17 @@ class RecentItems:
     items: list[str] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def loaded(cls, items: Iterable[str], times: Mapping[str, float]) -> RecentItems:
+        """The state as read from the list and the hash, which can drift apart (one key evicted
+        or edited by hand): duplicates in the list and times of unlisted items are dropped."""
+        distinct = list(dict.fromkeys(items))  # the newest copy of each item stays
+        return cls(distinct, {item: times[item] for item in distinct if item in times})
+
     def touch(self, item_id: str, t_s: float, max_len: int) -> None:
-        if item_id in self.times:
+        # Membership from the list itself, not the hash: a mismatch must not raise (a wedged
+        # batch) nor leave the item twice in the list.
+        if item_id in self.items:
             self.items.remove(item_id)
         self.items.insert(0, item_id)
         self.times[item_id] = t_s

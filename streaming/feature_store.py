@@ -109,7 +109,7 @@ class FeatureStore:
         for user, listed, flat in zip(users, replies[n:n + u], replies[n + u:n + 2 * u],
                                       strict=True):
             times = dict(zip(map(bytes.decode, flat[::2]), map(float, flat[1::2]), strict=True))
-            recent[user] = RecentItems(list(map(bytes.decode, listed)), times)
+            recent[user] = RecentItems.loaded(map(bytes.decode, listed), times)
         offset = n + 2 * u
         fetched = {item: (replies[offset + i] or b"").decode() or None
                    for i, item in enumerate(unknown)}

@@ -86,3 +86,19 @@ def test_plan_batch_by_hand() -> None:
             counted[item] = counted.get(item, 0) + n
     assert counted == {"a": 3.0, "b": 3.0, "c": 10.0}  # z is older than the trending window
     assert min(up.trending) == bucket
+
+
+def test_touch_copes_with_a_list_and_hash_out_of_step() -> None:
+    """The list and the hash are two Redis keys: one can lose an entry the other still has."""
+    unlisted = RecentItems(["b"], {"a": 1.0, "b": 2.0})  # "a" left the list, not the hash
+    unlisted.touch("a", 3.0, max_len=3)
+    assert (unlisted.items, unlisted.times) == (["a", "b"], {"a": 3.0, "b": 2.0})
+    untimed = RecentItems(["a", "b"], {"b": 2.0})  # "a" left the hash, not the list
+    untimed.touch("a", 3.0, max_len=3)
+    assert (untimed.items, untimed.times) == (["a", "b"], {"a": 3.0, "b": 2.0})
+
+
+def test_loaded_state_drops_duplicates_and_unlisted_times() -> None:
+    state = RecentItems.loaded(["a", "b", "a", "c"], {"a": 3.0, "c": 1.0, "z": 9.0})
+    assert state.items == ["a", "b", "c"]  # the newest copy kept
+    assert state.times == {"a": 3.0, "c": 1.0}
