@@ -2,10 +2,13 @@
 
 Exactly-once on a single Redis: `apply` first reads which events already carry a `event:seen`
 marker, then writes the new events' feature updates and their markers in ONE MULTI/EXEC, so a
-crash leaves either both or neither. One partition (hence one consumer) owns each user, so the
-read-then-write of a user's recent list has a single writer. Every command names one key (one
-user, one item or one global set); on Redis Cluster the transaction would have to be split per
-hash slot, giving per-slot rather than per-batch atomicity.
+crash leaves either both or neither. The write WATCHes the new events' markers and checks them
+again first: after a rebalance two processors can hold the same batch, and whichever writes
+second finds the markers (or has its EXEC aborted) and plans again, so no event counts twice.
+One partition (hence one consumer) owns each user, so the read-then-write of a user's recent
+list has a single writer. Every command names one key (one user, one item or one global set);
+on Redis Cluster the transaction would have to be split per hash slot, giving per-slot rather
+than per-batch atomicity.
 """
 
 from __future__ import annotations
@@ -19,11 +22,18 @@ from reco import keys
 from reco.features import FeatureParams, FeatureUpdates, RecentItems, plan_batch
 from reco.settings import Settings
 from streaming.messages import StreamEvent
-from streaming.redis_pipe import Packed, RedisPipe
+from streaming.redis_pipe import Packed, RedisPipe, TransactionAborted
 
 TRENDING_TTL_MARGIN_S = 120
 CATEGORY_CACHE_S = 60.0  # catalogue categories rarely change; a minute of staleness is fine
 CATEGORY_CACHE_MAX = 200_000
+# Plans of one batch before giving up (the batch loop then retries it with backoff). Each
+# conflict means another processor wrote markers of the batch, so a re-plan has fewer events.
+WRITE_ATTEMPTS = 5
+
+
+class WriteConflict(Exception):
+    """Some of a planned batch's events were applied by another processor meanwhile."""
 
 
 @dataclass
@@ -57,6 +67,14 @@ class FeatureStore:
         self._categories: dict[str, tuple[str | None, float]] = {}  # item -> (category, expiry)
 
     async def apply(self, events: Sequence[StreamEvent]) -> AppliedBatch:
+        for _ in range(WRITE_ATTEMPTS - 1):
+            try:
+                return await self._apply_once(events)
+            except WriteConflict:
+                continue  # markers appeared since the plan: plan again without those events
+        return await self._apply_once(events)
+
+    async def _apply_once(self, events: Sequence[StreamEvent]) -> AppliedBatch:
         planned = await self.plan(events)
         if planned.commands:
             await self.write(planned)
@@ -85,7 +103,20 @@ class FeatureStore:
                             self._commands(fresh, updates))
 
     async def write(self, planned: PlannedBatch) -> None:
-        await self.writer.execute(planned.commands, transaction=True)
+        """Apply the plan atomically, unless one of its events got a marker since it was planned
+        (WriteConflict: plan again). WATCH first, so a marker set after the check aborts EXEC."""
+        markers = [_marker(e) for e in planned.fresh]
+        check = Packed()
+        check.add("WATCH", *markers)
+        check.add("EXISTS", *markers)
+        if (await self.writer.execute(check))[1]:
+            await self.writer.execute([("UNWATCH",)])
+            raise WriteConflict("events of the batch were applied meanwhile (before the write)")
+        try:
+            await self.writer.execute(planned.commands, transaction=True)
+        except TransactionAborted:
+            raise WriteConflict("events of the batch were applied meanwhile (EXEC aborted)") \
+                from None
 
     async def _read_state(
         self, events: Sequence[StreamEvent], carried: dict[str, RecentItems]

@@ -89,6 +89,10 @@ class RedisReplyError(Exception):
     """Redis answered a command with an error (or aborted the transaction)."""
 
 
+class TransactionAborted(RedisReplyError):
+    """EXEC answered nil: a WATCHed key changed, nothing of the transaction was applied."""
+
+
 class RedisPipe:
     def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
         params = parse_url(url)
@@ -125,7 +129,7 @@ class RedisPipe:
             queued, result = replies[1:-1], replies[-1]
             _raise_first_error(queued)
             if result is None:
-                raise RedisReplyError("transaction aborted")
+                raise TransactionAborted("transaction aborted: a watched key changed")
             _raise_first_error(result)
             return result
         replies = await self._roundtrip(payload, len(commands))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis
@@ -14,6 +15,7 @@ from reco.settings import Settings
 from streaming.feature_store import FeatureStore
 from streaming.messages import StreamEvent
 from streaming.redis_pipe import RedisPipe
+from tests.reliability.conftest import assert_same_features, dump
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +54,44 @@ async def test_recent_items_out_of_step_with_their_times(
     for user in ("u1", "u2"):
         assert r.lrange(keys.user_recent(user), 0, -1) == ["a", "b"]
         assert r.hgetall(keys.user_recent_times(user)) == {"a": repr(t_s), "b": repr(t_s - 5)}
+
+
+class Interleaved(RedisPipe):
+    """A writer connection that lets another processor run once, just before this one's first
+    command (`at="check"`) or its first MULTI/EXEC (`at="exec"`)."""
+
+    def __init__(self, url: str, at: str, other: Callable[[], Awaitable[object]]) -> None:
+        super().__init__(url)
+        self.at = at
+        self.other: Callable[[], Awaitable[object]] | None = other
+
+    async def execute(self, commands: Any, transaction: bool = False) -> list[Any]:
+        if self.other is not None and (self.at == "check" or transaction):
+            other, self.other = self.other, None
+            await other()
+        return await super().execute(commands, transaction)
+
+
+@pytest.mark.parametrize("at", ["check", "exec"])
+async def test_a_batch_two_processors_hold_is_applied_once(
+    settings: Settings, redis_client: redis.Redis, at: str
+) -> None:
+    """After a rebalance the old and the new owner can both plan the same batch (no markers
+    yet). Whichever writes second must see the other's markers, before its write ("check") or
+    through its aborted EXEC ("exec"), and plan again: no increment counted twice."""
+    events = [ev("u1", "a", T_MS), ev("u1", "b", T_MS + 1000), ev("u2", "a", T_MS + 2000)]
+    pipes = [RedisPipe(settings.redis_url) for _ in range(3)]
+    other = FeatureStore(pipes[0], settings)
+    writer = Interleaved(settings.redis_url, at, lambda: other.apply(events[:2]))
+    try:
+        result = await FeatureStore(pipes[1], settings, writer).apply(events)
+        both = dump(redis_client)
+        redis_client.flushdb()
+        await FeatureStore(pipes[2], settings).apply(events)  # one processor, once
+    finally:
+        for pipe in (*pipes, writer):
+            await pipe.close()
+
+    assert [e.event_id for e in result.applied] == [events[2].event_id]
+    assert result.duplicates == 2
+    assert_same_features(both, dump(redis_client))
