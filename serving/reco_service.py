@@ -89,8 +89,11 @@ class _Plan:
     clock: float
 
 
-def _head(first: FirstRead) -> str:
-    return first.recent[0] if first.recent else ""
+def _fingerprint(first: FirstRead) -> str:
+    """A stable digest of the whole recent list (not only its head: after A -> B -> A the head
+    is A again, yet B is now seen and a source). "\x1f" cannot occur in ids (printable)."""
+    joined = "\x1f".join(first.recent).encode()
+    return hashlib.blake2b(joined, digest_size=8).hexdigest()  # ~1.4 us for 50 ids
 
 
 def _versions_sig(first: FirstRead) -> str:
@@ -152,7 +155,8 @@ class RecoService:
             first = await self.io.first_read(p.user_id, p.variant)
         except StoreUnavailable:
             return self.fallback(p)
-        hit = self._cached(first)
+        fingerprint = _fingerprint(first)
+        hit = self._cached(first, fingerprint)
         if hit is not None:
             return hit
         items = self.signals.items  # one snapshot for the whole request
@@ -161,25 +165,27 @@ class RecoService:
             second = await self.io.second_read(p.user_id, plan.sources, plan.missing)
         except StoreUnavailable:
             return self.fallback(p)
-        return self._answer(p, first, self._features(first, plan, second, items), items)
+        features = self._features(first, plan, second, items)
+        return self._answer(p, first, fingerprint, features, items)
 
-    def _cached(self, first: FirstRead) -> Answer | None:
-        """The cached response if it was made with the user's current recent-list head and
-        the active model versions; None (a miss) otherwise."""
+    def _cached(self, first: FirstRead, fingerprint: str) -> Answer | None:
+        """The cached response if it was made with the user's current recent list and the
+        active model versions; None (a miss) otherwise."""
         if first.cached:
-            cached_head, cached_versions, body = first.cached.split("\n", 2)
-            # A new event moves a different item to the head; a model switch changes versions.
-            if cached_head == _head(first) and cached_versions == _versions_sig(first):
+            cached_recent, cached_versions, body = first.cached.split("\n", 2)
+            # Any new event changes the recent list; a model switch changes versions.
+            if cached_recent == fingerprint and cached_versions == _versions_sig(first):
                 metrics.CACHE_HITS.inc()
                 return Answer(body.encode(), "cached")
         metrics.CACHE_MISSES.inc()
         return None
 
-    def _answer(self, p: RecoParams, first: FirstRead, features: UserFeatures,
-                items: ItemIndex) -> Answer:
+    def _answer(self, p: RecoParams, first: FirstRead, fingerprint: str,
+                features: UserFeatures, items: ItemIndex) -> Answer:
+        """The ranked response, and its cache entry stamped with the recent list it saw."""
         ranking = rank(features, items, self.config, p.filters, p.k, p.explain)
         body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
-        entry = b"\n".join((_head(first).encode(), _versions_sig(first).encode(),
+        entry = b"\n".join((fingerprint.encode(), _versions_sig(first).encode(),
                             body[: -len(CACHED_FALSE)] + CACHED_TRUE))
         return Answer(body, ranking.strategy, entry)
 

@@ -142,7 +142,7 @@ def test_on_loop_refresh_matches_the_blocking_one(redis_url: str, settings: Sett
 
 def test_a_list_ranked_before_a_new_event_is_never_served_after_it(client, world) -> None:
     """Requests now overlap on the event loop: an event can land between a miss's reads and
-    its cache write. The entry is stamped with the head the ranking saw, so it is a miss."""
+    its cache write. The entry is stamped with the recent list the ranking saw, so it is a miss."""
     from tests.api.conftest import touch
     from tests.api.test_recommendations import get
 
@@ -158,6 +158,6 @@ def test_a_list_ranked_before_a_new_event_is_never_served_after_it(client, world
     stale = get(client)
     io.second_read = read
     assert stale["cached"] is False and "Y" in [i["item_id"] for i in stale["items"]]
-    fresh = get(client)  # the stale entry was written, but its head is A, not Y
+    fresh = get(client)  # the stale entry was written, but for the list before Y
     assert fresh["cached"] is False and "Y" not in [i["item_id"] for i in fresh["items"]]
     assert get(client)["cached"] is True

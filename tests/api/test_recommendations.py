@@ -204,6 +204,20 @@ def test_cache_hit_then_miss_after_new_event(client, world) -> None:
     assert get(client)["cached"] is True
 
 
+def test_cache_misses_when_the_head_comes_back_after_another_event(client, world) -> None:
+    """A -> X -> A with no request while X was the head: the head is A again, but X is now
+    seen (and a source), so the entry made before X must not be served."""
+    from tests.api.conftest import touch
+
+    assert "X" in [i["item_id"] for i in get(client)["items"]]
+    touch(world["redis"], "u1", "X", time.time())
+    touch(world["redis"], "u1", "A", time.time())
+    fresh = get(client)
+    assert fresh["cached"] is False
+    assert "X" not in [i["item_id"] for i in fresh["items"]]
+    assert get(client)["cached"] is True
+
+
 def test_cache_is_per_parameters_and_model_version(client, world) -> None:
     assert get(client, k=5)["cached"] is False
     assert get(client, k=4)["cached"] is False
