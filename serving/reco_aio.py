@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import hiredis
 from redis.connection import parse_url
 
-from serving.reco_redis import Command, RedisDown, setup_commands
+from serving.reco_redis import Command, RedisDown, check_replies, setup_commands
 
 
 class _Batch:
@@ -124,19 +124,15 @@ class AsyncPipelineClient:
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future | None = None
 
-    async def execute(self, commands: Sequence[Command]) -> list:
-        """Send all commands in one write and return their replies in order."""
+    async def execute(self, commands: Sequence[Command], tolerated: int = 0) -> list:
+        """Send all commands in one write and return their replies in order; error replies to
+        the first `tolerated` commands are returned, not raised."""
         if not commands:
             return []
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connection()
-        future = self.send(conn, commands)
-        replies = await future
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise RedisDown(f"server error: {reply}")
-        return replies
+        return check_replies(await self.send(conn, commands), tolerated)
 
     def send(self, conn: _Connection, commands: Sequence[Command]) -> asyncio.Future:
         # Packed first: a command that cannot be packed must not leave a batch queued that
@@ -172,9 +168,7 @@ class AsyncPipelineClient:
                                                  opts.get("port", 6379))
                 setup = setup_commands(opts)
                 if setup:
-                    for reply in await self.send(conn, setup):
-                        if isinstance(reply, hiredis.ReplyError):
-                            raise RedisDown(f"server error: {reply}")
+                    check_replies(await self.send(conn, setup))
         except (OSError, TimeoutError, RedisDown) as exc:
             down = exc if isinstance(exc, RedisDown) else RedisDown(
                 str(exc) or type(exc).__name__)

@@ -13,6 +13,8 @@ LATENCY = Histogram(
 )
 CACHE_HITS = Counter("recommendation_cache_hits_total", "Responses served from the cache")
 CACHE_MISSES = Counter("recommendation_cache_misses_total", "Cache lookups that missed")
+CACHE_WRITE_ERRORS = Counter("recommendation_cache_write_errors_total",
+                             "Cache writes Redis refused (e.g. OOM, READONLY); reads go on")
 FALLBACKS = Counter("recommendation_fallbacks_total",
                     "Responses served from the in-process snapshot because Redis was unreachable",
                     ["endpoint"])

@@ -34,6 +34,23 @@ class RedisDown(Exception):
     """The server is unreachable, timed out, or answered an error."""
 
 
+def check_replies(replies: list, tolerated: int = 0) -> list:
+    """`replies`, unless one past the first `tolerated` is an error reply: RedisDown then.
+
+    The tolerated ones are the caller's best-effort writes (cache entries riding along with
+    reads): an OOM or READONLY answer to those says nothing about the reads.
+    """
+    for reply in replies:  # the usual case: no error at all, one pass
+        if isinstance(reply, hiredis.ReplyError):
+            break
+    else:
+        return replies
+    for reply in replies[tolerated:]:
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisDown(f"server error: {reply}")
+    return replies
+
+
 class PipelineClient:
     def __init__(self, url: str, timeout_s: float, encoding: str | None = "utf-8") -> None:
         self.options = parse_url(url)
@@ -42,8 +59,9 @@ class PipelineClient:
         self.encoding = encoding
         self._local = threading.local()  # one connection per thread (threadpool mode)
 
-    def execute(self, commands: Sequence[Command]) -> list:
-        """Send all commands in one write and return their replies in order."""
+    def execute(self, commands: Sequence[Command], tolerated: int = 0) -> list:
+        """Send all commands in one write and return their replies in order; error replies to
+        the first `tolerated` commands are returned, not raised."""
         if not commands:
             return []
         conn = getattr(self._local, "conn", None)
@@ -65,10 +83,7 @@ class PipelineClient:
         except (OSError, hiredis.ProtocolError) as exc:
             self.close()
             raise RedisDown(str(exc) or type(exc).__name__) from exc
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise RedisDown(f"server error: {reply}")
-        return replies
+        return check_replies(replies, tolerated)
 
     def _connect(self) -> tuple[socket.socket, hiredis.Reader]:
         opts = self.options

@@ -23,17 +23,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import hiredis
 import numpy as np
 
 from reco import keys, neighbours
 from reco.ranking import Lists
 from reco.timing import REDIS_OPERATION_SECONDS
+from serving import reco_metrics as metrics
 from serving.reco_aio import AsyncPipelineClient
 from serving.reco_redis import Command, PipelineClient, RedisDown
 
 log = logging.getLogger(__name__)
 ITEM2VEC, ALS, SASREC = "item2vec", "als", "sasrec"
 USER_KINDS = ("user_cf", "user_seq")  # ListKey kinds owned by a user, not an item
+WRITE_ERROR_LOG_S = 60.0  # refused cache writes are logged at most this often (every miss)
 
 
 # The key of each versioned list kind (co-view sets are sorted sets, read apart).
@@ -93,6 +96,7 @@ class FeatureStore:
         self._pending: list[Command] = []
         self._pending_lock = threading.Lock()
         self._timers: dict[str, Any] = {}  # operation -> histogram child (labels() is slow)
+        self._write_error_logged_at = -WRITE_ERROR_LOG_S
 
     def _timer(self, operation: str) -> Any:
         timer = self._timers.get(operation)
@@ -106,35 +110,59 @@ class FeatureStore:
                     self.retry_s, exc)
         return StoreUnavailable(str(exc))
 
-    def _run(self, operation: str, commands: Sequence[Command]) -> list:
+    def _run(self, operation: str, commands: Sequence[Command], writes: int = 0) -> list:
+        """Replies to `commands`, the first `writes` of them cache writes (see `_writes_done`)."""
         if time.monotonic() < self._down_until:
             raise StoreUnavailable("feature store marked down")
         started = time.perf_counter()
         try:
-            return self.client.execute(commands)
+            replies = self.client.execute(commands, writes)
         except RedisDown as exc:
             raise self._unavailable(exc) from exc
         finally:
             self._timer(operation).observe(time.perf_counter() - started)
+        if writes:
+            self._writes_done(replies, writes)
+        return replies
 
-    async def _run_async(self, operation: str, commands: Sequence[Command]) -> list:
+    async def _run_async(self, operation: str, commands: Sequence[Command],
+                         writes: int = 0) -> list:
         if time.monotonic() < self._down_until:
             raise StoreUnavailable("feature store marked down")
         started = time.perf_counter()
         try:
-            return await self.aio.execute(commands)
+            replies = await self.aio.execute(commands, writes)
         except RedisDown as exc:
             raise self._unavailable(exc) from exc
         finally:
             self._timer(operation).observe(time.perf_counter() - started)
+        if writes:
+            self._writes_done(replies, writes)
+        return replies
+
+    def _writes_done(self, replies: list, writes: int) -> None:
+        """Count the cache writes Redis refused (OOM under noeviction, READONLY replica): a
+        lost entry only costs a later miss, and the reads beside it worked, so neither the
+        request nor the breaker fails over it."""
+        refused = [r for r in replies[:writes] if isinstance(r, hiredis.ReplyError)]
+        if not refused:
+            return
+        metrics.CACHE_WRITE_ERRORS.inc(len(refused))
+        now = time.monotonic()
+        if now - self._write_error_logged_at >= WRITE_ERROR_LOG_S:  # not once per miss
+            self._write_error_logged_at = now
+            log.warning("Redis refused %d cache write(s), serving on without them: %s",
+                        len(refused), refused[0])
 
     # -- round 1: cached response, recent list, model versions (+ queued cache writes) -----
 
-    def _first_commands(self, user_id: str, variant: str) -> list[Command]:
-        return [*self._take_pending(),
+    def _first_commands(self, user_id: str, variant: str) -> tuple[list[Command], int]:
+        """Round 1's commands, queued cache writes first, and how many writes lead."""
+        writes = self._take_pending()
+        return [*writes,
                 ("GET", keys.reco_cache(user_id, variant)),
                 ("LRANGE", keys.user_recent(user_id), 0, -1),
-                ("HGETALL", keys.MODEL_VERSIONS)]
+                ("HGETALL", keys.MODEL_VERSIONS)], len(writes)
 
     @staticmethod
     def _first_reply(replies: list) -> FirstRead:
@@ -142,12 +170,12 @@ class FeatureStore:
         return FirstRead(cached, recent, _hash(versions))
 
     def first_read(self, user_id: str, variant: str) -> FirstRead:
-        return self._first_reply(self._run("reco_first_read",
-                                           self._first_commands(user_id, variant)))
+        commands, writes = self._first_commands(user_id, variant)
+        return self._first_reply(self._run("reco_first_read", commands, writes))
 
     async def first_read_async(self, user_id: str, variant: str) -> FirstRead:
-        return self._first_reply(await self._run_async(
-            "reco_first_read", self._first_commands(user_id, variant)))
+        commands, writes = self._first_commands(user_id, variant)
+        return self._first_reply(await self._run_async("reco_first_read", commands, writes))
 
     # -- round 2 (cache miss): times, lists not parsed in process (items, ALS, SASRec), seen --
 
@@ -230,13 +258,13 @@ class FeatureStore:
     def flush_cache_writes(self) -> None:
         writes = self._take_pending()
         with contextlib.suppress(StoreUnavailable):  # a lost write only costs a later miss
-            self._run("reco_cache_write", writes)
+            self._run("reco_cache_write", writes, len(writes))
 
     async def flush_cache_writes_async(self) -> None:
         writes = self._take_pending()
         if writes:
             with contextlib.suppress(StoreUnavailable):
-                await self._run_async("reco_cache_write", writes)
+                await self._run_async("reco_cache_write", writes, len(writes))
 
     def _take_pending(self) -> list[Command]:
         if not self._pending:

@@ -43,6 +43,20 @@ def put_meta(r: redis.Redis, item: str, category: str, price: float = 10.0,
                                           "created_at": created_at, "title": item})
 
 
+@contextmanager
+def out_of_memory(r: redis.Redis) -> Iterator[None]:
+    """Redis refusing every write (maxmemory below its usage, noeviction), restored after:
+    the server is the session's, shared by later tests."""
+    before = r.config_get("maxmemory", "maxmemory-policy")
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        yield
+    finally:
+        r.config_set("maxmemory", before["maxmemory"])
+        r.config_set("maxmemory-policy", before["maxmemory-policy"])
+
+
 @pytest.fixture
 def world(redis_client: redis.Redis) -> dict:
     """The scenario the exact-ranking tests compute by hand (see test_recommendations.py).

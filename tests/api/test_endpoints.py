@@ -7,7 +7,7 @@ import time
 import pytest
 
 from reco import keys
-from tests.api.conftest import put_meta
+from tests.api.conftest import out_of_memory, put_meta
 from tests.api.test_recommendations import W_POP, get, ids_scores, metric
 
 
@@ -118,3 +118,25 @@ def test_fallback_when_redis_is_down(world, make_client, redis_server) -> None:
                       '{endpoint="recommendations"}') == fallbacks + 1
         time.sleep(0.3)  # past the breaker's retry time: personalised again
         assert get(client, k=3)["strategy"] == "personalized"
+
+
+def test_refused_cache_writes_fail_neither_requests_nor_the_breaker(world, make_client) -> None:
+    """Redis out of memory (noeviction) refuses the cache writes riding along with round 1 and
+    the flushes, but the reads work: users keep their personalised lists."""
+    def refused() -> float:
+        return metric(client, "recommendation_cache_write_errors_total")
+
+    with make_client() as client, out_of_memory(world["redis"]):
+        fallbacks = metric(client, "recommendation_fallbacks_total", '{endpoint="recommendations"}')
+        before = refused()
+        bodies = [get(client), get(client), get(client, user_id="stranger"), get(client)]
+        assert [(b["strategy"], b["cached"]) for b in bodies] == [
+            ("personalized", False), ("personalized", False), ("popular", False),
+            ("personalized", False)]
+        deadline = time.monotonic() + 10.0
+        while refused() < before + 4 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the last write goes out with a flush soon after its request
+        assert refused() == before + 4
+        assert metric(client, "recommendation_fallbacks_total",
+                      '{endpoint="recommendations"}') == fallbacks
+    assert world["redis"].keys("cache:reco:*") == []

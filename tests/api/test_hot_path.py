@@ -14,6 +14,7 @@ from serving.reco_aio import AsyncPipelineClient
 from serving.reco_params import parse_query
 from serving.reco_redis import RedisDown
 from serving.reco_snapshots import GlobalSignals
+from serving.reco_store import FeatureStore, StoreUnavailable
 from tests.api.test_recommendations import EXPECTED, assert_ranking, metric
 
 
@@ -113,6 +114,45 @@ def test_async_client_times_out_a_batch_left_unanswered_and_only_that_one() -> N
             server.close()
 
     asyncio.run(scenario())
+
+
+def test_refused_cache_writes_are_counted_but_refused_reads_trip_the_breaker(
+        redis_url: str) -> None:
+    """Both clients, writes riding with round 1 and flushed alone: an error reply to a cache
+    write is counted; one to a read still means the store is unusable."""
+    from prometheus_client import REGISTRY
+
+    from tests.api.conftest import out_of_memory, put_recent
+
+    def refused() -> float:
+        return REGISTRY.get_sample_value("recommendation_cache_write_errors_total") or 0.0
+
+    async def on_loop() -> None:
+        store.queue_cache_write("u1", "v", b"entry", 60)
+        assert (await store.first_read_async("u1", "v")).recent == ["A", "B"]
+        store.queue_cache_write("u1", "v", b"entry", 60)
+        await store.flush_cache_writes_async()
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    put_recent(r, "u1", [("A", 1.0), ("B", 0.5)])
+    store = FeatureStore(redis_url, timeout_s=1.0, retry_s=60.0)
+    before = refused()
+    with out_of_memory(r):
+        store.queue_cache_write("u1", "v", b"entry", 60)
+        assert store.first_read("u1", "v").recent == ["A", "B"]
+        store.queue_cache_write("u1", "v", b"entry", 60)
+        store.flush_cache_writes()
+        asyncio.run(on_loop())  # one loop: the asyncio client's connection belongs to it
+        assert store.first_read("u1", "v").cached is None  # not marked down, nothing stored
+    assert refused() == before + 4
+    r.delete(keys.user_recent("u1"))
+    r.set(keys.user_recent("u1"), "not a list")  # LRANGE answers WRONGTYPE
+    with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+        store.first_read("u1", "v")
+    with pytest.raises(StoreUnavailable, match="marked down"):
+        store.first_read("u1", "v")
+    store.close()
+    r.close()
 
 
 def test_on_loop_refresh_matches_the_blocking_one(redis_url: str, settings: Settings,
