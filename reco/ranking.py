@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import numpy as np
 
 from reco.catalog import ItemIndex
-from reco.rules import Filters, diversify, diversify_head, eligible
+from reco.rules import Filters, category_cap, diversify, diversify_head, eligible, per_category
 from reco.scoring import score_candidates
 
 if TYPE_CHECKING:
@@ -139,14 +139,15 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     # Enough popular filler to fill k even after the user's seen items are excluded.
     filler_n = config.popular_filler_n and max(config.popular_filler_n,
                                                k + len(features.recent) + len(features.seen))
+    share = 1.0 if filters.category is not None else config.max_category_share
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
     # Dedup, rules, signals, scores and the sort in one compiled pass.
-    weighted, fresh, score, order, norms = c.score(
-        _popular_filler(items, filters, filler_n), filters, config, recency_w, features.now)
+    filler = _popular_filler(items, filters, filler_n, category_cap(k, share))
+    weighted, fresh, score, order, norms = c.score(filler, filters, config, recency_w,
+                                                   features.now)
     if c.m == 0:
         return Ranking(strategy, [])
-    share = 1.0 if filters.category is not None else config.max_category_share
     # The category cap looks at the head (~4k of ~1,000 candidates), which nearly always
     # settles the top k; at all of them if not.
     n_head = _head_length(order, score, 4 * k + 32)
@@ -213,16 +214,23 @@ def _head_length(order: np.ndarray, score: np.ndarray, n: int) -> int:
     return n
 
 
-def _popular_filler(items: ItemIndex, filters: Filters, n: int) -> np.ndarray:
-    """Rows of the `n` most popular items passing the filters (cached per filter tuple)."""
+def _popular_filler(items: ItemIndex, filters: Filters, n: int,
+                    cap: int | None = None) -> np.ndarray:
+    """Rows of the `n` most popular items passing the filters, at most `cap` of each category
+    unless too few others exist (cached per filter tuple, n and cap).
+
+    Cut before the cap, a catalogue whose most popular items share one category gave a
+    filler of that category only, and `diversify` had to break the cap with it.
+    """
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
 
     def compute() -> np.ndarray:
         rows = items.popular_rows
-        return rows[eligible(items, rows, filters)][:n]
+        rows = rows[eligible(items, rows, filters)]
+        return rows[:n] if cap is None else per_category(rows, items.category, n, cap)
 
-    return items.filler((filters.key, n), compute)
+    return items.filler((filters.key, n, cap), compute)
 
 
 @functools.lru_cache(maxsize=64)

@@ -40,6 +40,11 @@ def eligible(items: ItemIndex, rows: np.ndarray, filters: Filters) -> np.ndarray
     return mask
 
 
+def category_cap(k: int, max_share: float) -> int | None:
+    """How many of the top k one category may fill; None: no limit (a share of 1.0)."""
+    return None if max_share >= 1.0 else max(1, math.floor(max_share * k))
+
+
 def diversify(order: np.ndarray, category: np.ndarray, k: int, max_share: float) -> np.ndarray:
     """Greedy re-rank: the best items such that no category fills more than `max_share` of k.
 
@@ -62,9 +67,9 @@ def diversify_head(head: np.ndarray, category: np.ndarray, k: int, max_share: fl
 def _capped(order: np.ndarray, category: np.ndarray, k: int, max_share: float
             ) -> tuple[list[int], list[int]]:
     """(up to k items in order keeping every category within its cap, the items deferred)."""
-    if max_share >= 1.0:
+    cap = category_cap(k, max_share)
+    if cap is None:
         return order[:k].tolist(), []
-    cap = max(1, math.floor(max_share * k))
     if 0 < k <= len(order):
         first = category[order[:k]].tolist()
         # No category occurs more often than the repeats plus one: when that bound is within
@@ -85,3 +90,35 @@ def _capped(order: np.ndarray, category: np.ndarray, k: int, max_share: float
         if len(chosen) == k:
             break
     return chosen, deferred
+
+
+def per_category(rows: np.ndarray, category: np.ndarray, n: int, cap: int) -> np.ndarray:
+    """The first `n` of `rows` (most popular first) with at most `cap` of each known category;
+    with too few other categories, the next `cap` of each, and so on (more of the dominant
+    category only once the others ran out, as `diversify` falls back on deferred items)."""
+    head = rows[: 4 * n]  # a layer-0 element depends only on those before it
+    layer = _layers(category[head], cap)
+    if np.count_nonzero(layer == 0) < n and len(head) < len(rows):
+        head = rows  # a dominant category: every row (~0.3 ms for 20,000, cached)
+        layer = _layers(category[rows], cap)
+    return head[np.argsort(_small(layer), kind="stable")[:n]]
+
+
+def _layers(category: np.ndarray, cap: int) -> np.ndarray:
+    """Per element, (how many of its category come before it) // cap; unknown category 0."""
+    order = np.argsort(_small(category), kind="stable")
+    ordered = category[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # of each category
+    runs = np.diff(np.r_[starts, len(ordered)])
+    # int32: this scatter took ~5x longer in int64 here (~200 us for 20,000).
+    before = np.empty(len(category), dtype=np.int32)
+    before[order] = np.arange(len(category), dtype=np.int32) - np.repeat(
+        starts.astype(np.int32), runs)
+    return np.where(category == UNKNOWN_CATEGORY, 0, before // cap)
+
+
+def _small(values: np.ndarray) -> np.ndarray:
+    """int16 when the values fit: numpy's stable argsort is a radix sort then (~10x faster)."""
+    if len(values) and values.min() >= -(2**15) and values.max() < 2**15:
+        return values.astype(np.int16)
+    return values

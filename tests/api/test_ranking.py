@@ -150,6 +150,64 @@ def test_diversify_caps_then_fills() -> None:
     assert diversify(order, category, k=3, max_share=1.0).tolist() == [0, 1, 2]
 
 
+def two_categories(n_a: int = 60, n_b: int = 60) -> ItemIndex:
+    """n_a items of category A, every one more popular than the n_b of category B."""
+    meta = {f"a{i}": {"category": "A"} for i in range(n_a)}
+    meta |= {f"b{i}": {"category": "B"} for i in range(n_b)}
+    pop = [(f"a{i}", 1000.0 - i) for i in range(n_a)] + [(f"b{i}", 500.0 - i)
+                                                        for i in range(n_b)]
+    return ItemIndex.build(meta, pop)
+
+
+def test_popular_filler_keeps_the_category_cap_when_one_category_leads() -> None:
+    """New users (and the fallback) rank the popular filler alone: cut to the top 50 before
+    the cap, it held category A only and the list broke the cap (20 A, cap 14)."""
+    items = two_categories()
+    config = RankConfig(max_category_share=0.7)
+    ranking = rank(UserFeatures([], {}, NOW), items, config, k=20)
+    assert [i.item_id for i in ranking.items] == [f"a{i}" for i in range(14)] + [
+        f"b{i}" for i in range(6)]
+    # The user's seen B items are excluded: the filler still holds enough other B items.
+    seen = UserFeatures([], {}, NOW, seen=[f"b{i}" for i in range(10)])
+    assert [i.item_id for i in rank(seen, items, config, k=20).items] == [
+        f"a{i}" for i in range(14)] + [f"b{i}" for i in range(10, 16)]
+    # /popular shares the filler cache (here its n, 50): it must get the plain popular order.
+    assert [i for i, _ in popular_items(items, Filters(), 50)] == [
+        f"a{i}" for i in range(50)]
+
+
+def test_popular_filler_still_fills_k_from_one_category() -> None:
+    items = two_categories(n_b=3)
+    config = RankConfig(max_category_share=0.7)
+    got = [i.item_id for i in rank(UserFeatures([], {}, NOW), items, config, k=20).items]
+    assert got == [f"a{i}" for i in range(14)] + ["b0", "b1", "b2"] + ["a14", "a15", "a16"]
+    only_a = two_categories(n_b=0)
+    assert [i.item_id for i in rank(UserFeatures([], {}, NOW), only_a, config, k=20).items] \
+        == [f"a{i}" for i in range(20)]
+    # A category filter lifts the cap (share 1.0), as diversify does.
+    assert [i.item_id for i in rank(UserFeatures([], {}, NOW), items, config,
+                                    Filters(category="A"), k=20).items] == [
+        f"a{i}" for i in range(20)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_capped_filler_matches_a_plain_walk(seed: int) -> None:
+    """The first 4n rows decide when they hold n within the cap; else every row counts."""
+    from reco.rules import per_category
+
+    rng = np.random.default_rng(seed)
+    m, n, cap = int(rng.integers(1, 600)), int(rng.integers(1, 60)), int(rng.integers(1, 8))
+    category = rng.choice([-1, 0, 1, 2, 3], size=m + 5, p=[0.05, 0.7, 0.1, 0.1, 0.05])
+    rows = rng.permutation(m + 5)[:m]
+    seen: dict[int, int] = {}
+    layer = []
+    for cat in category[rows].tolist():
+        layer.append(0 if cat == -1 else seen.get(cat, 0) // cap)
+        seen[cat] = seen.get(cat, 0) + 1
+    expected = [rows[j] for j in sorted(range(m), key=lambda j: (layer[j], j))[:n]]
+    assert per_category(rows, category, n, cap).tolist() == expected
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_head_of_the_ranking_gives_the_full_sorts_answer(seed: int) -> None:
     """`rank` applies the category cap to the head of the sorted pool: same top k as
