@@ -31,7 +31,7 @@ import orjson
 import redis
 
 from reco import keys
-from reco.catalog import ItemIndex
+from reco.catalog import ItemIndex, first_sightings
 from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving.model_items import MODEL_OF_KIND, ModelRows, map_model_items
@@ -258,15 +258,7 @@ def popular_ids(items: ItemIndex) -> list[str]:
 def _with_popular_rows(base: ItemIndex, rows: np.ndarray, scores: np.ndarray) -> ItemIndex:
     """`base.with_popularity` for members already mapped to known rows (chunked reads can see
     a member twice when it moved between chunks: its first sighting counts)."""
-    # Duplicates are found without sorting (the sort of 20,000 rows was most of this step's
-    # ~5-10 ms, run on the event loop): each row's slot keeps one index that wrote it.
-    slot = np.empty(base.unknown_row + 1, dtype=np.int32)
-    index = np.arange(len(rows), dtype=np.int32)
-    slot[rows] = index
-    if (slot[rows] != index).any():
-        _, first = np.unique(rows, return_index=True)
-        keep = np.sort(first)
-        rows, scores = rows[keep], scores[keep]
+    rows, scores = first_sightings(rows, scores, base.unknown_row + 1)
     pop = np.zeros(len(base.ids) + 1)
     pop[rows] = scores
     popular = rows[np.argsort(-scores, kind="stable")]

@@ -180,6 +180,35 @@ def test_on_loop_refresh_matches_the_blocking_one(redis_url: str, settings: Sett
     assert b.ids[b.popular_rows[0]] == "i27" and "no-meta" in b.row
 
 
+def test_on_loop_refresh_counts_a_member_seen_in_two_chunks_once(redis_url: str,
+                                                                 settings: Settings,
+                                                                 monkeypatch) -> None:
+    """i9 drops from the first chunk to the second between the two reads; with an item the
+    catalogue lacks, the refresh takes `with_popularity`, which kept both sightings."""
+    r = redis.Redis.from_url(redis_url)
+    for n in range(10):
+        r.hset(keys.item_meta(f"i{n}"), mapping={"category": "c", "price": n})
+    r.zadd(keys.ITEM_POPULARITY, {**{f"i{n}": float(n) for n in range(10)}, "no-meta": 0.5})
+    monkeypatch.setattr("serving.reco_snapshots.CHUNK", 4)
+    signals = GlobalSignals(settings)
+    read = signals.aio.execute
+
+    async def moving_i9(commands):
+        replies = await read(commands)
+        if commands[0][:3] == ("ZRANGE", keys.ITEM_POPULARITY, 0):  # after the first chunk
+            r.zadd(keys.ITEM_POPULARITY, {"i9": 4.5})
+        return replies
+
+    signals.aio.execute = moving_i9
+    asyncio.run(signals.refresh_async())
+    signals.stop()
+    items = signals.items
+    # i5 moved up into the first chunk's ranks after they were read: missed until the next.
+    assert [items.ids[row] for row in items.popular_rows] == [
+        "i9", "i8", "i7", "i6", "i4", "i3", "i2", "i1", "no-meta"]
+    assert items.popularity[items.row["i9"]] == 9.0  # the first sighting
+
+
 def test_a_list_ranked_before_a_new_event_is_never_served_after_it(client, world) -> None:
     """Requests now overlap on the event loop: an event can land between a miss's reads and
     its cache write. The entry is stamped with the recent list the ranking saw, so it is a miss."""

@@ -134,6 +134,16 @@ def test_popular_items_skip_out_of_stock_and_filter(catalog: ItemIndex) -> None:
     assert popular_items(catalog, Filters(category="a"), 5) == [("Y", 4.0), ("X", 3.0)]
 
 
+def test_popularity_read_twice_counts_once() -> None:
+    """Popularity read in chunks can list a member twice (it moved between chunks): its first
+    sighting counts, for catalogue items and items the catalogue lacks alike."""
+    base = ItemIndex.build({"a": {}, "b": {}, "c": {}})
+    items = base.with_popularity(["a", "b", "c", "b", "n", "n"], [5.0, 4.0, 3.0, 3.0, 2.0, 1.0])
+    assert [items.ids[r] for r in items.popular_rows.tolist()] == ["a", "b", "c", "n"]
+    assert popular_items(items, Filters(), 10) == [("a", 5.0), ("b", 4.0), ("c", 3.0),
+                                                   ("n", 2.0)]
+
+
 def test_unknown_ids_are_ranked_with_unknown_metadata() -> None:
     features = UserFeatures(["A"], {"A": NOW}, NOW, coview={"A": lists({"n1": 2, "n2": 1})})
     items = rank(features, ItemIndex.build({"n2": {"category": "a"}}), RankConfig(), k=5).items
