@@ -259,12 +259,14 @@ class RecoService:
                        p.filters, p.k, p.explain)
         return Answer(render(p, "fallback", ranking.items, {}, p.explain), "fallback")
 
-    def popular(self, k: int, category: str | None) -> list[dict]:
-        """Top popular items (in stock, optional category), score relative to the global top."""
+    def popular(self, k: int, category: str | None, exclude: str | None = None) -> list[dict]:
+        """Top popular items (in stock, optional category, not `exclude`), score relative to
+        the global top."""
         items = self.signals.items
         top = float(items.popularity[items.popular_rows[0]]) if len(items.popular_rows) else 0.0
+        found = popular_items(items, Filters(category=category), k + (exclude is not None))
         return [{"item_id": item, "score": round(score / top, 6) if top > 0 else 0.0}
-                for item, score in popular_items(items, Filters(category=category), k)]
+                for item, score in found if item != exclude][:k]
 
     async def similar(self, item_id: str, k: int) -> tuple[list[dict], dict[str, str]]:
         coview, knn, versions = await self.io.item_lists(item_id)

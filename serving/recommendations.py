@@ -97,7 +97,8 @@ def create_app(settings: Settings) -> FastAPI:
             strategy = "similar"
         except StoreUnavailable:
             metrics.FALLBACKS.labels(endpoint="similar").inc()
-            items, versions, strategy = service.popular(k, None), {}, "fallback"
+            # Popular items, but not the one the client asked about.
+            items, versions, strategy = service.popular(k, None, exclude=item_id), {}, "fallback"
         metrics.REQUESTS.labels(endpoint="similar", strategy=strategy).inc()
         hist["similar"].observe(time.perf_counter() - start)
         return JSONResponse({"item_id": item_id, "strategy": strategy, "items": items,
