@@ -6,10 +6,12 @@ RUN apt-get update \
       git curl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
+# The installed package has no sql/ beside it: the migrations are the ones copied below.
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
     RECO_JDBC_DRIVER_PATH=/usr/share/java/postgresql.jar \
+    RECO_SQL_DIR=/app/sql \
     RECO_STATE_DIR=/var/lib/reco
 
 WORKDIR /app

@@ -10,6 +10,8 @@ import psycopg
 
 from reco.settings import Settings
 
+# The checkout's migrations; an installed package (the Docker image) has none beside it and
+# points RECO_SQL_DIR at its copy instead.
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Serialises concurrent `reco db migrate` runs (any constant works; this one spells "reco").
 _MIGRATION_LOCK_ID = 0x7265636F
@@ -21,13 +23,28 @@ def connect(settings: Settings, database: str | None = None) -> Iterator[psycopg
         yield conn
 
 
+class MigrationsNotFound(RuntimeError):
+    """No migration files where they were looked for: applying nothing would leave no tables."""
+
+
+def migrations_dir(settings: Settings) -> Path:
+    return settings.sql_dir or SQL_DIR
+
+
 def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
     """Ordered migrations: files named NNN_description.sql."""
     return sorted(p for p in sql_dir.glob("*.sql") if p.name[:3].isdigit())
 
 
-def migrate(settings: Settings, sql_dir: Path = SQL_DIR) -> list[str]:
+def migrate(settings: Settings, sql_dir: Path | None = None) -> list[str]:
     """Apply pending migrations in order, each in its own transaction; returns those applied."""
+    sql_dir = sql_dir or migrations_dir(settings)
+    files = migration_files(sql_dir)
+    if not files:
+        raise MigrationsNotFound(
+            f"no migration files (NNN_name.sql) in {sql_dir}: set RECO_SQL_DIR to the "
+            "project's sql/ folder"
+        )
     applied: list[str] = []
     with connect(settings) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_ID,))
@@ -38,7 +55,7 @@ def migrate(settings: Settings, sql_dir: Path = SQL_DIR) -> list[str]:
             )
             conn.commit()
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for path in migration_files(sql_dir):
+            for path in files:
                 if path.stem in done:
                     continue
                 with conn.transaction():

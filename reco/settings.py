@@ -23,6 +23,8 @@ class Settings(BaseSettings):
 
     env: Literal["local", "production"] = "local"
     state_dir: Path = Path(".reco")
+    # The schema migrations; default: the checkout's sql/ (the Docker image sets it).
+    sql_dir: Path | None = None
 
     # PostgreSQL (source of truth)
     pg_host: str = "127.0.0.1"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+import shlex
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -14,6 +16,24 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict] = COMPOSE["services"]
 DEFAULTS = Settings()
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of each Dockerfile instruction, continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    instructions = []
+    for line in re.sub(r"\\\n", " ", code).splitlines():
+        if line.strip():
+            name, _, args = line.strip().partition(" ")
+            instructions.append((name.upper(), args.strip()))
+    return instructions
+
+
+DOCKERFILE = _dockerfile()
+IMAGE_ENV = dict(pair.split("=", 1) for name, args in DOCKERFILE if name == "ENV"
+                 for pair in shlex.split(args))
+IMAGE_RUN = " && ".join(args for name, args in DOCKERFILE if name == "RUN")
 
 # Host port each user-facing service must publish (DESIGN.md "Ports").
 EXPECTED_PORTS = {
@@ -80,3 +100,20 @@ def test_production_services_use_production_settings() -> None:
     assert env["RECO_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:4.")
     assert SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_image_env_names_are_settings_fields() -> None:
+    fields = set(Settings.model_fields)
+    for key in IMAGE_ENV:
+        if key.startswith("RECO_"):
+            assert key.removeprefix("RECO_").lower() in fields, key
+
+
+def test_image_points_sql_dir_at_the_copied_migrations() -> None:
+    # The package is installed non-editable: reco/db.py's default (beside the package) is
+    # site-packages/sql, which does not exist, so the image must name its copy of sql/.
+    workdir = next(args for name, args in DOCKERFILE if name == "WORKDIR")
+    copied = [PurePosixPath(workdir, args.split()[1]) for name, args in DOCKERFILE
+              if name == "COPY" and args.split()[0] == "sql"]
+    assert copied and PurePosixPath(IMAGE_ENV["RECO_SQL_DIR"]) == copied[0]
+

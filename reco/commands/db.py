@@ -14,6 +14,10 @@ console = Console()
 
 @app.command()
 def migrate() -> None:
-    """Apply pending migrations from sql/ (safe to run again)."""
-    applied = db.migrate(get_settings())
+    """Apply pending migrations from sql/ or RECO_SQL_DIR (safe to run again)."""
+    try:
+        applied = db.migrate(get_settings())
+    except db.MigrationsNotFound as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
