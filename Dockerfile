@@ -6,10 +6,11 @@ RUN apt-get update \
       git curl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
-# The installed package has no sql/ beside it: the migrations are the ones copied below.
+# No JAVA_HOME: its path names the architecture (amd64, arm64); Spark finds `java` on PATH.
+# The JDBC jar is the one libpostgresql-jdbc-java installs; the migrations are the ones copied
+# below (the installed package has no sql/ beside it).
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
     RECO_JDBC_DRIVER_PATH=/usr/share/java/postgresql.jar \
     RECO_SQL_DIR=/app/sql \
     RECO_STATE_DIR=/var/lib/reco

@@ -47,6 +47,7 @@ class PipelineConfig:
     spark_master: str = "local[2]"
     spark_driver_memory: str = "2g"
     jars_dir: str = ""
+    jdbc_driver_path: str = ""  # a JDBC jar to use as is; empty: fetch one into jars_dir
     eval_k: int = 10
     recent_n: int = 10
     eval_max_users: int = 50_000
@@ -105,6 +106,7 @@ def config_from_settings(settings, model: str, run_dir: Path | None = None,
         half_life_days=settings.recency_half_life_days, jdbc_partitions=settings.jdbc_partitions,
         spark_master=settings.spark_master, spark_driver_memory=settings.spark_driver_memory,
         jars_dir=str(settings.spark_jars_dir or state / "jars"), eval_k=settings.eval_k,
+        jdbc_driver_path=str(settings.jdbc_driver_path or ""),
         recent_n=settings.reco_recent_n, gate_tolerance=settings.gate_tolerance,
         publish_batch=settings.publish_batch, publish_grace_s=settings.publish_grace_s,
         blend_replay_s=float(settings.coview_ttl_s),
@@ -121,7 +123,8 @@ def spark_session(cfg: PipelineConfig):
     from reco.stack.servers import jdbc_driver_jar
     from spark_jobs.session import build_session
 
-    jar = jdbc_driver_jar(Path(cfg.jars_dir))
+    jar = jdbc_driver_jar(Path(cfg.jars_dir),
+                          Path(cfg.jdbc_driver_path) if cfg.jdbc_driver_path else None)
     archive = Path(cfg.jars_dir) / f"spark-{pyspark.__version__}-classes.jsa"
     return build_session(f"reco-{cfg.model}", cfg.spark_master, cfg.spark_driver_memory,
                          jars=[jar], shuffle_partitions=max(2, cfg.jdbc_partitions),

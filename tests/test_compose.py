@@ -117,3 +117,14 @@ def test_image_points_sql_dir_at_the_copied_migrations() -> None:
               if name == "COPY" and args.split()[0] == "sql"]
     assert copied and PurePosixPath(IMAGE_ENV["RECO_SQL_DIR"]) == copied[0]
 
+
+def test_image_jdbc_driver_is_the_installed_debian_jar() -> None:
+    # Debian bookworm's libpostgresql-jdbc-java ships /usr/share/java/postgresql.jar.
+    assert IMAGE_ENV["RECO_JDBC_DRIVER_PATH"] == "/usr/share/java/postgresql.jar"
+    assert "libpostgresql-jdbc-java" in IMAGE_RUN.split()
+
+
+def test_image_java_home_is_not_tied_to_one_architecture() -> None:
+    assert "amd64" not in IMAGE_ENV.get("JAVA_HOME", "")
+    assert "arm64" not in IMAGE_ENV.get("JAVA_HOME", "")
+

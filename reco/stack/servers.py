@@ -145,7 +145,15 @@ def ensure_jars(jars_dir: Path) -> Path:
     return jars_dir
 
 
-def jdbc_driver_jar(jars_dir: Path) -> Path:
+def jdbc_driver_jar(jars_dir: Path, configured: Path | None = None) -> Path:
+    """The PostgreSQL JDBC jar: the configured one (RECO_JDBC_DRIVER_PATH), else Maven's."""
+    if configured is not None:
+        if not configured.is_file():
+            raise ServerSetupError(
+                f"RECO_JDBC_DRIVER_PATH={configured} is not a file: point it at a PostgreSQL "
+                "JDBC jar (Debian: libpostgresql-jdbc-java) or unset it to fetch one with Maven"
+            )
+        return configured
     ensure_jars(jars_dir)
     return next(jars_dir.glob("postgresql-*.jar"))
 
