@@ -30,7 +30,9 @@ RUN cd / && python -c "from reco.scoring import warm_up; warm_up()"
 COPY dags ./dags
 COPY sql ./sql
 
-RUN useradd --create-home --uid 1000 reco && mkdir -p /var/lib/reco \
+# The MLflow artifact volume mounts on a folder that exists and belongs to reco, so Docker
+# creates the volume with that owner (a missing mount point would be created root-owned).
+RUN useradd --create-home --uid 1000 reco && mkdir -p /var/lib/reco/mlflow-artifacts \
  && chown -R reco /var/lib/reco /var/cache/reco
 USER reco
 CMD ["reco", "--help"]

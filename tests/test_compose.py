@@ -128,3 +128,31 @@ def test_image_java_home_is_not_tied_to_one_architecture() -> None:
     assert "amd64" not in IMAGE_ENV.get("JAVA_HOME", "")
     assert "arm64" not in IMAGE_ENV.get("JAVA_HOME", "")
 
+
+def test_mlflow_artifact_volume_exists_in_the_image_and_belongs_to_reco() -> None:
+    mounts = [str(v).split(":") for v in SERVICES["mlflow"]["volumes"]]
+    target = next(target for source, target, *_ in mounts if not source.startswith("."))
+    assert target in SERVICES["mlflow"]["command"].split()  # --artifacts-destination
+    run = next(args for name, args in DOCKERFILE if name == "RUN" and "useradd" in args)
+    made = run.split("mkdir -p", 1)[1].split("&&")[0].split()
+    owned = run.split("chown -R reco", 1)[1].split()
+    assert target in made
+    assert any(PurePosixPath(target).is_relative_to(path) for path in owned)
+
+
+def test_mlflow_accepts_the_host_names_it_is_reached_by() -> None:
+    # MLflow 3.5+ refuses other Host headers with 403 "Invalid Host header".
+    from urllib.parse import urlparse
+
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    command = SERVICES["mlflow"]["command"].split()
+    value = command[command.index("--allowed-hosts") + 1]
+    default = re.fullmatch(r"\$\{MLFLOW_ALLOWED_HOSTS:-(.+)\}", value).group(1)
+    allowed = default.split(",")
+    in_containers = urlparse(SERVICES["airflow-scheduler"]["environment"]
+                             ["RECO_MLFLOW_TRACKING_URI"]).netloc
+    assert in_containers == "mlflow:5000"
+    for host in (in_containers, "localhost:5000", "127.0.0.1:5000"):
+        assert is_allowed_host_header(allowed, host), host
+    assert not is_allowed_host_header(allowed, "evil.example:5000")
