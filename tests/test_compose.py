@@ -49,8 +49,17 @@ EXPECTED_PORTS = {
 }
 
 
+def _published(service: dict) -> list[tuple[str, int]]:
+    """(host address, host port) of each "[address:]host:container" port mapping."""
+    out = []
+    for mapping in service.get("ports", []):
+        *address, host_port, _container = str(mapping).split(":")
+        out.append((address[0] if address else "0.0.0.0", int(host_port)))
+    return out
+
+
 def _host_ports(service: dict) -> set[int]:
-    return {int(str(p).split(":")[0]) for p in service.get("ports", [])}
+    return {port for _address, port in _published(service)}
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -62,6 +71,13 @@ def test_every_service_has_an_image_or_build(name: str) -> None:
 @pytest.mark.parametrize(("name", "port"), sorted(EXPECTED_PORTS.items()))
 def test_published_ports_match_design(name: str, port: int) -> None:
     assert port in _host_ports(SERVICES[name])
+
+
+@pytest.mark.parametrize("name", ["postgres", "redis", "kafka"])
+def test_stores_are_published_to_the_host_only(name: str) -> None:
+    # Redis and Kafka run without authentication: never on every interface of the host.
+    assert _published(SERVICES[name]) and all(
+        address == "127.0.0.1" for address, _port in _published(SERVICES[name]))
 
 
 def test_dependencies_name_existing_services() -> None:
