@@ -9,9 +9,15 @@ declare -A needs=(
   [redis-server]=redis-server
   [prometheus]=prometheus
   [promtool]=prometheus
-  [runuser]=util-linux
   [wrk]=wrk  # the benchmarks' closed-loop load generator
 )
+root=false
+if [ "$(id -u)" -eq 0 ]; then
+  root=true
+  # Only root needs runuser (to run PostgreSQL unprivileged); it lives in /usr/sbin, which is
+  # not on other users' PATH.
+  needs[runuser]=util-linux
+fi
 missing=()
 for cmd in "${!needs[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${needs[$cmd]}")
@@ -26,11 +32,17 @@ fi
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 echo "installing system packages: ${missing[*]}"
 sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
+$root || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-# Debian starts packaged servers as services where it can; the stack runs its own copies.
+# Debian starts the servers it just installed as services (and, under systemd, at every boot);
+# the stack runs its own copies on the same ports. Leave servers installed before alone.
 for svc in redis-server postgresql prometheus; do
-  $sudo service "$svc" stop >/dev/null 2>&1 || true
+  [[ " ${missing[*]} " == *" $svc "* ]] || continue
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  else
+    $sudo service "$svc" stop >/dev/null 2>&1 || true
+  fi
 done

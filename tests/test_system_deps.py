@@ -1,0 +1,56 @@
+"""scripts/install-system-deps.sh with stand-in commands: what it installs, and with what."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-system-deps.sh"
+PRESENT = ["java", "mvn", "redis-server", "prometheus", "promtool", "wrk", "python3"]
+RECORDED = ["sudo", "apt-get", "service", "systemctl"]
+SYSTEMD = Path("/run/systemd/system").is_dir()
+
+pytestmark = pytest.mark.skipif(
+    not list(Path("/usr/lib").glob("postgresql/*/bin/postgres")),
+    reason="the script looks for PostgreSQL's binaries on the real file system")
+
+
+def _run(tmp_path: Path, uid: int, absent: tuple[str, ...] = ()) -> list[str]:
+    """Run the script with only stand-ins on PATH; returns the commands it ran, in order."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    log.touch()
+    stubs = {"id": f"echo {uid}"}
+    stubs |= {name: "exit 0" for name in PRESENT if name not in absent}
+    stubs |= {name: f'echo "{name} $*" >> {log}' for name in RECORDED}
+    stubs["sudo"] = f'echo "sudo $*" >> {log}; exec "$@"'
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "sort").symlink_to(shutil.which("sort"))
+    result = subprocess.run([shutil.which("bash"), str(SCRIPT)], env={"PATH": str(bin_dir)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return log.read_text().splitlines()
+
+
+def test_a_user_without_runuser_on_path_installs_nothing(tmp_path: Path) -> None:
+    assert _run(tmp_path, uid=1000) == []
+
+
+def test_root_without_runuser_installs_util_linux_without_sudo(tmp_path: Path) -> None:
+    calls = _run(tmp_path, uid=0)
+    assert calls == ["apt-get update -qq",
+                     "apt-get install -y -qq --no-install-recommends util-linux"]
+
+
+def test_a_server_it_installs_is_stopped_and_kept_from_starting_at_boot(tmp_path: Path) -> None:
+    calls = _run(tmp_path, uid=1000, absent=("redis-server",))
+    stop = (["sudo systemctl disable --now redis-server", "systemctl disable --now redis-server"]
+            if SYSTEMD else ["sudo service redis-server stop", "service redis-server stop"])
+    assert calls == ["sudo apt-get update -qq", "apt-get update -qq",
+                     "sudo apt-get install -y -qq --no-install-recommends redis-server",
+                     "apt-get install -y -qq --no-install-recommends redis-server", *stop]
