@@ -115,3 +115,10 @@ def test_supervised_processes_get_the_real_settings_secrets_included(monkeypatch
     assert seen.jwt_secret.get_secret_value() == secret
     assert [k.get_secret_value() for k in seen.api_keys] == keys.split(",")
     assert seen.event_weights == settings.event_weights
+
+
+def test_supervised_processes_get_no_api_key_when_none_is_set(monkeypatch) -> None:
+    env = settings_env(Settings(api_keys=""))
+    assert env["RECO_API_KEYS"] == ""
+    monkeypatch.setenv("RECO_API_KEYS", env["RECO_API_KEYS"])
+    assert Settings().api_keys == []  # not the one key "[]"

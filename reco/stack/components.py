@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 from pydantic import SecretStr
+from pydantic_settings import NoDecode
 
 from reco import db
 from reco.settings import Settings
@@ -85,8 +86,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
         raw = getattr(settings, name)
         if isinstance(raw, SecretStr):
             value = raw.get_secret_value()
-        elif isinstance(raw, list) and raw and all(isinstance(v, SecretStr) for v in raw):
-            value = ",".join(v.get_secret_value() for v in raw)  # e.g. RECO_API_KEYS
+        elif isinstance(raw, list) and NoDecode in type(settings).model_fields[name].metadata:
+            # Read back comma-separated, not as JSON: an empty list must be "" (JSON's "[]"
+            # would come back as the one key "[]"), e.g. RECO_API_KEYS.
+            value = ",".join(v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+                             for v in raw)
         if value is not None:
             env[f"RECO_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     env["RECO_STATE_DIR"] = str(settings.state_dir.resolve())
