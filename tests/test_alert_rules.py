@@ -38,3 +38,27 @@ def test_every_alert_has_severity_for_and_summary() -> None:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
         assert "for" in rule and rule["annotations"]["summary"], rule["alert"]
         assert rule["alert"] in tested, f"{rule['alert']} has no promtool test"
+
+
+def _exported_series_names() -> set[str]:
+    """Every series name the project's processes export (counters with `_total`, ...)."""
+    from prometheus_client import REGISTRY
+
+    import serving.http_metrics  # noqa: F401  (registers the metrics)
+    import serving.reco_metrics  # noqa: F401
+    import streaming.metrics  # noqa: F401
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                "gauge": ("",), "summary": ("_sum", "_count", "")}
+    return {family.name + suffix for family in REGISTRY.collect()
+            for suffix in suffixes.get(family.type, ("",))}
+
+
+def test_rule_tests_feed_the_series_the_code_exports() -> None:
+    # A made-up series hides a rule that can never fire on the real ones.
+    exported = _exported_series_names() | {"up"}  # `up` is Prometheus' own
+    cases = yaml.safe_load((MONITORING / "alerts.test.yml").read_text())["tests"]
+    for case in cases:
+        for series in case["input_series"]:
+            name = series["series"].split("{", 1)[0]
+            assert name in exported, f"{case['name']}: {name} is not exported by the code"
