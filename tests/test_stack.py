@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import psycopg
@@ -12,7 +13,7 @@ from rich.console import Console
 
 from reco.settings import Settings
 from reco.stack import local
-from reco.stack.components import build_components, settings_env
+from reco.stack.components import Component, build_components, settings_env
 from reco.stack.health import free_port, free_port_pair
 from reco.stack.prometheus import ALERT_RULES
 from reco.stack.supervisor import Supervisor
@@ -68,12 +69,10 @@ def test_up_is_idempotent_down_leaves_nothing_and_data_survives(stack_settings: 
 
 
 def test_failing_component_reports_its_log(stack_settings: Settings) -> None:
-    # A port that is already taken makes Redis exit at once: `up` must say why, not hang.
-    import socket
-
+    # A port that is bound (not listening, so nothing answers on it) makes Redis exit at once:
+    # `up` must say why, not hang.
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
-    blocker.listen()
     taken = blocker.getsockname()[1]
     settings = stack_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{taken}/0"})
     try:
@@ -83,6 +82,71 @@ def test_failing_component_reports_its_log(stack_settings: Settings) -> None:
     finally:
         blocker.close()
         local.down(settings)
+
+
+def _listening() -> socket.socket:
+    """A foreign process on a port: it accepts connections (and answers nothing)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_up_refuses_a_port_another_process_answers_on(stack_settings: Settings) -> None:
+    blocker = _listening()
+    taken = blocker.getsockname()[1]
+    settings = stack_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{taken}/0"})
+    try:
+        with pytest.raises(local.ComponentFailed,
+                           match=f"redis: port {taken} on 127.0.0.1 is already in use"):
+            local.up(settings, Console(quiet=True), only={"redis"})
+        assert Supervisor(settings.state_dir).info("redis")["statename"] == "STOPPED"
+    finally:
+        blocker.close()
+        local.down(settings)
+
+
+def test_check_ports_free_names_the_ports_in_use() -> None:
+    blocker, free = _listening(), free_port()
+    taken = blocker.getsockname()[1]
+    component = Component("redis", ["true"], health=lambda: True, ports=(free, taken))
+    try:
+        with pytest.raises(local.ComponentFailed, match=f"redis: port {taken} on 127.0.0.1 is"):
+            local.check_ports_free(component)
+    finally:
+        blocker.close()
+    local.check_ports_free(component)  # both free now
+
+
+class _Supervisor:
+    """Stands in for supervisord's process state only."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    def info(self, name: str) -> dict:
+        return {"statename": self.state}
+
+
+@pytest.mark.parametrize(("state", "probe", "healthy"), [
+    ("RUNNING", True, True), ("RUNNING", False, False),
+    ("BACKOFF", True, False),  # ours crash-loops while something else answers the probe
+    ("STARTING", True, False), ("FATAL", True, False),
+])
+def test_healthy_needs_our_process_running_and_the_probe(state: str, probe: bool,
+                                                         healthy: bool) -> None:
+    component = Component("redis", ["true"], health=lambda: probe)
+    assert local.started_and_healthy(component, _Supervisor(state)) is healthy
+
+
+def test_every_listening_component_declares_its_ports(tmp_path) -> None:
+    settings = Settings(state_dir=tmp_path, kafka_bootstrap="127.0.0.1:19092")
+    ports = {c.name: c.ports for c in build_components(settings)}
+    assert ports["postgres"] == (settings.pg_port,)
+    assert ports["redis"] == (6379,)
+    assert ports["kafka"] == (19092, 19093)
+    assert ports["processor"] == (settings.processor_metrics_port,)
+    assert ports["prometheus"] == (settings.prometheus_port,)
 
 
 def test_logs_of_unknown_component_names_the_known_ones(stack_settings: Settings) -> None:

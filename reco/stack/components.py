@@ -37,6 +37,7 @@ class Component:
     group: str = "infra"  # "infra" (third-party servers) or "app" (the project's processes)
     metrics_url: str | None = None  # where Prometheus scrapes it
     job: str | None = None  # Prometheus job (copies of one process share it); default: name
+    ports: tuple[int, ...] = ()  # where it listens: nothing else may answer there before it starts
 
 
 @dataclass
@@ -153,11 +154,12 @@ def build_components(settings: Settings) -> list[Component]:
             health=lambda: postgres_accepts(settings.pg_port),
             url=f"postgresql://{host}:{settings.pg_port}/{settings.pg_database}",
             prepare=lambda: servers.prepare_postgres(pg_data), ready=pg_ready,
+            ports=(settings.pg_port,),
         ),
         Component(
             "redis", servers.redis_command(paths.root / "redis", _redis_port(settings)),
             health=lambda: redis_ping(settings.redis_url),
-            url=f"redis://{host}:{_redis_port(settings)}",
+            url=f"redis://{host}:{_redis_port(settings)}", ports=(_redis_port(settings),),
         ),
         Component(
             "kafka", servers.kafka_command(paths.jars, kafka_data / "server.properties"),
@@ -166,6 +168,7 @@ def build_components(settings: Settings) -> list[Component]:
             prepare=lambda: servers.prepare_kafka(
                 paths.jars, kafka_data, _kafka_port(settings), _kafka_port(settings) + 1),
             ready=kafka_ready, startup_timeout_s=90,
+            ports=(_kafka_port(settings), _kafka_port(settings) + 1),
         ),
         Component(
             "mlflow",
@@ -176,12 +179,13 @@ def build_components(settings: Settings) -> list[Component]:
              "--host", host, "--port", str(settings.mlflow_port), "--workers", "1"],
             health=lambda: http_ok(f"http://{host}:{settings.mlflow_port}/health"),
             url=f"http://{host}:{settings.mlflow_port}", startup_timeout_s=120,
+            ports=(settings.mlflow_port,),
         ),
         Component(
             "airflow-api-server", [airflow, "api-server"],
             health=lambda: http_ok(f"http://{host}:{settings.airflow_port}/api/v2/monitor/health"),
             url=f"http://{host}:{settings.airflow_port}",
-            prepare=airflow_prepare, startup_timeout_s=180,
+            prepare=airflow_prepare, startup_timeout_s=180, ports=(settings.airflow_port,),
         ),
         Component(
             "airflow-scheduler", [airflow, "scheduler"],
@@ -201,7 +205,7 @@ def build_components(settings: Settings) -> list[Component]:
              f"--web.listen-address={host}:{settings.prometheus_port}",
              "--storage.tsdb.retention.time=7d", "--web.enable-lifecycle"],
             health=lambda: http_ok(f"http://{host}:{settings.prometheus_port}/-/ready"),
-            url=f"http://{host}:{settings.prometheus_port}",
+            url=f"http://{host}:{settings.prometheus_port}", ports=(settings.prometheus_port,),
             prepare=lambda: (_require("prometheus"), write_prometheus_config()),
             # Every `up` rewrites the scrape targets (components may have been added) and reloads.
             ready=lambda: (write_prometheus_config(), httpx.post(
@@ -222,10 +226,11 @@ def app_components(settings: Settings) -> list[Component]:
     reco = f"http://{host}:{settings.reco_port}"
     out = [
         Component("ingest", _reco("run", "ingest"), health=partial(http_ok, f"{ingest}/health"),
-                  url=f"{ingest}/docs", group="app", metrics_url=f"{ingest}/metrics"),
+                  url=f"{ingest}/docs", group="app", metrics_url=f"{ingest}/metrics",
+                  ports=(settings.ingest_port,)),
         Component("recommendations", _reco("run", "recommendations"),
                   health=partial(http_ok, f"{reco}/health"), url=f"{reco}/docs", group="app",
-                  metrics_url=f"{reco}/metrics"),
+                  metrics_url=f"{reco}/metrics", ports=(settings.reco_port,)),
     ]
     for role, base_port, copies in (
         ("processor", settings.processor_metrics_port, settings.processor_copies),
@@ -238,7 +243,7 @@ def app_components(settings: Settings) -> list[Component]:
                 role if n == 0 else f"{role}-{n + 1}",
                 ["env", f"RECO_{role.upper()}_METRICS_PORT={port}", *_reco("run", role)],
                 health=partial(http_ok, metrics), url=metrics, group="app",
-                metrics_url=metrics, job=role))
+                metrics_url=metrics, job=role, ports=(port,)))
     return out
 
 

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from reco.settings import Settings
 from reco.stack.components import Component, build_components, process_env
-from reco.stack.health import wait_until
+from reco.stack.health import tcp_open, wait_until
 from reco.stack.supervisor import Supervisor
 
 
@@ -39,18 +39,41 @@ def up(settings: Settings, console: Console, only: set[str] | None = None) -> li
     return components
 
 
+def check_ports_free(component: Component, host: str = "127.0.0.1") -> None:
+    """Refuse to start a component on a port something else answers on: that process (a system
+    service, an orphan of an earlier run) would pass the health probe while ours fails."""
+    taken = [port for port in component.ports if tcp_open(host, port)]
+    if taken:
+        ports = ", ".join(str(p) for p in taken)
+        raise ComponentFailed(
+            f"{component.name}: port {ports} on {host} is already in use by a process that "
+            f"`reco up` did not start (a system service such as redis-server or postgresql, or "
+            f"one left over from an earlier run). Stop it (`ss -ltnp` shows which) or give "
+            f"{component.name} another port in the settings."
+        )
+
+
+def started_and_healthy(component: Component, supervisor: Supervisor) -> bool:
+    """Healthy counts only when our process runs: the probe alone accepts any answer."""
+    return (supervisor.info(component.name)["statename"] == "RUNNING"
+            and component.health())
+
+
 def _bring_up(component: Component, supervisor: Supervisor, console: Console) -> None:
     started = time.monotonic()
     with console.status(f"[bold]{component.name}[/]: preparing"):
-        if not supervisor.is_running(component.name) and component.prepare is not None:
-            try:
-                component.prepare()
-            except Exception as exc:  # report any set-up failure with its reason
-                raise ComponentFailed(f"{component.name}: set-up failed: {exc}") from exc
+        if not supervisor.is_running(component.name):
+            check_ports_free(component)
+            if component.prepare is not None:
+                try:
+                    component.prepare()
+                except Exception as exc:  # report any set-up failure with its reason
+                    raise ComponentFailed(f"{component.name}: set-up failed: {exc}") from exc
     with console.status(f"[bold]{component.name}[/]: starting, waiting until healthy"):
         supervisor.start(component.name)
         healthy = wait_until(
-            component.health, component.startup_timeout_s, interval_s=0.5,
+            lambda: started_and_healthy(component, supervisor), component.startup_timeout_s,
+            interval_s=0.5,
             alive=lambda: supervisor.info(component.name)["statename"] not in ("FATAL", "EXITED"),
         )
     if not healthy:
