@@ -57,22 +57,11 @@ class ItemIndex:
         and `(item_id, popularity)` pairs; popular items without metadata get rows too."""
         n = len(records)
         ids = list(records)
-        codes: dict[str, int] = {}
-        category = np.full(n + 1, UNKNOWN_CATEGORY, dtype=np.int32)
-        price = np.full(n + 1, np.nan)
-        in_stock = np.ones(n + 1, dtype=bool)
-        created_at = np.full(n + 1, np.nan)
-        for row, meta in enumerate(records.values()):
-            cat = meta.get("category")
-            if cat:
-                category[row] = codes.setdefault(str(cat), len(codes))
-            price[row] = _to_float(meta.get("price"))
-            stock = meta.get("in_stock")
-            in_stock[row] = stock is None or str(stock) not in ("0", "false", "False")
-            created_at[row] = _to_float(meta.get("created_at"))
-        index = cls(ids, {item: r for r, item in enumerate(ids)}, category, price, in_stock,
-                    created_at, np.zeros(n + 1), np.zeros(0, dtype=np.int64), list(codes),
-                    codes, version, next(_spaces))
+        index = cls(ids, {item: r for r, item in enumerate(ids)},
+                    np.full(n + 1, UNKNOWN_CATEGORY, dtype=np.int32), np.full(n + 1, np.nan),
+                    np.ones(n + 1, dtype=bool), np.full(n + 1, np.nan), np.zeros(n + 1),
+                    np.zeros(0, dtype=np.int64), [], {}, version, next(_spaces))
+        index._write_meta(range(n), records.values())
         pairs = list(popularity)
         return index.with_popularity([p[0] for p in pairs], [p[1] for p in pairs])
 
@@ -83,26 +72,67 @@ class ItemIndex:
         scores = np.asarray(scores, dtype=np.float64)
         rows = self.rows(ids)
         unknown = np.flatnonzero(rows == self.unknown_row).tolist()
-        extra = list(dict.fromkeys(ids[j] for j in unknown))
-        base = self
-        if extra:  # popular items the catalogue lacks: rows with unknown metadata
-            n, grow = len(self.ids), len(extra)
-            row = dict(self.row)
-            row.update({item: n + j for j, item in enumerate(extra)})
-
-            def widen(a: np.ndarray) -> np.ndarray:
-                return np.concatenate([a[:n], np.repeat(a[n:], grow + 1)])
-
-            base = replace(self, ids=self.ids + extra, row=row, category=widen(self.category),
-                           price=widen(self.price), in_stock=widen(self.in_stock),
-                           created_at=widen(self.created_at), _filler={})
+        base = self._with_rows([ids[j] for j in unknown])
         pop = np.zeros(len(base.ids) + 1)
-        if extra:
+        if base is not self:
             rows = base.rows(ids)
         rows, scores = first_sightings(rows, scores, len(pop))
         pop[rows] = scores
         popular = rows[np.argsort(-scores, kind="stable")]
         return replace(base, popularity=pop, popular_rows=popular[pop[popular] > 0], _filler={})
+
+    def with_metadata(self, records: Mapping[str, Mapping[str, Any]], version: str = ""
+                      ) -> ItemIndex:
+        """A copy with these items' metadata replaced (same record form as `build`), in the
+        same row space: known items keep their rows, others are appended as `with_popularity`
+        appends them. The popularity snapshot is kept; the filler cache starts empty (stock and
+        categories decide eligibility). `self` is left as it was: requests still ranking
+        with it keep a consistent snapshot."""
+        base = self._with_rows(list(records))
+        index = replace(base, category=base.category.copy(), price=base.price.copy(),
+                        in_stock=base.in_stock.copy(), created_at=base.created_at.copy(),
+                        categories=list(base.categories),
+                        category_code=dict(base.category_code), version=version, _filler={})
+        index._write_meta(index.rows(list(records)).tolist(), records.values())
+        return index
+
+    def _with_rows(self, extra: Sequence[str]) -> ItemIndex:
+        """`self` with rows of unknown metadata and no popularity appended for the `extra` ids
+        (duplicates once); `self` itself when there are none. Existing rows never move."""
+        extra = [item for item in dict.fromkeys(extra) if item not in self.row]
+        if not extra:
+            return self
+        n, grow = len(self.ids), len(extra)
+        row = dict(self.row)
+        row.update({item: n + j for j, item in enumerate(extra)})
+
+        def widen(a: np.ndarray) -> np.ndarray:  # the unknown (last) row's value for new rows
+            return np.concatenate([a[:n], np.repeat(a[n:], grow + 1)])
+
+        return replace(self, ids=self.ids + extra, row=row, category=widen(self.category),
+                       price=widen(self.price), in_stock=widen(self.in_stock),
+                       created_at=widen(self.created_at), popularity=widen(self.popularity),
+                       _filler={})
+
+    def _write_meta(self, rows: Iterable[int], metas: Iterable[Mapping[str, Any]]) -> None:
+        """Parse records into these rows, in place: only for an index being built, never one
+        requests may hold. Categories not seen yet get the next codes."""
+        category, price, in_stock, created_at = (self.category, self.price, self.in_stock,
+                                                 self.created_at)
+        codes, names = self.category_code, self.categories
+        for row, meta in zip(rows, metas, strict=True):
+            cat = meta.get("category")
+            code = UNKNOWN_CATEGORY
+            if cat:
+                code = codes.get(str(cat), -2)
+                if code == -2:
+                    code = codes[str(cat)] = len(names)
+                    names.append(str(cat))
+            category[row] = code
+            price[row] = _to_float(meta.get("price"))
+            stock = meta.get("in_stock")
+            in_stock[row] = stock is None or str(stock) not in ("0", "false", "False")
+            created_at[row] = _to_float(meta.get("created_at"))
 
     def with_lookup_order(self, first: Sequence[str]) -> ItemIndex:
         """The same index (rows unchanged) with the id -> row map rebuilt `first` ids first.

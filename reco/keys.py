@@ -10,8 +10,17 @@ from __future__ import annotations
 ITEM_POPULARITY = "item:popularity"
 ITEM_NEW_ARRIVALS = "item:new"  # sorted set: item -> created_at epoch seconds
 MODEL_VERSIONS = "model:versions"  # hash: model name -> active published version
-# Counter that writers of item:meta:* INCR after a change, so servers reload their catalogue.
+# Counter that writers of item:meta:* INCR after a change, so servers update their catalogue.
 ITEM_META_VERSION = "item:meta:version"
+# Sorted set item id -> epoch ms of its latest catalogue upsert, written before the version
+# INCR: servers re-read only these items. A version bump with no entry in the last minute makes
+# them reload everything. Outside `item:meta:*`: the reload's SCAN must not meet it.
+ITEM_META_CHANGES = "item:changes"
+# Its trim: entries older than a day go (servers reload fully every few minutes, so none is
+# needed that long), and beyond this many members the oldest go (bounds memory on bulk imports;
+# servers apply fewer changes than this in place, so a trimmed set never looks complete).
+ITEM_META_CHANGES_KEEP_MS = 86_400_000
+ITEM_META_CHANGES_MAX = 100_000
 ITEM_META_PATTERN = "item:meta:*"  # SCAN pattern for the catalogue reload
 MODEL_PUBLISHED_AT = "model:published_at"  # hash: model name -> publish epoch seconds
 

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     reco_neighbour_agg: Literal["max", "sum"] = "sum"  # embedding / ALS item-item over sources
     popular_snapshot_size: int = 20_000  # top items held in process; others score popularity 0
     catalog_reload_s: float = 300.0  # full item-metadata reload even without a version bump
+    # Between full reloads, upserted items are updated in place unless more than this share of
+    # the catalogue changed since the last update (then a full reload: cheaper per item).
+    catalog_update_max_share: float = 0.2
     reco_redis_timeout_s: float = 0.25  # per command; a slow store degrades to fallback
     reco_redis_retry_s: float = 1.0  # after a store error, serve fallback this long before retrying
     reco_list_cache_items: int = 50_000  # item neighbour lists kept parsed in process

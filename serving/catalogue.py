@@ -3,10 +3,17 @@
 The recommendation API reads `item:meta:{item_id}` (category, price, in_stock "1"/"0",
 created_at epoch seconds, title) for business rules and `item:new` (item -> created_at) for
 new arrivals. PostgreSQL is written first; Redis mirrors what PostgreSQL holds afterwards.
+
+Each upsert also stamps its items in `item:changes` (item -> epoch ms) and INCRs
+`item:meta:version`, in the same pipeline after the hashes: the recommendation API then
+re-reads just those items at its next snapshot refresh (`popular_snapshot_refresh_s`, 5 s),
+so an item set out of stock stops being recommended within one refresh. Responses cached
+before (`cache_ttl_s`, 5 min) can still show it until they expire or the user's next event.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -150,5 +157,19 @@ async def upsert_items(
         if absent:
             pipe.hdel(key, *absent)
         pipe.zadd(keys.ITEM_NEW_ARRIVALS, {item_id: float(created_at)})
+    announce_changes(pipe, [row[0] for row in rows], time.time() * 1000)
     await pipe.execute()
     return [row[0] for row in rows]
+
+
+def announce_changes(pipe: aredis.client.Pipeline, item_ids: Sequence[str], now_ms: float
+                     ) -> None:
+    """Queue the change entries, their trim and the version INCR after the hash writes: one
+    pipeline runs in order, so a server that sees the new version sees the hashes too."""
+    if not item_ids:
+        return
+    pipe.zadd(keys.ITEM_META_CHANGES, dict.fromkeys(item_ids, now_ms))
+    pipe.zremrangebyscore(keys.ITEM_META_CHANGES, "-inf",
+                          f"({now_ms - keys.ITEM_META_CHANGES_KEEP_MS}")
+    pipe.zremrangebyrank(keys.ITEM_META_CHANGES, 0, -keys.ITEM_META_CHANGES_MAX - 1)
+    pipe.incr(keys.ITEM_META_VERSION)

@@ -1,0 +1,174 @@
+"""Catalogue upserts reach the recommendation API in place: same row space, no full reload
+(real Redis; real PostgreSQL where the upsert goes through `upsert_items`)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import asyncpg
+import numpy as np
+import redis
+import redis.asyncio as aredis
+
+from reco import keys
+from reco.catalog import UNKNOWN_CATEGORY, ItemIndex
+from reco.ranking import RankConfig, UserFeatures, rank
+from reco.settings import Settings
+from serving.catalogue import ItemWithId, announce_changes, upsert_items
+from serving.reco_snapshots import GlobalSignals
+from tests.api.conftest import put_meta
+from tests.api.test_recommendations import get, ids_scores
+
+DAY_MS = 86_400_000
+
+
+def popular_ids(items: ItemIndex) -> list[str]:
+    """What a user without features is recommended: the popular eligible items."""
+    ranking = rank(UserFeatures([], {}, time.time()), items, RankConfig(), k=10)
+    return [i.item_id for i in ranking.items]
+
+
+def test_with_metadata_updates_rows_in_the_same_space() -> None:
+    old = ItemIndex.build({"a": {"category": "c1", "price": "5", "in_stock": "1"},
+                           "b": {"category": "c2", "price": "7"}},
+                          [("b", 3.0), ("a", 2.0), ("p", 1.0)])  # p: popular, no metadata
+    assert popular_ids(old) == ["b", "a", "p"]  # fills the filler cache
+    assert old._filler
+
+    new = old.with_metadata({"a": {"category": "c1", "price": "6", "in_stock": "0"},
+                             "n": {"category": "c3", "price": "1", "created_at": "1.7e9"},
+                             "p": {"category": "c2"}}, version="7")
+
+    assert new.space == old.space and new.version == "7"
+    assert new.ids == ["a", "b", "p", "n"] and new.rows(["a", "b", "p", "n"]).tolist() == [
+        0, 1, 2, 3]  # existing rows kept, the unknown item appended
+    assert new.categories == ["c1", "c2", "c3"] and new.code_of("c3") == 2
+    assert new.category.tolist() == [0, 1, 1, 2, UNKNOWN_CATEGORY]
+    assert new.price[[0, 1, 3]].tolist() == [6.0, 7.0, 1.0]
+    assert math.isnan(new.price[2]) and math.isnan(new.price[4])
+    assert new.in_stock.tolist() == [False, True, True, True, True]
+    assert new.created_at[3] == 1.7e9
+    # The popularity snapshot is kept; the appended item has none.
+    assert new.popular_rows.tolist() == old.popular_rows.tolist() == [1, 0, 2]
+    assert new.popularity.tolist() == [2.0, 3.0, 1.0, 0.0, 0.0]
+    assert new._filler == {} and popular_ids(new) == ["b", "p"]  # a is out of stock now
+    # The old snapshot, which requests may still rank with, is untouched.
+    assert old.ids == ["a", "b", "p"] and "n" not in old.row and old.unknown_row == 3
+    assert old.categories == ["c1", "c2"] and old.category_code == {"c1": 0, "c2": 1}
+    assert old.category.tolist() == [0, 1, UNKNOWN_CATEGORY, UNKNOWN_CATEGORY]
+    assert old.price[0] == 5.0 and old.in_stock.tolist() == [True] * 4
+    assert popular_ids(old) == ["b", "a", "p"]
+
+
+def upsert(settings: Settings, *items: ItemWithId) -> list[str]:
+    """`upsert_items` as the ingest API runs it, on its own pool and client."""
+
+    async def run() -> list[str]:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+        client = aredis.Redis.from_url(settings.redis_url)
+        try:
+            return await upsert_items(pool, client, items)
+        finally:
+            await pool.close()
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_upserted_stock_change_applies_in_place_at_the_next_refresh(
+        world, make_client, api_settings: Settings, pg) -> None:
+    r = world["redis"]
+    r.zadd(keys.ITEM_META_CHANGES, {"stale": time.time() * 1000 - 2 * DAY_MS})
+    with make_client() as client:
+        signals = client.app.state.service.signals
+        before = signals.items
+        assert "X" in [i for i, _ in ids_scores(get(client, k=5))]
+        upsert(api_settings, ItemWithId(item_id="X", category="c2", price=10.0, in_stock=False))
+        signals.refresh()
+        # k=6: the k=5 answer is cached (it would show X until it expires or u1's next event).
+        assert "X" not in [i for i, _ in ids_scores(get(client, k=6))]
+        after = signals.items
+    assert after.space == before.space and after.ids == before.ids  # no full reload
+    assert not after.in_stock[after.row["X"]] and before.in_stock[before.row["X"]]
+    assert after.category[after.row["X"]] == after.code_of("c2")
+    # The upsert stamped X, trimmed the day-old entry and bumped the version.
+    assert [m for m, _ in r.zrange(keys.ITEM_META_CHANGES, 0, -1, withscores=True)] == ["X"]
+    assert r.get(keys.ITEM_META_VERSION) == "1"
+
+
+def test_more_changes_than_the_bound_reload_everything(
+        world, make_client, api_settings: Settings, pg) -> None:
+    with make_client() as client:
+        signals = client.app.state.service.signals
+        before = signals.items
+        bound = int(len(before.ids) * api_settings.catalog_update_max_share)
+        assert bound == 1  # 7 items, a fifth of them
+        upsert(api_settings, ItemWithId(item_id="X", category="c2", in_stock=False),
+               ItemWithId(item_id="Y", category="c9"))
+        signals.refresh()
+        after = signals.items
+        assert "X" not in [i for i, _ in ids_scores(get(client, k=6))]
+    assert after.space != before.space
+    assert after.category[after.row["Y"]] == after.code_of("c9")
+
+
+def test_a_version_bump_without_change_entries_reloads_everything(
+        world, make_client) -> None:
+    r = world["redis"]
+    with make_client() as client:
+        signals = client.app.state.service.signals
+        before = signals.items
+        put_meta(r, "X", "c2", in_stock=False)  # a writer that only bumps the version
+        r.incr(keys.ITEM_META_VERSION)
+        signals.refresh()
+        after = signals.items
+    assert after.space != before.space and not after.in_stock[after.row["X"]]
+
+
+def test_on_loop_refresh_applies_changes_in_place(redis_url: str, settings: Settings) -> None:
+    """The refresh_async path: a changed item and an item new to the catalogue, whose row is
+    appended; a refresh without a version move does nothing; the next change re-reads only
+    its item, not those of the margin window applied already."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    for n in range(30):
+        put_meta(r, f"i{n}", f"c{n % 2}")
+    r.zadd(keys.ITEM_POPULARITY, {f"i{n}": float(n) for n in range(30)})
+    signals = GlobalSignals(settings)
+
+    async def change(*item_ids: str) -> None:
+        client = aredis.Redis.from_url(redis_url)
+        pipe = client.pipeline(transaction=False)
+        announce_changes(pipe, item_ids, time.time() * 1000)
+        await pipe.execute()
+        await client.aclose()
+
+    async def scenario() -> tuple[ItemIndex, ...]:
+        await signals.refresh_async()
+        first = signals.items
+        put_meta(r, "i29", "c0", in_stock=False)
+        put_meta(r, "new", "c7")
+        await change("i29", "new")
+        await signals.refresh_async()
+        second = signals.items
+        await signals.refresh_async()
+        third = signals.items
+        put_meta(r, "i29", "c0", in_stock=True)  # unannounced: waits for the full reload
+        put_meta(r, "i28", "c0", in_stock=False)
+        await change("i28")
+        await signals.refresh_async()
+        return first, second, third, signals.items
+
+    try:
+        first, second, third, fourth = asyncio.run(scenario())
+    finally:
+        signals.stop()
+        r.close()
+    assert second.space == first.space == third.space
+    assert second.ids == [*first.ids, "new"] and second.code_of("c7") == 2
+    assert second.in_stock[second.row["new"]] and not second.in_stock[second.row["i29"]]
+    assert popular_ids(second)[:2] == ["i28", "i27"] and popular_ids(first)[0] == "i29"
+    assert np.array_equal(second.popular_rows, first.popular_rows)
+    assert third.ids == second.ids and third.category is second.category  # not rebuilt
+    assert fourth.space == first.space and popular_ids(fourth)[:2] == ["i27", "i26"]
