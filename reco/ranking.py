@@ -217,10 +217,12 @@ def _head_length(order: np.ndarray, score: np.ndarray, n: int) -> int:
 def _popular_filler(items: ItemIndex, filters: Filters, n: int,
                     cap: int | None = None) -> np.ndarray:
     """Rows of the `n` most popular items passing the filters, at most `cap` of each category
-    unless too few others exist (cached per filter tuple, n and cap).
+    unless too few others exist.
 
     Cut before the cap, a catalogue whose most popular items share one category gave a
-    filler of that category only, and `diversify` had to break the cap with it.
+    filler of that category only, and `diversify` had to break the cap with it. The whole
+    ordering is cached per filter tuple and cap (a snapshot's popular rows change every few
+    seconds), and each request takes its prefix: `n` depends on the user's seen items.
     """
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
@@ -228,9 +230,9 @@ def _popular_filler(items: ItemIndex, filters: Filters, n: int,
     def compute() -> np.ndarray:
         rows = items.popular_rows
         rows = rows[eligible(items, rows, filters)]
-        return rows[:n] if cap is None else per_category(rows, items.category, n, cap)
+        return rows if cap is None else per_category(rows, items.category, cap)
 
-    return items.filler((filters.key, n, cap), compute)
+    return items.filler((filters.key, cap), compute)[:n]
 
 
 @functools.lru_cache(maxsize=64)
