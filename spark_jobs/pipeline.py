@@ -286,7 +286,10 @@ def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
         version, model_dir = gated["version"], Path(gated["model_dir"])
         if publish.is_serving(client, cfg.model, version):
             # A retry: an earlier attempt switched Redis to this version, then failed to
-            # record it (PostgreSQL down). Publishing again would be refused; record only.
+            # record it (PostgreSQL down) or lost the switch's reply before retiring the old
+            # versions. Publishing again would be refused; retire and record only.
+            publish.retire_others(client, cfg.model, version, None, cfg.publish_batch,
+                                  cfg.publish_grace_s)
             with _connect(cfg) as conn:
                 publish.record_published(conn, cfg.model, version)
             return {**gated, "published": version, "keys_written": 0,

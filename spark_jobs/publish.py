@@ -110,9 +110,12 @@ def current_version(client: redis.Redis, model: str) -> str | None:
 
 
 def _has_keys(client: redis.Redis, kinds: tuple[str, ...], version: str) -> bool:
-    """Every kind of key the model publishes has at least one key of `version`."""
-    return all(next(client.scan_iter(match=keys.version_prefix(kind, version), count=10_000),
-                    None) is not None for kind in kinds)
+    """Every kind of list the model publishes has at least one key of `version`. The model's
+    item list (one exact key) is not required: versions published before it existed lack it
+    and still serve."""
+    patterns = [keys.version_prefix(kind, version) for kind in kinds]
+    return all(next(client.scan_iter(match=pattern, count=10_000), None) is not None
+               for pattern in patterns if pattern.endswith("*"))
 
 
 def is_serving(client: redis.Redis, model: str, version: str) -> bool:
@@ -163,11 +166,22 @@ def publish(client: redis.Redis, model: str, version: str,
         if serving != version:
             _delete_version(client, kinds, version, batch)
         raise
+    expiring, deleted = retire_others(client, model, version, previous, batch, grace_s)
+    return PublishResult(model, version, previous, written, expiring, deleted,
+                         time.perf_counter() - started)
+
+
+def retire_others(client: redis.Redis, model: str, version: str, previous: str | None,
+                  batch: int = 5000, grace_s: int = 3600) -> tuple[int, int]:
+    """After switching to `version`: `previous` expires after `grace_s` (requests that read
+    the old version just before the switch still find its lists), every other version is
+    deleted. `previous` None (unknown, e.g. a retry after the switch) gives every other
+    version the grace period. Returns (keys expiring, keys deleted)."""
     expiring = deleted = 0
-    for old, old_keys in _versions(client, kinds).items():
+    for old, old_keys in _versions(client, KINDS[model]).items():
         if old == version:
             continue
-        if old == previous:
+        if previous is None or old == previous:
             pipe = client.pipeline(transaction=False)
             for n, key in enumerate(old_keys, 1):
                 pipe.expire(key, grace_s)
@@ -178,8 +192,7 @@ def publish(client: redis.Redis, model: str, version: str,
         else:
             for lo in range(0, len(old_keys), batch):
                 deleted += client.unlink(*old_keys[lo:lo + batch])
-    return PublishResult(model, version, previous, written, expiring, deleted,
-                         time.perf_counter() - started)
+    return expiring, deleted
 
 
 def record_published(conn, model: str, version: str) -> None:

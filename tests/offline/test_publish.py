@@ -185,6 +185,12 @@ def test_a_switch_whose_reply_is_lost_keeps_the_new_version_serving(redis_url, l
     assert publish.is_serving(client, "item2vec", "v2")
     with pytest.raises(ValueError, match="already the serving version"):
         publish.publish(client, "item2vec", "v2", lists_of("v2"))
+    # The lost reply also skipped retiring v1; the retry's retire gives it the grace period.
+    old_key = keys.item_knn(ITEMS[0], "v1")
+    assert client.ttl(old_key) == -1
+    assert publish.retire_others(client, "item2vec", "v2", None, batch=500, grace_s=60) == (
+        len(ITEMS), 0)
+    assert 0 < client.ttl(old_key) <= 60 and client.ttl(keys.item_knn(ITEMS[0], "v2")) == -1
 
 
 @pytest.mark.integration
@@ -208,6 +214,18 @@ def test_a_serving_version_whose_lists_are_gone_is_published_again(redis_url):
     assert result.keys_written == len(ITEMS) and publish.is_serving(client, "item2vec", "v1")
     version, lists = read_lists(client, ITEMS[:50])
     assert version == "v1" and all(ids[0].startswith("v1/") for ids in lists)
+
+
+@pytest.mark.integration
+def test_a_version_published_before_item_lists_existed_still_counts_as_serving(redis_url):
+    """ALS versions published before `model:items` keys have only their lists: serving."""
+    client = redis.Redis.from_url(redis_url)
+    ids, scores = ["b", "c"], np.array([0.9, 0.8])
+    lists = [(keys.item_cf_neighbours("a", "old"), neighbours.encode(ids, scores)),
+             (keys.user_cf("u1", "old"), neighbours.encode(ids, scores))]
+    publish.publish(client, "als", "old", iter(lists))
+    assert not client.exists(keys.model_items("als", "old"))
+    assert publish.is_serving(client, "als", "old")
 
 
 @pytest.mark.integration
