@@ -169,6 +169,9 @@ def test_mlflow_accepts_the_host_names_it_is_reached_by() -> None:
     in_containers = urlparse(SERVICES["airflow-scheduler"]["environment"]
                              ["RECO_MLFLOW_TRACKING_URI"]).netloc
     assert in_containers == "mlflow:5000"
-    for host in (in_containers, "localhost:5000", "127.0.0.1:5000"):
+    # As MLflow's own default: loopback and the private ranges (a browser on the LAN).
+    for host in (in_containers, "localhost:5000", "127.0.0.1:5000", "10.1.2.3:5000",
+                 "192.168.1.20:5000", "172.16.0.2:5000", "172.31.255.1:5000"):
         assert is_allowed_host_header(allowed, host), host
-    assert not is_allowed_host_header(allowed, "evil.example:5000")
+    for host in ("evil.example:5000", "172.32.0.1:5000", "172.15.0.1:5000", "8.8.8.8:5000"):
+        assert not is_allowed_host_header(allowed, host), host
