@@ -172,3 +172,35 @@ def test_on_loop_refresh_applies_changes_in_place(redis_url: str, settings: Sett
     assert np.array_equal(second.popular_rows, first.popular_rows)
     assert third.ids == second.ids and third.category is second.category  # not rebuilt
     assert fourth.space == first.space and popular_ids(fourth)[:2] == ["i27", "i26"]
+
+
+def test_changes_applied_already_do_not_count_against_the_bound(
+        redis_url: str, settings: Settings) -> None:
+    """Steady upserts: the margin window re-reads the last refresh's changes, and only the new
+    ones count, so two refreshes of 5 changes each stay in place with a bound of 6."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    for n in range(30):
+        put_meta(r, f"i{n}", f"c{n % 2}")
+    signals = GlobalSignals(settings)
+
+    def upsert_stock(*item_ids: str) -> None:
+        for item in item_ids:
+            put_meta(r, item, "c0", in_stock=False)
+        pipe = r.pipeline(transaction=False)
+        announce_changes(pipe, item_ids, time.time() * 1000)
+        pipe.execute()
+
+    try:
+        signals.refresh()
+        first = signals.items
+        assert int(len(first.ids) * settings.catalog_update_max_share) == 6
+        upsert_stock("i0", "i1", "i2", "i3", "i4")
+        signals.refresh()
+        upsert_stock("i5", "i6", "i7", "i8", "i9")
+        signals.refresh()
+        last = signals.items
+    finally:
+        signals.stop()
+        r.close()
+    assert last.space == first.space
+    assert not last.in_stock[[last.row[f"i{n}"] for n in range(10)]].any()
