@@ -23,7 +23,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from reco import heap
 from streaming import consumer as loop
-from streaming.feature_store import PlannedBatch
+from streaming.feature_store import PlannedBatch, WriteConflict
 from streaming.messages import split_for_features
 from streaming.metrics import BATCH_SECONDS, PROCESSING_ERRORS
 
@@ -126,5 +126,10 @@ async def run_overlapped(
 
 
 def _failed(group: str, exc: Exception) -> None:
+    if isinstance(exc, WriteConflict):
+        # Another processor applied events of the batch (a rebalance moved the partition
+        # meanwhile): expected, not an error; the plain path skips what it applied.
+        log.info("%s: %s; redoing the batch plainly", group, exc)
+        return
     PROCESSING_ERRORS.labels(group, type(exc).__name__).inc()
     log.warning("%s: overlapped batch failed (%r); redoing it plainly", group, exc)

@@ -95,3 +95,21 @@ async def test_a_batch_two_processors_hold_is_applied_once(
     assert [e.event_id for e in result.applied] == [events[2].event_id]
     assert result.duplicates == 2
     assert_same_features(both, dump(redis_client))
+
+
+def test_a_write_conflict_in_the_overlapped_loop_is_not_a_processing_error() -> None:
+    """After a rebalance another processor may apply a batch first: expected, so it must not
+    feed HighProcessingErrorRate; any other failure still counts."""
+    from prometheus_client import REGISTRY
+
+    from streaming.feature_store import WriteConflict
+    from streaming.overlap import _failed
+
+    def errors(kind: str) -> float:
+        return REGISTRY.get_sample_value("event_processing_errors_total",
+                                         {"consumer": "g-test", "reason": kind}) or 0.0
+
+    _failed("g-test", WriteConflict("events of the batch were applied meanwhile"))
+    assert errors("WriteConflict") == 0.0
+    _failed("g-test", RuntimeError("boom"))
+    assert errors("RuntimeError") == 1.0
