@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
@@ -55,7 +56,13 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput([_error("body", f"malformed JSON: {exc}")]) from None
+        # orjson refuses numbers it cannot hold (1e400, integers past 64 bits) that the
+        # single-event route parses with pydantic and rejects naming the field: parse them the
+        # same way here, so that the error names the event and field too.
+        try:
+            data = pydantic_core.from_json(body)
+        except ValueError:
+            raise InvalidInput([_error("body", f"malformed JSON: {exc}")]) from None
     if not isinstance(data, dict):
         raise InvalidInput([_error("body", "must be a JSON object")])
     return data

@@ -142,6 +142,23 @@ async def test_batch_is_validated_as_a_whole(
     assert await end_offsets(settings, settings.topic_events) == 0  # nothing of it published
 
 
+async def test_batch_numbers_orjson_cannot_hold_are_named_like_single_events(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
+) -> None:
+    body = b'{"events": [%s, %s, %s]}' % (orjson.dumps(event()), raw_timestamp(b"1e400"),
+                                          raw_timestamp(b"300000000000000000000"))
+    response = await ingest.post("/events/batch", content=body,
+                                 headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert [(e["index"], e["field"], e["reason"]) for e in response.json()["detail"]] == [
+        (1, "events.timestamp", "must be a finite number of epoch milliseconds"),
+        (2, "events.timestamp", "must be at most 253402300799999 (9999-12-31T23:59:59.999Z)"),
+    ]
+    truly_malformed = await ingest.post("/events/batch", content=b'{"events": [1e400,]}')
+    assert [e["field"] for e in truly_malformed.json()["detail"]] == ["body"]
+    assert await end_offsets(settings, settings.topic_events) == 0
+
+
 @pytest.mark.parametrize(("body", "reason"), [
     ({"events": [event()] * 1001}, "must hold 1 to 1000 events, got 1001"),
     ({"events": []}, "must hold 1 to 1000 events, got 0"),
