@@ -73,9 +73,10 @@ def test_published_ports_match_design(name: str, port: int) -> None:
     assert port in _host_ports(SERVICES[name])
 
 
-@pytest.mark.parametrize("name", ["postgres", "redis", "kafka"])
-def test_stores_are_published_to_the_host_only(name: str) -> None:
-    # Redis and Kafka run without authentication: never on every interface of the host.
+@pytest.mark.parametrize("name", ["postgres", "redis", "kafka", "mlflow", "prometheus"])
+def test_unauthenticated_servers_are_published_to_the_host_only(name: str) -> None:
+    # Redis, Kafka, MLflow and Prometheus run without authentication: never on every
+    # interface of the host (PostgreSQL has a password but no TLS).
     assert _published(SERVICES[name]) and all(
         address == "127.0.0.1" for address, _port in _published(SERVICES[name]))
 
