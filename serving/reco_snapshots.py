@@ -14,8 +14,8 @@ still show the item until they expire or the user's next event). It reloads ever
 than `catalog_update_max_share` of the catalogue changed since the last refresh, or when the
 version moved and the window holds no change entry at all (another writer, e.g.
 benchmarks/reco_bench_data.py; a bump by another writer within a minute of an upsert waits for
-the periodic full reload). On 100,000 items,
-updating 100 changed ones took ~5 ms here (Redis reads included), a full reload ~1.6 s.
+the periodic full reload). On 100,000 items, updating 100 changed ones took ~5 ms here (Redis
+reads included), a full reload ~1.6 s.
 
 The popularity refresh runs on the event loop in slices of `CHUNK` members (one read, parse
 and id -> row mapping each: ~2 ms here with 500 members, so now 250), so requests wait at
