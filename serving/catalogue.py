@@ -73,8 +73,14 @@ class ItemIn(BaseModel):
     @field_validator("created_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
+        try:
+            value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is year 0 in UTC: was a 500 (fuzz)
+            raise ValueError("must fall within years 1 to 9999 in UTC") from None
         return value
 
 
