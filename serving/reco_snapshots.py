@@ -211,12 +211,12 @@ class GlobalSignals:
         else a full reload (see the module docstring). Blocking: refresh_async calls it in a
         thread."""
         if not self._full_reload_due():
-            changes = self._recent_changes()
             bound = self._change_bound()
+            changes = self._recent_changes(bound)
             # Entries applied at an earlier refresh are re-read in the window: not counted.
-            n_new = sum(self._applied.get(item) != at for item, at in changes)
-            if changes and n_new <= bound:
-                self._apply_changes(changes, meta_version)
+            new = [item for item, at in changes if self._applied.get(item) != at]
+            if changes and len(new) <= bound:
+                self._apply_changes(changes, new, meta_version)
                 return
             log.info("catalogue version %r: %s, reloading all", meta_version,
                      f"over {bound} changed items" if changes else "no change entries")
@@ -226,10 +226,10 @@ class GlobalSignals:
         self._changes_ms = newest[0][1] if newest else 0.0
         self._applied = {}
 
-    def _apply_changes(self, changes: list[tuple[str, float]], meta_version: str | None
-                       ) -> None:
-        """Re-read the items of the changes not applied yet, update them in place."""
-        new = [item for item, at in changes if self._applied.get(item) != at]
+    def _apply_changes(self, changes: list[tuple[str, float]], new: list[str],
+                       meta_version: str | None) -> None:
+        """Re-read the `new` items (of the window's `changes`, those not applied yet), update
+        them in place."""
         if new:
             records = self.read_meta(new)
             self._catalog = self._catalog.with_metadata(records, meta_version or "")
@@ -237,10 +237,10 @@ class GlobalSignals:
         self._changes_ms = max(self._changes_ms, changes[-1][1])  # oldest first
         self._applied = dict(changes)
 
-    def _recent_changes(self) -> list[tuple[str, float]]:
+    def _recent_changes(self, bound: int) -> list[tuple[str, float]]:
         """(item, epoch ms) of the changes from `CHANGE_MARGIN_MS` before the newest applied,
-        oldest first: those applied already plus at most one more than the in-place bound."""
-        limit = len(self._applied) + self._change_bound() + 1
+        oldest first: those applied already plus at most one more than the in-place `bound`."""
+        limit = len(self._applied) + bound + 1
         found = self.client.zrange(keys.ITEM_META_CHANGES, self._changes_ms - CHANGE_MARGIN_MS,
                                    "+inf", byscore=True, offset=0, num=limit, withscores=True)
         return [(item.decode(), at) for item, at in found]
