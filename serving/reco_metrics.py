@@ -13,6 +13,10 @@ LATENCY = Histogram(
 )
 CACHE_HITS = Counter("recommendation_cache_hits_total", "Responses served from the cache")
 CACHE_MISSES = Counter("recommendation_cache_misses_total", "Cache lookups that missed")
+CACHE_INELIGIBLE = Counter(
+    "recommendation_cache_ineligible_total",
+    "Cached responses re-ranked (counted as misses too) because the catalogue changed since "
+    "and one of their items no longer passes the rules (e.g. out of stock)")
 CACHE_WRITE_ERRORS = Counter("recommendation_cache_write_errors_total",
                              "Cache writes Redis refused (e.g. OOM, READONLY); reads go on")
 FALLBACKS = Counter("recommendation_fallbacks_total",

@@ -55,7 +55,8 @@ class RecommendationsEndpoint:
             return
         answer = await self.service.recommend(p)
         if answer.cache_entry is not None and self.store.queue_cache_write(
-                p.user_id, p.variant, answer.cache_entry, self.ttl_s):
+                p.user_id, p.variant, answer.cache_entry,
+                None if answer.keep_ttl else self.ttl_s):
             # Normally the next request's pipeline carries the write; flush soon if none comes.
             asyncio.get_running_loop().call_later(FLUSH_AFTER_S, self.flush)
         counter = self._served.get(answer.strategy)

@@ -28,7 +28,7 @@ from reco.ranking import (
     rank,
     similar_items,
 )
-from reco.rules import Filters
+from reco.rules import Filters, eligible
 from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving.model_items import MODEL_OF_KIND
@@ -100,6 +100,17 @@ def _versions_sig(first: FirstRead) -> str:
     return orjson.dumps(first.versions, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _catalog_sig(items: ItemIndex) -> str:
+    return orjson.dumps(items.version).decode()  # JSON: a version cannot break the header
+
+
+def _still_eligible(body: str, filters: Filters, items: ItemIndex) -> bool:
+    """Whether every item of a cached response passes the request's hard rules (in stock, in
+    the asked category and price range) in the catalogue `items`. ~10-20 us for 20 items."""
+    ids = [item["item_id"] for item in orjson.loads(body)["items"]]
+    return bool(eligible(items, items.rows(ids), filters).all())
+
+
 class AsyncReads:
     """The store's reads on the event loop (the default)."""
 
@@ -130,6 +141,7 @@ class Answer:
     body: bytes
     strategy: str
     cache_entry: bytes | None = None  # what to store under the cache key, if anything
+    keep_ttl: bool = False  # a re-stamped entry: it keeps its expiry (and is not recreated)
 
 
 class RecoService:
@@ -156,10 +168,10 @@ class RecoService:
         except StoreUnavailable:
             return self.fallback(p)
         fingerprint = _fingerprint(first)
-        hit = self._cached(first, fingerprint)
+        items = self.signals.items  # one snapshot for the whole request
+        hit = self._cached(p, first, fingerprint, items)
         if hit is not None:
             return hit
-        items = self.signals.items  # one snapshot for the whole request
         plan = self._plan(p.user_id, first, items)
         try:
             second = await self.io.second_read(p.user_id, plan.sources, plan.missing)
@@ -168,24 +180,38 @@ class RecoService:
         features = self._features(first, plan, second, items)
         return self._answer(p, first, fingerprint, features, items)
 
-    def _cached(self, first: FirstRead, fingerprint: str) -> Answer | None:
+    def _cached(self, p: RecoParams, first: FirstRead, fingerprint: str,
+                items: ItemIndex) -> Answer | None:
         """The cached response if it was made with the user's current recent list and the
-        active model versions; None (a miss) otherwise."""
-        if first.cached:
-            cached_recent, cached_versions, body = first.cached.split("\n", 2)
+        active model versions, and its items are all still eligible; None (a miss) otherwise."""
+        parts = first.cached.split("\n", 3) if first.cached else ()
+        if len(parts) == 4:  # an entry of an older release has 3: a miss
+            cached_recent, cached_versions, cached_catalog, body = parts
             # Any new event changes the recent list; a model switch changes versions.
             if cached_recent == fingerprint and cached_versions == _versions_sig(first):
-                metrics.CACHE_HITS.inc()
-                return Answer(body.encode(), "cached")
+                catalog = _catalog_sig(items)
+                if cached_catalog == catalog:
+                    metrics.CACHE_HITS.inc()
+                    return Answer(body.encode(), "cached")
+                # A catalogue upsert since (a sold-out item, a new price) is checked against
+                # the entry's items only: re-ranking for every upsert would empty the cache.
+                # An entry still eligible is re-stamped, so its next hits skip the check.
+                if _still_eligible(body, p.filters, items):
+                    metrics.CACHE_HITS.inc()
+                    entry = "\n".join((cached_recent, cached_versions, catalog, body)).encode()
+                    return Answer(body.encode(), "cached", entry, keep_ttl=True)
+                metrics.CACHE_INELIGIBLE.inc()
         metrics.CACHE_MISSES.inc()
         return None
 
     def _answer(self, p: RecoParams, first: FirstRead, fingerprint: str,
                 features: UserFeatures, items: ItemIndex) -> Answer:
-        """The ranked response, and its cache entry stamped with the recent list it saw."""
+        """The ranked response, and its cache entry stamped with the recent list, model
+        versions and catalogue version it saw."""
         ranking = rank(features, items, self.config, p.filters, p.k, p.explain)
         body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
         entry = b"\n".join((fingerprint.encode(), _versions_sig(first).encode(),
+                            _catalog_sig(items).encode(),
                             body[: -len(CACHED_FALSE)] + CACHED_TRUE))
         return Answer(body, ranking.strategy, entry)
 

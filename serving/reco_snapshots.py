@@ -9,10 +9,10 @@ Between full reloads, a moved `keys.ITEM_META_VERSION` makes the refresh re-read
 items catalogue upserts stamped in `keys.ITEM_META_CHANGES` since the newest change it applied
 (less `CHANGE_MARGIN_MS`), and update them in the same row space (`ItemIndex.with_metadata`):
 parsed lists (serving/reco_lists.py) and model item rows stay valid, and a stock change reaches
-recommendations within one refresh, `popular_snapshot_refresh_s` (responses cached before may
-still show the item until they expire or the user's next event). It reloads everything when more
-than `catalog_update_max_share` of the catalogue changed since the last refresh, or when the
-version moved and the window holds no change entry at all (another writer, e.g.
+recommendations within one refresh, `popular_snapshot_refresh_s` (responses cached before are
+re-checked against the new catalogue when hit: serving/reco_service.py). It reloads
+everything when more than `catalog_update_max_share` of the catalogue changed since the last
+refresh, or when the version moved and the window holds no change entry at all (another writer, e.g.
 benchmarks/reco_bench_data.py; a bump by another writer within a minute of an upsert waits for
 the periodic full reload). On 100,000 items, updating 100 changed ones took ~5 ms here (Redis
 reads included), a full reload ~1.6 s.

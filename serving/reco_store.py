@@ -249,10 +249,16 @@ class FeatureStore:
 
     # -- cache writes ----------------------------------------------------------------------
 
-    def queue_cache_write(self, user_id: str, variant: str, value: bytes, ttl_s: int) -> bool:
-        """Queue a cache entry; True when the queue was empty (the caller schedules a flush)."""
+    def queue_cache_write(self, user_id: str, variant: str, value: bytes,
+                          ttl_s: int | None) -> bool:
+        """Queue a cache entry, expiring in `ttl_s` (None: replacing an entry that still
+        exists, keeping its expiry); True when the queue was empty (the caller schedules a
+        flush)."""
+        key = keys.reco_cache(user_id, variant)
+        command = ("SET", key, value, "XX", "KEEPTTL") if ttl_s is None else (
+            "SET", key, value, "EX", ttl_s)
         with self._pending_lock:
-            self._pending.append(("SET", keys.reco_cache(user_id, variant), value, "EX", ttl_s))
+            self._pending.append(command)
             return len(self._pending) == 1
 
     def flush_cache_writes(self) -> None:

@@ -17,9 +17,10 @@ from reco.catalog import UNKNOWN_CATEGORY, ItemIndex
 from reco.ranking import RankConfig, UserFeatures, rank
 from reco.settings import Settings
 from serving.catalogue import ItemWithId, announce_changes, upsert_items
+from serving.reco_service import RecoParams
 from serving.reco_snapshots import GlobalSignals
 from tests.api.conftest import put_meta
-from tests.api.test_recommendations import get, ids_scores
+from tests.api.test_recommendations import get, ids_scores, metric
 
 DAY_MS = 86_400_000
 
@@ -84,11 +85,16 @@ def test_upserted_stock_change_applies_in_place_at_the_next_refresh(
     with make_client() as client:
         signals = client.app.state.service.signals
         before = signals.items
+        ineligible = metric(client, "recommendation_cache_ineligible_total")
         assert "X" in [i for i, _ in ids_scores(get(client, k=5))]
+        assert get(client, k=5)["cached"] is True
         upsert(api_settings, ItemWithId(item_id="X", category="c2", price=10.0, in_stock=False))
         signals.refresh()
-        # k=6: the k=5 answer is cached (it would show X until it expires or u1's next event).
-        assert "X" not in [i for i, _ in ids_scores(get(client, k=6))]
+        # The cached answer shows X, sold out since: re-ranked, not served.
+        fresh = get(client, k=5)
+        assert fresh["cached"] is False and "X" not in [i for i, _ in ids_scores(fresh)]
+        assert metric(client, "recommendation_cache_ineligible_total") == ineligible + 1
+        assert get(client, k=5)["cached"] is True
         after = signals.items
     assert after.space == before.space and after.ids == before.ids  # no full reload
     assert not after.in_stock[after.row["X"]] and before.in_stock[before.row["X"]]
@@ -96,6 +102,33 @@ def test_upserted_stock_change_applies_in_place_at_the_next_refresh(
     # The upsert stamped X, trimmed the day-old entry and bumped the version.
     assert [m for m, _ in r.zrange(keys.ITEM_META_CHANGES, 0, -1, withscores=True)] == ["X"]
     assert r.get(keys.ITEM_META_VERSION) == "1"
+
+
+def test_cached_answers_outlive_upserts_that_keep_their_items_eligible(
+        world, make_client, api_settings: Settings, pg) -> None:
+    """Only the entry's own items are checked after a catalogue change: an upsert of another
+    item, or one keeping the item within the request's rules, leaves the entry served; a price
+    moving an item out of the asked range does not."""
+    with make_client() as client:
+        signals = client.app.state.service.signals
+        ineligible = metric(client, "recommendation_cache_ineligible_total")
+        shown = [i for i, _ in ids_scores(get(client, k=3, max_price=20))]
+        assert "P" not in shown and "X" in shown
+        upsert(api_settings, ItemWithId(item_id="P", category="c6", in_stock=False))
+        signals.refresh()
+        assert get(client, k=3, max_price=20)["cached"] is True
+        assert get(client, k=3, max_price=20)["cached"] is True  # flushes the re-stamp
+        entry = world["redis"].get(keys.reco_cache("u1", RecoParams("u1", k=3,
+                                                                    max_price=20).variant))
+        assert entry.split("\n")[2] == '"1"'  # stamped with the catalogue version now served
+        upsert(api_settings, ItemWithId(item_id="X", category="c2", price=19.0))
+        signals.refresh()
+        assert get(client, k=3, max_price=20)["cached"] is True
+        upsert(api_settings, ItemWithId(item_id="X", category="c2", price=25.0))
+        signals.refresh()
+        fresh = get(client, k=3, max_price=20)
+        assert fresh["cached"] is False and "X" not in [i for i, _ in ids_scores(fresh)]
+        assert metric(client, "recommendation_cache_ineligible_total") == ineligible + 1
 
 
 def test_more_changes_than_the_bound_reload_everything(

@@ -155,6 +155,25 @@ def test_refused_cache_writes_are_counted_but_refused_reads_trip_the_breaker(
     r.close()
 
 
+def test_a_re_stamped_cache_entry_keeps_its_expiry_and_is_never_recreated(
+        redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = FeatureStore(redis_url, timeout_s=1.0)
+    key = keys.reco_cache("u1", "v")
+    store.queue_cache_write("u1", "v", b"first", 60)
+    store.flush_cache_writes()
+    r.expire(key, 30)
+    store.queue_cache_write("u1", "v", b"re-stamped", None)
+    store.flush_cache_writes()
+    assert r.get(key) == "re-stamped" and 0 < r.ttl(key) <= 30
+    r.delete(key)  # expired between the hit and its re-stamp
+    store.queue_cache_write("u1", "v", b"late", None)
+    store.flush_cache_writes()
+    assert not r.exists(key)
+    store.close()
+    r.close()
+
+
 def test_on_loop_refresh_matches_the_blocking_one(redis_url: str, settings: Settings,
                                                   monkeypatch) -> None:
     r = redis.Redis.from_url(redis_url)

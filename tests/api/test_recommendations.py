@@ -228,6 +228,22 @@ def test_cache_is_per_parameters_and_model_version(client, world) -> None:
     assert world["redis"].ttl(keys.reco_cache("u1", _variant(k=5))) > 0
 
 
+def test_a_cache_entry_of_an_older_release_is_a_miss(client, world) -> None:
+    """Entries of the release before catalogue stamps had three lines: after an upgrade they
+    are misses (re-ranked and replaced), not errors."""
+    body = get(client, k=5)
+    assert get(client, k=5)["cached"] is True  # the entry is written
+    key = keys.reco_cache("u1", _variant(k=5))
+    r = world["redis"]
+    entry = r.get(key)
+    assert entry is not None and entry.count("\n") == 3
+    fingerprint, versions, _catalog, cached = entry.split("\n", 3)
+    r.set(key, "\n".join((fingerprint, versions, cached)))
+    again = get(client, k=5)
+    assert again["cached"] is False and again["items"] == body["items"]
+    assert get(client, k=5)["cached"] is True
+
+
 def _variant(**params) -> str:
     from serving.reco_service import RecoParams
 
