@@ -106,7 +106,8 @@ def _catalog_sig(items: ItemIndex) -> str:
 
 def _still_eligible(body: str, filters: Filters, items: ItemIndex) -> bool:
     """Whether every item of a cached response passes the request's hard rules (in stock, in
-    the asked category and price range) in the catalogue `items`. ~10-20 us for 20 items."""
+    the asked category and price range) in the catalogue `items`: ~35 us for 20 items of
+    100,000 (cold id lookups), paid once per entry and catalogue version (then re-stamped)."""
     ids = [item["item_id"] for item in orjson.loads(body)["items"]]
     return bool(eligible(items, items.rows(ids), filters).all())
 
