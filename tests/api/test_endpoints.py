@@ -75,11 +75,13 @@ def test_health_ready_metrics_and_model_age(world, make_client) -> None:
         assert client.get("/health").json() == {"status": "ok"}
         assert client.get("/ready").json() == {"ready": True,
                                                "checks": {"redis": True, "snapshot": True}}
+        served = ("recommendation_requests_total",
+                  '{endpoint="recommendations",strategy="personalized"}')
+        timed = ("recommendation_latency_seconds_count", '{endpoint="recommendations"}')
+        before = metric(client, *served), metric(client, *timed)
         get(client)
-        assert metric(client, "recommendation_requests_total",
-                      '{endpoint="recommendations",strategy="personalized"}') >= 1
-        assert metric(client, "recommendation_latency_seconds_count",
-                      '{endpoint="recommendations"}') >= 1
+        assert (metric(client, *served), metric(client, *timed)) == (before[0] + 1,
+                                                                     before[1] + 1)
         assert 'recommendation_latency_seconds_bucket{endpoint="recommendations",le="0.0005"}' \
             in client.get("/metrics").text
         age = metric(client, "model_age_seconds", '{model="item2vec"}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
@@ -77,11 +78,23 @@ async def test_ingest_limit_per_ip_shared_by_replicas(
     assert await end_offsets(limited, limited.topic_events) == 3  # refused ones never published
 
 
-async def test_limiter_fails_open_when_redis_is_down() -> None:
-    limiter = RateLimiter("user", per_s=1, window_s=60)
-    client = AsyncPipelineClient(f"redis://127.0.0.1:{free_port()}/0", 0.1)
-    for _ in range(5):
-        await limiter.hit(client, "u1")  # no exception: requests go through
+async def test_limiter_fails_open_when_redis_is_down(redis_url: str, caplog) -> None:
+    """A limit of 1: the store refuses the second hit; with the store unreachable the next
+    hits go through (and the limiter says why), the following ones without asking it."""
+    limiter = RateLimiter("user", per_s=1, window_s=1.0)
+    alive = AsyncPipelineClient(redis_url, 1.0)
+    dead = AsyncPipelineClient(f"redis://127.0.0.1:{free_port()}/0", 0.1)
+    try:
+        await limiter.hit(alive, "u1")
+        with pytest.raises(RateLimited):
+            await limiter.hit(alive, "u1")
+        with caplog.at_level(logging.WARNING, logger="serving.rate_limit"):
+            await limiter.hit(dead, "u1")
+        assert "rate limiter store unavailable" in caplog.text
+        await limiter.hit(alive, "u1")  # over the limit, but the store is skipped for a while
+    finally:
+        alive.close()
+        dead.close()
 
 
 async def test_limiter_counts_in_one_key(redis_url: str, redis_client: redis.Redis) -> None:
