@@ -32,25 +32,29 @@ def demo_settings() -> Settings:
 def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     console = Console(width=120)
     try:
-        report = run_demo(demo_settings, console, DemoOptions(max_users=60, dag_timeout_s=900))
+        report = run_demo(demo_settings, console, DemoOptions(max_users=200, dag_timeout_s=900))
         run_id = log_to_mlflow(demo_settings, report, "local")
         logged = MlflowClient(demo_settings.mlflow_tracking_uri).get_run(run_id)
     finally:
         local.down(demo_settings)
 
-    assert report.users == 60
+    assert report.users == 200
     assert report.dag_runs == {"item2vec_daily": "success", "als_weekly": "success",
                                "sasrec_daily": "success"}
     served = report.metrics["served (blend)"]
-    assert served["users"] == 60
+    assert served["users"] == 200
     # Every user has history, so every answer is personalised and full.
-    assert report.strategies == {"personalized": 60}
+    assert report.strategies == {"personalized": 200}
     assert list(report.metrics) == [
         "served (blend)", "popularity baseline", "co-view alone", "embedding alone",
         "popularity alone", "recency alone", "ALS alone", "SASRec alone"]
-    assert all(m["users"] == 60 for m in report.metrics.values())
-    assert report.events_replayed > 60 * 10
-    assert 0.0 <= served["ndcg_at_10"] <= served["hr_at_10"] <= 1.0
+    assert all(m["users"] == 200 for m in report.metrics.values())
+    assert report.events_replayed > 200 * 10
+    # Trained on these users' histories alone, the blend still beats popularity: HR@10 0.13
+    # against 0.06 when this was written (on 60 users both had 4 hits: too few to tell).
+    popular = report.metrics["popularity baseline"]
+    assert served["hr_at_10"] > popular["hr_at_10"], report.metrics
+    assert served["ndcg_at_10"] > popular["ndcg_at_10"], report.metrics
     assert report.latency_ms["p50"] > 0
     # The same figures in MLflow, next to the training runs, with the weights that served them.
     assert logged.data.metrics["served_blend.hr_at_10"] == served["hr_at_10"]
