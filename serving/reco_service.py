@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -143,6 +143,12 @@ class Answer:
     strategy: str
     cache_entry: bytes | None = None  # what to store under the cache key, if anything
     keep_ttl: bool = False  # a re-stamped entry: it keeps its expiry (and is not recreated)
+
+
+class Similar(NamedTuple):
+    items: list[dict]
+    model_versions: dict[str, str]
+    strategy: str  # "similar", or "fallback" when the feature store is unreachable
 
 
 class RecoService:
@@ -295,10 +301,16 @@ class RecoService:
         return [{"item_id": item, "score": round(score / top, 6) if top > 0 else 0.0}
                 for item, score in found if item != exclude][:k]
 
-    async def similar(self, item_id: str, k: int) -> tuple[list[dict], dict[str, str]]:
-        coview, knn, versions = await self.io.item_lists(item_id)
+    async def similar(self, item_id: str, k: int) -> Similar:
+        """Neighbours of `item_id` from co-view and embeddings; with the store unreachable,
+        popular items other than `item_id` (strategy "fallback")."""
+        try:
+            coview, knn, versions = await self.io.item_lists(item_id)
+        except StoreUnavailable:
+            metrics.FALLBACKS.labels(endpoint="similar").inc()
+            return Similar(self.popular(k, None, exclude=item_id), {}, "fallback")
         items = similar_items(item_id, coview, knn, self.signals.items, self.config, k)
-        return [_item_json(i, explain=False) for i in items], versions
+        return Similar([_item_json(i, explain=False) for i in items], versions, "similar")
 
 
 def render(p: RecoParams, strategy: str, items: list[ScoredItem], versions: dict[str, str],

@@ -26,7 +26,7 @@ from serving.reco_params import ID_PATTERN, MAX_K
 from serving.reco_route import PATH, RecommendationsEndpoint
 from serving.reco_service import RecoService
 from serving.reco_snapshots import GlobalSignals
-from serving.reco_store import FeatureStore, StoreUnavailable
+from serving.reco_store import FeatureStore
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
@@ -92,17 +92,11 @@ def create_app(settings: Settings) -> FastAPI:
                                                    pattern=ID_PATTERN)],
                       k: K = 20) -> Response:
         start = time.perf_counter()
-        try:
-            items, versions = await service.similar(item_id, k)
-            strategy = "similar"
-        except StoreUnavailable:
-            metrics.FALLBACKS.labels(endpoint="similar").inc()
-            # Popular items, but not the one the client asked about.
-            items, versions, strategy = service.popular(k, None, exclude=item_id), {}, "fallback"
-        metrics.REQUESTS.labels(endpoint="similar", strategy=strategy).inc()
+        found = await service.similar(item_id, k)
+        metrics.REQUESTS.labels(endpoint="similar", strategy=found.strategy).inc()
         hist["similar"].observe(time.perf_counter() - start)
-        return JSONResponse({"item_id": item_id, "strategy": strategy, "items": items,
-                             "model_versions": versions})
+        return JSONResponse({"item_id": item_id, "strategy": found.strategy,
+                             "items": found.items, "model_versions": found.model_versions})
 
     @app.get("/health")
     async def health() -> dict:

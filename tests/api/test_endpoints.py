@@ -100,6 +100,8 @@ def test_catalogue_reloads_when_its_version_changes(world, make_client) -> None:
 def test_fallback_when_redis_is_down(world, make_client, redis_server) -> None:
     with make_client(reco_redis_retry_s=0.2) as client:
         fallbacks = metric(client, "recommendation_fallbacks_total", '{endpoint="recommendations"}')
+        similar_fallbacks = metric(client, "recommendation_fallbacks_total",
+                                   '{endpoint="similar"}')
         try:  # the session's Redis comes back even if an assertion below fails
             redis_server.stop()
             body = get(client, k=3)
@@ -118,6 +120,8 @@ def test_fallback_when_redis_is_down(world, make_client, redis_server) -> None:
         assert ready.status_code == 503
         assert metric(client, "recommendation_fallbacks_total",
                       '{endpoint="recommendations"}') == fallbacks + 1
+        assert metric(client, "recommendation_fallbacks_total",
+                      '{endpoint="similar"}') == similar_fallbacks + 1
         time.sleep(0.3)  # past the breaker's retry time: personalised again
         assert get(client, k=3)["strategy"] == "personalized"
 
