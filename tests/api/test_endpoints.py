@@ -145,4 +145,4 @@ def test_refused_cache_writes_fail_neither_requests_nor_the_breaker(world, make_
         assert refused() == before + 4
         assert metric(client, "recommendation_fallbacks_total",
                       '{endpoint="recommendations"}') == fallbacks
-    assert world["redis"].keys("cache:reco:*") == []
+    assert world["redis"].keys(keys.reco_cache("*")) == []

@@ -105,6 +105,6 @@ async def test_limiter_counts_in_one_key(redis_url: str, redis_client: redis.Red
     with pytest.raises(RateLimited) as exc:
         await limiter.hit(client, "u1")
     assert exc.value.retry_after_s == 1
-    assert redis_client.keys("ratelimit:*") == [keys.rate_limit("user", "u1")]
+    assert redis_client.keys(keys.rate_limit("*", "*")) == [keys.rate_limit("user", "u1")]
     assert int(redis_client.get(keys.rate_limit("user", "u1"))) == 3
     client.close()
