@@ -14,6 +14,8 @@ import redis
 
 from reco import keys, neighbours
 
+SCRATCH_USER = "bench-scratch"  # its recent list and times are built, DUMPed, then deleted
+
 
 class Sizes:
     def __init__(self, quick: bool) -> None:
@@ -74,7 +76,7 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
     start = time.perf_counter()
     coview_pool = []
     for j in range(s.pool):
-        tmp = f"bench:tmp:{j}"
+        tmp = keys.co_view(f"bench-scratch-{j}")  # built once, DUMPed, RESTOREd per item
         members = draw(s.coview)
         r.zadd(tmp, {m: float(len(members) - k) for k, m in enumerate(members)})
         coview_pool.append(r.dump(tmp))
@@ -97,12 +99,12 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
     for _ in range(s.pool):
         items = draw(s.recent)
         ages = np.sort(rng.uniform(0, 24 * 3600, len(items)))
-        r.rpush("bench:tmp:l", *items)
-        r.hset("bench:tmp:h", mapping={m: now - float(a) for m, a in zip(items, ages,
-                                                                         strict=True)})
-        recent_pool.append(r.dump("bench:tmp:l"))
-        times_pool.append(r.dump("bench:tmp:h"))
-        r.delete("bench:tmp:l", "bench:tmp:h")
+        recent, times = keys.user_recent(SCRATCH_USER), keys.user_recent_times(SCRATCH_USER)
+        r.rpush(recent, *items)
+        r.hset(times, mapping={m: now - float(a) for m, a in zip(items, ages, strict=True)})
+        recent_pool.append(r.dump(recent))
+        times_pool.append(r.dump(times))
+        r.delete(recent, times)
     # Users' lists as the publisher writes them: ids, scores and the ids' numbers in the
     # model's item list (here every item, in catalogue order: "i{n}" is number n).
     for model, version in (("als", "a1"), ("sasrec", "s1")):
