@@ -111,6 +111,15 @@ def version_pattern(kind: str) -> str:
     return version_prefix(kind, "*")
 
 
+def key_version(kind: str, key: str) -> str:
+    """The version in a key of one kind (a key `version_pattern(kind)` matches): the inverse
+    of the versioned builders, e.g. `key_version("knn", item_knn(item, v)) == v`."""
+    head = version_prefix(kind, "\0").split("\0")[0]
+    if not key.startswith(head):
+        raise ValueError(f"{key!r} is not a {kind!r} key")
+    return key[len(head):].split(":", 1)[0]
+
+
 def rate_limit(scope: str, subject: str) -> str:
     """Request counter of one client ("ip") or one user ("user") for the current window."""
     return f"ratelimit:{scope}:{subject}"

@@ -74,18 +74,13 @@ def model_lists(model: str, model_dir: Path, version: str) -> Iterator[tuple[str
         raise ValueError(f"unknown model {model!r}")
 
 
-def _key_version(key: str, kind: str) -> str:
-    prefix = keys.version_prefix(kind, "\0").split("\0")[0]
-    return key[len(prefix):].split(":", 1)[0]
-
-
 def _versions(client: redis.Redis, kinds: tuple[str, ...]) -> dict[str, list[str]]:
     """Every key of every version of these kinds, grouped by version (one SCAN per kind)."""
     found: dict[str, list[str]] = {}
     for kind in kinds:
         for key in client.scan_iter(match=keys.version_pattern(kind), count=10_000):
             key = key.decode() if isinstance(key, bytes) else key
-            found.setdefault(_key_version(key, kind), []).append(key)
+            found.setdefault(keys.key_version(kind, key), []).append(key)
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import socket
 import threading
 from collections.abc import Iterator
@@ -260,3 +261,18 @@ def test_users_lists_carry_their_items_numbers_and_the_item_list_retires_with_th
 def test_codes_must_match_ids() -> None:
     with pytest.raises(ValueError, match="2 ids but 1 codes"):
         neighbours.encode(["a", "b"], [1.0, 0.5], [0])
+
+
+def test_key_version_inverts_every_versioned_key_builder() -> None:
+    built = {"knn": keys.item_knn, "cf_item": keys.item_cf_neighbours, "cf_user": keys.user_cf,
+             "seq_user": keys.user_seq,
+             "cf_items": lambda _, v: keys.model_items("als", v),
+             "seq_items": lambda _, v: keys.model_items("sasrec", v)}
+    assert set(built) == {kind for kinds in publish.KINDS.values() for kind in kinds}
+    for kind, key_of in built.items():
+        for owner in ("u1", "item:with:colons", ""):
+            key = key_of(owner, "20240301T020000-ab12cd34")
+            assert fnmatch.fnmatchcase(key, keys.version_pattern(kind)), key
+            assert keys.key_version(kind, key) == "20240301T020000-ab12cd34"
+    with pytest.raises(ValueError, match="is not a 'knn' key"):
+        keys.key_version("knn", keys.user_cf("u1", "v1"))
