@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ import scipy.sparse as sp
 from spark_jobs import knn
 from spark_jobs.files import MODEL_FILE, index_of, read_parquet, seen_matrix
 from spark_jobs.hyperparameters import Hyperparameters
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 _ARRAYS = ("user_ids", "item_ids", "user_factors", "item_factors", "cand_idx", "cand_scores",
            "nbr_idx", "nbr_scores")
@@ -75,7 +78,7 @@ def _fit_implicit(confidence: sp.csr_matrix, p: ALSParams) -> tuple[np.ndarray, 
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
-def _fit_spark(spark, frame: pd.DataFrame, n_users: int, n_items: int,
+def _fit_spark(spark: SparkSession, frame: pd.DataFrame, n_users: int, n_items: int,
                p: ALSParams) -> tuple[np.ndarray, np.ndarray]:
     from pyspark.ml.recommendation import ALS
 
@@ -94,8 +97,8 @@ def _fit_spark(spark, frame: pd.DataFrame, n_users: int, n_items: int,
     return dense(model.userFactors, n_users), dense(model.itemFactors, n_items)
 
 
-def fit(interactions_dir: Path, params: ALSParams, engine: str = "local", spark=None,
-        timings: dict | None = None) -> ALSModel:
+def fit(interactions_dir: Path, params: ALSParams, engine: str = "local",
+        spark: SparkSession | None = None, timings: dict | None = None) -> ALSModel:
     """Train on the extract's interactions; candidates exclude each user's seen items."""
     timings = timings if timings is not None else {}
     frame = read_parquet(interactions_dir, ["user_id", "item_id", "confidence"])

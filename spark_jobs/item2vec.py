@@ -10,13 +10,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from spark_jobs import knn
 from spark_jobs.files import MODEL_FILE, read_parquet
 from spark_jobs.hyperparameters import Hyperparameters
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ def _fit_gensim(sentences: list[list[str]], p: Item2VecParams) -> tuple[np.ndarr
     return np.asarray(model.wv.index_to_key, dtype=str), model.wv.vectors.astype(np.float32)
 
 
-def _fit_spark(spark, sessions_dir: Path, p: Item2VecParams) -> tuple[np.ndarray, np.ndarray]:
+def _fit_spark(spark: SparkSession, sessions_dir: Path,
+               p: Item2VecParams) -> tuple[np.ndarray, np.ndarray]:
     from pyspark.ml.feature import Word2Vec
 
     sessions = spark.read.parquet(str(sessions_dir)).select("items")
@@ -89,7 +93,7 @@ def _fit_spark(spark, sessions_dir: Path, p: Item2VecParams) -> tuple[np.ndarray
 
 
 def fit(sessions_dir: Path, params: Item2VecParams, engine: str = "local",
-        spark=None, timings: dict | None = None) -> Item2VecModel:
+        spark: SparkSession | None = None, timings: dict | None = None) -> Item2VecModel:
     """Train on the extract's sessions with the chosen engine; compute cosine neighbours."""
     timings = timings if timings is not None else {}
     started = time.perf_counter()

@@ -12,11 +12,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from spark_jobs import MODELS, SPARK_MODELS, as_utc, tracking
 from spark_jobs import extract as ex
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+    from psycopg.rows import TupleRow
+    from pyspark.sql import SparkSession
+
+    from reco.settings import Settings
+    from spark_jobs.als import ALSParams
+    from spark_jobs.item2vec import Item2VecParams
+    from spark_jobs.sasrec import SASRecParams
 
 # What each model's training (and every evaluation) reads from an extract: only these are built.
 EXTRACT_DATASETS = {
@@ -68,7 +79,7 @@ class PipelineConfig:
             raise ValueError(f"{self.model} has no Spark engine: use engine 'local'")
         self.hyperparameters()  # unknown names fail before any work starts
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> Item2VecParams | ALSParams | SASRecParams:
         from spark_jobs.als import ALSParams
         from spark_jobs.item2vec import Item2VecParams
         from spark_jobs.sasrec import SASRecParams
@@ -82,10 +93,10 @@ class PipelineConfig:
         return end - timedelta(days=self.window_days), end
 
 
-def config_from_settings(settings, model: str, run_dir: Path | None = None,
+def config_from_settings(settings: Settings, model: str, run_dir: Path | None = None,
                          engine: str | None = None, window_days: int | None = None,
                          window_end: datetime | None = None, params: dict | None = None,
-                         **overrides) -> PipelineConfig:
+                         **overrides: Any) -> PipelineConfig:
     """Entry points (DAG tasks, CLI) turn `Settings` plus run parameters into a config."""
     from reco.features import FeatureParams
     from reco.ranking import RankConfig
@@ -117,7 +128,7 @@ def config_from_settings(settings, model: str, run_dir: Path | None = None,
     return PipelineConfig(**values)
 
 
-def spark_session(cfg: PipelineConfig):
+def spark_session(cfg: PipelineConfig) -> SparkSession:
     import pyspark
 
     from reco.stack.servers import jdbc_driver_jar
@@ -131,13 +142,13 @@ def spark_session(cfg: PipelineConfig):
                          class_archive=archive)
 
 
-def _connect(cfg: PipelineConfig):
+def _connect(cfg: PipelineConfig) -> Connection[TupleRow]:
     import psycopg
 
     return psycopg.connect(cfg.database_url, autocommit=True)
 
 
-def extract_step(cfg: PipelineConfig, spark=None) -> dict:
+def extract_step(cfg: PipelineConfig, spark: SparkSession | None = None) -> dict:
     started = time.perf_counter()
     spark = spark or spark_session(cfg)
     start, end = cfg.window
@@ -152,7 +163,8 @@ def extract_step(cfg: PipelineConfig, spark=None) -> dict:
             "timings": {"extract_s": time.perf_counter() - started, **detail}}
 
 
-def train_step(cfg: PipelineConfig, extracted: dict, spark=None) -> dict:
+def train_step(cfg: PipelineConfig, extracted: dict,
+               spark: SparkSession | None = None) -> dict:
     from spark_jobs import als, item2vec, sasrec
 
     extract_dir = Path(extracted["extract_dir"])
@@ -313,7 +325,7 @@ def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
             "timings": timings}
 
 
-def run_all(cfg: PipelineConfig, spark=None) -> dict:
+def run_all(cfg: PipelineConfig, spark: SparkSession | None = None) -> dict:
     """Every step in one process (the CLI); reuses one SparkSession."""
     state = extract_step(cfg, spark)
     state = train_step(cfg, state, spark)

@@ -15,12 +15,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 import redis
 
 from reco import keys, neighbours
+
+if TYPE_CHECKING:
+    from psycopg import Connection
 
 # Which key kinds (keys.version_prefix) each model publishes.
 KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user", "cf_items"),
@@ -190,7 +194,7 @@ def retire_others(client: redis.Redis, model: str, version: str, previous: str |
     return expiring, deleted
 
 
-def record_published(conn, model: str, version: str) -> None:
+def record_published(conn: Connection[Any], model: str, version: str) -> None:
     """PostgreSQL `models`: this version is published; the one before it, and any champion
     that never got published, are retired (all or nothing)."""
     with conn.transaction():

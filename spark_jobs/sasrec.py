@@ -27,13 +27,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from spark_jobs.files import MODEL_FILE, read_parquet
 from spark_jobs.hyperparameters import Hyperparameters
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 _ARRAYS = ("user_ids", "item_ids", "cand_idx", "cand_scores")
 _NET = "net."  # prefix of the network's weights in the saved file
@@ -303,8 +306,9 @@ def top_candidates(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return idx, np.where(scores > 0, scores, -np.inf).astype(np.float32)
 
 
-def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local", spark=None,
-        timings: dict | None = None, warm_start: Path | None = None) -> SASRecModel:
+def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local",
+        spark: SparkSession | None = None, timings: dict | None = None,
+        warm_start: Path | None = None) -> SASRecModel:
     """Train on the extract's interactions (or, with `warm_start`, start from the network saved
     there and refit it `refit_epochs`); candidates exclude each user's seen items. Items the
     warm-started network does not know (seen only in the window's last events) are left out

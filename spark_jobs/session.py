@@ -6,7 +6,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 # The JVM logs every class it cannot archive (signed jars, generated code) as a warning.
 _QUIET_CDS = "-Xlog:cds*=off"
@@ -44,7 +47,7 @@ def build_session(
     shuffle_partitions: int = 8,
     extra: dict[str, Any] | None = None,
     class_archive: Path | None = None,
-):
+) -> SparkSession:
     """A SparkSession with the JDBC driver on the classpath; reuses an active one."""
     from pyspark.sql import SparkSession
 
