@@ -23,8 +23,18 @@ def wrk(url: str, script: str, seconds: float, connections: int) -> dict:
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     pct = {p: _wrk_ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in (50, 99)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    # "Socket errors: connect 0, read 0, write 0, timeout 0", printed only when one is not 0.
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                        out)
     return {"rps": rps, "requests": requests, "p50_ms": pct[50], "p99_ms": pct[99],
-            "non_2xx": int(errors.group(1)) if errors else 0}
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": sum(map(int, sockets.groups())) if sockets else 0}
+
+
+def failed_requests(phase: dict) -> int:
+    """Non-2xx answers and socket errors of a wrk phase: an endpoint failing fast looks fast,
+    so a throughput with any of these is not a measurement of the endpoint."""
+    return phase.get("non_2xx", 0) + phase.get("socket_errors", 0)
 
 
 def post_script(body: bytes) -> str:

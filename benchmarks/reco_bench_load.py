@@ -7,6 +7,7 @@ import asyncio
 import re
 import sys
 import time
+from typing import NamedTuple
 
 import http_load
 import httpx
@@ -33,7 +34,12 @@ end
 BARE = 'request = function() return wrk.format("GET", "/bare") end\n'
 
 
-async def open_loop(port: int, actions, rate: float, seconds: float) -> list[float]:
+class OpenLoopRun(NamedTuple):
+    latencies: list[float]  # ms, each from the request's scheduled send time
+    duration_s: float  # from the first scheduled send to the last answer
+
+
+async def open_loop(port: int, actions, rate: float, seconds: float) -> OpenLoopRun:
     """Fixed-rate (open-loop) load: latency counts from each request's scheduled time, so a
     slow server cannot hide its queueing. `actions` yields paths, or callables (events)."""
     loop = asyncio.get_running_loop()
@@ -74,11 +80,12 @@ async def open_loop(port: int, actions, rate: float, seconds: float) -> list[flo
         else:
             tasks.append(asyncio.create_task(one(action, scheduled)))
     await asyncio.gather(*tasks)
+    duration = loop.time() - start  # a server falling behind stretches it past `seconds`
     for _, writer in idle:
         writer.close()
     if failures:
         raise RuntimeError(f"{failures} non-200 responses")
-    return latencies
+    return OpenLoopRun(latencies, duration)
 
 
 def progress(phase: str, value: object) -> None:
