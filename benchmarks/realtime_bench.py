@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from realtime_load import MAX_CONNECTIONS, closed_batches, open_loop, pct, wrk  # noqa: E402, I001
 from http_load import failed_requests  # noqa: E402
 
-from reco import db  # noqa: E402
+from reco import db, keys  # noqa: E402
 from reco.events import Event  # noqa: E402
 from reco.features import FeatureParams, plan_batch  # noqa: E402
 from reco.settings import Settings  # noqa: E402
@@ -241,7 +241,8 @@ async def bench_lag(settings: Settings, rate: float, per_post: int = 1) -> dict:
         await asyncio.to_thread(open_loop, port, "/events", [one_event("warm", "up")], 50, 1)
         wait_until(lambda: processed(metrics_port) >= 50, 60)
         pubsub = r.pubsub()
-        pubsub.psubscribe("__keyspace@*__:event:seen:*")
+        marker = keys.event_seen("")  # the channel is this prefix plus the event id
+        pubsub.psubscribe(f"__keyspace@*__:{marker}*")
 
         deadline = time.monotonic() + SECONDS + 60
 
@@ -249,7 +250,9 @@ async def bench_lag(settings: Settings, rate: float, per_post: int = 1) -> dict:
             while len(visible) < int(rate * SECONDS) and time.monotonic() < deadline:
                 msg = pubsub.get_message(timeout=0.5)
                 if msg is not None and msg["type"] == "pmessage":
-                    visible.setdefault(msg["channel"].decode().rsplit(":", 1)[1], time.time())
+                    channel = msg["channel"].decode()
+                    visible.setdefault(channel[channel.index(marker) + len(marker):],
+                                       time.time())
 
         listener = asyncio.get_running_loop().run_in_executor(None, listen)
         rng = random.Random(5)
