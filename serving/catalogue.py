@@ -7,8 +7,8 @@ new arrivals. PostgreSQL is written first; Redis mirrors what PostgreSQL holds a
 Each upsert also stamps its items in `item:changes` (item -> epoch ms) and INCRs
 `item:meta:version`, in the same pipeline after the hashes: the recommendation API then
 re-reads just those items at its next snapshot refresh (`popular_snapshot_refresh_s`, 5 s),
-so an item set out of stock stops being recommended within one refresh. Responses cached
-before (`cache_ttl_s`, 5 min) can still show it until they expire or the user's next event.
+so an item set out of stock stops being recommended within one refresh, cached responses
+included (re-checked when hit under a newer catalogue version: serving/reco_service.py).
 """
 
 from __future__ import annotations

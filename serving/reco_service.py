@@ -104,6 +104,17 @@ def _catalog_sig(items: ItemIndex) -> str:
     return orjson.dumps(items.version).decode()  # JSON: a version cannot break the header
 
 
+def _is_newer(ours: str, theirs: str) -> bool:
+    """Whether catalogue stamp `ours` is newer than `theirs`. Versions are INCR counters;
+    replicas one refresh apart would otherwise re-stamp an entry back and forth. Stamps that
+    are not counters (another writer's) count as newer: the last checker's stamp wins."""
+    mine, other = orjson.loads(ours), orjson.loads(theirs)
+    if isinstance(mine, str) and isinstance(other, str) and mine.isdecimal() \
+            and other.isdecimal():
+        return int(mine) > int(other)
+    return True
+
+
 def _still_eligible(body: str, filters: Filters, items: ItemIndex) -> bool:
     """Whether every item of a cached response passes the request's hard rules (in stock, in
     the asked category and price range) in the catalogue `items`: ~35 us for 20 items of
@@ -191,22 +202,28 @@ class RecoService:
                 items: ItemIndex) -> Answer | None:
         """The cached response if it was made with the user's current recent list and the
         active model versions, and its items are all still eligible; None (a miss) otherwise."""
-        parts = first.cached.split("\n", 3) if first.cached else ()
-        if len(parts) == 4:  # an entry of an older release has 3: a miss
-            cached_recent, cached_versions, cached_catalog, body = parts
-            # Any new event changes the recent list; a model switch changes versions.
-            if cached_recent == fingerprint and cached_versions == _versions_sig(first):
+        parts = first.cached.split("\n", 2) if first.cached else ()
+        if len(parts) == 3:
+            head, cached_versions, body = parts
+            cached_recent, _, cached_catalog = head.partition(" ")
+            # Any new event changes the recent list; a model switch changes versions. An entry
+            # of the release before catalogue stamps has none (a miss); that release's check,
+            # a first line equal to the fingerprint, fails on this release's entries.
+            if (cached_catalog and cached_recent == fingerprint
+                    and cached_versions == _versions_sig(first)):
                 catalog = _catalog_sig(items)
                 if cached_catalog == catalog:
                     metrics.CACHE_HITS.inc()
                     return Answer(body.encode(), "cached")
                 # A catalogue upsert since (a sold-out item, a new price) is checked against
                 # the entry's items only: re-ranking for every upsert would empty the cache.
-                # An entry still eligible is re-stamped, so its next hits skip the check.
+                # An entry still eligible is re-stamped forward, so its next hits skip this.
                 if _still_eligible(body, p.filters, items):
                     metrics.CACHE_HITS.inc()
-                    entry = "\n".join((cached_recent, cached_versions, catalog, body)).encode()
-                    return Answer(body.encode(), "cached", entry, keep_ttl=True)
+                    if not _is_newer(catalog, cached_catalog):
+                        return Answer(body.encode(), "cached")
+                    entry = "\n".join((f"{cached_recent} {catalog}", cached_versions, body))
+                    return Answer(body.encode(), "cached", entry.encode(), keep_ttl=True)
                 metrics.CACHE_INELIGIBLE.inc()
         metrics.CACHE_MISSES.inc()
         return None
@@ -217,8 +234,8 @@ class RecoService:
         versions and catalogue version it saw."""
         ranking = rank(features, items, self.config, p.filters, p.k, p.explain)
         body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
-        entry = b"\n".join((fingerprint.encode(), _versions_sig(first).encode(),
-                            _catalog_sig(items).encode(),
+        head = f"{fingerprint} {_catalog_sig(items)}"
+        entry = b"\n".join((head.encode(), _versions_sig(first).encode(),
                             body[: -len(CACHED_FALSE)] + CACHED_TRUE))
         return Answer(body, ranking.strategy, entry)
 

@@ -233,6 +233,11 @@ class GlobalSignals:
         if new:
             records = self.read_meta(new)
             self._catalog = self._catalog.with_metadata(records, meta_version or "")
+        else:
+            # All applied already (an upsert landed between the version read and the change
+            # read of the last refresh): the content is this version's, and cache stamps
+            # compare against the label (serving/reco_service.py).
+            self._catalog = dataclasses.replace(self._catalog, version=meta_version or "")
         self._catalog_version = meta_version
         self._changes_ms = max(self._changes_ms, changes[-1][1])  # oldest first
         self._applied = dict(changes)

@@ -118,9 +118,15 @@ def test_cached_answers_outlive_upserts_that_keep_their_items_eligible(
         signals.refresh()
         assert get(client, k=3, max_price=20)["cached"] is True
         assert get(client, k=3, max_price=20)["cached"] is True  # flushes the re-stamp
-        entry = world["redis"].get(keys.reco_cache("u1", RecoParams("u1", k=3,
-                                                                    max_price=20).variant))
-        assert entry.split("\n")[2] == '"1"'  # stamped with the catalogue version now served
+        key = keys.reco_cache("u1", RecoParams("u1", k=3, max_price=20).variant)
+        r = world["redis"]
+        stamp = r.get(key).split("\n", 1)[0].split(" ", 1)
+        assert stamp[1] == '"1"'  # re-stamped with the catalogue version now served
+        # A replica a refresh ahead stamped it "9": checked here, but never stamped back.
+        r.set(key, r.get(key).replace(f'{stamp[0]} "1"', f'{stamp[0]} "9"', 1), keepttl=True)
+        assert get(client, k=3, max_price=20)["cached"] is True
+        assert get(client, k=3, max_price=20)["cached"] is True  # would flush a re-stamp
+        assert r.get(key).startswith(f'{stamp[0]} "9"\n')
         upsert(api_settings, ItemWithId(item_id="X", category="c2", price=19.0))
         signals.refresh()
         assert get(client, k=3, max_price=20)["cached"] is True
@@ -237,3 +243,31 @@ def test_changes_applied_already_do_not_count_against_the_bound(
         r.close()
     assert last.space == first.space
     assert not last.in_stock[[last.row[f"i{n}"] for n in range(10)]].any()
+
+
+def test_a_version_whose_changes_were_applied_already_still_labels_the_catalogue(
+        redis_url: str, settings: Settings) -> None:
+    """An upsert landing between a refresh's version read and its change read is applied under
+    the older label; the next refresh, seeing only applied changes, moves the label (cache
+    entries are stamped with it), without a reload."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    for n in range(30):
+        put_meta(r, f"i{n}", "c0")
+    signals = GlobalSignals(settings)
+    try:
+        signals.refresh()
+        first = signals.items
+        put_meta(r, "i3", "c0", in_stock=False)
+        pipe = r.pipeline(transaction=False)
+        announce_changes(pipe, ["i3"], time.time() * 1000)
+        pipe.execute()
+        signals.refresh()
+        applied = signals.items
+        r.incr(keys.ITEM_META_VERSION)  # no new change entry: i3's is applied already
+        signals.refresh()
+        last = signals.items
+    finally:
+        signals.stop()
+        r.close()
+    assert (applied.version, last.version) == ("1", "2")
+    assert last.space == first.space and not last.in_stock[last.row["i3"]]

@@ -4,6 +4,7 @@ the pipelined asyncio Redis client and the on-loop popularity refresh (real Redi
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
@@ -87,15 +88,19 @@ def test_async_client_times_out_a_batch_left_unanswered_and_only_that_one(
         redis_url: str) -> None:
     """Redis stops answering (CLIENT PAUSE) after the first batch: the second fails with a
     timeout at its own deadline (not the first batch's), together with the batch queued
-    behind it, and the next call reconnects (answered once the pause ends)."""
+    behind it, and the next call, once Redis answers again, reconnects."""
     r = redis.Redis.from_url(redis_url)
+    pause_s = 2.0  # a second past the batches' 1 s timeouts: margin on a loaded machine
+    paused_until = 0.0
 
     async def scenario() -> None:
+        nonlocal paused_until
         client = AsyncPipelineClient(redis_url, timeout_s=1.0)
         try:
             first_id = (await client.execute([("CLIENT", "ID")]))[0]
             await asyncio.sleep(0.6)
-            r.client_pause(1600, all=True)  # ~0.6 s past the two batches' timeouts
+            r.client_pause(int(pause_s * 1000), all=True)
+            paused_until = time.monotonic() + pause_s
             late = asyncio.ensure_future(client.execute([("PING",)]))
             behind = asyncio.ensure_future(client.execute([("PING",)]))
             await asyncio.sleep(0.5)  # past the first batch's deadline, 0.5 s before its own
@@ -103,14 +108,15 @@ def test_async_client_times_out_a_batch_left_unanswered_and_only_that_one(
             for batch in (late, behind):
                 with pytest.raises(RedisDown, match="timed out after 1.0s"):
                     await batch
+            await asyncio.sleep(paused_until - time.monotonic() + 0.1)
             assert (await client.execute([("CLIENT", "ID")]))[0] != first_id  # reconnected
         finally:
             client.close()
 
     try:
         asyncio.run(scenario())
-    finally:
-        r.client_unpause()
+    finally:  # the session's Redis serves the next tests: wait the pause out
+        time.sleep(max(0.0, paused_until - time.monotonic()))
         r.close()
 
 

@@ -229,16 +229,19 @@ def test_cache_is_per_parameters_and_model_version(client, world) -> None:
     assert world["redis"].ttl(keys.reco_cache("u1", _variant(k=5))) > 0
 
 
-def test_a_cache_entry_of_an_older_release_is_a_miss(client, world) -> None:
-    """Entries of the release before catalogue stamps had three lines: after an upgrade they
-    are misses (re-ranked and replaced), not errors."""
+def test_cache_entries_of_the_release_before_catalogue_stamps_do_not_mix(client, world) -> None:
+    """Rolling upgrades: that release's entries ("fingerprint", versions, body) are misses here
+    (re-ranked and replaced), and its check (first line == fingerprint) fails on ours."""
+    from serving.reco_service import _fingerprint
+    from serving.reco_store import FirstRead
+
     body = get(client, k=5)
     assert get(client, k=5)["cached"] is True  # the entry is written
     key = keys.reco_cache("u1", _variant(k=5))
     r = world["redis"]
-    entry = r.get(key)
-    assert entry is not None and entry.count("\n") == 3
-    fingerprint, versions, _catalog, cached = entry.split("\n", 3)
+    head, versions, cached = r.get(key).split("\n", 2)
+    fingerprint = _fingerprint(FirstRead(None, r.lrange(keys.user_recent("u1"), 0, -1), {}))
+    assert head != fingerprint and head.startswith(fingerprint + " ")
     r.set(key, "\n".join((fingerprint, versions, cached)))
     again = get(client, k=5)
     assert again["cached"] is False and again["items"] == body["items"]

@@ -78,7 +78,8 @@ async def test_ingest_limit_per_ip_shared_by_replicas(
     assert await end_offsets(limited, limited.topic_events) == 3  # refused ones never published
 
 
-async def test_limiter_fails_open_when_redis_is_down(redis_url: str, caplog) -> None:
+async def test_limiter_fails_open_when_redis_is_down(redis_url: str, redis_client: redis.Redis,
+                                                     caplog) -> None:
     """A limit of 1: the store refuses the second hit; with the store unreachable the next
     hits go through (and the limiter says why), the following ones without asking it."""
     limiter = RateLimiter("user", per_s=1, window_s=1.0)
@@ -92,6 +93,7 @@ async def test_limiter_fails_open_when_redis_is_down(redis_url: str, caplog) -> 
             await limiter.hit(dead, "u1")
         assert "rate limiter store unavailable" in caplog.text
         await limiter.hit(alive, "u1")  # over the limit, but the store is skipped for a while
+        assert int(redis_client.get(keys.rate_limit("user", "u1"))) == 2  # not even counted
     finally:
         alive.close()
         dead.close()
