@@ -56,7 +56,11 @@ _local = threading.local()  # per-thread work arrays of the candidate dedup
 
 @dataclass(frozen=True)
 class RankConfig:
-    """Weights and knobs; `from_settings` maps the project settings onto it."""
+    """Weights and knobs; `from_settings` maps the project settings onto it.
+
+    The defaults are the seed's untuned blend, kept because hand-computed tests rank with
+    them; what the API and the evaluations serve comes from `Settings` (tuned on MovieLens,
+    benchmarks/reports/tuning.md) through `from_settings`."""
 
     w_coview: float = 0.4
     w_embed: float = 0.3
