@@ -108,7 +108,10 @@ def _is_newer(ours: str, theirs: str) -> bool:
     """Whether catalogue stamp `ours` is newer than `theirs`. Versions are INCR counters;
     replicas one refresh apart would otherwise re-stamp an entry back and forth. Stamps that
     are not counters (another writer's) count as newer: the last checker's stamp wins."""
-    mine, other = orjson.loads(ours), orjson.loads(theirs)
+    try:
+        mine, other = orjson.loads(ours), orjson.loads(theirs)
+    except orjson.JSONDecodeError:  # not written by this release: replace it
+        return True
     if isinstance(mine, str) and isinstance(other, str) and mine.isdecimal() \
             and other.isdecimal():
         return int(mine) > int(other)
@@ -119,7 +122,10 @@ def _still_eligible(body: str, filters: Filters, items: ItemIndex) -> bool:
     """Whether every item of a cached response passes the request's hard rules (in stock, in
     the asked category and price range) in the catalogue `items`: ~35 us for 20 items of
     100,000 (cold id lookups), paid once per entry and catalogue version (then re-stamped)."""
-    ids = [item["item_id"] for item in orjson.loads(body)["items"]]
+    try:
+        ids = [item["item_id"] for item in orjson.loads(body)["items"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError):  # not an entry of ours: re-rank
+        return False
     return bool(eligible(items, items.rows(ids), filters).all())
 
 

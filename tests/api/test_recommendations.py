@@ -248,6 +248,22 @@ def test_cache_entries_of_the_release_before_catalogue_stamps_do_not_mix(client,
     assert get(client, k=5)["cached"] is True
 
 
+def test_a_cache_entry_that_does_not_parse_is_re_ranked(client, world) -> None:
+    """Whatever else wrote the key: an entry whose stamp or body cannot be read after a
+    catalogue change is a miss, not an error."""
+    from serving.reco_service import _fingerprint
+    from serving.reco_store import FirstRead
+
+    r = world["redis"]
+    fingerprint = _fingerprint(FirstRead(None, r.lrange(keys.user_recent("u1"), 0, -1), {}))
+    versions = '{"item2vec":"v1"}'
+    key = keys.reco_cache("u1", _variant(k=5))
+    for stamp, body in (("not-json", "{}"), ('"0"', "not json"), ('"0"', '{"items": 3}')):
+        r.set(key, "\n".join((f"{fingerprint} {stamp}", versions, body)))
+        assert get(client, k=5)["cached"] is False
+        client.app.state.service.store.flush_cache_writes()  # the re-ranked entry, now
+
+
 def _variant(**params) -> str:
     from serving.reco_service import RecoParams
 
