@@ -104,6 +104,28 @@ def _catalog_sig(items: ItemIndex) -> str:
     return orjson.dumps(items.version).decode()  # JSON: a version cannot break the header
 
 
+class CacheEntry(NamedTuple):
+    """A cached response and what it was made with. Stored as "fingerprint catalogue" /
+    model versions / body, one per line: the release before catalogue stamps stored the
+    fingerprint alone on the first line, so neither release accepts the other's entries."""
+
+    fingerprint: str
+    catalog: str
+    versions: str
+    body: str
+
+    @classmethod
+    def parse(cls, raw: str | None) -> CacheEntry | None:
+        parts = raw.split("\n", 2) if raw else ()
+        if len(parts) != 3:
+            return None
+        fingerprint, _, catalog = parts[0].partition(" ")
+        return cls(fingerprint, catalog, parts[1], parts[2]) if catalog else None
+
+    def dump(self) -> bytes:
+        return f"{self.fingerprint} {self.catalog}\n{self.versions}\n{self.body}".encode()
+
+
 def _is_newer(ours: str, theirs: str) -> bool:
     """Whether catalogue stamp `ours` is newer than `theirs`. Versions are INCR counters;
     replicas one refresh apart would otherwise re-stamp an entry back and forth. Stamps that
@@ -208,31 +230,28 @@ class RecoService:
                 items: ItemIndex) -> Answer | None:
         """The cached response if it was made with the user's current recent list and the
         active model versions, and its items are all still eligible; None (a miss) otherwise."""
-        parts = first.cached.split("\n", 2) if first.cached else ()
-        if len(parts) == 3:
-            head, cached_versions, body = parts
-            cached_recent, _, cached_catalog = head.partition(" ")
-            # Any new event changes the recent list; a model switch changes versions. An entry
-            # of the release before catalogue stamps has none (a miss); that release's check,
-            # a first line equal to the fingerprint, fails on this release's entries.
-            if (cached_catalog and cached_recent == fingerprint
-                    and cached_versions == _versions_sig(first)):
-                catalog = _catalog_sig(items)
-                if cached_catalog == catalog:
-                    metrics.CACHE_HITS.inc()
-                    return Answer(body.encode(), "cached")
-                # A catalogue upsert since (a sold-out item, a new price) is checked against
-                # the entry's items only: re-ranking for every upsert would empty the cache.
-                # An entry still eligible is re-stamped forward, so its next hits skip this.
-                if _still_eligible(body, p.filters, items):
-                    metrics.CACHE_HITS.inc()
-                    if not _is_newer(catalog, cached_catalog):
-                        return Answer(body.encode(), "cached")
-                    entry = "\n".join((f"{cached_recent} {catalog}", cached_versions, body))
-                    return Answer(body.encode(), "cached", entry.encode(), keep_ttl=True)
-                metrics.CACHE_INELIGIBLE.inc()
-        metrics.CACHE_MISSES.inc()
-        return None
+        entry = CacheEntry.parse(first.cached)
+        # Any new event changes the recent list; a model switch changes versions.
+        if (entry is None or entry.fingerprint != fingerprint
+                or entry.versions != _versions_sig(first)):
+            metrics.CACHE_MISSES.inc()
+            return None
+        catalog = _catalog_sig(items)
+        if entry.catalog == catalog:
+            metrics.CACHE_HITS.inc()
+            return Answer(entry.body.encode(), "cached")
+        # A catalogue upsert since (a sold-out item, a new price) is checked against the
+        # entry's items only: re-ranking for every upsert would empty the cache. An entry still
+        # eligible is re-stamped forward, so its next hits skip this.
+        if not _still_eligible(entry.body, p.filters, items):
+            metrics.CACHE_INELIGIBLE.inc()
+            metrics.CACHE_MISSES.inc()
+            return None
+        metrics.CACHE_HITS.inc()
+        if not _is_newer(catalog, entry.catalog):
+            return Answer(entry.body.encode(), "cached")
+        return Answer(entry.body.encode(), "cached", entry._replace(catalog=catalog).dump(),
+                      keep_ttl=True)
 
     def _answer(self, p: RecoParams, first: FirstRead, fingerprint: str,
                 features: UserFeatures, items: ItemIndex) -> Answer:
@@ -240,10 +259,9 @@ class RecoService:
         versions and catalogue version it saw."""
         ranking = rank(features, items, self.config, p.filters, p.k, p.explain)
         body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
-        head = f"{fingerprint} {_catalog_sig(items)}"
-        entry = b"\n".join((head.encode(), _versions_sig(first).encode(),
-                            body[: -len(CACHED_FALSE)] + CACHED_TRUE))
-        return Answer(body, ranking.strategy, entry)
+        cached = (body[: -len(CACHED_FALSE)] + CACHED_TRUE).decode()
+        entry = CacheEntry(fingerprint, _catalog_sig(items), _versions_sig(first), cached)
+        return Answer(body, ranking.strategy, entry.dump())
 
     def rank_uncached(self, p: RecoParams, config: RankConfig) -> Ranking:
         """The personalised path with other weights and no response cache: how the demo and
