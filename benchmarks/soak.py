@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import defaultdict
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -36,6 +35,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from soak_checks import Recorder, lag, verdict, verdict_line  # noqa: E402
 
 from reco import db  # noqa: E402
 from reco.settings import Settings  # noqa: E402
@@ -119,34 +120,6 @@ class Stack:
                     proc.kill()
         for server in self.servers:
             servers.remove(server)
-
-
-async def lag(client: httpx.AsyncClient, url: str) -> float | None:
-    try:
-        text = (await client.get(url + "/metrics", timeout=2)).text
-    except httpx.HTTPError:
-        return None
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("kafka_consumer_lag{"))
-
-
-class Recorder:
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.lat: dict[tuple[int, str], list[float]] = defaultdict(list)
-        self.errors: dict[tuple[int, str], int] = defaultdict(int)
-        self.statuses: dict[str, int] = defaultdict(int)
-        self.lag: list[tuple[float, float | None, float | None]] = []
-        self.acked = 0
-        self.late = 0
-
-    def record(self, endpoint: str, began: float, status: int | str) -> None:
-        minute = int((began - self.start) // 60)
-        self.statuses[f"{endpoint} {status}"] += 1
-        if status in (200, 202):
-            self.lat[(minute, endpoint)].append(time.perf_counter() - began)
-        else:
-            self.errors[(minute, endpoint)] += 1
 
 
 async def load(urls: dict[str, str], duration_s: float, ingest_rate: float, reco_rate: float,
@@ -251,36 +224,6 @@ def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict)
     return result
 
 
-def verdict(rec: Recorder, growth: dict[str, float], drained: dict,
-            bound: float) -> dict[str, bool]:
-    """Named checks, each False unless it was measured and met: a probe that got no answer, a
-    count nobody took or an empty set of samples is a failure, never a vacuous pass."""
-    processor = [p for _, p, _ in rec.lag]
-    archiver = [a for _, _, a in rec.lag]
-    return {
-        "no_errors": sum(rec.errors.values()) == 0,
-        "no_late_sends": rec.late == 0,
-        "lag_sampled": bool(rec.lag),
-        "processor_lag_probes_answered": None not in processor,
-        "archiver_lag_probes_answered": None not in archiver,
-        "processor_lag_bounded": bounded(processor, bound),
-        "archiver_lag_bounded": bounded(archiver, bound),
-        "lag_drained": drained.get("lag_drained", False),
-        # Not counted when the stack was attached (its events table is not this run's alone),
-        # nor is RSS: an attached run reports its figures but cannot PASS.
-        "archived_equals_acked": drained.get("archived") == rec.acked,
-        "rss_measured": bool(growth),
-        "rss_growth_under_10pct": bool(growth) and all(g < 10 for g in growth.values()),
-    }
-
-
-def bounded(samples: list[float | None], bound: float) -> bool:
-    """Every answered probe under `bound`, and at least one answered (unanswered ones fail
-    their own check)."""
-    answered = [v for v in samples if v is not None]
-    return bool(answered) and all(v < bound for v in answered)
-
-
 def markdown(r: dict) -> str:
     f = "{:.1f}".format
     lines = [f"# Soak: {r['duration_s']:.0f} s, ingest {r['ingest_rate']:g}/s + "
@@ -306,13 +249,6 @@ def markdown(r: dict) -> str:
                  else f"lag NOT drained {r.get('drained_s')} s after the load."),
               verdict_line(r["verdict"])]
     return "\n".join(lines) + "\n"
-
-
-def verdict_line(checks: dict[str, bool]) -> str:
-    failed = [name for name, ok in checks.items() if not ok]
-    status = f"FAIL ({', '.join(failed)})" if failed else "PASS"
-    return (f"Verdict: {status}; "
-            + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in checks.items()) + ".")
 
 
 async def drain(stack: Stack, rec: Recorder) -> dict:
