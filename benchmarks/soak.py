@@ -9,7 +9,8 @@ time, processor/archiver lag and the memory of every process.
 Its own stack: Kafka, Redis, PostgreSQL (tests/servers.py) and `reco run ingest|
 recommendations|processor|archiver` as subprocesses on free loopback ports. Open-loop load at
 fixed rates. Targets: no errors or skipped sends; every processor/archiver lag probe answered
-and under ten seconds of ingest; lag drained and every acknowledged event archived; RSS growth
+(a /metrics page without the consumer group's kafka_consumer_lag series is no answer) and
+under ten seconds of ingest; lag drained and every acknowledged event archived; RSS growth
 under 10% (after a one-minute warm-up). Writes benchmarks/reports/soak.{md,json} and prints
 the table. Not run by CI.
 """
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -59,6 +61,7 @@ class Stack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.urls: dict[str, str] = {}
         self.settings: Settings | None = None
+        self.attached = False
         self.logdir = Path(tempfile.mkdtemp(prefix="reco-soak-"))
 
     def start(self) -> None:
@@ -92,12 +95,36 @@ class Stack:
                 raise RuntimeError(f"{name} did not start; see {self.logdir}")
 
     def attach(self, urls: dict[str, str]) -> None:
-        self.urls = urls
+        self.urls, self.attached = urls, True
+        self.settings = Settings()  # the consumer groups (and DSN) of the stack's environment
         for name, url in urls.items():  # find each process by its listening port
             port = urlparse(url).port
             for conn in psutil.net_connections(kind="tcp"):
                 if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
                     self.procs[name] = psutil.Process(conn.pid)  # type: ignore[assignment]
+
+    async def lags(self, client: httpx.AsyncClient, unanswered: Counter[str] | None = None
+                   ) -> tuple[float | None, float | None]:
+        """Processor and archiver lag, each from its metrics page and of its consumer group."""
+        s = self.settings
+        assert s is not None, "start() or attach() first"
+        return (await lag(client, self.urls["processor"], s.group_processor, unanswered),
+                await lag(client, self.urls["archiver"], s.group_archiver, unanswered))
+
+    async def wait_for_lag(self, timeout_s: float = 60.0) -> None:
+        """Until both consumers publish their lag (assigned, first fetch done): without lag
+        figures the soak could only fail, so it says why and does not start the load."""
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient() as client:
+            while True:
+                unanswered: Counter[str] = Counter()
+                if None not in await self.lags(client, unanswered):
+                    return
+                if time.monotonic() > deadline:
+                    where = "" if self.attached else f"; see {self.logdir}"
+                    raise RuntimeError(f"no consumer lag to watch after {timeout_s:.0f} s: "
+                                       + "; ".join(unanswered) + where)
+                await asyncio.sleep(1)
 
     def rss_mb(self) -> dict[str, float]:
         out = {}
@@ -122,8 +149,9 @@ class Stack:
             servers.remove(server)
 
 
-async def load(urls: dict[str, str], duration_s: float, ingest_rate: float, reco_rate: float,
+async def load(stack: Stack, duration_s: float, ingest_rate: float, reco_rate: float,
                rec: Recorder) -> None:
+    urls = stack.urls
     rng = random.Random(1)
     # aiohttp, not httpx: under ~50 concurrent requests/s httpx's pool alone added 100s of ms
     # per request here (measured), which would have been reported as server latency.
@@ -181,9 +209,8 @@ async def load(urls: dict[str, str], duration_s: float, ingest_rate: float, reco
 
         async def lag_probe() -> None:
             while time.perf_counter() < rec.start + duration_s:
-                rec.lag.append((time.perf_counter() - rec.start,
-                                await lag(probe, urls["processor"]),
-                                await lag(probe, urls["archiver"])))
+                at = time.perf_counter() - rec.start
+                rec.lag.append((at, *await stack.lags(probe, rec.unanswered)))
                 await asyncio.sleep(5)
 
         await asyncio.gather(generator(ingest_rate, "ingest", ingest_call),
@@ -217,7 +244,8 @@ def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict)
               "reco_rate": args.reco_rate, "requests": total, "errors": errors,
               "error_rate": errors / total if total else 0.0, "statuses": dict(rec.statuses),
               "late_sends": rec.late, "acked_events": rec.acked, "minutes": rows,
-              "lag_samples": rec.lag, "rss_mb": rss, "rss_growth_pct": growth, **drained}
+              "lag_samples": rec.lag, "unanswered_lag_probes": dict(rec.unanswered),
+              "rss_mb": rss, "rss_growth_pct": growth, **drained}
     # Lag bound: ten seconds of ingest behind.
     result["verdict"] = verdict(rec, growth, drained, bound=args.ingest_rate * 10)
     result["passed"] = all(result["verdict"].values())
@@ -244,27 +272,35 @@ def markdown(r: dict) -> str:
     lines += ["", f"Requests {r['requests']}, errors {r['errors']} "
               f"(rate {r['error_rate']:.4%}); statuses {r['statuses']}.",
               f"Sends skipped (generator over a second behind schedule): {r['late_sends']}.",
+              f"Lag probes without a figure: {reasons(r['unanswered_lag_probes'])}.",
               f"Acknowledged events {r['acked_events']}; archived {r.get('archived')}; "
               + (f"lag drained {r.get('drained_s')} s after the load." if r.get("lag_drained")
-                 else f"lag NOT drained {r.get('drained_s')} s after the load."),
+                 else f"lag NOT drained {r.get('drained_s')} s after the load (probes "
+                 f"without a figure: {reasons(r.get('drain_unanswered', {}))})."),
               verdict_line(r["verdict"])]
     return "\n".join(lines) + "\n"
+
+
+def reasons(counts: dict[str, int]) -> str:
+    return "; ".join(f"{n} x {why}" for why, n in counts.items()) or "none"
 
 
 async def drain(stack: Stack, rec: Recorder) -> dict:
     """After the load: time for both lags to reach 0, and the archived row count."""
     began, drained = time.perf_counter(), False
+    why: Counter[str] = Counter()
     async with httpx.AsyncClient() as client:
         while time.perf_counter() - began < 120:
-            p, a = await lag(client, stack.urls["processor"]), await lag(client, stack.urls[
-                "archiver"])
+            p, a = await stack.lags(client, why)
             if p == 0 and a == 0:
                 drained = True
                 break
             await asyncio.sleep(1)
     # drained_s alone cannot tell a drain at the deadline from the deadline passing.
-    out: dict = {"drained_s": round(time.perf_counter() - began, 1), "lag_drained": drained}
-    if stack.settings is not None:
+    out: dict = {"drained_s": round(time.perf_counter() - began, 1), "lag_drained": drained,
+                 "drain_unanswered": dict(why)}
+    # An attached stack's events table is not this run's alone: not counted there.
+    if stack.settings is not None and not stack.attached:
         import psycopg
 
         with psycopg.connect(stack.settings.database_url) as conn:
@@ -290,6 +326,7 @@ def main() -> None:
                           "archiver": args.archiver_metrics_url})
         else:
             stack.start()
+        asyncio.run(stack.wait_for_lag())
         rss = {"ready": stack.rss_mb()}
         rec = Recorder(time.perf_counter())
 
@@ -298,7 +335,7 @@ def main() -> None:
                 await asyncio.sleep(min(WARMUP_S, args.duration / 3))
                 rss["warm"] = stack.rss_mb()
 
-            await asyncio.gather(load(stack.urls, args.duration, args.ingest_rate,
+            await asyncio.gather(load(stack, args.duration, args.ingest_rate,
                                       args.reco_rate, rec), warm_snapshot())
 
         asyncio.run(run())

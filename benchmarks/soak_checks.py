@@ -4,18 +4,59 @@ every request and probe, and the named checks a run must pass."""
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import httpx
 
+LAG_SERIES = "kafka_consumer_lag{"
 
-async def lag(client: httpx.AsyncClient, url: str) -> float | None:
+
+class NoLag(Exception):
+    """A lag probe without a figure; the message says why."""
+
+
+def parse_lag(text: str, group: str) -> float:
+    """The total lag `group` reports on a Prometheus page, summed over its partitions.
+
+    A page without a series of that group (consumer not assigned yet, metric renamed, another
+    service's page) raises NoLag: absent evidence is not a lag of 0.
+    """
+    label = f'group="{group}"'
+    values = []
+    for line in text.splitlines():
+        if line.startswith(LAG_SERIES) and label in line:
+            sample = line.rpartition("}")[2].split()
+            try:
+                values.append(float(sample[0]))
+            except (IndexError, ValueError):
+                raise NoLag(f"unreadable sample {line!r}") from None
+    if not values:
+        raise NoLag(f"no kafka_consumer_lag series of group {group!r}")
+    return sum(values)
+
+
+async def read_lag(client: httpx.AsyncClient, page: str, group: str) -> float:
+    """`group`'s total lag on the /metrics `page`; NoLag when there is no figure to read."""
     try:
-        text = (await client.get(url + "/metrics", timeout=2)).text
-    except httpx.HTTPError:
+        response = await client.get(page, timeout=2)
+    except httpx.HTTPError as exc:
+        raise NoLag(type(exc).__name__) from None
+    if response.status_code != 200:
+        raise NoLag(f"HTTP {response.status_code}")
+    return parse_lag(response.text, group)
+
+
+async def lag(client: httpx.AsyncClient, url: str, group: str,
+              unanswered: Counter[str] | None = None) -> float | None:
+    """`group`'s total lag from `url`/metrics; None when the probe got no figure (no answer, an
+    HTTP error, a page without the group's lag), with the reason counted in `unanswered`."""
+    page = url + "/metrics"
+    try:
+        return await read_lag(client, page, group)
+    except NoLag as exc:
+        if unanswered is not None:
+            unanswered[f"{page}: {exc}"] += 1
         return None
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("kafka_consumer_lag{"))
 
 
 class Recorder:
@@ -25,6 +66,7 @@ class Recorder:
         self.errors: dict[tuple[int, str], int] = defaultdict(int)
         self.statuses: dict[str, int] = defaultdict(int)
         self.lag: list[tuple[float, float | None, float | None]] = []
+        self.unanswered: Counter[str] = Counter()  # lag probes without a figure, by reason
         self.acked = 0
         self.late = 0
 
