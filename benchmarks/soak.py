@@ -4,7 +4,7 @@ time, processor/archiver lag and the memory of every process.
     .venv/bin/python benchmarks/soak.py                  # 10 minutes, its own stack
     .venv/bin/python benchmarks/soak.py --duration 180   # shorter
     .venv/bin/python benchmarks/soak.py --ingest-url http://127.0.0.1:8080 \\
-        --reco-url http://127.0.0.1:8081                 # a running local stack
+        --reco-url http://127.0.0.1:8081                 # a running stack
 
 Its own stack: Kafka, Redis, PostgreSQL (tests/servers.py) and `reco run ingest|
 recommendations|processor|archiver` as subprocesses on free loopback ports. Open-loop load at
@@ -13,6 +13,16 @@ fixed rates. Targets: no errors or skipped sends; every processor/archiver lag p
 under ten seconds of ingest; lag drained and every acknowledged event archived; RSS growth
 under 10% (after a one-minute warm-up). Writes benchmarks/reports/soak.{md,json} and prints
 the table. Not run by CI.
+
+A running stack (--ingest-url and --reco-url): consumer lag is read from the two metrics URLs,
+the consumer group names and the PostgreSQL DSN from the RECO_* settings (environment, .env)
+of the shell running the soak, so give it the stack's. The archived check counts the events
+this run sent, by event_id, so other traffic does not skew it; RSS is read from the process of
+each `reco run <service>` that listens on its URL's port on this machine. A figure out of
+reach (PostgreSQL not reachable from here, a remote host, a container's port proxy, another
+user's process without root) is NOT MEASURED, with the reason: the verdict is then
+INCOMPLETE (or FAIL if a measured check failed), never PASS.
+Exit status: 0 PASS, 1 FAIL, 2 INCOMPLETE.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import subprocess
@@ -29,16 +40,25 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlparse
 
 import aiohttp
 import httpx
 import psutil
+import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from soak_checks import Recorder, lag, verdict, verdict_line  # noqa: E402
+from soak_checks import (  # noqa: E402
+    NotMeasured,
+    Recorder,
+    count_archived,
+    lag,
+    service_process,
+    status,
+    verdict,
+    verdict_line,
+)
 
 from reco import db  # noqa: E402
 from reco.settings import Settings  # noqa: E402
@@ -58,7 +78,9 @@ class Stack:
 
     def __init__(self) -> None:
         self.servers: list[servers.ServerProcess] = []
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen] = {}  # the processes this run started
+        self.watched: dict[str, psutil.Process] = {}  # whose RSS is read
+        self.unwatched: dict[str, str] = {}  # service -> why its RSS is not read
         self.urls: dict[str, str] = {}
         self.settings: Settings | None = None
         self.attached = False
@@ -85,6 +107,7 @@ class Stack:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "reco.cli", "run", name], env=env, cwd=self.logdir,
                 stdout=log, stderr=subprocess.STDOUT)
+            self.watched[name] = psutil.Process(self.procs[name].pid)
         self.urls = {"ingest": f"http://127.0.0.1:{s.ingest_port}",
                      "recommendations": f"http://127.0.0.1:{s.reco_port}",
                      "processor": f"http://127.0.0.1:{s.processor_metrics_port}",
@@ -96,12 +119,12 @@ class Stack:
 
     def attach(self, urls: dict[str, str]) -> None:
         self.urls, self.attached = urls, True
-        self.settings = Settings()  # the consumer groups (and DSN) of the stack's environment
-        for name, url in urls.items():  # find each process by its listening port
-            port = urlparse(url).port
-            for conn in psutil.net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-                    self.procs[name] = psutil.Process(conn.pid)  # type: ignore[assignment]
+        self.settings = Settings()  # the consumer groups and DSN of the stack's environment
+        for name, url in urls.items():
+            try:
+                self.watched[name] = service_process(url, name)
+            except NotMeasured as exc:
+                self.unwatched[name] = f"{url}: {exc}"
 
     async def lags(self, client: httpx.AsyncClient, unanswered: Counter[str] | None = None
                    ) -> tuple[float | None, float | None]:
@@ -127,24 +150,23 @@ class Stack:
                 await asyncio.sleep(1)
 
     def rss_mb(self) -> dict[str, float]:
+        """Per watched service; NaN once its process is gone (is_running: not a reused pid)."""
         out = {}
-        for name, proc in self.procs.items():
+        for name, proc in self.watched.items():
             try:
-                out[name] = psutil.Process(proc.pid).memory_info().rss / 2**20
+                out[name] = proc.memory_info().rss / 2**20 if proc.is_running() else math.nan
             except psutil.Error:
-                out[name] = float("nan")
+                out[name] = math.nan
         return out
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            if isinstance(proc, subprocess.Popen):
-                proc.terminate()
+            proc.terminate()
         for proc in self.procs.values():
-            if isinstance(proc, subprocess.Popen):
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         for server in self.servers:
             servers.remove(server)
 
@@ -161,7 +183,7 @@ async def load(stack: Stack, duration_s: float, ingest_rate: float, reco_rate: f
             httpx.AsyncClient() as probe:
         sem = asyncio.Semaphore(256)
 
-        async def one(endpoint: str, request) -> None:
+        async def one(endpoint: str, request, event_id: str | None) -> None:
             began = time.perf_counter()
             try:
                 async with request() as response:
@@ -172,8 +194,8 @@ async def load(stack: Stack, duration_s: float, ingest_rate: float, reco_rate: f
             finally:
                 sem.release()
             rec.record(endpoint, began, status)
-            if endpoint == "ingest" and status == 202:
-                rec.acked += 1
+            if event_id is not None and status == 202:
+                rec.acked_ids.append(event_id)
 
         def user() -> str:
             return f"u{int(rng.paretovariate(1.2)) % USERS}"
@@ -182,12 +204,12 @@ async def load(stack: Stack, duration_s: float, ingest_rate: float, reco_rate: f
             body = {"event_id": str(uuid.uuid4()), "user_id": user(),
                     "item_id": f"i{int(rng.paretovariate(1.1)) % ITEMS}",
                     "event_type": rng.choice(["view"] * 7 + ["click", "cart", "purchase"])}
-            return lambda: client.post(urls["ingest"] + "/events", json=body)
+            return lambda: client.post(urls["ingest"] + "/events", json=body), body["event_id"]
 
         def reco_call():
             params = {"user_id": user(), "k": 20}
             return lambda: client.get(urls["recommendations"] + "/recommendations",
-                                      params=params)
+                                      params=params), None
 
         async def generator(rate: float, endpoint: str, make) -> None:
             interval, tick = 1.0 / rate, time.perf_counter()
@@ -202,7 +224,7 @@ async def load(stack: Stack, duration_s: float, ingest_rate: float, reco_rate: f
                     rec.late += 1  # over a second behind schedule: skipped, and reported
                     continue
                 await sem.acquire()
-                task = asyncio.create_task(one(endpoint, make()))
+                task = asyncio.create_task(one(endpoint, *make()))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             await asyncio.gather(*tasks)
@@ -224,7 +246,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict) -> dict:
+def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict,
+           unwatched: dict[str, str]) -> dict:
     minutes = sorted({m for m, _ in rec.lat} | {m for m, _ in rec.errors})
     rows = []
     for m in minutes:
@@ -239,7 +262,8 @@ def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict)
         rows.append(row)
     total = sum(rec.statuses.values())
     errors = sum(rec.errors.values())
-    growth = {n: (rss["end"][n] / rss["warm"][n] - 1) * 100 for n in rss["end"]}
+    growth = {n: (rss["end"][n] / rss["warm"][n] - 1) * 100 if n in rss["end"] else None
+              for n in SERVICES}
     result = {"duration_s": args.duration, "ingest_rate": args.ingest_rate,
               "reco_rate": args.reco_rate, "requests": total, "errors": errors,
               "error_rate": errors / total if total else 0.0, "statuses": dict(rec.statuses),
@@ -247,8 +271,13 @@ def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict)
               "lag_samples": rec.lag, "unanswered_lag_probes": dict(rec.unanswered),
               "rss_mb": rss, "rss_growth_pct": growth, **drained}
     # Lag bound: ten seconds of ingest behind.
-    result["verdict"] = verdict(rec, growth, drained, bound=args.ingest_rate * 10)
-    result["passed"] = all(result["verdict"].values())
+    result["verdict"] = checks = verdict(rec, growth, drained, bound=args.ingest_rate * 10)
+    result["status"] = status(checks)
+    result["passed"] = result["status"] == "PASS"
+    why = {"archived_equals_acked": drained.get("archived_error"),
+           "rss_growth_under_10pct": "; ".join(f"{n}: {w}" for n, w in unwatched.items())}
+    result["not_measured"] = {name: why.get(name) or "no reason recorded"
+                              for name, ok in checks.items() if ok is None}
     return result
 
 
@@ -267,16 +296,21 @@ def markdown(r: dict) -> str:
     lines += ["", "| process | RSS ready MB | RSS after warm-up MB | RSS end MB | growth "
               "since warm-up |", "|---|---|---|---|---|"]
     for n, g in r["rss_growth_pct"].items():
+        if g is None:
+            lines.append(f"| {n} | - | - | - | not measured |")
+            continue
         lines.append(f"| {n} | {f(r['rss_mb']['ready'][n])} | {f(r['rss_mb']['warm'][n])} | "
                      f"{f(r['rss_mb']['end'][n])} | {g:+.1f}% |")
     lines += ["", f"Requests {r['requests']}, errors {r['errors']} "
               f"(rate {r['error_rate']:.4%}); statuses {r['statuses']}.",
               f"Sends skipped (generator over a second behind schedule): {r['late_sends']}.",
               f"Lag probes without a figure: {reasons(r['unanswered_lag_probes'])}.",
-              f"Acknowledged events {r['acked_events']}; archived {r.get('archived')}; "
+              f"Acknowledged events {r['acked_events']}; archived "
+              f"{'not measured' if r.get('archived') is None else r['archived']}; "
               + (f"lag drained {r.get('drained_s')} s after the load." if r.get("lag_drained")
                  else f"lag NOT drained {r.get('drained_s')} s after the load (probes "
                  f"without a figure: {reasons(r.get('drain_unanswered', {}))})."),
+              *(f"Not measured, {name}: {why}." for name, why in r["not_measured"].items()),
               verdict_line(r["verdict"])]
     return "\n".join(lines) + "\n"
 
@@ -299,25 +333,31 @@ async def drain(stack: Stack, rec: Recorder) -> dict:
     # drained_s alone cannot tell a drain at the deadline from the deadline passing.
     out: dict = {"drained_s": round(time.perf_counter() - began, 1), "lag_drained": drained,
                  "drain_unanswered": dict(why)}
-    # An attached stack's events table is not this run's alone: not counted there.
-    if stack.settings is not None and not stack.attached:
-        import psycopg
-
-        with psycopg.connect(stack.settings.database_url) as conn:
-            out["archived"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    s = stack.settings
+    assert s is not None
+    try:  # by event_id: the run's own events, exact on a table that other traffic writes too
+        out["archived"] = count_archived(s.database_url, rec.acked_ids)
+    except psycopg.Error as exc:  # unreachable, refused, no events table: not measured, why
+        out["archived"] = None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        out["archived_error"] = (f"events table not readable at {s.pg_host}:{s.pg_port}/"
+                                 f"{s.pg_database} as {s.pg_user}: {type(exc).__name__} {first}")
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
     parser.add_argument("--ingest-rate", type=float, default=100.0, help="events/s")
     parser.add_argument("--reco-rate", type=float, default=50.0, help="requests/s")
-    parser.add_argument("--ingest-url")
-    parser.add_argument("--reco-url")
+    parser.add_argument("--ingest-url", help="a running stack's ingest API (with --reco-url)")
+    parser.add_argument("--reco-url", help="a running stack's recommendation API")
     parser.add_argument("--processor-metrics-url", default="http://127.0.0.1:9101")
     parser.add_argument("--archiver-metrics-url", default="http://127.0.0.1:9102")
     args = parser.parse_args()
+    if bool(args.ingest_url) != bool(args.reco_url):
+        parser.error("--ingest-url and --reco-url go together (neither: the soak's own stack)")
     stack = Stack()
     try:
         if args.ingest_url and args.reco_url:
@@ -341,13 +381,14 @@ def main() -> None:
         asyncio.run(run())
         rss["end"] = stack.rss_mb()
         drained = asyncio.run(drain(stack, rec))
-        result = report(rec, rss, args, drained)
+        result = report(rec, rss, args, drained, stack.unwatched)
     finally:
         stack.stop()
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "soak.json").write_text(json.dumps(result, indent=1, default=str))
     (REPORTS / "soak.md").write_text(markdown(result))
     print(markdown(result))
+    sys.exit({"PASS": 0, "FAIL": 1, "INCOMPLETE": 2}[result["status"]])
 
 
 if __name__ == "__main__":

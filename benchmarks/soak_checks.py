@@ -1,12 +1,17 @@
-"""The soak's measurements and verdict: consumer lag read from a /metrics page, the recorder of
+"""The soak's measurements and verdict: consumer lag read from a /metrics page, the process of
+each service (for its RSS), the archived share of the events the run sent, the recorder of
 every request and probe, and the named checks a run must pass."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 from collections import Counter, defaultdict
+from urllib.parse import urlparse
 
 import httpx
+import psutil
 
 LAG_SERIES = "kafka_consumer_lag{"
 
@@ -59,6 +64,72 @@ async def lag(client: httpx.AsyncClient, url: str, group: str,
         return None
 
 
+class NotMeasured(Exception):
+    """A figure this run cannot take where it runs; the message says why."""
+
+
+def is_local(host: str) -> bool:
+    """Whether `host` names this machine (loopback or one of its interfaces' addresses)."""
+    try:
+        resolved = {info[4][0].split("%")[0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    mine = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return any(ipaddress.ip_address(a).is_loopback or a in mine for a in resolved)
+
+
+def runs_service(cmdline: list[str], service: str) -> bool:
+    """`reco run <service>` however launched (the `reco` script, `python -m reco.cli`, `env`)."""
+    return (any("reco" in part for part in cmdline)
+            and any(cmdline[i:i + 2] == ["run", service] for i in range(len(cmdline))))
+
+
+def service_process(url: str, service: str) -> psutil.Process:
+    """The process of `reco run <service>` listening on `url`'s port, to read its RSS.
+
+    NotMeasured when there is none on this machine that this user can see: a remote host, a
+    port nobody here listens on, an owner hidden from this user, or another program on the port
+    (a container's port proxy: the service's memory is inside the container).
+    """
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not is_local(host):
+        raise NotMeasured(f"{host} is not this machine")
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        raise NotMeasured("this user cannot list the listening sockets") from None
+    pids = set()
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+            pids.add(conn.pid)
+    if not pids:
+        raise NotMeasured(f"nothing on this machine listens on port {port}")
+    others = []
+    for pid in sorted(p for p in pids if p):
+        try:
+            proc = psutil.Process(pid)
+            if runs_service(proc.cmdline(), service):
+                return proc
+            others.append(f"{proc.name()} (pid {pid})")
+        except psutil.Error:
+            continue
+    if not others:
+        raise NotMeasured(f"the process on port {port} is not visible to this user")
+    raise NotMeasured(f"port {port} is held by {', '.join(others)}, not `reco run {service}`")
+
+
+def count_archived(database_url: str, event_ids: list[str], chunk: int = 10_000) -> int:
+    """How many of `event_ids` the events table holds: only this run's events are counted, so a
+    table other traffic also writes (an attached stack's) is counted as exactly as its own."""
+    import psycopg
+
+    with psycopg.connect(database_url, connect_timeout=10) as conn:
+        return sum(conn.execute("SELECT count(*) FROM events WHERE event_id = ANY(%s::uuid[])",
+                                (event_ids[i:i + chunk],)).fetchone()[0]
+                   for i in range(0, len(event_ids), chunk))
+
+
 class Recorder:
     def __init__(self, start: float) -> None:
         self.start = start
@@ -67,8 +138,12 @@ class Recorder:
         self.statuses: dict[str, int] = defaultdict(int)
         self.lag: list[tuple[float, float | None, float | None]] = []
         self.unanswered: Counter[str] = Counter()  # lag probes without a figure, by reason
-        self.acked = 0
+        self.acked_ids: list[str] = []  # event ids the ingest API acknowledged (202)
         self.late = 0
+
+    @property
+    def acked(self) -> int:
+        return len(self.acked_ids)
 
     def record(self, endpoint: str, began: float, status: int | str) -> None:
         minute = int((began - self.start) // 60)
@@ -79,10 +154,15 @@ class Recorder:
             self.errors[(minute, endpoint)] += 1
 
 
-def verdict(rec: Recorder, growth: dict[str, float], drained: dict,
-            bound: float) -> dict[str, bool]:
-    """Named checks, each False unless it was measured and met: a probe that got no answer, a
-    count nobody took or an empty set of samples is a failure, never a vacuous pass."""
+def verdict(rec: Recorder, growth: dict[str, float | None], drained: dict,
+            bound: float) -> dict[str, bool | None]:
+    """Named checks: True when measured and met; False when not met, including a probe that got
+    no answer or an empty set of samples (never a vacuous pass); None when this run could not
+    take the figure where it runs (an attached stack's RSS or events table out of its reach).
+
+    `growth` maps every service to its RSS growth in %, or None if its process was not measured;
+    `drained["archived"]` is None when the events table could not be read.
+    """
     processor = [p for _, p, _ in rec.lag]
     archiver = [a for _, _, a in rec.lag]
     return {
@@ -94,12 +174,19 @@ def verdict(rec: Recorder, growth: dict[str, float], drained: dict,
         "processor_lag_bounded": bounded(processor, bound),
         "archiver_lag_bounded": bounded(archiver, bound),
         "lag_drained": drained.get("lag_drained", False),
-        # Not counted when the stack was attached (its events table is not this run's alone),
-        # nor is RSS: an attached run reports its figures but cannot PASS.
-        "archived_equals_acked": drained.get("archived") == rec.acked,
-        "rss_measured": bool(growth),
-        "rss_growth_under_10pct": bool(growth) and all(g < 10 for g in growth.values()),
+        "archived_equals_acked": (None if drained.get("archived") is None
+                                  else drained["archived"] == rec.acked),
+        "rss_growth_under_10pct": rss_check(growth),
     }
+
+
+def rss_check(growth: dict[str, float | None]) -> bool | None:
+    """False if a measured process grew 10% or more (or vanished: NaN); else None if any (or
+    every) process was not measured; True only with every process measured and under."""
+    measured = [g for g in growth.values() if g is not None]
+    if not all(g < 10 for g in measured):
+        return False
+    return True if measured and len(measured) == len(growth) else None
 
 
 def bounded(samples: list[float | None], bound: float) -> bool:
@@ -109,8 +196,20 @@ def bounded(samples: list[float | None], bound: float) -> bool:
     return bool(answered) and all(v < bound for v in answered)
 
 
-def verdict_line(checks: dict[str, bool]) -> str:
-    failed = [name for name, ok in checks.items() if not ok]
-    status = f"FAIL ({', '.join(failed)})" if failed else "PASS"
-    return (f"Verdict: {status}; "
-            + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in checks.items()) + ".")
+def status(checks: dict[str, bool | None]) -> str:
+    """FAIL if any check failed; INCOMPLETE if none failed but some were not measured; PASS
+    only with every check measured and met."""
+    if False in checks.values():
+        return "FAIL"
+    return "INCOMPLETE" if None in checks.values() else "PASS"
+
+
+def verdict_line(checks: dict[str, bool | None]) -> str:
+    word = {True: "yes", False: "NO", None: "NOT MEASURED"}
+    failed = [name for name, ok in checks.items() if ok is False]
+    unmeasured = [name for name, ok in checks.items() if ok is None]
+    notes = ([f"failed: {', '.join(failed)}"] if failed else []) + (
+        [f"not measured: {', '.join(unmeasured)}"] if unmeasured else [])
+    head = status(checks) + (f" ({'; '.join(notes)})" if notes else "")
+    return (f"Verdict: {head}; "
+            + ", ".join(f"{name} {word[ok]}" for name, ok in checks.items()) + ".")

@@ -1,15 +1,35 @@
-"""The soak's lag probe and verdict (benchmarks/soak_checks.py), on real Prometheus pages."""
+"""The soak's measurements and verdict (benchmarks/soak_checks.py): lag probes on real
+Prometheus pages, the verdict's PASS / FAIL / INCOMPLETE, finding a service's process by its
+port, and counting the run's archived events in a real PostgreSQL."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 
 import httpx
+import psutil
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client import Counter as PromCounter
 
-from benchmarks.soak_checks import NoLag, Recorder, lag, parse_lag, verdict
+from benchmarks.soak_checks import (
+    NoLag,
+    NotMeasured,
+    Recorder,
+    count_archived,
+    lag,
+    parse_lag,
+    service_process,
+    status,
+    verdict,
+    verdict_line,
+)
 
 GROUP = "reco-processor"
 
@@ -108,7 +128,7 @@ async def probed(processor_page: str, archiver_page: str, samples: int = 3) -> R
             rec.lag.append((5.0 * n,
                             await lag(client, "http://proc", GROUP, rec.unanswered),
                             await lag(client, "http://arch", "event-archiver", rec.unanswered)))
-    rec.acked = 10
+    rec.acked_ids = [str(uuid.uuid4()) for _ in range(10)]
     return rec
 
 
@@ -119,15 +139,17 @@ GROWTH = {"ingest": 1.0, "recommendations": 0.5, "processor": 0.2, "archiver": 0
 async def test_verdict_passes_on_answered_lag_under_the_bound() -> None:
     rec = await probed(consumer_page({(GROUP, 0): 3}), consumer_page({("event-archiver", 1): 9}))
     checks = verdict(rec, GROWTH, MET, bound=10)
-    assert all(checks.values()), checks
+    assert all(ok is True for ok in checks.values()), checks
+    assert status(checks) == "PASS"
 
 
 async def test_verdict_fails_when_a_consumers_page_has_no_lag_lines() -> None:
     # Read as lag 0, this page used to pass "processor_lag_bounded" without evidence.
     rec = await probed(consumer_page({}), consumer_page({("event-archiver", 1): 9}))
     checks = verdict(rec, GROWTH, MET, bound=10)
-    failed = {name for name, ok in checks.items() if not ok}
+    failed = {name for name, ok in checks.items() if ok is not True}
     assert failed == {"processor_lag_probes_answered", "processor_lag_bounded"}
+    assert status(checks) == "FAIL"
     assert rec.unanswered == Counter(
         {"http://proc/metrics: no kafka_consumer_lag series of group 'reco-processor'": 3})
 
@@ -135,4 +157,102 @@ async def test_verdict_fails_when_a_consumers_page_has_no_lag_lines() -> None:
 async def test_verdict_fails_on_lag_over_the_bound() -> None:
     rec = await probed(consumer_page({(GROUP, 0): 3}), consumer_page({("event-archiver", 1): 10}))
     checks = verdict(rec, GROWTH, MET, bound=10)
-    assert {name for name, ok in checks.items() if not ok} == {"archiver_lag_bounded"}
+    assert {name for name, ok in checks.items() if ok is not True} == {"archiver_lag_bounded"}
+
+
+async def test_an_events_table_out_of_reach_makes_the_verdict_incomplete() -> None:
+    rec = await probed(consumer_page({(GROUP, 0): 3}), consumer_page({("event-archiver", 1): 9}))
+    checks = verdict(rec, GROWTH, {"lag_drained": True, "archived": None}, bound=10)
+    assert checks["archived_equals_acked"] is None
+    assert [n for n, ok in checks.items() if ok is not True] == ["archived_equals_acked"]
+    assert status(checks) == "INCOMPLETE"
+    assert verdict_line(checks).startswith(
+        "Verdict: INCOMPLETE (not measured: archived_equals_acked); no_errors yes, ")
+    assert "archived_equals_acked NOT MEASURED, rss_growth_under_10pct yes." in verdict_line(
+        checks)
+
+
+async def test_archived_short_of_acked_fails() -> None:
+    rec = await probed(consumer_page({(GROUP, 0): 3}), consumer_page({("event-archiver", 1): 9}))
+    checks = verdict(rec, GROWTH, {"lag_drained": True, "archived": 9}, bound=10)
+    assert checks["archived_equals_acked"] is False
+    assert status(checks) == "FAIL"
+
+
+@pytest.mark.parametrize(("growth", "expected"), [
+    ({"ingest": 1.0, "processor": 9.9}, True),
+    ({"ingest": 1.0, "processor": None}, None),  # a process not found: not measured
+    ({"ingest": None, "processor": None}, None),
+    ({}, None),
+    ({"ingest": 12.0, "processor": None}, False),  # a measured failure is a failure
+    ({"ingest": 10.0, "processor": 1.0}, False),
+    ({"ingest": float("nan"), "processor": 1.0}, False),  # the process vanished mid-run
+])
+def test_rss_check(growth: dict, expected: bool | None) -> None:
+    assert verdict(Recorder(0.0), growth, MET, bound=10)["rss_growth_under_10pct"] is expected
+
+
+def test_a_failure_outranks_a_missing_figure() -> None:
+    checks = {"no_errors": False, "archived_equals_acked": None, "lag_drained": True}
+    assert status(checks) == "FAIL"
+    assert verdict_line(checks) == (
+        "Verdict: FAIL (failed: no_errors; not measured: archived_equals_acked); no_errors NO, "
+        "archived_equals_acked NOT MEASURED, lag_drained yes.")
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, subprocess.Popen]]:
+    """A process whose command line reads like `reco run ingest`, listening on a port."""
+    code = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+            "s.listen(); print(s.getsockname()[1], flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, "reco", "run", "ingest"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        yield int(proc.stdout.readline()), proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_service_process_finds_the_service_by_its_port(listener) -> None:
+    port, proc = listener
+    assert service_process(f"http://127.0.0.1:{port}", "ingest").pid == proc.pid
+    assert service_process(f"http://localhost:{port}/", "ingest").pid == proc.pid
+
+
+def test_service_process_refuses_another_program_on_the_port(listener) -> None:
+    port, proc = listener
+    name = psutil.Process(proc.pid).name()
+    with pytest.raises(NotMeasured, match=rf"port {port} is held by {name} \(pid {proc.pid}\), "
+                       r"not `reco run recommendations`"):
+        service_process(f"http://127.0.0.1:{port}", "recommendations")
+
+
+def test_service_process_without_a_listener_or_on_another_host() -> None:
+    with socket.socket() as sock:  # bound, not listening: a port nobody serves
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises(NotMeasured, match=f"nothing on this machine listens on port {port}"):
+            service_process(f"http://127.0.0.1:{port}", "ingest")
+    with pytest.raises(NotMeasured, match="192.0.2.10 is not this machine"):
+        service_process("http://192.0.2.10:8080", "ingest")  # TEST-NET-1: never local
+
+
+@pytest.mark.integration
+def test_count_archived_counts_the_runs_events_only(pg: psycopg.Connection, settings) -> None:
+    ours = [str(uuid.uuid4()) for _ in range(5)]
+    other = str(uuid.uuid4())  # other traffic on the same table
+    for event_id in [*ours[:3], other]:
+        pg.execute("INSERT INTO events (event_id, user_id, item_id, event_type, event_time) "
+                   "VALUES (%s, 'u', 'i', 'view', now())", (event_id,))
+    assert count_archived(settings.database_url, ours) == 3
+    assert count_archived(settings.database_url, ours, chunk=2) == 3
+    assert count_archived(settings.database_url, []) == 0
+
+
+def test_count_archived_on_an_unreachable_database_raises_a_psycopg_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises(psycopg.OperationalError):
+            count_archived(f"postgresql://reco:reco@127.0.0.1:{port}/reco", ["x"])
