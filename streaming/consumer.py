@@ -65,6 +65,7 @@ async def run_batches(
     done, so only the broker round trip overlaps); commits stay in order, one at a time.
     """
     committing: asyncio.Task[None] | None = None
+    lag = PartitionLag(consumer, group)
     heap.settle()
     try:
         while not stop.is_set():
@@ -79,8 +80,9 @@ async def run_batches(
                     await committing
                 offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
                 committing = asyncio.create_task(_commit(consumer, offsets))
-            await _record_lag(consumer, group)
+            await lag.record()
     finally:
+        lag.clear()
         if committing is not None:
             await committing
 
@@ -130,16 +132,54 @@ async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
         log.warning("offset commit failed (%r); the batch will be redelivered", exc)
 
 
-async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:
-    for tp in consumer.assignment():
-        highwater = consumer.highwater(tp)
+class PartitionLag:
+    """The `kafka_consumer_lag` series of one consumer: exactly the partitions it owns.
+
+    Each copy of a consumer exposes its own /metrics page and dashboards sum lag over the pages,
+    so a partition lost in a rebalance must leave the page (the new owner reports it), not stay
+    there frozen at its last value.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, group: str) -> None:
+        self._consumer = consumer
+        self._group = group
+        self._shown: set[TopicPartition] = set()
+
+    async def record(self) -> None:
+        assigned = self._consumer.assignment()
+        self._drop(self._shown - assigned)
+        for tp in assigned:
+            lag = await self._lag(tp)
+            # Unknown (no fetch response since the assignment, or no position yet): keep what
+            # this consumer last showed for the partition, if anything, until it is known.
+            if lag is not None:
+                CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(lag)
+                self._shown.add(tp)
+
+    def clear(self) -> None:
+        """Drop every series: a stopped consumer owns no partition."""
+        self._drop(set(self._shown))
+
+    def _drop(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            CONSUMER_LAG.remove(self._group, tp.topic, str(tp.partition))
+            self._shown.discard(tp)
+
+    async def _lag(self, tp: TopicPartition) -> int | None:
+        # A rebalance may run while an earlier partition's position() is awaited: highwater()
+        # asserts the partition is still assigned, and a series set now would be stale.
+        if tp not in self._consumer.assignment():
+            return None
+        highwater = self._consumer.highwater(tp)
         if highwater is None:
-            continue
+            return None
         try:
-            position = await consumer.position(tp)
-        except KafkaError:
-            continue
-        CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+            position = await self._consumer.position(tp)
+        except KafkaError:  # e.g. IllegalStateError: unassigned meanwhile
+            return None
+        if tp not in self._consumer.assignment():
+            return None
+        return max(highwater - position, 0)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:

@@ -49,6 +49,7 @@ async def run_overlapped(
     store = processor.store
     pending: _Planned | None = None
     committing: asyncio.Task[None] | None = None
+    lag = loop.PartitionLag(consumer, group)
 
     async def commit(offsets: dict[TopicPartition, int]) -> None:
         nonlocal committing
@@ -86,7 +87,7 @@ async def run_overlapped(
             if not records:
                 if pending is not None and not await flush():
                     return
-                await loop._record_lag(consumer, group)
+                await lag.record()
                 continue
             started = time.perf_counter()
             offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
@@ -117,10 +118,11 @@ async def run_overlapped(
                 await commit(previous.offsets)
             pending = _Planned(records, offsets, bad, planned)
             BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
-            await loop._record_lag(consumer, group)
+            await lag.record()
         if pending is not None:
             await flush()
     finally:
+        lag.clear()
         if committing is not None:
             await committing
 

@@ -1,0 +1,83 @@
+"""The lag gauge of a consumer's /metrics page follows its assignment through rebalances."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from reco.settings import Settings
+from streaming import consumer as loop
+from streaming.metrics import CONSUMER_LAG
+from tests.realtime.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = {0, 1, 2}
+
+
+def group_consumer(settings: Settings) -> AIOKafkaConsumer:
+    # Frequent heartbeats: a member learns of a rebalance within 100 ms, not 3 s.
+    return AIOKafkaConsumer(settings.topic_events, bootstrap_servers=settings.kafka_bootstrap,
+                            group_id=settings.group_processor, enable_auto_commit=False,
+                            auto_offset_reset="earliest", heartbeat_interval_ms=100)
+
+
+def shown(group: str) -> dict[int, float]:
+    """Partition -> lag of the group's kafka_consumer_lag series on this process's page."""
+    [metric] = CONSUMER_LAG.collect()
+    return {int(s.labels["partition"]): s.value for s in metric.samples
+            if s.labels["group"] == group}
+
+
+def owned(consumer: AIOKafkaConsumer) -> set[int]:
+    return {tp.partition for tp in consumer.assignment()}
+
+
+async def ignore(records: Sequence[ConsumerRecord]) -> None:
+    pass
+
+
+async def test_lag_series_cover_exactly_the_partitions_the_consumer_owns(
+    settings: Settings, kafka_topics: dict
+) -> None:
+    group = settings.group_processor
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for p in sorted(PARTITIONS):
+            await producer.send_and_wait(settings.topic_events, b"x", partition=p)
+    finally:
+        await producer.stop()
+
+    first, second = group_consumer(settings), group_consumer(settings)
+    stop = asyncio.Event()
+    await first.start()
+    running = asyncio.create_task(loop.run_batches(first, ignore, stop, group=group,
+                                                   batch_max=100, backoff_max_s=1.0))
+    try:
+        await wait_for(lambda: shown(group) == dict.fromkeys(PARTITIONS, 0.0),
+                       "lag 0 on the three partitions")
+
+        await second.start()  # joins the group: the partitions are shared out again
+        try:
+            await wait_for(lambda: owned(second) and owned(first) == PARTITIONS - owned(second),
+                           "the rebalance")
+            await wait_for(lambda: set(shown(group)) == owned(first),
+                           "the first consumer's series to drop the partitions it lost", 10.0)
+            # The second consumer's page would show the rest: together exactly the partitions.
+            assert set(shown(group)) | owned(second) == PARTITIONS
+            assert not set(shown(group)) & owned(second)
+        finally:
+            await second.stop()  # leaves the group: the first consumer gets all back
+
+        await wait_for(lambda: shown(group) == dict.fromkeys(PARTITIONS, 0.0),
+                       "series of the partitions regained")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await first.stop()
+    assert shown(group) == {}  # a stopped consumer owns no partition
