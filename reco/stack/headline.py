@@ -20,8 +20,11 @@ HEADLINES: dict[str, tuple[str, str]] = {
         "sum(increase(recommendation_cache_hits_total[15m])) / (sum(increase("
         "recommendation_cache_hits_total[15m])) + sum(increase("
         "recommendation_cache_misses_total[15m])))", "ratio"),
-    "processor lag": ('sum(kafka_consumer_lag{group=~".*processor.*"})', "messages"),
-    "archiver lag": ('sum(kafka_consumer_lag{group=~".*archiver.*"})', "messages"),
+    # max per partition first: during a rebalance two copies' pages can both show a partition
+    "processor lag": ('sum(max by (topic, partition) ('
+                      'kafka_consumer_lag{group=~".*processor.*"}))', "messages"),
+    "archiver lag": ('sum(max by (topic, partition) ('
+                     'kafka_consumer_lag{group=~".*archiver.*"}))', "messages"),
     "HTTP 5xx ratio": (
         '(sum(rate(http_requests_total{status=~"5.."}[5m])) or vector(0))'
         ' / sum(rate(http_requests_total[5m]))',
