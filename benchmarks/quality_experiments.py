@@ -149,7 +149,7 @@ def in_out_lists(split: tq.Split, p: i2v_job.Item2VecParams, gap_s: float, score
     """Each item's top-k partners by in . out (score "dot") or sigmoid(in . out) ("sigmoid")."""
     from gensim.models import Word2Vec
 
-    sessions = [list(s) for s in tq.sessions_frame(split.model_train, gap_s)["items"]]
+    sessions = i2v_job.read_sessions(split.sessions(gap_s))
     m = Word2Vec(sentences=sessions, vector_size=p.vector_size, window=p.window, min_count=1,
                  sg=1, hs=0, negative=p.negative, ns_exponent=p.ns_exponent, sample=p.sample,
                  epochs=p.epochs, alpha=p.alpha, seed=p.seed, workers=p.workers)
@@ -168,8 +168,8 @@ def in_out_lists(split: tq.Split, p: i2v_job.Item2VecParams, gap_s: float, score
 
 def main() -> None:
     tuned = tq.tuned_validation("quality_")
-    val, cfg, knobs, i2v, knn, cf, tmp = (tuned.val, tuned.cfg, tuned.knobs, tuned.i2v,
-                                          tuned.knn, tuned.cf, tuned.tmp)
+    val, cfg, knobs, i2v, knn, cf = (tuned.val, tuned.cfg, tuned.knobs, tuned.i2v, tuned.knn,
+                                     tuned.cf)
     rows: list[tuple[str, str, dict]] = []
 
     def row(group: str, what: str, m: dict) -> None:
@@ -199,7 +199,7 @@ def main() -> None:
     with_coview(val, knobs, recent, lists)
 
     for change in ({}, {"window": 5}, {"window": 10, "ns_exponent": 0.5}):
-        knn_u = tq.train_item2vec(val, replace(i2v, **change), 1e10, tmp)
+        knn_u = tq.train_item2vec(val, replace(i2v, **change), 1e10)
         row("3 Item2Vec on user histories", f"{change or 'tuned parameters'} (alone)",
             tq.evaluate(val, tq.single(cfg, "embedding"), knobs, knn_u, cf))
         for w in (0.1, 0.3):

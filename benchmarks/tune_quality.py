@@ -7,8 +7,9 @@ is scored ONCE at the end for the chosen configuration and is never used to choo
 
 The evaluation mirrors the live API path as closely as a single process can:
 - models are trained with the pipeline's own functions (`spark_jobs.item2vec.fit`,
-  `spark_jobs.als.fit`, engine local) on sessions / interactions built like `spark_jobs.extract`
-  (same gap, same confidence = sum of event weights decayed by age);
+  `spark_jobs.als.fit`, engine local) on sessions / interactions built by the extract's own
+  transforms (`spark_jobs.extract.sessions` / `interactions`, in a local SparkSession), and their
+  lists are read as `spark_jobs.blend` reads them (`lists_by_owner`);
 - real-time features are replayed through `reco.features.plan_batch` (the processor's code) over
   the whole known history in time order: recent list (50), co-view, forward-decayed popularity;
 - every user is ranked at one "now" (the last known event, as the API ranks every user at the
@@ -16,7 +17,7 @@ The evaluation mirrors the live API path as closely as a single process can:
   freshness rules), and "seen" = the recent list (what the API excludes);
 - the served lists include item2vec KNN, ALS item neighbours and ALS user candidates together.
 
-Run: .venv/bin/python benchmarks/tune_quality.py [--quick]
+Run: .venv/bin/python benchmarks/tune_quality.py [--quick]   (Java 17 for the SparkSession)
 Writes benchmarks/reports/tuning.md and tuning.json.
 """
 
@@ -31,6 +32,7 @@ import time
 from collections import namedtuple
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -39,18 +41,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reco.catalog import ItemIndex  # noqa: E402
-from reco.evaluation_split import leave_last_out, ndcg_at_k  # noqa: E402
-from reco.features import FeatureParams, plan_batch  # noqa: E402
+from reco.evaluation_split import hit_rate_at_k, leave_last_out, ndcg_at_k  # noqa: E402
+from reco.features import FeatureParams, FeatureUpdates, plan_batch  # noqa: E402
 from reco.ranking import RankConfig, UserFeatures, rank  # noqa: E402
 from reco.rules import Filters  # noqa: E402
 from reco.settings import Settings  # noqa: E402
 from spark_jobs import als as als_job  # noqa: E402
+from spark_jobs import extract as ex  # noqa: E402
 from spark_jobs import item2vec as i2v_job  # noqa: E402
+from spark_jobs.blend import lists_by_owner  # noqa: E402
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 K = 10
 DATA_DIR = ROOT / ".reco" / "data" / "ml-100k"
 REPORTS = ROOT / "benchmarks" / "reports"
 _Event = namedtuple("_Event", "user_id item_id event_type timestamp_s")
+_spark: SparkSession | None = None
 
 
 # ---------------------------------------------------------------- data
@@ -63,33 +71,25 @@ def load() -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_parquet(events_path), pd.read_parquet(items_path)
 
 
-def sessions_frame(events: pd.DataFrame, gap_s: float, min_length: int = 2) -> pd.DataFrame:
-    """pandas twin of spark_jobs.extract.sessions (split on gap, consecutive repeats collapse)."""
-    e = events.sort_values(["user_id", "ts", "item_id"], kind="stable")
-    new = (e["user_id"] != e["user_id"].shift()) | (e["ts"] - e["ts"].shift() > gap_s)
-    e = e.assign(session=new.cumsum())
-    rep = (e["session"] == e["session"].shift()) & (e["item_id"] == e["item_id"].shift())
-    e = e[~rep]
-    grouped = e.groupby("session", sort=True)["item_id"].agg(list)
-    return pd.DataFrame({"items": [s for s in grouped if len(s) >= min_length]})
+def spark() -> SparkSession:
+    """One small local SparkSession for the extract's transforms (started on first use)."""
+    global _spark
+    if _spark is None:
+        from spark_jobs.session import build_session
 
-
-def interactions_frame(events: pd.DataFrame, weights: dict, now_s: float,
-                       half_life_days: float) -> pd.DataFrame:
-    """pandas twin of spark_jobs.extract.interactions (decayed sum of event weights)."""
-    w = events["event_type"].map(weights).fillna(0.0)
-    decay = 0.5 ** ((now_s - events["ts"]) / (half_life_days * 86400.0))
-    return (events.assign(confidence=w * decay).groupby(["user_id", "item_id"], as_index=False)
-            ["confidence"].sum())
+        _spark = build_session("tune-quality", "local[2]", "1g", shuffle_partitions=2)
+    return _spark
 
 
 class Split:
     """Everything known at one prediction time (validation or test)."""
 
     def __init__(self, name: str, known: pd.DataFrame, model_train: pd.DataFrame,
-                 targets: pd.DataFrame, items: pd.DataFrame, weights: dict) -> None:
+                 targets: pd.DataFrame, items: pd.DataFrame, params: FeatureParams,
+                 tmp: Path) -> None:
         self.name, self.known, self.model_train = name, known, model_train
-        self.weights = weights
+        self.params, self.weights = params, dict(params.event_weights)
+        self.tmp = tmp / name
         self.now = float(known["ts"].max())
         self.targets = dict(zip(targets["user_id"], targets["item_id"], strict=True))
         self.item_meta = {r.item_id: {"category": r.category, "price": r.price,
@@ -98,16 +98,26 @@ class Split:
         self.seen_all = known.groupby("user_id")["item_id"].agg(set).to_dict()
         self._coview: dict = {}
         self._recent = None
+        self._popularity: dict[float, list[tuple[str, float]]] = {}
+        self._model_events: DataFrame | None = None
+        self._extracts: dict[tuple, Path] = {}
         self.ordered = known.sort_values(["ts", "user_id", "item_id"], kind="stable")
+
+    def replay(self, **changes) -> FeatureUpdates:
+        """The known events, in time order, through the processor's `plan_batch` with these
+        FeatureParams changes. The popularity landmark is `now`, not the served one: MovieLens
+        dates from 1997, ~350 30-day half-lives before the served landmark, and shorter
+        half-lives underflow to 0 there; only ratios between items reach the ranking (every
+        score shares the factor 2**((now - landmark) / half_life)), and those are the same."""
+        params = replace(self.params, landmark_s=self.now, **changes)
+        columns = [self.ordered[c].tolist() for c in ("user_id", "item_id", "event_type", "ts")]
+        return plan_batch((_Event(*row) for row in zip(*columns, strict=True)), {}, {}, params,
+                          now_s=self.now)
 
     def features(self, coview_window_s: float, coview_max: int = 200):
         """(recent per user, co-view lists) replayed through the processor's plan_batch."""
         if coview_window_s not in self._coview:
-            params = FeatureParams(event_weights=self.weights,
-                                   coview_window_s=float(coview_window_s))
-            upd = plan_batch((_Event(*r) for r in self.ordered[
-                ["user_id", "item_id", "event_type", "ts"]].itertuples(index=False, name=None)),
-                {}, {}, params, now_s=self.now)
+            upd = self.replay(coview_window_s=float(coview_window_s))
             coview = {}
             for item, partners in upd.coview.items():
                 top = sorted(partners.items(), key=lambda kv: -kv[1])[:coview_max]
@@ -118,43 +128,66 @@ class Split:
         return self._recent, self._coview[coview_window_s]
 
     def index(self, pop_half_life_h: float) -> ItemIndex:
-        """Catalogue + forward-decayed popularity as Redis holds it at `now` (ratios exact)."""
-        w = self.known["event_type"].map(self.weights)
-        hl = pop_half_life_h * 3600.0
-        pop = (w * np.exp2((self.known["ts"] - self.now) / hl)).groupby(
-            self.known["item_id"]).sum()
-        return ItemIndex.build(self.item_meta, list(pop.items()))
+        """Catalogue + the processor's forward-decayed popularity at `now` (see `replay`)."""
+        if pop_half_life_h not in self._popularity:
+            upd = self.replay(half_life_s=pop_half_life_h * 3600.0)
+            # By item id: equal scores keep one order in the popular fallback whatever the replay.
+            self._popularity[pop_half_life_h] = sorted(upd.popularity.items())
+        return ItemIndex.build(self.item_meta, self._popularity[pop_half_life_h])
+
+    def model_events(self) -> DataFrame:
+        """The models' training events as the extract holds them (weights by event type)."""
+        if self._model_events is None:
+            path = self.tmp / "model_events.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.model_train[["user_id", "item_id", "event_type", "ts"]].to_parquet(path)
+            self._model_events = ex.with_weights(spark().read.parquet(str(path)),
+                                                 self.weights).cache()
+        return self._model_events
+
+    def sessions(self, gap_s: float) -> Path:
+        """The extract's sessions of the training events (`spark_jobs.extract.sessions`), in
+        (user, time) order: gensim's result depends on the order of its sentences, and the
+        extract's file order is whatever Spark's partitions give."""
+        key = ("sessions", gap_s)
+        if key not in self._extracts:
+            out = self.tmp / f"sessions-{gap_s:g}"
+            (ex.sessions(self.model_events(), gap_s).coalesce(1)
+             .sortWithinPartitions("user_id", "session")
+             .write.mode("overwrite").parquet(str(out)))
+            self._extracts[key] = out
+        return self._extracts[key]
+
+    def interactions(self, half_life_days: float) -> Path:
+        """The extract's interactions (`spark_jobs.extract.interactions`). Ages count from the
+        last training event: the harness has no extract window, whose end the DAG uses."""
+        key = ("interactions", half_life_days)
+        if key not in self._extracts:
+            out = self.tmp / f"interactions-{half_life_days:g}"
+            now = float(self.model_train["ts"].max())
+            (ex.interactions(self.model_events(), now, half_life_days * 86400.0)
+             .write.mode("overwrite").parquet(str(out)))
+            self._extracts[key] = out
+        return self._extracts[key]
 
 
 # ---------------------------------------------------------------- models
 
-def lists_from(ids, nbr_idx, nbr_scores, targets, limit=None):
-    out = {}
-    tl = targets.tolist()
-    for row, owner in enumerate(ids.tolist()):
-        sc = nbr_scores[row][:limit]
-        ok = np.isfinite(sc)
-        out[owner] = ([tl[j] for j in nbr_idx[row][:limit][ok]], sc[ok])
-    return out
+def all_lists(ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, targets: np.ndarray):
+    """Every owner's whole list as blend reads it: `rank` keeps the first `neighbours_n`, as
+    the API's read does, so one set of lists serves every blend the search tries."""
+    return lists_by_owner(ids, idx, scores, targets, idx.shape[1])
 
 
-def train_item2vec(split: Split, params: i2v_job.Item2VecParams, gap_s: float, tmp: Path):
-    d = tmp / "sessions"
-    d.mkdir(parents=True, exist_ok=True)
-    sessions_frame(split.model_train, gap_s).to_parquet(d / "part.parquet")
-    model = i2v_job.fit(d, params, engine="local")
-    return lists_from(model.item_ids, model.nbr_idx, model.nbr_scores, model.item_ids)
+def train_item2vec(split: Split, params: i2v_job.Item2VecParams, gap_s: float):
+    model = i2v_job.fit(split.sessions(gap_s), params, engine="local")
+    return all_lists(model.item_ids, model.nbr_idx, model.nbr_scores, model.item_ids)
 
 
-def train_als(split: Split, params: als_job.ALSParams, half_life_days: float, tmp: Path):
-    d = tmp / "interactions"
-    d.mkdir(parents=True, exist_ok=True)
-    now = float(split.model_train["ts"].max())
-    interactions_frame(split.model_train, split.weights, now, half_life_days).to_parquet(
-        d / "part.parquet")
-    m = als_job.fit(d, params, engine="local")
-    return {"item_cf": lists_from(m.item_ids, m.nbr_idx, m.nbr_scores, m.item_ids),
-            "user_cf": lists_from(m.user_ids, m.cand_idx, m.cand_scores, m.item_ids)}
+def train_als(split: Split, params: als_job.ALSParams, half_life_days: float):
+    m = als_job.fit(split.interactions(half_life_days), params, engine="local")
+    return {"item_cf": all_lists(m.item_ids, m.nbr_idx, m.nbr_scores, m.item_ids),
+            "user_cf": all_lists(m.user_ids, m.cand_idx, m.cand_scores, m.item_ids)}
 
 
 # ---------------------------------------------------------------- evaluation
@@ -192,7 +225,7 @@ def evaluate(split: Split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict,
         ranked = [s.item_id for s in rank(features[user], index, cfg, Filters(), K).items]
         ranks.append(ranked.index(target) + 1 if target in ranked else np.inf)
     r = np.asarray(ranks)
-    return {"hr": float((r <= K).mean()), "ndcg": ndcg_at_k(r, K), "users": len(r)}
+    return {"hr": hit_rate_at_k(r, K), "ndcg": ndcg_at_k(r, K), "users": len(r)}
 
 
 OLD_RANK = dict(w_coview=0.4, w_embed=0.3, w_pop=0.2, w_recency=0.1, w_cf=0.0, recent_n=10,
@@ -237,13 +270,13 @@ def tuned_validation(prefix: str) -> TunedValidation:
     events, items = load()
     events = events.assign(ts=events["timestamp"] / 1000.0)
     split = leave_last_out(events)
-    val = Split("validation", split.train, split.train, split.validation, items,
-                dict(settings.event_weights))
-    knobs = chosen["knobs"]
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    val = Split("validation", split.train, split.train, split.validation, items,
+                FeatureParams.from_settings(settings), tmp)
+    knobs = chosen["knobs"]
     i2v = i2v_job.Item2VecParams(**chosen["item2vec"])
-    knn = train_item2vec(val, i2v, knobs["session_gap_s"], tmp)
-    cf = train_als(val, als_job.ALSParams(**chosen["als"]), knobs["als_half_life_days"], tmp)
+    knn = train_item2vec(val, i2v, knobs["session_gap_s"])
+    cf = train_als(val, als_job.ALSParams(**chosen["als"]), knobs["als_half_life_days"])
     cfg = replace(RankConfig.from_settings(settings), **chosen["rank"])
     return TunedValidation(val, items, cfg, knobs, i2v, knn, cf, tmp)
 
@@ -285,7 +318,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     started = time.time()
     settings = Settings()
-    weights = dict(settings.event_weights)
+    feature_params = FeatureParams.from_settings(settings)
+    tmp = Path(tempfile.mkdtemp(prefix="tune_"))
     events, items = load()
     events = events.assign(ts=events["timestamp"] / 1000.0)
     split = leave_last_out(events)
@@ -295,7 +329,8 @@ def main() -> None:
     val_model_train = split.train
     if args.models_on == "heldout":
         _, val_model_train = hold_out_last(split.train, "user_id", "item_id", "ts")
-    val = Split("validation", split.train, val_model_train, split.validation, items, weights)
+    val = Split("validation", split.train, val_model_train, split.validation, items,
+                feature_params, tmp)
     log = []
 
     def note(kind: str, params: dict, m: dict) -> None:
@@ -311,11 +346,10 @@ def main() -> None:
     base_cfg = replace(RankConfig.from_settings(settings), **OLD_RANK)
     i2v = replace(i2v_job.Item2VecParams(), **OLD_I2V)
     alsp = replace(als_job.ALSParams(), **OLD_ALS)
-    tmp = Path(tempfile.mkdtemp(prefix="tune_"))
 
     # ---- current defaults, for the record
-    knn = train_item2vec(val, i2v, knobs["session_gap_s"], tmp)
-    cf = train_als(val, alsp, knobs["als_half_life_days"], tmp)
+    knn = train_item2vec(val, i2v, knobs["session_gap_s"])
+    cf = train_als(val, alsp, knobs["als_half_life_days"])
     baseline = {"blend (old defaults)": evaluate(val, base_cfg, knobs, knn, cf)}
     for name in SINGLE:
         baseline[f"{name} alone (old)"] = evaluate(val, single(base_cfg, name), knobs, knn, cf)
@@ -327,8 +361,8 @@ def main() -> None:
         knobs = previous["knobs"]
         i2v = i2v_job.Item2VecParams(**previous["item2vec"])
         alsp = als_job.ALSParams(**previous["als"])
-        knn = train_item2vec(val, i2v, knobs["session_gap_s"], tmp)
-        cf = train_als(val, alsp, knobs["als_half_life_days"], tmp)
+        knn = train_item2vec(val, i2v, knobs["session_gap_s"])
+        cf = train_als(val, alsp, knobs["als_half_life_days"])
 
     if not previous:  # ---- popularity half-life (popularity alone)
         best_pop = (-1, None)
@@ -351,7 +385,7 @@ def main() -> None:
 
         def als_trial(c: dict) -> tuple[dict, dict]:
             p = replace(alsp, **{k: v for k, v in c.items() if k != "half_life_days"})
-            cf_c = train_als(val, p, c["half_life_days"], tmp)
+            cf_c = train_als(val, p, c["half_life_days"])
             return evaluate(val, single(base_cfg, "cf"), knobs, knn, cf_c), cf_c
 
         als_best, cf = random_search("als", start, als_space, 6 if args.quick else 16, rng,
@@ -368,7 +402,7 @@ def main() -> None:
 
         def i2v_trial(c: dict) -> tuple[dict, dict]:
             p = replace(i2v, **{k: v for k, v in c.items() if k != "session_gap_s"})
-            knn_c = train_item2vec(val, p, c["session_gap_s"], tmp)
+            knn_c = train_item2vec(val, p, c["session_gap_s"])
             return evaluate(val, single(base_cfg, "embedding"), knobs, knn_c, cf), knn_c
 
         i2v_best, knn = random_search("item2vec", start, i2v_space, 6 if args.quick else 16, rng,
@@ -438,9 +472,9 @@ def main() -> None:
     # minus each user's last event (heldout); targets = each user's last event.
     test = Split("test", split.history,
                  split.history if args.models_on == "known" else split.train,
-                 split.test, items, weights)
-    knn_t = train_item2vec(test, i2v, knobs["session_gap_s"], tmp)
-    cf_t = train_als(test, alsp, knobs["als_half_life_days"], tmp)
+                 split.test, items, feature_params, tmp)
+    knn_t = train_item2vec(test, i2v, knobs["session_gap_s"])
+    cf_t = train_als(test, alsp, knobs["als_half_life_days"])
     test_table = {"blend (chosen)": evaluate(test, chosen_cfg, knobs, knn_t, cf_t),
                   "popularity alone": evaluate(test, single(chosen_cfg, "popularity"), knobs,
                                                knn_t, cf_t)}
