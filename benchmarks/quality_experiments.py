@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tune_quality as tq  # noqa: E402
 
+from reco.evaluation_split import hit_rate_at_k, ndcg_at_k  # noqa: E402
 from reco.features import RecentItems, coview_partners  # noqa: E402
-from reco.ranking import RankConfig, UserFeatures, rank  # noqa: E402
+from reco.ranking import RankConfig, rank  # noqa: E402
 from reco.rules import Filters  # noqa: E402
 from spark_jobs import item2vec as i2v_job  # noqa: E402
 
@@ -47,20 +48,25 @@ COVIEW_MAX = 200
 
 
 def directional_coview(split: tq.Split, window_s: float, forward: float, backward: float,
-                       decay: float, recent_n: int = 10
-                       ) -> tuple[dict, dict, dict[str, float]]:
+                       decay: float) -> tuple[dict, dict, dict[str, float]]:
     """The processor's co-view replay with direction and position weights; also each item's
-    degree (sum of all its increments, before the sets are cut to COVIEW_MAX)."""
+    degree (sum of all its increments, before the sets are cut to COVIEW_MAX).
+
+    Not `plan_batch` itself: it adds 1 both ways whatever the direction and position, and has
+    no parameter for either. The partners and the recent list are the processor's own
+    (`coview_partners`, `RecentItems.touch`, the split's FeatureParams); with 1 / 1 / 1 the
+    lists are the processor's."""
     recent: dict[str, RecentItems] = {}
     pairs: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    params = split.params
     rows = split.ordered[["user_id", "item_id", "ts"]].itertuples(index=False, name=None)
     for user, item, t in rows:
         state = recent.setdefault(user, RecentItems())
-        for p, other in enumerate(coview_partners(state.items, state.times, item, t, recent_n,
-                                                  window_s)):
+        for p, other in enumerate(coview_partners(state.items, state.times, item, t,
+                                                  params.coview_recent_n, window_s)):
             pairs[other][item] += forward * decay ** p
             pairs[item][other] += backward * decay ** p
-        state.touch(item, t, 50)
+        state.touch(item, t, params.recent_max)
     lists = {}
     for item, partners in pairs.items():
         top = sorted(partners.items(), key=lambda kv: -kv[1])[:COVIEW_MAX]
@@ -89,8 +95,7 @@ def ease_alone(split, lam: float) -> dict:
         row = scores[u_at[user]]
         ranks.append(1 + int((row > row[i_at[target]]).sum()) if target in i_at else np.inf)
     r = np.asarray(ranks, dtype=float)
-    return {"hr": float((r <= tq.K).mean()),
-            "ndcg": float(np.where(r <= tq.K, 1 / np.log2(r + 1), 0).mean())}
+    return {"hr": hit_rate_at_k(r, tq.K), "ndcg": ndcg_at_k(r, tq.K)}
 
 
 def second_stage(split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict) -> dict[str, dict]:
@@ -98,18 +103,15 @@ def second_stage(split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict) -> di
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
-    recent, coview = split.features(knobs["coview_window_s"])
     index = split.index(knobs["pop_half_life_h"])
+    # user_features reads a signal's lists only when its weight is > 0; the signals are divided
+    # by their weights below, so every weight is > 0 here and every list is read.
+    features = tq.user_features(split, cfg, knobs, knn, cf)
     feats, labels, groups = [], [], []
     weights = (cfg.w_coview, cfg.w_embed, cfg.w_pop, cfg.w_recency, cfg.w_cf)
     for g, (user, target) in enumerate(split.targets.items()):
-        items, times = recent.get(user, ([], {}))
-        src = items[: cfg.recent_n]
-        f = UserFeatures(recent=items, recent_times=times, now=split.now,
-                         coview={s: coview[s] for s in src if s in coview},
-                         knn={s: knn[s] for s in src if s in knn},
-                         item_cf={s: cf["item_cf"][s] for s in src if s in cf["item_cf"]},
-                         user_cf=cf["user_cf"].get(user))
+        f = features[user]
+        items = f.recent
         for pos, it in enumerate(rank(f, index, cfg, Filters(), 200, explain=True).items):
             c = it.contributions
             signals = [c[n] / w for n, w in zip(("coview", "embedding", "popularity", "recency",
@@ -121,13 +123,12 @@ def second_stage(split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict) -> di
     fold = np.random.default_rng(0).integers(0, 2, len(split.targets))[g]
 
     def metrics(score: np.ndarray, mask: np.ndarray) -> dict:
-        hits, gains = [], []
+        ranks = []
         for u in np.unique(g[mask]):
             m = mask & (g == u)
-            r = 1 + int((score[m] > score[m][y[m]][0]).sum()) if y[m].any() else np.inf
-            hits.append(r <= tq.K)
-            gains.append(1 / np.log2(r + 1) if r <= tq.K else 0.0)
-        return {"hr": float(np.mean(hits)), "ndcg": float(np.mean(gains))}
+            ranks.append(1 + int((score[m] > score[m][y[m]][0]).sum()) if y[m].any() else np.inf)
+        r = np.asarray(ranks, dtype=float)
+        return {"hr": hit_rate_at_k(r, tq.K), "ndcg": ndcg_at_k(r, tq.K)}
 
     out: dict[str, list] = defaultdict(list)
     for k in (0, 1):
@@ -146,13 +147,9 @@ def second_stage(split, cfg: RankConfig, knobs: dict, knn: dict, cf: dict) -> di
 
 def in_out_lists(split: tq.Split, p: i2v_job.Item2VecParams, gap_s: float, score: str,
                  k: int = 100) -> dict:
-    """Each item's top-k partners by in . out (score "dot") or sigmoid(in . out) ("sigmoid")."""
-    from gensim.models import Word2Vec
-
-    sessions = i2v_job.read_sessions(split.sessions(gap_s))
-    m = Word2Vec(sentences=sessions, vector_size=p.vector_size, window=p.window, min_count=1,
-                 sg=1, hs=0, negative=p.negative, ns_exponent=p.ns_exponent, sample=p.sample,
-                 epochs=p.epochs, alpha=p.alpha, seed=p.seed, workers=p.workers)
+    """Each item's top-k partners by in . out (score "dot") or sigmoid(in . out) ("sigmoid"),
+    from the local engine's own skip-gram trained on the extract's sessions."""
+    m = i2v_job.train_gensim(i2v_job.read_sessions(split.sessions(gap_s)), p)
     ids = np.asarray(m.wv.index_to_key)
     scores = m.wv.vectors @ m.syn1neg.T
     if score == "sigmoid":

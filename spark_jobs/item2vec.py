@@ -19,6 +19,7 @@ from spark_jobs.files import MODEL_FILE, read_parquet
 from spark_jobs.hyperparameters import Hyperparameters
 
 if TYPE_CHECKING:
+    from gensim.models import Word2Vec
     from pyspark.sql import SparkSession
 
 
@@ -67,14 +68,20 @@ def read_sessions(sessions_dir: Path) -> list[list[str]]:
     return [list(items) for items in frame["items"]]
 
 
-def _fit_gensim(sentences: list[list[str]], p: Item2VecParams) -> tuple[np.ndarray, np.ndarray]:
+def train_gensim(sentences: list[list[str]], p: Item2VecParams) -> Word2Vec:
+    """The local engine's skip-gram with negative sampling, whole (experiments read its output
+    vectors, `syn1neg`, which the published model does not keep)."""
     from gensim.models import Word2Vec
 
-    model = Word2Vec(
+    return Word2Vec(
         sentences=sentences, vector_size=p.vector_size, window=p.window, min_count=p.min_count,
         sg=1, hs=0, negative=p.negative, ns_exponent=p.ns_exponent, sample=p.sample,
         epochs=p.epochs, alpha=p.alpha, seed=p.seed, workers=p.workers,
     )
+
+
+def _fit_gensim(sentences: list[list[str]], p: Item2VecParams) -> tuple[np.ndarray, np.ndarray]:
+    model = train_gensim(sentences, p)
     return np.asarray(model.wv.index_to_key, dtype=str), model.wv.vectors.astype(np.float32)
 
 
