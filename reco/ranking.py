@@ -31,7 +31,7 @@ import numpy as np
 
 from reco.catalog import ItemIndex
 from reco.rules import Filters, category_cap, diversify, diversify_head, eligible, per_category
-from reco.scoring import score_candidates
+from reco.scoring import score_candidates, source_contributions
 
 if TYPE_CHECKING:
     from reco.settings import Settings
@@ -148,8 +148,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
                                 config.recency_half_life_s)
     # Dedup, rules, signals, scores and the sort in one compiled pass.
     filler = _popular_filler(items, filters, filler_n, category_cap(k, share))
-    weighted, fresh, score, order, norms = c.score(filler, filters, config, recency_w,
-                                                   features.now)
+    weighted, fresh, score, order = c.score(filler, filters, config, recency_w, features.now)
     if c.m == 0:
         return Ranking(strategy, [])
     # The category cap looks at the head (~4k of ~1,000 candidates), which nearly always
@@ -167,7 +166,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     if not explain:
         return Ranking(strategy, [ScoredItem(i, s, {}, None) for i, s in zip(ids, scores,
                                                                               strict=True)])
-    src = c.best_source(top, recency_w, norms, config).tolist()
+    src = c.best_source(top, recency_w, config).tolist()
     names = [*SIGNALS, "freshness"]
     table = np.vstack([weighted[:, top], fresh[top]]).T.tolist()
     return Ranking(strategy, [
@@ -239,6 +238,12 @@ def _popular_filler(items: ItemIndex, filters: Filters, n: int,
     return items.filler((filters.key, cap), compute)[:n]
 
 
+def _signal_weights(config: RankConfig) -> np.ndarray:
+    """The weights in SIGNALS order, as the compiled pass takes them."""
+    return np.array([config.w_coview, config.w_embed, config.w_pop, config.w_recency,
+                     config.w_cf, config.w_seq], dtype=np.float64)
+
+
 @functools.lru_cache(maxsize=64)
 def _position_weights(n: int, half_n: float) -> np.ndarray:
     weights = 0.5 ** (np.arange(n) / half_n)
@@ -306,16 +311,15 @@ class _Candidates:
         codes = self._codes(ids, n_entry_ids)
         self.exclude = codes[n_entry_ids:]
 
-        segs = []  # (kind, source, rows, scores, given as rows) in entry order
+        segs = []  # (kind, source, rows, scores) in entry order
         for code in (COVIEW, KNN, ITEM_CF):
             for s, at, n, scores in id_segs[code]:
-                segs.append((code, s, codes[at: at + n], scores, False))
+                segs.append((code, s, codes[at: at + n], scores))
             for s, _, rows, scores in row_segs[code]:
-                segs.append((code, s, rows, scores, True))
-        self.segs = segs
+                segs.append((code, s, rows, scores))
         self.bounds = [0, 0, 0]  # end of the co-view, KNN and ALS item-item entries
         total = 0
-        for code, _, rows, _, _ in segs:
+        for code, _, rows, _ in segs:
             total += len(rows)
             self.bounds[code] = total
         self.bounds[KNN] = max(self.bounds[KNN], self.bounds[COVIEW])
@@ -362,30 +366,32 @@ class _Candidates:
 
     def score(self, filler: np.ndarray, filters: Filters, config: RankConfig,
               recency_w: np.ndarray, now: float) -> tuple:
-        """Candidates (`rows`, each entry's `pos`) and their scores: see
-        `reco.scoring.score_candidates`. Returns (weighted, fresh, score, the eligible
-        candidates best first, maxima of co-view, embedding, recency and ALS item-item)."""
+        """Candidates (`rows`, each entry's `pos`, each raw signal's maximum `tops`) and
+        their scores: see `reco.scoring.score_candidates`. Returns (weighted, fresh, score,
+        the eligible candidates best first)."""
         items = self.items
         codes = np.concatenate([*self.entry_rows, filler]) if self.entry_rows else filler
         code = items.code_of(filters.category)
         slot = _scratch(items.unknown_row + 1 + len(self.extra))
-        bounds = np.array([*self.bounds, self.user_bounds[0]], dtype=np.int64)
-        weights = np.array([config.w_coview, config.w_embed, config.w_pop, config.w_recency,
-                            config.w_cf, config.w_seq], dtype=np.float64)
+        self.scores = self.scores.astype(np.float64, copy=False)
         lo, hi = filters.min_price, filters.max_price
         rows, pos, weighted, fresh, tops, score, order = score_candidates(
-            codes.astype(np.int64, copy=False), self.n_entries, bounds,
-            self.scores.astype(np.float64, copy=False), self.src, recency_w, slot,
+            codes.astype(np.int64, copy=False), self.n_entries, self._kind_bounds(),
+            self.scores, self.src, recency_w, slot,
             items.unknown_row, items.popularity, items.in_stock, items.category, items.price,
             items.created_at, -1 if code is None else code,  # -1: code_of never returns it
             lo is not None, 0.0 if lo is None else float(lo), hi is not None,
-            0.0 if hi is None else float(hi), self.exclude, weights,
+            0.0 if hi is None else float(hi), self.exclude, _signal_weights(config),
             config.neighbour_agg == "sum", float(config.freshness_boost), float(now),
             float(config.freshness_days))
-        self.rows, self.pos, self.m = rows, pos, len(rows)
+        self.rows, self.pos, self.m, self.tops = rows, pos, len(rows), tops
         self.meta_rows = np.minimum(rows, items.unknown_row)
         self.extra_ids = list(self.extra)
-        return weighted, fresh, score, order, (tops[0], tops[1], tops[3], tops[4])
+        return weighted, fresh, score, order
+
+    def _kind_bounds(self) -> np.ndarray:
+        """Ends of the co-view, KNN, ALS item-item and ALS user entries, as the pass takes them."""
+        return np.array([*self.bounds, self.user_bounds[0]], dtype=np.int64)
 
     def item_ids(self, positions: np.ndarray) -> list[str]:
         rows = self.rows[positions].tolist()
@@ -395,35 +401,15 @@ class _Candidates:
         return [ids[row] if row < unknown else self.extra_ids[row - unknown - 1]
                 for row in rows]
 
-    def best_source(self, top: np.ndarray, recency_w: np.ndarray, norms: tuple,
+    def best_source(self, top: np.ndarray, recency_w: np.ndarray,
                     config: RankConfig) -> np.ndarray:
-        """Per chosen position, the source item contributing most to its score (-1: none)."""
+        """Per chosen position (after `score`), the source item whose own entries give it the
+        most score (-1: no source listed it); ties go to the newest source."""
         if self.n_sources == 0 or len(top) == 0:
             return np.full(len(top), -1)
-        c_top, e_top, r_top, f_top = (float(n) if n > 0 else 1.0 for n in norms)
-        # Source entries in the order lists were given (id lists first, each by source and
-        # kind), so that per-source sums add as they always did.
-        starts = np.cumsum([0] + [len(seg[2]) for seg in self.segs])
-        order = sorted(range(len(self.segs)), key=lambda j: (
-            self.segs[j][4], self.segs[j][1], self.segs[j][0]))
-        perm = (np.concatenate([np.arange(starts[j], starts[j + 1]) for j in order])
-                if order else np.zeros(0, dtype=np.int64))
-        kind = np.repeat(np.array([seg[0] for seg in self.segs], dtype=np.int8),
-                         starts[1:] - starts[:-1])[perm]
-        src, score = self.src[perm], self.scores[: self.n_src_entries][perm]
-        slot = np.full(self.m, -1)
-        slot[top] = np.arange(len(top))
-        j = slot[self.pos[: self.n_src_entries][perm]]
-        sel = j >= 0
-        j, src, kind, score = j[sel], src[sel], kind[sel], score[sel]
-        weight = np.select([kind == COVIEW, kind == KNN, kind == ITEM_CF],
-                           [config.w_coview / c_top, config.w_embed / e_top,
-                            config.w_cf / f_top])
-        per_source = np.zeros((len(top), self.n_sources))
-        present = np.zeros((len(top), self.n_sources), dtype=bool)
-        np.add.at(per_source, (j, src), weight * np.where(kind == COVIEW, score,
-                                                           np.maximum(score, 0.0)))
-        present[j, src] = True
-        per_source += present * (config.w_recency * recency_w / r_top)
-        best = np.where(present, per_source, -np.inf).argmax(axis=1)
-        return np.where(present.any(axis=1), best, -1)
+        value, listed = source_contributions(
+            top.astype(np.int64, copy=False), self.m, self.pos, self._kind_bounds(),
+            self.scores, self.src, self.n_sources, recency_w, self.tops,
+            _signal_weights(config), config.neighbour_agg == "sum")
+        best = np.where(listed, value, -np.inf).argmax(axis=1)  # the first of equals: newest
+        return np.where(listed.any(axis=1), best, -1)

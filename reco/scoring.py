@@ -11,7 +11,10 @@ results are bit for bit the same: sums add entries in list order (as `np.bincoun
 follow `np.maximum`'s NaN rule, and the ranking is the stable sort by descending score (ties
 in candidate order) that `np.argsort(kind="stable")` gave.
 
-Compiled lazily on the first call and cached on disk (`cache=True`); `warm_up` compiles it
+Explanations ("because you viewed X") run the same signal and weighting steps over (candidate,
+source) pairs in `source_contributions`, only when asked: the pass itself does no extra work.
+
+Compiled lazily on the first call and cached on disk (`cache=True`); `warm_up` compiles both
 ahead of serving.
 """
 
@@ -89,6 +92,47 @@ def _by_descending_score(values, score):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def _add_raw_signals(raw, at, n_entries, bounds, scores, src, recency_w,
+                     agg_sum):  # pragma: no cover - compiled
+    """Each entry's evidence into the raw signals of its cell `at[i]`, in entry order: the one
+    definition of how list entries make the signals (cells are candidates for the score,
+    (candidate, source) pairs for explanations). bounds: ends of the co-view, KNN, ALS
+    item-item and ALS user entries; SASRec's run to `n_entries`."""
+    cv, kn, ic, uc = bounds[0], bounds[1], bounds[2], bounds[3]
+    for i in range(cv):
+        raw[0, at[i]] += scores[i]
+    for row, lo, hi in ((1, cv, kn), (4, kn, ic)):  # similarities: negative is no evidence
+        for i in range(lo, hi):
+            p = at[i]
+            if agg_sum:
+                raw[row, p] += _np_max(scores[i], 0.0)
+            else:
+                raw[row, p] = _np_max(raw[row, p], scores[i])
+    for i in range(ic, uc):
+        raw[5, at[i]] = _np_max(raw[5, at[i]], scores[i])
+    for i in range(uc, n_entries):
+        raw[6, at[i]] = _np_max(raw[6, at[i]], scores[i])
+    for i in range(ic):
+        raw[3, at[i]] = _np_max(raw[3, at[i]], recency_w[src[i]])
+
+
+@njit(cache=True)
+def _weigh(raw, j, tops, weights, part, weighted):  # pragma: no cover - compiled
+    """Cell j's raw signals divided by their maxima `tops` and weighted, into
+    `weighted[:, j]` (SIGNALS order); returns their sum. `part` is a work array."""
+    for s in range(N_RAW):
+        part[s] = raw[s, j] / tops[s] if tops[s] > 0 else 0.0
+    part[4] = _np_max(part[5], part[4])  # cf: the larger of user and item-item
+    part[5] = part[6]  # seq
+    for s in range(6):
+        weighted[s, j] = weights[s] * part[s]
+    total = weighted[0, j] + weighted[1, j]
+    for s in range(2, 6):
+        total += weighted[s, j]
+    return total
+
+
+@njit(cache=True)
 def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unknown_row,
                      popularity, in_stock, category, price, created_at, category_code,
                      has_min, min_price, has_max, max_price, exclude, weights, agg_sum,
@@ -151,24 +195,9 @@ def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unk
             if 0 <= j < m and rows[j] == e:
                 keep[j] = False
 
-    # Raw signals per candidate, in entry order.
-    cv, kn, ic, uc = bounds[0], bounds[1], bounds[2], bounds[3]
+    # Raw signals per candidate (popularity is no list's: it is the item's).
     raw = np.zeros((N_RAW, m))
-    for i in range(cv):
-        raw[0, pos[i]] += scores[i]
-    for row, lo, hi in ((1, cv, kn), (4, kn, ic)):  # similarities: negative is no evidence
-        for i in range(lo, hi):
-            p = pos[i]
-            if agg_sum:
-                raw[row, p] += _np_max(scores[i], 0.0)
-            else:
-                raw[row, p] = _np_max(raw[row, p], scores[i])
-    for i in range(ic, uc):
-        raw[5, pos[i]] = _np_max(raw[5, pos[i]], scores[i])
-    for i in range(uc, n_entries):
-        raw[6, pos[i]] = _np_max(raw[6, pos[i]], scores[i])
-    for i in range(ic):
-        raw[3, pos[i]] = _np_max(raw[3, pos[i]], recency_w[src[i]])
+    _add_raw_signals(raw, pos, n_entries, bounds, scores, src, recency_w, agg_sum)
     for j in range(m):
         raw[2, j] = popularity[min(rows[j], unknown_row)]
 
@@ -189,26 +218,62 @@ def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unk
     score = np.empty(m)
     part = np.empty(N_RAW)
     for j in range(m):
-        for s in range(N_RAW):
-            part[s] = raw[s, j] / tops[s] if tops[s] > 0 else 0.0
-        part[4] = _np_max(part[5], part[4])  # cf: the larger of user and item-item
-        part[5] = part[6]  # seq
-        for s in range(6):
-            weighted[s, j] = weights[s] * part[s]
-        total = weighted[0, j] + weighted[1, j]
-        for s in range(2, 6):
-            total += weighted[s, j]
-        score[j] = total + fresh[j]
+        score[j] = _weigh(raw, j, tops, weights, part, weighted) + fresh[j]
 
     # The pool stable by descending score (ties in candidate order).
     order = _by_descending_score(pool, score)
     return rows, pos, weighted, fresh, tops, score, order
 
 
+@njit(cache=True)
+def source_contributions(top, n_candidates, pos, bounds, scores, src, n_sources, recency_w,
+                         tops, weights, agg_sum):  # pragma: no cover - compiled
+    """For explanations: per chosen candidate (`top`, positions among the `n_candidates`) and
+    source, the score that source's own entries give it, and whether the source listed it.
+
+    The source entries of the chosen candidates go through the pass's own `_add_raw_signals`
+    and `_weigh`, per (candidate, source) cell instead of per candidate, against the request's
+    maxima `tops`: "because you viewed X" follows the score's definition of every signal
+    (aggregation, source weights, normalisation) without a copy of it. Popularity and the
+    user's own lists belong to no source and count zero.
+
+    Returns (value, listed), both (len(top), n_sources).
+    """
+    n_top = len(top)
+    n_cells = n_top * n_sources
+    chosen = np.full(n_candidates, -1, dtype=np.int64)
+    for t in range(n_top):
+        chosen[top[t]] = t
+    n_src_entries = bounds[2]
+    cell = np.empty(n_src_entries, dtype=np.int64)
+    listed = np.zeros((n_top, n_sources), dtype=np.bool_)
+    for i in range(n_src_entries):
+        t = chosen[pos[i]]
+        if t >= 0:
+            cell[i] = t * n_sources + src[i]
+            listed[t, src[i]] = True
+        else:
+            cell[i] = n_cells  # a spare cell takes the entries of candidates not chosen
+    raw = np.zeros((N_RAW, n_cells + 1))
+    source_bounds = bounds.copy()  # without the ALS user and SASRec entries: no source's
+    source_bounds[3] = n_src_entries
+    _add_raw_signals(raw, cell, n_src_entries, source_bounds, scores, src, recency_w, agg_sum)
+    weighted = np.empty((6, n_cells + 1))
+    part = np.empty(N_RAW)
+    value = np.empty((n_top, n_sources))
+    for t in range(n_top):
+        for s in range(n_sources):
+            value[t, s] = _weigh(raw, t * n_sources + s, tops, weights, part, weighted)
+    return value, listed
+
+
 def warm_up() -> None:
     """Compile (or load from the disk cache) before serving: the first call takes seconds."""
     empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
-    score_candidates(empty_i, 0, np.zeros(4, dtype=np.int64), empty_f, empty_i, empty_f,
+    bounds = np.zeros(4, dtype=np.int64)
+    score_candidates(empty_i, 0, bounds, empty_f, empty_i, empty_f,
                      np.zeros(1, dtype=np.int32), 0, np.zeros(1), np.ones(1, dtype=np.bool_),
                      np.zeros(1, dtype=np.int32), np.zeros(1), np.zeros(1), -1, False, 0.0,
                      False, 0.0, empty_i, np.zeros(6), True, 0.0, 0.0, 14.0)
+    source_contributions(empty_i, 0, empty_i, bounds, empty_f, empty_i, 1, np.zeros(1),
+                         np.zeros(N_RAW), np.zeros(6), True)

@@ -61,6 +61,28 @@ def test_rank_blends_signals_exactly() -> None:
                    ("P", pytest.approx(0.2), None)]
 
 
+def test_the_source_is_credited_what_the_score_credits_it() -> None:
+    """"Because you viewed" weighs each source's entries as the score does (one definition in
+    reco.scoring): the removed numpy copy added up a neighbour a source listed twice although
+    "max" counts it once, and divided a signal no eligible candidate has by 1 instead of
+    counting it zero."""
+    times, items = {"A": NOW, "B": NOW}, ItemIndex.empty()
+    # A lists X twice at 0.5, B once at 0.8: under "max" X's embedding is B's (A's was 1.0).
+    twice = UserFeatures(["A", "B"], times, NOW, knn={"A": (["X", "X"], np.array([0.5, 0.5])),
+                                                      "B": lists({"X": 0.8})})
+    got = rank(twice, items, RankConfig(), k=1, explain=True).items[0]
+    assert (got.source_item, got.contributions["embedding"]) == ("B", pytest.approx(0.3))
+    by_sum = rank(twice, items, RankConfig(neighbour_agg="sum"), k=1, explain=True).items[0]
+    assert by_sum.source_item == "A"  # 1.0 of the 1.8
+    # X's co-view sums to 0 (0.5 from A, -0.5 from B), so the score gives co-view nothing and
+    # B's embedding is all of X's source evidence (the copy credited A with 0.4 * 0.5).
+    cancelling = UserFeatures(["A", "B"], times, NOW,
+                              coview={"A": lists({"X": 0.5}), "B": lists({"X": -0.5})},
+                              knn={"B": lists({"X": 0.5})})
+    got = rank(cancelling, items, RankConfig(), k=1, explain=True).items[0]
+    assert (got.source_item, got.contributions["coview"]) == ("B", 0.0)
+
+
 def test_seq_is_its_own_signal_beside_cf() -> None:
     """The user's SASRec list is a sixth signal, normalised apart from ALS's: an item on both
     lists adds both, whether the lists come as ids (offline) or as rows (the API's cache)."""

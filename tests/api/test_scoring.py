@@ -72,9 +72,12 @@ def test_ties_keep_candidate_order_and_sums_add_in_list_order() -> None:
 
 def test_a_process_loads_the_pass_another_compiled_into_the_cache_dir(tmp_path: Path) -> None:
     """What the Docker image relies on: warm_up() at build time fills NUMBA_CACHE_DIR, and a
-    service started later loads the compiled pass from there instead of compiling it."""
-    probe = ("from reco import scoring; scoring.warm_up(); s = scoring.score_candidates.stats; "
-             "print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))")
+    service started later loads the compiled pass (and the explanations') from there instead
+    of compiling it."""
+    probe = ("from reco import scoring; scoring.warm_up(); s = [f.stats for f in "
+             "(scoring.score_candidates, scoring.source_contributions)]; "
+             "print(*(sum(getattr(x, a).values()) for x in s for a in ('cache_hits', "
+             "'cache_misses')))")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
 
     def hits_and_misses() -> list[int]:
@@ -82,5 +85,5 @@ def test_a_process_loads_the_pass_another_compiled_into_the_cache_dir(tmp_path: 
                              text=True, check=True).stdout
         return [int(n) for n in out.split()]
 
-    assert hits_and_misses() == [0, 1]  # compiled and written
-    assert hits_and_misses() == [1, 0]  # loaded
+    assert hits_and_misses() == [0, 1, 0, 1]  # compiled and written
+    assert hits_and_misses() == [1, 0, 1, 0]  # loaded
