@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tune_quality as tq  # noqa: E402
 
+from reco.event_order import sort_events  # noqa: E402
 from reco.ranking import RankConfig  # noqa: E402
 from reco.settings import Settings  # noqa: E402
 from spark_jobs import sasrec  # noqa: E402
@@ -58,10 +59,11 @@ def seq_lists(user_ids: np.ndarray, item_ids: np.ndarray, seqs: list[list[int]],
 
 def known_sequences(val: tq.Split
                     ) -> tuple[np.ndarray, np.ndarray, list[list[int]], pd.DataFrame]:
-    """(user ids, item ids, item-code sequences, one row per user and item with its last
-    time `last_ts`) of what is known at validation time, as the DAG builds them."""
-    known = val.known.groupby(["user_id", "item_id"], as_index=False)["ts"].max().rename(
-        columns={"ts": "last_ts"})
+    """(user ids, item ids, item-code sequences, one row per user and item with its last event
+    `last_ts`, `last_event_id`) of what is known at validation time, as the DAG builds them."""
+    last = sort_events(val.known, "ts").drop_duplicates(["user_id", "item_id"], keep="last")
+    known = last[["user_id", "item_id", "ts", "event_id"]].rename(
+        columns={"ts": "last_ts", "event_id": "last_event_id"}).reset_index(drop=True)
     return (*sasrec.user_sequences(known), known)
 
 

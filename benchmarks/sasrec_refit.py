@@ -45,9 +45,9 @@ def main() -> None:
     val = tuned.val
     alone = sasrec_alone(tuned.cfg)
     user_ids, item_ids, seqs, known = known_sequences(val)
-    # One level down: each user's last known item held out, timestamp ties by item id as
-    # SASRec orders its sequences (this frame has one row per item, no event ids).
-    _, earlier = hold_out_last(known, "user_id", "item_id", "last_ts", tie_col="item_id")
+    # One level down: each user's last known item held out, in the event order SASRec's
+    # sequences follow (this frame has one row per item: its last event).
+    _, earlier = hold_out_last(known, "user_id", "item_id", "last_ts", tie_col="last_event_id")
     down_users, _, seqs_down = sasrec.user_sequences(earlier, item_ids)
     assert list(down_users) == list(user_ids), "every validation user keeps a history"
 

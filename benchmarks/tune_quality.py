@@ -11,7 +11,8 @@ The evaluation mirrors the live API path as closely as a single process can:
   transforms (`spark_jobs.extract.sessions` / `interactions`, in a local SparkSession), and their
   lists are read as `spark_jobs.blend` reads them (`lists_by_owner`);
 - real-time features are replayed through `reco.features.plan_batch` (the processor's code) over
-  the whole known history in time order: recent list (50), co-view, forward-decayed popularity;
+  the whole known history in event order (`reco.event_order`: the order the demo's replay
+  reaches the processor in): recent list (50), co-view, forward-decayed popularity;
 - every user is ranked at one "now" (the last known event, as the API ranks every user at the
   shifted present), with `reco.ranking.rank`, catalogue categories and created_at (diversity and
   freshness rules), and "seen" = the recent list (what the API excludes);
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from reco.catalog import ItemIndex  # noqa: E402
 from reco.evaluation_split import hit_rate_at_k, leave_last_out, ndcg_at_k  # noqa: E402
+from reco.event_order import sort_events  # noqa: E402
 from reco.features import FeatureParams, FeatureUpdates, plan_batch  # noqa: E402
 from reco.ranking import RankConfig, UserFeatures, rank  # noqa: E402
 from reco.rules import Filters  # noqa: E402
@@ -101,7 +103,7 @@ class Split:
         self._popularity: dict[float, list[tuple[str, float]]] = {}
         self._model_events: DataFrame | None = None
         self._extracts: dict[tuple, Path] = {}
-        self.ordered = known.sort_values(["ts", "user_id", "item_id"], kind="stable")
+        self.ordered = sort_events(known, "ts")
 
     def replay(self, **changes) -> FeatureUpdates:
         """The known events, in time order, through the processor's `plan_batch` with these

@@ -2,12 +2,13 @@
 
 The protocol matches `spark_jobs.extract.split_leave_last_out`, so numbers measured through the
 API and by the batch evaluation are comparable:
-- each user's events are ordered by (timestamp, event_id); the last one is the test
-  interaction. Events with one timestamp have no order of their own; the event id (a UUID, a
-  hash for MovieLens) orders them deterministically and knows nothing about the item. The item
-  id would hold out MovieLens items whose ids sort last, which are less popular than their
-  pages (on the 415 users whose last page is tied: 139 ratings on average for the item-id
-  choice, 156 for the event-id one, 165 for the pages' items on average);
+- each user's events are in the project's one event order, (timestamp, event_id)
+  (`reco.event_order`); the last one is the test interaction. Events with one timestamp have
+  no order of their own; the event id (a UUID, a hash for MovieLens) orders them
+  deterministically and knows nothing about the item. The item id would hold out MovieLens
+  items whose ids sort last, which are less popular than their pages (on the 415 users whose
+  last page is tied: 139 ratings on average for the item-id choice, 156 for the event-id one,
+  165 for the pages' items on average);
 - the history usable to predict it is every other event of the user except those on the
   held-out item, so that item is one the user has not been seen with (full ranking excludes
   seen items). Events that share the held-out one's timestamp stay in the history: they are
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reco.event_order import TIE_COL, sort_events
+
 
 @dataclass(frozen=True)
 class LeaveLastOut:
@@ -37,11 +40,11 @@ class LeaveLastOut:
 
 
 def hold_out_last(
-    events: pd.DataFrame, user_col: str, item_col: str, time_col: str, tie_col: str = "event_id"
+    events: pd.DataFrame, user_col: str, item_col: str, time_col: str, tie_col: str = TIE_COL
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(held, rest): each user's last event by (time, tie), and the events allowed as its
     history."""
-    ordered = events.sort_values([user_col, time_col, tie_col], kind="stable")
+    ordered = sort_events(events, time_col, user_col=user_col, tie_col=tie_col)
     last = ~ordered[user_col].duplicated(keep="last")
     held = ordered[last]
     held_item = ordered[user_col].map(held.set_index(user_col)[item_col])
@@ -55,16 +58,15 @@ def hold_out_last(
 
 def leave_last_out(
     events: pd.DataFrame, user_col: str = "user_id", item_col: str = "item_id",
-    time_col: str = "timestamp", tie_col: str = "event_id",
+    time_col: str = "timestamp", tie_col: str = TIE_COL,
 ) -> LeaveLastOut:
     """Split events into train / validation / test (+ the test-time history), per user by time."""
     test, history = hold_out_last(events, user_col, item_col, time_col, tie_col)
     validation, train = hold_out_last(history, user_col, item_col, time_col, tie_col)
     def tidy(frame: pd.DataFrame) -> pd.DataFrame:
         # The demo replays the history in this order: the stream processor sees each user's
-        # events in the split's order (the batch jobs order timestamp ties by item id).
-        return frame.sort_values([time_col, user_col, tie_col], kind="stable").reset_index(
-            drop=True)
+        # events in the event order the batch jobs use too.
+        return sort_events(frame, time_col, tie_col=tie_col).reset_index(drop=True)
     return LeaveLastOut(tidy(train), tidy(validation), tidy(test), tidy(history))
 
 

@@ -1,10 +1,11 @@
 """Replay a Parquet event file through the ingest HTTP API, keeping each user's events in order.
 
-Events are read in file order (the data commands write them sorted by time) and dealt into K
-lanes by crc32(user_id) % K; each lane sends its batches one after another, so a user's events
-never overtake each other, while K requests are in flight for throughput. 503s and connection
-errors are retried with backoff (honouring Retry-After); a 422 rejects only the events it names:
-they are recorded with their reasons and the rest of the batch is sent again.
+Events are read in file order (the data commands write them sorted by time, MovieLens' ties in
+`reco.event_order`'s order) and dealt into K lanes by crc32(user_id) % K; each lane sends its
+batches one after another, so a user's events never overtake each other, while K requests are
+in flight for throughput. 503s and connection errors are retried with backoff (honouring
+Retry-After); a 422 rejects only the events it names: they are recorded with their reasons and
+the rest of the batch is sent again.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Features are rebuilt from the training events with the processor's pure functions
 (`reco.features.plan_batch`): each user's recent items and times, co-view lists and
 forward-decayed popularity; the model contributes its published lists. Each evaluated user is
-ranked at the time of their held-out event, exactly as the API would rank them.
+ranked at the time of their held-out event, exactly as the API would rank them. Events are
+replayed in event order (`reco.event_order`), the order the processor saw them in.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from reco.event_order import newest_distinct, sort_events
 from spark_jobs import extract as ex
 from spark_jobs.evaluate import EvalData, hit_curve, metrics
 from spark_jobs.files import read_parquet
@@ -46,6 +49,16 @@ def model_features(model: str, model_dir: Path, neighbours_n: int) -> dict:
             "user_cf": users}
 
 
+def user_histories(events: pd.DataFrame, users: set[str], recent_max: int
+                   ) -> tuple[dict[str, list[str]], dict[str, tuple[list[str], list[float]]]]:
+    """(seen, recent) of each of `users`: their distinct items, newest first in event order, and
+    the first `recent_max` of them with their times (the processor's recent list)."""
+    by_user = newest_distinct(events[events["user_id"].isin(users)]).groupby("user_id", sort=False)
+    seen = by_user["item_id"].agg(list).to_dict()
+    seen_ts = by_user["ts"].agg(list).to_dict()
+    return seen, {u: (items[:recent_max], seen_ts[u][:recent_max]) for u, items in seen.items()}
+
+
 def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: dict,
              feature_params: dict, coview_max: int = 200, max_users: int = 2000,
              replay_s: float = 7 * 86400.0, seed: int = 0) -> dict:
@@ -62,10 +75,9 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
     config = RankConfig(**rank_config)
     params = FeatureParams(**feature_params)
     events = read_parquet(data.extract_dir / ex.TRAIN_EVENTS,
-                          ["user_id", "item_id", "event_type", "ts"])
+                          ["user_id", "item_id", "event_type", "ts", "event_id"])
     last_ts = float(events["ts"].max()) if len(events) else 0.0
-    replay = events[events["ts"] >= last_ts - replay_s].sort_values(["ts", "user_id"],
-                                                                    kind="stable")
+    replay = sort_events(events[events["ts"] >= last_ts - replay_s], "ts")
     # Plain Python columns: iterating Arrow-backed pandas rows costs more than the replay.
     columns = [replay[c].tolist() for c in ("user_id", "item_id", "event_type", "ts")]
     updates = plan_batch((_Event(*row) for row in zip(*columns, strict=True)), {}, {}, params,
@@ -81,14 +93,7 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
     held = read_parquet(data.extract_dir / ex.HOLDOUT, ["user_id", "item_id", "ts"])
     if len(held) > max_users:
         held = held.sample(n=max_users, random_state=seed)
-    history = (events[events["user_id"].isin(set(held["user_id"]))]
-               .sort_values("ts", ascending=False, kind="stable")
-               .drop_duplicates(["user_id", "item_id"]))
-    by_user = history.groupby("user_id", sort=False)
-    seen = by_user["item_id"].agg(list).to_dict()  # distinct, newest first
-    seen_ts = by_user["ts"].agg(list).to_dict()
-    recent = {u: (items[:params.recent_max], seen_ts[u][:params.recent_max])
-              for u, items in seen.items()}
+    seen, recent = user_histories(events, set(held["user_id"]), params.recent_max)
     ranks, tops = [], []
     for user, target, t in zip(*(held[c].tolist() for c in ("user_id", "item_id", "ts")),
                                strict=True):

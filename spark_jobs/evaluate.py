@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from reco.event_order import newest_distinct
 from spark_jobs import extract as ex
 from spark_jobs import knn
 from spark_jobs.files import index_of, read_parquet, seen_matrix
@@ -47,16 +48,17 @@ class EvalData:
         self.split = split_digest(inter, self.held)
 
     def recent_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(user row, catalogue row) of each evaluated user's last n distinct training items."""
-        events = read_parquet(self.extract_dir / ex.TRAIN_EVENTS, ["user_id", "item_id", "ts"])
+        """(user row, catalogue row) of each evaluated user's last n distinct training items,
+        newest first in event order (the processor's recent list)."""
+        events = read_parquet(self.extract_dir / ex.TRAIN_EVENTS,
+                              ["user_id", "item_id", "ts", "event_id"])
         user = pd.Index(self.user_ids).get_indexer(events["user_id"])
         item = pd.Index(self.item_ids).get_indexer(events["item_id"])
         keep = (user >= 0) & (item >= 0)
         frame = pd.DataFrame({"user": user[keep], "item": item[keep],
-                              "ts": events["ts"].to_numpy()[keep]})
-        frame = (frame.sort_values("ts", ascending=False, kind="stable")
-                 .drop_duplicates(["user", "item"]))
-        frame = frame[frame.groupby("user", sort=False).cumcount() < n]
+                              "ts": events["ts"].to_numpy()[keep],
+                              "event_id": events["event_id"].to_numpy()[keep]})
+        frame = newest_distinct(frame, n, user_col="user", item_col="item")
         return frame["user"].to_numpy(np.int64), frame["item"].to_numpy(np.int64)
 
 

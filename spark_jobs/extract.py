@@ -1,7 +1,8 @@
 """Extract: events of a time window over JDBC -> interactions, sessions and a held-out set.
 
 Transforms are pure DataFrame -> DataFrame functions with column names as keyword arguments;
-`extract` is the only function that reads or writes.
+`extract` is the only function that reads or writes. Events are ordered in time by
+`reco.event_order` (timestamp, then event id) everywhere, as the evaluation split orders them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+
+from reco.event_order import TIE_COL, spark_order
 
 # File names inside an extract folder (read by training and evaluation).
 TRAIN_EVENTS = "train_events.parquet"
@@ -69,7 +72,7 @@ def with_weights(events: DataFrame, weights: dict[str, float], type_col: str = "
 
 
 def split_leave_last_out(events: DataFrame, user_col: str = "user_id", item_col: str = "item_id",
-                         ts_col: str = "ts", tie_col: str = "event_id"
+                         ts_col: str = "ts", tie_col: str = TIE_COL
                          ) -> tuple[DataFrame, DataFrame]:
     """Hold out each user's last interaction (ties on the time: the larger event id); train
     on the user's other events, the protocol of `reco.evaluation_split`.
@@ -79,7 +82,8 @@ def split_leave_last_out(events: DataFrame, user_col: str = "user_id", item_col:
     sharing its time stay. Users with no other history are not evaluated and keep all their
     events for training.
     """
-    last = Window.partitionBy(user_col).orderBy(F.col(ts_col).desc(), F.col(tie_col).desc())
+    last = Window.partitionBy(user_col).orderBy(
+        *spark_order(ts_col, newest_first=True, tie_col=tie_col))
     ranked = events.withColumn("_rn", F.row_number().over(last))
     holdout = ranked.where("_rn = 1").select(
         user_col, F.col(item_col).alias("_held"), F.col(ts_col).alias("_held_ts"))
@@ -102,23 +106,29 @@ def recency_factor(ts: Column, now_s: float, half_life_s: float) -> Column:
 
 def interactions(events: DataFrame, now_s: float, half_life_s: float,
                  user_col: str = "user_id", item_col: str = "item_id", ts_col: str = "ts",
-                 weight_col: str = "weight") -> DataFrame:
-    """Confidence per (user, item): sum of event weights decayed by age (half-life)."""
+                 weight_col: str = "weight", tie_col: str = TIE_COL) -> DataFrame:
+    """Confidence per (user, item): sum of event weights decayed by age (half-life); and the
+    user's last event on the item (`last_ts`, `last_event_id`), which orders SASRec's
+    sequences in event order."""
+    # The struct's max is the last event in event order: (time, tie) compared field by field.
     return events.groupBy(user_col, item_col).agg(
         F.sum(F.col(weight_col) * recency_factor(F.col(ts_col), now_s, half_life_s))
         .alias("confidence"),
-        F.max(ts_col).alias("last_ts"),
-    )
+        F.max(F.struct(F.col(ts_col).alias("t"), F.col(tie_col).alias("tie"))).alias("_last"),
+    ).select(user_col, item_col, "confidence", F.col("_last.t").alias("last_ts"),
+             F.col("_last.tie").alias("last_event_id"))
 
 
 def sessions(events: DataFrame, gap_s: float, min_length: int = 2, user_col: str = "user_id",
-             item_col: str = "item_id", ts_col: str = "ts") -> DataFrame:
-    """Item sequences split on inactivity > gap_s; consecutive repeats of an item collapse."""
-    by_time = Window.partitionBy(user_col).orderBy(ts_col, item_col)
+             item_col: str = "item_id", ts_col: str = "ts", tie_col: str = TIE_COL
+             ) -> DataFrame:
+    """Item sequences in event order, split on inactivity > gap_s; consecutive repeats of an
+    item collapse."""
+    by_time = Window.partitionBy(user_col).orderBy(*spark_order(ts_col, tie_col=tie_col))
     # One window pass: a session is a contiguous run of the user's time order, so the previous
     # event inside the session is the user's previous event unless this one starts a session.
     marked = (
-        events.select(user_col, item_col, ts_col)
+        events.select(user_col, item_col, ts_col, tie_col)
         .withColumn("_prev_ts", F.lag(ts_col).over(by_time))
         .withColumn("_prev_item", F.lag(item_col).over(by_time))
         .withColumn("_new", F.when(F.col("_prev_ts").isNull()
@@ -128,7 +138,7 @@ def sessions(events: DataFrame, gap_s: float, min_length: int = 2, user_col: str
     )
     deduped = marked.where((F.col("_new") == 1) | (F.col("_prev_item") != F.col(item_col)))
     grouped = deduped.groupBy(user_col, "session").agg(
-        F.sort_array(F.collect_list(F.struct(ts_col, item_col))).alias("_seq"),
+        F.sort_array(F.collect_list(F.struct(ts_col, tie_col, item_col))).alias("_seq"),
         F.min(ts_col).alias("start_ts"),
     )
     return (

@@ -1,12 +1,13 @@
 """SASRec (Kang & McAuley 2018): a self-attentive next-item model over each user's sequence.
 
 Each user's sequence is their distinct items ordered by when they last touched them (the
-extract's interactions, `last_ts`). The model is trained to predict item t+1 from items
-..t at every position, with a full-softmax cross-entropy over the catalogue (better than the
-paper's sampled binary loss on catalogues of thousands of items; its cost grows with the
-catalogue, so very large ones would want a sampled softmax). It publishes, per user, the
-`candidates` unseen items most likely to come next and their probabilities,
-softmax(logits / temperature): the API blends them as the `seq` signal.
+extract's interactions: `last_ts`, timestamp ties by `last_event_id`, as `reco.event_order`
+orders events). The model is trained to predict item t+1 from items ..t at every position,
+with a full-softmax cross-entropy over the catalogue (better than the paper's sampled binary
+loss on catalogues of thousands of items; its cost grows with the catalogue, so very large
+ones would want a sampled softmax). It publishes, per user, the `candidates` unseen items
+most likely to come next and their probabilities, softmax(logits / temperature): the API
+blends them as the `seq` signal.
 
 The pipeline trains it once, on the window without each user's held-out last item (the
 evaluated model), and serves that network applied to the whole window's sequences
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import pandas as pd
 
+from reco.event_order import sort_events
 from spark_jobs.files import MODEL_FILE, read_parquet
 from spark_jobs.hyperparameters import Hyperparameters
 
@@ -280,15 +282,16 @@ def next_item_probabilities(logits: np.ndarray, seen: list[np.ndarray],
 
 def user_sequences(interactions: pd.DataFrame, item_ids: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-    """(user ids, item ids, each user's item codes 1..n by last touch): from the extract's
-    interactions (one row per user and item, `last_ts`). With `item_ids` (a trained model's
-    vocabulary), items outside it are left out."""
+    """(user ids, item ids, each user's item codes 1..n by last touch in event order): from the
+    extract's interactions (one row per user and item, `last_ts`, `last_event_id`). With
+    `item_ids` (a trained model's vocabulary), items outside it are left out."""
     if item_ids is None:
         item_ids = np.asarray(sorted(interactions["item_id"].unique()), dtype=str)
     code = pd.Index(item_ids).get_indexer(interactions["item_id"]) + 1
     frame = pd.DataFrame({"user_id": interactions["user_id"].to_numpy(str), "code": code,
-                          "ts": interactions["last_ts"].to_numpy(np.float64)})
-    frame = frame[frame["code"] > 0].sort_values(["user_id", "ts", "code"], kind="stable")
+                          "ts": interactions["last_ts"].to_numpy(np.float64),
+                          "tie": interactions["last_event_id"].to_numpy(str)})
+    frame = sort_events(frame[frame["code"] > 0], "ts", user_col="user_id", tie_col="tie")
     by_user = frame.groupby("user_id", sort=True)["code"].agg(list)
     return by_user.index.to_numpy(str), item_ids, [list(map(int, s)) for s in by_user]
 
@@ -316,7 +319,7 @@ def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local",
     timings = timings if timings is not None else {}
     if engine != "local":
         raise ValueError(f"sasrec has no {engine!r} engine: it trains with JAX ('local')")
-    frame = read_parquet(interactions_dir, ["user_id", "item_id", "last_ts"])
+    frame = read_parquet(interactions_dir, ["user_id", "item_id", "last_ts", "last_event_id"])
     if frame.empty:
         raise ValueError("no interactions in the window: nothing to train on")
     started = time.perf_counter()

@@ -12,7 +12,10 @@ Documented mappings (MovieLens has ratings, movies and no prices):
   Mystery, Romance, Sci-Fi, Thriller, War, Western); "unknown" when it has none;
 - price: 2.99 + (crc32(item_id) mod 1800) / 100, i.e. a stable value in [2.99, 20.98];
 - created_at: the item's first interaction (when it "arrived" in the shop); in_stock: true;
-- event_id: uuid5 of (user_id, item_id, timestamp), so re-imports are idempotent downstream.
+- event_id: uuid5 of (user_id, item_id, timestamp), so re-imports are idempotent downstream;
+  the file is in event order (`reco.event_order`: timestamp, then event id), so `reco replay`
+  sends each user's same-second ratings in the order the evaluation split and the batch jobs
+  give them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from reco.data.schema import (
     ITEMS_SCHEMA,
     write_table,
 )
+from reco.event_order import sort_events
 
 RECBOLE_VERSION = "1.2.1"
 RECBOLE_PREFIX = "recbole/dataset_example/ml-100k/"
@@ -140,28 +144,28 @@ def synthetic_price(item_id: str) -> float:
 
 
 def to_events(ratings: pd.DataFrame) -> pd.DataFrame:
-    """Ratings -> events sorted by (timestamp, user, item), timestamps in epoch ms."""
+    """Ratings -> events in event order (timestamp, event id), timestamps in epoch ms."""
     unknown = set(ratings["rating"].unique()) - set(RATING_EVENT_TYPES)
     if unknown:
         raise ValueError(f"ratings outside 1-5: {sorted(unknown)}")
-    ordered = ratings.sort_values(["timestamp", "user_id", "item_id"], kind="stable")
-    users = ordered["user_id"].astype(str)
-    items = ordered["item_id"].astype(str)
-    ts_ms = ordered["timestamp"].to_numpy(np.int64) * 1000
+    users = ratings["user_id"].astype(str)
+    items = ratings["item_id"].astype(str)
+    ts_ms = ratings["timestamp"].to_numpy(np.int64) * 1000
     ids = [
         str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{u}:{i}:{t}"))
         for u, i, t in zip(users, items, ts_ms, strict=True)
     ]
-    return pd.DataFrame(
+    events = pd.DataFrame(
         {
             "event_id": ids,
             "user_id": users.to_numpy(),
             "item_id": items.to_numpy(),
-            "event_type": ordered["rating"].map(RATING_EVENT_TYPES).to_numpy(),
+            "event_type": ratings["rating"].map(RATING_EVENT_TYPES).to_numpy(),
             "timestamp": ts_ms,
-            "session_id": pd.Series([None] * len(ordered), dtype=object),
+            "session_id": pd.Series([None] * len(ratings), dtype=object),
         }
     )
+    return sort_events(events, "timestamp").reset_index(drop=True)
 
 
 def _year(value: object) -> int | None:

@@ -13,6 +13,7 @@ import pytest
 
 from reco.data import movielens
 from reco.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, shift_to_now
+from reco.event_order import sort_events
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,9 @@ def test_schema_order_and_ids(built: Path, recbole_wheel: Path) -> None:
     assert pq.read_schema(built / "items.parquet").remove_metadata() == ITEMS_SCHEMA
     events = pd.read_parquet(built / "events.parquet")
     assert events["timestamp"].is_monotonic_increasing
-    assert all(g.is_monotonic_increasing for _, g in events.groupby("user_id")["timestamp"])
+    # Same-second ratings in event order (reco.event_order): `reco replay` sends the file as is.
+    assert events.equals(sort_events(events, "timestamp").reset_index(drop=True))
+    assert events.duplicated(["user_id", "timestamp"]).sum() == 50_561  # ties are the rule
     assert (events["timestamp"].min(), events["timestamp"].max()) == (874_724_710_000,
                                                                      893_286_638_000)
     assert events["event_id"].is_unique
@@ -87,12 +90,14 @@ def test_official_files(tmp_path: Path) -> None:
          + "\n").encode("latin-1"))
     movielens.build(tmp_path / "u.data", tmp_path / "out", tmp_path / "cache")
     events = pd.read_parquet(tmp_path / "out" / "events.parquet")
+    # User 1's two ratings of one second in event id order: 12's id sorts before 11's.
     assert events[["user_id", "item_id", "event_type", "timestamp"]].values.tolist() == [
         ["2", "10", "purchase", 900_000_000_000],
-        ["1", "11", "cart", 900_000_001_000],
         ["1", "12", "click", 900_000_001_000],
+        ["1", "11", "cart", 900_000_001_000],
         ["1", "10", "view", 900_000_005_000],
     ]
+    assert events["event_id"].iloc[1] < events["event_id"].iloc[2]
     items = pd.read_parquet(tmp_path / "out" / "items.parquet")
     assert items[["item_id", "title", "category"]].values.tolist() == [
         ["10", "Café Society (1995)", "Drama"], ["11", "Nothing (1996)", "unknown"],

@@ -22,8 +22,8 @@ def ring_walks(users: int = 40, items: int = 12, length: int = 6, skip_last: boo
     rows = []
     for u in range(users):
         for step in range(length - (1 if skip_last else 0)):
-            rows.append((f"u{u}", f"i{(u + step) % items}", 1000.0 * u + step))
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "last_ts"])
+            rows.append((f"u{u}", f"i{(u + step) % items}", 1000.0 * u + step, f"e{u}-{step}"))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "last_ts", "last_event_id"])
 
 
 def write(frame: pd.DataFrame, folder: Path) -> Path:
@@ -34,13 +34,29 @@ def write(frame: pd.DataFrame, folder: Path) -> Path:
 
 def test_sequences_follow_last_touch_and_the_vocabulary() -> None:
     frame = pd.DataFrame({"user_id": ["b", "a", "a", "a"], "item_id": ["x", "z", "x", "y"],
-                          "last_ts": [5.0, 3.0, 1.0, 2.0]})
+                          "last_ts": [5.0, 3.0, 1.0, 2.0],
+                          "last_event_id": ["e4", "e3", "e1", "e2"]})
     users, items, seqs = sasrec.user_sequences(frame)
     assert users.tolist() == ["a", "b"] and items.tolist() == ["x", "y", "z"]
     assert seqs == [[1, 2, 3], [1]]  # a: x, y, z by time; codes start at 1 (0 pads)
     _, _, known_only = sasrec.user_sequences(frame, np.asarray(["z", "x"]))
     assert known_only == [[2, 1], [2]]  # y is outside that vocabulary
     assert sasrec.left_padded([[1, 2, 3], [4]], 2).tolist() == [[2, 3], [0, 4]]
+
+
+def test_sequences_order_timestamp_ties_by_event_id_not_item() -> None:
+    """One MovieLens page (three items at one second) is ordered by the last events' ids, as
+    the evaluation split and the processor's replay order them: the split's held-out item is
+    the sequence's last."""
+    from reco.evaluation_split import hold_out_last
+
+    frame = pd.DataFrame({"user_id": ["a"] * 4, "item_id": ["w", "x", "y", "z"],
+                          "last_ts": [1.0, 7.0, 7.0, 7.0],
+                          "last_event_id": ["e1", "e9", "e2", "e5"]})
+    _, items, seqs = sasrec.user_sequences(frame.sample(frac=1.0, random_state=1))
+    assert [items[c - 1] for c in seqs[0]] == ["w", "y", "z", "x"]
+    held, _ = hold_out_last(frame, "user_id", "item_id", "last_ts", tie_col="last_event_id")
+    assert held["item_id"].tolist() == ["x"]
 
 
 def test_windows_make_every_later_item_a_target_once() -> None:

@@ -20,3 +20,31 @@ def test_spark_split_matches_the_evaluation_split(spark) -> None:
     # The tied event (b, i9) stays in the history; the held-out item leaves it.
     assert ("b", "i9", 8.0) in rows(want_train)
     assert all(r[:2] != ("a", "i2") for r in rows(want_train))
+
+
+def test_spark_jobs_order_timestamp_ties_as_the_split_and_the_processor(spark) -> None:
+    """On data full of timestamp ties: the extract holds out the split's items, its sessions
+    (Item2Vec, and tune_quality, which calls the same transform) follow the processor's replay
+    order, and its
+    interactions give SASRec sequences that end in the validation item, the recent list's
+    head."""
+    from spark_jobs import extract as ex
+    from spark_jobs.sasrec import user_sequences
+    from tests.offline.test_event_order import RECENT, TEST, TIES, VALIDATION, shuffled
+
+    events = shuffled(TIES).assign(ts=lambda f: f.timestamp / 1000.0, weight=1.0).drop(
+        columns="timestamp")
+    train, held = ex.split_leave_last_out(spark.createDataFrame(events))
+    assert dict(held.select("user_id", "item_id").collect()) == TEST
+
+    # One session per user (a gap longer than the data): the user's items in event order.
+    in_order = {"a": ["i1", "i3", "i5", "i4", "i2", "i9", "i7"], "b": ["j1", "j3", "j4"],
+                "c": ["k1", "k2", "k1"]}
+    got = {r.user_id: list(r["items"]) for r in ex.sessions(train, gap_s=1e6).collect()}
+    assert got == in_order
+
+    inter = ex.interactions(train, now_s=40.0, half_life_s=1e6).toPandas()
+    users, items, seqs = user_sequences(inter)
+    by_user = {u: [items[c - 1] for c in s] for u, s in zip(users, seqs, strict=True)}
+    assert by_user == {u: r[::-1] for u, r in RECENT.items()}
+    assert {u: s[-1] for u, s in by_user.items()} == VALIDATION
