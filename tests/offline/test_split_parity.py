@@ -25,9 +25,8 @@ def test_spark_split_matches_the_evaluation_split(spark) -> None:
 def test_spark_jobs_order_timestamp_ties_as_the_split_and_the_processor(spark) -> None:
     """On data full of timestamp ties: the extract holds out the split's items, its sessions
     (Item2Vec, and tune_quality, which calls the same transform) follow the processor's replay
-    order, and its
-    interactions give SASRec sequences that end in the validation item, the recent list's
-    head."""
+    order, and its interactions give SASRec sequences that end in the validation item, the
+    recent list's head."""
     from spark_jobs import extract as ex
     from spark_jobs.sasrec import user_sequences
     from tests.offline.test_event_order import RECENT, TEST, TIES, VALIDATION, shuffled
