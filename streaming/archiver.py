@@ -119,12 +119,13 @@ class Archiver:
 
 async def run_async(settings: Settings, stop: asyncio.Event) -> None:
     """Archive until `stop` is set, then finish the batch in hand, commit and close."""
-    consumer = loop.make_consumer(settings, settings.group_archiver)
+    consumer, commits = loop.make_consumer(settings, settings.group_archiver)
     archiver = Archiver(settings)
     try:
         if not await loop.start_with_retry(consumer, stop, settings.consumer_backoff_max_s):
             return
-        await loop.run_batches(consumer, archiver, stop, group=settings.group_archiver,
+        await loop.run_batches(consumer, archiver, stop, commits=commits,
+                               group=settings.group_archiver,
                                batch_max=settings.consumer_batch_max,
                                backoff_max_s=settings.consumer_backoff_max_s)
     finally:

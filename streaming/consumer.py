@@ -2,7 +2,8 @@
 
 Fetch a batch, run the handler's side effects (retrying with exponential backoff while a store
 is down, never skipping), and only then commit `last offset + 1` per partition. Handlers make
-their writes idempotent, so a redelivery after a crash or a rebalance is harmless.
+their writes idempotent, so a redelivery after a crash or a rebalance is harmless; committing
+on partition revocation (`Commits`) keeps a rebalance from causing redeliveries at all.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -27,11 +28,16 @@ Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
 
 POLL_TIMEOUT_MS = 200
 BACKOFF_START_S = 0.1
+# How long a revocation waits for the batch in hand. Every member of the group waits for this
+# one to rejoin, and the broker drops a member that takes longer than the rebalance timeout
+# (aiokafka: the session timeout, 10 s by default), so it is well below that.
+REVOKE_WAIT_S = 5.0
 
 
-def make_consumer(settings: Settings, group: str) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        settings.topic_events,
+def make_consumer(settings: Settings, group: str) -> tuple[AIOKafkaConsumer, Commits]:
+    """A consumer of the events topic, and the `Commits` that commits its offsets (also on
+    partition revocation: it is the subscription's rebalance listener)."""
+    consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group,
         client_id=group,
@@ -39,6 +45,69 @@ def make_consumer(settings: Settings, group: str) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
+    return consumer, Commits.subscribe(consumer, settings.topic_events)
+
+
+class Commits(ConsumerRebalanceListener):
+    """Commits `last offset + 1` per partition of the batches whose side effects are done.
+
+    Commits run in order, one at a time, each in the background while the next batch is
+    processed. When a rebalance revokes partitions, the batch in hand is finished and committed
+    before the consumer rejoins, so the partitions' next owner starts after it instead of
+    redoing it (redone work is harmless, the writes being idempotent, but wasted).
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, revoke_wait_s: float = REVOKE_WAIT_S) -> None:
+        self.consumer = consumer
+        # Held by a loop from the moment a fetch returns records until their commit is queued:
+        # a revocation waits for it, so no fetched record is left behind uncommitted.
+        self.in_hand = asyncio.Lock()
+        self.revoking = False  # from a revocation until the next assignment
+        # A loop's extra work in hand (the processor's planned batch), run on revocation.
+        self.before_revoke: Callable[[], Awaitable[None]] | None = None
+        self._revoke_wait_s = revoke_wait_s
+        self._committing: asyncio.Task[None] | None = None
+
+    @classmethod
+    def subscribe(cls, consumer: AIOKafkaConsumer, topic: str, **kwargs: float) -> Commits:
+        """Subscribe `consumer` (before it starts) with a new `Commits` as its listener."""
+        commits = cls(consumer, **kwargs)
+        consumer.subscribe([topic], listener=commits)
+        return commits
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Queue the commit of a batch whose side effects are done, after the earlier ones."""
+        await self.drain()
+        self._committing = asyncio.create_task(_commit(self.consumer, offsets))
+
+    async def drain(self) -> None:
+        """Wait for the commit in flight, if any."""
+        if self._committing is not None:
+            # Shielded: a revocation's bounded wait must not cancel the commit itself.
+            await asyncio.shield(self._committing)
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        self.revoking = True
+        # Waits for the batch in hand (normally milliseconds) and commits it: its records were
+        # fetched under the old assignment, so their next owner, this consumer included, would
+        # read them again. Bounded: a batch retried while a store is down must not hold up the
+        # group. Past the bound the rebalance goes on without its commit; the batch finishes
+        # here later, its commit fails (partitions moved) and the next owner redoes it,
+        # idempotently.
+        try:
+            await asyncio.wait_for(self._finish_in_hand(), self._revoke_wait_s)
+        except TimeoutError:
+            log.warning("partitions revoked: the batch in hand did not finish within %.1fs; "
+                        "the next owner redoes what is uncommitted", self._revoke_wait_s)
+
+    def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        self.revoking = False
+
+    async def _finish_in_hand(self) -> None:
+        async with self.in_hand:
+            if self.before_revoke is not None:
+                await self.before_revoke()
+            await self.drain()
 
 
 async def start_with_retry(client: object, stop: asyncio.Event, max_s: float) -> bool:
@@ -57,47 +126,52 @@ async def start_with_retry(client: object, stop: asyncio.Event, max_s: float) ->
 
 async def run_batches(
     consumer: AIOKafkaConsumer, handle: Handler, stop: asyncio.Event, *,
-    group: str, batch_max: int, backoff_max_s: float,
+    commits: Commits, group: str, batch_max: int, backoff_max_s: float,
 ) -> None:
     """Consume until `stop` is set; the batch in progress is finished and committed first.
 
     A batch's commit runs while the next batch is processed (its side effects are already
     done, so only the broker round trip overlaps); commits stay in order, one at a time.
     """
-    committing: asyncio.Task[None] | None = None
     lag = PartitionLag(consumer, group)
     heap.settle()
     try:
         while not stop.is_set():
-            batches = await _fetch(consumer, batch_max)
-            records = [r for part in batches.values() for r in part]
-            if records:
-                started = time.perf_counter()
-                if not await _until_done(handle, records, stop, group, backoff_max_s):
-                    return  # stopping while a store is down: leave the batch uncommitted
-                BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
-                if committing is not None:
-                    await committing
-                offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
-                committing = asyncio.create_task(_commit(consumer, offsets))
+            batches = await _fetch(consumer, commits, batch_max)
+            async with commits.in_hand:
+                records = [r for part in batches.values() for r in part]
+                if records:
+                    started = time.perf_counter()
+                    if not await _until_done(handle, records, stop, group, backoff_max_s):
+                        return  # stopping while a store is down: leave the batch uncommitted
+                    BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
+                    await commits.commit(next_offsets(batches))
             await lag.record()
     finally:
         lag.clear()
-        if committing is not None:
-            await committing
+        await commits.drain()
+
+
+def next_offsets(batches: dict[TopicPartition, list[ConsumerRecord]]) -> dict[TopicPartition, int]:
+    """What to commit once the batches' side effects are done: `last offset + 1` per partition."""
+    return {tp: part[-1].offset + 1 for tp, part in batches.items()}
 
 
 async def _fetch(
-    consumer: AIOKafkaConsumer, batch_max: int, timeout_ms: int = POLL_TIMEOUT_MS
+    consumer: AIOKafkaConsumer, commits: Commits, batch_max: int,
+    timeout_ms: int = POLL_TIMEOUT_MS,
 ) -> dict[TopicPartition, list[ConsumerRecord]]:
     """Up to `batch_max` records: wait for the first, then take whatever else is buffered.
 
     One getmany() returns a single fetch response's worth (often ~100 records); per-batch
     costs (Redis round trips, the commit) are paid once per batch, so fuller batches matter.
+    The caller takes `commits.in_hand` as soon as this returns (nothing awaited in between).
     """
     batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=batch_max)
     count = sum(len(part) for part in batches.values())
-    while 0 < count < batch_max:
+    # Not across a revocation: getmany() would wait for the new assignment, with records of
+    # the old one held uncommitted while the revocation waits for them.
+    while 0 < count < batch_max and not commits.revoking:
         more = await consumer.getmany(timeout_ms=0, max_records=batch_max - count)
         if not more:
             break

@@ -7,7 +7,8 @@ second connection); Python plans k+1 while Redis executes k's write. The plan of
 users and event ids of k from k's plan, not from Redis (one partition, hence this process, owns
 each user). Offsets of k are committed only after k's write succeeded; on any failure both
 batches go through the plain path again (with its retries), whose `event:seen` markers make
-whatever did get written a no-op.
+whatever did get written a no-op. When a rebalance revokes partitions, the planned batch is
+written and committed before the consumer rejoins, so the next owner does not plan it again.
 """
 
 from __future__ import annotations
@@ -43,25 +44,23 @@ class _Planned:
 
 async def run_overlapped(
     consumer: AIOKafkaConsumer, processor: Processor, stop: asyncio.Event, *,
-    group: str, batch_max: int, backoff_max_s: float,
+    commits: loop.Commits, group: str, batch_max: int, backoff_max_s: float,
 ) -> None:
     """Consume until `stop` is set; the planned batch is written and committed first."""
     store = processor.store
     pending: _Planned | None = None
-    committing: asyncio.Task[None] | None = None
     lag = loop.PartitionLag(consumer, group)
-
-    async def commit(offsets: dict[TopicPartition, int]) -> None:
-        nonlocal committing
-        if committing is not None:
-            await committing
-        committing = asyncio.create_task(loop._commit(consumer, offsets))
 
     async def plainly(batch: list[ConsumerRecord], offsets: dict[TopicPartition, int]) -> bool:
         if not await loop._until_done(processor, batch, stop, group, backoff_max_s):
             return False  # stopping while a store is down: leave the batch uncommitted
-        await commit(offsets)
+        await commits.commit(offsets)
         return True
+
+    async def write(done: _Planned) -> None:
+        if done.plan.commands:
+            await store.write(done.plan)
+        await processor.finish(done.plan.result, done.bad)
 
     async def flush() -> bool:
         """Write the planned batch (nothing else to overlap it with) and commit it."""
@@ -69,62 +68,79 @@ async def run_overlapped(
         done, pending = pending, None
         assert done is not None
         try:
-            if done.plan.commands:
-                await store.write(done.plan)
-            await processor.finish(done.plan.result, done.bad)
+            await write(done)
         except Exception as exc:  # noqa: BLE001 - the plain path retries and reports
             _failed(group, exc)
             return await plainly(done.records, done.offsets)
-        await commit(done.offsets)
+        await commits.commit(done.offsets)
         return True
 
+    async def flush_on_revoke() -> None:
+        """A rebalance: write and commit the planned batch now, so that its partitions' next
+        owner does not plan it again. One attempt (a revocation is bounded): on failure the
+        batch stays pending and the loop goes on with it as usual."""
+        nonlocal pending
+        if pending is None:
+            return
+        try:
+            await write(pending)
+        except Exception as exc:  # noqa: BLE001 - the loop retries it and reports
+            log.warning("%s: planned batch not written on revocation (%r)", group, exc)
+            return
+        done, pending = pending, None
+        await commits.commit(done.offsets)
+
+    async def step(batches: dict[TopicPartition, list[ConsumerRecord]]) -> bool:
+        """Plan the fetched batch while the pending one is written; False to stop."""
+        nonlocal pending
+        records = [r for part in batches.values() for r in part]
+        if not records:
+            return pending is None or await flush()
+        started = time.perf_counter()
+        offsets = loop.next_offsets(batches)
+        events, bad = split_for_features(records)
+        previous = pending
+        planning = asyncio.create_task(
+            store.plan(events, after=previous.plan if previous else None))
+        writing = (asyncio.create_task(store.write(previous.plan))
+                   if previous is not None and previous.plan.commands else None)
+        try:
+            planned = await planning
+            if writing is not None:
+                await writing
+            if previous is not None:
+                await processor.finish(previous.plan.result, previous.bad)
+        except Exception as exc:  # noqa: BLE001 - the plain path retries and reports
+            _failed(group, exc)
+            await asyncio.gather(*(t for t in (planning, writing) if t is not None),
+                                 return_exceptions=True)
+            pending = None
+            if previous is not None and not await plainly(previous.records, previous.offsets):
+                return False
+            return await plainly(records, offsets)
+        if previous is not None:
+            await commits.commit(previous.offsets)
+        pending = _Planned(records, offsets, bad, planned)
+        BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
+        return True
+
+    commits.before_revoke = flush_on_revoke
     heap.settle()
     try:
         while not stop.is_set():
             wait_ms = loop.POLL_TIMEOUT_MS if pending is None else 0
-            batches = await loop._fetch(consumer, batch_max, wait_ms)
-            records = [r for part in batches.values() for r in part]
-            if not records:
-                if pending is not None and not await flush():
+            batches = await loop._fetch(consumer, commits, batch_max, wait_ms)
+            async with commits.in_hand:
+                if not await step(batches):
                     return
-                await lag.record()
-                continue
-            started = time.perf_counter()
-            offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
-            events, bad = split_for_features(records)
-            previous = pending
-            planning = asyncio.create_task(
-                store.plan(events, after=previous.plan if previous else None))
-            writing = (asyncio.create_task(store.write(previous.plan))
-                       if previous is not None and previous.plan.commands else None)
-            try:
-                planned = await planning
-                if writing is not None:
-                    await writing
-                if previous is not None:
-                    await processor.finish(previous.plan.result, previous.bad)
-            except Exception as exc:  # noqa: BLE001 - the plain path retries and reports
-                _failed(group, exc)
-                await asyncio.gather(*(t for t in (planning, writing) if t is not None),
-                                     return_exceptions=True)
-                pending = None
-                if previous is not None and not await plainly(previous.records,
-                                                              previous.offsets):
-                    return
-                if not await plainly(records, offsets):
-                    return
-                continue
-            if previous is not None:
-                await commit(previous.offsets)
-            pending = _Planned(records, offsets, bad, planned)
-            BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
             await lag.record()
-        if pending is not None:
-            await flush()
+        async with commits.in_hand:
+            if pending is not None:
+                await flush()
     finally:
+        commits.before_revoke = None
         lag.clear()
-        if committing is not None:
-            await committing
+        await commits.drain()
 
 
 def _failed(group: str, exc: Exception) -> None:

@@ -77,14 +77,15 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
     client, writer = RedisPipe(settings.redis_url), RedisPipe(settings.redis_url)
     dlq = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                            enable_idempotence=True)
-    consumer = loop.make_consumer(settings, settings.group_processor)
+    consumer, commits = loop.make_consumer(settings, settings.group_processor)
     try:
         if not await loop.start_with_retry(dlq, stop, settings.consumer_backoff_max_s):
             return
         if not await loop.start_with_retry(consumer, stop, settings.consumer_backoff_max_s):
             return
         handler = Processor(FeatureStore(client, settings, writer), dlq, settings)
-        await run_overlapped(consumer, handler, stop, group=settings.group_processor,
+        await run_overlapped(consumer, handler, stop, commits=commits,
+                             group=settings.group_processor,
                              batch_max=settings.consumer_batch_max,
                              backoff_max_s=settings.consumer_backoff_max_s)
     finally:

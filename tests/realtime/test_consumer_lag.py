@@ -19,11 +19,12 @@ pytestmark = pytest.mark.integration
 PARTITIONS = {0, 1, 2}
 
 
-def group_consumer(settings: Settings) -> AIOKafkaConsumer:
+def group_consumer(settings: Settings) -> tuple[AIOKafkaConsumer, loop.Commits]:
     # Frequent heartbeats: a member learns of a rebalance within 100 ms, not 3 s.
-    return AIOKafkaConsumer(settings.topic_events, bootstrap_servers=settings.kafka_bootstrap,
-                            group_id=settings.group_processor, enable_auto_commit=False,
-                            auto_offset_reset="earliest", heartbeat_interval_ms=100)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=settings.group_processor, enable_auto_commit=False,
+                                auto_offset_reset="earliest", heartbeat_interval_ms=100)
+    return consumer, loop.Commits.subscribe(consumer, settings.topic_events)
 
 
 def shown(group: str) -> dict[int, float]:
@@ -53,11 +54,12 @@ async def test_lag_series_cover_exactly_the_partitions_the_consumer_owns(
     finally:
         await producer.stop()
 
-    first, second = group_consumer(settings), group_consumer(settings)
+    (first, commits), (second, _) = group_consumer(settings), group_consumer(settings)
     stop = asyncio.Event()
     await first.start()
-    running = asyncio.create_task(loop.run_batches(first, ignore, stop, group=group,
-                                                   batch_max=100, backoff_max_s=1.0))
+    running = asyncio.create_task(loop.run_batches(first, ignore, stop, commits=commits,
+                                                   group=group, batch_max=100,
+                                                   backoff_max_s=1.0))
     try:
         await wait_for(lambda: shown(group) == dict.fromkeys(PARTITIONS, 0.0),
                        "lag 0 on the three partitions")
