@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from reco.catalog import ItemIndex  # noqa: E402
 from reco.evaluation_split import hit_rate_at_k, leave_last_out, ndcg_at_k  # noqa: E402
-from reco.event_order import sort_events  # noqa: E402
+from reco.event_order import TIE_COL, sort_events  # noqa: E402
 from reco.features import FeatureParams, FeatureUpdates, plan_batch  # noqa: E402
 from reco.ranking import RankConfig, UserFeatures, rank  # noqa: E402
 from reco.rules import Filters  # noqa: E402
@@ -138,11 +138,12 @@ class Split:
         return ItemIndex.build(self.item_meta, self._popularity[pop_half_life_h])
 
     def model_events(self) -> DataFrame:
-        """The models' training events as the extract holds them (weights by event type)."""
+        """The models' training events as the extract holds them (weights by event type; the
+        event id breaks timestamp ties in the sessions and interactions)."""
         if self._model_events is None:
             path = self.tmp / "model_events.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.model_train[["user_id", "item_id", "event_type", "ts"]].to_parquet(path)
+            self.model_train[["user_id", "item_id", "event_type", "ts", TIE_COL]].to_parquet(path)
             self._model_events = ex.with_weights(spark().read.parquet(str(path)),
                                                  self.weights).cache()
         return self._model_events
