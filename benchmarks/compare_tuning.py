@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +41,6 @@ from reco.settings import Settings  # noqa: E402
 from spark_jobs import als as als_job  # noqa: E402
 from spark_jobs import item2vec as i2v_job  # noqa: E402
 from spark_jobs import sasrec  # noqa: E402
-
-
-def served(settings: Settings) -> dict:
-    """What the API serves, in tuning.json's `chosen` shape."""
-    return {"rank": {}, "item2vec": asdict(i2v_job.Item2VecParams()),
-            "als": asdict(als_job.ALSParams()),
-            "knobs": {"coview_window_s": float(settings.coview_window_s),
-                      "pop_half_life_h": settings.popularity_half_life_h,
-                      "session_gap_s": float(settings.session_gap_s),
-                      "als_half_life_days": settings.recency_half_life_days}}
 
 
 def main() -> None:
@@ -77,7 +67,7 @@ def main() -> None:
         print(f"SASRec seed {seed}: trained in {train_s:.0f} s", flush=True)
 
     rows = []
-    configurations = {"served": served(settings)} | {
+    configurations = {"served": tq.served_choice(settings)} | {
         str(path): json.loads(path.read_text())["chosen"] for path in args.tunings}
     for name, chosen in configurations.items():
         knobs = chosen["knobs"]

@@ -1,6 +1,6 @@
 """Quality ideas tried on MovieLens-100k VALIDATION, kept so their results can be reproduced.
 
-Every experiment starts from the tuned configuration in benchmarks/reports/tuning.json and
+Every experiment starts from the served configuration (`tune_quality.served_choice`) and
 changes one thing; the protocol and the features are those of `tune_quality.py` (temporal
 leave-last-out, full ranking over unseen items, k=10, the served blend). Nothing here touches
 the test split.

@@ -255,8 +255,8 @@ def fmt(m: dict) -> str:
 
 @dataclass
 class TunedValidation:
-    """The validation split with the configuration tuning.json chose and its models trained:
-    where every quality experiment starts."""
+    """The validation split with the served configuration and its models trained: where every
+    quality experiment starts."""
 
     val: Split
     items: pd.DataFrame
@@ -268,9 +268,22 @@ class TunedValidation:
     tmp: Path
 
 
+def served_choice(settings: Settings) -> dict:
+    """What the API and the DAGs serve (Settings and the *Params defaults), in tuning.json's
+    `chosen` shape. A tuning run's choice is served only once copied there."""
+    return {"rank": {}, "item2vec": asdict(i2v_job.Item2VecParams()),
+            "als": asdict(als_job.ALSParams()),
+            "knobs": {"coview_window_s": float(settings.coview_window_s),
+                      "pop_half_life_h": settings.popularity_half_life_h,
+                      "session_gap_s": float(settings.session_gap_s),
+                      "als_half_life_days": settings.recency_half_life_days}}
+
+
 def tuned_validation(prefix: str) -> TunedValidation:
+    """The served configuration on the validation split (not tuning.json's latest choice,
+    which may not be served: the experiments' "served" rows must be the served ones)."""
     settings = Settings()
-    chosen = json.loads((REPORTS / "tuning.json").read_text())["chosen"]
+    chosen = served_choice(settings)
     events, items = load()
     events = events.assign(ts=events["timestamp"] / 1000.0)
     split = leave_last_out(events)

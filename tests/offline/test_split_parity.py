@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from reco.evaluation_split import hold_out_last
+from pathlib import Path
+
+import pandas as pd
+
+from reco.evaluation_split import hold_out_last, leave_last_out
 from spark_jobs.extract import split_leave_last_out
 from tests.data.test_split import EVENTS
 
@@ -47,3 +51,27 @@ def test_spark_jobs_order_timestamp_ties_as_the_split_and_the_processor(spark) -
     by_user = {u: [items[c - 1] for c in s] for u, s in zip(users, seqs, strict=True)}
     assert by_user == {u: r[::-1] for u, r in RECENT.items()}
     assert {u: s[-1] for u, s in by_user.items()} == VALIDATION
+
+
+def test_tuning_harness_trains_on_the_extracts_event_order(spark, tmp_path: Path) -> None:
+    """benchmarks/tune_quality.py's models read the extract's own sessions and interactions of
+    its training events: they need the event id (a harness without it stopped at the first
+    sessions write), and a page's items come in event order."""
+    from benchmarks import tune_quality as tq
+    from reco.features import FeatureParams
+    from tests.offline.test_event_order import TIES, shuffled
+
+    events = shuffled(TIES).assign(ts=lambda f: f.timestamp / 1000.0)
+    split = leave_last_out(events)
+    items = pd.DataFrame({"item_id": sorted(set(TIES.item_id)), "category": "c", "price": 1.0,
+                          "created_at": 0})
+    val = tq.Split("validation", split.train, split.train, split.validation, items,
+                   FeatureParams(event_weights={"view": 1.0}), tmp_path)
+
+    sessions = pd.read_parquet(val.sessions(gap_s=1e6))
+    # The validation and test items left the training events (c keeps k2 alone: no session).
+    assert {u: list(s) for u, s in zip(sessions.user_id, sessions["items"], strict=True)} == {
+        "a": ["i1", "i3", "i5", "i4", "i2", "i9"], "b": ["j1", "j3"]}
+    interactions = pd.read_parquet(val.interactions(half_life_days=1e6))
+    assert sorted(zip(interactions.user_id, interactions.item_id, strict=True)) == sorted(
+        set(zip(split.train.user_id, split.train.item_id, strict=True)))
