@@ -177,14 +177,15 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
 
 
 def similar_items(item_id: str, coview: Neighbours | None, knn: Neighbours | None,
-                  items: ItemIndex,
-                  config: RankConfig, k: int = 20) -> list[ScoredItem]:
-    """Neighbours of one item blended from co-view and embeddings (in stock, not itself)."""
+                  items: ItemIndex, config: RankConfig, k: int = 20,
+                  neighbours_n: int = 100) -> list[ScoredItem]:
+    """Neighbours of one item blended from co-view and embeddings (in stock, not itself),
+    `neighbours_n` entries of each list (at least k: fewer than the recommendations read)."""
     features = UserFeatures([item_id], {}, 0.0, coview={item_id: coview} if coview else {},
                             knn={item_id: knn} if knn else {})
     blend = RankConfig(w_coview=config.w_coview, w_embed=config.w_embed, w_pop=0.0,
                        w_recency=0.0, w_cf=0.0, w_seq=0.0, recent_n=1,
-                       neighbours_n=config.neighbours_n, popular_filler_n=0,
+                       neighbours_n=neighbours_n, popular_filler_n=0,
                        max_category_share=1.0, freshness_boost=0.0)
     return rank(features, items, blend, Filters(), k).items
 

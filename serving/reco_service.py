@@ -350,7 +350,8 @@ class RecoService:
         except StoreUnavailable:
             metrics.FALLBACKS.labels(endpoint="similar").inc()
             return Similar(self.popular(k, None, exclude=item_id), {}, "fallback")
-        items = similar_items(item_id, coview, knn, self.signals.items, self.config, k)
+        items = similar_items(item_id, coview, knn, self.signals.items, self.config, k,
+                              self.store.similar_n)
         return Similar([_item_json(i, explain=False) for i in items], versions, "similar")
 
 

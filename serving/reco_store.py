@@ -85,11 +85,12 @@ class FeatureStore:
     """
 
     def __init__(self, url: str, timeout_s: float = 0.25, retry_s: float = 1.0,
-                 neighbours_n: int = 50) -> None:
+                 neighbours_n: int = 50, similar_n: int = 100) -> None:
         self.client = PipelineClient(url, timeout_s)
         self.aio = AsyncPipelineClient(url, timeout_s)
         self.retry_s = retry_s
         self.neighbours_n = neighbours_n
+        self.similar_n = similar_n
         self._down_until = 0.0
         # Cache writes ride along with the next request's first pipeline (or a flush soon
         # after): a cache miss then costs two round trips in total, not three.
@@ -223,7 +224,7 @@ class FeatureStore:
 
     def _similar_commands(self, item_id: str) -> list[Command]:
         return [("HGETALL", keys.MODEL_VERSIONS),
-                ("ZRANGE", keys.co_view(item_id), 0, self.neighbours_n - 1, "REV", "WITHSCORES")]
+                ("ZRANGE", keys.co_view(item_id), 0, self.similar_n - 1, "REV", "WITHSCORES")]
 
     def item_lists(self, item_id: str) -> tuple[Lists, Lists, dict[str, str]]:
         """Co-view set and KNN list of one item (two round trips: the version picks the key)."""
@@ -233,7 +234,7 @@ class FeatureStore:
         if ITEM2VEC in versions:
             raw = self._run("similar_knn", [("GET", keys.item_knn(item_id,
                                                                    versions[ITEM2VEC]))])[0]
-            knn = neighbours.decode(raw, self.neighbours_n)
+            knn = neighbours.decode(raw, self.similar_n)
         return zset_pairs(coview), knn, versions
 
     async def item_lists_async(self, item_id: str) -> tuple[Lists, Lists, dict[str, str]]:
@@ -244,7 +245,7 @@ class FeatureStore:
         if ITEM2VEC in versions:
             raw = (await self._run_async("similar_knn", [
                 ("GET", keys.item_knn(item_id, versions[ITEM2VEC]))]))[0]
-            knn = neighbours.decode(raw, self.neighbours_n)
+            knn = neighbours.decode(raw, self.similar_n)
         return zset_pairs(coview), knn, versions
 
     # -- cache writes ----------------------------------------------------------------------

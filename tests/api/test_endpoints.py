@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reco import keys
+from reco import keys, neighbours
 from tests.api.conftest import out_of_memory, put_meta
 from tests.api.test_recommendations import W_POP, get, ids_scores, metric
 
@@ -67,6 +67,21 @@ def test_similar_blends_coview_and_embeddings(world, make_client) -> None:
     assert [(i["item_id"], i["score"]) for i in body["items"]] == [
         ("X", pytest.approx(0.4 * 1 + 0.3 * 0.5)), ("Z", pytest.approx(0.3 * 1.0))]
     assert client.get("/items/nobody-knows/similar").json()["items"] == []
+
+
+def test_similar_reads_its_own_list_length_not_the_recommendations(world, make_client) -> None:
+    """Recommendations read 2 entries per list here; /similar still blends up to k of them."""
+    r = world["redis"]
+    others = [f"S{n:02d}" for n in range(30)]
+    for item in others:
+        put_meta(r, item, "c9")
+    r.set(keys.item_knn("A", "v1"), neighbours.encode(others, [1.0 - n / 100 for n in range(30)]))
+    with make_client(reco_neighbours_n=2, reco_similar_n=25) as client:
+        body = client.get("/items/A/similar", params={"k": 30}).json()
+        recommended = client.get("/recommendations", params={"user_id": "u1", "k": 30}).json()
+    # 25 KNN entries plus A's two co-view partners X and Y.
+    assert {i["item_id"] for i in body["items"]} == set(others[:25]) | {"X", "Y"}
+    assert not set(others[2:]) & {i["item_id"] for i in recommended["items"]}
 
 
 def test_health_ready_metrics_and_model_age(world, make_client) -> None:
