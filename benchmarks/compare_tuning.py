@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--i2v-workers", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/compare_tuning"),
-                    help="SASRec logits per seed (delete it when the split or the data change)")
+                    help="SASRec logits per seed and sequences (keyed by both)")
     args = ap.parse_args()
     settings = Settings()
     events, items = tq.load()

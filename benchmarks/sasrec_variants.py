@@ -25,6 +25,7 @@ tables from it (its hand-written `## Findings` section is kept).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -51,8 +52,10 @@ FINDINGS = "## Findings"
 def network_logits(seqs: list[list[int]], n_items: int, p: sasrec.SASRecParams,
                    cache: Path) -> tuple[np.ndarray, float]:
     """(the trained network's next-item logits after each sequence, its training seconds)."""
+    # The sequences are part of the key: a change of split, data or event order retrains.
+    data = hashlib.sha256(repr((n_items, seqs)).encode()).hexdigest()[:12]
     path = cache / f"{p.dim}-{p.max_len}-{p.blocks}-{p.epochs}-{p.dropout}-" \
-                   f"{p.learning_rate}-{p.batch}-{p.seed}.npz"
+                   f"{p.learning_rate}-{p.batch}-{p.seed}-{data}.npz"
     if path.exists():
         with np.load(path) as saved:
             return saved["logits"], float(saved["train_s"])

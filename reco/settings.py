@@ -112,8 +112,9 @@ class Settings(BaseSettings):
     # Entries read from each recent item's co-view, KNN and ALS item lists: 20 beat 100 and 50
     # on MovieLens validation with SASRec (benchmarks/compare_tuning.py, 4 seeds: HR@10 0.2609
     # against 0.2537), and a cache miss ranks ~600 entries fewer.
-    reco_neighbours_n: int = 20
-    reco_similar_n: int = 100  # entries of the lists /items/{id}/similar blends (k <= 100)
+    reco_neighbours_n: int = Field(default=20, ge=1)
+    # Entries of the lists /items/{id}/similar blends (k <= 100).
+    reco_similar_n: int = Field(default=100, ge=1)
     max_category_share: float = 0.7  # chosen on MovieLens validation (sasrec_experiment.md)
     freshness_boost: float = 0.1
     freshness_days: int = 14

@@ -30,8 +30,9 @@ POLL_TIMEOUT_MS = 200
 BACKOFF_START_S = 0.1
 # How long a revocation waits for the batch in hand. Every member of the group waits for this
 # one to rejoin, and the broker drops a member that takes longer than the rebalance timeout
-# (aiokafka: the session timeout, 10 s by default), so it is well below that.
-REVOKE_WAIT_S = 5.0
+# (aiokafka: the session timeout, 10 s by default), counted before this member even hears of
+# the rebalance at its next heartbeat (every 3 s): 3 + 3 s leaves room for the round trips.
+REVOKE_WAIT_S = 3.0
 
 
 def make_consumer(settings: Settings, group: str) -> tuple[AIOKafkaConsumer, Commits]:
@@ -65,8 +66,10 @@ class Commits(ConsumerRebalanceListener):
         self.revoking = False  # from a revocation until the next assignment
         # A loop's extra work in hand (the processor's planned batch), run on revocation.
         self.before_revoke: Callable[[], Awaitable[None]] | None = None
+        self.lag: PartitionLag | None = None  # the loop's lag series, told of new assignments
         self._revoke_wait_s = revoke_wait_s
         self._committing: asyncio.Task[None] | None = None
+        self._finishing = False  # a revocation holds `in_hand` and is finishing the batch
 
     @classmethod
     def subscribe(cls, consumer: AIOKafkaConsumer, topic: str, **kwargs: float) -> Commits:
@@ -94,20 +97,41 @@ class Commits(ConsumerRebalanceListener):
         # group. Past the bound the rebalance goes on without its commit; the batch finishes
         # here later, its commit fails (partitions moved) and the next owner redoes it,
         # idempotently.
-        try:
-            await asyncio.wait_for(self._finish_in_hand(), self._revoke_wait_s)
-        except TimeoutError:
-            log.warning("partitions revoked: the batch in hand did not finish within %.1fs; "
-                        "the next owner redoes what is uncommitted", self._revoke_wait_s)
+        finishing = asyncio.ensure_future(self._finish_in_hand())
+        await asyncio.wait({finishing}, timeout=self._revoke_wait_s)
+        if finishing.done():
+            finishing.result()
+            return
+        # Only the wait for `in_hand` is given up: a flush or commit under way runs to its end
+        # (cancelled halfway, a batch already written would be planned and written again).
+        if not self._finishing:
+            finishing.cancel()
+        finishing.add_done_callback(_log_failure)
+        log.warning("partitions revoked: the batch in hand did not finish within %.1fs; "
+                    "the next owner redoes what is uncommitted", self._revoke_wait_s)
 
     def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         self.revoking = False
+        if self.lag is not None:
+            # Now, not at the loop's next pass: a batch retried meanwhile would leave the lost
+            # partitions' lag on this page, frozen, beside their new owner's.
+            self.lag.keep_only(assigned)
 
     async def _finish_in_hand(self) -> None:
         async with self.in_hand:
-            if self.before_revoke is not None:
-                await self.before_revoke()
-            await self.drain()
+            self._finishing = True
+            try:
+                if self.before_revoke is not None:
+                    await self.before_revoke()
+                await self.drain()
+            finally:
+                self._finishing = False
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("finishing the batch in hand after a revocation failed: %r",
+                    task.exception())
 
 
 async def start_with_retry(client: object, stop: asyncio.Event, max_s: float) -> bool:
@@ -133,7 +157,7 @@ async def run_batches(
     A batch's commit runs while the next batch is processed (its side effects are already
     done, so only the broker round trip overlaps); commits stay in order, one at a time.
     """
-    lag = PartitionLag(consumer, group)
+    lag = commits.lag = PartitionLag(consumer, group)
     heap.settle()
     try:
         while not stop.is_set():
@@ -219,9 +243,14 @@ class PartitionLag:
         self._group = group
         self._shown: set[TopicPartition] = set()
 
+    @property
+    def partitions(self) -> frozenset[TopicPartition]:
+        """The partitions whose lag this consumer's page shows."""
+        return frozenset(self._shown)
+
     async def record(self) -> None:
         assigned = self._consumer.assignment()
-        self._drop(self._shown - assigned)
+        self.keep_only(assigned)
         for tp in assigned:
             lag = await self._lag(tp)
             # Unknown (no fetch response since the assignment, or no position yet): keep what
@@ -233,6 +262,10 @@ class PartitionLag:
     def clear(self) -> None:
         """Drop every series: a stopped consumer owns no partition."""
         self._drop(set(self._shown))
+
+    def keep_only(self, assigned: Collection[TopicPartition]) -> None:
+        """Drop the series of partitions no longer assigned."""
+        self._drop(self._shown - set(assigned))
 
     def _drop(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
