@@ -12,8 +12,9 @@ from urllib.parse import urlparse
 
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
-LAG_SERIES = "kafka_consumer_lag{"
+LAG_METRIC = "kafka_consumer_lag"
 
 
 class NoLag(Exception):
@@ -26,17 +27,14 @@ def parse_lag(text: str, group: str) -> float:
     A page without a series of that group (consumer not assigned yet, metric renamed, another
     service's page) raises NoLag: absent evidence is not a lag of 0.
     """
-    label = f'group="{group}"'
-    values = []
-    for line in text.splitlines():
-        if line.startswith(LAG_SERIES) and label in line:
-            sample = line.rpartition("}")[2].split()
-            try:
-                values.append(float(sample[0]))
-            except (IndexError, ValueError):
-                raise NoLag(f"unreadable sample {line!r}") from None
+    try:
+        values = [sample.value for family in text_string_to_metric_families(text)
+                  if family.name == LAG_METRIC
+                  for sample in family.samples if sample.labels.get("group") == group]
+    except ValueError as exc:
+        raise NoLag(f"unreadable sample ({exc})") from None
     if not values:
-        raise NoLag(f"no kafka_consumer_lag series of group {group!r}")
+        raise NoLag(f"no {LAG_METRIC} series of group {group!r}")
     return sum(values)
 
 
