@@ -89,11 +89,19 @@ class _Plan:
     clock: float
 
 
-def _fingerprint(first: FirstRead) -> str:
+def ranking_key(config: RankConfig) -> bytes:
+    """A digest of the ranking configuration that keys every fingerprint: an entry ranked with
+    other weights or list lengths (before a redeploy, or by a replica not yet restarted) is a
+    miss instead of being served until its TTL."""
+    return hashlib.blake2b(repr(config).encode(), digest_size=16).digest()
+
+
+def _fingerprint(first: FirstRead, key: bytes) -> str:
     """A stable digest of the whole recent list (not only its head: after A -> B -> A the head
-    is A again, yet B is now seen and a source). "\x1f" cannot occur in ids (printable)."""
+    is A again, yet B is now seen and a source), keyed by `ranking_key` at no extra cost.
+    "\x1f" cannot occur in ids (printable)."""
     joined = "\x1f".join(first.recent).encode()
-    return hashlib.blake2b(joined, digest_size=8).hexdigest()  # ~1.4 us for 50 ids
+    return hashlib.blake2b(joined, digest_size=8, key=key).hexdigest()  # ~1.4 us for 50 ids
 
 
 def _versions_sig(first: FirstRead) -> str:
@@ -196,6 +204,7 @@ class RecoService:
         self.store = store
         self.signals = signals
         self.config = RankConfig.from_settings(settings)
+        self.ranking_key = ranking_key(self.config)
         self.with_item_cf = settings.w_cf > 0  # ALS item lists only matter with a CF weight
         self.with_seq = settings.w_seq > 0  # and SASRec's user lists with a seq weight
         self.io = ThreadReads(store) if settings.reco_redis_in_threads else AsyncReads(store)
@@ -213,7 +222,7 @@ class RecoService:
             first = await self.io.first_read(p.user_id, p.variant)
         except StoreUnavailable:
             return self.fallback(p)
-        fingerprint = _fingerprint(first)
+        fingerprint = self.fingerprint(first)
         items = self.signals.items  # one snapshot for the whole request
         hit = self._cached(p, first, fingerprint, items)
         if hit is not None:
@@ -225,6 +234,10 @@ class RecoService:
             return self.fallback(p)
         features = self._features(first, plan, second, items)
         return self._answer(p, first, fingerprint, features, items)
+
+    def fingerprint(self, first: FirstRead) -> str:
+        """What a cache entry must have been made with: this recent list, this ranking."""
+        return _fingerprint(first, self.ranking_key)
 
     def _cached(self, p: RecoParams, first: FirstRead, fingerprint: str,
                 items: ItemIndex) -> Answer | None:

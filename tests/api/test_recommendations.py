@@ -229,10 +229,24 @@ def test_cache_is_per_parameters_and_model_version(client, world) -> None:
     assert world["redis"].ttl(keys.reco_cache("u1", _variant(k=5))) > 0
 
 
+def test_cache_entries_ranked_with_other_weights_are_misses(world, make_client) -> None:
+    """A redeploy with new weights (or a replica not yet restarted) never serves the other
+    configuration's entries until their TTL: the ranking configuration keys the fingerprint."""
+    with make_client() as before:
+        first = get(before, k=5)
+        assert get(before, k=5)["cached"] is True
+    with make_client(w_pop=0.9) as after:
+        body = get(after, k=5)
+        assert body["cached"] is False and body["items"] != first["items"]
+        after.app.state.service.store.flush_cache_writes()
+        assert get(after, k=5)["cached"] is True
+    with make_client() as before_again:  # and the other way round
+        assert get(before_again, k=5) == first
+
+
 def test_cache_entries_of_the_release_before_catalogue_stamps_do_not_mix(client, world) -> None:
     """Rolling upgrades: that release's entries ("fingerprint", versions, body) are misses here
     (re-ranked and replaced), and its check (first line == fingerprint) fails on ours."""
-    from serving.reco_service import _fingerprint
     from serving.reco_store import FirstRead
 
     body = get(client, k=5)
@@ -240,7 +254,8 @@ def test_cache_entries_of_the_release_before_catalogue_stamps_do_not_mix(client,
     key = keys.reco_cache("u1", _variant(k=5))
     r = world["redis"]
     head, versions, cached = r.get(key).split("\n", 2)
-    fingerprint = _fingerprint(FirstRead(None, r.lrange(keys.user_recent("u1"), 0, -1), {}))
+    fingerprint = client.app.state.service.fingerprint(
+        FirstRead(None, r.lrange(keys.user_recent("u1"), 0, -1), {}))
     assert head != fingerprint and head.startswith(fingerprint + " ")
     r.set(key, "\n".join((fingerprint, versions, cached)))
     again = get(client, k=5)
@@ -251,11 +266,11 @@ def test_cache_entries_of_the_release_before_catalogue_stamps_do_not_mix(client,
 def test_a_cache_entry_that_does_not_parse_is_re_ranked(client, world) -> None:
     """Whatever else wrote the key: an entry whose stamp or body cannot be read after a
     catalogue change is a miss, not an error."""
-    from serving.reco_service import _fingerprint
     from serving.reco_store import FirstRead
 
     r = world["redis"]
-    fingerprint = _fingerprint(FirstRead(None, r.lrange(keys.user_recent("u1"), 0, -1), {}))
+    fingerprint = client.app.state.service.fingerprint(
+        FirstRead(None, r.lrange(keys.user_recent("u1"), 0, -1), {}))
     versions = '{"item2vec":"v1"}'
     key = keys.reco_cache("u1", _variant(k=5))
     for stamp, body in (("not-json", "{}"), ('"0"', "not json"), ('"0"', '{"items": 3}')):
