@@ -6,6 +6,7 @@ every user and item has full-size features while the fill stays well under a min
 
 from __future__ import annotations
 
+import collections
 import time
 
 import numpy as np
@@ -134,15 +135,17 @@ class MixActions:
     feature processor does) with probability `event_share`, else a recommendation request.
 
     Also counts what a response cache could at best do on this sequence: a request is
-    `hittable` when the same user's previous action was a request (an event in between, or
-    no earlier request, makes it a miss under the rule that a cached list never ignores the
-    user's latest event).
+    `hittable` when the same user's previous action was a request that was answered before
+    this one was sent (an event in between, or no earlier request, makes it a miss under the
+    rule that a cached list never ignores the user's latest event; a request still in flight
+    has no entry yet). The load generator reports answers through `answered(path)`.
     """
 
     def __init__(self, r: redis.Redis, s: Sizes, rng: np.random.Generator, first_user: int,
                  active: int, event_share: float) -> None:
         self._actions = self._generate(r, s, rng, first_user, active, event_share)
         self._cached: set[int] = set()  # users whose last action was a request
+        self._in_flight: collections.Counter[str] = collections.Counter()  # by request path
         self.requests = self.hittable = 0
 
     def reset(self) -> None:
@@ -154,6 +157,9 @@ class MixActions:
 
     def __next__(self):
         return next(self._actions)
+
+    def answered(self, path: str) -> None:
+        self._in_flight[path] -= 1
 
     def _generate(self, r: redis.Redis, s: Sizes, rng: np.random.Generator, first_user: int,
                   active: int, event_share: float):
@@ -169,10 +175,12 @@ class MixActions:
                     self._cached.discard(user)
                     yield _event(r, f"u{user}", f"i{item}")
                 else:
+                    path = f"/recommendations?user_id=u{user}&k=20"
                     self.requests += 1
-                    self.hittable += user in self._cached
+                    self.hittable += user in self._cached and self._in_flight[path] == 0
                     self._cached.add(user)
-                    yield f"/recommendations?user_id=u{user}&k=20"
+                    self._in_flight[path] += 1
+                    yield path
 
 
 def _event(r: redis.Redis, user: str, item: str):

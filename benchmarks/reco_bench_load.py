@@ -41,11 +41,13 @@ class OpenLoopRun(NamedTuple):
 
 async def open_loop(port: int, actions, rate: float, seconds: float) -> OpenLoopRun:
     """Fixed-rate (open-loop) load: latency counts from each request's scheduled time, so a
-    slow server cannot hide its queueing. `actions` yields paths, or callables (events)."""
+    slow server cannot hide its queueing. `actions` yields paths, or callables (events);
+    its `answered(path)`, if it has one, hears of each answer."""
     loop = asyncio.get_running_loop()
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     latencies: list[float] = []
     failures = 0
+    answered = getattr(actions, "answered", None)
 
     async def one(path: str, scheduled: float) -> None:
         nonlocal failures
@@ -64,6 +66,8 @@ async def open_loop(port: int, actions, rate: float, seconds: float) -> OpenLoop
                 if attempt == 2 or not reused:
                     raise
         latencies.append((loop.time() - scheduled) * 1000)
+        if answered is not None:
+            answered(path)
         failures += not head.startswith(b"HTTP/1.1 200")
         idle.append(conn)
 
