@@ -28,12 +28,14 @@ class Sizes:
         self.knn = 100
         self.cf = 100  # ALS item-item neighbours and user candidates, as spark_jobs/als.py
         self.seq = 100  # SASRec user candidates, as spark_jobs/sasrec.py
+        # A user's seen set (exclude_seen): at least the recent items, here 50 touched before.
+        self.seen_before_recent = 50
         self.pool = 1000  # distinct payloads, copied to every key (cheap realistic fill)
         self.categories = 500
 
 
 def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]:
-    """Catalogue, popularity, co-view sets, KNN and ALS lists, users' recent items."""
+    """Catalogue, popularity, co-view sets, KNN and ALS lists, users' recent and seen items."""
     timings: dict[str, float] = {}
     now = time.time()
     ids = [f"i{n}" for n in range(s.items)]
@@ -96,16 +98,20 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
     timings["item_lists"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    recent_pool, times_pool = [], []
+    recent_pool, times_pool, seen_pool = [], [], []
     for _ in range(s.pool):
-        items = draw(s.recent)
+        touched = draw(s.recent + s.seen_before_recent)
+        items = touched[: s.recent]
         ages = np.sort(rng.uniform(0, 24 * 3600, len(items)))
         recent, times = keys.user_recent(SCRATCH_USER), keys.user_recent_times(SCRATCH_USER)
+        seen = keys.user_seen(SCRATCH_USER)
         r.rpush(recent, *items)
         r.hset(times, mapping={m: now - float(a) for m, a in zip(items, ages, strict=True)})
+        r.sadd(seen, *touched)
         recent_pool.append(r.dump(recent))
         times_pool.append(r.dump(times))
-        r.delete(recent, times)
+        seen_pool.append(r.dump(seen))
+        r.delete(recent, times, seen)
     # Users' lists as the publisher writes them: ids, scores and the ids' numbers in the
     # model's item list (here every item, in catalogue order: "i{n}" is number n).
     for model, version in (("als", "a1"), ("sasrec", "s1")):
@@ -123,6 +129,7 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
             user = f"u{n}"
             pipe.restore(keys.user_recent(user), 0, recent_pool[n % s.pool], replace=True)
             pipe.restore(keys.user_recent_times(user), 0, times_pool[n % s.pool], replace=True)
+            pipe.restore(keys.user_seen(user), 0, seen_pool[n % s.pool], replace=True)
             pipe.set(keys.user_cf(user, "a1"), cf_pool[(n * 3) % s.pool])
             pipe.set(keys.user_seq(user, "s1"), seq_pool[(n * 13) % s.pool])
         pipe.execute()
@@ -190,6 +197,7 @@ def _event(r: redis.Redis, user: str, item: str):
         pipe.lpush(keys.user_recent(user), item)
         pipe.ltrim(keys.user_recent(user), 0, 49)
         pipe.hset(keys.user_recent_times(user), item, time.time())
+        pipe.sadd(keys.user_seen(user), item)
         pipe.execute()
 
     return apply
