@@ -33,6 +33,8 @@ BACKOFF_START_S = 0.1
 # (aiokafka: the session timeout, 10 s by default), counted before this member even hears of
 # the rebalance at its next heartbeat (every 3 s): 3 + 3 s leaves room for the round trips.
 REVOKE_WAIT_S = 3.0
+# The broker round trips refreshing lag while a batch is stuck: within the revocation's wait.
+STUCK_LAG_TIMEOUT_S = 2.0
 
 
 def make_consumer(settings: Settings, group: str) -> tuple[AIOKafkaConsumer, Commits]:
@@ -166,7 +168,8 @@ async def run_batches(
                 records = [r for part in batches.values() for r in part]
                 if records:
                     started = time.perf_counter()
-                    if not await _until_done(handle, records, stop, group, backoff_max_s):
+                    if not await _until_done(handle, records, stop, group, backoff_max_s,
+                                             lag):
                         return  # stopping while a store is down: leave the batch uncommitted
                     BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
                     await commits.commit(next_offsets(batches))
@@ -207,7 +210,7 @@ async def _fetch(
 
 async def _until_done(
     handle: Handler, records: Sequence[ConsumerRecord], stop: asyncio.Event,
-    group: str, backoff_max_s: float,
+    group: str, backoff_max_s: float, lag: PartitionLag | None = None,
 ) -> bool:
     delay = BACKOFF_START_S
     while True:
@@ -217,6 +220,8 @@ async def _until_done(
         except Exception as exc:  # any failure: retry the same batch, never skip it
             PROCESSING_ERRORS.labels(group, type(exc).__name__).inc()
             log.warning("%s: batch failed (%r); retrying in %.1fs", group, exc, delay)
+            if lag is not None:  # stuck: the page must show the backlog growing meanwhile
+                await lag.record_stuck()
             if await _sleep_or_stop(stop, delay):
                 return False
             delay = min(delay * 2, backoff_max_s)
@@ -258,6 +263,26 @@ class PartitionLag:
             if lag is not None:
                 CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(lag)
                 self._shown.add(tp)
+
+    async def record_stuck(self) -> None:
+        """Lag while a batch is stuck (its store down): the loop fetches nothing meanwhile, so
+        high watermarks freeze. The broker's end offsets against the committed offsets count
+        everything not processed, the batch in hand included. Bounded: never holds a retry."""
+        assigned = self._consumer.assignment()
+        self.keep_only(assigned)
+        try:
+            async with asyncio.timeout(STUCK_LAG_TIMEOUT_S):
+                ends = await self._consumer.end_offsets(list(assigned)) if assigned else {}
+                for tp, end in ends.items():
+                    done = await self._consumer.committed(tp)
+                    if done is None:  # nothing committed yet: consumed from the beginning
+                        done = (await self._consumer.beginning_offsets([tp]))[tp]
+                    if tp in self._consumer.assignment():
+                        CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(
+                            max(end - done, 0))
+                        self._shown.add(tp)
+        except (KafkaError, TimeoutError) as exc:  # keep the last values; the retry goes on
+            log.info("%s: lag not refreshed while stuck (%r)", self._group, exc)
 
     def clear(self) -> None:
         """Drop every series: a stopped consumer owns no partition."""

@@ -52,7 +52,7 @@ async def run_overlapped(
     lag = commits.lag = loop.PartitionLag(consumer, group)
 
     async def plainly(batch: list[ConsumerRecord], offsets: dict[TopicPartition, int]) -> bool:
-        if not await loop._until_done(processor, batch, stop, group, backoff_max_s):
+        if not await loop._until_done(processor, batch, stop, group, backoff_max_s, lag):
             return False  # stopping while a store is down: leave the batch uncommitted
         await commits.commit(offsets)
         return True

@@ -83,3 +83,42 @@ async def test_lag_series_cover_exactly_the_partitions_the_consumer_owns(
         await asyncio.wait_for(running, 30)
         await first.stop()
     assert shown(group) == {}  # a stopped consumer owns no partition
+
+
+async def test_lag_keeps_growing_on_the_page_while_a_batch_is_stuck(
+    settings: Settings, kafka_topics: dict
+) -> None:
+    """A store down: the batch in hand is retried and nothing is fetched, so the watermarks
+    the loop sees freeze. The page must still show the backlog (the batch in hand included),
+    or the lag alert stays silent while it grows."""
+    group = settings.group_processor
+    calls = 0
+
+    async def down_after_the_first_batch(records: Sequence[ConsumerRecord]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise ConnectionError("store down")
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    consumer, commits = group_consumer(settings)
+    stop = asyncio.Event()
+    await consumer.start()
+    running = asyncio.create_task(loop.run_batches(
+        consumer, down_after_the_first_batch, stop, commits=commits, group=group,
+        batch_max=100, backoff_max_s=0.2))
+    try:
+        await producer.send_and_wait(settings.topic_events, b"first", partition=0)
+        await wait_for(lambda: shown(group).get(0) == 0.0, "the first batch processed")
+        for n in range(5):  # the stuck batch, then more behind it
+            await producer.send_and_wait(settings.topic_events, b"%d" % n, partition=0)
+            if n == 0:
+                await wait_for(lambda: calls > 1, "the stuck batch in hand")
+        await wait_for(lambda: shown(group).get(0) == 5.0, "lag 5 while stuck")
+        assert calls > 2  # still retrying: nothing was processed meanwhile
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await consumer.stop()
+        await producer.stop()
