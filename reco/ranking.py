@@ -140,13 +140,14 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     c.weigh_sources(config.source_half_n)
     personal = c.n_entries > 0
     strategy: Literal["personalized", "popular"] = "personalized" if personal else "popular"
-    # Popular filler: this many items the user has not seen, enough to fill k.
-    filler_n = config.popular_filler_n and max(config.popular_filler_n, k)
+    # Enough popular filler to fill k even after the user's seen items are excluded.
+    filler_n = config.popular_filler_n and max(config.popular_filler_n,
+                                               k + len(features.recent) + len(features.seen))
     share = 1.0 if filters.category is not None else config.max_category_share
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
     # Dedup, rules, signals, scores and the sort in one compiled pass.
-    filler = _popular_filler(items, filters, filler_n, category_cap(k, share), c.exclude)
+    filler = _popular_filler(items, filters, filler_n, category_cap(k, share))
     weighted, fresh, score, order = c.score(filler, filters, config, recency_w, features.now)
     if c.m == 0:
         return Ranking(strategy, [])
@@ -217,17 +218,15 @@ def _head_length(order: np.ndarray, score: np.ndarray, n: int) -> int:
     return n
 
 
-def _popular_filler(items: ItemIndex, filters: Filters, n: int, cap: int | None = None,
-                    exclude: np.ndarray | None = None) -> np.ndarray:
-    """Rows of the most popular items passing the filters, at most `cap` of each category
-    unless too few others exist: the shortest such prefix holding `n` rows not in `exclude`
-    (the user's seen items, which the ranking drops), or all of them.
+def _popular_filler(items: ItemIndex, filters: Filters, n: int,
+                    cap: int | None = None) -> np.ndarray:
+    """Rows of the `n` most popular items passing the filters, at most `cap` of each category
+    unless too few others exist.
 
     Cut before the cap, a catalogue whose most popular items share one category gave a
     filler of that category only, and `diversify` had to break the cap with it. The whole
     ordering is cached per filter tuple and cap (a snapshot's popular rows change every few
-    seconds), and each request takes its prefix. Counting only the unseen rows keeps the
-    filler, and the pass, as short for a user who touched thousands of items as for a new one.
+    seconds), and each request takes its prefix: `n` depends on the user's seen items.
     """
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
@@ -237,12 +236,7 @@ def _popular_filler(items: ItemIndex, filters: Filters, n: int, cap: int | None 
         rows = rows[eligible(items, rows, filters)]
         return rows if cap is None else per_category(rows, items.category, cap)
 
-    order = items.filler((filters.key, cap), compute)
-    if exclude is None or not len(exclude):
-        return order[:n]
-    head = order[: n + len(exclude)]  # holds n unseen rows if the catalogue has them
-    unseen = np.cumsum(~np.isin(head, exclude))
-    return head[: int(np.searchsorted(unseen, n)) + 1] if len(head) else head
+    return items.filler((filters.key, cap), compute)[:n]
 
 
 def _signal_weights(config: RankConfig) -> np.ndarray:

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     cache_ttl_s: int = 300
     popular_snapshot_refresh_s: float = 5.0
     # Recommendation API (issue 4)
-    reco_popular_filler_n: int = 50  # popular candidates not seen (at least k) to fill lists
+    reco_popular_filler_n: int = 50  # popular candidates (at least k + seen) to fill thin lists
     reco_recency_half_life_s: float = 7 * 86400.0  # recency signal: weight halves per this age
     # > 0: the lists of the user's k-th newest recent item weigh 0.5**(k / this) (0: all equal)
     reco_source_half_n: float = 2.0

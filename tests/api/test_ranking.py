@@ -13,7 +13,6 @@ from reco.ranking import (
     RankConfig,
     UserFeatures,
     _head_length,
-    _popular_filler,
     _source_recency,
     popular_items,
     rank,
@@ -221,36 +220,6 @@ def test_popular_filler_still_fills_k_from_one_category() -> None:
     assert [i.item_id for i in rank(UserFeatures([], {}, NOW), items, config,
                                     Filters(category="A"), k=20).items] == [
         f"a{i}" for i in range(20)]
-
-
-def ranked_by_popularity(n: int = 300) -> ItemIndex:
-    """p0 most popular ... p{n-1} least; 50 categories, so no category cap binds."""
-    return ItemIndex.build({f"p{i}": {"category": f"c{i % 50}"} for i in range(n)},
-                           [(f"p{i}", float(n - i)) for i in range(n)])
-
-
-def test_filler_counts_only_items_the_user_has_not_seen() -> None:
-    items = ranked_by_popularity()
-    seen = items.rows([f"p{i}" for i in (*range(10), *range(20, 30))])
-    filler = _popular_filler(items, Filters(), 50, None, seen)
-    assert [items.ids[r] for r in filler] == [f"p{i}" for i in range(70)]  # 50 unseen
-    # Seen items outside the popular head do not lengthen it: a user who touched thousands of
-    # long-tail items gets the filler (and the pass) of a new user.
-    tail = np.concatenate([items.rows([f"p{i}" for i in range(100, 300)]),
-                           np.arange(items.unknown_row + 1, items.unknown_row + 1001)])
-    assert len(_popular_filler(items, Filters(), 50, None, tail)) == 50
-    # Fewer unseen items than asked: all of them.
-    assert len(_popular_filler(items, Filters(), 50, None, items.rows(
-        [f"p{i}" for i in range(280)]))) == 300
-    assert len(_popular_filler(items, Filters(), 50, None, None)) == 50
-
-
-def test_a_user_who_saw_the_most_popular_items_gets_the_next_ones() -> None:
-    items = ranked_by_popularity()
-    user = UserFeatures([], {}, NOW, seen=[f"p{i}" for i in range(30)]
-                        + [f"gone{i}" for i in range(2000)])
-    got = [i.item_id for i in rank(user, items, RankConfig(), k=20).items]
-    assert got == [f"p{i}" for i in range(30, 50)]
 
 
 @pytest.mark.parametrize("seed", range(20))
