@@ -14,6 +14,15 @@ PARAMS_FILE = "params.json"
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """`columns` of a Parquet file or folder. A column it lacks (a folder written by an older
+    release, read by a retried task after an upgrade) is named, with the way out."""
+    if columns is not None:
+        have = set(pq.ParquetDataset(str(path)).schema.names)
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise ValueError(f"{path} has no column {', '.join(missing)}: it was written by "
+                             "an older release; run the task that writes it again (in "
+                             "Airflow: clear it and the tasks after it)")
     return pq.read_table(str(path), columns=columns).to_pandas()
 
 

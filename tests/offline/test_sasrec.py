@@ -119,3 +119,11 @@ def test_hyperparameters_and_engine_are_checked_before_any_work() -> None:
         pipeline.PipelineConfig(model="sasrec", engine="spark", **common)
     assert pipeline.PipelineConfig(model="sasrec", engine="local", **common).hyperparameters() \
         == sasrec.SASRecParams()
+
+
+def test_an_extract_from_before_event_id_ties_names_the_missing_column(tmp_path: Path) -> None:
+    """A retried training task after an upgrade may read an extract the previous release wrote:
+    it says which column is missing and what to do, not a pyarrow field error."""
+    old = write(ring_walks().drop(columns="last_event_id"), tmp_path / "old")
+    with pytest.raises(ValueError, match=r"has no column last_event_id: .*older release.*again"):
+        sasrec.fit(old, PARAMS)
