@@ -9,19 +9,29 @@ time, processor/archiver lag and the memory of every process.
 Its own stack: Kafka, Redis, PostgreSQL (tests/servers.py) and `reco run ingest|
 recommendations|processor|archiver` as subprocesses on free loopback ports. Open-loop load at
 fixed rates. Targets: no errors or skipped sends; every processor/archiver lag probe answered
-(a /metrics page without the consumer group's kafka_consumer_lag series is no answer) and
-under ten seconds of ingest; lag drained and every acknowledged event archived; RSS growth
-under 10% (after a one-minute warm-up). Writes benchmarks/reports/soak.{md,json} and prints
-the table. Not run by CI.
+(a /metrics page without the consumer group's kafka_consumer_lag series is no answer, and one
+copy's page without a figure leaves the probe without one) and under ten seconds of ingest;
+lag drained and every acknowledged event archived; RSS growth under 10% (after a one-minute
+warm-up). Writes benchmarks/reports/soak.{md,json} and prints the table. Not run by CI.
 
-A running stack (--ingest-url and --reco-url): consumer lag is read from the two metrics URLs,
-the consumer group names and the PostgreSQL DSN from the RECO_* settings (environment, .env)
-of the shell running the soak, so give it the stack's. The archived check counts the events
-this run sent, by event_id, so other traffic does not skew it; RSS is read from the process of
-each `reco run <service>` that listens on its URL's port on this machine. A figure out of
-reach (PostgreSQL not reachable from here, a remote host, a container's port proxy, another
-user's process without root) is NOT MEASURED, with the reason: the verdict is then
-INCOMPLETE (or FAIL if a measured check failed), never PASS.
+A running stack (--ingest-url and --reco-url): a consumer's lag is read from the metrics URL
+of each of its copies (--processor-metrics-url / --archiver-metrics-url, one or more; default
+127.0.0.1 at the ports of the copies the settings run, RECO_PROCESSOR_METRICS_PORT + 10*n for
+RECO_PROCESSOR_COPIES copies, the archiver's likewise), the max per partition over the pages
+(two copies can show one during a rebalance), summed. The consumer group names, the ports,
+the PostgreSQL DSN and the credentials come from the RECO_* settings (environment, .env) of
+the shell running the soak, so give it the stack's. The archived check counts the events this
+run sent, by event_id, so other traffic does not skew it; RSS is read from the process of each
+`reco run <service>` that listens on its URL's port on this machine, each consumer copy under
+its stack name (processor, processor-2, ...). A figure out of reach (PostgreSQL not reachable
+from here, a remote host, a container's port proxy, another user's process without root) is
+NOT MEASURED, with the reason: the verdict is then INCOMPLETE (or FAIL if a measured check
+failed), never PASS.
+Auth (serving/security.py): with RECO_API_KEYS set, ingest requests carry the first key in
+X-API-Key; with RECO_AUTH_ENABLED, each recommendation request a JWT whose subject is its user,
+signed HS256 with RECO_JWT_SECRET. Nothing else is sent: without an API key the ingest API
+answers 401 (give the shell one), and with RS256 (no private key here) so does the
+recommendation API.
 Exit status: 0 PASS, 1 FAIL, 2 INCOMPLETE.
 """
 
@@ -50,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from soak_checks import (  # noqa: E402
+    Credentials,
     NotMeasured,
     Recorder,
     count_archived,
@@ -63,14 +74,17 @@ from soak_checks import (  # noqa: E402
 from reco import db  # noqa: E402
 from reco.settings import Settings  # noqa: E402
 from reco.stack import servers as stack_servers  # noqa: E402
+from reco.stack.components import consumer_copies, copy_name  # noqa: E402
 from reco.stack.health import free_port, http_ok, wait_until  # noqa: E402
 from reco.topics import ensure_topics  # noqa: E402
 from tests import servers  # noqa: E402
 
 REPORTS = ROOT / "benchmarks" / "reports"
 SERVICES = ("ingest", "recommendations", "processor", "archiver")
+CONSUMERS = ("processor", "archiver")
 USERS, ITEMS = 5000, 20000
 WARMUP_S = 60.0
+LAG_PROBE_S = 5.0  # between lag probes under load
 
 
 class Stack:
@@ -80,8 +94,9 @@ class Stack:
         self.servers: list[servers.ServerProcess] = []
         self.procs: dict[str, subprocess.Popen] = {}  # the processes this run started
         self.watched: dict[str, psutil.Process] = {}  # whose RSS is read
-        self.unwatched: dict[str, str] = {}  # service -> why its RSS is not read
-        self.urls: dict[str, str] = {}
+        self.unwatched: dict[str, str] = {}  # component -> why its RSS is not read
+        # ingest, recommendations: the API's base URL; processor, archiver: one per copy
+        self.urls: dict[str, str | list[str]] = {}
         self.settings: Settings | None = None
         self.attached = False
         self.logdir = Path(tempfile.mkdtemp(prefix="reco-soak-"))
@@ -110,25 +125,39 @@ class Stack:
             self.watched[name] = psutil.Process(self.procs[name].pid)
         self.urls = {"ingest": f"http://127.0.0.1:{s.ingest_port}",
                      "recommendations": f"http://127.0.0.1:{s.reco_port}",
-                     "processor": f"http://127.0.0.1:{s.processor_metrics_port}",
-                     "archiver": f"http://127.0.0.1:{s.archiver_metrics_port}"}
-        for name, url in self.urls.items():
-            path = "/metrics" if name in ("processor", "archiver") else "/health"
+                     "processor": [f"http://127.0.0.1:{s.processor_metrics_port}"],
+                     "archiver": [f"http://127.0.0.1:{s.archiver_metrics_port}"]}
+        for name, service, url in self.components():
+            path = "/metrics" if service in CONSUMERS else "/health"
             if not wait_until(lambda u=url + path: http_ok(u), 60):
                 raise RuntimeError(f"{name} did not start; see {self.logdir}")
 
-    def attach(self, urls: dict[str, str]) -> None:
-        self.urls, self.attached = urls, True
+    def attach(self, urls: dict[str, str | list[str] | None]) -> None:
+        """A running stack; a consumer without URLs: every copy its RECO_* settings run."""
         self.settings = Settings()  # the consumer groups and DSN of the stack's environment
-        for name, url in urls.items():
+        self.urls, self.attached = {}, True
+        for service, copies in consumer_copies(self.settings).items():
+            self.urls[service] = [f"http://127.0.0.1:{port}" for _, port in copies]
+        self.urls.update({name: url for name, url in urls.items() if url})
+        for name, service, url in self.components():
             try:
-                self.watched[name] = service_process(url, name)
+                self.watched[name] = service_process(url, service)
             except NotMeasured as exc:
                 self.unwatched[name] = f"{url}: {exc}"
 
+    def components(self) -> list[tuple[str, str, str]]:
+        """(name, service, base URL) of each process: a consumer's copies named as the stack
+        names them (processor, processor-2, ...)."""
+        out = []
+        for service in SERVICES:
+            urls = self.urls[service]
+            out += ([(service, service, urls)] if isinstance(urls, str) else
+                    [(copy_name(service, n), service, url) for n, url in enumerate(urls)])
+        return out
+
     async def lags(self, client: httpx.AsyncClient, unanswered: Counter[str] | None = None
                    ) -> tuple[float | None, float | None]:
-        """Processor and archiver lag, each from its metrics page and of its consumer group."""
+        """Processor and archiver lag, each of its consumer group over its copies' pages."""
         s = self.settings
         assert s is not None, "start() or attach() first"
         return (await lag(client, self.urls["processor"], s.group_processor, unanswered),
@@ -150,7 +179,7 @@ class Stack:
                 await asyncio.sleep(1)
 
     def rss_mb(self) -> dict[str, float]:
-        """Per watched service; NaN once its process is gone (is_running: not a reused pid)."""
+        """Per watched process; NaN once it is gone (is_running: not a reused pid)."""
         out = {}
         for name, proc in self.watched.items():
             try:
@@ -174,6 +203,8 @@ class Stack:
 async def load(stack: Stack, duration_s: float, ingest_rate: float, reco_rate: float,
                rec: Recorder) -> None:
     urls = stack.urls
+    assert stack.settings is not None
+    credentials = Credentials(stack.settings)
     rng = random.Random(1)
     # aiohttp, not httpx: under ~50 concurrent requests/s httpx's pool alone added 100s of ms
     # per request here (measured), which would have been reported as server latency.
@@ -204,12 +235,14 @@ async def load(stack: Stack, duration_s: float, ingest_rate: float, reco_rate: f
             body = {"event_id": str(uuid.uuid4()), "user_id": user(),
                     "item_id": f"i{int(rng.paretovariate(1.1)) % ITEMS}",
                     "event_type": rng.choice(["view"] * 7 + ["click", "cart", "purchase"])}
-            return lambda: client.post(urls["ingest"] + "/events", json=body), body["event_id"]
+            return lambda: client.post(f"{urls['ingest']}/events", json=body,
+                                       headers=credentials.ingest), body["event_id"]
 
         def reco_call():
             params = {"user_id": user(), "k": 20}
-            return lambda: client.get(urls["recommendations"] + "/recommendations",
-                                      params=params), None
+            headers = credentials.reco(params["user_id"])
+            return lambda: client.get(f"{urls['recommendations']}/recommendations",
+                                      params=params, headers=headers), None
 
         async def generator(rate: float, endpoint: str, make) -> None:
             interval, tick = 1.0 / rate, time.perf_counter()
@@ -233,7 +266,7 @@ async def load(stack: Stack, duration_s: float, ingest_rate: float, reco_rate: f
             while time.perf_counter() < rec.start + duration_s:
                 at = time.perf_counter() - rec.start
                 rec.lag.append((at, *await stack.lags(probe, rec.unanswered)))
-                await asyncio.sleep(5)
+                await asyncio.sleep(LAG_PROBE_S)
 
         await asyncio.gather(generator(ingest_rate, "ingest", ingest_call),
                              generator(reco_rate, "recommendations", reco_call), lag_probe())
@@ -247,7 +280,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict,
-           unwatched: dict[str, str]) -> dict:
+           unwatched: dict[str, str], names: list[str]) -> dict:
+    """`names`: every process whose RSS is watched or not (in `unwatched`, with why)."""
     minutes = sorted({m for m, _ in rec.lat} | {m for m, _ in rec.errors})
     rows = []
     for m in minutes:
@@ -263,7 +297,7 @@ def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict,
     total = sum(rec.statuses.values())
     errors = sum(rec.errors.values())
     growth = {n: (rss["end"][n] / rss["warm"][n] - 1) * 100 if n in rss["end"] else None
-              for n in SERVICES}
+              for n in names}
     result = {"duration_s": args.duration, "ingest_rate": args.ingest_rate,
               "reco_rate": args.reco_rate, "requests": total, "errors": errors,
               "error_rate": errors / total if total else 0.0, "statuses": dict(rec.statuses),
@@ -353,8 +387,10 @@ def main() -> None:
     parser.add_argument("--reco-rate", type=float, default=50.0, help="requests/s")
     parser.add_argument("--ingest-url", help="a running stack's ingest API (with --reco-url)")
     parser.add_argument("--reco-url", help="a running stack's recommendation API")
-    parser.add_argument("--processor-metrics-url", default="http://127.0.0.1:9101")
-    parser.add_argument("--archiver-metrics-url", default="http://127.0.0.1:9102")
+    for role in CONSUMERS:
+        parser.add_argument(f"--{role}-metrics-url", nargs="+", metavar="URL",
+                            help=f"a running stack's {role} copies, one URL each (default: "
+                            "127.0.0.1 and the ports of the copies its RECO_* settings run)")
     args = parser.parse_args()
     if bool(args.ingest_url) != bool(args.reco_url):
         parser.error("--ingest-url and --reco-url go together (neither: the soak's own stack)")
@@ -381,7 +417,8 @@ def main() -> None:
         asyncio.run(run())
         rss["end"] = stack.rss_mb()
         drained = asyncio.run(drain(stack, rec))
-        result = report(rec, rss, args, drained, stack.unwatched)
+        result = report(rec, rss, args, drained, stack.unwatched,
+                        [name for name, _, _ in stack.components()])
     finally:
         stack.stop()
     REPORTS.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,26 @@
-"""The soak's measurements and verdict: consumer lag read from a /metrics page, the process of
-each service (for its RSS), the archived share of the events the run sent, the recorder of
-every request and probe, and the named checks a run must pass."""
+"""The soak's measurements and verdict: a consumer's lag read from the /metrics pages of its
+copies (max per partition over the pages, summed; no figure unless every page gives one), the
+process of each service (for its RSS), the archived share of the events the run sent, the
+credentials its requests carry to an auth-enabled stack, the recorder of every request and
+probe, and the named checks a run must pass."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 import httpx
+import jwt
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
+
+from reco.settings import Settings
+from serving.security import API_KEY_HEADER
 
 LAG_METRIC = "kafka_consumer_lag"
 
@@ -21,25 +29,30 @@ class NoLag(Exception):
     """A lag probe without a figure; the message says why."""
 
 
-def parse_lag(text: str, group: str) -> float:
-    """The total lag `group` reports on a Prometheus page, summed over its partitions.
+Partitions = dict[tuple[str, str], float]  # (topic, partition) -> lag
+
+
+def parse_lag(text: str, group: str) -> Partitions:
+    """The lag `group` reports on a Prometheus page, per (topic, partition) it shows.
 
     A page without a series of that group (consumer not assigned yet, metric renamed, another
     service's page) raises NoLag: absent evidence is not a lag of 0.
     """
     try:
-        values = [sample.value for family in text_string_to_metric_families(text)
+        values = {(sample.labels.get("topic", ""), sample.labels.get("partition", "")):
+                  sample.value
+                  for family in text_string_to_metric_families(text)
                   if family.name == LAG_METRIC
-                  for sample in family.samples if sample.labels.get("group") == group]
+                  for sample in family.samples if sample.labels.get("group") == group}
     except ValueError as exc:
         raise NoLag(f"unreadable sample ({exc})") from None
     if not values:
         raise NoLag(f"no {LAG_METRIC} series of group {group!r}")
-    return sum(values)
+    return values
 
 
-async def read_lag(client: httpx.AsyncClient, page: str, group: str) -> float:
-    """`group`'s total lag on the /metrics `page`; NoLag when there is no figure to read."""
+async def read_lag(client: httpx.AsyncClient, page: str, group: str) -> Partitions:
+    """`group`'s lag per partition on the /metrics `page`; NoLag when there is no figure."""
     try:
         response = await client.get(page, timeout=2)
     except httpx.HTTPError as exc:
@@ -49,17 +62,61 @@ async def read_lag(client: httpx.AsyncClient, page: str, group: str) -> float:
     return parse_lag(response.text, group)
 
 
-async def lag(client: httpx.AsyncClient, url: str, group: str,
+async def lag(client: httpx.AsyncClient, urls: Sequence[str], group: str,
               unanswered: Counter[str] | None = None) -> float | None:
-    """`group`'s total lag from `url`/metrics; None when the probe got no figure (no answer, an
-    HTTP error, a page without the group's lag), with the reason counted in `unanswered`."""
-    page = url + "/metrics"
-    try:
-        return await read_lag(client, page, group)
-    except NoLag as exc:
-        if unanswered is not None:
-            unanswered[f"{page}: {exc}"] += 1
-        return None
+    """`group`'s total lag over the `urls`/metrics pages, one per copy of the consumer.
+
+    Every page must give a figure: one that does not (no answer, an HTTP error, a page without
+    the group's lag) leaves the probe without one (None), each such page's reason counted in
+    `unanswered`, since the copies behind the others see only their own partitions. The pages
+    combine by the max per (topic, partition) (during a rebalance two copies can both show a
+    partition, as in reco/stack/headline.py and the alert), summed.
+    """
+    async def read(page: str) -> Partitions | NoLag:
+        try:
+            return await read_lag(client, page, group)
+        except NoLag as exc:
+            return exc
+
+    pages = [url + "/metrics" for url in urls]
+    merged: Partitions = {}
+    answered = True
+    for page, got in zip(pages, await asyncio.gather(*map(read, pages)), strict=True):
+        if isinstance(got, NoLag):
+            answered = False
+            if unanswered is not None:
+                unanswered[f"{page}: {got}"] += 1
+            continue
+        for key, value in got.items():
+            merged[key] = max(value, merged.get(key, value))
+    return sum(merged.values()) if answered and merged else None
+
+
+class Credentials:
+    """What the soak's requests carry to an auth-enabled stack (serving/security.py), from the
+    settings of the shell running it: ingest writes the first of `api_keys` in the X-API-Key
+    header; a recommendation request a JWT whose subject is the user asked about (HS256, signed
+    with `jwt_secret`; with RS256 the soak holds no private key and sends none). Nothing is
+    sent without keys, or without `auth_enabled` for the token."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ingest = ({API_KEY_HEADER: settings.api_keys[0].get_secret_value()}
+                       if settings.api_keys else {})
+        self._secret = (settings.jwt_secret.get_secret_value()
+                        if settings.auth_enabled and settings.jwt_algorithm == "HS256" else None)
+        self._audience = settings.jwt_audience
+        self._headers: dict[str, dict[str, str]] = {}  # user -> headers (a token per user)
+
+    def reco(self, user: str) -> dict[str, str]:
+        if self._secret is None:
+            return {}
+        headers = self._headers.get(user)
+        if headers is None:
+            claims = {"sub": user, "exp": int(time.time()) + 86_400,
+                      **({"aud": self._audience} if self._audience else {})}
+            token = jwt.encode(claims, self._secret, algorithm="HS256")
+            headers = self._headers[user] = {"Authorization": f"Bearer {token}"}
+        return headers
 
 
 class NotMeasured(Exception):

@@ -1,24 +1,31 @@
 """The soak's measurements and verdict (benchmarks/soak_checks.py): lag probes on real
-Prometheus pages, the verdict's PASS / FAIL / INCOMPLETE, finding a service's process by its
-port, and counting the run's archived events in a real PostgreSQL."""
+Prometheus pages (one per copy of a consumer), the verdict's PASS / FAIL / INCOMPLETE, finding a
+service's process by its port, the credentials the load carries, the copies an attached soak
+watches, and counting the run's archived events in a real PostgreSQL."""
 
 from __future__ import annotations
 
+import importlib
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import httpx
 import psutil
 import psycopg
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client import Counter as PromCounter
 
 from benchmarks.soak_checks import (
+    Credentials,
     NoLag,
     NotMeasured,
     Recorder,
@@ -30,6 +37,10 @@ from benchmarks.soak_checks import (
     verdict,
     verdict_line,
 )
+from reco.settings import Settings
+from reco.stack.components import app_components, consumer_copies
+from reco.stack.health import free_port
+from serving.security import ApiKeyCheck, AuthError, JwtCheck, require_subject
 
 GROUP = "reco-processor"
 
@@ -51,10 +62,11 @@ def client_for(handler) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
 
-def test_parse_lag_sums_the_groups_partitions_only() -> None:
+def test_parse_lag_reads_the_groups_partitions_only() -> None:
     page = consumer_page({(GROUP, 0): 3, (GROUP, 1): 4, (GROUP, 2): 0, ("event-archiver", 0): 50})
-    assert parse_lag(page, GROUP) == 7.0
-    assert parse_lag(page, "event-archiver") == 50.0
+    assert parse_lag(page, GROUP) == {("events", "0"): 3.0, ("events", "1"): 4.0,
+                                      ("events", "2"): 0.0}
+    assert parse_lag(page, "event-archiver") == {("events", "0"): 50.0}
 
 
 @pytest.mark.parametrize("page", [
@@ -77,7 +89,7 @@ async def test_lag_reads_a_page_with_lag_lines() -> None:
 
     unanswered: Counter[str] = Counter()
     async with client_for(handler) as client:
-        assert await lag(client, "http://proc:9101", GROUP, unanswered) == 7.0
+        assert await lag(client, ["http://proc:9101"], GROUP, unanswered) == 7.0
     assert seen == ["http://proc:9101/metrics"]
     assert unanswered == Counter()
 
@@ -85,8 +97,8 @@ async def test_lag_reads_a_page_with_lag_lines() -> None:
 async def test_a_page_without_lag_lines_is_an_unanswered_probe() -> None:
     unanswered: Counter[str] = Counter()
     async with client_for(lambda r: httpx.Response(200, text=consumer_page({}))) as client:
-        assert await lag(client, "http://proc:9101", GROUP, unanswered) is None
-        assert await lag(client, "http://proc:9101", GROUP, unanswered) is None
+        assert await lag(client, ["http://proc:9101"], GROUP, unanswered) is None
+        assert await lag(client, ["http://proc:9101"], GROUP, unanswered) is None
     assert unanswered == Counter({
         "http://proc:9101/metrics: no kafka_consumer_lag series of group 'reco-processor'": 2})
 
@@ -96,7 +108,7 @@ async def test_an_http_error_page_is_an_unanswered_probe() -> None:
     page = consumer_page({(GROUP, 0): 0})
     unanswered: Counter[str] = Counter()
     async with client_for(lambda r: httpx.Response(503, text=page)) as client:
-        assert await lag(client, "http://proc:9101", GROUP, unanswered) is None
+        assert await lag(client, ["http://proc:9101"], GROUP, unanswered) is None
     assert unanswered == Counter({"http://proc:9101/metrics: HTTP 503": 1})
 
 
@@ -106,7 +118,7 @@ async def test_no_connection_is_an_unanswered_probe() -> None:
 
     unanswered: Counter[str] = Counter()
     async with client_for(refuse) as client:
-        assert await lag(client, "http://proc:9101", GROUP, unanswered) is None
+        assert await lag(client, ["http://proc:9101"], GROUP, unanswered) is None
     assert unanswered == Counter({"http://proc:9101/metrics: ConnectError": 1})
 
 
@@ -114,9 +126,143 @@ async def test_an_unreadable_lag_sample_is_an_unanswered_probe() -> None:
     page = 'kafka_consumer_lag{group="reco-processor",partition="0",topic="events"} many\n'
     unanswered: Counter[str] = Counter()
     async with client_for(lambda r: httpx.Response(200, text=page)) as client:
-        assert await lag(client, "http://proc:9101", GROUP, unanswered) is None
+        assert await lag(client, ["http://proc:9101"], GROUP, unanswered) is None
     (reason,) = unanswered
     assert reason.startswith("http://proc:9101/metrics: unreadable sample")
+
+
+COPIES = ["http://proc:9101", "http://proc:9111"]  # two copies of the processor
+
+
+def copies_client(pages: dict[int, httpx.Response]) -> httpx.AsyncClient:
+    """Each copy's /metrics answer, by its port."""
+    return client_for(lambda r: pages[r.url.port])
+
+
+async def test_lag_sums_the_partitions_of_every_copy() -> None:
+    pages = {9101: httpx.Response(200, text=consumer_page({(GROUP, 0): 2, (GROUP, 1): 5})),
+             9111: httpx.Response(200, text=consumer_page({(GROUP, 2): 4}))}
+    unanswered: Counter[str] = Counter()
+    async with copies_client(pages) as client:
+        assert await lag(client, COPIES, GROUP, unanswered) == 11.0
+    assert unanswered == Counter()
+
+
+async def test_a_partition_on_two_copies_pages_counts_once_at_its_max() -> None:
+    # During a rebalance the copy losing partition 1 can still show its last figure.
+    pages = {9101: httpx.Response(200, text=consumer_page({(GROUP, 0): 3, (GROUP, 1): 1})),
+             9111: httpx.Response(200, text=consumer_page({(GROUP, 1): 6}))}
+    async with copies_client(pages) as client:
+        assert await lag(client, COPIES, GROUP) == 9.0
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    (httpx.Response(503, text=consumer_page({(GROUP, 2): 0})), "HTTP 503"),
+    (httpx.Response(200, text=consumer_page({})),
+     "no kafka_consumer_lag series of group 'reco-processor'"),
+], ids=["http-error", "no-lag-lines"])
+async def test_one_copys_page_without_a_figure_leaves_the_probe_without_one(
+        answer: httpx.Response, reason: str) -> None:
+    # The other copy's figure is only its own partitions: no figure, not a partial one.
+    pages = {9101: httpx.Response(200, text=consumer_page({(GROUP, 0): 2, (GROUP, 1): 5})),
+             9111: answer}
+    unanswered: Counter[str] = Counter()
+    async with copies_client(pages) as client:
+        assert await lag(client, COPIES, GROUP, unanswered) is None
+    assert unanswered == Counter({f"http://proc:9111/metrics: {reason}": 1})
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_consumer_copies_names_and_metrics_ports(copies: int) -> None:
+    settings = Settings(processor_metrics_port=7101, processor_copies=copies,
+                        archiver_metrics_port=7102)
+    expected = {"processor": [("processor", 7101), ("processor-2", 7111),
+                              ("processor-3", 7121)][:copies],
+                "archiver": [("archiver", 7102)]}
+    assert consumer_copies(settings) == expected
+    # The stack runs exactly these: same names, each serving its metrics on its port.
+    run = {c.name: c.ports for c in app_components(settings) if c.job}
+    assert run == {name: (port,) for role in expected.values() for name, port in role}
+
+
+@pytest.fixture
+def soak(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """benchmarks/soak.py as its script imports it (soak_checks from its own directory)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module("soak")
+
+
+def test_an_attached_soak_reads_and_watches_every_copy(soak: ModuleType,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    base = free_port()
+    monkeypatch.setenv("RECO_PROCESSOR_METRICS_PORT", str(base))
+    monkeypatch.setenv("RECO_PROCESSOR_COPIES", "3")
+    archivers = ["http://127.0.0.1:1", "http://127.0.0.1:2"]  # --archiver-metrics-url A B
+    stack = soak.Stack()
+    stack.attach({"ingest": "http://127.0.0.1:3", "recommendations": "http://127.0.0.1:4",
+                  "processor": None, "archiver": archivers})
+    processors = [f"http://127.0.0.1:{base + 10 * n}" for n in range(3)]
+    assert stack.urls["processor"] == processors  # the default: every copy of the settings
+    assert stack.urls["archiver"] == archivers
+    # No `reco run` listens there: each copy is unwatched under its own name, with why.
+    assert list(stack.unwatched) == ["ingest", "recommendations", "processor", "processor-2",
+                                     "processor-3", "archiver", "archiver-2"]
+    assert stack.unwatched["processor-3"].startswith(f"{processors[2]}: ")
+    assert stack.unwatched["archiver-2"].startswith("http://127.0.0.1:2: ")
+
+
+def test_no_credentials_without_keys_or_auth() -> None:
+    credentials = Credentials(Settings(api_keys=""))
+    assert credentials.ingest == {}
+    assert credentials.reco("u1") == {}
+
+
+async def test_the_load_carries_credentials_the_services_accept(
+        soak: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingest and recommendation requests pass serving/security.py's own checks."""
+    settings = Settings(auth_enabled=True, api_keys="key-one-0123456789,key-two-0123456789",
+                        jwt_secret="s" * 40)
+    keys, tokens = ApiKeyCheck(settings.api_keys), JwtCheck(settings)
+
+    async def events(request: web.Request) -> web.Response:
+        try:
+            keys.verify(request.headers.get("X-API-Key"))
+        except AuthError:
+            return web.Response(status=401)
+        return web.Response(status=202)
+
+    async def recommendations(request: web.Request) -> web.Response:
+        try:
+            subject = tokens.subject(request.headers.get("Authorization"))
+            require_subject(subject, request.query["user_id"])
+        except AuthError as exc:
+            return web.Response(status=exc.status)
+        return web.json_response({"items": []})
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=consumer_page({(GROUP, 0): 0, ("event-archiver", 0): 0}))
+
+    app = web.Application()
+    app.router.add_post("/events", events)
+    app.router.add_get("/recommendations", recommendations)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        stack = soak.Stack()
+        stack.settings = settings
+        stack.urls = {"ingest": url, "recommendations": url, "processor": [url],
+                      "archiver": [url]}
+        monkeypatch.setattr(soak, "LAG_PROBE_S", 0.1)
+        rec = soak.Recorder(time.perf_counter())
+        await soak.load(stack, 0.5, 20.0, 20.0, rec)
+    finally:
+        await runner.cleanup()
+    assert set(rec.statuses) == {"ingest 202", "recommendations 200"}, dict(rec.statuses)
+    assert rec.statuses["ingest 202"] > 0 and rec.statuses["recommendations 200"] > 0
 
 
 async def probed(processor_page: str, archiver_page: str, samples: int = 3) -> Recorder:
@@ -126,8 +272,8 @@ async def probed(processor_page: str, archiver_page: str, samples: int = 3) -> R
     async with client_for(lambda r: httpx.Response(200, text=pages[r.url.host])) as client:
         for n in range(samples):
             rec.lag.append((5.0 * n,
-                            await lag(client, "http://proc", GROUP, rec.unanswered),
-                            await lag(client, "http://arch", "event-archiver", rec.unanswered)))
+                            await lag(client, ["http://proc"], GROUP, rec.unanswered),
+                            await lag(client, ["http://arch"], "event-archiver", rec.unanswered)))
     rec.acked_ids = [str(uuid.uuid4()) for _ in range(10)]
     return rec
 

@@ -232,19 +232,29 @@ def app_components(settings: Settings) -> list[Component]:
                   health=partial(http_ok, f"{reco}/health"), url=f"{reco}/docs", group="app",
                   metrics_url=f"{reco}/metrics", ports=(settings.reco_port,)),
     ]
-    for role, base_port, copies in (
-        ("processor", settings.processor_metrics_port, settings.processor_copies),
-        ("archiver", settings.archiver_metrics_port, settings.archiver_copies),
-    ):
-        for n in range(copies):
-            port = base_port + 10 * n
+    for role, copies in consumer_copies(settings).items():
+        for name, port in copies:
             metrics = f"http://{host}:{port}/metrics"
             out.append(Component(
-                role if n == 0 else f"{role}-{n + 1}",
-                ["env", f"RECO_{role.upper()}_METRICS_PORT={port}", *_reco("run", role)],
+                name, ["env", f"RECO_{role.upper()}_METRICS_PORT={port}", *_reco("run", role)],
                 health=partial(http_ok, metrics), url=metrics, group="app",
                 metrics_url=metrics, job=role, ports=(port,)))
     return out
+
+
+def consumer_copies(settings: Settings) -> dict[str, list[tuple[str, int]]]:
+    """Each consumer role's copies as (component name, metrics port), copy 0 first: copy n
+    serves its metrics on the role's base port + 10*n and is named by `copy_name`. The stack
+    starts them; the soak reads their lag."""
+    return {role: [(copy_name(role, n), base_port + 10 * n) for n in range(copies)]
+            for role, base_port, copies in (
+                ("processor", settings.processor_metrics_port, settings.processor_copies),
+                ("archiver", settings.archiver_metrics_port, settings.archiver_copies))}
+
+
+def copy_name(role: str, n: int) -> str:
+    """Copy n (n = 0..) of a consumer role: `role`, then `role-2`, `role-3`, ..."""
+    return role if n == 0 else f"{role}-{n + 1}"
 
 
 def _which(name: str) -> str:
