@@ -529,8 +529,10 @@ Notes:
   request a miss: with {res['mix']['event_share']:.0%} of a user's actions being events the hit
   ratio cannot exceed {1 - res['mix']['event_share']:.0%}, less the first request of every user
   not seen before (the Zipf tail: {res['mix']['active_users']:,} users, most acting once or twice
-  in the run). The ceiling above counts exactly that on the sequence sent; a hit ratio equal to
-  it means no request the rule allows to hit missed.
+  in the run). The ceiling above counts that on the sequence sent, leaving out requests sent
+  while the user's previous one was unanswered: those may hit or not (a race the cache can
+  win), so the hits can exceed the ceiling by a few, and a ratio at the ceiling means at most
+  as many allowed hits were missed as races were won.
 - A cache miss does two pipelined Redis round trips (cache entry, recent list and model
   versions; then last-touch times, the source items' lists not already parsed in process, the
   user's ALS and SASRec lists and seen set) and ranks ~670 entries in one compiled pass

@@ -145,9 +145,10 @@ class MixActions:
     `hittable` when the same user's previous action was a request that was answered before
     this one was sent (an event in between, or no earlier request, makes it a miss under the
     rule that a cached list never ignores the user's latest event). A request sent while the
-    previous one is unanswered may find its entry or not (a race: the server writes the entry
-    before the client reads the answer), so it is not counted, and hits can exceed the count
-    by such races. The load generator reports answers through `answered(path)`.
+    previous one is unanswered may find its entry or not (a race: the API queues the entry
+    before it answers, and the queue goes out ahead of its next read on its one Redis
+    connection), so it is not counted, and hits can exceed the count by such races. The load
+    generator reports answers through `answered(path)`.
     """
 
     def __init__(self, r: redis.Redis, s: Sizes, rng: np.random.Generator, first_user: int,

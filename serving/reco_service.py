@@ -5,6 +5,7 @@ Routes stay thin; this module holds the request flow, and `reco.ranking` holds t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -92,8 +93,12 @@ class _Plan:
 def ranking_key(config: RankConfig) -> bytes:
     """A digest of the ranking configuration that keys every fingerprint: an entry ranked with
     other weights or list lengths (before a redeploy, or by a replica not yet restarted) is a
-    miss instead of being served until its TTL."""
-    return hashlib.blake2b(repr(config).encode(), digest_size=16).digest()
+    miss instead of being served until its TTL. The same on every replica and restart: sorted
+    JSON, numbers as floats (a weight given as 1 or 1.0 is one configuration)."""
+    fields = {name: float(value) if isinstance(value, int | float) else value
+              for name, value in dataclasses.asdict(config).items()}
+    return hashlib.blake2b(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS),
+                           digest_size=16).digest()
 
 
 def _fingerprint(first: FirstRead, key: bytes) -> str:

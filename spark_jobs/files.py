@@ -20,8 +20,8 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
         have = set(pq.ParquetDataset(str(path)).schema.names)
         missing = [c for c in columns if c not in have]
         if missing:
-            raise ValueError(f"{path} has no column {', '.join(missing)}: it was written by "
-                             "an older release; run the task that writes it again (in "
+            raise ValueError(f"{path} has no column {', '.join(missing)}: probably written "
+                             "by an older release; run the task that writes it again (in "
                              "Airflow: clear it and the tasks after it)")
     return pq.read_table(str(path), columns=columns).to_pandas()
 

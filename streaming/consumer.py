@@ -33,7 +33,8 @@ BACKOFF_START_S = 0.1
 # (aiokafka: the session timeout, 10 s by default), counted before this member even hears of
 # the rebalance at its next heartbeat (every 3 s): 3 + 3 s leaves room for the round trips.
 REVOKE_WAIT_S = 3.0
-# The broker round trips refreshing lag while a batch is stuck: within the revocation's wait.
+# The broker round trips refreshing lag while a batch is stuck: each retry waits at most this
+# more (a broker that does not answer must not slow the retries of a store that came back).
 STUCK_LAG_TIMEOUT_S = 2.0
 
 
@@ -261,13 +262,13 @@ class PartitionLag:
             # Unknown (no fetch response since the assignment, or no position yet): keep what
             # this consumer last showed for the partition, if anything, until it is known.
             if lag is not None:
-                CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(lag)
-                self._shown.add(tp)
+                self._show(tp, lag)
 
     async def record_stuck(self) -> None:
         """Lag while a batch is stuck (its store down): the loop fetches nothing meanwhile, so
         high watermarks freeze. The broker's end offsets against the committed offsets count
-        everything not processed, the batch in hand included. Bounded: never holds a retry."""
+        everything not processed, the batch in hand included. Takes at most
+        STUCK_LAG_TIMEOUT_S, and no failure of it stops the retries."""
         assigned = self._consumer.assignment()
         self.keep_only(assigned)
         try:
@@ -278,11 +279,13 @@ class PartitionLag:
                     if done is None:  # nothing committed yet: consumed from the beginning
                         done = (await self._consumer.beginning_offsets([tp]))[tp]
                     if tp in self._consumer.assignment():
-                        CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(
-                            max(end - done, 0))
-                        self._shown.add(tp)
-        except (KafkaError, TimeoutError) as exc:  # keep the last values; the retry goes on
+                        self._show(tp, max(end - done, 0))
+        except Exception as exc:  # noqa: BLE001 - a gauge must never end the retry loop
             log.info("%s: lag not refreshed while stuck (%r)", self._group, exc)
+
+    def _show(self, tp: TopicPartition, lag: int) -> None:
+        CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(lag)
+        self._shown.add(tp)
 
     def clear(self) -> None:
         """Drop every series: a stopped consumer owns no partition."""

@@ -7,6 +7,7 @@ Recency: A was touched one half-life after B, so B-only candidates get exactly 0
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -242,6 +243,27 @@ def test_cache_entries_ranked_with_other_weights_are_misses(world, make_client) 
         assert get(after, k=5)["cached"] is True
     with make_client() as before_again:  # and the other way round
         assert get(before_again, k=5) == first
+        before_again.app.state.service.store.flush_cache_writes()
+    # Another replica or a restart with the same settings hits those entries: the key is the
+    # configuration's, not the process's.
+    with make_client() as replica:
+        assert get(replica, k=5)["cached"] is True
+
+
+def test_the_ranking_key_is_the_same_in_every_process() -> None:
+    """Replicas and restarts share cache entries: no per-process hash seed in the key."""
+    import subprocess
+    import sys
+
+    code = ("from reco.ranking import RankConfig; from serving.reco_service import "
+            "ranking_key; print(ranking_key(RankConfig(w_pop=1)).hex())")
+    keys_seen = {subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                text=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+                 for seed in ("1", "2")}
+    from reco.ranking import RankConfig
+    from serving.reco_service import ranking_key
+
+    assert keys_seen == {ranking_key(RankConfig(w_pop=1.0)).hex() + "\n"}
 
 
 def test_cache_entries_of_the_release_before_catalogue_stamps_do_not_mix(client, world) -> None:
