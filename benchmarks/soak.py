@@ -9,8 +9,10 @@ time, processor/archiver lag and the memory of every process.
 Its own stack: Kafka, Redis, PostgreSQL (tests/servers.py) and `reco run ingest|
 recommendations|processor|archiver` as subprocesses on free loopback ports. Open-loop load at
 fixed rates. Targets: no errors or skipped sends; every processor/archiver lag probe answered
-(a /metrics page without the consumer group's kafka_consumer_lag series is no answer, and one
-copy's page without a figure leaves the probe without one) and under ten seconds of ingest;
+(every copy's /metrics page answers, and every partition of the events topic is on one: a copy
+that owns no partition shows no kafka_consumer_lag series of its group and adds nothing, but a
+partition on no page or one copy's page without an answer leaves the probe without a figure)
+and under ten seconds of ingest;
 lag drained and every acknowledged event archived; RSS growth under 10% (after a one-minute
 warm-up). Writes benchmarks/reports/soak.{md,json} and prints the table. Not run by CI.
 
@@ -29,10 +31,11 @@ NOT MEASURED, with the reason: the verdict is then INCOMPLETE (or FAIL if a meas
 failed), never PASS.
 Auth (serving/security.py): with RECO_API_KEYS set, ingest requests carry the first key in
 X-API-Key; with RECO_AUTH_ENABLED, each recommendation request a JWT whose subject is its user,
-signed HS256 with RECO_JWT_SECRET. Nothing else is sent: without an API key the ingest API
-answers 401 (give the shell one), and with RS256 (no private key here) so does the
-recommendation API.
-Exit status: 0 PASS, 1 FAIL, 2 INCOMPLETE.
+signed HS256 with RECO_JWT_SECRET (and RECO_JWT_AUDIENCE as its audience when set), valid for
+the run and an hour more. With RECO_AUTH_ENABLED and no RECO_API_KEYS, or RS256 (no private
+key here), every request of one kind would get 401: the soak refuses to start and says what
+to set.
+Exit status: 0 PASS, 1 FAIL, 2 INCOMPLETE (or arguments refused, with the reason on stderr).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -63,6 +67,7 @@ from soak_checks import (  # noqa: E402
     Credentials,
     NotMeasured,
     Recorder,
+    auth_gap,
     count_archived,
     lag,
     service_process,
@@ -85,6 +90,7 @@ CONSUMERS = ("processor", "archiver")
 USERS, ITEMS = 5000, 20000
 WARMUP_S = 60.0
 LAG_PROBE_S = 5.0  # between lag probes under load
+TOKEN_MARGIN_S = 3600.0  # user tokens outlive the load by this much (the drain, a slow start)
 
 
 class Stack:
@@ -110,7 +116,8 @@ class Stack:
                      archiver_metrics_port=free_port())
         stack_servers.ensure_databases(pg.port, s.pg_user, s.pg_password, [s.pg_database])
         db.migrate(s)
-        asyncio.run(ensure_topics(s.kafka_bootstrap, {s.topic_events: 3, s.topic_dlq: 1}))
+        asyncio.run(ensure_topics(s.kafka_bootstrap,
+                                  {s.topic_events: s.topic_partitions, s.topic_dlq: 1}))
         self.settings = s
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RECO_PG_PORT": str(s.pg_port),
                "RECO_REDIS_URL": s.redis_url, "RECO_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
@@ -132,9 +139,12 @@ class Stack:
             if not wait_until(lambda u=url + path: http_ok(u), 60):
                 raise RuntimeError(f"{name} did not start; see {self.logdir}")
 
-    def attach(self, urls: dict[str, str | list[str] | None]) -> None:
-        """A running stack; a consumer without URLs: every copy its RECO_* settings run."""
-        self.settings = Settings()  # the consumer groups and DSN of the stack's environment
+    def attach(self, urls: dict[str, str | list[str] | None],
+               settings: Settings | None = None) -> None:
+        """A running stack; a consumer without URLs: every copy its RECO_* settings run
+        (`settings`, by default the shell's)."""
+        # The consumer groups, topic, DSN and credentials of the stack's environment.
+        self.settings = settings or Settings()
         self.urls, self.attached = {}, True
         for service, copies in consumer_copies(self.settings).items():
             self.urls[service] = [f"http://127.0.0.1:{port}" for _, port in copies]
@@ -157,15 +167,18 @@ class Stack:
 
     async def lags(self, client: httpx.AsyncClient, unanswered: Counter[str] | None = None
                    ) -> tuple[float | None, float | None]:
-        """Processor and archiver lag, each of its consumer group over its copies' pages."""
+        """Processor and archiver lag, each of its consumer group over its copies' pages, on
+        every partition of the events topic."""
         s = self.settings
         assert s is not None, "start() or attach() first"
-        return (await lag(client, self.urls["processor"], s.group_processor, unanswered),
-                await lag(client, self.urls["archiver"], s.group_archiver, unanswered))
+        topic = (s.topic_events, s.topic_partitions)
+        return (await lag(client, self.urls["processor"], s.group_processor, *topic, unanswered),
+                await lag(client, self.urls["archiver"], s.group_archiver, *topic, unanswered))
 
     async def wait_for_lag(self, timeout_s: float = 60.0) -> None:
-        """Until both consumers publish their lag (assigned, first fetch done): without lag
-        figures the soak could only fail, so it says why and does not start the load."""
+        """Until both consumers publish the lag of every partition (assigned, first fetch
+        done) over their copies' pages: without lag figures the soak could only fail, so it says
+        why and does not start the load."""
         deadline = time.monotonic() + timeout_s
         async with httpx.AsyncClient() as client:
             while True:
@@ -204,7 +217,8 @@ async def load(stack: Stack, duration_s: float, ingest_rate: float, reco_rate: f
                rec: Recorder) -> None:
     urls = stack.urls
     assert stack.settings is not None
-    credentials = Credentials(stack.settings)
+    # Tokens are cached for the run: valid through the load, the drain after it, and more.
+    credentials = Credentials(stack.settings, valid_s=duration_s + TOKEN_MARGIN_S)
     rng = random.Random(1)
     # aiohttp, not httpx: under ~50 concurrent requests/s httpx's pool alone added 100s of ms
     # per request here (measured), which would have been reported as server latency.
@@ -298,7 +312,8 @@ def report(rec: Recorder, rss: dict[str, dict[str, float]], args, drained: dict,
     errors = sum(rec.errors.values())
     growth = {n: (rss["end"][n] / rss["warm"][n] - 1) * 100 if n in rss["end"] else None
               for n in names}
-    result = {"duration_s": args.duration, "ingest_rate": args.ingest_rate,
+    result = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+              "duration_s": args.duration, "ingest_rate": args.ingest_rate,
               "reco_rate": args.reco_rate, "requests": total, "errors": errors,
               "error_rate": errors / total if total else 0.0, "statuses": dict(rec.statuses),
               "late_sends": rec.late, "acked_events": rec.acked, "minutes": rows,
@@ -319,6 +334,8 @@ def markdown(r: dict) -> str:
     f = "{:.1f}".format
     lines = [f"# Soak: {r['duration_s']:.0f} s, ingest {r['ingest_rate']:g}/s + "
              f"recommendations {r['reco_rate']:g}/s", "",
+             "Generated by `benchmarks/soak.py` on "
+             f"{datetime.fromisoformat(r['generated_at']):%Y-%m-%d %H:%M UTC}.", "",
              "| min | ingest ok | err | p50 ms | p95 ms | p99 ms | reco ok | err | p50 ms | "
              "p95 ms | p99 ms | proc lag max | arch lag max |", "|" + "---|" * 13]
     for row in r["minutes"]:
@@ -394,12 +411,16 @@ def main() -> None:
     args = parser.parse_args()
     if bool(args.ingest_url) != bool(args.reco_url):
         parser.error("--ingest-url and --reco-url go together (neither: the soak's own stack)")
+    attached = Settings() if args.ingest_url else None  # the shell's, taken as the stack's
+    gap = auth_gap(attached) if attached is not None else None
+    if gap:
+        parser.error(f"refusing to soak a running stack that would answer 401: {gap}")
     stack = Stack()
     try:
-        if args.ingest_url and args.reco_url:
+        if attached is not None:
             stack.attach({"ingest": args.ingest_url, "recommendations": args.reco_url,
                           "processor": args.processor_metrics_url,
-                          "archiver": args.archiver_metrics_url})
+                          "archiver": args.archiver_metrics_url}, attached)
         else:
             stack.start()
         asyncio.run(stack.wait_for_lag())

@@ -1,7 +1,8 @@
 """The soak's measurements and verdict: a consumer's lag read from the /metrics pages of its
-copies (max per partition over the pages, summed; no figure unless every page gives one), the
-process of each service (for its RSS), the archived share of the events the run sent, the
-credentials its requests carry to an auth-enabled stack, the recorder of every request and
+copies (max per partition over the pages, summed; no figure unless every page answers and every
+partition of the events topic is on one), the process of each service (for its RSS), the
+archived share of the events the run sent, the credentials its requests carry to an
+auth-enabled stack (and why some settings leave it none), the recorder of every request and
 probe, and the named checks a run must pass."""
 
 from __future__ import annotations
@@ -33,26 +34,28 @@ Partitions = dict[tuple[str, str], float]  # (topic, partition) -> lag
 
 
 def parse_lag(text: str, group: str) -> Partitions:
-    """The lag `group` reports on a Prometheus page, per (topic, partition) it shows.
+    """The lag `group` reports on a Prometheus page, per (topic, partition) it shows: empty when
+    it shows none, as the page of a copy that owns no partition does (streaming/consumer.py's
+    PartitionLag drops the series of partitions a copy does not own: more copies than
+    partitions, or just after a rebalance). An unreadable sample raises NoLag.
 
-    A page without a series of that group (consumer not assigned yet, metric renamed, another
-    service's page) raises NoLag: absent evidence is not a lag of 0.
+    An empty page is not a lag of 0 either: `lag` takes a figure only when every partition is
+    on some copy's page, so a consumer not assigned yet, a renamed metric or another service's
+    page leaves its partitions on no page.
     """
     try:
-        values = {(sample.labels.get("topic", ""), sample.labels.get("partition", "")):
-                  sample.value
-                  for family in text_string_to_metric_families(text)
-                  if family.name == LAG_METRIC
-                  for sample in family.samples if sample.labels.get("group") == group}
+        return {(sample.labels.get("topic", ""), sample.labels.get("partition", "")):
+                sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == LAG_METRIC
+                for sample in family.samples if sample.labels.get("group") == group}
     except ValueError as exc:
         raise NoLag(f"unreadable sample ({exc})") from None
-    if not values:
-        raise NoLag(f"no {LAG_METRIC} series of group {group!r}")
-    return values
 
 
 async def read_lag(client: httpx.AsyncClient, page: str, group: str) -> Partitions:
-    """`group`'s lag per partition on the /metrics `page`; NoLag when there is no figure."""
+    """`group`'s lag per partition on the /metrics `page` (empty: the copy owns none); NoLag
+    when the page gives no answer (no connection, an HTTP error, an unreadable sample)."""
     try:
         response = await client.get(page, timeout=2)
     except httpx.HTTPError as exc:
@@ -62,15 +65,20 @@ async def read_lag(client: httpx.AsyncClient, page: str, group: str) -> Partitio
     return parse_lag(response.text, group)
 
 
-async def lag(client: httpx.AsyncClient, urls: Sequence[str], group: str,
-              unanswered: Counter[str] | None = None) -> float | None:
-    """`group`'s total lag over the `urls`/metrics pages, one per copy of the consumer.
+async def lag(client: httpx.AsyncClient, urls: Sequence[str], group: str, topic: str,
+              partitions: int, unanswered: Counter[str] | None = None) -> float | None:
+    """`group`'s total lag over the `urls`/metrics pages, one per copy of the consumer, on
+    `topic` of `partitions` partitions (the settings' `topic_events`, `topic_partitions`).
 
-    Every page must give a figure: one that does not (no answer, an HTTP error, a page without
-    the group's lag) leaves the probe without one (None), each such page's reason counted in
-    `unanswered`, since the copies behind the others see only their own partitions. The pages
-    combine by the max per (topic, partition) (during a rebalance two copies can both show a
-    partition, as in reco/stack/headline.py and the alert), summed.
+    A page that answers HTTP 200 without a series of the group is a copy that owns no partition
+    and adds nothing. A page that does not answer (no connection, an HTTP error, an unreadable
+    sample) leaves the probe without a figure (None), each such page's reason counted in
+    `unanswered`: the partitions it may own are unknown. The pages combine by the max per
+    (topic, partition) (during a rebalance two copies can both show a partition, as in
+    reco/stack/headline.py and the alert), summed, and only when every partition of `topic` is
+    on some page: one on no page (not assigned yet, a page of the wrong service) is no figure
+    either, not a lag of 0, counted once per probe as "<group>: partition(s) ... on no page"
+    (when every page answered; otherwise the unanswered pages are the reason).
     """
     async def read(page: str) -> Partitions | NoLag:
         try:
@@ -89,22 +97,56 @@ async def lag(client: httpx.AsyncClient, urls: Sequence[str], group: str,
             continue
         for key, value in got.items():
             merged[key] = max(value, merged.get(key, value))
-    return sum(merged.values()) if answered and merged else None
+    if not answered:
+        return None
+    missing = [str(n) for n in range(partitions) if (topic, str(n)) not in merged]
+    if missing:
+        if unanswered is not None:
+            unanswered[f"{group}: partition(s) {', '.join(missing)} of {topic} on no page"] += 1
+        return None
+    return sum(merged.values())
+
+
+def auth_gap(settings: Settings) -> str | None:
+    """Why a soak with these settings could only get 401s from the stack, or None.
+
+    serving/security.py checks credentials only with `auth_enabled`, and then on every ingest
+    write (one of `api_keys`: with none, no key passes) and every recommendation request (a JWT;
+    the soak can sign one only with HS256's shared `jwt_secret`, not RS256's private key).
+    """
+    if not settings.auth_enabled:
+        return None
+    gaps = []
+    if not settings.api_keys:
+        gaps.append("RECO_API_KEYS is empty, so the ingest API would refuse every event: set it "
+                    "to (one of) the stack's keys")
+    if settings.jwt_algorithm != "HS256":
+        gaps.append(f"RECO_JWT_ALGORITHM is {settings.jwt_algorithm}, so the recommendation API "
+                    "would refuse every request (the soak signs user tokens only with HS256's "
+                    "shared RECO_JWT_SECRET): soak a stack that runs RECO_JWT_ALGORITHM=HS256, "
+                    "with its RECO_JWT_SECRET set here")
+    if not gaps:
+        return None
+    return ("the shell's settings have RECO_AUTH_ENABLED=true but " + "; and ".join(gaps)
+            + " (or RECO_AUTH_ENABLED=false if the stack runs without auth)")
 
 
 class Credentials:
     """What the soak's requests carry to an auth-enabled stack (serving/security.py), from the
     settings of the shell running it: ingest writes the first of `api_keys` in the X-API-Key
     header; a recommendation request a JWT whose subject is the user asked about (HS256, signed
-    with `jwt_secret`; with RS256 the soak holds no private key and sends none). Nothing is
-    sent without keys, or without `auth_enabled` for the token."""
+    with `jwt_secret`, with `jwt_audience` as `aud` when set), valid `valid_s` seconds from its
+    first use (tokens are cached for the run: give the run's length and a margin). Nothing is
+    sent without keys, or without `auth_enabled` and HS256 for the token (`auth_gap` says when
+    that leaves the soak only 401s)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, valid_s: float) -> None:
         self.ingest = ({API_KEY_HEADER: settings.api_keys[0].get_secret_value()}
                        if settings.api_keys else {})
         self._secret = (settings.jwt_secret.get_secret_value()
                         if settings.auth_enabled and settings.jwt_algorithm == "HS256" else None)
         self._audience = settings.jwt_audience
+        self._valid_s = valid_s
         self._headers: dict[str, dict[str, str]] = {}  # user -> headers (a token per user)
 
     def reco(self, user: str) -> dict[str, str]:
@@ -112,7 +154,7 @@ class Credentials:
             return {}
         headers = self._headers.get(user)
         if headers is None:
-            claims = {"sub": user, "exp": int(time.time()) + 86_400,
+            claims = {"sub": user, "exp": int(time.time() + self._valid_s),
                       **({"aud": self._audience} if self._audience else {})}
             token = jwt.encode(claims, self._secret, algorithm="HS256")
             headers = self._headers[user] = {"Authorization": f"Bearer {token}"}
@@ -215,7 +257,8 @@ def verdict(rec: Recorder, growth: dict[str, float | None], drained: dict,
     no answer or an empty set of samples (never a vacuous pass); None when this run could not
     take the figure where it runs (an attached stack's RSS or events table out of its reach).
 
-    `growth` maps every service to its RSS growth in %, or None if its process was not measured;
+    `growth` maps every process or copy (ingest, recommendations, processor, processor-2, ...,
+    archiver, ...) to its RSS growth in %, or None if it was not measured;
     `drained["archived"]` is None when the events table could not be read.
     """
     processor = [p for _, p, _ in rec.lag]
