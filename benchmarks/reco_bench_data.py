@@ -102,12 +102,17 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
     for _ in range(s.pool):
         touched = draw(s.recent + s.seen_before_recent)
         items = touched[: s.recent]
-        ages = np.sort(rng.uniform(0, 24 * 3600, len(items)))
+        # The recent items within a day, the others touched before them (within 30 days).
+        ages = np.concatenate([np.sort(rng.uniform(0, 24 * 3600, len(items))),
+                               np.sort(rng.uniform(24 * 3600, 30 * 24 * 3600,
+                                                   len(touched) - len(items)))])
         recent, times = keys.user_recent(SCRATCH_USER), keys.user_recent_times(SCRATCH_USER)
         seen = keys.user_seen(SCRATCH_USER)
         r.rpush(recent, *items)
-        r.hset(times, mapping={m: now - float(a) for m, a in zip(items, ages, strict=True)})
-        r.sadd(seen, *touched)
+        r.hset(times, mapping={m: now - float(a)
+                               for m, a in zip(items, ages[: len(items)], strict=True)})
+        r.zadd(seen, {m: int((now - a) * 1000) for m, a in zip(touched, ages.tolist(),
+                                                                strict=True)})
         recent_pool.append(r.dump(recent))
         times_pool.append(r.dump(times))
         seen_pool.append(r.dump(seen))
@@ -200,7 +205,7 @@ def _event(r: redis.Redis, user: str, item: str):
         pipe.lpush(keys.user_recent(user), item)
         pipe.ltrim(keys.user_recent(user), 0, 49)
         pipe.hset(keys.user_recent_times(user), item, time.time())
-        pipe.sadd(keys.user_seen(user), item)
+        pipe.zadd(keys.user_seen(user), {item: int(time.time() * 1000)})
         pipe.execute()
 
     return apply

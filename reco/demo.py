@@ -186,8 +186,7 @@ def single_signal_rankings(settings: Settings, users: list[str], k: int
     # w_cf, w_seq > 0 make the service read the ALS item lists and the SASRec lists too.
     reader_settings = settings.model_copy(update={"w_cf": max(settings.w_cf, 1.0),
                                                   "w_seq": max(settings.w_seq, 1.0)})
-    store = FeatureStore(settings.redis_url, timeout_s=5.0, neighbours_n=settings.reco_neighbours_n,
-                         similar_n=settings.reco_similar_n)
+    store = FeatureStore.from_settings(settings, timeout_s=5.0)
     signals = GlobalSignals(reader_settings)
     signals.refresh()
     service = RecoService(reader_settings, store, signals)

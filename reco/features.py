@@ -41,6 +41,7 @@ class FeatureParams:
 
     event_weights: Mapping[str, float]
     recent_max: int = 50
+    seen_max: int = 500  # exclude_seen's reach, newest first (offline evaluation mirrors it)
     half_life_s: float = 24 * 3600.0
     landmark_s: float = 1_790_000_000.0
     coview_recent_n: int = 10
@@ -53,6 +54,7 @@ class FeatureParams:
         return cls(
             event_weights=dict(settings.event_weights),
             recent_max=settings.recent_max,
+            seen_max=settings.seen_max,
             half_life_s=settings.popularity_half_life_h * 3600.0,
             landmark_s=settings.popularity_landmark_s,
             coview_recent_n=settings.coview_recent_n,

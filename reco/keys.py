@@ -31,8 +31,10 @@ def user_recent(user_id: str) -> str:
 
 
 def user_seen(user_id: str) -> str:
-    """Set of every item the user interacted with (exclude_seen reaches beyond the recent 50)."""
-    return f"user:seen:{user_id}"
+    """Sorted set: item id -> epoch ms the user last touched it, the newest `seen_max` kept
+    (exclude_seen reaches beyond the recent 50). Named apart from the unbounded plain set the
+    processor wrote before, so an upgrade never meets the old type (those sets expire)."""
+    return f"user:seen_at:{user_id}"
 
 
 def user_recent_times(user_id: str) -> str:

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     recent_max: int = 50
     recent_ttl_s: int = 24 * 3600
     seen_ttl_s: int = 30 * 24 * 3600
+    # exclude_seen reaches a user's newest this many items: every miss reads them all, and an
+    # unbounded set let one crawler's user id cost each of its misses ~0.3 us per item ever seen.
+    seen_max: int = Field(default=500, ge=0)
     # 30 days: measured on MovieLens-100k validation (benchmarks/reports/tuning.md); 24h made
     # the popularity signal half as good there.
     popularity_half_life_h: float = 720.0

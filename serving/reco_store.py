@@ -28,6 +28,7 @@ import numpy as np
 
 from reco import keys, neighbours
 from reco.ranking import Lists
+from reco.settings import Settings
 from reco.timing import REDIS_OPERATION_SECONDS
 from serving import reco_metrics as metrics
 from serving.reco_aio import AsyncPipelineClient
@@ -85,12 +86,13 @@ class FeatureStore:
     """
 
     def __init__(self, url: str, timeout_s: float = 0.25, retry_s: float = 1.0,
-                 neighbours_n: int = 50, similar_n: int = 100) -> None:
+                 neighbours_n: int = 50, similar_n: int = 100, seen_max: int = 500) -> None:
         self.client = PipelineClient(url, timeout_s)
         self.aio = AsyncPipelineClient(url, timeout_s)
         self.retry_s = retry_s
         self.neighbours_n = neighbours_n
         self.similar_n = similar_n
+        self.seen_max = seen_max
         self._down_until = 0.0
         # Cache writes ride along with the next request's first pipeline (or a flush soon
         # after): a cache miss then costs two round trips in total, not three.
@@ -98,6 +100,12 @@ class FeatureStore:
         self._pending_lock = threading.Lock()
         self._timers: dict[str, Any] = {}  # operation -> histogram child (labels() is slow)
         self._write_error_logged_at = -WRITE_ERROR_LOG_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings, timeout_s: float | None = None) -> FeatureStore:
+        timeout = settings.reco_redis_timeout_s if timeout_s is None else timeout_s
+        return cls(settings.redis_url, timeout, settings.reco_redis_retry_s,
+                   settings.reco_neighbours_n, settings.reco_similar_n, settings.seen_max)
 
     def _timer(self, operation: str) -> Any:
         timer = self._timers.get(operation)
@@ -191,7 +199,8 @@ class FeatureStore:
                                  self.neighbours_n - 1, "REV", "WITHSCORES"))
             else:
                 commands.append(("GET", _LIST_KEYS[key.kind](key.item_id, key.version)))
-        commands.append(("SMEMBERS", keys.user_seen(user_id)))
+        if self.seen_max:  # the newest seen_max: the processor trims to its own setting
+            commands.append(("ZRANGE", keys.user_seen(user_id), 0, self.seen_max - 1, "REV"))
         return commands
 
     def _second_reply(self, replies_list: list, sources: Sequence[str],
@@ -205,7 +214,7 @@ class FeatureStore:
                  else neighbours.decode_coded(next(replies)) if key.kind in USER_KINDS
                  else neighbours.decode(next(replies), self.neighbours_n)
                  for key in lists}
-        return SecondRead(times, found, next(replies))
+        return SecondRead(times, found, next(replies, []))
 
     def second_read(self, user_id: str, sources: Sequence[str],
                     lists: Sequence[ListKey]) -> SecondRead:

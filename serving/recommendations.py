@@ -36,9 +36,7 @@ Category = Annotated[str | None, Query(min_length=1, max_length=128)]
 
 
 def create_app(settings: Settings) -> FastAPI:
-    store = FeatureStore(settings.redis_url, settings.reco_redis_timeout_s,
-                         settings.reco_redis_retry_s, settings.reco_neighbours_n,
-                         settings.reco_similar_n)
+    store = FeatureStore.from_settings(settings)
     signals = GlobalSignals(settings)
     service = RecoService(settings, store, signals)
 

@@ -49,14 +49,15 @@ def model_features(model: str, model_dir: Path, neighbours_n: int) -> dict:
             "user_cf": users}
 
 
-def user_histories(events: pd.DataFrame, users: set[str], recent_max: int
+def user_histories(events: pd.DataFrame, users: set[str], recent_max: int, seen_max: int
                    ) -> tuple[dict[str, list[str]], dict[str, tuple[list[str], list[float]]]]:
-    """(seen, recent) of each of `users`: their distinct items, newest first in event order, and
-    the first `recent_max` of them with their times (the processor's recent list)."""
+    """(seen, recent) of each of `users`: the first `seen_max` of their distinct items, newest
+    first in event order, and the first `recent_max` with their times (the processor's lists)."""
     by_user = newest_distinct(events[events["user_id"].isin(users)]).groupby("user_id", sort=False)
-    seen = by_user["item_id"].agg(list).to_dict()
-    seen_ts = by_user["ts"].agg(list).to_dict()
-    return seen, {u: (items[:recent_max], seen_ts[u][:recent_max]) for u, items in seen.items()}
+    distinct = by_user["item_id"].agg(list).to_dict()
+    times = by_user["ts"].agg(list).to_dict()
+    return ({u: items[:seen_max] for u, items in distinct.items()},
+            {u: (items[:recent_max], times[u][:recent_max]) for u, items in distinct.items()})
 
 
 def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: dict,
@@ -93,7 +94,8 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
     held = read_parquet(data.extract_dir / ex.HOLDOUT, ["user_id", "item_id", "ts"])
     if len(held) > max_users:
         held = held.sample(n=max_users, random_state=seed)
-    seen, recent = user_histories(events, set(held["user_id"]), params.recent_max)
+    seen, recent = user_histories(events, set(held["user_id"]), params.recent_max,
+                                  params.seen_max)
     ranks, tops = [], []
     for user, target, t in zip(*(held[c].tolist() for c in ("user_id", "item_id", "ts")),
                                strict=True):

@@ -181,20 +181,27 @@ class FeatureStore:
             cmds.zincrby(key, partners)
         cmds.each("ZREMRANGEBYRANK", coview_keys, "0", str(-(s.coview_max + 1)))  # keep the best
         cmds.each("EXPIRE", coview_keys, str(s.coview_ttl_s))
-        seen = _items_by_user(events)
-        seen_keys = [keys.user_seen(user) for user in seen]
-        for key, items in zip(seen_keys, seen.values(), strict=True):
-            cmds.variadic("SADD", key, items)
-        cmds.each("EXPIRE", seen_keys, str(s.seen_ttl_s))
+        if s.seen_max:
+            touched = _last_touches(events)
+            seen_keys = [keys.user_seen(user) for user in touched]
+            for key, times in zip(seen_keys, touched.values(), strict=True):
+                # GT: a late event never moves an item back in time.
+                pairs = chain.from_iterable((str(ms), item) for item, ms in times.items())
+                cmds.variadic("ZADD", key, ["GT", *pairs])
+            cmds.each("ZREMRANGEBYRANK", seen_keys, "0", str(-(s.seen_max + 1)))  # the newest
+            cmds.each("EXPIRE", seen_keys, str(s.seen_ttl_s))
         cmds.each("SET", [_marker(e) for e in events], "1", "EX", str(s.dedup_ttl_s))
         return cmds
 
 
-def _items_by_user(events: Sequence[StreamEvent]) -> dict[str, list[str]]:
-    by_user: dict[str, set[str]] = {}
+def _last_touches(events: Sequence[StreamEvent]) -> dict[str, dict[str, int]]:
+    """user -> item -> the latest event time (epoch ms) of the batch."""
+    by_user: dict[str, dict[str, int]] = {}
     for e in events:
-        by_user.setdefault(e.user_id, set()).add(e.item_id)
-    return {user: list(items) for user, items in by_user.items()}
+        times = by_user.setdefault(e.user_id, {})
+        if times.get(e.item_id, -1) < e.timestamp:
+            times[e.item_id] = e.timestamp
+    return by_user
 
 
 def _marker(event: StreamEvent) -> str:

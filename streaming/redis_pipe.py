@@ -71,7 +71,7 @@ class Packed:
         self.count += len(increments)
 
     def variadic(self, name: str, key: str, args: Sequence[str]) -> None:
-        """`name key *args` (RPUSH, HSET, SADD, ...)."""
+        """`name key *args` (RPUSH, HSET, ZADD, ...)."""
         self._parts.append(f"*{2 + len(args)}\r\n{bulk(name)}{bulk(key)}{_bulks(args)}")
         self.count += 1
 

@@ -88,11 +88,21 @@ def test_exclude_seen_false_keeps_recent_items(client) -> None:
 
 def test_items_seen_long_ago_are_excluded_too(world, make_client) -> None:
     # W and P left the 50-item recent list long ago, but the user did interact with them.
-    world["redis"].sadd(keys.user_seen("u1"), "A", "B", "W", "P")
+    world["redis"].zadd(keys.user_seen("u1"), {"W": 1, "P": 2, "A": 3, "B": 4})
     with make_client() as client:
         assert [i for i, _ in ids_scores(get(client))] == ["X", "Y", "Z"]
         assert [i for i, _ in ids_scores(get(client, exclude_seen="false", k=10))] == [
             "X", "Y", "Z", "W", "P", "A"]
+
+
+def test_only_the_newest_seen_items_are_excluded(world, make_client) -> None:
+    """A miss reads at most `seen_max` seen items, the newest, whatever the set holds (one
+    written under a larger setting, or by hand)."""
+    world["redis"].zadd(keys.user_seen("u1"), {"W": 1, "P": 2, "A": 3, "B": 4})
+    with make_client(seen_max=3) as client:  # W is the oldest: back in the ranking
+        assert [i for i, _ in ids_scores(get(client, k=10))] == ["X", "Y", "Z", "W"]
+    with make_client(seen_max=0) as client:  # only the recent items
+        assert [i for i, _ in ids_scores(get(client, k=10))] == ["X", "Y", "Z", "W", "P"]
 
 
 def test_out_of_stock_is_dropped(world, make_client) -> None:
@@ -256,14 +266,15 @@ def test_the_ranking_key_is_the_same_in_every_process() -> None:
     import sys
 
     code = ("from reco.ranking import RankConfig; from serving.reco_service import "
-            "ranking_key; print(ranking_key(RankConfig(w_pop=1)).hex())")
+            "ranking_key; print(ranking_key(RankConfig(w_pop=1), 500).hex())")
     keys_seen = {subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                 text=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
                  for seed in ("1", "2")}
     from reco.ranking import RankConfig
     from serving.reco_service import ranking_key
 
-    assert keys_seen == {ranking_key(RankConfig(w_pop=1.0)).hex() + "\n"}
+    assert keys_seen == {ranking_key(RankConfig(w_pop=1.0), 500).hex() + "\n"}
+    assert ranking_key(RankConfig(w_pop=1.0), 499) != ranking_key(RankConfig(w_pop=1.0), 500)
 
 
 def test_cache_entries_of_the_release_before_catalogue_stamps_do_not_mix(client, world) -> None:

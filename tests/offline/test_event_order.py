@@ -95,7 +95,9 @@ def test_batch_evaluation_reads_the_processors_recent_items(tmp_path: Path) -> N
         rows.setdefault(str(data.user_ids[u]), []).append(str(data.item_ids[i]))
     assert rows == {u: items[:3] for u, items in RECENT.items()}
 
-    seen, recent = user_histories(train, set(TEST), recent_max=3)
+    seen, recent = user_histories(train, set(TEST), recent_max=3, seen_max=500)
     assert seen == RECENT
+    bounded, _ = user_histories(train, set(TEST), recent_max=3, seen_max=2)
+    assert bounded == {u: items[:2] for u, items in RECENT.items()}  # the newest, as served
     assert {u: items for u, (items, _) in recent.items()} == {u: r[:3] for u, r in RECENT.items()}
     assert recent["a"][1] == [30.0, 30.0, 20.0]

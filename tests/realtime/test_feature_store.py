@@ -56,6 +56,31 @@ async def test_recent_items_out_of_step_with_their_times(
         assert r.hgetall(keys.user_recent_times(user)) == {"a": repr(t_s), "b": repr(t_s - 5)}
 
 
+async def test_seen_items_keep_the_newest_touch_and_the_newest_items(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """`user:seen_at` holds each item's latest touch (a late event does not move it back) and
+    only the user's newest `seen_max` items: a miss reads all of them."""
+    client = RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings.model_copy(update={"seen_max": 3}))
+    try:
+        await store.apply([ev("u1", "a", T_MS), ev("u1", "b", T_MS + 1), ev("u1", "a", T_MS + 5)])
+        await store.apply([ev("u1", "c", T_MS + 2), ev("u1", "a", T_MS - 100)])  # a: late
+        seen = keys.user_seen("u1")
+        assert redis_client.zrange(seen, 0, -1, withscores=True) == [
+            ("b", T_MS + 1.0), ("c", T_MS + 2.0), ("a", T_MS + 5.0)]
+        await store.apply([ev("u1", "d", T_MS + 3), ev("u1", "e", T_MS + 4)])
+        assert redis_client.zrange(seen, 0, -1) == ["d", "e", "a"]  # b and c were the oldest
+        assert 0 < redis_client.ttl(seen) <= settings.seen_ttl_s
+
+        off = FeatureStore(client, settings.model_copy(update={"seen_max": 0}))
+        await off.apply([ev("u2", "a", T_MS)])
+        assert not redis_client.exists(keys.user_seen("u2"))
+        assert redis_client.lrange(keys.user_recent("u2"), 0, -1) == ["a"]
+    finally:
+        await client.close()
+
+
 class Interleaved(RedisPipe):
     """A writer connection that lets another processor run once, just before this one's first
     command (`at="check"`) or its first MULTI/EXEC (`at="exec"`)."""

@@ -85,8 +85,10 @@ async def test_end_to_end_features_and_archive(
         "C": repr(T + 30.0), "A": repr(T + 20.0), "B": repr(T + 10.0)}
     assert r.lrange(keys.user_recent("u3"), 0, -1) == ["A", "D"]
     assert 0 < r.ttl(keys.user_recent("u1")) <= 24 * 3600
-    assert r.smembers(keys.user_seen("u1")) == {"A", "B", "C"}
-    assert r.smembers(keys.user_seen("u3")) == {"A", "D"}
+    ms = lambda t: float(int(t * 1000))  # noqa: E731  # seen: item -> last touch, epoch ms
+    assert r.zrange(keys.user_seen("u1"), 0, -1, withscores=True) == [
+        ("B", ms(T + 10)), ("A", ms(T + 20)), ("C", ms(T + 30))]
+    assert r.zrange(keys.user_seen("u3"), 0, -1) == ["D", "A"]
     assert 29 * DAY < r.ttl(keys.user_seen("u1")) <= 30 * DAY
     # u1: B after A (A<->B), A after B (A<->B), C after [A, B]; u2: B after A (A<->B)
     assert r.zrange(keys.co_view("A"), 0, -1, withscores=True) == [("C", 1.0), ("B", 3.0)]
