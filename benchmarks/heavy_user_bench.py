@@ -41,12 +41,14 @@ TURN = 40  # misses per side and turn
 
 
 def give_history(r: redis.Redis, users: list[str], extra: int, items: int, seed: int) -> None:
-    """`extra` more seen items per user, all touched before the user's existing ones."""
+    """`extra` more seen items per user, all touched before the user's existing ones (which
+    keep their times)."""
     rng = np.random.default_rng(seed)
     oldest_ms = int(time.time() * 1000) - 31 * 86_400_000
     for user in users:
         ids = rng.choice(items, extra, replace=False)
-        r.zadd(keys.user_seen(user), {f"i{n}": oldest_ms - k for k, n in enumerate(ids)})
+        r.zadd(keys.user_seen(user), {f"i{n}": oldest_ms - k for k, n in enumerate(ids)},
+               nx=True)
 
 
 def measure(seen: int, turns: int) -> list[dict]:
@@ -75,8 +77,9 @@ def measure(seen: int, turns: int) -> list[dict]:
             signals.start()
             while not signals.loaded:
                 await asyncio.sleep(0.2)
-            for n in range(1000, 2000):  # the in-process list caches fill as in a server
-                await services[0].recommend(RecoParams(user_id=f"u{n}", k=7))
+            for service in services:  # each one's list caches fill as in a server
+                for n in range(1000, 2000):
+                    await service.recommend(RecoParams(user_id=f"u{n}", k=7))
             for turn in range(turns):
                 order = range(len(sides)) if turn % 2 else reversed(range(len(sides)))
                 for side in order:
