@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     mlflow_port: int = 5000
     airflow_port: int = 8088
     prometheus_port: int = 9090
+    redis_exporter_port: int = 9121  # Redis's memory, evictions and clients for Prometheus
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     processor_metrics_port: int = 9101
     archiver_metrics_port: int = 9102

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -13,11 +14,12 @@ from rich.console import Console
 
 from reco.settings import Settings
 from reco.stack import local
-from reco.stack.components import Component, build_components, settings_env
-from reco.stack.health import free_port, free_port_pair
+from reco.stack.components import Component, build_components, process_env, settings_env
+from reco.stack.health import free_port, free_port_pair, wait_until
 from reco.stack.prometheus import ALERT_RULES
 from reco.stack.supervisor import Supervisor
 from tests.servers import JARS_DIR, scratch_dir
+from tests.test_alert_rules import REDIS_EXPORTER_SERIES
 
 pytestmark = pytest.mark.integration
 INFRA = {"postgres", "redis", "kafka"}
@@ -147,6 +149,7 @@ def test_every_listening_component_declares_its_ports(tmp_path) -> None:
     assert ports["kafka"] == (19092, 19093)
     assert ports["processor"] == (settings.processor_metrics_port,)
     assert ports["prometheus"] == (settings.prometheus_port,)
+    assert ports["redis-exporter"] == (settings.redis_exporter_port,)
 
 
 def test_logs_of_unknown_component_names_the_known_ones(stack_settings: Settings) -> None:
@@ -164,7 +167,7 @@ def test_every_copy_of_a_consumer_runs_and_is_scraped(tmp_path) -> None:
     assert jobs == {
         "archiver": ["127.0.0.1:9102"], "ingest": ["127.0.0.1:8080"],
         "processor": ["127.0.0.1:9101", "127.0.0.1:9111"],
-        "recommendations": ["127.0.0.1:8081"],
+        "recommendations": ["127.0.0.1:8081"], "redis": ["127.0.0.1:9121"],
     }
     assert config["rule_files"] == [str(ALERT_RULES)]
 
@@ -186,3 +189,25 @@ def test_supervised_processes_get_no_api_key_when_none_is_set(monkeypatch) -> No
     assert env["RECO_API_KEYS"] == ""
     monkeypatch.setenv("RECO_API_KEYS", env["RECO_API_KEYS"])
     assert Settings().api_keys == []  # not the one key "[]"
+
+
+def test_the_redis_exporter_reports_the_stacks_redis(redis_url: str, tmp_path) -> None:
+    """The exporter as the stack starts it (command and environment) finds the stack's Redis."""
+    settings = Settings(state_dir=tmp_path, redis_url=redis_url,
+                        redis_exporter_port=free_port())
+    exporter = {c.name: c for c in build_components(settings)}["redis-exporter"]
+    assert exporter.prepare is not None and exporter.metrics_url is not None
+    exporter.prepare()
+    redis.Redis.from_url(redis_url).set("exported", "x" * 1_000_000)
+    proc = subprocess.Popen(exporter.command, env=process_env(settings),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(exporter.health, 30, alive=lambda: proc.poll() is None)
+        samples = dict(line.rsplit(" ", 1) for line in httpx.get(exporter.metrics_url).text
+                       .splitlines() if line and not line.startswith("#"))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert samples["redis_up"] == "1"
+    assert float(samples["redis_memory_used_bytes"]) > 1_000_000
+    assert samples.keys() >= REDIS_EXPORTER_SERIES  # what the alert rules read

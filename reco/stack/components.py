@@ -104,6 +104,9 @@ def process_env(settings: Settings) -> dict[str, str]:
     env.update(airflow_env(settings))
     env.update(settings_env(settings))
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    # The Redis exporter's address (it may carry a password, so not in its command line,
+    # which supervisord's config file holds); the same URL as RECO_REDIS_URL.
+    env["REDIS_ADDR"] = settings.redis_url
     return env
 
 
@@ -142,13 +145,14 @@ def build_components(settings: Settings) -> list[Component]:
 
     def write_prometheus_config() -> None:
         targets: dict[str, list[str]] = {}
-        for c in apps:
+        for c in components:
             if c.metrics_url:
                 targets.setdefault(c.job or c.name, []).append(
                     prometheus.metrics_target(c.metrics_url))
         prometheus.write_config(prom_config, targets)
     airflow = servers.venv_bin("airflow")
-    return [
+    exporter = f"http://{host}:{settings.redis_exporter_port}"
+    components = [
         Component(
             "postgres", servers.postgres_command(pg_data, settings.pg_port),
             health=lambda: postgres_accepts(settings.pg_port),
@@ -160,6 +164,15 @@ def build_components(settings: Settings) -> list[Component]:
             "redis", servers.redis_command(paths.root / "redis", _redis_port(settings)),
             health=lambda: redis_ping(settings.redis_url),
             url=f"redis://{host}:{_redis_port(settings)}", ports=(_redis_port(settings),),
+        ),
+        Component(
+            "redis-exporter",
+            [_which("prometheus-redis-exporter"), "-web.listen-address",
+             f"{host}:{settings.redis_exporter_port}", "-include-system-metrics"],
+            health=partial(http_ok, f"{exporter}/health"), url=f"{exporter}/metrics",
+            prepare=lambda: _require("prometheus-redis-exporter"),
+            metrics_url=f"{exporter}/metrics", job="redis",
+            ports=(settings.redis_exporter_port,),
         ),
         Component(
             "kafka", servers.kafka_command(paths.jars, kafka_data / "server.properties"),
@@ -213,6 +226,7 @@ def build_components(settings: Settings) -> list[Component]:
             ).raise_for_status()),
         ),
     ]
+    return components
 
 
 def app_components(settings: Settings) -> list[Component]:

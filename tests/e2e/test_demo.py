@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from mlflow import MlflowClient
 from rich.console import Console
@@ -25,6 +26,7 @@ def demo_settings() -> Settings:
         kafka_bootstrap=f"127.0.0.1:{kafka_port}", mlflow_port=mlflow_port,
         mlflow_tracking_uri=f"http://127.0.0.1:{mlflow_port}", airflow_port=free_port(),
         ingest_port=free_port(), reco_port=free_port(), prometheus_port=free_port(),
+        redis_exporter_port=free_port(),
         processor_metrics_port=free_port(), archiver_metrics_port=free_port(),
     )
 
@@ -35,6 +37,8 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
         report = run_demo(demo_settings, console, DemoOptions(max_users=200, dag_timeout_s=900))
         run_id = log_to_mlflow(demo_settings, report, "local")
         logged = MlflowClient(demo_settings.mlflow_tracking_uri).get_run(run_id)
+        scraped = prometheus_values(demo_settings, "up")
+        redis_memory = prometheus_values(demo_settings, "redis_memory_used_bytes")
     finally:
         local.down(demo_settings)
 
@@ -63,3 +67,14 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     assert logged.data.metrics["latency_ms.p99"] == report.latency_ms["p99"]
     assert logged.data.params["w_seq"] == str(demo_settings.w_seq)
     assert logged.data.tags["dag_run.sasrec_daily"] == "success"
+    # Prometheus scrapes every process of the stack, Redis through its exporter.
+    assert scraped == {"archiver": 1.0, "ingest": 1.0, "processor": 1.0, "recommendations": 1.0,
+                       "redis": 1.0}, scraped
+    assert redis_memory["redis"] > 2e6  # an empty Redis: ~1e6; the demo wrote features, lists
+
+
+def prometheus_values(settings: Settings, query: str) -> dict[str, float]:
+    """job -> the query's value now (the stack's Prometheus)."""
+    body = httpx.get(f"http://127.0.0.1:{settings.prometheus_port}/api/v1/query",
+                     params={"query": query}, timeout=10).raise_for_status().json()
+    return {r["metric"]["job"]: float(r["value"][1]) for r in body["data"]["result"]}
