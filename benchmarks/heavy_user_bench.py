@@ -77,9 +77,9 @@ def measure(seen: int, turns: int) -> list[dict]:
             signals.start()
             while not signals.loaded:
                 await asyncio.sleep(0.2)
-            for service in services:  # each one's list caches fill as in a server
-                for n in range(1000, 2000):
-                    await service.recommend(RecoParams(user_id=f"u{n}", k=7))
+            for side, service in enumerate(services):  # list caches filled as in a server
+                for n in range(1000, 2000):  # (a k per side: no side answers from the cache)
+                    await service.recommend(RecoParams(user_id=f"u{n}", k=7 + side))
             for turn in range(turns):
                 order = range(len(sides)) if turn % 2 else reversed(range(len(sides)))
                 for side in order:

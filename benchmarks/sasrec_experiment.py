@@ -98,7 +98,7 @@ def main() -> None:
              for t in TEMPERATURES}
 
     def run(what: str, c, temperature: float = params.temperature) -> tuple[str, dict]:
-        # As the API ranks: every item the user touched excluded (user:seen).
+        # As the API ranks: the newest seen_max items the user touched excluded (user:seen_at).
         m = tq.evaluate(val, c, knobs, tuned.knn, tuned.cf, exclude_all_seen=True,
                         seq=lists[temperature])
         print(f"{what:60s} {tq.fmt(m)}", flush=True)

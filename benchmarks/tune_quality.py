@@ -15,8 +15,9 @@ The evaluation mirrors the live API path as closely as a single process can:
   reaches the processor in): recent list (50), co-view, forward-decayed popularity;
 - every user is ranked at one "now" (the last known event, as the API ranks every user at the
   shifted present), with `reco.ranking.rank`, catalogue categories and created_at (diversity and
-  freshness rules), and "seen" = every item the user touched (`UserFeatures.seen`, what the API
-  reads from `user:seen` and excludes since commit cfae411); one validation row also shows the
+  freshness rules), and "seen" = the newest `seen_max` (500) items the user touched
+  (`UserFeatures.seen`, what the API reads from `user:seen_at` and excludes; every touched item
+  from commit cfae411 until the bound); one validation row also shows the
   recent 50 alone excluded (the API before cfae411, not the API now);
 - the served lists include item2vec KNN, ALS item neighbours and ALS user candidates together.
 
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from reco.catalog import ItemIndex  # noqa: E402
 from reco.evaluation_split import hit_rate_at_k, leave_last_out, ndcg_at_k  # noqa: E402
-from reco.event_order import TIE_COL, sort_events  # noqa: E402
+from reco.event_order import TIE_COL, newest_seen, sort_events  # noqa: E402
 from reco.features import FeatureParams, FeatureUpdates, plan_batch  # noqa: E402
 from reco.ranking import RankConfig, UserFeatures, rank  # noqa: E402
 from reco.rules import Filters  # noqa: E402
@@ -99,7 +100,9 @@ class Split:
         self.item_meta = {r.item_id: {"category": r.category, "price": r.price,
                                       "in_stock": True, "created_at": r.created_at / 1000.0}
                           for r in items.itertuples()}
-        self.seen_all = known.groupby("user_id")["item_id"].agg(set).to_dict()
+        # What the API excludes: the newest `seen_max` items each user touched.
+        self.seen_all = {u: set(items) for u, items in
+                         newest_seen(known, params.seen_max).items()}
         self._coview: dict = {}
         self._recent = None
         self._popularity: dict[float, list[tuple[str, float]]] = {}
@@ -202,7 +205,7 @@ def user_features(split: Split, cfg: RankConfig, knobs: dict, knn: dict, cf: dic
                   ) -> dict[str, UserFeatures]:
     """What the API would read for each evaluated user at `split.now` (`seq`: SASRec's
     per-user lists, when there are any). `exclude_all_seen=False`: only the recent list is
-    excluded (not the API, which excludes every item the user touched)."""
+    excluded (not the API, which excludes the newest `seen_max` items the user touched)."""
     recent, coview = split.features(knobs["coview_window_s"])
     use_cf = cfg.w_cf > 0
     out = {}

@@ -56,3 +56,16 @@ def newest_distinct(frame: pd.DataFrame, n: int | None = None, user_col: str = "
     if n is None:
         return latest
     return latest[latest.groupby(user_col, sort=False).cumcount() < n]
+
+
+def newest_seen(frame: pd.DataFrame, n: int, user_col: str = "user_id",
+                item_col: str = "item_id", time_col: str = "ts") -> dict[str, list[str]]:
+    """Each user's seen items as the processor keeps them (`reco.keys.user_seen`): the `n`
+    distinct items with the latest last touch in epoch ms (`time_col` in seconds), ties by item
+    id descending, the order Redis gives equal scores. Not the event order: a sorted set keeps
+    none."""
+    ms = (frame[time_col] * 1000).round().astype("int64")
+    last = frame.assign(_ms=ms).groupby([user_col, item_col], as_index=False)["_ms"].max()
+    newest = last.sort_values([user_col, "_ms", item_col], ascending=[True, False, False])
+    kept = newest[newest.groupby(user_col, sort=False).cumcount() < n]
+    return kept.groupby(user_col, sort=False)[item_col].agg(list).to_dict()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reco.event_order import newest_distinct, sort_events
+from reco.event_order import newest_distinct, newest_seen, sort_events
 from spark_jobs import extract as ex
 from spark_jobs.evaluate import EvalData, hit_curve, metrics
 from spark_jobs.files import read_parquet
@@ -51,12 +51,14 @@ def model_features(model: str, model_dir: Path, neighbours_n: int) -> dict:
 
 def user_histories(events: pd.DataFrame, users: set[str], recent_max: int, seen_max: int
                    ) -> tuple[dict[str, list[str]], dict[str, tuple[list[str], list[float]]]]:
-    """(seen, recent) of each of `users`: the first `seen_max` of their distinct items, newest
-    first in event order, and the first `recent_max` with their times (the processor's lists)."""
-    by_user = newest_distinct(events[events["user_id"].isin(users)]).groupby("user_id", sort=False)
+    """(seen, recent) of each of `users`, as the processor keeps them: the `seen_max` newest
+    distinct items (`newest_seen`), and the `recent_max` newest in event order with their
+    times."""
+    mine = events[events["user_id"].isin(users)]
+    by_user = newest_distinct(mine).groupby("user_id", sort=False)
     distinct = by_user["item_id"].agg(list).to_dict()
     times = by_user["ts"].agg(list).to_dict()
-    return ({u: items[:seen_max] for u, items in distinct.items()},
+    return (newest_seen(mine, seen_max),
             {u: (items[:recent_max], times[u][:recent_max]) for u, items in distinct.items()})
 
 

@@ -167,7 +167,7 @@ def test_every_copy_of_a_consumer_runs_and_is_scraped(tmp_path) -> None:
     assert jobs == {
         "archiver": ["127.0.0.1:9102"], "ingest": ["127.0.0.1:8080"],
         "processor": ["127.0.0.1:9101", "127.0.0.1:9111"],
-        "recommendations": ["127.0.0.1:8081"], "redis": ["127.0.0.1:9121"],
+        "recommendations": ["127.0.0.1:8081"], "redis-exporter": ["127.0.0.1:9121"],
     }
     assert config["rule_files"] == [str(ALERT_RULES)]
 
@@ -198,7 +198,8 @@ def test_the_redis_exporter_reports_the_stacks_redis(redis_url: str, tmp_path) -
     exporter = {c.name: c for c in build_components(settings)}["redis-exporter"]
     assert exporter.prepare is not None and exporter.metrics_url is not None
     exporter.prepare()
-    redis.Redis.from_url(redis_url).set("exported", "x" * 1_000_000)
+    client = redis.Redis.from_url(redis_url)
+    client.set("exported", "x" * 1_000_000)
     proc = subprocess.Popen(exporter.command, env=process_env(settings),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -208,6 +209,7 @@ def test_the_redis_exporter_reports_the_stacks_redis(redis_url: str, tmp_path) -
     finally:
         proc.terminate()
         proc.wait(10)
+        client.delete("exported")
     assert samples["redis_up"] == "1"
     assert float(samples["redis_memory_used_bytes"]) > 1_000_000
     assert samples.keys() >= REDIS_EXPORTER_SERIES  # what the alert rules read

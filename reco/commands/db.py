@@ -8,7 +8,8 @@ from rich.console import Console
 from reco import db
 from reco.settings import get_settings
 
-app = typer.Typer(no_args_is_help=True, help="PostgreSQL schema.")
+app = typer.Typer(no_args_is_help=True, help="PostgreSQL schema, and Redis data moves between "
+                  "releases.")
 console = Console()
 
 
@@ -21,3 +22,17 @@ def migrate() -> None:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command("carry-seen-sets")
+def carry_seen_sets() -> None:
+    """Redis: move the unbounded seen sets of releases before RECO_SEEN_MAX (`user:seen:*`)
+    into the bounded sorted sets the processor and the API use now (safe to run again)."""
+    import redis
+
+    from reco.redis_upgrades import carry_seen_sets as carry
+
+    settings = get_settings()
+    moved = carry(redis.Redis.from_url(settings.redis_url), settings.seen_max,
+                  settings.seen_ttl_s)
+    console.print(f"moved {moved} seen sets" if moved else "no unbounded seen sets left")

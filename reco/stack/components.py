@@ -171,7 +171,7 @@ def build_components(settings: Settings) -> list[Component]:
              f"{host}:{settings.redis_exporter_port}", "-include-system-metrics"],
             health=partial(http_ok, f"{exporter}/health"), url=f"{exporter}/metrics",
             prepare=lambda: _require("prometheus-redis-exporter"),
-            metrics_url=f"{exporter}/metrics", job="redis",
+            metrics_url=f"{exporter}/metrics",
             ports=(settings.redis_exporter_port,),
         ),
         Component(

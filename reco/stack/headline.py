@@ -31,6 +31,8 @@ HEADLINES: dict[str, tuple[str, str]] = {
         "ratio"),
     "processing errors": ("sum(rate(event_processing_errors_total[5m]))", "msgs/s"),
     "targets up": ("sum(up) / count(up)", "ratio"),
+    # Grows with the event rate: features, lists, cache and the duplicate markers.
+    "Redis memory": ("sum(redis_memory_used_bytes)", "bytes"),
 }
 
 
@@ -47,6 +49,8 @@ class Headline:
             return f"{self.value * 1000:.1f} ms"
         if self.unit == "ratio":
             return f"{self.value:.1%}"
+        if self.unit == "bytes":
+            return f"{self.value / 2**20:,.1f} MiB"
         return f"{self.value:,.1f} {self.unit}"
 
 

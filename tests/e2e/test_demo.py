@@ -10,6 +10,7 @@ from rich.console import Console
 from reco.demo import DemoOptions, log_to_mlflow, run_demo
 from reco.settings import Settings
 from reco.stack import local
+from reco.stack.headline import read_headlines
 from reco.stack.health import free_port, free_port_pair
 from tests.servers import JARS_DIR, scratch_dir
 
@@ -37,8 +38,9 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
         report = run_demo(demo_settings, console, DemoOptions(max_users=200, dag_timeout_s=900))
         run_id = log_to_mlflow(demo_settings, report, "local")
         logged = MlflowClient(demo_settings.mlflow_tracking_uri).get_run(run_id)
-        scraped = prometheus_values(demo_settings, "up")
-        redis_memory = prometheus_values(demo_settings, "redis_memory_used_bytes")
+        scraped = prometheus_values(demo_settings, "min by (job) (up)")  # every copy
+        figures = {h.name: h.value for h in read_headlines(
+            f"http://127.0.0.1:{demo_settings.prometheus_port}")}  # as `reco status` shows them
     finally:
         local.down(demo_settings)
 
@@ -69,12 +71,13 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     assert logged.data.tags["dag_run.sasrec_daily"] == "success"
     # Prometheus scrapes every process of the stack, Redis through its exporter.
     assert scraped == {"archiver": 1.0, "ingest": 1.0, "processor": 1.0, "recommendations": 1.0,
-                       "redis": 1.0}, scraped
-    assert redis_memory["redis"] > 2e6  # an empty Redis: ~1e6; the demo wrote features, lists
+                       "redis-exporter": 1.0}, scraped
+    assert figures["targets up"] == 1.0
+    assert figures["Redis memory"] > 2e6  # an empty Redis: ~1e6; the demo wrote features, lists
 
 
 def prometheus_values(settings: Settings, query: str) -> dict[str, float]:
-    """job -> the query's value now (the stack's Prometheus)."""
+    """job -> the query's value now (the stack's Prometheus; one series per job)."""
     body = httpx.get(f"http://127.0.0.1:{settings.prometheus_port}/api/v1/query",
                      params={"query": query}, timeout=10).raise_for_status().json()
     return {r["metric"]["job"]: float(r["value"][1]) for r in body["data"]["result"]}

@@ -81,6 +81,29 @@ async def test_seen_items_keep_the_newest_touch_and_the_newest_items(
         await client.close()
 
 
+async def test_the_offline_seen_items_are_the_ones_redis_keeps(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """`reco.event_order.newest_seen` (offline evaluation) keeps what the processor's trim and
+    the API's read keep, ties included (equal times: Redis orders by member)."""
+    import pandas as pd
+
+    from reco.event_order import newest_seen
+
+    touches = [("u1", "b", T_MS), ("u1", "d", T_MS), ("u1", "a", T_MS), ("u1", "c", T_MS - 1),
+               ("u1", "e", T_MS - 5), ("u1", "c", T_MS), ("u2", "x", T_MS), ("u2", "y", T_MS)]
+    client = RedisPipe(settings.redis_url)
+    try:
+        store = FeatureStore(client, settings.model_copy(update={"seen_max": 3}))
+        await store.apply([ev(u, i, t) for u, i, t in touches])
+    finally:
+        await client.close()
+    frame = pd.DataFrame(touches, columns=["user_id", "item_id", "ms"]).assign(
+        ts=lambda f: f.ms / 1000)
+    served = {u: redis_client.zrange(keys.user_seen(u), 0, 2, desc=True) for u in ("u1", "u2")}
+    assert served == newest_seen(frame, 3) == {"u1": ["d", "c", "b"], "u2": ["y", "x"]}
+
+
 class Interleaved(RedisPipe):
     """A writer connection that lets another processor run once, just before this one's first
     command (`at="check"`) or its first MULTI/EXEC (`at="exec"`)."""
