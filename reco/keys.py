@@ -33,8 +33,17 @@ def user_recent(user_id: str) -> str:
 def user_seen(user_id: str) -> str:
     """Sorted set: item id -> epoch ms the user last touched it, the newest `seen_max` kept
     (exclude_seen reaches beyond the recent 50). Named apart from the unbounded plain set the
-    processor wrote before, so an upgrade never meets the old type (those sets expire)."""
+    processor wrote before, so an upgrade never meets the old type."""
     return f"user:seen_at:{user_id}"
+
+
+def user_seen_unbounded(user_id: str) -> str:
+    """Releases before `seen_max`: a plain set of every item the user touched (read only by
+    `reco db carry-seen-sets`, which moves it into `user_seen`; otherwise it expires)."""
+    return f"user:seen:{user_id}"
+
+
+USER_SEEN_UNBOUNDED_PATTERN = user_seen_unbounded("*")
 
 
 def user_recent_times(user_id: str) -> str:

@@ -6,9 +6,6 @@ import redis
 
 from reco import keys
 
-# Releases before the bound kept every item a user touched in a plain set under this name.
-UNBOUNDED_SEEN_PATTERN = "user:seen:*"
-
 
 def carry_seen_sets(client: redis.Redis, seen_max: int, seen_ttl_s: int,
                     scan_count: int = 1000) -> int:
@@ -21,8 +18,9 @@ def carry_seen_sets(client: redis.Redis, seen_max: int, seen_ttl_s: int,
     moved.
     """
     moved = 0
-    prefix = UNBOUNDED_SEEN_PATTERN.removesuffix("*")
-    for old in client.scan_iter(match=UNBOUNDED_SEEN_PATTERN, count=scan_count, _type="set"):
+    prefix = keys.USER_SEEN_UNBOUNDED_PATTERN.removesuffix("*")
+    for old in client.scan_iter(match=keys.USER_SEEN_UNBOUNDED_PATTERN, count=scan_count,
+                                _type="set"):
         user = (old.decode() if isinstance(old, bytes) else old).removeprefix(prefix)
         items = client.smembers(old)
         ttl_ms = client.pttl(old)

@@ -18,15 +18,15 @@ DAY_MS = 86_400_000
 def test_old_sets_move_with_the_times_known_the_newest_kept(redis_client: redis.Redis) -> None:
     r = redis_client
     # u1: five items, two with a recent time; u2 already acted since the upgrade.
-    r.sadd("user:seen:u1", "a", "b", "c", "d", "e")
-    r.pexpire("user:seen:u1", 10 * DAY_MS)
+    r.sadd(keys.user_seen_unbounded("u1"), "a", "b", "c", "d", "e")
+    r.pexpire(keys.user_seen_unbounded("u1"), 10 * DAY_MS)
     r.hset(keys.user_recent_times("u1"), mapping={"a": 1_700_000_000.5, "b": 1_700_000_100.0})
-    r.sadd("user:seen:u2", "x", "y")
-    r.pexpire("user:seen:u2", 20 * DAY_MS)
+    r.sadd(keys.user_seen_unbounded("u2"), "x", "y")
+    r.pexpire(keys.user_seen_unbounded("u2"), 20 * DAY_MS)
     r.zadd(keys.user_seen("u2"), {"y": 1_800_000_000_000})
     r.pexpire(keys.user_seen("u2"), 30 * DAY_MS)
-    r.sadd("user:seen:u3", "z")  # no expiry: it gets the setting's
-    r.set("user:seen:not-a-set", "left alone")
+    r.sadd(keys.user_seen_unbounded("u3"), "z")  # no expiry: it gets the setting's
+    r.set(keys.user_seen_unbounded("not-a-set"), "left alone")
 
     assert carry_seen_sets(r, seen_max=3, seen_ttl_s=7 * 86400) == 3
 
@@ -39,8 +39,8 @@ def test_old_sets_move_with_the_times_known_the_newest_kept(redis_client: redis.
         ("x", 0.0), ("y", 1_800_000_000_000.0)]
     assert r.pttl(keys.user_seen("u2")) > 29 * DAY_MS
     assert 6 * DAY_MS < r.pttl(keys.user_seen("u3")) <= 7 * DAY_MS
-    assert not r.exists("user:seen:u1", "user:seen:u2", "user:seen:u3")
-    assert r.get("user:seen:not-a-set") == "left alone"
+    assert not r.exists(*[keys.user_seen_unbounded(u) for u in ("u1", "u2", "u3")])
+    assert r.get(keys.user_seen_unbounded("not-a-set")) == "left alone"
     assert carry_seen_sets(r, seen_max=3, seen_ttl_s=7 * 86400) == 0  # again: nothing left
 
 
@@ -49,7 +49,7 @@ def test_the_command_uses_the_settings(redis_client: redis.Redis, settings: Sett
     from reco.cli import app
     from reco.settings import get_settings
 
-    redis_client.sadd("user:seen:u9", *[f"i{n}" for n in range(10)])
+    redis_client.sadd(keys.user_seen_unbounded("u9"), *[f"i{n}" for n in range(10)])
     monkeypatch.setenv("RECO_REDIS_URL", settings.redis_url)
     monkeypatch.setenv("RECO_SEEN_MAX", "4")
     get_settings.cache_clear()
