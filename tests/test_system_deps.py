@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-system-deps.sh"
-PRESENT = ["java", "mvn", "redis-server", "prometheus", "promtool", "wrk", "python3"]
+PRESENT = ["java", "mvn", "redis-server", "prometheus", "promtool", "prometheus-redis-exporter",
+           "wrk", "python3"]
 RECORDED = ["sudo", "apt-get", "service", "systemctl"]
 SYSTEMD = Path("/run/systemd/system").is_dir()
 
@@ -47,10 +48,13 @@ def test_root_without_runuser_installs_util_linux_without_sudo(tmp_path: Path) -
                      "apt-get install -y -qq --no-install-recommends util-linux"]
 
 
-def test_a_server_it_installs_is_stopped_and_kept_from_starting_at_boot(tmp_path: Path) -> None:
-    calls = _run(tmp_path, uid=1000, absent=("redis-server",))
-    stop = (["sudo systemctl disable --now redis-server", "systemctl disable --now redis-server"]
-            if SYSTEMD else ["sudo service redis-server stop", "service redis-server stop"])
+@pytest.mark.parametrize("server", ["redis-server", "prometheus-redis-exporter"])
+def test_a_server_it_installs_is_stopped_and_kept_from_starting_at_boot(tmp_path: Path,
+                                                                       server: str) -> None:
+    """Debian starts it as a service on install; the stack runs its own on the same port."""
+    calls = _run(tmp_path, uid=1000, absent=(server,))
+    stop = ([f"sudo systemctl disable --now {server}", f"systemctl disable --now {server}"]
+            if SYSTEMD else [f"sudo service {server} stop", f"service {server} stop"])
     assert calls == ["sudo apt-get update -qq", "apt-get update -qq",
-                     "sudo apt-get install -y -qq --no-install-recommends redis-server",
-                     "apt-get install -y -qq --no-install-recommends redis-server", *stop]
+                     f"sudo apt-get install -y -qq --no-install-recommends {server}",
+                     f"apt-get install -y -qq --no-install-recommends {server}", *stop]
