@@ -101,8 +101,18 @@ def reco_cache(user_id: str, variant: str = "") -> str:
 
 
 def event_seen(event_id: str) -> str:
-    """Marker that the processor has applied an event (dedup of redeliveries)."""
+    """Marker that the processor has applied an event: one event sent twice (a client's retry)
+    is applied once while the marker lives (RECO_DEDUP_TTL_S)."""
     return f"event:seen:{event_id}"
+
+
+def applied_position(topic: str, partition: int) -> str:
+    """String "next_offset newest_record_ms": what the processor applied of one partition
+    (streaming/applied_positions.py). No TTL: one key per partition."""
+    return f"processor:applied:{topic}:{partition}"
+
+
+APPLIED_POSITION_PATTERN = "processor:applied:*"
 
 
 def version_prefix(kind: str, version: str) -> str:

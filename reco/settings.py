@@ -92,7 +92,10 @@ class Settings(BaseSettings):
     coview_recent_n: int = 10
     trending_window_s: int = 3600
     trending_bucket_s: int = 60
-    dedup_ttl_s: int = 7 * 24 * 3600
+    # How long one event sent twice (a client's retry, a file replayed again) is recognised.
+    # Redeliveries from the log are recognised by each partition's applied offset whatever
+    # their age (streaming/applied_positions.py); a marker costs ~150 bytes of Redis.
+    dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
     consumer_batch_max: int = 2000  # items and users repeat within a batch: fewer Redis commands
     consumer_backoff_max_s: float = 30.0  # ceiling of the retry backoff when a store is down
     # Ingest: how long to wait for the broker's ack before answering 503, and the Retry-After

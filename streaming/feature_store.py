@@ -1,18 +1,21 @@
 """Redis I/O of the feature processor: read the state a batch needs, write its updates atomically.
 
-Exactly-once on a single Redis: `apply` first reads which events already carry a `event:seen`
-marker, then writes the new events' feature updates and their markers in ONE MULTI/EXEC, so a
-crash leaves either both or neither. The write WATCHes the new events' markers and checks them
-again first: after a rebalance two processors can hold the same batch, and whichever writes
-second finds the markers (or has its EXEC aborted) and plans again, so no event counts twice.
-One partition (hence one consumer) owns each user, so the read-then-write of a user's recent
-list has a single writer. Every command names one key (one user, one item or one global set);
-on Redis Cluster the transaction would have to be split per hash slot, giving per-slot rather
-than per-batch atomicity.
+Exactly-once on a single Redis: `apply` first reads which events were applied already (each
+partition's applied position, streaming/applied_positions.py, and the `event:seen` markers of
+events sent twice), then writes the new events' feature updates, their markers and the
+partitions' new positions in ONE MULTI/EXEC, so a crash leaves either all or none. The write
+WATCHes the markers and positions and checks them again first: after a rebalance two processors
+can hold the same batch, and whichever writes second finds the other's markers or position (or
+has its EXEC aborted) and plans again, so no event counts twice. One partition (hence one
+consumer) owns each user, so the read-then-write of a user's recent list has a single writer.
+Every command names one key (one user, one item, one partition or one global set); on Redis
+Cluster the transaction would have to be split per hash slot, giving per-slot rather than
+per-batch atomicity.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +24,11 @@ from itertools import chain
 from reco import keys
 from reco.features import FeatureParams, FeatureUpdates, RecentItems, plan_batch
 from reco.settings import Settings
+from streaming.applied_positions import LogEnd, Position, find_replays, partitions_of
 from streaming.messages import StreamEvent
 from streaming.redis_pipe import Packed, RedisPipe, TransactionAborted
+
+log = logging.getLogger(__name__)
 
 TRENDING_TTL_MARGIN_S = 120
 CATEGORY_CACHE_S = 60.0  # catalogue categories rarely change; a minute of staleness is fine
@@ -51,6 +57,10 @@ class PlannedBatch:
     duplicates: int
     updates: FeatureUpdates
     commands: Packed
+    # Partition -> its applied position before the batch (as read or carried; None: none yet),
+    # and once it is written.
+    positions_before: dict[int, Position | None]
+    positions: dict[int, Position]
 
     @property
     def result(self) -> AppliedBatch:
@@ -59,10 +69,12 @@ class PlannedBatch:
 
 class FeatureStore:
     def __init__(self, client: RedisPipe, settings: Settings,
-                 writer: RedisPipe | None = None) -> None:
+                 writer: RedisPipe | None = None, log_end: LogEnd = lambda _: None) -> None:
         self.redis = client
         self.writer = writer or client  # a second connection lets a write overlap a read
         self.settings = settings
+        self.topic = settings.topic_events
+        self.log_end = log_end  # the consumer's view of each partition's log end
         self.params = FeatureParams.from_settings(settings)
         self._categories: dict[str, tuple[str | None, float]] = {}  # item -> (category, expiry)
 
@@ -85,31 +97,52 @@ class FeatureStore:
         """Read the state the batch needs and compute its writes.
 
         `after` is a planned batch whose write may still be in flight: its users' recent
-        items and its event ids are taken from it instead of Redis (one partition, hence
-        this process, owns each user, so nothing else changes them meanwhile)."""
+        items, event ids and partition positions are taken from it instead of Redis (one
+        partition, hence this process, owns each user, so nothing else changes them
+        meanwhile)."""
         unique = _first_copies(events)
         carried: dict[str, RecentItems] = {}
-        if after is not None and after.fresh:
-            written = {e.event_id for e in after.fresh}
-            unique = [e for e in unique if e.event_id not in written]
-            carried = after.updates.recent
-        seen, recent, categories = await self._read_state(unique, carried)
-        fresh = [e for e, was_seen in zip(unique, seen, strict=True) if not was_seen]
-        if not fresh:
-            return PlannedBatch([], len(events), FeatureUpdates(), Packed())
-        now = time.time()
-        updates = plan_batch(fresh, recent, categories, self.params, now)
+        before: dict[int, Position | None] = {}
+        if after is not None:
+            if after.fresh:
+                written = {e.event_id for e in after.fresh}
+                unique = [e for e in unique if e.event_id not in written]
+                carried = after.updates.recent
+            before = {p: after.positions[p] for p in partitions_of(events)
+                      if p in after.positions}
+        seen, recent, categories, stored = await self._read_state(
+            unique, carried, [p for p in partitions_of(events) if p not in before])
+        before.update(stored)
+        replays = find_replays(events, before, self.log_end, self.topic)
+        if replays.count:
+            log.info("%s: %d of %d records were applied before (below their partition's "
+                     "applied offset): skipped", self.topic, replays.count, len(events))
+        replayed = {id(e) for e, was in zip(events, replays.applied, strict=True) if was}
+        fresh = [e for e, was_seen in zip(unique, seen, strict=True)
+                 if not was_seen and id(e) not in replayed]
+        updates = (plan_batch(fresh, recent, categories, self.params, time.time()) if fresh
+                   else FeatureUpdates())
         return PlannedBatch(fresh, len(events) - len(fresh), updates,
-                            self._commands(fresh, updates))
+                            self._commands(fresh, updates, replays.positions), before,
+                            replays.positions)
 
     async def write(self, planned: PlannedBatch) -> None:
-        """Apply the plan atomically, unless one of its events got a marker since it was planned
-        (WriteConflict: plan again). WATCH first, so a marker set after the check aborts EXEC."""
+        """Apply the plan atomically, unless one of its events got a marker, or one of its
+        partitions another position, since it was planned (WriteConflict: plan again). WATCH
+        first, so a change after the check aborts EXEC."""
         markers = [_marker(e) for e in planned.fresh]
+        partitions = list(planned.positions_before)
+        position_keys = [keys.applied_position(self.topic, p) for p in partitions]
         check = Packed()
-        check.add("WATCH", *markers)
-        check.add("EXISTS", *markers)
-        if (await self.writer.execute(check))[1]:
+        check.add("WATCH", *markers, *position_keys)
+        if markers:
+            check.add("EXISTS", *markers)
+        check.each("GET", position_keys)
+        replies = await self.writer.execute(check)
+        marked = bool(markers) and replies[1]
+        moved = any(Position.parse(raw) != planned.positions_before[p]
+                    for p, raw in zip(partitions, replies[1 + bool(markers):], strict=True))
+        if marked or moved:
             await self.writer.execute([("UNWATCH",)])
             raise WriteConflict("events of the batch were applied meanwhile (before the write)")
         try:
@@ -119,8 +152,10 @@ class FeatureStore:
                 from None
 
     async def _read_state(
-        self, events: Sequence[StreamEvent], carried: dict[str, RecentItems]
-    ) -> tuple[list[bool], dict[str, RecentItems], dict[str, str | None]]:
+        self, events: Sequence[StreamEvent], carried: dict[str, RecentItems],
+        partitions: list[int],
+    ) -> tuple[list[bool], dict[str, RecentItems], dict[str, str | None],
+               dict[int, Position | None]]:
         users = [u for u in dict.fromkeys(e.user_id for e in events) if u not in carried]
         now = time.monotonic()
         cached = self._categories
@@ -131,6 +166,7 @@ class FeatureStore:
         commands.each("LRANGE", [keys.user_recent(user) for user in users], "0", "-1")
         commands.each("HGETALL", [keys.user_recent_times(user) for user in users])
         commands.each("HGET", [keys.item_meta(item) for item in unknown], "category")
+        commands.each("GET", [keys.applied_position(self.topic, p) for p in partitions])
         replies = await self.redis.execute(commands)
 
         n = len(events)
@@ -144,18 +180,26 @@ class FeatureStore:
         offset = n + 2 * u
         fetched = {item: (replies[offset + i] or b"").decode() or None
                    for i, item in enumerate(unknown)}
+        offset += len(unknown)
+        positions = {p: Position.parse(replies[offset + i]) for i, p in enumerate(partitions)}
         categories = {e.item_id: fetched[e.item_id] if e.item_id in fetched
                       else cached[e.item_id][0] for e in events}
         if len(cached) + len(fetched) > CATEGORY_CACHE_MAX:
             cached.clear()
         cached.update((item, (cat, now + CATEGORY_CACHE_S)) for item, cat in fetched.items())
-        return seen, recent, categories
+        return seen, recent, categories, positions
 
-    def _commands(self, events: Sequence[StreamEvent], up: FeatureUpdates) -> Packed:
+    def _commands(self, events: Sequence[StreamEvent], up: FeatureUpdates,
+                  positions: dict[int, Position]) -> Packed:
         """The batch's writes. Commands on one key keep their order; those on different keys
-        commute, so runs of one shape (a DEL or EXPIRE per key) are packed together."""
+        commute, so runs of one shape (a DEL or EXPIRE per key) are packed together. A batch
+        of records all applied before still moves its partitions' positions forward."""
         s = self.settings
         cmds = Packed()
+        for partition, position in positions.items():
+            cmds.add("SET", keys.applied_position(self.topic, partition), position.dump())
+        if not events:
+            return cmds
         # The batch's final state replaces the old one inside the transaction (single writer).
         recent_keys = [keys.user_recent(user) for user in up.recent]
         times_keys = [keys.user_recent_times(user) for user in up.recent]

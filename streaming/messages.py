@@ -42,13 +42,17 @@ def split(
 
 
 class StreamEvent(msgspec.Struct, frozen=True, gc=False):
-    """The fields of a valid event that the feature processor uses."""
+    """The fields of a valid event that the feature processor uses, and where its record sits
+    in the topic (streaming/applied_positions.py)."""
 
     event_id: str  # canonical UUID text, as str(uuid.UUID) writes it
     user_id: str
     item_id: str
     event_type: str
     timestamp: int  # epoch milliseconds
+    partition: int = -1  # -1: not read from Kafka (no position)
+    offset: int = -1
+    log_ms: int = -1  # the record's Kafka timestamp (the producer's clock), epoch ms
 
     @property
     def timestamp_s(self) -> float:
@@ -86,12 +90,13 @@ def decode_for_features(record: ConsumerRecord) -> StreamEvent | str:
             and w.event_type in EVENT_TYPES and 0 <= w.timestamp <= MAX_TIMESTAMP_MS
             and (w.session_id is None or _IDENTIFIER.fullmatch(w.session_id))
             and (w.context is None or len(w.context) <= MAX_CONTEXT_KEYS)):
-        return StreamEvent(w.event_id, w.user_id, w.item_id, w.event_type, w.timestamp)
+        return StreamEvent(w.event_id, w.user_id, w.item_id, w.event_type, w.timestamp,
+                           record.partition, record.offset, record.timestamp)
     event = decode(record)
     if isinstance(event, str):
         return event
     return StreamEvent(str(event.event_id), event.user_id, event.item_id, event.event_type,
-                       event.timestamp)
+                       event.timestamp, record.partition, record.offset, record.timestamp)
 
 
 def split_for_features(

@@ -4,11 +4,12 @@ Per batch, the plain loop (streaming/consumer.py) reads from Redis, plans in Pyt
 while Redis executes the write: Python and Redis took turns on a two-core machine. Here, once
 batch k is planned and batch k+1 fetched, k+1's read goes out first, then k's write (on a
 second connection); Python plans k+1 while Redis executes k's write. The plan of k+1 takes the
-users and event ids of k from k's plan, not from Redis (one partition, hence this process, owns
-each user). Offsets of k are committed only after k's write succeeded; on any failure both
-batches go through the plain path again (with its retries), whose `event:seen` markers make
-whatever did get written a no-op. When a rebalance revokes partitions, the planned batch is
-written and committed before the consumer rejoins, so the next owner does not plan it again.
+users, event ids and partition positions of k from k's plan, not from Redis (one partition,
+hence this process, owns each user). Offsets of k are committed only after k's write
+succeeded; on any failure both batches go through the plain path again (with its retries),
+whose applied positions and markers make whatever did get written a no-op. When a rebalance
+revokes partitions, the planned batch is written and committed before the consumer rejoins, so
+the next owner does not plan it again.
 """
 
 from __future__ import annotations

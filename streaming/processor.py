@@ -12,11 +12,12 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from reco.settings import Settings
 from streaming import consumer as loop
+from streaming.applied_positions import LogEnd
 from streaming.feature_store import AppliedBatch, FeatureStore
 from streaming.messages import dlq_value, split_for_features
 from streaming.metrics import (
@@ -83,7 +84,8 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
             return
         if not await loop.start_with_retry(consumer, stop, settings.consumer_backoff_max_s):
             return
-        handler = Processor(FeatureStore(client, settings, writer), dlq, settings)
+        store = FeatureStore(client, settings, writer, _log_end(consumer, settings.topic_events))
+        handler = Processor(store, dlq, settings)
         await run_overlapped(consumer, handler, stop, commits=commits,
                              group=settings.group_processor,
                              batch_max=settings.consumer_batch_max,
@@ -93,6 +95,15 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
         await dlq.stop()
         await client.close()
         await writer.close()
+
+
+def _log_end(consumer: AIOKafkaConsumer, topic: str) -> LogEnd:
+    """Each assigned partition's log end as the consumer's last fetch saw it (None otherwise:
+    `highwater()` asserts the partition is assigned)."""
+    def log_end(partition: int) -> int | None:
+        tp = TopicPartition(topic, partition)
+        return consumer.highwater(tp) if tp in consumer.assignment() else None
+    return log_end
 
 
 def run(settings: Settings) -> None:

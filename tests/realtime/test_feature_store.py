@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 
@@ -161,3 +162,128 @@ def test_a_write_conflict_in_the_overlapped_loop_is_not_a_processing_error() -> 
     assert errors("WriteConflict") == 0.0
     _failed("g-test", RuntimeError("boom"))
     assert errors("RuntimeError") == 1.0
+
+
+def positioned(events: list[StreamEvent], first_offset: int, log_ms: int,
+               partition: int = 0) -> list[StreamEvent]:
+    """The events as records of one partition from `first_offset` on, timestamped from
+    `log_ms` on by the producer."""
+    return [msgspec.structs.replace(e, partition=partition, offset=first_offset + j,
+                                    log_ms=log_ms + j) for j, e in enumerate(events)]
+
+
+def features_only(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if not k.startswith("event:seen:")}
+
+
+def position(r: redis.Redis, settings: Settings, partition: int = 0) -> str | None:
+    return r.get(keys.applied_position(settings.topic_events, partition))
+
+
+async def test_a_redelivery_below_the_applied_offset_is_skipped_after_its_markers_expired(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Each partition's applied position is written with the features, so records redelivered
+    from the log (offsets committed late, expired or reset) are recognised whatever their age:
+    the markers' window only has to cover events sent twice."""
+    r = redis_client
+    batch = positioned([ev("u1", "a", T_MS), ev("u1", "b", T_MS + 1), ev("u2", "a", T_MS + 2)],
+                       10, T_MS + 50)
+    client = RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings, log_end=lambda p: 13)
+    try:
+        assert len((await store.apply(batch)).applied) == 3
+        assert position(r, settings) == f"13 {T_MS + 52}"
+        once = features_only(dump(r))
+        r.delete(*r.keys("event:seen:*"))  # past RECO_DEDUP_TTL_S
+
+        again = await store.apply(batch)
+        assert (again.applied, again.duplicates) == ([], 3)
+        assert features_only(dump(r)) == once
+
+        # Redelivered together with what follows them: only the new records count.
+        later = positioned([ev("u1", "c", T_MS + 3), ev("u3", "a", T_MS + 4)], 13, T_MS + 60)
+        store.log_end = lambda p: 15
+        mixed = await store.apply([*batch[1:], *later])
+        assert [e.event_id for e in mixed.applied] == [e.event_id for e in later]
+        assert mixed.duplicates == 2
+        assert position(r, settings) == f"15 {T_MS + 61}"
+        assert r.lrange(keys.user_recent("u1"), 0, -1) == ["c", "b", "a"]
+    finally:
+        await client.close()
+
+
+async def test_a_recreated_topic_is_not_taken_for_a_redelivery(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A topic deleted and recreated restarts its offsets at 0: those records were never
+    applied. A log ending before the applied offset starts the position afresh; a refilled log
+    past it still has records newer than everything applied."""
+    r = redis_client
+    key = keys.applied_position(settings.topic_events, 0)
+    client = RedisPipe(settings.redis_url)
+    try:
+        r.set(key, f"1000 {T_MS}")
+        store = FeatureStore(client, settings, log_end=lambda p: 2)
+        short = await store.apply(positioned([ev("u1", "a", T_MS), ev("u1", "b", T_MS)], 0,
+                                             T_MS - 10))  # even timestamped before
+        assert (len(short.applied), short.duplicates) == (2, 0)
+        assert r.get(key) == f"2 {T_MS - 9}"
+
+        r.set(key, f"1000 {T_MS}")
+        store.log_end = lambda p: 5000
+        refilled = await store.apply(positioned([ev("u2", "a", T_MS)], 7, T_MS + 1))
+        assert (len(refilled.applied), refilled.duplicates) == (1, 0)
+        assert r.get(key) == f"1000 {T_MS + 1}"
+    finally:
+        await client.close()
+
+
+async def test_positions_decide_nothing_while_the_log_end_is_unknown(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Without the consumer's view of the log (no fetch yet, the partition moved), a record
+    below the position might belong to a recreated topic: markers alone decide."""
+    r = redis_client
+    r.set(keys.applied_position(settings.topic_events, 0), f"1000 {T_MS + 100}")
+    client = RedisPipe(settings.redis_url)
+    try:
+        store = FeatureStore(client, settings)  # log_end: unknown
+        batch = positioned([ev("u1", "a", T_MS)], 5, T_MS)
+        assert len((await store.apply(batch)).applied) == 1
+        assert (await store.apply(batch)).duplicates == 1  # its marker
+        assert position(r, settings) == f"1000 {T_MS + 100}"  # never moves back
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("at", ["check", "exec"])
+async def test_a_batch_two_processors_hold_is_applied_once_without_markers(
+    settings: Settings, redis_client: redis.Redis, at: str
+) -> None:
+    """As above, with the other processor's markers gone (a window shorter than the race):
+    its partition position, WATCHed and checked like the markers, makes the second writer plan
+    again and skip what the first applied."""
+    events = positioned([ev("u1", "a", T_MS), ev("u1", "b", T_MS + 1000),
+                         ev("u2", "a", T_MS + 2000)], 0, T_MS + 5000)
+    pipes = [RedisPipe(settings.redis_url) for _ in range(3)]
+    other = FeatureStore(pipes[0], settings, log_end=lambda p: 3)
+
+    async def other_applies_first() -> None:
+        await other.apply(events[:2])
+        redis_client.delete(*redis_client.keys("event:seen:*"))
+
+    writer = Interleaved(settings.redis_url, at, other_applies_first)
+    try:
+        result = await FeatureStore(pipes[1], settings, writer, lambda p: 3).apply(events)
+        both = features_only(dump(redis_client))
+        redis_client.flushdb()
+        await FeatureStore(pipes[2], settings).apply(events)  # one processor, once
+    finally:
+        for pipe in (*pipes, writer):
+            await pipe.close()
+
+    assert [e.event_id for e in result.applied] == [events[2].event_id]
+    assert result.duplicates == 2
+    assert position(redis_client, settings) == f"3 {T_MS + 5002}"
+    assert_same_features(both, features_only(dump(redis_client)))

@@ -19,8 +19,11 @@ BASE = {"event_id": EVENT_ID, "user_id": "u1", "item_id": "i-9", "event_type": "
         "timestamp": 1_700_000_000_123}
 
 
+LOG_MS = 1_700_000_000_999  # the record's Kafka timestamp, apart from the event's own
+
+
 def record(value: bytes | None) -> ConsumerRecord:
-    return ConsumerRecord("events", 0, 7, 0, 0, b"u1", value, None, 0, 0, [])
+    return ConsumerRecord("events", 2, 7, LOG_MS, 0, b"u1", value, None, 0, 0, [])
 
 
 def message(**changes: object) -> bytes:
@@ -53,7 +56,7 @@ def test_valid_messages_decode_like_the_event_model(value: bytes) -> None:
     assert not isinstance(expected, str)
     assert decode_for_features(record(value)) == StreamEvent(
         str(expected.event_id), expected.user_id, expected.item_id, expected.event_type,
-        expected.timestamp)
+        expected.timestamp, partition=2, offset=7, log_ms=LOG_MS)
 
 
 @pytest.mark.parametrize("value", [

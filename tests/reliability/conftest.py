@@ -43,9 +43,12 @@ def seen_count(r: redis.Redis, events: list[dict]) -> int:
 
 
 def dump(r: redis.Redis) -> dict[str, Any]:
-    """Every key's value (not TTLs); sorted sets as {member: score}."""
+    """Every key's value (not TTLs); sorted sets as {member: score}. Not the processor's applied
+    positions: they name the topic, and reference runs read their own."""
     out: dict[str, Any] = {}
     for key in r.scan_iter(count=1000):
+        if key.startswith(keys.APPLIED_POSITION_PATTERN.rstrip("*")):
+            continue
         kind = r.type(key)
         if kind == "string":
             out[key] = r.get(key)

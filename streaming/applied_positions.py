@@ -1,0 +1,122 @@
+"""Which records of a batch the processor applied before, from the Kafka positions it applied.
+
+Each partition's applied position (the offset after the last record applied, and the newest
+record timestamp applied) is written in the same MULTI/EXEC as the batch's features, so it is
+exact: a record below it was applied, whatever became of the group's committed offsets (a crash
+between the write and the commit, offsets expired after the group sat idle past the broker's
+`offsets.retention.minutes`, a reset, a second group reading the topic). Duplicate markers then
+only have to catch one event sent twice (a client's retry), for RECO_DEDUP_TTL_S, instead of
+every redelivery for the log's whole retention, which cost Redis memory in proportion to the
+event rate times that retention.
+
+A topic deleted and recreated under the same name restarts its offsets at 0, and those records
+were never applied. Two guards: a record counts as applied only if both its offset and its
+timestamp are within what was applied (records written after the recreation are newer), and
+only while the partition's log reaches the applied offset; a log that ends before it (recreated
+or truncated) starts the partition's position afresh. While the log end is unknown, positions
+decide nothing and markers alone recognise redeliveries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+log = logging.getLogger(__name__)
+
+LogEnd = Callable[[int], "int | None"]  # partition -> its log end offset, None if not known
+
+
+class Positioned(Protocol):
+    """A decoded record: where it sits in the topic (partition -1: not read from Kafka)."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def log_ms(self) -> int: ...
+
+
+class Position(NamedTuple):
+    """What the processor applied of one partition."""
+
+    next_offset: int  # every record below it was applied
+    newest_ms: int  # the newest record timestamp among them
+
+    @classmethod
+    def parse(cls, raw: bytes | str | None) -> Position | None:
+        if not raw:
+            return None
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        next_offset, _, newest_ms = text.partition(" ")
+        return cls(int(next_offset), int(newest_ms))
+
+    def dump(self) -> str:
+        return f"{self.next_offset} {self.newest_ms}"
+
+    def covers(self, record: Positioned) -> bool:
+        return record.offset < self.next_offset and record.log_ms <= self.newest_ms
+
+
+@dataclass(frozen=True)
+class Replays:
+    """A batch's records already applied by offset, and each partition's position once the
+    batch is written."""
+
+    applied: list[bool]  # per record of the batch given
+    positions: dict[int, Position]
+
+    @property
+    def count(self) -> int:
+        return sum(self.applied)
+
+
+def partitions_of(records: Sequence[Positioned]) -> list[int]:
+    """The Kafka partitions the records came from, in first-seen order."""
+    return list(dict.fromkeys(r.partition for r in records if r.partition >= 0))
+
+
+def find_replays(records: Sequence[Positioned], stored: Mapping[int, Position | None],
+                 log_end: LogEnd, topic: str) -> Replays:
+    """Which of `records` are below their partition's `stored` position, and the positions
+    after them. `stored` holds what Redis (or the batch written just before) says per
+    partition of the records."""
+    trusted: dict[int, Position] = {}
+    base: dict[int, Position] = {}
+    for partition in partitions_of(records):
+        position = stored.get(partition)
+        if position is None:
+            continue
+        end = log_end(partition)
+        if end is not None and end < position.next_offset:
+            log.warning("%s[%d]: the log ends at offset %d, before the %d already applied: the "
+                        "topic was recreated or truncated; its applied position starts afresh",
+                        topic, partition, end, position.next_offset)
+            continue
+        base[partition] = position
+        if end is not None:
+            trusted[partition] = position
+    applied = []
+    for r in records:
+        position = trusted.get(r.partition)
+        applied.append(position is not None and position.covers(r))
+    return Replays(applied, _advanced(records, base))
+
+
+def _advanced(records: Sequence[Positioned], base: Mapping[int, Position]
+              ) -> dict[int, Position]:
+    """Each partition's position once `records` are applied (positions never move back)."""
+    out = dict(base)
+    for r in records:
+        if r.partition < 0:
+            continue
+        at = out.get(r.partition)
+        if at is None:
+            out[r.partition] = Position(r.offset + 1, r.log_ms)
+        elif r.offset >= at.next_offset or r.log_ms > at.newest_ms:
+            out[r.partition] = Position(max(at.next_offset, r.offset + 1),
+                                        max(at.newest_ms, r.log_ms))
+    return out
