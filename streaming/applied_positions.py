@@ -41,7 +41,7 @@ class Positioned(Protocol):
 
 
 class Position(NamedTuple):
-    """What the processor applied of one partition."""
+    """What the processor applied of one partition (or what one batch holds of it)."""
 
     next_offset: int  # every record below it was applied
     newest_ms: int  # the newest record timestamp among them
@@ -60,63 +60,68 @@ class Position(NamedTuple):
     def covers(self, record: Positioned) -> bool:
         return record.offset < self.next_offset and record.log_ms <= self.newest_ms
 
+    def merged(self, other: Position) -> Position:
+        """Both applied: positions never move back."""
+        return Position(max(self.next_offset, other.next_offset),
+                        max(self.newest_ms, other.newest_ms))
+
+
+class Span(NamedTuple):
+    """The records of one batch from one partition."""
+
+    first_offset: int
+    held: Position  # the position these records alone make
+
+
+def spans_of(records: Sequence[Positioned]) -> dict[int, Span]:
+    """Per partition the records came from (first-seen order), their span."""
+    acc: dict[int, list[int]] = {}
+    for r in records:
+        if r.partition < 0:
+            continue
+        at = acc.get(r.partition)
+        if at is None:
+            acc[r.partition] = [r.offset, r.offset + 1, r.log_ms]
+            continue
+        if r.offset < at[0]:
+            at[0] = r.offset
+        if r.offset >= at[1]:
+            at[1] = r.offset + 1
+        if r.log_ms > at[2]:
+            at[2] = r.log_ms
+    return {p: Span(first, Position(end, newest)) for p, (first, end, newest) in acc.items()}
+
 
 @dataclass(frozen=True)
 class Replays:
     """A batch's records already applied by offset, and each partition's position once the
     batch is written."""
 
-    applied: list[bool]  # per record of the batch given
+    applied: frozenset[int]  # indices into the records given
     positions: dict[int, Position]
 
-    @property
-    def count(self) -> int:
-        return sum(self.applied)
 
-
-def partitions_of(records: Sequence[Positioned]) -> list[int]:
-    """The Kafka partitions the records came from, in first-seen order."""
-    return list(dict.fromkeys(r.partition for r in records if r.partition >= 0))
-
-
-def find_replays(records: Sequence[Positioned], stored: Mapping[int, Position | None],
-                 log_end: LogEnd, topic: str) -> Replays:
-    """Which of `records` are below their partition's `stored` position, and the positions
-    after them. `stored` holds what Redis (or the batch written just before) says per
-    partition of the records."""
-    trusted: dict[int, Position] = {}
-    base: dict[int, Position] = {}
-    for partition in partitions_of(records):
+def find_replays(records: Sequence[Positioned], spans: Mapping[int, Span],
+                 stored: Mapping[int, Position | None], log_end: LogEnd, topic: str) -> Replays:
+    """Which of `records` (whose `spans_of` is `spans`) are within their partition's `stored`
+    position, and the positions after them. `stored` holds what Redis (or the batch written
+    just before) says per partition of the records."""
+    positions: dict[int, Position] = {}
+    check: dict[int, Position] = {}  # partitions some of whose records may have been applied
+    for partition, span in spans.items():
         position = stored.get(partition)
-        if position is None:
-            continue
-        end = log_end(partition)
-        if end is not None and end < position.next_offset:
+        end = None if position is None else log_end(partition)
+        if position is not None and end is not None and end < position.next_offset:
             log.warning("%s[%d]: the log ends at offset %d, before the %d already applied: the "
                         "topic was recreated or truncated; its applied position starts afresh",
                         topic, partition, end, position.next_offset)
+            position = None
+        if position is None:
+            positions[partition] = span.held
             continue
-        base[partition] = position
-        if end is not None:
-            trusted[partition] = position
-    applied = []
-    for r in records:
-        position = trusted.get(r.partition)
-        applied.append(position is not None and position.covers(r))
-    return Replays(applied, _advanced(records, base))
-
-
-def _advanced(records: Sequence[Positioned], base: Mapping[int, Position]
-              ) -> dict[int, Position]:
-    """Each partition's position once `records` are applied (positions never move back)."""
-    out = dict(base)
-    for r in records:
-        if r.partition < 0:
-            continue
-        at = out.get(r.partition)
-        if at is None:
-            out[r.partition] = Position(r.offset + 1, r.log_ms)
-        elif r.offset >= at.next_offset or r.log_ms > at.newest_ms:
-            out[r.partition] = Position(max(at.next_offset, r.offset + 1),
-                                        max(at.newest_ms, r.log_ms))
-    return out
+        positions[partition] = position.merged(span.held)
+        if end is not None and span.first_offset < position.next_offset:
+            check[partition] = position
+    applied = frozenset(j for j, r in enumerate(records)
+                        if r.partition in check and check[r.partition].covers(r))
+    return Replays(applied, positions)

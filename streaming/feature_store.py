@@ -24,7 +24,7 @@ from itertools import chain
 from reco import keys
 from reco.features import FeatureParams, FeatureUpdates, RecentItems, plan_batch
 from reco.settings import Settings
-from streaming.applied_positions import LogEnd, Position, find_replays, partitions_of
+from streaming.applied_positions import LogEnd, Position, find_replays, spans_of
 from streaming.messages import StreamEvent
 from streaming.redis_pipe import Packed, RedisPipe, TransactionAborted
 
@@ -101,6 +101,7 @@ class FeatureStore:
         partition, hence this process, owns each user, so nothing else changes them
         meanwhile)."""
         unique = _first_copies(events)
+        spans = spans_of(events)
         carried: dict[str, RecentItems] = {}
         before: dict[int, Position | None] = {}
         if after is not None:
@@ -108,16 +109,15 @@ class FeatureStore:
                 written = {e.event_id for e in after.fresh}
                 unique = [e for e in unique if e.event_id not in written]
                 carried = after.updates.recent
-            before = {p: after.positions[p] for p in partitions_of(events)
-                      if p in after.positions}
+            before = {p: after.positions[p] for p in spans if p in after.positions}
         seen, recent, categories, stored = await self._read_state(
-            unique, carried, [p for p in partitions_of(events) if p not in before])
+            unique, carried, [p for p in spans if p not in before])
         before.update(stored)
-        replays = find_replays(events, before, self.log_end, self.topic)
-        if replays.count:
+        replays = find_replays(events, spans, before, self.log_end, self.topic)
+        replayed = {id(events[j]) for j in replays.applied}
+        if replayed:
             log.info("%s: %d of %d records were applied before (below their partition's "
-                     "applied offset): skipped", self.topic, replays.count, len(events))
-        replayed = {id(e) for e, was in zip(events, replays.applied, strict=True) if was}
+                     "applied offset): skipped", self.topic, len(replayed), len(events))
         fresh = [e for e, was_seen in zip(unique, seen, strict=True)
                  if not was_seen and id(e) not in replayed]
         updates = (plan_batch(fresh, recent, categories, self.params, time.time()) if fresh
