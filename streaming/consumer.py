@@ -160,7 +160,7 @@ async def run_batches(
     A batch's commit runs while the next batch is processed (its side effects are already
     done, so only the broker round trip overlaps); commits stay in order, one at a time.
     """
-    lag = commits.lag = PartitionLag(consumer, group)
+    lag = commits.lag = PartitionLag(consumer, group, settled=commits.drain)
     heap.settle()
     try:
         while not stop.is_set():
@@ -244,10 +244,12 @@ class PartitionLag:
     there frozen at its last value.
     """
 
-    def __init__(self, consumer: AIOKafkaConsumer, group: str) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, group: str,
+                 settled: Callable[[], Awaitable[None]] | None = None) -> None:
         self._consumer = consumer
         self._group = group
         self._shown: set[TopicPartition] = set()
+        self._settled = settled  # waits for the commit in flight (`Commits.drain`)
 
     @property
     def partitions(self) -> frozenset[TopicPartition]:
@@ -271,15 +273,22 @@ class PartitionLag:
         STUCK_LAG_TIMEOUT_S, and no failure of it stops the retries."""
         assigned = self._consumer.assignment()
         self.keep_only(assigned)
+        consumer, parts = self._consumer, list(assigned)
         try:
             async with asyncio.timeout(STUCK_LAG_TIMEOUT_S):
-                ends = await self._consumer.end_offsets(list(assigned)) if assigned else {}
-                for tp, end in ends.items():
-                    done = await self._consumer.committed(tp)
-                    if done is None:  # nothing committed yet: consumed from the beginning
-                        done = (await self._consumer.beginning_offsets([tp]))[tp]
-                    if tp in self._consumer.assignment():
-                        self._show(tp, max(end - done, 0))
+                if self._settled is not None:
+                    # The batch before the stuck one is done: counted as lag while its commit
+                    # is in flight, the figure would be one batch high.
+                    await self._settled()
+                ends = await consumer.end_offsets(parts) if parts else {}
+                done = await asyncio.gather(*(consumer.committed(tp) for tp in parts))
+                never = [tp for tp, offset in zip(parts, done, strict=True) if offset is None]
+                # Nothing committed yet: consumed from the beginning.
+                starts = await consumer.beginning_offsets(never) if never else {}
+                for tp, offset in zip(parts, done, strict=True):
+                    position = starts[tp] if offset is None else offset
+                    if tp in consumer.assignment():
+                        self._show(tp, max(ends[tp] - position, 0))
         except Exception as exc:  # noqa: BLE001 - a gauge must never end the retry loop
             log.info("%s: lag not refreshed while stuck (%r)", self._group, exc)
 

@@ -50,7 +50,7 @@ async def run_overlapped(
     """Consume until `stop` is set; the planned batch is written and committed first."""
     store = processor.store
     pending: _Planned | None = None
-    lag = commits.lag = loop.PartitionLag(consumer, group)
+    lag = commits.lag = loop.PartitionLag(consumer, group, settled=commits.drain)
 
     async def plainly(batch: list[ConsumerRecord], offsets: dict[TopicPartition, int]) -> bool:
         if not await loop._until_done(processor, batch, stop, group, backoff_max_s, lag):

@@ -122,3 +122,40 @@ async def test_lag_keeps_growing_on_the_page_while_a_batch_is_stuck(
         await asyncio.wait_for(running, 30)
         await consumer.stop()
         await producer.stop()
+
+
+async def test_lag_while_stuck_does_not_count_the_batch_whose_commit_is_in_flight(
+    settings: Settings, kafka_topics: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch before the stuck one is done, its commit still on its way to the broker (a
+    slow round trip): the figure read while stuck must not count it as lag."""
+    from aiokafka.structs import TopicPartition
+
+    monkeypatch.setattr(loop, "STUCK_LAG_TIMEOUT_S", 30.0)  # a slow broker here is no failure
+    group, tp = settings.group_processor, TopicPartition(settings.topic_events, 0)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    consumer, commits = group_consumer(settings)
+    await consumer.start()
+    try:
+        for n in range(3):
+            await producer.send_and_wait(settings.topic_events, b"%d" % n, partition=0)
+        fetched: list[ConsumerRecord] = []
+        while len(fetched) < 3:
+            fetched += (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+        commit = consumer.commit
+        await commit({tp: 1})  # the group's coordinator found: later commits are one round trip
+
+        async def slow_commit(offsets: dict) -> None:
+            await asyncio.sleep(1.0)
+            await commit(offsets)
+
+        consumer.commit = slow_commit  # type: ignore[method-assign]
+        await commits.commit(loop.next_offsets({tp: fetched}))
+        await loop.PartitionLag(consumer, group, settled=commits.drain).record_stuck()
+        assert shown(group)[0] == 0.0
+        assert await consumer.committed(tp) == 3
+    finally:
+        await commits.drain()
+        await consumer.stop()
+        await producer.stop()
