@@ -371,6 +371,7 @@ def test_an_attached_soak_that_could_only_get_401s_refuses_to_start(
     with pytest.raises(SystemExit) as exited:
         soak.main()
     assert exited.value.code == 2
+    assert 2 not in soak.EXIT_STATUS.values()  # a refusal is no verdict
     err = capsys.readouterr().err
     assert ("error: refusing to soak a running stack that would answer 401: the shell's "
             "settings have RECO_AUTH_ENABLED=true but ") in err
