@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     airflow_port: int = 8088
     prometheus_port: int = 9090
     redis_exporter_port: int = 9121  # Redis's memory, evictions and clients for Prometheus
+    # PostgreSQL's availability, size and connections for Prometheus
+    postgres_exporter_port: int = 9187
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     processor_metrics_port: int = 9101
     archiver_metrics_port: int = 9102

@@ -10,6 +10,7 @@ declare -A needs=(
   [prometheus]=prometheus
   [promtool]=prometheus
   [prometheus-redis-exporter]=prometheus-redis-exporter
+  [prometheus-postgres-exporter]=prometheus-postgres-exporter
   [wrk]=wrk  # the benchmarks' closed-loop load generator
 )
 root=false
@@ -39,7 +40,8 @@ $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # Debian starts the servers it just installed as services (and, under systemd, at every boot);
 # the stack runs its own copies on the same ports. Leave servers installed before alone.
-for svc in redis-server postgresql prometheus prometheus-redis-exporter; do
+for svc in redis-server postgresql prometheus prometheus-redis-exporter \
+    prometheus-postgres-exporter; do
   [[ " ${missing[*]} " == *" $svc "* ]] || continue
   if [ -d /run/systemd/system ]; then
     $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true

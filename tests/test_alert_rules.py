@@ -15,6 +15,9 @@ PROMTOOL = shutil.which("promtool")
 # started as the stack starts it, exports each of them.
 REDIS_EXPORTER_SERIES = frozenset({"redis_up", "redis_memory_used_bytes", "redis_memory_max_bytes",
                                    "redis_total_system_memory_bytes", "redis_evicted_keys_total"})
+# PostgreSQL's exporter, likewise.
+POSTGRES_EXPORTER_SERIES = frozenset({"pg_up", "pg_stat_activity_count",
+                                      "pg_settings_max_connections", "pg_database_size_bytes"})
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: make install")
 
 
@@ -25,7 +28,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess:
 def test_rules_are_valid() -> None:
     result = _promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 def test_rule_unit_tests_pass() -> None:
@@ -60,7 +63,8 @@ def _exported_series_names() -> set[str]:
 
 def test_rule_tests_feed_the_series_the_code_exports() -> None:
     # A made-up series hides a rule that can never fire on the real ones.
-    exported = _exported_series_names() | {"up"} | REDIS_EXPORTER_SERIES  # `up`: Prometheus
+    exported = (_exported_series_names() | {"up"}  # `up`: Prometheus's own
+                | REDIS_EXPORTER_SERIES | POSTGRES_EXPORTER_SERIES)
     cases = yaml.safe_load((MONITORING / "alerts.test.yml").read_text())["tests"]
     for case in cases:
         for series in case["input_series"]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
 
-from tests.test_alert_rules import REDIS_EXPORTER_SERIES
+from tests.test_alert_rules import POSTGRES_EXPORTER_SERIES, REDIS_EXPORTER_SERIES
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "monitoring/grafana/dashboards/reco.json"
 # Every module that defines the project's metrics.
@@ -56,7 +56,8 @@ def test_dashboard_has_the_four_rows() -> None:
 
 
 def test_every_panel_query_names_an_exported_metric() -> None:
-    exported = exported_metrics() | {_family(s) for s in REDIS_EXPORTER_SERIES}
+    exported = exported_metrics() | {_family(s) for s in REDIS_EXPORTER_SERIES
+                                     | POSTGRES_EXPORTER_SERIES}
     for title, queries in panel_queries().items():
         for expr in queries:
             series = _series_in(expr)

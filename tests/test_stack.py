@@ -19,7 +19,7 @@ from reco.stack.health import free_port, free_port_pair, wait_until
 from reco.stack.prometheus import ALERT_RULES
 from reco.stack.supervisor import Supervisor
 from tests.servers import JARS_DIR, scratch_dir
-from tests.test_alert_rules import REDIS_EXPORTER_SERIES
+from tests.test_alert_rules import POSTGRES_EXPORTER_SERIES, REDIS_EXPORTER_SERIES
 
 pytestmark = pytest.mark.integration
 INFRA = {"postgres", "redis", "kafka"}
@@ -150,6 +150,7 @@ def test_every_listening_component_declares_its_ports(tmp_path) -> None:
     assert ports["processor"] == (settings.processor_metrics_port,)
     assert ports["prometheus"] == (settings.prometheus_port,)
     assert ports["redis-exporter"] == (settings.redis_exporter_port,)
+    assert ports["postgres-exporter"] == (settings.postgres_exporter_port,)
 
 
 def test_logs_of_unknown_component_names_the_known_ones(stack_settings: Settings) -> None:
@@ -168,6 +169,7 @@ def test_every_copy_of_a_consumer_runs_and_is_scraped(tmp_path) -> None:
         "archiver": ["127.0.0.1:9102"], "ingest": ["127.0.0.1:8080"],
         "processor": ["127.0.0.1:9101", "127.0.0.1:9111"],
         "recommendations": ["127.0.0.1:8081"], "redis-exporter": ["127.0.0.1:9121"],
+        "postgres-exporter": ["127.0.0.1:9187"],
     }
     assert config["rule_files"] == [str(ALERT_RULES)]
 
@@ -213,3 +215,30 @@ def test_the_redis_exporter_reports_the_stacks_redis(redis_url: str, tmp_path) -
     assert samples["redis_up"] == "1"
     assert float(samples["redis_memory_used_bytes"]) > 1_000_000
     assert samples.keys() >= REDIS_EXPORTER_SERIES  # what the alert rules read
+
+
+def test_the_postgres_exporter_reports_the_stacks_postgres(pg, settings: Settings,
+                                                           tmp_path) -> None:
+    """The exporter as the stack starts it (command and environment) finds the stack's
+    PostgreSQL, and exports what the alert rules and the dashboard read."""
+    settings = settings.model_copy(update={"postgres_exporter_port": free_port()})
+    exporter = {c.name: c for c in build_components(settings)}["postgres-exporter"]
+    assert exporter.prepare is not None and exporter.metrics_url is not None
+    exporter.prepare()
+    proc = subprocess.Popen(exporter.command, env=process_env(settings),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(exporter.health, 30, alive=lambda: proc.poll() is None)
+        samples = dict(line.rsplit(" ", 1) for line in httpx.get(exporter.metrics_url).text
+                       .splitlines() if line and not line.startswith("#"))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert samples["pg_up"] == "1"
+    names = {key.split("{", 1)[0] for key in samples}
+    assert names >= POSTGRES_EXPORTER_SERIES
+    app_database = f'datname="{settings.pg_database}"'
+    [size] = [v for k, v in samples.items()
+              if k.startswith("pg_database_size_bytes{") and app_database in k]
+    assert float(size) > 1_000_000
+

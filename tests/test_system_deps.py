@@ -10,7 +10,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-system-deps.sh"
 PRESENT = ["java", "mvn", "redis-server", "prometheus", "promtool", "prometheus-redis-exporter",
-           "wrk", "python3"]
+           "prometheus-postgres-exporter", "wrk", "python3"]
 RECORDED = ["sudo", "apt-get", "service", "systemctl"]
 SYSTEMD = Path("/run/systemd/system").is_dir()
 
@@ -48,7 +48,8 @@ def test_root_without_runuser_installs_util_linux_without_sudo(tmp_path: Path) -
                      "apt-get install -y -qq --no-install-recommends util-linux"]
 
 
-@pytest.mark.parametrize("server", ["redis-server", "prometheus-redis-exporter"])
+@pytest.mark.parametrize("server", ["redis-server", "prometheus-redis-exporter",
+                                    "prometheus-postgres-exporter"])
 def test_a_server_it_installs_is_stopped_and_kept_from_starting_at_boot(tmp_path: Path,
                                                                        server: str) -> None:
     """Debian starts it as a service on install; the stack runs its own on the same port."""

@@ -107,6 +107,9 @@ def process_env(settings: Settings) -> dict[str, str]:
     # The Redis exporter's address (it may carry a password, so not in its command line,
     # which supervisord's config file holds); the same URL as RECO_REDIS_URL.
     env["REDIS_ADDR"] = settings.redis_url
+    # The PostgreSQL exporter's, likewise. The stack's own server speaks no TLS, which lib/pq's
+    # default sslmode (require) would refuse.
+    env["DATA_SOURCE_NAME"] = f"{settings.database_url}?sslmode=disable"
     return env
 
 
@@ -152,6 +155,7 @@ def build_components(settings: Settings) -> list[Component]:
         prometheus.write_config(prom_config, targets)
     airflow = servers.venv_bin("airflow")
     exporter = f"http://{host}:{settings.redis_exporter_port}"
+    pg_exporter = f"http://{host}:{settings.postgres_exporter_port}"
     components = [
         Component(
             "postgres", servers.postgres_command(pg_data, settings.pg_port),
@@ -159,6 +163,15 @@ def build_components(settings: Settings) -> list[Component]:
             url=f"postgresql://{host}:{settings.pg_port}/{settings.pg_database}",
             prepare=lambda: servers.prepare_postgres(pg_data), ready=pg_ready,
             ports=(settings.pg_port,),
+        ),
+        Component(
+            "postgres-exporter",
+            [_which("prometheus-postgres-exporter"),
+             f"--web.listen-address={host}:{settings.postgres_exporter_port}"],
+            health=partial(http_ok, f"{pg_exporter}/"), url=f"{pg_exporter}/metrics",
+            prepare=lambda: _require("prometheus-postgres-exporter"),
+            metrics_url=f"{pg_exporter}/metrics",
+            ports=(settings.postgres_exporter_port,),
         ),
         Component(
             "redis", servers.redis_command(paths.root / "redis", _redis_port(settings)),
