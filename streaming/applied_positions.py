@@ -12,9 +12,11 @@ event rate times that retention.
 A topic deleted and recreated under the same name restarts its offsets at 0, and those records
 were never applied. Two guards: a record counts as applied only if both its offset and its
 timestamp are within what was applied (records written after the recreation are newer), and
-only while the partition's log reaches the applied offset; a log that ends before it (recreated
-or truncated) starts the partition's position afresh. While the log end is unknown, positions
-decide nothing and markers alone recognise redeliveries.
+only while the partition's log, as the consumer last saw it, reaches the applied offset. A log
+that ends before it, with records newer than any applied, was recreated (or truncated): the
+partition's position starts afresh. Otherwise the consumer's view is stale (a partition just
+revoked, a leader change), and positions decide nothing for that batch, as while the log end
+is unknown: markers alone recognise its redeliveries.
 """
 
 from __future__ import annotations
@@ -48,11 +50,17 @@ class Position(NamedTuple):
 
     @classmethod
     def parse(cls, raw: bytes | str | None) -> Position | None:
+        """None for no position, or one this release cannot read (edited by hand): a batch
+        must not be retried forever over it; markers decide, and the batch writes a new one."""
         if not raw:
             return None
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        next_offset, _, newest_ms = text.partition(" ")
-        return cls(int(next_offset), int(newest_ms))
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        try:
+            next_offset, newest_ms = map(int, text.split(" "))
+        except ValueError:
+            log.warning("unreadable applied position %r: ignored", text)
+            return None
+        return cls(next_offset, newest_ms)
 
     def dump(self) -> str:
         return f"{self.next_offset} {self.newest_ms}"
@@ -75,21 +83,20 @@ class Span(NamedTuple):
 
 def spans_of(records: Sequence[Positioned]) -> dict[int, Span]:
     """Per partition the records came from (first-seen order), their span."""
-    acc: dict[int, list[int]] = {}
+    first: dict[int, int] = {}
+    end: dict[int, int] = {}
+    newest: dict[int, int] = {}
     for r in records:
-        if r.partition < 0:
+        p = r.partition
+        if p < 0:
             continue
-        at = acc.get(r.partition)
-        if at is None:
-            acc[r.partition] = [r.offset, r.offset + 1, r.log_ms]
+        if p not in first:
+            first[p], end[p], newest[p] = r.offset, r.offset + 1, r.log_ms
             continue
-        if r.offset < at[0]:
-            at[0] = r.offset
-        if r.offset >= at[1]:
-            at[1] = r.offset + 1
-        if r.log_ms > at[2]:
-            at[2] = r.log_ms
-    return {p: Span(first, Position(end, newest)) for p, (first, end, newest) in acc.items()}
+        first[p] = min(first[p], r.offset)
+        end[p] = max(end[p], r.offset + 1)
+        newest[p] = max(newest[p], r.log_ms)
+    return {p: Span(first[p], Position(end[p], newest[p])) for p in first}
 
 
 @dataclass(frozen=True)
@@ -111,17 +118,25 @@ def find_replays(records: Sequence[Positioned], spans: Mapping[int, Span],
     for partition, span in spans.items():
         position = stored.get(partition)
         end = None if position is None else log_end(partition)
-        if position is not None and end is not None and end < position.next_offset:
-            log.warning("%s[%d]: the log ends at offset %d, before the %d already applied: the "
-                        "topic was recreated or truncated; its applied position starts afresh",
-                        topic, partition, end, position.next_offset)
-            position = None
+        if position is None or end is None:
+            trusted = False
+        elif end >= position.next_offset:
+            trusted = True
+        elif span.held.newest_ms > position.newest_ms:
+            log.warning("%s[%d]: the log ends at offset %d, before the %d already applied, with "
+                        "newer records: the topic was recreated or truncated; its applied "
+                        "position starts afresh", topic, partition, end, position.next_offset)
+            position, trusted = None, False
+        else:  # a stale view of the log: this batch's redeliveries are left to the markers
+            trusted = False
         if position is None:
             positions[partition] = span.held
             continue
         positions[partition] = position.merged(span.held)
-        if end is not None and span.first_offset < position.next_offset:
+        if trusted and span.first_offset < position.next_offset:
             check[partition] = position
+    if not check:
+        return Replays(frozenset(), positions)
     applied = frozenset(j for j, r in enumerate(records)
                         if r.partition in check and check[r.partition].covers(r))
     return Replays(applied, positions)

@@ -34,12 +34,14 @@ TRENDING_TTL_MARGIN_S = 120
 CATEGORY_CACHE_S = 60.0  # catalogue categories rarely change; a minute of staleness is fine
 CATEGORY_CACHE_MAX = 200_000
 # Plans of one batch before giving up (the batch loop then retries it with backoff). Each
-# conflict means another processor wrote markers of the batch, so a re-plan has fewer events.
+# conflict means another processor applied events of the batch's partitions, so a re-plan
+# finds them applied.
 WRITE_ATTEMPTS = 5
 
 
 class WriteConflict(Exception):
-    """Some of a planned batch's events were applied by another processor meanwhile."""
+    """Another processor applied events of a planned batch, or moved the position of one of
+    its partitions, meanwhile."""
 
 
 @dataclass
@@ -100,26 +102,25 @@ class FeatureStore:
         items, event ids and partition positions are taken from it instead of Redis (one
         partition, hence this process, owns each user, so nothing else changes them
         meanwhile)."""
-        unique = _first_copies(events)
+        firsts = _first_copies(events)
         spans = spans_of(events)
         carried: dict[str, RecentItems] = {}
         before: dict[int, Position | None] = {}
         if after is not None:
             if after.fresh:
                 written = {e.event_id for e in after.fresh}
-                unique = [e for e in unique if e.event_id not in written]
+                firsts = [j for j in firsts if events[j].event_id not in written]
                 carried = after.updates.recent
             before = {p: after.positions[p] for p in spans if p in after.positions}
         seen, recent, categories, stored = await self._read_state(
-            unique, carried, [p for p in spans if p not in before])
+            [events[j] for j in firsts], carried, [p for p in spans if p not in before])
         before.update(stored)
         replays = find_replays(events, spans, before, self.log_end, self.topic)
-        replayed = {id(events[j]) for j in replays.applied}
-        if replayed:
+        if replays.applied:
             log.info("%s: %d of %d records were applied before (below their partition's "
-                     "applied offset): skipped", self.topic, len(replayed), len(events))
-        fresh = [e for e, was_seen in zip(unique, seen, strict=True)
-                 if not was_seen and id(e) not in replayed]
+                     "applied offset): skipped", self.topic, len(replays.applied), len(events))
+        fresh = [events[j] for j, was_seen in zip(firsts, seen, strict=True)
+                 if not was_seen and j not in replays.applied]
         updates = (plan_batch(fresh, recent, categories, self.params, time.time()) if fresh
                    else FeatureUpdates())
         return PlannedBatch(fresh, len(events) - len(fresh), updates,
@@ -135,13 +136,14 @@ class FeatureStore:
         position_keys = [keys.applied_position(self.topic, p) for p in partitions]
         check = Packed()
         check.add("WATCH", *markers, *position_keys)
+        check.each("GET", position_keys)
         if markers:
             check.add("EXISTS", *markers)
-        check.each("GET", position_keys)
         replies = await self.writer.execute(check)
-        marked = bool(markers) and replies[1]
+        now = replies[1:1 + len(partitions)]
         moved = any(Position.parse(raw) != planned.positions_before[p]
-                    for p, raw in zip(partitions, replies[1 + bool(markers):], strict=True))
+                    for p, raw in zip(partitions, now, strict=True))
+        marked = bool(markers) and bool(replies[-1])
         if marked or moved:
             await self.writer.execute([("UNWATCH",)])
             raise WriteConflict("events of the batch were applied meanwhile (before the write)")
@@ -252,12 +254,13 @@ def _marker(event: StreamEvent) -> str:
     return keys.event_seen(event.event_id)
 
 
-def _first_copies(events: Sequence[StreamEvent]) -> list[StreamEvent]:
-    """The events in order, without later copies of an id (a redelivery inside one batch)."""
+def _first_copies(events: Sequence[StreamEvent]) -> list[int]:
+    """Indices of the events, in order, without later copies of an id (a redelivery inside one
+    batch)."""
     seen: set[object] = set()
     out = []
-    for event in events:
+    for j, event in enumerate(events):
         if event.event_id not in seen:
             seen.add(event.event_id)
-            out.append(event)
+            out.append(j)
     return out

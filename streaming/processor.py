@@ -45,7 +45,8 @@ class Processor:
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
         """The plain path: apply a batch and wait for it (also the overlapped loop's fallback)."""
         events, bad = split_for_features(records)
-        # Redis first: on a retry its markers make it a no-op, so only the DLQ can repeat.
+        # Redis first: on a retry its positions and markers make it a no-op, so only the DLQ
+        # can repeat.
         result = await self.store.apply(events) if events else None
         await self.finish(result, bad)
 

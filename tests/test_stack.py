@@ -241,4 +241,3 @@ def test_the_postgres_exporter_reports_the_stacks_postgres(pg, settings: Setting
     [size] = [v for k, v in samples.items()
               if k.startswith("pg_database_size_bytes{") and app_database in k]
     assert float(size) > 1_000_000
-

@@ -107,9 +107,12 @@ def process_env(settings: Settings) -> dict[str, str]:
     # The Redis exporter's address (it may carry a password, so not in its command line,
     # which supervisord's config file holds); the same URL as RECO_REDIS_URL.
     env["REDIS_ADDR"] = settings.redis_url
-    # The PostgreSQL exporter's, likewise. The stack's own server speaks no TLS, which lib/pq's
-    # default sslmode (require) would refuse.
-    env["DATA_SOURCE_NAME"] = f"{settings.database_url}?sslmode=disable"
+    # The PostgreSQL exporter's, likewise, in parts: a password is not URL-escaped. The
+    # stack's own server speaks no TLS, which lib/pq's default sslmode (require) would refuse.
+    env["DATA_SOURCE_URI"] = (f"{settings.pg_host}:{settings.pg_port}/{settings.pg_database}"
+                              "?sslmode=disable")
+    env["DATA_SOURCE_USER"] = settings.pg_user
+    env["DATA_SOURCE_PASS"] = settings.pg_password
     return env
 
 

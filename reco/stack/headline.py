@@ -33,8 +33,8 @@ HEADLINES: dict[str, tuple[str, str]] = {
     "targets up": ("sum(up) / count(up)", "ratio"),
     # Grows with the event rate: features, lists, cache and the duplicate markers.
     "Redis memory": ("sum(redis_memory_used_bytes)", "bytes"),
-    # Every database: the event archive (append-only, so it only grows), MLflow's, Airflow's.
-    "PostgreSQL size": ("sum(pg_database_size_bytes)", "bytes"),
+    # The event archive (append-only, so it only grows), MLflow's and Airflow's databases
+    "PostgreSQL size": ('sum(pg_database_size_bytes{datname!~"template.*|postgres"})', "bytes"),
 }
 
 

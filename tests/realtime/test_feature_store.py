@@ -217,8 +217,9 @@ async def test_a_recreated_topic_is_not_taken_for_a_redelivery(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     """A topic deleted and recreated restarts its offsets at 0: those records were never
-    applied. A log ending before the applied offset starts the position afresh; a refilled log
-    past it still has records newer than everything applied."""
+    applied. A log ending before the applied offset, with records newer than any applied,
+    starts the position afresh; a refilled log past it still has records newer than everything
+    applied."""
     r = redis_client
     key = keys.applied_position(settings.topic_events, 0)
     client = RedisPipe(settings.redis_url)
@@ -226,15 +227,35 @@ async def test_a_recreated_topic_is_not_taken_for_a_redelivery(
         r.set(key, f"1000 {T_MS}")
         store = FeatureStore(client, settings, log_end=lambda p: 2)
         short = await store.apply(positioned([ev("u1", "a", T_MS), ev("u1", "b", T_MS)], 0,
-                                             T_MS - 10))  # even timestamped before
+                                             T_MS + 10))
         assert (len(short.applied), short.duplicates) == (2, 0)
-        assert r.get(key) == f"2 {T_MS - 9}"
+        assert r.get(key) == f"2 {T_MS + 11}"
 
         r.set(key, f"1000 {T_MS}")
         store.log_end = lambda p: 5000
         refilled = await store.apply(positioned([ev("u2", "a", T_MS)], 7, T_MS + 1))
         assert (len(refilled.applied), refilled.duplicates) == (1, 0)
         assert r.get(key) == f"1000 {T_MS + 1}"
+    finally:
+        await client.close()
+
+
+async def test_a_stale_view_of_the_log_neither_skips_nor_moves_the_position_back(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A log end below the applied offset with no newer record is the consumer's stale view (a
+    partition just revoked while another copy wrote on, a leader change): the batch's
+    redeliveries are left to the markers, and the position keeps what was applied."""
+    r = redis_client
+    key = keys.applied_position(settings.topic_events, 0)
+    r.set(key, f"1000 {T_MS + 100}")
+    client = RedisPipe(settings.redis_url)
+    try:
+        store = FeatureStore(client, settings, log_end=lambda p: 10)
+        batch = positioned([ev("u1", "a", T_MS), ev("u1", "b", T_MS)], 8, T_MS)
+        assert len((await store.apply(batch)).applied) == 2
+        assert r.get(key) == f"1000 {T_MS + 100}"
+        assert (await store.apply(batch)).duplicates == 2  # their markers
     finally:
         await client.close()
 
@@ -287,3 +308,26 @@ async def test_a_batch_two_processors_hold_is_applied_once_without_markers(
     assert result.duplicates == 2
     assert position(redis_client, settings) == f"3 {T_MS + 5002}"
     assert_same_features(both, features_only(dump(redis_client)))
+
+
+async def test_a_position_moved_between_the_check_and_exec_aborts_the_write(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """The positions are WATCHed like the markers: another processor that applies the
+    partition's records after this one's check (and whose markers are gone) aborts its EXEC;
+    the batch is planned again and found applied."""
+    events = positioned([ev("u1", "a", T_MS), ev("u1", "b", T_MS + 1000),
+                         ev("u2", "a", T_MS + 2000)], 0, T_MS + 5000)
+
+    async def other_applies_the_partition() -> None:
+        redis_client.set(keys.applied_position(settings.topic_events, 0), f"3 {T_MS + 5002}")
+
+    pipe = RedisPipe(settings.redis_url)
+    writer = Interleaved(settings.redis_url, "exec", other_applies_the_partition)
+    try:
+        result = await FeatureStore(pipe, settings, writer, lambda p: 3).apply(events)
+    finally:
+        await pipe.close()
+        await writer.close()
+    assert (result.applied, result.duplicates) == ([], 3)
+    assert redis_client.keys("user:*") == []

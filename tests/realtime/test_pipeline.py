@@ -163,6 +163,27 @@ async def test_redelivery_is_not_counted_twice(
     assert archived(settings) == rows_of([first, second])
 
 
+async def test_batches_in_a_row_are_written_without_conflicts(
+    consumers: Consumers, settings: Settings, redis_client: redis.Redis, kafka_topics: dict,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The overlapped loop plans a batch while the one before is written, taking that batch's
+    partition positions from its plan: read from Redis they would still be the older ones, and
+    every write would conflict and be redone plainly."""
+    events = [ev(f"u{n % 3}", f"i{n}", T + n) for n in range(60)]
+    await produce(settings, [(e["user_id"].encode(), Event.model_validate(e).to_json_bytes())
+                             for e in events])
+    small = settings.model_copy(update={"consumer_batch_max": 5})
+    with caplog.at_level("INFO", logger="streaming.overlap"):
+        consumers.start("processor", small)
+        await wait_for(lambda: seen_count(redis_client, events) == len(events), "processor")
+        await consumers.stop_all()
+    assert [r.getMessage() for r in caplog.records if "plainly" in r.getMessage()] == []
+    positions = [redis_client.get(keys.applied_position(settings.topic_events, p))
+                 for p in range(3)]
+    assert sum(int(p.split(" ")[0]) for p in positions if p) == len(events)
+
+
 async def test_invalid_messages_go_to_the_dlq_once(
     consumers: Consumers, settings: Settings, pg: psycopg.Connection,
     redis_client: redis.Redis, kafka_topics: dict,
