@@ -193,24 +193,32 @@ def test_supervised_processes_get_no_api_key_when_none_is_set(monkeypatch) -> No
     assert Settings().api_keys == []  # not the one key "[]"
 
 
-def test_the_redis_exporter_reports_the_stacks_redis(redis_url: str, tmp_path) -> None:
-    """The exporter as the stack starts it (command and environment) finds the stack's Redis."""
-    settings = Settings(state_dir=tmp_path, redis_url=redis_url,
-                        redis_exporter_port=free_port())
-    exporter = {c.name: c for c in build_components(settings)}["redis-exporter"]
+def scrape_exporter(name: str, settings: Settings) -> dict[str, str]:
+    """Start component `name` as the stack starts it (command and environment), and return
+    its samples (series with labels -> value)."""
+    exporter = {c.name: c for c in build_components(settings)}[name]
     assert exporter.prepare is not None and exporter.metrics_url is not None
     exporter.prepare()
-    client = redis.Redis.from_url(redis_url)
-    client.set("exported", "x" * 1_000_000)
     proc = subprocess.Popen(exporter.command, env=process_env(settings),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_until(exporter.health, 30, alive=lambda: proc.poll() is None)
-        samples = dict(line.rsplit(" ", 1) for line in httpx.get(exporter.metrics_url).text
-                       .splitlines() if line and not line.startswith("#"))
+        return dict(line.rsplit(" ", 1) for line in httpx.get(exporter.metrics_url).text
+                    .splitlines() if line and not line.startswith("#"))
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_redis_exporter_reports_the_stacks_redis(redis_url: str, tmp_path) -> None:
+    """The exporter as the stack starts it (command and environment) finds the stack's Redis."""
+    settings = Settings(state_dir=tmp_path, redis_url=redis_url,
+                        redis_exporter_port=free_port())
+    client = redis.Redis.from_url(redis_url)
+    client.set("exported", "x" * 1_000_000)
+    try:
+        samples = scrape_exporter("redis-exporter", settings)
+    finally:
         client.delete("exported")
     assert samples["redis_up"] == "1"
     assert float(samples["redis_memory_used_bytes"]) > 1_000_000
@@ -222,18 +230,7 @@ def test_the_postgres_exporter_reports_the_stacks_postgres(pg, settings: Setting
     """The exporter as the stack starts it (command and environment) finds the stack's
     PostgreSQL, and exports what the alert rules and the dashboard read."""
     settings = settings.model_copy(update={"postgres_exporter_port": free_port()})
-    exporter = {c.name: c for c in build_components(settings)}["postgres-exporter"]
-    assert exporter.prepare is not None and exporter.metrics_url is not None
-    exporter.prepare()
-    proc = subprocess.Popen(exporter.command, env=process_env(settings),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_until(exporter.health, 30, alive=lambda: proc.poll() is None)
-        samples = dict(line.rsplit(" ", 1) for line in httpx.get(exporter.metrics_url).text
-                       .splitlines() if line and not line.startswith("#"))
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    samples = scrape_exporter("postgres-exporter", settings)
     assert samples["pg_up"] == "1"
     names = {key.split("{", 1)[0] for key in samples}
     assert names >= POSTGRES_EXPORTER_SERIES

@@ -13,7 +13,7 @@ import redis
 
 from reco import keys
 from reco.settings import Settings
-from streaming.feature_store import FeatureStore
+from streaming.feature_store import AppliedBatch, FeatureStore
 from streaming.messages import StreamEvent
 from streaming.redis_pipe import RedisPipe
 from tests.reliability.conftest import assert_same_features, dump
@@ -121,6 +121,27 @@ class Interleaved(RedisPipe):
         return await super().execute(commands, transaction)
 
 
+async def race(settings: Settings, redis_client: redis.Redis, events: list[StreamEvent],
+               at: str, other_first: Callable[[RedisPipe], Awaitable[object]],
+               log_end: Callable[[int], int | None] = lambda p: None,
+               ) -> tuple[AppliedBatch, dict[str, Any], dict[str, Any]]:
+    """Apply `events` while another processor runs `other_first` (on its own connection) just
+    before this one's check or EXEC (`at`), then again on a flushed Redis by one processor
+    alone. Returns the raced result, and the raced and the lone Redis states (with the
+    applied positions, which `dump` leaves out)."""
+    other, mine, lone = (RedisPipe(settings.redis_url) for _ in range(3))
+    writer = Interleaved(settings.redis_url, at, lambda: other_first(other))
+    try:
+        result = await FeatureStore(mine, settings, writer, log_end).apply(events)
+        raced = dump(redis_client) | positions(redis_client)
+        redis_client.flushdb()
+        await FeatureStore(lone, settings).apply(events)  # one processor, once
+    finally:
+        for pipe in (other, mine, lone, writer):
+            await pipe.close()
+    return result, raced, dump(redis_client) | positions(redis_client)
+
+
 @pytest.mark.parametrize("at", ["check", "exec"])
 async def test_a_batch_two_processors_hold_is_applied_once(
     settings: Settings, redis_client: redis.Redis, at: str
@@ -129,21 +150,13 @@ async def test_a_batch_two_processors_hold_is_applied_once(
     yet). Whichever writes second must see the other's markers, before its write ("check") or
     through its aborted EXEC ("exec"), and plan again: no increment counted twice."""
     events = [ev("u1", "a", T_MS), ev("u1", "b", T_MS + 1000), ev("u2", "a", T_MS + 2000)]
-    pipes = [RedisPipe(settings.redis_url) for _ in range(3)]
-    other = FeatureStore(pipes[0], settings)
-    writer = Interleaved(settings.redis_url, at, lambda: other.apply(events[:2]))
-    try:
-        result = await FeatureStore(pipes[1], settings, writer).apply(events)
-        both = dump(redis_client)
-        redis_client.flushdb()
-        await FeatureStore(pipes[2], settings).apply(events)  # one processor, once
-    finally:
-        for pipe in (*pipes, writer):
-            await pipe.close()
+    result, raced, lone = await race(
+        settings, redis_client, events, at,
+        lambda pipe: FeatureStore(pipe, settings).apply(events[:2]))
 
     assert [e.event_id for e in result.applied] == [events[2].event_id]
     assert result.duplicates == 2
-    assert_same_features(both, dump(redis_client))
+    assert_same_features(raced, lone)
 
 
 def test_a_write_conflict_in_the_overlapped_loop_is_not_a_processing_error() -> None:
@@ -174,6 +187,10 @@ def positioned(events: list[StreamEvent], first_offset: int, log_ms: int,
 
 def features_only(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if not k.startswith("event:seen:")}
+
+
+def positions(r: redis.Redis) -> dict[str, str]:
+    return {key: r.get(key) for key in r.keys(keys.APPLIED_POSITION_PATTERN)}
 
 
 def position(r: redis.Redis, settings: Settings, partition: int = 0) -> str | None:
@@ -278,36 +295,26 @@ async def test_positions_decide_nothing_while_the_log_end_is_unknown(
         await client.close()
 
 
-@pytest.mark.parametrize("at", ["check", "exec"])
 async def test_a_batch_two_processors_hold_is_applied_once_without_markers(
-    settings: Settings, redis_client: redis.Redis, at: str
+    settings: Settings, redis_client: redis.Redis
 ) -> None:
-    """As above, with the other processor's markers gone (a window shorter than the race):
-    its partition position, WATCHed and checked like the markers, makes the second writer plan
-    again and skip what the first applied."""
+    """As above, with the other processor's markers gone before this one's check (a window
+    shorter than the race): its partition position, checked like the markers, makes the
+    second writer plan again and skip what the first applied. (Between the check and EXEC,
+    the next test.)"""
     events = positioned([ev("u1", "a", T_MS), ev("u1", "b", T_MS + 1000),
                          ev("u2", "a", T_MS + 2000)], 0, T_MS + 5000)
-    pipes = [RedisPipe(settings.redis_url) for _ in range(3)]
-    other = FeatureStore(pipes[0], settings, log_end=lambda p: 3)
 
-    async def other_applies_first() -> None:
-        await other.apply(events[:2])
+    async def other_applies_first(pipe: RedisPipe) -> None:
+        await FeatureStore(pipe, settings, log_end=lambda p: 3).apply(events[:2])
         redis_client.delete(*redis_client.keys("event:seen:*"))
 
-    writer = Interleaved(settings.redis_url, at, other_applies_first)
-    try:
-        result = await FeatureStore(pipes[1], settings, writer, lambda p: 3).apply(events)
-        both = features_only(dump(redis_client))
-        redis_client.flushdb()
-        await FeatureStore(pipes[2], settings).apply(events)  # one processor, once
-    finally:
-        for pipe in (*pipes, writer):
-            await pipe.close()
-
+    result, raced, lone = await race(settings, redis_client, events, "check",
+                                     other_applies_first, lambda p: 3)
     assert [e.event_id for e in result.applied] == [events[2].event_id]
     assert result.duplicates == 2
-    assert position(redis_client, settings) == f"3 {T_MS + 5002}"
-    assert_same_features(both, features_only(dump(redis_client)))
+    assert raced[keys.applied_position(settings.topic_events, 0)] == f"3 {T_MS + 5002}"
+    assert_same_features(features_only(raced), features_only(lone))
 
 
 async def test_a_position_moved_between_the_check_and_exec_aborts_the_write(
