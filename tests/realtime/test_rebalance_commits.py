@@ -257,6 +257,8 @@ async def test_a_batch_stuck_on_a_store_that_is_down_does_not_hold_up_the_group(
         await wait_for(lambda: failures >= 2, "the first member retrying its batch")
         handled_before = len(handled["first"])
         await asyncio.wait_for(second.start(handling("second")), 20)  # the rebalance completed
+        # The first member's side of it ends with its assignment callback, a moment later.
+        await wait_for(lambda: not first.commits.revoking, "the first member's new assignment")
         # While the first was still stuck: its page shows only what it kept.
         assert second.owned() and len(handled["first"]) == handled_before
         assert {tp.partition for tp in first.commits.lag.partitions} <= first.owned()
