@@ -85,7 +85,7 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
             return
         if not await loop.start_with_retry(consumer, stop, settings.consumer_backoff_max_s):
             return
-        store = FeatureStore(client, settings, writer, _log_end(consumer, settings.topic_events))
+        store = FeatureStore(client, settings, writer, log_end_of(consumer, settings.topic_events))
         handler = Processor(store, dlq, settings)
         await run_overlapped(consumer, handler, stop, commits=commits,
                              group=settings.group_processor,
@@ -98,7 +98,7 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
         await writer.close()
 
 
-def _log_end(consumer: AIOKafkaConsumer, topic: str) -> LogEnd:
+def log_end_of(consumer: AIOKafkaConsumer, topic: str) -> LogEnd:
     """Each assigned partition's log end as the consumer's last fetch saw it (None otherwise:
     `highwater()` asserts the partition is assigned)."""
     def log_end(partition: int) -> int | None:

@@ -16,12 +16,13 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
+from reco import keys
 from reco.settings import Settings
 from streaming import consumer as loop
 from streaming.archiver import Archiver
 from streaming.feature_store import AppliedBatch, FeatureStore
 from streaming.overlap import run_overlapped
-from streaming.processor import Processor
+from streaming.processor import Processor, log_end_of
 from streaming.redis_pipe import RedisPipe
 from tests.realtime.conftest import wait_for
 from tests.reliability.conftest import make_events, produce_fast, seen_count
@@ -196,6 +197,8 @@ async def test_processor_rebalance_redoes_nothing_it_planned_or_wrote(
         processors.append(processor)
 
         def run(member: Member) -> Awaitable[None]:
+            # As the processor runs: its applied positions trusted where its consumer sees the log
+            processor.store.log_end = log_end_of(member.consumer, settings.topic_events)
             return run_overlapped(member.consumer, processor, member.stop, commits=member.commits,
                                   group=settings.group_processor, batch_max=BATCH,
                                   backoff_max_s=1.0)
@@ -220,6 +223,9 @@ async def test_processor_rebalance_redoes_nothing_it_planned_or_wrote(
     assert sorted(applied) == sorted(e["event_id"] for e in events)
     assert [p.duplicates for p in processors] == [0, 0]
     assert seen_count(redis_client, events) == N
+    # Each partition's applied position reached its end, through both owners' writes.
+    ends = [redis_client.get(keys.applied_position(settings.topic_events, p)) for p in range(3)]
+    assert sum(int(end.split(" ")[0]) for end in ends) == N
 
 
 async def test_a_batch_stuck_on_a_store_that_is_down_does_not_hold_up_the_group(
