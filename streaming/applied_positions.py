@@ -118,22 +118,19 @@ def find_replays(records: Sequence[Positioned], spans: Mapping[int, Span],
     for partition, span in spans.items():
         position = stored.get(partition)
         end = None if position is None else log_end(partition)
-        if position is None or end is None:
-            trusted = False
-        elif end >= position.next_offset:
-            trusted = True
-        elif span.held.newest_ms > position.newest_ms:
+        # The log ends before what was applied: recreated (or truncated) if these records are
+        # newer than any applied, else the consumer's view is stale and markers decide.
+        behind = position is not None and end is not None and end < position.next_offset
+        if behind and span.held.newest_ms > position.newest_ms:
             log.warning("%s[%d]: the log ends at offset %d, before the %d already applied, with "
                         "newer records: the topic was recreated or truncated; its applied "
                         "position starts afresh", topic, partition, end, position.next_offset)
-            position, trusted = None, False
-        else:  # a stale view of the log: this batch's redeliveries are left to the markers
-            trusted = False
+            position = None
         if position is None:
             positions[partition] = span.held
             continue
         positions[partition] = position.merged(span.held)
-        if trusted and span.first_offset < position.next_offset:
+        if end is not None and not behind and span.first_offset < position.next_offset:
             check[partition] = position
     if not check:
         return Replays(frozenset(), positions)
