@@ -227,8 +227,8 @@ async def test_one_copys_page_without_a_figure_leaves_the_probe_without_one(
 def test_consumer_copies_names_and_metrics_ports(copies: int) -> None:
     settings = Settings(processor_metrics_port=7101, processor_copies=copies,
                         archiver_metrics_port=7102)
-    expected = {"processor": [("processor", 7101), ("processor-2", 7111),
-                              ("processor-3", 7121)][:copies],
+    expected = {"processor": [("processor", 7101), ("processor-2", 7103),
+                              ("processor-3", 7105)][:copies],
                 "archiver": [("archiver", 7102)]}
     assert consumer_copies(settings) == expected
     # The stack runs exactly these: same names, each serving its metrics on its port.
@@ -252,7 +252,7 @@ def test_an_attached_soak_reads_and_watches_every_copy(soak: ModuleType,
     stack = soak.Stack()
     stack.attach({"ingest": "http://127.0.0.1:3", "recommendations": "http://127.0.0.1:4",
                   "processor": None, "archiver": archivers})
-    processors = [f"http://127.0.0.1:{base + 10 * n}" for n in range(3)]
+    processors = [f"http://127.0.0.1:{base + 2 * n}" for n in range(3)]
     assert stack.urls["processor"] == processors  # the default: every copy of the settings
     assert stack.urls["archiver"] == archivers
     # No `reco run` listens there: each copy is unwatched under its own name, with why.

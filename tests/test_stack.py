@@ -153,6 +153,24 @@ def test_every_listening_component_declares_its_ports(tmp_path) -> None:
     assert ports["postgres-exporter"] == (settings.postgres_exporter_port,)
 
 
+@pytest.mark.parametrize("copies", [1, 2, 3])
+def test_the_default_ports_are_distinct_up_to_the_partition_count(tmp_path, copies: int) -> None:
+    """README's scaling example, RECO_PROCESSOR_COPIES=3, once put the third processor on
+    the Redis exporter's port."""
+    components = build_components(Settings(state_dir=tmp_path, processor_copies=copies,
+                                           archiver_copies=copies))
+    ports = [port for c in components for port in c.ports]
+    assert len(ports) == len(set(ports))
+    local.check_ports_distinct(components)
+
+
+def test_two_components_on_one_port_are_refused_naming_both(tmp_path) -> None:
+    settings = Settings(state_dir=tmp_path, processor_copies=2, archiver_metrics_port=9103)
+    with pytest.raises(local.ComponentFailed,
+                       match="port 9103 is given to processor-2 and archiver: give each"):
+        local.check_ports_distinct(build_components(settings))
+
+
 def test_logs_of_unknown_component_names_the_known_ones(stack_settings: Settings) -> None:
     with pytest.raises(KeyError, match="unknown component 'nope'.*postgres"):
         local.logs(stack_settings, "nope", 10)
@@ -161,13 +179,13 @@ def test_logs_of_unknown_component_names_the_known_ones(stack_settings: Settings
 def test_every_copy_of_a_consumer_runs_and_is_scraped(tmp_path) -> None:
     settings = Settings(state_dir=tmp_path, processor_copies=2)
     components = {c.name: c for c in build_components(settings)}
-    assert components["processor-2"].command[:2] == ["env", "RECO_PROCESSOR_METRICS_PORT=9111"]
+    assert components["processor-2"].command[:2] == ["env", "RECO_PROCESSOR_METRICS_PORT=9103"]
     components["prometheus"].prepare()
     config = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]}
     assert jobs == {
         "archiver": ["127.0.0.1:9102"], "ingest": ["127.0.0.1:8080"],
-        "processor": ["127.0.0.1:9101", "127.0.0.1:9111"],
+        "processor": ["127.0.0.1:9101", "127.0.0.1:9103"],
         "recommendations": ["127.0.0.1:8081"], "redis-exporter": ["127.0.0.1:9121"],
         "postgres-exporter": ["127.0.0.1:9187"],
     }

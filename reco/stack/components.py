@@ -249,7 +249,7 @@ def app_components(settings: Settings) -> list[Component]:
     """The project's own processes, started once the infrastructure is healthy.
 
     Consumers scale by running more copies in their group (up to the partition count); copy n
-    serves its metrics on the base port + 10*n, and Prometheus scrapes every copy.
+    serves its metrics on the base port + 2*n, and Prometheus scrapes every copy.
     """
     host = "127.0.0.1"
     ingest = f"http://{host}:{settings.ingest_port}"
@@ -274,9 +274,13 @@ def app_components(settings: Settings) -> list[Component]:
 
 def consumer_copies(settings: Settings) -> dict[str, list[tuple[str, int]]]:
     """Each consumer role's copies as (component name, metrics port), copy 0 first: copy n
-    serves its metrics on the role's base port + 10*n and is named by `copy_name`. The stack
-    starts them; the soak reads their lag."""
-    return {role: [(copy_name(role, n), base_port + 10 * n) for n in range(copies)]
+    serves its metrics on the role's base port + 2*n and is named by `copy_name`. The stack
+    starts them; the soak reads their lag.
+
+    With the default bases (9101, 9102) the two roles interleave: processors 9101, 9103, 9105,
+    archivers 9102, 9104, 9106, clear of the exporters' standard ports (9100, 9121, 9187) up to
+    the partition count. A step of 10 put the third processor on the Redis exporter's 9121."""
+    return {role: [(copy_name(role, n), base_port + 2 * n) for n in range(copies)]
             for role, base_port, copies in (
                 ("processor", settings.processor_metrics_port, settings.processor_copies),
                 ("archiver", settings.archiver_metrics_port, settings.archiver_copies))}

@@ -29,6 +29,7 @@ class ComponentStatus:
 def up(settings: Settings, console: Console, only: set[str] | None = None) -> list[Component]:
     """Start every component in order and wait for each to be healthy; harmless if running."""
     components = build_components(settings)
+    check_ports_distinct(components)
     supervisor = Supervisor(settings.state_dir)
     supervisor.write_config(components)
     supervisor.start_daemon(process_env(settings))
@@ -37,6 +38,20 @@ def up(settings: Settings, console: Console, only: set[str] | None = None) -> li
             continue
         _bring_up(component, supervisor, console)
     return components
+
+
+def check_ports_distinct(components: list[Component]) -> None:
+    """Refuse settings that give two components one port: the second would find it taken by the
+    first, which the stack did start, and fail with a misleading message."""
+    owners: dict[int, list[str]] = {}
+    for component in components:
+        for port in component.ports:
+            owners.setdefault(port, []).append(component.name)
+    shared = {port: names for port, names in owners.items() if len(names) > 1}
+    if shared:
+        raise ComponentFailed("; ".join(
+            f"port {port} is given to {' and '.join(names)}" for port, names in shared.items())
+            + ": give each its own port in the settings (RECO_*_PORT, or fewer copies)")
 
 
 def check_ports_free(component: Component, host: str = "127.0.0.1") -> None:
