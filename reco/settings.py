@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     redis_exporter_port: int = 9121  # Redis's memory, evictions and clients for Prometheus
     # PostgreSQL's availability, size and connections for Prometheus
     postgres_exporter_port: int = 9187
+    # The machine's disk space, memory and CPU for Prometheus
+    node_exporter_port: int = 9100
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     processor_metrics_port: int = 9101
     archiver_metrics_port: int = 9102

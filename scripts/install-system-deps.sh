@@ -11,6 +11,7 @@ declare -A needs=(
   [promtool]=prometheus
   [prometheus-redis-exporter]=prometheus-redis-exporter
   [prometheus-postgres-exporter]=prometheus-postgres-exporter
+  [prometheus-node-exporter]=prometheus-node-exporter
   [wrk]=wrk  # the benchmarks' closed-loop load generator
 )
 root=false
@@ -41,7 +42,7 @@ $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # Debian starts the servers it just installed as services (and, under systemd, at every boot);
 # the stack runs its own copies on the same ports. Leave servers installed before alone.
 for svc in redis-server postgresql prometheus prometheus-redis-exporter \
-    prometheus-postgres-exporter; do
+    prometheus-postgres-exporter prometheus-node-exporter; do
   [[ " ${missing[*]} " == *" $svc "* ]] || continue
   if [ -d /run/systemd/system ]; then
     $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true

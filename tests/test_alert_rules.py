@@ -18,6 +18,10 @@ REDIS_EXPORTER_SERIES = frozenset({"redis_up", "redis_memory_used_bytes", "redis
 # PostgreSQL's exporter, likewise.
 POSTGRES_EXPORTER_SERIES = frozenset({"pg_up", "pg_stat_activity_count",
                                       "pg_settings_max_connections", "pg_database_size_bytes"})
+# The node exporter's (the machine: disk space, memory, CPU), likewise.
+NODE_EXPORTER_SERIES = frozenset({"node_filesystem_avail_bytes", "node_filesystem_size_bytes",
+                                  "node_filesystem_readonly", "node_memory_MemAvailable_bytes",
+                                  "node_memory_MemTotal_bytes", "node_cpu_seconds_total"})
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: make install")
 
 
@@ -28,7 +32,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess:
 def test_rules_are_valid() -> None:
     result = _promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 13 rules found" in result.stdout
+    assert "SUCCESS: 15 rules found" in result.stdout
 
 
 def test_rule_unit_tests_pass() -> None:
@@ -64,7 +68,7 @@ def _exported_series_names() -> set[str]:
 def test_rule_tests_feed_the_series_the_code_exports() -> None:
     # A made-up series hides a rule that can never fire on the real ones.
     exported = (_exported_series_names() | {"up"}  # `up`: Prometheus's own
-                | REDIS_EXPORTER_SERIES | POSTGRES_EXPORTER_SERIES)
+                | REDIS_EXPORTER_SERIES | POSTGRES_EXPORTER_SERIES | NODE_EXPORTER_SERIES)
     cases = yaml.safe_load((MONITORING / "alerts.test.yml").read_text())["tests"]
     for case in cases:
         for series in case["input_series"]:

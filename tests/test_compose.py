@@ -176,3 +176,14 @@ def test_mlflow_accepts_the_host_names_it_is_reached_by() -> None:
         assert is_allowed_host_header(allowed, host), host
     for host in ("evil.example:5000", "172.32.0.1:5000", "172.15.0.1:5000", "8.8.8.8:5000"):
         assert not is_allowed_host_header(allowed, host), host
+
+
+def test_prometheus_scrapes_compose_services_and_every_exporter() -> None:
+    config = yaml.safe_load((ROOT / "monitoring/prometheus.compose.yml").read_text())
+    targets = {job["job_name"]: target for job in config["scrape_configs"]
+               for static in job["static_configs"] for target in static["targets"]}
+    for job, target in targets.items():
+        assert target.split(":")[0] in SERVICES, f"{job} scrapes {target}: no such service"
+    exporters = {name for name in SERVICES if name.endswith("-exporter")}
+    assert exporters == {"redis-exporter", "postgres-exporter", "node-exporter"}
+    assert exporters <= set(targets)

@@ -10,7 +10,11 @@ from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
 
-from tests.test_alert_rules import POSTGRES_EXPORTER_SERIES, REDIS_EXPORTER_SERIES
+from tests.test_alert_rules import (
+    NODE_EXPORTER_SERIES,
+    POSTGRES_EXPORTER_SERIES,
+    REDIS_EXPORTER_SERIES,
+)
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "monitoring/grafana/dashboards/reco.json"
 # Every module that defines the project's metrics.
@@ -46,7 +50,7 @@ def panel_queries() -> dict[str, list[str]]:
 
 def _series_in(expr: str) -> set[str]:
     without_labels = re.sub(r"\{[^}]*\}|\b(by|without)\s*\([^)]*\)", "", expr)
-    words = set(re.findall(r"[a-z_][a-z0-9_]*(?=\s*[\[\)])", without_labels))
+    words = set(re.findall(r"[a-zA-Z_][a-zA-Z0-9_]*(?=\s*[\[\)])", without_labels))
     return {w for w in words if w not in PROMQL_WORDS and "_" in w}
 
 
@@ -57,7 +61,7 @@ def test_dashboard_has_the_four_rows() -> None:
 
 def test_every_panel_query_names_an_exported_metric() -> None:
     exported = exported_metrics() | {_family(s) for s in REDIS_EXPORTER_SERIES
-                                     | POSTGRES_EXPORTER_SERIES}
+                                     | POSTGRES_EXPORTER_SERIES | NODE_EXPORTER_SERIES}
     for title, queries in panel_queries().items():
         for expr in queries:
             series = _series_in(expr)

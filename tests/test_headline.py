@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from reco.stack.headline import HEADLINES, Headline
-from tests.test_alert_rules import POSTGRES_EXPORTER_SERIES, REDIS_EXPORTER_SERIES
+from tests.test_alert_rules import (
+    NODE_EXPORTER_SERIES,
+    POSTGRES_EXPORTER_SERIES,
+    REDIS_EXPORTER_SERIES,
+)
 from tests.test_dashboard import _family, _series_in, exported_metrics
 
 
@@ -20,7 +24,7 @@ def test_figures_are_shown_in_their_unit(value: float | None, unit: str, shown: 
 
 def test_every_figure_reads_a_series_the_stack_exports() -> None:
     known = exported_metrics() | {_family(s) for s in REDIS_EXPORTER_SERIES
-                                  | POSTGRES_EXPORTER_SERIES}
+                                  | POSTGRES_EXPORTER_SERIES | NODE_EXPORTER_SERIES}
     for name, (query, _) in HEADLINES.items():
         if name == "targets up":  # Prometheus' own `up`
             continue

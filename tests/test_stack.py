@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -19,7 +21,11 @@ from reco.stack.health import free_port, free_port_pair, wait_until
 from reco.stack.prometheus import ALERT_RULES
 from reco.stack.supervisor import Supervisor
 from tests.servers import JARS_DIR, scratch_dir
-from tests.test_alert_rules import POSTGRES_EXPORTER_SERIES, REDIS_EXPORTER_SERIES
+from tests.test_alert_rules import (
+    NODE_EXPORTER_SERIES,
+    POSTGRES_EXPORTER_SERIES,
+    REDIS_EXPORTER_SERIES,
+)
 
 pytestmark = pytest.mark.integration
 INFRA = {"postgres", "redis", "kafka"}
@@ -151,6 +157,7 @@ def test_every_listening_component_declares_its_ports(tmp_path) -> None:
     assert ports["prometheus"] == (settings.prometheus_port,)
     assert ports["redis-exporter"] == (settings.redis_exporter_port,)
     assert ports["postgres-exporter"] == (settings.postgres_exporter_port,)
+    assert ports["node-exporter"] == (settings.node_exporter_port,)
 
 
 @pytest.mark.parametrize("copies", [1, 2, 3])
@@ -187,7 +194,7 @@ def test_every_copy_of_a_consumer_runs_and_is_scraped(tmp_path) -> None:
         "archiver": ["127.0.0.1:9102"], "ingest": ["127.0.0.1:8080"],
         "processor": ["127.0.0.1:9101", "127.0.0.1:9103"],
         "recommendations": ["127.0.0.1:8081"], "redis-exporter": ["127.0.0.1:9121"],
-        "postgres-exporter": ["127.0.0.1:9187"],
+        "postgres-exporter": ["127.0.0.1:9187"], "node-exporter": ["127.0.0.1:9100"],
     }
     assert config["rule_files"] == [str(ALERT_RULES)]
 
@@ -256,3 +263,25 @@ def test_the_postgres_exporter_reports_the_stacks_postgres(pg, settings: Setting
     [size] = [v for k, v in samples.items()
               if k.startswith("pg_database_size_bytes{") and app_database in k]
     assert float(size) > 1_000_000
+
+
+def test_the_node_exporter_reports_the_disk_of_the_stacks_state(tmp_path) -> None:
+    """The exporter as the stack starts it exports what the rules, the dashboard and the
+    status read, among them the space left on the disk that holds the stack's data."""
+    settings = Settings(state_dir=tmp_path, node_exporter_port=free_port())
+    samples = scrape_exporter("node-exporter", settings)
+    names = {key.split("{", 1)[0] for key in samples}
+    assert names >= NODE_EXPORTER_SERIES
+    mount = _mount_point(tmp_path)
+    avail = [float(v) for k, v in samples.items()
+             if k.startswith("node_filesystem_avail_bytes{") and f'mountpoint="{mount}"' in k]
+    assert len(avail) == 1, samples.keys()
+    assert abs(avail[0] - shutil.disk_usage(tmp_path).free) < 2**30  # statfs's f_bavail
+
+
+def _mount_point(path: Path) -> str:
+    path = path.resolve()
+    while not path.is_mount():
+        path = path.parent
+    return str(path)
+

@@ -10,7 +10,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-system-deps.sh"
 PRESENT = ["java", "mvn", "redis-server", "prometheus", "promtool", "prometheus-redis-exporter",
-           "prometheus-postgres-exporter", "wrk", "python3"]
+           "prometheus-postgres-exporter", "prometheus-node-exporter", "wrk", "python3"]
 RECORDED = ["sudo", "apt-get", "service", "systemctl"]
 SYSTEMD = Path("/run/systemd/system").is_dir()
 
@@ -49,7 +49,7 @@ def test_root_without_runuser_installs_util_linux_without_sudo(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("server", ["redis-server", "prometheus-redis-exporter",
-                                    "prometheus-postgres-exporter"])
+                                    "prometheus-postgres-exporter", "prometheus-node-exporter"])
 def test_a_server_it_installs_is_stopped_and_kept_from_starting_at_boot(tmp_path: Path,
                                                                        server: str) -> None:
     """Debian starts it as a service on install; the stack runs its own on the same port."""

@@ -52,6 +52,12 @@ class StackPaths:
         self.jars = self.root / "jars"
 
 
+# What the node exporter collects: the disks Kafka, PostgreSQL and Redis write to, and the
+# machine's memory and CPU; its other default collectors (hardware sensors, network
+# interfaces, systemd, ...) only add series no rule or panel reads.
+NODE_COLLECTORS = ("disable-defaults", "filesystem", "meminfo", "cpu", "loadavg")
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Airflow configuration for every Airflow process (and `airflow` CLI calls)."""
     home = settings.state_dir.resolve() / "airflow"
@@ -159,7 +165,18 @@ def build_components(settings: Settings) -> list[Component]:
     airflow = servers.venv_bin("airflow")
     exporter = f"http://{host}:{settings.redis_exporter_port}"
     pg_exporter = f"http://{host}:{settings.postgres_exporter_port}"
+    node_exporter = f"http://{host}:{settings.node_exporter_port}"
     components = [
+        Component(
+            "node-exporter",
+            [_which("prometheus-node-exporter"),
+             f"--web.listen-address={host}:{settings.node_exporter_port}",
+             *(f"--collector.{name}" for name in NODE_COLLECTORS)],
+            health=partial(http_ok, f"{node_exporter}/"), url=f"{node_exporter}/metrics",
+            prepare=lambda: _require("prometheus-node-exporter"),
+            metrics_url=f"{node_exporter}/metrics",
+            ports=(settings.node_exporter_port,),
+        ),
         Component(
             "postgres", servers.postgres_command(pg_data, settings.pg_port),
             health=lambda: postgres_accepts(settings.pg_port),

@@ -35,6 +35,9 @@ HEADLINES: dict[str, tuple[str, str]] = {
     "Redis memory": ("sum(redis_memory_used_bytes)", "bytes"),
     # The event archive (append-only, so it only grows), MLflow's and Airflow's databases
     "PostgreSQL size": ('sum(pg_database_size_bytes{datname!~"template.*|postgres"})', "bytes"),
+    # The fullest disk: Kafka's log, PostgreSQL's data and Redis's append-only file share it.
+    "disk space left": ('min(node_filesystem_avail_bytes{fstype!~"tmpfs|ramfs"}'
+                        ' / node_filesystem_size_bytes{fstype!~"tmpfs|ramfs"})', "ratio"),
 }
 
 

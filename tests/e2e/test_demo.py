@@ -28,7 +28,8 @@ def demo_settings() -> Settings:
         mlflow_tracking_uri=f"http://127.0.0.1:{mlflow_port}", airflow_port=free_port(),
         ingest_port=free_port(), reco_port=free_port(), prometheus_port=free_port(),
         redis_exporter_port=free_port(), postgres_exporter_port=free_port(),
-        processor_metrics_port=free_port(), archiver_metrics_port=free_port(),
+        node_exporter_port=free_port(), processor_metrics_port=free_port(),
+        archiver_metrics_port=free_port(),
     )
 
 
@@ -69,12 +70,15 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     assert logged.data.metrics["latency_ms.p99"] == report.latency_ms["p99"]
     assert logged.data.params["w_seq"] == str(demo_settings.w_seq)
     assert logged.data.tags["dag_run.sasrec_daily"] == "success"
-    # Prometheus scrapes every process of the stack, Redis and PostgreSQL through exporters.
+    # Prometheus scrapes every process of the stack; Redis, PostgreSQL and the machine through
+    # exporters.
     assert scraped == {"archiver": 1.0, "ingest": 1.0, "processor": 1.0, "recommendations": 1.0,
-                       "redis-exporter": 1.0, "postgres-exporter": 1.0}, scraped
+                       "redis-exporter": 1.0, "postgres-exporter": 1.0,
+                       "node-exporter": 1.0}, scraped
     assert figures["targets up"] == 1.0
     assert figures["Redis memory"] > 2e6  # an empty Redis: ~1e6; the demo wrote features, lists
     assert figures["PostgreSQL size"] > 20e6  # reco, mlflow, airflow: ~7.5 MB each when empty
+    assert 0 < figures["disk space left"] < 1
 
 
 def prometheus_values(settings: Settings, query: str) -> dict[str, float]:
