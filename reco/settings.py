@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -12,6 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 EventType = Literal["view", "click", "cart", "purchase"]
 
 _LOCAL_SECRET = "local-dev-only"
+MIN_SECRET_CHARS = 16  # production: passwords, keys and secrets (the JWT secret: 32)
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 3.0, "cart": 5.0,
+                                           "purchase": 10.0}
 
 
 class Settings(BaseSettings):
@@ -68,9 +73,8 @@ class Settings(BaseSettings):
     airflow_secret: str = _LOCAL_SECRET
 
     # Events
-    event_weights: dict[str, float] = Field(
-        default_factory=lambda: {"view": 1.0, "click": 3.0, "cart": 5.0, "purchase": 10.0}
-    )
+    # A JSON object of the types to change: the others keep their defaults.
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     max_future_skew_s: float = 300.0
     max_batch_events: int = 1000
     max_body_bytes: int = 1_000_000
@@ -190,9 +194,10 @@ class Settings(BaseSettings):
         return self.pg_url(self.pg_database)
 
     def pg_url(self, database: str, driver: str = "postgresql") -> str:
-        return (
-            f"{driver}://{self.pg_user}:{self.pg_password}@{self.pg_host}:{self.pg_port}/{database}"
-        )
+        # Escaped: a generated password often holds '/', '+' or '@', which would otherwise end
+        # the password early (psycopg, asyncpg and SQLAlchemy all unescape it).
+        user, password = (quote(part, safe="") for part in (self.pg_user, self.pg_password))
+        return f"{driver}://{user}:{password}@{self.pg_host}:{self.pg_port}/{database}"
 
     @property
     def jdbc_url(self) -> str:
@@ -218,17 +223,28 @@ class Settings(BaseSettings):
     def _refuse_local_secrets_in_production(self) -> Settings:
         if self.env == "production":
             for name in ("pg_password", "airflow_secret"):
-                if getattr(self, name) in ("reco", _LOCAL_SECRET):
-                    raise ValueError(
-                        f"RECO_{name.upper()} must be set to a real secret when RECO_ENV=production"
-                    )
+                value = getattr(self, name)
+                if value in ("reco", _LOCAL_SECRET) or len(value) < MIN_SECRET_CHARS:
+                    raise ValueError(f"RECO_{name.upper()} must be set to a real secret "
+                                     f"({MIN_SECRET_CHARS}+ characters) when RECO_ENV=production")
             _refuse_insecure_auth(self)
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("RECO_TLS_CERTFILE and RECO_TLS_KEYFILE must be set together")
-        unknown = set(self.event_weights) - {"view", "click", "cart", "purchase"}
+        return self
+
+    @field_validator("event_weights")
+    @classmethod
+    def _complete_event_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        """Every event type gets a weight: one missing would stop the processor at its first
+        event of that type (a KeyError it retries forever)."""
+        unknown = set(value) - set(DEFAULT_EVENT_WEIGHTS)
         if unknown:
             raise ValueError(f"RECO_EVENT_WEIGHTS has unknown event types: {sorted(unknown)}")
-        return self
+        bad = sorted(name for name, weight in value.items()
+                     if not (math.isfinite(weight) and weight >= 0))
+        if bad:
+            raise ValueError(f"RECO_EVENT_WEIGHTS: the weights of {bad} must be finite and >= 0")
+        return {**DEFAULT_EVENT_WEIGHTS, **value}
 
 
 def _refuse_insecure_auth(s: Settings) -> None:
@@ -236,9 +252,9 @@ def _refuse_insecure_auth(s: Settings) -> None:
     if not s.auth_enabled:
         raise ValueError("RECO_AUTH_ENABLED must be true when RECO_ENV=production")
     keys = [k.get_secret_value() for k in s.api_keys]
-    if not keys or any(k == _LOCAL_SECRET or len(k) < 16 for k in keys):
-        raise ValueError("RECO_API_KEYS must hold real keys (16+ characters) when "
-                         "RECO_ENV=production")
+    if not keys or any(k == _LOCAL_SECRET or len(k) < MIN_SECRET_CHARS for k in keys):
+        raise ValueError(f"RECO_API_KEYS must hold real keys ({MIN_SECRET_CHARS}+ characters) "
+                         "when RECO_ENV=production")
     if s.jwt_algorithm == "HS256":
         secret = s.jwt_secret.get_secret_value()
         if secret == _LOCAL_SECRET or len(secret) < 32:
@@ -246,9 +262,10 @@ def _refuse_insecure_auth(s: Settings) -> None:
                              "RECO_ENV=production")
     elif not s.jwt_public_key:
         raise ValueError("RECO_JWT_PUBLIC_KEY must be set for RS256")
-    if s.log_pseudonym_key.get_secret_value() == _LOCAL_SECRET:
-        raise ValueError("RECO_LOG_PSEUDONYM_KEY must be set to a real secret when "
-                         "RECO_ENV=production")
+    pseudonym_key = s.log_pseudonym_key.get_secret_value()
+    if pseudonym_key == _LOCAL_SECRET or len(pseudonym_key) < MIN_SECRET_CHARS:
+        raise ValueError(f"RECO_LOG_PSEUDONYM_KEY must be set to a real secret "
+                         f"({MIN_SECRET_CHARS}+ characters) when RECO_ENV=production")
 
 
 @lru_cache

@@ -146,10 +146,31 @@ def test_image_java_home_is_not_tied_to_one_architecture() -> None:
     assert "arm64" not in IMAGE_ENV.get("JAVA_HOME", "")
 
 
+def mlflow_server_args() -> list[str]:
+    """MLflow's command line as its shell (`sh -c`, for the escaped URL) runs it."""
+    shell, flag, script = shlex.split(SERVICES["mlflow"]["command"])
+    assert (shell, flag) == ("sh", "-c")
+    args = shlex.split(script)
+    assert args[:3] == ["exec", "mlflow", "server"]
+    return args[3:]
+
+
+def test_mlflow_reads_its_database_url_from_the_settings() -> None:
+    """Escaped by `reco db url`, as Airflow's: a password inlined into a URL breaks on '/'."""
+    args = mlflow_server_args()
+    assert args[args.index("--backend-store-uri") + 1] == (
+        "$$(reco db url mlflow --driver postgresql+psycopg2)")
+    command = SERVICES["airflow-scheduler"]["environment"][
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD"]
+    assert shlex.split(command) == ["reco", "db", "url", "airflow", "--driver",
+                                    "postgresql+psycopg2"]
+    assert "RECO_PG_PASSWORD}@" not in (ROOT / "docker-compose.yml").read_text()
+
+
 def test_mlflow_artifact_volume_exists_in_the_image_and_belongs_to_reco() -> None:
     mounts = [str(v).split(":") for v in SERVICES["mlflow"]["volumes"]]
     target = next(target for source, target, *_ in mounts if not source.startswith("."))
-    assert target in SERVICES["mlflow"]["command"].split()  # --artifacts-destination
+    assert target in mlflow_server_args()  # --artifacts-destination
     run = next(args for name, args in DOCKERFILE if name == "RUN" and "useradd" in args)
     made = run.split("mkdir -p", 1)[1].split("&&")[0].split()
     owned = run.split("chown -R reco", 1)[1].split()
@@ -163,7 +184,7 @@ def test_mlflow_accepts_the_host_names_it_is_reached_by() -> None:
 
     from mlflow.server.security_utils import is_allowed_host_header
 
-    command = SERVICES["mlflow"]["command"].split()
+    command = mlflow_server_args()
     value = command[command.index("--allowed-hosts") + 1]
     default = re.fullmatch(r"\$\{MLFLOW_ALLOWED_HOSTS:-(.+)\}", value).group(1)
     allowed = default.split(",")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
+import asyncpg
 import psycopg
 import pytest
+import sqlalchemy
 from aiokafka.admin import AIOKafkaAdminClient
+from psycopg import sql
 
 from reco import db
 from reco.settings import Settings
+from reco.stack.health import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -67,3 +72,82 @@ def test_settings_read_env(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.w_coview == 0.7
     assert s.event_weight("view") == 2.0 and s.event_weight("purchase") == 9.0
+
+
+PASSWORD_WITH_URL_CHARACTERS = "Zx9/k+Q@w%$x==:?#&"
+
+
+@pytest.fixture
+def password_role(pg: psycopg.Connection, postgres_server) -> Iterator[str]:
+    """A role that must give PASSWORD_WITH_URL_CHARACTERS: the test server trusts loopback
+    connections, so this role alone gets a password check (prepended to pg_hba.conf)."""
+    role = "reco_url_chars"
+    hba = postgres_server.workdir / "data" / "pg_hba.conf"
+    before = hba.read_text()
+    admin = f"postgresql://postgres@127.0.0.1:{postgres_server.port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(PASSWORD_WITH_URL_CHARACTERS)))
+        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + before)
+        conn.execute("SELECT pg_reload_conf()")  # a signal: the server reloads soon after
+        wrong = f"postgresql://{role}:wrong@127.0.0.1:{postgres_server.port}/postgres"
+        assert wait_until(lambda: _refused(wrong), 10), "pg_hba.conf was not reloaded"
+        try:
+            yield role
+        finally:
+            hba.write_text(before)
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def _refused(url: str) -> bool:
+    try:
+        psycopg.connect(url).close()
+    except psycopg.OperationalError as exc:
+        return "password authentication failed" in str(exc)
+    return False
+
+
+def test_a_password_with_url_characters_reaches_every_client(password_role: str,
+                                                             settings: Settings) -> None:
+    """psycopg (migrations, training), asyncpg (ingest, archiver) and SQLAlchemy (MLflow,
+    Airflow) all authenticate with the escaped URL."""
+    good = settings.model_copy(update={"pg_user": password_role,
+                                       "pg_password": PASSWORD_WITH_URL_CHARACTERS})
+    with psycopg.connect(good.database_url) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == password_role
+
+    async def asyncpg_user() -> str:
+        conn = await asyncpg.connect(good.database_url, timeout=5)
+        try:
+            return await conn.fetchval("SELECT current_user")
+        finally:
+            await conn.close()
+    assert asyncio.run(asyncpg_user()) == password_role
+
+    engine = sqlalchemy.create_engine(good.pg_url(good.pg_database, driver="postgresql+psycopg2"))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sqlalchemy.text("SELECT current_user")).scalar() == password_role
+    finally:
+        engine.dispose()
+
+
+def test_event_weights_given_for_some_types_keep_the_defaults_of_the_others(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing type stopped the processor at that type's first event."""
+    monkeypatch.setenv("RECO_EVENT_WEIGHTS", '{"purchase": 20}')
+    assert Settings().event_weights == {"view": 1.0, "click": 3.0, "cart": 5.0, "purchase": 20.0}
+
+
+@pytest.mark.parametrize(("weights", "refusal"), [
+    ('{"like": 2}', r"unknown event types: \['like'\]"),
+    ('{"view": -1}', r"the weights of \['view'\] must be finite and >= 0"),
+    ('{"cart": "NaN"}', r"the weights of \['cart'\] must be finite and >= 0"),
+])
+def test_event_weights_refused_name_the_type(monkeypatch: pytest.MonkeyPatch, weights: str,
+                                              refusal: str) -> None:
+    monkeypatch.setenv("RECO_EVENT_WEIGHTS", weights)
+    with pytest.raises(ValueError, match=refusal):
+        Settings()

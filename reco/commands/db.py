@@ -1,6 +1,8 @@
-"""`reco db ...`: schema migrations."""
+"""`reco db ...`: schema migrations, connection URLs and Redis data moves."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,6 +24,19 @@ def migrate() -> None:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command()
+def url(
+    database: Annotated[str | None, typer.Argument(
+        help="Database name (default: RECO_PG_DATABASE).")] = None,
+    driver: Annotated[str, typer.Option(help="URL scheme, e.g. postgresql+psycopg2 "
+                                        "for SQLAlchemy.")] = "postgresql",
+) -> None:
+    """Print a database's connection URL with the user and password escaped, for tools that
+    take a URL (Airflow's AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD, MLflow's backend store)."""
+    settings = get_settings()
+    typer.echo(settings.pg_url(database or settings.pg_database, driver=driver))
 
 
 @app.command("carry-seen-sets")

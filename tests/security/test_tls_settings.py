@@ -66,6 +66,10 @@ PRODUCTION = {"env": "production", "pg_password": "pg-" + "x" * 20,
     ({"jwt_secret": "too-short"}, "RECO_JWT_SECRET must be a real secret"),
     ({"jwt_algorithm": "RS256"}, "RECO_JWT_PUBLIC_KEY must be set"),
     ({"log_pseudonym_key": "local-dev-only"}, "RECO_LOG_PSEUDONYM_KEY must be set"),
+    ({"log_pseudonym_key": "x"}, r"RECO_LOG_PSEUDONYM_KEY must be set to a real secret \(16\+"),
+    ({"pg_password": ""}, r"RECO_PG_PASSWORD must be set to a real secret \(16\+"),
+    ({"pg_password": "short-password1"}, "RECO_PG_PASSWORD must be set to a real secret"),
+    ({"airflow_secret": "x"}, "RECO_AIRFLOW_SECRET must be set to a real secret"),
 ])
 def test_production_refuses_insecure_auth(override: dict, refusal: str) -> None:
     with pytest.raises(ValueError, match=refusal) as exc:
