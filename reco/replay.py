@@ -5,7 +5,8 @@ Events are read in file order (the data commands write them sorted by time, Movi
 batches one after another, so a user's events never overtake each other, while K requests are
 in flight for throughput. 503s and connection errors are retried with backoff (honouring
 Retry-After); a 422 rejects only the events it names: they are recorded with their reasons and
-the rest of the batch is sent again.
+the rest of the batch is sent again. A 401 or 403 stops the replay (`ReplayRefused`): no batch
+would get through.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class ReplayOptions:
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
     timeout_s: float = 30.0
+    api_key: str | None = field(default=None, repr=False)  # X-API-Key, when auth is on
+
+
+class ReplayRefused(Exception):
+    """The API refused the requests themselves (401, 403): every batch would be refused."""
 
 
 @dataclass
@@ -163,6 +169,10 @@ class _Sender:
                 return accepted, rejected, len(rows)
             if resp.is_success:
                 return accepted + len(rows), rejected, 0
+            if resp.status_code in (401, 403):
+                raise ReplayRefused(
+                    f"{path}: HTTP {resp.status_code} {resp.text[:200]} (the ingest API's writes "
+                    "need one of its RECO_API_KEYS: pass --api-key)")
             errors = parse_rejection(resp) if resp.status_code == 422 else []
             bad: dict[int, str] = {}
             for entry in errors:
@@ -295,8 +305,9 @@ async def replay_async(
     summary = ReplaySummary()
     limits = httpx.Limits(max_connections=opts.lanes + 1, max_keepalive_connections=opts.lanes + 1)
     started = time.perf_counter()
+    headers = {"X-API-Key": opts.api_key} if opts.api_key else None
     client = httpx.AsyncClient(base_url=opts.url, timeout=opts.timeout_s, limits=limits,
-                               transport=transport)
+                               transport=transport, headers=headers)
     async with client:
         sender = _Sender(client, opts, summary, _RateLimiter(opts.rate))
         if items:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from reco.data.schema import EVENTS_FILE, ITEMS_FILE
-from reco.replay import ReplayOptions, ReplaySummary, replay_file
+from reco.replay import ReplayOptions, ReplayRefused, ReplaySummary, replay_file
 
 console = Console()
 
@@ -30,6 +30,9 @@ def replay(
     shift_to_now: Annotated[bool, typer.Option("--shift-to-now/--keep-time",
                                                help="Move the data so its last event is now")
                             ] = True,
+    api_key: Annotated[str | None, typer.Option(
+        help="X-API-Key for the ingest API's writes [default: the first of RECO_API_KEYS]",
+        show_default=False)] = None,
 ) -> None:
     """Replay events (per-user order kept), retrying 503s; ends with a summary."""
     from reco.settings import get_settings
@@ -38,14 +41,20 @@ def replay(
     if file.is_dir():
         items = items or (file / ITEMS_FILE if (file / ITEMS_FILE).exists() else None)
         file = file / EVENTS_FILE
+    keys = [key.get_secret_value() for key in settings.api_keys]
     opts = ReplayOptions(url=url or f"http://{settings.host}:{settings.ingest_port}",
-                         batch_size=batch_size, rate=rate, lanes=lanes)
+                         batch_size=batch_size, rate=rate, lanes=lanes,
+                         api_key=api_key or (keys[0] if keys else None))
     total = pq.ParquetFile(file).metadata.num_rows
     columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("replay", total=total)
-        summary = replay_file(file, opts, items, shift_to_now,
-                              progress=lambda n: progress.advance(task, n))
+        try:
+            summary = replay_file(file, opts, items, shift_to_now,
+                                  progress=lambda n: progress.advance(task, n))
+        except ReplayRefused as exc:
+            console.print(f"[red]refused: {exc}[/]")
+            raise typer.Exit(1) from exc
     print_summary(summary)
     if summary.failed:
         raise typer.Exit(1)

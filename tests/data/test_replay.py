@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -16,6 +20,7 @@ import pyarrow as pa
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
 
 from reco.data.schema import EVENTS_SCHEMA, write_table
 from reco.data.synthetic import SyntheticConfig, generate
@@ -71,6 +76,10 @@ def test_gives_up_after_max_retries_and_counts_failed() -> None:
 @pytest.fixture
 def ingest_url(settings: Settings, pg, redis_client, kafka_topics) -> Iterator[str]:
     """The real ingest app under uvicorn on a free loopback port."""
+    yield from _serve_ingest(settings)
+
+
+def _serve_ingest(settings: Settings) -> Iterator[str]:
     from serving.ingest import create_app
 
     port = free_port()
@@ -143,6 +152,39 @@ def test_replay_through_real_ingest_keeps_user_order(
                       "category FROM items").fetchall()
     assert {r[0]: (r[1], r[2]) for r in rows} == {
         i: (int(row.created_at) + offset, row.category) for i, row in items.iterrows()}
+
+
+REPLAY_KEY = "replay-key-0123456789"
+
+
+@pytest.fixture
+def ingest_with_auth(settings: Settings, pg, redis_client, kafka_topics) -> Iterator[str]:
+    """The real ingest app with auth on, as docker-compose runs it."""
+    yield from _serve_ingest(settings.model_copy(update={
+        "auth_enabled": True, "api_keys": [SecretStr(REPLAY_KEY)]}))
+
+
+@pytest.mark.integration
+def test_replay_sends_the_api_key_and_a_refused_key_stops_it(
+    ingest_with_auth: str, settings: Settings, tmp_path: Path
+) -> None:
+    generate(SyntheticConfig(users=5, items=10, events=40, seed=3), tmp_path)
+    base = {**os.environ, "RECO_INGEST_PORT": ingest_with_auth.rsplit(":", 1)[1],
+            "RECO_HOST": "127.0.0.1", "RECO_API_KEYS": ""}
+    reco = [str(Path(sys.executable).with_name("reco")), "replay",
+            str(tmp_path / "events.parquet")]
+
+    # Without a key every batch would be refused: the first 401 ends it, exit status 1.
+    refused = subprocess.run(reco, env=base, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "refused: /events/batch: HTTP 401" in " ".join(refused.stdout.split())
+
+    # The first of RECO_API_KEYS is the default key.
+    sent = subprocess.run(reco, env={**base, "RECO_API_KEYS": f"{REPLAY_KEY},other-key-01234567"},
+                          capture_output=True, text=True, timeout=120)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert re.search(r"│ accepted\s+│ 40\s+│", sent.stdout), sent.stdout
+    assert len(asyncio.run(_consume(settings, 40))) == 40
 
 
 def test_a_crashing_lane_stops_the_replay_instead_of_hanging() -> None:
