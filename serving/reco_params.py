@@ -75,7 +75,7 @@ def _string(query: Mapping[str, str], name: str, fail, required: bool = False,
         fail(name, "String should have at least 1 character")
     elif len(value) > 128:
         fail(name, "String should have at most 128 characters")
-    elif pattern and not _ID.match(value):
+    elif pattern and not _ID.fullmatch(value):  # match's `$` lets a trailing newline by
         fail(name, f"String should match pattern '{ID_PATTERN}'")
     return value
 
@@ -85,7 +85,7 @@ def _int(query: Mapping[str, str], name: str, default: int, low: int, high: int,
     if raw is None:
         return default
     try:
-        value = int(raw.strip())
+        value = int(_ascii(raw).strip())
     except ValueError:
         fail(name, "Input should be a valid integer, unable to parse string as an integer")
         return default
@@ -113,7 +113,7 @@ def _price(query: Mapping[str, str], name: str, fail) -> float | None:
     if raw is None:
         return None
     try:
-        value = float(raw)
+        value = float(_ascii(raw))
     except ValueError:
         fail(name, "Input should be a valid number, unable to parse string as a number")
         return None
@@ -123,3 +123,11 @@ def _price(query: Mapping[str, str], name: str, fail) -> float | None:
     if value < 0:
         fail(name, "Input should be greater than or equal to 0")
     return value
+
+
+def _ascii(raw: str) -> str:
+    """`raw` for int() and float(), which would also read other scripts' digits ('١٠' is 10)
+    where FastAPI's routes refuse them."""
+    if not raw.isascii():
+        raise ValueError(raw)
+    return raw

@@ -15,6 +15,8 @@ from tests.api.test_recommendations import W_POP, get, ids_scores, metric
     ("/recommendations", {}, "user_id", "Field required"),
     ("/recommendations", {"user_id": ""}, "user_id", "String should have at least 1 character"),
     ("/recommendations", {"user_id": "a b"}, "user_id", "String should match pattern '^[!-~]+$'"),
+    ("/recommendations", {"user_id": "u\n"}, "user_id",
+     "String should match pattern '^[!-~]+$'"),
     ("/recommendations", {"user_id": "u" * 129}, "user_id",
      "String should have at most 128 characters"),
     ("/recommendations", {"user_id": "u", "k": 0}, "k",
@@ -23,6 +25,12 @@ from tests.api.test_recommendations import W_POP, get, ids_scores, metric
      "Input should be less than or equal to 100"),
     ("/recommendations", {"user_id": "u", "k": "ten"}, "k",
      "Input should be a valid integer, unable to parse string as an integer"),
+    ("/recommendations", {"user_id": "u", "k": "\u0661\u0660"}, "k",  # Arabic-Indic 10
+     "Input should be a valid integer, unable to parse string as an integer"),
+    ("/popular", {"k": "\u0661\u0660"}, "k",  # the FastAPI route, for comparison
+     "Input should be a valid integer, unable to parse string as an integer"),
+    ("/recommendations", {"user_id": "u", "max_price": "\u0661"}, "max_price",
+     "Input should be a valid number, unable to parse string as a number"),
     ("/recommendations", {"user_id": "u", "min_price": -1}, "min_price",
      "Input should be greater than or equal to 0"),
     ("/recommendations", {"user_id": "u", "max_price": "nan"}, "max_price",
