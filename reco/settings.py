@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
     consumer_batch_max: int = 2000  # items and users repeat within a batch: fewer Redis commands
     consumer_backoff_max_s: float = 30.0  # ceiling of the retry backoff when a store is down
+    # The processor's Redis round trip (a batch's reads, or its transaction): past it the
+    # connection is dropped and the batch retried, instead of waiting on a half-open socket.
+    processor_redis_timeout_s: float = Field(default=30.0, gt=0)
     # Ingest: how long to wait for the broker's ack before answering 503, and the Retry-After
     ingest_ack_timeout_s: float = 5.0
     ingest_retry_after_s: int = 5

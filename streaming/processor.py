@@ -76,7 +76,8 @@ class Processor:
 
 async def run_async(settings: Settings, stop: asyncio.Event) -> None:
     """Process until `stop` is set, then finish the batch in hand, commit and close."""
-    client, writer = RedisPipe(settings.redis_url), RedisPipe(settings.redis_url)
+    client, writer = (RedisPipe(settings.redis_url, timeout_s=settings.processor_redis_timeout_s)
+                      for _ in range(2))
     dlq = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                            enable_idempotence=True)
     consumer, commits = loop.make_consumer(settings, settings.group_processor)

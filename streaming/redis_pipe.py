@@ -94,7 +94,7 @@ class TransactionAborted(RedisReplyError):
 
 
 class RedisPipe:
-    def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, connect_timeout_s: float = 5.0, timeout_s: float = 30.0) -> None:
         params = parse_url(url)
         self.host: str = params.get("host", "127.0.0.1")
         self.port: int = int(params.get("port", 6379))
@@ -102,6 +102,11 @@ class RedisPipe:
         self.username: str | None = params.get("username")
         self.password: str | None = params.get("password")
         self.connect_timeout_s = connect_timeout_s
+        # A whole round trip, write and replies: a connection left half-open (a failover, a
+        # partition) would otherwise hold the batch until the kernel gives up, ~15 minutes,
+        # with the lag gauge frozen. The caller retries; a transaction applied before the
+        # timeout is then recognised by its markers and applied positions.
+        self.timeout_s = timeout_s
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -139,16 +144,17 @@ class RedisPipe:
     async def _roundtrip(self, payload: bytes, count: int) -> list[Any]:
         reader, writer = await self._connection()
         try:
-            writer.write(payload)
-            await writer.drain()
-            parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
-            replies: list[Any] = []
-            while len(replies) < count:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    raise ConnectionError("Redis closed the connection")
-                parser.feed(data)
-                replies.extend(iter(parser.gets, _INCOMPLETE))  # the whole replies, in C
+            async with asyncio.timeout(self.timeout_s):
+                writer.write(payload)
+                await writer.drain()
+                parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
+                replies: list[Any] = []
+                while len(replies) < count:
+                    data = await reader.read(READ_CHUNK)
+                    if not data:
+                        raise ConnectionError("Redis closed the connection")
+                    parser.feed(data)
+                    replies.extend(iter(parser.gets, _INCOMPLETE))  # the whole replies, in C
             return replies
         except BaseException:
             await self.close()

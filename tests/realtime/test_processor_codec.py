@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import hiredis
@@ -169,3 +170,22 @@ async def test_packed_transaction_reaches_redis(redis_url: str, redis_client: re
         ("i1", 1.0), ("\u00e9clair", 3.0)]
     assert redis_client.hgetall("test:times") == {"i1": "1.5", "\u00e9": "2.0"}
     assert 0 < redis_client.ttl("test:times") <= 100
+
+
+async def test_a_redis_that_stops_answering_fails_the_round_trip_in_time(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    """A half-open connection must not hold a batch until the kernel gives up on it."""
+    pipe = RedisPipe(redis_url, timeout_s=0.3)
+    try:
+        redis_client.set("test:paused", "1")
+        assert await pipe.execute([("PING",)]) == [b"PONG"]
+        redis_client.execute_command("CLIENT", "PAUSE", "2000", "ALL")  # answers nobody
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await pipe.execute([("GET", "test:paused")])
+        assert time.monotonic() - started < 1.5
+        redis_client.execute_command("CLIENT", "UNPAUSE")
+        assert await pipe.execute([("GET", "test:paused")]) == [b"1"]  # a new connection
+    finally:
+        redis_client.execute_command("CLIENT", "UNPAUSE")
+        await pipe.close()
