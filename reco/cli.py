@@ -5,13 +5,14 @@ from __future__ import annotations
 import typer
 
 from reco.commands import data as data_commands
-from reco.commands import db, demo, run, stack
+from reco.commands import db, demo, run, stack, topics
 from reco.commands import replay as replay_command
 from reco.commands import train as train_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(db.app, name="db")
 app.add_typer(run.app, name="run")
+app.add_typer(topics.app, name="topics")
 stack.register(app)
 app.command()(demo.demo)
 app.add_typer(data_commands.app, name="data")

@@ -103,6 +103,20 @@ def test_project_services_run_real_cli_commands() -> None:
         assert SERVICES[name]["build"] == ".", name
 
 
+def test_init_services_run_real_cli_commands() -> None:
+    """Topics and schema come from the settings through the project's own commands."""
+    from reco.cli import app
+
+    groups = {group.name: group.typer_instance for group in app.registered_groups}
+    for name, (group, command) in {"kafka-init": ("topics", "create"),
+                                   "migrate": ("db", "migrate")}.items():
+        assert SERVICES[name]["command"] == ["reco", group, command], name
+        names = {c.name or c.callback.__name__ for c in groups[group].registered_commands}
+        assert command in names, name
+        # The settings the services run with (theirs add TLS to it).
+        assert SERVICES[name]["environment"].items() <= SERVICES["ingest"]["environment"].items()
+
+
 def test_mounted_files_exist() -> None:
     for name, service in SERVICES.items():
         for volume in service.get("volumes", []):

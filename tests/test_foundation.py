@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -48,17 +53,36 @@ def test_event_type_is_checked(pg: psycopg.Connection) -> None:
         )
 
 
-def test_topics_created_with_partitions(settings: Settings, kafka_topics: dict[str, str]) -> None:
-    async def describe() -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            meta = await admin.describe_topics([settings.topic_events, settings.topic_dlq])
-        finally:
-            await admin.close()
-        return {t["topic"]: len(t["partitions"]) for t in meta}
+async def _partitions(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        meta = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in meta}
 
-    assert asyncio.run(describe()) == {settings.topic_events: 3, settings.topic_dlq: 1}
+
+def test_topics_created_with_partitions(settings: Settings, kafka_topics: dict[str, str]) -> None:
+    assert asyncio.run(_partitions(settings.kafka_bootstrap, [
+        settings.topic_events, settings.topic_dlq])) == {settings.topic_events: 3,
+                                                         settings.topic_dlq: 1}
+
+
+def test_reco_topics_create_makes_the_topics_the_settings_name(kafka_server) -> None:
+    """docker-compose's kafka-init runs it, so the topic settings hold there as in `reco up`."""
+    name = f"shop-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "RECO_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_server.port}",
+           "RECO_TOPIC_EVENTS": name, "RECO_TOPIC_DLQ": f"{name}.dlq",
+           "RECO_TOPIC_PARTITIONS": "2"}
+    reco = str(Path(sys.executable).with_name("reco"))
+    for _ in range(2):  # the second run finds them
+        result = subprocess.run([reco, "topics", "create"], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{name} (2 partitions), {name}.dlq (1 partitions)" in result.stdout
+    assert asyncio.run(_partitions(env["RECO_KAFKA_BOOTSTRAP"], [name, f"{name}.dlq"])) == {
+        name: 2, f"{name}.dlq": 1}
 
 
 def test_production_refuses_local_password() -> None:
