@@ -113,11 +113,6 @@ class Settings(BaseSettings):
     ingest_ack_timeout_s: float = 5.0
     ingest_retry_after_s: int = 5
 
-    # Offline lists
-    knn_size: int = 100
-    knn_ttl_s: int = 7 * 24 * 3600
-    cf_size: int = 100
-
     # Ranking: weights and n's tuned on MovieLens-100k validation (benchmarks/tune_quality.py,
     # benchmarks/reports/tuning.md); w_pop stays > 0 so popularity orders the cold-start fallback.
     w_coview: float = 0.4
