@@ -1,4 +1,5 @@
-"""Event archiver: consumer group `event-archiver`, topic `events` -> PostgreSQL `events`.
+"""Event archiver: consumer group `event-archiver`, topic `events` -> PostgreSQL `events`, and
+each user's earliest event -> `users.first_seen`.
 
 Batches are inserted with ON CONFLICT (event_id) DO NOTHING in one transaction, and offsets are
 committed only after that commit, so every acknowledged event lands exactly once however often
@@ -31,12 +32,23 @@ from streaming.metrics import EVENTS_ARCHIVED, PROCESSING_ERRORS, serve_metrics
 log = logging.getLogger(__name__)
 
 # One statement per batch: arrays in, duplicates (also within the batch) skipped by the key.
+# The users the new rows name are recorded with their earliest event (`users.first_seen`) in
+# the same statement; in user order, so two copies' batches lock shared rows in one order.
 INSERT_EVENTS = """
-INSERT INTO events (event_id, user_id, item_id, event_type, event_time, session_id, context,
-                    kafka_partition, kafka_offset)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                     $6::text[], $7::jsonb[], $8::int[], $9::bigint[])
-ON CONFLICT (event_id) DO NOTHING
+WITH archived AS (
+    INSERT INTO events (event_id, user_id, item_id, event_type, event_time, session_id,
+                        context, kafka_partition, kafka_offset)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::text[], $7::jsonb[], $8::int[], $9::bigint[])
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING user_id, event_time
+), seen AS (
+    INSERT INTO users (user_id, first_seen)
+    SELECT user_id, min(event_time) FROM archived GROUP BY user_id ORDER BY user_id
+    ON CONFLICT (user_id) DO UPDATE SET first_seen = EXCLUDED.first_seen
+        WHERE EXCLUDED.first_seen < users.first_seen
+)
+SELECT count(*) FROM archived
 """
 
 
@@ -102,11 +114,11 @@ class Archiver:
             if self.conn is None or self.conn.is_closed():
                 self.conn = await asyncpg.connect(self.settings.database_url, timeout=5)
             with timed(POSTGRES_QUERY_SECONDS, "archive_events"):
-                status = await self.conn.execute(INSERT_EVENTS, *zip(*rows, strict=True))
+                inserted = await self.conn.fetchval(INSERT_EVENTS, *zip(*rows, strict=True))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             await self.close()  # reconnect on the retry
             raise
-        EVENTS_ARCHIVED.inc(int(status.rsplit(" ", 1)[-1]))  # "INSERT 0 <rows>"
+        EVENTS_ARCHIVED.inc(inserted)
 
     async def close(self) -> None:
         if self.conn is not None:

@@ -121,6 +121,11 @@ async def test_end_to_end_features_and_archive(
     assert archived(settings) == rows_of(events)
     assert pg.execute("SELECT context FROM events WHERE context IS NOT NULL").fetchall() == [
         ({"page": "pd"},)]
+    # Each user with the time of their earliest event.
+    first_seen = {user: min(e["timestamp"] for e in events if e["user_id"] == user)
+                  for user in {e["user_id"] for e in events}}
+    assert {user: round(seen.timestamp() * 1000) for user, seen in pg.execute(
+        "SELECT user_id, first_seen FROM users").fetchall()} == first_seen
 
 
 async def test_redelivery_is_not_counted_twice(
