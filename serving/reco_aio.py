@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import hiredis
 from redis.connection import parse_url
 
+from reco.redis_tls import tls_context
 from serving.reco_redis import Command, RedisDown, check_replies, setup_commands
 
 
@@ -119,6 +120,7 @@ class _Connection(asyncio.Protocol):
 class AsyncPipelineClient:
     def __init__(self, url: str, timeout_s: float, encoding: str | None = "utf-8") -> None:
         self.options = parse_url(url)
+        self.tls = tls_context(self.options)
         self.timeout_s = timeout_s
         self.encoding = encoding
         self._conn: _Connection | None = None
@@ -164,8 +166,10 @@ class AsyncPipelineClient:
                 if "path" in opts:
                     await loop.create_unix_connection(lambda: conn, opts["path"])
                 else:
-                    await loop.create_connection(lambda: conn, opts.get("host", "127.0.0.1"),
-                                                 opts.get("port", 6379))
+                    host = opts.get("host", "127.0.0.1")
+                    await loop.create_connection(
+                        lambda: conn, host, opts.get("port", 6379), ssl=self.tls,
+                        server_hostname=host if self.tls is not None else None)
                 setup = setup_commands(opts)
                 if setup:
                     check_replies(await self.send(conn, setup))

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import hiredis
 from redis.connection import parse_url
 
+from reco.redis_tls import tls_context
+
 Command = Sequence[str | bytes | int | float]
 
 
@@ -54,6 +56,7 @@ def check_replies(replies: list, tolerated: int = 0) -> list:
 class PipelineClient:
     def __init__(self, url: str, timeout_s: float, encoding: str | None = "utf-8") -> None:
         self.options = parse_url(url)
+        self.tls = tls_context(self.options)
         self.timeout_s = timeout_s
         # hiredis decodes bulk strings in C: ids arrive as str without a Python loop.
         self.encoding = encoding
@@ -92,9 +95,11 @@ class PipelineClient:
             sock.settimeout(self.timeout_s)
             sock.connect(opts["path"])
         else:
-            sock = socket.create_connection((opts.get("host", "127.0.0.1"),
-                                             opts.get("port", 6379)), self.timeout_s)
+            host = opts.get("host", "127.0.0.1")
+            sock = socket.create_connection((host, opts.get("port", 6379)), self.timeout_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_hostname=host)
         sock.settimeout(self.timeout_s)
         conn = (sock, hiredis.Reader(encoding=self.encoding) if self.encoding
                 else hiredis.Reader())

@@ -16,6 +16,8 @@ from typing import Any
 import hiredis
 from redis.connection import parse_url
 
+from reco.redis_tls import tls_context
+
 Command = tuple[Any, ...]
 READ_CHUNK = 1 << 16
 _INCOMPLETE = object()  # what the parser returns while no whole reply is buffered (not False:
@@ -101,6 +103,7 @@ class RedisPipe:
         self.db: int = int(params.get("db", 0))
         self.username: str | None = params.get("username")
         self.password: str | None = params.get("password")
+        self.tls = tls_context(params)
         self.connect_timeout_s = connect_timeout_s
         # A whole round trip, write and replies: a connection left half-open (a failover, a
         # partition) would otherwise hold the batch until the kernel gives up, ~15 minutes,
@@ -112,7 +115,8 @@ class RedisPipe:
     async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._streams is None:
             self._streams = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.connect_timeout_s)
+                asyncio.open_connection(self.host, self.port, ssl=self.tls),
+                self.connect_timeout_s)
             setup: list[Command] = []
             if self.password:
                 setup.append(("AUTH", *([self.username] if self.username else []), self.password))
