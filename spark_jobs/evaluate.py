@@ -79,7 +79,8 @@ def split_digest(interactions: pd.DataFrame, held: pd.DataFrame) -> str:
 
 def ranks(data: EvalData, scorer: Scorer, k: int, batch: int | None = None
           ) -> tuple[np.ndarray, np.ndarray]:
-    """Rank (1-based; inf when unrankable) of each held-out item, and every user's top-k."""
+    """Rank (1-based, ties shared; inf when unrankable) of each held-out item, and every user's
+    top-k."""
     n_users, n_items = len(data.user_ids), len(data.item_ids)
     batch = batch or max(64, min(2048, 20_000_000 // max(1, n_items)))
     out = np.full(n_users, np.inf)
@@ -94,7 +95,11 @@ def ranks(data: EvalData, scorer: Scorer, k: int, batch: int | None = None
         valid = target >= 0
         held_score = np.where(valid, scores[rows, np.maximum(target, 0)], -np.inf)
         better = (scores > held_score[:, None]).sum(axis=1)
-        out[lo:hi] = np.where(np.isfinite(held_score), better + 1, np.inf)
+        # Items scored the same as the held-out one share the places they span (the expected
+        # rank under a random tie-break): a user whose scores are all equal, such as one none
+        # of whose items Item2Vec knows (a zero query vector), ranks in the middle, not first.
+        ties = (scores == held_score[:, None]).sum(axis=1) - 1
+        out[lo:hi] = np.where(np.isfinite(held_score), better + 1 + ties / 2, np.inf)
         tops[lo:hi] = np.argpartition(-scores, tops.shape[1] - 1, axis=1)[:, :tops.shape[1]]
     return out, tops
 
