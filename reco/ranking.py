@@ -4,7 +4,7 @@ The API gathers a user's features from Redis and offline evaluation builds them 
 data; both call `rank` with the same plain structures, so what is measured is what is served.
 
 score = w_coview*coview + w_embed*embedding + w_pop*popularity + w_rec*recency + w_cf*cf
-        + w_seq*seq (+ freshness_boost for items created within freshness_days)
+        + w_seq*seq, times (1 + freshness_boost) for items created within freshness_days
 Each signal is divided by its maximum over the request's eligible candidates:
 - coview: sum over source items (the user's recent items) of the co-view affinity;
 - embedding: best cosine similarity (from the published KNN lists) to any source item, >= 0;

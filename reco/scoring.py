@@ -146,7 +146,8 @@ def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unk
     category's code, -1 (never a code asked for) when none was asked.
 
     Returns (rows, pos, weighted, fresh, tops, score, order): candidate codes sorted, each
-    entry's candidate, each signal weighted (rows in SIGNALS order), the freshness boost, each
+    entry's candidate, each signal weighted (rows in SIGNALS order), the freshness boost (the
+    share `fresh_boost` of a new item's weighted score, added to it), each
     raw signal's maximum over the eligible candidates, the total score, and the eligible
     candidates best first (a stable sort). Scores are finite (NaN inputs would order differently
     from numpy's sort).
@@ -218,7 +219,12 @@ def score_candidates(codes, n_entries, bounds, scores, src, recency_w, slot, unk
     score = np.empty(m)
     part = np.empty(N_RAW)
     for j in range(m):
-        score[j] = _weigh(raw, j, tops, weights, part, weighted) + fresh[j]
+        # The boost is a share of the item's own score, so it means the same on every path:
+        # added as a constant it outweighed popularity, the cold-start and fallback paths'
+        # only signal (w_pop), and put any new item above the bestsellers.
+        base = _weigh(raw, j, tops, weights, part, weighted)
+        fresh[j] = max(base, 0.0) * fresh[j]
+        score[j] = base + fresh[j]
 
     # The pool stable by descending score (ties in candidate order).
     order = _by_descending_score(pool, score)

@@ -151,6 +151,24 @@ def test_freshness_boost_only_for_items_created_within_the_window(catalog: ItemI
                for i in rank(features, catalog, older, k=3, explain=True).items)
 
 
+def test_freshness_raises_a_new_item_by_a_share_of_its_score_on_the_popular_path() -> None:
+    """A user with no history is ranked by popularity alone (w_pop): a boost added as a
+    constant put any new item, however unpopular, above every bestseller."""
+    new, old = str(NOW - 3600), "0"
+    items = ItemIndex.build(
+        {"best": {"created_at": old}, "second": {"created_at": old},
+         "new_hit": {"created_at": new}, "new_dud": {"created_at": new}},
+        popularity=[("best", 100.0), ("second", 95.0), ("new_hit", 90.0), ("new_dud", 0.01)])
+    config = RankConfig(freshness_boost=0.1, freshness_days=14)
+    ranking = rank(UserFeatures(recent=[], recent_times={}, now=NOW), items, config, k=4,
+                   explain=True)
+    assert ranking.strategy == "popular"
+    assert [i.item_id for i in ranking.items] == ["best", "new_hit", "second", "new_dud"]
+    w_pop = config.w_pop
+    assert {i.item_id: i.contributions["freshness"] for i in ranking.items} == pytest.approx(
+        {"best": 0.0, "second": 0.0, "new_hit": 0.1 * w_pop * 0.9, "new_dud": 0.1 * w_pop * 1e-4})
+
+
 def test_popular_items_skip_out_of_stock_and_filter(catalog: ItemIndex) -> None:
     assert popular_items(catalog, Filters(), 3) == [("Y", 4.0), ("X", 3.0), ("V", 1.0)]
     assert popular_items(catalog, Filters(category="a"), 5) == [("Y", 4.0), ("X", 3.0)]

@@ -146,12 +146,13 @@ def test_category_diversity_caps_share_of_top_k(world, make_client) -> None:
 
 def test_freshness_boost_changes_order(world, make_client) -> None:
     put_meta(world["redis"], "W", "c5", created_at=world["now"] - DAY)
-    with make_client(freshness_boost=0.2) as client:
+    with make_client(freshness_boost=0.6) as client:
         body = get(client, explain="true")
-    boosted = dict(EXPECTED, W=EXPECTED["W"] + 0.2)
+    boosted = dict(EXPECTED, W=EXPECTED["W"] * 1.6)  # 60% above its own score
     assert_ranking(body, sorted(boosted.items(), key=lambda kv: -kv[1]))
     assert [i for i, _ in ids_scores(body)] == ["X", "W", "Y", "Z", "P"]
-    assert body["items"][1]["reasons"]["signals"]["freshness"] == pytest.approx(0.2)
+    assert body["items"][1]["reasons"]["signals"]["freshness"] == pytest.approx(
+        EXPECTED["W"] * 0.6)
 
 
 def test_cf_candidates_once_als_is_published(world, make_client) -> None:
