@@ -26,7 +26,9 @@ MIN_LIFT_BASELINE = 0.005
 
 @dataclass(frozen=True)
 class ChampionScore:
-    score: float  # the champion's primary metric, as logged by its run
+    # The champion's primary metric, as logged by its run; None when it logged none under this
+    # name (evaluated at another k, or never evaluated): then nothing can be compared.
+    score: float | None
     baseline: float | None  # the popularity baseline's score on the champion's split
     same_split: bool  # scored on the same split as the candidate
 
@@ -41,7 +43,9 @@ class GateDecision:
     champion: float | None = None
     champion_version: str | None = None
     champion_run_id: str | None = None
-    comparison: str = "none"  # how the champion was compared: "score", "lift" or "none"
+    # How the champion was compared: "score", "lift", "none" (there is none) or "unavailable"
+    # (it logged no score under this metric)
+    comparison: str = "none"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +62,12 @@ def decide(metric: str, candidate: float, baseline: float, champion: ChampionSco
     beats = f"{metric} {candidate:.4f} beats the baseline {baseline:.4f}"
     if champion is None:
         return GateDecision(True, beats, metric, candidate, baseline)
+    if champion.score is None:
+        # Promoting here would replace a live model without knowing it is not worse.
+        return GateDecision(False, f"{beats}, but the champion logged no {metric} (evaluated "
+                            "at another k, or never): promote a run by hand (the model's "
+                            "`champion` alias in MLflow) to compare against from now on",
+                            metric, candidate, baseline, comparison="unavailable")
     if not champion.same_split and min(baseline, champion.baseline or 0.0) >= MIN_LIFT_BASELINE:
         lift, champion_lift = candidate / baseline, champion.score / champion.baseline
         if lift < champion_lift * (1.0 - tolerance):
@@ -78,15 +88,13 @@ def decide(metric: str, candidate: float, baseline: float, champion: ChampionSco
 
 
 def champion_score(tracking_uri: str, run_id: str, metric: str, split: str | None
-                   ) -> ChampionScore | None:
-    """The champion run's logged score (None if it has none), and whether it was scored on
+                   ) -> ChampionScore:
+    """The champion run's logged score (None if it logged none), and whether it was scored on
     `split`."""
     metrics, tags = tracking.run_record(tracking_uri, run_id)
-    score = metrics.get(f"model.{metric}")
-    if score is None:
-        return None
     same = split is not None and tags.get(tracking.SPLIT_TAG) == split
-    return ChampionScore(score, metrics.get(f"popularity.{metric}"), same)
+    return ChampionScore(metrics.get(f"model.{metric}"), metrics.get(f"popularity.{metric}"),
+                         same)
 
 
 def older_window(tracking_uri: str, run_id: str, champion_run_id: str) -> str | None:

@@ -37,9 +37,17 @@ def test_rule_across_splits_compares_lifts_over_popularity():
     assert gate.decide("ndcg_at_10", 0.31, 0.001, other, 0.02).comparison == "score"
 
 
-def report(model: float, popularity: float, split: str = "s1") -> dict:
-    return {"k": 10, "split": split, "results": {"model": {"ndcg_at_10": model},
-                                                 "popularity": {"ndcg_at_10": popularity}}}
+def test_a_champion_without_the_metric_is_not_replaced_blindly():
+    unknown = gate.ChampionScore(None, None, same_split=True)
+    decision = gate.decide("ndcg_at_20", 0.11, 0.10, unknown, 0.02)
+    assert not decision.accepted and decision.comparison == "unavailable"
+    assert "the champion logged no ndcg_at_20" in decision.reason
+
+
+def report(model: float, popularity: float, split: str = "s1", k: int = 10) -> dict:
+    metric = f"ndcg_at_{k}"
+    return {"k": k, "split": split, "results": {"model": {metric: model},
+                                                "popularity": {metric: popularity}}}
 
 
 def fake_run(uri: str, ndcg: float, popularity: float = 0.10, split: str = "s1",
@@ -117,3 +125,19 @@ def test_a_backfill_does_not_replace_a_champion_trained_on_newer_data(mlflow_uri
     retry, v3 = fake_run(mlflow_uri, 0.31, window_end="2024-03-01T00:00:00+00:00")
     assert gate.gate(mlflow_uri, "als", retry, v3, report(0.31, 0.10), 0.02).accepted
     assert tracking.champion(mlflow_uri, "als") == (v3, retry)
+
+
+@pytest.mark.integration
+def test_after_a_change_of_k_the_champion_stays_until_promoted_by_hand(mlflow_uri):
+    """The champion was evaluated at k=10; a run evaluated at k=20 has nothing to compare
+    with. It was promoted as if there were no champion."""
+    first, v1 = fake_run(mlflow_uri, 0.30)
+    assert gate.gate(mlflow_uri, "als", first, v1, report(0.30, 0.10), 0.02).accepted
+
+    at_20, v2 = fake_run(mlflow_uri, 0.11)  # logs ndcg_at_10 only, as fake runs do
+    decision = gate.gate(mlflow_uri, "als", at_20, v2, report(0.11, 0.10, k=20), 0.02)
+    assert not decision.accepted and decision.comparison == "unavailable"
+    assert tracking.champion(mlflow_uri, "als") == (v1, first)
+    assert tracking.client(mlflow_uri).get_run(at_20).data.tags["gate.comparison"] == \
+        "unavailable"
+
