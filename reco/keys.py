@@ -115,6 +115,13 @@ def applied_position(topic: str, partition: int) -> str:
 APPLIED_POSITION_PATTERN = "processor:applied:*"
 
 
+def publish_lock(model: str) -> str:
+    """redis-py lock held while one model's version is published: a second publish of the
+    same model (the DAG and `reco train` at once) waits instead of retiring, as an old
+    version, the keys the first is still writing."""
+    return f"model:publishing:{model}"
+
+
 def version_prefix(kind: str, version: str) -> str:
     """Pattern matching every key of one published version, for cleanup with SCAN."""
     return {

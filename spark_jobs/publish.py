@@ -11,6 +11,7 @@ leftovers of crashed publishes) are deleted.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from reco import keys, neighbours
 if TYPE_CHECKING:
     from psycopg import Connection
 
+# How long one publish may hold its model's lock, and another wait for it: ~20 s publish
+# 100,000 lists here; past it the lock expires (a crashed publisher's does too).
+PUBLISH_LOCK_S = 900.0
 # Which key kinds (keys.version_prefix) each model publishes.
 KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user", "cf_items"),
          "sasrec": ("seq_user", "seq_items")}
@@ -124,12 +128,29 @@ def is_serving(client: redis.Redis, model: str, version: str) -> bool:
 
 def publish(client: redis.Redis, model: str, version: str,
             lists: Iterator[tuple[str, bytes]], batch: int = 5000, grace_s: int = 3600,
-            after_batch: Callable[[int], None] | None = None) -> PublishResult:
-    """Write every list of `version`, switch to it, then retire older versions.
+            after_batch: Callable[[int], None] | None = None,
+            lock_timeout_s: float = PUBLISH_LOCK_S) -> PublishResult:
+    """Write every list of `version`, switch to it, then retire older versions, one publish
+    of `model` at a time (`keys.publish_lock`; a second waits up to `lock_timeout_s`).
 
     `after_batch(keys_written_so_far)` runs after each pipelined batch (progress; tests
     inject failures through it).
     """
+    lock = client.lock(keys.publish_lock(model), timeout=lock_timeout_s,
+                       blocking_timeout=lock_timeout_s)
+    if not lock.acquire():
+        raise TimeoutError(f"another publish of {model} held {keys.publish_lock(model)} for "
+                           f"{lock_timeout_s:.0f} s")
+    try:
+        return _publish(client, model, version, lists, batch, grace_s, after_batch)
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile
+            lock.release()
+
+
+def _publish(client: redis.Redis, model: str, version: str,
+             lists: Iterator[tuple[str, bytes]], batch: int, grace_s: int,
+             after_batch: Callable[[int], None] | None) -> PublishResult:
     started = time.perf_counter()
     kinds = KINDS[model]
     previous = current_version(client, model)

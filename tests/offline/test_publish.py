@@ -105,6 +105,50 @@ def test_failed_publish_leaves_previous_version_serving(redis_url):
     assert read_lists(client, ITEMS[:1])[0] == "v3"
 
 
+@pytest.mark.integration
+def test_a_second_publish_of_the_model_waits_for_the_first(redis_url):
+    """The DAG and `reco train` at once, v0 serving. Without the lock, v1's publish switched
+    while v2's was half written and deleted v2's keys as an old version's; v2's publish then
+    switched to what was left of v2 and deleted v1."""
+    client = redis.Redis.from_url(redis_url)
+    publish.publish(client, "item2vec", "v0", lists_of("v0"), batch=500)
+    v2_writing, v1_done = threading.Event(), threading.Event()
+
+    def pause_once(written: int) -> None:
+        if not v2_writing.is_set():
+            v2_writing.set()
+            v1_done.wait(3)  # v1's publish runs meanwhile, unless it waits for the lock
+
+    def v1() -> None:
+        assert v2_writing.wait(10)
+        publish.publish(redis.Redis.from_url(redis_url), "item2vec", "v1", lists_of("v1"),
+                        batch=500)
+        v1_done.set()
+
+    thread = threading.Thread(target=v1)
+    thread.start()
+    publish.publish(client, "item2vec", "v2", lists_of("v2"), batch=500, after_batch=pause_once)
+    thread.join(30)
+    assert not thread.is_alive() and v1_done.is_set()
+
+    # v1 published after v2, each whole: v1 serves every list, v2 (the one before) expires,
+    # v0 is gone.
+    version, lists = read_lists(client, ITEMS)
+    assert version == "v1" and all(ids and ids[0].startswith("v1/") for ids in lists)
+    assert 0 < client.ttl(keys.item_knn(ITEMS[-1], "v2")) <= 3600
+    assert not client.exists(keys.item_knn(ITEMS[-1], "v0"))
+    assert not client.exists(keys.publish_lock("item2vec"))
+
+
+@pytest.mark.integration
+def test_a_publish_waits_for_the_lock_no_longer_than_its_timeout(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.set(keys.publish_lock("item2vec"), "a crashed publisher's", px=60_000)
+    with pytest.raises(TimeoutError, match="another publish of item2vec held"):
+        publish.publish(client, "item2vec", "v1", lists_of("v1"), lock_timeout_s=0.3)
+    assert publish.current_version(client, "item2vec") is None
+
+
 class ExecReplyDropper:
     """A TCP proxy to Redis that loses the reply to every EXEC: Redis runs the transaction,
     then the client's connection is reset (what a timeout or a network blip looks like)."""
