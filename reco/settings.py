@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     reco_source_half_n: float = 2.0
     reco_neighbour_agg: Literal["max", "sum"] = "sum"  # embedding / ALS item-item over sources
     popular_snapshot_size: int = 20_000  # top items held in process; others score popularity 0
+    # Categories asked for (a `category` filter) also bring their own top items into the
+    # snapshot, so a category outside the global top still fills a new visitor's page and the
+    # fallback: the latest this many categories, this many items each.
+    popular_category_snapshot_max: int = Field(default=64, ge=0)
+    popular_category_snapshot_n: int = Field(default=200, ge=1)
     catalog_reload_s: float = 300.0  # full item-metadata reload even without a version bump
     # Between full reloads, upserted items are updated in place unless more than this share of
     # the catalogue changed since the last update (then a full reload: cheaper per item).

@@ -224,6 +224,8 @@ class RecoService:
 
     async def recommend(self, p: RecoParams) -> Answer:
         """The serving path: reads on the event loop (or in a thread, `reco_redis_in_threads`)."""
+        if p.category is not None:
+            self.signals.ask_category(p.category)
         try:
             first = await self.io.first_read(p.user_id, p.variant)
         except StoreUnavailable:
@@ -355,6 +357,8 @@ class RecoService:
     def popular(self, k: int, category: str | None, exclude: str | None = None) -> list[dict]:
         """Top popular items (in stock, optional category, not `exclude`), score relative to
         the global top."""
+        if category is not None:
+            self.signals.ask_category(category)
         items = self.signals.items
         top = float(items.popularity[items.popular_rows[0]]) if len(items.popular_rows) else 0.0
         found = popular_items(items, Filters(category=category), k + (exclude is not None))

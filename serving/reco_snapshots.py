@@ -32,6 +32,7 @@ The refresh also maps each active ALS and SASRec version's item list to catalogu
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import gc
 import logging
@@ -81,18 +82,40 @@ class GlobalSignals:
         # Model name -> its active version's items as rows of the current catalogue.
         self.model_rows: dict[str, ModelRows] = {}
         self._task: asyncio.Task | None = None
+        # Categories requests filtered by, least recently asked first (`ask_category`).
+        self._asked: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def ask_category(self, category: str) -> None:
+        """A request filtered by `category`: the next refreshes also read its top items."""
+        asked = self._asked
+        if category in asked:
+            asked.move_to_end(category)
+            return
+        asked[category] = None
+        while len(asked) > self.settings.popular_category_snapshot_max:
+            asked.popitem(last=False)
+
+    def _category_reads(self) -> list[tuple]:
+        """The asked categories' top items, by the same decayed popularity as the global set:
+        merged into the snapshot after it (a member of both keeps its global score)."""
+        n = self.settings.popular_category_snapshot_n
+        return [("ZRANGE", keys.category_popularity(category), 0, n - 1, "REV", "WITHSCORES")
+                for category in list(self._asked)]
 
     def refresh(self) -> None:
         """One refresh pass; raises redis errors (the loop logs them and keeps the old copy)."""
         size = self.settings.popular_snapshot_size
         try:
-            flat, meta_version, published, versions = self.fast.execute([
+            flat, meta_version, published, versions, *by_category = self.fast.execute([
                 ("ZRANGE", keys.ITEM_POPULARITY, 0, size - 1, "REV", "WITHSCORES"),
                 ("GET", keys.ITEM_META_VERSION), ("HGETALL", keys.MODEL_PUBLISHED_AT),
-                ("HGETALL", keys.MODEL_VERSIONS)])
+                ("HGETALL", keys.MODEL_VERSIONS), *self._category_reads()])
         except RedisDown as exc:
             raise redis.ConnectionError(str(exc)) from exc
         pop_ids, pop_scores = zset_pairs(flat)
+        for part in by_category:
+            part_ids, part_scores = zset_pairs(part)
+            pop_ids, pop_scores = pop_ids + part_ids, np.concatenate([pop_scores, part_scores])
         self._model_ages(published)
         if self._catalog_due(meta_version):
             self._update_catalog(meta_version, pop_ids)
@@ -149,6 +172,17 @@ class GlobalSignals:
             scores.append(part_scores)
             if len(part_ids) < CHUNK:
                 break
+        category_reads = self._category_reads()
+        if category_reads:
+            try:
+                by_category = await self.aio.execute(category_reads)
+            except RedisDown as exc:
+                raise redis.ConnectionError(str(exc)) from exc
+            for flat in by_category:
+                part_ids, part_scores = zset_pairs(flat)
+                ids += part_ids
+                rows.append(base.rows(part_ids))
+                scores.append(part_scores)
         all_rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
         all_scores = np.concatenate(scores) if scores else np.zeros(0)
         if self._catalog is not base:  # reloaded meanwhile (a test's blocking refresh): retry later
