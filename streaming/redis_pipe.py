@@ -98,6 +98,7 @@ class TransactionAborted(RedisReplyError):
 class RedisPipe:
     def __init__(self, url: str, connect_timeout_s: float = 5.0, timeout_s: float = 30.0) -> None:
         params = parse_url(url)
+        self.path: str | None = params.get("path")  # unix:// URLs
         self.host: str = params.get("host", "127.0.0.1")
         self.port: int = int(params.get("port", 6379))
         self.db: int = int(params.get("db", 0))
@@ -114,9 +115,9 @@ class RedisPipe:
 
     async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._streams is None:
-            self._streams = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=self.tls),
-                self.connect_timeout_s)
+            opening = (asyncio.open_unix_connection(self.path) if self.path
+                       else asyncio.open_connection(self.host, self.port, ssl=self.tls))
+            self._streams = await asyncio.wait_for(opening, self.connect_timeout_s)
             setup: list[Command] = []
             if self.password:
                 setup.append(("AUTH", *([self.username] if self.username else []), self.password))

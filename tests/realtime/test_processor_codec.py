@@ -12,8 +12,11 @@ import redis
 from aiokafka.structs import ConsumerRecord
 
 from reco.events import MAX_TIMESTAMP_MS, Event
+from reco.stack import servers as stack_servers
+from reco.stack.health import free_port
 from streaming.messages import StreamEvent, decode, decode_for_features
 from streaming.redis_pipe import Packed, RedisPipe
+from tests.servers import ServerProcess, remove, scratch_dir
 
 EVENT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 BASE = {"event_id": EVENT_ID, "user_id": "u1", "item_id": "i-9", "event_type": "cart",
@@ -189,3 +192,21 @@ async def test_a_redis_that_stops_answering_fails_the_round_trip_in_time(
     finally:
         redis_client.execute_command("CLIENT", "UNPAUSE")
         await pipe.close()
+
+
+async def test_the_pipe_reaches_redis_over_a_unix_socket() -> None:
+    """`unix://` URLs, which the API's clients and redis-py take: the pipe connected to
+    127.0.0.1:6379 instead."""
+    workdir = scratch_dir("redis-unix")
+    sock = workdir / "redis.sock"
+    command = stack_servers.redis_command(workdir / "data", free_port(), persist=False) + [
+        "--unixsocket", str(sock), "--unixsocketperm", "700"]
+    server = ServerProcess("redis-unix", command, int(command[command.index("--port") + 1]),
+                           workdir).start()
+    pipe = RedisPipe(f"unix://{sock}?db=2")
+    try:
+        assert await pipe.execute([("SET", "unix:k", "v")], transaction=True) == [b"OK"]
+        assert redis.Redis(unix_socket_path=str(sock), db=2).get("unix:k") == b"v"
+    finally:
+        await pipe.close()
+        remove(server)
