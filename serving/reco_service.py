@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from starlette.concurrency import run_in_threadpool
 
-from reco.catalog import ItemIndex
+from reco.catalog import UNKNOWN_CATEGORY, ItemIndex
 from reco.privacy import pseudonym
 from reco.ranking import (
     Neighbours,
@@ -29,7 +29,7 @@ from reco.ranking import (
     rank,
     similar_items,
 )
-from reco.rules import Filters, eligible
+from reco.rules import Filters, category_cap, eligible
 from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving.model_items import MODEL_OF_KIND
@@ -154,15 +154,24 @@ def _is_newer(ours: str, theirs: str) -> bool:
     return True
 
 
-def _still_eligible(body: str, filters: Filters, items: ItemIndex) -> bool:
+def _still_eligible(body: str, p: RecoParams, items: ItemIndex, max_share: float) -> bool:
     """Whether every item of a cached response passes the request's hard rules (in stock, in
-    the asked category and price range) in the catalogue `items`: ~35 us for 20 items of
-    100,000 (cold id lookups), paid once per entry and catalogue version (then re-stamped)."""
+    the asked category and price range) in the catalogue `items`, and no category fills more
+    than its cap: ~35 us for 20 items of 100,000 (cold id lookups), paid once per entry and
+    catalogue version (then re-stamped)."""
     try:
         ids = [item["item_id"] for item in orjson.loads(body)["items"]]
     except (orjson.JSONDecodeError, KeyError, TypeError):  # not an entry of ours: re-rank
         return False
-    return bool(eligible(items, items.rows(ids), filters).all())
+    rows = items.rows(ids)
+    if not eligible(items, rows, p.filters).all():
+        return False
+    # An item moved into another category can take that one over its cap. Re-ranking decides
+    # whether too few others justify it, as ranking did when the entry was made.
+    cap = category_cap(p.k, 1.0 if p.filters.category is not None else max_share)
+    known = items.category[rows]
+    known = known[known != UNKNOWN_CATEGORY]
+    return cap is None or not len(known) or int(np.bincount(known).max()) <= cap
 
 
 class AsyncReads:
@@ -264,7 +273,7 @@ class RecoService:
         # A catalogue upsert since (a sold-out item, a new price) is checked against the
         # entry's items only: re-ranking for every upsert would empty the cache. An entry still
         # eligible is re-stamped forward, so its next hits skip this.
-        if not _still_eligible(entry.body, p.filters, items):
+        if not _still_eligible(entry.body, p, items, self.config.max_category_share):
             metrics.CACHE_INELIGIBLE.inc()
             metrics.CACHE_MISSES.inc()
             return None

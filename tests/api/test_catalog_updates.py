@@ -137,6 +137,23 @@ def test_cached_answers_outlive_upserts_that_keep_their_items_eligible(
         assert metric(client, "recommendation_cache_ineligible_total") == ineligible + 1
 
 
+def test_a_cached_answer_that_an_upsert_puts_over_the_category_cap_is_ranked_again(
+        world, make_client, api_settings: Settings, pg) -> None:
+    """X, Y, Z, W: four categories. Y and Z moved into X's: three of four in one category,
+    over the cap of 2 (max_category_share 0.5), while W and P could take their places."""
+    with make_client() as client:
+        signals = client.app.state.service.signals
+        assert [i for i, _ in ids_scores(get(client, k=4))] == ["X", "Y", "Z", "W"]
+        assert get(client, k=4)["cached"] is True
+        upsert(api_settings, ItemWithId(item_id="Y", category="c2"),
+               ItemWithId(item_id="Z", category="c2"))
+        signals.refresh()
+        fresh = get(client, k=4)
+        assert fresh["cached"] is False
+        assert [i for i, _ in ids_scores(fresh)] == ["X", "Y", "W", "P"]  # Z deferred
+        assert get(client, k=4)["cached"] is True
+
+
 def test_more_changes_than_the_bound_reload_everything(
         world, make_client, api_settings: Settings, pg) -> None:
     with make_client() as client:
