@@ -241,6 +241,9 @@ class RecoService:
             return self.fallback(p)
         fingerprint = self.fingerprint(first)
         items = self.signals.items  # one snapshot for the whole request
+        # A category the snapshot has not read yet (asked for the first time): its answer is
+        # served but not cached, as the next refresh brings that category's own top items.
+        cache = p.category is None or p.category in self.signals.categories
         hit = self._cached(p, first, fingerprint, items)
         if hit is not None:
             return hit
@@ -250,7 +253,8 @@ class RecoService:
         except StoreUnavailable:
             return self.fallback(p)
         features = self._features(first, plan, second, items)
-        return self._answer(p, first, fingerprint, features, items)
+        answer = self._answer(p, first, fingerprint, features, items)
+        return answer if cache else dataclasses.replace(answer, cache_entry=None)
 
     def fingerprint(self, first: FirstRead) -> str:
         """What a cache entry must have been made with: this recent list, this ranking."""

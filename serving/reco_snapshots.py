@@ -82,8 +82,10 @@ class GlobalSignals:
         # Model name -> its active version's items as rows of the current catalogue.
         self.model_rows: dict[str, ModelRows] = {}
         self._task: asyncio.Task | None = None
-        # Categories requests filtered by, least recently asked first (`ask_category`).
+        # Categories requests filtered by, least recently asked first (`ask_category`), and
+        # those whose own top items `items` holds.
         self._asked: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.categories: frozenset[str] = frozenset()
 
     def ask_category(self, category: str) -> None:
         """A request filtered by `category`: the next refreshes also read its top items."""
@@ -95,21 +97,25 @@ class GlobalSignals:
         while len(asked) > self.settings.popular_category_snapshot_max:
             asked.popitem(last=False)
 
-    def _category_reads(self) -> list[tuple]:
-        """The asked categories' top items, by the same decayed popularity as the global set:
-        merged into the snapshot after it (a member of both keeps its global score)."""
+    def _category_reads(self) -> tuple[frozenset[str], list[tuple]]:
+        """The asked categories, and the reads of their top items by the same decayed
+        popularity as the global set: merged into the snapshot after it (a member of both keeps
+        its global score)."""
         n = self.settings.popular_category_snapshot_n
-        return [("ZRANGE", keys.category_popularity(category), 0, n - 1, "REV", "WITHSCORES")
-                for category in list(self._asked)]
+        categories = list(self._asked)
+        return frozenset(categories), [
+            ("ZRANGE", keys.category_popularity(category), 0, n - 1, "REV", "WITHSCORES")
+            for category in categories]
 
     def refresh(self) -> None:
         """One refresh pass; raises redis errors (the loop logs them and keeps the old copy)."""
         size = self.settings.popular_snapshot_size
+        categories, category_reads = self._category_reads()
         try:
             flat, meta_version, published, versions, *by_category = self.fast.execute([
                 ("ZRANGE", keys.ITEM_POPULARITY, 0, size - 1, "REV", "WITHSCORES"),
                 ("GET", keys.ITEM_META_VERSION), ("HGETALL", keys.MODEL_PUBLISHED_AT),
-                ("HGETALL", keys.MODEL_VERSIONS), *self._category_reads()])
+                ("HGETALL", keys.MODEL_VERSIONS), *category_reads])
         except RedisDown as exc:
             raise redis.ConnectionError(str(exc)) from exc
         pop_ids, pop_scores = zset_pairs(flat)
@@ -123,6 +129,7 @@ class GlobalSignals:
         # move until the next catalogue load (parsed lists cached by row stay valid).
         self._catalog = self._catalog.with_popularity(pop_ids, pop_scores)
         # One attribute swap: a request sees either the old or the new snapshot, never a mix.
+        self.categories = categories
         self.items = self._catalog
         self.loaded = True
         stale = self._stale_models(versions)
@@ -172,7 +179,7 @@ class GlobalSignals:
             scores.append(part_scores)
             if len(part_ids) < CHUNK:
                 break
-        category_reads = self._category_reads()
+        categories, category_reads = self._category_reads()
         if category_reads:
             try:
                 by_category = await self.aio.execute(category_reads)
@@ -192,6 +199,7 @@ class GlobalSignals:
             self._catalog = base.with_popularity(ids, all_scores)
         else:
             self._catalog = _with_popular_rows(base, all_rows, all_scores)
+        self.categories = categories  # set with `items`, no await between: read as a pair
         self.items = self._catalog
         self.loaded = True
         stale = self._stale_models(versions)

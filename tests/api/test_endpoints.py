@@ -55,34 +55,40 @@ def test_bad_parameters_get_422_naming_them(client, path, params, field, reason)
 def test_a_category_outside_the_global_top_fills_once_asked_for(world, make_client) -> None:
     """A niche category of a large catalogue has no item among the global top: its page for a
     new visitor (and the fallback) was empty. Asked for once, its own top joins the snapshot
-    at the next refresh."""
+    at the next refresh; answers ranked before that are not cached."""
     r = world["redis"]
     rare = {f"R{n}": float(n + 1) for n in range(5)}  # 1..5: below every item of the top 3
+
     for item in rare:
         put_meta(r, item, "rare")
     r.zadd(keys.ITEM_POPULARITY, rare)
     r.zadd(keys.category_popularity("rare"), rare)
-    # The global top: P, A, W. The background refresh (on the event loop) every 0.2 s.
-    with make_client(popular_snapshot_size=3, popular_snapshot_refresh_s=0.2) as client:
-        users = (f"newcomer-{n}" for n in range(1000))
 
-        def page() -> list[str]:
-            body = client.get("/recommendations",
-                              params={"user_id": next(users), "category": "rare", "k": 3})
-            assert body.json()["strategy"] == "popular"
-            return [i["item_id"] for i in body.json()["items"]]
+    def page(client, user: str = "newcomer") -> tuple[list[str], bool]:
+        body = client.get("/recommendations",
+                          params={"user_id": user, "category": "rare", "k": 3}).json()
+        assert body["strategy"] == "popular"
+        return [i["item_id"] for i in body["items"]], body["cached"]
 
-        deadline = time.monotonic() + 10  # the first request asks; the next refresh reads
-        while not (got := page()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert got == ["R4", "R3", "R2"]
-        client.app.state.service.signals.refresh()  # the blocking refresh reads them too
-        assert page() == ["R4", "R3", "R2"]
+    with make_client(popular_snapshot_size=3) as client:  # the global top: P, A, W
+        assert page(client) == ([], False)  # asked for: not in the snapshot yet
+        assert page(client) == ([], False)  # and that answer was not cached
+        client.app.state.service.signals.refresh()  # the blocking refresh
+        assert page(client) == (["R4", "R3", "R2"], False)
+        assert page(client) == (["R4", "R3", "R2"], True)
         popular = client.get("/popular", params={"category": "rare", "k": 2}).json()
         assert [i["item_id"] for i in popular["items"]] == ["R4", "R3"]
         # Global popularity is unchanged by it: the top 3 are still the top 3.
         assert [i["item_id"] for i in client.get("/popular", params={"k": 3}).json()["items"]
                 ] == ["P", "A", "W"]
+
+    # The same through the refresh the server runs in the background (on the event loop).
+    with make_client(popular_snapshot_size=3, popular_snapshot_refresh_s=0.2) as client:
+        users = (f"visitor-{n}" for n in range(1000))
+        deadline = time.monotonic() + 10
+        while not (got := page(client, next(users))[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == ["R4", "R3", "R2"]
 
 
 def test_popular_with_and_without_category(world, make_client) -> None:
