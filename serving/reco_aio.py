@@ -166,10 +166,8 @@ class AsyncPipelineClient:
                 if "path" in opts:
                     await loop.create_unix_connection(lambda: conn, opts["path"])
                 else:
-                    host = opts.get("host", "127.0.0.1")
-                    await loop.create_connection(
-                        lambda: conn, host, opts.get("port", 6379), ssl=self.tls,
-                        server_hostname=host if self.tls is not None else None)
+                    await loop.create_connection(lambda: conn, opts.get("host", "127.0.0.1"),
+                                                 opts.get("port", 6379), ssl=self.tls)
                 setup = setup_commands(opts)
                 if setup:
                     check_replies(await self.send(conn, setup))

@@ -118,10 +118,9 @@ class GlobalSignals:
                 ("HGETALL", keys.MODEL_VERSIONS), *category_reads])
         except RedisDown as exc:
             raise redis.ConnectionError(str(exc)) from exc
-        pop_ids, pop_scores = zset_pairs(flat)
-        for part in by_category:
-            part_ids, part_scores = zset_pairs(part)
-            pop_ids, pop_scores = pop_ids + part_ids, np.concatenate([pop_scores, part_scores])
+        parts = [zset_pairs(part) for part in (flat, *by_category)]
+        pop_ids = [item for part_ids, _ in parts for item in part_ids]
+        pop_scores = np.concatenate([part_scores for _, part_scores in parts])
         self._model_ages(published)
         if self._catalog_due(meta_version):
             self._update_catalog(meta_version, pop_ids)
