@@ -11,7 +11,10 @@ ITEM_POPULARITY = "item:popularity"
 ITEM_NEW_ARRIVALS = "item:new"  # sorted set: item -> created_at epoch seconds
 MODEL_VERSIONS = "model:versions"  # hash: model name -> active published version
 # Counter that writers of item:meta:* INCR after a change, so servers update their catalogue.
-ITEM_META_VERSION = "item:meta:version"
+# Outside `item:meta:*`: inside, an item with the id "version" would share its key.
+ITEM_META_VERSION = "item:catalog_version"
+# Where releases before 2026-11-28 kept it: a plain string the reload's SCAN skips by type.
+ITEM_META_VERSION_LEGACY = "item:meta:version"
 # Sorted set item id -> epoch ms of its latest catalogue upsert, written before the version
 # INCR: servers re-read only these items. A version bump with no entry in the last minute makes
 # them reload everything. Outside `item:meta:*`: the reload's SCAN must not meet it.

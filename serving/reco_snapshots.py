@@ -312,10 +312,10 @@ class GlobalSignals:
         records: dict[str, dict] = {}
         cursor = 0
         while True:
+            # Hashes only: a previous release's version counter may still be a string here.
             cursor, found = self.client.scan(cursor, match=keys.ITEM_META_PATTERN,
-                                             count=SCAN_COUNT)
-            records.update(self.read_meta([k[prefix:].decode() for k in found
-                                           if k != keys.ITEM_META_VERSION.encode()]))
+                                             count=SCAN_COUNT, _type="hash")
+            records.update(self.read_meta([k[prefix:].decode() for k in found]))
             if cursor == 0:
                 break
             time.sleep(0)  # let request handling have the GIL between chunks

@@ -288,3 +288,24 @@ def test_a_version_whose_changes_were_applied_already_still_labels_the_catalogue
         r.close()
     assert (applied.version, last.version) == ("1", "2")
     assert last.space == first.space and not last.in_stock[last.row["i3"]]
+
+
+def test_an_item_named_version_is_an_ordinary_item(
+        world, make_client, api_settings: Settings, pg) -> None:
+    """The catalogue version counter lived at `item:meta:version`, the meta key of an item with
+    the id "version": its upsert then failed on the counter (WRONGTYPE, after PostgreSQL was
+    written) and the reload skipped it. A previous release's counter left there as a string is
+    skipped by type."""
+    r = world["redis"]
+    assert upsert(api_settings, ItemWithId(item_id="version", category="c9", price=3.0)) == [
+        "version"]
+    assert r.hgetall(keys.item_meta("version"))["category"] == "c9"
+    assert r.get(keys.ITEM_META_VERSION) == "1"
+    with make_client() as client:
+        items = client.app.state.service.signals.items
+        assert items.category[items.row["version"]] == items.code_of("c9")
+    r.delete(keys.item_meta("version"))
+    r.set(keys.ITEM_META_VERSION_LEGACY, "41")  # the counter as the previous release left it
+    with make_client() as client:
+        items = client.app.state.service.signals.items
+        assert "version" not in items.row and "A" in items.row

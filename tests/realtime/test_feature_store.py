@@ -338,3 +338,18 @@ async def test_a_position_moved_between_the_check_and_exec_aborts_the_write(
         await writer.close()
     assert (result.applied, result.duplicates) == ([], 3)
     assert redis_client.keys("user:*") == []
+
+
+async def test_an_event_for_the_item_named_version_counts_in_its_category(
+    store: FeatureStore, redis_client: redis.Redis
+) -> None:
+    """Its meta key was the catalogue version counter's: the category read met a string
+    (WRONGTYPE) and the batch was retried for ever."""
+    r = redis_client
+    r.hset(keys.item_meta("version"), mapping={"category": "c1"})
+    r.incr(keys.ITEM_META_VERSION)
+
+    result = await store.apply([ev("u1", "version", T_MS)])
+
+    assert len(result.applied) == 1
+    assert r.zscore(keys.category_popularity("c1"), "version") > 0
