@@ -151,6 +151,7 @@ def key_version(kind: str, key: str) -> str:
     return key[len(head):].split(":", 1)[0]
 
 
-def rate_limit(scope: str, subject: str) -> str:
-    """Request counter of one client ("ip") or one user ("user") for the current window."""
-    return f"ratelimit:{scope}:{subject}"
+def rate_limit(service: str, scope: str, subject: str) -> str:
+    """One service's request counter of one client ("ip") or one user ("user") for the current
+    window."""
+    return f"ratelimit:{service}:{scope}:{subject}"

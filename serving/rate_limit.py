@@ -49,8 +49,11 @@ class RateLimited(Exception):
 
 @dataclass
 class RateLimiter:
-    """`per_s` requests per second per subject of `scope` ("ip" or "user")."""
+    """`per_s` requests per second per subject of `scope` ("ip" or "user"), counted apart for
+    each `service` ("ingest", "reco"): each service compares its own count with its own
+    limit."""
 
+    service: str
     scope: str
     per_s: float
     window_s: float = 1.0
@@ -59,6 +62,9 @@ class RateLimiter:
         self.limit = max(1, math.floor(self.per_s * self.window_s))
         self.window_ms = max(1, round(self.window_s * 1000))
         self._skip_until = 0.0
+
+    def _key(self, subject: str) -> str:
+        return keys.rate_limit(self.service, self.scope, subject)
 
     def _decide(self, reply: list) -> None:
         count, ttl_ms = int(reply[0]), int(reply[1])
@@ -81,7 +87,7 @@ class RateLimiter:
         if self._skipping():
             return
         try:
-            reply = (await client.execute([("EVAL", HIT, 1, keys.rate_limit(self.scope, subject),
+            reply = (await client.execute([("EVAL", HIT, 1, self._key(subject),
                                              self.window_ms)]))[0]
         except RedisDown as exc:
             self._failed(exc)
@@ -94,8 +100,7 @@ class RateLimiter:
             return
         try:
             async with asyncio.timeout(TIMEOUT_S):
-                reply = await client.eval(HIT, 1, keys.rate_limit(self.scope, subject),
-                                          self.window_ms)
+                reply = await client.eval(HIT, 1, self._key(subject), self.window_ms)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return

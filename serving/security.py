@@ -192,7 +192,7 @@ class IngestGuard:
 
     def __init__(self, settings: Settings, app: FastAPI) -> None:
         self.keys = ApiKeyCheck(settings.api_keys) if settings.auth_enabled else None
-        self.limiter = (RateLimiter("ip", settings.rate_limit_ingest_per_s,
+        self.limiter = (RateLimiter("ingest", "ip", settings.rate_limit_ingest_per_s,
                                     settings.rate_limit_window_s)
                         if settings.rate_limit_ingest_per_s > 0 else None)
         self.app = app
@@ -230,10 +230,10 @@ class RecoGuard:
 
     def __init__(self, settings: Settings) -> None:
         self.jwt = JwtCheck(settings) if settings.auth_enabled else None
-        self.limiter = (RateLimiter("user", settings.rate_limit_reco_per_s,
+        self.limiter = (RateLimiter("reco", "user", settings.rate_limit_reco_per_s,
                                     settings.rate_limit_window_s)
                         if settings.rate_limit_reco_per_s > 0 else None)
-        self.ip_limiter = (RateLimiter("ip", settings.rate_limit_reco_per_s,
+        self.ip_limiter = (RateLimiter("reco", "ip", settings.rate_limit_reco_per_s,
                                        settings.rate_limit_window_s) if self.limiter else None)
         # The API's own asyncio client kind: a limit check never blocks the event loop.
         self.client = (AsyncPipelineClient(settings.redis_url, settings.reco_redis_timeout_s)

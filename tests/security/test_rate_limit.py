@@ -43,7 +43,8 @@ def test_recommendations_limit_per_user_shared_by_replicas(
         assert two.get("/recommendations", params={"user_id": "u2"}).status_code == 200
         # Routes without a user are limited per client IP.
         assert [one.get("/popular").status_code for _ in range(4)] == [200, 200, 200, 429]
-    assert redis_client.ttl(keys.rate_limit("user", "u1")) > 0  # the window expires by itself
+    # The window expires by itself.
+    assert redis_client.ttl(keys.rate_limit("reco", "user", "u1")) > 0
 
 
 def test_recommendations_auth_then_limit(settings: Settings, reco_client, redis_client) -> None:
@@ -82,7 +83,7 @@ async def test_limiter_fails_open_when_redis_is_down(redis_url: str, redis_clien
                                                      caplog) -> None:
     """A limit of 1: the store refuses the second hit; with the store unreachable the next
     hits go through (and the limiter says why), the following ones without asking it."""
-    limiter = RateLimiter("user", per_s=1, window_s=1.0)
+    limiter = RateLimiter("reco", "user", per_s=1, window_s=1.0)
     alive = AsyncPipelineClient(redis_url, 1.0)
     dead = AsyncPipelineClient(f"redis://127.0.0.1:{free_port()}/0", 0.1)
     try:
@@ -93,20 +94,36 @@ async def test_limiter_fails_open_when_redis_is_down(redis_url: str, redis_clien
             await limiter.hit(dead, "u1")
         assert "rate limiter store unavailable" in caplog.text
         await limiter.hit(alive, "u1")  # over the limit, but the store is skipped for a while
-        assert int(redis_client.get(keys.rate_limit("user", "u1"))) == 2  # not even counted
+        # Not even counted:
+        assert int(redis_client.get(keys.rate_limit("reco", "user", "u1"))) == 2
     finally:
         alive.close()
         dead.close()
 
 
 async def test_limiter_counts_in_one_key(redis_url: str, redis_client: redis.Redis) -> None:
-    limiter = RateLimiter("user", per_s=2, window_s=1.0)
+    limiter = RateLimiter("reco", "user", per_s=2, window_s=1.0)
     client = AsyncPipelineClient(redis_url, 1.0)
     await limiter.hit(client, "u1")
     await limiter.hit(client, "u1")
     with pytest.raises(RateLimited) as exc:
         await limiter.hit(client, "u1")
     assert exc.value.retry_after_s == 1
-    assert redis_client.keys(keys.rate_limit("*", "*")) == [keys.rate_limit("user", "u1")]
-    assert int(redis_client.get(keys.rate_limit("user", "u1"))) == 3
+    assert redis_client.keys(keys.rate_limit("*", "*", "*")) == [
+        keys.rate_limit("reco", "user", "u1")]
+    assert int(redis_client.get(keys.rate_limit("reco", "user", "u1"))) == 3
     client.close()
+
+
+async def test_services_count_one_client_apart(redis_url: str) -> None:
+    """The ingest API and the recommendation API both limit per client IP: a shop backend on
+    one IP posting events must not spend the budget of its recommendation requests."""
+    ingest, reco = RateLimiter("ingest", "ip", per_s=1), RateLimiter("reco", "ip", per_s=1)
+    client = AsyncPipelineClient(redis_url, 1.0)
+    try:
+        await ingest.hit(client, "10.0.0.1")
+        with pytest.raises(RateLimited):
+            await ingest.hit(client, "10.0.0.1")
+        await reco.hit(client, "10.0.0.1")
+    finally:
+        client.close()
