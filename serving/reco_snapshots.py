@@ -88,7 +88,10 @@ class GlobalSignals:
         self.categories: frozenset[str] = frozenset()
 
     def ask_category(self, category: str) -> None:
-        """A request filtered by `category`: the next refreshes also read its top items."""
+        """A request filtered by `category`: the next refreshes also read its top items.
+        Only categories of the catalogue count: made-up ones would push real ones out."""
+        if category not in self.items.category_code:
+            return
         asked = self._asked
         if category in asked:
             asked.move_to_end(category)

@@ -81,6 +81,12 @@ def test_a_category_outside_the_global_top_fills_once_asked_for(world, make_clie
         # Global popularity is unchanged by it: the top 3 are still the top 3.
         assert [i["item_id"] for i in client.get("/popular", params={"k": 3}).json()["items"]
                 ] == ["P", "A", "W"]
+        # Categories no item has are not asked for: made-up ones cannot push "rare" out.
+        signals = client.app.state.service.signals
+        for n in range(signals.settings.popular_category_snapshot_max):
+            client.get("/popular", params={"category": f"made-up-{n}"})
+        signals.refresh()
+        assert signals.categories == {"rare"}
 
     # The same through the refresh the server runs in the background (on the event loop).
     with make_client(popular_snapshot_size=3, popular_snapshot_refresh_s=0.2) as client:
