@@ -26,7 +26,9 @@ def setup_commands(options: dict) -> list[Command]:
     """AUTH and SELECT a new connection needs, from `redis.connection.parse_url` options."""
     setup: list[Command] = []
     if options.get("password"):
-        setup.append(("AUTH", options.get("username") or "default", options["password"]))
+        # Without a user name, the one-argument form redis-py sends: Redis 5 has no ACL users.
+        user = [options["username"]] if options.get("username") else []
+        setup.append(("AUTH", *user, options["password"]))
     if options.get("db"):
         setup.append(("SELECT", options["db"]))
     return setup
@@ -86,6 +88,9 @@ class PipelineClient:
         except (OSError, hiredis.ProtocolError) as exc:
             self.close()
             raise RedisDown(str(exc) or type(exc).__name__) from exc
+        except BaseException:  # e.g. a value that is not UTF-8: the batch's other replies
+            self.close()  # are unread, and the next batch must not take them for its own
+            raise
         return check_replies(replies, tolerated)
 
     def _connect(self) -> tuple[socket.socket, hiredis.Reader]:

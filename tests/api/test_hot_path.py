@@ -13,7 +13,7 @@ from reco import keys
 from reco.settings import Settings
 from serving.reco_aio import AsyncPipelineClient
 from serving.reco_params import parse_query
-from serving.reco_redis import RedisDown
+from serving.reco_redis import PipelineClient, RedisDown
 from serving.reco_snapshots import GlobalSignals
 from serving.reco_store import FeatureStore, StoreUnavailable
 from tests.api.test_recommendations import EXPECTED, assert_ranking, metric
@@ -82,6 +82,44 @@ def test_async_client_raises_redis_down_on_errors_and_unreachable_servers(
             await gone.execute([("PING",)])
 
     asyncio.run(scenario())
+
+
+def test_both_clients_keep_replies_paired_after_a_value_that_is_not_utf8(
+        redis_url: str) -> None:
+    """hiredis raises on a value it cannot decode, with the batch's later replies unread: the
+    blocking client then served them as the next batch's answers."""
+    r = redis.Redis.from_url(redis_url)
+    r.mset({"hot:bad": b"\xff\xfe", "hot:after": "after", "hot:next": "next"})
+    blocking = PipelineClient(redis_url, timeout_s=1.0)
+    try:
+        with pytest.raises(UnicodeDecodeError):
+            blocking.execute([("GET", "hot:bad"), ("GET", "hot:after")])
+        assert blocking.execute([("GET", "hot:next")]) == ["next"]
+    finally:
+        blocking.close()
+
+    async def scenario() -> list:
+        client = AsyncPipelineClient(redis_url, timeout_s=1.0)
+        try:
+            with pytest.raises((UnicodeDecodeError, RedisDown)):
+                await client.execute([("GET", "hot:bad"), ("GET", "hot:after")])
+            return await client.execute([("GET", "hot:next")])
+        finally:
+            client.close()
+
+    assert asyncio.run(scenario()) == ["next"]
+
+
+@pytest.mark.parametrize(("url", "auth"), [
+    ("redis://:pw@h:6379/0", ("AUTH", "pw")),  # the form Redis 5 (no ACL users) accepts
+    ("redis://alice:pw@h:6379/2", ("AUTH", "alice", "pw")),
+])
+def test_fast_clients_authenticate_as_redis_py_does(url: str, auth: tuple) -> None:
+    from redis.connection import parse_url
+
+    from serving.reco_redis import setup_commands
+
+    assert setup_commands(parse_url(url))[0] == auth
 
 
 def test_async_client_times_out_a_batch_left_unanswered_and_only_that_one(
