@@ -42,7 +42,8 @@ def eligible(items: ItemIndex, rows: np.ndarray, filters: Filters) -> np.ndarray
 
 def category_cap(k: int, max_share: float) -> int | None:
     """How many of the top k one category may fill; None: no limit (a share of 1.0)."""
-    return None if max_share >= 1.0 else max(1, math.floor(max_share * k))
+    # Rounded first: 0.7 * 90 is 62.99999999999999 in binary floating point, not 63.
+    return None if max_share >= 1.0 else max(1, math.floor(round(max_share * k, 9)))
 
 
 def diversify(order: np.ndarray, category: np.ndarray, k: int, max_share: float) -> np.ndarray:

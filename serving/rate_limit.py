@@ -59,7 +59,8 @@ class RateLimiter:
     window_s: float = 1.0
 
     def __post_init__(self) -> None:
-        self.limit = max(1, math.floor(self.per_s * self.window_s))
+        # Rounded first: 0.29 * 100 is 28.999999999999996 in binary floating point.
+        self.limit = max(1, math.floor(round(self.per_s * self.window_s, 9)))
         self.window_ms = max(1, round(self.window_s * 1000))
         self._skip_until = 0.0
 

@@ -18,7 +18,7 @@ from reco.ranking import (
     rank,
     similar_items,
 )
-from reco.rules import Filters, diversify, diversify_head, eligible
+from reco.rules import Filters, category_cap, diversify, diversify_head, eligible
 
 NOW = 1_750_000_000.0
 HOUR = 3600.0
@@ -300,3 +300,11 @@ def test_config_from_settings() -> None:
                                                freshness_days=2))
     assert (config.w_cf, config.w_seq, config.recent_n, config.freshness_days,
             config.w_coview) == (0.7, 0.3, 3, 2, 0.4)
+
+
+@pytest.mark.parametrize(("k", "share", "cap"), [
+    (90, 0.7, 63), (100, 0.29, 29), (100, 0.57, 57), (20, 0.5, 10), (3, 0.1, 1), (10, 1.0, None)])
+def test_category_cap_is_the_share_of_k_rounded_down(k: int, share: float, cap: int | None
+                                                     ) -> None:
+    """0.7 * 90 is 62.99999999999999 in floating point: the cap came out one short."""
+    assert category_cap(k, share) == cap

@@ -127,3 +127,8 @@ async def test_services_count_one_client_apart(redis_url: str) -> None:
         await reco.hit(client, "10.0.0.1")
     finally:
         client.close()
+
+
+def test_a_limit_is_the_rate_times_the_window_rounded_down() -> None:
+    assert RateLimiter("reco", "ip", per_s=0.29, window_s=100).limit == 29  # not 28
+    assert RateLimiter("reco", "ip", per_s=2.5, window_s=1).limit == 2
