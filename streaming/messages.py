@@ -118,14 +118,17 @@ def split_for_features(
 # bytes (\u0001): uncapped, a 300 KB message became a 1.8 MB record the producer refused, and
 # the processor retried that batch forever (issue 7). 64 Ki characters stay under 400 KB.
 DLQ_RAW_MAX_CHARS = 65_536
+# The reason is bounded too: it quotes field names, which a message can make as long as itself.
+DLQ_REASON_MAX_CHARS = 4_096
 
 
 def dlq_value(record: ConsumerRecord, reason: str) -> bytes:
     """DLQ message value: the reason, where the message came from, and its original bytes
-    (the first DLQ_RAW_MAX_CHARS characters; `raw_bytes` is the full size)."""
+    (the first DLQ_RAW_MAX_CHARS characters; `raw_bytes` is the full size). The reason keeps
+    its first DLQ_REASON_MAX_CHARS characters."""
     raw = record.value.decode("utf-8", errors="replace") if record.value is not None else None
-    value = {
-        "reason": reason,
+    value: dict = {
+        "reason": reason[:DLQ_REASON_MAX_CHARS],
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
@@ -134,4 +137,6 @@ def dlq_value(record: ConsumerRecord, reason: str) -> bytes:
     if raw is not None and len(raw) > DLQ_RAW_MAX_CHARS:
         value["raw_truncated"] = True
         value["raw_bytes"] = len(record.value)
+    if len(reason) > DLQ_REASON_MAX_CHARS:
+        value["reason_truncated"] = True
     return orjson.dumps(value)

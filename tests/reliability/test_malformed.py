@@ -14,7 +14,7 @@ import redis
 
 from reco.events import MAX_TIMESTAMP_MS
 from reco.settings import Settings
-from streaming.messages import DLQ_RAW_MAX_CHARS
+from streaming.messages import DLQ_RAW_MAX_CHARS, DLQ_REASON_MAX_CHARS
 from tests.realtime.conftest import Consumers, read_topic, wait_for
 from tests.realtime.test_pipeline import _committed, archived
 from tests.reliability.conftest import produce_fast, seen_count
@@ -49,6 +49,10 @@ BAD = {
     "after year 9999": (orjson.dumps(ev("u1", "A", timestamp=300_000_000_000_000_000)),
                         "invalid event: timestamp: must be at most 253402300799999 "
                         "(9999-12-31T23:59:59.999Z)"),
+    # A 990 KB field name, quoted by the reason, next to 64 KB of the raw message: a 1.05 MB
+    # record (the same story).
+    "huge field name": (orjson.dumps({**ev("u1", "A"), "f" * 990_000: 1}),
+                        ("invalid event: " + "f" * 990_000)[:DLQ_REASON_MAX_CHARS]),
     # 300 KB of control characters: escaped, its DLQ record would be 1.8 MB (over the
     # producer's limit; the processor used to retry that batch forever).
     "oversized garbage": (b"\x01" * 300_000,
@@ -94,6 +98,7 @@ async def test_malformed_messages_are_dead_lettered_with_reasons(
     garbage = letters[-1]
     assert garbage["raw"] == "\x01" * DLQ_RAW_MAX_CHARS
     assert garbage["raw_truncated"] is True and garbage["raw_bytes"] == 300_000
+    assert letters[-2]["reason_truncated"] is True and "reason_truncated" not in garbage
 
     rows = archived(settings)
     assert sorted(r[0] for r in rows) == sorted(e["event_id"] for e in good)
