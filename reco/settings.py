@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # The processor's Redis round trip (a batch's reads, or its transaction): past it the
     # connection is dropped and the batch retried, instead of waiting on a half-open socket.
     processor_redis_timeout_s: float = Field(default=30.0, gt=0)
+    # The archiver's statement, the same way: a half-open PostgreSQL connection (a failover, a
+    # partition) would otherwise hold a batch until the kernel gives up, ~15 minutes.
+    archiver_pg_timeout_s: float = Field(default=30.0, gt=0)
     # Ingest: how long to wait for the broker's ack before answering 503, and the Retry-After
     ingest_ack_timeout_s: float = 5.0
     ingest_retry_after_s: int = 5

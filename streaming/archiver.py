@@ -112,7 +112,9 @@ class Archiver:
     async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         try:
             if self.conn is None or self.conn.is_closed():
-                self.conn = await asyncpg.connect(self.settings.database_url, timeout=5)
+                self.conn = await asyncpg.connect(
+                    self.settings.database_url, timeout=5,
+                    command_timeout=self.settings.archiver_pg_timeout_s)
             with timed(POSTGRES_QUERY_SECONDS, "archive_events"):
                 inserted = await self.conn.fetchval(INSERT_EVENTS, *zip(*rows, strict=True))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import orjson
 import psycopg
+import pytest
 from aiokafka.structs import ConsumerRecord
 
 from reco.settings import Settings
@@ -45,5 +46,24 @@ async def test_users_keep_their_earliest_event_across_batches(pg: psycopg.Connec
         await archiver(late)
         assert pg.execute("SELECT count(*) FROM events").fetchone()[0] == 5
         assert first_seen(pg) == {"u1": at(T_MS - 100), "u2": at(T_MS + 7)}
+    finally:
+        await archiver.close()
+
+
+async def test_a_statement_that_hangs_times_out_and_the_retry_archives(
+        pg: psycopg.Connection, settings: Settings) -> None:
+    """A statement that never returns (here: a table lock held elsewhere, as a half-open
+    connection would look) fails after `archiver_pg_timeout_s` instead of holding the batch,
+    and the retry, on a new connection, archives it."""
+    archiver = Archiver(settings.model_copy(update={"archiver_pg_timeout_s": 1.0}))
+    batch = [record("u1", T_MS, 0)]
+    try:
+        with psycopg.connect(settings.database_url) as holder:
+            holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(TimeoutError):
+                await archiver(batch)
+            holder.rollback()
+        await archiver(batch)
+        assert pg.execute("SELECT count(*) FROM events").fetchone()[0] == 1
     finally:
         await archiver.close()
