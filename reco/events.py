@@ -32,6 +32,9 @@ MAX_CONTEXT_KEYS = 32
 MAX_CONTEXT_BYTES = 4096
 # The end of year 9999: datetime (hence the archiver's timestamptz) holds nothing later.
 MAX_TIMESTAMP_MS = 253_402_300_799_999
+# 1973-03-03: a smaller number from a client is epoch seconds sent as milliseconds (it would
+# be taken for January 1970 and count for nothing), not a shop's event.
+MIN_TIMESTAMP_MS = 100_000_000_000
 # A full RFC 3339 date-time, offset required: fromisoformat alone also takes a date alone,
 # compact forms and times without an offset (whose zone is unknown: they were taken as UTC).
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
@@ -39,7 +42,8 @@ _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}
 _TIMESTAMP_FORMS = ("must be an RFC 3339 date-time with an offset (2026-01-02T03:04:05Z) "
                     "or epoch milliseconds")
 # Validation context of messages read back from the topic (see Event.from_json_bytes).
-REPLAY_CONTEXT = {"max_future_skew_s": math.inf, "max_context_bytes": math.inf}
+REPLAY_CONTEXT = {"max_future_skew_s": math.inf, "max_context_bytes": math.inf,
+                  "min_timestamp_ms": 0}
 
 
 class Event(BaseModel):
@@ -76,6 +80,9 @@ class Event(BaseModel):
         # Bounds are checked on replay too: the archiver cannot store a time past year 9999.
         if value < 0:
             raise ValueError("must not be negative")
+        if value < (info.context or {}).get("min_timestamp_ms", MIN_TIMESTAMP_MS):
+            raise ValueError(f"must be epoch milliseconds, at least {MIN_TIMESTAMP_MS} "
+                             "(1973-03-03T09:46:40Z): epoch seconds are not accepted")
         if value > MAX_TIMESTAMP_MS:
             raise ValueError(f"must be at most {MAX_TIMESTAMP_MS} (9999-12-31T23:59:59.999Z)")
         skew_s = (info.context or {}).get("max_future_skew_s", MAX_FUTURE_SKEW_S)

@@ -110,6 +110,11 @@ async def test_batch_spreads_users_over_partitions(
     (raw_timestamp(b"NaN"), "timestamp", "must be a finite number of epoch milliseconds"),
     (orjson.dumps(event(timestamp=300_000_000_000_000_000)), "timestamp",
      "must be at most 253402300799999 (9999-12-31T23:59:59.999Z)"),
+    # Epoch seconds: taken as milliseconds, January 1970, counting for nothing.
+    (orjson.dumps(event(timestamp=1_790_000_000)), "timestamp",
+     "must be epoch milliseconds, at least 100000000000 (1973-03-03T09:46:40Z): epoch seconds "
+     "are not accepted"),
+    (raw_timestamp(b"-5"), "timestamp", "must not be negative"),
     (orjson.dumps(event(context={"pad": "x" * 5000})), "context",
      "must be at most 4096 bytes as JSON, got 5010"),
     (orjson.dumps(event(event_id="not-a-uuid")), "event_id",
