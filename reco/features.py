@@ -124,15 +124,24 @@ class RecentItems:
         return cls(distinct, {item: times[item] for item in distinct if item in times})
 
     def touch(self, item_id: str, t_s: float, max_len: int) -> None:
+        """`item_id` touched at `t_s`, placed by time: a late event (a backfill beside live
+        traffic, a client's retry) goes to its place rather than to the head, and one older
+        than the item's own last touch changes nothing."""
+        items, times = self.items, self.times
         # Membership from the list itself, not the hash: a mismatch must not raise (a wedged
-        # batch) nor leave the item twice in the list.
-        if item_id in self.items:
-            self.items.remove(item_id)
-        self.items.insert(0, item_id)
-        self.times[item_id] = t_s
-        for dropped in self.items[max_len:]:
-            self.times.pop(dropped, None)  # keep the hash as small as the list
-        del self.items[max_len:]
+        # batch) nor leave the item twice in the list. An item without a time counts as oldest.
+        if item_id in items:
+            if times.get(item_id, -math.inf) > t_s:
+                return
+            items.remove(item_id)
+        at = 0
+        while at < len(items) and times.get(items[at], -math.inf) > t_s:
+            at += 1  # live events stop at once: the head is older
+        items.insert(at, item_id)
+        times[item_id] = t_s
+        for dropped in items[max_len:]:
+            times.pop(dropped, None)  # keep the hash as small as the list
+        del items[max_len:]
 
 
 @dataclass

@@ -44,6 +44,29 @@ def test_recent_items_distinct_newest_first_and_bounded() -> None:
     assert state.times == {"d": 5.0, "c": 4.0, "a": 3.0}  # b trimmed from both
 
 
+def test_late_events_take_their_place_by_time() -> None:
+    """Events arrive out of time order (a backfill beside live traffic, a retry): the list
+    stays newest first by time, as offline evaluation orders it."""
+    state = RecentItems()
+    for n in range(3):
+        state.touch(f"live{n}", NOW + n, max_len=3)
+    state.touch("live0", NOW - DAY, max_len=3)  # a day late: older than its own last touch
+    assert state.items == ["live2", "live1", "live0"] and state.times["live0"] == NOW
+    state.touch("late", NOW + 0.5, max_len=3)  # between live0 and live1
+    assert state.items == ["live2", "live1", "late"] and "live0" not in state.times
+    for n in range(3):  # last year's history, replayed now: older than every listed item
+        state.touch(f"old{n}", NOW - 365 * DAY + n, max_len=3)
+    assert state.items == ["live2", "live1", "late"]
+    assert set(state.times) == {"live2", "live1", "late"}
+
+
+def test_plan_batch_keeps_the_newest_items_when_a_backfill_follows_live_events() -> None:
+    live = [ev("u1", f"i{n}", NOW + n) for n in range(3)]
+    backfill = [ev("u1", f"old{n}", NOW - 365 * DAY + n) for n in range(3)]
+    up = plan_batch([*live, *backfill], {}, {}, PARAMS, NOW + 10)
+    assert up.recent["u1"].items == ["i2", "i1", "i0"]
+
+
 def test_coview_partners_window_limit_and_self() -> None:
     recent = ["x", "a", "b", "c"]
     times = {"x": 100.0, "a": 90.0, "b": 80.0, "c": 10.0}
