@@ -49,6 +49,12 @@ def user_seen_unbounded(user_id: str) -> str:
 USER_SEEN_UNBOUNDED_PATTERN = user_seen_unbounded("*")
 
 
+def user_last_event(user_id: str) -> str:
+    """The id of the user's latest applied event: a cached answer's fingerprint includes it, so
+    an event that leaves the recent list as it was (the head item touched again) is a miss."""
+    return f"user:last_event:{user_id}"
+
+
 def user_recent_times(user_id: str) -> str:
     """Hash item id -> epoch seconds the user last touched it (recency signal, co-view window)."""
     return f"user:recent_ts:{user_id}"

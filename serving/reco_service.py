@@ -104,9 +104,10 @@ def ranking_key(config: RankConfig, seen_max: int) -> bytes:
 
 def _fingerprint(first: FirstRead, key: bytes) -> str:
     """A stable digest of the whole recent list (not only its head: after A -> B -> A the head
-    is A again, yet B is now seen and a source), keyed by `ranking_key` at no extra cost.
-    "\x1f" cannot occur in ids (printable)."""
-    joined = "\x1f".join(first.recent).encode()
+    is A again, yet B is now seen and a source) and of the user's latest event (the head
+    touched again leaves the list as it was, but not its recency), keyed by `ranking_key` at no
+    extra cost. "\x1f" and "\x1e" cannot occur in ids (printable)."""
+    joined = ("\x1f".join(first.recent) + "\x1e" + (first.last_event or "")).encode()
     return hashlib.blake2b(joined, digest_size=8, key=key).hexdigest()  # ~1.4 us for 50 ids
 
 

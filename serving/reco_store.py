@@ -1,10 +1,10 @@
 """Feature reads of the recommendation API: at most two pipelined Redis round trips per request.
 
-Round 1 (user keys + one global hash): cached response, recent list, active model versions,
-plus any queued cache writes. Round 2 (only on a cache miss): the source items' last-touch
-times, their co-view / KNN / ALS item lists not already parsed in process, and the user's ALS
-and SASRec candidates (same). Every command names one user or one item, so the layout works on
-Redis Cluster.
+Round 1 (user keys + one global hash): cached response, recent list, latest event id, active
+model versions, plus any queued cache writes. Round 2 (only on a cache miss): the source items'
+last-touch times, their co-view / KNN / ALS item lists not already parsed in process, and the
+user's ALS and SASRec candidates (same). Every command names one user or one item, so the
+layout works on Redis Cluster.
 
 By default the reads go through a minimal asyncio client (serving/reco_aio.py): concurrent
 requests pipeline on one connection and the loop serves others during a round trip (redis-py's
@@ -64,6 +64,7 @@ class FirstRead:
     cached: str | None
     recent: list[str]
     versions: dict[str, str]
+    last_event: str | None = None  # id of the user's latest applied event
 
 
 # A user's list as published: (ids, scores, the ids' numbers in the model's item list or None).
@@ -171,12 +172,13 @@ class FeatureStore:
         return [*writes,
                 ("GET", keys.reco_cache(user_id, variant)),
                 ("LRANGE", keys.user_recent(user_id), 0, -1),
-                ("HGETALL", keys.MODEL_VERSIONS)], len(writes)
+                ("HGETALL", keys.MODEL_VERSIONS),
+                ("GET", keys.user_last_event(user_id))], len(writes)
 
     @staticmethod
     def _first_reply(replies: list) -> FirstRead:
-        cached, recent, versions = replies[-3:]
-        return FirstRead(cached, recent, _hash(versions))
+        cached, recent, versions, last_event = replies[-4:]
+        return FirstRead(cached, recent, _hash(versions), last_event)
 
     def first_read(self, user_id: str, variant: str) -> FirstRead:
         commands, writes = self._first_commands(user_id, variant)

@@ -214,6 +214,8 @@ class FeatureStore:
             fields = chain.from_iterable(zip(times, map(repr, times.values()), strict=True))
             cmds.variadic("HSET", key, [*fields])
         cmds.each("EXPIRE", recent_keys + times_keys, str(s.recent_ttl_s))
+        for user, event_id in {e.user_id: e.event_id for e in events}.items():  # the last one
+            cmds.add("SET", keys.user_last_event(user), event_id, "EX", str(s.recent_ttl_s))
         cmds.zincrby(keys.ITEM_POPULARITY, up.popularity)
         for category, scores in up.category_popularity.items():
             cmds.zincrby(keys.category_popularity(category), scores)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -33,6 +34,7 @@ def touch(r: redis.Redis, user: str, item: str, at: float) -> None:
     pipe.lpush(keys.user_recent(user), item)
     pipe.ltrim(keys.user_recent(user), 0, 49)
     pipe.hset(keys.user_recent_times(user), item, at)
+    pipe.set(keys.user_last_event(user), str(uuid.uuid4()))
     pipe.execute()
 
 

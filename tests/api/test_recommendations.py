@@ -231,6 +231,34 @@ def test_cache_misses_when_the_head_comes_back_after_another_event(client, world
     assert get(client)["cached"] is True
 
 
+def test_cache_misses_after_the_head_item_is_touched_again(client, world, api_settings) -> None:
+    """The user views A (already the head) again, through the real processor's writes: the
+    recent list is unchanged, but A's recency is not, so the entry made before is a miss."""
+    import asyncio
+    import uuid
+
+    from streaming.feature_store import FeatureStore
+    from streaming.messages import StreamEvent
+    from streaming.redis_pipe import RedisPipe
+
+    async def view_a_again() -> None:
+        pipe = RedisPipe(api_settings.redis_url)
+        try:
+            event = StreamEvent(str(uuid.uuid4()), "u1", "A", "view", int(time.time() * 1000))
+            assert len((await FeatureStore(pipe, api_settings).apply([event])).applied) == 1
+        finally:
+            await pipe.close()
+
+    r = world["redis"]
+    before = r.lrange(keys.user_recent("u1"), 0, -1)
+    assert get(client)["cached"] is False and get(client)["cached"] is True
+    asyncio.run(view_a_again())
+    assert r.lrange(keys.user_recent("u1"), 0, -1) == before
+    fresh = get(client)
+    assert fresh["cached"] is False
+    assert get(client)["cached"] is True
+
+
 def test_cache_is_per_parameters_and_model_version(client, world) -> None:
     assert get(client, k=5)["cached"] is False
     assert get(client, k=4)["cached"] is False
