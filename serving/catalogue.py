@@ -2,10 +2,11 @@
 
 The recommendation API reads `item:meta:{item_id}` (category, price, in_stock "1"/"0",
 created_at epoch seconds, title) for business rules and `item:new` (item -> created_at) for
-new arrivals. PostgreSQL is written first; Redis mirrors what PostgreSQL holds afterwards.
+new arrivals. PostgreSQL is written first; Redis mirrors what PostgreSQL holds afterwards, each
+hash only from a newer revision than its own (two replicas' writes can land out of order).
 
 Each upsert also stamps its items in `item:changes` (item -> epoch ms) and INCRs
-`item:meta:version`, in the same pipeline after the hashes: the recommendation API then
+`item:catalog_version`, in the same pipeline after the hashes: the recommendation API then
 re-reads just those items at its next snapshot refresh (`popular_snapshot_refresh_s`, 5 s),
 so an item set out of stock stops being recommended within one refresh, cached responses
 included (re-checked when hit under a newer catalogue version: serving/reco_service.py).
@@ -124,8 +125,21 @@ ON CONFLICT (item_id) DO UPDATE SET
     title = EXCLUDED.title, category = EXCLUDED.category, price = EXCLUDED.price,
     in_stock = EXCLUDED.in_stock, attributes = EXCLUDED.attributes, updated_at = now(),
     created_at = COALESCE((SELECT s.created_at FROM src s WHERE s.item_id = i.item_id),
-                          i.created_at)
-RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at)
+                          i.created_at),
+    revision = nextval('item_revision_seq')  -- taken under the row lock: in commit order
+RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at), revision
+"""
+# KEYS[1] = item:meta:{id}; ARGV = revision, n, n field/value pairs, fields to delete. Writes
+# only a revision newer than the hash's: a slower replica's older upsert lands as a no-op.
+MIRROR_ITEM = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '-1')
+if current >= tonumber(ARGV[1]) then return 0 end
+local n = tonumber(ARGV[2])
+local set = {'revision', ARGV[1]}
+for i = 3, 2 + 2 * n do set[#set + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(set))
+if #ARGV > 2 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
+return 1
 """
 
 
@@ -151,21 +165,26 @@ async def upsert_items(
     )
     with timed(POSTGRES_QUERY_SECONDS, "upsert_items"):
         rows = await pool.fetch(UPSERT_ITEMS, *columns)
+    await mirror_items(client, rows)
+    return [row[0] for row in rows]
+
+
+async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> None:
+    """Write stored rows (`UPSERT_ITEMS`'s) to their Redis hashes, each only if its revision is
+    newer than the one there, then announce them."""
+    mirror = client.register_script(MIRROR_ITEM)
     pipe = client.pipeline(transaction=False)
-    for item_id, title, category, price, in_stock, created_at in rows:
+    for item_id, title, category, price, in_stock, created_at, revision in rows:
         fields = {"title": title, "category": category,
                   "price": None if price is None else str(price),
                   "in_stock": "1" if in_stock else "0", "created_at": repr(float(created_at))}
-        present = {k: v for k, v in fields.items() if v is not None}
+        present = [x for k, v in fields.items() if v is not None for x in (k, v)]
         absent = [k for k, v in fields.items() if v is None]
-        key = keys.item_meta(item_id)
-        pipe.hset(key, mapping=present)
-        if absent:
-            pipe.hdel(key, *absent)
+        await mirror(keys=[keys.item_meta(item_id)],
+                     args=[revision, len(present) // 2, *present, *absent], client=pipe)
         pipe.zadd(keys.ITEM_NEW_ARRIVALS, {item_id: float(created_at)})
     announce_changes(pipe, [row[0] for row in rows], time.time() * 1000)
     await pipe.execute()
-    return [row[0] for row in rows]
 
 
 def announce_changes(pipe: aredis.client.Pipeline, item_ids: Sequence[str], now_ms: float

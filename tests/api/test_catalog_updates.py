@@ -16,7 +16,7 @@ from reco import keys
 from reco.catalog import UNKNOWN_CATEGORY, ItemIndex
 from reco.ranking import RankConfig, UserFeatures, rank
 from reco.settings import Settings
-from serving.catalogue import ItemWithId, announce_changes, upsert_items
+from serving.catalogue import UPSERT_ITEMS, ItemWithId, announce_changes, mirror_items, upsert_items
 from serving.reco_service import RecoParams
 from serving.reco_snapshots import GlobalSignals
 from tests.api.conftest import put_meta
@@ -309,3 +309,33 @@ def test_an_item_named_version_is_an_ordinary_item(
     with make_client() as client:
         items = client.app.state.service.signals.items
         assert "version" not in items.row and "A" in items.row
+
+
+def test_an_older_upsert_landing_last_in_redis_is_not_applied(
+        world, api_settings: Settings, pg) -> None:
+    """Two ingest replicas upsert one item: in stock, then sold out. PostgreSQL orders them;
+    their Redis writes can land the other way round, and the sold-out item was then served as
+    in stock until its next upsert (the full reload reads Redis)."""
+    r = world["redis"]
+
+    async def two_replicas() -> None:
+        pool = await asyncpg.create_pool(api_settings.database_url, min_size=1, max_size=1)
+        client = aredis.Redis.from_url(api_settings.redis_url)
+        try:
+            columns = [["S"], ["t"], ["c1"], [5.0], [True], ["{}"], [None]]
+            in_stock = await pool.fetch(UPSERT_ITEMS, *columns)
+            columns[4] = [False]
+            sold_out = await pool.fetch(UPSERT_ITEMS, *columns)
+            await mirror_items(client, sold_out)
+            await mirror_items(client, in_stock)  # the slower replica's write lands last
+        finally:
+            await pool.close()
+            await client.aclose()
+
+    asyncio.run(two_replicas())
+    assert r.hget(keys.item_meta("S"), "in_stock") == "0"
+    assert pg.execute("SELECT in_stock FROM items WHERE item_id = 'S'").fetchone()[0] is False
+    # An ordinary upsert still applies, clearing a field it no longer has.
+    upsert(api_settings, ItemWithId(item_id="S", category="c2"))
+    meta = r.hgetall(keys.item_meta("S"))
+    assert (meta["category"], meta["in_stock"], "price" in meta) == ("c2", "1", False)

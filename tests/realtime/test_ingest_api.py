@@ -270,11 +270,13 @@ async def test_catalogue_upserts_postgres_and_redis(
         ("i2", None, "socks", 5.0, True, {}, i2_created),
     ]
     assert abs(i2_created - time.time()) < 600
+    revisions = dict(pg.execute("SELECT item_id, revision::text FROM items").fetchall())
     assert redis_client.hgetall(keys.item_meta("i1")) == {
         "title": "Trail shoe 2", "category": "shoes", "in_stock": "0",
-        "created_at": repr(created / 1000)}
+        "created_at": repr(created / 1000), "revision": revisions["i1"]}
     assert redis_client.hgetall(keys.item_meta("i2")) == {
-        "category": "socks", "price": "5.00", "in_stock": "1", "created_at": repr(i2_created)}
+        "category": "socks", "price": "5.00", "in_stock": "1", "created_at": repr(i2_created),
+        "revision": revisions["i2"]}
     assert redis_client.zrange(keys.ITEM_NEW_ARRIVALS, 0, -1, withscores=True) == [
         ("i1", created / 1000), ("i2", i2_created)]
 
