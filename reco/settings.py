@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     max_category_share: float = 0.7  # chosen on MovieLens validation (sasrec_experiment.md)
     freshness_boost: float = 0.1
     freshness_days: int = 14
-    cache_ttl_s: int = 300
+    cache_ttl_s: int = Field(default=300, ge=1)  # SET ... EX takes no 0
     popular_snapshot_refresh_s: float = 5.0
     # Recommendation API (issue 4)
     reco_popular_filler_n: int = 50  # popular candidates (at least k + seen) to fill thin lists

@@ -291,9 +291,10 @@ class FeatureStore:
             writes, self._pending = self._pending, []
         return writes
 
-    def ping(self) -> bool:
+    async def ping(self) -> bool:
+        """On the event loop: a readiness probe must not block the requests beside it."""
         try:
-            return self.client.execute([("PING",)]) == ["PONG"]
+            return await self.aio.execute([("PING",)]) == ["PONG"]
         except RedisDown:
             return False
 

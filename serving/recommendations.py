@@ -103,7 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        checks = {"redis": store.ping(), "snapshot": signals.loaded}
+        checks = {"redis": await store.ping(), "snapshot": signals.loaded}
         return JSONResponse({"ready": all(checks.values()), "checks": checks},
                             status_code=200 if all(checks.values()) else 503)
 

@@ -175,3 +175,10 @@ def test_event_weights_refused_name_the_type(monkeypatch: pytest.MonkeyPatch, we
     monkeypatch.setenv("RECO_EVENT_WEIGHTS", weights)
     with pytest.raises(ValueError, match=refusal):
         Settings()
+
+
+def test_a_cache_ttl_of_zero_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SET ... EX 0 is an error: every cache write failed, logged once a minute."""
+    monkeypatch.setenv("RECO_CACHE_TTL_S", "0")
+    with pytest.raises(ValueError, match="cache_ttl_s"):
+        Settings()
