@@ -222,3 +222,30 @@ def test_prometheus_scrapes_compose_services_and_every_exporter() -> None:
     exporters = {name for name in SERVICES if name.endswith("-exporter")}
     assert exporters == {"redis-exporter", "postgres-exporter", "node-exporter"}
     assert exporters <= set(targets)
+
+
+def _one_shot_services() -> set[str]:
+    """Services another waits on to finish (`service_completed_successfully`): init jobs."""
+    waits = [service["depends_on"] for service in SERVICES.values()
+             if isinstance(service.get("depends_on"), dict)]  # a list: just start order
+    return {dep for depends_on in waits for dep, condition in depends_on.items()
+            if condition.get("condition") == "service_completed_successfully"}
+
+
+def test_long_running_services_restart_and_init_jobs_run_once() -> None:
+    """A crashed server (or a Docker engine restart) must not leave the stack half down; an
+    init job restarted after it succeeded would rerun for nothing, forever."""
+    one_shot = _one_shot_services()
+    assert one_shot == {"kafka-init", "migrate", "airflow-init"}
+    for name, service in SERVICES.items():
+        expected = "no" if name in one_shot else "unless-stopped"
+        assert service.get("restart") == expected, name
+
+
+def test_postgres_is_healthy_only_once_it_accepts_tcp() -> None:
+    # Without -h, pg_isready asks the Unix socket, which the image's temporary init server
+    # answers while TCP is still closed: migrate and airflow-init would get ECONNREFUSED.
+    test = SERVICES["postgres"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    args = shlex.split(test[1])
+    assert args[0] == "pg_isready" and args[args.index("-h") + 1] == "127.0.0.1"
