@@ -100,7 +100,10 @@ def _bring_up(component: Component, supervisor: Supervisor, console: Console) ->
         )
     if component.ready is not None:
         with console.status(f"[bold]{component.name}[/]: initialising"):
-            component.ready()
+            try:
+                component.ready()
+            except Exception as exc:  # a refused topic, a failed migration: say which
+                raise ComponentFailed(f"{component.name}: initialisation failed: {exc}") from exc
     elapsed = time.monotonic() - started
     console.print(f"[green]✓[/] {component.name:<22} {elapsed:5.1f}s  {component.url or ''}")
 
