@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from reco.stack import local
 from reco.stack.components import Component, build_components, process_env, settings_env
 from reco.stack.health import free_port, free_port_pair, wait_until
 from reco.stack.prometheus import ALERT_RULES
-from reco.stack.supervisor import Supervisor
+from reco.stack.supervisor import Supervisor, _pid_alive
 from tests.servers import JARS_DIR, scratch_dir
 from tests.test_alert_rules import (
     NODE_EXPORTER_SERIES,
@@ -74,6 +75,46 @@ def test_up_is_idempotent_down_leaves_nothing_and_data_survives(stack_settings: 
     finally:
         local.down(stack_settings)
     assert _stack_pids(stack_settings) == []
+
+
+def test_up_refuses_other_settings_while_the_stack_runs(stack_settings: Settings) -> None:
+    """Its programs keep the environment supervisord started with: `up` under other settings
+    would report a stack that still runs the old ones."""
+    console = Console(quiet=True)
+    more_copies = stack_settings.model_copy(update={"processor_copies": 2})
+    try:
+        local.up(stack_settings, console, only={"redis"})
+        refused = (r"settings changed since the stack started \(RECO_PROCESSOR_COPIES\): "
+                   r"run `reco down` then `reco up`")
+        with pytest.raises(local.ComponentFailed, match=refused):
+            local.up(more_copies, console, only={"redis"})
+        assert "processor-2" not in Supervisor(stack_settings.state_dir).all_info()
+        local.up(stack_settings, console, only={"redis"})  # the same settings: fine
+        local.down(stack_settings)
+        local.up(more_copies, console, only={"redis"})  # after a `down`: fine
+    finally:
+        local.down(stack_settings)
+
+
+def test_programs_no_longer_configured_are_stopped_and_removed() -> None:
+    """Left running, they would be out of `reco status` and Prometheus but still consume."""
+    supervisor = Supervisor(scratch_dir("supervisor"))
+    kept, dropped = (Component(name, ["sleep", "600"], health=lambda: True)
+                     for name in ("kept", "dropped"))
+    try:
+        supervisor.write_config([kept, dropped])
+        supervisor.start_daemon(dict(os.environ))
+        for name in ("kept", "dropped"):
+            supervisor.start(name)
+        dropped_pid = supervisor.info("dropped")["pid"]
+        supervisor.write_config([kept])
+        supervisor.start_daemon(dict(os.environ))  # what `reco up` does on a running stack
+        assert set(supervisor.all_info()) == {"kept"}
+        assert supervisor.is_running("kept")
+        assert not _pid_alive(dropped_pid)
+    finally:
+        supervisor.shutdown()
+        shutil.rmtree(supervisor.state_dir, ignore_errors=True)
 
 
 def test_failing_component_reports_its_log(stack_settings: Settings) -> None:

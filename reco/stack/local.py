@@ -31,6 +31,7 @@ def up(settings: Settings, console: Console, only: set[str] | None = None) -> li
     components = build_components(settings)
     check_ports_distinct(components)
     supervisor = Supervisor(settings.state_dir)
+    check_settings_unchanged(settings, supervisor)
     supervisor.write_config(components)
     supervisor.start_daemon(process_env(settings))
     for component in components:
@@ -38,6 +39,25 @@ def up(settings: Settings, console: Console, only: set[str] | None = None) -> li
             continue
         _bring_up(component, supervisor, console)
     return components
+
+
+def changed_settings(settings: Settings, running: dict[str, str]) -> list[str]:
+    """The RECO_* settings whose exported value differs from the running stack's."""
+    names = {f"RECO_{name.upper()}" for name in type(settings).model_fields}
+    wanted = process_env(settings)
+    return sorted(name for name in names if wanted.get(name) != running.get(name))
+
+
+def check_settings_unchanged(settings: Settings, supervisor: Supervisor) -> None:
+    """Refuse to `up` a running stack under other settings: its programs keep the environment
+    supervisord started with, so they would go on running the old ones (and copies no
+    longer configured would vanish from `reco status` while still consuming)."""
+    running = supervisor.environment() if supervisor.running() else None
+    changed = changed_settings(settings, running) if running is not None else []
+    if changed:
+        raise ComponentFailed(
+            f"settings changed since the stack started ({', '.join(changed)}): "
+            "run `reco down` then `reco up`")
 
 
 def check_ports_distinct(components: list[Component]) -> None:
