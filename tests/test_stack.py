@@ -326,3 +326,16 @@ def _mount_point(path: Path) -> str:
         path = path.parent
     return str(path)
 
+
+def test_a_failing_kafka_set_up_command_says_why(tmp_path) -> None:
+    """Jars marked complete but missing: java's own message reaches the error, not only its
+    exit status."""
+    from reco.stack import servers
+
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / ".complete").write_text(servers.JARS_POM.read_text())
+    with pytest.raises(servers.ServerSetupError,
+                       match=r"generating the Kafka cluster id failed \(exit status 1\): "
+                             r"[\s\S]*main class kafka\.tools\.StorageTool"):
+        servers.prepare_kafka(jars, tmp_path / "kafka", free_port(), free_port())
