@@ -339,3 +339,37 @@ def test_a_failing_kafka_set_up_command_says_why(tmp_path) -> None:
                        match=r"generating the Kafka cluster id failed \(exit status 1\): "
                              r"[\s\S]*main class kafka\.tools\.StorageTool"):
         servers.prepare_kafka(jars, tmp_path / "kafka", free_port(), free_port())
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from reco.cli import app
+    from reco.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        get_settings.cache_clear()
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_down_where_no_stack_runs_says_where_it_looked(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default state folder, .reco, is relative
+    monkeypatch.delenv("RECO_STATE_DIR", raising=False)
+    code, output = _cli("down")
+    assert code == 0
+    assert output == f"no stack running under {tmp_path.resolve() / '.reco'}"
+
+
+def test_up_only_with_an_unknown_name_starts_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RECO_STATE_DIR", str(tmp_path))
+    try:
+        code, output = _cli("up", "--only", "rediss")  # nothing would start on any port
+        assert code == 2, output
+        assert output.startswith("unknown component 'rediss'; one of: ")
+        assert "kafka" in output and "stack up" not in output
+        assert not Supervisor(tmp_path).running()
+    finally:
+        local.down(Settings(state_dir=tmp_path))

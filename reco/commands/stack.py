@@ -28,14 +28,21 @@ def up(
     except local.ComponentFailed as exc:
         console.print(f"[red]✗ {exc}[/]")
         raise typer.Exit(1) from exc
+    except KeyError as exc:  # an unknown --only name
+        console.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(2) from exc
     console.print(f"stack up in {time.monotonic() - started:.0f}s; `reco status` shows it")
 
 
 def down() -> None:
     """Stop every process of the local stack (data stays in the state folder)."""
+    settings = get_settings()
     with console.status("stopping the stack"):
-        local.down(get_settings())
-    console.print("stack stopped")
+        stopped = local.down(settings)
+    # The state folder is relative by default: `down` elsewhere finds no stack, and says where
+    # it looked.
+    console.print("stack stopped" if stopped
+                  else f"no stack running under {settings.state_dir.resolve()}")
 
 
 def status() -> None:

@@ -29,6 +29,8 @@ class ComponentStatus:
 def up(settings: Settings, console: Console, only: set[str] | None = None) -> list[Component]:
     """Start every component in order and wait for each to be healthy; harmless if running."""
     components = build_components(settings)
+    if only is not None:
+        check_known(only, {c.name for c in components})
     check_ports_distinct(components)
     supervisor = Supervisor(settings.state_dir)
     check_settings_unchanged(settings, supervisor)
@@ -39,6 +41,14 @@ def up(settings: Settings, console: Console, only: set[str] | None = None) -> li
             continue
         _bring_up(component, supervisor, console)
     return components
+
+
+def check_known(names: set[str], known: set[str]) -> None:
+    """KeyError naming unknown components and the known ones (a typo must not do nothing)."""
+    unknown = sorted(names - known)
+    if unknown:
+        raise KeyError(f"unknown component{'s' if len(unknown) > 1 else ''} "
+                       f"{', '.join(map(repr, unknown))}; one of: {', '.join(sorted(known))}")
 
 
 def changed_settings(settings: Settings, running: dict[str, str]) -> list[str]:
@@ -128,9 +138,14 @@ def _bring_up(component: Component, supervisor: Supervisor, console: Console) ->
     console.print(f"[green]✓[/] {component.name:<22} {elapsed:5.1f}s  {component.url or ''}")
 
 
-def down(settings: Settings) -> None:
-    """Stop every component (reverse order) and the process runner itself."""
-    Supervisor(settings.state_dir).shutdown()
+def down(settings: Settings) -> bool:
+    """Stop every component (reverse order) and the process runner itself; False when no
+    stack ran under the state folder."""
+    supervisor = Supervisor(settings.state_dir)
+    if not supervisor.running():
+        return False
+    supervisor.shutdown()
+    return True
 
 
 def status(settings: Settings) -> list[ComponentStatus]:
@@ -150,8 +165,5 @@ def status(settings: Settings) -> list[ComponentStatus]:
 
 
 def logs(settings: Settings, name: str, lines: int) -> str:
-    supervisor = Supervisor(settings.state_dir)
-    known = {c.name for c in build_components(settings)} | {"supervisord"}
-    if name not in known:
-        raise KeyError(f"unknown component {name!r}; one of: {', '.join(sorted(known))}")
-    return supervisor.tail(name, lines)
+    check_known({name}, {c.name for c in build_components(settings)} | {"supervisord"})
+    return Supervisor(settings.state_dir).tail(name, lines)
