@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-import httpx
 import typer
 from rich import box
 from rich.console import Console
@@ -67,8 +66,8 @@ def status() -> None:
 def _print_headlines(settings: Settings) -> None:
     try:
         figures = headline.read_headlines(f"http://127.0.0.1:{settings.prometheus_port}")
-    except httpx.HTTPError:
-        console.print("(Prometheus is not reachable: no headline figures)")
+    except headline.PrometheusUnavailable as exc:
+        console.print(f"(no headline figures: Prometheus {exc})", markup=False)
         return
     table = Table("headline figure (Prometheus)", "value", box=box.SIMPLE)
     for figure in figures:
