@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,27 @@ class MigrationsNotFound(RuntimeError):
     """No migration files where they were looked for: applying nothing would leave no tables."""
 
 
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL did not accept a connection within the time given."""
+
+
+def connect_when_up(settings: Settings, wait_s: float,
+                    interval_s: float = 1.0) -> psycopg.Connection:
+    """Connect, retrying for up to `wait_s`: a migration job started beside a fresh PostgreSQL
+    (docker compose's first `up`) can run before the server accepts connections."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return psycopg.connect(settings.database_url, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL at {settings.pg_host}:{settings.pg_port} did not accept a "
+                    f"connection within {wait_s:g}s: {str(exc).strip()}") from exc
+        time.sleep(min(interval_s, left))
+
+
 def migrations_dir(settings: Settings) -> Path:
     return settings.sql_dir or SQL_DIR
 
@@ -36,8 +58,9 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
     return sorted(p for p in sql_dir.glob("*.sql") if p.name[:3].isdigit())
 
 
-def migrate(settings: Settings, sql_dir: Path | None = None) -> list[str]:
-    """Apply pending migrations in order, each in its own transaction; returns those applied."""
+def migrate(settings: Settings, sql_dir: Path | None = None, wait_s: float = 0.0) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; returns those applied.
+    The first connection is retried for up to `wait_s` (DatabaseUnavailable after it)."""
     sql_dir = sql_dir or migrations_dir(settings)
     files = migration_files(sql_dir)
     if not files:
@@ -46,7 +69,7 @@ def migrate(settings: Settings, sql_dir: Path | None = None) -> list[str]:
             "project's sql/ folder"
         )
     applied: list[str] = []
-    with connect(settings) as conn:
+    with connect_when_up(settings, wait_s) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_ID,))
         try:
             conn.execute(

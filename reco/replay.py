@@ -66,7 +66,19 @@ class ReplaySummary:
     elapsed_s: float = 0.0
     items_sent: int = 0
     items_accepted: int = 0
-    items_rejected: int = 0
+    items_rejected: int = 0  # refused with a 422
+    items_failed: int = 0  # given up on after retries
+
+    def exit_status(self) -> int:
+        """What `reco replay` exits with, for a shop's scripts: 0 when everything sent was
+        accepted; 1 when some events or items were not delivered (retries ran out: running
+        again may get them through); 3 when the API rejected some as invalid (running again
+        would not help: the summary lists the reasons)."""
+        if self.failed or self.items_failed:
+            return 1
+        if self.rejected or self.items_rejected:
+            return 3
+        return 0
 
     def percentiles(self) -> dict[str, float]:
         if not self.latencies_ms:
@@ -86,6 +98,7 @@ class ReplaySummary:
             "latency_ms": self.percentiles(), "elapsed_s": round(self.elapsed_s, 3),
             "events_per_s": round(self.events_per_s, 1), "items_sent": self.items_sent,
             "items_accepted": self.items_accepted, "items_rejected": self.items_rejected,
+            "items_failed": self.items_failed,
         }
 
 
@@ -278,7 +291,8 @@ async def _replay_items(rows: list[dict[str, Any]], sender: _Sender, batch_size:
         ok, bad, failed = await sender.send("/items/batch", "items", chunk)
         summary.items_sent += len(chunk)
         summary.items_accepted += ok
-        summary.items_rejected += bad + failed
+        summary.items_rejected += bad
+        summary.items_failed += failed
 
 
 def item_rows(table: pa.Table, offset_ms: int = 0) -> list[dict[str, Any]]:

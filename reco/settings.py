@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     topic_events: str = "events"
     topic_dlq: str = "events.dlq"
     topic_partitions: int = 3
+    # Replicas of each topic `reco topics create` makes; default min(3, brokers in the cluster).
+    topic_replication: int | None = Field(default=None, ge=1)
     group_processor: str = "reco-processor"
     group_archiver: str = "event-archiver"
 

@@ -222,3 +222,58 @@ def test_prometheus_scrapes_compose_services_and_every_exporter() -> None:
     exporters = {name for name in SERVICES if name.endswith("-exporter")}
     assert exporters == {"redis-exporter", "postgres-exporter", "node-exporter"}
     assert exporters <= set(targets)
+
+
+def _one_shot_services() -> set[str]:
+    """Services another waits on to finish (`service_completed_successfully`): init jobs."""
+    waits = [service["depends_on"] for service in SERVICES.values()
+             if isinstance(service.get("depends_on"), dict)]  # a list: just start order
+    return {dep for depends_on in waits for dep, condition in depends_on.items()
+            if condition.get("condition") == "service_completed_successfully"}
+
+
+def test_long_running_services_restart_and_init_jobs_run_once() -> None:
+    """A crashed server (or a Docker engine restart) must not leave the stack half down; an
+    init job restarted after it succeeded would rerun for nothing, forever."""
+    one_shot = _one_shot_services()
+    assert one_shot == {"kafka-init", "migrate", "airflow-init"}
+    for name, service in SERVICES.items():
+        expected = "no" if name in one_shot else "unless-stopped"
+        assert service.get("restart") == expected, name
+
+
+def test_postgres_is_healthy_only_once_it_accepts_tcp() -> None:
+    # Without -h, pg_isready asks the Unix socket, which the image's temporary init server
+    # answers while TCP is still closed: migrate and airflow-init would get ECONNREFUSED.
+    test = SERVICES["postgres"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    args = shlex.split(test[1])
+    assert args[0] == "pg_isready" and args[args.index("-h") + 1] == "127.0.0.1"
+
+
+def test_airflow_login_is_admin_with_the_password_from_the_environment(tmp_path: Path) -> None:
+    """Run the API server's start-up as its container does (up to `exec airflow`): Airflow's
+    SimpleAuthManager must find the user admin with AIRFLOW_ADMIN_PASSWORD in its file."""
+    import subprocess
+    import sys
+
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+    service = SERVICES["airflow-api-server"]
+    env = service["environment"]
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
+    assert env["AIRFLOW_ADMIN_PASSWORD"] == "${AIRFLOW_ADMIN_PASSWORD:?set AIRFLOW_ADMIN_PASSWORD}"
+    # On the folder the image makes for reco (the file is rewritten at every start).
+    target = PurePosixPath(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    assert target.parent == PurePosixPath(IMAGE_ENV["RECO_STATE_DIR"])
+
+    shell, flag, script = service["command"]
+    prelude, airflow = script.split(" && exec ")
+    assert (shell, flag, airflow) == ("sh", "-c", "airflow api-server --port 8080")
+    password, passwords = 'p"a\\s$s\'w{o}rd', tmp_path / "passwords.json"
+    subprocess.run(["sh", "-c", prelude], check=True, env={
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "AIRFLOW_ADMIN_PASSWORD": password,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords)})
+    assert passwords.stat().st_mode & 0o777 == 0o600
+    with passwords.open("r+") as stream:
+        assert SimpleAuthManager._get_passwords(stream) == {"admin": password}

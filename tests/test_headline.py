@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from reco.stack.headline import HEADLINES, Headline
+import pytest
+from typer.testing import CliRunner
+
+from reco.cli import app
+from reco.settings import get_settings
+from reco.stack.headline import HEADLINES, Headline, PrometheusUnavailable, read_headlines
 from tests.test_alert_rules import (
     NODE_EXPORTER_SERIES,
     POSTGRES_EXPORTER_SERIES,
@@ -31,3 +39,57 @@ def test_every_figure_reads_a_series_the_stack_exports() -> None:
         series = _series_in(query)
         assert series, f"{name}: no series in {query}"
         assert {_family(s) for s in series} <= known, f"{name}: {series} not exported"
+
+
+@pytest.fixture
+def prometheus_answering() -> Iterator[Callable[[int, str, str], str]]:
+    """A stand-in HTTP server on a free port answering every query with one fixed response."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(status: int, content_type: str, body: str) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("status", "content_type", "body", "reason"), [
+    (503, "text/plain", "Service Unavailable", "HTTP 503: Service Unavailable"),
+    (200, "text/html", "<html>proxy login</html>", "HTTP 200: <html>proxy login</html>"),
+    (200, "application/json", '{"status": "error"}', 'HTTP 200: {"status": "error"}'),
+])
+def test_an_unusable_prometheus_answer_is_reported_not_raised(
+        prometheus_answering, status: int, content_type: str, body: str, reason: str) -> None:
+    url = prometheus_answering(status, content_type, body)
+    with pytest.raises(PrometheusUnavailable, match=re.escape(reason)):
+        read_headlines(url)
+
+
+def test_status_without_headlines_says_why(prometheus_answering, tmp_path, monkeypatch) -> None:
+    url = prometheus_answering(503, "text/plain", "Service Unavailable")
+    monkeypatch.setenv("RECO_PROMETHEUS_PORT", url.rsplit(":", 1)[1])
+    monkeypatch.setenv("RECO_STATE_DIR", str(tmp_path))  # no stack: every component stopped
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["status"])
+    finally:
+        get_settings.cache_clear()
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert result.exit_code == 1
+    assert ("(no headline figures: Prometheus HTTP 503: Service Unavailable)"
+            in " ".join(result.output.split()))

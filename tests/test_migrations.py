@@ -46,3 +46,52 @@ def test_cli_migrate_fails_loudly_without_migrations(tmp_path: Path, monkeypatch
     assert result.exit_code == 1
     assert "no migration files" in result.output and "RECO_SQL_DIR" in result.output
     assert "up to date" not in result.output
+
+
+def _migrate_cli(monkeypatch, port: int, *args: str) -> tuple[int, str]:
+    """`reco db migrate` against the port: its exit code and output."""
+    monkeypatch.setenv("RECO_PG_PORT", str(port))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["db", "migrate", *args])
+    finally:
+        get_settings.cache_clear()
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_cli_migrate_gives_up_after_its_wait_with_the_reason(monkeypatch) -> None:
+    port = free_port()  # nothing listens
+    code, output = _migrate_cli(monkeypatch, port, "--wait", "2")
+    assert code == 1
+    assert f"PostgreSQL at 127.0.0.1:{port} did not accept a connection within 2s" in output
+    assert "refused" in output  # the driver's own reason
+
+
+@pytest.mark.integration
+def test_cli_migrate_waits_for_a_postgres_that_is_still_starting(monkeypatch) -> None:
+    """docker compose's first `up`: the migration job can run before the server listens."""
+    import threading
+
+    from reco.stack import servers as stack_servers
+    from tests import servers
+
+    workdir = servers.scratch_dir("pg-late")
+    port = free_port()
+    server = servers.ServerProcess(
+        "postgres", stack_servers.postgres_command(workdir / "data", port), port, workdir)
+
+    def start_late() -> None:  # initdb, then the server: several seconds after the CLI began
+        stack_servers.prepare_postgres(workdir / "data")
+        server.start()
+        base = Settings(pg_port=port)
+        stack_servers.ensure_databases(port, base.pg_user, base.pg_password, [base.pg_database])
+
+    starter = threading.Thread(target=start_late)
+    starter.start()
+    try:
+        code, output = _migrate_cli(monkeypatch, port, "--wait", "60")
+    finally:
+        starter.join()
+        servers.remove(server)
+    assert code == 0, output
+    assert output.startswith("applied: 001_core_tables")

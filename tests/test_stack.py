@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from reco.stack import local
 from reco.stack.components import Component, build_components, process_env, settings_env
 from reco.stack.health import free_port, free_port_pair, wait_until
 from reco.stack.prometheus import ALERT_RULES
-from reco.stack.supervisor import Supervisor
+from reco.stack.supervisor import Supervisor, _pid_alive
 from tests.servers import JARS_DIR, scratch_dir
 from tests.test_alert_rules import (
     NODE_EXPORTER_SERIES,
@@ -74,6 +75,46 @@ def test_up_is_idempotent_down_leaves_nothing_and_data_survives(stack_settings: 
     finally:
         local.down(stack_settings)
     assert _stack_pids(stack_settings) == []
+
+
+def test_up_refuses_other_settings_while_the_stack_runs(stack_settings: Settings) -> None:
+    """Its programs keep the environment supervisord started with: `up` under other settings
+    would report a stack that still runs the old ones."""
+    console = Console(quiet=True)
+    more_copies = stack_settings.model_copy(update={"processor_copies": 2})
+    try:
+        local.up(stack_settings, console, only={"redis"})
+        refused = (r"settings changed since the stack started \(RECO_PROCESSOR_COPIES\): "
+                   r"run `reco down` then `reco up`")
+        with pytest.raises(local.ComponentFailed, match=refused):
+            local.up(more_copies, console, only={"redis"})
+        assert "processor-2" not in Supervisor(stack_settings.state_dir).all_info()
+        local.up(stack_settings, console, only={"redis"})  # the same settings: fine
+        local.down(stack_settings)
+        local.up(more_copies, console, only={"redis"})  # after a `down`: fine
+    finally:
+        local.down(stack_settings)
+
+
+def test_programs_no_longer_configured_are_stopped_and_removed() -> None:
+    """Left running, they would be out of `reco status` and Prometheus but still consume."""
+    supervisor = Supervisor(scratch_dir("supervisor"))
+    kept, dropped = (Component(name, ["sleep", "600"], health=lambda: True)
+                     for name in ("kept", "dropped"))
+    try:
+        supervisor.write_config([kept, dropped])
+        supervisor.start_daemon(dict(os.environ))
+        for name in ("kept", "dropped"):
+            supervisor.start(name)
+        dropped_pid = supervisor.info("dropped")["pid"]
+        supervisor.write_config([kept])
+        supervisor.start_daemon(dict(os.environ))  # what `reco up` does on a running stack
+        assert set(supervisor.all_info()) == {"kept"}
+        assert supervisor.is_running("kept")
+        assert not _pid_alive(dropped_pid)
+    finally:
+        supervisor.shutdown()
+        shutil.rmtree(supervisor.state_dir, ignore_errors=True)
 
 
 def test_failing_component_reports_its_log(stack_settings: Settings) -> None:
@@ -285,3 +326,50 @@ def _mount_point(path: Path) -> str:
         path = path.parent
     return str(path)
 
+
+def test_a_failing_kafka_set_up_command_says_why(tmp_path) -> None:
+    """Jars marked complete but missing: java's own message reaches the error, not only its
+    exit status."""
+    from reco.stack import servers
+
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / ".complete").write_text(servers.JARS_POM.read_text())
+    with pytest.raises(servers.ServerSetupError,
+                       match=r"generating the Kafka cluster id failed \(exit status 1\): "
+                             r"[\s\S]*main class kafka\.tools\.StorageTool"):
+        servers.prepare_kafka(jars, tmp_path / "kafka", free_port(), free_port())
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from reco.cli import app
+    from reco.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        get_settings.cache_clear()
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_down_where_no_stack_runs_says_where_it_looked(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default state folder, .reco, is relative
+    monkeypatch.delenv("RECO_STATE_DIR", raising=False)
+    code, output = _cli("down")
+    assert code == 0
+    assert output == f"no stack running under {tmp_path.resolve() / '.reco'}"
+
+
+def test_up_only_with_an_unknown_name_starts_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RECO_STATE_DIR", str(tmp_path))
+    try:
+        code, output = _cli("up", "--only", "rediss")  # nothing would start on any port
+        assert code == 2, output
+        assert output.startswith("unknown component 'rediss'; one of: ")
+        assert "kafka" in output and "stack up" not in output
+        assert not Supervisor(tmp_path).running()
+    finally:
+        local.down(Settings(state_dir=tmp_path))

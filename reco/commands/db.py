@@ -16,11 +16,15 @@ console = Console()
 
 
 @app.command()
-def migrate() -> None:
+def migrate(
+    wait: Annotated[float, typer.Option(
+        min=0, help="Seconds to keep retrying while PostgreSQL refuses connections "
+        "(a server still starting).")] = 30.0,
+) -> None:
     """Apply pending migrations from sql/ or RECO_SQL_DIR (safe to run again)."""
     try:
-        applied = db.migrate(get_settings())
-    except db.MigrationsNotFound as exc:
+        applied = db.migrate(get_settings(), wait_s=wait)
+    except (db.MigrationsNotFound, db.DatabaseUnavailable) as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")

@@ -34,7 +34,9 @@ def replay(
         help="X-API-Key for the ingest API's writes [default: the first of RECO_API_KEYS]",
         show_default=False)] = None,
 ) -> None:
-    """Replay events (per-user order kept), retrying 503s; ends with a summary."""
+    """Replay events (per-user order kept), retrying 503s; ends with a summary. Exit status: 0
+    when everything was accepted, 1 when some events or items were not delivered (or the key
+    was refused), 3 when the API rejected some as invalid."""
     from reco.settings import get_settings
 
     settings = get_settings()
@@ -56,15 +58,15 @@ def replay(
             console.print(f"[red]refused: {exc}[/]")
             raise typer.Exit(1) from exc
     print_summary(summary)
-    if summary.failed:
-        raise typer.Exit(1)
+    if summary.exit_status():
+        raise typer.Exit(summary.exit_status())
 
 
 def print_summary(summary: ReplaySummary) -> None:
     table = Table(title="replay", show_header=False)
     data = summary.to_dict()
     for key in ("sent", "accepted", "rejected", "failed", "requests", "retries", "elapsed_s",
-                "events_per_s", "items_sent", "items_accepted", "items_rejected"):
+                "events_per_s", "items_sent", "items_accepted", "items_rejected", "items_failed"):
         table.add_row(key, str(data[key]))
     for name, value in data["latency_ms"].items():
         table.add_row(f"batch latency {name}", f"{value} ms")

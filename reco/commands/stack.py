@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-import httpx
 import typer
 from rich import box
 from rich.console import Console
@@ -28,14 +27,21 @@ def up(
     except local.ComponentFailed as exc:
         console.print(f"[red]✗ {exc}[/]")
         raise typer.Exit(1) from exc
+    except KeyError as exc:  # an unknown --only name
+        console.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(2) from exc
     console.print(f"stack up in {time.monotonic() - started:.0f}s; `reco status` shows it")
 
 
 def down() -> None:
     """Stop every process of the local stack (data stays in the state folder)."""
+    settings = get_settings()
     with console.status("stopping the stack"):
-        local.down(get_settings())
-    console.print("stack stopped")
+        stopped = local.down(settings)
+    # The state folder is relative by default: `down` elsewhere finds no stack, and says where
+    # it looked.
+    console.print("stack stopped" if stopped
+                  else f"no stack running under {settings.state_dir.resolve()}")
 
 
 def status() -> None:
@@ -60,8 +66,8 @@ def status() -> None:
 def _print_headlines(settings: Settings) -> None:
     try:
         figures = headline.read_headlines(f"http://127.0.0.1:{settings.prometheus_port}")
-    except httpx.HTTPError:
-        console.print("(Prometheus is not reachable: no headline figures)")
+    except headline.PrometheusUnavailable as exc:
+        console.print(f"(no headline figures: Prometheus {exc})", markup=False)
         return
     table = Table("headline figure (Prometheus)", "value", box=box.SIMPLE)
     for figure in figures:

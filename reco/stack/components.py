@@ -141,7 +141,8 @@ def build_components(settings: Settings) -> list[Component]:
         db.migrate(settings)
 
     def kafka_ready() -> None:
-        asyncio.run(ensure_topics(settings.kafka_bootstrap, platform_topics(settings)))
+        asyncio.run(ensure_topics(settings.kafka_bootstrap, platform_topics(settings),
+                                  replication=settings.topic_replication))
 
     def airflow_prepare() -> None:
         result = subprocess.run(

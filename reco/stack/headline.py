@@ -59,11 +59,28 @@ class Headline:
         return f"{self.value:,.1f} {self.unit}"
 
 
+class PrometheusUnavailable(RuntimeError):
+    """Prometheus did not answer a query usefully (unreachable, an error status, not its JSON)."""
+
+
+def _query(client: httpx.Client, query: str) -> float | None:
+    """One instant query's first value; None when it has no data yet."""
+    try:
+        response = client.get("/api/v1/query", params={"query": query})
+    except httpx.HTTPError as exc:
+        raise PrometheusUnavailable(f"not reachable: {exc}") from exc
+    try:
+        # Starting, or behind a proxy, it can answer 503 with a text body.
+        response.raise_for_status()
+        result = response.json()["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+    except (httpx.HTTPStatusError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise PrometheusUnavailable(
+            f"HTTP {response.status_code}: {response.text.strip()[:200]}") from exc
+
+
 def read_headlines(prometheus_url: str, timeout_s: float = 2.0) -> list[Headline]:
     """One instant query per figure; a figure without data yet is reported as such."""
-    out = []
     with httpx.Client(base_url=prometheus_url, timeout=timeout_s) as client:
-        for name, (query, unit) in HEADLINES.items():
-            result = client.get("/api/v1/query", params={"query": query}).json()["data"]["result"]
-            out.append(Headline(name, float(result[0]["value"][1]) if result else None, unit))
-    return out
+        return [Headline(name, _query(client, query), unit)
+                for name, (query, unit) in HEADLINES.items()]

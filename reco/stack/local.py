@@ -29,8 +29,11 @@ class ComponentStatus:
 def up(settings: Settings, console: Console, only: set[str] | None = None) -> list[Component]:
     """Start every component in order and wait for each to be healthy; harmless if running."""
     components = build_components(settings)
+    if only is not None:
+        check_known(only, {c.name for c in components})
     check_ports_distinct(components)
     supervisor = Supervisor(settings.state_dir)
+    check_settings_unchanged(settings, supervisor)
     supervisor.write_config(components)
     supervisor.start_daemon(process_env(settings))
     for component in components:
@@ -38,6 +41,33 @@ def up(settings: Settings, console: Console, only: set[str] | None = None) -> li
             continue
         _bring_up(component, supervisor, console)
     return components
+
+
+def check_known(names: set[str], known: set[str]) -> None:
+    """KeyError naming unknown components and the known ones (a typo must not do nothing)."""
+    unknown = sorted(names - known)
+    if unknown:
+        raise KeyError(f"unknown component{'s' if len(unknown) > 1 else ''} "
+                       f"{', '.join(map(repr, unknown))}; one of: {', '.join(sorted(known))}")
+
+
+def changed_settings(settings: Settings, running: dict[str, str]) -> list[str]:
+    """The RECO_* settings whose exported value differs from the running stack's."""
+    names = {f"RECO_{name.upper()}" for name in type(settings).model_fields}
+    wanted = process_env(settings)
+    return sorted(name for name in names if wanted.get(name) != running.get(name))
+
+
+def check_settings_unchanged(settings: Settings, supervisor: Supervisor) -> None:
+    """Refuse to `up` a running stack under other settings: its programs keep the environment
+    supervisord started with, so they would go on running the old ones (and copies no
+    longer configured would vanish from `reco status` while still consuming)."""
+    running = supervisor.environment() if supervisor.running() else None
+    changed = changed_settings(settings, running) if running is not None else []
+    if changed:
+        raise ComponentFailed(
+            f"settings changed since the stack started ({', '.join(changed)}): "
+            "run `reco down` then `reco up`")
 
 
 def check_ports_distinct(components: list[Component]) -> None:
@@ -100,14 +130,22 @@ def _bring_up(component: Component, supervisor: Supervisor, console: Console) ->
         )
     if component.ready is not None:
         with console.status(f"[bold]{component.name}[/]: initialising"):
-            component.ready()
+            try:
+                component.ready()
+            except Exception as exc:  # a refused topic, a failed migration: say which
+                raise ComponentFailed(f"{component.name}: initialisation failed: {exc}") from exc
     elapsed = time.monotonic() - started
     console.print(f"[green]✓[/] {component.name:<22} {elapsed:5.1f}s  {component.url or ''}")
 
 
-def down(settings: Settings) -> None:
-    """Stop every component (reverse order) and the process runner itself."""
-    Supervisor(settings.state_dir).shutdown()
+def down(settings: Settings) -> bool:
+    """Stop every component (reverse order) and the process runner itself; False when no
+    stack ran under the state folder."""
+    supervisor = Supervisor(settings.state_dir)
+    if not supervisor.running():
+        return False
+    supervisor.shutdown()
+    return True
 
 
 def status(settings: Settings) -> list[ComponentStatus]:
@@ -127,8 +165,5 @@ def status(settings: Settings) -> list[ComponentStatus]:
 
 
 def logs(settings: Settings, name: str, lines: int) -> str:
-    supervisor = Supervisor(settings.state_dir)
-    known = {c.name for c in build_components(settings)} | {"supervisord"}
-    if name not in known:
-        raise KeyError(f"unknown component {name!r}; one of: {', '.join(sorted(known))}")
-    return supervisor.tail(name, lines)
+    check_known({name}, {c.name for c in build_components(settings)} | {"supervisord"})
+    return Supervisor(settings.state_dir).tail(name, lines)

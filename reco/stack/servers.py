@@ -140,7 +140,8 @@ def ensure_jars(jars_dir: Path) -> Path:
         capture_output=True, text=True,
     )
     if result.returncode != 0:
-        raise ServerSetupError(f"mvn could not fetch the Kafka jars: {result.stdout[-2000:]}")
+        output = (result.stdout + result.stderr).strip()[-2000:]
+        raise ServerSetupError(f"mvn could not fetch the Kafka jars: {output}")
     marker.write_text(JARS_POM.read_text())
     return jars_dir
 
@@ -190,18 +191,22 @@ def prepare_kafka(jars_dir: Path, data_dir: Path, port: int, controller_port: in
     if (data_dir / "log" / "meta.properties").exists():
         return config
     classpath = f"{jars_dir}/*"
-    cluster_id = subprocess.run(
+    cluster_id = _run_setup(
         ["java", "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()[-1]
-    result = subprocess.run(
-        ["java", "-cp", classpath, "kafka.tools.StorageTool", "format",
-         "-t", cluster_id, "-c", str(config)],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0:
-        raise ServerSetupError(f"formatting the Kafka log failed: {result.stdout}{result.stderr}")
+        "generating the Kafka cluster id").strip().splitlines()[-1]
+    _run_setup(["java", "-cp", classpath, "kafka.tools.StorageTool", "format",
+                "-t", cluster_id, "-c", str(config)], "formatting the Kafka log")
     return config
+
+
+def _run_setup(cmd: list[str], what: str) -> str:
+    """Run a set-up command and return its output; on failure raise with the tail of its
+    output (a bare exit status would hide the reason: wrong Java, missing jars, full disk)."""
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()[-2000:]
+        raise ServerSetupError(f"{what} failed (exit status {result.returncode}): {output}")
+    return result.stdout
 
 
 def kafka_command(jars_dir: Path, config: Path, heap: str = "512m") -> list[str]:

@@ -72,7 +72,12 @@ class Supervisor:
     def start_daemon(self, env: dict[str, str]) -> None:
         """Start supervisord, or make a running one pick up added programs."""
         if self.running():
-            added, changed, _removed = self.rpc.supervisor.reloadConfig()[0]
+            added, changed, removed = self.rpc.supervisor.reloadConfig()[0]
+            for name in removed:
+                # No longer configured: left running, it would be out of `reco status`, out of
+                # Prometheus' targets, and still consuming.
+                self.rpc.supervisor.stopProcessGroup(name, True)
+                self.rpc.supervisor.removeProcessGroup(name)
             for name in added:
                 self.rpc.supervisor.addProcessGroup(name)
             for name in changed:
@@ -90,6 +95,16 @@ class Supervisor:
                 log = self.log_dir / "supervisord.log"
                 raise RuntimeError(f"supervisord did not start; see {log}")
             time.sleep(0.1)
+
+    def environment(self) -> dict[str, str] | None:
+        """The environment the running supervisord was started with, which every program it
+        starts inherits; None when it is not running or /proc does not tell."""
+        try:
+            raw = Path(f"/proc/{int(self.rpc.supervisor.getPID())}/environ").read_bytes()
+        except (OSError, ValueError, xmlrpc.client.Fault):
+            return None
+        pairs = (entry.split("=", 1) for entry in raw.decode(errors="replace").split("\0"))
+        return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
 
     def info(self, name: str) -> dict:
         return self.rpc.supervisor.getProcessInfo(name)

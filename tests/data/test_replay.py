@@ -73,6 +73,39 @@ def test_gives_up_after_max_retries_and_counts_failed() -> None:
     assert (summary.accepted, summary.failed, summary.requests, summary.retries) == (0, 4, 3, 2)
 
 
+def _replay_against(handler, rows: int = 4, items: int = 0):
+    opts = ReplayOptions(url="http://ingest", batch_size=10, lanes=1, backoff_s=0.0,
+                         max_retries=1)
+    catalogue = [{"item_id": f"i{n}"} for n in range(items)] or None
+    return asyncio.run(replay_async(_rows(rows), opts, catalogue,
+                                    transport=httpx.MockTransport(handler)))
+
+
+def _reject_all(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(422, json={"detail": [{"loc": ["body"], "msg": "bad"}]})
+
+
+def test_exit_status_tells_delivered_rejected_and_undelivered_apart() -> None:
+    """For a shop's scripts: 0 all accepted, 3 some invalid (a rerun cannot help), 1 some
+    undelivered (a rerun may)."""
+    accepted = _replay_against(lambda r: httpx.Response(202, json={"event_ids": []}), items=2)
+    assert (accepted.accepted, accepted.items_accepted, accepted.exit_status()) == (4, 2, 0)
+
+    rejected = _replay_against(_reject_all)
+    assert (rejected.accepted, rejected.rejected, rejected.exit_status()) == (0, 4, 3)
+
+    def items_down(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/items/batch":
+            return httpx.Response(503, json={"detail": "down"})
+        return httpx.Response(202, json={"event_ids": []})
+
+    items_failed = _replay_against(items_down, items=3)
+    d = items_failed.to_dict()
+    assert (d["accepted"], d["items_accepted"], d["items_rejected"], d["items_failed"]) == (
+        4, 0, 0, 3)
+    assert items_failed.exit_status() == 1
+
+
 @pytest.fixture
 def ingest_url(settings: Settings, pg, redis_client, kafka_topics) -> Iterator[str]:
     """The real ingest app under uvicorn on a free loopback port."""
@@ -131,6 +164,7 @@ def test_replay_through_real_ingest_keeps_user_order(
     assert (d["sent"], d["accepted"], d["rejected"], d["failed"]) == (3_000, 2_999, 1, 0)
     assert d["rejections"] == {BAD_TYPE: 1}
     assert (d["items_sent"], d["items_accepted"], d["items_rejected"]) == (60, 60, 0)
+    assert summary.exit_status() == 3  # `reco replay` tells the script some were invalid
     assert set(d["latency_ms"]) == {"p50", "p95", "p99"}
 
     good = events.drop(index=1234)
@@ -178,6 +212,16 @@ def test_replay_sends_the_api_key_and_a_refused_key_stops_it(
     refused = subprocess.run(reco, env=base, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "refused: /events/batch: HTTP 401" in " ".join(refused.stdout.split())
+
+    # The API's answers decide the exit status: every event invalid is 3, not 0.
+    invalid = tmp_path / "invalid" / "events.parquet"
+    invalid.parent.mkdir()
+    events = pd.read_parquet(tmp_path / "events.parquet").assign(event_type="like")
+    write_table(pa.Table.from_pandas(events, preserve_index=False), invalid, EVENTS_SCHEMA)
+    rejected = subprocess.run([*reco[:2], str(invalid)], env={**base, "RECO_API_KEYS": REPLAY_KEY},
+                              capture_output=True, text=True, timeout=120)
+    assert rejected.returncode == 3, rejected.stdout + rejected.stderr
+    assert re.search(r"│ rejected\s+│ 40\s+│", rejected.stdout), rejected.stdout
 
     # The first of RECO_API_KEYS is the default key.
     sent = subprocess.run(reco, env={**base, "RECO_API_KEYS": f"{REPLAY_KEY},other-key-01234567"},

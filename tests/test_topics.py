@@ -1,0 +1,75 @@
+"""`reco topics create` against the session's real Kafka broker: refusals are errors."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from typer.testing import CliRunner
+
+from reco.cli import app
+from reco.settings import get_settings
+from reco.topics import TopicCreationFailed, ensure_topics, replication_factor
+from tests.servers import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def _name() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+async def _replicas(bootstrap: str, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return [len(p["replicas"]) for p in described["partitions"]]
+
+
+def test_topics_are_created_once_with_as_many_replicas_as_brokers(
+        kafka_server: ServerProcess) -> None:
+    bootstrap, name = f"127.0.0.1:{kafka_server.port}", _name()
+    asyncio.run(ensure_topics(bootstrap, {name: 3}))
+    asyncio.run(ensure_topics(bootstrap, {name: 3}))  # exists already: fine
+    assert asyncio.run(_replicas(bootstrap, name)) == [1, 1, 1]  # one broker
+
+
+@pytest.mark.parametrize(("topic", "partitions", "replication", "reason"), [
+    ("bad topic!", 1, None, "Topic name is invalid: 'bad topic!'"),
+    ("{}", 0, None, "Number of partitions was set to an invalid non-positive value"),
+    ("{}", 1, 3, "The target replication factor of 3 cannot be reached because only 1"),
+])
+def test_a_refused_topic_is_an_error_naming_it_and_the_brokers_reason(
+        kafka_server: ServerProcess, topic: str, partitions: int, replication: int | None,
+        reason: str) -> None:
+    bootstrap, topic = f"127.0.0.1:{kafka_server.port}", topic.format(_name())
+    with pytest.raises(TopicCreationFailed, match=f"refused to create {topic}: .*{reason}"):
+        asyncio.run(ensure_topics(bootstrap, {topic: partitions}, replication=replication))
+
+
+def test_cli_exits_1_when_the_broker_refuses_a_topic(kafka_server: ServerProcess,
+                                                     monkeypatch) -> None:
+    monkeypatch.setenv("RECO_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_server.port}")
+    monkeypatch.setenv("RECO_TOPIC_DLQ", _name())
+    monkeypatch.setenv("RECO_TOPIC_EVENTS", "events with spaces")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["topics", "create"])
+    finally:
+        get_settings.cache_clear()
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, output
+    assert "refused to create events with spaces: Topic name is invalid" in output
+    assert "partitions)" not in output  # no success line
+
+
+@pytest.mark.parametrize(("configured", "brokers", "factor"), [
+    (None, 1, 1), (None, 2, 2), (None, 5, 3), (2, 5, 2), (3, 1, 3)])
+def test_replication_defaults_to_three_or_every_broker(configured: int | None, brokers: int,
+                                                       factor: int) -> None:
+    assert replication_factor(configured, brokers) == factor
