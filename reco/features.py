@@ -13,6 +13,8 @@ Doubles overflow past 2**1023, so event times must stay within ~1,000 half-lives
 1.79e9 (2026-09-20), good until ~2029-06. Before that, move the landmark forward by D seconds and
 multiply the stored scores by 2**(-D / half_life) once (ZUNIONSTORE k 1 k WEIGHTS f per key).
 Events past the limit are not scored (`FeatureUpdates.unscored`) rather than corrupting the set.
+Co-view affinity is forward-decayed the same way (its own half-life, the same landmark), so a
+set trimmed to its best members lets new partners in as old pairs age.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class FeatureParams:
     landmark_s: float = 1_790_000_000.0
     coview_recent_n: int = 10
     coview_window_s: float = 30 * 60.0
+    coview_half_life_s: float = 30 * 86400.0
     trending_window_s: int = 3600
     trending_bucket_s: int = 60
 
@@ -59,6 +62,7 @@ class FeatureParams:
             landmark_s=settings.popularity_landmark_s,
             coview_recent_n=settings.coview_recent_n,
             coview_window_s=float(settings.coview_window_s),
+            coview_half_life_s=settings.coview_half_life_h * 3600.0,
             trending_window_s=settings.trending_window_s,
             trending_bucket_s=settings.trending_bucket_s,
         )
@@ -183,10 +187,12 @@ def plan_batch(
         t_s, item = event.timestamp_s, event.item_id
         weight = params.event_weights[event.event_type]
 
-        for other in coview_partners(state.items, state.times, item, t_s,
-                                     params.coview_recent_n, params.coview_window_s):
-            out.coview[other][item] += 1.0
-            out.coview[item][other] += 1.0
+        affinity = popularity_increment(1.0, t_s, params.landmark_s, params.coview_half_life_s)
+        partners = coview_partners(state.items, state.times, item, t_s,
+                                   params.coview_recent_n, params.coview_window_s)
+        for other in partners if affinity is not None else ():
+            out.coview[other][item] += affinity
+            out.coview[item][other] += affinity
         state.touch(item, t_s, params.recent_max)
 
         score = popularity_increment(weight, t_s, params.landmark_s, params.half_life_s)

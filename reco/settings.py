@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # 2026-09-20, good until ~2029-06 with a 24h half-life (1.7e9 overflowed from 2026-08).
     popularity_landmark_s: float = 1_790_000_000.0
     coview_max: int = 200
+    # Co-view affinity decays like popularity (forward decay, same landmark): plain counts never
+    # aged, so once an item's set was full of pairs counted twice or more, a new partner (one
+    # count) was trimmed in the transaction that added it, for good.
+    coview_half_life_h: float = Field(default=720.0, gt=0)
     coview_ttl_s: int = 7 * 24 * 3600
     coview_window_s: int = 30 * 60
     coview_recent_n: int = 10

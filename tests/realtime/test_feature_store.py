@@ -353,3 +353,23 @@ async def test_an_event_for_the_item_named_version_counts_in_its_category(
 
     assert len(result.applied) == 1
     assert r.zscore(keys.category_popularity("c1"), "version") > 0
+
+
+async def test_a_new_co_view_partner_enters_a_full_set_as_old_pairs_age(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Plain counts never aged: with the set full of pairs counted twice, a new partner (one
+    count) was trimmed by the transaction that added it, for good."""
+    client = RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings.model_copy(update={"coview_max": 3}))
+    month_ago = T_MS - 60 * 86_400_000
+    try:
+        for n in range(3):  # X and p{n} viewed together, twice, two months ago
+            for copy in range(2):
+                user, at = f"old{n}-{copy}", month_ago + 1000 * n
+                await store.apply([ev(user, "X", at), ev(user, f"p{n}", at + 1)])
+        await store.apply([ev("now", "X", T_MS), ev("now", "new", T_MS + 1)])
+    finally:
+        await client.close()
+    partners = redis_client.zrange(keys.co_view("X"), 0, -1, desc=True)
+    assert len(partners) == 3 and partners[0] == "new"

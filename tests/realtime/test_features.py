@@ -95,9 +95,14 @@ def test_plan_batch_by_hand() -> None:
     assert up.recent["u1"].times == {"c": t + 30, "a": t + 20, "b": t + 10}
     assert before["u1"].items == ["old"]  # input state untouched
     assert up.recent["u2"].items == ["a"]
-    # b after a: a<->b; a again after b: b<->a; c after [a, b] (recent_n=2): c<->a, c<->b
+    # b after a: a<->b; a again after b: b<->a; c after [a, b] (recent_n=2): c<->a, c<->b;
+    # each pair's affinity forward-decayed from its event's time (30-day half-life).
+    g = lambda ts: 2 ** ((ts - L) / (30 * DAY))  # noqa: E731
+    ab, c = g(t + 10) + g(t + 20), g(t + 30)
     assert {k: dict(v) for k, v in up.coview.items()} == {
-        "a": {"b": 2.0, "c": 1.0}, "b": {"a": 2.0, "c": 1.0}, "c": {"a": 1.0, "b": 1.0}}
+        "a": {"b": pytest.approx(ab, rel=1e-12), "c": pytest.approx(c, rel=1e-12)},
+        "b": {"a": pytest.approx(ab, rel=1e-12), "c": pytest.approx(c, rel=1e-12)},
+        "c": {"a": pytest.approx(c, rel=1e-12), "b": pytest.approx(c, rel=1e-12)}}
     f = lambda w, ts: w * 2 ** ((ts - L) / DAY)  # noqa: E731
     assert up.popularity["a"] == pytest.approx(f(1, t) + f(1, t + 20) + f(1, t + 5), rel=1e-12)
     assert up.popularity["c"] == pytest.approx(f(10, t + 30), rel=1e-12)
