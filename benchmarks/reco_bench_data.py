@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import time
+import uuid
 
 import numpy as np
 import orjson
@@ -206,6 +207,7 @@ def _event(r: redis.Redis, user: str, item: str):
         pipe.ltrim(keys.user_recent(user), 0, 49)
         pipe.hset(keys.user_recent_times(user), item, time.time())
         pipe.zadd(keys.user_seen(user), {item: int(time.time() * 1000)})
+        pipe.set(keys.user_last_event(user), str(uuid.uuid4()))
         pipe.execute()
 
     return apply
