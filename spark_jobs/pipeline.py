@@ -67,6 +67,7 @@ class PipelineConfig:
     publish_grace_s: int = 3600
     blend_max_users: int = 2000
     blend_replay_s: float = 7 * 86400.0  # co-view/popularity replay: the co-view TTL
+    coview_max: int = 200  # co-view set size, as the processor trims it
     rank_config: dict = field(default_factory=dict)  # reco.ranking.RankConfig fields
     feature_params: dict = field(default_factory=dict)  # reco.features.FeatureParams fields
 
@@ -120,7 +121,7 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
         jdbc_driver_path=str(settings.jdbc_driver_path or ""),
         recent_n=settings.reco_recent_n, gate_tolerance=settings.gate_tolerance,
         publish_batch=settings.publish_batch, publish_grace_s=settings.publish_grace_s,
-        blend_replay_s=float(settings.coview_ttl_s),
+        blend_replay_s=float(settings.coview_ttl_s), coview_max=settings.coview_max,
         rank_config=asdict(RankConfig.from_settings(settings)),
         feature_params=asdict(FeatureParams.from_settings(settings)),
     )
@@ -253,7 +254,8 @@ def _evaluate(cfg: PipelineConfig, trained: dict) -> dict:
     report = ev.evaluate(data, {"model": scorer, "popularity": ev.popularity_scorer(data)},
                          cfg.eval_k)
     blend = ev.evaluate_blend(data, cfg.model, model_dir, cfg.eval_k, cfg.rank_config,
-                              cfg.feature_params, cfg.blend_max_users, cfg.blend_replay_s)
+                              cfg.feature_params, cfg.coview_max, cfg.blend_max_users,
+                              cfg.blend_replay_s)
     report["results"]["blend"] = blend["metrics"]
     report["curves"]["blend"] = blend["curve"]
     report["blend_weights"] = blend["weights"]
