@@ -20,9 +20,11 @@ from spark_jobs import MODELS, SPARK_MODELS, as_utc, tracking
 from spark_jobs import extract as ex
 
 if TYPE_CHECKING:
+    import redis
     from psycopg import Connection
     from psycopg.rows import TupleRow
     from pyspark.sql import SparkSession
+    from redis.lock import Lock
 
     from reco.settings import Settings
     from spark_jobs.als import ALSParams
@@ -289,12 +291,21 @@ def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
 
 
 def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
-    """Serve the champion: the new run if it passed, else make sure the champion is serving."""
+    """Serve the champion: the new run if it passed, else make sure the champion is serving.
+    Everything from the first look at Redis to the record holds the model's publish lock."""
     import redis
 
     from spark_jobs import publish
 
     client = redis.Redis.from_url(cfg.redis_url)
+    with publish.held_lock(client, cfg.model) as lock:
+        return _publish_locked(cfg, gated, client, lock)
+
+
+def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
+                    lock: Lock) -> dict:
+    from spark_jobs import publish
+
     decision = gated["gate"]
     if decision["accepted"]:
         version, model_dir = gated["version"], Path(gated["model_dir"])
@@ -302,7 +313,7 @@ def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
             # A retry: an earlier attempt switched Redis to this version, then failed to
             # record it (PostgreSQL down) or lost the switch's reply before retiring the old
             # versions. Publishing again would be refused; retire and record only.
-            publish.retire_others(client, cfg.model, version, None, cfg.publish_batch,
+            publish.retire_others(client, lock, cfg.model, version, None, cfg.publish_batch,
                                   cfg.publish_grace_s)
             with _connect(cfg) as conn:
                 publish.record_published(conn, cfg.model, version)
@@ -317,9 +328,9 @@ def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
             return {**gated, "published": None, "reason": f"champion {version} already serving"}
         model_dir = tracking.download_model(cfg.mlflow_tracking_uri, run.info.run_id,
                                             Path(cfg.run_dir) / "champion")
-    result = publish.publish(client, cfg.model, version,
-                             publish.model_lists(cfg.model, model_dir, version),
-                             cfg.publish_batch, cfg.publish_grace_s)
+    result = publish.publish_locked(client, lock, cfg.model, version,
+                                    publish.model_lists(cfg.model, model_dir, version),
+                                    cfg.publish_batch, cfg.publish_grace_s)
     with _connect(cfg) as conn:
         publish.record_published(conn, cfg.model, version)
     timings = {**gated.get("timings", {}), "publish_s": result.seconds}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import psycopg
 import pytest
+import redis
 
 from reco import keys
 from reco.settings import Settings
@@ -68,19 +70,22 @@ def down(cfg: pipeline.PipelineConfig) -> pipeline.PipelineConfig:
         cfg, database_url=f"postgresql://reco:reco@127.0.0.1:{free_port()}/reco")
 
 
-@pytest.mark.integration
-def test_publish_retry_after_recording_failed_records_the_serving_version(
-        settings, pg, redis_client, tmp_path):
-    cfg = pipeline.config_from_settings(settings, "als", run_dir=tmp_path / "run")
+def switched_unrecorded(cfg: pipeline.PipelineConfig, pg, redis_client, tmp_path: Path) -> None:
+    """v1 published; then Redis switches to v2 and recording it fails: Airflow retries."""
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
     pipeline.publish_step(cfg, accepted("v1", tiny_als(tmp_path / "v1")))
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v2', 'champion')")
-
-    # Redis switches to v2, then recording it fails: Airflow retries the task.
     with pytest.raises(psycopg.OperationalError):
         pipeline.publish_step(down(cfg), accepted("v2", tiny_als(tmp_path / "v2")))
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
     assert statuses(pg) == {"v1": ("published", True), "v2": ("champion", False)}
+
+
+@pytest.mark.integration
+def test_publish_retry_after_recording_failed_records_the_serving_version(
+        settings, pg, redis_client, tmp_path):
+    cfg = pipeline.config_from_settings(settings, "als", run_dir=tmp_path / "run")
+    switched_unrecorded(cfg, pg, redis_client, tmp_path)
 
     state = pipeline.publish_step(cfg, accepted("v2", tmp_path / "v2"))
 
@@ -89,6 +94,27 @@ def test_publish_retry_after_recording_failed_records_the_serving_version(
     assert statuses(pg) == {"v1": ("retired", True), "v2": ("published", True)}
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
     assert redis_client.exists(keys.user_cf("u1", "v2"), keys.model_items("als", "v2")) == 2
+
+
+@pytest.mark.integration
+def test_a_retry_finding_its_version_serving_waits_for_another_publish(
+        settings, pg, redis_client, tmp_path):
+    """The retry's retire ran outside the publish lock: it gave the keys another publisher was
+    still writing (v3) an expiry, so v3 would lose its lists an hour after its switch."""
+    cfg = pipeline.config_from_settings(settings, "als", run_dir=tmp_path / "run")
+    switched_unrecorded(cfg, pg, redis_client, tmp_path)
+    v3_key = keys.user_cf("u1", "v3")
+
+    with ThreadPoolExecutor(1) as pool:
+        with publish.held_lock(redis.Redis.from_url(cfg.redis_url), "als"):
+            redis_client.set(v3_key, "another publisher's, half-way")
+            retry = pool.submit(pipeline.publish_step, cfg, accepted("v2", tmp_path / "v2"))
+            time.sleep(1.0)
+            assert not retry.done() and redis_client.ttl(v3_key) == -1
+        # Released with v3 never switched to: now a crashed publish's leftover, retired.
+        assert retry.result(30)["published"] == "v2"
+    assert statuses(pg) == {"v1": ("retired", True), "v2": ("published", True)}
+    assert 0 < redis_client.ttl(v3_key) <= cfg.publish_grace_s
 
 
 @pytest.mark.integration
