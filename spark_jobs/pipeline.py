@@ -297,6 +297,9 @@ def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
 
     from spark_jobs import publish
 
+    decision = gated["gate"]
+    if not decision["accepted"] and decision["champion_run_id"] is None:
+        return {**gated, "published": None, "reason": "rejected and no champion to serve"}
     client = redis.Redis.from_url(cfg.redis_url)
     with publish.held_lock(client, cfg.model) as lock:
         return _publish_locked(cfg, gated, client, lock)
@@ -306,28 +309,29 @@ def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
                     lock: Lock) -> dict:
     from spark_jobs import publish
 
-    decision = gated["gate"]
-    if decision["accepted"]:
-        version, model_dir = gated["version"], Path(gated["model_dir"])
-        if publish.is_serving(client, cfg.model, version):
-            # A retry: an earlier attempt switched Redis to this version, then failed to
-            # record it (PostgreSQL down) or lost the switch's reply before retiring the old
-            # versions. Publishing again would be refused; retire and record only.
-            publish.retire_others(client, lock, cfg.model, version, None, cfg.publish_batch,
-                                  cfg.publish_grace_s)
-            with _connect(cfg) as conn:
-                publish.record_published(conn, cfg.model, version)
-            return {**gated, "published": version, "keys_written": 0,
-                    "reason": f"{version} already serving (switched by an earlier attempt)"}
-    elif decision["champion_run_id"] is None:
-        return {**gated, "published": None, "reason": "rejected and no champion to serve"}
+    accepted = gated["gate"]["accepted"]
+    if accepted:
+        version = gated["version"]
     else:
-        run = tracking.client(cfg.mlflow_tracking_uri).get_run(decision["champion_run_id"])
+        run = tracking.client(cfg.mlflow_tracking_uri).get_run(gated["gate"]["champion_run_id"])
         version = run.data.tags["publish_version"]
-        if publish.is_serving(client, cfg.model, version):
-            return {**gated, "published": None, "reason": f"champion {version} already serving"}
+    if publish.is_serving(client, cfg.model, version):
+        # Serving already: the champion re-served by an earlier run, or a retry after an
+        # attempt switched Redis, then failed to record it (PostgreSQL down) or lost the
+        # switch's reply before retiring the old versions. Publishing again would be refused;
+        # retire and record only.
+        publish.retire_others(client, lock, cfg.model, version, None, cfg.publish_batch,
+                              cfg.publish_grace_s)
+        with _connect(cfg) as conn:
+            publish.record_published(conn, cfg.model, version)
+        return {**gated, "published": version, "keys_written": 0,
+                "reason": f"{version} already serving"}
+    if accepted:
+        model_dir = Path(gated["model_dir"])
+    else:
         model_dir = tracking.download_model(cfg.mlflow_tracking_uri, run.info.run_id,
                                             Path(cfg.run_dir) / "champion")
+        publish.renew(lock)  # the download may have taken a while
     result = publish.publish_locked(client, lock, cfg.model, version,
                                     publish.model_lists(cfg.model, model_dir, version),
                                     cfg.publish_batch, cfg.publish_grace_s)

@@ -247,5 +247,8 @@ def record_published(conn: Connection[Any], model: str, version: str) -> None:
         conn.execute("UPDATE models SET status = 'retired' WHERE name = %s"
                      " AND status IN ('published', 'champion') AND version <> %s",
                      (model, version))
-        conn.execute("UPDATE models SET status = 'published', published_at = now()"
+        # Recorded again (a run that found its champion serving): published_at stays the
+        # time it started serving.
+        conn.execute("UPDATE models SET published_at = CASE WHEN status = 'published'"
+                     " THEN published_at ELSE now() END, status = 'published'"
                      " WHERE name = %s AND version = %s", (model, version))

@@ -117,6 +117,51 @@ def test_a_retry_finding_its_version_serving_waits_for_another_publish(
     assert 0 < redis_client.ttl(v3_key) <= cfg.publish_grace_s
 
 
+def logged_run(uri: str, version: str, model_dir: Path) -> tuple[str, str]:
+    """(run id, registry version) of an ALS run as the train step leaves it."""
+    run_id = tracking.start_run(uri, "als", "local", {}, {})
+    tracking.log_artifacts(uri, run_id, model_dir, tracking.MODEL_ARTIFACTS)
+    tracking.set_tags(uri, run_id, {"publish_version": version})
+    tracking.finish_run(uri, run_id)
+    return run_id, tracking.register(uri, "als", run_id)
+
+
+def rejected(champion_run_id: str) -> dict:
+    """What the gate step hands the publish step for a run that failed: serve the champion."""
+    return {"version": "v9", "gate": {"accepted": False, "champion_run_id": champion_run_id}}
+
+
+@pytest.mark.integration
+def test_a_retry_re_serving_the_champion_records_it(offline_settings, pg, redis_client,
+                                                     tmp_path):
+    """v1 promoted by hand over v2 (a rollback) takes effect when the next run is rejected.
+    Its publish switched to v1 and failed to record it; the retry found v1 serving and
+    returned without recording (PostgreSQL kept v2 as the published version)."""
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    uri = cfg.mlflow_tracking_uri
+    v1_run, v1 = logged_run(uri, "v1", tiny_als(tmp_path / "v1"))
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'retired'),"
+               " ('als', 'v2', 'champion')")
+    pipeline.publish_step(cfg, accepted("v2", tiny_als(tmp_path / "v2")))
+    tracking.set_champion(uri, "als", v1)
+
+    with pytest.raises(psycopg.OperationalError):
+        pipeline.publish_step(down(cfg), rejected(v1_run))
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
+    assert statuses(pg) == {"v1": ("retired", False), "v2": ("published", True)}
+
+    state = pipeline.publish_step(cfg, rejected(v1_run))
+
+    assert state["published"] == "v1" and "already serving" in state["reason"]
+    assert statuses(pg) == {"v1": ("published", True), "v2": ("retired", True)}
+    assert 0 < redis_client.ttl(keys.user_cf("u1", "v2")) <= cfg.publish_grace_s
+    # The next rejected run finds v1 serving and recorded: its publish time stays.
+    published_at = "SELECT published_at FROM models WHERE version = 'v1'"
+    before = pg.execute(published_at).fetchone()
+    assert pipeline.publish_step(cfg, rejected(v1_run))["published"] == "v1"
+    assert pg.execute(published_at).fetchone() == before
+
+
 @pytest.mark.integration
 def test_a_champion_never_published_is_retired_when_a_later_version_is(settings, pg):
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'published'),"
