@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from spark_jobs.als import ALSParams
     from spark_jobs.item2vec import Item2VecParams
     from spark_jobs.sasrec import SASRecParams
+
+log = logging.getLogger(__name__)
 
 # What each model's training (and every evaluation) reads from an extract: only these are built.
 EXTRACT_DATASETS = {
@@ -310,6 +313,10 @@ def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
     from spark_jobs import publish
 
     accepted = gated["gate"]["accepted"]
+    superseded = _superseded(cfg, gated["run_id"] if accepted
+                             else gated["gate"]["champion_run_id"])
+    if superseded:
+        return _skipped(cfg, gated, superseded)
     if accepted:
         version = gated["version"]
     else:
@@ -340,6 +347,24 @@ def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
     timings = {**gated.get("timings", {}), "publish_s": result.seconds}
     return {**gated, "published": version, "keys_written": result.keys_written,
             "timings": timings}
+
+
+def _superseded(cfg: PipelineConfig, run_id: str) -> str | None:
+    """Why the run the gate chose may not be served now, under the publish lock: another run
+    became the champion since (a concurrent run, a backfill, `reco train` beside the DAG, a
+    cleared old task, a promotion by hand). None while it is still the champion."""
+    current = tracking.champion(cfg.mlflow_tracking_uri, cfg.model)
+    if current is not None and current[1] == run_id:
+        return None
+    now = f"registry version {current[0]} (run {current[1]})" if current else "none"
+    return f"run {run_id} is no longer the {cfg.model} champion (now: {now})"
+
+
+def _skipped(cfg: PipelineConfig, gated: dict, reason: str) -> dict:
+    log.warning("%s publish skipped: %s", cfg.model, reason)
+    tracking.set_tags(cfg.mlflow_tracking_uri, gated["run_id"],
+                      {"publish": "skipped", "publish.reason": reason})
+    return {**gated, "published": None, "reason": f"skipped: {reason}"}
 
 
 def run_all(cfg: PipelineConfig, spark: SparkSession | None = None) -> dict:
