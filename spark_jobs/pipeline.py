@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,6 +65,8 @@ class PipelineConfig:
     spark_driver_memory: str = "2g"
     jars_dir: str = ""
     jdbc_driver_path: str = ""  # a JDBC jar to use as is; empty: fetch one into jars_dir
+    runs_dir: str = ""  # the model's folder of run folders (`runs_dir`)
+    keep_runs: int = 0  # run folders kept there after a publish (`prune_runs`); 0: all
     eval_k: int = 10
     recent_n: int = 10
     eval_max_users: int = 50_000
@@ -110,11 +113,11 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
     state = Path(settings.state_dir)
     end = as_utc(window_end or datetime.now(UTC))
     if run_dir is None:
-        base = Path(settings.offline_dir or state / "offline")
-        run_dir = base / model / end.strftime("%Y%m%dT%H%M%S")
+        run_dir = runs_dir(settings, model) / end.strftime("%Y%m%dT%H%M%S")
     values = dict(
         model=model, engine=engine or (settings.engine if model in SPARK_MODELS else "local"),
-        run_dir=str(run_dir),
+        run_dir=str(run_dir), runs_dir=str(runs_dir(settings, model)),
+        keep_runs=settings.offline_keep_runs,
         window_days=window_days or settings.train_window_days, window_end=end.isoformat(),
         params=dict(params or {}), jdbc_url=settings.jdbc_url, pg_user=settings.pg_user,
         pg_password=settings.pg_password, database_url=settings.database_url,
@@ -132,6 +135,35 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
     )
     values.update(overrides)
     return PipelineConfig(**values)
+
+
+def runs_dir(settings: Settings, model: str) -> Path:
+    """Where a model's run folders go: `<offline dir>/<model>/`."""
+    return Path(settings.offline_dir or Path(settings.state_dir) / "offline") / model
+
+
+def prune_runs(cfg: PipelineConfig) -> list[Path]:
+    """Delete the model's run folders but the newest `keep_runs` (by last change), this run's
+    always kept: the disk would fill with window copies and models that MLflow holds anyway.
+    Only a run folder in `runs_dir` prunes its siblings (a test's or a benchmark's does not)."""
+    run_dir = Path(cfg.run_dir)
+    if not cfg.keep_runs or run_dir.parent != Path(cfg.runs_dir):
+        return []
+    others = sorted((d for d in run_dir.parent.iterdir() if d.is_dir() and d != run_dir),
+                    key=_last_change, reverse=True)
+    pruned = others[cfg.keep_runs - 1:]
+    for folder in pruned:
+        shutil.rmtree(folder, ignore_errors=True)  # another run may be pruning it too
+    return pruned
+
+
+def _last_change(folder: Path) -> float:
+    """The newest change of a run folder or its step folders (each step adds one), so a run
+    still in progress counts as recent."""
+    try:
+        return max(p.stat().st_mtime for p in (folder, *folder.iterdir()))
+    except FileNotFoundError:  # pruned meanwhile
+        return 0.0
 
 
 def spark_session(cfg: PipelineConfig) -> SparkSession:
@@ -294,8 +326,15 @@ def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
 
 
 def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
-    """Serve the champion: the new run if it passed, else make sure the champion is serving.
-    Everything from the first look at Redis to the record holds the model's publish lock."""
+    """Serve the champion: the new run if it passed, else make sure the champion is serving;
+    then prune old run folders (the last step: nothing reads this run's folder after it)."""
+    state = _serve(cfg, gated)
+    prune_runs(cfg)
+    return state
+
+
+def _serve(cfg: PipelineConfig, gated: dict) -> dict:
+    """Everything from the first look at Redis to the record holds the model's publish lock."""
     import redis
 
     from spark_jobs import publish

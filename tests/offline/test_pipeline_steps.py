@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -39,6 +40,40 @@ def test_a_window_end_without_a_zone_is_utc_whatever_the_hosts_zone(host_in_new_
     paris = datetime(2024, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))
     cfg = pipeline.config_from_settings(settings, "als", window_end=paris)
     assert cfg.window_end == "2023-12-31T23:00:00+00:00"
+
+
+def run_folder(parent: Path, name: str, age_s: float) -> Path:
+    """A run folder whose steps last wrote `age_s` ago."""
+    folder = parent / name
+    (folder / "extract").mkdir(parents=True)
+    then = time.time() - age_s
+    for path in (folder / "extract", folder):
+        os.utime(path, (then, then))
+    return folder
+
+
+def test_a_publish_keeps_the_newest_run_folders_of_its_model(tmp_path):
+    """Run folders (Parquet copies of the window, models, evaluation) were never deleted."""
+    settings = Settings(state_dir=tmp_path, offline_keep_runs=3)
+    cfg = pipeline.config_from_settings(settings, "als", window_end=datetime(2024, 1, 1))
+    runs = Path(cfg.run_dir).parent
+    assert runs == tmp_path / "offline" / "als"
+    old = [run_folder(runs, f"run-{n}", age_s=3600.0 * n) for n in (4, 1, 3, 2)]
+    other_model = run_folder(tmp_path / "offline" / "sasrec", "run-9", age_s=9e5)
+    Path(cfg.run_dir).mkdir()
+    os.utime(cfg.run_dir, (time.time() - 9e5, time.time() - 9e5))  # its own: kept whatever
+
+    state = pipeline.publish_step(cfg, {"gate": {"accepted": False, "champion_run_id": None}})
+
+    assert state["published"] is None
+    assert sorted(p.name for p in runs.iterdir()) == ["20240101T000000", "run-1", "run-2"]
+    assert other_model.exists()
+    # A run folder chosen outside the offline dir (a test's, a benchmark's) prunes nothing.
+    elsewhere = dataclasses.replace(cfg, run_dir=str(tmp_path / "bench" / "run"))
+    kept = [run_folder(tmp_path / "bench", f"b-{n}", age_s=3600.0 * n) for n in range(4)]
+    pipeline.publish_step(elsewhere, {"gate": {"accepted": False, "champion_run_id": None}})
+    assert all(folder.exists() for folder in kept)
+    assert old[1].exists()
 
 
 def tiny_als(folder: Path) -> Path:
