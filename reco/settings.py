@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     gate_tolerance: float = 0.02
     # Offline pipeline (issue 5): hyperparameter defaults live in spark_jobs' *Params dataclasses.
     offline_dir: Path | None = None  # run folders; default state_dir / "offline"
+    # Run folders (extract copies, models, evaluation) kept per model, newest first, the
+    # publishing run's included; their artifacts are in MLflow.
+    offline_keep_runs: int = Field(default=3, ge=1)
     spark_jars_dir: Path | None = None  # JDBC driver jar cache; default state_dir / "jars"
     train_window_days: int = 30
     recency_half_life_days: float = 3650.0  # ALS confidence age decay; ~none won on validation

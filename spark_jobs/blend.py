@@ -63,9 +63,12 @@ def user_histories(events: pd.DataFrame, users: set[str], recent_max: int, seen_
 
 
 def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: dict,
-             feature_params: dict, coview_max: int = 200, max_users: int = 2000,
+             feature_params: dict, coview_max: int, max_users: int = 2000,
              replay_s: float = 7 * 86400.0, seed: int = 0) -> dict:
     """Blend metrics (same keys as the model-alone ones) on up to `max_users` users.
+
+    Each item's co-view list keeps its `coview_max` best partners, as the processor trims it
+    (RECO_COVIEW_MAX): what is measured is what is served.
 
     Co-view and popularity replay only the window's last `replay_s` seconds (the co-view TTL:
     what the serving store would still hold); recent items come from the whole history.

@@ -44,9 +44,9 @@ def run_config(settings: Settings, model: str, params: Mapping[str, Any], run_id
     end = (datetime.fromisoformat(end_param) if end_param
            else interval_end or now or datetime.now(UTC))
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-    base = Path(settings.offline_dir or Path(settings.state_dir) / "offline")
     return pipeline.config_from_settings(
-        settings, model, run_dir=base / model / folder, engine=params.get("engine") or None,
+        settings, model, run_dir=pipeline.runs_dir(settings, model) / folder,
+        engine=params.get("engine") or None,
         window_days=int(params.get("window_days") or 0) or None, window_end=end,
         params=dict(params.get("hyperparameters") or {}))
 

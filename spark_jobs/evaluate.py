@@ -194,13 +194,13 @@ def candidates_scorer(data: EvalData, user_ids: np.ndarray, item_ids: np.ndarray
 
 
 def evaluate_blend(data: EvalData, model_name: str, model_dir: Path, k: int,
-                   rank_config: dict, feature_params: dict, max_users: int = 2000,
-                   replay_s: float = 7 * 86400.0) -> dict:
+                   rank_config: dict, feature_params: dict, coview_max: int,
+                   max_users: int = 2000, replay_s: float = 7 * 86400.0) -> dict:
     """The full blend scored with reco.ranking (the API's ranking code); see spark_jobs.blend."""
     from spark_jobs import blend
 
     return blend.evaluate(data, model_name, model_dir, k, rank_config, feature_params,
-                          max_users=max_users, replay_s=replay_s)
+                          coview_max=coview_max, max_users=max_users, replay_s=replay_s)
 
 
 def evaluate(data: EvalData, scorers: dict[str, Scorer], k: int) -> dict:

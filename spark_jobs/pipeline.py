@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,14 +22,18 @@ from spark_jobs import MODELS, SPARK_MODELS, as_utc, tracking
 from spark_jobs import extract as ex
 
 if TYPE_CHECKING:
+    import redis
     from psycopg import Connection
     from psycopg.rows import TupleRow
     from pyspark.sql import SparkSession
+    from redis.lock import Lock
 
     from reco.settings import Settings
     from spark_jobs.als import ALSParams
     from spark_jobs.item2vec import Item2VecParams
     from spark_jobs.sasrec import SASRecParams
+
+log = logging.getLogger(__name__)
 
 # What each model's training (and every evaluation) reads from an extract: only these are built.
 EXTRACT_DATASETS = {
@@ -59,6 +65,8 @@ class PipelineConfig:
     spark_driver_memory: str = "2g"
     jars_dir: str = ""
     jdbc_driver_path: str = ""  # a JDBC jar to use as is; empty: fetch one into jars_dir
+    runs_dir: str = ""  # the model's folder of run folders (`runs_dir`)
+    keep_runs: int = 0  # run folders kept there after a publish (`prune_runs`); 0: all
     eval_k: int = 10
     recent_n: int = 10
     eval_max_users: int = 50_000
@@ -67,6 +75,7 @@ class PipelineConfig:
     publish_grace_s: int = 3600
     blend_max_users: int = 2000
     blend_replay_s: float = 7 * 86400.0  # co-view/popularity replay: the co-view TTL
+    coview_max: int = 200  # co-view set size, as the processor trims it
     rank_config: dict = field(default_factory=dict)  # reco.ranking.RankConfig fields
     feature_params: dict = field(default_factory=dict)  # reco.features.FeatureParams fields
 
@@ -104,11 +113,11 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
     state = Path(settings.state_dir)
     end = as_utc(window_end or datetime.now(UTC))
     if run_dir is None:
-        base = Path(settings.offline_dir or state / "offline")
-        run_dir = base / model / end.strftime("%Y%m%dT%H%M%S")
+        run_dir = runs_dir(settings, model) / end.strftime("%Y%m%dT%H%M%S")
     values = dict(
         model=model, engine=engine or (settings.engine if model in SPARK_MODELS else "local"),
-        run_dir=str(run_dir),
+        run_dir=str(run_dir), runs_dir=str(runs_dir(settings, model)),
+        keep_runs=settings.offline_keep_runs,
         window_days=window_days or settings.train_window_days, window_end=end.isoformat(),
         params=dict(params or {}), jdbc_url=settings.jdbc_url, pg_user=settings.pg_user,
         pg_password=settings.pg_password, database_url=settings.database_url,
@@ -120,12 +129,41 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
         jdbc_driver_path=str(settings.jdbc_driver_path or ""),
         recent_n=settings.reco_recent_n, gate_tolerance=settings.gate_tolerance,
         publish_batch=settings.publish_batch, publish_grace_s=settings.publish_grace_s,
-        blend_replay_s=float(settings.coview_ttl_s),
+        blend_replay_s=float(settings.coview_ttl_s), coview_max=settings.coview_max,
         rank_config=asdict(RankConfig.from_settings(settings)),
         feature_params=asdict(FeatureParams.from_settings(settings)),
     )
     values.update(overrides)
     return PipelineConfig(**values)
+
+
+def runs_dir(settings: Settings, model: str) -> Path:
+    """Where a model's run folders go: `<offline dir>/<model>/`."""
+    return Path(settings.offline_dir or Path(settings.state_dir) / "offline") / model
+
+
+def prune_runs(cfg: PipelineConfig) -> list[Path]:
+    """Delete the model's run folders but the newest `keep_runs` (by last change), this run's
+    always kept: the disk would fill with window copies and models that MLflow holds anyway.
+    Only a run folder in `runs_dir` prunes its siblings (a test's or a benchmark's does not)."""
+    run_dir = Path(cfg.run_dir)
+    if not cfg.keep_runs or run_dir.parent != Path(cfg.runs_dir):
+        return []
+    others = sorted((d for d in run_dir.parent.iterdir() if d.is_dir() and d != run_dir),
+                    key=_last_change, reverse=True)
+    pruned = others[cfg.keep_runs - 1:]
+    for folder in pruned:
+        shutil.rmtree(folder, ignore_errors=True)  # another run may be pruning it too
+    return pruned
+
+
+def _last_change(folder: Path) -> float:
+    """The newest change of a run folder or its step folders (each step adds one), so a run
+    still in progress counts as recent."""
+    try:
+        return max(p.stat().st_mtime for p in (folder, *folder.iterdir()))
+    except FileNotFoundError:  # pruned meanwhile
+        return 0.0
 
 
 def spark_session(cfg: PipelineConfig) -> SparkSession:
@@ -253,7 +291,8 @@ def _evaluate(cfg: PipelineConfig, trained: dict) -> dict:
     report = ev.evaluate(data, {"model": scorer, "popularity": ev.popularity_scorer(data)},
                          cfg.eval_k)
     blend = ev.evaluate_blend(data, cfg.model, model_dir, cfg.eval_k, cfg.rank_config,
-                              cfg.feature_params, cfg.blend_max_users, cfg.blend_replay_s)
+                              cfg.feature_params, cfg.coview_max, cfg.blend_max_users,
+                              cfg.blend_replay_s)
     report["results"]["blend"] = blend["metrics"]
     report["curves"]["blend"] = blend["curve"]
     report["blend_weights"] = blend["weights"]
@@ -287,42 +326,84 @@ def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
 
 
 def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
-    """Serve the champion: the new run if it passed, else make sure the champion is serving."""
+    """Serve the champion: the new run if it passed, else make sure the champion is serving;
+    then prune old run folders (the last step: nothing reads this run's folder after it)."""
+    state = _serve(cfg, gated)
+    prune_runs(cfg)
+    return state
+
+
+def _serve(cfg: PipelineConfig, gated: dict) -> dict:
+    """Everything from the first look at Redis to the record holds the model's publish lock."""
     import redis
 
     from spark_jobs import publish
 
-    client = redis.Redis.from_url(cfg.redis_url)
     decision = gated["gate"]
-    if decision["accepted"]:
-        version, model_dir = gated["version"], Path(gated["model_dir"])
-        if publish.is_serving(client, cfg.model, version):
-            # A retry: an earlier attempt switched Redis to this version, then failed to
-            # record it (PostgreSQL down) or lost the switch's reply before retiring the old
-            # versions. Publishing again would be refused; retire and record only.
-            publish.retire_others(client, cfg.model, version, None, cfg.publish_batch,
-                                  cfg.publish_grace_s)
-            with _connect(cfg) as conn:
-                publish.record_published(conn, cfg.model, version)
-            return {**gated, "published": version, "keys_written": 0,
-                    "reason": f"{version} already serving (switched by an earlier attempt)"}
-    elif decision["champion_run_id"] is None:
+    if not decision["accepted"] and decision["champion_run_id"] is None:
         return {**gated, "published": None, "reason": "rejected and no champion to serve"}
+    client = redis.Redis.from_url(cfg.redis_url)
+    with publish.held_lock(client, cfg.model) as lock:
+        return _publish_locked(cfg, gated, client, lock)
+
+
+def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
+                    lock: Lock) -> dict:
+    from spark_jobs import publish
+
+    accepted = gated["gate"]["accepted"]
+    superseded = _superseded(cfg, gated["run_id"] if accepted
+                             else gated["gate"]["champion_run_id"])
+    if superseded:
+        return _skipped(cfg, gated, superseded)
+    if accepted:
+        version = gated["version"]
     else:
-        run = tracking.client(cfg.mlflow_tracking_uri).get_run(decision["champion_run_id"])
+        run = tracking.client(cfg.mlflow_tracking_uri).get_run(gated["gate"]["champion_run_id"])
         version = run.data.tags["publish_version"]
-        if publish.is_serving(client, cfg.model, version):
-            return {**gated, "published": None, "reason": f"champion {version} already serving"}
+    if publish.is_serving(client, cfg.model, version):
+        # Serving already: the champion re-served by an earlier run, or a retry after an
+        # attempt switched Redis, then failed to record it (PostgreSQL down) or lost the
+        # switch's reply before retiring the old versions. Publishing again would be refused;
+        # retire and record only.
+        publish.retire_others(client, lock, cfg.model, version, None, cfg.publish_batch,
+                              cfg.publish_grace_s)
+        with _connect(cfg) as conn:
+            publish.record_published(conn, cfg.model, version)
+        return {**gated, "published": version, "keys_written": 0,
+                "reason": f"{version} already serving"}
+    if accepted:
+        model_dir = Path(gated["model_dir"])
+    else:
         model_dir = tracking.download_model(cfg.mlflow_tracking_uri, run.info.run_id,
                                             Path(cfg.run_dir) / "champion")
-    result = publish.publish(client, cfg.model, version,
-                             publish.model_lists(cfg.model, model_dir, version),
-                             cfg.publish_batch, cfg.publish_grace_s)
+        publish.renew(lock)  # the download may have taken a while
+    result = publish.publish_locked(client, lock, cfg.model, version,
+                                    publish.model_lists(cfg.model, model_dir, version),
+                                    cfg.publish_batch, cfg.publish_grace_s)
     with _connect(cfg) as conn:
         publish.record_published(conn, cfg.model, version)
     timings = {**gated.get("timings", {}), "publish_s": result.seconds}
     return {**gated, "published": version, "keys_written": result.keys_written,
             "timings": timings}
+
+
+def _superseded(cfg: PipelineConfig, run_id: str) -> str | None:
+    """Why the run the gate chose may not be served now, under the publish lock: another run
+    became the champion since (a concurrent run, a backfill, `reco train` beside the DAG, a
+    cleared old task, a promotion by hand). None while it is still the champion."""
+    current = tracking.champion(cfg.mlflow_tracking_uri, cfg.model)
+    if current is not None and current[1] == run_id:
+        return None
+    now = f"registry version {current[0]} (run {current[1]})" if current else "none"
+    return f"run {run_id} is no longer the {cfg.model} champion (now: {now})"
+
+
+def _skipped(cfg: PipelineConfig, gated: dict, reason: str) -> dict:
+    log.warning("%s publish skipped: %s", cfg.model, reason)
+    tracking.set_tags(cfg.mlflow_tracking_uri, gated["run_id"],
+                      {"publish": "skipped", "publish.reason": reason})
+    return {**gated, "published": None, "reason": f"skipped: {reason}"}
 
 
 def run_all(cfg: PipelineConfig, spark: SparkSession | None = None) -> dict:

@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 import redis
+from redis.lock import Lock
 
 from reco import keys, neighbours
 
 if TYPE_CHECKING:
     from psycopg import Connection
 
-# How long one publish may hold its model's lock, and another wait for it: ~20 s publish
-# 100,000 lists here; past it the lock expires (a crashed publisher's does too).
+# The publish lock's expiry, renewed after every batch, and how long another publish waits for
+# it: ~20 s publish 100,000 lists here; a crashed publisher's lock expires after it.
 PUBLISH_LOCK_S = 900.0
 # Which key kinds (keys.version_prefix) each model publishes.
 KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user", "cf_items"),
@@ -126,31 +127,47 @@ def is_serving(client: redis.Redis, model: str, version: str) -> bool:
     return current_version(client, model) == version and _has_keys(client, KINDS[model], version)
 
 
-def publish(client: redis.Redis, model: str, version: str,
-            lists: Iterator[tuple[str, bytes]], batch: int = 5000, grace_s: int = 3600,
-            after_batch: Callable[[int], None] | None = None,
-            lock_timeout_s: float = PUBLISH_LOCK_S) -> PublishResult:
-    """Write every list of `version`, switch to it, then retire older versions, one publish
-    of `model` at a time (`keys.publish_lock`; a second waits up to `lock_timeout_s`).
-
-    `after_batch(keys_written_so_far)` runs after each pipelined batch (progress; tests
-    inject failures through it).
-    """
-    lock = client.lock(keys.publish_lock(model), timeout=lock_timeout_s,
-                       blocking_timeout=lock_timeout_s)
+@contextlib.contextmanager
+def held_lock(client: redis.Redis, model: str,
+              timeout_s: float = PUBLISH_LOCK_S) -> Iterator[Lock]:
+    """Hold `keys.publish_lock(model)`: one publish (or retire) of `model` at a time, a second
+    waits up to `timeout_s`. Long work renews it between batches (`renew`)."""
+    lock = client.lock(keys.publish_lock(model), timeout=timeout_s, blocking_timeout=timeout_s)
     if not lock.acquire():
         raise TimeoutError(f"another publish of {model} held {keys.publish_lock(model)} for "
-                           f"{lock_timeout_s:.0f} s")
+                           f"{timeout_s:.0f} s")
     try:
-        return _publish(client, model, version, lists, batch, grace_s, after_batch)
+        yield lock
     finally:
         with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile
             lock.release()
 
 
-def _publish(client: redis.Redis, model: str, version: str,
-             lists: Iterator[tuple[str, bytes]], batch: int, grace_s: int,
-             after_batch: Callable[[int], None] | None) -> PublishResult:
+def renew(lock: Lock) -> None:
+    """Reset the lock's expiry to its full timeout; LockNotOwnedError if it expired and another
+    publisher may hold it (then stop: continuing could overwrite or retire its keys)."""
+    lock.reacquire()
+
+
+def publish(client: redis.Redis, model: str, version: str,
+            lists: Iterator[tuple[str, bytes]], batch: int = 5000, grace_s: int = 3600,
+            after_batch: Callable[[int], None] | None = None,
+            lock_timeout_s: float = PUBLISH_LOCK_S) -> PublishResult:
+    """Write every list of `version`, switch to it, then retire older versions, holding the
+    model's publish lock (`held_lock`).
+
+    `after_batch(keys_written_so_far)` runs after each pipelined batch (progress; tests
+    inject failures through it).
+    """
+    with held_lock(client, model, lock_timeout_s) as lock:
+        return publish_locked(client, lock, model, version, lists, batch, grace_s, after_batch)
+
+
+def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
+                   lists: Iterator[tuple[str, bytes]], batch: int = 5000, grace_s: int = 3600,
+                   after_batch: Callable[[int], None] | None = None) -> PublishResult:
+    """`publish` for a caller that holds the model's lock (`held_lock`) and checked, under it,
+    that `version` is still the one to serve."""
     started = time.perf_counter()
     kinds = KINDS[model]
     previous = current_version(client, model)
@@ -165,10 +182,12 @@ def _publish(client: redis.Redis, model: str, version: str,
             if len(pipe) >= batch:
                 pipe.execute()
                 written += batch
+                renew(lock)
                 if after_batch:
                     after_batch(written)
         written += len(pipe)
         pipe.execute()
+        renew(lock)
         if after_batch:
             after_batch(written)
         with client.pipeline(transaction=True) as switch:
@@ -186,17 +205,21 @@ def _publish(client: redis.Redis, model: str, version: str,
         if serving != version:
             _delete_version(client, kinds, version, batch)
         raise
-    expiring, deleted = retire_others(client, model, version, previous, batch, grace_s)
+    expiring, deleted = retire_others(client, lock, model, version, previous, batch, grace_s)
     return PublishResult(model, version, previous, written, expiring, deleted,
                          time.perf_counter() - started)
 
 
-def retire_others(client: redis.Redis, model: str, version: str, previous: str | None,
-                  batch: int = 5000, grace_s: int = 3600) -> tuple[int, int]:
+def retire_others(client: redis.Redis, lock: Lock, model: str, version: str,
+                  previous: str | None, batch: int = 5000, grace_s: int = 3600
+                  ) -> tuple[int, int]:
     """After switching to `version`: `previous` expires after `grace_s` (requests that read
     the old version just before the switch still find its lists), every other version is
     deleted. `previous` None (unknown, e.g. a retry after the switch) gives every other
-    version the grace period. Returns (keys expiring, keys deleted)."""
+    version the grace period. Returns (keys expiring, keys deleted).
+
+    Under the model's lock (`held_lock`): without it, the half-written keys of a version
+    another publisher is writing would count as an old version's."""
     expiring = deleted = 0
     for old, old_keys in _versions(client, KINDS[model]).items():
         if old == version:
@@ -207,11 +230,13 @@ def retire_others(client: redis.Redis, model: str, version: str, previous: str |
                 pipe.expire(key, grace_s)
                 if n % batch == 0:
                     pipe.execute()
+                    renew(lock)
             pipe.execute()
             expiring += len(old_keys)
         else:
             for lo in range(0, len(old_keys), batch):
                 deleted += client.unlink(*old_keys[lo:lo + batch])
+                renew(lock)
     return expiring, deleted
 
 
@@ -222,5 +247,8 @@ def record_published(conn: Connection[Any], model: str, version: str) -> None:
         conn.execute("UPDATE models SET status = 'retired' WHERE name = %s"
                      " AND status IN ('published', 'champion') AND version <> %s",
                      (model, version))
-        conn.execute("UPDATE models SET status = 'published', published_at = now()"
+        # Recorded again (a run that found its champion serving): published_at stays the
+        # time it started serving.
+        conn.execute("UPDATE models SET published_at = CASE WHEN status = 'published'"
+                     " THEN published_at ELSE now() END, status = 'published'"
                      " WHERE name = %s AND version = %s", (model, version))

@@ -20,6 +20,9 @@ CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACTS = "model"  # artifact folder of embeddings / factors and the published lists
 EVALUATION_ARTIFACTS = "evaluation"
 SPLIT_TAG = "eval.split"  # digest of the data a run was scored on (spark_jobs.evaluate)
+# What an MLflow 3 server answers when there is no champion: no such registered model, or the
+# model without the alias. Anything else (outage, timeout, permission) is not "no champion".
+NO_CHAMPION_ERRORS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -102,11 +105,16 @@ def register(tracking_uri: str, model: str, run_id: str) -> str:
 
 
 def champion(tracking_uri: str, model: str) -> tuple[str, str] | None:
-    """(registry version, run id) of the current champion, or None."""
+    """(registry version, run id) of the current champion, or None when there is none.
+
+    Other MLflow errors propagate: read as "no champion", an outage would let the gate promote
+    a run without comparing it with the champion (and a backfill replace newer data)."""
     try:
         mv = client(tracking_uri).get_model_version_by_alias(
             REGISTERED_MODELS[model], CHAMPION_ALIAS)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in NO_CHAMPION_ERRORS:
+            raise
         return None
     return str(mv.version), mv.run_id
 

@@ -47,7 +47,7 @@ def _run(model: str, engine: str | None, window_days: int | None, window_end: st
         raise typer.BadParameter(str(exc)) from None
     state = pipeline.run_all(cfg)
     console.print_json(json.dumps({k: state.get(k) for k in (
-        "run_id", "version", "metrics", "gate", "published", "timings", "report")}))
+        "run_id", "version", "metrics", "gate", "published", "reason", "timings", "report")}))
 
 
 @app.command()

@@ -116,3 +116,18 @@ def test_a_later_task_keeps_the_window_even_when_the_default_changes(tmp_path):
     later = dag_steps.run_config(settings(tmp_path, train_window_days=5), "als", {}, RUN_ID,
                                  None, state, now=NOW)
     assert later.window_days == 30 and later.window_end == cfg.window_end
+
+
+def test_hyperparameters_the_cast_would_change_are_refused_with_the_field(tmp_path):
+    """{"factors": 64.9} trained 64 factors and logged 64 to MLflow, the 0.9 silently gone."""
+    cfg = first(settings(tmp_path), {"hyperparameters": {"factors": 64.0, "iterations": "1e1",
+                                                         "alpha": "2", "regularization": 3}})
+    hp = cfg.hyperparameters()
+    assert (hp.factors, hp.iterations, hp.alpha, hp.regularization) == (64, 10, 2.0, 3.0)
+    assert isinstance(hp.factors, int) and isinstance(hp.regularization, float)
+    for value, reason in ((64.9, "64.9 is not a whole number"),
+                          ("64.9", "'64.9' is not a whole number"),
+                          ("many", "'many' is not a number"), (True, "True is not a number"),
+                          ([64], r"\[64\] is not a number")):
+        with pytest.raises(ValueError, match=f"^als parameter 'factors': {reason}$"):
+            first(settings(tmp_path), {"hyperparameters": {"factors": value}})

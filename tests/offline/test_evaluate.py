@@ -1,14 +1,22 @@
-"""Leave-last-out ranks: ties share their places (spark_jobs/evaluate.py)."""
+"""Leave-last-out ranks (ties share their places), and the blend's co-view bound
+(spark_jobs/evaluate.py, spark_jobs/blend.py)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from spark_jobs.evaluate import metrics, ranks
+from reco.ranking import RankConfig
+from reco.settings import Settings
+from spark_jobs import extract as ex
+from spark_jobs import pipeline
+from spark_jobs.evaluate import EvalData, evaluate_blend, metrics, ranks
 
 
 def data(targets: list[int], items: int, seen: list[tuple[int, int]] = ()) -> SimpleNamespace:
@@ -34,3 +42,43 @@ def test_ranks_count_better_items_and_half_the_ties_among_unseen_ones() -> None:
                        [0.9, 0.8, 0.7, 0.6, 0.1]])   # held 3: 3 better, 1 of them seen
     rank, _ = ranks(data([2, 3], items=5, seen=[(1, 0)]), lambda rows: scores[rows], k=2)
     assert rank.tolist() == [pytest.approx(3.0), 3.0]
+
+
+def tiny_extract(folder: Path) -> Path:
+    """Five users view a then x, two view a then t; u0 viewed a, then (held out) t."""
+    views = [(f"w{n}", item, 1000.0 * n + dt) for n in range(5) for item, dt in (("a", 0),
+                                                                               ("x", 60))]
+    views += [(f"t{n}", item, 9000.0 + 1000.0 * n + dt) for n in range(2)
+              for item, dt in (("a", 0), ("t", 60))]
+    views += [("u0", "a", 20_000.0)]
+    events = pd.DataFrame(views, columns=["user_id", "item_id", "ts"]).assign(
+        event_type="view", event_id=[f"e{n}" for n in range(len(views))])
+    folder.mkdir()
+    events.to_parquet(folder / ex.TRAIN_EVENTS)
+    events.assign(confidence=1.0)[["user_id", "item_id", "confidence"]].to_parquet(
+        folder / ex.INTERACTIONS)
+    pd.DataFrame({"user_id": ["u0"], "item_id": ["t"], "ts": [20_060.0]}).to_parquet(
+        folder / ex.HOLDOUT)
+    return folder
+
+
+def test_the_blend_keeps_as_many_coview_partners_as_the_processor(tmp_path):
+    """RECO_COVIEW_MAX bounds the co-view sets the API reads; the offline blend kept 200
+    whatever it said, so it measured lists the API never sees."""
+    extract_dir = tiny_extract(tmp_path / "extract")
+    items = np.array(["a", "t", "x"])
+    np.savez(tmp_path / "model.npz", item_ids=items, nbr_idx=np.zeros((3, 1), np.int32),
+             nbr_scores=np.full((3, 1), -np.inf, np.float32))  # no embedding neighbours
+    rank_config = asdict(RankConfig(w_coview=1.0, w_embed=0.0, w_pop=0.0, w_recency=0.0,
+                                    popular_filler_n=0, max_category_share=1.0))
+
+    def hit_rate(coview_max: int) -> float:
+        cfg = pipeline.config_from_settings(Settings(coview_max=coview_max), "item2vec",
+                                            run_dir=tmp_path / "run", rank_config=rank_config)
+        blend = evaluate_blend(EvalData(extract_dir), "item2vec", tmp_path, 2, cfg.rank_config,
+                               cfg.feature_params, cfg.coview_max)
+        return blend["metrics"]["hr_at_2"]
+
+    # a's co-view set is {x: 5, t: 2}: t, u0's next item, is its second partner.
+    assert hit_rate(200) == 1.0
+    assert hit_rate(1) == 0.0

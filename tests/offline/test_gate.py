@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import pytest
+from mlflow.exceptions import MlflowException
 
+from reco.stack.health import free_port
 from spark_jobs import gate, tracking
 
 
@@ -141,3 +143,20 @@ def test_after_a_change_of_k_the_champion_stays_until_promoted_by_hand(mlflow_ur
     assert tracking.client(mlflow_uri).get_run(at_20).data.tags["gate.comparison"] == \
         "unavailable"
 
+
+
+@pytest.mark.integration
+def test_no_champion_only_when_the_registry_says_so(mlflow_uri, monkeypatch):
+    """An unanswered alias look-up read as "no champion" let an outage promote and publish a
+    run that was never compared with the champion (nor refused as a backfill)."""
+    assert tracking.champion(mlflow_uri, "als") is None  # no registered model
+    run_id, version = fake_run(mlflow_uri, 0.30)
+    assert tracking.champion(mlflow_uri, "als") is None  # registered, no alias
+    tracking.set_champion(mlflow_uri, "als", version)
+    assert tracking.champion(mlflow_uri, "als") == (version, run_id)
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = f"http://127.0.0.1:{free_port()}"  # MLflow unreachable: the gate task must fail
+    with pytest.raises(MlflowException) as failed:
+        tracking.champion(down, "als")
+    assert failed.value.error_code not in tracking.NO_CHAMPION_ERRORS

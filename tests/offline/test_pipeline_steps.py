@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -11,6 +13,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import psycopg
 import pytest
+import redis
 
 from reco import keys
 from reco.settings import Settings
@@ -39,6 +42,40 @@ def test_a_window_end_without_a_zone_is_utc_whatever_the_hosts_zone(host_in_new_
     assert cfg.window_end == "2023-12-31T23:00:00+00:00"
 
 
+def run_folder(parent: Path, name: str, age_s: float) -> Path:
+    """A run folder whose steps last wrote `age_s` ago."""
+    folder = parent / name
+    (folder / "extract").mkdir(parents=True)
+    then = time.time() - age_s
+    for path in (folder / "extract", folder):
+        os.utime(path, (then, then))
+    return folder
+
+
+def test_a_publish_keeps_the_newest_run_folders_of_its_model(tmp_path):
+    """Run folders (Parquet copies of the window, models, evaluation) were never deleted."""
+    settings = Settings(state_dir=tmp_path, offline_keep_runs=3)
+    cfg = pipeline.config_from_settings(settings, "als", window_end=datetime(2024, 1, 1))
+    runs = Path(cfg.run_dir).parent
+    assert runs == tmp_path / "offline" / "als"
+    old = [run_folder(runs, f"run-{n}", age_s=3600.0 * n) for n in (4, 1, 3, 2)]
+    other_model = run_folder(tmp_path / "offline" / "sasrec", "run-9", age_s=9e5)
+    Path(cfg.run_dir).mkdir()
+    os.utime(cfg.run_dir, (time.time() - 9e5, time.time() - 9e5))  # its own: kept whatever
+
+    state = pipeline.publish_step(cfg, {"gate": {"accepted": False, "champion_run_id": None}})
+
+    assert state["published"] is None
+    assert sorted(p.name for p in runs.iterdir()) == ["20240101T000000", "run-1", "run-2"]
+    assert other_model.exists()
+    # A run folder chosen outside the offline dir (a test's, a benchmark's) prunes nothing.
+    elsewhere = dataclasses.replace(cfg, run_dir=str(tmp_path / "bench" / "run"))
+    kept = [run_folder(tmp_path / "bench", f"b-{n}", age_s=3600.0 * n) for n in range(4)]
+    pipeline.publish_step(elsewhere, {"gate": {"accepted": False, "champion_run_id": None}})
+    assert all(folder.exists() for folder in kept)
+    assert old[1].exists()
+
+
 def tiny_als(folder: Path) -> Path:
     """A trained ALS model's folder: two users, four items."""
     folder.mkdir(parents=True)
@@ -50,10 +87,27 @@ def tiny_als(folder: Path) -> Path:
     return folder
 
 
-def accepted(version: str, model_dir: Path) -> dict:
-    """What the gate step hands the publish step for a run that passed."""
-    return {"version": version, "model_dir": str(model_dir),
-            "gate": {"accepted": True, "champion_run_id": None}}
+def logged_run(uri: str, version: str, model_dir: Path) -> tuple[str, str]:
+    """(run id, registry version) of an ALS run as the train step leaves it."""
+    run_id = tracking.start_run(uri, "als", "local", {}, {})
+    tracking.log_artifacts(uri, run_id, model_dir, tracking.MODEL_ARTIFACTS)
+    tracking.set_tags(uri, run_id, {"publish_version": version})
+    tracking.finish_run(uri, run_id)
+    return run_id, tracking.register(uri, "als", run_id)
+
+
+def accepted(uri: str, version: str, model_dir: Path) -> dict:
+    """What the gate step hands the publish step for a run that passed (and promoted)."""
+    run_id, registry_version = logged_run(uri, version, model_dir)
+    tracking.set_champion(uri, "als", registry_version)
+    return {"run_id": run_id, "version": version, "model_dir": str(model_dir),
+            "gate": {"accepted": True, "champion_run_id": run_id}}
+
+
+def rejected(uri: str, champion_run_id: str) -> dict:
+    """What the gate step hands the publish step for a run that failed: serve the champion."""
+    return {"run_id": tracking.start_run(uri, "als", "local", {}, {}), "version": "v9",
+            "gate": {"accepted": False, "champion_run_id": champion_run_id}}
 
 
 def statuses(pg) -> dict[str, tuple[str, bool]]:
@@ -68,27 +122,115 @@ def down(cfg: pipeline.PipelineConfig) -> pipeline.PipelineConfig:
         cfg, database_url=f"postgresql://reco:reco@127.0.0.1:{free_port()}/reco")
 
 
-@pytest.mark.integration
-def test_publish_retry_after_recording_failed_records_the_serving_version(
-        settings, pg, redis_client, tmp_path):
-    cfg = pipeline.config_from_settings(settings, "als", run_dir=tmp_path / "run")
+def switched_unrecorded(cfg: pipeline.PipelineConfig, pg, redis_client, tmp_path: Path
+                        ) -> dict:
+    """v1 published; then Redis switches to v2 and recording it fails: Airflow retries (the
+    state returned)."""
+    uri = cfg.mlflow_tracking_uri
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
-    pipeline.publish_step(cfg, accepted("v1", tiny_als(tmp_path / "v1")))
+    pipeline.publish_step(cfg, accepted(uri, "v1", tiny_als(tmp_path / "v1")))
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v2', 'champion')")
-
-    # Redis switches to v2, then recording it fails: Airflow retries the task.
+    v2 = accepted(uri, "v2", tiny_als(tmp_path / "v2"))
     with pytest.raises(psycopg.OperationalError):
-        pipeline.publish_step(down(cfg), accepted("v2", tiny_als(tmp_path / "v2")))
+        pipeline.publish_step(down(cfg), v2)
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
     assert statuses(pg) == {"v1": ("published", True), "v2": ("champion", False)}
+    return v2
 
-    state = pipeline.publish_step(cfg, accepted("v2", tmp_path / "v2"))
+
+@pytest.mark.integration
+def test_publish_retry_after_recording_failed_records_the_serving_version(
+        offline_settings, pg, redis_client, tmp_path):
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    v2 = switched_unrecorded(cfg, pg, redis_client, tmp_path)
+
+    state = pipeline.publish_step(cfg, v2)
 
     assert state["published"] == "v2" and state["keys_written"] == 0
     assert "already serving" in state["reason"]
     assert statuses(pg) == {"v1": ("retired", True), "v2": ("published", True)}
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
     assert redis_client.exists(keys.user_cf("u1", "v2"), keys.model_items("als", "v2")) == 2
+
+
+@pytest.mark.integration
+def test_a_retry_finding_its_version_serving_waits_for_another_publish(
+        offline_settings, pg, redis_client, tmp_path):
+    """The retry's retire ran outside the publish lock: it gave the keys another publisher was
+    still writing (v3) an expiry, so v3 would lose its lists an hour after its switch."""
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    v2 = switched_unrecorded(cfg, pg, redis_client, tmp_path)
+    v3_key = keys.user_cf("u1", "v3")
+
+    with ThreadPoolExecutor(1) as pool:
+        with publish.held_lock(redis.Redis.from_url(cfg.redis_url), "als"):
+            redis_client.set(v3_key, "another publisher's, half-way")
+            retry = pool.submit(pipeline.publish_step, cfg, v2)
+            time.sleep(1.0)
+            assert not retry.done() and redis_client.ttl(v3_key) == -1
+        # Released with v3 never switched to: now a crashed publish's leftover, retired.
+        assert retry.result(30)["published"] == "v2"
+    assert statuses(pg) == {"v1": ("retired", True), "v2": ("published", True)}
+    assert 0 < redis_client.ttl(v3_key) <= cfg.publish_grace_s
+
+
+@pytest.mark.integration
+def test_a_retry_re_serving_the_champion_records_it(offline_settings, pg, redis_client,
+                                                     tmp_path):
+    """v1 promoted by hand over v2 (a rollback) takes effect when the next run is rejected.
+    Its publish switched to v1 and failed to record it; the retry found v1 serving and
+    returned without recording (PostgreSQL kept v2 as the published version)."""
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    uri = cfg.mlflow_tracking_uri
+    v1_run, v1 = logged_run(uri, "v1", tiny_als(tmp_path / "v1"))
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'retired'),"
+               " ('als', 'v2', 'champion')")
+    pipeline.publish_step(cfg, accepted(uri, "v2", tiny_als(tmp_path / "v2")))
+    tracking.set_champion(uri, "als", v1)
+
+    with pytest.raises(psycopg.OperationalError):
+        pipeline.publish_step(down(cfg), rejected(uri, v1_run))
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
+    assert statuses(pg) == {"v1": ("retired", False), "v2": ("published", True)}
+
+    state = pipeline.publish_step(cfg, rejected(uri, v1_run))
+
+    assert state["published"] == "v1" and "already serving" in state["reason"]
+    assert statuses(pg) == {"v1": ("published", True), "v2": ("retired", True)}
+    assert 0 < redis_client.ttl(keys.user_cf("u1", "v2")) <= cfg.publish_grace_s
+    # The next rejected run finds v1 serving and recorded: its publish time stays.
+    published_at = "SELECT published_at FROM models WHERE version = 'v1'"
+    before = pg.execute(published_at).fetchone()
+    assert pipeline.publish_step(cfg, rejected(uri, v1_run))["published"] == "v1"
+    assert pg.execute(published_at).fetchone() == before
+
+
+@pytest.mark.integration
+def test_a_run_no_longer_the_champion_is_not_published(offline_settings, pg, redis_client,
+                                                       tmp_path):
+    """Two runs at once (a backfill beside the schedule, `reco train` beside the DAG): v1
+    passed its gate, then v2 passed and was promoted and published. v1's publish, late,
+    published v1 over the champion."""
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    uri = cfg.mlflow_tracking_uri
+    v1 = accepted(uri, "v1", tiny_als(tmp_path / "v1"))
+    v2 = accepted(uri, "v2", tiny_als(tmp_path / "v2"))
+    pipeline.publish_step(cfg, v2)
+
+    state = pipeline.publish_step(cfg, v1)
+
+    assert state["published"] is None
+    assert state["reason"].startswith(f"skipped: run {v1['run_id']} is no longer the als "
+                                      f"champion (now: registry version 2 (run {v2['run_id']}))")
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
+    assert not redis_client.exists(keys.user_cf("u1", "v1"))
+    tags = tracking.client(uri).get_run(v1["run_id"]).data.tags
+    assert tags["publish"] == "skipped" and tags["publish.reason"] == state["reason"][9:]
+    # Nor is a rejected run's champion once another replaced it (here by hand, v1 again).
+    tracking.set_champion(uri, "als", "1")
+    state = pipeline.publish_step(cfg, rejected(uri, v2["run_id"]))
+    assert state["published"] is None and "no longer the als champion" in state["reason"]
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
 
 
 @pytest.mark.integration

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -149,6 +150,25 @@ def test_a_publish_waits_for_the_lock_no_longer_than_its_timeout(redis_url):
     assert publish.current_version(client, "item2vec") is None
 
 
+@pytest.mark.integration
+def test_a_publish_longer_than_the_locks_expiry_keeps_the_lock(redis_url):
+    """The lock's expiry was set once, when taken: a publish that outlasted it lost the lock
+    half-way, and a second publisher could write and switch beside it."""
+    client = redis.Redis.from_url(redis_url)
+    others_got_it: list[bool] = []
+
+    def slow_batch(written: int) -> None:
+        time.sleep(0.4)  # 7 batches: ~2.8 s under a lock that expires after 1 s
+        other = redis.Redis.from_url(redis_url).lock(keys.publish_lock("item2vec"), timeout=5)
+        others_got_it.append(other.acquire(blocking=False))
+
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500,
+                    after_batch=slow_batch, lock_timeout_s=1.0)
+
+    assert others_got_it == [False] * 7
+    assert not client.exists(keys.publish_lock("item2vec"))  # released at the end
+
+
 class ExecReplyDropper:
     """A TCP proxy to Redis that loses the reply to every EXEC: Redis runs the transaction,
     then the client's connection is reset (what a timeout or a network blip looks like)."""
@@ -233,8 +253,9 @@ def test_a_switch_whose_reply_is_lost_keeps_the_new_version_serving(redis_url, l
     # The lost reply also skipped retiring v1; the retry's retire gives it the grace period.
     old_key = keys.item_knn(ITEMS[0], "v1")
     assert client.ttl(old_key) == -1
-    assert publish.retire_others(client, "item2vec", "v2", None, batch=500, grace_s=60) == (
-        len(ITEMS), 0)
+    with publish.held_lock(client, "item2vec") as lock:
+        assert publish.retire_others(client, lock, "item2vec", "v2", None, batch=500,
+                                     grace_s=60) == (len(ITEMS), 0)
     assert 0 < client.ttl(old_key) <= 60 and client.ttl(keys.item_knn(ITEMS[0], "v2")) == -1
 
 
