@@ -313,11 +313,16 @@ def _evaluate(cfg: PipelineConfig, trained: dict) -> dict:
 
 
 def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
-    from spark_jobs import gate
+    import redis
+
+    from spark_jobs import gate, publish
 
     report = json.loads(Path(evaluated["report"]).read_text())
-    decision = gate.gate(cfg.mlflow_tracking_uri, cfg.model, evaluated["run_id"],
-                         evaluated["registry_version"], report, cfg.gate_tolerance)
+    # Under the model's publish lock: two gates reading one champion could both promote, and
+    # the later alias would win whichever window it was trained on.
+    with publish.held_lock(redis.Redis.from_url(cfg.redis_url), cfg.model):
+        decision = gate.gate(cfg.mlflow_tracking_uri, cfg.model, evaluated["run_id"],
+                             evaluated["registry_version"], report, cfg.gate_tolerance)
     with _connect(cfg) as conn:
         conn.execute("UPDATE models SET status = %s WHERE name = %s AND version = %s",
                      ("champion" if decision.accepted else "rejected", cfg.model,

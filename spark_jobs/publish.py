@@ -130,12 +130,12 @@ def is_serving(client: redis.Redis, model: str, version: str) -> bool:
 @contextlib.contextmanager
 def held_lock(client: redis.Redis, model: str,
               timeout_s: float = PUBLISH_LOCK_S) -> Iterator[Lock]:
-    """Hold `keys.publish_lock(model)`: one publish (or retire) of `model` at a time, a second
-    waits up to `timeout_s`. Long work renews it between batches (`renew`)."""
+    """Hold `keys.publish_lock(model)`: one gate, publish (or retire) of `model` at a time, a
+    second waits up to `timeout_s`. Long work renews it between batches (`renew`)."""
     lock = client.lock(keys.publish_lock(model), timeout=timeout_s, blocking_timeout=timeout_s)
     if not lock.acquire():
-        raise TimeoutError(f"another publish of {model} held {keys.publish_lock(model)} for "
-                           f"{timeout_s:.0f} s")
+        raise TimeoutError(f"another gate or publish of {model} held "
+                           f"{keys.publish_lock(model)} for {timeout_s:.0f} s")
     try:
         yield lock
     finally:

@@ -234,6 +234,31 @@ def test_a_run_no_longer_the_champion_is_not_published(offline_settings, pg, red
 
 
 @pytest.mark.integration
+def test_a_gate_waits_for_another_gate_or_publish_of_its_model(offline_settings, pg, tmp_path):
+    """Two gates reading one champion could both promote; the later alias won, whichever
+    window its run was trained on. A gate now holds the model's publish lock."""
+    import json
+
+    from tests.offline.test_gate import report
+
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    run_id, registry_version = logged_run(cfg.mlflow_tracking_uri, "v1", tiny_als(tmp_path / "m"))
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'trained')")
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report(0.3, 0.1)))
+    evaluated = {"report": str(path), "run_id": run_id, "registry_version": registry_version,
+                 "version": "v1"}
+
+    with ThreadPoolExecutor(1) as pool:
+        with publish.held_lock(redis.Redis.from_url(cfg.redis_url), "als"):
+            gated = pool.submit(pipeline.gate_step, cfg, evaluated)
+            time.sleep(1.0)
+            assert not gated.done() and tracking.champion(cfg.mlflow_tracking_uri, "als") is None
+        assert gated.result(30)["gate"]["accepted"]
+    assert tracking.champion(cfg.mlflow_tracking_uri, "als") == (registry_version, run_id)
+
+
+@pytest.mark.integration
 def test_a_champion_never_published_is_retired_when_a_later_version_is(settings, pg):
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'published'),"
                " ('als', 'v2', 'champion'), ('als', 'v3', 'champion'),"

@@ -145,7 +145,7 @@ def test_a_second_publish_of_the_model_waits_for_the_first(redis_url):
 def test_a_publish_waits_for_the_lock_no_longer_than_its_timeout(redis_url):
     client = redis.Redis.from_url(redis_url)
     client.set(keys.publish_lock("item2vec"), "a crashed publisher's", px=60_000)
-    with pytest.raises(TimeoutError, match="another publish of item2vec held"):
+    with pytest.raises(TimeoutError, match="another gate or publish of item2vec held"):
         publish.publish(client, "item2vec", "v1", lists_of("v1"), lock_timeout_s=0.3)
     assert publish.current_version(client, "item2vec") is None
 
