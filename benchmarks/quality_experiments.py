@@ -55,7 +55,7 @@ def directional_coview(split: tq.Split, window_s: float, forward: float, backwar
     Not `plan_batch` itself: it adds 1 both ways whatever the direction and position, and has
     no parameter for either. The partners and the recent list are the processor's own
     (`coview_partners`, `RecentItems.touch`, the split's FeatureParams); with 1 / 1 / 1 the
-    lists are the processor's."""
+    lists are the processor's as they were before its affinity decayed (plain counts)."""
     recent: dict[str, RecentItems] = {}
     pairs: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     params = split.params

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -88,7 +90,10 @@ def workload(n: int, users: int, items: int, seed: int = 7) -> list[Event]:
 
 
 def coview_pairs_per_event(events: list[Event], settings: Settings) -> float:
-    up = plan_batch(events, {}, {}, FeatureParams.from_settings(settings), time.time())
+    # An infinite half-life makes every pair's affinity 1: the sum counts pairs.
+    params = dataclasses.replace(FeatureParams.from_settings(settings),
+                                 coview_half_life_s=math.inf)
+    up = plan_batch(events, {}, {}, params, time.time())
     return sum(sum(p.values()) for p in up.coview.values()) / 2 / len(events)
 
 

@@ -100,7 +100,9 @@ class Settings(BaseSettings):
     # Co-view affinity decays like popularity (forward decay, same landmark): plain counts never
     # aged, so once an item's set was full of pairs counted twice or more, a new partner (one
     # count) was trimmed in the transaction that added it, for good.
-    coview_half_life_h: float = Field(default=720.0, gt=0)
+    # At least a day: the landmark then covers ~1,000 days, as popularity's (reco/features.py);
+    # shorter, events past its range would add no co-view at all.
+    coview_half_life_h: float = Field(default=720.0, ge=24)
     coview_ttl_s: int = 7 * 24 * 3600
     coview_window_s: int = 30 * 60
     coview_recent_n: int = 10

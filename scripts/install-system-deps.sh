@@ -50,12 +50,6 @@ $root || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-if [ "$(java_major)" -lt 17 ]; then
-  # Debian's alternatives in manual mode keep the older Java as `java`.
-  echo "java on PATH is still Java $(java_major), Kafka and Spark need 17+:" \
-    "select it with: sudo update-alternatives --config java" >&2
-  exit 1
-fi
 # Debian starts the servers it just installed as services (and, under systemd, at every boot);
 # the stack runs its own copies on the same ports. Leave servers installed before alone.
 for svc in redis-server postgresql prometheus prometheus-redis-exporter \
@@ -67,3 +61,10 @@ for svc in redis-server postgresql prometheus prometheus-redis-exporter \
     $sudo service "$svc" stop >/dev/null 2>&1 || true
   fi
 done
+# After the services are stopped: an error here must not leave them running (on their ports).
+if [ "$(java_major)" -lt 17 ]; then
+  # Debian's alternatives in manual mode keep the older Java as `java`.
+  echo "java on PATH is still Java $(java_major), Kafka and Spark need 17+:" \
+    "select it with: sudo update-alternatives --config java" >&2
+  exit 1
+fi
