@@ -14,6 +14,7 @@ included (re-checked when hit under a newer catalogue version: serving/reco_serv
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from reco import keys
 from reco.events import Identifier
 from reco.timing import POSTGRES_QUERY_SECONDS, timed
 
+log = logging.getLogger(__name__)
 Category = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -184,7 +186,13 @@ async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> N
                      args=[revision, len(present) // 2, *present, *absent], client=pipe)
         pipe.zadd(keys.ITEM_NEW_ARRIVALS, {item_id: float(created_at)})
     announce_changes(pipe, [row[0] for row in rows], time.time() * 1000)
-    await pipe.execute()
+    replies = await pipe.execute()
+    stale = [row[0] for row, applied in zip(rows, replies[0:2 * len(rows):2], strict=True)
+             if not applied]
+    if stale:  # a replica's newer write won (a race); if it never ends, see the warning
+        log.warning("%d item(s) not mirrored, Redis holds a newer revision: %s. If PostgreSQL "
+                    "was restored from an older backup than Redis, move item_revision_seq "
+                    "past Redis' revisions (setval).", len(stale), stale[:10])
 
 
 def announce_changes(pipe: aredis.client.Pipeline, item_ids: Sequence[str], now_ms: float

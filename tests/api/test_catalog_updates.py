@@ -312,7 +312,7 @@ def test_an_item_named_version_is_an_ordinary_item(
 
 
 def test_an_older_upsert_landing_last_in_redis_is_not_applied(
-        world, api_settings: Settings, pg) -> None:
+        world, api_settings: Settings, pg, caplog) -> None:
     """Two ingest replicas upsert one item: in stock, then sold out. PostgreSQL orders them;
     their Redis writes can land the other way round, and the sold-out item was then served as
     in stock until its next upsert (the full reload reads Redis)."""
@@ -332,7 +332,9 @@ def test_an_older_upsert_landing_last_in_redis_is_not_applied(
             await pool.close()
             await client.aclose()
 
-    asyncio.run(two_replicas())
+    with caplog.at_level("WARNING", logger="serving.catalogue"):
+        asyncio.run(two_replicas())
+    assert "1 item(s) not mirrored, Redis holds a newer revision: ['S']" in caplog.text
     assert r.hget(keys.item_meta("S"), "in_stock") == "0"
     assert pg.execute("SELECT in_stock FROM items WHERE item_id = 'S'").fetchone()[0] is False
     # An ordinary upsert still applies, clearing a field it no longer has.
