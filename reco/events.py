@@ -61,7 +61,7 @@ class Event(BaseModel):
 
     @field_validator("timestamp", mode="before")
     @classmethod
-    def _parse_timestamp(cls, value: Any) -> int:
+    def _parse_timestamp(cls, value: Any, info: ValidationInfo) -> int:
         if value is None:
             return int(time.time() * 1000)
         if isinstance(value, bool):
@@ -69,6 +69,10 @@ class Event(BaseModel):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be a finite number of epoch milliseconds")
         if isinstance(value, int | float):
+            if 0 <= value < (info.context or {}).get("min_timestamp_ms", MIN_TIMESTAMP_MS):
+                raise ValueError(f"must be at least {MIN_TIMESTAMP_MS} (1973-03-03T09:46:40Z): "
+                                 "a smaller number is epoch seconds, and milliseconds are "
+                                 "expected")
             return int(value)
         if isinstance(value, str):
             return _rfc3339_ms(value)
@@ -80,9 +84,6 @@ class Event(BaseModel):
         # Bounds are checked on replay too: the archiver cannot store a time past year 9999.
         if value < 0:
             raise ValueError("must not be negative")
-        if value < (info.context or {}).get("min_timestamp_ms", MIN_TIMESTAMP_MS):
-            raise ValueError(f"must be epoch milliseconds, at least {MIN_TIMESTAMP_MS} "
-                             "(1973-03-03T09:46:40Z): epoch seconds are not accepted")
         if value > MAX_TIMESTAMP_MS:
             raise ValueError(f"must be at most {MAX_TIMESTAMP_MS} (9999-12-31T23:59:59.999Z)")
         skew_s = (info.context or {}).get("max_future_skew_s", MAX_FUTURE_SKEW_S)

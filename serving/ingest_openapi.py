@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reco.events import MAX_TIMESTAMP_MS, Event
+from reco.events import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Event
 from serving.catalogue import ItemBatch, ItemIn
 
 
@@ -34,10 +34,12 @@ def _event_schema() -> dict[str, Any]:
     schema = _inline(Event.model_json_schema())
     # The validator also takes RFC 3339 text; the generated schema only knows the stored int.
     schema["properties"]["timestamp"] = {
-        "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_TIMESTAMP_MS},
+        "anyOf": [{"type": "integer", "minimum": MIN_TIMESTAMP_MS,
+                   "maximum": MAX_TIMESTAMP_MS},
                   {"type": "string", "format": "date-time"}],
         "description": "RFC 3339 date-time with an offset, or epoch milliseconds; default now; "
-                       "at most 5 minutes ahead",
+                       "as a number from 1973-03-03 on (so that epoch seconds are refused); at "
+                       "most 5 minutes ahead",
     }
     return schema
 
