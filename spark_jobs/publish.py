@@ -194,6 +194,8 @@ def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
             switch.hset(keys.MODEL_VERSIONS, model, version)
             switch.hset(keys.MODEL_PUBLISHED_AT, model, int(time.time()))
             switch.execute()
+    except redis.exceptions.LockNotOwnedError:
+        raise  # another publisher may hold the lock and be writing this version: leave it
     except BaseException:
         # The switch may have run with its reply lost (timeout, reset): `version` is then
         # serving and its keys must stay. When Redis cannot say, they stay too (a later publish
@@ -227,7 +229,9 @@ def retire_others(client: redis.Redis, lock: Lock, model: str, version: str,
         if previous is None or old == previous:
             pipe = client.pipeline(transaction=False)
             for n, key in enumerate(old_keys, 1):
-                pipe.expire(key, grace_s)
+                # NX: a key already expiring keeps its time, so runs that find their version
+                # serving (every rejected run re-serving the champion) do not keep it alive.
+                pipe.expire(key, grace_s, nx=True)
                 if n % batch == 0:
                     pipe.execute()
                     renew(lock)

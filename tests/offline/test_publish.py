@@ -169,6 +169,22 @@ def test_a_publish_longer_than_the_locks_expiry_keeps_the_lock(redis_url):
     assert not client.exists(keys.publish_lock("item2vec"))  # released at the end
 
 
+@pytest.mark.integration
+def test_a_publish_that_lost_its_lock_stops_and_leaves_the_keys_alone(redis_url):
+    """Its cleanup deleted the version's keys without the lock: those of another attempt of
+    the same run, writing the same version under the lock it now held."""
+    client = redis.Redis.from_url(redis_url)
+
+    def lock_taken_over(written: int) -> None:
+        client.delete(keys.publish_lock("item2vec"))  # expired, then taken by another attempt
+        client.lock(keys.publish_lock("item2vec"), timeout=60).acquire(blocking=False)
+
+    with pytest.raises(redis.exceptions.LockNotOwnedError):
+        publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500,
+                        after_batch=lock_taken_over)
+    assert client.exists(keys.item_knn(ITEMS[0], "v1"))
+
+
 class ExecReplyDropper:
     """A TCP proxy to Redis that loses the reply to every EXEC: Redis runs the transaction,
     then the client's connection is reset (what a timeout or a network blip looks like)."""
@@ -266,6 +282,24 @@ def test_republishing_the_serving_version_is_refused(redis_url):
     with pytest.raises(ValueError, match="already the serving version"):
         publish.publish(client, "item2vec", "v1", lists_of("v1"))
     assert read_lists(client, ITEMS[:1])[0] == "v1"
+
+
+@pytest.mark.integration
+def test_retiring_again_never_extends_an_old_versions_expiry(redis_url):
+    """Every rejected run that finds the champion serving retires the other versions again
+    (their previous unknown): each call reset their expiry, so runs closer together than the
+    grace period kept old versions for ever."""
+    client = redis.Redis.from_url(redis_url)
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+    publish.publish(client, "item2vec", "v2", lists_of("v2"), batch=500, grace_s=3600)
+    old = keys.item_knn(ITEMS[0], "v1")
+    client.pexpire(old, 5_000)  # most of the grace period gone
+
+    with publish.held_lock(client, "item2vec") as lock:
+        publish.retire_others(client, lock, "item2vec", "v2", None, grace_s=3600)
+
+    assert 0 < client.pttl(old) <= 5_000
+    assert client.ttl(keys.item_knn(ITEMS[0], "v2")) == -1
 
 
 @pytest.mark.integration
