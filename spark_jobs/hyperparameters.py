@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Self
 
 
@@ -26,14 +27,21 @@ class Hyperparameters:
         return cls(**out)
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: str.isdigit also takes "²"
+
+
 def _cast(value: object, kind: type) -> int | float:
     """`value` as an int or a float, refusing what the cast would change (64.9 -> 64)."""
     # bool is an int to Python, but `true` factors is a mistake, not 1.
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"{value!r} is not a number")
     if isinstance(value, int):
-        return value if kind is int else float(value)
-    if kind is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        try:
+            return value if kind is int else float(value)
+        except OverflowError:
+            raise ValueError(f"an integer of {len(str(value))} digits is too large for a "
+                             "float") from None
+    if kind is int and isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         return int(value)  # exact, however many digits
     try:
         number = float(value)

@@ -27,7 +27,7 @@ def up(
     except local.ComponentFailed as exc:
         console.print(f"[red]✗ {exc}[/]")
         raise typer.Exit(1) from exc
-    except KeyError as exc:  # an unknown --only name
+    except local.UnknownComponent as exc:
         console.print(f"[red]{exc.args[0]}[/]")
         raise typer.Exit(2) from exc
     console.print(f"stack up in {time.monotonic() - started:.0f}s; `reco status` shows it")
@@ -82,7 +82,7 @@ def logs(
     """The last lines of one component's log."""
     try:
         typer.echo(local.logs(get_settings(), name, lines))
-    except KeyError as exc:
+    except local.UnknownComponent as exc:
         console.print(f"[red]{exc.args[0]}[/]")
         raise typer.Exit(2) from exc
 

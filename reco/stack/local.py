@@ -43,11 +43,15 @@ def up(settings: Settings, console: Console, only: set[str] | None = None) -> li
     return components
 
 
+class UnknownComponent(KeyError):
+    """A component name the stack does not have (a typo must not do nothing)."""
+
+
 def check_known(names: set[str], known: set[str]) -> None:
-    """KeyError naming unknown components and the known ones (a typo must not do nothing)."""
+    """UnknownComponent naming the unknown components and the known ones."""
     unknown = sorted(names - known)
     if unknown:
-        raise KeyError(f"unknown component{'s' if len(unknown) > 1 else ''} "
+        raise UnknownComponent(f"unknown component{'s' if len(unknown) > 1 else ''} "
                        f"{', '.join(map(repr, unknown))}; one of: {', '.join(sorted(known))}")
 
 

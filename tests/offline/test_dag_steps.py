@@ -128,6 +128,10 @@ def test_hyperparameters_the_cast_would_change_are_refused_with_the_field(tmp_pa
     for value, reason in ((64.9, "64.9 is not a whole number"),
                           ("64.9", "'64.9' is not a whole number"),
                           ("many", "'many' is not a number"), (True, "True is not a number"),
-                          ([64], r"\[64\] is not a number")):
+                          ([64], r"\[64\] is not a number"),
+                          ("²", "'²' is not a number"), ("+-5", "'\\+-5' is not a number")):
         with pytest.raises(ValueError, match=f"^als parameter 'factors': {reason}$"):
             first(settings(tmp_path), {"hyperparameters": {"factors": value}})
+    with pytest.raises(ValueError, match="^als parameter 'regularization': an integer of 401 "
+                                         "digits is too large for a float$"):
+        first(settings(tmp_path), {"hyperparameters": {"regularization": 10**400}})
