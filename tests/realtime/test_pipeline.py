@@ -38,9 +38,17 @@ def ev(user: str, item: str, t_s: float, event_type: str = "view") -> dict:
             "event_type": event_type, "timestamp": int(t_s * 1000)}
 
 
-def decayed(settings: Settings, weight: float, t_s: float) -> float:
-    half_life_s = settings.popularity_half_life_h * 3600
+def decayed(settings: Settings, weight: float, t_s: float, half_life_h: float | None = None
+            ) -> float:
+    half_life_s = (half_life_h or settings.popularity_half_life_h) * 3600
     return weight * 2 ** ((t_s - settings.popularity_landmark_s) / half_life_s)
+
+
+def coview_of(settings: Settings, r: redis.Redis, item: str) -> list[tuple[str, float]]:
+    """The co-view set, each affinity expressed in events at time T (forward decay)."""
+    unit = decayed(settings, 1.0, T, settings.coview_half_life_h)
+    return [(other, round(score / unit, 4))
+            for other, score in r.zrange(keys.co_view(item), 0, -1, withscores=True)]
 
 
 def archived(settings: Settings) -> list[tuple]:
@@ -90,10 +98,11 @@ async def test_end_to_end_features_and_archive(
         ("B", ms(T + 10)), ("A", ms(T + 20)), ("C", ms(T + 30))]
     assert r.zrange(keys.user_seen("u3"), 0, -1) == ["D", "A"]
     assert 29 * DAY < r.ttl(keys.user_seen("u1")) <= 30 * DAY
-    # u1: B after A (A<->B), A after B (A<->B), C after [A, B]; u2: B after A (A<->B)
-    assert r.zrange(keys.co_view("A"), 0, -1, withscores=True) == [("C", 1.0), ("B", 3.0)]
-    assert r.zrange(keys.co_view("B"), 0, -1, withscores=True) == [("C", 1.0), ("A", 3.0)]
-    assert r.zrange(keys.co_view("C"), 0, -1, withscores=True) == [("A", 1.0), ("B", 1.0)]
+    # u1: B after A (A<->B), A after B (A<->B), C after [A, B]; u2: B after A (A<->B); each
+    # pair's affinity decayed from its event's time (seconds after T: a hair above 1 each).
+    assert coview_of(settings, r, "A") == [("C", 1.0), ("B", 3.0)]
+    assert coview_of(settings, r, "B") == [("C", 1.0), ("A", 3.0)]
+    assert coview_of(settings, r, "C") == [("A", 1.0), ("B", 1.0)]
     assert not r.exists(keys.co_view("D")) and not r.exists(keys.co_view("E"))
     assert 6 * DAY < r.ttl(keys.co_view("A")) <= 7 * DAY
 
@@ -145,8 +154,7 @@ async def test_redelivery_is_not_counted_twice(
     def features() -> tuple:
         r = redis_client
         return (r.zrange(keys.ITEM_POPULARITY, 0, -1, withscores=True),
-                r.zrange(keys.co_view("A"), 0, -1, withscores=True),
-                r.lrange(keys.user_recent("u1"), 0, -1))
+                coview_of(settings, r, "A"), r.lrange(keys.user_recent("u1"), 0, -1))
 
     once = features()
     assert once[0] == [("A", pytest.approx(decayed(settings, 1, T), rel=1e-12)),
