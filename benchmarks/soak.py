@@ -18,7 +18,7 @@ warm-up). Writes benchmarks/reports/soak.{md,json} and prints the table. Not run
 
 A running stack (--ingest-url and --reco-url): a consumer's lag is read from the metrics URL
 of each of its copies (--processor-metrics-url / --archiver-metrics-url, one or more; default
-127.0.0.1 at the ports of the copies the settings run, RECO_PROCESSOR_METRICS_PORT + 10*n for
+127.0.0.1 at the ports of the copies the settings run, RECO_PROCESSOR_METRICS_PORT + 2*n for
 RECO_PROCESSOR_COPIES copies, the archiver's likewise), the max per partition over the pages
 (two copies can show one during a rebalance), summed. The consumer group names, the ports,
 the PostgreSQL DSN and the credentials come from the RECO_* settings (environment, .env) of
