@@ -71,10 +71,11 @@ class FeatureParams:
 MAX_HALF_LIVES = 1000.0  # 2**1000 * weight * events stays below the double limit (2**1024)
 
 
-def popularity_increment(
+def forward_decayed(
     weight: float, t_s: float, landmark_s: float, half_life_s: float
 ) -> float | None:
-    """Forward-decayed contribution of one event; None if the landmark is too old for `t_s`."""
+    """Forward-decayed contribution of one event (to popularity or a co-view pair); None if the
+    landmark is too old for `t_s`."""
     exponent = (t_s - landmark_s) / half_life_s
     if exponent > MAX_HALF_LIVES:
         return None
@@ -187,15 +188,16 @@ def plan_batch(
         t_s, item = event.timestamp_s, event.item_id
         weight = params.event_weights[event.event_type]
 
-        affinity = popularity_increment(1.0, t_s, params.landmark_s, params.coview_half_life_s)
         partners = coview_partners(state.items, state.times, item, t_s,
                                    params.coview_recent_n, params.coview_window_s)
+        affinity = (forward_decayed(1.0, t_s, params.landmark_s, params.coview_half_life_s)
+                    if partners else None)
         for other in partners if affinity is not None else ():
             out.coview[other][item] += affinity
             out.coview[item][other] += affinity
         state.touch(item, t_s, params.recent_max)
 
-        score = popularity_increment(weight, t_s, params.landmark_s, params.half_life_s)
+        score = forward_decayed(weight, t_s, params.landmark_s, params.half_life_s)
         if score is None:
             out.unscored += 1
         else:

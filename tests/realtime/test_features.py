@@ -9,8 +9,8 @@ from reco.features import (
     FeatureParams,
     RecentItems,
     coview_partners,
+    forward_decayed,
     plan_batch,
-    popularity_increment,
     trending_bucket_start,
     trending_bucket_starts,
 )
@@ -29,11 +29,11 @@ def ev(user: str, item: str, t_s: float, event_type: str = "view") -> Event:
 
 
 def test_popularity_forward_decay_ratios() -> None:
-    now = popularity_increment(1.0, NOW, L, DAY)
-    assert popularity_increment(1.0, NOW - DAY, L, DAY) / now == 0.5
-    assert popularity_increment(10.0, NOW - 2 * DAY, L, DAY) / now == 2.5
-    assert popularity_increment(1.0, L, L, DAY) == 1.0
-    assert popularity_increment(1.0, L + 1001 * DAY, L, DAY) is None  # would near overflow
+    now = forward_decayed(1.0, NOW, L, DAY)
+    assert forward_decayed(1.0, NOW - DAY, L, DAY) / now == 0.5
+    assert forward_decayed(10.0, NOW - 2 * DAY, L, DAY) / now == 2.5
+    assert forward_decayed(1.0, L, L, DAY) == 1.0
+    assert forward_decayed(1.0, L + 1001 * DAY, L, DAY) is None  # would near overflow
 
 
 def test_recent_items_distinct_newest_first_and_bounded() -> None:
