@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from reco.settings import Settings
 
@@ -54,15 +54,52 @@ async def _start_admin(bootstrap: str, timeout_s: float) -> AIOKafkaAdminClient:
             await asyncio.sleep(0.5)
 
 
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partitions of existing topics (metadata can lag a creation: only topics created before
+    this call are asked about)."""
+    if not names:
+        return {}
+    counts = {}
+    for topic in await admin.describe_topics(names):
+        if topic["error_code"]:
+            raise for_code(topic["error_code"])(f"describing topic {topic['topic']}")
+        counts[topic["topic"]] = len(topic["partitions"])
+    return counts
+
+
 async def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 60.0,
-                        replication: int | None = None) -> None:
-    """Create missing topics (`replication`: see `replication_factor`); raise
-    TopicCreationFailed naming each topic the broker refused and why."""
+                        replication: int | None = None,
+                        add_partitions: bool = False) -> dict[str, int]:
+    """Create missing topics (`replication`: see `replication_factor`), and with
+    `add_partitions` grow existing ones that have fewer partitions than asked; raise
+    TopicCreationFailed naming each topic the broker refused and why. Returns each topic's
+    partitions as they now are: Kafka never removes partitions, and without `add_partitions`
+    an existing topic keeps its count."""
     admin = await _start_admin(bootstrap, timeout_s)
     try:
-        existing = set(await admin.list_topics())
-        if not topics.keys() - existing:
-            return
+        created = await _create_missing(admin, topics, replication)
+        counts = {name: topics[name] for name in created}
+        counts |= await _partition_counts(admin, [t for t in topics if t not in created])
+        grow = {name: wanted for name, wanted in topics.items()
+                if add_partitions and counts[name] < wanted}
+        if grow:
+            try:  # aiokafka raises the first topic's refusal
+                await admin.create_partitions({name: NewPartitions(total_count=wanted)
+                                               for name, wanted in grow.items()})
+            except KafkaError as exc:
+                raise TopicCreationFailed(f"the broker refused to add partitions: {exc}") from exc
+            counts |= grow
+        return counts
+    finally:
+        await admin.close()
+
+
+async def _create_missing(admin: AIOKafkaAdminClient, topics: dict[str, int],
+                          replication: int | None) -> set[str]:
+    """The topics created now (another process creating one at the same moment: not ours)."""
+    existing = set(await admin.list_topics())
+    created: set[str] = set()
+    if topics.keys() - existing:
         brokers = len((await admin.describe_cluster())["brokers"])
         factor = replication_factor(replication, brokers)
         missing = [NewTopic(name=name, num_partitions=parts, replication_factor=factor)
@@ -71,5 +108,21 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float
         failed = creation_errors(response.topic_errors)
         if failed:
             raise TopicCreationFailed("the broker refused to create " + "; ".join(failed))
-    finally:
-        await admin.close()
+        created = {topic for topic, code, *_ in response.topic_errors if code == 0}
+    return created
+
+
+def partition_mismatches(wanted: dict[str, int], counts: dict[str, int]) -> list[str]:
+    """A sentence per topic whose partitions differ from the settings', saying what to do."""
+    out = []
+    for name, want in wanted.items():
+        have = counts[name]
+        if have < want:
+            out.append(f"{name} has {have} partitions, the settings ask for {want}: run "
+                       f"`reco topics create --add-partitions` to add them (users' events "
+                       f"then move partitions once: order per user holds again for events "
+                       f"produced after the change)")
+        elif have > want:
+            out.append(f"{name} has {have} partitions, the settings ask for {want}: Kafka "
+                       f"cannot remove partitions, so it keeps {have}")
+    return out

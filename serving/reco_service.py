@@ -111,8 +111,8 @@ def _fingerprint(first: FirstRead, key: bytes) -> str:
     return hashlib.blake2b(joined, digest_size=8, key=key).hexdigest()  # ~1.4 us for 50 ids
 
 
-def _versions_sig(first: FirstRead) -> str:
-    return orjson.dumps(first.versions, option=orjson.OPT_SORT_KEYS).decode()
+def _versions_sig(versions: dict[str, str]) -> str:
+    return orjson.dumps(versions, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _catalog_sig(items: ItemIndex) -> str:
@@ -257,6 +257,13 @@ class RecoService:
         answer = self._answer(p, first, fingerprint, features, items)
         return answer if cache else dataclasses.replace(answer, cache_entry=None)
 
+    def served_versions(self, first: FirstRead) -> dict[str, str]:
+        """The published models this service ranks with: SASRec's only with a seq weight, so
+        that its retraining neither shows in responses nor empties the cache."""
+        if self.with_seq:
+            return first.versions
+        return {model: v for model, v in first.versions.items() if model != SASREC}
+
     def fingerprint(self, first: FirstRead) -> str:
         """What a cache entry must have been made with: this recent list, this ranking."""
         return _fingerprint(first, self.ranking_key)
@@ -268,7 +275,7 @@ class RecoService:
         entry = CacheEntry.parse(first.cached)
         # Any new event changes the recent list; a model switch changes versions.
         if (entry is None or entry.fingerprint != fingerprint
-                or entry.versions != _versions_sig(first)):
+                or entry.versions != _versions_sig(self.served_versions(first))):
             metrics.CACHE_MISSES.inc()
             return None
         catalog = _catalog_sig(items)
@@ -293,9 +300,10 @@ class RecoService:
         """The ranked response, and its cache entry stamped with the recent list, model
         versions and catalogue version it saw."""
         ranking = rank(features, items, self.config, p.filters, p.k, p.explain)
-        body = render(p, ranking.strategy, ranking.items, first.versions, p.explain)
+        versions = self.served_versions(first)
+        body = render(p, ranking.strategy, ranking.items, versions, p.explain)
         cached = (body[: -len(CACHED_FALSE)] + CACHED_TRUE).decode()
-        entry = CacheEntry(fingerprint, _catalog_sig(items), _versions_sig(first), cached)
+        entry = CacheEntry(fingerprint, _catalog_sig(items), _versions_sig(versions), cached)
         return Answer(body, ranking.strategy, entry.dump())
 
     def rank_uncached(self, p: RecoParams, config: RankConfig) -> Ranking:

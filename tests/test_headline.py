@@ -6,6 +6,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from typer.testing import CliRunner
@@ -41,18 +42,25 @@ def test_every_figure_reads_a_series_the_stack_exports() -> None:
         assert {_family(s) for s in series} <= known, f"{name}: {series} not exported"
 
 
+Answer = tuple[int, str, str]  # status, content type, body
+
+
 @pytest.fixture
-def prometheus_answering() -> Iterator[Callable[[int, str, str], str]]:
-    """A stand-in HTTP server on a free port answering every query with one fixed response."""
+def prometheus_answering() -> Iterator[Callable[..., str]]:
+    """A stand-in HTTP server on a free port answering every query with one fixed response,
+    or with `answer(query)`'s when given."""
     servers: list[ThreadingHTTPServer] = []
 
-    def start(status: int, content_type: str, body: str) -> str:
+    def start(status: int = 200, content_type: str = "application/json", body: str = "",
+              answer: Callable[[str], Answer] | None = None) -> str:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
+                query = parse_qs(urlsplit(self.path).query)["query"][0]
+                code, ctype, text = answer(query) if answer else (status, content_type, body)
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
                 self.end_headers()
-                self.wfile.write(body.encode())
+                self.wfile.write(text.encode())
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -93,3 +101,23 @@ def test_status_without_headlines_says_why(prometheus_answering, tmp_path, monke
     assert result.exit_code == 1
     assert ("(no headline figures: Prometheus HTTP 503: Service Unavailable)"
             in " ".join(result.output.split()))
+
+
+def test_one_failed_query_costs_only_its_own_figure(prometheus_answering) -> None:
+    refused = HEADLINES["Redis memory"][0]
+
+    def answer(query: str) -> Answer:
+        if query == refused:  # Prometheus' own shape for a query it refuses
+            return 400, "application/json", (
+                '{"status":"error","errorType":"bad_data","error":"parse error"}')
+        return 200, "application/json", (
+            '{"status":"success","data":{"resultType":"vector",'
+            '"result":[{"metric":{},"value":[1764000000,"0.5"]}]}}')
+
+    figures = {f.name: f for f in read_headlines(prometheus_answering(answer=answer))}
+    assert set(figures) == set(HEADLINES)
+    assert figures["Redis memory"].value is None
+    assert figures["Redis memory"].formatted().startswith("error: HTTP 400: ")
+    assert "parse error" in figures["Redis memory"].formatted()
+    others = [f for name, f in figures.items() if name != "Redis memory"]
+    assert all(f.value == 0.5 and f.error is None for f in others)

@@ -21,6 +21,19 @@ def _name() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
 
 
+def _topics_create(bootstrap: str, events: str, dlq: str, partitions: int,
+                   *args: str) -> tuple[int, str]:
+    """`reco topics create ARGS` with these settings: exit code and output, lines joined."""
+    env = {"RECO_KAFKA_BOOTSTRAP": bootstrap, "RECO_TOPIC_EVENTS": events,
+           "RECO_TOPIC_DLQ": dlq, "RECO_TOPIC_PARTITIONS": str(partitions)}
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["topics", "create", *args], env=env)
+    finally:
+        get_settings.cache_clear()
+    return result.exit_code, " ".join(result.output.split())
+
+
 async def _replicas(bootstrap: str, topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -66,6 +79,28 @@ def test_cli_exits_1_when_the_broker_refuses_a_topic(kafka_server: ServerProcess
     assert result.exit_code == 1, output
     assert "refused to create events with spaces: Topic name is invalid" in output
     assert "partitions)" not in output  # no success line
+
+
+def test_partitions_are_added_only_when_asked_and_a_difference_is_reported(
+        kafka_server: ServerProcess) -> None:
+    bootstrap, events, dlq = f"127.0.0.1:{kafka_server.port}", _name(), _name()
+    code, output = _topics_create(bootstrap, events, dlq, 2)
+    assert code == 0 and f"{events} (2 partitions), {dlq} (1 partitions)" in output
+    assert "settings ask" not in output
+
+    code, output = _topics_create(bootstrap, events, dlq, 4)
+    assert code == 0 and f"{events} (2 partitions)" in output  # as it is, not as asked
+    assert (f"{events} has 2 partitions, the settings ask for 4: run `reco topics create "
+            f"--add-partitions`") in output
+    assert asyncio.run(_replicas(bootstrap, events)) == [1, 1]
+
+    code, output = _topics_create(bootstrap, events, dlq, 4, "--add-partitions")
+    assert code == 0 and f"{events} (4 partitions)" in output and "settings ask" not in output
+    assert asyncio.run(_replicas(bootstrap, events)) == [1, 1, 1, 1]
+
+    code, output = _topics_create(bootstrap, events, dlq, 3, "--add-partitions")
+    assert code == 0 and f"{events} (4 partitions)" in output
+    assert f"{events} has 4 partitions, the settings ask for 3: Kafka cannot remove" in output
 
 
 @pytest.mark.parametrize(("configured", "brokers", "factor"), [

@@ -20,7 +20,7 @@ from reco import db
 from reco.settings import Settings
 from reco.stack import prometheus, servers
 from reco.stack.health import http_ok, postgres_accepts, redis_ping, tcp_open
-from reco.topics import ensure_topics, platform_topics
+from reco.topics import ensure_topics, partition_mismatches, platform_topics
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class Component:
     health: Callable[[], bool]
     url: str | None = None
     prepare: Callable[[], None] | None = None  # one-time set-up before the first start
-    ready: Callable[[], None] | None = None  # runs once it is healthy (databases, topics)
+    # runs once it is healthy (databases, topics); returns notes for the operator, if any
+    ready: Callable[[], list[str] | None] | None = None
     startup_timeout_s: float = 60.0
     group: str = "infra"  # "infra" (third-party servers) or "app" (the project's processes)
     metrics_url: str | None = None  # where Prometheus scrapes it
@@ -140,9 +141,11 @@ def build_components(settings: Settings) -> list[Component]:
         )
         db.migrate(settings)
 
-    def kafka_ready() -> None:
-        asyncio.run(ensure_topics(settings.kafka_bootstrap, platform_topics(settings),
-                                  replication=settings.topic_replication))
+    def kafka_ready() -> list[str]:
+        topics = platform_topics(settings)
+        counts = asyncio.run(ensure_topics(settings.kafka_bootstrap, topics,
+                                           replication=settings.topic_replication))
+        return partition_mismatches(topics, counts)
 
     def airflow_prepare() -> None:
         result = subprocess.run(
@@ -163,6 +166,13 @@ def build_components(settings: Settings) -> list[Component]:
                 targets.setdefault(c.job or c.name, []).append(
                     prometheus.metrics_target(c.metrics_url))
         prometheus.write_config(prom_config, targets)
+
+    def prometheus_ready() -> None:
+        # Every `up` rewrites the scrape targets (components may have been added) and reloads.
+        write_prometheus_config()
+        httpx.post(f"http://{host}:{settings.prometheus_port}/-/reload",
+                   timeout=5).raise_for_status()
+
     airflow = servers.venv_bin("airflow")
     exporter = f"http://{host}:{settings.redis_exporter_port}"
     pg_exporter = f"http://{host}:{settings.postgres_exporter_port}"
@@ -254,10 +264,7 @@ def build_components(settings: Settings) -> list[Component]:
             health=lambda: http_ok(f"http://{host}:{settings.prometheus_port}/-/ready"),
             url=f"http://{host}:{settings.prometheus_port}", ports=(settings.prometheus_port,),
             prepare=lambda: (_require("prometheus"), write_prometheus_config()),
-            # Every `up` rewrites the scrape targets (components may have been added) and reloads.
-            ready=lambda: (write_prometheus_config(), httpx.post(
-                f"http://{host}:{settings.prometheus_port}/-/reload", timeout=5
-            ).raise_for_status()),
+            ready=prometheus_ready,
         ),
     ]
     return components

@@ -46,8 +46,11 @@ class Headline:
     name: str
     value: float | None
     unit: str
+    error: str | None = None  # why Prometheus gave no value for this figure's query
 
     def formatted(self) -> str:
+        if self.error is not None:
+            return f"error: {self.error}"
         if self.value is None or self.value != self.value:  # no data yet, or NaN (0/0)
             return "no data"
         if self.unit == "s":
@@ -63,12 +66,16 @@ class PrometheusUnavailable(RuntimeError):
     """Prometheus did not answer a query usefully (unreachable, an error status, not its JSON)."""
 
 
+class PrometheusUnreachable(PrometheusUnavailable):
+    """No answer at all: every other query would wait out its timeout too."""
+
+
 def _query(client: httpx.Client, query: str) -> float | None:
     """One instant query's first value; None when it has no data yet."""
     try:
         response = client.get("/api/v1/query", params={"query": query})
     except httpx.HTTPError as exc:
-        raise PrometheusUnavailable(f"not reachable: {exc}") from exc
+        raise PrometheusUnreachable(f"not reachable: {exc}") from exc
     try:
         # Starting, or behind a proxy, it can answer 503 with a text body.
         response.raise_for_status()
@@ -79,8 +86,21 @@ def _query(client: httpx.Client, query: str) -> float | None:
             f"HTTP {response.status_code}: {response.text.strip()[:200]}") from exc
 
 
+def _headline(client: httpx.Client, name: str, query: str, unit: str) -> Headline:
+    try:
+        return Headline(name, _query(client, query), unit)
+    except PrometheusUnreachable:
+        raise
+    except PrometheusUnavailable as exc:  # e.g. one query refused: the others still count
+        return Headline(name, None, unit, error=str(exc))
+
+
 def read_headlines(prometheus_url: str, timeout_s: float = 2.0) -> list[Headline]:
-    """One instant query per figure; a figure without data yet is reported as such."""
+    """One instant query per figure; a figure without data yet, or whose query failed, is
+    reported as such. Raises PrometheusUnavailable when no figure could be read."""
     with httpx.Client(base_url=prometheus_url, timeout=timeout_s) as client:
-        return [Headline(name, _query(client, query), unit)
-                for name, (query, unit) in HEADLINES.items()]
+        figures = [_headline(client, name, query, unit)
+                   for name, (query, unit) in HEADLINES.items()]
+    if all(figure.error is not None for figure in figures):
+        raise PrometheusUnavailable(figures[0].error)
+    return figures

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 
 from reco.settings import Settings
 from reco.stack.components import Component, build_components, process_env
@@ -132,14 +133,17 @@ def _bring_up(component: Component, supervisor: Supervisor, console: Console) ->
             f"(process state {state}). Last lines of {supervisor.log_path(component.name)}:\n"
             + supervisor.tail(component.name, 40)
         )
+    notes: list[str] = []
     if component.ready is not None:
         with console.status(f"[bold]{component.name}[/]: initialising"):
             try:
-                component.ready()
+                notes = component.ready() or []
             except Exception as exc:  # a refused topic, a failed migration: say which
                 raise ComponentFailed(f"{component.name}: initialisation failed: {exc}") from exc
     elapsed = time.monotonic() - started
     console.print(f"[green]✓[/] {component.name:<22} {elapsed:5.1f}s  {component.url or ''}")
+    for note in notes:
+        console.print(f"  [yellow]{escape(note)}[/]")
 
 
 def down(settings: Settings) -> bool:

@@ -188,7 +188,12 @@ def test_seq_candidates_once_sasrec_is_published(world, make_client) -> None:
     # W came from SASRec alone, no recent item: the explanation says so, not "popular".
     assert body["items"][2]["reasons"]["because"] == "picked for you from your history"
     with make_client(w_cf=0.5) as client:  # w_seq 0: the SASRec list is not even read
-        assert [i["item_id"] for i in get(client, user_id="u2", k=3)["items"]] == ["Q", "P", "A"]
+        body = get(client, user_id="u2", k=3)
+        assert [i["item_id"] for i in body["items"]] == ["Q", "P", "A"]
+        # nor named as a model the answer was ranked with, nor a reason to re-rank
+        assert body["model_versions"] == {"item2vec": "v1", "als": "a1"}
+        r.hset(keys.MODEL_VERSIONS, "sasrec", "s2")
+        assert get(client, user_id="u2", k=3)["cached"] is True
 
 
 def test_unknown_user_gets_popular(client) -> None:
