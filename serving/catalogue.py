@@ -145,17 +145,6 @@ return 1
 """
 
 
-def duplicate_ids(items: Sequence[ItemWithId]) -> list[int]:
-    """Indexes of items whose id already appeared earlier in the batch."""
-    seen: set[str] = set()
-    dupes = []
-    for i, item in enumerate(items):
-        if item.item_id in seen:
-            dupes.append(i)
-        seen.add(item.item_id)
-    return dupes
-
-
 async def upsert_items(
     pool: asyncpg.Pool, client: aredis.Redis, items: Sequence[ItemWithId]
 ) -> list[str]:

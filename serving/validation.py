@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import orjson
@@ -10,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
 from reco.events import Event, describe_errors
-from serving.catalogue import ItemBatch, ItemIn, ItemWithId, duplicate_ids
+from serving.catalogue import ItemBatch, ItemIn, ItemWithId
 
 EVENT_LIST = TypeAdapter(list[Event])
 
@@ -25,6 +26,27 @@ class InvalidInput(Exception):
 
 class PayloadTooLarge(Exception):
     """HTTP 413."""
+
+
+def repeated_indexes(values: Iterable[Hashable]) -> list[int]:
+    """Indexes of values that already appeared earlier in the sequence."""
+    seen: set[Hashable] = set()
+    repeats = []
+    for i, value in enumerate(values):
+        if value in seen:
+            repeats.append(i)
+        seen.add(value)
+    return repeats
+
+
+def _refuse_duplicates(batch: str, name: str, values: Iterable[Hashable]) -> None:
+    """Refuse a batch naming one object twice: downstream keeps one copy per id, so the other
+    would be acknowledged and then dropped."""
+    repeats = repeated_indexes(values)
+    if repeats:
+        raise InvalidInput(_indexed([
+            _error(f"{batch}.{name}", f"duplicate {name} in batch", [batch, i, name])
+            for i in repeats]))
 
 
 def _error(field: str, reason: str, loc: list[Any] | None = None) -> dict[str, Any]:
@@ -84,6 +106,7 @@ def parse_event_batch(body: bytes, context: dict[str, Any], max_events: int) -> 
         events = EVENT_LIST.validate_python(raw, context=context)
     except ValidationError as exc:
         raise InvalidInput(_indexed(describe_errors(exc, prefix=("events",)))) from None
+    _refuse_duplicates("events", "event_id", (e.event_id for e in events))
     return events
 
 
@@ -107,12 +130,7 @@ def parse_item_batch(body: bytes) -> ItemBatch:
         batch = ItemBatch.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidInput(_indexed(describe_errors(exc))) from None
-    dupes = duplicate_ids(batch.items)
-    if dupes:
-        raise InvalidInput(_indexed([
-            _error("items.item_id", "duplicate item_id in batch", ["items", i, "item_id"])
-            for i in dupes
-        ]))
+    _refuse_duplicates("items", "item_id", (item.item_id for item in batch.items))
     return batch
 
 

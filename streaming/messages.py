@@ -120,9 +120,20 @@ def split_for_features(
 DLQ_RAW_MAX_CHARS = 65_536
 # The reason is bounded too: it quotes field names, which a message can make as long as itself.
 DLQ_REASON_MAX_CHARS = 4_096
+# And the key (a user id is at most 128 characters; another producer's key can be 700 KB).
+DLQ_KEY_MAX_BYTES = 1_024
 
 
-def dlq_value(record: ConsumerRecord, reason: str) -> bytes:
+def dlq_record(record: ConsumerRecord, reason: str) -> tuple[bytes | None, bytes]:
+    """DLQ message key and value: the original key's first DLQ_KEY_MAX_BYTES bytes (its full
+    size is then `key_bytes` in the value), and `dlq_value`."""
+    key = record.key
+    if key is None or len(key) <= DLQ_KEY_MAX_BYTES:
+        return key, dlq_value(record, reason)
+    return key[:DLQ_KEY_MAX_BYTES], dlq_value(record, reason, key_bytes=len(key))
+
+
+def dlq_value(record: ConsumerRecord, reason: str, key_bytes: int | None = None) -> bytes:
     """DLQ message value: the reason, where the message came from, and its original bytes
     (the first DLQ_RAW_MAX_CHARS characters; `raw_bytes` is the full size). The reason keeps
     its first DLQ_REASON_MAX_CHARS characters."""
@@ -139,4 +150,7 @@ def dlq_value(record: ConsumerRecord, reason: str) -> bytes:
         value["raw_bytes"] = len(record.value)
     if len(reason) > DLQ_REASON_MAX_CHARS:
         value["reason_truncated"] = True
+    if key_bytes is not None:
+        value["key_truncated"] = True
+        value["key_bytes"] = key_bytes
     return orjson.dumps(value)

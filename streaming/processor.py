@@ -19,7 +19,7 @@ from reco.settings import Settings
 from streaming import consumer as loop
 from streaming.applied_positions import LogEnd
 from streaming.feature_store import AppliedBatch, FeatureStore
-from streaming.messages import dlq_value, split_for_features
+from streaming.messages import dlq_record, split_for_features
 from streaming.metrics import (
     DLQ_PUBLISHED,
     EVENTS_DUPLICATE,
@@ -62,10 +62,10 @@ class Processor:
             EVENTS_UNSCORED.inc(result.unscored)
 
     async def _dead_letter(self, bad: list[tuple[ConsumerRecord, str]]) -> None:
-        futures = [
-            await self.dlq.send(self.settings.topic_dlq, dlq_value(r, reason), key=r.key)
-            for r, reason in bad
-        ]
+        futures = []
+        for r, reason in bad:
+            key, value = dlq_record(r, reason)
+            futures.append(await self.dlq.send(self.settings.topic_dlq, value, key=key))
         await asyncio.gather(*futures)
         for record, reason in bad:
             log.warning("dead-lettered %s[%d]@%d: %s",

@@ -147,6 +147,22 @@ async def test_batch_is_validated_as_a_whole(
     assert await end_offsets(settings, settings.topic_events) == 0  # nothing of it published
 
 
+async def test_a_batch_naming_one_event_id_twice_is_refused(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
+) -> None:
+    """Downstream keeps one event per id: the other would be acknowledged and then dropped."""
+    same = "6f1c2a4e-8d2b-4c1e-9a7f-0b5d3e2c1a90"
+    batch = [event(event_id=same), event(), event(event_id=same, item_id="other"),
+             event(event_id=same.upper())]  # the same UUID, written otherwise
+    response = await ingest.post("/events/batch", json={"events": batch})
+    assert response.status_code == 422
+    assert [(e["index"], e["field"], e["reason"]) for e in response.json()["detail"]] == [
+        (2, "events.event_id", "duplicate event_id in batch"),
+        (3, "events.event_id", "duplicate event_id in batch"),
+    ]
+    assert await end_offsets(settings, settings.topic_events) == 0
+
+
 async def test_batch_numbers_orjson_cannot_hold_are_named_like_single_events(
     ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
 ) -> None:

@@ -14,7 +14,7 @@ import redis
 
 from reco.events import MAX_TIMESTAMP_MS
 from reco.settings import Settings
-from streaming.messages import DLQ_RAW_MAX_CHARS, DLQ_REASON_MAX_CHARS
+from streaming.messages import DLQ_KEY_MAX_BYTES, DLQ_RAW_MAX_CHARS, DLQ_REASON_MAX_CHARS
 from tests.realtime.conftest import Consumers, read_topic, wait_for
 from tests.realtime.test_pipeline import _committed, archived
 from tests.reliability.conftest import produce_fast, seen_count
@@ -105,3 +105,24 @@ async def test_malformed_messages_are_dead_lettered_with_reasons(
     stored = pg.execute("SELECT context FROM events WHERE event_id = %s",
                         (odd["event_id"],)).fetchone()[0]
     assert stored == {"big": 2**70, "text": "ab", "nan": None}
+
+
+async def test_a_huge_key_is_cut_in_its_dead_letter(
+    settings: Settings, redis_client: redis.Redis, kafka_topics: dict,
+) -> None:
+    """From a producer other than the ingest API: a 700 KB key beside 300 KB of garbage made a
+    DLQ record over the producer's 1 MiB limit, and the processor retried that batch forever."""
+    key = b"k" * 700_000
+    after = ev("u1", "A")  # on the same key: the same partition, behind the bad message
+    await produce_fast(settings, [(key, b"\x01" * 300_000), (key, orjson.dumps(after))])
+    consumers = Consumers()
+    consumers.start("processor", settings)
+    try:
+        await wait_for(lambda: seen_count(redis_client, [after]) == 1, "the event after it")
+    finally:
+        await consumers.stop_all()
+    [dead] = await read_topic(settings, settings.topic_dlq, 1)
+    assert dead.key == key[:DLQ_KEY_MAX_BYTES]
+    letter = orjson.loads(dead.value)
+    assert letter["key_truncated"] is True and letter["key_bytes"] == 700_000
+    assert letter["raw_truncated"] is True and letter["raw_bytes"] == 300_000
