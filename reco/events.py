@@ -43,7 +43,7 @@ _TIMESTAMP_FORMS = ("must be an RFC 3339 date-time with an offset (2026-01-02T03
                     "or epoch milliseconds")
 # Validation context of messages read back from the topic (see Event.from_json_bytes).
 REPLAY_CONTEXT = {"max_future_skew_s": math.inf, "max_context_bytes": math.inf,
-                  "min_timestamp_ms": 0}
+                  "min_timestamp_ms": 0, "finite_context": False}
 
 
 class Event(BaseModel):
@@ -68,14 +68,18 @@ class Event(BaseModel):
             raise ValueError(_TIMESTAMP_FORMS)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be a finite number of epoch milliseconds")
+        floor = (info.context or {}).get("min_timestamp_ms", MIN_TIMESTAMP_MS)
         if isinstance(value, int | float):
-            if 0 <= value < (info.context or {}).get("min_timestamp_ms", MIN_TIMESTAMP_MS):
+            if 0 <= value < floor:
                 raise ValueError(f"must be at least {MIN_TIMESTAMP_MS} (1973-03-03T09:46:40Z): "
                                  "a smaller number is epoch seconds, and milliseconds are "
                                  "expected")
             return int(value)
         if isinstance(value, str):
-            return _rfc3339_ms(value)
+            ms = _rfc3339_ms(value)
+            if ms < floor:
+                raise ValueError("must be at or after 1973-03-03T09:46:40Z")
+            return ms
         raise ValueError(_TIMESTAMP_FORMS)
 
     @field_validator("timestamp")
@@ -100,6 +104,9 @@ class Event(BaseModel):
             return None
         if len(value) > MAX_CONTEXT_KEYS:
             raise ValueError(f"must have at most {MAX_CONTEXT_KEYS} keys")
+        # JSON has no NaN or Infinity: published, they would silently become null.
+        if (info.context or {}).get("finite_context", True) and _has_non_finite(value):
+            raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
         limit = (info.context or {}).get("max_context_bytes", MAX_CONTEXT_BYTES)
         size = len(pydantic_core.to_json(value, serialize_unknown=True))
         if size > limit:
@@ -118,6 +125,16 @@ class Event(BaseModel):
         # Messages already on the topic were accepted (and fit the broker): no future-skew
         # or context-size check on replay, so none acknowledged before a limit changed is lost.
         return cls.model_validate_json(raw, context=REPLAY_CONTEXT)
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def _rfc3339_ms(value: str) -> int:

@@ -15,6 +15,7 @@ included (re-checked when hit under a newer catalogue version: serving/reco_serv
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -41,7 +42,7 @@ class ItemIn(BaseModel):
     title: Annotated[str, StringConstraints(max_length=512)] | None = None
     category: Category | None = None
     # numeric(12, 2): anything above this rounds to 10**10 in PostgreSQL and overflows.
-    price: Annotated[float, Field(ge=0, le=9_999_999_999.99)] | None = None
+    price: Annotated[float, Field(ge=0, le=9_999_999_999.99, allow_inf_nan=False)] | None = None
     in_stock: bool = True
     attributes: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
@@ -95,6 +96,8 @@ def _unstorable(value: Any) -> str | None:
         return None
     if isinstance(value, int):
         return None if -(2**63) <= value < 2**64 else "integers must fit in 64 bits"
+    if isinstance(value, float):  # JSON has none: they would become null
+        return None if math.isfinite(value) else "numbers must be finite"
     if isinstance(value, dict):
         return next((p for k, v in value.items()
                      if (p := _unstorable(k) or _unstorable(v))), None)

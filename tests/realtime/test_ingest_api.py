@@ -115,6 +115,14 @@ async def test_batch_spreads_users_over_partitions(
      "must be at least 100000000000 (1973-03-03T09:46:40Z): a smaller number is epoch "
      "seconds, and milliseconds are expected"),
     (raw_timestamp(b"-5"), "timestamp", "must not be negative"),
+    # The same floor for dates: README says "from 1973 on".
+    (orjson.dumps(event(timestamp="1972-06-01T00:00:00+00:00")), "timestamp",
+     "must be at or after 1973-03-03T09:46:40Z"),
+    (orjson.dumps(event(timestamp="1969-12-31T23:59:59Z")), "timestamp",
+     "must be at or after 1973-03-03T09:46:40Z"),
+    # JSON has no NaN: published, it became null.
+    (b'{"user_id": "u1", "item_id": "i1", "event_type": "view", "context": {"a": [1, NaN]}}',
+     "context", "numbers must be finite (NaN and Infinity are not JSON)"),
     (orjson.dumps(event(context={"pad": "x" * 5000})), "context",
      "must be at most 4096 bytes as JSON, got 5010"),
     (orjson.dumps(event(event_id="not-a-uuid")), "event_id",
@@ -305,6 +313,14 @@ async def test_catalogue_errors(
     assert bad_price.status_code == 422
     assert [(e["field"], e["reason"]) for e in bad_price.json()["detail"]] == [
         ("price", "Input should be greater than or equal to 0")]
+    for body, field, reason in [
+            (b'{"price": NaN}', "price", "Input should be a finite number"),
+            (b'{"attributes": {"weight": Infinity}}', "attributes",
+             "numbers must be finite")]:
+        refused = await ingest.put("/items/i1", content=body,
+                                   headers={"content-type": "application/json"})
+        assert refused.status_code == 422
+        assert [(e["field"], e["reason"]) for e in refused.json()["detail"]] == [(field, reason)]
     bad_id = await ingest.put("/items/a%20b", json={})
     assert [(e["field"], e["reason"]) for e in bad_id.json()["detail"]] == [
         ("path.item_id", "String should match pattern '^[!-~]+$'")]
