@@ -35,6 +35,7 @@ from serving.rate_limit import RateLimited
 from serving.validation import (
     InvalidInput,
     PayloadTooLarge,
+    UnsupportedMediaType,
     parse_event,
     parse_event_batch,
     parse_item,
@@ -130,6 +131,9 @@ def create_app(settings: Settings) -> FastAPI:
         if isinstance(exc, PayloadTooLarge):
             ingest_metrics.count_rejected(413)
             return json_response({"detail": str(exc)}, 413)
+        if isinstance(exc, UnsupportedMediaType):
+            ingest_metrics.count_rejected(415)
+            return json_response({"detail": str(exc)}, 415)
         if isinstance(exc, PublishFailed):
             return publish_failed(exc)
         if isinstance(exc, StoreUnavailable):
@@ -156,7 +160,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def _refused(_: Request, exc: Exception) -> Response:
         return error_response(exc)  # type: ignore[return-value]
 
-    for refusal in (InvalidInput, PayloadTooLarge, PublishFailed, StoreUnavailable):
+    for refusal in (InvalidInput, PayloadTooLarge, UnsupportedMediaType, PublishFailed,
+                    StoreUnavailable):
         app.add_exception_handler(refusal, _refused)
 
     async def post_event(request: Request) -> Response:

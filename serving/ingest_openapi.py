@@ -58,6 +58,7 @@ _ERRORS = {"type": "object", "required": ["detail"], "properties": {"detail": {
 _COMMON = {
     401: _json(_DETAIL, "Missing or invalid API key (when auth is enabled)"),
     413: _json(_DETAIL, "Body over the size limit"),
+    415: _json(_DETAIL, "Body compressed, or of a Content-Type other than JSON"),
     422: _json(_ERRORS, "Invalid input: each error names the field and the reason"),
     429: _json(_DETAIL, "Over the per-client rate limit; see Retry-After"),
     503: _json(_DETAIL, "Broker or database unavailable; retry after Retry-After"),

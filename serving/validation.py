@@ -28,6 +28,26 @@ class PayloadTooLarge(Exception):
     """HTTP 413."""
 
 
+class UnsupportedMediaType(Exception):
+    """HTTP 415."""
+
+
+# navigator.sendBeacon() sends a string body as text/plain: JSON in it is taken as such.
+_JSON_MEDIA_TYPES = ("application/json", "text/plain")
+
+
+def check_media_type(request: Request) -> None:
+    """Refuse bodies that are not plain JSON by their headers, rather than as invalid JSON."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media and media not in _JSON_MEDIA_TYPES and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type {media!r} is not supported: the body is JSON (application/json)")
+
+
 def repeated_indexes(values: Iterable[Hashable]) -> list[int]:
     """Indexes of values that already appeared earlier in the sequence."""
     seen: set[Hashable] = set()
@@ -54,7 +74,9 @@ def _error(field: str, reason: str, loc: list[Any] | None = None) -> dict[str, A
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing anything over `limit` bytes before reading all of it."""
+    """The body, refusing anything over `limit` bytes before reading all of it, and anything
+    its headers say is not plain JSON."""
+    check_media_type(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the {limit} byte limit")

@@ -220,6 +220,36 @@ async def test_bodies_over_the_limit_are_413(
     assert await end_offsets(settings, settings.topic_events) == 0
 
 
+@pytest.mark.parametrize(("headers", "detail"), [
+    ({"content-encoding": "gzip"},
+     "Content-Encoding 'gzip' is not supported: send the body uncompressed"),
+    ({"content-type": "application/x-www-form-urlencoded"},
+     "Content-Type 'application/x-www-form-urlencoded' is not supported: the body is JSON "
+     "(application/json)"),
+])
+async def test_bodies_not_plain_json_by_their_headers_are_415(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict, headers: dict,
+    detail: str,
+) -> None:
+    for path in ("/events", "/events/batch", "/items/i1"):
+        send = ingest.put if path.startswith("/items") else ingest.post
+        response = await send(path, content=b"\x1f\x8b\x08\x00", headers=headers)
+        assert (response.status_code, response.json()) == (415, {"detail": detail}), path
+    assert await end_offsets(settings, settings.topic_events) == 0
+
+
+async def test_json_under_other_json_content_types_is_accepted(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict
+) -> None:
+    """Browsers' sendBeacon() sends text/plain; charset=UTF-8."""
+    for content_type in ("text/plain;charset=UTF-8", "application/json; charset=utf-8",
+                         "application/vnd.shop+json"):
+        response = await ingest.post("/events", content=orjson.dumps(event()),
+                                     headers={"content-type": content_type})
+        assert response.status_code == 202, (content_type, response.text)
+    assert await end_offsets(settings, settings.topic_events) == 3
+
+
 async def test_unreachable_broker_is_503_with_retry_after(settings: Settings) -> None:
     settings = settings.model_copy(update={
         "kafka_bootstrap": f"127.0.0.1:{free_port()}", "ingest_ack_timeout_s": 1.0,
