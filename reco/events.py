@@ -24,6 +24,9 @@ EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase")
 
 # 1-128 printable characters without whitespace.
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+# An id in a URL path (PUT /items/{id}, GET /items/{id}/similar): clients remove "." and ".."
+# segments (RFC 3986) before sending, so those two ids cannot be addressed there; documented.
+PATH_ID_SCHEMA = {"not": {"enum": [".", ".."]}}
 
 MAX_FUTURE_SKEW_S = 300.0
 MAX_CONTEXT_KEYS = 32

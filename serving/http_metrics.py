@@ -44,7 +44,8 @@ class HTTPMetrics:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = getattr(scope.get("route"), "path", UNMATCHED)
+            # path_format: the template without convertors ("{item_id}", not "{item_id:path}")
+            route = getattr(scope.get("route"), "path_format", UNMATCHED)
             self._observe(route, scope["method"], status, time.perf_counter() - started)
 
     def _observe(self, route: str, method: str, status: int, seconds: float) -> None:

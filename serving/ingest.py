@@ -14,18 +14,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import orjson
 import redis.asyncio as aredis
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reco import heap
+from reco.events import PATH_ID_SCHEMA
 from reco.settings import Settings
 from serving import catalogue, ingest_metrics, ingest_openapi, security, tls
 from serving.hot_routes import HotRoutes, RequestEndpoint
@@ -183,8 +184,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.post("/events/batch", status_code=202, dependencies=writes,
              **ingest_openapi.EVENT_BATCH)(post_events)
 
-    @app.put("/items/{item_id}", dependencies=writes, **ingest_openapi.ITEM)
-    async def put_item(item_id: str, request: Request) -> Response:
+    @app.put("/items/{item_id:path}", dependencies=writes, **ingest_openapi.ITEM)
+    async def put_item(item_id: Annotated[str, Path(json_schema_extra=PATH_ID_SCHEMA)],
+                       request: Request) -> Response:
         item = parse_item(await read_body(request, limit))
         full = with_path_id(item_id, item)
         await items.upsert([full])

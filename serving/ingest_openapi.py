@@ -99,6 +99,9 @@ EVENT_BATCH = _route(
      "properties": {"events": {"type": "array", "items": _event, "minItems": 1,
                                "maxItems": 1000}}},
     202, _object(event_ids=_EVENT_IDS), _PUBLISH_FAILED)
-ITEM = _route(_inline(ItemIn.model_json_schema()), 200, _object(item_id=_ID))
+# Clients remove "." and ".." path segments: such an id names no route (reco.events).
+ITEM = _route(_inline(ItemIn.model_json_schema()), 200, _object(item_id=_ID),
+              {404: _json(_DETAIL, "No route: the ids '.' and '..' cannot be given in a path; "
+                                   "POST /items/batch takes them")})
 ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
                     _object(item_ids={"type": "array", "items": _ID}))

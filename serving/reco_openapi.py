@@ -53,6 +53,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: _json(_ERRORS, "Invalid parameters: each error names the field and the reason"),
     429: _json(_DETAIL, "Over the per-user rate limit; see Retry-After"),
 }
+# Clients remove "." and ".." path segments: such an id names no route (reco.events).
+UNADDRESSABLE_ID = {404: _json(_DETAIL, "No route: the ids '.' and '..' cannot be given in a "
+                                        "path")}
 
 
 async def _recommendations(

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from reco.settings import Settings
 from serving import reco_metrics as metrics
-from serving.reco_params import ParamErrors, parse_query, parse_reco_params
+from serving.reco_params import RECO_PARAMS, ParamErrors, parse_query, parse_reco_params
 from serving.reco_service import RecoService
 from serving.reco_store import FeatureStore
 
@@ -45,7 +45,7 @@ class RecommendationsEndpoint:
                 await denied(scope, receive, send)
                 return
         try:
-            p = parse_reco_params(parse_query(scope["query_string"]))
+            p = parse_reco_params(parse_query(scope["query_string"], RECO_PARAMS))
         except ParamErrors as exc:
             await JSONResponse({"detail": exc.detail}, status_code=422)(scope, receive, send)
             return

@@ -10,19 +10,21 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BeforeValidator
 from starlette.routing import Route
 
 from reco import scoring
+from reco.events import PATH_ID_SCHEMA
 from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving import reco_openapi, security, tls
 from serving.hot_routes import HotRoutes
 from serving.http_metrics import HTTPMetrics
-from serving.reco_params import ID_PATTERN, MAX_K
+from serving.reco_params import ID_PATTERN, MAX_K, ParamErrors, int_text, parse_query
 from serving.reco_route import PATH, RecommendationsEndpoint
 from serving.reco_service import RecoService
 from serving.reco_snapshots import GlobalSignals
@@ -31,7 +33,8 @@ from serving.reco_store import FeatureStore
 log = logging.getLogger(__name__)
 JSON = "application/json"
 
-K = Annotated[int, Query(ge=1, le=MAX_K)]
+K = Annotated[int, BeforeValidator(lambda v: int_text(v) if isinstance(v, str) else v),
+              Query(ge=1, le=MAX_K)]
 Category = Annotated[str | None, Query(min_length=1, max_length=128)]
 
 
@@ -77,7 +80,12 @@ def create_app(settings: Settings) -> FastAPI:
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.get("/popular", dependencies=user_deps, responses=reco_openapi.ERRORS)
+    @app.exception_handler(ParamErrors)
+    async def _refused_query(_: Request, exc: ParamErrors) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=422)
+
+    @app.get("/popular", dependencies=[*user_deps, _query_of("k", "category")],
+             responses=reco_openapi.ERRORS)
     async def popular(k: K = 20, category: Category = None) -> Response:
         start = time.perf_counter()
         items = service.popular(k, category)
@@ -85,10 +93,11 @@ def create_app(settings: Settings) -> FastAPI:
         hist["popular"].observe(time.perf_counter() - start)
         return JSONResponse({"category": category, "items": items})
 
-    @app.get("/items/{item_id}/similar", dependencies=user_deps,
-             responses=reco_openapi.ERRORS)
+    @app.get("/items/{item_id:path}/similar", dependencies=[*user_deps, _query_of("k")],
+             responses={**reco_openapi.ERRORS, **reco_openapi.UNADDRESSABLE_ID})
     async def similar(item_id: Annotated[str, Path(min_length=1, max_length=128,
-                                                   pattern=ID_PATTERN)],
+                                                   pattern=ID_PATTERN,
+                                                   json_schema_extra=PATH_ID_SCHEMA)],
                       k: K = 20) -> Response:
         start = time.perf_counter()
         found = await service.similar(item_id, k)
@@ -122,6 +131,17 @@ def _background(coro: Coroutine[Any, Any, None]) -> None:
     task = asyncio.get_running_loop().create_task(coro)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+def _query_of(*names: str) -> Any:
+    """A route dependency refusing query strings `parse_query` refuses (unknown or repeated
+    names, bytes that are not UTF-8), as the hot route does."""
+    allowed = frozenset(names)
+
+    def check(request: Request) -> None:
+        parse_query(request.scope["query_string"], allowed)
+
+    return Depends(check)
 
 
 def _field(loc: tuple) -> str:

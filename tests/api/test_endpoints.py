@@ -45,9 +45,25 @@ from tests.api.test_recommendations import W_POP, get, ids_scores, metric
      "Input should be a valid boolean, unable to interpret input"),
     ("/popular", {"k": 0}, "k", "Input should be greater than or equal to 1"),
     ("/items/A/similar", {"k": 101}, "k", "Input should be less than or equal to 100"),
+    # The same integers on every route: pydantic alone takes "1.0" and "1_0".
+    *((path, {"user_id": "u", "k": k} if path == "/recommendations" else {"k": k}, "k",
+       "Input should be a valid integer, unable to parse string as an integer")
+      for path in ("/recommendations", "/popular", "/items/A/similar")
+      for k in ("1.0", "10.000", "1_0")),
+    # Unknown and repeated parameters, and bytes that are not UTF-8, on every route.
+    ("/popular", {"k": 3, "limit": 3}, "limit", "unknown parameter; known: category, k"),
+    ("/items/A/similar", {"k": 3, "user_id": "u"}, "user_id", "unknown parameter; known: k"),
+    ("/recommendations", {"user_id": "u", "excludeSeen": "false"}, "excludeSeen",
+     "unknown parameter; known: category, exclude_seen, explain, k, max_price, min_price, "
+     "user_id"),
+    ("/popular", [("k", 3), ("k", 50)], "k", "given more than once"),
+    ("/popular", b"category=%ff", "category", "must be UTF-8, percent-encoded"),
 ])
 def test_bad_parameters_get_422_naming_them(client, path, params, field, reason) -> None:
-    response = client.get(path, params=params)
+    if isinstance(params, bytes):  # a query string as sent, not encoded again by the client
+        response = client.get(f"{path}?{params.decode('latin-1')}")
+    else:
+        response = client.get(path, params=params)
     assert response.status_code == 422
     assert response.json() == {"detail": [{"field": field, "reason": reason}]}
 
@@ -120,6 +136,21 @@ def test_similar_blends_coview_and_embeddings(world, make_client) -> None:
     assert [(i["item_id"], i["score"]) for i in body["items"]] == [
         ("X", pytest.approx(0.4 * 1 + 0.3 * 0.5)), ("Z", pytest.approx(0.3 * 1.0))]
     assert client.get("/items/nobody-knows/similar").json()["items"] == []
+
+
+def test_similar_to_an_item_whose_id_has_a_slash(world, make_client) -> None:
+    """'/' is valid in ids (events, catalogue): percent-encoded, it was decoded before routing
+    and the path matched no route (404)."""
+    world["redis"].zadd(keys.co_view("a/b"), {"X": 3})
+    # The metrics keep the route's template, not a convertor's name.
+    ok = '{method="GET",route="/items/{item_id}/similar",status="200"}'
+    with make_client() as client:
+        before = metric(client, "http_requests_total", ok)
+        response = client.get("/items/a%2Fb/similar", params={"k": 2})
+        assert response.status_code == 200, response.text
+        assert response.json()["item_id"] == "a/b"
+        assert [i["item_id"] for i in response.json()["items"]] == ["X"]
+        assert metric(client, "http_requests_total", ok) == before + 1
 
 
 def test_similar_reads_its_own_list_length_not_the_recommendations(world, make_client) -> None:

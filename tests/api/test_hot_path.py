@@ -12,7 +12,7 @@ import redis
 from reco import keys
 from reco.settings import Settings
 from serving.reco_aio import AsyncPipelineClient
-from serving.reco_params import parse_query
+from serving.reco_params import RECO_PARAMS, ParamErrors, parse_query
 from serving.reco_redis import PipelineClient, RedisDown
 from serving.reco_snapshots import GlobalSignals
 from serving.reco_store import FeatureStore, StoreUnavailable
@@ -22,15 +22,29 @@ from tests.api.test_recommendations import EXPECTED, assert_ranking, metric
 @pytest.mark.parametrize(("raw", "expected"), [
     (b"", {}),
     (b"user_id=u1&k=5", {"user_id": "u1", "k": "5"}),
-    (b"k=5&k=7", {"k": "7"}),  # the last value wins, as in Starlette's QueryParams
     (b"user_id=&explain", {"user_id": "", "explain": ""}),
     (b"user_id=a%2Fb&category=home+garden", {"user_id": "a/b", "category": "home garden"}),
-    (b"category=caf%C3%A9&&x=1", {"category": "café", "x": "1"}),
+    (b"category=caf%C3%A9&&k=1", {"category": "café", "k": "1"}),
 ])
 def test_query_strings_parse_like_starlette(raw: bytes, expected: dict) -> None:
     from starlette.datastructures import QueryParams
 
-    assert parse_query(raw) == expected == dict(QueryParams(raw))
+    assert parse_query(raw, RECO_PARAMS) == expected == dict(QueryParams(raw))
+
+
+@pytest.mark.parametrize(("raw", "errors"), [
+    # Starlette's QueryParams lets each of these by.
+    (b"user_id=u&excludeSeen=false", [("excludeSeen", "unknown parameter; known: category, "
+                                       "exclude_seen, explain, k, max_price, min_price, "
+                                       "user_id")]),
+    (b"k=5&user_id=u&k=7", [("k", "given more than once")]),  # the last value won
+    (b"user_id=u&category=%ff%fe", [("category", "must be UTF-8, percent-encoded")]),
+    (b"user_id=u&category=\xff", [("category", "must be UTF-8, percent-encoded")]),
+])
+def test_query_strings_starlette_misreads_are_refused(raw: bytes, errors: list) -> None:
+    with pytest.raises(ParamErrors) as refused:
+        parse_query(raw, RECO_PARAMS)
+    assert [(e["field"], e["reason"]) for e in refused.value.detail] == errors
 
 
 def test_hot_route_serves_counts_and_leaves_other_methods_to_the_router(client) -> None:

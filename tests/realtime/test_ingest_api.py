@@ -351,6 +351,9 @@ async def test_catalogue_errors(
                                    headers={"content-type": "application/json"})
         assert refused.status_code == 422
         assert [(e["field"], e["reason"]) for e in refused.json()["detail"]] == [(field, reason)]
+    slash = await ingest.put("/items/a%2Fb", json={"category": "shoes"})  # '/' is valid
+    assert (slash.status_code, slash.json()) == (200, {"item_id": "a/b"})
+    pg.execute("DELETE FROM items")
     bad_id = await ingest.put("/items/a%20b", json={})
     assert [(e["field"], e["reason"]) for e in bad_id.json()["detail"]] == [
         ("path.item_id", "String should match pattern '^[!-~]+$'")]
