@@ -31,7 +31,7 @@ from reco.ranking import RankConfig
 from reco.replay import ReplayOptions, replay_table
 from reco.settings import Settings
 from reco.stack import local
-from spark_jobs import SPARK_MODELS
+from spark_jobs import ENGINES, SPARK_MODELS
 
 DAGS = {"item2vec_daily": "item2vec", "als_weekly": "als", "sasrec_daily": "sasrec"}  # -> model
 
@@ -45,6 +45,11 @@ class DemoOptions:
     dag_timeout_s: float = 900.0
     lag_timeout_s: float = 300.0
     start_stack: bool = True
+
+    def __post_init__(self) -> None:
+        # Checked here, not when the DAGs run: that is after the stack started and the replay.
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
 
 
 @dataclass
@@ -250,7 +255,8 @@ def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoRep
                       f"({summary.rejected} rejected, {summary.failed} failed) in "
                       f"{summary.elapsed_s:.1f}s")
         if summary.accepted != summary.sent:
-            raise RuntimeError(f"replay lost events: {summary.rejections.most_common(5)}")
+            raise RuntimeError(f"replay lost events: stopped: {summary.stopped}; last failure: "
+                               f"{summary.last_failure}; {summary.rejections.most_common(5)}")
     with steps.step("4/6 Waiting for the processor and the archiver to catch up (lag 0)"):
         wait_for_zero_lag(settings.kafka_bootstrap,
                           [settings.group_processor, settings.group_archiver],

@@ -115,9 +115,12 @@ def split_file(events_path: Path, out_dir: Path) -> dict[str, Path]:
     """Split an events Parquet file into train/validation/test/history Parquet files."""
     import pyarrow as pa
 
-    from reco.data.schema import EVENTS_SCHEMA, write_table
+    from reco.data.schema import EVENTS_SCHEMA, open_parquet, require_columns, write_table
 
-    split = leave_last_out(pd.read_parquet(events_path))
+    file = open_parquet(events_path)
+    require_columns(file.schema_arrow, EVENTS_SCHEMA.names, str(events_path),
+                    f"the split needs {', '.join(EVENTS_SCHEMA.names)}")
+    split = leave_last_out(file.read().to_pandas())
     return {
         name: write_table(pa.Table.from_pandas(getattr(split, name), preserve_index=False),
                           out_dir / f"{name}.parquet", EVENTS_SCHEMA)

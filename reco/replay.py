@@ -5,19 +5,19 @@ Events are read in file order (the data commands write them sorted by time, Movi
 batches one after another, so a user's events never overtake each other, while K requests are
 in flight for throughput. 503s and connection errors are retried with backoff (honouring
 Retry-After); a 422 rejects only the events it names: they are recorded with their reasons and
-the rest of the batch is sent again. A 401 or 403 stops the replay (`ReplayRefused`): no batch
-would get through.
+the rest of the batch is sent again. A 413 (body over the API's limit) splits the batch in
+halves, down to one event, which is then rejected. Any other answer stops the replay
+(`ReplayStopped`; `ReplayRefused` for a 401 or 403): no batch would get through. The file's rows
+become API rows in `reco.replay_rows`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,22 @@ import httpx
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from reco.data.schema import parquet_max, shift_offset_ms
+from reco.data.schema import DataFileError, shift_offset_ms
+from reco.replay_rows import (
+    Rejected,
+    Row,
+    check_events,
+    check_items,
+    event_rows,
+    item_rows,
+    last_event_ms,
+    open_events,
+    read_batches,
+    read_items,
+    table_last_ms,
+)
 
-EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "timestamp", "session_id",
-                 "context")
-ITEM_COLUMNS = ("item_id", "title", "category", "price", "in_stock", "attributes", "created_at")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
@@ -49,15 +58,19 @@ class ReplayOptions:
     api_key: str | None = field(default=None, repr=False)  # X-API-Key, when auth is on
 
 
-class ReplayRefused(Exception):
+class ReplayStopped(Exception):
+    """The API answered in a way no batch would get past (404: not the ingest API, ...)."""
+
+
+class ReplayRefused(ReplayStopped):
     """The API refused the requests themselves (401, 403): every batch would be refused."""
 
 
 @dataclass
 class ReplaySummary:
-    sent: int = 0  # events offered to the API
+    sent: int = 0  # events read from the file
     accepted: int = 0
-    rejected: int = 0  # refused with a 422 (not retried)
+    rejected: int = 0  # refused with a 422 or 413, or before sending (not retried)
     failed: int = 0  # given up on after retries (broker down for too long, API gone)
     rejections: Counter[str] = field(default_factory=Counter)  # "field: reason" -> events
     requests: int = 0
@@ -66,15 +79,25 @@ class ReplaySummary:
     elapsed_s: float = 0.0
     items_sent: int = 0
     items_accepted: int = 0
-    items_rejected: int = 0  # refused with a 422
+    items_rejected: int = 0  # refused with a 422 or 413, or before sending
     items_failed: int = 0  # given up on after retries
+    last_failure: str | None = None  # why the last request given up on failed
+    stopped: ReplayStopped | DataFileError | None = None  # why it ended before the file did
+
+    @property
+    def unsent(self) -> int:
+        """Events read but never answered for: the replay stopped first."""
+        return self.sent - self.accepted - self.rejected - self.failed
 
     def exit_status(self) -> int:
         """What `reco replay` exits with, for a shop's scripts: 0 when everything sent was
-        accepted; 1 when some events or items were not delivered (retries ran out: running
-        again may get them through); 3 when the API rejected some as invalid (running again
-        would not help: the summary lists the reasons)."""
-        if self.failed or self.items_failed:
+        accepted; 1 when some events or items were not delivered (retries ran out, or the API's
+        answers stopped the replay: running again may get them through); 2 when a part of the
+        file could not be read; 3 when the API rejected some as invalid (running again would
+        not help: the summary lists the reasons)."""
+        if isinstance(self.stopped, DataFileError):
+            return 2
+        if self.stopped or self.failed or self.items_failed:
             return 1
         if self.rejected or self.items_rejected:
             return 3
@@ -93,12 +116,14 @@ class ReplaySummary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "sent": self.sent, "accepted": self.accepted, "rejected": self.rejected,
-            "failed": self.failed, "rejections": dict(self.rejections.most_common()),
+            "failed": self.failed, "unsent": self.unsent,
+            "rejections": dict(self.rejections.most_common()),
             "requests": self.requests, "retries": self.retries,
             "latency_ms": self.percentiles(), "elapsed_s": round(self.elapsed_s, 3),
             "events_per_s": round(self.events_per_s, 1), "items_sent": self.items_sent,
             "items_accepted": self.items_accepted, "items_rejected": self.items_rejected,
-            "items_failed": self.items_failed,
+            "items_failed": self.items_failed, "last_failure": self.last_failure,
+            "stopped": str(self.stopped) if self.stopped else None,
         }
 
 
@@ -142,6 +167,22 @@ def parse_rejection(response: httpx.Response) -> list[dict[str, Any]]:
     return [e for e in body if isinstance(e, dict)] if isinstance(body, list) else []
 
 
+@dataclass
+class _Outcome:
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0
+
+
+def _answer(resp: httpx.Response) -> str:
+    """What the server said: its JSON `detail` when it has one, else the start of the body."""
+    try:
+        detail = resp.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return detail[:200] if isinstance(detail, str) else resp.text[:200]
+
+
 class _Sender:
     """One HTTP client shared by the lanes; every request outcome lands in the summary."""
 
@@ -149,9 +190,13 @@ class _Sender:
                  limiter: _RateLimiter) -> None:
         self.client, self.opts, self.summary, self.limiter = client, opts, summary, limiter
 
+    def _url(self, path: str) -> str:
+        return str(self.client.base_url).rstrip("/") + path
+
     async def _request(self, path: str, body: bytes) -> httpx.Response | None:
         """POST with retries on 5xx/429 and connection errors; None when it gave up."""
         delay = self.opts.backoff_s
+        cause = ""
         for attempt in range(self.opts.max_retries + 1):
             if attempt:
                 self.summary.retries += 1
@@ -159,49 +204,78 @@ class _Sender:
             try:
                 resp = await self.client.post(path, content=body,
                                               headers={"content-type": "application/json"})
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 wait = delay
             else:
                 self.summary.requests += 1
                 self.summary.latencies_ms.append((time.perf_counter() - started) * 1000)
                 if resp.status_code not in RETRY_STATUSES:
                     return resp
+                cause = f"HTTP {resp.status_code}: {_answer(resp)}"
                 retry_after = _retry_after(resp)
                 wait = delay if retry_after is None else retry_after
             await asyncio.sleep(min(wait, self.opts.max_backoff_s * 6))
             delay = min(delay * 2, self.opts.max_backoff_s)
+        self.summary.last_failure = f"POST {self._url(path)}: {cause}"
         return None
 
     async def send(self, path: str, key: str, rows: list[dict[str, Any]]) -> tuple[int, int, int]:
         """Send rows under body key `key`; returns (accepted, rejected, failed)."""
-        accepted = rejected = 0
         await self.limiter.acquire(len(rows))
+        out = _Outcome()
+        await self._send(path, key, rows, out)
+        return out.accepted, out.rejected, out.failed
+
+    async def _send(self, path: str, key: str, rows: list[dict[str, Any]], out: _Outcome
+                    ) -> None:
         while rows:
             resp = await self._request(path, orjson.dumps({key: rows}))
             if resp is None:
-                return accepted, rejected, len(rows)
+                out.failed += len(rows)
+                return
             if resp.is_success:
-                return accepted + len(rows), rejected, 0
+                out.accepted += len(rows)
+                return
+            if resp.status_code == 413 and len(rows) > 1:
+                # Over the API's body limit: the halves, one after the other (order kept).
+                half = len(rows) // 2
+                await self._send(path, key, rows[:half], out)
+                await self._send(path, key, rows[half:], out)
+                return
+            if resp.status_code == 413:
+                self.summary.rejections[f"{key.removesuffix('s')}: too large for the API "
+                                        f"(HTTP 413: {_answer(resp)})"] += 1
+                out.rejected += 1
+                return
             if resp.status_code in (401, 403):
                 raise ReplayRefused(
                     f"{path}: HTTP {resp.status_code} {resp.text[:200]} (the ingest API's writes "
                     "need one of its RECO_API_KEYS: pass --api-key)")
-            errors = parse_rejection(resp) if resp.status_code == 422 else []
-            bad: dict[int, str] = {}
-            for entry in errors:
-                index = _error_index(entry)
-                if index is not None and 0 <= index < len(rows):
-                    bad.setdefault(index, _reason(entry))
-            if not bad:  # nothing to single out: the whole batch is refused
-                reason = (_reason(errors[0]) if errors
-                          else f"HTTP {resp.status_code}: {resp.text[:200]}")
-                self.summary.rejections[reason] += len(rows)
-                return accepted, rejected + len(rows), 0
-            for reason in bad.values():
-                self.summary.rejections[reason] += 1
-            rejected += len(bad)
-            rows = [row for i, row in enumerate(rows) if i not in bad]
-        return accepted, rejected, 0
+            if resp.status_code != 422:
+                raise ReplayStopped(
+                    f"POST {self._url(path)}: HTTP {resp.status_code} {resp.reason_phrase}: "
+                    f"{_answer(resp)} (is that the ingest API?)")
+            rows = self._reject(resp, rows, out)
+
+    def _reject(self, resp: httpx.Response, rows: list[dict[str, Any]], out: _Outcome
+                ) -> list[dict[str, Any]]:
+        """Record a 422's rejected rows with their reasons; the rows left to send again."""
+        errors = parse_rejection(resp)
+        bad: dict[int, str] = {}
+        for entry in errors:
+            index = _error_index(entry)
+            if index is not None and 0 <= index < len(rows):
+                bad.setdefault(index, _reason(entry))
+        if not bad:  # nothing to single out: the whole batch is refused
+            reason = _reason(errors[0]) if errors else f"HTTP 422: {resp.text[:200]}"
+            self.summary.rejections[reason] += len(rows)
+            out.rejected += len(rows)
+            return []
+        for reason in bad.values():
+            self.summary.rejections[reason] += 1
+        out.rejected += len(bad)
+        return [row for i, row in enumerate(rows) if i not in bad]
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -211,31 +285,7 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
-def _clean(row: dict[str, Any], offset_ms: int) -> dict[str, Any]:
-    out = {k: v for k, v in row.items() if v is not None}
-    # A client-side id makes a retried batch idempotent downstream (the archiver dedups on it).
-    if "event_id" not in out:
-        out["event_id"] = str(uuid.uuid4())
-    if "timestamp" in out:
-        out["timestamp"] = int(out["timestamp"]) + offset_ms
-    if isinstance(out.get("context"), str):
-        out["context"] = json.loads(out["context"])
-    return out
-
-
-def event_rows(batches: Iterable[pa.RecordBatch], offset_ms: int = 0) -> Iterator[dict[str, Any]]:
-    """Event dicts as the API takes them: ids as text, None fields left out, time shifted."""
-    for batch in batches:
-        names = [c for c in EVENT_COLUMNS if c in batch.schema.names]
-        batch = batch.select(names)
-        for name in ("user_id", "item_id"):
-            if batch.schema.field(name).type != pa.string():
-                batch = batch.set_column(names.index(name), name, batch[name].cast(pa.string()))
-        for row in batch.to_pylist():
-            yield _clean(row, offset_ms)
-
-
-async def _replay_events(rows: Iterable[dict[str, Any]], sender: _Sender, opts: ReplayOptions,
+async def _replay_events(rows: Iterable[Row], sender: _Sender, opts: ReplayOptions,
                          progress: Callable[[int], None] | None) -> None:
     summary = sender.summary
     queues: list[asyncio.Queue[list[dict[str, Any]] | None]] = [
@@ -265,15 +315,24 @@ async def _replay_events(rows: Iterable[dict[str, Any]], sender: _Sender, opts: 
 
     buffers: list[list[dict[str, Any]]] = [[] for _ in range(opts.lanes)]
     try:
-        for n, row in enumerate(rows, 1):
-            k = zlib.crc32(str(row.get("user_id", "")).encode()) % opts.lanes
-            buffers[k].append(row)
-            summary.sent += 1
-            if len(buffers[k]) >= opts.batch_size:
-                await put(k, buffers[k])
-                buffers[k] = []
-            elif n % 5000 == 0:
-                await asyncio.sleep(0)  # let lanes run while a long file is being read
+        try:
+            for n, row in enumerate(rows, 1):
+                summary.sent += 1
+                if isinstance(row, Rejected):
+                    summary.rejected += 1
+                    summary.rejections[row.reason] += 1
+                    if progress:
+                        progress(1)
+                    continue
+                k = zlib.crc32(str(row.get("user_id", "")).encode()) % opts.lanes
+                buffers[k].append(row)
+                if len(buffers[k]) >= opts.batch_size:
+                    await put(k, buffers[k])
+                    buffers[k] = []
+                elif n % 5000 == 0:
+                    await asyncio.sleep(0)  # let lanes run while a long file is being read
+        except DataFileError as exc:
+            summary.stopped = exc  # the rows read before the unreadable part are still sent
         for k, buffer in enumerate(buffers):
             if buffer:
                 await put(k, buffer)
@@ -284,38 +343,31 @@ async def _replay_events(rows: Iterable[dict[str, Any]], sender: _Sender, opts: 
             w.cancel()
 
 
-async def _replay_items(rows: list[dict[str, Any]], sender: _Sender, batch_size: int) -> None:
+async def _replay_items(rows: list[Row], sender: _Sender, batch_size: int) -> None:
     summary = sender.summary
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        ok, bad, failed = await sender.send("/items/batch", "items", chunk)
-        summary.items_sent += len(chunk)
+    summary.items_sent += len(rows)
+    valid = []
+    for row in rows:
+        if isinstance(row, Rejected):
+            summary.items_rejected += 1
+            summary.rejections[row.reason] += 1
+        else:
+            valid.append(row)
+    for start in range(0, len(valid), batch_size):
+        ok, bad, failed = await sender.send("/items/batch", "items",
+                                            valid[start:start + batch_size])
         summary.items_accepted += ok
         summary.items_rejected += bad
         summary.items_failed += failed
 
 
-def item_rows(table: pa.Table, offset_ms: int = 0) -> list[dict[str, Any]]:
-    """Catalogue rows for POST /items/batch (attributes parsed, created_at shifted like events)."""
-    names = [c for c in ITEM_COLUMNS if c in table.schema.names]
-    rows = []
-    for row in table.select(names).to_pylist():
-        row = {k: v for k, v in row.items() if v is not None}
-        if isinstance(row.get("attributes"), str):
-            row["attributes"] = json.loads(row["attributes"])
-        row["item_id"] = str(row["item_id"])
-        if "created_at" in row:
-            row["created_at"] = int(row["created_at"]) + offset_ms
-        rows.append(row)
-    return rows
-
-
 async def replay_async(
-    rows: Iterable[dict[str, Any]], opts: ReplayOptions, items: list[dict[str, Any]] | None = None,
+    rows: Iterable[Row], opts: ReplayOptions, items: list[Row] | None = None,
     progress: Callable[[int], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> ReplaySummary:
-    """Send the catalogue (if any), then the events; returns the summary."""
+    """Send the catalogue (if any), then the events; returns the summary (with the reason in
+    `stopped` when the API's answers or an unreadable part of the file ended it early)."""
     summary = ReplaySummary()
     limits = httpx.Limits(max_connections=opts.lanes + 1, max_keepalive_connections=opts.lanes + 1)
     started = time.perf_counter()
@@ -324,11 +376,19 @@ async def replay_async(
                                transport=transport, headers=headers)
     async with client:
         sender = _Sender(client, opts, summary, _RateLimiter(opts.rate))
-        if items:
-            await _replay_items(items, sender, min(opts.batch_size, 1000))
-        await _replay_events(rows, sender, opts, progress)
+        try:
+            if items:
+                await _replay_items(items, sender, min(opts.batch_size, 1000))
+            await _replay_events(rows, sender, opts, progress)
+        except ReplayStopped as exc:
+            summary.stopped = exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _offset(last_ms: int | None, shift_to_now: bool, now_ms: int | None) -> int:
+    # Without any timestamp there is nothing to shift: the API stamps each event on arrival.
+    return shift_offset_ms(last_ms, now_ms) if shift_to_now and last_ms is not None else 0
 
 
 def replay_file(
@@ -336,11 +396,14 @@ def replay_file(
     shift_to_now: bool = True, now_ms: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReplaySummary:
-    """`reco replay FILE`: stream a Parquet event file (and catalogue) through the API."""
-    offset = shift_offset_ms(parquet_max(events_path, "timestamp"), now_ms) if shift_to_now else 0
-    batches = pq.ParquetFile(events_path).iter_batches(batch_size=10_000)
-    items = item_rows(pq.read_table(items_path), offset) if items_path else None
-    return asyncio.run(replay_async(event_rows(batches, offset), opts, items, progress))
+    """`reco replay FILE`: stream a Parquet event file (and catalogue) through the API.
+    Raises `DataFileError` before sending anything when a file or column is unusable."""
+    file = open_events(events_path)
+    catalogue = read_items(items_path) if items_path else None
+    offset = _offset(last_event_ms(file), shift_to_now, now_ms)
+    rows = event_rows(read_batches(file, events_path), offset)
+    items = item_rows(catalogue, offset) if catalogue is not None else None
+    return asyncio.run(replay_async(rows, opts, items, progress))
 
 
 def replay_table(
@@ -349,8 +412,10 @@ def replay_table(
     progress: Callable[[int], None] | None = None,
 ) -> ReplaySummary:
     """The same for an in-memory table (the demo replays its train split this way)."""
-    last = int(np.max(events["timestamp"].to_numpy())) if events.num_rows else 0
-    offset = shift_offset_ms(last, now_ms) if shift_to_now and events.num_rows else 0
+    check_events(events.schema, "events table")
+    if items is not None:
+        check_items(items.schema, "items table")
+    offset = _offset(table_last_ms(events), shift_to_now, now_ms)
     rows = event_rows(events.to_batches(max_chunksize=10_000), offset)
     item_list = item_rows(items, offset) if items is not None else None
     return asyncio.run(replay_async(rows, opts, item_list, progress))

@@ -1,12 +1,13 @@
 """The offline jobs (extract, train, evaluate, gate, publish) that Airflow and `reco train` run.
 
-The model names live here, light to import: the demo reads them without loading Spark or
-MLflow.
+The model and engine names live here, light to import: the demo reads them without loading
+Spark or MLflow.
 """
 
 from datetime import UTC, datetime
 
 MODELS = ("item2vec", "als", "sasrec")
+ENGINES = ("local", "spark")
 SPARK_MODELS = ("item2vec", "als")  # the others train locally whatever RECO_ENGINE says
 
 

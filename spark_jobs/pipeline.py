@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from spark_jobs import MODELS, SPARK_MODELS, as_utc, tracking
+from spark_jobs import ENGINES, MODELS, SPARK_MODELS, as_utc, tracking
 from spark_jobs import extract as ex
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}: expected one of {MODELS}")
-        if self.engine not in ("local", "spark"):
+        if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}: expected 'local' or 'spark'")
         if self.engine == "spark" and self.model not in SPARK_MODELS:
             raise ValueError(f"{self.model} has no Spark engine: use engine 'local'")

@@ -53,7 +53,10 @@ def synthetic(
     """A synthetic e-commerce stream: catalogue, taste groups, sessions, the purchase funnel."""
     from reco.data.synthetic import SyntheticConfig, generate
 
-    cfg = SyntheticConfig(users=users, items=items, events=events, seed=seed, days=days)
+    try:
+        cfg = SyntheticConfig(users=users, items=items, events=events, seed=seed, days=days)
+    except ValueError as exc:  # before any work: a bad window fails deep in numpy otherwise
+        raise typer.BadParameter(str(exc), param_hint="--days") from None
     out = out or _default_out("synthetic")
     started = time.perf_counter()
     columns = (TextColumn("events"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -71,11 +74,15 @@ def split(
     out: OutDir = None,
 ) -> None:
     """Temporal leave-last-out: train / validation / test / history Parquet files."""
-    from reco.data.schema import EVENTS_FILE
+    from reco.data.schema import EVENTS_FILE, DataFileError
     from reco.evaluation_split import split_file
 
     if events.is_dir():
         events = events / EVENTS_FILE
-    paths = split_file(events, out or events.parent / "split")
+    try:
+        paths = split_file(events, out or events.parent / "split")
+    except DataFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     for name, path in paths.items():
         console.print(f"{name}: {path}")

@@ -20,8 +20,12 @@ def demo(
     engine: Annotated[str, typer.Option(help="Training engine: local or spark.")] = "local",
 ) -> None:
     """MovieLens-100k through ingest, Kafka, features, Airflow training and the API, scored."""
+    try:
+        opts = DemoOptions(max_users=max_users, engine=engine)
+    except ValueError as exc:  # before the stack starts, not when the DAGs run
+        raise typer.BadParameter(str(exc), param_hint="--engine") from None
     settings = get_settings()
-    report = run_demo(settings, console, DemoOptions(max_users=max_users, engine=engine))
+    report = run_demo(settings, console, opts)
     print_report(report, settings)  # before logging: a logging failure must not lose it
     run_id = log_to_mlflow(settings, report, engine)
     console.print(f"\nThese figures are MLflow run {run_id} (experiment served-evaluation), next "

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import pyarrow.parquet as pq
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from reco.data.schema import EVENTS_FILE, ITEMS_FILE
-from reco.replay import ReplayOptions, ReplayRefused, ReplaySummary, replay_file
+from reco.data.schema import DataFileError
+from reco.replay import ReplayOptions, ReplayRefused, ReplayStopped, ReplaySummary, replay_file
+from reco.replay_rows import open_events, replay_paths
 
 console = Console()
 
@@ -34,30 +34,36 @@ def replay(
         help="X-API-Key for the ingest API's writes [default: the first of RECO_API_KEYS]",
         show_default=False)] = None,
 ) -> None:
-    """Replay events (per-user order kept), retrying 503s; ends with a summary. Exit status: 0
-    when everything was accepted, 1 when some events or items were not delivered (or the key
-    was refused), 3 when the API rejected some as invalid."""
+    """Replay events (per-user order kept), retrying 503s; ends with a summary. By default the
+    times move so that the last event is now (--keep-time sends them as they are). Rows without
+    an event_id get one from their content and position, so running the same file again counts
+    each event once. Exit status: 0 when everything was accepted, 1 when some events or items
+    were not delivered (or the API's answers stopped it: a refused key, a wrong --url), 2 when
+    the file cannot be replayed, 3 when the API rejected some as invalid."""
     from reco.settings import get_settings
 
     settings = get_settings()
-    if file.is_dir():
-        items = items or (file / ITEMS_FILE if (file / ITEMS_FILE).exists() else None)
-        file = file / EVENTS_FILE
     keys = [key.get_secret_value() for key in settings.api_keys]
     opts = ReplayOptions(url=url or f"http://{settings.host}:{settings.ingest_port}",
                          batch_size=batch_size, rate=rate, lanes=lanes,
                          api_key=api_key or (keys[0] if keys else None))
-    total = pq.ParquetFile(file).metadata.num_rows
-    columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("replay", total=total)
-        try:
+    try:
+        file, items = replay_paths(file, items)
+        total = open_events(file).metadata.num_rows
+        columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("replay", total=total)
             summary = replay_file(file, opts, items, shift_to_now,
                                   progress=lambda n: progress.advance(task, n))
-        except ReplayRefused as exc:
-            console.print(f"[red]refused: {exc}[/]")
-            raise typer.Exit(1) from exc
+    except DataFileError as exc:  # found before anything was sent
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     print_summary(summary)
+    if summary.stopped:
+        label = ("refused" if isinstance(summary.stopped, ReplayRefused)
+                 else "stopped" if isinstance(summary.stopped, ReplayStopped) else "error")
+        typer.echo(f"{label}: {summary.stopped}", err=True)
     if summary.exit_status():
         raise typer.Exit(summary.exit_status())
 
@@ -68,6 +74,8 @@ def print_summary(summary: ReplaySummary) -> None:
     for key in ("sent", "accepted", "rejected", "failed", "requests", "retries", "elapsed_s",
                 "events_per_s", "items_sent", "items_accepted", "items_rejected", "items_failed"):
         table.add_row(key, str(data[key]))
+    if summary.unsent:
+        table.add_row("not sent (stopped first)", str(summary.unsent))
     for name, value in data["latency_ms"].items():
         table.add_row(f"batch latency {name}", f"{value} ms")
     console.print(table)
@@ -76,6 +84,8 @@ def print_summary(summary: ReplaySummary) -> None:
         for reason, count in summary.rejections.most_common():
             reasons.add_row(str(count), reason)
         console.print(reasons)
+    if summary.last_failure and (summary.failed or summary.items_failed):
+        console.print(f"last failure: {summary.last_failure}", markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -36,12 +36,17 @@ def _parse(pairs: list[str] | None) -> dict:
 
 def _run(model: str, engine: str | None, window_days: int | None, window_end: str | None,
          params: list[str] | None) -> None:
+    try:
+        end = datetime.fromisoformat(window_end) if window_end else None
+    except ValueError:
+        raise typer.BadParameter(f"{window_end!r} is not an ISO 8601 date or date-time (e.g. "
+                                 "2026-01-31 or 2026-01-31T12:00:00+00:00)",
+                                 param_hint="--window-end") from None
     from spark_jobs import pipeline
 
     try:
         cfg = pipeline.config_from_settings(
-            get_settings(), model, engine=engine, window_days=window_days,
-            window_end=datetime.fromisoformat(window_end) if window_end else None,
+            get_settings(), model, engine=engine, window_days=window_days, window_end=end,
             params=_parse(params))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

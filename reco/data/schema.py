@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +43,26 @@ ITEMS_SCHEMA = pa.schema(
 PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True}
 
 
+class DataFileError(ValueError):
+    """A data file a command cannot use; the message names the file or column and the reason."""
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """The Parquet file at `path`, or a `DataFileError` saying why it cannot be read."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFileError(f"{path}: cannot be read as Parquet ({exc})") from None
+
+
+def require_columns(schema: pa.Schema, columns: Iterable[str], where: str, why: str) -> None:
+    """A `DataFileError` naming the first of `columns` missing from `schema`, and `why`."""
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise DataFileError(f"{where}: no {missing[0]} column (its columns: "
+                            f"{', '.join(schema.names) or 'none'}); {why}")
+
+
 def write_table(table: pa.Table, path: Path, schema: pa.Schema) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.select(schema.names).cast(schema), path, **PARQUET_OPTIONS)
@@ -71,18 +92,3 @@ def shift_to_now(
     if items is not None:
         items = items.assign(created_at=items["created_at"] + offset)
     return events, items
-
-
-def parquet_max(path: Path, column: str) -> int:
-    """Largest value of an integer column from the row-group statistics (no data read)."""
-    meta = pq.ParquetFile(path).metadata
-    index = meta.schema.to_arrow_schema().get_field_index(column)
-    best: int | None = None
-    for rg in range(meta.num_row_groups):
-        stats = meta.row_group(rg).column(index).statistics
-        if stats is None or not stats.has_min_max:
-            return int(pq.read_table(path, columns=[column])[column].to_numpy().max())
-        best = stats.max if best is None else max(best, stats.max)
-    if best is None:
-        raise ValueError(f"{path} has no rows")
-    return int(best)

@@ -60,6 +60,10 @@ class SyntheticConfig:
     out_of_stock: float = 0.03
     new_arrivals: float = 0.05
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.days) and self.days > 0):
+            raise ValueError(f"days must be a finite number above 0, not {self.days}")
+
     @property
     def start_ms(self) -> int:
         return self.end_ms - int(self.days * DAY_MS)

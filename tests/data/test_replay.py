@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import subprocess
@@ -11,22 +12,27 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
-from reco.data.schema import EVENTS_SCHEMA, write_table
+from reco.data.schema import EVENTS_SCHEMA, DataFileError, write_table
 from reco.data.synthetic import SyntheticConfig, generate
-from reco.replay import ReplayOptions, event_rows, replay_async, replay_file
+from reco.replay import ReplayOptions, ReplayStopped, event_rows, replay_async, replay_file
+from reco.replay_rows import last_event_ms, read_batches
 from reco.settings import Settings
 from reco.stack.health import free_port
+from reco.stack.servers import REPO_ROOT
+from streaming.archiver import Archiver
 
 BAD_TYPE = "event_type: Input should be 'view', 'click', 'cart' or 'purchase'"
 
@@ -205,27 +211,27 @@ def test_replay_sends_the_api_key_and_a_refused_key_stops_it(
     generate(SyntheticConfig(users=5, items=10, events=40, seed=3), tmp_path)
     base = {**os.environ, "RECO_INGEST_PORT": ingest_with_auth.rsplit(":", 1)[1],
             "RECO_HOST": "127.0.0.1", "RECO_API_KEYS": ""}
-    reco = [str(Path(sys.executable).with_name("reco")), "replay",
-            str(tmp_path / "events.parquet")]
+    # `python -m` from the checkout under test (the venv's `reco` may be another checkout's).
+    reco = [sys.executable, "-m", "reco.cli", "replay", str(tmp_path / "events.parquet")]
+    run = functools.partial(subprocess.run, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
 
     # Without a key every batch would be refused: the first 401 ends it, exit status 1.
-    refused = subprocess.run(reco, env=base, capture_output=True, text=True, timeout=120)
+    refused = run(reco, env=base)
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "refused: /events/batch: HTTP 401" in " ".join(refused.stdout.split())
+    assert "refused: /events/batch: HTTP 401" in refused.stderr
 
     # The API's answers decide the exit status: every event invalid is 3, not 0.
     invalid = tmp_path / "invalid" / "events.parquet"
     invalid.parent.mkdir()
     events = pd.read_parquet(tmp_path / "events.parquet").assign(event_type="like")
     write_table(pa.Table.from_pandas(events, preserve_index=False), invalid, EVENTS_SCHEMA)
-    rejected = subprocess.run([*reco[:2], str(invalid)], env={**base, "RECO_API_KEYS": REPLAY_KEY},
-                              capture_output=True, text=True, timeout=120)
+    rejected = run([*reco[:-1], str(invalid)], env={**base, "RECO_API_KEYS": REPLAY_KEY})
     assert rejected.returncode == 3, rejected.stdout + rejected.stderr
     assert re.search(r"│ rejected\s+│ 40\s+│", rejected.stdout), rejected.stdout
 
     # The first of RECO_API_KEYS is the default key.
-    sent = subprocess.run(reco, env={**base, "RECO_API_KEYS": f"{REPLAY_KEY},other-key-01234567"},
-                          capture_output=True, text=True, timeout=120)
+    sent = run(reco, env={**base, "RECO_API_KEYS": f"{REPLAY_KEY},other-key-01234567"})
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert re.search(r"│ accepted\s+│ 40\s+│", sent.stdout), sent.stdout
     assert len(asyncio.run(_consume(settings, 40))) == 40
@@ -239,3 +245,171 @@ def test_a_crashing_lane_stops_the_replay_instead_of_hanging() -> None:
     with pytest.raises(ValueError, match="unexpected"):
         asyncio.run(asyncio.wait_for(
             replay_async(_rows(10), opts, transport=httpx.MockTransport(handler)), 10))
+
+
+T0 = 1_700_000_000_000
+
+
+def _export(n: int) -> list[dict]:
+    """Events as a shop might export them: no event_id column."""
+    return [{"user_id": f"u{i % 7}", "item_id": f"i{i % 11}", "event_type": "view",
+             "timestamp": T0 + 1000 * i, "context": None} for i in range(n)]
+
+
+@pytest.mark.integration
+def test_replaying_a_file_again_sends_the_same_ids_and_archives_each_event_once(
+    ingest_url: str, settings: Settings, pg, tmp_path: Path
+) -> None:
+    """Rows without an event_id get an id from their content and position: a rerun after an
+    exit 1 repeats them, so the archiver (and the processor's markers) count each event once."""
+    n = 60
+    rows = _export(n)
+    rows[7]["context"] = "{not json"  # only this row is refused, with its reason
+    rows[31] = dict(rows[30])  # two identical clicks are still two events
+    path = tmp_path / "events.parquet"
+    # Times as an Arrow timestamp column, Parquet's own type for them.
+    pq.write_table(pa.Table.from_pylist(rows).set_column(
+        3, "timestamp", pa.array([r["timestamp"] for r in rows], pa.timestamp("ms", "UTC"))),
+        path)
+    opts = ReplayOptions(url=ingest_url, batch_size=16, lanes=3)
+    now = int(time.time() * 1000) - 60_000
+    first = replay_file(path, opts, now_ms=now)
+    second = replay_file(path, opts, now_ms=now + 30_000)  # another "now": other times
+
+    for summary in (first, second):
+        d = summary.to_dict()
+        assert (d["sent"], d["accepted"], d["rejected"], d["failed"]) == (n, n - 1, 1, 0)
+        assert d["rejections"] == {
+            "context: not valid JSON (Expecting property name enclosed in double quotes)": 1}
+    records = asyncio.run(_consume(settings, 2 * (n - 1)))
+    times: dict[str, list[int]] = defaultdict(list)
+    for rec in records:
+        value = orjson.loads(rec.value)
+        times[value["event_id"]].append(value["timestamp"])
+    # Each id once per run, at its row's time shifted by that run; the identical rows apart.
+    offset = now - rows[-1]["timestamp"]
+    assert sorted(sorted(t) for t in times.values()) == sorted(
+        [r["timestamp"] + offset, r["timestamp"] + offset + 30_000]
+        for i, r in enumerate(rows) if i != 7)
+
+    async def archive() -> None:
+        archiver = Archiver(settings)
+        try:
+            await archiver(records)
+        finally:
+            await archiver.close()
+
+    asyncio.run(archive())
+    assert pg.execute("SELECT count(*) FROM events").fetchone() == (n - 1,)
+
+
+@pytest.mark.integration
+def test_a_batch_over_the_body_limit_is_sent_in_halves_and_a_lone_giant_is_rejected(
+    ingest_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    """500 valid events with ~3.5 KB contexts make a ~1.9 MB body, over the ingest's 1 MB: the
+    halves get through. One event over the limit by itself is rejected, naming the reason."""
+    rows = _export(500)
+    for i, row in enumerate(rows):
+        row["context"] = orjson.dumps({"page": f"p{i}", "note": "x" * 3_500}).decode()
+    rows[123]["context"] = orjson.dumps({"note": "y" * 1_100_000}).decode()
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+    summary = replay_file(path, ReplayOptions(url=ingest_url, batch_size=500, lanes=1))
+
+    d = summary.to_dict()
+    assert (d["sent"], d["accepted"], d["rejected"], d["failed"]) == (500, 499, 1, 0)
+    [(reason, count)] = d["rejections"].items()
+    assert count == 1 and reason.startswith("event: too large for the API (HTTP 413: body of ")
+    assert "over the 1000000 byte limit" in reason
+    records = asyncio.run(_consume(settings, 499))
+    assert len(records) == 499
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_partition[rec.partition].append(orjson.loads(rec.value)["timestamp"])
+    assert all(times == sorted(times) for times in by_partition.values())  # order kept
+
+
+@pytest.mark.integration
+def test_a_wrong_url_stops_the_replay_with_what_the_server_answered(
+    ingest_url: str, tmp_path: Path
+) -> None:
+    """A 404 is no verdict on the events: exit 1 (fix --url, run again), not 3."""
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pylist(_export(30)), path)
+
+    summary = replay_file(path, ReplayOptions(url=f"{ingest_url}/v2", batch_size=10, lanes=2))
+
+    assert isinstance(summary.stopped, ReplayStopped)
+    assert f"POST {ingest_url}/v2/events/batch: HTTP 404 Not Found: Not Found" in str(
+        summary.stopped)
+    assert (summary.accepted, summary.rejected, summary.failed) == (0, 0, 0)
+    assert summary.exit_status() == 1
+
+
+@pytest.mark.integration
+def test_events_without_timestamps_are_stamped_by_the_api(
+    ingest_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    """Nothing to shift to now: each event gets the time it arrives."""
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pylist(_export(5)).drop_columns(["timestamp", "context"]), path)
+    before = int(time.time() * 1000)
+
+    summary = replay_file(path, ReplayOptions(url=ingest_url), shift_to_now=True)
+
+    assert (summary.accepted, summary.exit_status()) == (5, 0)
+    stamps = [orjson.loads(r.value)["timestamp"] for r in asyncio.run(_consume(settings, 5))]
+    assert len(stamps) == 5 and all(before <= t <= int(time.time() * 1000) for t in stamps)
+
+
+def test_undelivered_events_are_reported_with_the_last_failures_cause() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    opts = ReplayOptions(url=url, batch_size=10, lanes=1, backoff_s=0.0, max_retries=1)
+    summary = asyncio.run(replay_async(_rows(3), opts))
+    assert (summary.failed, summary.retries, summary.exit_status()) == (3, 1, 1)
+    assert summary.last_failure == (f"POST {url}/events/batch: ConnectError: All connection "
+                                    "attempts failed")
+
+
+def test_an_unreadable_part_of_the_file_stops_the_replay_after_sending_what_came_before(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "events.parquet"
+    # Row groups the size of the replay's read batches: the second one is garbled below.
+    pq.write_table(pa.Table.from_pylist(_export(20_000)).drop_columns(["context"]), path,
+                   row_group_size=10_000, compression="zstd")
+    column = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    start = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start + 20:start + column.total_compressed_size - 2] = b"\xab" * (
+        column.total_compressed_size - 22)  # the second row group's first column, garbled
+    path.write_bytes(bytes(data))
+    seen: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.extend(e["timestamp"] for e in orjson.loads(request.content)["events"])
+        return httpx.Response(202, json={"event_ids": []})
+
+    rows = event_rows(read_batches(pq.ParquetFile(path), path))
+    opts = ReplayOptions(url="http://ingest", batch_size=300, lanes=2)
+    summary = asyncio.run(replay_async(rows, opts, transport=httpx.MockTransport(handler)))
+
+    assert isinstance(summary.stopped, DataFileError)
+    assert str(summary.stopped).startswith(f"{path}: cannot be read past this point (")
+    assert sorted(seen) == [T0 + 1000 * i for i in range(10_000)]
+    assert (summary.sent, summary.accepted, summary.exit_status()) == (10_000, 10_000, 2)
+
+
+def test_arrow_timestamp_columns_are_sent_as_epoch_milliseconds(tmp_path: Path) -> None:
+    """Parquet's own time type (here microseconds without a zone, read as UTC), truncated."""
+    path = tmp_path / "events.parquet"
+    times = pa.array([datetime(2026, 1, 1, 0, 0, 0, 123_456), datetime(2026, 1, 2)],
+                     pa.timestamp("us"))
+    pq.write_table(pa.table({"user_id": ["u", "u"], "item_id": ["a", "b"],
+                             "event_type": ["view", "click"], "timestamp": times}), path)
+    file = pq.ParquetFile(path)
+    assert last_event_ms(file) == 1_767_312_000_000
+    rows = list(event_rows(read_batches(file, path), offset_ms=5))
+    assert [r["timestamp"] for r in rows] == [1_767_225_600_128, 1_767_312_000_005]

@@ -1,0 +1,205 @@
+"""What `reco replay` sends: Parquet event and catalogue rows as the ingest API's JSON rows.
+
+Columns are checked before anything is sent (`DataFileError` names the file or column and the
+reason). Times are epoch milliseconds: integer columns as they are, Arrow timestamp and date
+columns converted (timezone-naive ones read as UTC). A row without an `event_id` gets one
+derived from its content (before the time shift) and its position in the file, so replaying
+the same file again sends the same ids and the consumers count each event once. A row the API
+could not take at all (a `context` that is not JSON) becomes a `Rejected` with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from reco.data.schema import EVENTS_FILE, ITEMS_FILE, DataFileError, open_parquet, require_columns
+
+EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "timestamp", "session_id",
+                 "context")
+REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event_type")
+ITEM_COLUMNS = ("item_id", "title", "category", "price", "in_stock", "attributes", "created_at")
+# Never change it: the ids derived under it are what makes a file replayed again count once.
+EVENT_ID_NAMESPACE = uuid.UUID("47abc508-40bd-4f7f-9beb-293f70961e88")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A row refused before sending, counted like an API rejection."""
+
+    reason: str  # "field: reason"
+
+
+Row = dict[str, Any] | Rejected
+
+
+def replay_paths(path: Path, items: Path | None = None) -> tuple[Path, Path | None]:
+    """The events file and catalogue of FILE, or of a folder holding events.parquet (its
+    items.parquet comes along unless a catalogue is given)."""
+    if not path.is_dir():
+        return path, items
+    if not (path / EVENTS_FILE).is_file():
+        raise DataFileError(f"{path}: a folder without {EVENTS_FILE}")
+    if items is None and (path / ITEMS_FILE).is_file():
+        items = path / ITEMS_FILE
+    return path / EVENTS_FILE, items
+
+
+def _time_column(schema: pa.Schema, name: str, where: str) -> None:
+    kind = schema.field(name).type
+    if not (pa.types.is_integer(kind) or pa.types.is_timestamp(kind) or pa.types.is_date(kind)):
+        raise DataFileError(f"{where}: column {name} is {kind}; expected epoch milliseconds "
+                            "(integers) or an Arrow timestamp")
+
+
+def _text_column(schema: pa.Schema, name: str, where: str) -> None:
+    kind = schema.field(name).type
+    try:
+        pa.array([], type=kind).cast(pa.string())  # ids are sent as text
+    except pa.ArrowException:
+        raise DataFileError(f"{where}: column {name} is {kind}, not text or a number") from None
+
+
+def check_events(schema: pa.Schema, where: str) -> None:
+    require_columns(schema, REQUIRED_EVENT_COLUMNS, where,
+                    "every event needs user_id, item_id and event_type")
+    for name in ("user_id", "item_id"):
+        _text_column(schema, name, where)
+    if "timestamp" in schema.names:
+        _time_column(schema, "timestamp", where)
+
+
+def check_items(schema: pa.Schema, where: str) -> None:
+    require_columns(schema, ("item_id",), where, "every catalogue row needs item_id")
+    _text_column(schema, "item_id", where)
+    if "created_at" in schema.names:
+        _time_column(schema, "created_at", where)
+
+
+def open_events(path: Path) -> pq.ParquetFile:
+    """The events file, its columns checked."""
+    file = open_parquet(path)
+    check_events(file.schema_arrow, str(path))
+    return file
+
+
+def read_items(path: Path) -> pa.Table:
+    """The catalogue file, its columns checked."""
+    file = open_parquet(path)
+    check_items(file.schema_arrow, str(path))
+    try:
+        return file.read(columns=[c for c in ITEM_COLUMNS if c in file.schema_arrow.names])
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFileError(f"{path}: cannot be read ({exc})") from None
+
+
+def read_batches(file: pq.ParquetFile, path: Path) -> Iterator[pa.RecordBatch]:
+    """The events file 10,000 rows at a time; a part that cannot be read stops the replay."""
+    columns = [c for c in EVENT_COLUMNS if c in file.schema_arrow.names]
+    try:
+        yield from file.iter_batches(batch_size=10_000, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFileError(f"{path}: cannot be read past this point ({exc})") from None
+
+
+def epoch_ms(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Times as epoch milliseconds: integers as they are, timestamps and dates converted."""
+    kind = column.type
+    if not (pa.types.is_timestamp(kind) or pa.types.is_date(kind)):
+        return column
+    tz = kind.tz if pa.types.is_timestamp(kind) else None
+    # safe=False: micro- and nanoseconds are truncated to milliseconds rather than refused.
+    return pc.cast(pc.cast(column, pa.timestamp("ms", tz), safe=False), pa.int64())
+
+
+def _max_ms(column: pa.Array | pa.ChunkedArray) -> int | None:
+    return pc.max(epoch_ms(column)).as_py()
+
+
+def last_event_ms(file: pq.ParquetFile) -> int | None:
+    """The latest `timestamp` in epoch ms, from the row-group statistics when every group has
+    them (no data read); None when no event has one."""
+    if "timestamp" not in file.schema_arrow.names:
+        return None
+    meta = file.metadata
+    leaf = [meta.schema.column(i).path for i in range(meta.num_columns)].index("timestamp")
+    maxima = []
+    for group in range(meta.num_row_groups):
+        stats = meta.row_group(group).column(leaf).statistics
+        if stats is None or not stats.has_min_max:
+            return _max_ms(file.read(columns=["timestamp"])["timestamp"])
+        maxima.append(stats.max)
+    return _max_ms(pa.array(maxima, type=file.schema_arrow.field("timestamp").type))
+
+
+def table_last_ms(table: pa.Table) -> int | None:
+    return _max_ms(table["timestamp"]) if "timestamp" in table.schema.names else None
+
+
+def derived_event_id(row: dict[str, Any], position: int) -> str:
+    """uuid5 of a row's content and its position in the file: the same on every run, and
+    different for equal rows at other positions (two identical clicks are two events)."""
+    content = orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{position}:{content}"))
+
+
+def _parse_json(row: dict[str, Any], name: str) -> Rejected | None:
+    """Parse a JSON text column in place; the rejection when it is not JSON."""
+    if isinstance(row.get(name), str):
+        try:
+            row[name] = json.loads(row[name])
+        except json.JSONDecodeError as exc:
+            return Rejected(f"{name}: not valid JSON ({exc.msg})")
+    return None
+
+
+def _clean(row: dict[str, Any], position: int, offset_ms: int) -> Row:
+    out = {k: v for k, v in row.items() if v is not None}
+    # A client-side id makes a retried batch, and the same file sent again, idempotent
+    # downstream (the processor's markers and the archiver dedup on it).
+    if "event_id" not in out:
+        out["event_id"] = derived_event_id(out, position)
+    if "timestamp" in out:
+        out["timestamp"] = int(out["timestamp"]) + offset_ms
+    return _parse_json(out, "context") or out
+
+
+def _columns(data: pa.RecordBatch | pa.Table, names: Iterable[str], text: Iterable[str],
+             time: str) -> dict[str, Any]:
+    """The columns to send, ids as text and times as epoch ms."""
+    columns = {name: data[name] for name in names if name in data.schema.names}
+    for name in text:
+        columns[name] = columns[name].cast(pa.string())
+    if time in columns:
+        columns[time] = epoch_ms(columns[time])
+    return columns
+
+
+def event_rows(batches: Iterable[pa.RecordBatch], offset_ms: int = 0) -> Iterator[Row]:
+    """Event dicts as the API takes them: ids as text, None fields left out, time shifted."""
+    position = 0
+    for batch in batches:
+        columns = _columns(batch, EVENT_COLUMNS, ("user_id", "item_id"), "timestamp")
+        for row in pa.RecordBatch.from_pydict(columns).to_pylist():
+            yield _clean(row, position, offset_ms)
+            position += 1
+
+
+def item_rows(table: pa.Table, offset_ms: int = 0) -> list[Row]:
+    """Catalogue rows for POST /items/batch (attributes parsed, created_at shifted like events)."""
+    rows: list[Row] = []
+    for row in pa.table(_columns(table, ITEM_COLUMNS, ("item_id",), "created_at")).to_pylist():
+        row = {k: v for k, v in row.items() if v is not None}
+        if "created_at" in row:
+            row["created_at"] = int(row["created_at"]) + offset_ms
+        rows.append(_parse_json(row, "attributes") or row)
+    return rows
