@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     pg_host: str = "127.0.0.1"
     pg_port: int = 5432
     pg_user: str = "reco"
-    pg_password: str = "reco"
+    pg_password: SecretStr = SecretStr("reco")
     pg_database: str = "reco"
     pg_mlflow_database: str = "mlflow"
     pg_airflow_database: str = "airflow"
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     processor_copies: int = Field(default=1, ge=1)
     archiver_copies: int = Field(default=1, ge=1)
     # Shared by Airflow's API server and scheduler to sign task tokens.
-    airflow_secret: str = _LOCAL_SECRET
+    airflow_secret: SecretStr = SecretStr(_LOCAL_SECRET)
 
     # Events
     # A JSON object of the types to change: the others keep their defaults.
@@ -213,7 +213,8 @@ class Settings(BaseSettings):
     def pg_url(self, database: str, driver: str = "postgresql") -> str:
         # Escaped: a generated password often holds '/', '+' or '@', which would otherwise end
         # the password early (psycopg, asyncpg and SQLAlchemy all unescape it).
-        user, password = (quote(part, safe="") for part in (self.pg_user, self.pg_password))
+        user, password = (quote(part, safe="")
+                          for part in (self.pg_user, self.pg_password.get_secret_value()))
         return f"{driver}://{user}:{password}@{self.pg_host}:{self.pg_port}/{database}"
 
     @property
@@ -240,7 +241,7 @@ class Settings(BaseSettings):
     def _refuse_local_secrets_in_production(self) -> Settings:
         if self.env == "production":
             for name in ("pg_password", "airflow_secret"):
-                value = getattr(self, name)
+                value = getattr(self, name).get_secret_value()
                 if value in ("reco", _LOCAL_SECRET) or len(value) < MIN_SECRET_CHARS:
                     raise ValueError(f"RECO_{name.upper()} must be set to a real secret "
                                      f"({MIN_SECRET_CHARS}+ characters) when RECO_ENV=production")
