@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 from functools import lru_cache
@@ -224,6 +225,10 @@ class Settings(BaseSettings):
     rate_limit_ingest_per_s: NonNegative = 0.0  # per client IP, on ingest writes
     rate_limit_reco_per_s: NonNegative = 0.0  # per user, on the recommendation endpoints
     rate_limit_window_s: Positive = 1.0  # fixed window; a burst of rate * window is allowed
+    # Proxies whose X-Forwarded-For / -Proto uvicorn believes (comma-separated addresses or
+    # networks, or *): behind a load balancer, the per-IP limit then counts each client, not
+    # the balancer. uvicorn's default: only a proxy on the same host.
+    forwarded_allow_ips: str = "127.0.0.1"
     tls_certfile: Path | None = None  # both set: the HTTP services serve HTTPS
     tls_keyfile: Path | None = None
     # Keyed hash for user ids in logs (reco/privacy.py).
@@ -252,6 +257,20 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        """uvicorn takes a typo for a literal no client address matches: trust silently lost."""
+        for entry in (part.strip() for part in value.split(",")):
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"RECO_FORWARDED_ALLOW_IPS: {entry!r} is not an IP address, a "
+                                 "network (CIDR) or *") from None
         return value
 
     @field_validator("tls_certfile", "tls_keyfile", "jwt_public_key", "jwt_audience",

@@ -90,6 +90,8 @@ def _reveal(value: SecretStr | str) -> str:
 
 
 def client_ip(request: Request) -> str:
+    """The client's address as uvicorn resolved it: X-Forwarded-For's when the connection came
+    from a proxy in RECO_FORWARDED_ALLOW_IPS, the connection's otherwise."""
     return request.client.host if request.client else "unknown"
 
 

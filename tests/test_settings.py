@@ -140,3 +140,18 @@ def test_the_cli_prints_a_production_refusal_alone(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         "RECO_AUTH_ENABLED must be true when RECO_ENV=production"]
     assert not any(value in result.stderr for value in SECRETS.values())
+
+
+def test_trusted_proxies_must_be_addresses_or_networks(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    """uvicorn takes a host name for a literal no client address ever equals: the balancer
+    would silently stay the client of every request."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECO_FORWARDED_ALLOW_IPS", "10.0.0.0/8, lb.internal")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert settings_errors(refused.value) == [
+        "RECO_FORWARDED_ALLOW_IPS: 'lb.internal' is not an IP address, a network (CIDR) or *"]
+    for accepted in ("10.0.0.0/8, 192.168.1.5", "*", "::1,fd00::/8"):
+        monkeypatch.setenv("RECO_FORWARDED_ALLOW_IPS", accepted)
+        assert Settings().forwarded_allow_ips == accepted
