@@ -98,7 +98,7 @@ def main() -> None:
         from reco.stack.servers import ensure_databases
 
         settings = Settings(pg_port=server.port)
-        ensure_databases(server.port, settings.pg_user, settings.pg_password,
+        ensure_databases(server.port, settings.pg_user, settings.pg_password.get_secret_value(),
                          [settings.pg_database])
         db.migrate(settings)
         seconds = asyncio.run(measure(settings.database_url, args.turns, args.batches,

@@ -339,7 +339,8 @@ def _lag_settings(settings: Settings) -> Settings:
 def _databases_ready(settings: Settings) -> bool:
     """Create the app database once PostgreSQL accepts connections (it may still be starting)."""
     try:
-        stack_servers.ensure_databases(settings.pg_port, settings.pg_user, settings.pg_password,
+        stack_servers.ensure_databases(settings.pg_port, settings.pg_user,
+                                       settings.pg_password.get_secret_value(),
                                        [settings.pg_database])
     except Exception:  # noqa: BLE001 - "the database system is starting up"
         return False

@@ -116,7 +116,8 @@ class Stack:
                      kafka_bootstrap=f"127.0.0.1:{kf.port}", ingest_port=free_port(),
                      reco_port=free_port(), processor_metrics_port=free_port(),
                      archiver_metrics_port=free_port())
-        stack_servers.ensure_databases(pg.port, s.pg_user, s.pg_password, [s.pg_database])
+        stack_servers.ensure_databases(pg.port, s.pg_user, s.pg_password.get_secret_value(),
+                                       [s.pg_database])
         db.migrate(s)
         asyncio.run(ensure_topics(s.kafka_bootstrap,
                                   {s.topic_events: s.topic_partitions, s.topic_dlq: 1}))

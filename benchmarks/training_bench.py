@@ -335,7 +335,7 @@ def main() -> None:
     mlflow, env = None, None
     try:
         base = Settings(pg_port=pg.port)
-        stack_servers.ensure_databases(pg.port, base.pg_user, base.pg_password,
+        stack_servers.ensure_databases(pg.port, base.pg_user, base.pg_password.get_secret_value(),
                                        [base.pg_database, base.pg_mlflow_database,
                                         base.pg_airflow_database])
         db.migrate(base)

@@ -122,6 +122,8 @@ def train_through_airflow(settings: Settings, opts: DemoOptions, console: Consol
     client.wait_for_dags(list(DAGS))
     states = {}
     for dag_id, model in DAGS.items():
+        # The DAGs start unpaused, but a stack whose Airflow stored them paused (an earlier
+        # release) keeps them paused: a paused DAG's triggered runs never start.
         client.unpause(dag_id)
         # A model without a Spark engine trains locally whatever --engine says.
         engine = opts.engine if model in SPARK_MODELS else "local"

@@ -231,5 +231,7 @@ def serve(settings: Settings) -> None:
     """Entry point of `reco run ingest`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     security.configure_logging(settings)
+    # forwarded_allow_ips: the per-IP rate limit reads the client address uvicorn resolved.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.ingest_port,
-                access_log=False, log_level="warning", **tls.uvicorn_options(settings))
+                access_log=False, log_level="warning",
+                forwarded_allow_ips=settings.forwarded_allow_ips, **tls.uvicorn_options(settings))

@@ -151,6 +151,7 @@ def _field(loc: tuple) -> str:
 
 def serve(settings: Settings) -> None:
     security.configure_logging(settings)
+    # forwarded_allow_ips: the per-IP rate limit reads the client address uvicorn resolved.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.reco_port,
                 loop="uvloop", http="httptools", access_log=False, log_level="info",
-                **tls.uvicorn_options(settings))
+                forwarded_allow_ips=settings.forwarded_allow_ips, **tls.uvicorn_options(settings))

@@ -79,8 +79,9 @@ def configure_logging(settings: Settings) -> None:
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
     privacy.configure(settings.log_pseudonym_key)
     secrets = [k.get_secret_value() for k in settings.api_keys]
-    secrets += [settings.jwt_secret.get_secret_value(), settings.pg_password,
-                settings.airflow_secret, settings.log_pseudonym_key.get_secret_value()]
+    secrets += [s.get_secret_value() for s in (settings.jwt_secret, settings.pg_password,
+                                               settings.airflow_secret,
+                                               settings.log_pseudonym_key)]
     privacy.install_redaction(secrets)
 
 
@@ -89,6 +90,8 @@ def _reveal(value: SecretStr | str) -> str:
 
 
 def client_ip(request: Request) -> str:
+    """The client's address as uvicorn resolved it: X-Forwarded-For's when the connection came
+    from a proxy in RECO_FORWARDED_ALLOW_IPS, the connection's otherwise."""
     return request.client.host if request.client else "unknown"
 
 

@@ -120,7 +120,7 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
         keep_runs=settings.offline_keep_runs,
         window_days=window_days or settings.train_window_days, window_end=end.isoformat(),
         params=dict(params or {}), jdbc_url=settings.jdbc_url, pg_user=settings.pg_user,
-        pg_password=settings.pg_password, database_url=settings.database_url,
+        pg_password=settings.pg_password.get_secret_value(), database_url=settings.database_url,
         redis_url=settings.redis_url, mlflow_tracking_uri=settings.mlflow_tracking_uri,
         event_weights=dict(settings.event_weights), session_gap_s=settings.session_gap_s,
         half_life_days=settings.recency_half_life_days, jdbc_partitions=settings.jdbc_partitions,

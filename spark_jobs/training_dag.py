@@ -27,6 +27,9 @@ def training_dag(model: str, dag_id: str, cron: str, description: str, engines_d
         # past slot when it is less than a tenth of the schedule old (seen in `make demo`).
         schedule=CronTriggerTimetable(cron, timezone="UTC", run_immediately=timedelta(0)),
         catchup=False,
+        # Airflow creates DAGs paused by default, and a paused DAG never runs on its schedule:
+        # scheduled retraining would wait for someone to unpause it in the UI.
+        is_paused_upon_creation=False,
         max_active_runs=1,
         tags=["reco", "training", model],
         default_args=DEFAULT_ARGS,

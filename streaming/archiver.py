@@ -150,7 +150,8 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
 def run(settings: Settings) -> None:
     """Entry point of `reco run archiver`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve_metrics(settings.archiver_metrics_port, settings.group_archiver)
+    serve_metrics(settings.archiver_metrics_port, settings.group_archiver,
+                  "RECO_ARCHIVER_METRICS_PORT")
 
     async def main() -> None:
         stop = asyncio.Event()

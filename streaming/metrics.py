@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from prometheus_client import Counter, Gauge, start_http_server
+
+from reco.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +32,20 @@ BATCH_SECONDS = Gauge(
     "consumer_last_batch_seconds", "Duration of the last batch's side effects", ["group"])
 
 
-def serve_metrics(port: int, group: str) -> None:
-    """Expose /metrics on `port` (0 picks a free port); a negative port disables it."""
+def serve_metrics(port: int, group: str, setting: str) -> None:
+    """Expose /metrics on `port` (0 picks a free port); a negative port disables it.
+
+    `setting` is the RECO_* variable that gave the port, named if it is taken."""
     # Export the error counter at 0 from the start: "no errors" is data, a missing series is not.
     PROCESSING_ERRORS.labels(group, "invalid_message")
     if port < 0:
         return
-    server, _ = start_http_server(port)
+    try:
+        server, _ = start_http_server(port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # Typically a second copy on the same host, which would otherwise die on a traceback.
+        raise ConfigError(f"metrics port {port} is already in use (another copy on this host?): "
+                          f"give each copy its own with {setting}, or -1 for none") from None
     log.info("metrics on port %d", server.server_port)

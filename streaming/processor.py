@@ -111,7 +111,8 @@ def log_end_of(consumer: AIOKafkaConsumer, topic: str) -> LogEnd:
 def run(settings: Settings) -> None:
     """Entry point of `reco run processor`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve_metrics(settings.processor_metrics_port, settings.group_processor)
+    serve_metrics(settings.processor_metrics_port, settings.group_processor,
+                  "RECO_PROCESSOR_METRICS_PORT")
 
     async def main() -> None:
         stop = asyncio.Event()

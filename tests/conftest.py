@@ -55,7 +55,7 @@ def kafka_server() -> Iterator[servers.ServerProcess]:
 def _migrated_database(postgres_server: servers.ServerProcess) -> str:
     base = Settings(pg_port=postgres_server.port)
     stack_servers.ensure_databases(
-        postgres_server.port, base.pg_user, base.pg_password,
+        postgres_server.port, base.pg_user, base.pg_password.get_secret_value(),
         [base.pg_database, base.pg_mlflow_database, base.pg_airflow_database],
     )
     db.migrate(base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path, PurePosixPath
@@ -277,3 +278,114 @@ def test_airflow_login_is_admin_with_the_password_from_the_environment(tmp_path:
     assert passwords.stat().st_mode & 0o777 == 0o600
     with passwords.open("r+") as stream:
         assert SimpleAuthManager._get_passwords(stream) == {"admin": password}
+
+
+# -- which settings reach the containers ------------------------------------------------------
+
+# What compose must be given (`${VAR:?...}`); everything else has a default.
+REQUIRED = {"RECO_PG_PASSWORD": "pg-password-0123456789",
+            "RECO_AIRFLOW_SECRET": "airflow-secret-0123456789",
+            "RECO_API_KEYS": "service-key-0123456789",
+            "RECO_LOG_PSEUDONYM_KEY": "pseudonym-key-0123456789",
+            "AIRFLOW_ADMIN_PASSWORD": "admin-password", "GRAFANA_ADMIN_PASSWORD": "admin-password"}
+# The stack's wiring, fixed by docker-compose.yml; every other RECO_* it names passes the
+# operator's value through.
+WIRING = {"RECO_ENV", "RECO_PG_HOST", "RECO_PG_PORT", "RECO_PG_USER", "RECO_REDIS_URL",
+          "RECO_KAFKA_BOOTSTRAP", "RECO_MLFLOW_TRACKING_URI", "RECO_HOST", "RECO_AUTH_ENABLED"}
+PROJECT_SERVICES = sorted(name for name, service in SERVICES.items()
+                          if service.get("build") == ".")
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:-|:\?)([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str], missing: set[str]) -> str:
+    """Compose's interpolation of the forms docker-compose.yml uses: ${VAR}, ${VAR:-default},
+    ${VAR:?error} (a missing VAR is added to `missing`) and $$ for a literal $."""
+    def one(match: re.Match) -> str:
+        name, form, default = match.groups()
+        if name is None:
+            return "$"
+        if env.get(name):
+            return env[name]
+        if form == ":?":
+            missing.add(name)
+        return default or ""
+    assert "$" not in _VARIABLE.sub("", value), f"a form this test does not know: {value}"
+    return _VARIABLE.sub(one, value)
+
+
+def container_env(name: str, dotenv: dict[str, str]) -> dict[str, str]:
+    """Service `name`'s environment as compose gives it, the .env file beside it holding
+    `dotenv` (and the shell nothing): env_file first, `environment` over it."""
+    service, missing = SERVICES[name], set()
+    env = {}
+    if {"path": ".env", "required": False} in service.get("env_file", []):
+        env.update(dotenv)
+    env.update({key: interpolate(str(value), dotenv, missing)
+                for key, value in service.get("environment", {}).items()})
+    assert not missing, f"compose would refuse to start: {sorted(missing)} unset"
+    return env
+
+
+def settings_in(name: str, dotenv: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                tmp_path: Path) -> Settings:
+    """The settings service `name`'s processes read in their container."""
+    monkeypatch.chdir(tmp_path)  # no .env of this checkout
+    for key in [key for key in os.environ if key.startswith("RECO_")]:
+        monkeypatch.delenv(key)
+    for key, value in container_env(name, dotenv).items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+@pytest.mark.parametrize("name", PROJECT_SERVICES)
+def test_project_containers_read_the_env_file_beside_compose(name: str) -> None:
+    # Optional: an operator may export everything from the shell instead.
+    assert SERVICES[name]["env_file"] == [{"path": ".env", "required": False}]
+
+
+@pytest.mark.parametrize("name", PROJECT_SERVICES)
+def test_every_reco_setting_of_the_env_file_reaches_the_services(
+        name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Only the ~18 variables compose named used to reach the containers: RECO_JWT_AUDIENCE,
+    weights, TTLs... set in .env were silently ignored."""
+    dotenv = {**REQUIRED, "RECO_JWT_SECRET": "jwt-secret-0123456789abcdef0123456789",
+              "RECO_JWT_AUDIENCE": "shop-api", "RECO_W_POP": "0.5", "RECO_CACHE_TTL_S": "60",
+              "RECO_RATE_LIMIT_INGEST_PER_S": "100", "RECO_FORWARDED_ALLOW_IPS": "10.0.0.0/8"}
+
+    s = settings_in(name, dotenv, monkeypatch, tmp_path)
+
+    assert (s.jwt_audience, s.w_pop, s.cache_ttl_s) == ("shop-api", 0.5, 60)
+    assert (s.rate_limit_ingest_per_s, s.forwarded_allow_ips) == (100.0, "10.0.0.0/8")
+    assert s.rate_limit_reco_per_s == 20.0  # compose's default where .env says nothing
+    assert (s.env, s.redis_url) == ("production", "redis://redis:6379/0")  # the wiring
+
+
+def test_compose_passes_every_setting_it_names_through_but_its_wiring() -> None:
+    """A value pinned in `environment` would beat the .env file's, silently."""
+    for name in PROJECT_SERVICES:
+        for key, value in SERVICES[name].get("environment", {}).items():
+            if key.startswith("RECO_") and key not in WIRING:
+                assert re.fullmatch(rf"\$\{{{key}(:[-?][^}}]*)?\}}", str(value)), (name, key)
+
+
+def test_compose_requires_only_the_secrets_every_deployment_needs() -> None:
+    missing: set[str] = set()
+    for service in SERVICES.values():
+        for value in [*service.get("environment", {}).values(), *service.get("volumes", [])]:
+            interpolate(str(value), {}, missing)
+    assert missing == set(REQUIRED)
+
+
+def test_rs256_needs_no_jwt_secret(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Compose demanded RECO_JWT_SECRET even when tokens are checked with a public key."""
+    from tests.security.conftest import rsa_pair
+
+    _private, public = rsa_pair()
+    rs256 = {**REQUIRED, "RECO_JWT_ALGORITHM": "RS256", "RECO_JWT_PUBLIC_KEY": public}
+
+    s = settings_in("recommendations", rs256, monkeypatch, tmp_path)
+
+    assert (s.jwt_algorithm, s.jwt_public_key) == ("RS256", public)
+    # HS256 without it starts nothing: the services refuse, naming it.
+    with pytest.raises(ValueError, match="RECO_JWT_SECRET must be a real secret"):
+        settings_in("recommendations", REQUIRED, monkeypatch, tmp_path)

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy
 from aiokafka.admin import AIOKafkaAdminClient
 from psycopg import sql
+from pydantic import SecretStr
 
 from reco import db
 from reco.settings import Settings
@@ -138,7 +139,7 @@ def test_a_password_with_url_characters_reaches_every_client(password_role: str,
     """psycopg (migrations, training), asyncpg (ingest, archiver) and SQLAlchemy (MLflow,
     Airflow) all authenticate with the escaped URL."""
     good = settings.model_copy(update={"pg_user": password_role,
-                                       "pg_password": PASSWORD_WITH_URL_CHARACTERS})
+                                       "pg_password": SecretStr(PASSWORD_WITH_URL_CHARACTERS)})
     with psycopg.connect(good.database_url) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == password_role
 

@@ -84,7 +84,8 @@ def test_cli_migrate_waits_for_a_postgres_that_is_still_starting(monkeypatch) ->
         stack_servers.prepare_postgres(workdir / "data")
         server.start()
         base = Settings(pg_port=port)
-        stack_servers.ensure_databases(port, base.pg_user, base.pg_password, [base.pg_database])
+        stack_servers.ensure_databases(port, base.pg_user, base.pg_password.get_secret_value(),
+                                       [base.pg_database])
 
     starter = threading.Thread(target=start_late)
     starter.start()

@@ -242,12 +242,15 @@ def test_every_copy_of_a_consumer_runs_and_is_scraped(tmp_path) -> None:
 
 def test_supervised_processes_get_the_real_settings_secrets_included(monkeypatch) -> None:
     secret, keys = "s" * 40, "key-one-0123456789,key-two-0123456789"
-    settings = Settings(pg_port=6543, jwt_secret=secret, api_keys=keys, processor_copies=2)
+    settings = Settings(pg_port=6543, jwt_secret=secret, api_keys=keys, processor_copies=2,
+                        pg_password="pg/pass+word@1", airflow_secret="airflow-" + secret)
     for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)
     seen = Settings()  # what a supervised process reads from its environment
     assert seen.pg_port == 6543 and seen.processor_copies == 2
     assert seen.jwt_secret.get_secret_value() == secret
+    assert seen.pg_password.get_secret_value() == "pg/pass+word@1"
+    assert seen.airflow_secret.get_secret_value() == "airflow-" + secret
     assert [k.get_secret_value() for k in seen.api_keys] == keys.split(",")
     assert seen.event_weights == settings.event_weights
 

@@ -77,8 +77,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__PORT": str(settings.airflow_port),
         "AIRFLOW__API__BASE_URL": api,
         "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API__SECRET_KEY": settings.airflow_secret,
-        "AIRFLOW__API_AUTH__JWT_SECRET": settings.airflow_secret,
+        "AIRFLOW__API__SECRET_KEY": settings.airflow_secret.get_secret_value(),
+        "AIRFLOW__API_AUTH__JWT_SECRET": settings.airflow_secret.get_secret_value(),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
         "PYTHONPATH": str(servers.REPO_ROOT),
@@ -119,7 +119,7 @@ def process_env(settings: Settings) -> dict[str, str]:
     env["DATA_SOURCE_URI"] = (f"{settings.pg_host}:{settings.pg_port}/{settings.pg_database}"
                               "?sslmode=disable")
     env["DATA_SOURCE_USER"] = settings.pg_user
-    env["DATA_SOURCE_PASS"] = settings.pg_password
+    env["DATA_SOURCE_PASS"] = settings.pg_password.get_secret_value()
     return env
 
 
@@ -136,7 +136,7 @@ def build_components(settings: Settings) -> list[Component]:
 
     def pg_ready() -> None:
         servers.ensure_databases(
-            settings.pg_port, settings.pg_user, settings.pg_password,
+            settings.pg_port, settings.pg_user, settings.pg_password.get_secret_value(),
             [settings.pg_database, settings.pg_mlflow_database, settings.pg_airflow_database],
         )
         db.migrate(settings)

@@ -44,6 +44,8 @@ def airflow_env(postgres_server, _migrated_database, tmp_path_factory) -> dict[s
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:1/execution/",
+        # This checkout's spark_jobs, as the local stack's Airflow (not an installed copy's).
+        "PYTHONPATH": str(stack_servers.REPO_ROOT),
     }
     result = subprocess.run([stack_servers.venv_bin("airflow"), "db", "migrate"], env=env,
                             capture_output=True, text=True, timeout=300)
@@ -76,12 +78,31 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
         dag = bag.dags[dag_id]
         assert {"reco", "training", model} <= set(dag.tags)
         assert dag.catchup is False
+        assert dag.is_paused_upon_creation is False  # scheduled retraining needs no unpausing
         assert [t.task_id for t in dag.topological_sort()] == [
             "extract", "train", "evaluate", "gate", "publish"]
         for t in dag.tasks:
             assert t.retries >= 1 and t.retry_delay.total_seconds() > 0
             assert t.execution_timeout is not None
         assert set(dag.params) == {"engine", "window_days", "window_end", "hyperparameters"}
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_dags_are_unpaused_when_airflow_first_stores_them(airflow_env):
+    """Airflow 3 stores new DAGs paused unless they say otherwise, and a paused DAG never
+    runs on its schedule: retraining would wait for someone to unpause it."""
+    airflow = stack_servers.venv_bin("airflow")
+    stored = subprocess.run([airflow, "dags", "reserialize"], env=airflow_env,
+                            capture_output=True, text=True, timeout=300)
+    assert stored.returncode == 0, stored.stdout[-3000:] + stored.stderr[-3000:]
+
+    listed = subprocess.run([airflow, "dags", "list", "-o", "json"], env=airflow_env,
+                            capture_output=True, text=True, timeout=300)
+
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    rows = json.loads(listed.stdout.splitlines()[-1])  # after Airflow's log lines
+    assert {row["dag_id"]: row["is_paused"] for row in rows} == dict.fromkeys(DAGS, "False")
 
 
 @pytest.mark.airflow

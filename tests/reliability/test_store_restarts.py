@@ -48,8 +48,8 @@ def private_postgres() -> Iterator[servers.ServerProcess]:
     server = servers.start_postgres()
     try:
         base = Settings(pg_port=server.port)
-        stack_servers.ensure_databases(server.port, base.pg_user, base.pg_password,
-                                       [base.pg_database])
+        stack_servers.ensure_databases(server.port, base.pg_user,
+                                       base.pg_password.get_secret_value(), [base.pg_database])
         db.migrate(base)
         yield server
     finally:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
+import httpx
 import pytest
 import redis
 
 from reco import keys
 from reco.settings import Settings
-from reco.stack.health import free_port
+from reco.stack.health import free_port, tcp_open, wait_until
 from serving.rate_limit import RateLimited, RateLimiter
 from serving.reco_aio import AsyncPipelineClient
 from tests.realtime.conftest import end_offsets
+from tests.reliability.conftest import process_env, start_process
 from tests.security.conftest import bearer, make_token
 
 pytestmark = pytest.mark.integration
@@ -132,3 +135,66 @@ async def test_services_count_one_client_apart(redis_url: str) -> None:
 def test_a_limit_is_the_rate_times_the_window_rounded_down() -> None:
     assert RateLimiter("reco", "ip", per_s=0.29, window_s=100).limit == 29  # not 28
     assert RateLimiter("reco", "ip", per_s=2.5, window_s=1).limit == 2
+
+
+@pytest.mark.parametrize(("trusted", "statuses", "counts"), [
+    # The balancer is trusted: each client has a budget of its own.
+    ("127.0.0.1", [202, 202, 202, 429, 202], {"203.0.113.1": 4, "203.0.113.2": 1}),
+    # Only another proxy is: X-Forwarded-For is not believed, the balancer is the client.
+    ("10.9.9.9", [202, 202, 202, 429, 429], {"127.0.0.1": 5}),
+])
+def test_ingest_limits_the_client_behind_a_trusted_proxy(
+    settings: Settings, kafka_topics: dict, redis_client: redis.Redis, tmp_path,
+    trusted: str, statuses: list[int], counts: dict[str, int],
+) -> None:
+    """`reco run ingest` as deployed (real uvicorn) behind a load balancer on 127.0.0.1 that
+    forwards clients 203.0.113.1 (four requests) and 203.0.113.2: the per-IP limit of 3 counts
+    whom RECO_FORWARDED_ALLOW_IPS says."""
+    answers = _behind_a_proxy(settings, tmp_path, "ingest", trusted, lambda base, headers: (
+        httpx.post(f"{base}/events", json=event("u1"), headers=headers, timeout=10)))
+
+    assert answers == statuses
+    assert _ip_counts(redis_client, "ingest") == counts
+
+
+@pytest.mark.parametrize(("trusted", "statuses", "counts"), [
+    ("127.0.0.1", [200, 200, 200, 429, 200], {"203.0.113.1": 4, "203.0.113.2": 1}),
+    ("10.9.9.9", [200, 200, 200, 429, 429], {"127.0.0.1": 5}),
+])
+def test_recommendations_limit_the_client_behind_a_trusted_proxy(
+    settings: Settings, redis_client: redis.Redis, tmp_path,
+    trusted: str, statuses: list[int], counts: dict[str, int],
+) -> None:
+    """The same for `reco run recommendations`, on /popular (limited per client IP)."""
+    answers = _behind_a_proxy(settings, tmp_path, "recommendations", trusted,
+                              lambda base, headers: httpx.get(f"{base}/popular",
+                                                              headers=headers, timeout=10))
+
+    assert answers == statuses
+    assert _ip_counts(redis_client, "reco") == counts
+
+
+def _behind_a_proxy(settings: Settings, tmp_path, service: str, trusted: str,
+                    request: Callable[[str, dict[str, str]], httpx.Response]) -> list[int]:
+    """Start `reco run <service>` with the limits of LIMITS and RECO_FORWARDED_ALLOW_IPS
+    `trusted`; the statuses of four requests forwarded for 203.0.113.1, then one for .2."""
+    port = free_port()
+    env = process_env(settings, RECO_INGEST_PORT=str(port), RECO_RECO_PORT=str(port),
+                      RECO_FORWARDED_ALLOW_IPS=trusted,
+                      **{f"RECO_{name.upper()}": str(value) for name, value in LIMITS.items()})
+    proc = start_process(service, env, tmp_path)
+    try:
+        assert wait_until(lambda: tcp_open("127.0.0.1", port), 60,
+                          alive=lambda: proc.poll() is None), f"{service} did not start"
+        return [request(f"http://127.0.0.1:{port}", {"X-Forwarded-For": client}).status_code
+                for client in ["203.0.113.1"] * 4 + ["203.0.113.2"]]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _ip_counts(redis_client: redis.Redis, service: str) -> dict[str, int]:
+    """Requests counted per client IP by `service`'s limiter."""
+    prefix = keys.rate_limit(service, "ip", "")
+    return {key.removeprefix(prefix): int(redis_client.get(key))
+            for key in redis_client.keys(prefix + "*")}

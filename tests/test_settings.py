@@ -1,0 +1,157 @@
+"""Settings: what the dump shows, and how bad values are refused at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from reco.settings import Settings, settings_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRETS = {"RECO_PG_PASSWORD": "pg-password-0123456789",
+           "RECO_AIRFLOW_SECRET": "airflow-secret-0123456789",
+           "RECO_JWT_SECRET": "jwt-secret-0123456789abcdef0123456789",
+           "RECO_LOG_PSEUDONYM_KEY": "pseudonym-key-0123456789"}
+
+
+def _clean_env(**env: str) -> dict[str, str]:
+    """This process's environment without RECO_* variables, plus `env`."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RECO_")},
+            "PYTHONPATH": str(ROOT), **env}
+
+
+def test_the_settings_dump_masks_every_secret(tmp_path: Path) -> None:
+    """README's command that prints every setting with its value shows no secret."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"`\.venv/bin/(python -c [^`]+)`\s+prints all of them", readme).group(1)
+    python, *args = shlex.split(command)
+
+    result = subprocess.run([sys.executable, *args], env=_clean_env(**SECRETS), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    dump = json.loads(result.stdout)
+    for name, value in SECRETS.items():
+        assert dump[name.removeprefix("RECO_").lower()] == "**********", name
+        assert value not in result.stdout, name
+
+
+# Values that passed start-up and then broke a process, each with the reason it is refused.
+REFUSED = [
+    # 0 divided every event by zero (the batch retried forever), < 0 inverted the decay, and
+    # under a day events soon fell past the landmark's ~1,000 half-lives and scored nothing.
+    ("RECO_POPULARITY_HALF_LIFE_H", "0", "must be greater than or equal to 24"),
+    ("RECO_POPULARITY_HALF_LIFE_H", "1", "must be greater than or equal to 24"),
+    ("RECO_POPULARITY_HALF_LIFE_H", "-720", "must be greater than or equal to 24"),
+    ("RECO_POPULARITY_HALF_LIFE_H", "nan", "must be a finite number"),
+    ("RECO_COVIEW_HALF_LIFE_H", "inf", "must be a finite number"),
+    ("RECO_TRENDING_BUCKET_S", "0", "must be greater than or equal to 1"),
+    ("RECO_CONSUMER_BATCH_MAX", "0", "must be greater than or equal to 1"),
+    ("RECO_MAX_FUTURE_SKEW_S", "nan", "must be a finite number"),
+    ("RECO_MAX_FUTURE_SKEW_S", "-1", "must be greater than or equal to 0"),
+    ("RECO_INGEST_ACK_TIMEOUT_S", "0", "must be greater than 0"),
+    ("RECO_INGEST_ACK_TIMEOUT_S", "-5", "must be greater than 0"),
+    ("RECO_MAX_BATCH_EVENTS", "0", "must be greater than or equal to 1"),
+    ("RECO_W_POP", "inf", "must be a finite number"),
+    ("RECO_W_COVIEW", "-0.4", "must be greater than or equal to 0"),
+    ("RECO_MAX_CATEGORY_SHARE", "nan", "must be a finite number"),
+    ("RECO_MAX_CATEGORY_SHARE", "1.5", "must be less than or equal to 1"),
+    ("RECO_POPULAR_SNAPSHOT_REFRESH_S", "0", "must be greater than 0"),
+    ("RECO_RATE_LIMIT_WINDOW_S", "0", "must be greater than 0"),
+    ("RECO_RATE_LIMIT_INGEST_PER_S", "nan", "must be a finite number"),
+    ("RECO_RECENT_TTL_S", "0", "must be greater than or equal to 1"),
+    ("RECO_SESSION_GAP_S", "-1", "must be greater than or equal to 1"),
+    ("RECO_INGEST_PORT", "0", "must be greater than or equal to 1"),
+    ("RECO_PROCESSOR_METRICS_PORT", "70000", "must be less than or equal to 65535"),
+    ("RECO_INGEST_PORT", "abc", "must be a valid integer, unable to parse string as an integer"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "reason"), REFUSED)
+def test_start_up_refuses_values_that_break_a_process(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path, name: str, value: str,
+                                                      reason: str) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert settings_errors(refused.value) == [f"{name}: {reason}"]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("RECO_POPULARITY_HALF_LIFE_H", "24"), ("RECO_MAX_FUTURE_SKEW_S", "0"),
+    ("RECO_RATE_LIMIT_INGEST_PER_S", "0"), ("RECO_PROCESSOR_METRICS_PORT", "-1"),
+    ("RECO_RECO_POPULAR_FILLER_N", "0"), ("RECO_MAX_CATEGORY_SHARE", "1"),
+])
+def test_start_up_keeps_the_meaningful_edges(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                             name: str, value: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    assert getattr(Settings(), name.removeprefix("RECO_").lower()) == float(value)
+
+
+def test_event_weights_that_are_not_json_say_so(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECO_EVENT_WEIGHTS", "view=1")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert settings_errors(refused.value) == [
+        'RECO_EVENT_WEIGHTS must be a JSON object, e.g. {"view": 1, "purchase": 10}']
+    # JSON from a .env file as from the environment.
+    monkeypatch.delenv("RECO_EVENT_WEIGHTS")
+    (tmp_path / ".env").write_text('RECO_EVENT_WEIGHTS={"view": 2}\n')
+    assert Settings().event_weights["view"] == 2.0
+
+
+@pytest.mark.parametrize("command", [["db", "url"], ["run", "processor"]])
+def test_the_cli_names_each_bad_setting_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    """Was a 54-line traceback naming `ingest_port`, or "error parsing value for field
+    event_weights"; the services' `reco run` loads its settings the same way."""
+    env = _clean_env(RECO_INGEST_PORT="abc", RECO_EVENT_WEIGHTS="view=1",
+                     RECO_TRENDING_BUCKET_S="0")
+
+    result = subprocess.run([sys.executable, "-m", "reco.cli", *command], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "RECO_INGEST_PORT: must be a valid integer, unable to parse string as an integer",
+        'RECO_EVENT_WEIGHTS must be a JSON object, e.g. {"view": 1, "purchase": 10}',
+        "RECO_TRENDING_BUCKET_S: must be greater than or equal to 1",
+    ]
+
+
+def test_the_cli_prints_a_production_refusal_alone(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "reco.cli", "db", "url"],
+                            env=_clean_env(RECO_ENV="production", **SECRETS), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "RECO_AUTH_ENABLED must be true when RECO_ENV=production"]
+    assert not any(value in result.stderr for value in SECRETS.values())
+
+
+def test_trusted_proxies_must_be_addresses_or_networks(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    """uvicorn takes a host name for a literal no client address ever equals: the balancer
+    would silently stay the client of every request."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECO_FORWARDED_ALLOW_IPS", "10.0.0.0/8, lb.internal")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert settings_errors(refused.value) == [
+        "RECO_FORWARDED_ALLOW_IPS: 'lb.internal' is not an IP address, a network (CIDR) or *"]
+    for accepted in ("10.0.0.0/8, 192.168.1.5", "*", "::1,fd00::/8"):
+        monkeypatch.setenv("RECO_FORWARDED_ALLOW_IPS", accepted)
+        assert Settings().forwarded_allow_ips == accepted
