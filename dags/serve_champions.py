@@ -20,6 +20,8 @@ from spark_jobs import MODELS
     schedule=CronTriggerTimetable("*/5 * * * *", timezone="UTC"),
     catchup=False,
     max_active_runs=1,
+    # Running from the start: a rollback in MLflow must not wait for someone to unpause this.
+    is_paused_upon_creation=False,
     tags=["reco", "serving"],
     # No retries: the next run, 5 minutes later, is the retry.
     default_args={"retries": 0, "execution_timeout": timedelta(minutes=30)},

@@ -96,20 +96,22 @@ def failing_without_retry() -> Iterator[None]:
         raise AirflowFailException(str(exc)) from exc
 
 
-def _config(model: str, state: dict | None) -> pipeline.PipelineConfig:
+def _config(model: str, state: dict | None,
+            context: Mapping[str, Any] | None = None) -> pipeline.PipelineConfig:
     from airflow.sdk import get_current_context
 
     from reco.settings import Settings
 
-    context = get_current_context()
+    context = context or get_current_context()
     return run_config(Settings(), model, context["params"], str(context["run_id"]),
                       context.get("data_interval_end"), state,
                       run_tags=airflow_tags(context))
 
 
-def extract(model: str) -> dict:
+def extract(model: str, context: Mapping[str, Any] | None = None) -> dict:
+    """The first task; `context` is the running task's unless given."""
     with failing_without_retry():
-        cfg = _config(model, None)
+        cfg = _config(model, None, context)
         state = pipeline.extract_step(cfg)
     return {**state, "config": config_state(cfg)}
 

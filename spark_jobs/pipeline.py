@@ -150,16 +150,28 @@ def runs_dir(settings: Settings, model: str) -> Path:
     return Path(settings.offline_dir or Path(settings.state_dir) / "offline") / model
 
 
-def prune_runs(cfg: PipelineConfig) -> list[Path]:
-    """Delete the model's run folders but the newest `keep_runs` (by last change), this run's
-    always kept: the disk would fill with window copies and models that MLflow holds anyway.
-    Only a run folder in `runs_dir` prunes its siblings (a test's or a benchmark's does not)."""
+# A run folder's marker that its run published (or found nothing to publish): done with it.
+FINISHED_MARKER = "finished"
+# An unfinished run folder unchanged this long belongs to a failed or abandoned run: each step
+# adds a folder and runs at most an hour (the tasks' execution_timeout), retries 2 min apart.
+ABANDONED_AFTER_S = 86400.0
+
+
+def prune_runs(cfg: PipelineConfig, now: float | None = None) -> list[Path]:
+    """Delete the model's finished (or abandoned) run folders but the newest `keep_runs` (by
+    last change), this run's always kept: the disk would fill with window copies and models
+    that MLflow holds anyway. Runs still in progress are left alone: backfills run several
+    at once, and a folder deleted under one fails its later tasks. Only a run folder in
+    `runs_dir` prunes its siblings (a test's or a benchmark's does not)."""
     run_dir = Path(cfg.run_dir)
     if not cfg.keep_runs or run_dir.parent != Path(cfg.runs_dir):
         return []
-    others = sorted((d for d in run_dir.parent.iterdir() if d.is_dir() and d != run_dir),
-                    key=_last_change, reverse=True)
-    pruned = others[cfg.keep_runs - 1:]
+    now = time.time() if now is None else now
+    changed = {d: _last_change(d) for d in run_dir.parent.iterdir()
+               if d.is_dir() and d != run_dir}
+    done = [d for d, at in changed.items()
+            if (d / FINISHED_MARKER).exists() or now - at > ABANDONED_AFTER_S]
+    pruned = sorted(done, key=changed.__getitem__, reverse=True)[cfg.keep_runs - 1:]
     for folder in pruned:
         shutil.rmtree(folder, ignore_errors=True)  # another run may be pruning it too
     return pruned
@@ -343,6 +355,8 @@ def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
     """Serve the champion: the new run if it passed, else make sure the champion is serving;
     then prune old run folders (the last step: nothing reads this run's folder after it)."""
     state = _serve(cfg, gated)
+    if Path(cfg.run_dir).is_dir():
+        (Path(cfg.run_dir) / FINISHED_MARKER).touch()
     prune_runs(cfg)
     return state
 

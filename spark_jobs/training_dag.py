@@ -35,7 +35,8 @@ HYPERPARAMETERS = {
 }
 # RFC 3339 with its zone, checked at trigger time (jsonschema checks the pattern; its
 # "date-time" format, which gives the UI its picker, only with a package Airflow lacks).
-WINDOW_END_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+# '' too: the param's default before it was null, in confs people keep.
+WINDOW_END_PATTERN = (r"^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
                       r"(Z|[+-][0-9]{2}:[0-9]{2})$")
 
 
