@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from reco.commands import data as data_commands
-from reco.commands import db, demo, run, stack, topics
+from reco.commands import db, demo, models, run, stack, topics
 from reco.commands import replay as replay_command
 from reco.commands import train as train_command
 from reco.settings import ConfigError, Settings, settings_errors
@@ -45,6 +45,7 @@ app.command()(demo.demo)
 app.add_typer(data_commands.app, name="data")
 replay_command.register(app)
 app.add_typer(train_command.app, name="train")
+app.add_typer(models.app, name="models")
 
 if __name__ == "__main__":
     app()

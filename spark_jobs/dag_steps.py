@@ -5,13 +5,14 @@ DAG files stay thin wiring; this module is imported only inside tasks (never at 
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs import pipeline
+from spark_jobs import BadRunInput, as_utc, pipeline
 
 if TYPE_CHECKING:
     from reco.settings import Settings
@@ -26,44 +27,92 @@ STEPS = {
 
 def run_config(settings: Settings, model: str, params: Mapping[str, Any], run_id: str,
                interval_end: datetime | None, state: dict | None,
-               now: datetime | None = None) -> pipeline.PipelineConfig:
+               now: datetime | None = None,
+               run_tags: Mapping[str, str] | None = None) -> pipeline.PipelineConfig:
     """One task's config from the DAG run's params, run id and data interval end.
 
     Later tasks (a `state` carrying the first task's "config") reuse its run folder, engine,
-    window and hyperparameters exactly, whatever the params say now. The first task takes the
-    window end from the `window_end` param, else the run's interval end, else `now`; its run
-    folder is `<offline dir>/<model>/<run id made a folder name>`.
+    window, hyperparameters and MLflow tags exactly, whatever the params say now. The first
+    task takes the window end from the `window_end` param, else the run's interval end, else
+    `now`; its run folder is `<offline dir>/<model>/<run id made a folder name>`. Bad params
+    raise `BadRunInput` naming the param.
     """
     if state and "config" in state:
         fixed = state["config"]
         return pipeline.config_from_settings(
             settings, model, run_dir=Path(fixed["run_dir"]), engine=fixed["engine"],
             window_days=fixed["window_days"],
-            window_end=datetime.fromisoformat(fixed["window_end"]), params=fixed["params"])
-    end_param = params.get("window_end") or ""
-    end = (datetime.fromisoformat(end_param) if end_param
-           else interval_end or now or datetime.now(UTC))
+            window_end=datetime.fromisoformat(fixed["window_end"]), params=fixed["params"],
+            run_tags=fixed.get("run_tags", {}))
+    now = now or datetime.now(UTC)
+    end = window_end_param(params.get("window_end") or "", now) or interval_end or now
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-    return pipeline.config_from_settings(
-        settings, model, run_dir=pipeline.runs_dir(settings, model) / folder,
-        engine=params.get("engine") or None,
-        window_days=int(params.get("window_days") or 0) or None, window_end=end,
-        params=dict(params.get("hyperparameters") or {}))
+    try:
+        return pipeline.config_from_settings(
+            settings, model, run_dir=pipeline.runs_dir(settings, model) / folder,
+            engine=params.get("engine") or None,
+            window_days=int(params.get("window_days") or 0) or None, window_end=end,
+            params=dict(params.get("hyperparameters") or {}), run_tags=dict(run_tags or {}))
+    except ValueError as exc:  # engine or hyperparameters: the same run fails alike
+        raise BadRunInput(str(exc)) from None
 
 
-def _config(model: str, state: dict | None) -> pipeline.PipelineConfig:
+def window_end_param(value: str, now: datetime) -> datetime | None:
+    """The `window_end` param as a UTC time (None when empty). One in the future is refused:
+    the run would become a champion trained "up to" that date, and the gate would refuse
+    every scheduled run until then as a backfill (its window ending before the champion's)."""
+    if not value:
+        return None
+    try:
+        end = as_utc(datetime.fromisoformat(value))
+    except ValueError:
+        raise BadRunInput(f"window_end {value!r} is not an ISO 8601 date-time (e.g. "
+                          "2026-01-31T00:00:00+00:00)") from None
+    if end > now:
+        raise BadRunInput(f"window_end {value!r} is in the future (now {now:%Y-%m-%d %H:%M} "
+                          "UTC): its model would outrank every scheduled run until then")
+    return end
+
+
+def airflow_tags(context: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow run tags linking a run to its Airflow DAG run (the MLflow UI can filter by them)."""
+    dag_run = context["dag_run"]
+    logical = dag_run.logical_date  # None for runs triggered without one (Airflow 3)
+    run_type = getattr(dag_run.run_type, "value", dag_run.run_type)
+    return {"airflow.dag_id": dag_run.dag_id, "airflow.run_id": dag_run.run_id,
+            "airflow.run_type": str(run_type),
+            "airflow.logical_date": logical.isoformat() if logical else ""}
+
+
+@contextlib.contextmanager
+def failing_without_retry() -> Iterator[None]:
+    """A `BadRunInput` fails the task at once: each retry (two, minutes apart) would fail
+    alike. Other errors (a server down, a timeout) keep the task's retries."""
+    try:
+        yield
+    except BadRunInput as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from exc
+
+
+def _config(model: str, state: dict | None,
+            context: Mapping[str, Any] | None = None) -> pipeline.PipelineConfig:
     from airflow.sdk import get_current_context
 
     from reco.settings import Settings
 
-    context = get_current_context()
+    context = context or get_current_context()
     return run_config(Settings(), model, context["params"], str(context["run_id"]),
-                      context.get("data_interval_end"), state)
+                      context.get("data_interval_end"), state,
+                      run_tags=airflow_tags(context))
 
 
-def extract(model: str) -> dict:
-    cfg = _config(model, None)
-    state = pipeline.extract_step(cfg)
+def extract(model: str, context: Mapping[str, Any] | None = None) -> dict:
+    """The first task; `context` is the running task's unless given."""
+    with failing_without_retry():
+        cfg = _config(model, None, context)
+        state = pipeline.extract_step(cfg)
     return {**state, "config": config_state(cfg)}
 
 
@@ -71,8 +120,18 @@ def config_state(cfg: pipeline.PipelineConfig) -> dict:
     """What later tasks need to rebuild the first task's config (plain JSON for XCom: the
     window end is the config's ISO 8601 string, the run folder a string)."""
     return {"run_dir": cfg.run_dir, "engine": cfg.engine, "window_days": cfg.window_days,
-            "window_end": cfg.window_end, "params": cfg.params}
+            "window_end": cfg.window_end, "params": cfg.params, "run_tags": cfg.run_tags}
 
 
 def step(name: str, model: str, state: dict) -> dict:
-    return STEPS[name](_config(model, state), state)
+    with failing_without_retry():
+        return STEPS[name](_config(model, state), state)
+
+
+def serve_champion(model: str) -> dict:
+    """The `serve_champions` DAG's task: Redis serves the registry's champion of `model`."""
+    from reco.settings import Settings
+    from spark_jobs import serving
+
+    with failing_without_retry():
+        return serving.serve_champion(pipeline.config_from_settings(Settings(), model))

@@ -131,7 +131,9 @@ def gate(tracking_uri: str, model: str, run_id: str, registry_version: str,
     decision = GateDecision(**{**decision.as_dict(),
                                "champion_version": current[0] if current else None,
                                "champion_run_id": current[1] if current else None})
-    tracking.set_tags(tracking_uri, run_id, {"gate": "accepted" if decision.accepted
-                                             else "rejected", "gate.reason": decision.reason,
-                                             "gate.comparison": decision.comparison})
+    tags = {"gate": "accepted" if decision.accepted else "rejected",
+            "gate.reason": decision.reason, "gate.comparison": decision.comparison}
+    tracking.set_tags(tracking_uri, run_id, tags)
+    # On the registered version too: the registry UI shows version tags, not run tags.
+    tracking.tag_version(tracking_uri, model, registry_version, tags)
     return decision

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from spark_jobs import ENGINES, MODELS, SPARK_MODELS, as_utc, tracking
+from spark_jobs import ENGINES, MODELS, SPARK_MODELS, BadRunInput, as_utc, tracking
 from spark_jobs import extract as ex
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class PipelineConfig:
     window_days: int
     window_end: str  # ISO 8601, UTC
     params: dict = field(default_factory=dict)
+    run_tags: dict = field(default_factory=dict)  # MLflow tags of the run (its Airflow DAG run)
     jdbc_url: str = ""
     pg_user: str = ""
     pg_password: str = field(default="", repr=False)
@@ -137,21 +138,40 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
     return PipelineConfig(**values)
 
 
+def run_name(cfg: PipelineConfig) -> str:
+    """The MLflow run's name: its model, engine and the window it trained on (runs of one
+    window, a retry or another try at hyperparameters, share it)."""
+    start, end = cfg.window
+    return f"{cfg.model}-{cfg.engine}-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
+
+
 def runs_dir(settings: Settings, model: str) -> Path:
     """Where a model's run folders go: `<offline dir>/<model>/`."""
     return Path(settings.offline_dir or Path(settings.state_dir) / "offline") / model
 
 
-def prune_runs(cfg: PipelineConfig) -> list[Path]:
-    """Delete the model's run folders but the newest `keep_runs` (by last change), this run's
-    always kept: the disk would fill with window copies and models that MLflow holds anyway.
-    Only a run folder in `runs_dir` prunes its siblings (a test's or a benchmark's does not)."""
+# A run folder's marker that its run published (or found nothing to publish): done with it.
+FINISHED_MARKER = "finished"
+# An unfinished run folder unchanged this long belongs to a failed or abandoned run: each step
+# adds a folder and runs at most an hour (the tasks' execution_timeout), retries 2 min apart.
+ABANDONED_AFTER_S = 86400.0
+
+
+def prune_runs(cfg: PipelineConfig, now: float | None = None) -> list[Path]:
+    """Delete the model's finished (or abandoned) run folders but the newest `keep_runs` (by
+    last change), this run's always kept: the disk would fill with window copies and models
+    that MLflow holds anyway. Runs still in progress are left alone: backfills run several
+    at once, and a folder deleted under one fails its later tasks. Only a run folder in
+    `runs_dir` prunes its siblings (a test's or a benchmark's does not)."""
     run_dir = Path(cfg.run_dir)
     if not cfg.keep_runs or run_dir.parent != Path(cfg.runs_dir):
         return []
-    others = sorted((d for d in run_dir.parent.iterdir() if d.is_dir() and d != run_dir),
-                    key=_last_change, reverse=True)
-    pruned = others[cfg.keep_runs - 1:]
+    now = time.time() if now is None else now
+    changed = {d: _last_change(d) for d in run_dir.parent.iterdir()
+               if d.is_dir() and d != run_dir}
+    done = [d for d, at in changed.items()
+            if (d / FINISHED_MARKER).exists() or now - at > ABANDONED_AFTER_S]
+    pruned = sorted(done, key=changed.__getitem__, reverse=True)[cfg.keep_runs - 1:]
     for folder in pruned:
         shutil.rmtree(folder, ignore_errors=True)  # another run may be pruning it too
     return pruned
@@ -195,7 +215,8 @@ def extract_step(cfg: PipelineConfig, spark: SparkSession | None = None) -> dict
     manifest = ex.extract(spark, source, start, end, cfg.event_weights, cfg.session_gap_s,
                           cfg.half_life_days, out, EXTRACT_DATASETS[cfg.model])
     if manifest["train_events"] == 0:
-        raise ValueError(f"no training events between {start} and {end}")
+        raise BadRunInput(f"no training events between {start} and {end}: the window "
+                          "(window_end, window_days) holds none")
     detail = {f"extract.{k}": v for k, v in manifest["timings"].items()}
     return {"extract_dir": str(out), "events": manifest["events"],
             "timings": {"extract_s": time.perf_counter() - started, **detail}}
@@ -209,7 +230,7 @@ def train_step(cfg: PipelineConfig, extracted: dict,
     manifest = json.loads((extract_dir / ex.MANIFEST).read_text())
     hp = cfg.hyperparameters()
     run_id = tracking.start_run(cfg.mlflow_tracking_uri, cfg.model, cfg.engine, asdict(hp),
-                                manifest)
+                                manifest, run_name=run_name(cfg), tags=cfg.run_tags)
     try:
         if cfg.engine == "spark":
             spark = spark or spark_session(cfg)
@@ -237,7 +258,7 @@ def train_step(cfg: PipelineConfig, extracted: dict,
         tracking.log_artifacts(cfg.mlflow_tracking_uri, run_id, model_dir,
                                tracking.MODEL_ARTIFACTS)
         registry_version = tracking.register(cfg.mlflow_tracking_uri, cfg.model, run_id)
-        tracking.set_tags(cfg.mlflow_tracking_uri, run_id, {"publish_version": version})
+        tracking.set_tags(cfg.mlflow_tracking_uri, run_id, {tracking.PUBLISH_VERSION_TAG: version})
         tracking.log_metrics(cfg.mlflow_tracking_uri, run_id,
                              {f"time.{k}": v for k, v in timings.items()})
         with _connect(cfg) as conn:
@@ -334,6 +355,8 @@ def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
     """Serve the champion: the new run if it passed, else make sure the champion is serving;
     then prune old run folders (the last step: nothing reads this run's folder after it)."""
     state = _serve(cfg, gated)
+    if Path(cfg.run_dir).is_dir():
+        (Path(cfg.run_dir) / FINISHED_MARKER).touch()
     prune_runs(cfg)
     return state
 
@@ -354,52 +377,29 @@ def _serve(cfg: PipelineConfig, gated: dict) -> dict:
 
 def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
                     lock: Lock) -> dict:
-    from spark_jobs import publish
+    from spark_jobs import serving
 
     accepted = gated["gate"]["accepted"]
-    superseded = _superseded(cfg, gated["run_id"] if accepted
-                             else gated["gate"]["champion_run_id"])
-    if superseded:
-        return _skipped(cfg, gated, superseded)
+    run_id = gated["run_id"] if accepted else gated["gate"]["champion_run_id"]
+    current = tracking.champion(cfg.mlflow_tracking_uri, cfg.model)
+    if current is None or current[1] != run_id:
+        return _skipped(cfg, gated, _superseded(cfg, run_id, current))
+    registry_version = current[0]
     if accepted:
-        version = gated["version"]
+        version, model_dir = gated["version"], Path(gated["model_dir"])
     else:
-        run = tracking.client(cfg.mlflow_tracking_uri).get_run(gated["gate"]["champion_run_id"])
-        version = run.data.tags["publish_version"]
-    if publish.is_serving(client, cfg.model, version):
-        # Serving already: the champion re-served by an earlier run, or a retry after an
-        # attempt switched Redis, then failed to record it (PostgreSQL down) or lost the
-        # switch's reply before retiring the old versions. Publishing again would be refused;
-        # retire and record only.
-        publish.retire_others(client, lock, cfg.model, version, None, cfg.publish_batch,
-                              cfg.publish_grace_s)
-        with _connect(cfg) as conn:
-            publish.record_published(conn, cfg.model, version)
-        return {**gated, "published": version, "keys_written": 0,
-                "reason": f"{version} already serving"}
-    if accepted:
-        model_dir = Path(gated["model_dir"])
-    else:
-        model_dir = tracking.download_model(cfg.mlflow_tracking_uri, run.info.run_id,
-                                            Path(cfg.run_dir) / "champion")
-        publish.renew(lock)  # the download may have taken a while
-    result = publish.publish_locked(client, lock, cfg.model, version,
-                                    publish.model_lists(cfg.model, model_dir, version),
-                                    cfg.publish_batch, cfg.publish_grace_s)
-    with _connect(cfg) as conn:
-        publish.record_published(conn, cfg.model, version)
-    timings = {**gated.get("timings", {}), "publish_s": result.seconds}
-    return {**gated, "published": version, "keys_written": result.keys_written,
-            "timings": timings}
+        version, model_dir = tracking.publish_version(cfg.mlflow_tracking_uri, run_id), None
+    served = serving.serve_locked(cfg, client, lock, registry_version, run_id, version,
+                                  model_dir, Path(cfg.run_dir) / "champion")
+    if "publish_s" in served:
+        served["timings"] = {**gated.get("timings", {}), "publish_s": served.pop("publish_s")}
+    return {**gated, **served}
 
 
-def _superseded(cfg: PipelineConfig, run_id: str) -> str | None:
+def _superseded(cfg: PipelineConfig, run_id: str, current: tuple[str, str] | None) -> str:
     """Why the run the gate chose may not be served now, under the publish lock: another run
     became the champion since (a concurrent run, a backfill, `reco train` beside the DAG, a
-    cleared old task, a promotion by hand). None while it is still the champion."""
-    current = tracking.champion(cfg.mlflow_tracking_uri, cfg.model)
-    if current is not None and current[1] == run_id:
-        return None
+    cleared old task, a promotion by hand)."""
     now = f"registry version {current[0]} (run {current[1]})" if current else "none"
     return f"run {run_id} is no longer the {cfg.model} champion (now: {now})"
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from spark_jobs import as_utc
+from spark_jobs import BadRunInput, as_utc
 
 EXPERIMENTS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec",
                "served": "served-evaluation"}  # the demo's scores of the API's answers
@@ -19,6 +20,8 @@ REGISTERED_MODELS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec"}
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACTS = "model"  # artifact folder of embeddings / factors and the published lists
 EVALUATION_ARTIFACTS = "evaluation"
+PUBLISH_VERSION_TAG = "publish_version"  # run tag: the version name its lists carry in Redis
+SERVING_TAG = "serving"  # model version tag: "true" on the version Redis serves
 SPLIT_TAG = "eval.split"  # digest of the data a run was scored on (spark_jobs.evaluate)
 # What an MLflow 3 server answers when there is no champion: no such registered model, or the
 # model without the alias. Anything else (outage, timeout, permission) is not "no champion".
@@ -54,14 +57,16 @@ def experiment_id(mlflow: MlflowClient, model: str) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
-def start_run(tracking_uri: str, model: str, engine: str, params: dict, dataset: dict) -> str:
-    """Create a run with the hyperparameters, the dataset's window and size and the code version."""
+def start_run(tracking_uri: str, model: str, engine: str, params: dict, dataset: dict,
+              run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create a run with the hyperparameters, the dataset's window and size, the code version
+    and `tags` (the Airflow DAG run's, `spark_jobs.dag_steps.airflow_tags`)."""
     mlflow = client(tracking_uri)
     run = mlflow.create_run(
         experiment_id(mlflow, model),
-        run_name=f"{model}-{engine}-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"engine": engine, "model": model, "mlflow.source.git.commit": code_version(),
-              "code_version": code_version()},
+        run_name=run_name or f"{model}-{engine}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={**(tags or {}), "engine": engine, "model": model,
+              "mlflow.source.git.commit": code_version(), "code_version": code_version()},
     )
     flat = {**{k: str(v) for k, v in params.items()}, "engine": engine}
     for key in ("window_start", "window_end", "events", "users", "items", "train_events",
@@ -104,19 +109,54 @@ def register(tracking_uri: str, model: str, run_id: str) -> str:
     return str(version.version)
 
 
-def champion(tracking_uri: str, model: str) -> tuple[str, str] | None:
-    """(registry version, run id) of the current champion, or None when there is none.
+def champion_version(tracking_uri: str, model: str) -> ModelVersion | None:
+    """The registry version holding the `champion` alias, or None when there is none.
 
     Other MLflow errors propagate: read as "no champion", an outage would let the gate promote
     a run without comparing it with the champion (and a backfill replace newer data)."""
     try:
-        mv = client(tracking_uri).get_model_version_by_alias(
+        return client(tracking_uri).get_model_version_by_alias(
             REGISTERED_MODELS[model], CHAMPION_ALIAS)
     except MlflowException as exc:
         if exc.error_code not in NO_CHAMPION_ERRORS:
             raise
         return None
-    return str(mv.version), mv.run_id
+
+
+def champion(tracking_uri: str, model: str) -> tuple[str, str] | None:
+    """(registry version, run id) of the current champion, or None when there is none."""
+    mv = champion_version(tracking_uri, model)
+    return None if mv is None else (str(mv.version), mv.run_id)
+
+
+def publish_version(tracking_uri: str, run_id: str) -> str:
+    """The version name a run publishes under (its `publish_version` tag, set by the train
+    step); a run without it (registered by hand, by another tool) cannot be served."""
+    version = client(tracking_uri).get_run(run_id).data.tags.get(PUBLISH_VERSION_TAG)
+    if not version:
+        raise BadRunInput(
+            f"run {run_id} has no {PUBLISH_VERSION_TAG} tag: it was not trained by the reco "
+            "pipeline (DAG or `reco train`), so it has no lists to serve; move the champion "
+            "alias to a version the pipeline registered")
+    return version
+
+
+def tag_version(tracking_uri: str, model: str, registry_version: str,
+                tags: dict[str, str]) -> None:
+    mlflow = client(tracking_uri)
+    for key, value in tags.items():
+        mlflow.set_model_version_tag(REGISTERED_MODELS[model], registry_version, key, value)
+
+
+def mark_serving(tracking_uri: str, model: str, registry_version: str) -> None:
+    """Tag `registry_version` as the one Redis serves (the registry UI shows it) and untag the
+    version served before."""
+    mlflow = client(tracking_uri)
+    name = REGISTERED_MODELS[model]
+    mlflow.set_model_version_tag(name, registry_version, SERVING_TAG, "true")
+    for mv in mlflow.search_model_versions(f"name = '{name}' and tags.{SERVING_TAG} = 'true'"):
+        if str(mv.version) != str(registry_version):
+            mlflow.delete_model_version_tag(name, mv.version, SERVING_TAG)
 
 
 def run_record(tracking_uri: str, run_id: str) -> tuple[dict[str, float], dict[str, str]]:

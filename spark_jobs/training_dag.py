@@ -11,8 +11,55 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from spark_jobs import SPARK_MODELS
+
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=2),
                 "execution_timeout": timedelta(minutes=60)}
+
+
+# Each model's hyperparameters and their JSON types, as the dataclasses declare them
+# (spark_jobs.als.ALSParams, ...; a test keeps the two alike): imported here, those modules
+# would load numpy and the model libraries at every parse of the DAG files.
+HYPERPARAMETERS = {
+    "item2vec": {"vector_size": "integer", "window": "integer", "epochs": "integer",
+                 "negative": "integer", "ns_exponent": "number", "sample": "number",
+                 "min_count": "integer", "alpha": "number", "seed": "integer",
+                 "workers": "integer", "neighbours": "integer"},
+    "als": {"factors": "integer", "regularization": "number", "iterations": "integer",
+            "alpha": "number", "seed": "integer", "threads": "integer",
+            "candidates": "integer", "neighbours": "integer"},
+    "sasrec": {"dim": "integer", "max_len": "integer", "blocks": "integer", "epochs": "integer",
+               "dropout": "number", "learning_rate": "number", "batch": "integer",
+               "temperature": "number", "refit_epochs": "integer",
+               "refit_learning_rate": "number", "seed": "integer", "candidates": "integer"},
+}
+# RFC 3339 with its zone, checked at trigger time (jsonschema checks the pattern; its
+# "date-time" format, which gives the UI its picker, only with a package Airflow lacks).
+# '' too: the param's default before it was null, in confs people keep.
+WINDOW_END_PATTERN = (r"^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                      r"(Z|[+-][0-9]{2}:[0-9]{2})$")
+
+
+def run_params(model: str, engines_doc: str, hyperparameters_doc: str) -> dict[str, Param]:
+    """The DAG run's params, validated by Airflow when a run is triggered: unknown
+    hyperparameters, wrong types and an engine the model lacks are refused there."""
+    engines = ["", "local", "spark"] if model in SPARK_MODELS else ["", "local"]
+    return {
+        "engine": Param("", type="string", enum=engines,
+                        description=f"'' = RECO_ENGINE; {engines_doc}"),
+        "window_days": Param(0, type="integer", minimum=0,
+                             description="days of events to train on; "
+                                         "0 = RECO_TRAIN_WINDOW_DAYS"),
+        "window_end": Param(None, type=["null", "string"], format="date-time",
+                            pattern=WINDOW_END_PATTERN,
+                            description="end of the window, RFC 3339 with its zone (e.g. "
+                                        "2026-01-31T00:00:00+00:00), not in the future; "
+                                        "empty = the run's interval end"),
+        "hyperparameters": Param(
+            {}, type="object", additionalProperties=False,
+            properties={name: {"type": kind} for name, kind in HYPERPARAMETERS[model].items()},
+            description=hyperparameters_doc),
+    }
 
 
 def training_dag(model: str, dag_id: str, cron: str, description: str, engines_doc: str,
@@ -33,17 +80,7 @@ def training_dag(model: str, dag_id: str, cron: str, description: str, engines_d
         max_active_runs=1,
         tags=["reco", "training", model],
         default_args=DEFAULT_ARGS,
-        params={
-            "engine": Param("", type="string", enum=["", "local", "spark"],
-                            description=f"'' = RECO_ENGINE; {engines_doc}"),
-            "window_days": Param(0, type="integer", minimum=0,
-                                 description="days of events to train on; "
-                                             "0 = RECO_TRAIN_WINDOW_DAYS"),
-            "window_end": Param("", type="string",
-                                description="ISO 8601 end of the window; '' = the run's "
-                                            "interval end"),
-            "hyperparameters": Param({}, type="object", description=hyperparameters_doc),
-        },
+        params=run_params(model, engines_doc, hyperparameters_doc),
         doc_md=doc_md,
     )
     def training():

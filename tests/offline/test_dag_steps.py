@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from airflow.utils.types import DagRunType
 
 from reco.settings import Settings
-from spark_jobs import dag_steps
+from spark_jobs import BadRunInput, dag_steps, pipeline
 
 RUN_ID = "manual__2024-03-01T02:00:00+00:00"
 INTERVAL_END = datetime(2024, 3, 1, 2, tzinfo=UTC)
@@ -135,3 +137,67 @@ def test_hyperparameters_the_cast_would_change_are_refused_with_the_field(tmp_pa
     with pytest.raises(ValueError, match="^als parameter 'regularization': an integer of 401 "
                                          "digits is too large for a float$"):
         first(settings(tmp_path), {"hyperparameters": {"regularization": 10**400}})
+
+
+def test_a_window_end_in_the_future_is_refused_naming_the_param(tmp_path):
+    """A typo (2052 for 2025) trained a champion "up to" 2052: the gate then refused every
+    scheduled run as a backfill, its window ending before the champion's, until 2052."""
+    with pytest.raises(BadRunInput, match=r"^window_end '2052-01-10T06:00:00\+00:00' is in the "
+                                          r"future \(now 2024-03-05 12:30 UTC\): its model would "
+                                          "outrank every scheduled run until then$"):
+        first(settings(tmp_path), {"window_end": "2052-01-10T06:00:00+00:00"})
+    assert first(settings(tmp_path), {"window_end": NOW.isoformat()}).window_end == \
+        NOW.isoformat()
+    with pytest.raises(BadRunInput, match=r"^window_end 'last tuesday' is not an ISO 8601 "
+                                          r"date-time \(e.g. 2026-01-31T00:00:00\+00:00\)$"):
+        first(settings(tmp_path), {"window_end": "last tuesday"})
+
+
+def test_bad_params_are_a_bad_run_input(tmp_path):
+    with pytest.raises(BadRunInput, match="^sasrec has no Spark engine: use engine 'local'$"):
+        first(settings(tmp_path), {"engine": "spark"}, model="sasrec")
+    with pytest.raises(BadRunInput, match=r"^unknown als parameters: \['heads'\]$"):
+        first(settings(tmp_path), {"hyperparameters": {"heads": 2}})
+
+
+def context(params: dict, run_type: str = "manual",
+            logical_date: datetime | None = INTERVAL_END) -> dict:
+    """What a task's Airflow context holds that the steps read."""
+    dag_run = SimpleNamespace(dag_id="als_weekly", run_id=RUN_ID, logical_date=logical_date,
+                              run_type=DagRunType(run_type))
+    return {"params": params, "run_id": RUN_ID, "data_interval_end": INTERVAL_END,
+            "dag_run": dag_run}
+
+
+def test_deterministic_failures_fail_the_task_without_retries(tmp_path, monkeypatch):
+    """A bad param, a window without events or a model without the engine was retried twice,
+    2 minutes apart, failing alike each time."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("RECO_STATE_DIR", str(tmp_path))
+    with pytest.raises(AirflowFailException, match="^window_end '2052-01-01T00:00:00Z' is in "
+                                                   "the future"):
+        dag_steps.extract("als", context({"window_end": "2052-01-01T00:00:00Z"}))
+    with pytest.raises(AirflowFailException, match="^sasrec has no Spark engine"):
+        dag_steps.extract("sasrec", context({"engine": "spark"}))
+    with pytest.raises(AirflowFailException, match="^no training events between"), \
+            dag_steps.failing_without_retry():
+        raise BadRunInput("no training events between a and b")
+    # A server down is worth the retries.
+    with pytest.raises(ConnectionError), dag_steps.failing_without_retry():
+        raise ConnectionError("PostgreSQL is down")
+
+
+def test_mlflow_runs_are_tagged_with_their_airflow_run_and_later_tasks_keep_the_tags(tmp_path):
+    tags = dag_steps.airflow_tags(context({}, run_type="backfill"))
+    assert tags == {"airflow.dag_id": "als_weekly", "airflow.run_id": RUN_ID,
+                    "airflow.run_type": "backfill",
+                    "airflow.logical_date": "2024-03-01T02:00:00+00:00"}
+    assert dag_steps.airflow_tags(context({}, logical_date=None))["airflow.logical_date"] == ""
+    cfg = dag_steps.run_config(settings(tmp_path), "als", {}, RUN_ID, INTERVAL_END, None,
+                               now=NOW, run_tags=tags)
+    state = {"config": json.loads(json.dumps(dag_steps.config_state(cfg)))}
+    later = dag_steps.run_config(settings(tmp_path), "als", {}, RUN_ID, None, state)
+    assert later.run_tags == tags
+    # Named by the window it trained on, not the wall clock.
+    assert pipeline.run_name(later) == "als-local-20240131T0200-20240301T0200"

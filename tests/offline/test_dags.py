@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -44,8 +45,10 @@ def airflow_env(postgres_server, _migrated_database, tmp_path_factory) -> dict[s
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:1/execution/",
-        # This checkout's spark_jobs, as the local stack's Airflow (not an installed copy's).
-        "PYTHONPATH": str(stack_servers.REPO_ROOT),
+        # The tasks import this checkout's packages (the venv's editable install may be
+        # another checkout's).
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(stack_servers.REPO_ROOT),
+                                                    os.environ.get("PYTHONPATH")))),
     }
     result = subprocess.run([stack_servers.venv_bin("airflow"), "db", "migrate"], env=env,
                             capture_output=True, text=True, timeout=300)
@@ -63,12 +66,17 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
 
     assert bag.import_errors == {}
-    assert set(bag.dags) == set(DAGS)
+    assert set(bag.dags) == {*DAGS, "serve_champions"}
+    serve = bag.dags["serve_champions"]
+    assert serve.timetable.summary == "*/5 * * * *" and serve.max_active_runs == 1
+    assert serve.is_paused_upon_creation is False and serve.catchup is False
+    assert sorted(t.task_id for t in serve.tasks) == ["serve_als", "serve_item2vec",
+                                                      "serve_sasrec"]
     # Daily at 02:00 and 02:30, weekly on Sunday 03:00 UTC; unpausing never starts a past slot.
     assert bag.dags["item2vec_daily"].timetable.summary == "0 2 * * *"
     assert bag.dags["sasrec_daily"].timetable.summary == "30 2 * * *"
     assert bag.dags["als_weekly"].timetable.summary == "0 3 * * 0"
-    for dag in bag.dags.values():
+    for dag in (bag.dags[dag_id] for dag_id in DAGS):
         assert dag.timetable.serialize()["run_immediately"] == 0.0
         # The first run is the next slot, never the one that just passed.
         first = dag.timetable.next_dagrun_info(last_automated_data_interval=None,
@@ -87,6 +95,64 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
         assert set(dag.params) == {"engine", "window_days", "window_end", "hyperparameters"}
 
 
+def trigger_params(bag, dag_id: str, conf: dict) -> dict:
+    """The params of a run triggered with `conf`, validated as Airflow validates them when a
+    run is created (UI, REST API, CLI, backfill); ParamValidationError when refused."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(bag.dags[dag_id]))
+    return dag.params.deep_merge(conf).validate()
+
+
+@pytest.mark.airflow
+def test_params_are_refused_at_trigger_time_naming_the_param(monkeypatch, tmp_path):
+    """`window_end` was any string and `hyperparameters` any object: a typo in either, and
+    sasrec's `spark` engine, failed the run's first task (after two retries) instead."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.exceptions import ParamValidationError
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    refused = [
+        ("sasrec_daily", {"engine": "spark"}, "engine", "'spark' is not one of ['', 'local']"),
+        ("als_weekly", {"window_end": "2024-01-10"}, "window_end", "'2024-01-10' does not match"),
+        ("als_weekly", {"window_end": "10/01/2024"}, "window_end", "does not match"),
+        ("als_weekly", {"hyperparameters": {"factor": 64}}, "hyperparameters",
+         "Additional properties are not allowed ('factor' was unexpected)"),
+        ("als_weekly", {"hyperparameters": {"factors": 64.5}}, "hyperparameters",
+         "64.5 is not of type 'integer'"),
+        ("item2vec_daily", {"hyperparameters": {"sample": "1e-4"}}, "hyperparameters",
+         "'1e-4' is not of type 'number'"),
+        ("sasrec_daily", {"hyperparameters": {"dim": True}}, "hyperparameters",
+         "True is not of type 'integer'"),
+    ]
+    for dag_id, conf, param, reason in refused:
+        with pytest.raises(ParamValidationError) as error:
+            trigger_params(bag, dag_id, conf)
+        assert str(error.value).startswith(f"Invalid input for param {param}: "), error.value
+        assert reason in str(error.value), error.value
+    params = trigger_params(bag, "als_weekly", {
+        "engine": "spark", "window_end": "2024-01-10T06:00:00Z",
+        "hyperparameters": {"factors": 64, "alpha": 2, "regularization": 0.5}})
+    assert params["window_end"] == "2024-01-10T06:00:00Z"
+    assert trigger_params(bag, "sasrec_daily", {})["window_end"] is None
+    assert trigger_params(bag, "sasrec_daily", {"window_end": ""})["window_end"] == ""
+
+
+def test_the_dags_declare_each_models_hyperparameters_with_their_types():
+    from spark_jobs.als import ALSParams
+    from spark_jobs.item2vec import Item2VecParams
+    from spark_jobs.sasrec import SASRecParams
+    from spark_jobs.training_dag import HYPERPARAMETERS
+
+    for model, cls in (("item2vec", Item2VecParams), ("als", ALSParams),
+                       ("sasrec", SASRecParams)):
+        fields = dataclasses.fields(cls)
+        assert HYPERPARAMETERS[model] == {
+            f.name: {int: "integer", float: "number"}[type(f.default)] for f in fields}
+
+
 @pytest.mark.airflow
 @pytest.mark.integration
 def test_dags_are_unpaused_when_airflow_first_stores_them(airflow_env):
@@ -102,7 +168,8 @@ def test_dags_are_unpaused_when_airflow_first_stores_them(airflow_env):
 
     assert listed.returncode == 0, listed.stderr[-3000:]
     rows = json.loads(listed.stdout.splitlines()[-1])  # after Airflow's log lines
-    assert {row["dag_id"]: row["is_paused"] for row in rows} == dict.fromkeys(DAGS, "False")
+    assert {row["dag_id"]: row["is_paused"] for row in rows} == dict.fromkeys(
+        [*DAGS, "serve_champions"], "False")
 
 
 @pytest.mark.airflow
@@ -141,6 +208,39 @@ def test_dag_runs_end_to_end(dag_id, airflow_env, offline_settings, small_events
             tracking.EXPERIMENTS[model]).experiment_id],
         filter_string=f"tags.publish_version = '{version}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    # Linked to its Airflow run, named by its window, its registry version tagged serving.
+    tags = runs[0].data.tags
+    assert (tags["airflow.dag_id"], tags["airflow.run_type"]) == (dag_id, "manual")
+    assert tags["airflow.run_id"].startswith("manual__")
+    end = small_events["end"]
+    assert runs[0].info.run_name.endswith(f"-{end:%Y%m%dT%H%M}")
+    champion = tracking.champion_version(s.mlflow_tracking_uri, model)
+    assert champion.run_id == runs[0].info.run_id
+    assert champion.tags[tracking.SERVING_TAG] == "true" and champion.tags["gate"] == "accepted"
     assert runs[0].data.metrics["model.hr_at_10"] > runs[0].data.metrics["popularity.hr_at_10"]
     assert pg.execute("SELECT status FROM models WHERE name = %s AND version = %s",
                       (model, version)).fetchone() == ("published",)
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_the_serve_champions_dag_serves_a_rollback_made_in_mlflow(
+        airflow_env, offline_settings, pg, redis_client, tmp_path):
+    from spark_jobs import pipeline
+    from tests.offline.test_pipeline_steps import accepted, tiny_als
+
+    s = offline_settings
+    cfg = pipeline.config_from_settings(s, "als", run_dir=tmp_path / "run")
+    uri = s.mlflow_tracking_uri
+    for version in ("v1", "v2"):
+        pipeline.publish_step(cfg, accepted(uri, version, tiny_als(tmp_path / version)))
+    tracking.set_champion(uri, "als", "1")
+    env = {**airflow_env, "RECO_PG_PORT": str(s.pg_port), "RECO_REDIS_URL": s.redis_url,
+           "RECO_MLFLOW_TRACKING_URI": uri, "RECO_STATE_DIR": str(tmp_path)}
+
+    result = subprocess.run([stack_servers.venv_bin("airflow"), "dags", "test", "serve_champions"],
+                            env=env, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
+    assert redis_client.exists(keys.user_cf("u1", "v1"))

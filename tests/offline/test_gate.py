@@ -86,6 +86,11 @@ def test_champion_alias_follows_the_gate(mlflow_uri):
     assert tracking.champion(mlflow_uri, "als") == (v4, better)
     tags = tracking.client(mlflow_uri).get_run(worse).data.tags
     assert tags["gate"] == "rejected"
+    # The registry shows each version's gate result too (it shows no run tags).
+    version_tags = tracking.client(mlflow_uri).get_model_version("als", v2).tags
+    assert (version_tags["gate"], version_tags["gate.reason"]) == ("rejected", tags["gate.reason"])
+    assert "worse than the champion's 0.4000" in version_tags["gate.reason"]
+    assert tracking.client(mlflow_uri).get_model_version("als", v4).tags["gate"] == "accepted"
 
 
 @pytest.mark.integration

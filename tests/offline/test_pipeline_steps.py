@@ -42,12 +42,16 @@ def test_a_window_end_without_a_zone_is_utc_whatever_the_hosts_zone(host_in_new_
     assert cfg.window_end == "2023-12-31T23:00:00+00:00"
 
 
-def run_folder(parent: Path, name: str, age_s: float) -> Path:
-    """A run folder whose steps last wrote `age_s` ago."""
+def run_folder(parent: Path, name: str, age_s: float, finished: bool = True) -> Path:
+    """A run folder whose steps last wrote `age_s` ago, its run finished or not."""
     folder = parent / name
     (folder / "extract").mkdir(parents=True)
+    paths = [folder / "extract", folder]
+    if finished:
+        (folder / pipeline.FINISHED_MARKER).touch()
+        paths.insert(0, folder / pipeline.FINISHED_MARKER)
     then = time.time() - age_s
-    for path in (folder / "extract", folder):
+    for path in paths:
         os.utime(path, (then, then))
     return folder
 
@@ -74,6 +78,26 @@ def test_a_publish_keeps_the_newest_run_folders_of_its_model(tmp_path):
     pipeline.publish_step(elsewhere, {"gate": {"accepted": False, "champion_run_id": None}})
     assert all(folder.exists() for folder in kept)
     assert old[1].exists()
+
+
+def test_a_publish_never_prunes_a_run_still_in_progress(tmp_path):
+    """Backfills run several at once (max_active_runs does not hold them back): a publish
+    deleted the folders of runs still training, whose later tasks then failed."""
+    settings = Settings(state_dir=tmp_path, offline_keep_runs=2)
+    cfg = pipeline.config_from_settings(settings, "als", window_end=datetime(2024, 1, 1))
+    runs = Path(cfg.run_dir).parent
+    training = [run_folder(runs, f"backfill-{n}", age_s=60.0 * n, finished=False)
+                for n in range(1, 4)]
+    finished = [run_folder(runs, f"done-{n}", age_s=7200.0 * n) for n in (1, 2)]
+    abandoned = run_folder(runs, "failed", age_s=pipeline.ABANDONED_AFTER_S + 60,
+                           finished=False)
+    Path(cfg.run_dir).mkdir()
+
+    pipeline.publish_step(cfg, {"gate": {"accepted": False, "champion_run_id": None}})
+
+    assert all(folder.exists() for folder in training)
+    assert finished[0].exists() and not finished[1].exists() and not abandoned.exists()
+    assert (Path(cfg.run_dir) / pipeline.FINISHED_MARKER).exists()
 
 
 def tiny_als(folder: Path) -> Path:
@@ -330,3 +354,17 @@ def test_failed_train_and_evaluate_end_their_run_failed_and_a_retry_finishes_it(
     row = pg.execute("SELECT metrics FROM models WHERE name = 'als' AND version = %s",
                      (trained["version"],)).fetchone()
     assert row[0]["model.ndcg_at_10"] == evaluated["metrics"]["model.ndcg_at_10"]
+
+
+@pytest.mark.spark
+@pytest.mark.integration
+def test_a_window_without_events_is_a_bad_run_input(offline_settings, spark, pg, tmp_path):
+    """Retrying cannot find events the window does not hold: the DAG task fails at once."""
+    from spark_jobs import BadRunInput
+
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run",
+                                        window_days=7, window_end=datetime(2020, 1, 8))
+    with pytest.raises(BadRunInput, match=r"^no training events between 2020-01-01 00:00:00"
+                                          r"\+00:00 and 2020-01-08 00:00:00\+00:00: the window "
+                                          r"\(window_end, window_days\) holds none$"):
+        pipeline.extract_step(cfg, spark)

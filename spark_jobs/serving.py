@@ -1,0 +1,85 @@
+"""Serve a model version from the registry: the publish task's last part, and "serve the champion
+of MODEL", which makes serving follow the `champion` alias when someone moves it by hand.
+
+Everything from the first look at Redis to the record in PostgreSQL and the registry's
+`serving` tag holds the model's publish lock (`spark_jobs.publish.held_lock`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import redis
+
+from spark_jobs import publish, tracking
+
+if TYPE_CHECKING:
+    from redis.lock import Lock
+
+    from spark_jobs.pipeline import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+def serve_locked(cfg: PipelineConfig, client: redis.Redis, lock: Lock, registry_version: str,
+                 run_id: str, version: str, model_dir: Path | None, work_dir: Path) -> dict:
+    """Serve `version` (registry version `registry_version` of run `run_id`), the caller holding
+    the model's lock: publish it (its model folder, else downloaded from MLflow into `work_dir`)
+    unless it is serving already, then record it in PostgreSQL and tag it in the registry."""
+    if publish.is_serving(client, cfg.model, version):
+        # Serving already: the champion re-served by an earlier run, or a retry after an
+        # attempt switched Redis, then failed to record it (PostgreSQL down) or lost the
+        # switch's reply before retiring the old versions. Publishing again would be refused;
+        # retire and record only.
+        publish.retire_others(client, lock, cfg.model, version, None, cfg.publish_batch,
+                              cfg.publish_grace_s)
+        _record(cfg, registry_version, version)
+        return {"published": version, "keys_written": 0, "reason": f"{version} already serving"}
+    if model_dir is None:
+        model_dir = tracking.download_model(cfg.mlflow_tracking_uri, run_id, work_dir)
+        publish.renew(lock)  # the download may have taken a while
+    result = publish.publish_locked(client, lock, cfg.model, version,
+                                    publish.model_lists(cfg.model, model_dir, version),
+                                    cfg.publish_batch, cfg.publish_grace_s)
+    _record(cfg, registry_version, version)
+    return {"published": version, "keys_written": result.keys_written,
+            "publish_s": result.seconds}
+
+
+def _record(cfg: PipelineConfig, registry_version: str, version: str) -> None:
+    import psycopg
+
+    with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+        publish.record_published(conn, cfg.model, version)
+    tracking.mark_serving(cfg.mlflow_tracking_uri, cfg.model, registry_version)
+
+
+def serve_champion(cfg: PipelineConfig) -> dict:
+    """Make Redis serve the registry's champion of `cfg.model` (a promotion or a rollback by
+    hand in the MLflow UI). Cheap when it serves already: one alias look-up, one run read and
+    two Redis reads, no lock."""
+    uri, model = cfg.mlflow_tracking_uri, cfg.model
+    client = redis.Redis.from_url(cfg.redis_url)
+    mv = tracking.champion_version(uri, model)
+    if mv is None:
+        return {"model": model, "published": None, "reason": f"{model} has no champion"}
+    # Tagged `serving` only after its record in PostgreSQL: both done, nothing to do.
+    if (mv.tags.get(tracking.SERVING_TAG) == "true"
+            and publish.is_serving(client, model, tracking.publish_version(uri, mv.run_id))):
+        return {"model": model, "published": None, "champion_version": str(mv.version),
+                "reason": f"registry version {mv.version} already serving"}
+    with publish.held_lock(client, model) as lock:
+        # Read again under the lock: a gate may have moved the alias meanwhile.
+        current = tracking.champion(uri, model)
+        if current is None:
+            return {"model": model, "published": None, "reason": f"{model} has no champion"}
+        registry_version, run_id = current
+        version = tracking.publish_version(uri, run_id)
+        with tempfile.TemporaryDirectory(prefix=f"reco-champion-{model}-") as work:
+            served = serve_locked(cfg, client, lock, registry_version, run_id, version, None,
+                                  Path(work))
+    log.info("%s: registry version %s (%s) serving", model, registry_version, version)
+    return {"model": model, "champion_version": registry_version, **served}
