@@ -89,7 +89,7 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float
             except KafkaError as exc:
                 raise TopicCreationFailed(f"the broker refused to add partitions: {exc}") from exc
             counts |= grow
-        return counts
+        return {name: counts[name] for name in topics}  # in the order asked
     finally:
         await admin.close()
 
