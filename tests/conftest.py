@@ -24,6 +24,13 @@ APP_TABLES = ("events", "items", "users", "models")
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # After the session's fixtures stopped their servers; a failing session keeps the folders'
+    # server logs for whoever looks into it.
+    if exitstatus == 0:
+        servers.remove_scratch_dirs()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[servers.ServerProcess]:
     server = servers.start_postgres()

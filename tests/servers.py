@@ -65,11 +65,22 @@ class ServerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+_SCRATCH_DIRS: list[Path] = []
+
+
 def scratch_dir(prefix: str) -> Path:
-    """A folder the `postgres` user can reach too (pytest's tmp folders are root-only)."""
+    """A folder the `postgres` user can reach too (pytest's tmp folders are root-only); removed
+    after a passing session (`remove_scratch_dirs`), kept with its logs after a failing one."""
     path = Path(tempfile.mkdtemp(prefix=f"reco-test-{prefix}-", dir="/tmp"))
     path.chmod(0o755)
+    _SCRATCH_DIRS.append(path)
     return path
+
+
+def remove_scratch_dirs() -> None:
+    """Every scratch folder of this session: a demo's stack alone is ~150 MB a run."""
+    while _SCRATCH_DIRS:
+        shutil.rmtree(_SCRATCH_DIRS.pop(), ignore_errors=True)
 
 
 def start_postgres() -> ServerProcess:
