@@ -28,6 +28,14 @@ def _clean_env(**env: str) -> dict[str, str]:
             "PYTHONPATH": str(ROOT), **env}
 
 
+def _refusals(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> list[str]:
+    """The lines start-up refuses `name=value` with (the test's folder holds no .env)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    return settings_errors(refused.value)
+
+
 def test_the_settings_dump_masks_every_secret(tmp_path: Path) -> None:
     """README's command that prints every setting with its value shows no secret."""
     readme = (ROOT / "README.md").read_text()
@@ -80,10 +88,7 @@ def test_start_up_refuses_values_that_break_a_process(monkeypatch: pytest.Monkey
                                                       tmp_path: Path, name: str, value: str,
                                                       reason: str) -> None:
     monkeypatch.chdir(tmp_path)  # no .env
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ValidationError) as refused:
-        Settings()
-    assert settings_errors(refused.value) == [f"{name}: {reason}"]
+    assert _refusals(monkeypatch, name, value) == [f"{name}: {reason}"]
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -101,10 +106,7 @@ def test_start_up_keeps_the_meaningful_edges(monkeypatch: pytest.MonkeyPatch, tm
 def test_event_weights_that_are_not_json_say_so(monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RECO_EVENT_WEIGHTS", "view=1")
-    with pytest.raises(ValidationError) as refused:
-        Settings()
-    assert settings_errors(refused.value) == [
+    assert _refusals(monkeypatch, "RECO_EVENT_WEIGHTS", "view=1") == [
         'RECO_EVENT_WEIGHTS must be a JSON object, e.g. {"view": 1, "purchase": 10}']
     # JSON from a .env file as from the environment.
     monkeypatch.delenv("RECO_EVENT_WEIGHTS")
@@ -147,10 +149,7 @@ def test_trusted_proxies_must_be_addresses_or_networks(monkeypatch: pytest.Monke
     """uvicorn takes a host name for a literal no client address ever equals: the balancer
     would silently stay the client of every request."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RECO_FORWARDED_ALLOW_IPS", "10.0.0.0/8, lb.internal")
-    with pytest.raises(ValidationError) as refused:
-        Settings()
-    assert settings_errors(refused.value) == [
+    assert _refusals(monkeypatch, "RECO_FORWARDED_ALLOW_IPS", "10.0.0.0/8, lb.internal") == [
         "RECO_FORWARDED_ALLOW_IPS: 'lb.internal' is not an IP address, a network (CIDR) or *"]
     for accepted in ("10.0.0.0/8, 192.168.1.5", "*", "::1,fd00::/8"):
         monkeypatch.setenv("RECO_FORWARDED_ALLOW_IPS", accepted)
