@@ -30,6 +30,7 @@ PATH_ID_SCHEMA = {"not": {"enum": [".", ".."]}}
 
 MAX_FUTURE_SKEW_S = 300.0
 MAX_CONTEXT_KEYS = 32
+MAX_CONTEXT_DEPTH = 32  # levels of objects and arrays
 # The context's JSON at most; Settings.max_context_bytes sets it for the API. Keys alone did not
 # bound it: a 960 KB body became a 2 MB message the producer refused (then a 503, retried forever).
 MAX_CONTEXT_BYTES = 4096
@@ -46,7 +47,7 @@ _TIMESTAMP_FORMS = ("must be an RFC 3339 date-time with an offset (2026-01-02T03
                     "or epoch milliseconds")
 # Validation context of messages read back from the topic (see Event.from_json_bytes).
 REPLAY_CONTEXT = {"max_future_skew_s": math.inf, "max_context_bytes": math.inf,
-                  "min_timestamp_ms": 0, "finite_context": False}
+                  "min_timestamp_ms": 0, "check_context_values": False}
 
 
 class Event(BaseModel):
@@ -107,9 +108,10 @@ class Event(BaseModel):
             return None
         if len(value) > MAX_CONTEXT_KEYS:
             raise ValueError(f"must have at most {MAX_CONTEXT_KEYS} keys")
-        # JSON has no NaN or Infinity: published, they would silently become null.
-        if (info.context or {}).get("finite_context", True) and _has_non_finite(value):
-            raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
+        problem = (_context_problem(value)
+                   if (info.context or {}).get("check_context_values", True) else None)
+        if problem:
+            raise ValueError(problem)
         limit = (info.context or {}).get("max_context_bytes", MAX_CONTEXT_BYTES)
         size = len(pydantic_core.to_json(value, serialize_unknown=True))
         if size > limit:
@@ -130,14 +132,23 @@ class Event(BaseModel):
         return cls.model_validate_json(raw, context=REPLAY_CONTEXT)
 
 
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False
+def _context_problem(value: dict[str, Any]) -> str | None:
+    """Why a live event's context cannot be published as it is, or None."""
+    # A stack, not recursion: the batch route's parser takes ~1,000 levels of nesting.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            # JSON has none: published, they would silently become null.
+            return "numbers must be finite (NaN and Infinity are not JSON)"
+        if isinstance(item, dict | list) and depth > MAX_CONTEXT_DEPTH:
+            # Deeper, the publisher's serializer gave up: a 503 that every retry met again.
+            return f"must nest at most {MAX_CONTEXT_DEPTH} levels"
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return None
 
 
 def _rfc3339_ms(value: str) -> int:

@@ -262,16 +262,25 @@ class Settings(BaseSettings):
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _check_proxies(cls, value: str) -> str:
-        """uvicorn takes a typo for a literal no client address matches: trust silently lost."""
-        for entry in (part.strip() for part in value.split(",")):
+        """Entries as uvicorn reads them (a network strictly, `*` only as the whole value):
+        anything else it takes for a literal no client address matches, and trust is silently
+        lost. Returned without spaces, since uvicorn compares the whole value with `*`."""
+        entries = [part.strip() for part in value.split(",")]
+        if entries == ["*"]:
+            return "*"
+        for entry in entries:
             if entry == "*":
-                continue
+                raise ValueError("RECO_FORWARDED_ALLOW_IPS: * trusts every address only as the "
+                                 "whole value, not in a list")
             try:
-                ipaddress.ip_network(entry, strict=False)
+                if "/" in entry:
+                    ipaddress.ip_network(entry)
+                else:
+                    ipaddress.ip_address(entry)
             except ValueError:
                 raise ValueError(f"RECO_FORWARDED_ALLOW_IPS: {entry!r} is not an IP address, a "
-                                 "network (CIDR) or *") from None
-        return value
+                                 "network (CIDR, no host bits set) or *") from None
+        return ",".join(entries)
 
     @field_validator("tls_certfile", "tls_keyfile", "jwt_public_key", "jwt_audience",
                      mode="before")

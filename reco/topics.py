@@ -61,8 +61,11 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
         return {}
     counts = {}
     for topic in await admin.describe_topics(names):
-        if topic["error_code"]:
-            raise for_code(topic["error_code"])(f"describing topic {topic['topic']}")
+        if topic["error_code"]:  # e.g. another process created it a moment ago
+            reason = for_code(topic["error_code"]).__name__
+            raise TopicCreationFailed(f"the broker could not describe {topic['topic']}: "
+                                      f"{reason} (error code {topic['error_code']}); run "
+                                      "again in a moment")
         counts[topic["topic"]] = len(topic["partitions"])
     return counts
 

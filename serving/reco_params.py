@@ -43,27 +43,36 @@ def parse_query(raw: bytes, allowed: frozenset[str]) -> dict[str, str]:
         return {}
     out: dict[str, str] = {}
     errors: list[dict[str, str]] = []
-    escaped = b"%" in raw or b"+" in raw or not raw.isascii()
+    if b"%" in raw or b"+" in raw or not raw.isascii():
+        pairs = _unescaped_pairs(raw, errors)
+    else:  # the usual query: one decode, no unescaping
+        pairs = [pair.partition("=") for pair in raw.decode("ascii").split("&") if pair]
+    for name, _, value in pairs:
+        if name in out:
+            errors.append({"field": name, "reason": "given more than once"})
+        elif name not in allowed:
+            errors.append({"field": name, "reason": "unknown parameter; known: "
+                           + ", ".join(sorted(allowed))})
+        out[name] = value
+    if errors:
+        raise ParamErrors(errors)
+    return out
+
+
+def _unescaped_pairs(raw: bytes, errors: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(name, "=", value) of each pair (str.partition's shape), percent-escapes and + undone;
+    a pair that is not UTF-8 is left out and named in `errors`."""
+    pairs = []
     for pair in raw.split(b"&"):
         if not pair:
             continue
         raw_name, _, raw_value = pair.partition(b"=")
         try:
-            name, value = ((_unescape(raw_name), _unescape(raw_value)) if escaped
-                           else (raw_name.decode("ascii"), raw_value.decode("ascii")))
+            pairs.append((_unescape(raw_name), "=", _unescape(raw_value)))
         except UnicodeDecodeError:
-            name = _unescape(raw_name, errors="replace")
-            errors.append({"field": name, "reason": "must be UTF-8, percent-encoded"})
-            continue
-        if name not in allowed:
-            errors.append({"field": name, "reason": "unknown parameter; known: "
-                           + ", ".join(sorted(allowed))})
-        elif name in out:
-            errors.append({"field": name, "reason": "given more than once"})
-        out[name] = value
-    if errors:
-        raise ParamErrors(errors)
-    return out
+            errors.append({"field": _unescape(raw_name, errors="replace"),
+                           "reason": "must be UTF-8, percent-encoded"})
+    return pairs
 
 
 def _unescape(raw: bytes, errors: str = "strict") -> str:

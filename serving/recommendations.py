@@ -138,7 +138,7 @@ def _query_of(*names: str) -> Any:
     names, bytes that are not UTF-8), as the hot route does."""
     allowed = frozenset(names)
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: FastAPI runs a sync one in a thread
         parse_query(request.scope["query_string"], allowed)
 
     return Depends(check)

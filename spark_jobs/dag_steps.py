@@ -6,8 +6,9 @@ DAG files stay thin wiring; this module is imported only inside tasks (never at 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,8 @@ from spark_jobs import BadRunInput, as_utc, pipeline
 
 if TYPE_CHECKING:
     from reco.settings import Settings
+
+log = logging.getLogger(__name__)
 
 STEPS = {
     "train": pipeline.train_step,
@@ -128,10 +131,21 @@ def step(name: str, model: str, state: dict) -> dict:
         return STEPS[name](_config(model, state), state)
 
 
-def serve_champion(model: str) -> dict:
-    """The `serve_champions` DAG's task: Redis serves the registry's champion of `model`."""
+def serve_champions(models: Sequence[str]) -> dict[str, dict]:
+    """The `serve_champions` DAG's task: Redis serves each model's registry champion. One
+    model failing does not stop the others; the task then fails naming each and why."""
     from reco.settings import Settings
-    from spark_jobs import serving
+    from spark_jobs import champion
 
-    with failing_without_retry():
-        return serving.serve_champion(pipeline.config_from_settings(Settings(), model))
+    settings, served, failed = Settings(), {}, {}
+    for model in models:
+        try:
+            served[model] = champion.serve_champion(
+                pipeline.config_from_settings(settings, model))
+        except Exception as exc:  # noqa: BLE001 - reported below, after the other models
+            log.exception("serving %s's champion failed", model)
+            failed[model] = f"{type(exc).__name__}: {exc}"
+    if failed:
+        raise RuntimeError("serving the champion failed for " + "; ".join(
+            f"{model} ({reason})" for model, reason in failed.items()))
+    return served

@@ -377,7 +377,7 @@ def _serve(cfg: PipelineConfig, gated: dict) -> dict:
 
 def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
                     lock: Lock) -> dict:
-    from spark_jobs import serving
+    from spark_jobs import champion
 
     accepted = gated["gate"]["accepted"]
     run_id = gated["run_id"] if accepted else gated["gate"]["champion_run_id"]
@@ -389,8 +389,8 @@ def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
         version, model_dir = gated["version"], Path(gated["model_dir"])
     else:
         version, model_dir = tracking.publish_version(cfg.mlflow_tracking_uri, run_id), None
-    served = serving.serve_locked(cfg, client, lock, registry_version, run_id, version,
-                                  model_dir, Path(cfg.run_dir) / "champion")
+    served = champion.serve_locked(cfg, client, lock, registry_version, run_id, version,
+                                   model_dir, Path(cfg.run_dir) / "champion")
     if "publish_s" in served:
         served["timings"] = {**gated.get("timings", {}), "publish_s": served.pop("publish_s")}
     return {**gated, **served}

@@ -149,8 +149,17 @@ def test_trusted_proxies_must_be_addresses_or_networks(monkeypatch: pytest.Monke
     """uvicorn takes a host name for a literal no client address ever equals: the balancer
     would silently stay the client of every request."""
     monkeypatch.chdir(tmp_path)
-    assert _refusals(monkeypatch, "RECO_FORWARDED_ALLOW_IPS", "10.0.0.0/8, lb.internal") == [
-        "RECO_FORWARDED_ALLOW_IPS: 'lb.internal' is not an IP address, a network (CIDR) or *"]
-    for accepted in ("10.0.0.0/8, 192.168.1.5", "*", "::1,fd00::/8"):
+    not_an_address = ("RECO_FORWARDED_ALLOW_IPS: {!r} is not an IP address, a network (CIDR, "
+                      "no host bits set) or *")
+    for value, entry in (("10.0.0.0/8, lb.internal", "lb.internal"),
+                         ("10.0.0.1/8", "10.0.0.1/8")):  # uvicorn parses networks strictly
+        assert _refusals(monkeypatch, "RECO_FORWARDED_ALLOW_IPS", value) == [
+            not_an_address.format(entry)]
+    assert _refusals(monkeypatch, "RECO_FORWARDED_ALLOW_IPS", "10.0.0.1,*") == [
+        "RECO_FORWARDED_ALLOW_IPS: * trusts every address only as the whole value, not in a "
+        "list"]
+    # uvicorn compares the whole value with "*": spaces are dropped.
+    for accepted, kept in (("10.0.0.0/8, 192.168.1.5", "10.0.0.0/8,192.168.1.5"), (" *", "*"),
+                           ("::1,fd00::/8", "::1,fd00::/8")):
         monkeypatch.setenv("RECO_FORWARDED_ALLOW_IPS", accepted)
-        assert Settings().forwarded_allow_ips == accepted
+        assert Settings().forwarded_allow_ips == kept

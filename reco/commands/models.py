@@ -19,14 +19,14 @@ Model = Annotated[str, typer.Argument(help="item2vec, als or sasrec")]
 @app.command("serve-champion")
 def serve_champion(model: Model) -> None:
     """Publish MODEL's champion (the alias in MLflow) to Redis unless it is serving already."""
-    from spark_jobs import MODELS, BadRunInput, serving
+    from spark_jobs import MODELS, BadRunInput, champion
     from spark_jobs.pipeline import config_from_settings
 
     if model not in MODELS:
         raise typer.BadParameter(f"{model!r} is not a model: expected one of "
                                  f"{', '.join(MODELS)}", param_hint="MODEL")
     try:
-        result = serving.serve_champion(config_from_settings(get_settings(), model))
+        result = champion.serve_champion(config_from_settings(get_settings(), model))
     except BadRunInput as exc:  # a champion the pipeline cannot serve: say why, no traceback
         Console(stderr=True).print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from reco import keys
-from reco.events import Event
+from reco.events import MAX_CONTEXT_DEPTH, Event
 from reco.settings import Settings
 from reco.stack.health import free_port
 from serving.ingest import create_app
@@ -169,6 +169,29 @@ async def test_a_batch_naming_one_event_id_twice_is_refused(
         (3, "events.event_id", "duplicate event_id in batch"),
     ]
     assert await end_offsets(settings, settings.topic_events) == 0
+
+
+@pytest.mark.parametrize("route", ["/events", "/events/batch"])
+async def test_a_deeply_nested_context_is_refused_by_name(
+    ingest: httpx.AsyncClient, settings: Settings, kafka_topics: dict, route: str
+) -> None:
+    """Deeper than the serializer publishing events goes, a context was a 503 that every retry
+    met again; and a recursive check raised RecursionError (a 500) on the batch route, whose
+    parser (orjson) takes ~1,000 levels, under 1 KB of JSON."""
+    batch = route.endswith("batch")
+    # (The single-event route's parser itself refuses ~200 levels, naming the body.)
+    for depth, status in ((MAX_CONTEXT_DEPTH - 1, 202), (100, 422), *([(900, 422)] * batch)):
+        context = b'{"a": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+        event = (b'{"user_id": "u1", "item_id": "i1", "event_type": "view", "context": '
+                 + context + b"}")
+        body = b'{"events": [%s]}' % event if batch else event
+        response = await ingest.post(route, content=body,
+                                     headers={"content-type": "application/json"})
+        assert response.status_code == status, (depth, response.text)
+    assert [(e["field"], e["reason"]) for e in response.json()["detail"]] == [
+        ("events.context" if batch else "context",
+         f"must nest at most {MAX_CONTEXT_DEPTH} levels")]
+    assert await end_offsets(settings, settings.topic_events) == 1
 
 
 async def test_batch_numbers_orjson_cannot_hold_are_named_like_single_events(

@@ -61,8 +61,12 @@ def serve_champion(cfg: PipelineConfig) -> dict:
     """Make Redis serve the registry's champion of `cfg.model` (a promotion or a rollback by
     hand in the MLflow UI). Cheap when it serves already: one alias look-up, one run read and
     two Redis reads, no lock."""
+    with redis.Redis.from_url(cfg.redis_url) as client:
+        return _serve_champion(cfg, client)
+
+
+def _serve_champion(cfg: PipelineConfig, client: redis.Redis) -> dict:
     uri, model = cfg.mlflow_tracking_uri, cfg.model
-    client = redis.Redis.from_url(cfg.redis_url)
     mv = tracking.champion_version(uri, model)
     if mv is None:
         return {"model": model, "published": None, "reason": f"{model} has no champion"}

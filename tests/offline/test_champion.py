@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from reco import keys
 from reco.cli import app
 from reco.settings import get_settings
-from spark_jobs import BadRunInput, pipeline, serving, tracking
+from spark_jobs import BadRunInput, champion, pipeline, tracking
 from tests.offline.test_pipeline_steps import accepted, rejected, statuses, tiny_als
 
 
@@ -36,7 +36,7 @@ def test_a_rollback_by_hand_is_served_by_serve_champion(offline_settings, pg, re
     redis_client.unlink(*redis_client.scan_iter(match=keys.version_prefix("cf_user", "v1")))
 
     tracking.set_champion(uri, "als", "1")  # the data scientist's rollback
-    result = serving.serve_champion(cfg)
+    result = champion.serve_champion(cfg)
 
     assert result["published"] == "v1" and result["champion_version"] == "1"
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
@@ -45,7 +45,7 @@ def test_a_rollback_by_hand_is_served_by_serve_champion(offline_settings, pg, re
     assert statuses(pg) == {"v1": ("published", True), "v2": ("retired", True)}
     assert serving_tags(uri) == {"1": "true", "2": None}
     # Nothing changed since: nothing to do.
-    again = serving.serve_champion(cfg)
+    again = champion.serve_champion(cfg)
     assert again["published"] is None and again["reason"] == "registry version 1 already serving"
     # Promoted forward again by hand, through the CLI.
     tracking.set_champion(uri, "als", "2")
@@ -68,7 +68,7 @@ def cli_serve(settings, model: str):
 @pytest.mark.integration
 def test_without_a_champion_nothing_is_served(offline_settings, redis_client, tmp_path):
     cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
-    assert serving.serve_champion(cfg) == {"model": "als", "published": None,
+    assert champion.serve_champion(cfg) == {"model": "als", "published": None,
                                            "reason": "als has no champion"}
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") is None
 
@@ -96,7 +96,31 @@ def test_a_champion_the_pipeline_did_not_train_is_refused_by_name(offline_settin
     with pytest.raises(BadRunInput, match=why):
         pipeline.publish_step(cfg, rejected(uri, run_id))
     with pytest.raises(BadRunInput, match=why):
-        serving.serve_champion(cfg)
+        champion.serve_champion(cfg)
     result = cli_serve(offline_settings, "als")
     assert result.exit_code == 1 and "has no publish_version tag" in result.stderr
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") is None
+
+
+@pytest.mark.integration
+def test_the_dag_task_serves_every_model_though_one_fails(offline_settings, pg, redis_client,
+                                                         tmp_path, monkeypatch):
+    """One task serves all models (a task is a process importing MLflow, every 5 minutes);
+    a model that fails neither stops the others nor passes unnoticed."""
+    from spark_jobs import dag_steps
+
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    uri = cfg.mlflow_tracking_uri
+    pipeline.publish_step(cfg, accepted(uri, "v1", tiny_als(tmp_path / "v1")))
+    pipeline.publish_step(cfg, accepted(uri, "v2", tiny_als(tmp_path / "v2")))
+    tracking.set_champion(uri, "als", "1")
+    for name, value in {"RECO_PG_PORT": str(offline_settings.pg_port),
+                        "RECO_REDIS_URL": offline_settings.redis_url,
+                        "RECO_MLFLOW_TRACKING_URI": uri,
+                        "RECO_STATE_DIR": str(offline_settings.state_dir)}.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(RuntimeError, match=r"failed for nope \(ValueError: .*nope"):
+        dag_steps.serve_champions(["nope", "als"])
+
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
