@@ -102,3 +102,20 @@ def test_demo_checks_the_engine_before_starting_anything() -> None:
     result = CliRunner().invoke(app, ["demo", "--engine", "foo"])
     assert result.exit_code == 2, result.output
     assert "Invalid value for --engine: engine 'foo' is not one of local, spark" in _said(result)
+
+
+@pytest.mark.parametrize("rate", ["0", "-5", "nan", "inf"])
+def test_replay_checks_the_rate_up_front(tmp_path: Path, rate: str) -> None:
+    events = _parquet(tmp_path / "e.parquet", EVENT)
+    result = CliRunner().invoke(app, ["replay", str(events), "--rate", rate,
+                                      "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert (f"Invalid value for '--rate': must be a finite number above 0, got {float(rate)}"
+            in _said(result))
+
+
+def test_demo_checks_max_users_before_starting_anything() -> None:
+    result = CliRunner().invoke(app, ["demo", "--max-users", "0"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--max-users': Input should be greater than or equal to 1" in _said(
+        result)

@@ -16,7 +16,8 @@ console = Console()
 
 
 def demo(
-    max_users: Annotated[int | None, typer.Option(help="Only the first N users.")] = None,
+    max_users: Annotated[int | None, typer.Option(min=1, help="Only the first N users.")
+                         ] = None,
     engine: Annotated[str, typer.Option(help="Training engine: local or spark.")] = "local",
 ) -> None:
     """MovieLens-100k through ingest, Kafka, features, Airflow training and the API, scored."""

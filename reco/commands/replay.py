@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -17,11 +18,18 @@ from reco.replay_rows import open_events, replay_paths
 console = Console()
 
 
+def _positive_rate(value: float | None) -> float | None:
+    # click's own float range lets NaN through (every comparison with it is false)
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number above 0, got {value}")
+    return value
+
+
 def replay(
     file: Annotated[Path, typer.Argument(exists=True, help="events.parquet, or a folder holding "
                                          "it (its items.parquet is sent too)")],
-    rate: Annotated[float | None, typer.Option(help="Events per second [default: no limit]")
-                    ] = None,
+    rate: Annotated[float | None, typer.Option(help="Events per second [default: no limit]",
+                                               callback=_positive_rate)] = None,
     url: Annotated[str | None, typer.Option(help="Ingest API [default: settings' host:port]")
                    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 500,
