@@ -65,18 +65,10 @@ def test_a_refused_topic_is_an_error_naming_it_and_the_brokers_reason(
         asyncio.run(ensure_topics(bootstrap, {topic: partitions}, replication=replication))
 
 
-def test_cli_exits_1_when_the_broker_refuses_a_topic(kafka_server: ServerProcess,
-                                                     monkeypatch) -> None:
-    monkeypatch.setenv("RECO_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_server.port}")
-    monkeypatch.setenv("RECO_TOPIC_DLQ", _name())
-    monkeypatch.setenv("RECO_TOPIC_EVENTS", "events with spaces")
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, ["topics", "create"])
-    finally:
-        get_settings.cache_clear()
-    output = " ".join(result.output.split())
-    assert result.exit_code == 1, output
+def test_cli_exits_1_when_the_broker_refuses_a_topic(kafka_server: ServerProcess) -> None:
+    code, output = _topics_create(f"127.0.0.1:{kafka_server.port}", "events with spaces",
+                                  _name(), 3)
+    assert code == 1, output
     assert "refused to create events with spaces: Topic name is invalid" in output
     assert "partitions)" not in output  # no success line
 
