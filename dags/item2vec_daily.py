@@ -10,6 +10,7 @@ item2vec_daily = training_dag(
     engines_doc="local = gensim, spark = Spark ML",
     hyperparameters_doc=(
         "overrides of spark_jobs.item2vec.Item2VecParams, e.g. {\"window\": 10, "
-        "\"epochs\": 20, \"negative\": 10, \"ns_exponent\": -0.5, \"sample\": 1e-4}"),
+        "\"epochs\": 20, \"negative\": 10, \"ns_exponent\": -0.5, \"sample\": 1e-4}; "
+        "negative, ns_exponent and sample apply to engine local only"),
     doc_md=__doc__,
 )

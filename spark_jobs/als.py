@@ -8,7 +8,7 @@ engine "spark": pyspark.ml.recommendation.ALS(implicitPrefs=True). Both return t
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -127,6 +127,3 @@ def fit(interactions_dir: Path, params: ALSParams, engine: str = "local",
     return ALSModel(user_ids, item_ids, user_f.astype(np.float32), item_f.astype(np.float32),
                     cand_idx, cand_scores, nbr_idx, nbr_scores)
 
-
-def params_dict(params: ALSParams) -> dict:
-    return asdict(params)

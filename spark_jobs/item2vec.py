@@ -8,7 +8,7 @@ Both return the same `Item2VecModel`: item ids, vectors and top-k cosine neighbo
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Item2VecParams(Hyperparameters):
     MODEL: ClassVar[str] = "item2vec"
+    NOT_USED_BY: ClassVar[dict[str, tuple[frozenset[str], str]]] = {
+        "spark": (frozenset({"negative", "ns_exponent", "sample"}),
+                  "Spark's Word2Vec trains with hierarchical softmax, without negative "
+                  "sampling or subsampling"),
+    }
 
     vector_size: int = 128
     # Tuned on MovieLens-100k validation (benchmarks/reports/tuning.md), not NLP defaults:
@@ -120,6 +125,3 @@ def fit(sessions_dir: Path, params: Item2VecParams, engine: str = "local",
     timings["neighbours_s"] = time.perf_counter() - started
     return Item2VecModel(ids, vectors, nbr_idx, nbr_scores)
 
-
-def params_dict(params: Item2VecParams) -> dict:
-    return asdict(params)

@@ -95,7 +95,7 @@ class PipelineConfig:
         from spark_jobs.sasrec import SASRecParams
 
         cls = {"item2vec": Item2VecParams, "als": ALSParams, "sasrec": SASRecParams}[self.model]
-        return cls.from_dict(self.params)
+        return cls.from_dict(self.params, self.engine)
 
     @property
     def window(self) -> tuple[datetime, datetime]:
@@ -229,7 +229,8 @@ def train_step(cfg: PipelineConfig, extracted: dict,
     extract_dir = Path(extracted["extract_dir"])
     manifest = json.loads((extract_dir / ex.MANIFEST).read_text())
     hp = cfg.hyperparameters()
-    run_id = tracking.start_run(cfg.mlflow_tracking_uri, cfg.model, cfg.engine, asdict(hp),
+    run_id = tracking.start_run(cfg.mlflow_tracking_uri, cfg.model, cfg.engine,
+                                hp.used_by(cfg.engine),
                                 manifest, run_name=run_name(cfg), tags=cfg.run_tags)
     try:
         if cfg.engine == "spark":
@@ -253,7 +254,7 @@ def train_step(cfg: PipelineConfig, extracted: dict,
         model_dir = Path(cfg.run_dir) / "model"
         model.save(model_dir)
         (model_dir / "params.json").write_text(json.dumps(
-            {"model": cfg.model, "engine": cfg.engine, **asdict(hp)}, indent=2))
+            {"model": cfg.model, "engine": cfg.engine, **hp.used_by(cfg.engine)}, indent=2))
         version = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{run_id[:8]}"
         tracking.log_artifacts(cfg.mlflow_tracking_uri, run_id, model_dir,
                                tracking.MODEL_ARTIFACTS)

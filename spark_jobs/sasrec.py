@@ -26,7 +26,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -349,6 +349,3 @@ def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local",
     return SASRecModel(user_ids, item_ids, np.concatenate(idx_parts),
                        np.concatenate(score_parts), flatten(weights))
 
-
-def params_dict(params: SASRecParams) -> dict:
-    return asdict(params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -368,3 +369,28 @@ def test_a_window_without_events_is_a_bad_run_input(offline_settings, spark, pg,
                                           r"\+00:00 and 2020-01-08 00:00:00\+00:00: the window "
                                           r"\(window_end, window_days\) holds none$"):
         pipeline.extract_step(cfg, spark)
+
+
+@pytest.mark.spark
+@pytest.mark.integration
+def test_a_spark_item2vec_run_logs_only_the_parameters_spark_trains_with(
+        offline_settings, small_events, spark, pg, tmp_path):
+    """Spark's Word2Vec has no negative sampling: its runs showed `negative`, `ns_exponent` and
+    `sample` in MLflow as if they had shaped the model, and took them as overrides."""
+    common = {"engine": "spark", "window_days": 30, "window_end": small_events["end"]}
+    with pytest.raises(ValueError, match=r"^item2vec parameters \['negative', 'sample'\] do "
+                                         r"not apply to engine 'spark': Spark's Word2Vec"):
+        pipeline.config_from_settings(offline_settings, "item2vec", run_dir=tmp_path / "bad",
+                                      params={"negative": 10, "sample": 0.0, "window": 2},
+                                      **common)
+    cfg = pipeline.config_from_settings(
+        offline_settings, "item2vec", run_dir=tmp_path / "run",
+        params={"vector_size": 8, "epochs": 2}, **common)
+    trained = pipeline.train_step(cfg, pipeline.extract_step(cfg, spark), spark)
+
+    logged = tracking.client(cfg.mlflow_tracking_uri).get_run(trained["run_id"]).data.params
+    assert {"negative", "ns_exponent", "sample"}.isdisjoint(logged)
+    assert (logged["vector_size"], logged["epochs"], logged["window"]) == ("8", "2", "3")
+    written = json.loads((Path(trained["model_dir"]) / "params.json").read_text())
+    assert {"negative", "ns_exponent", "sample"}.isdisjoint(written)
+    assert written["engine"] == "spark" and written["vector_size"] == 8
