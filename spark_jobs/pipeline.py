@@ -392,6 +392,9 @@ def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
         version, model_dir = tracking.publish_version(cfg.mlflow_tracking_uri, run_id), None
     served = champion.serve_locked(cfg, client, lock, registry_version, run_id, version,
                                    model_dir, Path(cfg.run_dir) / "champion")
+    if not accepted:  # `published` names the champion, not this run: say so
+        kept = f"rejected by the gate: the champion ({version}) serves"
+        served["reason"] = f"{kept}, {served['reason']}" if "reason" in served else kept
     if "publish_s" in served:
         served["timings"] = {**gated.get("timings", {}), "publish_s": served.pop("publish_s")}
     return {**gated, **served}

@@ -220,7 +220,8 @@ def test_a_retry_re_serving_the_champion_records_it(offline_settings, pg, redis_
 
     state = pipeline.publish_step(cfg, rejected(uri, v1_run))
 
-    assert state["published"] == "v1" and "already serving" in state["reason"]
+    assert state["published"] == "v1"
+    assert state["reason"] == "rejected by the gate: the champion (v1) serves, v1 already serving"
     assert statuses(pg) == {"v1": ("published", True), "v2": ("retired", True)}
     assert 0 < redis_client.ttl(keys.user_cf("u1", "v2")) <= cfg.publish_grace_s
     # The next rejected run finds v1 serving and recorded: its publish time stays.
