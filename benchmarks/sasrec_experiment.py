@@ -91,7 +91,7 @@ def main() -> None:
     print(f"training SASRec: {params}", flush=True)
     trained_at = time.time()
     weights = sasrec.train(seqs, len(item_ids), params, progress=lambda e, loss: print(
-        f"  epoch {e:3d} loss {loss:7.2f} ({time.time() - trained_at:.0f}s)", flush=True))
+        f"  epoch {e:3d} mean loss {loss:.4f} ({time.time() - trained_at:.0f}s)", flush=True))
     train_s = time.time() - trained_at
     logits = sasrec.next_item_logits(weights, seqs, params.max_len)
     lists = {t: seq_lists(user_ids, item_ids, seqs, logits, t, params.candidates)

@@ -244,7 +244,8 @@ def train_step(cfg: PipelineConfig, extracted: dict,
         # Evaluated: trained without each user's held-out last interaction.
         eval_timings: dict = {}
         eval_model_dir = Path(cfg.run_dir) / "eval_model"
-        fit(extract_dir / held_out_data, hp, cfg.engine, spark, eval_timings).save(eval_model_dir)
+        evaluated = fit(extract_dir / held_out_data, hp, cfg.engine, spark, eval_timings)
+        evaluated.save(eval_model_dir)
         timings["eval_train_s"] = sum(eval_timings.values())
         # Served: the same hyperparameters refit on the whole window (SASRec: the evaluated
         # network refit for a few epochs on the whole window's sequences; spark_jobs.sasrec).
@@ -253,6 +254,7 @@ def train_step(cfg: PipelineConfig, extracted: dict,
         model = fit(extract_dir / full_data, hp, cfg.engine, spark, timings)
         model_dir = Path(cfg.run_dir) / "model"
         model.save(model_dir)
+        _log_loss_curves(cfg.mlflow_tracking_uri, run_id, evaluated, model)
         (model_dir / "params.json").write_text(json.dumps(
             {"model": cfg.model, "engine": cfg.engine, **hp.used_by(cfg.engine)}, indent=2))
         version = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{run_id[:8]}"
@@ -413,6 +415,14 @@ def _skipped(cfg: PipelineConfig, gated: dict, reason: str) -> dict:
     tracking.set_tags(cfg.mlflow_tracking_uri, gated["run_id"],
                       {"publish": "skipped", "publish.reason": reason})
     return {**gated, "published": None, "reason": f"skipped: {reason}"}
+
+
+def _log_loss_curves(uri: str, run_id: str, evaluated: object, served: object) -> None:
+    """SASRec's mean training loss per epoch, as MLflow curves: `train.loss` of the evaluated
+    network, `refit.loss` of its refit into the served one (the other models record none)."""
+    for name, model in (("train.loss", evaluated), ("refit.loss", served)):
+        if losses := getattr(model, "train_loss", None):
+            tracking.log_curve(uri, run_id, name, losses)
 
 
 def run_all(cfg: PipelineConfig, spark: SparkSession | None = None) -> dict:

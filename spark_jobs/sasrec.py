@@ -26,7 +26,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -76,6 +76,9 @@ class SASRecModel:
     cand_idx: np.ndarray  # int32 [users, k] item indices, most likely next first, seen excluded
     cand_scores: np.ndarray  # their probabilities (softmax over unseen items / temperature)
     net: dict[str, np.ndarray]  # the network's weights, flattened (see `flatten`)
+    # This fit's mean training loss per epoch (the refit's when warm-started), for MLflow;
+    # not saved: a record of the training, not part of the model.
+    train_loss: list[float] = field(default_factory=list)
 
     def save(self, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +198,7 @@ def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
           ) -> dict:
     """Next-item training at every position of every sequence (`training_windows`); `seqs`
     hold item codes 1..n_items. Starts from `init` weights if given; `progress(epoch, loss)`
-    after each epoch."""
+    after each epoch, with the epoch's mean batch loss."""
     import jax
     import optax
 
@@ -234,17 +237,18 @@ def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
             params, state, value = step(params, state, inputs[rows], targets[rows], k)
             total += float(value)
         if progress is not None:
-            progress(epoch, total)
+            progress(epoch, total / math.ceil(len(inputs) / p.batch))
     return params
 
 
-def refit(weights: dict, seqs: list[list[int]], n_items: int, p: SASRecParams) -> dict:
+def refit(weights: dict, seqs: list[list[int]], n_items: int, p: SASRecParams,
+          progress: Callable[[int, float], None] | None = None) -> dict:
     """The served network: `weights` after p.refit_epochs more epochs at p.refit_learning_rate
     (a fresh optimiser; none when p.refit_epochs is 0)."""
     if not p.refit_epochs:
         return weights
     return train(seqs, n_items, replace(p, epochs=p.refit_epochs,
-                                        learning_rate=p.refit_learning_rate), init=weights)
+                                        learning_rate=p.refit_learning_rate), progress, weights)
 
 
 @functools.cache
@@ -323,16 +327,21 @@ def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local",
     if frame.empty:
         raise ValueError("no interactions in the window: nothing to train on")
     started = time.perf_counter()
+    losses: list[float] = []
+
+    def record(_epoch: int, loss: float) -> None:
+        losses.append(loss)
+
     if warm_start is None:
         user_ids, item_ids, seqs = user_sequences(frame)
-        weights = train(seqs, len(item_ids), params)
+        weights = train(seqs, len(item_ids), params, record)
     else:
         trained = SASRecModel.load(warm_start)
         user_ids, item_ids, seqs = user_sequences(frame, trained.item_ids)
         if not seqs:
             raise ValueError("no interactions with items the trained network knows")
         weights = unflatten(trained.net)
-        weights = refit(weights, seqs, len(item_ids), params)
+        weights = refit(weights, seqs, len(item_ids), params, record)
     timings["train_s"] = time.perf_counter() - started
     started = time.perf_counter()
     idx_parts, score_parts = [], []
@@ -347,5 +356,5 @@ def fit(interactions_dir: Path, params: SASRecParams, engine: str = "local",
         score_parts.append(scores)
     timings["neighbours_s"] = time.perf_counter() - started
     return SASRecModel(user_ids, item_ids, np.concatenate(idx_parts),
-                       np.concatenate(score_parts), flatten(weights))
+                       np.concatenate(score_parts), flatten(weights), losses)
 

@@ -83,6 +83,14 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> No
         run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
+def log_curve(tracking_uri: str, run_id: str, name: str, values: list[float]) -> None:
+    """One metric per step (epoch 0, 1, ...): the UI draws it as a curve."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(v), now, step) for step, v in enumerate(values)]
+    for at in range(0, len(metrics), 1000):  # MLflow's limit per batch
+        client(tracking_uri).log_batch(run_id, metrics=metrics[at:at + 1000])
+
+
 def log_artifacts(tracking_uri: str, run_id: str, local_dir: Path, artifact_path: str) -> None:
     client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reco import keys, neighbours
-from spark_jobs import pipeline
+from spark_jobs import pipeline, tracking
 from tests.offline import synthetic
 
 # Small but learnable: enough epochs for a few hundred short sessions.
@@ -49,6 +49,13 @@ def test_model_recommends_the_withheld_item(model, engine, offline_settings, sma
     version = state["published"]
     assert redis_client.hget(keys.MODEL_VERSIONS, model) == version
     if model == "sasrec":
+        # The training curves in MLflow, one point per epoch: the evaluated network's, falling
+        # as it learns, then the refit's (SASRecParams.refit_epochs).
+        history = tracking.client(cfg.mlflow_tracking_uri).get_metric_history
+        train = [m.value for m in sorted(history(state["run_id"], "train.loss"),
+                                         key=lambda m: m.step)]
+        assert len(train) == 20 and train[-1] < 0.8 * train[0], train
+        assert [m.step for m in history(state["run_id"], "refit.loss")] == [0, 1]
         # u0 walks group 0's ring: the few items most likely next continue that walk.
         cands, probs = neighbours.decode(redis_client.get(keys.user_seq("u0", version)))
         assert len(cands) == 100 and list(probs) == sorted(probs, reverse=True)

@@ -98,6 +98,10 @@ def test_learns_the_successor_and_serves_the_trained_network(tmp_path: Path) -> 
     # starts from those weights and moves.
     as_trained = sasrec.fit(full_dir, replace(PARAMS, refit_epochs=0),
                             warm_start=tmp_path / "model")
+    # Each fit records its own mean loss per epoch: the training's falls as it learns.
+    assert len(trained.train_loss) == PARAMS.epochs
+    assert trained.train_loss[-1] < 0.5 * trained.train_loss[0], trained.train_loss
+    assert len(served.train_loss) == PARAMS.refit_epochs and as_trained.train_loss == []
     loaded = sasrec.SASRecModel.load(tmp_path / "model")
     assert set(loaded.net) == set(as_trained.net) == set(served.net)
     assert all(np.array_equal(loaded.net[n], as_trained.net[n]) for n in loaded.net)
