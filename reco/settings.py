@@ -8,7 +8,7 @@ import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -229,6 +229,10 @@ class Settings(BaseSettings):
     # networks, or *): behind a load balancer, the per-IP limit then counts each client, not
     # the balancer. uvicorn's default: only a proxy on the same host.
     forwarded_allow_ips: str = "127.0.0.1"
+    # Browser origins allowed to call both APIs from a shop's pages (CORS), comma-separated,
+    # e.g. https://shop.example; * for any. Empty (the default): no CORS headers, the APIs are
+    # called from the shop's backend.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     tls_certfile: Path | None = None  # both set: the HTTP services serve HTTPS
     tls_keyfile: Path | None = None
     # Keyed hash for user ids in logs (reco/privacy.py).
@@ -258,6 +262,26 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _check_origins(cls, value: object) -> object:
+        """Origins as browsers send them: scheme://host[:port], no path, no trailing slash (an
+        origin written with one would never match, and CORS would fail silently)."""
+        entries = [o.strip() for o in value.split(",") if o.strip()] \
+            if isinstance(value, str) else value
+        if not isinstance(entries, list):
+            return entries
+        for origin in entries:
+            if origin == "*" and len(entries) == 1:
+                continue
+            url = urlsplit(origin)
+            if url.scheme not in ("http", "https") or not url.netloc or url.path or url.query \
+                    or url.fragment or origin.endswith(("/", "?", "#")):
+                raise ValueError(f"RECO_CORS_ORIGINS: {origin!r} is not an origin such as "
+                                 "https://shop.example (scheme and host, optional port, nothing "
+                                 "after; * only as the whole value)")
+        return entries
 
     @field_validator("forwarded_allow_ips")
     @classmethod

@@ -106,6 +106,21 @@ def _unstorable(value: Any) -> str | None:
     return None
 
 
+class ItemPatch(ItemIn):
+    """PATCH /items/{item_id}: only the fields given change, as in a JSON merge patch (RFC
+    7396) one level deep: null clears title, category or price, and removes an attribute;
+    `attributes` merges key by key; `created_at` null keeps it."""
+
+    def changes(self) -> tuple[Any, ...]:
+        """`PATCH_ITEM`'s arguments after the item id."""
+        given = self.model_fields_set
+        kept = {k: v for k, v in self.attributes.items() if v is not None}
+        return ("title" in given, self.title, "category" in given, self.category,
+                "price" in given, self.price, self.in_stock if "in_stock" in given else None,
+                orjson.dumps(kept).decode(), [k for k, v in self.attributes.items() if v is None],
+                self.created_at)
+
+
 class ItemWithId(ItemIn):
     item_id: Identifier
 
@@ -132,6 +147,21 @@ ON CONFLICT (item_id) DO UPDATE SET
     created_at = COALESCE((SELECT s.created_at FROM src s WHERE s.item_id = i.item_id),
                           i.created_at),
     revision = nextval('item_revision_seq')  -- taken under the row lock: in commit order
+RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at), revision
+"""
+# The row as UPSERT_ITEMS returns it; no row when the item does not exist (a patch creates
+# nothing: without its other fields it would go on sale with none).
+PATCH_ITEM = """
+UPDATE items SET
+    title = CASE WHEN $2 THEN $3 ELSE title END,
+    category = CASE WHEN $4 THEN $5 ELSE category END,
+    price = CASE WHEN $6 THEN $7::numeric ELSE price END,
+    in_stock = COALESCE($8, in_stock),
+    attributes = (attributes || $9::jsonb) - $10::text[],
+    created_at = COALESCE($11, created_at),
+    updated_at = now(),
+    revision = nextval('item_revision_seq')
+WHERE item_id = $1
 RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at), revision
 """
 # KEYS[1] = item:meta:{id}; ARGV = revision, n, n field/value pairs, fields to delete. Writes
@@ -161,6 +191,17 @@ async def upsert_items(
         rows = await pool.fetch(UPSERT_ITEMS, *columns)
     await mirror_items(client, rows)
     return [row[0] for row in rows]
+
+
+async def patch_item(pool: asyncpg.Pool, client: aredis.Redis, item_id: str,
+                     patch: ItemPatch) -> bool:
+    """Change the given fields of a stored item, then mirror it; False if there is none."""
+    with timed(POSTGRES_QUERY_SECONDS, "patch_item"):
+        row = await pool.fetchrow(PATCH_ITEM, item_id, *patch.changes())
+    if row is None:
+        return False
+    await mirror_items(client, [row])
+    return True
 
 
 async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> None:

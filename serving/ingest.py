@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from reco import heap
 from reco.events import PATH_ID_SCHEMA
 from reco.settings import Settings
-from serving import catalogue, ingest_metrics, ingest_openapi, security, tls
+from serving import catalogue, cors, ingest_metrics, ingest_openapi, security, tls
 from serving.hot_routes import HotRoutes, RequestEndpoint
 from serving.http_metrics import HTTPMetrics
 from serving.publisher import EventTooLarge, Publisher, PublishFailed
@@ -37,6 +37,7 @@ from serving.validation import (
     InvalidInput,
     PayloadTooLarge,
     UnsupportedMediaType,
+    check_path_id,
     parse_event,
     parse_event_batch,
     parse_item,
@@ -55,6 +56,16 @@ class StoreUnavailable(Exception):
 
 def json_response(content: Any, status_code: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
+
+
+@asynccontextmanager
+async def _stores_answering() -> AsyncIterator[None]:
+    """PostgreSQL or Redis unreachable: StoreUnavailable (503, retry)."""
+    try:
+        yield
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+            asyncpg.InterfaceError, aredis.ConnectionError, TimeoutError) as exc:
+        raise StoreUnavailable(f"store unavailable: {exc!r}") from exc
 
 
 class Catalogue:
@@ -78,11 +89,13 @@ class Catalogue:
 
     async def upsert(self, items: list[catalogue.ItemWithId]) -> list[str]:
         pool = await self.pool()
-        try:
+        async with _stores_answering():
             return await catalogue.upsert_items(pool, self.redis, items)
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                asyncpg.InterfaceError, aredis.ConnectionError, TimeoutError) as exc:
-            raise StoreUnavailable(f"store unavailable: {exc!r}") from exc
+
+    async def patch(self, item_id: str, patch: catalogue.ItemPatch) -> bool:
+        pool = await self.pool()
+        async with _stores_answering():
+            return await catalogue.patch_item(pool, self.redis, item_id, patch)
 
     async def check(self) -> bool:
         try:
@@ -187,9 +200,20 @@ def create_app(settings: Settings) -> FastAPI:
     @app.put("/items/{item_id:path}", dependencies=writes, **ingest_openapi.ITEM)
     async def put_item(item_id: Annotated[str, Path(json_schema_extra=PATH_ID_SCHEMA)],
                        request: Request) -> Response:
-        item = parse_item(await read_body(request, limit))
+        item = parse_item(await read_body(request, limit), catalogue.ItemIn)
         full = with_path_id(item_id, item)
         await items.upsert([full])
+        ingest_metrics.ITEMS_UPSERTED.inc()
+        return json_response({"item_id": item_id})
+
+    @app.patch("/items/{item_id:path}", dependencies=writes,
+               description=catalogue.ItemPatch.__doc__, **ingest_openapi.ITEM_PATCH)
+    async def patch_item(item_id: Annotated[str, Path(json_schema_extra=PATH_ID_SCHEMA)],
+                         request: Request) -> Response:
+        patch = parse_item(await read_body(request, limit), catalogue.ItemPatch)
+        if not await items.patch(check_path_id(item_id), patch):
+            return json_response({"detail": f"no item {item_id!r}: PUT /items/{{item_id}} "
+                                            "creates one"}, 404)
         ingest_metrics.ITEMS_UPSERTED.inc()
         return json_response({"item_id": item_id})
 
@@ -223,6 +247,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(HotRoutes, routes={
         ("POST", route.path): (RequestEndpoint(route.endpoint, error_response, check), route)
         for route in app.routes if isinstance(route, APIRoute) and route.path in HOT_PATHS})
+    cors.allow_cross_origin(app, settings, ("GET", "POST", "PUT", "PATCH"),
+                            ("Content-Type", security.API_KEY_HEADER))
     app.add_middleware(HTTPMetrics)  # added last: outermost, so it times the hot routes too
     return app
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from reco.events import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Event
-from serving.catalogue import ItemBatch, ItemIn
+from serving.catalogue import ItemBatch, ItemIn, ItemPatch
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
@@ -103,5 +103,8 @@ EVENT_BATCH = _route(
 ITEM = _route(_inline(ItemIn.model_json_schema()), 200, _object(item_id=_ID),
               {404: _json(_DETAIL, "No route: the ids '.' and '..' cannot be given in a path; "
                                    "POST /items/batch takes them")})
+ITEM_PATCH = _route(
+    _inline(ItemPatch.model_json_schema()), 200, _object(item_id=_ID),
+    {404: _json(_DETAIL, "No such item (PUT creates items), or the id '.' or '..'")})
 ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
                     _object(item_ids={"type": "array", "items": _ID}))

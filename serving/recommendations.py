@@ -20,8 +20,8 @@ from starlette.routing import Route
 from reco import scoring
 from reco.events import PATH_ID_SCHEMA
 from reco.settings import Settings
+from serving import cors, reco_openapi, security, tls
 from serving import reco_metrics as metrics
-from serving import reco_openapi, security, tls
 from serving.hot_routes import HotRoutes
 from serving.http_metrics import HTTPMetrics
 from serving.reco_params import ID_PATTERN, MAX_K, ParamErrors, int_text, parse_query
@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     route = Route(PATH, endpoint, methods=["GET"])
     app.router.routes.append(route)
     app.add_middleware(HotRoutes, routes={("GET", PATH): (endpoint, route)})
+    cors.allow_cross_origin(app, settings, ("GET", "HEAD"), ("Authorization",))
     app.add_middleware(HTTPMetrics)  # added last: outermost, so it times the hot route too
     user_deps = guard.dependencies() if guard is not None else []
     reco_openapi.document(app, user_deps)

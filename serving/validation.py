@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
-from reco.events import Event, describe_errors
+from reco.events import Event, Identifier, describe_errors
 from serving.catalogue import ItemBatch, ItemIn, ItemWithId
 
 EVENT_LIST = TypeAdapter(list[Event])
+ITEM_ID = TypeAdapter(Identifier)
+ItemT = TypeVar("ItemT", bound=ItemIn)
 
 
 class InvalidInput(Exception):
@@ -140,9 +142,10 @@ def _indexed(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return errors
 
 
-def parse_item(body: bytes) -> ItemIn:
+def parse_item(body: bytes, kind: type[ItemT]) -> ItemT:
+    """One item's fields: `ItemIn` (PUT, the whole item) or `ItemPatch` (PATCH)."""
     try:
-        return ItemIn.model_validate_json(body)
+        return kind.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidInput(describe_errors(exc)) from None
 
@@ -154,6 +157,14 @@ def parse_item_batch(body: bytes) -> ItemBatch:
         raise InvalidInput(_indexed(describe_errors(exc))) from None
     _refuse_duplicates("items", "item_id", (item.item_id for item in batch.items))
     return batch
+
+
+def check_path_id(item_id: str) -> str:
+    """A path's item id, refused as PUT refuses it (a PATCH would only find no such item)."""
+    try:
+        return ITEM_ID.validate_python(item_id)
+    except ValidationError as exc:
+        raise InvalidInput(describe_errors(exc, prefix=("path", "item_id"))) from None
 
 
 def with_path_id(item_id: str, item: ItemIn) -> ItemWithId:

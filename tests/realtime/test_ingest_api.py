@@ -358,6 +358,47 @@ async def test_catalogue_upserts_postgres_and_redis(
         ("i1", created / 1000), ("i2", i2_created)]
 
 
+async def test_a_patch_changes_only_the_fields_it_names(
+    ingest: httpx.AsyncClient, pg: psycopg.Connection, redis_client: redis.Redis,
+    settings: Settings, kafka_topics: dict,
+) -> None:
+    """A price-only PUT put a sold-out item back on sale and wiped its title and category
+    (PUT replaces the whole item); PATCH is the partial update shops expect."""
+    await ingest.put("/items/i1", json={"title": "Trail shoe", "category": "shoes",
+                                        "price": 89.9, "in_stock": False,
+                                        "attributes": {"brand": "acme", "size": 42}})
+    before = redis_client.hgetall(keys.item_meta("i1"))
+
+    patched = await ingest.patch("/items/i1", json={"price": 49.9})
+    assert (patched.status_code, patched.json()) == (200, {"item_id": "i1"})
+    row = "SELECT title, category, price::float, in_stock, attributes FROM items"
+    assert pg.execute(row).fetchall() == [
+        ("Trail shoe", "shoes", 49.9, False, {"brand": "acme", "size": 42})]
+    meta = redis_client.hgetall(keys.item_meta("i1"))
+    assert meta == {**before, "price": "49.90", "revision": meta["revision"]}
+    assert int(meta["revision"]) > int(before["revision"])
+
+    # null clears a field and removes an attribute; attributes merge key by key.
+    await ingest.patch("/items/i1", json={"title": None, "in_stock": True,
+                                          "attributes": {"size": None, "colour": "red"}},
+                       headers={"content-type": "application/merge-patch+json"})
+    assert pg.execute(row).fetchall() == [
+        (None, "shoes", 49.9, True, {"brand": "acme", "colour": "red"})]
+    meta = redis_client.hgetall(keys.item_meta("i1"))
+    assert "title" not in meta and meta["in_stock"] == "1"
+
+    missing = await ingest.patch("/items/nope", json={"price": 1})
+    assert missing.status_code == 404 and "PUT /items/{item_id} creates one" in \
+        missing.json()["detail"]
+    assert pg.execute("SELECT count(*) FROM items WHERE item_id = 'nope'").fetchone() == (0,)
+    bad = await ingest.patch("/items/i1", json={"in_stock": None, "colour": "red"})
+    assert [(e["field"], e["reason"]) for e in bad.json()["detail"]] == [
+        ("in_stock", "Input should be a valid boolean"),
+        ("colour", "Extra inputs are not permitted")]
+    bad_id = await ingest.patch("/items/a%20b", json={})
+    assert [e["field"] for e in bad_id.json()["detail"]] == ["path.item_id"]
+
+
 async def test_catalogue_errors(
     ingest: httpx.AsyncClient, pg: psycopg.Connection, redis_client: redis.Redis,
     settings: Settings, kafka_topics: dict,
@@ -437,3 +478,23 @@ async def test_hot_event_routes_count_like_framework_routes(
     assert rejected(after) == rejected(before) + 1
     assert (await ingest.get("/events")).status_code == 405
     assert (await ingest.put("/events/batch", json={})).status_code == 405
+
+
+async def test_listed_origins_may_post_events_from_a_page(settings: Settings,
+                                                          kafka_topics: dict) -> None:
+    """A shop's page sending events itself: the JSON body and the API key need a preflight."""
+    app = create_app(settings.model_copy(update={"cors_origins": ["https://shop.example"]}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            preflight = await client.options("/events", headers={
+                "Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,x-api-key"})
+            posted = await client.post("/events", headers={"Origin": "https://shop.example"},
+                                       json={"user_id": "u1", "item_id": "i1",
+                                             "event_type": "view"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+    assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
+    assert posted.status_code == 202
+    assert posted.headers["access-control-allow-origin"] == "https://shop.example"
