@@ -117,8 +117,11 @@ class Archiver:
                     command_timeout=self.settings.archiver_pg_timeout_s)
             with timed(POSTGRES_QUERY_SECONDS, "archive_events"):
                 inserted = await self.conn.fetchval(INSERT_EVENTS, *zip(*rows, strict=True))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            await self.close()  # reconnect on the retry
+        except Exception:
+            # Reconnect on the retry, whatever failed: asyncpg's InternalClientError (seen
+            # when PostgreSQL stopped mid-query) is none of its connection errors, and a
+            # connection it left half-broken would fail every retry until a restart.
+            await self.close()
             raise
         EVENTS_ARCHIVED.inc(inserted)
 

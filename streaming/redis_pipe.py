@@ -114,6 +114,10 @@ class RedisPipe:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._streams is not None and self._streams[0].at_eof():
+            # Closed by the server while idle (a restart, CLIENT KILL, its idle timeout): the
+            # processor's second pipe failed its next batch on it, one more backoff (6-30 s).
+            await self.close()
         if self._streams is None:
             opening = (asyncio.open_unix_connection(self.path) if self.path
                        else asyncio.open_connection(self.host, self.port, ssl=self.tls))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -191,6 +192,20 @@ async def test_a_redis_that_stops_answering_fails_the_round_trip_in_time(
         assert await pipe.execute([("GET", "test:paused")]) == [b"1"]  # a new connection
     finally:
         redis_client.execute_command("CLIENT", "UNPAUSE")
+        await pipe.close()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_opened_again_first(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    """After a Redis restart the processor's idle pipe failed its next batch on the closed
+    connection, costing a retry and a backoff."""
+    pipe = RedisPipe(redis_url)
+    try:
+        assert await pipe.execute([("CLIENT", "SETNAME", "idle-pipe")]) == [b"OK"]
+        redis_client.execute_command("CLIENT", "KILL", "SKIPME", "yes")  # every other client
+        await asyncio.sleep(0.2)  # the FIN reaches the event loop
+        assert await pipe.execute([("PING",)]) == [b"PONG"]
+    finally:
         await pipe.close()
 
 
