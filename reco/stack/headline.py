@@ -56,10 +56,18 @@ class Headline:
         if self.unit == "s":
             return f"{self.value * 1000:.1f} ms"
         if self.unit == "ratio":
-            return f"{self.value:.1%}"
+            return f"{_one_decimal(self.value * 100)}%"
         if self.unit == "bytes":
             return f"{self.value / 2**20:,.1f} MiB"
-        return f"{self.value:,.1f} {self.unit}"
+        return f"{_one_decimal(self.value)} {self.unit}"
+
+
+def _one_decimal(value: float) -> str:
+    """One decimal, but never a rate or share above zero as 0.0: errors at 0.018 msgs/s, or
+    a 0.04% 5xx ratio, read as none."""
+    if 0 < abs(value) < 0.05:
+        return f"{value:.2g}"
+    return f"{value:,.1f}"
 
 
 class PrometheusUnavailable(RuntimeError):
