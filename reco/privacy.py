@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from collections.abc import Iterable
 
 from pydantic import SecretStr
@@ -27,6 +28,29 @@ def pseudonym(user_id: str) -> str:
     return "u:" + hmac.new(_key, user_id.encode(), hashlib.sha256).hexdigest()[:16]
 
 
+# A secret this long is a random string no word holds by chance: redacted wherever it appears.
+_ANYWHERE_LEN = 16
+# Characters that continue a word or a name ("recommendations", "reco-processor",
+# "reco.settings"): a short secret next to one is part of something else.
+_JOINED = "A-Za-z0-9_.-"
+
+
+def _secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex matching any configured secret, longest first. A short one (the local
+    stack's default PostgreSQL password is "reco"; production refuses them) only as a whole
+    token: not within a longer word or name, but wherever other characters delimit it, as
+    in URLs (postgresql://u:reco@host), query strings, headers and JSON, or after a %XX
+    escape."""
+    alternatives = []
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        escaped = re.escape(secret)
+        if len(secret) < _ANYWHERE_LEN:
+            escaped = (rf"(?:(?<![{_JOINED}])|(?<=%[0-9A-Fa-f]{{2}})){escaped}"
+                       rf"(?![{_JOINED}])")
+        alternatives.append(escaped)
+    return re.compile("|".join(alternatives)) if alternatives else None
+
+
 class RedactSecrets(logging.Filter):
     """Handler filter replacing any configured secret in a formatted record with `***`.
 
@@ -36,22 +60,19 @@ class RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self.pattern = _secret_pattern(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
+        if self.pattern is None:
             return True
         message = record.getMessage()
-        redacted = message
-        for secret in self.secrets:
-            redacted = redacted.replace(secret, "***")
+        redacted = self.pattern.sub("***", message)
         if redacted != message:
             record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            for secret in self.secrets:
-                record.exc_text = record.exc_text.replace(secret, "***")
+            record.exc_text = self.pattern.sub("***", record.exc_text)
         return True
 
 

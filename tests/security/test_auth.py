@@ -189,6 +189,29 @@ def test_redaction_filter_scrubs_secrets_from_messages_and_tracebacks() -> None:
     assert "url redis://:***@host key ***" in text and "auth failed with ***" in text
 
 
+@pytest.mark.parametrize(("message", "redacted"), [
+    # The local stack's default PostgreSQL password "reco" inside words and names: kept.
+    ("serving fallback recommendations to user u:1",
+     "serving fallback recommendations to user u:1"),
+    ("joined group reco-processor via reco.settings", "joined group reco-processor via "
+                                                      "reco.settings"),
+    # Wherever punctuation delimits it: redacted.
+    ("connect to postgresql://app:reco@db:5432/app failed",
+     "connect to postgresql://app:***@db:5432/app failed"),
+    ("GET /login?user=a&password=reco&next=%2F", "GET /login?user=a&password=***&next=%2F"),
+    ("header X-API-Key: reco", "header X-API-Key: ***"),
+    ('body {"password": "reco", "n": 1}', 'body {"password": "***", "n": 1}'),
+    ("form pw%3Dreco%26x", "form pw%3D***%26x"),  # after a percent-escape
+    # A production-length secret is redacted even inside a word.
+    (f"token{JWT_SECRET}x", "token***x"),
+])
+def test_redaction_takes_short_secrets_only_as_whole_tokens(message: str, redacted: str) -> None:
+    redactor = privacy.RedactSecrets(["reco", JWT_SECRET])
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, message, None, None)
+    assert redactor.filter(record)
+    assert record.getMessage() == redacted
+
+
 def test_verified_token_cache_still_enforces_expiry() -> None:
     import time
 
