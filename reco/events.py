@@ -6,6 +6,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,8 +23,13 @@ from pydantic import (
 EventType = Literal["view", "click", "cart", "purchase"]
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase")
 
-# 1-128 printable characters without whitespace.
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+# 1-128 printable ASCII characters without whitespace.
+ID_PATTERN = r"^[!-~]+$"
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+# What clients read instead of pydantic's "String should match pattern '^[!-~]+$'".
+ID_REASON = "must be printable ASCII characters ('!' to '~') without spaces"
+# A '+' in a query string is a space once decoded (form encoding): "a+b" arrives as "a b".
+QUERY_ID_REASON = ID_REASON + "; in a query string '+' means a space: send '+' as %2B"
 # An id in a URL path (PUT /items/{id}, GET /items/{id}/similar): clients remove "." and ".."
 # segments (RFC 3986) before sending, so those two ids cannot be addressed there; documented.
 PATH_ID_SCHEMA = {"not": {"enum": [".", ".."]}}
@@ -168,6 +174,13 @@ def describe_errors(exc: Any, prefix: tuple[str | int, ...] = ()) -> list[dict[s
     for err in exc.errors():
         loc = prefix + tuple(err.get("loc", ()))
         field = ".".join(str(p) for p in loc if not isinstance(p, int)) or "body"
-        reason = err.get("msg", "invalid").removeprefix("Value error, ")
-        out.append({"loc": list(loc), "field": field, "reason": reason})
+        out.append({"loc": list(loc), "field": field, "reason": error_reason(err)})
     return out
+
+
+def error_reason(err: Mapping[str, Any], id_reason: str = ID_REASON) -> str:
+    """A pydantic error's message for clients: an id pattern mismatch says what ids may hold."""
+    ctx = err.get("ctx") or {}
+    if err.get("type") == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:
+        return id_reason
+    return err.get("msg", "invalid").removeprefix("Value error, ")

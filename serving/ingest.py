@@ -29,7 +29,7 @@ from reco import heap
 from reco.events import PATH_ID_SCHEMA
 from reco.settings import Settings
 from serving import catalogue, cors, ingest_metrics, ingest_openapi, security, tls
-from serving.hot_routes import HotRoutes, RequestEndpoint
+from serving.hot_routes import HEAD_TOO, HotRoutes, RequestEndpoint, accept_head
 from serving.http_metrics import HTTPMetrics
 from serving.publisher import EventTooLarge, Publisher, PublishFailed
 from serving.rate_limit import RateLimited
@@ -224,21 +224,23 @@ def create_app(settings: Settings) -> FastAPI:
         ingest_metrics.ITEMS_UPSERTED.inc(len(ids))
         return json_response({"item_ids": [it.item_id for it in batch.items]})
 
-    @app.get("/health")
+    @app.get("/health", **ingest_openapi.HEALTH)
     async def health() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/ready")
+    @app.get("/ready", **ingest_openapi.READY)
     async def ready() -> Response:
         broker, database = await asyncio.gather(publisher.check(), items.check())
         ok = broker and database
         return json_response({"broker": broker, "database": database}, 200 if ok else 503,
                              None if ok else retry_after)
 
-    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text
+    @app.get("/metrics", response_class=PlainTextResponse,  # documented as text
+             description=HEAD_TOO)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    accept_head(app)
     # The event POSTs skip the framework (serving/hot_routes.py). In paired runs (3 rounds)
     # the ingest took 0.41-0.58 core at 1,000 single-event POSTs/s instead of 0.57-0.61, and
     # 0.58-0.74 instead of 0.80-0.89 at 2,000/s; its max rate rose by ~30%.

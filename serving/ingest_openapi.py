@@ -108,3 +108,15 @@ ITEM_PATCH = _route(
     {404: _json(_DETAIL, "No such item (PUT creates items), or the id '.' or '..'")})
 ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
                     _object(item_ids={"type": "array", "items": _ID}))
+
+HEALTH = {"responses": {200: _json(_object(status={"enum": ["ok"]}), "The process answers")},
+          "description": "HEAD is accepted too."}
+_READINESS = _object(broker={"type": "boolean", "description": "the Kafka producer is connected"},
+                     database={"type": "boolean", "description": "PostgreSQL answers"})
+READY = {"responses": {
+    200: _json(_READINESS, "Ready: the broker and the database answer"),
+    503: {**_json(_READINESS, "Not ready: the broker or the database does not answer (named "
+                              "false); retry after Retry-After"),
+          "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                      "description": "seconds"}}}},
+    "description": "HEAD is accepted too."}

@@ -8,34 +8,106 @@ clients and the schemathesis fuzz tests see it. The error shapes are the API's o
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from serving.reco_params import ID_PATTERN, MAX_K
 
+Strategy = Literal["personalized", "popular", "fallback"]
+SimilarStrategy = Literal["similar", "fallback"]
+_VERSIONS = ("The published model versions (by model: item2vec, als, sasrec) whose lists "
+             "this answer was ranked with; empty for popular and fallback answers")
+_SIMILAR_VERSIONS = ("The Item2Vec version whose neighbour list was read ({} when none is "
+                     "published, and for fallback answers)")
+
+
+class Signals(BaseModel):
+    """Each signal's share of the score: weight x the signal normalised over this request's
+    candidates (0-1), plus the freshness boost; they add up to the score."""
+
+    coview: float = Field(description="items viewed together with the user's recent items")
+    embedding: float = Field(description="Item2Vec neighbours of the user's recent items")
+    popularity: float = Field(description="time-decayed popularity")
+    recency: float = Field(description="how recently the user touched the item leading to it")
+    cf: float = Field(description="ALS collaborative filtering (item-item and the user's list)")
+    seq: float = Field(description="SASRec's next-item prediction for the user")
+    freshness: float = Field(description="boost of an item created within the freshness window")
+
 
 class Reasons(BaseModel):
-    signals: dict[str, float]
-    source_item: str | None
-    because: str
+    signals: Signals
+    source_item: str | None = Field(description="the recent item that led to it most, if any")
+    because: str = Field(description="a short human-readable reason")
 
 
 class RecommendedItem(BaseModel):
     item_id: str
-    score: float
-    reasons: Reasons | None = None  # only with explain=true
+    score: float = Field(description=(
+        "Blend of the signals, each normalised over this request's candidates: compare scores "
+        "within one answer only. At most the sum of the weights x (1 + the freshness boost); "
+        "popular and fallback answers score by popularity alone (at most its weight)"))
+    reasons: Reasons | None = Field(default=None, description="only with explain=true")
 
 
 class Recommendations(BaseModel):
     user_id: str
-    strategy: str
-    items: list[RecommendedItem]
-    model_versions: dict[str, str]
-    cached: bool
+    strategy: Strategy = Field(description=(
+        "personalized: ranked from the user's history (recent items, model lists); popular: "
+        "the user has none, popular items; fallback: the feature store was unreachable, popular "
+        "items from the API's in-process snapshot"))
+    items: list[RecommendedItem] = Field(description="best first, at most k")
+    model_versions: dict[str, str] = Field(description=_VERSIONS)
+    cached: bool = Field(description=(
+        "true when served from the response cache (same user, same parameters, no event of "
+        "the user and no model switch since)"))
+
+
+class PopularItem(BaseModel):
+    item_id: str
+    score: float = Field(description=(
+        "time-decayed popularity relative to the most popular item overall (1.0), whatever "
+        "the category filter"))
+
+
+class Popular(BaseModel):
+    category: str | None = Field(description="the category asked for, or null")
+    items: list[PopularItem] = Field(description="most popular first, in stock, at most k")
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    score: float = Field(description=(
+        "strategy similar: co-view and Item2Vec similarity blended with their weights, each "
+        "normalised over this answer (compare within one answer); fallback: popularity "
+        "relative to the most popular item (1.0)"))
+
+
+class Similar(BaseModel):
+    item_id: str
+    strategy: SimilarStrategy = Field(description=(
+        "similar: from the item's co-view and Item2Vec lists (empty when the item has none, "
+        "an unknown item included); fallback: the feature store was unreachable, popular "
+        "items"))
+    items: list[SimilarItem] = Field(description="most similar first, in stock, at most k")
+    model_versions: dict[str, str] = Field(description=_SIMILAR_VERSIONS)
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyChecks(BaseModel):
+    redis: bool = Field(description="the feature store answers")
+    snapshot: bool = Field(description="the in-process catalogue and popularity are loaded")
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: ReadyChecks
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -53,22 +125,41 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: _json(_ERRORS, "Invalid parameters: each error names the field and the reason"),
     429: _json(_DETAIL, "Over the per-user rate limit; see Retry-After"),
 }
+NOT_READY = {503: {"model": Readiness, "description": (
+    "Not ready: Redis does not answer or the in-process snapshot is not loaded yet; "
+    "checks names which")}}
+POPULAR_DOC = ("The most popular items in stock (time-decayed weighted event counts), "
+               "optionally of one category (case-sensitive). HEAD is accepted too.")
+SIMILAR_DOC = ("Items similar to one item, from its co-view and Item2Vec lists, in stock, "
+               "not the item itself. An item without lists (one nobody viewed with another, "
+               "or an unknown id) gets 200 with no items. HEAD is accepted too.")
 # Clients remove "." and ".." path segments: such an id names no route (reco.events).
 UNADDRESSABLE_ID = {404: _json(_DETAIL, "No route: the ids '.' and '..' cannot be given in a "
                                         "path")}
 
 
+RECOMMENDATIONS_DOC = (
+    "Personalised top-k for one user, best first, after the business rules (in stock, "
+    "category and price filters, at most a share of k from one category, seen items "
+    "excluded). A user without history gets popular items (strategy popular). Categories "
+    "match exactly, case-sensitively. HEAD is accepted too.")
+_ID_DOC = ("1-128 printable ASCII characters ('!' to '~') without spaces; percent-encode "
+           "reserved characters, '+' as %2B")
+
+
 async def _recommendations(
-    user_id: Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)],
-    k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
-    exclude_seen: bool = True,
-    category: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-    min_price: Annotated[float | None, Query(ge=0)] = None,
+    user_id: Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN,
+                                  description=_ID_DOC)],
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="at most this many items")] = 20,
+    exclude_seen: Annotated[bool, Query(description="leave out items the user touched")] = True,
+    category: Annotated[str | None, Query(min_length=1, max_length=128,
+                                          description="only this category (case-sensitive)")
+                        ] = None,
+    min_price: Annotated[float | None, Query(ge=0, description="must not exceed max_price")] = None,
     max_price: Annotated[float | None, Query(ge=0)] = None,
-    explain: bool = False,
+    explain: Annotated[bool, Query(description="add each item's reasons")] = False,
 ) -> Recommendations:
-    """Personalised top-k for one user (documentation only: the hand-validated route serves)."""
-    raise NotImplementedError
+    raise NotImplementedError  # documents the hand-validated route (serving/reco_route.py)
 
 
 def document(app: FastAPI, dependencies: list[Any]) -> None:
@@ -76,7 +167,7 @@ def document(app: FastAPI, dependencies: list[Any]) -> None:
     route = APIRoute("/recommendations", _recommendations, methods=["GET"],
                      response_model=Recommendations, responses=ERRORS,
                      dependencies=dependencies, name="recommendations",
-                     summary="Recommendations")
+                     summary="Recommendations", description=RECOMMENDATIONS_DOC)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

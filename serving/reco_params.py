@@ -13,9 +13,9 @@ import re
 from collections.abc import Mapping
 from urllib.parse import unquote_to_bytes
 
+from reco.events import ID_PATTERN, QUERY_ID_REASON
 from serving.reco_service import RecoParams
 
-ID_PATTERN = r"^[!-~]+$"  # printable, no whitespace (the event contract's identifiers)
 _ID = re.compile(ID_PATTERN)
 _INT = re.compile(r"[+-]?[0-9]+")
 _TRUE = {"1", "on", "t", "true", "y", "yes"}
@@ -111,7 +111,7 @@ def _string(query: Mapping[str, str], name: str, fail, required: bool = False,
     elif len(value) > 128:
         fail(name, "String should have at most 128 characters")
     elif pattern and not _ID.fullmatch(value):  # match's `$` lets a trailing newline by
-        fail(name, f"String should match pattern '{ID_PATTERN}'")
+        fail(name, QUERY_ID_REASON)
     return value
 
 

@@ -301,7 +301,10 @@ class RecoService:
         versions and catalogue version it saw."""
         ranking = rank(features, items, self.config, p.filters, p.k, p.explain)
         versions = self.served_versions(first)
-        body = render(p, ranking.strategy, ranking.items, versions, p.explain)
+        # A popular answer ranked with no model's list: it names none (its cache entry still
+        # does, so that a model switch, which may give the user lists, is a miss).
+        shown = versions if ranking.strategy != "popular" else {}
+        body = render(p, ranking.strategy, ranking.items, shown, p.explain)
         cached = (body[: -len(CACHED_FALSE)] + CACHED_TRUE).decode()
         entry = CacheEntry(fingerprint, _catalog_sig(items), _versions_sig(versions), cached)
         return Answer(body, ranking.strategy, entry.dump())
@@ -397,7 +400,9 @@ class RecoService:
             return Similar(self.popular(k, None, exclude=item_id), {}, "fallback")
         items = similar_items(item_id, coview, knn, self.signals.items, self.config, k,
                               self.store.similar_n)
-        return Similar([_item_json(i, explain=False) for i in items], versions, "similar")
+        # Only Item2Vec's version: co-view is no published model, and ALS and SASRec are not read.
+        used = {ITEM2VEC: versions[ITEM2VEC]} if ITEM2VEC in versions else {}
+        return Similar([_item_json(i, explain=False) for i in items], used, "similar")
 
 
 def render(p: RecoParams, strategy: str, items: list[ScoredItem], versions: dict[str, str],

@@ -18,11 +18,11 @@ from pydantic import BeforeValidator
 from starlette.routing import Route
 
 from reco import scoring
-from reco.events import PATH_ID_SCHEMA
+from reco.events import PATH_ID_SCHEMA, error_reason
 from reco.settings import Settings
 from serving import cors, reco_openapi, security, tls
 from serving import reco_metrics as metrics
-from serving.hot_routes import HotRoutes
+from serving.hot_routes import HEAD_TOO, HotRoutes, accept_head
 from serving.http_metrics import HTTPMetrics
 from serving.reco_params import ID_PATTERN, MAX_K, ParamErrors, int_text, parse_query
 from serving.reco_route import PATH, RecommendationsEndpoint
@@ -33,8 +33,9 @@ from serving.reco_store import FeatureStore
 log = logging.getLogger(__name__)
 JSON = "application/json"
 
-K = Annotated[int, BeforeValidator(lambda v: int_text(v) if isinstance(v, str) else v),
-              Query(ge=1, le=MAX_K)]
+# Query first: FastAPI publishes its bounds as JSON Schema (minimum/maximum) only then.
+K = Annotated[int, Query(ge=1, le=MAX_K, description="at most this many items"),
+              BeforeValidator(lambda v: int_text(v) if isinstance(v, str) else v)]
 Category = Annotated[str | None, Query(min_length=1, max_length=128)]
 
 
@@ -77,16 +78,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [{"field": _field(e["loc"]), "reason": e["msg"].removeprefix("Value error, ")}
-                  for e in exc.errors()]
+        detail = [{"field": _field(e["loc"]), "reason": error_reason(e)} for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(ParamErrors)
     async def _refused_query(_: Request, exc: ParamErrors) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=422)
 
-    @app.get("/popular", dependencies=[*user_deps, _query_of("k", "category")],
-             responses=reco_openapi.ERRORS)
+    @app.get("/popular", response_model=reco_openapi.Popular,
+             dependencies=[*user_deps, _query_of("k", "category")],
+             responses=reco_openapi.ERRORS, description=reco_openapi.POPULAR_DOC)
     async def popular(k: K = 20, category: Category = None) -> Response:
         start = time.perf_counter()
         items = service.popular(k, category)
@@ -94,8 +95,10 @@ def create_app(settings: Settings) -> FastAPI:
         hist["popular"].observe(time.perf_counter() - start)
         return JSONResponse({"category": category, "items": items})
 
-    @app.get("/items/{item_id:path}/similar", dependencies=[*user_deps, _query_of("k")],
-             responses={**reco_openapi.ERRORS, **reco_openapi.UNADDRESSABLE_ID})
+    @app.get("/items/{item_id:path}/similar", response_model=reco_openapi.Similar,
+             dependencies=[*user_deps, _query_of("k")],
+             responses={**reco_openapi.ERRORS, **reco_openapi.UNADDRESSABLE_ID},
+             description=reco_openapi.SIMILAR_DOC)
     async def similar(item_id: Annotated[str, Path(min_length=1, max_length=128,
                                                    pattern=ID_PATTERN,
                                                    json_schema_extra=PATH_ID_SCHEMA)],
@@ -107,20 +110,23 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"item_id": item_id, "strategy": found.strategy,
                              "items": found.items, "model_versions": found.model_versions})
 
-    @app.get("/health")
+    @app.get("/health", response_model=reco_openapi.Health, description=HEAD_TOO)
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", response_model=reco_openapi.Readiness, responses=reco_openapi.NOT_READY,
+             description=HEAD_TOO)
     async def ready() -> JSONResponse:
         checks = {"redis": await store.ping(), "snapshot": signals.loaded}
         return JSONResponse({"ready": all(checks.values()), "checks": checks},
                             status_code=200 if all(checks.values()) else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text
+    @app.get("/metrics", response_class=PlainTextResponse,  # documented as text
+             description=HEAD_TOO)
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    accept_head(app)
     return app
 
 

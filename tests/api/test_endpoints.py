@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from reco import keys, neighbours
+from reco import keys, neighbours, ranking
+from reco.events import ID_REASON, QUERY_ID_REASON
+from serving import reco_openapi
 from tests.api.conftest import out_of_memory, put_meta
 from tests.api.test_recommendations import W_POP, get, ids_scores, metric
 
@@ -14,9 +16,10 @@ from tests.api.test_recommendations import W_POP, get, ids_scores, metric
 @pytest.mark.parametrize(("path", "params", "field", "reason"), [
     ("/recommendations", {}, "user_id", "Field required"),
     ("/recommendations", {"user_id": ""}, "user_id", "String should have at least 1 character"),
-    ("/recommendations", {"user_id": "a b"}, "user_id", "String should match pattern '^[!-~]+$'"),
-    ("/recommendations", {"user_id": "u\n"}, "user_id",
-     "String should match pattern '^[!-~]+$'"),
+    ("/recommendations", {"user_id": "a b"}, "user_id", QUERY_ID_REASON),
+    ("/recommendations", {"user_id": "u\n"}, "user_id", QUERY_ID_REASON),
+    ("/recommendations", {"user_id": "caf\u00e9"}, "user_id", QUERY_ID_REASON),
+    ("/items/a%20b/similar", {}, "item_id", ID_REASON),
     ("/recommendations", {"user_id": "u" * 129}, "user_id",
      "String should have at most 128 characters"),
     ("/recommendations", {"user_id": "u", "k": 0}, "k",
@@ -129,13 +132,16 @@ def test_popular_with_and_without_category(world, make_client) -> None:
 
 def test_similar_blends_coview_and_embeddings(world, make_client) -> None:
     put_meta(world["redis"], "Y", "c3", in_stock=False)
+    world["redis"].hset(keys.MODEL_VERSIONS, mapping={"als": "a1", "sasrec": "s1"})
     with make_client() as client:
         body = client.get("/items/A/similar", params={"k": 5}).json()
     # A: co-view X 4 (max), embeddings Z .8 (max), X .4; Y is out of stock.
+    # Only the model /similar reads: not ALS's nor SASRec's versions.
     assert body["item_id"] == "A" and body["model_versions"] == {"item2vec": "v1"}
     assert [(i["item_id"], i["score"]) for i in body["items"]] == [
         ("X", pytest.approx(0.4 * 1 + 0.3 * 0.5)), ("Z", pytest.approx(0.3 * 1.0))]
-    assert client.get("/items/nobody-knows/similar").json()["items"] == []
+    unknown = client.get("/items/nobody-knows/similar")
+    assert (unknown.status_code, unknown.json()["items"]) == (200, [])  # as documented
 
 
 def test_similar_to_an_item_whose_id_has_a_slash(world, make_client) -> None:
@@ -245,3 +251,59 @@ def test_refused_cache_writes_fail_neither_requests_nor_the_breaker(world, make_
         assert metric(client, "recommendation_fallbacks_total",
                       '{endpoint="recommendations"}') == fallbacks
     assert world["redis"].keys(keys.reco_cache("*")) == []
+
+
+def test_health_probes_and_reads_answer_head_as_get(client) -> None:
+    """Uptime monitors probe with HEAD: FastAPI's GET routes refused it (405)."""
+    for path in ("/health", "/ready", "/metrics", "/popular?k=2", "/items/A/similar?k=2",
+                 "/recommendations?user_id=u1"):
+        response = client.head(path)
+        assert response.status_code == 200, path
+        assert response.content == b"", path
+    assert client.head("/popular?k=0").status_code == 422  # validated like GET
+    assert client.post("/health").status_code == 405
+
+
+def _schema(spec: dict, path: str, status: str = "200") -> dict:
+    ref = spec["paths"][path]["get"]["responses"][status]["content"]["application/json"][
+        "schema"]["$ref"]
+    return spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+
+
+def test_openapi_documents_bounds_answers_and_strategies(client) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/recommendations", "/popular", "/items/{item_id}/similar"):
+        k = next(p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == "k")
+        assert (k["schema"]["minimum"], k["schema"]["maximum"]) == (1, 100), path
+        assert "ge" not in k["schema"] and "le" not in k["schema"]
+    schemas = spec["components"]["schemas"]
+    strategy = schemas["Recommendations"]["properties"]["strategy"]
+    assert strategy["enum"] == ["personalized", "popular", "fallback"]
+    assert set(_schema(spec, "/popular")["properties"]) == {"category", "items"}
+    similar = _schema(spec, "/items/{item_id}/similar")
+    assert similar["properties"]["strategy"]["enum"] == ["similar", "fallback"]
+    assert set(similar["properties"]) == {"item_id", "strategy", "items", "model_versions"}
+    assert _schema(spec, "/health")["properties"]["status"]["const"] == "ok"
+    assert _schema(spec, "/ready") == _schema(spec, "/ready", "503")
+    for name in ("model_versions", "cached"):
+        assert schemas["Recommendations"]["properties"][name]["description"]
+    assert schemas["RecommendedItem"]["properties"]["score"]["description"]
+    # The explanation's signals are the ranking's, as served (see test_explain_...).
+    assert list(schemas["Signals"]["properties"]) == [*ranking.SIGNALS, "freshness"]
+    assert "documentation only" not in str(spec["paths"]["/recommendations"])
+
+
+def test_documented_answers_match_served_ones(client) -> None:
+    """Each route's body validates against its documented model, explanations included."""
+    answers = [
+        (reco_openapi.Recommendations,
+         client.get("/recommendations?user_id=u1&explain=true&k=3")),
+        (reco_openapi.Popular, client.get("/popular?k=2")),
+        (reco_openapi.Similar, client.get("/items/A/similar?k=2")),
+        (reco_openapi.Health, client.get("/health")),
+        (reco_openapi.Readiness, client.get("/ready")),
+    ]
+    for model, response in answers:
+        assert response.status_code == 200
+        model.model_validate_json(response.content, strict=True)
+        assert set(model.model_fields) == set(response.json())

@@ -199,6 +199,7 @@ def test_seq_candidates_once_sasrec_is_published(world, make_client) -> None:
 def test_unknown_user_gets_popular(client) -> None:
     body = get(client, user_id="stranger", k=3)
     assert body["strategy"] == "popular"
+    assert body["model_versions"] == {}  # ranked with no model's list (item2vec v1 is live)
     assert_ranking(body, [("P", W_POP * 1.0), ("A", W_POP * 0.5), ("W", W_POP * 0.4)])
 
 
