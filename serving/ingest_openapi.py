@@ -101,11 +101,13 @@ EVENT_BATCH = _route(
     202, _object(event_ids=_EVENT_IDS), _PUBLISH_FAILED)
 # Clients remove "." and ".." path segments: such an id names no route (reco.events).
 ITEM = _route(_inline(ItemIn.model_json_schema()), 200, _object(item_id=_ID),
-              {404: _json(_DETAIL, "No route: the ids '.' and '..' cannot be given in a path; "
-                                   "POST /items/batch takes them")})
+              {404: _json(_DETAIL, "No route: an id '.' or '..' written as such, a segment "
+                                   "clients remove; send it as %2E or %2E%2E (browsers remove "
+                                   "those too), or through POST /items/batch")})
 ITEM_PATCH = _route(
     _inline(ItemPatch.model_json_schema()), 200, _object(item_id=_ID),
-    {404: _json(_DETAIL, "No such item (PUT creates items), or the id '.' or '..'")})
+    {404: _json(_DETAIL, "No such item (PUT creates items), or the id '.' or '..' written "
+                         "as such")})
 ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
                     _object(item_ids={"type": "array", "items": _ID}))
 

@@ -134,8 +134,9 @@ SIMILAR_DOC = ("Items similar to one item, from its co-view and Item2Vec lists, 
                "not the item itself. An item without lists (one nobody viewed with another, "
                "or an unknown id) gets 200 with no items. HEAD is accepted too.")
 # Clients remove "." and ".." path segments: such an id names no route (reco.events).
-UNADDRESSABLE_ID = {404: _json(_DETAIL, "No route: the ids '.' and '..' cannot be given in a "
-                                        "path")}
+UNADDRESSABLE_ID = {404: _json(_DETAIL, "No route: an id '.' or '..' written as such, a "
+                                        "segment clients remove; send it as %2E or %2E%2E "
+                                        "(browsers remove those too)")}
 
 
 RECOMMENDATIONS_DOC = (
