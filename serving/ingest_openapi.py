@@ -113,7 +113,7 @@ ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
 
 HEALTH = {"responses": {200: _json(_object(status={"enum": ["ok"]}), "The process answers")},
           "description": "HEAD is accepted too."}
-_READINESS = _object(broker={"type": "boolean", "description": "the Kafka producer is connected"},
+_READINESS = _object(broker={"type": "boolean", "description": "the Kafka broker answers"},
                      database={"type": "boolean", "description": "PostgreSQL answers"})
 READY = {"responses": {
     200: _json(_READINESS, "Ready: the broker and the database answer"),
