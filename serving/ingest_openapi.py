@@ -116,9 +116,10 @@ HEALTH = {"responses": {200: _json(_object(status={"enum": ["ok"]}), "The proces
 _READINESS = _object(broker={"type": "boolean", "description": "the Kafka broker answers"},
                      database={"type": "boolean", "description": "PostgreSQL answers"})
 READY = {"responses": {
-    200: _json(_READINESS, "Ready: the broker and the database answer"),
-    503: {**_json(_READINESS, "Not ready: the broker or the database does not answer (named "
-                              "false); retry after Retry-After"),
+    200: _json(_READINESS, "Ready: the broker answers, so events are acknowledged; with "
+                           "database false, catalogue writes answer 503 meanwhile"),
+    503: {**_json(_READINESS, "Not ready: the broker does not answer; retry after "
+                              "Retry-After"),
           "headers": {"Retry-After": {"schema": {"type": "integer"},
                                       "description": "seconds"}}}},
     "description": "HEAD is accepted too."}

@@ -126,8 +126,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     429: _json(_DETAIL, "Over the per-user rate limit; see Retry-After"),
 }
 NOT_READY = {503: {"model": Readiness, "description": (
-    "Not ready: Redis does not answer or the in-process snapshot is not loaded yet; "
-    "checks names which")}}
+    "Not ready: no snapshot of popular items and the catalogue loaded yet (Redis has not "
+    "answered since the start). Once loaded, /ready stays 200 while Redis is down, with "
+    "checks.redis false: the routes answer from the snapshot (strategy fallback)")}}
 POPULAR_DOC = ("The most popular items in stock (time-decayed weighted event counts), "
                "optionally of one category (case-sensitive). HEAD is accepted too.")
 SIMILAR_DOC = ("Items similar to one item, from its co-view and Item2Vec lists, in stock, "

@@ -118,8 +118,11 @@ def create_app(settings: Settings) -> FastAPI:
              description=HEAD_TOO)
     async def ready() -> JSONResponse:
         checks = {"redis": await store.ping(), "snapshot": signals.loaded}
-        return JSONResponse({"ready": all(checks.values()), "checks": checks},
-                            status_code=200 if all(checks.values()) else 503)
+        # With the snapshot loaded every route answers, from it while Redis is down (strategy
+        # fallback); a balancer reading 503 then would drop every replica at once.
+        ready = signals.loaded
+        return JSONResponse({"ready": ready, "checks": checks},
+                            status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse,  # documented as text
              description=HEAD_TOO)

@@ -447,6 +447,16 @@ async def test_health_ready_metrics(
     for path in ("/health", "/ready", "/metrics"):  # uptime monitors probe with HEAD
         head = await ingest.head(path)
         assert (head.status_code, head.content) == (200, b""), path
+    # PostgreSQL down: events are still acknowledged, so still ready (catalogue writes 503).
+    no_database = create_app(settings.model_copy(update={"pg_port": free_port()}))
+    async with no_database.router.lifespan_context(no_database):
+        transport = httpx.ASGITransport(app=no_database)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            degraded = await client.get("/ready")
+            accepted = await client.post("/events", json=event())
+            item = await client.put("/items/i1", json={"category": "shoes"})
+    assert (degraded.status_code, degraded.json()) == (200, {"broker": True, "database": False})
+    assert (accepted.status_code, item.status_code) == (202, 503)
 
     def counts() -> tuple[float, float]:
         return (_sample(metrics.text, 'events_ingested_total{event_type="purchase"}'),
