@@ -125,6 +125,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: _json(_ERRORS, "Invalid parameters: each error names the field and the reason"),
     429: _json(_DETAIL, "Over the per-user rate limit; see Retry-After"),
 }
+# Routes without a user (/popular, /similar): any valid token, so no 403; the rate limit
+# counts per token subject, or per client IP without auth.
+UNPERSONAL_ERRORS: dict[int | str, dict[str, Any]] = {
+    **{status: answer for status, answer in ERRORS.items() if status != 403},
+    429: _json(_DETAIL, "Over the rate limit (per token subject, or per client IP without "
+                        "auth); see Retry-After"),
+}
 NOT_READY = {503: {"model": Readiness, "description": (
     "Not ready: no snapshot of popular items and the catalogue loaded yet (Redis has not "
     "answered since the start). Once loaded, /ready stays 200 while Redis is down, with "

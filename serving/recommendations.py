@@ -87,7 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/popular", response_model=reco_openapi.Popular,
              dependencies=[*user_deps, _query_of("k", "category")],
-             responses=reco_openapi.ERRORS, description=reco_openapi.POPULAR_DOC)
+             responses=reco_openapi.UNPERSONAL_ERRORS, description=reco_openapi.POPULAR_DOC)
     async def popular(k: K = 20, category: Category = None) -> Response:
         start = time.perf_counter()
         items = service.popular(k, category)
@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/items/{item_id:path}/similar", response_model=reco_openapi.Similar,
              dependencies=[*user_deps, _query_of("k")],
-             responses={**reco_openapi.ERRORS, **reco_openapi.UNADDRESSABLE_ID},
+             responses={**reco_openapi.UNPERSONAL_ERRORS, **reco_openapi.UNADDRESSABLE_ID},
              description=reco_openapi.SIMILAR_DOC)
     async def similar(item_id: Annotated[str, Path(min_length=1, max_length=128,
                                                    pattern=ID_PATTERN,

@@ -294,6 +294,10 @@ def test_openapi_documents_bounds_answers_and_strategies(client) -> None:
     # The explanation's signals are the ranking's, as served (see test_explain_...).
     assert list(schemas["Signals"]["properties"]) == [*ranking.SIGNALS, "freshness"]
     assert "documentation only" not in str(spec["paths"]["/recommendations"])
+    # Only /recommendations names a user a token can differ from.
+    assert "403" in spec["paths"]["/recommendations"]["get"]["responses"]
+    for path in ("/popular", "/items/{item_id}/similar"):
+        assert "403" not in spec["paths"][path]["get"]["responses"], path
 
 
 def test_documented_answers_match_served_ones(client) -> None:
