@@ -155,7 +155,8 @@ def _query_of(*names: str) -> Any:
 
 
 def _field(loc: tuple) -> str:
-    names = [str(p) for p in loc if not isinstance(p, int) and p not in ("query", "path")]
+    """Query parameters by name, path ones as `path.item_id`, as the ingest API names them."""
+    names = [str(p) for p in loc if not isinstance(p, int) and p != "query"]
     return ".".join(names) or "request"
 
 

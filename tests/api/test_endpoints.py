@@ -19,7 +19,7 @@ from tests.api.test_recommendations import W_POP, get, ids_scores, metric
     ("/recommendations", {"user_id": "a b"}, "user_id", QUERY_ID_REASON),
     ("/recommendations", {"user_id": "u\n"}, "user_id", QUERY_ID_REASON),
     ("/recommendations", {"user_id": "caf\u00e9"}, "user_id", QUERY_ID_REASON),
-    ("/items/a%20b/similar", {}, "item_id", ID_REASON),
+    ("/items/a%20b/similar", {}, "path.item_id", ID_REASON),  # as the ingest API names it
     ("/recommendations", {"user_id": "u" * 129}, "user_id",
      "String should have at most 128 characters"),
     ("/recommendations", {"user_id": "u", "k": 0}, "k",
