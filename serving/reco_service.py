@@ -429,4 +429,6 @@ def _because(item: ScoredItem) -> str:
     # No recent item led to it: the user's own model lists (ALS, SASRec) or popularity did.
     if max(signals.get("cf", 0.0), signals.get("seq", 0.0)) > signals.get("popularity", 0.0):
         return "picked for you from your history"
-    return "popular right now"
+    if signals.get("popularity", 0.0) > 0.0:
+        return "popular right now"
+    return "new in the catalogue"  # the new-arrivals filler: no signal scores it
