@@ -313,6 +313,7 @@ def test_the_ranking_key_is_the_same_in_every_process() -> None:
 
     assert keys_seen == {ranking_key(RankConfig(w_pop=1.0), 500).hex() + "\n"}
     assert ranking_key(RankConfig(w_pop=1.0), 499) != ranking_key(RankConfig(w_pop=1.0), 500)
+    assert ranking_key(RankConfig(), 500, "false") != ranking_key(RankConfig(), 500, "auto")
 
 
 def test_cache_entries_of_the_release_before_catalogue_stamps_do_not_mix(client, world) -> None:
