@@ -138,8 +138,6 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
                if filters.exclude_seen and (features.recent or features.seen) else [])
     c = _Candidates(features, sources, items, config, exclude)
     c.weigh_sources(config.source_half_n)
-    personal = c.n_entries > 0
-    strategy: Literal["personalized", "popular"] = "personalized" if personal else "popular"
     # Enough popular filler to fill k even after the user's seen items are excluded.
     filler_n = config.popular_filler_n and max(config.popular_filler_n,
                                                k + len(features.recent) + len(features.seen))
@@ -150,10 +148,12 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     filler = _popular_filler(items, filters, filler_n, category_cap(k, share))
     weighted, fresh, score, order = c.score(filler, filters, config, recency_w, features.now)
     if c.m == 0:
-        return Ranking(strategy, [])
+        return Ranking("popular", [])
     # The category cap looks at the head (~4k of ~1,000 candidates), which nearly always
     # settles the top k; at all of them if not.
     n_head = _head_length(order, score, 4 * k + 32)
+    if n_head and score[order[n_head - 1]] <= 0.0:
+        order = _newest_among_unscored(order, score, items.created_at[c.meta_rows])
     top = None
     if n_head < len(order):
         at = diversify_head(np.arange(n_head), items.category[c.meta_rows[order[:n_head]]], k,
@@ -163,6 +163,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
         top = diversify(order, items.category[c.meta_rows], k, share)
     scores = score[top].tolist()
     ids = c.item_ids(top)
+    strategy = c.strategy(top)
     if not explain:
         return Ranking(strategy, [ScoredItem(i, s, {}, None) for i, s in zip(ids, scores,
                                                                               strict=True)])
@@ -221,7 +222,8 @@ def _head_length(order: np.ndarray, score: np.ndarray, n: int) -> int:
 def _popular_filler(items: ItemIndex, filters: Filters, n: int,
                     cap: int | None = None) -> np.ndarray:
     """Rows of the `n` most popular items passing the filters, at most `cap` of each category
-    unless too few others exist.
+    unless too few others exist; when fewer pass, then the newest catalogue items nobody
+    interacted with (new arrivals, and the long tail), so k is filled when the catalogue can.
 
     Cut before the cap, a catalogue whose most popular items share one category gave a
     filler of that category only, and `diversify` had to break the cap with it. The whole
@@ -236,7 +238,36 @@ def _popular_filler(items: ItemIndex, filters: Filters, n: int,
         rows = rows[eligible(items, rows, filters)]
         return rows if cap is None else per_category(rows, items.category, cap)
 
-    return items.filler((filters.key, cap), compute)[:n]
+    popular = items.filler((filters.key, cap), compute)
+    if len(popular) >= n:  # the usual case: no work beyond the slice
+        return popular[:n]
+    need = n - len(popular)
+    fresh, _ = items.filler((filters.key, cap, "new"),
+                            lambda: _new_arrivals(items, filters, cap, max(4 * need, 1024)),
+                            enough=lambda cached: cached[1] or len(cached[0]) >= need)
+    return np.concatenate([popular, fresh[:need]])
+
+
+def _new_arrivals(items: ItemIndex, filters: Filters, cap: int | None, limit: int
+                  ) -> tuple[np.ndarray, bool]:
+    """(Up to `limit` rows of eligible catalogue items without popularity, newest first, at
+    most `cap` of each category per layer as `per_category` orders; whether that is all)."""
+    rows = items.newest_rows()
+    rows = rows[items.popularity[rows] <= 0]  # the popular ones come first already
+    rows = rows[eligible(items, rows, filters)]
+    complete = len(rows) <= limit
+    rows = rows[:limit]
+    return (rows if cap is None else per_category(rows, items.category, cap)), complete
+
+
+def _newest_among_unscored(order: np.ndarray, score: np.ndarray, created_at: np.ndarray
+                           ) -> np.ndarray:
+    """`order` (best first) with its zero-score tail newest first: items no signal scores
+    (the new-arrivals filler) would otherwise tie in row order."""
+    at = int(np.searchsorted(-score[order], 0.0))  # scores are >= 0 and descending
+    tail = order[at:]
+    # -NaN stays NaN, which argsort puts last: unknown creation times go last.
+    return np.concatenate([order[:at], tail[np.argsort(-created_at[tail], kind="stable")]])
 
 
 def _signal_weights(config: RankConfig) -> np.ndarray:
@@ -393,6 +424,15 @@ class _Candidates:
     def _kind_bounds(self) -> np.ndarray:
         """Ends of the co-view, KNN, ALS item-item and ALS user entries, as the pass takes them."""
         return np.array([*self.bounds, self.user_bounds[0]], dtype=np.int64)
+
+    def strategy(self, top: np.ndarray) -> Literal["personalized", "popular"]:
+        """"personalized" when a served position came from one of the user's lists (a recent
+        item's neighbours, ALS or SASRec), else "popular" (the filler alone was served)."""
+        if self.n_entries == 0 or len(top) == 0:
+            return "popular"
+        mine = np.zeros(self.m, dtype=bool)
+        mine[self.pos] = True
+        return "personalized" if mine[top].any() else "popular"
 
     def item_ids(self, positions: np.ndarray) -> list[str]:
         rows = self.rows[positions].tolist()

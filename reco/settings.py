@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     # Entries of the lists /items/{id}/similar blends (k <= 100).
     reco_similar_n: int = Field(default=100, ge=1)
     max_category_share: Share = 0.7  # chosen on MovieLens validation (sasrec_experiment.md)
+    # Items without catalogue metadata (ids seen in events only: retired SKUs, typos, made-up
+    # ids): "auto" never recommends them once the catalogue holds an item, "true" never,
+    # "false" always (deployments that send no catalogue, as before).
+    catalogue_only: Literal["auto", "true", "false"] = "auto"
     freshness_boost: NonNegative = 0.1
     freshness_days: AtLeastZero = 14
     cache_ttl_s: int = Field(default=300, ge=1)  # SET ... EX takes no 0
@@ -324,6 +328,18 @@ class Settings(BaseSettings):
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("RECO_TLS_CERTFILE and RECO_TLS_KEYFILE must be set together")
         return self
+
+    @field_validator("catalogue_only", mode="before")
+    @classmethod
+    def _catalogue_only_word(cls, value: object) -> object:
+        # RECO_CATALOGUE_ONLY=True/1/yes read as the booleans they mean.
+        words = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false",
+                 "off": "false"}
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, str):
+            return words.get(value.strip().lower(), value.strip().lower())
+        return value
 
     @field_validator("event_weights", mode="before")
     @classmethod

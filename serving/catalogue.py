@@ -1,9 +1,11 @@
 """Catalogue upserts: PostgreSQL `items` (source of truth) and the Redis item metadata.
 
 The recommendation API reads `item:meta:{item_id}` (category, price, in_stock "1"/"0",
-created_at epoch seconds, title) for business rules and `item:new` (item -> created_at) for
-new arrivals. PostgreSQL is written first; Redis mirrors what PostgreSQL holds afterwards, each
-hash only from a newer revision than its own (two replicas' writes can land out of order).
+created_at epoch seconds, title) for business rules and the new-arrivals filler (newest
+`created_at` first); `item:new` (item -> created_at) is also written, though no process of
+this repository reads it. PostgreSQL is written first; Redis mirrors what PostgreSQL holds
+afterwards, each hash only from a newer revision than its own (two replicas' writes can land
+out of order).
 
 Each upsert also stamps its items in `item:changes` (item -> epoch ms) and INCRs
 `item:catalog_version`, in the same pipeline after the hashes: the recommendation API then

@@ -90,14 +90,16 @@ class _Plan:
     clock: float
 
 
-def ranking_key(config: RankConfig, seen_max: int) -> bytes:
-    """A digest of the ranking configuration, and of how many seen items a miss excludes, that
-    keys every fingerprint: an entry ranked with other weights or list lengths (before a
-    redeploy, or by a replica not yet restarted) is a miss instead of being served until its
-    TTL. The same on every replica and restart: sorted JSON, numbers as floats (a weight given
-    as 1 or 1.0 is one configuration)."""
+def ranking_key(config: RankConfig, seen_max: int, catalogue_only: str = "auto") -> bytes:
+    """A digest of the ranking configuration, of how many seen items a miss excludes and of
+    which items may be served (RECO_CATALOGUE_ONLY), that keys every fingerprint: an entry
+    ranked with other weights or list lengths (before a redeploy, or by a replica not yet
+    restarted) is a miss instead of being served until its TTL. The same on every replica and
+    restart: sorted JSON, numbers as floats (a weight given as 1 or 1.0 is one
+    configuration)."""
     fields = {name: float(value) if isinstance(value, int | float) else value
-              for name, value in {**dataclasses.asdict(config), "seen_max": seen_max}.items()}
+              for name, value in {**dataclasses.asdict(config), "seen_max": seen_max,
+                                  "catalogue_only": catalogue_only}.items()}
     return hashlib.blake2b(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS),
                            digest_size=16).digest()
 
@@ -220,7 +222,7 @@ class RecoService:
         self.store = store
         self.signals = signals
         self.config = RankConfig.from_settings(settings)
-        self.ranking_key = ranking_key(self.config, settings.seen_max)
+        self.ranking_key = ranking_key(self.config, settings.seen_max, settings.catalogue_only)
         self.with_item_cf = settings.w_cf > 0  # ALS item lists only matter with a CF weight
         self.with_seq = settings.w_seq > 0  # and SASRec's user lists with a seq weight
         self.io = ThreadReads(store) if settings.reco_redis_in_threads else AsyncReads(store)
@@ -434,4 +436,6 @@ def _because(item: ScoredItem) -> str:
     # No recent item led to it: the user's own model lists (ALS, SASRec) or popularity did.
     if max(signals.get("cf", 0.0), signals.get("seq", 0.0)) > signals.get("popularity", 0.0):
         return "picked for you from your history"
-    return "popular right now"
+    if signals.get("popularity", 0.0) > 0.0:
+        return "popular right now"
+    return "new in the catalogue"  # the new-arrivals filler: no signal scores it

@@ -69,8 +69,8 @@ class GlobalSignals:
         self.settings = settings
         self.client = redis.Redis.from_url(settings.redis_url, protocol=3, socket_timeout=5.0,
                                            socket_connect_timeout=1.0)
-        self.items = ItemIndex.empty()  # catalogue + popularity, what requests rank with
-        self._catalog = ItemIndex.empty()  # catalogue alone, reloaded rarely
+        # Catalogue + popularity, what requests rank with; the catalogue alone, reloaded rarely.
+        self.items = self._catalog = ItemIndex.empty(settings.catalogue_only)
         self.loaded = False  # at least one successful refresh
         self._catalog_version: str | None = None
         # Popularity is read with the hiredis pipeline client: 20,000 members parse in C.
@@ -277,6 +277,7 @@ class GlobalSignals:
         if new:
             records = self.read_meta(new)
             self._catalog = self._catalog.with_metadata(records, meta_version or "")
+            self._catalog.newest_rows()  # here in the thread, not on the first request
         else:
             # All applied already (an upsert landed between the version read and the change
             # read of the last refresh): the content is this version's, and cache stamps
@@ -323,7 +324,10 @@ class GlobalSignals:
                 break
             time.sleep(0)  # let request handling have the GIL between chunks
         log.info("loaded %d items of catalogue version %r", len(records), version)
-        return ItemIndex.build(records, version=version).with_lookup_order(popular)
+        catalog = ItemIndex.build(records, version=version,
+                                  catalogue_only=self.settings.catalogue_only)
+        catalog.newest_rows()  # the new-arrivals filler's order, computed in this thread
+        return catalog.with_lookup_order(popular)
 
     def read_meta(self, item_ids: Sequence[str]) -> dict[str, dict]:
         """The `META_FIELDS` of each item (empty without a hash), in pipelined chunks of HMGET

@@ -163,3 +163,21 @@ def test_trusted_proxies_must_be_addresses_or_networks(monkeypatch: pytest.Monke
                            ("::1,fd00::/8", "::1,fd00::/8")):
         monkeypatch.setenv("RECO_FORWARDED_ALLOW_IPS", accepted)
         assert Settings().forwarded_allow_ips == kept
+
+
+@pytest.mark.parametrize(("value", "mode"), [("auto", "auto"), ("TRUE", "true"), ("1", "true"),
+                                              (" off ", "false"), ("false", "false")])
+def test_catalogue_only_reads_its_words_and_booleans(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path, value: str,
+                                                     mode: str) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.setenv("RECO_CATALOGUE_ONLY", value)
+    assert Settings().catalogue_only == mode
+
+
+def test_catalogue_only_refuses_other_words(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECO_CATALOGUE_ONLY", "sometimes")
+    with pytest.raises(ValidationError, match="catalogue_only"):
+        Settings()

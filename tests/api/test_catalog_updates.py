@@ -35,7 +35,7 @@ def test_with_metadata_updates_rows_in_the_same_space() -> None:
     old = ItemIndex.build({"a": {"category": "c1", "price": "5", "in_stock": "1"},
                            "b": {"category": "c2", "price": "7"}},
                           [("b", 3.0), ("a", 2.0), ("p", 1.0)])  # p: popular, no metadata
-    assert popular_ids(old) == ["b", "a", "p"]  # fills the filler cache
+    assert popular_ids(old) == ["b", "a"]  # fills the filler cache; p is no catalogue item
     assert old._filler
 
     new = old.with_metadata({"a": {"category": "c1", "price": "6", "in_stock": "0"},
@@ -49,18 +49,19 @@ def test_with_metadata_updates_rows_in_the_same_space() -> None:
     assert new.category.tolist() == [0, 1, 1, 2, UNKNOWN_CATEGORY]
     assert new.price[[0, 1, 3]].tolist() == [6.0, 7.0, 1.0]
     assert math.isnan(new.price[2]) and math.isnan(new.price[4])
-    assert new.in_stock.tolist() == [False, True, True, True, True]
+    assert new.in_stock.tolist() == [False, True, True, True, False]  # unknown row: ineligible
     assert new.created_at[3] == 1.7e9
     # The popularity snapshot is kept; the appended item has none.
     assert new.popular_rows.tolist() == old.popular_rows.tolist() == [1, 0, 2]
     assert new.popularity.tolist() == [2.0, 3.0, 1.0, 0.0, 0.0]
-    assert new._filler == {} and popular_ids(new) == ["b", "p"]  # a is out of stock now
+    # a is out of stock now; p is in the catalogue now; n is a new arrival (no popularity).
+    assert new._filler == {} and popular_ids(new) == ["b", "p", "n"]
     # The old snapshot, which requests may still rank with, is untouched.
     assert old.ids == ["a", "b", "p"] and "n" not in old.row and old.unknown_row == 3
     assert old.categories == ["c1", "c2"] and old.category_code == {"c1": 0, "c2": 1}
     assert old.category.tolist() == [0, 1, UNKNOWN_CATEGORY, UNKNOWN_CATEGORY]
-    assert old.price[0] == 5.0 and old.in_stock.tolist() == [True] * 4
-    assert popular_ids(old) == ["b", "a", "p"]
+    assert old.price[0] == 5.0 and old.in_stock.tolist() == [True, True, False, False]
+    assert popular_ids(old) == ["b", "a"]
 
 
 def upsert(settings: Settings, *items: ItemWithId) -> list[str]:

@@ -8,6 +8,7 @@ from reco.catalog import ItemIndex
 from reco.ranking import RowList
 from serving.reco_lists import ItemListCache
 from serving.reco_store import ListKey
+from tests.api.conftest import put_meta
 from tests.api.test_recommendations import EXPECTED, assert_ranking, get
 
 
@@ -76,6 +77,7 @@ def test_als_user_list_is_kept_parsed_per_model_version(world, make_client) -> N
     r = world["redis"]
     r.hset(keys.MODEL_VERSIONS, "als", "a1")
     r.set(keys.user_cf("u2", "a1"), neighbours.encode(["Q", "P"], [2.0, 1.0]))
+    put_meta(r, "Q", "c9")  # in the catalogue, as items recommended are
     with make_client(w_cf=0.5) as client:
         first = get(client, user_id="u2", k=3)
         assert [i["item_id"] for i in first["items"]] == ["Q", "P", "A"]

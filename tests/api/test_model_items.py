@@ -64,9 +64,10 @@ def test_users_lists_take_their_rows_from_the_model_item_numbers(world, make_cli
         assert_ranking(get(client, user_id="u2", k=3), [
             ("X", 0.5 + W_POP * 0.1), ("P", 0.5 * 0.5 + W_POP * 1.0), ("A", W_POP * 0.5)])
         assert [i["item_id"] for i in get(client, user_id="u3", k=2)["items"]] == ["W", "P"]
+        # Q is no catalogue item: never served (RECO_CATALOGUE_ONLY=auto), and the signals
+        # are normalised over the eligible candidates, so P's cf is the top one.
         assert_ranking(get(client, user_id="u4", k=3), [
-            ("Q", 0.5 * 1.0), ("P", 0.5 * 0.5 + W_POP * 1.0), ("A", W_POP * 0.5)])
-
+            ("P", 0.5 * 1.0 + W_POP * 1.0), ("A", W_POP * 0.5), ("W", W_POP * 0.4)])
 
         # A new version serves at once, by ids until a refresh maps its item list. u5 and u6
         # have the same list.
@@ -91,3 +92,10 @@ def test_users_lists_take_their_rows_from_the_model_item_numbers(world, make_cli
         r.hdel(keys.MODEL_VERSIONS, "als")  # unpublished: the mapping goes too
         signals.refresh()
         assert "als" not in signals.model_rows
+
+    # Items outside the catalogue are served only when the deployment allows them.
+    r.hset(keys.MODEL_VERSIONS, "als", "a1")
+    # (u4's answer cached above under "auto" is a miss: the setting keys the cache.)
+    with make_client(w_cf=0.5, catalogue_only="false") as client:
+        assert_ranking(get(client, user_id="u4", k=3), [
+            ("Q", 0.5 * 1.0), ("P", 0.5 * 0.5 + W_POP * 1.0), ("A", W_POP * 0.5)])

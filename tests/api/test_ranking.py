@@ -28,13 +28,16 @@ def lists(pairs: dict[str, float]) -> tuple[list[str], np.ndarray]:
     return list(pairs), np.array(list(pairs.values()), dtype=np.float64)
 
 
+CATALOG = {
+    "X": {"category": "a", "price": "5", "in_stock": "1", "created_at": "0"},
+    "Y": {"category": "a", "price": "15", "in_stock": "1", "created_at": str(NOW - 3600)},
+    "Z": {"category": "b", "price": "25", "in_stock": "0", "created_at": "0"},
+}
+
+
 @pytest.fixture
 def catalog() -> ItemIndex:
-    return ItemIndex.build({
-        "X": {"category": "a", "price": "5", "in_stock": "1", "created_at": "0"},
-        "Y": {"category": "a", "price": "15", "in_stock": "1", "created_at": str(NOW - 3600)},
-        "Z": {"category": "b", "price": "25", "in_stock": "0", "created_at": "0"},
-    }, popularity=[("Z", 9.0), ("X", 3.0), ("Y", 4.0), ("V", 1.0)])
+    return ItemIndex.build(CATALOG, popularity=[("Z", 9.0), ("X", 3.0), ("Y", 4.0), ("V", 1.0)])
 
 
 def test_codec_round_trip_and_limit() -> None:
@@ -127,7 +130,8 @@ def test_negative_cosine_is_no_evidence() -> None:
 
 def test_eligible_rules_and_unknown_items(catalog: ItemIndex) -> None:
     rows = catalog.rows(["X", "Y", "Z", "unknown", "V"])  # V: popular, no metadata
-    assert eligible(catalog, rows, Filters()).tolist() == [True, True, False, True, True]
+    # Once there is a catalogue, only its items may be shown (RECO_CATALOGUE_ONLY=auto).
+    assert eligible(catalog, rows, Filters()).tolist() == [True, True, False, False, False]
     assert eligible(catalog, rows, Filters(category="a")).tolist() == [
         True, True, False, False, False]
     assert eligible(catalog, rows, Filters(min_price=10)).tolist() == [
@@ -137,8 +141,38 @@ def test_eligible_rules_and_unknown_items(catalog: ItemIndex) -> None:
     assert not eligible(catalog, rows, Filters(category="none")).any()
 
 
-def test_freshness_boost_only_for_items_created_within_the_window(catalog: ItemIndex) -> None:
+@pytest.mark.parametrize(("records", "mode", "shown"), [
+    ({}, "auto", True),  # no catalogue at all (the MovieLens-style demo without one)
+    ({"X": {}}, "auto", False), ({}, "true", False), ({"X": {}}, "false", True)])
+def test_items_without_metadata_are_shown_only_without_a_catalogue(records, mode,
+                                                                   shown) -> None:
+    """Ids seen only in events (a retired SKU, a typo, a made-up id) are no catalogue items:
+    not popular, not a cold start's, not in a personal list, whatever the route."""
+    bot = "<img/src=x/onerror=alert(1)>"
+    items = ItemIndex.build(records, [(bot, 100.0), ("X", 1.0)], catalogue_only=mode)
+    user = UserFeatures(["A"], {"A": NOW}, NOW, coview={"A": lists({"typo": 5.0})})
+    served = {i.item_id for i in rank(user, items, RankConfig(), k=5).items}
+    assert (bot in served and "typo" in served) is shown
+    assert (bot in served or "typo" in served) is shown
+    assert any(i == bot for i, _ in popular_items(items, Filters(), 5)) is shown
+    new_visitor = rank(UserFeatures([], {}, NOW), items, RankConfig(), k=5).items
+    assert any(i.item_id == bot for i in new_visitor) is shown
+    assert any(i.item_id == "typo" for i in similar_items(
+        "A", lists({"typo": 1.0, "X": 0.5}), None, items, RankConfig(), k=5)) is shown
+
+
+def test_the_first_catalogue_item_makes_unlisted_items_ineligible() -> None:
+    """"auto" follows the catalogue as the API updates it in place (`with_metadata`)."""
+    items = ItemIndex.build({}, [("gone", 5.0)])
+    assert popular_items(items, Filters(), 5) == [("gone", 5.0)]
+    items = items.with_metadata({"new": {"created_at": str(NOW)}})
+    assert popular_items(items, Filters(), 5) == [("new", 0.0)]
+    assert not items.in_stock[items.unknown_row]  # ids the index lacks share this row
+
+
+def test_freshness_boost_only_for_items_created_within_the_window() -> None:
     # X was created long ago, Y an hour ago; "unknown" has no creation time: no boost.
+    catalog = ItemIndex.build(CATALOG, catalogue_only="false")
     features = UserFeatures(recent=["A"], recent_times={"A": NOW}, now=NOW,
                             coview={"A": lists({"X": 1.0, "Y": 1.0, "unknown": 1.0})})
     config = RankConfig(w_coview=1.0, w_embed=0.0, w_pop=0.0, w_recency=0.0,
@@ -170,14 +204,14 @@ def test_freshness_raises_a_new_item_by_a_share_of_its_score_on_the_popular_path
 
 
 def test_popular_items_skip_out_of_stock_and_filter(catalog: ItemIndex) -> None:
-    assert popular_items(catalog, Filters(), 3) == [("Y", 4.0), ("X", 3.0), ("V", 1.0)]
+    assert popular_items(catalog, Filters(), 3) == [("Y", 4.0), ("X", 3.0)]  # V: no metadata
     assert popular_items(catalog, Filters(category="a"), 5) == [("Y", 4.0), ("X", 3.0)]
 
 
 def test_popularity_read_twice_counts_once() -> None:
     """Popularity read in chunks can list a member twice (it moved between chunks): its first
     sighting counts, for catalogue items and items the catalogue lacks alike."""
-    base = ItemIndex.build({"a": {}, "b": {}, "c": {}})
+    base = ItemIndex.build({"a": {}, "b": {}, "c": {}}, catalogue_only="false")
     items = base.with_popularity(["a", "b", "c", "b", "n", "n"], [5.0, 4.0, 3.0, 3.0, 2.0, 1.0])
     assert [items.ids[r] for r in items.popular_rows.tolist()] == ["a", "b", "c", "n"]
     assert popular_items(items, Filters(), 10) == [("a", 5.0), ("b", 4.0), ("c", 3.0),
@@ -186,7 +220,8 @@ def test_popularity_read_twice_counts_once() -> None:
 
 def test_unknown_ids_are_ranked_with_unknown_metadata() -> None:
     features = UserFeatures(["A"], {"A": NOW}, NOW, coview={"A": lists({"n1": 2, "n2": 1})})
-    items = rank(features, ItemIndex.build({"n2": {"category": "a"}}), RankConfig(), k=5).items
+    items = rank(features, ItemIndex.build({"n2": {"category": "a"}}, catalogue_only="false"),
+                 RankConfig(), k=5).items
     assert [(i.item_id, i.score) for i in items] == [("n1", pytest.approx(0.5)),
                                                      ("n2", pytest.approx(0.3))]
 

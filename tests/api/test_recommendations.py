@@ -81,9 +81,11 @@ def test_explain_gives_contributions_and_source(client) -> None:
 
 def test_exclude_seen_false_keeps_recent_items(client) -> None:
     body = get(client, exclude_seen="false", k=10)
-    # A is now eligible (popularity 50, no neighbour signal); nothing else changes.
+    # A is now eligible (popularity 50, no neighbour signal); nothing else changes but B (no
+    # popularity, no signal) closing the list as a catalogue item nobody else interacted with.
     assert ("A", pytest.approx(blend(0, 0, 0.5, 0), abs=2e-6)) in ids_scores(body)
-    assert [i for i, _ in ids_scores(body)] == ["X", "Y", "Z", "W", "P", "A"]
+    assert ids_scores(body)[-1] == ("B", 0.0)
+    assert [i for i, _ in ids_scores(body)] == ["X", "Y", "Z", "W", "P", "A", "B"]
 
 
 def test_items_seen_long_ago_are_excluded_too(world, make_client) -> None:
@@ -92,7 +94,7 @@ def test_items_seen_long_ago_are_excluded_too(world, make_client) -> None:
     with make_client() as client:
         assert [i for i, _ in ids_scores(get(client))] == ["X", "Y", "Z"]
         assert [i for i, _ in ids_scores(get(client, exclude_seen="false", k=10))] == [
-            "X", "Y", "Z", "W", "P", "A"]
+            "X", "Y", "Z", "W", "P", "A", "B"]
 
 
 def test_only_the_newest_seen_items_are_excluded(world, make_client) -> None:
@@ -161,6 +163,7 @@ def test_cf_candidates_once_als_is_published(world, make_client) -> None:
     r = world["redis"]
     r.hset(keys.MODEL_VERSIONS, "als", "a1")
     r.set(keys.user_cf("u2", "a1"), neighbours.encode(["Q", "P"], [2.0, 1.0]))
+    put_meta(r, "Q", "c9")  # a catalogue item (others are never served)
     with make_client(w_cf=0.5) as client:
         body = get(client, user_id="u2", k=3)
     assert body["strategy"] == "personalized"
@@ -177,6 +180,7 @@ def test_seq_candidates_once_sasrec_is_published(world, make_client) -> None:
     r.hset(keys.MODEL_VERSIONS, mapping={"als": "a1", "sasrec": "s1"})
     r.set(keys.user_cf("u2", "a1"), neighbours.encode(["Q", "P"], [2.0, 1.0]))
     r.set(keys.user_seq("u2", "s1"), neighbours.encode(["W", "Q"], [0.6, 0.15]))
+    put_meta(r, "Q", "c9")
     with make_client(w_cf=0.5, w_seq=0.3) as client:
         body = get(client, user_id="u2", k=4, explain="true")
     assert body["model_versions"] == {"item2vec": "v1", "als": "a1", "sasrec": "s1"}
@@ -310,6 +314,7 @@ def test_the_ranking_key_is_the_same_in_every_process() -> None:
 
     assert keys_seen == {ranking_key(RankConfig(w_pop=1.0), 500).hex() + "\n"}
     assert ranking_key(RankConfig(w_pop=1.0), 499) != ranking_key(RankConfig(w_pop=1.0), 500)
+    assert ranking_key(RankConfig(), 500, "false") != ranking_key(RankConfig(), 500, "auto")
 
 
 def test_cache_entries_of_the_release_before_catalogue_stamps_do_not_mix(client, world) -> None:
