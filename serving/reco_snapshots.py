@@ -47,6 +47,7 @@ from reco import keys
 from reco.catalog import ItemIndex, first_sightings
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving import snapshot_file
 from serving.model_items import MODEL_OF_KIND, ModelRows, map_model_items
 from serving.reco_aio import AsyncPipelineClient
 from serving.reco_redis import PipelineClient, RedisDown
@@ -72,6 +73,8 @@ class GlobalSignals:
         # Catalogue + popularity, what requests rank with; the catalogue alone, reloaded rarely.
         self.items = self._catalog = ItemIndex.empty(settings.catalogue_only)
         self.loaded = False  # at least one successful refresh
+        self.from_disk = False  # `items` is the saved snapshot: Redis has not answered yet
+        self._saved_at = 0.0  # monotonic time of the last save to disk
         self._catalog_version: str | None = None
         # Popularity is read with the hiredis pipeline client: 20,000 members parse in C.
         self.fast = PipelineClient(settings.redis_url, timeout_s=5.0)
@@ -134,6 +137,8 @@ class GlobalSignals:
         self.categories = categories
         self.items = self._catalog
         self.loaded = True
+        if self._refreshed():
+            self._save(self.items)
         stale = self._stale_models(versions)
         if stale:
             try:
@@ -204,6 +209,8 @@ class GlobalSignals:
         self.categories = categories  # set with `items`, no await between: read as a pair
         self.items = self._catalog
         self.loaded = True
+        if self._refreshed():
+            await asyncio.get_running_loop().run_in_executor(None, self._save, self.items)
         stale = self._stale_models(versions)
         if stale:
             try:
@@ -215,6 +222,34 @@ class GlobalSignals:
                 # one piece on the loop.
                 await asyncio.get_running_loop().run_in_executor(
                     None, self._set_model_rows, model, version, raw, self._catalog)
+
+    @property
+    def can_serve(self) -> bool:
+        """Whether requests get items: refreshed from Redis once, or the saved snapshot."""
+        return self.loaded or self.from_disk
+
+    def _refreshed(self) -> bool:
+        """Bookkeeping after a successful refresh; True when the snapshot is due on disk."""
+        self.from_disk = False
+        due = time.monotonic() - self._saved_at >= snapshot_file.SAVE_EVERY_S
+        if due:
+            self._saved_at = time.monotonic()
+        return due
+
+    def _save(self, items: ItemIndex) -> None:
+        try:
+            snapshot_file.save(snapshot_file.path_of(self.settings), items)
+        except OSError as exc:  # a read-only state folder: serving goes on without the file
+            log.warning("popular snapshot not saved: %r", exc)
+
+    def _load_saved(self) -> None:
+        """At a start without Redis: rank from the snapshot an earlier process saved."""
+        saved = snapshot_file.load(snapshot_file.path_of(self.settings), self.settings)
+        if saved is not None:
+            self.items, saved_at = saved
+            self.from_disk = True
+            log.warning("Redis unreachable at start: serving the popular snapshot saved %.0f s "
+                        "ago until it answers", time.time() - saved_at)
 
     def _stale_models(self, flat_versions: list[str]) -> list[tuple[str, str]]:
         """(model, active version) of the user-list models whose item rows are missing or were
@@ -364,6 +399,7 @@ class GlobalSignals:
             self.refresh()
         except (redis.RedisError, ValueError) as exc:
             self._refresh_failed(exc)
+            self._load_saved()
         finally:
             gc.enable()
         self._task = asyncio.get_running_loop().create_task(self._loop())

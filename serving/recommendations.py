@@ -117,10 +117,11 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/ready", response_model=reco_openapi.Readiness, responses=reco_openapi.NOT_READY,
              description=HEAD_TOO)
     async def ready() -> JSONResponse:
-        checks = {"redis": await store.ping(), "snapshot": signals.loaded}
-        # With the snapshot loaded every route answers, from it while Redis is down (strategy
-        # fallback); a balancer reading 503 then would drop every replica at once.
-        ready = signals.loaded
+        checks = {"redis": await store.ping(), "snapshot": signals.can_serve}
+        # With a snapshot (refreshed, or saved by an earlier process) every route answers,
+        # from it while Redis is down (strategy fallback); a balancer reading 503 then would
+        # drop every replica at once.
+        ready = signals.can_serve
         return JSONResponse({"ready": ready, "checks": checks},
                             status_code=200 if ready else 503)
 

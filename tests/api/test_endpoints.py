@@ -239,6 +239,27 @@ def test_fallback_when_redis_is_down(world, make_client, redis_server) -> None:
         assert get(client, k=3)["strategy"] == "personalized"
 
 
+def test_a_start_during_a_redis_outage_serves_the_saved_snapshot(world, make_client,
+                                                                 redis_server) -> None:
+    """Restarted while Redis was down, the API had no snapshot: 200 with no items anywhere,
+    and /ready 503 on every replica."""
+    with make_client() as client:  # its first refresh saves the snapshot
+        before = ids_scores(client.get("/popular", params={"k": 3}).json())
+    try:
+        redis_server.stop()
+        with make_client(reco_redis_retry_s=0.2) as client:
+            body = get(client, k=3)
+            popular = client.get("/popular", params={"k": 3}).json()
+            ready = client.get("/ready")
+    finally:
+        redis_server.start()
+    assert body["strategy"] == "fallback"
+    assert [i for i, _ in ids_scores(body)] == ["P", "A", "W"]
+    assert ids_scores(popular) == before and len(before) == 3
+    assert (ready.status_code, ready.json()["checks"]) == (200, {"redis": False,
+                                                                 "snapshot": True})
+
+
 def test_refused_cache_writes_fail_neither_requests_nor_the_breaker(world, make_client) -> None:
     """Redis out of memory (noeviction) refuses the cache writes riding along with round 1 and
     the flushes, but the reads work: users keep their personalised lists."""
