@@ -139,19 +139,21 @@ class FeatureStore:
         check.each("GET", position_keys)
         if markers:
             check.add("EXISTS", *markers)
-        replies = await self.writer.execute(check)
-        now = replies[1:1 + len(partitions)]
-        moved = any(Position.parse(raw) != planned.positions_before[p]
-                    for p, raw in zip(partitions, now, strict=True))
-        marked = bool(markers) and bool(replies[-1])
-        if marked or moved:
-            await self.writer.execute([("UNWATCH",)])
-            raise WriteConflict("events of the batch were applied meanwhile (before the write)")
-        try:
-            await self.writer.execute(planned.commands, transaction=True)
-        except TransactionAborted:
-            raise WriteConflict("events of the batch were applied meanwhile (EXEC aborted)") \
-                from None
+        async with self.writer.watching():
+            replies = await self.writer.execute(check)
+            now = replies[1:1 + len(partitions)]
+            moved = any(Position.parse(raw) != planned.positions_before[p]
+                        for p, raw in zip(partitions, now, strict=True))
+            marked = bool(markers) and bool(replies[-1])
+            if marked or moved:
+                await self.writer.execute([("UNWATCH",)])
+                raise WriteConflict("events of the batch were applied meanwhile (before the "
+                                    "write)")
+            try:
+                await self.writer.execute(planned.commands, transaction=True)
+            except TransactionAborted:
+                raise WriteConflict("events of the batch were applied meanwhile (EXEC "
+                                    "aborted)") from None
 
     async def _read_state(
         self, events: Sequence[StreamEvent], carried: dict[str, RecentItems],

@@ -10,7 +10,8 @@ state is unknown) and propagate; the next call reconnects.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -112,12 +113,26 @@ class RedisPipe:
         # timeout is then recognised by its markers and applied positions.
         self.timeout_s = timeout_s
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._watching = False  # inside `watching()`: the connection holds a WATCH
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        """Round trips from a WATCH to its EXEC or UNWATCH. A connection lost in between is
+        an error, never replaced: a new one would not hold the WATCH, and EXEC would apply
+        over a concurrent write."""
+        self._watching = True
+        try:
+            yield
+        finally:
+            self._watching = False
 
     async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._streams is not None and self._streams[0].at_eof():
             # Closed by the server while idle (a restart, CLIENT KILL, its idle timeout): the
             # processor's second pipe failed its next batch on it, one more backoff (6-30 s).
             await self.close()
+            if self._watching:
+                raise ConnectionError("Redis closed the connection that held the WATCH")
         if self._streams is None:
             opening = (asyncio.open_unix_connection(self.path) if self.path
                        else asyncio.open_connection(self.host, self.port, ssl=self.tls))

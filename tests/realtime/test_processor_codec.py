@@ -209,6 +209,25 @@ async def test_a_connection_the_server_closed_while_idle_is_opened_again_first(
         await pipe.close()
 
 
+async def test_a_connection_lost_while_watching_is_an_error_not_replaced(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    """A new connection would not hold the WATCH: its EXEC would apply over the concurrent
+    write the WATCH is there to catch (events counted twice after a rebalance)."""
+    pipe = RedisPipe(redis_url)
+    try:
+        async with pipe.watching():
+            await pipe.execute([("WATCH", "test:watched")])
+            redis_client.execute_command("CLIENT", "KILL", "SKIPME", "yes")
+            redis_client.set("test:watched", "theirs")  # another processor's write
+            await asyncio.sleep(0.2)
+            with pytest.raises(ConnectionError, match="held the WATCH"):
+                await pipe.execute([("SET", "test:watched", "mine")], transaction=True)
+        assert redis_client.get("test:watched") == "theirs"
+        assert await pipe.execute([("PING",)]) == [b"PONG"]  # outside: reconnects as usual
+    finally:
+        await pipe.close()
+
+
 async def test_the_pipe_reaches_redis_over_a_unix_socket() -> None:
     """`unix://` URLs, which the API's clients and redis-py take: the pipe connected to
     127.0.0.1:6379 instead."""
