@@ -236,7 +236,7 @@ def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
             key, k = jax.random.split(key)
             params, state, value = step(params, state, inputs[rows], targets[rows], k)
             total += float(value)
-        if progress is not None:
+        if progress is not None and len(inputs):  # no windows: nothing learnt, no mean
             progress(epoch, total / math.ceil(len(inputs) / p.batch))
     return params
 

@@ -112,6 +112,13 @@ def test_learns_the_successor_and_serves_the_trained_network(tmp_path: Path) -> 
     assert all(np.array_equal(loaded.net[n], still.net[n]) for n in loaded.net)
 
 
+def test_sequences_of_one_item_train_without_a_loss_curve(tmp_path: Path) -> None:
+    """No user with two items (a short window, a small shop): nothing to learn, and the
+    per-epoch mean loss divided by zero batches."""
+    model = sasrec.fit(write(ring_walks(length=1), tmp_path / "one"), PARAMS)
+    assert model.train_loss == [] and len(model.user_ids) == 40
+
+
 def test_hyperparameters_and_engine_are_checked_before_any_work() -> None:
     from spark_jobs import pipeline
 
