@@ -247,6 +247,9 @@ class RecoService:
         # A category the snapshot has not read yet (asked for the first time): its answer is
         # served but not cached, as the next refresh brings that category's own top items.
         cache = p.category is None or p.category in self.signals.categories
+        # Nor before the first refresh: ranked from the popular snapshot saved on disk (a
+        # start during a Redis outage), an answer would outlive the outage in the cache.
+        cache = cache and self.signals.loaded
         hit = self._cached(p, first, fingerprint, items)
         if hit is not None:
             return hit

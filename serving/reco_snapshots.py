@@ -244,12 +244,12 @@ class GlobalSignals:
 
     def _load_saved(self) -> None:
         """At a start without Redis: rank from the snapshot an earlier process saved."""
-        saved = snapshot_file.load(snapshot_file.path_of(self.settings), self.settings)
+        saved = snapshot_file.load(snapshot_file.path_of(self.settings))
         if saved is not None:
             self.items, saved_at = saved
             self.from_disk = True
-            log.warning("Redis unreachable at start: serving the popular snapshot saved %.0f s "
-                        "ago until it answers", time.time() - saved_at)
+            log.warning("first refresh failed: serving the popular snapshot saved %.0f s ago "
+                        "until a refresh succeeds", time.time() - saved_at)
 
     def _stale_models(self, flat_versions: list[str]) -> list[tuple[str, str]]:
         """(model, active version) of the user-list models whose item rows are missing or were

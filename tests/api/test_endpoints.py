@@ -7,8 +7,9 @@ import time
 import pytest
 
 from reco import keys, neighbours, ranking
+from reco.catalog import ItemIndex
 from reco.events import ID_REASON, QUERY_ID_REASON
-from serving import reco_openapi
+from serving import reco_openapi, snapshot_file
 from tests.api.conftest import out_of_memory, put_meta
 from tests.api.test_recommendations import W_POP, get, ids_scores, metric
 
@@ -251,6 +252,12 @@ def test_a_start_during_a_redis_outage_serves_the_saved_snapshot(world, make_cli
             body = get(client, k=3)
             popular = client.get("/popular", params={"k": 3}).json()
             ready = client.get("/ready")
+            redis_server.start()
+            # Redis back, no refresh yet: ranked from the saved popular items, and not cached,
+            # or the cache would serve that answer for RECO_CACHE_TTL_S after the outage.
+            back = [get(client, k=3) for _ in range(2)]
+            client.app.state.service.signals.refresh()
+            refreshed = [get(client, k=3) for _ in range(2)]
     finally:
         redis_server.start()
     assert body["strategy"] == "fallback"
@@ -258,6 +265,20 @@ def test_a_start_during_a_redis_outage_serves_the_saved_snapshot(world, make_cli
     assert ids_scores(popular) == before and len(before) == 3
     assert (ready.status_code, ready.json()["checks"]) == (200, {"redis": False,
                                                                  "snapshot": True})
+    assert [b["cached"] for b in back] == [False, False]
+    assert [b["cached"] for b in refreshed] == [False, True]
+
+
+def test_the_saved_snapshot_keeps_made_up_ids_out(tmp_path) -> None:
+    """It holds the popular items only: with none of them in the catalogue, it no longer
+    showed that the catalogue-only rule applied, and served ids the live API refused."""
+    live = ItemIndex.build({"X": {"category": "c", "created_at": "1"}},
+                           [("gone", 9.0), ("bot", 5.0)])
+    snapshot_file.save(tmp_path / "snap.json", live)
+    loaded, _ = snapshot_file.load(tmp_path / "snap.json")
+    for items in (live, loaded):
+        assert not items.in_stock[items.rows(["gone", "bot"])].any()
+    assert list(loaded.popularity[loaded.rows(["gone", "bot"])]) == [9.0, 5.0]
 
 
 def test_refused_cache_writes_fail_neither_requests_nor_the_breaker(world, make_client) -> None:
