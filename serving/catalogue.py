@@ -108,10 +108,19 @@ def _unstorable(value: Any) -> str | None:
     return None
 
 
+def _without_defaults(schema: dict[str, Any]) -> None:
+    for field in schema.get("properties", {}).values():
+        field.pop("default", None)
+
+
 class ItemPatch(ItemIn):
     """PATCH /items/{item_id}: only the fields given change, as in a JSON merge patch (RFC
     7396) one level deep: null clears title, category or price, and removes an attribute;
     `attributes` merges key by key; `created_at` null keeps it."""
+
+    # A field left out is unchanged, so the schema shows no defaults: a client generated from
+    # it and sending PUT's (in_stock true) would put a sold-out item back on sale.
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_without_defaults)
 
     def changes(self) -> tuple[Any, ...]:
         """`PATCH_ITEM`'s arguments after the item id."""

@@ -406,6 +406,13 @@ async def test_a_patch_changes_only_the_fields_it_names(
         ("colour", "Extra inputs are not permitted")]
     bad_id = await ingest.patch("/items/a%20b", json={})
     assert [e["field"] for e in bad_id.json()["detail"]] == ["path.item_id"]
+    # Documented without defaults: a generated client sending PUT's in_stock true would put
+    # a sold-out item back on sale.
+    spec = (await ingest.get("/openapi.json")).json()
+    body = spec["paths"]["/items/{item_id}"]["patch"]["requestBody"]["content"]
+    fields = body["application/json"]["schema"]["properties"]
+    assert set(fields) >= {"in_stock", "price"}
+    assert not [name for name, field in fields.items() if "default" in field]
 
 
 async def test_catalogue_errors(
