@@ -30,9 +30,11 @@ def pseudonym(user_id: str) -> str:
 
 # A secret this long is a random string no word holds by chance: redacted wherever it appears.
 _ANYWHERE_LEN = 16
-# Characters that continue a word or a name ("recommendations", "reco-processor",
-# "reco.settings"): a short secret next to one is part of something else.
-_JOINED = "A-Za-z0-9_.-"
+# A short secret next to a word character, or joined to one by '.' or '-' ("reco-processor",
+# "reco.settings"), is part of something else; a '.' ending a sentence joins nothing.
+_WORD = "A-Za-z0-9_"
+_NOT_AFTER = rf"(?<![{_WORD}])(?<![{_WORD}][.-])"
+_NOT_BEFORE = rf"(?![{_WORD}])(?![.-][{_WORD}])"
 
 
 def _secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
@@ -45,8 +47,7 @@ def _secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
     for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
         escaped = re.escape(secret)
         if len(secret) < _ANYWHERE_LEN:
-            escaped = (rf"(?:(?<![{_JOINED}])|(?<=%[0-9A-Fa-f]{{2}})){escaped}"
-                       rf"(?![{_JOINED}])")
+            escaped = rf"(?:{_NOT_AFTER}|(?<=%[0-9A-Fa-f]{{2}})){escaped}{_NOT_BEFORE}"
         alternatives.append(escaped)
     return re.compile("|".join(alternatives)) if alternatives else None
 

@@ -441,4 +441,6 @@ def _because(item: ScoredItem) -> str:
         return "picked for you from your history"
     if signals.get("popularity", 0.0) > 0.0:
         return "popular right now"
-    return "new in the catalogue"  # the new-arrivals filler: no signal scores it
+    # The filler after the popular items: newest first, but not always new (items past the
+    # popular snapshot, or without a creation time), so it is not called new.
+    return "more from the catalogue"

@@ -69,7 +69,7 @@ def test_new_arrivals_fill_k_newest_first(world, make_client) -> None:
     # u1 saw A and B: every other in-stock catalogue item is served, new arrivals last.
     assert set(item_ids(everyone)) == {"X", "Y", "Z", "W", "P", "s0", "s1", "s2", "s-old"}
     assert item_ids(everyone)[-4:] == ["s0", "s1", "s2", "s-old"]
-    assert everyone["items"][-1]["reasons"]["because"] == "new in the catalogue"
+    assert everyone["items"][-1]["reasons"]["because"] == "more from the catalogue"
 
 
 def test_strategy_says_whether_anything_personal_was_served(world, make_client) -> None:

@@ -202,11 +202,14 @@ def test_redaction_filter_scrubs_secrets_from_messages_and_tracebacks() -> None:
     ("header X-API-Key: reco", "header X-API-Key: ***"),
     ('body {"password": "reco", "n": 1}', 'body {"password": "***", "n": 1}'),
     ("form pw%3Dreco%26x", "form pw%3D***%26x"),  # after a percent-escape
+    # Ending a sentence, or with '-' or '_' around it but no word joined: redacted.
+    ("the password is reco.", "the password is ***."), ("pw=reco-", "pw=***-"),
+    ("password hunter2x.", "password ***."),
     # A production-length secret is redacted even inside a word.
     (f"token{JWT_SECRET}x", "token***x"),
 ])
 def test_redaction_takes_short_secrets_only_as_whole_tokens(message: str, redacted: str) -> None:
-    redactor = privacy.RedactSecrets(["reco", JWT_SECRET])
+    redactor = privacy.RedactSecrets(["reco", "hunter2x", JWT_SECRET])
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, message, None, None)
     assert redactor.filter(record)
     assert record.getMessage() == redacted
