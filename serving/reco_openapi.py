@@ -56,9 +56,10 @@ class RecommendedItem(BaseModel):
 class Recommendations(BaseModel):
     user_id: str
     strategy: Strategy = Field(description=(
-        "personalized: ranked from the user's history (recent items, model lists); popular: "
-        "the user has none, popular items; fallback: the feature store was unreachable, popular "
-        "items from the API's in-process snapshot"))
+        "personalized: at least one item came from the user's history (recent items, model "
+        "lists); popular: only popular items and catalogue filler (no history, or filters "
+        "that left none of it); fallback: the feature store was unreachable, popular items "
+        "from the API's in-process snapshot"))
     items: list[RecommendedItem] = Field(description="best first, at most k")
     model_versions: dict[str, str] = Field(description=_VERSIONS)
     cached: bool = Field(description=(
@@ -75,7 +76,9 @@ class PopularItem(BaseModel):
 
 class Popular(BaseModel):
     category: str | None = Field(description="the category asked for, or null")
-    items: list[PopularItem] = Field(description="most popular first, in stock, at most k")
+    items: list[PopularItem] = Field(description=(
+        "most popular first, in stock, at most k; then, if fewer are popular, catalogue items "
+        "nobody interacted with yet, newest first, at score 0"))
 
 
 class SimilarItem(BaseModel):
@@ -102,7 +105,9 @@ class Health(BaseModel):
 
 class ReadyChecks(BaseModel):
     redis: bool = Field(description="the feature store answers")
-    snapshot: bool = Field(description="the in-process catalogue and popularity are loaded")
+    snapshot: bool = Field(description=(
+        "the in-process catalogue and popularity are loaded, or at a start without Redis "
+        "the popular items an earlier process saved"))
 
 
 class Readiness(BaseModel):
@@ -137,7 +142,8 @@ NOT_READY = {503: {"model": Readiness, "description": (
     "answered since the start). Once loaded, /ready stays 200 while Redis is down, with "
     "checks.redis false: the routes answer from the snapshot (strategy fallback)")}}
 POPULAR_DOC = ("The most popular items in stock (time-decayed weighted event counts), "
-               "optionally of one category (case-sensitive). HEAD is accepted too.")
+               "optionally of one category (case-sensitive), filled up to k with the newest "
+               "catalogue items nobody interacted with yet. HEAD is accepted too.")
 SIMILAR_DOC = ("Items similar to one item, from its co-view and Item2Vec lists, in stock, "
                "not the item itself. An item without lists (one nobody viewed with another, "
                "or an unknown id) gets 200 with no items. HEAD is accepted too.")
