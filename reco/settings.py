@@ -272,7 +272,8 @@ class Settings(BaseSettings):
     def _check_origins(cls, value: object) -> object:
         """Origins as browsers send them: scheme://host[:port], no path, no trailing slash (an
         origin written with one would never match, and CORS would fail silently)."""
-        entries = [o.strip() for o in value.split(",") if o.strip()] \
+        # Lower case, as browsers send scheme and host: "https://Shop.example" never matched.
+        entries = [o.strip().lower() for o in value.split(",") if o.strip()] \
             if isinstance(value, str) else value
         if not isinstance(entries, list):
             return entries

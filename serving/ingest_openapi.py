@@ -11,6 +11,7 @@ from typing import Any
 
 from reco.events import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Event
 from serving.catalogue import ItemBatch, ItemIn, ItemPatch
+from serving.hot_routes import HEAD_TOO
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +113,7 @@ ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
                     _object(item_ids={"type": "array", "items": _ID}))
 
 HEALTH = {"responses": {200: _json(_object(status={"enum": ["ok"]}), "The process answers")},
-          "description": "HEAD is accepted too."}
+          "description": HEAD_TOO}
 _READINESS = _object(broker={"type": "boolean", "description": "the Kafka broker answers"},
                      database={"type": "boolean", "description": "PostgreSQL answers"})
 READY = {"responses": {
@@ -122,4 +123,4 @@ READY = {"responses": {
                               "Retry-After"),
           "headers": {"Retry-After": {"schema": {"type": "integer"},
                                       "description": "seconds"}}}},
-    "description": "HEAD is accepted too."}
+    "description": HEAD_TOO}

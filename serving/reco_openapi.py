@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from serving.hot_routes import HEAD_TOO
 from serving.reco_params import ID_PATTERN, MAX_K
 
 Strategy = Literal["personalized", "popular", "fallback"]
@@ -143,10 +144,10 @@ NOT_READY = {503: {"model": Readiness, "description": (
     "checks.redis false: the routes answer from the snapshot (strategy fallback)")}}
 POPULAR_DOC = ("The most popular items in stock (time-decayed weighted event counts), "
                "optionally of one category (case-sensitive), filled up to k with the newest "
-               "catalogue items nobody interacted with yet. HEAD is accepted too.")
+               "catalogue items nobody interacted with yet. " + HEAD_TOO)
 SIMILAR_DOC = ("Items similar to one item, from its co-view and Item2Vec lists, in stock, "
                "not the item itself. An item without lists (one nobody viewed with another, "
-               "or an unknown id) gets 200 with no items. HEAD is accepted too.")
+               "or an unknown id) gets 200 with no items. " + HEAD_TOO)
 # Clients remove "." and ".." path segments: such an id names no route (reco.events).
 UNADDRESSABLE_ID = {404: _json(_DETAIL, "No route: an id '.' or '..' written as such, a "
                                         "segment clients remove; send it as %2E or %2E%2E "
@@ -157,7 +158,7 @@ RECOMMENDATIONS_DOC = (
     "Personalised top-k for one user, best first, after the business rules (in stock, "
     "category and price filters, at most a share of k from one category, seen items "
     "excluded). A user without history gets popular items (strategy popular). Categories "
-    "match exactly, case-sensitively. HEAD is accepted too.")
+    "match exactly, case-sensitively. " + HEAD_TOO)
 _ID_DOC = ("1-128 printable ASCII characters ('!' to '~') without spaces; percent-encode "
            "reserved characters, '+' as %2B")
 

@@ -27,8 +27,8 @@ from tests.test_dashboard import _family, _series_in, exported_metrics
     (0.682, "ratio", "68.2%"), (3.5 * 2**20, "bytes", "3.5 MiB"),
     (1234.56, "req/s", "1,234.6 req/s"),
     # Small but not none: processing errors at 0.018/s showed as "0.0 msgs/s".
-    (0.018, "msgs/s", "0.018 msgs/s"), (0.0004, "ratio", "0.04%"), (0.0, "msgs/s", "0.0 msgs/s"),
-    (0.06, "events/s", "0.1 events/s"),
+    (0.018, "msgs/s", "0.018 msgs/s"), (0.0004, "ratio", "0.040%"), (0.0, "msgs/s", "0.0 msgs/s"),
+    (0.06, "events/s", "0.1 events/s"), (0.00001, "msgs/s", "0.000010 msgs/s"),
 ])
 def test_figures_are_shown_in_their_unit(value: float | None, unit: str, shown: str) -> None:
     assert Headline("x", value, unit).formatted() == shown

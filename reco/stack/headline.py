@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import httpx
@@ -65,8 +66,8 @@ class Headline:
 def _one_decimal(value: float) -> str:
     """One decimal, but never a rate or share above zero as 0.0: errors at 0.018 msgs/s, or
     a 0.04% 5xx ratio, read as none."""
-    if 0 < abs(value) < 0.05:
-        return f"{value:.2g}"
+    if 0 < abs(value) < 0.05:  # two significant digits, never 1e-05
+        return f"{value:.{1 - math.floor(math.log10(abs(value)))}f}"
     return f"{value:,.1f}"
 
 

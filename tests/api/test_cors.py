@@ -51,5 +51,7 @@ def test_an_origin_browsers_never_send_is_refused_by_name(origins, monkeypatch):
 def test_origins_are_comma_separated(monkeypatch):
     monkeypatch.setenv("RECO_CORS_ORIGINS", " https://shop.example, http://localhost:3000 ")
     assert Settings().cors_origins == [SHOP, "http://localhost:3000"]
+    monkeypatch.setenv("RECO_CORS_ORIGINS", "https://Shop.Example")  # browsers send lower case
+    assert Settings().cors_origins == [SHOP]
     monkeypatch.setenv("RECO_CORS_ORIGINS", "*")
     assert Settings().cors_origins == ["*"]
