@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import numpy as np
 
 from reco.catalog import ItemIndex
-from reco.rules import Filters, category_cap, diversify, diversify_head, eligible, per_category
+from reco.filler import newest_among_unscored, popular_filler
+from reco.rules import Filters, category_cap, diversify, diversify_head
 from reco.scoring import score_candidates, source_contributions
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     recency_w = _source_recency(sources, features.recent_times, features.now,
                                 config.recency_half_life_s)
     # Dedup, rules, signals, scores and the sort in one compiled pass.
-    filler = _popular_filler(items, filters, filler_n, category_cap(k, share))
+    filler = popular_filler(items, filters, filler_n, category_cap(k, share))
     weighted, fresh, score, order = c.score(filler, filters, config, recency_w, features.now)
     if c.m == 0:
         return Ranking("popular", [])
@@ -153,7 +154,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     # settles the top k; at all of them if not.
     n_head = _head_length(order, score, 4 * k + 32)
     if n_head and score[order[n_head - 1]] <= 0.0:
-        order = _newest_among_unscored(order, score, items.created_at[c.meta_rows])
+        order = newest_among_unscored(order, score, items.created_at[c.meta_rows])
     top = None
     if n_head < len(order):
         at = diversify_head(np.arange(n_head), items.category[c.meta_rows[order[:n_head]]], k,
@@ -193,7 +194,7 @@ def similar_items(item_id: str, coview: Neighbours | None, knn: Neighbours | Non
 
 def popular_items(items: ItemIndex, filters: Filters, k: int) -> list[tuple[str, float]]:
     """The k most popular items passing `filters`, with their raw popularity."""
-    rows = _popular_filler(items, filters, k)
+    rows = popular_filler(items, filters, k)
     return [(items.ids[r], float(items.popularity[r])) for r in rows.tolist()]
 
 
@@ -217,57 +218,6 @@ def _head_length(order: np.ndarray, score: np.ndarray, n: int) -> int:
     while n < len(order) and score[order[n]] == last:
         n += 1
     return n
-
-
-def _popular_filler(items: ItemIndex, filters: Filters, n: int,
-                    cap: int | None = None) -> np.ndarray:
-    """Rows of the `n` most popular items passing the filters, at most `cap` of each category
-    unless too few others exist; when fewer pass, then the newest catalogue items nobody
-    interacted with (new arrivals, and the long tail), so k is filled when the catalogue can.
-
-    Cut before the cap, a catalogue whose most popular items share one category gave a
-    filler of that category only, and `diversify` had to break the cap with it. The whole
-    ordering is cached per filter tuple and cap (a snapshot's popular rows change every few
-    seconds), and each request takes its prefix: `n` depends on the user's seen items.
-    """
-    if n <= 0:
-        return np.zeros(0, dtype=np.int64)
-
-    def compute() -> np.ndarray:
-        rows = items.popular_rows
-        rows = rows[eligible(items, rows, filters)]
-        return rows if cap is None else per_category(rows, items.category, cap)
-
-    popular = items.filler((filters.key, cap), compute)
-    if len(popular) >= n:  # the usual case: no work beyond the slice
-        return popular[:n]
-    need = n - len(popular)
-    fresh, _ = items.filler((filters.key, cap, "new"),
-                            lambda: _new_arrivals(items, filters, cap, max(4 * need, 1024)),
-                            enough=lambda cached: cached[1] or len(cached[0]) >= need)
-    return np.concatenate([popular, fresh[:need]])
-
-
-def _new_arrivals(items: ItemIndex, filters: Filters, cap: int | None, limit: int
-                  ) -> tuple[np.ndarray, bool]:
-    """(Up to `limit` rows of eligible catalogue items without popularity, newest first, at
-    most `cap` of each category per layer as `per_category` orders; whether that is all)."""
-    rows = items.newest_rows()
-    rows = rows[items.popularity[rows] <= 0]  # the popular ones come first already
-    rows = rows[eligible(items, rows, filters)]
-    complete = len(rows) <= limit
-    rows = rows[:limit]
-    return (rows if cap is None else per_category(rows, items.category, cap)), complete
-
-
-def _newest_among_unscored(order: np.ndarray, score: np.ndarray, created_at: np.ndarray
-                           ) -> np.ndarray:
-    """`order` (best first) with its zero-score tail newest first: items no signal scores
-    (the new-arrivals filler) would otherwise tie in row order."""
-    at = int(np.searchsorted(-score[order], 0.0))  # scores are >= 0 and descending
-    tail = order[at:]
-    # -NaN stays NaN, which argsort puts last: unknown creation times go last.
-    return np.concatenate([order[:at], tail[np.argsort(-created_at[tail], kind="stable")]])
 
 
 def _signal_weights(config: RankConfig) -> np.ndarray:
