@@ -12,6 +12,7 @@ import hmac
 import logging
 import re
 from collections.abc import Iterable
+from urllib.parse import quote
 
 from pydantic import SecretStr
 
@@ -44,6 +45,8 @@ def _secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
     in URLs (postgresql://u:reco@host), query strings, headers and JSON, or after a %XX
     escape."""
     alternatives = []
+    # Each also as a URL escapes it: Settings.pg_url puts the password in URLs that way.
+    secrets = {form for s in secrets for form in (s, quote(s, safe=""))}
     for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
         escaped = re.escape(secret)
         if len(secret) < _ANYWHERE_LEN:

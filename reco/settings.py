@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_future_skew_s: NonNegative = 300.0
     max_batch_events: AtLeastOne = 1000
     max_body_bytes: AtLeastOne = 1_000_000
+    # A write's whole body within this, else 408: clients trickling bodies held connections
+    # (and their memory) for as long as they liked.
+    body_read_timeout_s: Positive = 30.0
     # An event's context as JSON (reco.events.MAX_CONTEXT_BYTES); 0: no context accepted.
     max_context_bytes: AtLeastZero = 4096
 

@@ -34,6 +34,7 @@ from serving.http_metrics import HTTPMetrics
 from serving.publisher import EventTooLarge, Publisher, PublishFailed
 from serving.rate_limit import RateLimited
 from serving.validation import (
+    BodyTimeout,
     InvalidInput,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -117,6 +118,10 @@ def create_app(settings: Settings) -> FastAPI:
     publisher = Publisher(settings)
     items = Catalogue(settings)
     limit = settings.max_body_bytes
+
+    async def read(request: Request) -> bytes:
+        return await read_body(request, limit, settings.body_read_timeout_s)
+
     context = {"max_future_skew_s": settings.max_future_skew_s,
                "max_context_bytes": settings.max_context_bytes}
     retry_after = {"Retry-After": str(settings.ingest_retry_after_s)}
@@ -148,6 +153,9 @@ def create_app(settings: Settings) -> FastAPI:
         if isinstance(exc, UnsupportedMediaType):
             ingest_metrics.count_rejected(415)
             return json_response({"detail": str(exc)}, 415)
+        if isinstance(exc, BodyTimeout):
+            ingest_metrics.count_rejected(408)
+            return json_response({"detail": str(exc)}, 408, {"Connection": "close"})
         if isinstance(exc, PublishFailed):
             return publish_failed(exc)
         if isinstance(exc, StoreUnavailable):
@@ -174,18 +182,18 @@ def create_app(settings: Settings) -> FastAPI:
     async def _refused(_: Request, exc: Exception) -> Response:
         return error_response(exc)  # type: ignore[return-value]
 
-    for refusal in (InvalidInput, PayloadTooLarge, UnsupportedMediaType, PublishFailed,
-                    StoreUnavailable):
+    for refusal in (InvalidInput, PayloadTooLarge, UnsupportedMediaType, BodyTimeout,
+                    PublishFailed, StoreUnavailable):
         app.add_exception_handler(refusal, _refused)
 
     async def post_event(request: Request) -> Response:
-        event = parse_event(await read_body(request, limit), context)
+        event = parse_event(await read(request), context)
         await publisher.publish((event,))
         ingest_metrics.count_published((event,))
         return json_response({"event_id": str(event.event_id)}, 202)
 
     async def post_events(request: Request) -> Response:
-        events = parse_event_batch(await read_body(request, limit), context,
+        events = parse_event_batch(await read(request), context,
                                    settings.max_batch_events)
         await publisher.publish(events)
         ingest_metrics.count_published(events)
@@ -200,7 +208,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.put("/items/{item_id:path}", dependencies=writes, **ingest_openapi.ITEM)
     async def put_item(item_id: Annotated[str, Path(json_schema_extra=PATH_ID_SCHEMA)],
                        request: Request) -> Response:
-        item = parse_item(await read_body(request, limit), catalogue.ItemIn)
+        item = parse_item(await read(request), catalogue.ItemIn)
         full = with_path_id(item_id, item)
         await items.upsert([full])
         ingest_metrics.ITEMS_UPSERTED.inc()
@@ -210,7 +218,7 @@ def create_app(settings: Settings) -> FastAPI:
                description=catalogue.ItemPatch.__doc__, **ingest_openapi.ITEM_PATCH)
     async def patch_item(item_id: Annotated[str, Path(json_schema_extra=PATH_ID_SCHEMA)],
                          request: Request) -> Response:
-        patch = parse_item(await read_body(request, limit), catalogue.ItemPatch)
+        patch = parse_item(await read(request), catalogue.ItemPatch)
         if not await items.patch(check_path_id(item_id), patch):
             return json_response({"detail": f"no item {item_id!r}: PUT /items/{{item_id}} "
                                             "creates one"}, 404)
@@ -219,7 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/items/batch", dependencies=writes, **ingest_openapi.ITEM_BATCH)
     async def post_items(request: Request) -> Response:
-        batch = parse_item_batch(await read_body(request, limit))
+        batch = parse_item_batch(await read(request))
         ids = await items.upsert(batch.items)
         ingest_metrics.ITEMS_UPSERTED.inc(len(ids))
         return json_response({"item_ids": [it.item_id for it in batch.items]})

@@ -19,7 +19,7 @@ ITEMS_UPSERTED = Counter("catalogue_items_upserted_total", "Catalogue items upse
 
 # Label children resolved once: a labels() lookup per request costs more than the increment.
 _BY_TYPE = {t: EVENTS_INGESTED.labels(t) for t in EVENT_TYPES}
-_REJECTED = {s: REJECTED.labels(str(s)) for s in (413, 415, 422, 503)}
+_REJECTED = {s: REJECTED.labels(str(s)) for s in (408, 413, 415, 422, 503)}
 
 
 def count_published(events: Sequence[Event]) -> None:

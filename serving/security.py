@@ -106,12 +106,18 @@ class ApiKeyCheck:
         if not presented:
             raise AuthError(401, f"missing API key: send it in the {API_KEY_HEADER} header",
                             challenge)
+        if len(presented) > MAX_CREDENTIAL_CHARS:  # refused before hashing megabytes
+            raise AuthError(401, f"API key over {MAX_CREDENTIAL_CHARS} characters", challenge)
         digest = hashlib.sha256(presented.encode()).digest()
         # Compare with every key (no early exit) so timing does not tell which one is close.
         matches = [hmac.compare_digest(digest, d) for d in self._digests]
         if not any(matches):
             raise AuthError(401, "invalid API key", challenge)
 
+
+# Far above any real JWT (a few hundred bytes to ~4 KB) or API key, far below what a header
+# can carry: a 32 MB token took ~3 s of the event loop to refuse.
+MAX_CREDENTIAL_CHARS = 16_384
 
 _JWT_REASONS: list[tuple[type[Exception], str]] = [
     (jwt.ExpiredSignatureError, "token expired"),
@@ -144,6 +150,8 @@ class JwtCheck:
         if not authorization:
             raise AuthError(401, "missing bearer token: send 'Authorization: Bearer <JWT>'",
                             "Bearer")
+        if len(authorization) > MAX_CREDENTIAL_CHARS:  # refused before decoding megabytes
+            raise self._invalid(f"token over {MAX_CREDENTIAL_CHARS} characters")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError(401, "Authorization header must be 'Bearer <JWT>'", "Bearer")
@@ -154,12 +162,17 @@ class JwtCheck:
                 return known[0]
             del self._verified[token]  # expired since: verify again for the precise reason
         try:
+            # A token naming an audience is refused unless RECO_JWT_AUDIENCE is one of them
+            # (RFC 7519 4.1.3): one issued for another service is not good here.
             claims = jwt.decode(token, self.key, algorithms=[self.algorithm],
                                 audience=self.audience, leeway=self.leeway,
-                                options={"require": ["exp", "sub"],
-                                         "verify_aud": self.audience is not None})
+                                options={"require": ["exp", "sub"]})
         except jwt.MissingRequiredClaimError as exc:
             raise self._invalid(f"token has no '{exc.claim}' claim") from None
+        except jwt.InvalidAudienceError:
+            reason = ("token audience is not accepted" if self.audience is not None else
+                      "token names an audience: set RECO_JWT_AUDIENCE to accept it")
+            raise self._invalid(reason) from None
         except jwt.InvalidTokenError as exc:
             reason = next((r for t, r in _JWT_REASONS if isinstance(exc, t)), "invalid token")
             raise self._invalid(reason) from None

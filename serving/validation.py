@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable, Iterable
 from typing import Any, TypeVar
 
@@ -32,6 +33,10 @@ class PayloadTooLarge(Exception):
 
 class UnsupportedMediaType(Exception):
     """HTTP 415."""
+
+
+class BodyTimeout(Exception):
+    """HTTP 408."""
 
 
 # navigator.sendBeacon() sends a string body as text/plain: JSON in it is taken as such.
@@ -75,19 +80,24 @@ def _error(field: str, reason: str, loc: list[Any] | None = None) -> dict[str, A
     return {"loc": loc if loc is not None else [field], "field": field, "reason": reason}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing anything over `limit` bytes before reading all of it, and anything
-    its headers say is not plain JSON."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refusing anything over `limit` bytes before reading all of it, anything its
+    headers say is not plain JSON, and a body not all there within `timeout_s`."""
     check_media_type(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the {limit} byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body is over the {limit} byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(f"body not received within {timeout_s:g} s "
+                          f"(RECO_BODY_READ_TIMEOUT_S); {size} bytes came") from None
     return b"".join(chunks)
 
 

@@ -255,6 +255,14 @@ def test_supervised_processes_get_the_real_settings_secrets_included(monkeypatch
     assert seen.event_weights == settings.event_weights
 
 
+def test_the_supervisor_config_holding_the_database_password_is_owner_only(tmp_path) -> None:
+    settings = Settings(state_dir=tmp_path, pg_password="pg-secret-0123456789")
+    supervisor = Supervisor(tmp_path)
+    supervisor.write_config(build_components(settings))
+    assert "pg-secret-0123456789" in supervisor.config_path.read_text()  # MLflow's store URI
+    assert supervisor.config_path.stat().st_mode & 0o777 == 0o600
+
+
 def test_supervised_processes_get_no_api_key_when_none_is_set(monkeypatch) -> None:
     env = settings_env(Settings(api_keys=""))
     assert env["RECO_API_KEYS"] == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -527,3 +528,24 @@ async def test_listed_origins_may_post_events_from_a_page(settings: Settings,
     assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
     assert posted.status_code == 202
     assert posted.headers["access-control-allow-origin"] == "https://shop.example"
+
+
+async def test_a_body_that_trickles_in_gets_a_408(settings: Settings, kafka_topics: dict) -> None:
+    """Clients trickling a body held their connection, and its memory, for as long as they
+    liked."""
+    app = create_app(settings.model_copy(update={"body_read_timeout_s": 0.3}))
+
+    async def slowly():
+        yield b'{"user_id": "u1", '
+        await asyncio.sleep(1.0)
+        yield b'"item_id": "i1", "event_type": "view"}'
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            late = await client.post("/events", content=slowly(),
+                                     headers={"content-type": "application/json"})
+    assert late.status_code == 408
+    assert late.json() == {"detail": "body not received within 0.3 s "
+                                     "(RECO_BODY_READ_TIMEOUT_S); 18 bytes came"}
+    assert await end_offsets(settings, settings.topic_events) == 0

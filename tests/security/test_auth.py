@@ -12,6 +12,7 @@ import redis
 
 from reco import privacy
 from reco.settings import Settings
+from serving import security
 from tests.security.conftest import (
     API_KEY,
     JWT_SECRET,
@@ -62,6 +63,10 @@ async def test_ingest_writes_need_a_valid_api_key(
         # Bad input with a good key is still a 422; a bad key is refused before the body.
         invalid = await client.post("/events", content=b"{", headers={"X-API-Key": API_KEY})
         assert invalid.status_code == 422
+        # A 32 MB key took ~1 s of the event loop to hash: refused by its length first.
+        huge = await client.post("/events", content=b"{}", headers={"X-API-Key": "k" * 100_000})
+        assert (huge.status_code, huge.json()) == (
+            401, {"detail": f"API key over {security.MAX_CREDENTIAL_CHARS} characters"})
     assert API_KEY not in caplog.text and "not-" + API_KEY not in caplog.text
 
 
@@ -153,6 +158,20 @@ def test_audience_checked_when_configured(secure: Settings, reco_client, redis_c
         assert get(make_token("u1", aud="shop")) == 200
         assert get(make_token("u1", aud="admin")) == 401
         assert get(make_token("u1")) == 401
+    # Unset, a token issued for another service (naming its audience) is refused too (RFC
+    # 7519): it used to pass.
+    with reco_client(secure) as client:
+        other = client.get("/recommendations", params={"user_id": "u1"},
+                           headers=bearer(make_token("u1", aud="admin")))
+        assert (other.status_code, other.json()) == (401, {
+            "detail": "token names an audience: set RECO_JWT_AUDIENCE to accept it"})
+        plain = client.get("/recommendations", params={"user_id": "u1"},
+                           headers=bearer(make_token("u1")))
+        assert plain.status_code == 200
+        # A 32 MB token took ~3 s of the event loop to refuse: its length is checked first.
+        huge = client.get("/popular", headers={"Authorization": "Bearer " + "a" * 100_000})
+        assert (huge.status_code, huge.json()) == (
+            401, {"detail": f"token over {security.MAX_CREDENTIAL_CHARS} characters"})
 
 
 def test_fallback_log_pseudonymises_user_ids(
@@ -205,11 +224,13 @@ def test_redaction_filter_scrubs_secrets_from_messages_and_tracebacks() -> None:
     # Ending a sentence, or with '-' or '_' around it but no word joined: redacted.
     ("the password is reco.", "the password is ***."), ("pw=reco-", "pw=***-"),
     ("password hunter2x.", "password ***."),
+    # As a URL carries it (Settings.pg_url escapes the password).
+    ("connect postgresql://app:p%2Fw%2Bd%40x@db/app", "connect postgresql://app:***@db/app"),
     # A production-length secret is redacted even inside a word.
     (f"token{JWT_SECRET}x", "token***x"),
 ])
 def test_redaction_takes_short_secrets_only_as_whole_tokens(message: str, redacted: str) -> None:
-    redactor = privacy.RedactSecrets(["reco", "hunter2x", JWT_SECRET])
+    redactor = privacy.RedactSecrets(["reco", "hunter2x", "p/w+d@x", JWT_SECRET])
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, message, None, None)
     assert redactor.filter(record)
     assert record.getMessage() == redacted
