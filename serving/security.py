@@ -124,7 +124,6 @@ _JWT_REASONS: list[tuple[type[Exception], str]] = [
     (jwt.ImmatureSignatureError, "token not valid yet"),
     (jwt.InvalidSignatureError, "token signature is invalid"),
     (jwt.InvalidAlgorithmError, "token algorithm is not accepted"),
-    (jwt.InvalidAudienceError, "token audience is not accepted"),
     (jwt.DecodeError, "malformed token"),
 ]
 
