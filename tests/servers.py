@@ -33,6 +33,10 @@ class ServerProcess:
         return self.workdir / f"{self.name}.log"
 
     def start(self) -> ServerProcess:
+        if self.process is not None and self.process.poll() is None:
+            # Running already: a second server would fail to bind, pass the port check on the
+            # first one's port, and take its place here, leaving the first running for ever.
+            return self
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
