@@ -178,8 +178,6 @@ def check_path_id(item_id: str) -> str:
 
 
 def with_path_id(item_id: str, item: ItemIn) -> ItemWithId:
-    """Combine PUT /items/{item_id}'s path id with its body; the id follows the event id rules."""
-    try:
-        return ItemWithId(item_id=item_id, **item.model_dump())
-    except ValidationError as exc:
-        raise InvalidInput(describe_errors(exc, prefix=("path",))) from None
+    """Combine PUT /items/{item_id}'s path id with its body (validated already: only the id
+    is checked, as `check_path_id` checks PATCH's)."""
+    return ItemWithId.model_construct(item_id=check_path_id(item_id), **item.model_dump())
