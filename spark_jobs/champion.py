@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def serve_locked(cfg: PipelineConfig, client: redis.Redis, lock: Lock, registry_version: str,
-                 run_id: str, version: str, model_dir: Path | None, work_dir: Path) -> dict:
-    """Serve `version` (registry version `registry_version` of run `run_id`), the caller holding
+                 version: str, model_dir: Path | None, work_dir: Path) -> dict:
+    """Serve `version` (registry version `registry_version`), the caller holding
     the model's lock: publish it (its model folder, else downloaded from MLflow into `work_dir`)
     unless it is serving already, then record it in PostgreSQL and tag it in the registry."""
     if publish.is_serving(client, cfg.model, version):
@@ -39,7 +39,8 @@ def serve_locked(cfg: PipelineConfig, client: redis.Redis, lock: Lock, registry_
         _record(cfg, registry_version, version)
         return {"published": version, "keys_written": 0, "reason": f"{version} already serving"}
     if model_dir is None:
-        model_dir = tracking.download_model(cfg.mlflow_tracking_uri, run_id, work_dir)
+        model_dir = tracking.download_model(cfg.mlflow_tracking_uri, cfg.model,
+                                            registry_version, work_dir)
         publish.renew(lock)  # the download may have taken a while
     result = publish.publish_locked(client, lock, cfg.model, version,
                                     publish.model_lists(cfg.model, model_dir, version),
@@ -83,7 +84,7 @@ def _serve_champion(cfg: PipelineConfig, client: redis.Redis) -> dict:
         registry_version, run_id = current
         version = tracking.publish_version(uri, run_id)
         with tempfile.TemporaryDirectory(prefix=f"reco-champion-{model}-") as work:
-            served = serve_locked(cfg, client, lock, registry_version, run_id, version, None,
+            served = serve_locked(cfg, client, lock, registry_version, version, None,
                                   Path(work))
     log.info("%s: registry version %s (%s) serving", model, registry_version, version)
     return {"model": model, "champion_version": registry_version, **served}

@@ -258,9 +258,10 @@ def train_step(cfg: PipelineConfig, extracted: dict,
         (model_dir / "params.json").write_text(json.dumps(
             {"model": cfg.model, "engine": cfg.engine, **hp.used_by(cfg.engine)}, indent=2))
         version = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{run_id[:8]}"
-        tracking.log_artifacts(cfg.mlflow_tracking_uri, run_id, model_dir,
-                               tracking.MODEL_ARTIFACTS)
-        registry_version = tracking.register(cfg.mlflow_tracking_uri, cfg.model, run_id)
+        model_id = tracking.log_model(cfg.mlflow_tracking_uri, run_id, cfg.model, model_dir,
+                                      version)
+        registry_version = tracking.register(cfg.mlflow_tracking_uri, cfg.model, run_id,
+                                             model_id)
         tracking.set_tags(cfg.mlflow_tracking_uri, run_id, {tracking.PUBLISH_VERSION_TAG: version})
         tracking.log_metrics(cfg.mlflow_tracking_uri, run_id,
                              {f"time.{k}": v for k, v in timings.items()})
@@ -273,7 +274,7 @@ def train_step(cfg: PipelineConfig, extracted: dict,
         tracking.finish_run(cfg.mlflow_tracking_uri, run_id, failed=True)
         raise
     return {**extracted, "model_dir": str(model_dir), "eval_model_dir": str(eval_model_dir),
-            "run_id": run_id, "version": version,
+            "run_id": run_id, "version": version, "model_id": model_id,
             "registry_version": registry_version,
             "timings": {**extracted.get("timings", {}), **timings}}
 
@@ -326,7 +327,8 @@ def _evaluate(cfg: PipelineConfig, trained: dict) -> dict:
             for k, v in values.items()}
     timings = {**trained.get("timings", {}), "evaluate_s": time.perf_counter() - started}
     uri, run_id = cfg.mlflow_tracking_uri, trained["run_id"]
-    tracking.log_metrics(uri, run_id, {**flat, "time.evaluate_s": timings["evaluate_s"]})
+    tracking.log_metrics(uri, run_id, {**flat, "time.evaluate_s": timings["evaluate_s"]},
+                         trained.get("model_id"))
     tracking.set_tags(uri, run_id, {tracking.SPLIT_TAG: report["split"]})
     tracking.log_artifacts(uri, run_id, report_dir, tracking.EVALUATION_ARTIFACTS)
     with _connect(cfg) as conn:
@@ -392,8 +394,8 @@ def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
         version, model_dir = gated["version"], Path(gated["model_dir"])
     else:
         version, model_dir = tracking.publish_version(cfg.mlflow_tracking_uri, run_id), None
-    served = champion.serve_locked(cfg, client, lock, registry_version, run_id, version,
-                                   model_dir, Path(cfg.run_dir) / "champion")
+    served = champion.serve_locked(cfg, client, lock, registry_version, version, model_dir,
+                                   Path(cfg.run_dir) / "champion")
     if not accepted:  # `published` names the champion, not this run: say so
         kept = f"rejected by the gate: the champion ({version}) serves"
         served["reason"] = f"{kept}, {served['reason']}" if "reason" in served else kept

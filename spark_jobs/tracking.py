@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,10 @@ EXPERIMENTS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec",
                "served": "served-evaluation"}  # the demo's scores of the API's answers
 REGISTERED_MODELS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec"}
 CHAMPION_ALIAS = "champion"
-MODEL_ARTIFACTS = "model"  # artifact folder of embeddings / factors and the published lists
+# Run artifact folder of the model before versions were MLflow models (spark_jobs.served_model);
+# registry versions made then still point to it.
+MODEL_ARTIFACTS = "model"
+SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")
 EVALUATION_ARTIFACTS = "evaluation"
 PUBLISH_VERSION_TAG = "publish_version"  # run tag: the version name its lists carry in Redis
 SERVING_TAG = "serving"  # model version tag: "true" on the version Redis serves
@@ -77,10 +81,13 @@ def start_run(tracking_uri: str, model: str, engine: str, params: dict, dataset:
     return run.info.run_id
 
 
-def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> None:
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float],
+                model_id: str | None = None) -> None:
+    """Log to the run and, with `model_id`, to its MLflow model too (the UI's Models tab)."""
     now = int(time.time() * 1000)
     client(tracking_uri).log_batch(
-        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        run_id, metrics=[Metric(k, float(v), now, 0, model_id=model_id)
+                         for k, v in metrics.items()])
 
 
 def log_curve(tracking_uri: str, run_id: str, name: str, values: list[float]) -> None:
@@ -103,8 +110,46 @@ def finish_run(tracking_uri: str, run_id: str, failed: bool = False) -> None:
     client(tracking_uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
-def register(tracking_uri: str, model: str, run_id: str) -> str:
-    """Register the run's model folder as a new version of the model; returns the version."""
+def log_model(tracking_uri: str, run_id: str, model: str, model_dir: Path,
+              publish_version: str) -> str:
+    """Log the trained folder as the run's MLflow model (`spark_jobs.served_model`: pyfunc,
+    answers the lists it publishes); returns its model id."""
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "item_id", required=False),
+                       ColSpec("string", "user_id", required=False)]),
+        outputs=Schema([ColSpec("string", "query"), ColSpec("string", "item_id"),
+                        ColSpec("double", "score"), ColSpec("long", "rank")]),
+        params=ParamSchema([ParamSpec("k", "long", 10)]))
+    mlflow_client = client(tracking_uri)
+    logged = mlflow_client.create_logged_model(
+        experiment_id(mlflow_client, model), name=model, source_run_id=run_id,
+        tags={PUBLISH_VERSION_TAG: publish_version})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            # Requirements given, not inferred: inferring loads the model in a subprocess.
+            mlflow.pyfunc.save_model(
+                Path(tmp) / "mlflow-model", python_model=str(SERVED_MODEL_CODE),
+                artifacts={"model": str(model_dir)}, signature=signature,
+                metadata={"model": model, PUBLISH_VERSION_TAG: publish_version},
+                pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}",
+                                  f"pandas=={pd.__version__}"])
+            mlflow_client.log_model_artifacts(logged.model_id, str(Path(tmp) / "mlflow-model"))
+    except BaseException:
+        mlflow_client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    mlflow_client.finalize_logged_model(logged.model_id, "READY")
+    return logged.model_id
+
+
+def register(tracking_uri: str, model: str, run_id: str, model_id: str | None = None) -> str:
+    """Register the run's MLflow model (`model_id`; without it, the run's `MODEL_ARTIFACTS`
+    folder, as versions were registered before) as a new version; returns the version."""
     mlflow = client(tracking_uri)
     name = REGISTERED_MODELS[model]
     try:
@@ -112,8 +157,8 @@ def register(tracking_uri: str, model: str, run_id: str) -> str:
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
-    version = mlflow.create_model_version(
-        name, source=f"runs:/{run_id}/{MODEL_ARTIFACTS}", run_id=run_id)
+    source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/{MODEL_ARTIFACTS}"
+    version = mlflow.create_model_version(name, source=source, run_id=run_id, model_id=model_id)
     return str(version.version)
 
 
@@ -187,10 +232,24 @@ def set_champion(tracking_uri: str, model: str, version: str) -> None:
         REGISTERED_MODELS[model], CHAMPION_ALIAS, version)
 
 
-def download_model(tracking_uri: str, run_id: str, dst: Path) -> Path:
-    """The champion's model folder, for re-publishing when Redis lost it."""
+def download_model(tracking_uri: str, model: str, registry_version: str, dst: Path) -> Path:
+    """A registry version's trained folder, for re-publishing when Redis lost it: from its
+    MLflow model, or from its run's artifacts for a version registered before those."""
+    import yaml
     from mlflow.artifacts import download_artifacts
 
+    mlflow = client(tracking_uri)
+    name = REGISTERED_MODELS[model]
+    source = mlflow.get_model_version(name, registry_version).source
+    location = mlflow.get_model_version_download_uri(name, registry_version)
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACTS,
-                                   dst_path=str(dst), tracking_uri=tracking_uri))
+
+    def download(path: str = "") -> Path:
+        return Path(download_artifacts(artifact_uri=f"{location}/{path}".rstrip("/"),
+                                       dst_path=str(dst), tracking_uri=tracking_uri))
+
+    if not source.startswith("models:/"):  # runs:/<run>/model, the folder itself
+        return download()
+    # Where log_model put the folder in the model: its MLmodel file says.
+    flavor = yaml.safe_load(download("MLmodel").read_text())["flavors"]["python_function"]
+    return download(flavor["artifacts"]["model"]["path"])

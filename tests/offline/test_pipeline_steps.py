@@ -112,13 +112,19 @@ def tiny_als(folder: Path) -> Path:
     return folder
 
 
-def logged_run(uri: str, version: str, model_dir: Path) -> tuple[str, str]:
-    """(run id, registry version) of an ALS run as the train step leaves it."""
+def logged_run(uri: str, version: str, model_dir: Path,
+               before_mlflow_models: bool = False) -> tuple[str, str]:
+    """(run id, registry version) of an ALS run as the train step leaves it (or, with
+    `before_mlflow_models`, as it did when the folder was a run artifact)."""
     run_id = tracking.start_run(uri, "als", "local", {}, {})
-    tracking.log_artifacts(uri, run_id, model_dir, tracking.MODEL_ARTIFACTS)
+    if before_mlflow_models:
+        tracking.log_artifacts(uri, run_id, model_dir, tracking.MODEL_ARTIFACTS)
+        model_id = None
+    else:
+        model_id = tracking.log_model(uri, run_id, "als", model_dir, version)
     tracking.set_tags(uri, run_id, {"publish_version": version})
     tracking.finish_run(uri, run_id)
-    return run_id, tracking.register(uri, "als", run_id)
+    return run_id, tracking.register(uri, "als", run_id, model_id)
 
 
 def accepted(uri: str, version: str, model_dir: Path) -> dict:
@@ -353,6 +359,13 @@ def test_failed_train_and_evaluate_end_their_run_failed_and_a_retry_finishes_it(
     run = tracking.client(uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["model.ndcg_at_10"] == evaluated["metrics"]["model.ndcg_at_10"]
+    # The registry version is the run's MLflow model, which carries the scores too.
+    logged = tracking.client(uri).get_logged_model(trained["model_id"])
+    assert logged.source_run_id == run_id and logged.status == "READY"
+    assert {m.key: m.value for m in logged.metrics}["model.ndcg_at_10"] == \
+        evaluated["metrics"]["model.ndcg_at_10"]
+    mv = tracking.client(uri).get_model_version("als", trained["registry_version"])
+    assert mv.source == f"models:/{trained['model_id']}" and mv.run_id == run_id
     row = pg.execute("SELECT metrics FROM models WHERE name = 'als' AND version = %s",
                      (trained["version"],)).fetchone()
     assert row[0]["model.ndcg_at_10"] == evaluated["metrics"]["model.ndcg_at_10"]
