@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -119,6 +120,7 @@ class ApiKeyCheck:
 # can carry: a 32 MB token took ~3 s of the event loop to refuse.
 MAX_CREDENTIAL_CHARS = 16_384
 
+NUMERIC_DATES = ("exp", "nbf", "iat")
 _JWT_REASONS: list[tuple[type[Exception], str]] = [
     (jwt.ExpiredSignatureError, "token expired"),
     (jwt.ImmatureSignatureError, "token not valid yet"),
@@ -175,6 +177,9 @@ class JwtCheck:
         except jwt.InvalidTokenError as exc:
             reason = next((r for t, r in _JWT_REASONS if isinstance(exc, t)), "invalid token")
             raise self._invalid(reason) from None
+        wrong = next((c for c in NUMERIC_DATES if c in claims and not _numeric(claims[c])), None)
+        if wrong is not None:
+            raise self._invalid(f"token '{wrong}' claim must be a number (NumericDate)")
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise self._invalid("token subject must be a non-empty string")
@@ -186,6 +191,12 @@ class JwtCheck:
     @staticmethod
     def _invalid(reason: str) -> AuthError:
         return AuthError(401, reason, f'Bearer error="invalid_token", error_description="{reason}"')
+
+
+def _numeric(value: Any) -> bool:
+    # RFC 7519 2: a NumericDate is a JSON number. PyJWT int()s what it is given, so it took
+    # "exp": "9999999999" (a string) as a date.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def require_subject(subject: str, user_id: str) -> None:
