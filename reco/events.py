@@ -114,16 +114,11 @@ class Event(BaseModel):
     ) -> dict[str, Any] | None:
         if value is None:
             return None
-        if len(value) > MAX_CONTEXT_KEYS:
-            raise ValueError(f"must have at most {MAX_CONTEXT_KEYS} keys")
-        problem = (_context_problem(value)
-                   if (info.context or {}).get("check_context_values", True) else None)
+        options = info.context or {}
+        problem = small_object_problem(value, options.get("max_context_bytes", MAX_CONTEXT_BYTES),
+                                       options.get("check_context_values", True))
         if problem:
             raise ValueError(problem)
-        limit = (info.context or {}).get("max_context_bytes", MAX_CONTEXT_BYTES)
-        size = len(pydantic_core.to_json(value, serialize_unknown=True))
-        if size > limit:
-            raise ValueError(f"must be at most {limit} bytes as JSON, got {size}")
         return value
 
     @property
@@ -140,8 +135,22 @@ class Event(BaseModel):
         return cls.model_validate_json(raw, context=REPLAY_CONTEXT)
 
 
-def _context_problem(value: dict[str, Any]) -> str | None:
-    """Why a live event's context cannot be published as it is, or None."""
+def small_object_problem(value: dict[str, Any], max_bytes: float = MAX_CONTEXT_BYTES,
+                         check_values: bool = True) -> str | None:
+    """Why a small free-form JSON object (an event's `context`, an item's `attributes`) is
+    refused, or None: at most MAX_CONTEXT_KEYS keys, MAX_CONTEXT_DEPTH levels, finite numbers
+    (`check_values`) and `max_bytes` as JSON."""
+    if len(value) > MAX_CONTEXT_KEYS:
+        return f"must have at most {MAX_CONTEXT_KEYS} keys"
+    problem = _nesting_problem(value) if check_values else None
+    if problem:
+        return problem
+    size = len(pydantic_core.to_json(value, serialize_unknown=True))
+    return f"must be at most {max_bytes} bytes as JSON, got {size}" if size > max_bytes else None
+
+
+def _nesting_problem(value: dict[str, Any]) -> str | None:
+    """Why a live object cannot be published or stored as it is (nesting, numbers), or None."""
     # A stack, not recursion: the batch route's parser takes ~1,000 levels of nesting.
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -185,4 +194,8 @@ def error_reason(err: Mapping[str, Any], id_reason: str = ID_REASON) -> str:
     ctx = err.get("ctx") or {}
     if err.get("type") == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:
         return id_reason
+    if err.get("type") == "json_invalid" and "recursion limit" in err.get("msg", ""):
+        # The parser's own limit (~200 levels), far past the one the fields have.
+        return (f"JSON nests too deeply: objects and arrays (context, attributes) nest at most "
+                f"{MAX_CONTEXT_DEPTH} levels")
     return err.get("msg", "invalid").removeprefix("Value error, ")

@@ -160,6 +160,6 @@ def key_version(kind: str, key: str) -> str:
 
 
 def rate_limit(service: str, scope: str, subject: str) -> str:
-    """One service's request counter of one client ("ip") or one user ("user") for the current
-    window."""
+    """One service's request counter of one client ("ip"), one user ("user"), one user from one
+    client ("ip_user") or one client's refused credentials ("auth_ip") for the current window."""
     return f"ratelimit:{service}:{scope}:{subject}"

@@ -232,6 +232,11 @@ class Settings(BaseSettings):
     rate_limit_ingest_per_s: NonNegative = 0.0  # per client IP, on ingest writes
     rate_limit_reco_per_s: NonNegative = 0.0  # per user, on the recommendation endpoints
     rate_limit_window_s: Positive = 1.0  # fixed window; a burst of rate * window is allowed
+    # With auth on: refused credentials (a wrong API key or JWT) per client IP and window on
+    # each API; past it, 429 to that IP until the window ends, so keys cannot be guessed at full
+    # speed. Only failures are counted (a valid request costs no Redis command). 0 = no limit.
+    rate_limit_auth_failures: AtLeastZero = 20
+    rate_limit_auth_window_s: Positive = 60.0
     # Proxies whose X-Forwarded-For / -Proto uvicorn believes (comma-separated addresses or
     # networks, or *): behind a load balancer, the per-IP limit then counts each client, not
     # the balancer. uvicorn's default: only a proxy on the same host.

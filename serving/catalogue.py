@@ -29,7 +29,7 @@ import redis.asyncio as aredis
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from reco import keys
-from reco.events import Identifier
+from reco.events import Identifier, small_object_problem
 from reco.timing import POSTGRES_QUERY_SECONDS, timed
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,10 @@ class ItemIn(BaseModel):
     @field_validator("attributes")
     @classmethod
     def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # jsonb cannot hold NUL and orjson refuses integers beyond 64 bits (both were 500s).
-        problem = _unstorable(value)
+        # Bounded as an event's context first (keys, nesting, size): a deeper object reached
+        # the JSON parser's recursion limit (~200 levels) unnamed. jsonb cannot hold NUL and orjson
+        # refuses integers beyond 64 bits (both were 500s).
+        problem = small_object_problem(value) or _unstorable(value)
         if problem:
             raise ValueError(problem)
         return value

@@ -36,6 +36,10 @@ return {n, ttl}
 """
 SKIP_AFTER_ERROR_S = 1.0
 TIMEOUT_S = 0.25
+# How each scope's subjects read in a 429's detail.
+SCOPE_NAMES = {"ip": "client IP", "user": "user", "ip_user": "user and client IP",
+               "auth_ip": "client IP"}
+BLOCKED_MAX = 10_000  # subjects a FailureLimiter remembers as blocked
 
 
 class RateLimited(Exception):
@@ -49,14 +53,15 @@ class RateLimited(Exception):
 
 @dataclass
 class RateLimiter:
-    """`per_s` requests per second per subject of `scope` ("ip" or "user"), counted apart for
-    each `service` ("ingest", "reco"): each service compares its own count with its own
-    limit."""
+    """`per_s` requests per second per subject of `scope` (a key of SCOPE_NAMES), counted apart
+    for each `service` ("ingest", "reco"): each service compares its own count with its own
+    limit. `what` names what is counted in the 429's detail."""
 
     service: str
     scope: str
     per_s: float
     window_s: float = 1.0
+    what: str = "requests"
 
     def __post_init__(self) -> None:
         # Rounded first: 0.29 * 100 is 28.999999999999996 in binary floating point.
@@ -71,9 +76,11 @@ class RateLimiter:
         count, ttl_ms = int(reply[0]), int(reply[1])
         if count > self.limit:
             raise RateLimited(
-                f"rate limit exceeded: {self.limit} requests per {self.window_s:g}s per "
-                f"{'client IP' if self.scope == 'ip' else self.scope}",
-                max(1, math.ceil(ttl_ms / 1000)))
+                self._detail(), max(1, math.ceil(ttl_ms / 1000)))
+
+    def _detail(self) -> str:
+        return (f"rate limit exceeded: {self.limit} {self.what} per {self.window_s:g}s per "
+                f"{SCOPE_NAMES.get(self.scope, self.scope)}")
 
     def _skipping(self) -> bool:
         return time.monotonic() < self._skip_until
@@ -106,3 +113,44 @@ class RateLimiter:
             self._failed(exc)
             return
         self._decide(reply)
+
+
+@dataclass
+class FailureLimiter(RateLimiter):
+    """Counts failures only (`hit*` after one), so what succeeds costs no store round trip. A
+    subject over the limit is refused in process (`check`, no I/O) until its window ends,
+    whatever it sends: were its valid attempts let through, a 429 or not would still tell a
+    guess right from wrong. Other replicas block it at its next failure (the count is shared)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._blocked: dict[str, float] = {}  # subject -> monotonic end of its block
+
+    def check(self, subject: str) -> None:
+        """Raise RateLimited if `subject` went over the limit in a window not yet over."""
+        until = self._blocked.get(subject)
+        if until is None:
+            return
+        left = until - time.monotonic()
+        if left > 0:
+            raise RateLimited(self._detail(), max(1, math.ceil(left)))
+        del self._blocked[subject]
+
+    def _block(self, subject: str, exc: RateLimited) -> None:
+        if len(self._blocked) >= BLOCKED_MAX:  # bounded: the store still holds every count
+            self._blocked.clear()
+        self._blocked[subject] = time.monotonic() + exc.retry_after_s
+
+    async def hit(self, client: AsyncPipelineClient, subject: str) -> None:
+        try:
+            await super().hit(client, subject)
+        except RateLimited as exc:
+            self._block(subject, exc)
+            raise
+
+    async def hit_async(self, client: aredis.Redis, subject: str) -> None:
+        try:
+            await super().hit_async(client, subject)
+        except RateLimited as exc:
+            self._block(subject, exc)
+            raise

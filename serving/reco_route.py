@@ -40,7 +40,7 @@ class RecommendationsEndpoint:
         guard = self.guard
         if guard is not None:
             request = Request(scope, receive)
-            subject, denied = guard.authenticate(request)
+            subject, denied = await guard.authenticate(request)
             if denied is not None:
                 await denied(scope, receive, send)
                 return

@@ -5,7 +5,8 @@
   RS256 with `jwt_public_key`) carrying `exp` and `sub`; `sub` must equal the `user_id` asked
   about (403 otherwise).
 Failures are 401/403 with a reason that names what is wrong, never what was presented or
-expected: keys, secrets and tokens appear in no log line and no response.
+expected: keys, secrets and tokens appear in no log line and no response. Credentials refused
+count against their client IP (`RECO_RATE_LIMIT_AUTH_FAILURES`): past the limit, 429.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import jwt
 import orjson
@@ -26,8 +29,10 @@ from starlette.responses import Response
 
 from reco import privacy
 from reco.settings import Settings
-from serving.rate_limit import RateLimited, RateLimiter
+from serving.rate_limit import FailureLimiter, RateLimited, RateLimiter
 from serving.reco_aio import AsyncPipelineClient
+
+T = TypeVar("T")
 
 API_KEY_HEADER = "X-API-Key"
 VERIFIED_CACHE_MAX = 10_000
@@ -40,11 +45,13 @@ _bearer_scheme = HTTPBearer(auto_error=False, bearerFormat="JWT",
 class AuthError(Exception):
     """HTTP 401 (no or bad credentials) or 403 (valid credentials, not for this resource)."""
 
-    def __init__(self, status: int, reason: str, challenge: str) -> None:
+    def __init__(self, status: int, reason: str, challenge: str, presented: bool = True) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.challenge = challenge
+        # False when no credential came at all: not a guess, so not counted as a failure.
+        self.presented = presented
 
 
 def _json(content: Any, status: int, headers: dict[str, str]) -> Response:
@@ -105,7 +112,7 @@ class ApiKeyCheck:
         challenge = f'ApiKey header="{API_KEY_HEADER}"'
         if not presented:
             raise AuthError(401, f"missing API key: send it in the {API_KEY_HEADER} header",
-                            challenge)
+                            challenge, presented=False)
         if len(presented) > MAX_CREDENTIAL_CHARS:  # refused before hashing megabytes
             raise AuthError(401, f"API key over {MAX_CREDENTIAL_CHARS} characters", challenge)
         digest = hashlib.sha256(presented.encode()).digest()
@@ -119,6 +126,7 @@ class ApiKeyCheck:
 # can carry: a 32 MB token took ~3 s of the event loop to refuse.
 MAX_CREDENTIAL_CHARS = 16_384
 
+NUMERIC_DATES = ("exp", "nbf", "iat")
 _JWT_REASONS: list[tuple[type[Exception], str]] = [
     (jwt.ExpiredSignatureError, "token expired"),
     (jwt.ImmatureSignatureError, "token not valid yet"),
@@ -148,7 +156,7 @@ class JwtCheck:
     def subject(self, authorization: str | None) -> str:
         if not authorization:
             raise AuthError(401, "missing bearer token: send 'Authorization: Bearer <JWT>'",
-                            "Bearer")
+                            "Bearer", presented=False)
         if len(authorization) > MAX_CREDENTIAL_CHARS:  # refused before decoding megabytes
             raise self._invalid(f"token over {MAX_CREDENTIAL_CHARS} characters")
         scheme, _, token = authorization.partition(" ")
@@ -175,6 +183,9 @@ class JwtCheck:
         except jwt.InvalidTokenError as exc:
             reason = next((r for t, r in _JWT_REASONS if isinstance(exc, t)), "invalid token")
             raise self._invalid(reason) from None
+        wrong = next((c for c in NUMERIC_DATES if c in claims and not _numeric(claims[c])), None)
+        if wrong is not None:
+            raise self._invalid(f"token '{wrong}' claim must be a number (NumericDate)")
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise self._invalid("token subject must be a non-empty string")
@@ -188,6 +199,12 @@ class JwtCheck:
         return AuthError(401, reason, f'Bearer error="invalid_token", error_description="{reason}"')
 
 
+def _numeric(value: Any) -> bool:
+    # RFC 7519 2: a NumericDate is a JSON number. PyJWT int()s what it is given, so it took
+    # "exp": "9999999999" (a string) as a date.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def require_subject(subject: str, user_id: str) -> None:
     if subject != user_id:
         raise AuthError(403, "token subject does not match user_id",
@@ -196,6 +213,38 @@ def require_subject(subject: str, user_id: str) -> None:
 
 def _pem(value: str) -> str:
     return value if value.lstrip().startswith("-----BEGIN") else Path(value).read_text()
+
+
+# -- refused credentials --------------------------------------------------------------------
+
+
+def failure_limiter(service: str, settings: Settings) -> FailureLimiter | None:
+    """The limit on refused credentials per client IP, when auth is on and the limit is set."""
+    if not settings.auth_enabled or settings.rate_limit_auth_failures <= 0:
+        return None
+    window = settings.rate_limit_auth_window_s
+    return FailureLimiter(service, "auth_ip", settings.rate_limit_auth_failures / window,
+                          window, what="failed authentication attempts")
+
+
+async def verified(failures: FailureLimiter | None, request: Request, client: Any,
+                   verify: Callable[[], T]) -> T:
+    """`verify()`'s result; first RateLimited if the client IP is blocked, and an AuthError for
+    a credential presented and refused counts against it (RateLimited once over the limit).
+    `client`: the service's Redis client (AsyncPipelineClient or redis.asyncio)."""
+    if failures is None:
+        return verify()
+    ip = client_ip(request)
+    failures.check(ip)  # in process: a valid credential costs no Redis round trip
+    try:
+        return verify()
+    except AuthError as exc:
+        if exc.presented:
+            if isinstance(client, AsyncPipelineClient):
+                await failures.hit(client, ip)
+            else:
+                await failures.hit_async(client, ip)
+        raise
 
 
 # -- ingest ---------------------------------------------------------------------------------
@@ -207,6 +256,7 @@ class IngestGuard:
 
     def __init__(self, settings: Settings, app: FastAPI) -> None:
         self.keys = ApiKeyCheck(settings.api_keys) if settings.auth_enabled else None
+        self.failures = failure_limiter("ingest", settings)
         self.limiter = (RateLimiter("ingest", "ip", settings.rate_limit_ingest_per_s,
                                     settings.rate_limit_window_s)
                         if settings.rate_limit_ingest_per_s > 0 else None)
@@ -220,8 +270,10 @@ class IngestGuard:
         return cls(settings, app)
 
     async def check(self, request: Request, api_key: str | None) -> None:
-        if self.keys is not None:
-            self.keys.verify(api_key)
+        keys = self.keys
+        if keys is not None:
+            await verified(self.failures, request, self.app.state.catalogue.redis,
+                           lambda: keys.verify(api_key))
         if self.limiter is not None:
             await self.limiter.hit_async(self.app.state.catalogue.redis, client_ip(request))
 
@@ -245,14 +297,20 @@ class RecoGuard:
 
     def __init__(self, settings: Settings) -> None:
         self.jwt = JwtCheck(settings) if settings.auth_enabled else None
-        self.limiter = (RateLimiter("reco", "user", settings.rate_limit_reco_per_s,
+        self.failures = failure_limiter("reco", settings)
+        # Without auth a user id is only a claim: counted per user alone, any client could
+        # spend (and so exhaust) another user's budget. Counted per user and client IP, each
+        # client spends its own, and a shop backend asking for all its users still has one
+        # budget per user. With auth the subject is verified (it must equal user_id).
+        scope = "user" if self.jwt is not None else "ip_user"
+        self.limiter = (RateLimiter("reco", scope, settings.rate_limit_reco_per_s,
                                     settings.rate_limit_window_s)
                         if settings.rate_limit_reco_per_s > 0 else None)
         self.ip_limiter = (RateLimiter("reco", "ip", settings.rate_limit_reco_per_s,
                                        settings.rate_limit_window_s) if self.limiter else None)
         # The API's own asyncio client kind: a limit check never blocks the event loop.
         self.client = (AsyncPipelineClient(settings.redis_url, settings.reco_redis_timeout_s)
-                       if self.limiter else None)
+                       if self.limiter or self.failures else None)
 
     @classmethod
     def create(cls, settings: Settings, app: FastAPI) -> RecoGuard | None:
@@ -261,14 +319,24 @@ class RecoGuard:
         install_handlers(app)
         return cls(settings)
 
-    def authenticate(self, request: Request) -> tuple[str | None, Response | None]:
-        """(subject, None) or (None, the 401 response) for the hand-validated route."""
+    async def authenticate(self, request: Request) -> tuple[str | None, Response | None]:
+        """(subject, None) or (None, the 401 or 429 response) for the hand-validated route."""
         if self.jwt is None:
             return None, None
         try:
-            return self.jwt.subject(request.headers.get("authorization")), None
+            return await self._subject(request, self.jwt), None
         except AuthError as exc:
             return None, auth_response(exc)
+        except RateLimited as exc:
+            return None, limited_response(exc)
+
+    async def _subject(self, request: Request, check: JwtCheck) -> str:
+        return await verified(self.failures, request, self.client,
+                              lambda: check.subject(request.headers.get("authorization")))
+
+    def _limit_key(self, request: Request, user_id: str) -> str:
+        # Client addresses hold no '/': the IP and the user id cannot run into each other.
+        return user_id if self.jwt is not None else f"{client_ip(request)}/{user_id}"
 
     async def authorize(self, request: Request, subject: str | None,
                         user_id: str) -> Response | None:
@@ -277,7 +345,8 @@ class RecoGuard:
             if subject is not None:
                 require_subject(subject, user_id)
             if self.limiter is not None:
-                await self.limiter.hit(self.client, user_id)  # type: ignore[arg-type]
+                await self.limiter.hit(self.client,  # type: ignore[arg-type]
+                                       self._limit_key(request, user_id))
         except AuthError as exc:
             return auth_response(exc)
         except RateLimited as exc:
@@ -289,7 +358,7 @@ class RecoGuard:
 
         async def guard(request: Request, credentials: Annotated[
                 HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None) -> None:
-            subject = self.jwt.subject(request.headers.get("authorization")) if self.jwt else None
+            subject = await self._subject(request, self.jwt) if self.jwt else None
             if subject is not None and self.limiter is not None:
                 await self.limiter.hit(self.client, subject)  # type: ignore[arg-type]
             elif self.ip_limiter is not None:

@@ -427,7 +427,7 @@ async def test_catalogue_errors(
     for body, field, reason in [
             (b'{"price": NaN}', "price", "Input should be a finite number"),
             (b'{"attributes": {"weight": Infinity}}', "attributes",
-             "numbers must be finite")]:
+             "numbers must be finite (NaN and Infinity are not JSON)")]:
         refused = await ingest.put("/items/i1", content=body,
                                    headers={"content-type": "application/json"})
         assert refused.status_code == 422
@@ -444,6 +444,47 @@ async def test_catalogue_errors(
     assert [(e["index"], e["reason"]) for e in dupes.json()["detail"]] == [
         (1, "duplicate item_id in batch")]
     assert pg.execute("SELECT count(*) FROM items").fetchone() == (0,)
+
+
+def _nested(depth: int) -> bytes:
+    """`attributes` nesting `depth` levels (the object itself is the first)."""
+    return b'{"a": ' + b"[" * (depth - 1) + b"1" + b"]" * (depth - 1) + b"}"
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "BATCH"])
+async def test_item_attributes_have_the_limits_of_an_event_context(
+    ingest: httpx.AsyncClient, pg: psycopg.Connection, redis_client: redis.Redis,
+    settings: Settings, kafka_topics: dict, method: str,
+) -> None:
+    """Attributes had no bound of their own: 100 levels were stored, and the parser's limit
+    (~200 levels) answered "recursion limit exceeded" for the body. Now they are held to an
+    event context's 32 levels, 32 keys and 4,096 bytes, refused naming `attributes`."""
+    assert (await ingest.put("/items/i1", json={"category": "shoes"})).status_code == 200
+    many = b"{" + b", ".join(b'"k%d": %d' % (i, i) for i in range(33)) + b"}"
+    large = b'{"text": "%s"}' % (b"x" * 4096)
+    too_deep = f"must nest at most {MAX_CONTEXT_DEPTH} levels"
+    cases = [(_nested(MAX_CONTEXT_DEPTH), 200, None),
+             (_nested(MAX_CONTEXT_DEPTH + 1), 422, too_deep), (_nested(100), 422, too_deep),
+             (many, 422, "must have at most 32 keys"),
+             (large, 422, "must be at most 4096 bytes as JSON, got 4107")]
+    for attributes, status, reason in cases:
+        if method == "BATCH":
+            response = await ingest.post("/items/batch", content=b'{"items": [{"item_id": "i1", '
+                                         b'"attributes": %s}]}' % attributes)
+        else:
+            response = await ingest.request(method, "/items/i1",
+                                             content=b'{"attributes": %s}' % attributes)
+        assert response.status_code == status, (attributes[:40], response.text)
+        if reason is not None:
+            assert [(e["field"], e["reason"]) for e in response.json()["detail"]] == [
+                ("items.attributes" if method == "BATCH" else "attributes", reason)]
+    stored = pg.execute("SELECT attributes FROM items WHERE item_id = 'i1'").fetchone()[0]
+    assert stored == orjson.loads(_nested(MAX_CONTEXT_DEPTH))  # none refused was stored
+    # Past the parser's own limit the body is named, with the limit instead of its message.
+    deep = await ingest.put("/items/i1", content=b'{"attributes": %s}' % _nested(300))
+    assert [(e["field"], e["reason"]) for e in deep.json()["detail"]] == [(
+        "body", f"JSON nests too deeply: objects and arrays (context, attributes) nest at most "
+                f"{MAX_CONTEXT_DEPTH} levels")]
 
 
 async def test_health_ready_metrics(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
+import httpx
 import jwt
 import psycopg
 import pytest
@@ -122,6 +124,28 @@ def test_reco_jwt_hs256(secure: Settings, reco_client, redis_client,
         assert secret not in caplog.text
 
 
+def test_numeric_dates_must_be_json_numbers(secure: Settings, reco_client, redis_client) -> None:
+    """RFC 7519: a NumericDate is a JSON number. PyJWT int()s the claim, so a string passed:
+    "exp": "9999999999" made a token that never expired."""
+    now = int(time.time())
+    strings = {"exp": {"exp": "9999999999"}, "nbf": {"exp": now + 300, "nbf": str(now - 60)},
+               "iat": {"exp": now + 300, "iat": str(now)}}
+    with reco_client(secure) as client:
+        def get(claims: dict) -> httpx.Response:
+            token = jwt.encode({"sub": "u1", **claims}, JWT_SECRET, algorithm="HS256")
+            return client.get("/recommendations", params={"user_id": "u1"},
+                              headers=bearer(token))
+
+        for claim, claims in strings.items():
+            refused = get(claims)
+            reason = f"token '{claim}' claim must be a number (NumericDate)"
+            assert (refused.status_code, refused.json()) == (401, {"detail": reason}), claim
+            assert refused.headers["www-authenticate"] == (
+                f'Bearer error="invalid_token", error_description="{reason}"')
+        # Numbers, fractional ones included, are NumericDates.
+        assert get({"exp": now + 300.5, "nbf": now - 60.25, "iat": now}).status_code == 200
+
+
 @pytest.mark.parametrize("key_source", ["pem", "file"])
 def test_reco_jwt_rs256(secure: Settings, reco_client, redis_client, rsa_keys, tmp_path,
                         key_source: str) -> None:
@@ -237,8 +261,6 @@ def test_redaction_takes_short_secrets_only_as_whole_tokens(message: str, redact
 
 
 def test_verified_token_cache_still_enforces_expiry() -> None:
-    import time
-
     from serving.security import AuthError, JwtCheck
 
     check = JwtCheck(Settings(jwt_secret=JWT_SECRET, jwt_leeway_s=0))

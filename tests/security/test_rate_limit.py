@@ -4,26 +4,35 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 import pytest
 import redis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from reco import keys
 from reco.settings import Settings
 from reco.stack.health import free_port, tcp_open, wait_until
+from serving import ingest, recommendations
 from serving.rate_limit import RateLimited, RateLimiter
 from serving.reco_aio import AsyncPipelineClient
 from tests.realtime.conftest import end_offsets
 from tests.reliability.conftest import process_env, start_process
-from tests.security.conftest import bearer, make_token
+from tests.security.conftest import API_KEY, bearer, make_token
 
 pytestmark = pytest.mark.integration
 
 # Three requests per minute: a window long enough that no test straddles two of them.
 LIMITS = {"rate_limit_window_s": 60.0, "rate_limit_ingest_per_s": 0.05,
           "rate_limit_reco_per_s": 0.05}
+# Three refused credentials per client IP a minute.
+AUTH_FAILURES = {"rate_limit_auth_failures": 3, "rate_limit_auth_window_s": 60.0}
+ATTACKER, OTHER = "203.0.113.66", "198.51.100.7"
+FAILURES_DETAIL = {"detail": "rate limit exceeded: 3 failed authentication attempts per 60s per "
+                             "client IP"}
 
 
 def event(user: str) -> dict:
@@ -40,14 +49,103 @@ def test_recommendations_limit_per_user_shared_by_replicas(
         assert statuses == [200, 200, 200, 429]
         refused = one.get("/recommendations", params={"user_id": "u1"})
         assert refused.status_code == 429
-        assert refused.json() == {"detail": "rate limit exceeded: 3 requests per 60s per user"}
+        assert refused.json() == {
+            "detail": "rate limit exceeded: 3 requests per 60s per user and client IP"}
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         # Another user has a budget of their own.
         assert two.get("/recommendations", params={"user_id": "u2"}).status_code == 200
         # Routes without a user are limited per client IP.
         assert [one.get("/popular").status_code for _ in range(4)] == [200, 200, 200, 429]
-    # The window expires by itself.
-    assert redis_client.ttl(keys.rate_limit("reco", "user", "u1")) > 0
+    # The window expires by itself. Without auth, per user and client IP (the next test).
+    assert redis_client.ttl(keys.rate_limit("reco", "ip_user", "testclient/u1")) > 0
+
+
+@contextmanager
+def reco_from(settings: Settings, ip: str) -> Iterator[TestClient]:
+    """The recommendation app in process, every request coming from client address `ip`."""
+    with TestClient(recommendations.create_app(settings), client=(ip, 50000)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def ingest_from(app: FastAPI, ip: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the (started) ingest app whose requests come from client address `ip`."""
+    transport = httpx.ASGITransport(app=app, client=(ip, 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        yield client
+
+
+def test_without_auth_one_client_cannot_spend_another_clients_budget_for_a_user(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Without auth a user id is only a claim: counted per user alone, one client asking for
+    u1 used up u1's budget for every other client too (a shop's backend among them)."""
+    limited = settings.model_copy(update={**LIMITS, "popular_snapshot_refresh_s": 3600.0})
+    u1 = {"user_id": "u1"}
+    with reco_from(limited, ATTACKER) as attacker, reco_from(limited, OTHER) as shop:
+        assert [attacker.get("/recommendations", params=u1).status_code
+                for _ in range(4)] == [200, 200, 200, 429]
+        # The shop still has u1's whole budget, and the limit per user still holds for it.
+        assert [shop.get("/recommendations", params=u1).status_code
+                for _ in range(4)] == [200, 200, 200, 429]
+    assert sorted(redis_client.keys(keys.rate_limit("reco", "*", "*"))) == [
+        keys.rate_limit("reco", "ip_user", f"{ip}/u1") for ip in sorted((OTHER, ATTACKER))]
+
+
+def test_reco_refused_tokens_are_limited_per_client_ip(
+    secure: Settings, redis_client: redis.Redis
+) -> None:
+    """A refused token was never limited (the token is checked before the limiter): anyone
+    could guess at full speed. Past 3 refused tokens a minute the client IP gets 429 on every
+    route, even with a valid token (else a 429 or not would still tell a guess right from
+    wrong); other clients keep going, and valid requests are not counted."""
+    settings = secure.model_copy(update={**AUTH_FAILURES, "popular_snapshot_refresh_s": 3600.0})
+    forged, good = make_token("u1", key="another-secret-0123456789abcdef0123"), make_token("u1")
+    u1 = {"user_id": "u1"}
+    with reco_from(settings, ATTACKER) as attacker, reco_from(settings, OTHER) as other:
+        # Sending no token is not a guess; a valid one is not counted (no Redis command).
+        assert [attacker.get("/recommendations", params=u1).status_code
+                for _ in range(5)] == [401] * 5
+        assert other.get("/recommendations", params=u1, headers=bearer(good)).status_code == 200
+        assert redis_client.keys(keys.rate_limit("reco", "auth_ip", "*")) == []
+        assert [attacker.get("/recommendations", params=u1, headers=bearer(forged)).status_code
+                for _ in range(4)] == [401, 401, 401, 429]
+        for route, params in (("/recommendations", u1), ("/popular", {})):
+            refused = attacker.get(route, params=params, headers=bearer(good))
+            assert (refused.status_code, refused.json()) == (429, FAILURES_DETAIL), route
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert other.get("/recommendations", params=u1, headers=bearer(good)).status_code == 200
+        assert other.get("/popular", headers=bearer(forged)).status_code == 401  # its own count
+        # Another replica shares the count: the attacker's next guess there is refused too.
+        with reco_from(settings, ATTACKER) as replica:
+            assert replica.get("/popular", headers=bearer(forged)).status_code == 429
+    assert int(redis_client.get(keys.rate_limit("reco", "auth_ip", ATTACKER))) == 5
+    assert int(redis_client.get(keys.rate_limit("reco", "auth_ip", OTHER))) == 1
+
+
+async def test_ingest_refused_keys_are_limited_per_client_ip(
+    secure: Settings, kafka_topics: dict, redis_client: redis.Redis
+) -> None:
+    """The same for API keys on the ingest writes, hot route (/events) and FastAPI route
+    (/items) alike."""
+    settings = secure.model_copy(update=AUTH_FAILURES)
+    wrong, good = {"X-API-Key": "not-" + API_KEY}, {"X-API-Key": API_KEY}
+    app = ingest.create_app(settings)
+    async with app.router.lifespan_context(app), ingest_from(app, ATTACKER) as attacker, \
+            ingest_from(app, OTHER) as other:
+        assert [(await attacker.post("/events", json=event("u1"))).status_code
+                for _ in range(5)] == [401] * 5  # no key: not a guess
+        assert (await other.post("/events", json=event("u1"), headers=good)).status_code == 202
+        assert redis_client.keys(keys.rate_limit("ingest", "auth_ip", "*")) == []
+        assert [(await attacker.post("/events", json=event("u1"), headers=wrong)).status_code
+                for _ in range(4)] == [401, 401, 401, 429]
+        for method, path in (("POST", "/events"), ("PUT", "/items/i1")):
+            refused = await attacker.request(method, path, json=event("u1"), headers=good)
+            assert (refused.status_code, refused.json()) == (429, FAILURES_DETAIL), path
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert (await other.post("/events", json=event("u1"), headers=good)).status_code == 202
+    assert int(redis_client.get(keys.rate_limit("ingest", "auth_ip", ATTACKER))) == 4
+    assert await end_offsets(settings, settings.topic_events) == 2
 
 
 def test_recommendations_auth_then_limit(settings: Settings, reco_client, redis_client) -> None:
