@@ -153,7 +153,9 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     # The category cap looks at the head (~4k of ~1,000 candidates), which nearly always
     # settles the top k; at all of them if not.
     n_head = _head_length(order, score, 4 * k + 32)
-    if n_head and score[order[n_head - 1]] <= 0.0:
+    # Unscored items (the new-arrivals filler) tie at 0 in row order: newest first instead.
+    unscored_in_head = n_head > 0 and score[order[n_head - 1]] <= 0.0
+    if unscored_in_head:
         order = newest_among_unscored(order, score, items.created_at[c.meta_rows])
     top = None
     if n_head < len(order):
@@ -161,6 +163,9 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
                             share)
         top = order[at] if at is not None else None
     if top is None:
+        if n_head < len(order) and not unscored_in_head:
+            # The cap reaches past the head, maybe into the unscored tail.
+            order = newest_among_unscored(order, score, items.created_at[c.meta_rows])
         top = diversify(order, items.category[c.meta_rows], k, share)
     scores = score[top].tolist()
     ids = c.item_ids(top)

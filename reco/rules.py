@@ -119,3 +119,13 @@ def _small(values: np.ndarray) -> np.ndarray:
     if len(values) and values.min() >= -(2**15) and values.max() < 2**15:
         return values.astype(np.int16)
     return values
+
+
+def first_layer_size(rows: np.ndarray, category: np.ndarray, cap: int | None) -> int:
+    """How many of `rows` make `per_category`'s first layer (the first `cap` of each category
+    and every row of unknown category); all of them without a cap. Counted, not sorted."""
+    if cap is None:
+        return len(rows)
+    codes = category[rows]
+    known = codes[codes != UNKNOWN_CATEGORY]
+    return len(rows) - len(known) + int(np.minimum(np.bincount(known), cap).sum())

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from reco.catalog import ItemIndex
 
@@ -57,3 +58,30 @@ def map_model_items(version: str, ids: list[str], items: ItemIndex) -> ModelRows
                           or [np.zeros(0, dtype=np.int64)])
     rows[rows == items.unknown_row] = -1
     return ModelRows(version, items.space, items.unknown_row, rows)
+
+
+def stale_models(flat_versions: list[str], mapped: dict[str, ModelRows], catalog: ItemIndex
+                 ) -> list[tuple[str, str]]:
+    """(model, active version) of the user-list models whose item rows in `mapped` are missing
+    or were mapped for another version or catalogue; models no longer published are dropped
+    from `mapped`. `flat_versions`: `keys.MODEL_VERSIONS` as HGETALL gives it."""
+    versions = dict(zip(flat_versions[0::2], flat_versions[1::2], strict=True))
+    stale = []
+    for model in MODEL_OF_KIND.values():
+        version, current = versions.get(model), mapped.get(model)
+        if version is None:
+            mapped.pop(model, None)
+        elif current is None or not current.holds_for(version, catalog):
+            stale.append((model, version))
+    return stale
+
+
+def set_model_rows(mapped: dict[str, ModelRows], model: str, version: str,
+                   raw: bytes | str | None, catalog: ItemIndex) -> None:
+    """Map a model version's item list (`raw`: its JSON) to `catalog`'s rows in `mapped`; a
+    version published without one (before item lists existed) keeps its users' lists mapped
+    by id."""
+    if not raw:
+        mapped.pop(model, None)
+        return
+    mapped[model] = map_model_items(version, orjson.loads(raw), catalog)

@@ -9,7 +9,7 @@ import orjson
 
 from reco import keys
 from serving.reco_service import RecoParams
-from tests.api.conftest import put_meta
+from tests.api.conftest import OLD, put_meta, put_recent
 from tests.api.test_recommendations import get
 
 BOT = "<img/src=x/onerror=alert(1)>"
@@ -82,3 +82,44 @@ def test_strategy_says_whether_anything_personal_was_served(world, make_client) 
         nothing = get(client, user_id="u1", category="nonexistent", k=3)
         assert nothing["items"] == [] and nothing["strategy"] == "popular"
         assert get(client, user_id="u1", category="c2", k=3)["strategy"] == "personalized"
+
+
+def put_many(r, items: dict[str, tuple[str, float]]) -> None:
+    """Catalogue records `item -> (category, created_at)` in one pipeline (in stock, price 10)."""
+    pipe = r.pipeline(transaction=False)
+    for item, (category, created_at) in items.items():
+        pipe.hset(keys.item_meta(item), mapping={"category": category, "price": 10.0,
+                                                 "in_stock": "1", "created_at": created_at})
+    pipe.execute()
+
+
+def test_new_arrivals_keep_the_category_cap_when_the_newest_share_one_category(
+        redis_client, make_client) -> None:
+    """A shop whose 1,100 newest items are all shoes, and nobody interacted with anything: the
+    cap (5 of k=10 at share 0.5) was applied to the newest 1,024 only, all shoes, so the other
+    categories never reached the list and it was all shoes."""
+    now = time.time()
+    put_many(redis_client, {f"shoe{n:04}": ("shoes", now - n) for n in range(1100)})
+    put_many(redis_client, {f"o{n}": (f"other{n}", now - 86_400 - n) for n in range(30)})
+    with make_client() as client:
+        page = get(client, user_id="nobody", k=10)
+    newest_shoes = [f"shoe{n:04}" for n in range(5)]
+    assert item_ids(page) == [*newest_shoes, "o0", "o1", "o2", "o3", "o4"]
+
+
+def test_unscored_items_come_newest_first_under_the_category_cap(
+        redis_client, make_client) -> None:
+    """u2's lists give 80 scored shoes, more than the head the cap looks at (4k+32 = 72):
+    past the 5 shoes the cap allows, the unscored new arrivals filled the list in row order
+    (the order the catalogue was read in), not newest first."""
+    r, now = redis_client, time.time()
+    put_many(r, {f"b{n:02}": ("shoes", OLD) for n in range(80)} | {"src1": ("shoes", OLD),
+                                                                   "src2": ("shoes", OLD)})
+    put_many(r, {f"new{n:02}": (f"cat{n}", now - 3600 * (n + 1)) for n in range(20)})
+    put_recent(r, "u2", [("src1", now - 60), ("src2", now - 120)])
+    r.zadd(keys.co_view("src1"), {f"b{n:02}": 100.0 - n for n in range(40)})
+    r.zadd(keys.co_view("src2"), {f"b{n:02}": 100.0 - n for n in range(40, 80)})
+    with make_client() as client:
+        page = get(client, user_id="u2", k=10)
+    assert item_ids(page) == [*[f"b{n:02}" for n in range(5)],
+                              *[f"new{n:02}" for n in range(5)]]

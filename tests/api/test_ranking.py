@@ -9,6 +9,7 @@ import pytest
 
 from reco import neighbours
 from reco.catalog import ItemIndex
+from reco.filler import popular_filler
 from reco.ranking import (
     RankConfig,
     UserFeatures,
@@ -343,3 +344,32 @@ def test_category_cap_is_the_share_of_k_rounded_down(k: int, share: float, cap: 
                                                      ) -> None:
     """0.7 * 90 is 62.99999999999999 in floating point: the cap came out one short."""
     assert category_cap(k, share) == cap
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_new_arrivals_keep_the_cap_over_the_whole_catalogue(seed: int) -> None:
+    """The capped new-arrivals filler, read from a widening window of the newest rows, is the
+    prefix of the cap applied to every unpopular eligible item newest first, whatever the
+    layout (here the newest few thousand items mostly of one category); asked again for more
+    (a user with more seen items), the cached window widens."""
+    from reco.catalog import newest_first
+    from reco.rules import per_category
+
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1500, 6000))
+    dominant = int(rng.integers(0, m))  # the newest `dominant` items are mostly category 0
+    age = rng.permutation(m).astype(float)  # 0: newest
+    category = np.where(age < dominant, rng.choice([0, 1], size=m, p=[0.995, 0.005]),
+                        rng.integers(0, 12, size=m))
+    meta = {f"i{j}": {"category": f"c{category[j]}", "created_at": str(NOW - age[j]),
+                      "in_stock": "0" if rng.random() < 0.1 else "1"} for j in range(m)}
+    pop = [(f"i{j}", float(rng.integers(1, 100))) for j in rng.choice(m, size=30)]
+    items = ItemIndex.build(meta, pop)
+    for n, cap in ((50, 10), (300, 10), (40, 1), (2000, 7)):
+        popular = items.popular_rows[eligible(items, items.popular_rows, Filters())]
+        rest = newest_first(np.flatnonzero(items.in_stock[:-1] & (items.popularity[:-1] <= 0)),
+                            items.created_at)
+        expected = np.concatenate([per_category(popular, items.category, cap),
+                                   per_category(rest, items.category, cap)])[:n]
+        got = popular_filler(items, Filters(), n, cap)
+        assert got.tolist() == expected.tolist(), (n, cap)
