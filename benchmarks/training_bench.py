@@ -50,11 +50,13 @@ def start_mlflow(pg_port: int, workdir: Path) -> subprocess.Popen:
     base = Settings(pg_port=pg_port)
     port = free_port()
     log = open(workdir / "mlflow.log", "ab")  # noqa: SIM115
+    # The store URI (with the password) through the environment: a command line shows in `ps`.
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": base.pg_url(base.pg_mlflow_database)}
     proc = subprocess.Popen(
-        [stack_servers.venv_bin("mlflow"), "server", "--backend-store-uri",
-         base.pg_url(base.pg_mlflow_database), "--artifacts-destination",
+        [stack_servers.venv_bin("mlflow"), "server", "--artifacts-destination",
          str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
     proc.uri = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     if not wait_until(lambda: http_ok(f"{proc.uri}/health"), 180,  # type: ignore[attr-defined]
                       alive=lambda: proc.poll() is None):

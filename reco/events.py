@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import pydantic_core
 from pydantic import (
@@ -179,13 +179,28 @@ def _rfc3339_ms(value: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
-def describe_errors(exc: Any, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
+class ErrorEntry(TypedDict):
+    """One refused value, as both APIs' 422 bodies list them (serving/errors.py renders them)."""
+
+    loc: list[str | int]  # where it was: ["query", "k"], ["path", "item_id"], ["events", 3, ...]
+    field: str  # the dotted name clients read: "k", "path.item_id", "events.user_id"
+    reason: str
+    index: NotRequired[int]  # the event's or item's position, in a batch's entries only
+
+
+def error_entry(loc: list[str | int], field: str, reason: str) -> ErrorEntry:
+    return {"loc": loc, "field": field, "reason": reason}
+
+
+def describe_errors(exc: Any, prefix: tuple[str | int, ...] = ()) -> list[ErrorEntry]:
     """Flatten a pydantic ValidationError into [{loc, field, reason}] entries for clients."""
     out = []
     for err in exc.errors():
-        loc = prefix + tuple(err.get("loc", ()))
-        field = ".".join(str(p) for p in loc if not isinstance(p, int)) or "body"
-        out.append({"loc": list(loc), "field": field, "reason": error_reason(err)})
+        # The body as a whole (not JSON, not an object) has no loc of its own: ["body"], as
+        # the batch routes name it.
+        loc = prefix + tuple(err.get("loc", ())) or ("body",)
+        field = ".".join(str(p) for p in loc if not isinstance(p, int))
+        out.append(error_entry(list(loc), field, error_reason(err)))
     return out
 
 

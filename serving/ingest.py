@@ -1,10 +1,11 @@
 """Event ingest API (port 8080): events to Kafka, catalogue upserts to PostgreSQL + Redis.
 
 Routes only read the body, call the parsing and publishing functions and map their errors:
-422 (field + reason), 413 (body over settings.max_body_bytes, or an event over the broker's
-message size), 503 + Retry-After (broker or database unavailable). 202 means the broker
-acknowledged every event of the request; a refused publish (413, 503) names the request's
-event ids, since some of its events may have been published: retries reuse them.
+422 (loc, field, reason: serving/errors.py, as the recommendation API's), 413 (body over
+settings.max_body_bytes, or an event over the broker's message size), 503 + Retry-After
+(broker or database unavailable). 202 means the broker acknowledged every event of the
+request; a refused publish (413, 503) names the request's event ids, since some of its events
+may have been published: retries reuse them.
 Run with `reco run ingest`.
 """
 
@@ -21,6 +22,7 @@ import orjson
 import redis.asyncio as aredis
 import uvicorn
 from fastapi import FastAPI, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,6 +31,7 @@ from reco import heap
 from reco.events import PATH_ID_SCHEMA
 from reco.settings import Settings
 from serving import catalogue, cors, ingest_metrics, ingest_openapi, security, tls
+from serving.errors import invalid_response, request_errors
 from serving.hot_routes import HEAD_TOO, HotRoutes, RequestEndpoint, accept_head
 from serving.http_metrics import HTTPMetrics
 from serving.publisher import EventTooLarge, Publisher, PublishFailed
@@ -146,7 +149,10 @@ def create_app(settings: Settings) -> FastAPI:
         """The answer to a refused request (None: not a refusal, a server error)."""
         if isinstance(exc, InvalidInput):
             ingest_metrics.count_rejected(422)
-            return json_response({"detail": exc.errors}, 422)
+            return invalid_response(exc.errors)
+        if isinstance(exc, RequestValidationError):  # FastAPI's own, in the same shape
+            ingest_metrics.count_rejected(422)
+            return invalid_response(request_errors(exc.errors()))
         if isinstance(exc, PayloadTooLarge):
             ingest_metrics.count_rejected(413)
             return json_response({"detail": str(exc)}, 413)
@@ -182,8 +188,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def _refused(_: Request, exc: Exception) -> Response:
         return error_response(exc)  # type: ignore[return-value]
 
-    for refusal in (InvalidInput, PayloadTooLarge, UnsupportedMediaType, BodyTimeout,
-                    PublishFailed, StoreUnavailable):
+    for refusal in (InvalidInput, RequestValidationError, PayloadTooLarge,
+                    UnsupportedMediaType, BodyTimeout, PublishFailed, StoreUnavailable):
         app.add_exception_handler(refusal, _refused)
 
     async def post_event(request: Request) -> Response:

@@ -11,6 +11,7 @@ from typing import Any
 
 from reco.events import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Event
 from serving.catalogue import ItemBatch, ItemIn, ItemPatch
+from serving.errors import INVALID_SCHEMA
 from serving.hot_routes import HEAD_TOO
 
 
@@ -50,17 +51,12 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _DETAIL = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
-_ERRORS = {"type": "object", "required": ["detail"], "properties": {"detail": {
-    "type": "array", "items": {"type": "object", "required": ["loc", "field", "reason"],
-                               "properties": {"loc": {"type": "array"},
-                                              "field": {"type": "string"},
-                                              "reason": {"type": "string"},
-                                              "index": {"type": "integer"}}}}}}
 _COMMON = {
     401: _json(_DETAIL, "Missing or invalid API key (when auth is enabled)"),
     413: _json(_DETAIL, "Body over the size limit"),
     415: _json(_DETAIL, "Body compressed, or of a Content-Type other than JSON"),
-    422: _json(_ERRORS, "Invalid input: each error names the field and the reason"),
+    422: _json(INVALID_SCHEMA, "Invalid input: each error names the field and the reason "
+                               "(and, in a batch, the event's or item's index)"),
     429: _json(_DETAIL, "Over the per-client rate limit; see Retry-After"),
     503: _json(_DETAIL, "Broker or database unavailable; retry after Retry-After"),
 }

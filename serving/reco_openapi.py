@@ -2,8 +2,8 @@
 
 The route is a plain Starlette route (see serving/reco_params.py), invisible to FastAPI's
 schema generation; this documents it with the parameters `parse_reco_params` enforces, so
-clients and the schemathesis fuzz tests see it. The error shapes are the API's own
-(`{"detail": [{"field", "reason"}]}`), not FastAPI's default validation error.
+clients and the schemathesis fuzz tests see it. The 422 body is the one both APIs send
+(`{"detail": [{"loc", "field", "reason"}]}`, serving/errors.py), not FastAPI's default.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from serving.errors import INVALID_SCHEMA
 from serving.hot_routes import HEAD_TOO
 from serving.reco_params import ID_PATTERN, MAX_K
 
@@ -121,14 +122,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _DETAIL = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
-_ERRORS = {"type": "object", "required": ["detail"], "properties": {"detail": {
-    "type": "array", "items": {"type": "object", "required": ["field", "reason"],
-                               "properties": {"field": {"type": "string"},
-                                              "reason": {"type": "string"}}}}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: _json(_DETAIL, "Missing, expired or invalid token (when auth is enabled)"),
     403: _json(_DETAIL, "The token's subject is not the user asked about"),
-    422: _json(_ERRORS, "Invalid parameters: each error names the field and the reason"),
+    422: _json(INVALID_SCHEMA, "Invalid parameters: each error names the field and the "
+                               "reason"),
     429: _json(_DETAIL, "Over the per-user rate limit; see Retry-After"),
 }
 # Routes without a user (/popular, /similar): any valid token, so no 403; the rate limit

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from reco.settings import Settings
 from serving import reco_metrics as metrics
+from serving.errors import invalid_response
 from serving.reco_params import RECO_PARAMS, ParamErrors, parse_query, parse_reco_params
 from serving.reco_service import RecoService
 from serving.reco_store import FeatureStore
@@ -47,7 +47,7 @@ class RecommendationsEndpoint:
         try:
             p = parse_reco_params(parse_query(scope["query_string"], RECO_PARAMS))
         except ParamErrors as exc:
-            await JSONResponse({"detail": exc.detail}, status_code=422)(scope, receive, send)
+            await invalid_response(exc.detail)(scope, receive, send)
             return
         if guard is not None and (
                 denied := await guard.authorize(request, subject, p.user_id)):

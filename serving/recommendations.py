@@ -18,10 +18,11 @@ from pydantic import BeforeValidator
 from starlette.routing import Route
 
 from reco import scoring
-from reco.events import PATH_ID_SCHEMA, error_reason
+from reco.events import PATH_ID_SCHEMA
 from reco.settings import Settings
 from serving import cors, reco_openapi, security, tls
 from serving import reco_metrics as metrics
+from serving.errors import invalid_response, request_errors
 from serving.hot_routes import HEAD_TOO, HotRoutes, accept_head
 from serving.http_metrics import HTTPMetrics
 from serving.reco_params import ID_PATTERN, MAX_K, ParamErrors, int_text, parse_query
@@ -77,13 +78,12 @@ def create_app(settings: Settings) -> FastAPI:
                                                             "similar")}
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [{"field": _field(e["loc"]), "reason": error_reason(e)} for e in exc.errors()]
-        return JSONResponse({"detail": detail}, status_code=422)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        return invalid_response(request_errors(exc.errors()))
 
     @app.exception_handler(ParamErrors)
-    async def _refused_query(_: Request, exc: ParamErrors) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=422)
+    async def _refused_query(_: Request, exc: ParamErrors) -> Response:
+        return invalid_response(exc.detail)
 
     @app.get("/popular", response_model=reco_openapi.Popular,
              dependencies=[*user_deps, _query_of("k", "category")],
@@ -153,12 +153,6 @@ def _query_of(*names: str) -> Any:
         parse_query(request.scope["query_string"], allowed)
 
     return Depends(check)
-
-
-def _field(loc: tuple) -> str:
-    """Query parameters by name, path ones as `path.item_id`, as the ingest API names them."""
-    names = [str(p) for p in loc if not isinstance(p, int) and p != "query"]
-    return ".".join(names) or "request"
 
 
 def serve(settings: Settings) -> None:

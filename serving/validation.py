@@ -11,8 +11,9 @@ import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
-from reco.events import Event, Identifier, describe_errors
+from reco.events import ErrorEntry, Event, Identifier, describe_errors, error_entry
 from serving.catalogue import ItemBatch, ItemIn, ItemWithId
+from serving.errors import with_batch_index
 
 EVENT_LIST = TypeAdapter(list[Event])
 ITEM_ID = TypeAdapter(Identifier)
@@ -20,9 +21,9 @@ ItemT = TypeVar("ItemT", bound=ItemIn)
 
 
 class InvalidInput(Exception):
-    """HTTP 422: `errors` is a list of {loc, field, reason} (+ index for batches)."""
+    """HTTP 422: `errors` as serving/errors.py renders them (+ index for batches)."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
+    def __init__(self, errors: list[ErrorEntry]) -> None:
         super().__init__(errors)
         self.errors = errors
 
@@ -71,13 +72,13 @@ def _refuse_duplicates(batch: str, name: str, values: Iterable[Hashable]) -> Non
     would be acknowledged and then dropped."""
     repeats = repeated_indexes(values)
     if repeats:
-        raise InvalidInput(_indexed([
+        raise InvalidInput(with_batch_index([
             _error(f"{batch}.{name}", f"duplicate {name} in batch", [batch, i, name])
             for i in repeats]))
 
 
-def _error(field: str, reason: str, loc: list[Any] | None = None) -> dict[str, Any]:
-    return {"loc": loc if loc is not None else [field], "field": field, "reason": reason}
+def _error(field: str, reason: str, loc: list[str | int] | None = None) -> ErrorEntry:
+    return error_entry(loc if loc is not None else [field], field, reason)
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -139,17 +140,9 @@ def parse_event_batch(body: bytes, context: dict[str, Any], max_events: int) -> 
     try:
         events = EVENT_LIST.validate_python(raw, context=context)
     except ValidationError as exc:
-        raise InvalidInput(_indexed(describe_errors(exc, prefix=("events",)))) from None
+        raise InvalidInput(with_batch_index(describe_errors(exc, prefix=("events",)))) from None
     _refuse_duplicates("events", "event_id", (e.event_id for e in events))
     return events
-
-
-def _indexed(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    for err in errors:
-        loc = err["loc"]
-        if len(loc) > 1 and isinstance(loc[1], int):
-            err["index"] = loc[1]
-    return errors
 
 
 def parse_item(body: bytes, kind: type[ItemT]) -> ItemT:
@@ -164,7 +157,7 @@ def parse_item_batch(body: bytes) -> ItemBatch:
     try:
         batch = ItemBatch.model_validate_json(body)
     except ValidationError as exc:
-        raise InvalidInput(_indexed(describe_errors(exc))) from None
+        raise InvalidInput(with_batch_index(describe_errors(exc))) from None
     _refuse_duplicates("items", "item_id", (item.item_id for item in batch.items))
     return batch
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -161,25 +162,60 @@ def test_image_java_home_is_not_tied_to_one_architecture() -> None:
     assert "arm64" not in IMAGE_ENV.get("JAVA_HOME", "")
 
 
-def mlflow_server_args() -> list[str]:
-    """MLflow's command line as its shell (`sh -c`, for the escaped URL) runs it."""
+def mlflow_script() -> str:
+    """The script MLflow's shell runs (`sh -c`, for the escaped URL)."""
     shell, flag, script = shlex.split(SERVICES["mlflow"]["command"])
     assert (shell, flag) == ("sh", "-c")
-    args = shlex.split(script)
+    return script
+
+
+def mlflow_server_args() -> list[str]:
+    """MLflow's command line as its shell runs it: the script's last statement."""
+    args = shlex.split(mlflow_script().split(";")[-1])
     assert args[:3] == ["exec", "mlflow", "server"]
     return args[3:]
 
 
 def test_mlflow_reads_its_database_url_from_the_settings() -> None:
     """Escaped by `reco db url`, as Airflow's: a password inlined into a URL breaks on '/'."""
-    args = mlflow_server_args()
-    assert args[args.index("--backend-store-uri") + 1] == (
-        "$$(reco db url mlflow --driver postgresql+psycopg2)")
+    assign, export, _ = (shlex.split(statement) for statement in mlflow_script().split(";"))
+    assert assign == ["MLFLOW_BACKEND_STORE_URI="
+                      "$$(reco db url mlflow --driver postgresql+psycopg2)", "||", "exit", "1"]
+    assert export == ["export", "MLFLOW_BACKEND_STORE_URI"]
     command = SERVICES["airflow-scheduler"]["environment"][
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD"]
     assert shlex.split(command) == ["reco", "db", "url", "airflow", "--driver",
                                     "postgresql+psycopg2"]
     assert "RECO_PG_PASSWORD}@" not in (ROOT / "docker-compose.yml").read_text()
+
+
+def _run_mlflow_script(tmp_path: Path, url_command: str) -> subprocess.CompletedProcess:
+    """MLflow's shell script as compose runs it (`$$` is `$`), `reco` and `mlflow` stand-ins
+    on PATH: mlflow prints its arguments and the backend store it was given."""
+    (tmp_path / "reco").write_text(f"#!/bin/sh\n{url_command}\n")
+    (tmp_path / "mlflow").write_text(
+        '#!/bin/sh\necho "args: $*"\necho "store: $MLFLOW_BACKEND_STORE_URI"\n')
+    for stub in ("reco", "mlflow"):
+        (tmp_path / stub).chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    return subprocess.run(["sh", "-c", mlflow_script().replace("$$", "$")], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_mlflow_gets_its_backend_store_from_the_environment_not_its_command_line(
+        tmp_path: Path) -> None:
+    """The password would show in `ps` on the Docker host: the URL goes through MLflow's
+    environment (--backend-store-uri's envvar, MLFLOW_BACKEND_STORE_URI)."""
+    url = "postgresql+psycopg2://reco:pg%2Fsecret@postgres:5432/mlflow"
+    ran = _run_mlflow_script(tmp_path, f"echo '{url}'")
+    assert ran.returncode == 0, ran.stderr
+    args, store = ran.stdout.splitlines()
+    assert store == f"store: {url}"
+    assert "pg%2Fsecret" not in args and "--backend-store-uri" not in args
+    assert args.startswith("args: server --host 0.0.0.0 --port 5000")
+    # No URL (settings refused): MLflow does not start on its default local store.
+    failed = _run_mlflow_script(tmp_path, "echo 'RECO_PG_PASSWORD is too short' >&2; exit 2")
+    assert (failed.returncode, failed.stdout) == (1, "")
 
 
 def test_mlflow_artifact_volume_exists_in_the_image_and_belongs_to_reco() -> None:
@@ -255,7 +291,6 @@ def test_postgres_is_healthy_only_once_it_accepts_tcp() -> None:
 def test_airflow_login_is_admin_with_the_password_from_the_environment(tmp_path: Path) -> None:
     """Run the API server's start-up as its container does (up to `exec airflow`): Airflow's
     SimpleAuthManager must find the user admin with AIRFLOW_ADMIN_PASSWORD in its file."""
-    import subprocess
     import sys
 
     from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager

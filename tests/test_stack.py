@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
+import psutil
 import psycopg
 import pytest
 import redis
@@ -17,6 +21,7 @@ from rich.console import Console
 
 from reco.settings import Settings
 from reco.stack import local
+from reco.stack import servers as stack_servers
 from reco.stack.components import Component, build_components, process_env, settings_env
 from reco.stack.health import free_port, free_port_pair, wait_until
 from reco.stack.prometheus import ALERT_RULES
@@ -255,12 +260,63 @@ def test_supervised_processes_get_the_real_settings_secrets_included(monkeypatch
     assert seen.event_weights == settings.event_weights
 
 
-def test_the_supervisor_config_holding_the_database_password_is_owner_only(tmp_path) -> None:
-    settings = Settings(state_dir=tmp_path, pg_password="pg-secret-0123456789")
+# '/' and '+' are escaped in a URL: neither the raw nor the escaped form may show.
+PG_SECRET = "pg/secret+0123456789"
+
+
+def _secrets(settings: Settings) -> list[str]:
+    password = settings.pg_password.get_secret_value()
+    return [password, quote(password, safe=""), settings.airflow_secret.get_secret_value(),
+            settings.jwt_secret.get_secret_value(),
+            *(key.get_secret_value() for key in settings.api_keys)]
+
+
+def test_no_supervised_command_line_holds_a_secret(tmp_path) -> None:
+    """Command lines show in `ps` to every user of the machine: secrets (MLflow's backend
+    store URI among them) go through the environment; the config stays owner-only."""
+    settings = Settings(state_dir=tmp_path, pg_password=PG_SECRET,
+                        airflow_secret="airflow-secret-0123456789", jwt_secret="j" * 40,
+                        api_keys="key-one-0123456789")
+    components = build_components(settings)
     supervisor = Supervisor(tmp_path)
-    supervisor.write_config(build_components(settings))
-    assert "pg-secret-0123456789" in supervisor.config_path.read_text()  # MLflow's store URI
+    supervisor.write_config(components)
+    config = supervisor.config_path.read_text()
+    for secret in _secrets(settings):
+        assert secret not in config
+        for component in components:
+            assert not any(secret in arg for arg in component.command), component.name
     assert supervisor.config_path.stat().st_mode & 0o777 == 0o600
+    assert process_env(settings)["MLFLOW_BACKEND_STORE_URI"] == settings.pg_url(
+        settings.pg_mlflow_database, driver="postgresql+psycopg2")
+
+
+def test_mlflow_as_the_stack_starts_it_keeps_its_runs_in_postgres(postgres_server,
+                                                                   tmp_path) -> None:
+    """Started with the stack's command and environment, MLflow finds its backend store in
+    the environment (not a local file store), and no process of it shows the password."""
+    user, database = "mlflow_env_check", f"mlflow_{uuid.uuid4().hex[:8]}"
+    stack_servers.ensure_databases(postgres_server.port, user, PG_SECRET, [database])
+    settings = Settings(state_dir=tmp_path, pg_port=postgres_server.port, pg_user=user,
+                        pg_password=PG_SECRET, pg_mlflow_database=database,
+                        mlflow_port=free_port())
+    mlflow = {c.name: c for c in build_components(settings)}["mlflow"]
+    proc = subprocess.Popen(mlflow.command, env=process_env(settings), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert wait_until(mlflow.health, 180, alive=lambda: proc.poll() is None)
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for process in tree:
+            command = " ".join(process.cmdline())
+            assert PG_SECRET not in command and quote(PG_SECRET, safe="") not in command
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    with psycopg.connect(settings.pg_url(database)) as conn:
+        [(tables,)] = conn.execute("SELECT count(*) FROM information_schema.tables "
+                                   "WHERE table_name IN ('experiments', 'runs')").fetchall()
+    assert tables == 2
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_supervised_processes_get_no_api_key_when_none_is_set(monkeypatch) -> None:

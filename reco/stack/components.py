@@ -111,6 +111,9 @@ def process_env(settings: Settings) -> dict[str, str]:
     env.update(airflow_env(settings))
     env.update(settings_env(settings))
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    # MLflow server's --backend-store-uri, read from the environment (the option's envvar):
+    # on its command line the password would show in `ps` to every user of the machine.
+    env["MLFLOW_BACKEND_STORE_URI"] = mlflow_backend_store_uri(settings)
     # The Redis exporter's address (it may carry a password, so not in its command line,
     # which supervisord's config file holds); the same URL as RECO_REDIS_URL.
     env["REDIS_ADDR"] = settings.redis_url
@@ -121,6 +124,10 @@ def process_env(settings: Settings) -> dict[str, str]:
     env["DATA_SOURCE_USER"] = settings.pg_user
     env["DATA_SOURCE_PASS"] = settings.pg_password.get_secret_value()
     return env
+
+
+def mlflow_backend_store_uri(settings: Settings) -> str:
+    return settings.pg_url(settings.pg_mlflow_database, driver="postgresql+psycopg2")
 
 
 def _reco(*args: str) -> list[str]:
@@ -229,9 +236,8 @@ def build_components(settings: Settings) -> list[Component]:
         ),
         Component(
             "mlflow",
+            # The backend store: MLFLOW_BACKEND_STORE_URI (process_env), not an argument.
             [servers.venv_bin("mlflow"), "server",
-             "--backend-store-uri", settings.pg_url(settings.pg_mlflow_database,
-                                                    driver="postgresql+psycopg2"),
              "--artifacts-destination", str(mlflow_artifacts),
              "--host", host, "--port", str(settings.mlflow_port), "--workers", "1"],
             health=lambda: http_ok(f"http://{host}:{settings.mlflow_port}/health"),

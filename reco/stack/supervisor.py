@@ -67,7 +67,9 @@ class Supervisor:
                 f"stdout_logfile={self.log_path(component.name)}\n"
                 "stdout_logfile_maxbytes=20MB\nstdout_logfile_backups=2\n"
             )
-        # Command lines hold the PostgreSQL password (MLflow's backend URI): owner only.
+        # Owner only: no command line holds a password any more (they show in `ps`, so secrets
+        # go through the environment), but the file says where every store is and how each
+        # process is run.
         self.config_path.touch(mode=0o600)
         self.config_path.chmod(0o600)
         self.config_path.write_text("\n".join(sections))

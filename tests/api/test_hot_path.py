@@ -44,7 +44,8 @@ def test_query_strings_parse_like_starlette(raw: bytes, expected: dict) -> None:
 def test_query_strings_starlette_misreads_are_refused(raw: bytes, errors: list) -> None:
     with pytest.raises(ParamErrors) as refused:
         parse_query(raw, RECO_PARAMS)
-    assert [(e["field"], e["reason"]) for e in refused.value.detail] == errors
+    assert refused.value.detail == [{"loc": ["query", field], "field": field, "reason": reason}
+                                    for field, reason in errors]
 
 
 def test_hot_route_serves_counts_and_leaves_other_methods_to_the_router(client) -> None:
