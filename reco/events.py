@@ -136,12 +136,13 @@ class Event(BaseModel):
 
 
 def small_object_problem(value: dict[str, Any], max_bytes: float = MAX_CONTEXT_BYTES,
-                         check_values: bool = True) -> str | None:
-    """Why a small free-form JSON object (an event's `context`, an item's `attributes`) is
-    refused, or None: at most MAX_CONTEXT_KEYS keys, MAX_CONTEXT_DEPTH levels, finite numbers
-    (`check_values`) and `max_bytes` as JSON."""
-    if len(value) > MAX_CONTEXT_KEYS:
-        return f"must have at most {MAX_CONTEXT_KEYS} keys"
+                         check_values: bool = True, max_keys: int = MAX_CONTEXT_KEYS
+                         ) -> str | None:
+    """Why a free-form JSON object (an event's `context`, an item's `attributes`) is refused,
+    or None: at most `max_keys` keys, MAX_CONTEXT_DEPTH levels, finite numbers (`check_values`)
+    and `max_bytes` as JSON."""
+    if len(value) > max_keys:
+        return f"must have at most {max_keys} keys"
     problem = _nesting_problem(value) if check_values else None
     if problem:
         return problem

@@ -33,6 +33,8 @@ from reco.events import Identifier, small_object_problem
 from reco.timing import POSTGRES_QUERY_SECONDS, timed
 
 log = logging.getLogger(__name__)
+MAX_ATTRIBUTE_KEYS = 256
+MAX_ATTRIBUTES_BYTES = 65_536  # as JSON
 Category = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -60,10 +62,12 @@ class ItemIn(BaseModel):
     @field_validator("attributes")
     @classmethod
     def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # Bounded as an event's context first (keys, nesting, size): a deeper object reached
-        # the JSON parser's recursion limit (~200 levels) unnamed. jsonb cannot hold NUL and orjson
-        # refuses integers beyond 64 bits (both were 500s).
-        problem = small_object_problem(value) or _unstorable(value)
+        # Nested at most as deep as an event's context: a deeper object reached the JSON
+        # parser's recursion limit (~200 levels) unnamed. Roomier than a context in keys and
+        # bytes (specifications, descriptions), and only PostgreSQL holds them. jsonb cannot
+        # hold NUL and orjson refuses integers beyond 64 bits (both were 500s).
+        problem = (small_object_problem(value, MAX_ATTRIBUTES_BYTES, max_keys=MAX_ATTRIBUTE_KEYS)
+                   or _unstorable(value))
         if problem:
             raise ValueError(problem)
         return value
