@@ -5,8 +5,12 @@ members (one read, parse and id -> row mapping each: ~2 ms here with 500 members
 250), so requests wait at most one slice. It used to run in a thread in one piece: reading,
 parsing and mapping 20,000 members held the GIL for 40-100 ms every 5 s (hiredis and numpy do
 not release it), which stalled every request arriving meanwhile and made the p99 of cache
-hits at 200 req/s ~20 ms. The top items of the categories requests asked for follow, read in
-one pipeline (a member of both keeps its global score: its first sighting counts).
+hits at 200 req/s ~20 ms. The top items of the categories requests asked for follow, in
+slices of about `CHUNK` members too (a category per round trip at the default 200 items each).
+A member of both keeps its global score: its first sighting counts, and later ones are
+dropped as each slice is mapped, so the merge at the end (`index`) has no duplicates to sort
+out. Read in one pipeline, mapped in one piece and deduplicated by a sort in the merge, 64
+categories held the loop ~22 ms and 200 ~46-57 ms (benchmarks/reports/category_refresh.md).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import redis
 
 from reco import keys
-from reco.catalog import ItemIndex, first_sightings
+from reco.catalog import ItemIndex
 from serving.reco_aio import AsyncPipelineClient
 from serving.reco_redis import RedisDown
 from serving.reco_store import zset_pairs
@@ -33,6 +37,7 @@ class PopularReads:
         self.ids: list[str] = []
         self.rows: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
+        self.seen = np.zeros(len(base.ids) + 1, dtype=bool)  # rows read so far
 
     async def read_top(self, aio: AsyncPipelineClient, size: int) -> None:
         """The top `size` of `item:popularity`, a slice per round trip."""
@@ -46,24 +51,36 @@ class PopularReads:
             if self._add(flat) < CHUNK:
                 break
 
-    async def read_categories(self, aio: AsyncPipelineClient, reads: list[tuple]) -> None:
-        """The asked categories' top items (`reads`: their ZRANGE commands), one pipeline."""
-        if not reads:
-            return
-        try:
-            by_category = await aio.execute(reads)
-        except RedisDown as exc:
-            raise redis.ConnectionError(str(exc)) from exc
-        for flat in by_category:
-            self._add(flat)
+    async def read_categories(self, aio: AsyncPipelineClient, reads: list[tuple], n: int
+                              ) -> None:
+        """The asked categories' top items (`reads`: their ZRANGE commands of `n` members
+        each), a slice of about `CHUNK` members (at least one category) per round trip."""
+        step = max(1, CHUNK // n)
+        for lo in range(0, len(reads), step):
+            try:
+                by_category = await aio.execute(reads[lo:lo + step])
+            except RedisDown as exc:
+                raise redis.ConnectionError(str(exc)) from exc
+            for flat in by_category:
+                self._add(flat)
 
     def _add(self, flat: list) -> int:
-        """Parse and map one reply's members; returns how many it held."""
+        """Parse and map one reply's members, keeping first sightings; returns how many it
+        held."""
         part_ids, part_scores = zset_pairs(flat)
+        held = len(part_ids)
+        rows = self.base.rows(part_ids)
+        # Ids the catalogue lacks share `unknown_row`: kept, `with_popularity` tells them apart.
+        new = ~self.seen[rows] | (rows == self.base.unknown_row)
+        if not new.all():
+            keep = np.flatnonzero(new)
+            part_ids = [part_ids[j] for j in keep.tolist()]
+            rows, part_scores = rows[keep], part_scores[keep]
+        self.seen[rows] = True
         self.ids += part_ids
-        self.rows.append(self.base.rows(part_ids))
+        self.rows.append(rows)
         self.scores.append(part_scores)
-        return len(part_ids)
+        return held
 
     def index(self) -> ItemIndex:
         """`base` with this popularity snapshot."""
@@ -76,9 +93,9 @@ class PopularReads:
 
 
 def with_popular_rows(base: ItemIndex, rows: np.ndarray, scores: np.ndarray) -> ItemIndex:
-    """`base.with_popularity` for members already mapped to known rows (chunked reads can see
-    a member twice when it moved between chunks: its first sighting counts)."""
-    rows, scores = first_sightings(rows, scores, base.unknown_row + 1)
+    """`base.with_popularity` for members already mapped to known rows, each row once (a
+    member read twice, in two chunks or in the global top and a category, is dropped at its
+    later sightings by `PopularReads._add`)."""
     pop = np.zeros(len(base.ids) + 1)
     pop[rows] = scores
     popular = rows[np.argsort(-scores, kind="stable")]

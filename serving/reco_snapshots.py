@@ -145,7 +145,9 @@ class GlobalSignals:
         reads = PopularReads(base)
         await reads.read_top(self.aio, self.settings.popular_snapshot_size)
         categories, category_reads = self._category_reads()
-        await reads.read_categories(self.aio, category_reads)
+        await reads.read_categories(self.aio, category_reads,
+                                    self.settings.popular_category_snapshot_n)
+        await asyncio.sleep(0)  # the last slice's mapping and the merge: two holds, not one
         if self._catalog is not base:  # reloaded meanwhile (a test's blocking refresh): retry later
             return
         self._catalog = reads.index()
