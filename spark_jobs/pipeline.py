@@ -259,7 +259,7 @@ def train_step(cfg: PipelineConfig, extracted: dict,
             {"model": cfg.model, "engine": cfg.engine, **hp.used_by(cfg.engine)}, indent=2))
         version = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{run_id[:8]}"
         model_id = tracking.log_model(cfg.mlflow_tracking_uri, run_id, cfg.model, model_dir,
-                                      version)
+                                      version, {**hp.used_by(cfg.engine), "engine": cfg.engine})
         registry_version = tracking.register(cfg.mlflow_tracking_uri, cfg.model, run_id,
                                              model_id)
         tracking.set_tags(cfg.mlflow_tracking_uri, run_id, {tracking.PUBLISH_VERSION_TAG: version})

@@ -111,9 +111,9 @@ def finish_run(tracking_uri: str, run_id: str, failed: bool = False) -> None:
 
 
 def log_model(tracking_uri: str, run_id: str, model: str, model_dir: Path,
-              publish_version: str) -> str:
+              publish_version: str, params: dict | None = None) -> str:
     """Log the trained folder as the run's MLflow model (`spark_jobs.served_model`: pyfunc,
-    answers the lists it publishes); returns its model id."""
+    answers the lists it publishes) with the `params` it was trained with; returns its id."""
     import mlflow.pyfunc
     import numpy as np
     import pandas as pd
@@ -129,7 +129,8 @@ def log_model(tracking_uri: str, run_id: str, model: str, model_dir: Path,
     mlflow_client = client(tracking_uri)
     logged = mlflow_client.create_logged_model(
         experiment_id(mlflow_client, model), name=model, source_run_id=run_id,
-        tags={PUBLISH_VERSION_TAG: publish_version})
+        tags={PUBLISH_VERSION_TAG: publish_version},
+        params={k: str(v) for k, v in (params or {}).items()})
     try:
         with tempfile.TemporaryDirectory() as tmp:
             # Requirements given, not inferred: inferring loads the model in a subprocess.

@@ -362,6 +362,7 @@ def test_failed_train_and_evaluate_end_their_run_failed_and_a_retry_finishes_it(
     # The registry version is the run's MLflow model, which carries the scores too.
     logged = tracking.client(uri).get_logged_model(trained["model_id"])
     assert logged.source_run_id == run_id and logged.status == "READY"
+    assert logged.params["factors"] == "8" and logged.params["engine"] == "local"
     assert {m.key: m.value for m in logged.metrics}["model.ndcg_at_10"] == \
         evaluated["metrics"]["model.ndcg_at_10"]
     mv = tracking.client(uri).get_model_version("als", trained["registry_version"])
