@@ -8,8 +8,8 @@ import typer
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from reco.commands import airflow, db, demo, models, run, stack, topics
 from reco.commands import data as data_commands
-from reco.commands import db, demo, models, run, stack, topics
 from reco.commands import replay as replay_command
 from reco.commands import train as train_command
 from reco.settings import ConfigError, Settings, settings_errors
@@ -42,10 +42,12 @@ app.add_typer(run.app, name="run")
 app.add_typer(topics.app, name="topics")
 stack.register(app)
 app.command()(demo.demo)
+app.command()(demo.evaluate)
 app.add_typer(data_commands.app, name="data")
 replay_command.register(app)
 app.add_typer(train_command.app, name="train")
 app.add_typer(models.app, name="models")
+airflow.register(app)
 
 if __name__ == "__main__":
     app()

@@ -7,16 +7,12 @@ recommendation API for every user and score the answers against the held-out ite
 
 from __future__ import annotations
 
-import asyncio
-import re
+import json
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass
 
-import httpx
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -25,15 +21,27 @@ from rich.console import Console
 from reco.airflow_client import AirflowClient
 from reco.data import movielens
 from reco.data.schema import EVENTS_FILE, ITEMS_FILE
-from reco.evaluation_split import LeaveLastOut, leave_last_out, score_rankings, targets_of
+from reco.evaluation_split import leave_last_out
 from reco.lag import wait_for_zero_lag
-from reco.ranking import RankConfig
 from reco.replay import ReplayOptions, replay_table
+from reco.served_evaluation import DemoReport, evaluate_served
 from reco.settings import Settings
 from reco.stack import local
 from spark_jobs import ENGINES, SPARK_MODELS
 
 DAGS = {"item2vec_daily": "item2vec", "als_weekly": "als", "sasrec_daily": "sasrec"}  # -> model
+LOADED_FILE = "demo-loaded.json"  # under the state folder: what the last demo replayed
+
+
+class NoDemoData(RuntimeError):
+    """`reco evaluate` before any `reco demo` on this stack."""
+
+
+@dataclass(frozen=True)
+class LoadedDemo:
+    max_users: int | None
+    engine: str
+    events_replayed: int
 
 
 @dataclass(frozen=True)
@@ -50,17 +58,6 @@ class DemoOptions:
         # Checked here, not when the DAGs run: that is after the stack started and the replay.
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
-
-
-@dataclass
-class DemoReport:
-    users: int
-    events_replayed: int
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> HR/NDCG/...
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    strategies: dict[str, int] = field(default_factory=dict)
-    timings_s: dict[str, float] = field(default_factory=dict)
-    dag_runs: dict[str, str] = field(default_factory=dict)
 
 
 class Steps:
@@ -140,102 +137,6 @@ def train_through_airflow(settings: Settings, opts: DemoOptions, console: Consol
     return states
 
 
-async def _fetch_all(base_url: str, paths: list[str], concurrency: int
-                     ) -> list[tuple[dict[str, Any], float]]:
-    """GET every path with bounded concurrency; returns (body, latency ms) in order."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
-        async def one(path: str) -> tuple[dict[str, Any], float]:
-            async with semaphore:
-                started = time.perf_counter()
-                response = await client.get(path)
-                elapsed = (time.perf_counter() - started) * 1000
-                return response.raise_for_status().json(), elapsed
-
-        return await asyncio.gather(*(one(p) for p in paths))
-
-
-def served_recommendations(settings: Settings, users: list[str], k: int, concurrency: int
-                           ) -> tuple[dict[str, list[str]], np.ndarray, dict[str, int]]:
-    """Ask the API for every user: (user -> item ids, latencies ms, strategy counts)."""
-    base = f"http://127.0.0.1:{settings.reco_port}"
-    paths = [f"/recommendations?user_id={u}&k={k}" for u in users]
-    answers = asyncio.run(_fetch_all(base, paths, concurrency))
-    ranked = {u: [i["item_id"] for i in body["items"]]
-              for u, (body, _) in zip(users, answers, strict=True)}
-    strategies = Counter(body["strategy"] for body, _ in answers)
-    return ranked, np.array([ms for _, ms in answers]), dict(strategies)
-
-
-def popularity_baseline(settings: Settings, history: pd.DataFrame, users: list[str], k: int
-                        ) -> dict[str, list[str]]:
-    """The API's /popular list with each user's seen items removed (full ranking over unseen)."""
-    base = f"http://127.0.0.1:{settings.reco_port}"
-    body = httpx.get(f"{base}/popular", params={"k": 100}, timeout=10).raise_for_status().json()
-    popular = [i["item_id"] for i in body["items"]]
-    seen = history.groupby("user_id")["item_id"].agg(set).to_dict()
-    return {u: [i for i in popular if i not in seen.get(u, set())][:k] for u in users}
-
-
-SIGNAL_WEIGHTS = {"co-view": "w_coview", "embedding": "w_embed", "popularity": "w_pop",
-                  "recency": "w_recency", "ALS": "w_cf", "SASRec": "w_seq"}
-
-
-def single_signal_rankings(settings: Settings, users: list[str], k: int
-                           ) -> dict[str, dict[str, list[str]]]:
-    """Each signal alone, ranked by the API's own service code over the live Redis features
-    (in process, bypassing the response cache): what each signal would serve by itself."""
-    from serving.reco_service import RecoParams, RecoService
-    from serving.reco_snapshots import GlobalSignals
-    from serving.reco_store import FeatureStore
-
-    # w_cf, w_seq > 0 make the service read the ALS item lists and the SASRec lists too.
-    reader_settings = settings.model_copy(update={"w_cf": max(settings.w_cf, 1.0),
-                                                  "w_seq": max(settings.w_seq, 1.0)})
-    store = FeatureStore.from_settings(settings, timeout_s=5.0)
-    signals = GlobalSignals(reader_settings)
-    signals.refresh()
-    service = RecoService(reader_settings, store, signals)
-    base = RankConfig.from_settings(settings)
-    zero = dict.fromkeys(SIGNAL_WEIGHTS.values(), 0.0)
-    out = {}
-    for name, weight in SIGNAL_WEIGHTS.items():
-        config = replace(base, **{**zero, weight: 1.0}, freshness_boost=0.0)
-        out[name] = {u: [s.item_id for s in service.rank_uncached(RecoParams(u, k), config).items]
-                     for u in users}
-    store.close()
-    return out
-
-
-def score(ranked: dict[str, list[str]], split: LeaveLastOut, k: int) -> dict[str, float]:
-    return score_rankings(ranked, targets_of(split.test), k)
-
-
-def log_to_mlflow(settings: Settings, report: DemoReport, engine: str) -> str:
-    """The scores of the served lists as an MLflow run (experiment `served-evaluation`, next to
-    the training runs): the blend's weights as parameters, one metric per method and measure
-    ("served_blend.hr_at_10", ...) and the API's latency. Returns the run id."""
-    from spark_jobs import tracking  # imports mlflow: only when logging
-
-    uri = settings.mlflow_tracking_uri
-    run_id = tracking.start_run(uri, "served", engine, asdict(RankConfig.from_settings(settings)),
-                                {"users": report.users, "events": report.events_replayed})
-    metrics = {f"{_metric_key(method)}.{name}": value
-               for method, scores in report.metrics.items()
-               for name, value in scores.items() if name != "users"}
-    metrics |= {f"latency_ms.{name}": ms for name, ms in report.latency_ms.items()}
-    tracking.log_metrics(uri, run_id, metrics)
-    tracking.set_tags(uri, run_id, {f"dag_run.{dag}": state
-                                    for dag, state in report.dag_runs.items()})
-    return run_id
-
-
-def _metric_key(method: str) -> str:
-    """'served (blend)' -> 'served_blend', 'co-view alone' -> 'co_view_alone'."""
-    return re.sub(r"[^a-z0-9]+", "_", method.lower()).strip("_")
-
-
 def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoReport:
     steps = Steps(console)
     if opts.start_stack:
@@ -267,17 +168,34 @@ def run_demo(settings: Settings, console: Console, opts: DemoOptions) -> DemoRep
     with steps.step("5/6 Training Item2Vec, ALS and SASRec through Airflow"):
         span_days = (split.history["timestamp"].max() - split.history["timestamp"].min()) / 86.4e6
         dag_runs = train_through_airflow(settings, opts, console, int(span_days) + 2)
+    # What `reco evaluate` needs to score the same users again later.
+    save_loaded(settings, LoadedDemo(opts.max_users, opts.engine, summary.accepted))
     with steps.step("6/6 Asking the recommendation API for every user"):
-        ranked, latencies, strategies = served_recommendations(
-            settings, users, opts.k, opts.concurrency)
-        results = {"served (blend)": score(ranked, split, opts.k),
-                   "popularity baseline": score(
-                       popularity_baseline(settings, split.history, users, opts.k), split, opts.k)}
-        for name, per_user in single_signal_rankings(settings, users, opts.k).items():
-            results[f"{name} alone"] = score(per_user, split, opts.k)
-    return DemoReport(
-        users=len(users), events_replayed=summary.accepted, metrics=results,
-        latency_ms={f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)}
-        | {"max": float(latencies.max())},
-        strategies=strategies, timings_s=steps.timings, dag_runs=dag_runs,
-    )
+        report = evaluate_served(settings, split, opts.k, opts.concurrency, summary.accepted)
+    report.timings_s, report.dag_runs = steps.timings, dag_runs
+    return report
+
+
+def save_loaded(settings: Settings, loaded: LoadedDemo) -> None:
+    path = settings.state_dir / LOADED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(loaded)))
+
+
+def last_loaded(settings: Settings) -> LoadedDemo:
+    """What the last `reco demo` replayed into this stack (NoDemoData if none ran)."""
+    path = settings.state_dir / LOADED_FILE
+    if not path.exists():
+        raise NoDemoData(f"no demo data in this stack ({path.resolve()} is missing): run "
+                         "`reco demo` first")
+    return LoadedDemo(**json.loads(path.read_text()))
+
+
+def run_evaluation(settings: Settings, opts: DemoOptions) -> tuple[DemoReport, LoadedDemo]:
+    """Score what the running API serves now on the users and held-out items of the last
+    demo (after retraining, a promotion or a change of weights), without replaying."""
+    loaded = last_loaded(settings)
+    events, _ = load_movielens(settings)
+    split = leave_last_out(slice_users(events, loaded.max_users))
+    return evaluate_served(settings, split, opts.k, opts.concurrency,
+                           loaded.events_replayed), loaded

@@ -9,7 +9,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from reco.demo import DemoOptions, DemoReport, log_to_mlflow, run_demo
+from reco.demo import DemoOptions, NoDemoData, run_demo, run_evaluation
+from reco.served_evaluation import BASELINE, DemoReport, log_to_mlflow
 from reco.settings import Settings, get_settings
 
 console = Console()
@@ -27,13 +28,31 @@ def demo(
         raise typer.BadParameter(str(exc), param_hint="--engine") from None
     settings = get_settings()
     report = run_demo(settings, console, opts)
-    print_report(report, settings)  # before logging: a logging failure must not lose it
-    run_id = log_to_mlflow(settings, report, engine)
+    print_report(report)  # before logging: a logging failure must not lose it
+    print_links(settings)
+    print_logged(log_to_mlflow(settings, report, engine))
+
+
+def evaluate() -> None:
+    """Score what the running API serves now on the last `reco demo`'s users and held-out
+    items (no replay, no training): the demo's table, logged to MLflow with the model
+    versions that answered."""
+    settings = get_settings()
+    try:
+        report, loaded = run_evaluation(settings, DemoOptions())
+    except NoDemoData as exc:
+        Console(stderr=True).print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    print_report(report)
+    print_logged(log_to_mlflow(settings, report, loaded.engine))
+
+
+def print_logged(run_id: str) -> None:
     console.print(f"\nThese figures are MLflow run {run_id} (experiment served-evaluation), next "
                   "to the training runs.")
 
 
-def print_report(report: DemoReport, settings: Settings) -> None:
+def print_report(report: DemoReport) -> None:
     table = Table("method", "HR@10", "NDCG@10", "MRR@10", box=box.SIMPLE,
                   title=f"{report.users:,} users, temporal leave-last-out, full ranking")
     for method, m in report.metrics.items():
@@ -43,6 +62,11 @@ def print_report(report: DemoReport, settings: Settings) -> None:
     latency = ", ".join(f"{name} {ms:.1f} ms" for name, ms in report.latency_ms.items())
     console.print(f"API latency over {report.users:,} requests: {latency}")
     console.print(f"strategies served: {report.strategies}")
+    console.print(f"model versions answering: {report.model_versions or 'none published'}")
+    console.print(f"({BASELINE}: the API's /popular list without each user's seen items)")
+
+
+def print_links(settings: Settings) -> None:
     console.print("\nThe stack stays up for exploration (`reco down` stops it):")
     for name, url in (
         ("recommendation API docs", f"http://127.0.0.1:{settings.reco_port}/docs"),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -14,6 +17,21 @@ app = typer.Typer(no_args_is_help=True, help="The models in MLflow's registry an
 console = Console()
 
 Model = Annotated[str, typer.Argument(help="item2vec, als or sasrec")]
+# mlflow.environment_variables.MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, read at each download.
+PROGRESS_BAR_VAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextmanager
+def no_artifact_progress_bars() -> Iterator[None]:
+    """MLflow draws a tqdm bar per artifact download on stderr, amid the command's output;
+    off unless the variable is set already (then restored as it was)."""
+    before = os.environ.get(PROGRESS_BAR_VAR)
+    os.environ[PROGRESS_BAR_VAR] = before if before is not None else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_BAR_VAR, None)
 
 
 @app.command("serve-champion")
@@ -26,7 +44,8 @@ def serve_champion(model: Model) -> None:
         raise typer.BadParameter(f"{model!r} is not a model: expected one of "
                                  f"{', '.join(MODELS)}", param_hint="MODEL")
     try:
-        result = champion.serve_champion(config_from_settings(get_settings(), model))
+        with no_artifact_progress_bars():
+            result = champion.serve_champion(config_from_settings(get_settings(), model))
     except BadRunInput as exc:  # a champion the pipeline cannot serve: say why, no traceback
         Console(stderr=True).print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

@@ -7,7 +7,8 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from reco.demo import DemoOptions, log_to_mlflow, run_demo
+from reco.demo import DemoOptions, run_demo, run_evaluation
+from reco.served_evaluation import log_to_mlflow
 from reco.settings import Settings
 from reco.stack import local
 from reco.stack.headline import read_headlines
@@ -38,6 +39,7 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     try:
         report = run_demo(demo_settings, console, DemoOptions(max_users=200, dag_timeout_s=900))
         run_id = log_to_mlflow(demo_settings, report, "local")
+        again, loaded = run_evaluation(demo_settings, DemoOptions())  # `reco evaluate`
         logged = MlflowClient(demo_settings.mlflow_tracking_uri).get_run(run_id)
         scraped = prometheus_values(demo_settings, "min by (job) (up)")  # every copy
         figures = {h.name: h.value for h in read_headlines(
@@ -54,7 +56,7 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     assert report.strategies == {"personalized": 200}
     assert list(report.metrics) == [
         "served (blend)", "popularity baseline", "co-view alone", "embedding alone",
-        "popularity alone", "recency alone", "ALS alone", "SASRec alone"]
+        "recency alone", "ALS alone", "SASRec alone"]
     assert all(m["users"] == 200 for m in report.metrics.values())
     assert report.events_replayed > 200 * 10
     # Trained on these users' histories alone, the blend still beats popularity: HR@10 0.13
@@ -70,6 +72,12 @@ def test_demo_on_a_slice_of_users(demo_settings: Settings) -> None:
     assert logged.data.metrics["latency_ms.p99"] == report.latency_ms["p99"]
     assert logged.data.params["w_seq"] == str(demo_settings.w_seq)
     assert logged.data.tags["dag_run.sasrec_daily"] == "success"
+    # The versions the API answered with (one per trained model), in the run's params.
+    assert set(report.model_versions) == {"item2vec", "als", "sasrec"}, report.model_versions
+    assert logged.data.params["model_versions.als"] == report.model_versions["als"]
+    # `reco evaluate` scores the same users on the same served lists, without a replay.
+    assert (loaded.max_users, loaded.events_replayed) == (200, report.events_replayed)
+    assert again.metrics == report.metrics and again.model_versions == report.model_versions
     # Prometheus scrapes every process of the stack; Redis, PostgreSQL and the machine through
     # exporters.
     assert scraped == {"archiver": 1.0, "ingest": 1.0, "processor": 1.0, "recommendations": 1.0,

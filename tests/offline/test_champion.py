@@ -4,6 +4,9 @@ and the registry shows which version serves."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 from typer.testing import CliRunner
 
@@ -52,6 +55,29 @@ def test_a_rollback_by_hand_is_served_by_serve_champion(offline_settings, pg, re
     assert cli_serve(offline_settings, "als").exit_code == 0
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v2"
     assert serving_tags(uri) == {"1": None, "2": "true"}
+
+
+@pytest.mark.integration
+def test_serve_champion_prints_no_download_progress_bars(offline_settings, pg, redis_client,
+                                                         tmp_path):
+    """Serving a champion whose lists are gone downloads its model from MLflow, whose tqdm
+    bars ("Downloading artifacts: 100%|...") landed in the command's output."""
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    uri = cfg.mlflow_tracking_uri
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion'),"
+               " ('als', 'v2', 'champion')")
+    pipeline.publish_step(cfg, accepted(uri, "v1", tiny_als(tmp_path / "v1")))
+    pipeline.publish_step(cfg, accepted(uri, "v2", tiny_als(tmp_path / "v2")))
+    redis_client.unlink(*redis_client.scan_iter(match=keys.version_prefix("cf_user", "v1")))
+    shutil.rmtree(tmp_path / "v1")  # only MLflow's copy is left
+    tracking.set_champion(uri, "als", "1")
+
+    result = cli_serve(offline_settings, "als")
+
+    assert result.exit_code == 0, result.output
+    assert "Downloading artifacts" not in result.output
+    assert json.loads(result.stdout)["published"] == "v1"
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
 
 
 def cli_serve(settings, model: str):

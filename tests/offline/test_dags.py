@@ -6,11 +6,13 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
 
 from reco import keys, neighbours
+from reco.settings import Settings
 from reco.stack import servers as stack_servers
 from spark_jobs import tracking
 from tests import servers
@@ -169,6 +171,40 @@ def test_dags_are_unpaused_when_airflow_first_stores_them(airflow_env):
     rows = json.loads(listed.stdout.splitlines()[-1])  # after Airflow's log lines
     assert {row["dag_id"]: row["is_paused"] for row in rows} == dict.fromkeys(
         [*DAGS, "serve_champions"], "False")
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_reco_airflow_runs_the_cli_on_the_stacks_database(airflow_env, postgres_server,
+                                                          tmp_path):
+    """The README's `airflow dags ...` failed on the local stack: Airflow's default home
+    meant SQLite ("Database migration required") and a stray ~/airflow, while the stack's
+    database, DAG folder and PYTHONPATH were only in `airflow_env`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "RECO_")) and k != "PYTHONPATH"}
+    env |= {"HOME": str(tmp_path), "RECO_STATE_DIR": str(tmp_path / "state"),
+            "RECO_PG_PORT": str(postgres_server.port)}
+
+    def reco_airflow(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "reco.cli", "airflow", *args], env=env,
+                              cwd=stack_servers.REPO_ROOT, capture_output=True, text=True,
+                              timeout=300)
+
+    stored = reco_airflow("dags", "reserialize")  # the airflow_env fixture migrated the db
+    listed = reco_airflow("dags", "list", "-o", "json")
+    conn = reco_airflow("config", "get-value", "database", "sql_alchemy_conn")
+    unknown = reco_airflow("dags", "no-such-command")
+
+    assert stored.returncode == 0, stored.stdout[-3000:] + stored.stderr[-3000:]
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    rows = json.loads(listed.stdout.splitlines()[-1])  # after Airflow's log lines
+    assert {row["dag_id"] for row in rows} == {*DAGS, "serve_champions"}
+    stack = Settings(pg_port=postgres_server.port)
+    assert conn.stdout.splitlines()[-1] == stack.pg_url(stack.pg_airflow_database,
+                                                        driver="postgresql+psycopg2")
+    assert unknown.returncode == 2, unknown.stderr[-3000:]  # Airflow's own exit status
+    assert not (tmp_path / "airflow").exists()  # nothing under ~/airflow
+    assert (tmp_path / "state" / "airflow" / "airflow.cfg").exists()
 
 
 @pytest.mark.airflow
