@@ -14,7 +14,6 @@ from airflow.utils.types import DagRunType
 
 from reco.settings import Settings
 from spark_jobs import BadRunInput, dag_steps, pipeline
-from spark_jobs.hyperparameters import RANGES
 
 RUN_ID = "manual__2024-03-01T02:00:00+00:00"
 INTERVAL_END = datetime(2024, 3, 1, 2, tzinfo=UTC)
@@ -290,6 +289,7 @@ def test_hyperparameters_out_of_range_are_refused_naming_the_range(tmp_path, mod
 def test_the_hyperparameter_dataclasses_check_their_ranges_themselves():
     """`reco train` builds them without the DAG's schema."""
     from spark_jobs.als import ALSParams
+    from spark_jobs.hyperparameters import RANGES
     from spark_jobs.item2vec import Item2VecParams
     from spark_jobs.sasrec import SASRecParams
 
