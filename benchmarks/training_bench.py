@@ -179,7 +179,9 @@ def airflow_env(settings: Settings, workdir: Path) -> dict[str, str]:
 def dag_run(env: dict[str, str], model: str, end: datetime) -> dict:
     """`airflow dags test` of the model's DAG: every task, as the scheduler would run it."""
     dag_id = {"item2vec": "item2vec_daily", "als": "als_weekly"}[model]
-    conf = {"engine": "local", "window_end": end.isoformat(), "window_days": 31}
+    # promote "gate": the timed DAG publishes as before (31 days would make it an experiment)
+    conf = {"engine": "local", "window_end": end.isoformat(), "window_days": 31,
+            "promote": "gate"}
     started = time.perf_counter()
     result = subprocess.run([stack_servers.venv_bin("airflow"), "dags", "test", dag_id, "-c",
                              json.dumps(conf)], env=env, capture_output=True, text=True)

@@ -124,7 +124,10 @@ def train_through_airflow(settings: Settings, opts: DemoOptions, console: Consol
         client.unpause(dag_id)
         # A model without a Spark engine trains locally whatever --engine says.
         engine = opts.engine if model in SPARK_MODELS else "local"
-        run_id = client.trigger(dag_id, {"engine": engine, "window_days": window_days})
+        # promote "gate": the demo trains the models it serves; with "auto", its own window
+        # and engine would make each run an experiment, registered but never served.
+        run_id = client.trigger(dag_id, {"engine": engine, "window_days": window_days,
+                                         "promote": "gate"})
         console.print(f"triggered {dag_id} run {run_id}")
         state = client.wait(dag_id, run_id, opts.dag_timeout_s,
                             on_poll=status_printer(console, f"  {dag_id}: "))

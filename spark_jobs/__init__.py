@@ -9,6 +9,13 @@ from datetime import UTC, datetime
 MODELS = ("item2vec", "als", "sasrec")
 ENGINES = ("local", "spark")
 SPARK_MODELS = ("item2vec", "als")  # the others train locally whatever RECO_ENGINE says
+# A training DAG run's params (spark_jobs.training_dag declares them): a run conf with another
+# key is refused, since Airflow would let a misspelt one ("windowdays") pass unread.
+RUN_PARAMS = ("engine", "window_days", "window_end", "hyperparameters", "promote")
+# The `promote` param: "auto" lets the gate promote a run unless it is an experiment (it
+# overrides the engine, window_days or hyperparameters), "gate" lets the gate decide,
+# "never" registers the run without promoting it.
+PROMOTE = ("auto", "gate", "never")
 
 
 class BadRunInput(ValueError):  # noqa: N818 - reads as what it is in a task's log

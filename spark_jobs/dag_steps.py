@@ -6,6 +6,8 @@ DAG files stay thin wiring; this module is imported only inside tasks (never at 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -13,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs import BadRunInput, as_utc, pipeline
+from spark_jobs import PROMOTE, RUN_PARAMS, SPARK_MODELS, BadRunInput, as_utc, pipeline
 
 if TYPE_CHECKING:
     from reco.settings import Settings
@@ -35,7 +37,8 @@ def run_config(settings: Settings, model: str, params: Mapping[str, Any], run_id
     """One task's config from the DAG run's params, run id and data interval end.
 
     Later tasks (a `state` carrying the first task's "config") reuse its run folder, engine,
-    window, hyperparameters and MLflow tags exactly, whatever the params say now. The first
+    window, hyperparameters, MLflow tags and promotion hold exactly, whatever the params say
+    now. The first
     task takes the window end from the `window_end` param, else the run's interval end, else
     `now`; its run folder is `<offline dir>/<model>/<run id made a folder name>`. Bad params
     raise `BadRunInput` naming the param.
@@ -46,18 +49,55 @@ def run_config(settings: Settings, model: str, params: Mapping[str, Any], run_id
             settings, model, run_dir=Path(fixed["run_dir"]), engine=fixed["engine"],
             window_days=fixed["window_days"],
             window_end=datetime.fromisoformat(fixed["window_end"]), params=fixed["params"],
-            run_tags=fixed.get("run_tags", {}))
+            run_tags=fixed.get("run_tags", {}), hold=fixed.get("hold", ""))
     now = now or datetime.now(UTC)
     end = window_end_param(params.get("window_end") or "", now) or interval_end or now
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
     try:
-        return pipeline.config_from_settings(
+        cfg = pipeline.config_from_settings(
             settings, model, run_dir=pipeline.runs_dir(settings, model) / folder,
             engine=params.get("engine") or None,
             window_days=int(params.get("window_days") or 0) or None, window_end=end,
             params=dict(params.get("hyperparameters") or {}), run_tags=dict(run_tags or {}))
     except ValueError as exc:  # engine or hyperparameters: the same run fails alike
         raise BadRunInput(str(exc)) from None
+    return dataclasses.replace(
+        cfg, hold=promotion_hold(params.get("promote") or "auto", overrides(settings, cfg)))
+
+
+def overrides(settings: Settings, cfg: pipeline.PipelineConfig) -> list[str]:
+    """The params in which the run differs from what its schedule trains (an experiment)."""
+    default_engine = settings.engine if cfg.model in SPARK_MODELS else "local"
+    hp = cfg.hyperparameters()
+    changed = {"engine": cfg.engine != default_engine,
+               "window_days": cfg.window_days != settings.train_window_days,
+               "hyperparameters": hp != type(hp)()}
+    return [name for name, differs in changed.items() if differs]
+
+
+def promotion_hold(promote: str, overridden: list[str]) -> str:
+    """Why the gate may not promote the run ('' when it may): a manual experiment replaced
+    the served model on its lift alone (with 580 fewer users having lists) within 90 s."""
+    if promote not in PROMOTE:
+        raise BadRunInput(f"promote {promote!r} is not one of {list(PROMOTE)}")
+    if promote == "never":
+        return "the run's promote param is 'never'"
+    if promote == "auto" and overridden:
+        return (f"an experiment ({', '.join(overridden)} overridden) with promote 'auto': "
+                "experiments are registered, not promoted")
+    return ""
+
+
+def check_conf(conf: Mapping[str, Any] | None) -> None:
+    """Refuse run conf keys the DAG does not declare: Airflow passes them on unread, so a
+    misspelt one ({"windowdays": 3}) trained on the defaults, and was promoted."""
+    unknown = sorted(set(conf or {}) - set(RUN_PARAMS))
+    if not unknown:
+        return
+    hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+        key, RUN_PARAMS, n=1)) else repr(key) for key in unknown]
+    raise BadRunInput(f"unknown run conf keys: {', '.join(hints)}; the accepted keys are "
+                      f"{', '.join(RUN_PARAMS)}")
 
 
 def window_end_param(value: str, now: datetime) -> datetime | None:
@@ -113,7 +153,11 @@ def _config(model: str, state: dict | None,
 
 def extract(model: str, context: Mapping[str, Any] | None = None) -> dict:
     """The first task; `context` is the running task's unless given."""
+    from airflow.sdk import get_current_context
+
+    context = context or get_current_context()
     with failing_without_retry():
+        check_conf(getattr(context["dag_run"], "conf", None))
         cfg = _config(model, None, context)
         state = pipeline.extract_step(cfg)
     return {**state, "config": config_state(cfg)}
@@ -123,7 +167,8 @@ def config_state(cfg: pipeline.PipelineConfig) -> dict:
     """What later tasks need to rebuild the first task's config (plain JSON for XCom: the
     window end is the config's ISO 8601 string, the run folder a string)."""
     return {"run_dir": cfg.run_dir, "engine": cfg.engine, "window_days": cfg.window_days,
-            "window_end": cfg.window_end, "params": cfg.params, "run_tags": cfg.run_tags}
+            "window_end": cfg.window_end, "params": cfg.params, "run_tags": cfg.run_tags,
+            "hold": cfg.hold}
 
 
 def step(name: str, model: str, state: dict) -> dict:

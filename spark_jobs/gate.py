@@ -9,7 +9,10 @@ day's held-out set easier or harder for every scorer (more popular items held ou
 out to first order, which a raw comparison would read as a better or worse model.
 
 A run that passes is still not promoted when its data window ends before the champion's (a
-backfill): it would replace the live model with one trained on older events.
+backfill): it would replace the live model with one trained on older events; nor when it has
+lists for far fewer users than the champion (ALS, SASRec): those users would lose theirs; nor
+when its run holds it (`hold`, an experiment or `promote` 'never'): experiments are promoted
+by hand.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ PRIMARY_METRIC = "ndcg_at_{k}"
 # Below this the popularity baseline hits so rarely that a ratio to it is noise (0.005 NDCG@10
 # over 1,000 users is 5 to 15 hits): such splits compare the scores themselves.
 MIN_LIFT_BASELINE = 0.005
+# The models that publish a list per user: the share of users with lists can drop.
+USER_LIST_MODELS = ("als", "sasrec")
+MIN_USER_COVERAGE = 0.9  # the default of the setting RECO_GATE_MIN_USER_COVERAGE
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,12 @@ class GateDecision:
     # How the champion was compared: "score", "lift", "none" (there is none) or "unavailable"
     # (it logged no score under this metric)
     comparison: str = "none"
+    held: bool = False  # passed, but not promoted: the run is held (an experiment, ...)
+
+    @property
+    def outcome(self) -> str:
+        """The `gate` tag: accepted, held or rejected."""
+        return "accepted" if self.accepted else "held" if self.held else "rejected"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -109,9 +121,37 @@ def older_window(tracking_uri: str, run_id: str, champion_run_id: str) -> str | 
             f"newer data")
 
 
+def fewer_users(tracking_uri: str, model: str, run_id: str, champion_run_id: str,
+                min_coverage: float) -> str | None:
+    """Why the run may not replace the champion when it has lists for fewer than
+    `min_coverage` of the champion's users (`dataset.users`); None when it may (or a count was
+    not logged, or the model publishes no per-user lists)."""
+    if model not in USER_LIST_MODELS:
+        return None
+    ours = tracking.dataset_count(tracking_uri, run_id, "users")
+    theirs = tracking.dataset_count(tracking_uri, champion_run_id, "users")
+    if ours is None or theirs is None or ours >= min_coverage * theirs:
+        return None
+    return (f"it has lists for {ours} users, fewer than {min_coverage:.0%} of the champion's "
+            f"{theirs}: {theirs - ours} users would lose their {model} lists")
+
+
+def hold_reason(model: str, registry_version: str, hold: str) -> str:
+    """What a held run's `gate.reason` adds: why, and how to promote it anyway."""
+    return (f"not promoted: {hold}; to serve it, move the {model} model's `champion` alias to "
+            f"version {registry_version} in MLflow, or rerun with promote 'gate'")
+
+
+def refused(decision: GateDecision, why: str) -> GateDecision:
+    return GateDecision(**{**decision.as_dict(), "accepted": False,
+                           "reason": f"{decision.reason}, but {why}"})
+
+
 def gate(tracking_uri: str, model: str, run_id: str, registry_version: str,
-         report: dict, tolerance: float) -> GateDecision:
-    """Compare the run with the baseline and the registry's champion; promote if it passes."""
+         report: dict, tolerance: float, min_user_coverage: float = MIN_USER_COVERAGE,
+         hold: str = "") -> GateDecision:
+    """Compare the run with the baseline and the registry's champion; promote if it passes
+    and is not held (`hold`: why it may not be promoted)."""
     metric = PRIMARY_METRIC.format(k=report["k"])
     candidate = report["results"]["model"][metric]
     baseline = report["results"]["popularity"][metric]
@@ -121,17 +161,21 @@ def gate(tracking_uri: str, model: str, run_id: str, registry_version: str,
         champion = champion_score(tracking_uri, current[1], metric, report.get("split"))
     decision = decide(metric, candidate, baseline, champion, tolerance)
     if decision.accepted and current is not None and current[1] != run_id:
-        older = older_window(tracking_uri, run_id, current[1])
-        if older:
-            decision = GateDecision(**{**decision.as_dict(), "accepted": False,
-                                       "reason": f"{decision.reason}, but {older}"})
+        why = (older_window(tracking_uri, run_id, current[1])
+               or fewer_users(tracking_uri, model, run_id, current[1], min_user_coverage))
+        if why:
+            decision = refused(decision, why)
+    if decision.accepted and hold:
+        decision = GateDecision(**{
+            **decision.as_dict(), "accepted": False, "held": True,
+            "reason": f"{decision.reason}; {hold_reason(model, registry_version, hold)}"})
     if decision.accepted:
         tracking.set_champion(tracking_uri, model, registry_version)
         current = (registry_version, run_id)
     decision = GateDecision(**{**decision.as_dict(),
                                "champion_version": current[0] if current else None,
                                "champion_run_id": current[1] if current else None})
-    tags = {"gate": "accepted" if decision.accepted else "rejected",
+    tags = {"gate": decision.outcome,
             "gate.reason": decision.reason, "gate.comparison": decision.comparison}
     tracking.set_tags(tracking_uri, run_id, tags)
     # On the registered version too: the registry UI shows version tags, not run tags.

@@ -2,9 +2,73 @@
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, Self
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a hyperparameter takes: a value outside trains nothing useful (0 factors,
+    -1 iterations) yet looked like a normal run in MLflow."""
+
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    maximum: float | None = None
+    exclusive_maximum: float | None = None
+
+    def schema(self) -> dict[str, float]:
+        """The JSON-schema keywords (Airflow refuses a run outside them at trigger time)."""
+        names = {"minimum": "minimum", "exclusive_minimum": "exclusiveMinimum",
+                 "maximum": "maximum", "exclusive_maximum": "exclusiveMaximum"}
+        return {names[f.name]: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    def __contains__(self, value: float) -> bool:
+        return math.isfinite(value) and not (
+            (self.minimum is not None and value < self.minimum)
+            or (self.exclusive_minimum is not None and value <= self.exclusive_minimum)
+            or (self.maximum is not None and value > self.maximum)
+            or (self.exclusive_maximum is not None and value >= self.exclusive_maximum))
+
+    def __str__(self) -> str:
+        low = (f">= {_shown(self.minimum)}" if self.minimum is not None else
+               f"> {_shown(self.exclusive_minimum)}" if self.exclusive_minimum is not None
+               else "")
+        high = (f"<= {_shown(self.maximum)}" if self.maximum is not None else
+                f"< {_shown(self.exclusive_maximum)}" if self.exclusive_maximum is not None
+                else "")
+        return " and ".join(filter(None, (low, high))) or "a finite number"
+
+
+def _shown(bound: float) -> str:
+    """A bound as written: 4294967295, not 4.29497e+09."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+AT_LEAST_ONE = Range(minimum=1)
+NON_NEGATIVE = Range(minimum=0)
+POSITIVE = Range(exclusive_minimum=0)
+SEED = Range(minimum=0, maximum=2**32 - 1)  # numpy's and JAX's seeds are unsigned 32-bit
+# Each model's hyperparameter ranges, by field; here rather than beside each dataclass so that
+# the DAG files (spark_jobs.training_dag) read them without loading the model libraries.
+RANGES: dict[str, dict[str, Range]] = {
+    "item2vec": {"vector_size": AT_LEAST_ONE, "window": AT_LEAST_ONE, "epochs": AT_LEAST_ONE,
+                 # gensim trains nothing without negative samples when hs=0 (ours)
+                 "negative": AT_LEAST_ONE, "ns_exponent": Range(), "sample": NON_NEGATIVE,
+                 "min_count": AT_LEAST_ONE, "alpha": POSITIVE, "seed": SEED,
+                 "workers": AT_LEAST_ONE, "neighbours": AT_LEAST_ONE},
+    "als": {"factors": AT_LEAST_ONE, "regularization": NON_NEGATIVE,
+            "iterations": AT_LEAST_ONE, "alpha": POSITIVE, "seed": SEED,
+            # implicit reads 0 threads as "every core"
+            "threads": AT_LEAST_ONE, "candidates": AT_LEAST_ONE, "neighbours": AT_LEAST_ONE},
+    "sasrec": {"dim": AT_LEAST_ONE, "max_len": AT_LEAST_ONE, "blocks": AT_LEAST_ONE,
+               "epochs": AT_LEAST_ONE, "dropout": Range(minimum=0, exclusive_maximum=1),
+               "learning_rate": POSITIVE, "batch": AT_LEAST_ONE, "temperature": POSITIVE,
+               "refit_epochs": NON_NEGATIVE,  # 0: the served network is the evaluated one
+               "refit_learning_rate": POSITIVE, "seed": SEED, "candidates": AT_LEAST_ONE},
+}
 
 
 class Hyperparameters:
@@ -34,6 +98,14 @@ class Hyperparameters:
             except ValueError as exc:
                 raise ValueError(f"{cls.MODEL} parameter {name!r}: {exc}") from None
         return cls(**out)
+
+    def __post_init__(self) -> None:
+        """Refuse a value outside its range, naming the parameter and the range."""
+        for name, allowed in RANGES[self.MODEL].items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{self.MODEL} parameter {name!r}: {value!r} is out of range "
+                                 f"(allowed: {allowed})")
 
     def used_by(self, engine: str) -> dict[str, int | float]:
         """The values `engine`'s trainer reads: what a run logs as its parameters."""

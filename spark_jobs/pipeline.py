@@ -52,6 +52,7 @@ class PipelineConfig:
     window_end: str  # ISO 8601, UTC
     params: dict = field(default_factory=dict)
     run_tags: dict = field(default_factory=dict)  # MLflow tags of the run (its Airflow DAG run)
+    hold: str = ""  # why the gate may not promote this run (dag_steps.promotion_hold); '': it may
     jdbc_url: str = ""
     pg_user: str = ""
     pg_password: str = field(default="", repr=False)
@@ -72,6 +73,7 @@ class PipelineConfig:
     recent_n: int = 10
     eval_max_users: int = 50_000
     gate_tolerance: float = 0.02
+    gate_min_user_coverage: float = 0.9  # share of the champion's users a run must have lists for
     publish_batch: int = 5000
     publish_grace_s: int = 3600
     blend_max_users: int = 2000
@@ -129,6 +131,7 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
         jars_dir=str(settings.spark_jars_dir or state / "jars"), eval_k=settings.eval_k,
         jdbc_driver_path=str(settings.jdbc_driver_path or ""),
         recent_n=settings.reco_recent_n, gate_tolerance=settings.gate_tolerance,
+        gate_min_user_coverage=settings.gate_min_user_coverage,
         publish_batch=settings.publish_batch, publish_grace_s=settings.publish_grace_s,
         blend_replay_s=float(settings.coview_ttl_s), coview_max=settings.coview_max,
         rank_config=asdict(RankConfig.from_settings(settings)),
@@ -348,7 +351,8 @@ def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
     # the later alias would win whichever window it was trained on.
     with publish.held_lock(redis.Redis.from_url(cfg.redis_url), cfg.model):
         decision = gate.gate(cfg.mlflow_tracking_uri, cfg.model, evaluated["run_id"],
-                             evaluated["registry_version"], report, cfg.gate_tolerance)
+                             evaluated["registry_version"], report, cfg.gate_tolerance,
+                             min_user_coverage=cfg.gate_min_user_coverage, hold=cfg.hold)
     with _connect(cfg) as conn:
         conn.execute("UPDATE models SET status = %s WHERE name = %s AND version = %s",
                      ("champion" if decision.accepted else "rejected", cfg.model,
@@ -374,7 +378,9 @@ def _serve(cfg: PipelineConfig, gated: dict) -> dict:
 
     decision = gated["gate"]
     if not decision["accepted"] and decision["champion_run_id"] is None:
-        return {**gated, "published": None, "reason": "rejected and no champion to serve"}
+        reason = f"{_not_promoted(decision)} and no champion to serve"
+        _tag_publish(cfg, gated, reason)
+        return {**gated, "published": None, "reason": reason}
     client = redis.Redis.from_url(cfg.redis_url)
     with publish.held_lock(client, cfg.model) as lock:
         return _publish_locked(cfg, gated, client, lock)
@@ -397,8 +403,9 @@ def _publish_locked(cfg: PipelineConfig, gated: dict, client: redis.Redis,
     served = champion.serve_locked(cfg, client, lock, registry_version, version, model_dir,
                                    Path(cfg.run_dir) / "champion")
     if not accepted:  # `published` names the champion, not this run: say so
-        kept = f"rejected by the gate: the champion ({version}) serves"
+        kept = f"{_not_promoted(gated['gate'])}: the champion ({version}) serves"
         served["reason"] = f"{kept}, {served['reason']}" if "reason" in served else kept
+        _tag_publish(cfg, gated, served["reason"])
     if "publish_s" in served:
         served["timings"] = {**gated.get("timings", {}), "publish_s": served.pop("publish_s")}
     return {**gated, **served}
@@ -412,10 +419,22 @@ def _superseded(cfg: PipelineConfig, run_id: str, current: tuple[str, str] | Non
     return f"run {run_id} is no longer the {cfg.model} champion (now: {now})"
 
 
-def _skipped(cfg: PipelineConfig, gated: dict, reason: str) -> dict:
-    log.warning("%s publish skipped: %s", cfg.model, reason)
+def _not_promoted(decision: dict) -> str:
+    return "held by its promote param" if decision.get("held") else "rejected by the gate"
+
+
+def _tag_publish(cfg: PipelineConfig, gated: dict, reason: str) -> None:
+    """Why the run's lists were not published, on the run (MLflow shows it beside the gate's);
+    nothing to tag in a state without a run."""
+    if "run_id" not in gated:
+        return
     tracking.set_tags(cfg.mlflow_tracking_uri, gated["run_id"],
                       {"publish": "skipped", "publish.reason": reason})
+
+
+def _skipped(cfg: PipelineConfig, gated: dict, reason: str) -> dict:
+    log.warning("%s publish skipped: %s", cfg.model, reason)
+    _tag_publish(cfg, gated, reason)
     return {**gated, "published": None, "reason": f"skipped: {reason}"}
 
 

@@ -228,6 +228,15 @@ def window_end(tracking_uri: str, run_id: str) -> datetime | None:
         return None
 
 
+def dataset_count(tracking_uri: str, run_id: str, name: str) -> int | None:
+    """A count of the run's extract (`dataset.<name>`, e.g. users), or None if not logged."""
+    value = client(tracking_uri).get_run(run_id).data.params.get(f"dataset.{name}")
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
 def set_champion(tracking_uri: str, model: str, version: str) -> None:
     client(tracking_uri).set_registered_model_alias(
         REGISTERED_MODELS[model], CHAMPION_ALIAS, version)

@@ -11,7 +11,8 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from spark_jobs import SPARK_MODELS
+from spark_jobs import PROMOTE, SPARK_MODELS
+from spark_jobs.hyperparameters import RANGES
 
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=2),
                 "execution_timeout": timedelta(minutes=60)}
@@ -40,16 +41,23 @@ WINDOW_END_PATTERN = (r"^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2
                       r"(Z|[+-][0-9]{2}:[0-9]{2})$")
 
 
+def hyperparameter_schema(model: str) -> dict[str, dict]:
+    """Each hyperparameter's JSON type and range (spark_jobs.hyperparameters.RANGES)."""
+    return {name: {"type": kind, **RANGES[model][name].schema()}
+            for name, kind in HYPERPARAMETERS[model].items()}
+
+
 def run_params(model: str, engines_doc: str, hyperparameters_doc: str) -> dict[str, Param]:
     """The DAG run's params, validated by Airflow when a run is triggered: unknown
-    hyperparameters, wrong types and an engine the model lacks are refused there."""
+    hyperparameters, wrong types, values out of range and an engine the model lacks are
+    refused there."""
     engines = ["", "local", "spark"] if model in SPARK_MODELS else ["", "local"]
     return {
         "engine": Param("", type="string", enum=engines,
                         description=f"'' = RECO_ENGINE; {engines_doc}"),
         "window_days": Param(0, type="integer", minimum=0,
-                             description="days of events to train on; "
-                                         "0 = RECO_TRAIN_WINDOW_DAYS"),
+                             description="days of events to train on; 0 = the setting "
+                                         "RECO_TRAIN_WINDOW_DAYS (default 30)"),
         "window_end": Param(None, type=["null", "string"], format="date-time",
                             pattern=WINDOW_END_PATTERN,
                             description="end of the window, RFC 3339 with its zone (e.g. "
@@ -57,8 +65,12 @@ def run_params(model: str, engines_doc: str, hyperparameters_doc: str) -> dict[s
                                         "empty = the run's interval end"),
         "hyperparameters": Param(
             {}, type="object", additionalProperties=False,
-            properties={name: {"type": kind} for name, kind in HYPERPARAMETERS[model].items()},
-            description=hyperparameters_doc),
+            properties=hyperparameter_schema(model), description=hyperparameters_doc),
+        "promote": Param("auto", type="string", enum=list(PROMOTE),
+                         description="auto = the gate may promote the run unless it is an "
+                                     "experiment (engine, window_days or hyperparameters "
+                                     "overridden): experiments are registered, not promoted; "
+                                     "gate = the gate decides; never = registered only"),
     }
 
 

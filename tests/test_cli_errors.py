@@ -119,3 +119,20 @@ def test_demo_checks_max_users_before_starting_anything() -> None:
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--max-users': Input should be greater than or equal to 1" in _said(
         result)
+
+
+@pytest.mark.parametrize("model", ["item2vec", "als", "sasrec"])
+def test_train_helps_with_an_example_the_model_takes(model: str) -> None:
+    """`reco train als --help` gave `-p epochs=20`, which ALS refused as unknown."""
+    import re
+
+    from spark_jobs import pipeline
+
+    result = CliRunner().invoke(app, ["train", model, "--help"])
+    said = " ".join(result.stdout.replace("│", " ").split())  # the help comes in a box
+    example = re.search(r"e\.g\. -p (\w+)=(\w+)", said)
+    assert example, result.stdout
+    cfg = pipeline.PipelineConfig(model=model, engine="local", run_dir="", window_days=1,
+                                  window_end="2024-01-01T00:00:00+00:00",
+                                  params={example[1]: example[2]})
+    assert getattr(cfg.hyperparameters(), example[1]) == int(example[2])

@@ -20,8 +20,17 @@ WindowDays = Annotated[int | None, typer.Option(
     "--window-days", min=1, help="Days of events [default: RECO_TRAIN_WINDOW_DAYS]")]
 WindowEnd = Annotated[str | None, typer.Option(
     "--window-end", help="ISO 8601 end of the window [default: now]")]
-Params = Annotated[list[str] | None, typer.Option(
-    "--param", "-p", help="Hyperparameter override name=value (repeatable), e.g. -p epochs=20")]
+
+
+def _param_option(example: str) -> typer.models.OptionInfo:
+    """The --param option, with an example the model takes (ALS has no `epochs`)."""
+    return typer.Option("--param", "-p", help="Hyperparameter override name=value "
+                        f"(repeatable), e.g. -p {example}")
+
+
+Item2VecParams = Annotated[list[str] | None, _param_option("epochs=20")]
+ALSParams = Annotated[list[str] | None, _param_option("factors=64")]
+SASRecParams = Annotated[list[str] | None, _param_option("epochs=20")]
 
 
 def _parse(pairs: list[str] | None) -> dict:
@@ -57,20 +66,20 @@ def _run(model: str, engine: str | None, window_days: int | None, window_end: st
 
 @app.command()
 def item2vec(engine: Engine = None, window_days: WindowDays = None, window_end: WindowEnd = None,
-             param: Params = None) -> None:
+             param: Item2VecParams = None) -> None:
     """Item2Vec (skip-gram over sessions): embeddings and item neighbours."""
     _run("item2vec", engine, window_days, window_end, param)
 
 
 @app.command()
 def als(engine: Engine = None, window_days: WindowDays = None, window_end: WindowEnd = None,
-        param: Params = None) -> None:
+        param: ALSParams = None) -> None:
     """Implicit ALS: user candidates and item neighbours."""
     _run("als", engine, window_days, window_end, param)
 
 
 @app.command()
 def sasrec(window_days: WindowDays = None, window_end: WindowEnd = None,
-           param: Params = None) -> None:
+           param: SASRecParams = None) -> None:
     """SASRec (self-attention over each user's sequence, JAX): next-item candidates per user."""
     _run("sasrec", None, window_days, window_end, param)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -161,10 +163,12 @@ def test_bad_params_are_a_bad_run_input(tmp_path):
 
 
 def context(params: dict, run_type: str = "manual",
-            logical_date: datetime | None = INTERVAL_END) -> dict:
-    """What a task's Airflow context holds that the steps read."""
+            logical_date: datetime | None = INTERVAL_END, conf: dict | None = None) -> dict:
+    """What a task's Airflow context holds that the steps read (Airflow merges the run conf
+    into the params, unknown keys too)."""
     dag_run = SimpleNamespace(dag_id="als_weekly", run_id=RUN_ID, logical_date=logical_date,
-                              run_type=DagRunType(run_type))
+                              run_type=DagRunType(run_type), conf=conf or {})
+    params = {**params, **(conf or {})}
     return {"params": params, "run_id": RUN_ID, "data_interval_end": INTERVAL_END,
             "dag_run": dag_run}
 
@@ -201,3 +205,121 @@ def test_mlflow_runs_are_tagged_with_their_airflow_run_and_later_tasks_keep_the_
     assert later.run_tags == tags
     # Named by the window it trained on, not the wall clock.
     assert pipeline.run_name(later) == "als-local-20240131T0200-20240301T0200"
+
+
+def test_a_run_conf_key_that_is_not_a_param_is_refused_naming_it(tmp_path, monkeypatch):
+    """{"windowdays": 3} on als_weekly trained on the defaults (and was promoted)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    accepted = "the accepted keys are engine, window_days, window_end, hyperparameters, promote"
+    with pytest.raises(BadRunInput, match=r"^unknown run conf keys: 'windowdays' \(did you "
+                                          rf"mean 'window_days'\?\); {accepted}$"):
+        dag_steps.check_conf({"windowdays": 3, "hyperparameters": {}})
+    with pytest.raises(BadRunInput, match=rf"^unknown run conf keys: 'a', 'b'; {accepted}$"):
+        dag_steps.check_conf({"b": 1, "a": 2})
+    dag_steps.check_conf({"engine": "", "window_days": 3, "window_end": None,
+                          "hyperparameters": {}, "promote": "gate"})
+    dag_steps.check_conf(None)  # a scheduled run has no conf
+    # The first task fails at once, before any work.
+    monkeypatch.setenv("RECO_STATE_DIR", str(tmp_path))
+    with pytest.raises(AirflowFailException, match="^unknown run conf keys: 'windowdays'"):
+        dag_steps.extract("als", context({}, conf={"windowdays": 3}))
+    assert not (tmp_path / "offline").exists()
+
+
+def test_manual_experiments_are_held_from_promotion_unless_promote_says_gate(tmp_path):
+    """The README's own example (window_days 60, factors 64) was promoted on its lift and
+    served within 90 s, with lists for 580 fewer users than the champion."""
+    s = settings(tmp_path)
+    experiment = {"window_days": 60, "hyperparameters": {"factors": 64}}
+    held = first(s, experiment)
+    assert held.hold == ("an experiment (window_days, hyperparameters overridden) with promote "
+                         "'auto': experiments are registered, not promoted")
+    assert first(s, {**experiment, "promote": "auto"}).hold == held.hold
+    assert first(s, {**experiment, "promote": "gate"}).hold == ""
+    assert first(s, {"engine": "spark"}).hold.startswith("an experiment (engine overridden)")
+    # What the schedule trains, however spelt, is no experiment.
+    for params in ({}, {"engine": "", "window_days": 0, "window_end": "", "hyperparameters": {},
+                        "promote": "auto"},
+                   {"engine": "local", "window_days": 30, "hyperparameters": {"factors": 128}},
+                   {"window_end": "2024-01-10T06:00:00+00:00"}):
+        assert first(s, params).hold == "", params
+    assert first(s, {"promote": "never"}).hold == "the run's promote param is 'never'"
+    assert first(s, {**experiment, "promote": "never"}).hold == \
+        "the run's promote param is 'never'"
+    with pytest.raises(BadRunInput, match=r"^promote 'maybe' is not one of \['auto', 'gate', "
+                                          r"'never'\]$"):
+        first(s, {"promote": "maybe"})
+    # Later tasks keep it, whatever the params say now.
+    state = {"config": json.loads(json.dumps(dag_steps.config_state(held)))}
+    assert dag_steps.run_config(s, "als", {"promote": "gate"}, RUN_ID, None, state).hold == \
+        held.hold
+
+
+@pytest.mark.parametrize(("model", "values", "error"), [
+    ("als", {"factors": 0}, "als parameter 'factors': 0 is out of range (allowed: >= 1)"),
+    ("als", {"factors": 64, "iterations": -1},
+     "als parameter 'iterations': -1 is out of range (allowed: >= 1)"),
+    ("als", {"regularization": "-0.5"},
+     "als parameter 'regularization': -0.5 is out of range (allowed: >= 0)"),
+    ("als", {"regularization": "nan"},
+     "als parameter 'regularization': nan is out of range (allowed: >= 0)"),
+    ("als", {"alpha": 0}, "als parameter 'alpha': 0.0 is out of range (allowed: > 0)"),
+    ("als", {"seed": -1}, "als parameter 'seed': -1 is out of range (allowed: >= 0 and "
+                          "<= 4294967295)"),
+    ("item2vec", {"window": 0}, "item2vec parameter 'window': 0 is out of range (allowed: >= 1)"),
+    ("item2vec", {"negative": 0},
+     "item2vec parameter 'negative': 0 is out of range (allowed: >= 1)"),
+    ("item2vec", {"ns_exponent": "inf"},
+     "item2vec parameter 'ns_exponent': inf is out of range (allowed: a finite number)"),
+    ("sasrec", {"dropout": 1}, "sasrec parameter 'dropout': 1.0 is out of range (allowed: "
+                               ">= 0 and < 1)"),
+    ("sasrec", {"learning_rate": 0},
+     "sasrec parameter 'learning_rate': 0.0 is out of range (allowed: > 0)"),
+    ("sasrec", {"refit_epochs": -1},
+     "sasrec parameter 'refit_epochs': -1 is out of range (allowed: >= 0)"),
+])
+def test_hyperparameters_out_of_range_are_refused_naming_the_range(tmp_path, model, values,
+                                                                   error):
+    """{"factors": 0, "iterations": -1} trained in 5 ms and made a normal-looking MLflow run."""
+    with pytest.raises(BadRunInput, match=f"^{re.escape(error)}$"):
+        first(settings(tmp_path), {"hyperparameters": values}, model=model)
+
+
+def test_the_hyperparameter_dataclasses_check_their_ranges_themselves():
+    """`reco train` builds them without the DAG's schema."""
+    from spark_jobs.als import ALSParams
+    from spark_jobs.hyperparameters import RANGES
+    from spark_jobs.item2vec import Item2VecParams
+    from spark_jobs.sasrec import SASRecParams
+
+    for cls in (Item2VecParams, ALSParams, SASRecParams):
+        assert set(RANGES[cls.MODEL]) == {f.name for f in dataclasses.fields(cls)}
+        cls()  # the defaults are in range
+    with pytest.raises(ValueError, match=r"^als parameter 'factors': 0 is out of range"):
+        ALSParams(factors=0)
+    with pytest.raises(ValueError, match=r"^als parameter 'iterations': -1 is out of range"):
+        ALSParams.from_dict({"iterations": "-1"})
+    assert SASRecParams(dropout=0.0, refit_epochs=0).dropout == 0.0  # the bounds themselves
+
+
+def test_the_dags_refuse_out_of_range_hyperparameters_at_trigger_time():
+    from airflow.exceptions import ParamValidationError
+    from airflow.sdk import Param
+
+    from spark_jobs.training_dag import hyperparameter_schema
+
+    assert hyperparameter_schema("als")["factors"] == {"type": "integer", "minimum": 1}
+    assert hyperparameter_schema("sasrec")["dropout"] == {
+        "type": "number", "minimum": 0, "exclusiveMaximum": 1}
+    for model, values, reason in (
+            ("als", {"factors": 0}, "0 is less than the minimum of 1"),
+            ("als", {"regularization": -1}, "-1 is less than the minimum of 0"),
+            ("sasrec", {"dropout": 1}, "1 is greater than or equal to the maximum of 1"),
+            ("item2vec", {"alpha": 0}, "0 is less than or equal to the minimum of 0")):
+        param = Param({}, type="object", additionalProperties=False,
+                      properties=hyperparameter_schema(model))
+        with pytest.raises(ParamValidationError, match=re.escape(reason)):
+            param.resolve(values)
+    assert Param({}, type="object", properties=hyperparameter_schema("als")).resolve(
+        {"factors": 1, "regularization": 0}) == {"factors": 1, "regularization": 0}

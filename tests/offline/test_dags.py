@@ -14,7 +14,7 @@ import pytest
 from reco import keys, neighbours
 from reco.settings import Settings
 from reco.stack import servers as stack_servers
-from spark_jobs import tracking
+from spark_jobs import RUN_PARAMS, tracking
 from tests import servers
 from tests.offline import synthetic
 
@@ -93,7 +93,7 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
         for t in dag.tasks:
             assert t.retries >= 1 and t.retry_delay.total_seconds() > 0
             assert t.execution_timeout is not None
-        assert set(dag.params) == {"engine", "window_days", "window_end", "hyperparameters"}
+        assert tuple(dag.params) == RUN_PARAMS  # what dag_steps.check_conf accepts
 
 
 def trigger_params(bag, dag_id: str, conf: dict) -> dict:
@@ -127,6 +127,9 @@ def test_params_are_refused_at_trigger_time_naming_the_param(monkeypatch, tmp_pa
          "'1e-4' is not of type 'number'"),
         ("sasrec_daily", {"hyperparameters": {"dim": True}}, "hyperparameters",
          "True is not of type 'integer'"),
+        ("als_weekly", {"hyperparameters": {"factors": 0}}, "hyperparameters",
+         "0 is less than the minimum of 1"),
+        ("als_weekly", {"promote": "yes"}, "promote", "'yes' is not one of"),
     ]
     for dag_id, conf, param, reason in refused:
         with pytest.raises(ParamValidationError) as error:
@@ -222,8 +225,9 @@ def test_dag_runs_end_to_end(dag_id, airflow_env, offline_settings, small_events
         "RECO_SPARK_JARS_DIR": str(servers.JARS_DIR), "RECO_JDBC_PARTITIONS": "2",
         "RECO_SPARK_DRIVER_MEMORY": "1g", "RECO_ENGINE": "local",
     }
+    # Small hyperparameters make an experiment, which only promote 'gate' lets the gate promote.
     conf = {"window_end": small_events["end"].isoformat(), "window_days": 30,
-            "hyperparameters": HYPERPARAMETERS[model]}
+            "hyperparameters": HYPERPARAMETERS[model], "promote": "gate"}
 
     result = subprocess.run(
         [stack_servers.venv_bin("airflow"), "dags", "test", dag_id, "-c", json.dumps(conf)],

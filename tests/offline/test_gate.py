@@ -53,9 +53,10 @@ def report(model: float, popularity: float, split: str = "s1", k: int = 10) -> d
 
 
 def fake_run(uri: str, ndcg: float, popularity: float = 0.10, split: str = "s1",
-             window_end: str | None = None) -> tuple[str, str]:
+             window_end: str | None = None, users: int | None = None) -> tuple[str, str]:
     """A run logged as the pipeline's evaluate step logs one."""
-    dataset = {"events": 1, **({"window_end": window_end} if window_end else {})}
+    dataset = {"events": 1, **({"window_end": window_end} if window_end else {}),
+               **({"users": users} if users is not None else {})}
     run_id = tracking.start_run(uri, "als", "local", {"factors": 8}, dataset)
     tracking.log_metrics(uri, run_id, {"model.ndcg_at_10": ndcg,
                                        "popularity.ndcg_at_10": popularity})
@@ -165,3 +166,65 @@ def test_no_champion_only_when_the_registry_says_so(mlflow_uri, monkeypatch):
     with pytest.raises(MlflowException) as failed:
         tracking.champion(down, "als")
     assert failed.value.error_code not in tracking.NO_CHAMPION_ERRORS
+
+
+@pytest.mark.integration
+def test_a_run_with_lists_for_far_fewer_users_does_not_replace_the_champion(mlflow_uri):
+    """A 60-day experiment with lists for 363 users replaced a champion with 943: 580 users
+    lost their personal ALS lists."""
+    first, v1 = fake_run(mlflow_uri, 0.30, users=943)
+    assert gate.gate(mlflow_uri, "als", first, v1, report(0.30, 0.10), 0.02).accepted
+
+    fewer, v2 = fake_run(mlflow_uri, 0.40, users=363)
+    decision = gate.gate(mlflow_uri, "als", fewer, v2, report(0.40, 0.10), 0.02,
+                         min_user_coverage=0.9)
+    assert not decision.accepted and decision.champion_run_id == first
+    assert decision.reason.endswith(
+        "but it has lists for 363 users, fewer than 90% of the champion's 943: 580 users "
+        "would lose their als lists")
+    assert tracking.champion(mlflow_uri, "als") == (v1, first)
+    assert tracking.client(mlflow_uri).get_run(fewer).data.tags["gate"] == "rejected"
+
+    # 849 is 90% of 943: enough; a threshold of 0 turns the check off.
+    enough, v3 = fake_run(mlflow_uri, 0.31, users=849)
+    assert gate.gate(mlflow_uri, "als", enough, v3, report(0.31, 0.10), 0.02).accepted
+    few, v4 = fake_run(mlflow_uri, 0.31, users=10)
+    assert gate.gate(mlflow_uri, "als", few, v4, report(0.31, 0.10), 0.02,
+                     min_user_coverage=0.0).accepted
+    assert tracking.champion(mlflow_uri, "als") == (v4, few)
+
+
+@pytest.mark.integration
+def test_a_held_run_passes_the_gate_but_is_not_promoted(mlflow_uri):
+    """A manual experiment (or promote 'never') is evaluated, logged and registered, and the
+    gate's reason says how to promote it by hand."""
+    hold = "an experiment (window_days overridden) with promote 'auto'"
+    first, v1 = fake_run(mlflow_uri, 0.30)
+    assert gate.gate(mlflow_uri, "als", first, v1, report(0.30, 0.10), 0.02).accepted
+
+    better, v2 = fake_run(mlflow_uri, 0.40)
+    decision = gate.gate(mlflow_uri, "als", better, v2, report(0.40, 0.10), 0.02, hold=hold)
+    assert (decision.accepted, decision.held, decision.outcome) == (False, True, "held")
+    assert decision.champion_run_id == first
+    assert decision.reason == (
+        "ndcg_at_10 0.4000 beats the baseline 0.1000 and holds up to the champion's 0.3000; "
+        f"not promoted: {hold}; to serve it, move the als model's `champion` alias to version "
+        f"{v2} in MLflow, or rerun with promote 'gate'")
+    assert tracking.champion(mlflow_uri, "als") == (v1, first)
+    tags = tracking.client(mlflow_uri).get_model_version("als", v2).tags
+    assert (tags["gate"], tags["gate.reason"]) == ("held", decision.reason)
+    assert tracking.client(mlflow_uri).get_run(better).data.tags["gate"] == "held"
+
+    # One the gate refuses anyway is rejected, for the gate's reason.
+    worse, v3 = fake_run(mlflow_uri, 0.20)
+    decision = gate.gate(mlflow_uri, "als", worse, v3, report(0.20, 0.10), 0.02, hold=hold)
+    assert (decision.accepted, decision.held, decision.outcome) == (False, False, "rejected")
+    assert "not promoted" not in decision.reason
+
+
+def test_a_held_decision_is_told_apart_from_a_rejected_one():
+    passed = gate.decide("ndcg_at_10", 0.30, 0.10, None, 0.02)
+    assert passed.outcome == "accepted"
+    assert gate.GateDecision(**{**passed.as_dict(), "accepted": False}).outcome == "rejected"
+    assert gate.GateDecision(**{**passed.as_dict(), "accepted": False,
+                                "held": True}).outcome == "held"

@@ -291,6 +291,69 @@ def test_a_gate_waits_for_another_gate_or_publish_of_its_model(offline_settings,
 
 
 @pytest.mark.integration
+def test_a_held_run_is_not_promoted_and_the_champion_keeps_serving(offline_settings, pg,
+                                                                   redis_client, tmp_path):
+    """A manual experiment passed the gate on its lift and was served within 90 s."""
+    from tests.offline.test_gate import report
+
+    hold = "an experiment (hyperparameters overridden) with promote 'auto'"
+    cfg = dataclasses.replace(
+        pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run"),
+        hold=hold)
+    uri = cfg.mlflow_tracking_uri
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion'),"
+               " ('als', 'v2', 'trained')")
+    v1 = accepted(uri, "v1", tiny_als(tmp_path / "v1"))
+    tracking.log_metrics(uri, v1["run_id"], {"model.ndcg_at_10": 0.3,
+                                             "popularity.ndcg_at_10": 0.1})
+    pipeline.publish_step(cfg, v1)
+    run_id, registry_version = logged_run(uri, "v2", tiny_als(tmp_path / "v2"))
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report(0.3, 0.1, split="another")))
+    evaluated = {"report": str(path), "run_id": run_id, "registry_version": registry_version,
+                 "version": "v2", "model_dir": str(tmp_path / "v2")}
+
+    gated = pipeline.gate_step(cfg, evaluated)
+    state = pipeline.publish_step(cfg, gated)
+
+    assert gated["gate"]["held"] and not gated["gate"]["accepted"]
+    assert f"not promoted: {hold}; to serve it, move the als model's `champion` alias to " \
+           f"version {registry_version}" in gated["gate"]["reason"]
+    assert tracking.champion(uri, "als")[0] == "1"
+    assert state["published"] == "v1"
+    assert state["reason"] == "held by its promote param: the champion (v1) serves, v1 " \
+                              "already serving"
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
+    assert statuses(pg)["v2"] == ("rejected", False)
+    tags = tracking.client(uri).get_run(run_id).data.tags
+    assert (tags["gate"], tags["publish"], tags["publish.reason"]) == (
+        "held", "skipped", state["reason"])
+
+
+@pytest.mark.integration
+def test_a_rejected_run_says_why_it_was_not_published(offline_settings, pg, redis_client,
+                                                      tmp_path):
+    """The README promised `publish.reason` on runs whose publish was skipped; a run the gate
+    rejected got none."""
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    uri = cfg.mlflow_tracking_uri
+    no_champion = rejected(uri, None)
+    state = pipeline.publish_step(cfg, no_champion)
+    assert state["reason"] == "rejected by the gate and no champion to serve"
+    tags = tracking.client(uri).get_run(no_champion["run_id"]).data.tags
+    assert (tags["publish"], tags["publish.reason"]) == ("skipped", state["reason"])
+
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
+    v1 = accepted(uri, "v1", tiny_als(tmp_path / "v1"))
+    pipeline.publish_step(cfg, v1)
+    later = rejected(uri, v1["run_id"])
+    state = pipeline.publish_step(cfg, later)
+    assert state["reason"] == "rejected by the gate: the champion (v1) serves, v1 already serving"
+    tags = tracking.client(uri).get_run(later["run_id"]).data.tags
+    assert (tags["publish"], tags["publish.reason"]) == ("skipped", state["reason"])
+
+
+@pytest.mark.integration
 def test_a_champion_never_published_is_retired_when_a_later_version_is(settings, pg):
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'published'),"
                " ('als', 'v2', 'champion'), ('als', 'v3', 'champion'),"
