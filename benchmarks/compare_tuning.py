@@ -10,9 +10,13 @@ seed) does not depend on the configurations: each seed's network is trained once
 both. `--i2v-workers 1` makes Item2Vec bit-reproducible (gensim with 2 workers moves HR@10 by
 about 0.01 per run), so that the configurations differ only by what they choose.
 
-Run (2-3 minutes per SASRec seed on 2 cores, plus ~1 minute per configuration):
-    .venv/bin/python benchmarks/compare_tuning.py benchmarks/reports/tuning.json --seeds 0 1
-Prints a table; writes no report.
+Run (2-3 minutes per SASRec seed on 2 quiet cores, 4-5 on a loaded machine, plus a few minutes
+per configuration):
+    PYTHONHASHSEED=0 .venv/bin/python benchmarks/compare_tuning.py benchmarks/reports/tuning.json \
+        --seeds 0 1
+Prints a table; writes no report. Its scratch folder (the extract's sessions and interactions)
+is removed on exit. Each seed's SASRec logits are kept in `--cache` (/tmp/compare_tuning): a
+later run with the same seed and sequences reads them instead of training the network again.
 """
 
 from __future__ import annotations
@@ -52,11 +56,20 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/compare_tuning"),
                     help="SASRec logits per seed and sequences (keyed by both)")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cmp_") as tmp:
+        compare(args, Path(tmp))
+
+
+def compare(args: argparse.Namespace, tmp: Path) -> None:
     settings = Settings()
     events, items = tq.load()
     split = leave_last_out(events.assign(ts=events["timestamp"] / 1000.0))
     val = tq.Split("validation", split.train, split.train, split.validation, items,
-                   FeatureParams.from_settings(settings), Path(tempfile.mkdtemp(prefix="cmp_")))
+                   FeatureParams.from_settings(settings), tmp)
+    # The SparkSession before SASRec: pyspark starts its JVM by forking this process, and once
+    # JAX has initialised its (multithreaded) backend a fork warns of a possible deadlock. With
+    # the JVM up first, nothing forks after JAX (Spark's Python workers are the JVM's children).
+    tq.spark()
     user_ids, item_ids, seqs, _ = known_sequences(val)
     base = sasrec.SASRecParams()
     seq = {}
