@@ -45,13 +45,16 @@ _bearer_scheme = HTTPBearer(auto_error=False, bearerFormat="JWT",
 class AuthError(Exception):
     """HTTP 401 (no or bad credentials) or 403 (valid credentials, not for this resource)."""
 
-    def __init__(self, status: int, reason: str, challenge: str, presented: bool = True) -> None:
+    def __init__(self, status: int, reason: str, challenge: str, guess: bool = True) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.challenge = challenge
-        # False when no credential came at all: not a guess, so not counted as a failure.
-        self.presented = presented
+        # Whether it counts against the client IP's failures (`verified`): a wrong key or
+        # signature could be a guess. No credential at all, or a token signed with our key but
+        # expired or for another audience (a shop backend forwarding its users' stale tokens),
+        # is not: counting those locked whole shops out.
+        self.guess = guess
 
 
 def _json(content: Any, status: int, headers: dict[str, str]) -> Response:
@@ -112,7 +115,7 @@ class ApiKeyCheck:
         challenge = f'ApiKey header="{API_KEY_HEADER}"'
         if not presented:
             raise AuthError(401, f"missing API key: send it in the {API_KEY_HEADER} header",
-                            challenge, presented=False)
+                            challenge, guess=False)
         if len(presented) > MAX_CREDENTIAL_CHARS:  # refused before hashing megabytes
             raise AuthError(401, f"API key over {MAX_CREDENTIAL_CHARS} characters", challenge)
         digest = hashlib.sha256(presented.encode()).digest()
@@ -127,12 +130,14 @@ class ApiKeyCheck:
 MAX_CREDENTIAL_CHARS = 16_384
 
 NUMERIC_DATES = ("exp", "nbf", "iat")
-_JWT_REASONS: list[tuple[type[Exception], str]] = [
-    (jwt.ExpiredSignatureError, "token expired"),
-    (jwt.ImmatureSignatureError, "token not valid yet"),
-    (jwt.InvalidSignatureError, "token signature is invalid"),
-    (jwt.InvalidAlgorithmError, "token algorithm is not accepted"),
-    (jwt.DecodeError, "malformed token"),
+# (error, reason, whether it could be a guess): PyJWT checks the signature before the claims,
+# so a refused claim means a token signed with our key.
+_JWT_REASONS: list[tuple[type[Exception], str, bool]] = [
+    (jwt.ExpiredSignatureError, "token expired", False),
+    (jwt.ImmatureSignatureError, "token not valid yet", False),
+    (jwt.InvalidSignatureError, "token signature is invalid", True),
+    (jwt.InvalidAlgorithmError, "token algorithm is not accepted", True),
+    (jwt.DecodeError, "malformed token", True),
 ]
 
 
@@ -156,7 +161,7 @@ class JwtCheck:
     def subject(self, authorization: str | None) -> str:
         if not authorization:
             raise AuthError(401, "missing bearer token: send 'Authorization: Bearer <JWT>'",
-                            "Bearer", presented=False)
+                            "Bearer", guess=False)
         if len(authorization) > MAX_CREDENTIAL_CHARS:  # refused before decoding megabytes
             raise self._invalid(f"token over {MAX_CREDENTIAL_CHARS} characters")
         scheme, _, token = authorization.partition(" ")
@@ -175,28 +180,32 @@ class JwtCheck:
                                 audience=self.audience, leeway=self.leeway,
                                 options={"require": ["exp", "sub"]})
         except jwt.MissingRequiredClaimError as exc:
-            raise self._invalid(f"token has no '{exc.claim}' claim") from None
+            raise self._invalid(f"token has no '{exc.claim}' claim", guess=False) from None
         except jwt.InvalidAudienceError:
             reason = ("token audience is not accepted" if self.audience is not None else
                       "token names an audience: set RECO_JWT_AUDIENCE to accept it")
-            raise self._invalid(reason) from None
+            raise self._invalid(reason, guess=False) from None
         except jwt.InvalidTokenError as exc:
-            reason = next((r for t, r in _JWT_REASONS if isinstance(exc, t)), "invalid token")
-            raise self._invalid(reason) from None
+            reason, guess = next(((r, g) for t, r, g in _JWT_REASONS if isinstance(exc, t)),
+                                 ("invalid token", True))
+            raise self._invalid(reason, guess) from None
+        # Below, the signature is valid: refusals are not guesses.
         wrong = next((c for c in NUMERIC_DATES if c in claims and not _numeric(claims[c])), None)
         if wrong is not None:
-            raise self._invalid(f"token '{wrong}' claim must be a number (NumericDate)")
+            raise self._invalid(f"token '{wrong}' claim must be a number (NumericDate)",
+                                guess=False)
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
-            raise self._invalid("token subject must be a non-empty string")
+            raise self._invalid("token subject must be a non-empty string", guess=False)
         if len(self._verified) >= VERIFIED_CACHE_MAX:
             self._verified.clear()
         self._verified[token] = (subject, float(claims["exp"]))
         return subject
 
     @staticmethod
-    def _invalid(reason: str) -> AuthError:
-        return AuthError(401, reason, f'Bearer error="invalid_token", error_description="{reason}"')
+    def _invalid(reason: str, guess: bool = True) -> AuthError:
+        return AuthError(401, reason, f'Bearer error="invalid_token", error_description="{reason}"',
+                         guess)
 
 
 def _numeric(value: Any) -> bool:
@@ -229,9 +238,9 @@ def failure_limiter(service: str, settings: Settings) -> FailureLimiter | None:
 
 async def verified(failures: FailureLimiter | None, request: Request, client: Any,
                    verify: Callable[[], T]) -> T:
-    """`verify()`'s result; first RateLimited if the client IP is blocked, and an AuthError for
-    a credential presented and refused counts against it (RateLimited once over the limit).
-    `client`: the service's Redis client (AsyncPipelineClient or redis.asyncio)."""
+    """`verify()`'s result; first RateLimited if the client IP is blocked, and an AuthError
+    that could be a guess (`AuthError.guess`) counts against it (RateLimited once over the
+    limit). `client`: the service's Redis client (AsyncPipelineClient or redis.asyncio)."""
     if failures is None:
         return verify()
     ip = client_ip(request)
@@ -239,7 +248,7 @@ async def verified(failures: FailureLimiter | None, request: Request, client: An
     try:
         return verify()
     except AuthError as exc:
-        if exc.presented:
+        if exc.guess:
             if isinstance(client, AsyncPipelineClient):
                 await failures.hit(client, ip)
             else:

@@ -103,8 +103,12 @@ def test_reco_refused_tokens_are_limited_per_client_ip(
     forged, good = make_token("u1", key="another-secret-0123456789abcdef0123"), make_token("u1")
     u1 = {"user_id": "u1"}
     with reco_from(settings, ATTACKER) as attacker, reco_from(settings, OTHER) as other:
-        # Sending no token is not a guess; a valid one is not counted (no Redis command).
+        # Sending no token is not a guess, nor is one signed with our key but expired (a
+        # shop backend forwarding stale tokens); a valid one is not counted (no Redis command).
         assert [attacker.get("/recommendations", params=u1).status_code
+                for _ in range(5)] == [401] * 5
+        expired = bearer(make_token("u1", expires_in_s=-3600))
+        assert [attacker.get("/recommendations", params=u1, headers=expired).status_code
                 for _ in range(5)] == [401] * 5
         assert other.get("/recommendations", params=u1, headers=bearer(good)).status_code == 200
         assert redis_client.keys(keys.rate_limit("reco", "auth_ip", "*")) == []
