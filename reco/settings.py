@@ -206,8 +206,9 @@ class Settings(BaseSettings):
     # A PostgreSQL JDBC jar to use instead of fetching one with Maven (the Docker image sets it).
     jdbc_driver_path: Path | None = None
     gate_tolerance: NonNegative = 0.02
-    # The gate refuses an ALS or SASRec run with lists for fewer users than this share of the
-    # champion's: the served lists would go from personal to popularity for the rest.
+    # The gate refuses an experiment (an ALS or SASRec run overriding its schedule's window,
+    # engine or hyperparameters) with lists for fewer users than this share of the champion's:
+    # the served lists would go from personal to popularity for the rest.
     gate_min_user_coverage: Share = 0.9
     # Offline pipeline (issue 5): hyperparameter defaults live in spark_jobs' *Params dataclasses.
     offline_dir: Path | None = None  # run folders; default state_dir / "offline"

@@ -49,7 +49,8 @@ def run_config(settings: Settings, model: str, params: Mapping[str, Any], run_id
             settings, model, run_dir=Path(fixed["run_dir"]), engine=fixed["engine"],
             window_days=fixed["window_days"],
             window_end=datetime.fromisoformat(fixed["window_end"]), params=fixed["params"],
-            run_tags=fixed.get("run_tags", {}), hold=fixed.get("hold", ""))
+            run_tags=fixed.get("run_tags", {}), hold=fixed.get("hold", ""),
+            experiment=fixed.get("experiment", False))
     now = now or datetime.now(UTC)
     end = window_end_param(params.get("window_end") or "", now) or interval_end or now
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
@@ -61,8 +62,16 @@ def run_config(settings: Settings, model: str, params: Mapping[str, Any], run_id
             params=dict(params.get("hyperparameters") or {}), run_tags=dict(run_tags or {}))
     except ValueError as exc:  # engine or hyperparameters: the same run fails alike
         raise BadRunInput(str(exc)) from None
-    return dataclasses.replace(
-        cfg, hold=promotion_hold(params.get("promote") or "auto", overrides(settings, cfg)))
+    return with_promotion(settings, cfg, params.get("promote") or "auto")
+
+
+def with_promotion(settings: Settings, cfg: pipeline.PipelineConfig, promote: str
+                   ) -> pipeline.PipelineConfig:
+    """`cfg` marked as an experiment or not, and held from promotion as `promote` says (DAG
+    runs and `reco train` alike)."""
+    overridden = overrides(settings, cfg)
+    return dataclasses.replace(cfg, experiment=bool(overridden),
+                               hold=promotion_hold(promote, overridden))
 
 
 def overrides(settings: Settings, cfg: pipeline.PipelineConfig) -> list[str]:
@@ -168,7 +177,7 @@ def config_state(cfg: pipeline.PipelineConfig) -> dict:
     window end is the config's ISO 8601 string, the run folder a string)."""
     return {"run_dir": cfg.run_dir, "engine": cfg.engine, "window_days": cfg.window_days,
             "window_end": cfg.window_end, "params": cfg.params, "run_tags": cfg.run_tags,
-            "hold": cfg.hold}
+            "hold": cfg.hold, "experiment": cfg.experiment}
 
 
 def step(name: str, model: str, state: dict) -> dict:

@@ -53,6 +53,7 @@ class PipelineConfig:
     params: dict = field(default_factory=dict)
     run_tags: dict = field(default_factory=dict)  # MLflow tags of the run (its Airflow DAG run)
     hold: str = ""  # why the gate may not promote this run (dag_steps.promotion_hold); '': it may
+    experiment: bool = False  # overrides what its schedule trains (dag_steps.overrides)
     jdbc_url: str = ""
     pg_user: str = ""
     pg_password: str = field(default="", repr=False)
@@ -103,6 +104,13 @@ class PipelineConfig:
     def window(self) -> tuple[datetime, datetime]:
         end = as_utc(datetime.fromisoformat(self.window_end))
         return end - timedelta(days=self.window_days), end
+
+
+def _coverage_checked(cfg: PipelineConfig) -> float:
+    """The share of the champion's users the run must cover: only an experiment's is checked.
+    A scheduled run trains the configured window, whose users vary with traffic (fewer after a
+    peak season): held to the champion's count, retraining would stop until traffic returned."""
+    return cfg.gate_min_user_coverage if cfg.experiment else 0.0
 
 
 def config_from_settings(settings: Settings, model: str, run_dir: Path | None = None,
@@ -352,7 +360,7 @@ def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
     with publish.held_lock(redis.Redis.from_url(cfg.redis_url), cfg.model):
         decision = gate.gate(cfg.mlflow_tracking_uri, cfg.model, evaluated["run_id"],
                              evaluated["registry_version"], report, cfg.gate_tolerance,
-                             min_user_coverage=cfg.gate_min_user_coverage, hold=cfg.hold)
+                             min_user_coverage=_coverage_checked(cfg), hold=cfg.hold)
     with _connect(cfg) as conn:
         conn.execute("UPDATE models SET status = %s WHERE name = %s AND version = %s",
                      ("champion" if decision.accepted else "rejected", cfg.model,

@@ -96,6 +96,14 @@ def test_train_names_window_end_when_it_is_not_a_date() -> None:
             in _said(result))
 
 
+def test_train_names_promote_when_it_is_not_a_choice() -> None:
+    """`reco train` holds experiments from promotion as DAG runs do (`--promote`)."""
+    result = CliRunner().invoke(app, ["train", "als", "--promote", "maybe"])
+    assert result.exit_code == 2, result.output
+    assert ("Invalid value for --promote: promote 'maybe' is not one of ['auto', 'gate', "
+            "'never']") in _said(result)
+
+
 def test_demo_checks_the_engine_before_starting_anything() -> None:
     with pytest.raises(ValueError, match="engine 'foo' is not one of local, spark"):
         DemoOptions(engine="foo")

@@ -20,6 +20,9 @@ WindowDays = Annotated[int | None, typer.Option(
     "--window-days", min=1, help="Days of events [default: RECO_TRAIN_WINDOW_DAYS]")]
 WindowEnd = Annotated[str | None, typer.Option(
     "--window-end", help="ISO 8601 end of the window [default: now]")]
+Promote = Annotated[str, typer.Option(
+    "--promote", help="auto: the gate may promote the run unless it overrides the engine, "
+    "window or hyperparameters (an experiment); gate: the gate decides; never")]
 
 
 def _param_option(example: str) -> typer.models.OptionInfo:
@@ -44,21 +47,26 @@ def _parse(pairs: list[str] | None) -> dict:
 
 
 def _run(model: str, engine: str | None, window_days: int | None, window_end: str | None,
-         params: list[str] | None) -> None:
+         params: list[str] | None, promote: str) -> None:
     try:
         end = datetime.fromisoformat(window_end) if window_end else None
     except ValueError:
         raise typer.BadParameter(f"{window_end!r} is not an ISO 8601 date or date-time (e.g. "
                                  "2026-01-31 or 2026-01-31T12:00:00+00:00)",
                                  param_hint="--window-end") from None
-    from spark_jobs import pipeline
+    from spark_jobs import BadRunInput, dag_steps, pipeline
 
+    settings = get_settings()
     try:
         cfg = pipeline.config_from_settings(
-            get_settings(), model, engine=engine, window_days=window_days, window_end=end,
+            settings, model, engine=engine, window_days=window_days, window_end=end,
             params=_parse(params))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    try:
+        cfg = dag_steps.with_promotion(settings, cfg, promote)
+    except BadRunInput as exc:
+        raise typer.BadParameter(str(exc), param_hint="--promote") from None
     state = pipeline.run_all(cfg)
     console.print_json(json.dumps({k: state.get(k) for k in (
         "run_id", "version", "metrics", "gate", "published", "reason", "timings", "report")}))
@@ -66,20 +74,20 @@ def _run(model: str, engine: str | None, window_days: int | None, window_end: st
 
 @app.command()
 def item2vec(engine: Engine = None, window_days: WindowDays = None, window_end: WindowEnd = None,
-             param: Item2VecParams = None) -> None:
+             param: Item2VecParams = None, promote: Promote = "auto") -> None:
     """Item2Vec (skip-gram over sessions): embeddings and item neighbours."""
-    _run("item2vec", engine, window_days, window_end, param)
+    _run("item2vec", engine, window_days, window_end, param, promote)
 
 
 @app.command()
 def als(engine: Engine = None, window_days: WindowDays = None, window_end: WindowEnd = None,
-        param: ALSParams = None) -> None:
+        param: ALSParams = None, promote: Promote = "auto") -> None:
     """Implicit ALS: user candidates and item neighbours."""
-    _run("als", engine, window_days, window_end, param)
+    _run("als", engine, window_days, window_end, param, promote)
 
 
 @app.command()
 def sasrec(window_days: WindowDays = None, window_end: WindowEnd = None,
-           param: SASRecParams = None) -> None:
+           param: SASRecParams = None, promote: Promote = "auto") -> None:
     """SASRec (self-attention over each user's sequence, JAX): next-item candidates per user."""
-    _run("sasrec", None, window_days, window_end, param)
+    _run("sasrec", None, window_days, window_end, param, promote)

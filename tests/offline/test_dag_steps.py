@@ -252,8 +252,19 @@ def test_manual_experiments_are_held_from_promotion_unless_promote_says_gate(tmp
         first(s, {"promote": "maybe"})
     # Later tasks keep it, whatever the params say now.
     state = {"config": json.loads(json.dumps(dag_steps.config_state(held)))}
-    assert dag_steps.run_config(s, "als", {"promote": "gate"}, RUN_ID, None, state).hold == \
-        held.hold
+    later = dag_steps.run_config(s, "als", {"promote": "gate"}, RUN_ID, None, state)
+    assert (later.hold, later.experiment) == (held.hold, True)
+
+
+def test_only_an_experiment_is_held_to_the_champions_user_count(tmp_path):
+    """A scheduled run's users vary with traffic: held to the champion's count (after a peak
+    season, or a champion trained on a longer window), retraining stopped for good."""
+    s = settings(tmp_path)
+    scheduled = first(s, {})
+    experiment = first(s, {"window_days": 60, "promote": "gate"})
+    assert (scheduled.experiment, experiment.experiment) == (False, True)
+    assert pipeline._coverage_checked(scheduled) == 0.0
+    assert pipeline._coverage_checked(experiment) == s.gate_min_user_coverage == 0.9
 
 
 @pytest.mark.parametrize(("model", "values", "error"), [
