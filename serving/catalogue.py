@@ -66,8 +66,7 @@ class ItemIn(BaseModel):
         # parser's recursion limit (~200 levels) unnamed. Roomier than a context in keys and
         # bytes (specifications, descriptions), and only PostgreSQL holds them. jsonb cannot
         # hold NUL and orjson refuses integers beyond 64 bits (both were 500s).
-        problem = (small_object_problem(value, MAX_ATTRIBUTES_BYTES, max_keys=MAX_ATTRIBUTE_KEYS)
-                   or _unstorable(value))
+        problem = attributes_problem(value) or _unstorable(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -117,6 +116,15 @@ def _unstorable(value: Any) -> str | None:
 def _without_defaults(schema: dict[str, Any]) -> None:
     for field in schema.get("properties", {}).values():
         field.pop("default", None)
+
+
+def attributes_problem(value: dict[str, Any]) -> str | None:
+    """Why an item's attributes are over the limits (keys, bytes, nesting), or None."""
+    return small_object_problem(value, MAX_ATTRIBUTES_BYTES, max_keys=MAX_ATTRIBUTE_KEYS)
+
+
+class AttributesRefused(ValueError):
+    """A PATCH's attributes, merged into the stored ones, would be over the limits."""
 
 
 class ItemPatch(ItemIn):
@@ -181,6 +189,11 @@ UPDATE items SET
 WHERE item_id = $1
 RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at), revision
 """
+# What PATCH_ITEM's merge would leave, the row locked until the update: each patch is held to
+# the limits, but repeated ones grew attributes past them.
+MERGED_ATTRIBUTES = """
+SELECT (attributes || $2::jsonb) - $3::text[] FROM items WHERE item_id = $1 FOR UPDATE
+"""
 # KEYS[1] = item:meta:{id}; ARGV = revision, n, n field/value pairs, fields to delete. Writes
 # only a revision newer than the hash's: a slower replica's older upsert lands as a no-op.
 MIRROR_ITEM = """
@@ -212,9 +225,17 @@ async def upsert_items(
 
 async def patch_item(pool: asyncpg.Pool, client: aredis.Redis, item_id: str,
                      patch: ItemPatch) -> bool:
-    """Change the given fields of a stored item, then mirror it; False if there is none."""
+    """Change the given fields of a stored item, then mirror it; False if there is none.
+    AttributesRefused when the merged attributes would be over the limits."""
+    changes = patch.changes()
     with timed(POSTGRES_QUERY_SECONDS, "patch_item"):
-        row = await pool.fetchrow(PATCH_ITEM, item_id, *patch.changes())
+        async with pool.acquire() as conn, conn.transaction():
+            if patch.attributes:
+                merged = await conn.fetchval(MERGED_ATTRIBUTES, item_id, *changes[7:9])
+                problem = merged is not None and attributes_problem(orjson.loads(merged))
+                if problem:
+                    raise AttributesRefused(f"merged into the stored ones, they {problem}")
+            row = await conn.fetchrow(PATCH_ITEM, item_id, *changes)
     if row is None:
         return False
     await mirror_items(client, [row])

@@ -28,7 +28,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reco import heap
-from reco.events import PATH_ID_SCHEMA
+from reco.events import PATH_ID_SCHEMA, error_entry
 from reco.settings import Settings
 from serving import catalogue, cors, ingest_metrics, ingest_openapi, security, tls
 from serving.errors import invalid_response, request_errors
@@ -98,8 +98,11 @@ class Catalogue:
 
     async def patch(self, item_id: str, patch: catalogue.ItemPatch) -> bool:
         pool = await self.pool()
-        async with _stores_answering():
-            return await catalogue.patch_item(pool, self.redis, item_id, patch)
+        try:
+            async with _stores_answering():
+                return await catalogue.patch_item(pool, self.redis, item_id, patch)
+        except catalogue.AttributesRefused as exc:
+            raise InvalidInput([error_entry(["attributes"], "attributes", str(exc))]) from None
 
     async def check(self) -> bool:
         try:
