@@ -114,17 +114,20 @@ def single_signal_rankings(settings: Settings, users: list[str], k: int
                                                   "w_seq": max(settings.w_seq, 1.0)})
     store = FeatureStore.from_settings(settings, timeout_s=5.0)
     signals = GlobalSignals(reader_settings)
-    signals.refresh()
-    service = RecoService(reader_settings, store, signals)
-    base = RankConfig.from_settings(settings)
-    zero = dict.fromkeys([*SIGNAL_WEIGHTS.values(), "w_pop"], 0.0)
-    out = {}
-    for name, weight in SIGNAL_WEIGHTS.items():
-        config = replace(base, **{**zero, weight: 1.0}, freshness_boost=0.0)
-        out[name] = {u: [s.item_id for s in service.rank_uncached(RecoParams(u, k), config).items]
-                     for u in users}
-    store.close()
-    return out
+    try:
+        signals.refresh()
+        service = RecoService(reader_settings, store, signals)
+        base = RankConfig.from_settings(settings)
+        zero = dict.fromkeys([*SIGNAL_WEIGHTS.values(), "w_pop"], 0.0)
+        out = {}
+        for name, weight in SIGNAL_WEIGHTS.items():
+            config = replace(base, **{**zero, weight: 1.0}, freshness_boost=0.0)
+            out[name] = {u: [s.item_id for s in service.rank_uncached(
+                RecoParams(u, k), config).items] for u in users}
+        return out
+    finally:
+        signals.stop()  # its Redis clients (no refresh task: never started)
+        store.close()
 
 
 def score(ranked: dict[str, list[str]], split: LeaveLastOut, k: int) -> dict[str, float]:

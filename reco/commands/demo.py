@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import httpx
 import typer
 from rich import box
 from rich.console import Console
@@ -42,6 +43,11 @@ def evaluate() -> None:
         report, loaded = run_evaluation(settings, DemoOptions())
     except NoDemoData as exc:
         Console(stderr=True).print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    except httpx.TransportError as exc:  # the stack is down: say so, not a traceback
+        Console(stderr=True).print(
+            f"[red]the recommendation API (port {settings.reco_port}) is not answering "
+            f"({exc!r}): start the stack with `reco up`[/]")
         raise typer.Exit(1) from None
     print_report(report)
     print_logged(log_to_mlflow(settings, report, loaded.engine))

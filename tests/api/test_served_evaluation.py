@@ -48,3 +48,22 @@ def test_evaluate_without_a_demo_says_what_to_run(tmp_path) -> None:
         get_settings.cache_clear()
     assert result.exit_code == 1
     assert "run `reco demo` first" in result.output
+
+
+def test_evaluate_with_the_api_down_says_to_start_the_stack(tmp_path) -> None:
+    """It printed httpx's traceback."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "demo-loaded.json").write_text(
+        '{"max_users": 5, "engine": "local", "events_replayed": 100}')
+    port = free_port()
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["evaluate"], env={
+            "RECO_STATE_DIR": str(state), "RECO_RECO_PORT": str(port)})
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert f"the recommendation API (port {port}) is not answering" in said
+    assert "start the stack with `reco up`" in said
