@@ -23,20 +23,27 @@ def serving_tags(uri: str) -> dict[str, str | None]:
     return {str(mv.version): mv.tags.get(tracking.SERVING_TAG) for mv in versions}
 
 
-@pytest.mark.integration
-def test_a_rollback_by_hand_is_served_by_serve_champion(offline_settings, pg, redis_client,
-                                                        tmp_path):
-    """Only the publish task of the next training run acted on the alias, and only when that
-    run was rejected: a rollback in the MLflow UI waited up to a week (ALS) to be served."""
-    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+def v2_serving_v1_lists_gone(settings, pg, redis_client, tmp_path) -> pipeline.PipelineConfig:
+    """ALS v1 then v2 published; v1's lists gone (its grace period over), so serving it
+    again needs MLflow's copy."""
+    cfg = pipeline.config_from_settings(settings, "als", run_dir=tmp_path / "run")
     uri = cfg.mlflow_tracking_uri
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion'),"
                " ('als', 'v2', 'champion')")
     pipeline.publish_step(cfg, accepted(uri, "v1", tiny_als(tmp_path / "v1")))
     pipeline.publish_step(cfg, accepted(uri, "v2", tiny_als(tmp_path / "v2")))
-    assert serving_tags(uri) == {"1": None, "2": "true"}
-    # v1's lists are gone (its grace period over): serving it again needs MLflow's copy.
     redis_client.unlink(*redis_client.scan_iter(match=keys.version_prefix("cf_user", "v1")))
+    return cfg
+
+
+@pytest.mark.integration
+def test_a_rollback_by_hand_is_served_by_serve_champion(offline_settings, pg, redis_client,
+                                                        tmp_path):
+    """Only the publish task of the next training run acted on the alias, and only when that
+    run was rejected: a rollback in the MLflow UI waited up to a week (ALS) to be served."""
+    cfg = v2_serving_v1_lists_gone(offline_settings, pg, redis_client, tmp_path)
+    uri = cfg.mlflow_tracking_uri
+    assert serving_tags(uri) == {"1": None, "2": "true"}
 
     tracking.set_champion(uri, "als", "1")  # the data scientist's rollback
     result = champion.serve_champion(cfg)
@@ -62,13 +69,8 @@ def test_serve_champion_prints_no_download_progress_bars(offline_settings, pg, r
                                                          tmp_path):
     """Serving a champion whose lists are gone downloads its model from MLflow, whose tqdm
     bars ("Downloading artifacts: 100%|...") landed in the command's output."""
-    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    cfg = v2_serving_v1_lists_gone(offline_settings, pg, redis_client, tmp_path)
     uri = cfg.mlflow_tracking_uri
-    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion'),"
-               " ('als', 'v2', 'champion')")
-    pipeline.publish_step(cfg, accepted(uri, "v1", tiny_als(tmp_path / "v1")))
-    pipeline.publish_step(cfg, accepted(uri, "v2", tiny_als(tmp_path / "v2")))
-    redis_client.unlink(*redis_client.scan_iter(match=keys.version_prefix("cf_user", "v1")))
     shutil.rmtree(tmp_path / "v1")  # only MLflow's copy is left
     tracking.set_champion(uri, "als", "1")
 
