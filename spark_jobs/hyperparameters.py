@@ -67,7 +67,8 @@ RANGES: dict[str, dict[str, Range]] = {
                "epochs": AT_LEAST_ONE, "dropout": Range(minimum=0, exclusive_maximum=1),
                "learning_rate": POSITIVE, "batch": AT_LEAST_ONE, "temperature": POSITIVE,
                "refit_epochs": NON_NEGATIVE,  # 0: the served network is the evaluated one
-               "refit_learning_rate": POSITIVE, "seed": SEED, "candidates": AT_LEAST_ONE},
+               # 0: the refit leaves the evaluated network as it is (as refit_epochs 0 does)
+               "refit_learning_rate": NON_NEGATIVE, "seed": SEED, "candidates": AT_LEAST_ONE},
 }
 
 

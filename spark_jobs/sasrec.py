@@ -244,8 +244,9 @@ def train(seqs: list[list[int]], n_items: int, p: SASRecParams,
 def refit(weights: dict, seqs: list[list[int]], n_items: int, p: SASRecParams,
           progress: Callable[[int, float], None] | None = None) -> dict:
     """The served network: `weights` after p.refit_epochs more epochs at p.refit_learning_rate
-    (a fresh optimiser; none when p.refit_epochs is 0)."""
-    if not p.refit_epochs:
+    (a fresh optimiser; none when p.refit_epochs or the rate is 0: the weights would not move,
+    and a learning rate of 0 is out of `train`'s range)."""
+    if not p.refit_epochs or not p.refit_learning_rate:
         return weights
     return train(seqs, n_items, replace(p, epochs=p.refit_epochs,
                                         learning_rate=p.refit_learning_rate), progress, weights)
