@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs import PROMOTE, RUN_PARAMS, SPARK_MODELS, BadRunInput, as_utc, pipeline
+from spark_jobs import PROMOTE, RUN_PARAMS, BadRunInput, as_utc, pipeline
 
 if TYPE_CHECKING:
     from reco.settings import Settings
@@ -38,10 +38,9 @@ def run_config(settings: Settings, model: str, params: Mapping[str, Any], run_id
 
     Later tasks (a `state` carrying the first task's "config") reuse its run folder, engine,
     window, hyperparameters, MLflow tags and promotion hold exactly, whatever the params say
-    now. The first
-    task takes the window end from the `window_end` param, else the run's interval end, else
-    `now`; its run folder is `<offline dir>/<model>/<run id made a folder name>`. Bad params
-    raise `BadRunInput` naming the param.
+    now. The first task takes the window end from the `window_end` param, else the run's
+    interval end, else `now`; its run folder is `<offline dir>/<model>/<run id made a folder
+    name>`. Bad params raise `BadRunInput` naming the param.
     """
     if state and "config" in state:
         fixed = state["config"]
@@ -76,9 +75,8 @@ def with_promotion(settings: Settings, cfg: pipeline.PipelineConfig, promote: st
 
 def overrides(settings: Settings, cfg: pipeline.PipelineConfig) -> list[str]:
     """The params in which the run differs from what its schedule trains (an experiment)."""
-    default_engine = settings.engine if cfg.model in SPARK_MODELS else "local"
     hp = cfg.hyperparameters()
-    changed = {"engine": cfg.engine != default_engine,
+    changed = {"engine": cfg.engine != pipeline.default_engine(settings, cfg.model),
                "window_days": cfg.window_days != settings.train_window_days,
                "hyperparameters": hp != type(hp)()}
     return [name for name, differs in changed.items() if differs]

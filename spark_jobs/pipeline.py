@@ -113,6 +113,11 @@ def _coverage_checked(cfg: PipelineConfig) -> float:
     return cfg.gate_min_user_coverage if cfg.experiment else 0.0
 
 
+def default_engine(settings: Settings, model: str) -> str:
+    """The engine a run of `model` trains with when none is asked for (its schedule's)."""
+    return settings.engine if model in SPARK_MODELS else "local"
+
+
 def config_from_settings(settings: Settings, model: str, run_dir: Path | None = None,
                          engine: str | None = None, window_days: int | None = None,
                          window_end: datetime | None = None, params: dict | None = None,
@@ -126,7 +131,7 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
     if run_dir is None:
         run_dir = runs_dir(settings, model) / end.strftime("%Y%m%dT%H%M%S")
     values = dict(
-        model=model, engine=engine or (settings.engine if model in SPARK_MODELS else "local"),
+        model=model, engine=engine or default_engine(settings, model),
         run_dir=str(run_dir), runs_dir=str(runs_dir(settings, model)),
         keep_runs=settings.offline_keep_runs,
         window_days=window_days or settings.train_window_days, window_end=end.isoformat(),
