@@ -354,6 +354,10 @@ def _evaluate(cfg: PipelineConfig, trained: dict) -> dict:
             "timings": timings}
 
 
+# The `models` row of a gated run, by the gate's outcome.
+_MODEL_STATUS = {"accepted": "champion", "held": "held", "rejected": "rejected"}
+
+
 def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
     import redis
 
@@ -368,8 +372,7 @@ def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
                              min_user_coverage=_coverage_checked(cfg), hold=cfg.hold)
     with _connect(cfg) as conn:
         conn.execute("UPDATE models SET status = %s WHERE name = %s AND version = %s",
-                     ("champion" if decision.accepted else "rejected", cfg.model,
-                      evaluated["version"]))
+                     (_MODEL_STATUS[decision.outcome], cfg.model, evaluated["version"]))
     return {**evaluated, "gate": decision.as_dict()}
 
 

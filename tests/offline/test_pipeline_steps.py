@@ -324,7 +324,7 @@ def test_a_held_run_is_not_promoted_and_the_champion_keeps_serving(offline_setti
     assert state["reason"] == "held by its promote param: the champion (v1) serves, v1 " \
                               "already serving"
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
-    assert statuses(pg)["v2"] == ("rejected", False)
+    assert statuses(pg)["v2"] == ("held", False)
     tags = tracking.client(uri).get_run(run_id).data.tags
     assert (tags["gate"], tags["publish"], tags["publish.reason"]) == (
         "held", "skipped", state["reason"])
