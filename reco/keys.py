@@ -8,9 +8,6 @@ from __future__ import annotations
 
 # Global structures
 ITEM_POPULARITY = "item:popularity"
-# Sorted set item -> created_at epoch seconds, written on every upsert. The API orders its
-# new-arrivals filler by item:meta's created_at instead (reco/catalog.py): nothing here reads it.
-ITEM_NEW_ARRIVALS = "item:new"
 MODEL_VERSIONS = "model:versions"  # hash: model name -> active published version
 # Counter that writers of item:meta:* INCR after a change, so servers update their catalogue.
 # Outside `item:meta:*`: inside, an item with the id "version" would share its key.

@@ -2,8 +2,7 @@
 
 The recommendation API reads `item:meta:{item_id}` (category, price, in_stock "1"/"0",
 created_at epoch seconds, title) for business rules and the new-arrivals filler (newest
-`created_at` first); `item:new` (item -> created_at) is also written, though no process of
-this repository reads it. PostgreSQL is written first; Redis mirrors what PostgreSQL holds
+`created_at` first). PostgreSQL is written first; Redis mirrors what PostgreSQL holds
 afterwards, each hash only from a newer revision than its own (two replicas' writes can land
 out of order).
 
@@ -255,10 +254,9 @@ async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> N
         absent = [k for k, v in fields.items() if v is None]
         await mirror(keys=[keys.item_meta(item_id)],
                      args=[revision, len(present) // 2, *present, *absent], client=pipe)
-        pipe.zadd(keys.ITEM_NEW_ARRIVALS, {item_id: float(created_at)})
     announce_changes(pipe, [row[0] for row in rows], time.time() * 1000)
     replies = await pipe.execute()
-    stale = [row[0] for row, applied in zip(rows, replies[0:2 * len(rows):2], strict=True)
+    stale = [row[0] for row, applied in zip(rows, replies[:len(rows)], strict=True)
              if not applied]
     if stale:  # a replica's newer write won (a race); if it never ends, see the warning
         log.warning("%d item(s) not mirrored, Redis holds a newer revision: %s. If PostgreSQL "

@@ -364,8 +364,6 @@ async def test_catalogue_upserts_postgres_and_redis(
     assert redis_client.hgetall(keys.item_meta("i2")) == {
         "category": "socks", "price": "5.00", "in_stock": "1", "created_at": repr(i2_created),
         "revision": revisions["i2"]}
-    assert redis_client.zrange(keys.ITEM_NEW_ARRIVALS, 0, -1, withscores=True) == [
-        ("i1", created / 1000), ("i2", i2_created)]
 
 
 async def test_a_patch_changes_only_the_fields_it_names(
