@@ -16,7 +16,7 @@ ENV PYTHONUNBUFFERED=1 \
     RECO_STATE_DIR=/var/lib/reco
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY reco ./reco
 COPY serving ./serving
 COPY streaming ./streaming
