@@ -21,12 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 
+import hiredis
+
 from reco import keys
 from reco.features import FeatureParams, FeatureUpdates, RecentItems, plan_batch
 from reco.settings import Settings
 from streaming.applied_positions import LogEnd, Position, find_replays, spans_of
 from streaming.messages import StreamEvent
-from streaming.redis_pipe import Packed, RedisPipe, TransactionAborted
+from streaming.redis_pipe import Packed, RedisPipe, TransactionAborted, raise_first_error
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +173,12 @@ class FeatureStore:
         commands.each("HGETALL", [keys.user_recent_times(user) for user in users])
         commands.each("HGET", [keys.item_meta(item) for item in unknown], "category")
         commands.each("GET", [keys.applied_position(self.topic, p) for p in partitions])
-        replies = await self.redis.execute(commands)
+        replies = await self.redis.execute(commands, check=False)
 
         n = len(events)
+        offset = n + 2 * len(users)
+        category_replies = replies[offset:offset + len(unknown)]
+        raise_first_error(replies[:offset] + replies[offset + len(unknown):])
         seen = [bool(x) for x in replies[:n]]
         recent = {e.user_id: carried[e.user_id] for e in events if e.user_id in carried}
         u = len(users)
@@ -181,9 +186,7 @@ class FeatureStore:
                                       strict=True):
             times = dict(zip(map(bytes.decode, flat[::2]), map(float, flat[1::2]), strict=True))
             recent[user] = RecentItems.loaded(map(bytes.decode, listed), times)
-        offset = n + 2 * u
-        fetched = {item: (replies[offset + i] or b"").decode() or None
-                   for i, item in enumerate(unknown)}
+        fetched = dict(zip(unknown, map(_category, unknown, category_replies), strict=True))
         offset += len(unknown)
         positions = {p: Position.parse(replies[offset + i]) for i, p in enumerate(partitions)}
         categories = {e.item_id: fetched[e.item_id] if e.item_id in fetched
@@ -268,3 +271,14 @@ def _first_copies(events: Sequence[StreamEvent]) -> list[int]:
             seen.add(event.event_id)
             out.append(j)
     return out
+
+
+def _category(item: str, reply: bytes | None | hiredis.ReplyError) -> str | None:
+    """An item's category from its HGET reply. An error reply (a key of another type where the
+    item's hash would be: releases before 2026-11-28 kept a string counter at
+    `item:meta:version`) means no category: raising would stop the partition on every retry."""
+    if isinstance(reply, hiredis.ReplyError):
+        log.warning("no category for item %r: %s is not its metadata hash (%s)", item,
+                    keys.item_meta(item), reply)
+        return None
+    return (reply or b"").decode() or None

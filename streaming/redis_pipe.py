@@ -147,8 +147,10 @@ class RedisPipe:
         return self._streams
 
     async def execute(self, commands: Sequence[Command] | Packed,
-                      transaction: bool = False) -> list[Any]:
-        """Send all commands in one write; with `transaction`, wrapped in MULTI/EXEC."""
+                      transaction: bool = False, check: bool = True) -> list[Any]:
+        """Send all commands in one write; with `transaction`, wrapped in MULTI/EXEC. Without
+        `check` (and without `transaction`), error replies come back in place of their replies
+        (`hiredis.ReplyError`) instead of raising RedisReplyError."""
         if not commands:
             return []
         payload = (commands.payload() if isinstance(commands, Packed)
@@ -156,13 +158,14 @@ class RedisPipe:
         if transaction:
             replies = await self._roundtrip(_MULTI + payload + _EXEC, len(commands) + 2)
             queued, result = replies[1:-1], replies[-1]
-            _raise_first_error(queued)
+            raise_first_error(queued)
             if result is None:
                 raise TransactionAborted("transaction aborted: a watched key changed")
-            _raise_first_error(result)
+            raise_first_error(result)
             return result
         replies = await self._roundtrip(payload, len(commands))
-        _raise_first_error(replies)
+        if check:
+            raise_first_error(replies)
         return replies
 
     async def _roundtrip(self, payload: bytes, count: int) -> list[Any]:
@@ -191,7 +194,7 @@ class RedisPipe:
             writer.close()
 
 
-def _raise_first_error(replies: Sequence[Any]) -> None:
+def raise_first_error(replies: Sequence[Any]) -> None:
     error = hiredis.ReplyError
     if error in map(type, replies):  # exact type, compared in C: a cheap scan of many
         raise RedisReplyError(str(next(r for r in replies if type(r) is error)))

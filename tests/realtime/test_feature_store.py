@@ -355,6 +355,25 @@ async def test_an_event_for_the_item_named_version_counts_in_its_category(
     assert r.zscore(keys.category_popularity("c1"), "version") > 0
 
 
+async def test_an_item_whose_meta_key_is_not_a_hash_applies_without_a_category(
+    store: FeatureStore, redis_client: redis.Redis
+) -> None:
+    """The counter releases before 2026-11-28 left at `item:meta:version` (or any string where
+    a metadata hash belongs) made the category read fail, and the whole batch with it, on every
+    retry: one event for item `version` stopped its partition's features for good."""
+    r = redis_client
+    r.incr(keys.ITEM_META_VERSION_LEGACY)
+    r.hset(keys.item_meta("ok-item"), mapping={"category": "c1"})
+
+    result = await store.apply([ev("u1", "ok-item", T_MS), ev("u2", "version", T_MS)])
+
+    assert len(result.applied) == 2
+    assert r.zscore(keys.category_popularity("c1"), "ok-item") > 0
+    assert r.zscore(keys.ITEM_POPULARITY, "version") > 0
+    assert r.lrange(keys.user_recent("u2"), 0, -1) == ["version"]
+    assert r.get(keys.ITEM_META_VERSION_LEGACY) == "1"  # left as it was
+
+
 async def test_a_new_co_view_partner_enters_a_full_set_as_old_pairs_age(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
