@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import asyncpg
 import orjson
 import redis.asyncio as aredis
+import redis.exceptions as redis_errors
 import uvicorn
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -62,13 +63,19 @@ def json_response(content: Any, status_code: int = 200, headers: dict | None = N
     return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
 
 
+# Redis refusals that pass: a retry can succeed (a replica promoted, memory freed, a timeout).
+_REDIS_TRANSIENT = (aredis.ConnectionError, aredis.TimeoutError, redis_errors.ReadOnlyError,
+                    redis_errors.OutOfMemoryError, redis_errors.TryAgainError)
+
+
 @asynccontextmanager
 async def _stores_answering() -> AsyncIterator[None]:
-    """PostgreSQL or Redis unreachable: StoreUnavailable (503, retry)."""
+    """PostgreSQL or Redis unreachable or refusing for now: StoreUnavailable (503, retry).
+    PostgreSQL may have committed already: the retry writes the same rows and mirrors them."""
     try:
         yield
     except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-            asyncpg.InterfaceError, aredis.ConnectionError, TimeoutError) as exc:
+            asyncpg.InterfaceError, TimeoutError, *_REDIS_TRANSIENT) as exc:
         raise StoreUnavailable(f"store unavailable: {exc!r}") from exc
 
 
@@ -106,8 +113,10 @@ class Catalogue:
 
     async def check(self) -> bool:
         try:
-            pool = await self.pool()
+            # Opening the pool counts too: its 5 s connect timeout, waited behind the lock by
+            # each probe in turn, made readiness probes time out while PostgreSQL hung.
             async with asyncio.timeout(2.0):
+                pool = await self.pool()
                 await pool.fetchval("SELECT 1")
         except (StoreUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 TimeoutError):

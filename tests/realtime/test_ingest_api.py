@@ -312,6 +312,58 @@ async def test_unreachable_broker_is_503_with_retry_after(settings: Settings) ->
     assert item.status_code == 503 and item.headers["retry-after"] == "5"
 
 
+async def _silent_listener() -> tuple[asyncio.Server, int]:
+    """A server that accepts connections and never answers: a hung PostgreSQL or Redis."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_hung_redis_makes_item_writes_503_with_retry_after(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """The Redis client's own TimeoutError is not the builtin one: it was a 500, which clients
+    do not retry, leaving PostgreSQL's change unmirrored."""
+    server, port = await _silent_listener()
+    hung = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"
+                                                    "?socket_timeout=1"})
+    app = create_app(hung)
+    async with server, app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            put = await client.put("/items/i1", json={"category": "shoes"})
+            patch = await client.patch("/items/i1", json={"price": 3})
+    for response in (put, patch):
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "5"
+        assert "TimeoutError" in response.json()["detail"]
+    # PostgreSQL committed before the mirror failed: the retry the 503 asks for re-mirrors it.
+    assert pg.execute("SELECT category, price FROM items WHERE item_id = 'i1'").fetchone() == (
+        "shoes", 3)
+
+
+async def test_readiness_probes_answer_within_their_timeout_while_postgres_hangs(
+    settings: Settings, kafka_topics: dict,
+) -> None:
+    """Each probe waited for the pool's 5 s connect timeout behind the one before it: three
+    probes took 15 s, and a load balancer's probe timeout marked every replica down."""
+    server, port = await _silent_listener()
+    app = create_app(settings.model_copy(update={"pg_port": port}))
+    async with server, app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            started = time.monotonic()
+            probes = await asyncio.gather(*(client.get("/ready") for _ in range(3)))
+            took = time.monotonic() - started
+    assert [(p.status_code, p.json()) for p in probes] == [
+        (200, {"broker": True, "database": False})] * 3
+    assert took < 4.5  # each within its own 2 s, not 5 s each in turn
+
+
 async def test_an_event_over_the_message_size_is_413_not_503(
     settings: Settings, kafka_topics: dict
 ) -> None:
