@@ -82,7 +82,9 @@ class Event(BaseModel):
             raise ValueError("must be a finite number of epoch milliseconds")
         floor = (info.context or {}).get("min_timestamp_ms", MIN_TIMESTAMP_MS)
         if isinstance(value, int | float):
-            if 0 <= value < floor:
+            if value < 0:  # checked before int(): -0.5 would pass as 0
+                raise ValueError("must not be negative")
+            if value < floor:
                 raise ValueError(f"must be at least {MIN_TIMESTAMP_MS} (1973-03-03T09:46:40Z): "
                                  "a smaller number is epoch seconds, and milliseconds are "
                                  "expected")

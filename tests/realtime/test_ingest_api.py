@@ -117,6 +117,8 @@ async def test_batch_spreads_users_over_partitions(
      "must be at least 100000000000 (1973-03-03T09:46:40Z): a smaller number is epoch "
      "seconds, and milliseconds are expected"),
     (raw_timestamp(b"-5"), "timestamp", "must not be negative"),
+    # int() of it is 0: it was accepted, and published as 1970-01-01.
+    (raw_timestamp(b"-0.5"), "timestamp", "must not be negative"),
     # The same floor for dates: README says "from 1973 on".
     (orjson.dumps(event(timestamp="1972-06-01T00:00:00+00:00")), "timestamp",
      "must be at or after 1973-03-03T09:46:40Z"),
