@@ -53,6 +53,8 @@ _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}
                       r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 _TIMESTAMP_FORMS = ("must be an RFC 3339 date-time with an offset (2026-01-02T03:04:05Z) "
                     "or epoch milliseconds")
+# Namespace of the ids given to messages that came without one (see Event.from_json_bytes).
+_RECORD_IDS = uuid.UUID("5d0f3c1e-8f7a-4c55-9a57-2f2b1e0c7d41")
 # Validation context of messages read back from the topic (see Event.from_json_bytes).
 REPLAY_CONTEXT = {"max_future_skew_s": math.inf, "max_context_bytes": math.inf,
                   "min_timestamp_ms": 0, "check_context_values": False}
@@ -75,7 +77,7 @@ class Event(BaseModel):
     @classmethod
     def _parse_timestamp(cls, value: Any, info: ValidationInfo) -> int:
         if value is None:
-            return int(time.time() * 1000)
+            return (info.context or {}).get("default_timestamp_ms") or int(time.time() * 1000)
         if isinstance(value, bool):
             raise ValueError(_TIMESTAMP_FORMS)
         if isinstance(value, float) and not math.isfinite(value):
@@ -131,10 +133,22 @@ class Event(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
-    def from_json_bytes(cls, raw: bytes) -> Event:
+    def from_json_bytes(cls, raw: bytes, record: str | None = None,
+                        record_ms: int | None = None) -> Event:
+        """A message read back from the topic. A message with no id or time (from a producer
+        other than the ingest API) gets them from its `record` (topic/partition/offset) and the
+        record's Kafka time `record_ms`: the same at every redelivery, and for every consumer
+        (a random id and `now` made the archiver store each redelivery again)."""
         # Messages already on the topic were accepted (and fit the broker): no future-skew
         # or context-size check on replay, so none acknowledged before a limit changed is lost.
-        return cls.model_validate_json(raw, context=REPLAY_CONTEXT)
+        event = cls.model_validate_json(raw, context={**REPLAY_CONTEXT,
+                                                      "default_timestamp_ms": record_ms})
+        defaults: dict[str, Any] = {}
+        if record is not None and "event_id" not in event.model_fields_set:
+            defaults["event_id"] = uuid.uuid5(_RECORD_IDS, record)
+        if record_ms is not None and "timestamp" not in event.model_fields_set:
+            defaults["timestamp"] = record_ms
+        return event.model_copy(update=defaults) if defaults else event
 
 
 def small_object_problem(value: dict[str, Any], max_bytes: float = MAX_CONTEXT_BYTES,

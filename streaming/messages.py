@@ -18,7 +18,9 @@ def decode(record: ConsumerRecord) -> Event | str:
     if record.value is None:
         return "empty message value"
     try:
-        return Event.from_json_bytes(record.value)
+        return Event.from_json_bytes(
+            record.value, f"{record.topic}/{record.partition}/{record.offset}",
+            record.timestamp if record.timestamp and record.timestamp > 0 else None)
     except ValidationError as exc:
         reasons = "; ".join(f"{e['field']}: {e['reason']}" for e in describe_errors(exc))
         return f"invalid event: {reasons}"

@@ -121,7 +121,7 @@ def test_any_decoding_failure_is_a_dlq_reason(monkeypatch: pytest.MonkeyPatch) -
     """Not only a ValidationError: anything the model raises on a message must dead-letter it
     (an OverflowError once crash-looped the processor and stalled the archiver)."""
 
-    def broken(raw: bytes) -> None:
+    def broken(raw: bytes, *origin: object) -> None:
         raise OverflowError("cannot convert float infinity to integer")
 
     monkeypatch.setattr(Event, "from_json_bytes", broken)
@@ -131,10 +131,20 @@ def test_any_decoding_failure_is_a_dlq_reason(monkeypatch: pytest.MonkeyPatch) -
     assert decode_for_features(record(value)) == expected
 
 
-def test_missing_event_id_gets_one() -> None:
-    decoded = decode_for_features(record(message(event_id=...)))
-    assert isinstance(decoded, StreamEvent)
-    assert str(uuid.UUID(decoded.event_id)) == decoded.event_id
+def test_a_message_without_id_or_time_gets_the_same_ones_at_every_read() -> None:
+    """From its place in the log and its Kafka time: a random id and `now` made the archiver
+    store every redelivery again, and the processor mark another id than the archiver kept."""
+    for value in (message(event_id=..., timestamp=...), message(event_id=..., timestamp=None)):
+        first, again = decode(record(value)), decode(record(value))
+        features = decode_for_features(record(value))
+        assert isinstance(first, Event) and isinstance(features, StreamEvent)
+        assert first == again
+        assert str(first.event_id) == features.event_id == str(
+            uuid.UUID(features.event_id))
+        assert first.timestamp == features.timestamp == LOG_MS
+    elsewhere = ConsumerRecord("events", 2, 8, LOG_MS, 0, b"u1", message(event_id=...), None,
+                               0, 0, [])
+    assert decode(elsewhere).event_id != first.event_id
 
 
 def packed_by_hiredis(*commands: tuple) -> bytes:
