@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import orjson
 import pyarrow as pa
 
 from reco.data.schema import DataFileError, shift_offset_ms
@@ -40,6 +39,7 @@ from reco.replay_rows import (
     read_batches,
     read_items,
     table_last_ms,
+    to_json,
 )
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -230,7 +230,7 @@ class _Sender:
     async def _send(self, path: str, key: str, rows: list[dict[str, Any]], out: _Outcome
                     ) -> None:
         while rows:
-            resp = await self._request(path, orjson.dumps({key: rows}))
+            resp = await self._request(path, to_json({key: rows}))
             if resp is None:
                 out.failed += len(rows)
                 return

@@ -4,8 +4,9 @@ Columns are checked before anything is sent (`DataFileError` names the file or c
 reason). Times are epoch milliseconds: integer columns as they are, Arrow timestamp and date
 columns converted (timezone-naive ones read as UTC). A row without an `event_id` gets one
 derived from its content (before the time shift) and its position in the file, so replaying
-the same file again sends the same ids and the consumers count each event once. A row the API
-could not take at all (a `context` that is not JSON) becomes a `Rejected` with its reason.
+the same file again sends the same ids and the consumers count each event once. Decimal
+columns (prices as Spark writes them) are sent as numbers. A row the API could not take at all
+(a `context` that is not JSON, a value JSON cannot carry) becomes a `Rejected` with its reason.
 """
 
 from __future__ import annotations
@@ -152,6 +153,29 @@ def derived_event_id(row: dict[str, Any], position: int) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{position}:{content}"))
 
 
+def to_json(value: Any) -> bytes:
+    """JSON as the API reads it: orjson, or the standard library for what orjson refuses and
+    the API takes (integers past 64 bits in a `context`)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _unsendable(row: dict[str, Any]) -> Rejected | None:
+    """The rejection of a row holding a value JSON cannot carry: refused here, it would have
+    failed its whole batch."""
+    try:
+        to_json(row)
+    except (TypeError, ValueError):
+        for name, value in row.items():
+            try:
+                to_json(value)
+            except (TypeError, ValueError) as exc:
+                return Rejected(f"{name}: not representable in JSON ({exc})")
+    return None
+
+
 def _parse_json(row: dict[str, Any], name: str) -> Rejected | None:
     """Parse a JSON text column in place; the rejection when it is not JSON."""
     if isinstance(row.get(name), str):
@@ -170,13 +194,16 @@ def _clean(row: dict[str, Any], position: int, offset_ms: int) -> Row:
         out["event_id"] = derived_event_id(out, position)
     if "timestamp" in out:
         out["timestamp"] = int(out["timestamp"]) + offset_ms
-    return _parse_json(out, "context") or out
+    return _parse_json(out, "context") or _unsendable(out) or out
 
 
 def _columns(data: pa.RecordBatch | pa.Table, names: Iterable[str], text: Iterable[str],
              time: str) -> dict[str, Any]:
     """The columns to send, ids as text and times as epoch ms."""
     columns = {name: data[name] for name in names if name in data.schema.names}
+    for name, column in columns.items():
+        if pa.types.is_decimal(column.type):  # a price as Spark writes it; JSON has no decimal
+            columns[name] = column.cast(pa.float64())
     for name in text:
         columns[name] = columns[name].cast(pa.string())
     if time in columns:
@@ -201,5 +228,5 @@ def item_rows(table: pa.Table, offset_ms: int = 0) -> list[Row]:
         row = {k: v for k, v in row.items() if v is not None}
         if "created_at" in row:
             row["created_at"] = int(row["created_at"]) + offset_ms
-        rows.append(_parse_json(row, "attributes") or row)
+        rows.append(_parse_json(row, "attributes") or _unsendable(row) or row)
     return rows

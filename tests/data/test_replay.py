@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -28,7 +30,7 @@ from pydantic import SecretStr
 from reco.data.schema import EVENTS_SCHEMA, DataFileError, write_table
 from reco.data.synthetic import SyntheticConfig, generate
 from reco.replay import ReplayOptions, ReplayStopped, event_rows, replay_async, replay_file
-from reco.replay_rows import last_event_ms, read_batches
+from reco.replay_rows import Rejected, last_event_ms, read_batches
 from reco.settings import Settings
 from reco.stack.health import free_port
 from reco.stack.servers import REPO_ROOT
@@ -413,3 +415,37 @@ def test_arrow_timestamp_columns_are_sent_as_epoch_milliseconds(tmp_path: Path) 
     assert last_event_ms(file) == 1_767_312_000_000
     rows = list(event_rows(read_batches(file, path), offset_ms=5))
     assert [r["timestamp"] for r in rows] == [1_767_225_600_128, 1_767_312_000_005]
+
+
+@pytest.mark.integration
+def test_values_the_api_takes_but_orjson_does_not_are_replayed(
+    ingest_url: str, settings: Settings, pg, tmp_path: Path
+) -> None:
+    """A context integer past 64 bits (the API takes it) and a decimal price column (as Spark
+    writes prices) made the lane die with a TypeError, its whole batch unsent."""
+    events, items = tmp_path / "events.parquet", tmp_path / "items.parquet"
+    rows = _export(3)
+    rows[1]["context"] = '{"n": 18446744073709551616}'
+    pq.write_table(pa.Table.from_pylist(rows), events)
+    pq.write_table(pa.table({
+        "item_id": ["i0", "i1"], "category": ["c", "c"],
+        "price": pa.array([Decimal("12.34"), Decimal("5.00")], pa.decimal128(10, 2))}), items)
+
+    summary = replay_file(events, ReplayOptions(url=ingest_url), items)
+
+    assert (summary.accepted, summary.items_accepted, summary.exit_status()) == (3, 2, 0)
+    # The standard library's reader: orjson's reads that integer as a float.
+    contexts = [json.loads(r.value).get("context") for r in asyncio.run(_consume(settings, 3))]
+    assert {"n": 18446744073709551616} in contexts
+    assert dict(pg.execute("SELECT item_id, price FROM items").fetchall()) == {
+        "i0": Decimal("12.34"), "i1": Decimal("5.00")}
+
+
+def test_a_value_json_cannot_carry_rejects_its_row_only() -> None:
+    table = pa.table({"user_id": ["u", "u"], "item_id": ["a", "b"],
+                      "event_type": ["view", "view"], "timestamp": [T0, T0 + 1],
+                      "session_id": pa.array([b"s1", None], pa.binary())})
+    rows = list(event_rows(table.to_batches()))
+    assert isinstance(rows[0], Rejected)
+    assert rows[0].reason.startswith("session_id: not representable in JSON")
+    assert rows[1]["item_id"] == "b"
