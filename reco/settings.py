@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     # Ingest: how long to wait for the broker's ack before answering 503, and the Retry-After
     ingest_ack_timeout_s: Positive = 5.0
     ingest_retry_after_s: AtLeastZero = 5
+    # A catalogue write's longest PostgreSQL statement (a row locked by a long transaction, a
+    # half-open connection): past it, 503 and Retry-After instead of a request that hangs.
+    ingest_pg_timeout_s: Positive = 10.0
 
     # Ranking: weights and n's tuned on MovieLens-100k validation (benchmarks/tune_quality.py,
     # benchmarks/reports/tuning.md); w_pop stays > 0 so popularity orders the cold-start fallback.

@@ -93,7 +93,8 @@ class Catalogue:
             if self._pool is None:
                 try:
                     self._pool = await asyncpg.create_pool(
-                        self.settings.database_url, min_size=1, max_size=4, timeout=5)
+                        self.settings.database_url, min_size=1, max_size=4, timeout=5,
+                        command_timeout=self.settings.ingest_pg_timeout_s)
                 except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                     raise StoreUnavailable(f"PostgreSQL unavailable: {exc!r}") from exc
             return self._pool

@@ -348,6 +348,23 @@ async def test_a_hung_redis_makes_item_writes_503_with_retry_after(
         "shoes", 3)
 
 
+async def test_an_item_write_behind_a_locked_row_is_503_not_a_hanging_request(
+    settings: Settings, pg: psycopg.Connection, redis_client: redis.Redis,
+) -> None:
+    app = create_app(settings.model_copy(update={"ingest_pg_timeout_s": 0.5}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            assert (await client.put("/items/i1", json={"category": "a"})).status_code == 200
+            with psycopg.connect(settings.database_url) as other:  # holds the row's lock
+                other.execute("SELECT 1 FROM items WHERE item_id = 'i1' FOR UPDATE")
+                put = await client.put("/items/i1", json={"category": "b"})
+            again = await client.put("/items/i1", json={"category": "b"})
+    assert put.status_code == 503 and put.headers["retry-after"] == "5", put.text
+    assert again.status_code == 200
+    assert pg.execute("SELECT category FROM items WHERE item_id = 'i1'").fetchone() == ("b",)
+
+
 async def test_readiness_probes_answer_within_their_timeout_while_postgres_hangs(
     settings: Settings, kafka_topics: dict,
 ) -> None:
