@@ -218,6 +218,9 @@ class Settings(BaseSettings):
     # Run folders (extract copies, models, evaluation) kept per model, newest first, the
     # publishing run's included; their artifacts are in MLflow.
     offline_keep_runs: int = Field(default=3, ge=1)
+    # MLflow registry versions kept per model after each publish, newest first (0: all), plus
+    # the champion and the serving one; the others lose their model files, their runs stay.
+    offline_keep_versions: int = Field(default=10, ge=0)
     spark_jars_dir: Path | None = None  # JDBC driver jar cache; default state_dir / "jars"
     train_window_days: AtLeastOne = 30
     recency_half_life_days: Positive = 3650.0  # ALS confidence age decay; ~none won on validation

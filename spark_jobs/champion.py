@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from spark_jobs import publish, tracking
+from spark_jobs import BadRunInput, publish, registry_retention, tracking
 
 if TYPE_CHECKING:
     from redis.lock import Lock
@@ -39,6 +39,7 @@ def serve_locked(cfg: PipelineConfig, client: redis.Redis, lock: Lock, registry_
         _record(cfg, registry_version, version)
         return {"published": version, "keys_written": 0, "reason": f"{version} already serving"}
     if model_dir is None:
+        _refuse_unservable(cfg, registry_version)  # its files pruned: say so, not a traceback
         model_dir = tracking.download_model(cfg.mlflow_tracking_uri, cfg.model,
                                             registry_version, work_dir)
         publish.renew(lock)  # the download may have taken a while
@@ -48,6 +49,12 @@ def serve_locked(cfg: PipelineConfig, client: redis.Redis, lock: Lock, registry_
     _record(cfg, registry_version, version)
     return {"published": version, "keys_written": result.keys_written,
             "publish_s": result.seconds}
+
+
+def _refuse_unservable(cfg: PipelineConfig, registry_version: str) -> None:
+    why = registry_retention.why_unservable(cfg.mlflow_tracking_uri, cfg.model, registry_version)
+    if why:
+        raise BadRunInput(why)
 
 
 def _record(cfg: PipelineConfig, registry_version: str, version: str) -> None:
@@ -88,3 +95,12 @@ def _serve_champion(cfg: PipelineConfig, client: redis.Redis) -> dict:
                                   Path(work))
     log.info("%s: registry version %s (%s) serving", model, registry_version, version)
     return {"model": model, "champion_version": registry_version, **served}
+
+
+def roll_back(cfg: PipelineConfig, registry_version: str) -> dict:
+    """Move `cfg.model`'s champion alias to `registry_version` and serve it, as a rollback by
+    hand in the MLflow UI and `serve_champion`; a version retention pruned (which the UI no
+    longer lists) is refused by name before the alias moves."""
+    _refuse_unservable(cfg, registry_version)
+    tracking.set_champion(cfg.mlflow_tracking_uri, cfg.model, registry_version)
+    return serve_champion(cfg)

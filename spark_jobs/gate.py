@@ -175,7 +175,7 @@ def gate(tracking_uri: str, model: str, run_id: str, registry_version: str,
     decision = GateDecision(**{**decision.as_dict(),
                                "champion_version": current[0] if current else None,
                                "champion_run_id": current[1] if current else None})
-    tags = {"gate": decision.outcome,
+    tags = {tracking.GATE_TAG: decision.outcome,
             "gate.reason": decision.reason, "gate.comparison": decision.comparison}
     tracking.set_tags(tracking_uri, run_id, tags)
     # On the registered version too: the registry UI shows version tags, not run tags.

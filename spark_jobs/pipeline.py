@@ -70,6 +70,7 @@ class PipelineConfig:
     jdbc_driver_path: str = ""  # a JDBC jar to use as is; empty: fetch one into jars_dir
     runs_dir: str = ""  # the model's folder of run folders (`runs_dir`)
     keep_runs: int = 0  # run folders kept there after a publish (`prune_runs`); 0: all
+    keep_versions: int = 0  # registry versions kept after a publish (registry_retention); 0: all
     eval_k: int = 10
     recent_n: int = 10
     eval_max_users: int = 50_000
@@ -133,7 +134,7 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
     values = dict(
         model=model, engine=engine or default_engine(settings, model),
         run_dir=str(run_dir), runs_dir=str(runs_dir(settings, model)),
-        keep_runs=settings.offline_keep_runs,
+        keep_runs=settings.offline_keep_runs, keep_versions=settings.offline_keep_versions,
         window_days=window_days or settings.train_window_days, window_end=end.isoformat(),
         params=dict(params or {}), jdbc_url=settings.jdbc_url, pg_user=settings.pg_user,
         pg_password=settings.pg_password.get_secret_value(), database_url=settings.database_url,
@@ -378,12 +379,35 @@ def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
 
 def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
     """Serve the champion: the new run if it passed, else make sure the champion is serving;
-    then prune old run folders (the last step: nothing reads this run's folder after it)."""
+    then prune old run folders (the last step: nothing reads this run's folder after it) and
+    old registry versions."""
     state = _serve(cfg, gated)
     if Path(cfg.run_dir).is_dir():
         (Path(cfg.run_dir) / FINISHED_MARKER).touch()
     prune_runs(cfg)
-    return state
+    return {**state, "registry_retention": _prune_registry(cfg)}
+
+
+def _prune_registry(cfg: PipelineConfig) -> dict:
+    """`registry_retention.prune_registry` under the model's publish lock, so no gate promotes
+    and no publish marks another version serving while it reads them. Never fails the publish,
+    which is done: a failure is a warning, and the next publish tries again."""
+    import redis
+
+    from spark_jobs import publish, registry_retention
+
+    if not cfg.keep_versions:
+        return registry_retention.Retention(cfg.model).as_dict()
+    try:
+        with (redis.Redis.from_url(cfg.redis_url) as client,
+              publish.held_lock(client, cfg.model) as lock):
+            return registry_retention.prune_registry(
+                cfg.mlflow_tracking_uri, cfg.model, cfg.keep_versions,
+                renew=lambda: publish.renew(lock)).as_dict()
+    except Exception as exc:  # noqa: BLE001 - the lists are published: report, do not fail
+        log.warning("%s registry retention failed: %s", cfg.model, exc, exc_info=True)
+        return {**registry_retention.Retention(cfg.model).as_dict(),
+                "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _serve(cfg: PipelineConfig, gated: dict) -> dict:

@@ -26,6 +26,12 @@ SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")
 EVALUATION_ARTIFACTS = "evaluation"
 PUBLISH_VERSION_TAG = "publish_version"  # run tag: the version name its lists carry in Redis
 SERVING_TAG = "serving"  # model version tag: "true" on the version Redis serves
+GATE_TAG = "gate"  # run and model version tag: the gate's outcome (spark_jobs.gate)
+# Registry retention (spark_jobs.registry_retention): when a version's model files were deleted,
+# on the version (while it is being deleted) and on its run, which keeps its params and metrics;
+# the run also names the registry version, which is gone.
+PRUNED_TAG = "registry_pruned"
+PRUNED_VERSION_TAG = "registry_pruned.version"
 SPLIT_TAG = "eval.split"  # digest of the data a run was scored on (spark_jobs.evaluate)
 # What an MLflow 3 server answers when there is no champion: no such registered model, or the
 # model without the alias. Anything else (outage, timeout, permission) is not "no champion".

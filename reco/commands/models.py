@@ -1,17 +1,21 @@
-"""`reco models serve-champion MODEL`: make serving follow the registry's `champion` alias."""
+"""`reco models serve-champion MODEL`: make serving follow the registry's `champion` alias;
+`reco models rollback MODEL VERSION`: move the alias to an older version and serve it."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from reco.settings import get_settings
+
+if TYPE_CHECKING:
+    from spark_jobs.pipeline import PipelineConfig
 
 app = typer.Typer(no_args_is_help=True, help="The models in MLflow's registry and in serving.")
 console = Console()
@@ -37,7 +41,22 @@ def no_artifact_progress_bars() -> Iterator[None]:
 @app.command("serve-champion")
 def serve_champion(model: Model) -> None:
     """Publish MODEL's champion (the alias in MLflow) to Redis unless it is serving already."""
-    from spark_jobs import MODELS, BadRunInput, champion
+    from spark_jobs import champion
+
+    _run(model, champion.serve_champion)
+
+
+@app.command()
+def rollback(model: Model, version: Annotated[int, typer.Argument(
+        help="the registry version to serve (MLflow: Models > MODEL)", min=1)]) -> None:
+    """Move MODEL's champion alias to registry VERSION and serve it now."""
+    from spark_jobs import champion
+
+    _run(model, lambda cfg: champion.roll_back(cfg, str(version)))
+
+
+def _run(model: str, serve: Callable[[PipelineConfig], dict]) -> None:
+    from spark_jobs import MODELS, BadRunInput
     from spark_jobs.pipeline import config_from_settings
 
     if model not in MODELS:
@@ -45,8 +64,8 @@ def serve_champion(model: Model) -> None:
                                  f"{', '.join(MODELS)}", param_hint="MODEL")
     try:
         with no_artifact_progress_bars():
-            result = champion.serve_champion(config_from_settings(get_settings(), model))
-    except BadRunInput as exc:  # a champion the pipeline cannot serve: say why, no traceback
+            result = serve(config_from_settings(get_settings(), model))
+    except BadRunInput as exc:  # a version the pipeline cannot serve: say why, no traceback
         Console(stderr=True).print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     console.print_json(json.dumps(result))

@@ -69,7 +69,8 @@ def _run(model: str, engine: str | None, window_days: int | None, window_end: st
         raise typer.BadParameter(str(exc), param_hint="--promote") from None
     state = pipeline.run_all(cfg)
     console.print_json(json.dumps({k: state.get(k) for k in (
-        "run_id", "version", "metrics", "gate", "published", "reason", "timings", "report")}))
+        "run_id", "version", "metrics", "gate", "published", "reason", "registry_retention",
+        "timings", "report")}))
 
 
 @app.command()

@@ -34,16 +34,28 @@ def spark(jdbc_jar: Path):
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(postgres_server, _migrated_database) -> Iterator[str]:
+def mlflow_workdir() -> Path:
+    return servers.scratch_dir("mlflow")
+
+
+@pytest.fixture(scope="session")
+def mlflow_artifacts(mlflow_workdir: Path) -> Path:
+    """The MLflow server's `--artifacts-destination`: where its proxied artifacts are on disk."""
+    return mlflow_workdir / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_server, _migrated_database, mlflow_workdir: Path,
+                  mlflow_artifacts: Path) -> Iterator[str]:
     """A real `mlflow server` on a free port, backed by the fixture PostgreSQL `mlflow` db."""
-    workdir = servers.scratch_dir("mlflow")
+    workdir = mlflow_workdir
     port = free_port()
     base = Settings(pg_port=postgres_server.port)
     log = open(workdir / "mlflow.log", "ab")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
         [stack_servers.venv_bin("mlflow"), "server",
          "--backend-store-uri", base.pg_url(base.pg_mlflow_database),
-         "--artifacts-destination", str(workdir / "artifacts"),
+         "--artifacts-destination", str(mlflow_artifacts),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

@@ -59,7 +59,8 @@ def run_folder(parent: Path, name: str, age_s: float, finished: bool = True) -> 
 
 def test_a_publish_keeps_the_newest_run_folders_of_its_model(tmp_path):
     """Run folders (Parquet copies of the window, models, evaluation) were never deleted."""
-    settings = Settings(state_dir=tmp_path, offline_keep_runs=3)
+    # No Redis or MLflow here: registry retention (offline_keep_versions) off.
+    settings = Settings(state_dir=tmp_path, offline_keep_runs=3, offline_keep_versions=0)
     cfg = pipeline.config_from_settings(settings, "als", window_end=datetime(2024, 1, 1))
     runs = Path(cfg.run_dir).parent
     assert runs == tmp_path / "offline" / "als"
@@ -84,7 +85,8 @@ def test_a_publish_keeps_the_newest_run_folders_of_its_model(tmp_path):
 def test_a_publish_never_prunes_a_run_still_in_progress(tmp_path):
     """Backfills run several at once (max_active_runs does not hold them back): a publish
     deleted the folders of runs still training, whose later tasks then failed."""
-    settings = Settings(state_dir=tmp_path, offline_keep_runs=2)
+    # No Redis or MLflow here: registry retention (offline_keep_versions) off.
+    settings = Settings(state_dir=tmp_path, offline_keep_runs=2, offline_keep_versions=0)
     cfg = pipeline.config_from_settings(settings, "als", window_end=datetime(2024, 1, 1))
     runs = Path(cfg.run_dir).parent
     training = [run_folder(runs, f"backfill-{n}", age_s=60.0 * n, finished=False)

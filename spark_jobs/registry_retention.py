@@ -1,0 +1,198 @@
+"""Registry retention: delete old registry versions and their model files, keep their runs.
+
+Every scheduled run registers a version whose MLflow model holds the lists it publishes
+(hundreds of MB at production size); kept forever, they fill the artifact store's disk. After
+each publish (`spark_jobs.pipeline.publish_step`, under the model's publish lock) every version
+but the newest `keep`, the champion, the one Redis serves and those of runs still in progress
+loses its registry entry and its model files (the logged model's artifacts, soft-deleting the
+logged model; or the run's `model/` folder for versions registered before MLflow models). Its
+run keeps its params, metrics and `evaluation/` artifacts, tagged `registry_pruned`, so the
+MLflow UI still shows the experiment's history and why its model is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from mlflow import MlflowClient
+from mlflow.entities import LifecycleStage
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+from spark_jobs import tracking
+
+log = logging.getLogger(__name__)
+
+# A version without a gate outcome this young may belong to a run still between its train and
+# publish steps (backfills run up to 10 at a time): it is kept. Older ones are of failed runs.
+UNGATED_KEPT_S = 86400.0
+NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What one pass did: registry versions kept, pruned, and those whose pruning failed (with
+    the error; retried at the next publish)."""
+
+    model: str
+    kept: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def prune_registry(tracking_uri: str, model: str, keep: int, now: datetime | None = None,
+                   renew: Callable[[], None] | None = None) -> Retention:
+    """Prune `model`'s registry versions but the newest `keep` (0: keep all) and those
+    `kept_versions` protects. `renew` runs before each version (the caller's publish lock)."""
+    if keep <= 0:
+        return Retention(model)
+    now = now or datetime.now(UTC)
+    mlflow = tracking.client(tracking_uri)
+    versions = _all_versions(mlflow, model)
+    champion = tracking.champion(tracking_uri, model)
+    kept = kept_versions(versions, keep, champion[0] if champion else None, now)
+    pruned, failed = [], {}
+    for mv in sorted(versions, key=_number):
+        if str(mv.version) in kept:
+            continue
+        if renew is not None:
+            renew()
+        try:
+            if _prune_version(mlflow, tracking_uri, model, mv, now):
+                pruned.append(str(mv.version))
+            else:
+                kept.add(str(mv.version))
+        except Exception as exc:  # noqa: BLE001 - one version's failure must not stop the others
+            log.warning("%s registry version %s not pruned: %s", model, mv.version, exc)
+            failed[str(mv.version)] = f"{type(exc).__name__}: {exc}"
+    result = Retention(model, sorted(kept, key=int), pruned, failed)
+    if pruned or failed:
+        log.info("%s registry retention: pruned versions %s, kept %s, failed %s", model,
+                 pruned, result.kept, sorted(failed, key=int))
+    return result
+
+
+def kept_versions(versions: Sequence[ModelVersion], keep: int, champion: str | None,
+                  now: datetime) -> set[str]:
+    """The versions retention keeps: the newest `keep`, the champion, the one serving, and
+    young versions no gate has judged yet (their run may still need them)."""
+    newest = sorted(versions, key=_number, reverse=True)[:keep]
+    kept = {str(mv.version) for mv in newest}
+    if champion is not None:
+        kept.add(str(champion))
+    for mv in versions:
+        age_s = now.timestamp() - mv.creation_timestamp / 1000
+        if (mv.tags.get(tracking.SERVING_TAG) == "true"
+                or (tracking.GATE_TAG not in mv.tags and age_s < UNGATED_KEPT_S)):
+            kept.add(str(mv.version))
+    return kept
+
+
+def _number(mv: ModelVersion) -> int:
+    return int(mv.version)
+
+
+def _all_versions(mlflow: MlflowClient, model: str) -> list[ModelVersion]:
+    name = tracking.REGISTERED_MODELS[model]
+    versions, token = [], None
+    while True:
+        page = mlflow.search_model_versions(f"name = '{name}'", page_token=token)
+        versions += page
+        token = page.token
+        if not token:
+            return versions
+
+
+def _prune_version(mlflow: MlflowClient, tracking_uri: str, model: str, mv: ModelVersion,
+                   now: datetime) -> bool:
+    """Tag, delete the model files, then the registry version: a failure part-way leaves the
+    version tagged, and the next pass finishes it. False if it became the champion since
+    (an alias moved by hand, which takes no lock): MLflow would drop the alias with it."""
+    current = tracking.champion(tracking_uri, model)
+    if current is not None and current[0] == str(mv.version):
+        return False
+    name, stamp = tracking.REGISTERED_MODELS[model], now.isoformat(timespec="seconds")
+    # Tagged first, so that a rollback to it meanwhile is told why it cannot be served.
+    mlflow.set_model_version_tag(name, mv.version, tracking.PRUNED_TAG, stamp)
+    if mv.run_id and _run_active(mlflow, mv.run_id):  # a run deleted by hand takes no tags
+        tracking.set_tags(tracking_uri, mv.run_id, {tracking.PRUNED_TAG: stamp,
+                                                    tracking.PRUNED_VERSION_TAG: str(mv.version)})
+    _delete_model_files(mlflow, tracking_uri, mv)
+    mlflow.delete_model_version(name, mv.version)
+    return True
+
+
+def _run_active(mlflow: MlflowClient, run_id: str) -> bool:
+    return mlflow.get_run(run_id).info.lifecycle_stage == LifecycleStage.ACTIVE
+
+
+def _delete_model_files(mlflow: MlflowClient, tracking_uri: str, mv: ModelVersion) -> None:
+    """Delete what `tracking.register` pointed the version to: its logged model, or its run's
+    `MODEL_ARTIFACTS` folder. A source the pipeline did not write is left alone."""
+    source = mv.source or ""
+    model_id = mv.model_id or source.removeprefix("models:/")
+    if source.startswith("models:/") and "/" not in model_id:
+        _delete_logged_model(mlflow, tracking_uri, model_id)
+    elif mv.run_id and source == f"runs:/{mv.run_id}/{tracking.MODEL_ARTIFACTS}":
+        run_artifacts = mlflow.get_run(mv.run_id).info.artifact_uri
+        # Through the server's artifact proxy (mlflow-artifacts:), or the store itself.
+        get_artifact_repository(run_artifacts, tracking_uri=tracking_uri).delete_artifacts(
+            tracking.MODEL_ARTIFACTS)
+    else:
+        log.info("%s registry version %s: its files (%s) are not the pipeline's, left as they are",
+                 mv.name, mv.version, source)
+
+
+def _delete_logged_model(mlflow: MlflowClient, tracking_uri: str, model_id: str) -> None:
+    """Its artifacts first, then the logged model (soft-deleted: `mlflow gc` purges it): once
+    deleted, its artifact location can no longer be read."""
+    try:
+        location = mlflow.get_logged_model(model_id).artifact_location
+    except MlflowException as exc:
+        if exc.error_code != NOT_FOUND:
+            raise
+        return  # deleted by an earlier pass, after its artifacts
+    get_artifact_repository(location, tracking_uri=tracking_uri).delete_artifacts()
+    mlflow.delete_logged_model(model_id)
+
+
+def why_unservable(tracking_uri: str, model: str, registry_version: str) -> str | None:
+    """Why `registry_version` of `model` cannot be served (pruned by retention, or no such
+    version), or None when it can."""
+    name = tracking.REGISTERED_MODELS[model]
+    try:
+        mv = tracking.client(tracking_uri).get_model_version(name, registry_version)
+    except MlflowException as exc:
+        if exc.error_code != NOT_FOUND:
+            raise
+        run = _pruned_run(tracking_uri, model, registry_version)
+        if run is None:
+            return f"{model} has no registry version {registry_version}"
+        return _pruned(model, registry_version, run.data.tags[tracking.PRUNED_TAG],
+                       run.info.run_id)
+    if tracking.PRUNED_TAG in mv.tags:
+        return _pruned(model, registry_version, mv.tags[tracking.PRUNED_TAG], mv.run_id)
+    return None
+
+
+def _pruned_run(tracking_uri: str, model: str, registry_version: str):
+    """The run whose registry version `registry_version` retention deleted, or None."""
+    mlflow = tracking.client(tracking_uri)
+    runs = mlflow.search_runs(
+        [tracking.experiment_id(mlflow, model)],
+        f"tags.`{tracking.PRUNED_VERSION_TAG}` = '{int(registry_version)}'", max_results=1)
+    return runs[0] if runs else None
+
+
+def _pruned(model: str, registry_version: str, at: str, run_id: str) -> str:
+    return (f"{model} registry version {registry_version} was pruned by registry retention at "
+            f"{at} (RECO_OFFLINE_KEEP_VERSIONS): its model files are deleted, so it cannot be "
+            f"served; its run {run_id} keeps its params and metrics. Move the champion alias "
+            "to a kept version, or train again")
