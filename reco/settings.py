@@ -216,7 +216,7 @@ class Settings(BaseSettings):
     # Offline pipeline (issue 5): hyperparameter defaults live in spark_jobs' *Params dataclasses.
     offline_dir: Path | None = None  # run folders; default state_dir / "offline"
     # Run folders (extract copies, models, evaluation) kept per model, newest first, the
-    # publishing run's included; their artifacts are in MLflow.
+    # publishing run's included; MLflow keeps the models (offline_keep_versions).
     offline_keep_runs: int = Field(default=3, ge=1)
     # MLflow registry versions kept per model after each publish, newest first (0: all), plus
     # the champion and the serving one; the others lose their model files, their runs stay.
