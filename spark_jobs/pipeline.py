@@ -249,6 +249,7 @@ def train_step(cfg: PipelineConfig, extracted: dict,
     run_id = tracking.start_run(cfg.mlflow_tracking_uri, cfg.model, cfg.engine,
                                 hp.used_by(cfg.engine),
                                 manifest, run_name=run_name(cfg), tags=cfg.run_tags)
+    model_id = registry_version = None
     try:
         if cfg.engine == "spark":
             spark = spark or spark_session(cfg)
@@ -289,11 +290,26 @@ def train_step(cfg: PipelineConfig, extracted: dict,
                 (cfg.model, version, run_id))
     except BaseException:
         tracking.finish_run(cfg.mlflow_tracking_uri, run_id, failed=True)
+        if model_id is not None:
+            _discard_model(cfg, model_id, registry_version)
         raise
     return {**extracted, "model_dir": str(model_dir), "eval_model_dir": str(eval_model_dir),
             "run_id": run_id, "version": version, "model_id": model_id,
             "registry_version": registry_version,
             "timings": {**extracted.get("timings", {}), **timings}}
+
+
+def _discard_model(cfg: PipelineConfig, model_id: str, registry_version: str | None) -> None:
+    """A failed train's MLflow model and registry version: the retry logs its own, and this
+    one's files (the published lists) would otherwise stay for ever."""
+    from spark_jobs import registry_retention
+
+    try:
+        registry_retention.discard(cfg.mlflow_tracking_uri, cfg.model, model_id,
+                                   registry_version)
+    except Exception as exc:  # noqa: BLE001 - the train's own error is the one to raise
+        log.warning("%s: the failed run's model %s was not deleted: %s", cfg.model, model_id,
+                    exc)
 
 
 def evaluate_step(cfg: PipelineConfig, trained: dict) -> dict:

@@ -163,6 +163,16 @@ def _delete_logged_model(mlflow: MlflowClient, tracking_uri: str, model_id: str)
     mlflow.delete_logged_model(model_id)
 
 
+def discard(tracking_uri: str, model: str, model_id: str, registry_version: str | None
+            ) -> None:
+    """Delete a failed run's registry version (if it got that far) and its logged model with
+    its files."""
+    mlflow = tracking.client(tracking_uri)
+    if registry_version is not None:
+        mlflow.delete_model_version(tracking.REGISTERED_MODELS[model], registry_version)
+    _delete_logged_model(mlflow, tracking_uri, model_id)
+
+
 def why_unservable(tracking_uri: str, model: str, registry_version: str) -> str | None:
     """Why `registry_version` of `model` cannot be served (pruned by retention, or no such
     version), or None when it can."""

@@ -395,19 +395,33 @@ def latest_run(uri: str, model: str):
 @pytest.mark.spark
 @pytest.mark.integration
 def test_failed_train_and_evaluate_end_their_run_failed_and_a_retry_finishes_it(
-        offline_settings, small_events, spark, pg, tmp_path):
+        offline_settings, small_events, spark, pg, tmp_path, mlflow_artifacts):
     cfg = pipeline.config_from_settings(
         offline_settings, "als", run_dir=tmp_path / "run", engine="local", window_days=30,
         window_end=small_events["end"], params={"factors": 8, "iterations": 5})
     uri = cfg.mlflow_tracking_uri
     extracted = pipeline.extract_step(cfg, spark)
 
+    def models_on_disk() -> set[str]:
+        return {p.parent.parent.name
+                for p in mlflow_artifacts.glob("*/models/*/artifacts/MLmodel")}
+
+    def logged_models(run: str) -> list[str]:
+        return [m.model_id for m in tracking.client(uri).search_logged_models(
+            experiment_ids=[latest_run(uri, "als").info.experiment_id],
+            filter_string=f"source_run_id = '{run}'")]
+
+    before = models_on_disk()
     # Trained, then the models row cannot be written.
     with pytest.raises(psycopg.OperationalError):
         pipeline.train_step(down(cfg), extracted)
     failed = latest_run(uri, "als")
     assert failed.data.params["dataset.window_end"] == cfg.window_end
     assert failed.info.status == "FAILED"
+    # Its model was logged and registered: both deleted, files included (the retry logs its own).
+    assert models_on_disk() == before
+    assert logged_models(failed.info.run_id) == []
+    assert not tracking.client(uri).search_model_versions(f"run_id = '{failed.info.run_id}'")
 
     trained = pipeline.train_step(cfg, extracted)
     run_id = trained["run_id"]
@@ -427,6 +441,8 @@ def test_failed_train_and_evaluate_end_their_run_failed_and_a_retry_finishes_it(
     # The registry version is the run's MLflow model, which carries the scores too.
     logged = tracking.client(uri).get_logged_model(trained["model_id"])
     assert logged.source_run_id == run_id and logged.status == "READY"
+    assert logged_models(run_id) == [logged.model_id]
+    assert models_on_disk() == before | {logged.model_id}
     assert logged.params["factors"] == "8" and logged.params["engine"] == "local"
     assert {m.key: m.value for m in logged.metrics}["model.ndcg_at_10"] == \
         evaluated["metrics"]["model.ndcg_at_10"]

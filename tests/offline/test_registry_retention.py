@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
@@ -16,6 +15,7 @@ from reco import keys, neighbours
 from reco.settings import Settings
 from reco.stack.health import free_port
 from spark_jobs import BadRunInput, champion, pipeline, registry_retention, tracking
+from tests.offline.artifacts import files, on_disk
 from tests.offline.test_champion import cli_serve
 from tests.offline.test_pipeline_steps import accepted, logged_run, tiny_als
 
@@ -52,15 +52,6 @@ def gated_version(uri: str, name: str, folder: Path, before_mlflow_models: bool 
     tracking.log_metrics(uri, run_id, {"model.ndcg_at_10": 0.1})
     tracking.tag_version(uri, "als", registry_version, {tracking.GATE_TAG: "rejected"})
     return run_id, registry_version
-
-
-def on_disk(artifacts: Path, uri: str) -> Path:
-    """Where the server's artifacts destination holds an `mlflow-artifacts:` URI's files."""
-    return artifacts / urlparse(uri).path.lstrip("/")
-
-
-def files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
 def registry(uri: str) -> list[str]:
