@@ -99,8 +99,23 @@ def _serve_champion(cfg: PipelineConfig, client: redis.Redis) -> dict:
 
 def roll_back(cfg: PipelineConfig, registry_version: str) -> dict:
     """Move `cfg.model`'s champion alias to `registry_version` and serve it, as a rollback by
-    hand in the MLflow UI and `serve_champion`; a version retention pruned (which the UI no
-    longer lists) is refused by name before the alias moves."""
+    hand in the MLflow UI and `serve_champion`. A version that cannot be served (pruned by
+    retention, which the UI no longer lists, or not trained by the pipeline) is refused by name
+    before the alias moves; if serving it fails anyway, the alias goes back: a champion that
+    does not serve would fail `serve_champions` and every gate after it."""
+    uri, model = cfg.mlflow_tracking_uri, cfg.model
     _refuse_unservable(cfg, registry_version)
-    tracking.set_champion(cfg.mlflow_tracking_uri, cfg.model, registry_version)
-    return serve_champion(cfg)
+    run_id = tracking.client(uri).get_model_version(
+        tracking.REGISTERED_MODELS[model], registry_version).run_id
+    if not run_id:
+        raise BadRunInput(f"{model} registry version {registry_version} has no run: it was "
+                          "not trained by the reco pipeline, so it has no lists to serve")
+    tracking.publish_version(uri, run_id)  # BadRunInput for a run the pipeline did not train
+    previous = tracking.champion(uri, model)
+    tracking.set_champion(uri, model, registry_version)
+    try:
+        return serve_champion(cfg)
+    except BaseException:
+        if previous is not None:
+            tracking.set_champion(uri, model, previous[0])
+        raise

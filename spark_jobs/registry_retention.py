@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from mlflow import MlflowClient
-from mlflow.entities import LifecycleStage
+from mlflow.entities import LifecycleStage, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -130,7 +130,18 @@ def _prune_version(mlflow: MlflowClient, tracking_uri: str, model: str, mv: Mode
 
 
 def _run_active(mlflow: MlflowClient, run_id: str) -> bool:
-    return mlflow.get_run(run_id).info.lifecycle_stage == LifecycleStage.ACTIVE
+    """False for a run deleted by hand, or purged since (`mlflow gc`): neither takes tags."""
+    run = _run(mlflow, run_id)
+    return run is not None and run.info.lifecycle_stage == LifecycleStage.ACTIVE
+
+
+def _run(mlflow: MlflowClient, run_id: str) -> Run | None:
+    try:
+        return mlflow.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != NOT_FOUND:
+            raise
+        return None
 
 
 def _delete_model_files(mlflow: MlflowClient, tracking_uri: str, mv: ModelVersion) -> None:
@@ -141,10 +152,12 @@ def _delete_model_files(mlflow: MlflowClient, tracking_uri: str, mv: ModelVersio
     if source.startswith("models:/") and "/" not in model_id:
         _delete_logged_model(mlflow, tracking_uri, model_id)
     elif mv.run_id and source == f"runs:/{mv.run_id}/{tracking.MODEL_ARTIFACTS}":
-        run_artifacts = mlflow.get_run(mv.run_id).info.artifact_uri
+        run = _run(mlflow, mv.run_id)
+        if run is None:  # purged with its artifacts (`mlflow gc`)
+            return
         # Through the server's artifact proxy (mlflow-artifacts:), or the store itself.
-        get_artifact_repository(run_artifacts, tracking_uri=tracking_uri).delete_artifacts(
-            tracking.MODEL_ARTIFACTS)
+        get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking_uri
+                                ).delete_artifacts(tracking.MODEL_ARTIFACTS)
     else:
         log.info("%s registry version %s: its files (%s) are not the pipeline's, left as they are",
                  mv.name, mv.version, source)
@@ -188,7 +201,9 @@ def why_unservable(tracking_uri: str, model: str, registry_version: str) -> str 
         return _pruned(model, registry_version, run.data.tags[tracking.PRUNED_TAG],
                        run.info.run_id)
     if tracking.PRUNED_TAG in mv.tags:
-        return _pruned(model, registry_version, mv.tags[tracking.PRUNED_TAG], mv.run_id)
+        run = _run(tracking.client(tracking_uri), mv.run_id) if mv.run_id else None
+        return _pruned(model, registry_version, mv.tags[tracking.PRUNED_TAG],
+                       run.info.run_id if run else None)
     return None
 
 
@@ -201,8 +216,9 @@ def _pruned_run(tracking_uri: str, model: str, registry_version: str):
     return runs[0] if runs else None
 
 
-def _pruned(model: str, registry_version: str, at: str, run_id: str) -> str:
+def _pruned(model: str, registry_version: str, at: str, run_id: str | None) -> str:
+    run = (f"its run {run_id} keeps its params and metrics" if run_id
+           else "its run was deleted")
     return (f"{model} registry version {registry_version} was pruned by registry retention at "
             f"{at} (RECO_OFFLINE_KEEP_VERSIONS): its model files are deleted, so it cannot be "
-            f"served; its run {run_id} keeps its params and metrics. Move the champion alias "
-            "to a kept version, or train again")
+            f"served; {run}. Move the champion alias to a kept version, or train again")

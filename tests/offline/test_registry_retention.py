@@ -4,15 +4,19 @@ of MB each at production size); old versions now lose them, and their runs keep 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from mlflow.exceptions import MlflowException
 
 from reco import keys, neighbours
 from reco.settings import Settings
+from reco.stack import servers as stack_servers
 from reco.stack.health import free_port
 from spark_jobs import BadRunInput, champion, pipeline, registry_retention, tracking
 from tests.offline.artifacts import files, on_disk
@@ -185,6 +189,53 @@ def test_a_rollback_to_a_pruned_version_says_it_was_pruned(offline_settings, pg,
                                                        .stderr.split())
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v4"
     assert tracking.champion(uri, "als")[0] == "4"
+
+
+@pytest.mark.integration
+def test_a_rollback_that_cannot_serve_leaves_the_champion_where_it_was(
+        offline_settings, pg, redis_client, tmp_path):
+    """The alias moved first: a version not trained by the pipeline became a champion with no
+    lists, `serve_champions` failed from then on and every gate compared with nothing."""
+    cfg = four_published_two_kept(offline_settings, tmp_path)
+    uri = cfg.mlflow_tracking_uri
+    by_hand = tracking.start_run(uri, "als", "local", {}, {})  # no publish_version tag
+    tracking.log_artifacts(uri, by_hand, tiny_als(tmp_path / "by-hand"), tracking.MODEL_ARTIFACTS)
+    tracking.finish_run(uri, by_hand)
+    hand_version = tracking.register(uri, "als", by_hand)
+
+    with pytest.raises(BadRunInput, match=f"run {by_hand} has no publish_version tag"):
+        champion.roll_back(cfg, hand_version)
+    assert tracking.champion(uri, "als")[0] == "4"
+    # A version that passes the checks but fails to serve (Redis down): the alias goes back.
+    down = dataclasses.replace(cfg, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(redis.ConnectionError):
+        champion.roll_back(down, "3")
+    assert tracking.champion(uri, "als")[0] == "4"
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v4"
+
+
+@pytest.mark.integration
+def test_a_version_whose_run_was_purged_is_still_pruned(offline_settings, mlflow_uri,
+                                                        mlflow_artifacts, tmp_path):
+    """Its run deleted in the UI, then `mlflow gc`: reading the run to tag it failed, and the
+    version (and its model files) stayed, failing at every publish."""
+    uri = mlflow_uri
+    purged, _ = gated_version(uri, "v1", tmp_path)
+    gated_version(uri, "v2", tmp_path)
+    tracking.set_champion(uri, "als", "2")
+    model_1 = on_disk(mlflow_artifacts, tracking.client(uri).get_model_version_download_uri(
+        "als", "1"))
+    assert files(model_1)
+    tracking.client(uri).delete_run(purged)
+    subprocess.run([stack_servers.venv_bin("mlflow"), "gc", "--backend-store-uri",
+                    offline_settings.pg_url(offline_settings.pg_mlflow_database),
+                    "--run-ids", purged], check=True, capture_output=True,
+                   env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+
+    result = registry_retention.prune_registry(uri, "als", keep=1)
+
+    assert (result.pruned, result.failed) == (["1"], {})
+    assert registry(uri) == ["2"] and files(model_1) == []
 
 
 @pytest.mark.integration
