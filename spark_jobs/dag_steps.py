@@ -116,8 +116,8 @@ def window_end_param(value: str, now: datetime) -> datetime | None:
     try:
         end = as_utc(datetime.fromisoformat(value))
     except ValueError:
-        raise BadRunInput(f"window_end {value!r} is not an ISO 8601 date-time (e.g. "
-                          "2026-01-31T00:00:00+00:00)") from None
+        raise BadRunInput(f"window_end {value!r} is not an ISO 8601 date or date-time (e.g. "
+                          "2026-01-31 or 2026-01-31T00:00:00+00:00)") from None
     if end > now:
         raise BadRunInput(f"window_end {value!r} is in the future (now {now:%Y-%m-%d %H:%M} "
                           "UTC): its model would outrank every scheduled run until then")

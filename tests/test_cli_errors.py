@@ -89,11 +89,20 @@ def test_data_synthetic_checks_days_up_front(tmp_path: Path, days: str) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_train_refuses_a_window_end_in_the_future_as_the_dag_does() -> None:
+    """Not an experiment, so the gate could promote it: its window ending in 2031, every
+    scheduled run would have been refused as a backfill until then."""
+    result = CliRunner().invoke(app, ["train", "als", "--window-end", "2031-01-01"])
+    assert result.exit_code == 2, result.output
+    assert ("Invalid value for --window-end: window_end '2031-01-01' is in the future"
+            in _said(result))
+
+
 def test_train_names_window_end_when_it_is_not_a_date() -> None:
     result = CliRunner().invoke(app, ["train", "als", "--window-end", "garbage"])
     assert result.exit_code == 2, result.output
-    assert ("Invalid value for --window-end: 'garbage' is not an ISO 8601 date or date-time"
-            in _said(result))
+    assert ("Invalid value for --window-end: window_end 'garbage' is not an ISO 8601 date or "
+            "date-time" in _said(result))
 
 
 def test_train_names_promote_when_it_is_not_a_choice() -> None:

@@ -151,7 +151,8 @@ def test_a_window_end_in_the_future_is_refused_naming_the_param(tmp_path):
     assert first(settings(tmp_path), {"window_end": NOW.isoformat()}).window_end == \
         NOW.isoformat()
     with pytest.raises(BadRunInput, match=r"^window_end 'last tuesday' is not an ISO 8601 "
-                                          r"date-time \(e.g. 2026-01-31T00:00:00\+00:00\)$"):
+                                          r"date or date-time \(e.g. 2026-01-31 or "
+                                          r"2026-01-31T00:00:00\+00:00\)$"):
         first(settings(tmp_path), {"window_end": "last tuesday"})
 
 
