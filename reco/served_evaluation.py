@@ -169,9 +169,14 @@ def log_to_mlflow(settings: Settings, report: DemoReport, engine: str) -> str:
                for method, scores in report.metrics.items()
                for name, value in scores.items() if name != "users"}
     metrics |= {f"latency_ms.{name}": ms for name, ms in report.latency_ms.items()}
-    tracking.log_metrics(uri, run_id, metrics)
-    tracking.set_tags(uri, run_id, {f"dag_run.{dag}": state
-                                    for dag, state in report.dag_runs.items()})
+    try:
+        tracking.log_metrics(uri, run_id, metrics)
+        tracking.set_tags(uri, run_id, {f"dag_run.{dag}": state
+                                        for dag, state in report.dag_runs.items()})
+    except BaseException:
+        tracking.finish_run(uri, run_id, failed=True)
+        raise
+    tracking.finish_run(uri, run_id)  # else RUNNING for ever in the MLflow UI
     return run_id
 
 

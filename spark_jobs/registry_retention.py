@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 # A version without a gate outcome this young may belong to a run still between its train and
 # publish steps (backfills run up to 10 at a time): it is kept. Older ones are of failed runs.
 UNGATED_KEPT_S = 86400.0
-NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 
 
 @dataclass(frozen=True)
@@ -139,7 +138,7 @@ def _run(mlflow: MlflowClient, run_id: str) -> Run | None:
     try:
         return mlflow.get_run(run_id)
     except MlflowException as exc:
-        if exc.error_code != NOT_FOUND:
+        if exc.error_code != tracking.NOT_FOUND:
             raise
         return None
 
@@ -150,7 +149,7 @@ def _delete_model_files(mlflow: MlflowClient, tracking_uri: str, mv: ModelVersio
     source = mv.source or ""
     model_id = mv.model_id or source.removeprefix("models:/")
     if source.startswith("models:/") and "/" not in model_id:
-        _delete_logged_model(mlflow, tracking_uri, model_id)
+        tracking.delete_logged_model(tracking_uri, model_id)
     elif mv.run_id and source == f"runs:/{mv.run_id}/{tracking.MODEL_ARTIFACTS}":
         run = _run(mlflow, mv.run_id)
         if run is None:  # purged with its artifacts (`mlflow gc`)
@@ -163,19 +162,6 @@ def _delete_model_files(mlflow: MlflowClient, tracking_uri: str, mv: ModelVersio
                  mv.name, mv.version, source)
 
 
-def _delete_logged_model(mlflow: MlflowClient, tracking_uri: str, model_id: str) -> None:
-    """Its artifacts first, then the logged model (soft-deleted: `mlflow gc` purges it): once
-    deleted, its artifact location can no longer be read."""
-    try:
-        location = mlflow.get_logged_model(model_id).artifact_location
-    except MlflowException as exc:
-        if exc.error_code != NOT_FOUND:
-            raise
-        return  # deleted by an earlier pass, after its artifacts
-    get_artifact_repository(location, tracking_uri=tracking_uri).delete_artifacts()
-    mlflow.delete_logged_model(model_id)
-
-
 def discard(tracking_uri: str, model: str, model_id: str, registry_version: str | None
             ) -> None:
     """Delete a failed run's registry version (if it got that far) and its logged model with
@@ -183,7 +169,7 @@ def discard(tracking_uri: str, model: str, model_id: str, registry_version: str 
     mlflow = tracking.client(tracking_uri)
     if registry_version is not None:
         mlflow.delete_model_version(tracking.REGISTERED_MODELS[model], registry_version)
-    _delete_logged_model(mlflow, tracking_uri, model_id)
+    tracking.delete_logged_model(tracking_uri, model_id)
 
 
 def why_unservable(tracking_uri: str, model: str, registry_version: str) -> str | None:
@@ -193,7 +179,7 @@ def why_unservable(tracking_uri: str, model: str, registry_version: str) -> str 
     try:
         mv = tracking.client(tracking_uri).get_model_version(name, registry_version)
     except MlflowException as exc:
-        if exc.error_code != NOT_FOUND:
+        if exc.error_code != tracking.NOT_FOUND:
             raise
         run = _pruned_run(tracking_uri, model, registry_version)
         if run is None:

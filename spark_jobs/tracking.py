@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import tempfile
 import time
@@ -14,6 +15,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from spark_jobs import BadRunInput, as_utc
+
+log = logging.getLogger(__name__)
 
 EXPERIMENTS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec",
                "served": "served-evaluation"}  # the demo's scores of the API's answers
@@ -35,7 +38,8 @@ PRUNED_VERSION_TAG = "registry_pruned.version"
 SPLIT_TAG = "eval.split"  # digest of the data a run was scored on (spark_jobs.evaluate)
 # What an MLflow 3 server answers when there is no champion: no such registered model, or the
 # model without the alias. Anything else (outage, timeout, permission) is not "no champion".
-NO_CHAMPION_ERRORS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+NO_CHAMPION_ERRORS = (NOT_FOUND, "INVALID_PARAMETER_VALUE")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -149,9 +153,29 @@ def log_model(tracking_uri: str, run_id: str, model: str, model_dir: Path,
             mlflow_client.log_model_artifacts(logged.model_id, str(Path(tmp) / "mlflow-model"))
     except BaseException:
         mlflow_client.finalize_logged_model(logged.model_id, "FAILED")
+        try:  # what was uploaded before the failure: nothing would ever delete it
+            delete_logged_model(tracking_uri, logged.model_id)
+        except Exception as exc:  # noqa: BLE001 - the upload's own error is the one to raise
+            log.warning("failed model %s not deleted: %s", logged.model_id, exc)
         raise
     mlflow_client.finalize_logged_model(logged.model_id, "READY")
     return logged.model_id
+
+
+def delete_logged_model(tracking_uri: str, model_id: str) -> None:
+    """Its artifacts first, then the logged model (soft-deleted: `mlflow gc` purges it): once
+    deleted, its artifact location can no longer be read. Gone already: nothing to do."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    mlflow_client = client(tracking_uri)
+    try:
+        location = mlflow_client.get_logged_model(model_id).artifact_location
+    except MlflowException as exc:
+        if exc.error_code != NOT_FOUND:
+            raise
+        return
+    get_artifact_repository(location, tracking_uri=tracking_uri).delete_artifacts()
+    mlflow_client.delete_logged_model(model_id)
 
 
 def register(tracking_uri: str, model: str, run_id: str, model_id: str | None = None) -> str:

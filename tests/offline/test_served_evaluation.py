@@ -29,3 +29,4 @@ def test_the_run_records_the_model_versions_it_measured(mlflow_server: str, sett
         "model_versions.sasrec": "v9"}
     assert run.data.metrics["served_blend.hr_at_10"] == 0.5
     assert client.get_experiment(run.info.experiment_id).name == "served-evaluation"
+    assert run.info.status == "FINISHED"  # was RUNNING for ever in the MLflow UI

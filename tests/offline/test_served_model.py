@@ -90,3 +90,24 @@ def test_a_version_registered_as_run_artifacts_is_still_served(offline_settings,
     assert result["published"] == "old"
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "old"
     assert redis_client.exists(keys.user_cf("u1", "old")) == 1
+
+
+@pytest.mark.integration
+def test_a_model_that_fails_to_log_is_deleted(offline_settings, tmp_path):
+    """It stayed as a FAILED logged model with whatever it had uploaded: the train step never
+    got its id to delete it, and retention only looks at registry versions."""
+    uri = offline_settings.mlflow_tracking_uri
+    run_id = tracking.start_run(uri, "als", "local", {}, {})
+    client = tracking.client(uri)
+
+    def logged_models() -> list:
+        return client.search_logged_models(
+            experiment_ids=[tracking.experiment_id(client, "als")],
+            filter_string=f"source_run_id = '{run_id}'")
+
+    with pytest.raises(Exception, match="no-such-model"):
+        tracking.log_model(uri, run_id, "als", tmp_path / "no-such-model", "v1")
+    assert logged_models() == []
+    # The same search finds a model that logged.
+    model_id = tracking.log_model(uri, run_id, "als", tiny_als(tmp_path / "v1"), "v1")
+    assert [m.model_id for m in logged_models()] == [model_id]
