@@ -8,13 +8,15 @@ Both return the same `Item2VecModel`: item ids, vectors and top-k cosine neighbo
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from spark_jobs import knn
+from spark_jobs import BadRunInput, knn
 from spark_jobs.files import MODEL_FILE, read_parquet
 from spark_jobs.hyperparameters import Hyperparameters
 
@@ -86,6 +88,9 @@ def train_gensim(sentences: list[list[str]], p: Item2VecParams) -> Word2Vec:
 
 
 def _fit_gensim(sentences: list[list[str]], p: Item2VecParams) -> tuple[np.ndarray, np.ndarray]:
+    counts = Counter(chain.from_iterable(sentences))
+    if not any(n >= p.min_count for n in counts.values()):  # gensim: "build vocabulary first"
+        return np.empty(0, dtype=str), np.empty((0, p.vector_size), dtype=np.float32)
     model = train_gensim(sentences, p)
     return np.asarray(model.wv.index_to_key, dtype=str), model.wv.vectors.astype(np.float32)
 
@@ -118,7 +123,8 @@ def fit(sessions_dir: Path, params: Item2VecParams, engine: str = "local",
     else:
         raise ValueError(f"unknown engine {engine!r}: expected 'local' or 'spark'")
     if len(ids) == 0:
-        raise ValueError("no sessions with two or more items in the window: nothing to train on")
+        raise BadRunInput("no sessions with two or more items in the window (or no item seen "
+                          "min_count times): nothing to train on")
     timings["train_s"] = time.perf_counter() - started
     started = time.perf_counter()
     nbr_idx, nbr_scores = knn.item_neighbours(vectors, params.neighbours, params.workers)

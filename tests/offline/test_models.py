@@ -82,3 +82,19 @@ def _assert_item_neighbours(model: str, version: str, report: dict, redis_client
     assert list(scores) == sorted(scores, reverse=True)
     # The closest neighbours of an item are items of its own taste group.
     assert sum(i.startswith("g0-") for i in ids[:10]) >= 8, ids[:10]
+
+
+@pytest.mark.parametrize("sessions", [[], [["a"], ["b"]]])
+def test_item2vec_with_nothing_to_learn_says_so_and_is_not_retried(tmp_path: Path, sessions):
+    """No session, or no item seen `min_count` times: gensim's "you must first build
+    vocabulary" RuntimeError came first, and Airflow retried it as if a server were down."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spark_jobs import BadRunInput, item2vec
+
+    pq.write_table(pa.table({"items": pa.array(sessions, pa.list_(pa.string()))}),
+                   tmp_path / "sessions.parquet")
+    params = item2vec.Item2VecParams(min_count=2)
+    with pytest.raises(BadRunInput, match="^no sessions with two or more items in the window"):
+        item2vec.fit(tmp_path / "sessions.parquet", params)
