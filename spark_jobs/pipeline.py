@@ -383,7 +383,8 @@ def gate_step(cfg: PipelineConfig, evaluated: dict) -> dict:
     report = json.loads(Path(evaluated["report"]).read_text())
     # Under the model's publish lock: two gates reading one champion could both promote, and
     # the later alias would win whichever window it was trained on.
-    with publish.held_lock(redis.Redis.from_url(cfg.redis_url), cfg.model):
+    with (redis.Redis.from_url(cfg.redis_url) as client,
+          publish.held_lock(client, cfg.model)):
         decision = gate.gate(cfg.mlflow_tracking_uri, cfg.model, evaluated["run_id"],
                              evaluated["registry_version"], report, cfg.gate_tolerance,
                              min_user_coverage=_coverage_checked(cfg), hold=cfg.hold)
@@ -437,8 +438,8 @@ def _serve(cfg: PipelineConfig, gated: dict) -> dict:
         reason = f"{_not_promoted(decision)} and no champion to serve"
         _tag_publish(cfg, gated, reason)
         return {**gated, "published": None, "reason": reason}
-    client = redis.Redis.from_url(cfg.redis_url)
-    with publish.held_lock(client, cfg.model) as lock:
+    with (redis.Redis.from_url(cfg.redis_url) as client,
+          publish.held_lock(client, cfg.model) as lock):
         return _publish_locked(cfg, gated, client, lock)
 
 

@@ -65,7 +65,11 @@ def _run(model: str, engine: str | None, window_days: int | None, window_end: st
         cfg = dag_steps.with_promotion(settings, cfg, promote)
     except BadRunInput as exc:
         raise typer.BadParameter(str(exc), param_hint="--promote") from None
-    state = pipeline.run_all(cfg)
+    try:
+        state = pipeline.run_all(cfg)
+    except BadRunInput as exc:  # a run that cannot succeed (no events in the window, ...)
+        Console(stderr=True).print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     console.print_json(json.dumps({k: state.get(k) for k in (
         "run_id", "version", "metrics", "gate", "published", "reason", "registry_retention",
         "timings", "report")}))

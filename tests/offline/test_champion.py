@@ -82,15 +82,24 @@ def test_serve_champion_prints_no_download_progress_bars(offline_settings, pg, r
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
 
 
-def cli_serve(settings, model: str):
+def cli(settings, *args: str, **env: str):
+    """`reco ARGS` against the fixture servers `settings` names, with more `env`."""
     env = {"RECO_PG_PORT": str(settings.pg_port), "RECO_REDIS_URL": settings.redis_url,
            "RECO_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-           "RECO_STATE_DIR": str(settings.state_dir)}
+           "RECO_STATE_DIR": str(settings.state_dir),
+           "RECO_JDBC_PARTITIONS": str(settings.jdbc_partitions),
+           "RECO_SPARK_DRIVER_MEMORY": settings.spark_driver_memory, **env}
+    if settings.spark_jars_dir:
+        env["RECO_SPARK_JARS_DIR"] = str(settings.spark_jars_dir)
     get_settings.cache_clear()
     try:
-        return CliRunner().invoke(app, ["models", "serve-champion", model], env=env)
+        return CliRunner().invoke(app, list(args), env=env)
     finally:
         get_settings.cache_clear()
+
+
+def cli_serve(settings, model: str):
+    return cli(settings, "models", "serve-champion", model)
 
 
 @pytest.mark.integration

@@ -394,6 +394,21 @@ def latest_run(uri: str, model: str):
 
 @pytest.mark.spark
 @pytest.mark.integration
+def test_reco_train_says_why_a_window_cannot_train_without_a_traceback(offline_settings,
+                                                                       spark):
+    from tests.offline.test_champion import cli
+
+    result = cli(offline_settings, "train", "als", "--window-end", "2001-01-01",
+                 "--window-days", "1")
+
+    assert result.exit_code == 1, result.output
+    assert ("no training events between 2000-12-31 00:00:00+00:00 and 2001-01-01 "
+            "00:00:00+00:00" in " ".join(result.stderr.split()))
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.spark
+@pytest.mark.integration
 def test_failed_train_and_evaluate_end_their_run_failed_and_a_retry_finishes_it(
         offline_settings, small_events, spark, pg, tmp_path, mlflow_artifacts):
     cfg = pipeline.config_from_settings(

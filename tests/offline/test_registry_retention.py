@@ -20,7 +20,7 @@ from reco.stack import servers as stack_servers
 from reco.stack.health import free_port
 from spark_jobs import BadRunInput, champion, pipeline, registry_retention, tracking
 from tests.offline.artifacts import files, on_disk
-from tests.offline.test_champion import cli_serve
+from tests.offline.test_champion import cli, cli_serve
 from tests.offline.test_pipeline_steps import accepted, logged_run, tiny_als
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -271,16 +271,5 @@ def test_a_retention_failure_never_fails_the_publish(offline_settings, redis_cli
 
 
 def cli_rollback(settings: Settings, registry_version: str):
-    from typer.testing import CliRunner
-
-    from reco.cli import app
-    from reco.settings import get_settings
-
-    env = {"RECO_PG_PORT": str(settings.pg_port), "RECO_REDIS_URL": settings.redis_url,
-           "RECO_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-           "RECO_STATE_DIR": str(settings.state_dir), "RECO_OFFLINE_KEEP_VERSIONS": "2"}
-    get_settings.cache_clear()
-    try:
-        return CliRunner().invoke(app, ["models", "rollback", "als", registry_version], env=env)
-    finally:
-        get_settings.cache_clear()
+    return cli(settings, "models", "rollback", "als", registry_version,
+               RECO_OFFLINE_KEEP_VERSIONS="2")
