@@ -120,7 +120,7 @@ def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: d
         tops.append([index.row.get(i, -1) for i in ranked] + [-1] * (k - len(ranked)))
     rank_arr = np.asarray(ranks, dtype=float)
     top_arr = np.asarray(tops, dtype=np.int64).reshape(-1, k)
-    result = metrics(rank_arr, top_arr[top_arr >= 0], len(data.item_ids), k)
+    result = metrics(rank_arr, top_arr, len(data.item_ids), k)
     return {"metrics": result, "curve": hit_curve(rank_arr, k), "weights": {
         n: rank_config[n] for n in ("w_coview", "w_embed", "w_pop", "w_recency", "w_cf",
                                     "w_seq")}}

@@ -100,7 +100,11 @@ def ranks(data: EvalData, scorer: Scorer, k: int, batch: int | None = None
         # of whose items Item2Vec knows (a zero query vector), ranks in the middle, not first.
         ties = (scores == held_score[:, None]).sum(axis=1) - 1
         out[lo:hi] = np.where(np.isfinite(held_score), better + 1 + ties / 2, np.inf)
-        tops[lo:hi] = np.argpartition(-scores, tops.shape[1] - 1, axis=1)[:, :tops.shape[1]]
+        top = np.argpartition(-scores, tops.shape[1] - 1, axis=1)[:, :tops.shape[1]]
+        # Places no score fills (fewer than k items scored: SASRec's candidates, a user a
+        # model does not know) hold arbitrary -inf items: -1, which coverage leaves out.
+        top[~np.isfinite(scores[rows[:, None], top])] = -1
+        tops[lo:hi] = top
     return out, tops
 
 
@@ -111,7 +115,7 @@ def metrics(rank: np.ndarray, tops: np.ndarray, n_items: int, k: int) -> dict[st
         f"ndcg_at_{k}": float(np.where(hit, 1.0 / np.log2(rank + 1), 0.0).mean()) if len(rank)
         else 0.0,
         f"mrr_at_{k}": float(np.where(hit, 1.0 / rank, 0.0).mean()) if len(rank) else 0.0,
-        "coverage": float(len(np.unique(tops)) / n_items) if n_items else 0.0,
+        "coverage": float(len(np.unique(tops[tops >= 0])) / n_items) if n_items else 0.0,
         "users": int(len(rank)),
     }
 

@@ -44,6 +44,18 @@ def test_ranks_count_better_items_and_half_the_ties_among_unseen_ones() -> None:
     assert rank.tolist() == [pytest.approx(3.0), 3.0]
 
 
+def test_coverage_counts_only_the_items_a_scorer_ranked() -> None:
+    """A user scored on 2 items (SASRec's candidates, -inf elsewhere) got a top 10 padded with
+    arbitrary unscored items, and coverage counted them."""
+    scores = np.full((3, 50), -np.inf)
+    scores[0, [4, 7]] = [0.9, 0.5]
+    scores[1, [7]] = 0.3  # the third user: no score at all
+    rank, tops = ranks(data([7, 7, 1], items=50), lambda rows: scores[rows], k=10)
+    assert rank.tolist() == [2.0, 1.0, np.inf]
+    assert sorted(tops[0][tops[0] >= 0]) == [4, 7] and (tops[2] == -1).all()
+    assert metrics(rank, tops, 50, 10)["coverage"] == 2 / 50
+
+
 def tiny_extract(folder: Path) -> Path:
     """Five users view a then x, two view a then t; u0 viewed a, then (held out) t."""
     views = [(f"w{n}", item, 1000.0 * n + dt) for n in range(5) for item, dt in (("a", 0),
