@@ -31,7 +31,13 @@ import numpy as np
 
 from reco.catalog import ItemIndex
 from reco.filler import newest_among_unscored, popular_filler
-from reco.rules import Filters, category_cap, diversify, diversify_head
+from reco.rules import (
+    Filters,
+    category_cap,
+    diversify,
+    diversify_head,
+    most_in_one_category,
+)
 from reco.scoring import score_candidates, source_contributions
 
 if TYPE_CHECKING:
@@ -124,6 +130,9 @@ class ScoredItem(NamedTuple):
 class Ranking:
     strategy: Literal["personalized", "popular"]
     items: list[ScoredItem]
+    # How many of the items the fullest category holds: over the category cap only when too
+    # few other items were eligible (`rules.diversify`).
+    most_in_one_category: int = 0
 
 
 def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
@@ -170,9 +179,10 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
     scores = score[top].tolist()
     ids = c.item_ids(top)
     strategy = c.strategy(top)
+    most = most_in_one_category(items.category[c.meta_rows[top]])
     if not explain:
         return Ranking(strategy, [ScoredItem(i, s, {}, None) for i, s in zip(ids, scores,
-                                                                              strict=True)])
+                                                                              strict=True)], most)
     src = c.best_source(top, recency_w, config).tolist()
     names = [*SIGNALS, "freshness"]
     table = np.vstack([weighted[:, top], fresh[top]]).T.tolist()
@@ -180,7 +190,7 @@ def rank(features: UserFeatures, items: ItemIndex, config: RankConfig,
         ScoredItem(i, s, dict(zip(names, table[j], strict=True)),
                    sources[src[j]] if src[j] >= 0 else None)
         for j, (i, s) in enumerate(zip(ids, scores, strict=True))
-    ])
+    ], most)
 
 
 def similar_items(item_id: str, coview: Neighbours | None, knn: Neighbours | None,

@@ -46,6 +46,12 @@ def category_cap(k: int, max_share: float) -> int | None:
     return None if max_share >= 1.0 else max(1, math.floor(round(max_share * k, 9)))
 
 
+def most_in_one_category(category: np.ndarray) -> int:
+    """How many of these items the fullest known category holds (0: none known)."""
+    known = category[category != UNKNOWN_CATEGORY]
+    return int(np.bincount(known).max()) if len(known) else 0
+
+
 def diversify(order: np.ndarray, category: np.ndarray, k: int, max_share: float) -> np.ndarray:
     """Greedy re-rank: the best items such that no category fills more than `max_share` of k.
 

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from starlette.concurrency import run_in_threadpool
 
-from reco.catalog import UNKNOWN_CATEGORY, ItemIndex
+from reco.catalog import ItemIndex
 from reco.privacy import pseudonym
 from reco.ranking import (
     Neighbours,
@@ -29,7 +29,7 @@ from reco.ranking import (
     rank,
     similar_items,
 )
-from reco.rules import Filters, category_cap, eligible
+from reco.rules import Filters, category_cap, eligible, most_in_one_category
 from reco.settings import Settings
 from serving import reco_metrics as metrics
 from serving.model_items import MODEL_OF_KIND
@@ -122,12 +122,13 @@ def _catalog_sig(items: ItemIndex) -> str:
 
 
 class CacheEntry(NamedTuple):
-    """A cached response and what it was made with. Stored as "fingerprint catalogue" /
-    model versions / body, one per line: the release before catalogue stamps stored the
-    fingerprint alone on the first line, so neither release accepts the other's entries."""
+    """A cached response and what it was made with. Stored as "fingerprint catalogue
+    per-category allowance" / model versions / body, one per line: earlier releases stored
+    fewer fields on the first line, so no release accepts another's entries."""
 
     fingerprint: str
     catalog: str
+    per_category: int  # items one category may fill: the cap, or more if ranking needed more
     versions: str
     body: str
 
@@ -136,11 +137,15 @@ class CacheEntry(NamedTuple):
         parts = raw.split("\n", 2) if raw else ()
         if len(parts) != 3:
             return None
-        fingerprint, _, catalog = parts[0].partition(" ")
-        return cls(fingerprint, catalog, parts[1], parts[2]) if catalog else None
+        fingerprint, _, rest = parts[0].partition(" ")
+        catalog, _, per_category = rest.rpartition(" ")
+        if not catalog or not per_category.isdecimal():
+            return None
+        return cls(fingerprint, catalog, int(per_category), parts[1], parts[2])
 
     def dump(self) -> bytes:
-        return f"{self.fingerprint} {self.catalog}\n{self.versions}\n{self.body}".encode()
+        return (f"{self.fingerprint} {self.catalog} {self.per_category}\n{self.versions}\n"
+                f"{self.body}").encode()
 
 
 def _is_newer(ours: str, theirs: str) -> bool:
@@ -157,24 +162,28 @@ def _is_newer(ours: str, theirs: str) -> bool:
     return True
 
 
-def _still_eligible(body: str, p: RecoParams, items: ItemIndex, max_share: float) -> bool:
+def _per_category(p: RecoParams, max_share: float, ranking: Ranking) -> int:
+    """What an entry's items may put in one category: the cap, or as many as ranking had to
+    (too few other items were eligible)."""
+    cap = category_cap(p.k, 1.0 if p.filters.category is not None else max_share)
+    return p.k if cap is None else max(cap, ranking.most_in_one_category)
+
+
+def _still_eligible(entry: CacheEntry, p: RecoParams, items: ItemIndex) -> bool:
     """Whether every item of a cached response passes the request's hard rules (in stock, in
     the asked category and price range) in the catalogue `items`, and no category fills more
-    than its cap: ~35 us for 20 items of 100,000 (cold id lookups), paid once per entry and
-    catalogue version (then re-stamped)."""
+    than the entry allows: ~35 us for 20 items of 100,000 (cold id lookups), paid once per
+    entry and catalogue version (then re-stamped)."""
     try:
-        ids = [item["item_id"] for item in orjson.loads(body)["items"]]
+        ids = [item["item_id"] for item in orjson.loads(entry.body)["items"]]
     except (orjson.JSONDecodeError, KeyError, TypeError):  # not an entry of ours: re-rank
         return False
     rows = items.rows(ids)
     if not eligible(items, rows, p.filters).all():
         return False
-    # An item moved into another category can take that one over its cap. Re-ranking decides
-    # whether too few others justify it, as ranking did when the entry was made.
-    cap = category_cap(p.k, 1.0 if p.filters.category is not None else max_share)
-    known = items.category[rows]
-    known = known[known != UNKNOWN_CATEGORY]
-    return cap is None or not len(known) or int(np.bincount(known).max()) <= cap
+    # An item moved into another category can take that one past what the entry allows.
+    # Re-ranking decides whether too few others justify it, as ranking did for the entry.
+    return most_in_one_category(items.category[rows]) <= entry.per_category
 
 
 class AsyncReads:
@@ -290,7 +299,7 @@ class RecoService:
         # A catalogue upsert since (a sold-out item, a new price) is checked against the
         # entry's items only: re-ranking for every upsert would empty the cache. An entry still
         # eligible is re-stamped forward, so its next hits skip this.
-        if not _still_eligible(entry.body, p, items, self.config.max_category_share):
+        if not _still_eligible(entry, p, items):
             metrics.CACHE_INELIGIBLE.inc()
             metrics.CACHE_MISSES.inc()
             return None
@@ -311,7 +320,9 @@ class RecoService:
         shown = versions if ranking.strategy != "popular" else {}
         body = render(p, ranking.strategy, ranking.items, shown, p.explain)
         cached = (body[: -len(CACHED_FALSE)] + CACHED_TRUE).decode()
-        entry = CacheEntry(fingerprint, _catalog_sig(items), _versions_sig(versions), cached)
+        entry = CacheEntry(fingerprint, _catalog_sig(items),
+                           _per_category(p, self.config.max_category_share, ranking),
+                           _versions_sig(versions), cached)
         return Answer(body, ranking.strategy, entry.dump())
 
     def rank_uncached(self, p: RecoParams, config: RankConfig) -> Ranking:

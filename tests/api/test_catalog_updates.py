@@ -121,13 +121,15 @@ def test_cached_answers_outlive_upserts_that_keep_their_items_eligible(
         assert get(client, k=3, max_price=20)["cached"] is True  # flushes the re-stamp
         key = keys.reco_cache("u1", RecoParams("u1", k=3, max_price=20).variant)
         r = world["redis"]
-        stamp = r.get(key).split("\n", 1)[0].split(" ", 1)
-        assert stamp[1] == '"1"'  # re-stamped with the catalogue version now served
+        fingerprint, stamp, per_category = r.get(key).split("\n", 1)[0].split(" ")
+        assert stamp == '"1"'  # re-stamped with the catalogue version now served
+        assert per_category == "1"  # the cap: half of 3
         # A replica a refresh ahead stamped it "9": checked here, but never stamped back.
-        r.set(key, r.get(key).replace(f'{stamp[0]} "1"', f'{stamp[0]} "9"', 1), keepttl=True)
+        r.set(key, r.get(key).replace(f'{fingerprint} "1"', f'{fingerprint} "9"', 1),
+              keepttl=True)
         assert get(client, k=3, max_price=20)["cached"] is True
         assert get(client, k=3, max_price=20)["cached"] is True  # would flush a re-stamp
-        assert r.get(key).startswith(f'{stamp[0]} "9"\n')
+        assert r.get(key).startswith(f'{fingerprint} "9" 1\n')
         upsert(api_settings, ItemWithId(item_id="X", category="c2", price=19.0))
         signals.refresh()
         assert get(client, k=3, max_price=20)["cached"] is True
@@ -153,6 +155,28 @@ def test_a_cached_answer_that_an_upsert_puts_over_the_category_cap_is_ranked_aga
         assert fresh["cached"] is False
         assert [i for i, _ in ids_scores(fresh)] == ["X", "Y", "W", "P"]  # Z deferred
         assert get(client, k=4)["cached"] is True
+
+
+def test_an_answer_over_the_cap_for_want_of_other_items_outlives_unrelated_upserts(
+        world, make_client, api_settings: Settings, pg) -> None:
+    """X, Y, Z and W share a category and only P is of another: the answer holds four of one
+    category, over the cap of 2, because ranking had nothing else. Every catalogue change,
+    even of an item it does not show, re-ranked it and counted it ineligible."""
+    for item in ("X", "Y", "Z", "W"):
+        put_meta(world["redis"], item, "c2")
+    with make_client() as client:
+        signals = client.app.state.service.signals
+        ineligible = metric(client, "recommendation_cache_ineligible_total")
+        assert sorted(i for i, _ in ids_scores(get(client, k=5))) == ["P", "W", "X", "Y", "Z"]
+        upsert(api_settings, ItemWithId(item_id="Q", category="c9"))
+        signals.refresh()
+        assert get(client, k=5)["cached"] is True
+        assert metric(client, "recommendation_cache_ineligible_total") == ineligible
+        # One more item of the full category takes it past what the entry allowed.
+        upsert(api_settings, ItemWithId(item_id="P", category="c2"))
+        signals.refresh()
+        assert get(client, k=5)["cached"] is False
+        assert metric(client, "recommendation_cache_ineligible_total") == ineligible + 1
 
 
 def test_more_changes_than_the_bound_reload_everything(
