@@ -292,10 +292,11 @@ class _Candidates:
                                           np.asarray(lists[1][: len(part)], dtype=np.float64)))
                     ids.extend(part)
         # The user's own lists (ALS, SASRec): (offset in ids or -1 for a RowList, length,
-        # the list). SASRec's only with a weight: the API does not even read it otherwise, and
+        # the list). Each only with its weight: the API does not even read it otherwise, and
         # its items would still be candidates (and move every signal's normalisation).
         user_parts: list[tuple[int, int, Neighbours | None]] = []
-        for lists in (f.user_cf, f.user_seq if config.w_seq > 0 else None):
+        for lists in (f.user_cf if config.w_cf > 0 else None,
+                      f.user_seq if config.w_seq > 0 else None):
             if isinstance(lists, RowList):
                 user_parts.append((-1, len(lists.rows), lists))
             elif lists is not None and lists[0]:

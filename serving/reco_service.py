@@ -232,8 +232,10 @@ class RecoService:
         self.signals = signals
         self.config = RankConfig.from_settings(settings)
         self.ranking_key = ranking_key(self.config, settings.seen_max, settings.catalogue_only)
-        self.with_item_cf = settings.w_cf > 0  # ALS item lists only matter with a CF weight
+        self.with_cf = settings.w_cf > 0  # ALS's lists only matter with a CF weight
         self.with_seq = settings.w_seq > 0  # and SASRec's user lists with a seq weight
+        self.unused_models = frozenset([*([] if self.with_cf else [ALS]),
+                                        *([] if self.with_seq else [SASREC])])
         self.io = ThreadReads(store) if settings.reco_redis_in_threads else AsyncReads(store)
         self.lists = ItemListCache(settings.reco_list_cache_items,
                                    settings.reco_coview_cache_ttl_s,
@@ -272,11 +274,13 @@ class RecoService:
         return answer if cache else dataclasses.replace(answer, cache_entry=None)
 
     def served_versions(self, first: FirstRead) -> dict[str, str]:
-        """The published models this service ranks with: SASRec's only with a seq weight, so
-        that its retraining neither shows in responses nor empties the cache."""
-        if self.with_seq:
+        """The published models this service ranks with: ALS only with a CF weight and SASRec
+        only with a seq weight, so that their retraining neither shows in responses nor
+        empties the cache."""
+        if not self.unused_models:
             return first.versions
-        return {model: v for model, v in first.versions.items() if model != SASREC}
+        return {model: v for model, v in first.versions.items()
+                if model not in self.unused_models}
 
     def fingerprint(self, first: FirstRead) -> str:
         """What a cache entry must have been made with: this recent list, this ranking."""
@@ -337,13 +341,14 @@ class RecoService:
     def _plan(self, user_id: str, first: FirstRead, items: ItemIndex) -> _Plan:
         """Which lists round 2 must read: those not already parsed in process."""
         sources = first.recent[: self.config.recent_n]
-        knn_v, als_v = first.versions.get(ITEM2VEC), first.versions.get(ALS)
+        knn_v = first.versions.get(ITEM2VEC)
+        als_v = first.versions.get(ALS) if self.with_cf else None
         wanted = []
         for item in sources:
             wanted.append(ListKey("coview", item, ""))
             if knn_v:
                 wanted.append(ListKey("knn", item, knn_v))
-            if als_v and self.with_item_cf:
+            if als_v:
                 wanted.append(ListKey("item_cf", item, als_v))
         clock = time.monotonic()
         have = {key: self.lists.get(key, items, clock) for key in wanted}

@@ -114,6 +114,12 @@ def test_seq_is_its_own_signal_beside_cf() -> None:
                             user_seq=lists({"N": 0.9}))
     without = UserFeatures(recent=[], recent_times={}, now=NOW, user_cf=cf)
     assert rank(with_seq, items, unweighted, k=5) == rank(without, items, unweighted, k=5)
+    # w_cf 0 likewise: ALS's candidates were ranked by the other signals, and the answer
+    # called personalised what popularity alone ordered.
+    no_cf = replace(config, w_cf=0.0, w_seq=0.0)
+    alone = UserFeatures(recent=[], recent_times={}, now=NOW)
+    assert rank(without, items, no_cf, k=5) == rank(alone, items, no_cf, k=5)
+    assert rank(without, items, no_cf, k=5).strategy == "popular"
 
 
 def test_rank_without_features_is_popular() -> None:

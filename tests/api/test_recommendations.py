@@ -171,6 +171,12 @@ def test_cf_candidates_once_als_is_published(world, make_client) -> None:
     # Q: cf 1, popularity 0 (.5); P: cf .5, popularity 1 (.45); then popular filler A (.1).
     assert_ranking(body, [("Q", 0.5 * 1.0), ("P", 0.5 * 0.5 + W_POP * 1.0),
                           ("A", W_POP * 0.5)])
+    with make_client(w_cf=0.0) as client:  # w_cf 0: ALS's lists are not even read
+        body = get(client, user_id="u2", k=3)
+        assert body["strategy"] == "popular" and "Q" not in [i["item_id"] for i in body["items"]]
+        assert body["model_versions"] == {}  # a popular answer names no model
+        r.hset(keys.MODEL_VERSIONS, "als", "a2")  # nor is ALS's retraining a reason to re-rank
+        assert get(client, user_id="u2", k=3)["cached"] is True
 
 
 def test_seq_candidates_once_sasrec_is_published(world, make_client) -> None:
