@@ -197,7 +197,8 @@ def similar_items(item_id: str, coview: Neighbours | None, knn: Neighbours | Non
                   items: ItemIndex, config: RankConfig, k: int = 20,
                   neighbours_n: int = 100) -> list[ScoredItem]:
     """Neighbours of one item blended from co-view and embeddings (in stock, not itself),
-    `neighbours_n` entries of each list (at least k: fewer than the recommendations read)."""
+    `neighbours_n` entries of each list (`RECO_RECO_SIMILAR_N`; below k, fewer than k may
+    come back)."""
     features = UserFeatures([item_id], {}, 0.0, coview={item_id: coview} if coview else {},
                             knn={item_id: knn} if knn else {})
     blend = RankConfig(w_coview=config.w_coview, w_embed=config.w_embed, w_pop=0.0,
