@@ -116,6 +116,5 @@ def roll_back(cfg: PipelineConfig, registry_version: str) -> dict:
     try:
         return serve_champion(cfg)
     except BaseException:
-        if previous is not None:
-            tracking.set_champion(uri, model, previous[0])
+        tracking.set_champion(uri, model, previous[0] if previous else None)
         raise

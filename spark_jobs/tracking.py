@@ -267,9 +267,14 @@ def dataset_count(tracking_uri: str, run_id: str, name: str) -> int | None:
         return None
 
 
-def set_champion(tracking_uri: str, model: str, version: str) -> None:
-    client(tracking_uri).set_registered_model_alias(
-        REGISTERED_MODELS[model], CHAMPION_ALIAS, version)
+def set_champion(tracking_uri: str, model: str, version: str | None) -> None:
+    """Point the champion alias at `version`; None removes it (no champion)."""
+    if version is None:
+        client(tracking_uri).delete_registered_model_alias(REGISTERED_MODELS[model],
+                                                           CHAMPION_ALIAS)
+    else:
+        client(tracking_uri).set_registered_model_alias(
+            REGISTERED_MODELS[model], CHAMPION_ALIAS, version)
 
 
 def download_model(tracking_uri: str, model: str, registry_version: str, dst: Path) -> Path:

@@ -215,6 +215,18 @@ def test_a_rollback_that_cannot_serve_leaves_the_champion_where_it_was(
 
 
 @pytest.mark.integration
+def test_a_failed_first_rollback_leaves_no_champion(offline_settings, tmp_path):
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    _, registry_version = gated_version(cfg.mlflow_tracking_uri, "v1", tmp_path)
+    down = dataclasses.replace(cfg, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+
+    with pytest.raises(redis.ConnectionError):
+        champion.roll_back(down, registry_version)
+
+    assert tracking.champion(cfg.mlflow_tracking_uri, "als") is None
+
+
+@pytest.mark.integration
 def test_a_version_whose_run_was_purged_is_still_pruned(offline_settings, mlflow_uri,
                                                         mlflow_artifacts, tmp_path):
     """Its run deleted in the UI, then `mlflow gc`: reading the run to tag it failed, and the
