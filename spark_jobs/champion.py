@@ -99,22 +99,43 @@ def _serve_champion(cfg: PipelineConfig, client: redis.Redis) -> dict:
 
 def roll_back(cfg: PipelineConfig, registry_version: str) -> dict:
     """Move `cfg.model`'s champion alias to `registry_version` and serve it, as a rollback by
-    hand in the MLflow UI and `serve_champion`. A version that cannot be served (pruned by
-    retention, which the UI no longer lists, or not trained by the pipeline) is refused by name
-    before the alias moves; if serving it fails anyway, the alias goes back: a champion that
-    does not serve would fail `serve_champions` and every gate after it."""
+    hand in the MLflow UI and `serve_champion`, all under the model's publish lock: a gate
+    beside it could otherwise promote its own run over the rollback. A version that cannot be
+    served (pruned by retention, which the UI no longer lists, or not trained by the pipeline)
+    is refused by name before the alias moves; if serving it fails before Redis switched, the
+    alias goes back: a champion that does not serve would fail `serve_champions` and every
+    gate after it."""
     uri, model = cfg.mlflow_tracking_uri, cfg.model
     _refuse_unservable(cfg, registry_version)
-    run_id = tracking.client(uri).get_model_version(
-        tracking.REGISTERED_MODELS[model], registry_version).run_id
+    version = tracking.publish_version(uri, _run_of(cfg, registry_version))
+    with (redis.Redis.from_url(cfg.redis_url) as client,
+          publish.held_lock(client, model) as lock):
+        previous = tracking.champion(uri, model)
+        tracking.set_champion(uri, model, registry_version)
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"reco-champion-{model}-") as work:
+                served = serve_locked(cfg, client, lock, registry_version, version, None,
+                                      Path(work))
+        except BaseException:
+            if not _switched(client, model, version):
+                tracking.set_champion(uri, model, previous[0] if previous else None)
+            raise
+    log.info("%s: rolled back to registry version %s (%s)", model, registry_version, version)
+    return {"model": model, "champion_version": registry_version, **served}
+
+
+def _run_of(cfg: PipelineConfig, registry_version: str) -> str:
+    run_id = tracking.client(cfg.mlflow_tracking_uri).get_model_version(
+        tracking.REGISTERED_MODELS[cfg.model], registry_version).run_id
     if not run_id:
-        raise BadRunInput(f"{model} registry version {registry_version} has no run: it was "
+        raise BadRunInput(f"{cfg.model} registry version {registry_version} has no run: it was "
                           "not trained by the reco pipeline, so it has no lists to serve")
-    tracking.publish_version(uri, run_id)  # BadRunInput for a run the pipeline did not train
-    previous = tracking.champion(uri, model)
-    tracking.set_champion(uri, model, registry_version)
+    return run_id
+
+
+def _switched(client: redis.Redis, model: str, version: str) -> bool:
+    """Whether Redis serves `version` now; unknown (Redis gone) counts as no."""
     try:
-        return serve_champion(cfg)
-    except BaseException:
-        tracking.set_champion(uri, model, previous[0] if previous else None)
-        raise
+        return publish.current_version(client, model) == version
+    except redis.RedisError:
+        return False

@@ -206,24 +206,33 @@ def test_a_rollback_that_cannot_serve_leaves_the_champion_where_it_was(
     with pytest.raises(BadRunInput, match=f"run {by_hand} has no publish_version tag"):
         champion.roll_back(cfg, hand_version)
     assert tracking.champion(uri, "als")[0] == "4"
-    # A version that passes the checks but fails to serve (Redis down): the alias goes back.
-    down = dataclasses.replace(cfg, redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    with pytest.raises(redis.ConnectionError):
-        champion.roll_back(down, "3")
+    # A version that passes the checks but fails to serve (its files deleted by hand, not by
+    # retention): the alias goes back.
+    tracking.delete_logged_model(uri, tracking.client(uri).get_model_version(
+        "als", "3").source.removeprefix("models:/"))
+    with pytest.raises(MlflowException):
+        champion.roll_back(cfg, "3")
     assert tracking.champion(uri, "als")[0] == "4"
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v4"
+    # Redis down: refused before the alias moves (the publish lock is Redis').
+    down = dataclasses.replace(cfg, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(redis.ConnectionError):
+        champion.roll_back(down, "4")
+    assert tracking.champion(uri, "als")[0] == "4"
 
 
 @pytest.mark.integration
 def test_a_failed_first_rollback_leaves_no_champion(offline_settings, tmp_path):
+    uri = offline_settings.mlflow_tracking_uri
     cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
-    _, registry_version = gated_version(cfg.mlflow_tracking_uri, "v1", tmp_path)
-    down = dataclasses.replace(cfg, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    _, registry_version = gated_version(uri, "v1", tmp_path)
+    tracking.delete_logged_model(uri, tracking.client(uri).get_model_version(
+        "als", registry_version).source.removeprefix("models:/"))  # its files gone
 
-    with pytest.raises(redis.ConnectionError):
-        champion.roll_back(down, registry_version)
+    with pytest.raises(MlflowException):
+        champion.roll_back(cfg, registry_version)
 
-    assert tracking.champion(cfg.mlflow_tracking_uri, "als") is None
+    assert tracking.champion(uri, "als") is None
 
 
 @pytest.mark.integration
