@@ -277,7 +277,8 @@ class _Candidates:
         id_segs: tuple[list, list, list] = ([], [], [])
         row_segs: tuple[list, list, list] = ([], [], [])
         limit = config.neighbours_n
-        tables = (f.coview, f.knn, f.item_cf)
+        # ALS's item lists only with a CF weight, as its user list below.
+        tables = (f.coview, f.knn, f.item_cf if config.w_cf > 0 else {})
         for s, item in enumerate(sources):
             for code in (COVIEW, KNN, ITEM_CF):
                 lists = tables[code].get(item)

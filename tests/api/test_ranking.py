@@ -120,6 +120,11 @@ def test_seq_is_its_own_signal_beside_cf() -> None:
     alone = UserFeatures(recent=[], recent_times={}, now=NOW)
     assert rank(without, items, no_cf, k=5) == rank(alone, items, no_cf, k=5)
     assert rank(without, items, no_cf, k=5).strategy == "popular"
+    # Nor its item-item lists, which the offline blend passes whatever the weight.
+    viewed = UserFeatures(recent=["A"], recent_times={"A": NOW}, now=NOW,
+                          item_cf={"A": lists({"X": 0.9})})
+    unviewed = UserFeatures(recent=["A"], recent_times={"A": NOW}, now=NOW)
+    assert rank(viewed, items, no_cf, k=5) == rank(unviewed, items, no_cf, k=5)
 
 
 def test_rank_without_features_is_popular() -> None:
