@@ -136,9 +136,9 @@ class Event(BaseModel):
     def from_json_bytes(cls, raw: bytes, record: str | None = None,
                         record_ms: int | None = None) -> Event:
         """A message read back from the topic. A message with no id or time (from a producer
-        other than the ingest API) gets them from its `record` (topic/partition/offset) and the
-        record's Kafka time `record_ms`: the same at every redelivery, and for every consumer
-        (a random id and `now` made the archiver store each redelivery again)."""
+        other than the ingest API) gets them from its `record` (topic/partition/offset/time)
+        and the record's Kafka time `record_ms`: the same at every redelivery, and for every
+        consumer (a random id and `now` made the archiver store each redelivery again)."""
         # Messages already on the topic were accepted (and fit the broker): no future-skew
         # or context-size check on replay, so none acknowledged before a limit changed is lost.
         event = cls.model_validate_json(raw, context={**REPLAY_CONTEXT,

@@ -34,12 +34,12 @@ from reco.replay_rows import (
     check_items,
     event_rows,
     item_rows,
+    json_body,
     last_event_ms,
     open_events,
     read_batches,
     read_items,
     table_last_ms,
-    to_json,
 )
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -230,7 +230,7 @@ class _Sender:
     async def _send(self, path: str, key: str, rows: list[dict[str, Any]], out: _Outcome
                     ) -> None:
         while rows:
-            resp = await self._request(path, to_json({key: rows}))
+            resp = await self._request(path, json_body(key, rows))
             if resp is None:
                 out.failed += len(rows)
                 return

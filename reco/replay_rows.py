@@ -155,11 +155,18 @@ def derived_event_id(row: dict[str, Any], position: int) -> str:
 
 def to_json(value: Any) -> bytes:
     """JSON as the API reads it: orjson, or the standard library for what orjson refuses and
-    the API takes (integers past 64 bits in a `context`)."""
+    the API takes (integers past 64 bits in a `context`). There NaN is refused (ValueError):
+    orjson writes it as null, the standard library as a token no JSON reader takes."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":")).encode()
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def json_body(key: str, rows: list[dict[str, Any]]) -> bytes:
+    """`{key: rows}`, each row encoded on its own (`to_json`), so that a row's JSON never
+    depends on the rows sent beside it."""
+    return b'{"%s":[%s]}' % (key.encode(), b",".join(map(to_json, rows)))
 
 
 def _unsendable(row: dict[str, Any]) -> Rejected | None:

@@ -5,6 +5,7 @@ the answers were ranked with."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections import Counter
@@ -174,7 +175,8 @@ def log_to_mlflow(settings: Settings, report: DemoReport, engine: str) -> str:
         tracking.set_tags(uri, run_id, {f"dag_run.{dag}": state
                                         for dag, state in report.dag_runs.items()})
     except BaseException:
-        tracking.finish_run(uri, run_id, failed=True)
+        with contextlib.suppress(Exception):  # the logging's own error is the one to raise
+            tracking.finish_run(uri, run_id, failed=True)
         raise
     tracking.finish_run(uri, run_id)  # else RUNNING for ever in the MLflow UI
     return run_id

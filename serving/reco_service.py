@@ -123,8 +123,10 @@ def _catalog_sig(items: ItemIndex) -> str:
 
 class CacheEntry(NamedTuple):
     """A cached response and what it was made with. Stored as "fingerprint catalogue
-    per-category allowance" / model versions / body, one per line: earlier releases stored
-    fewer fields on the first line, so no release accepts another's entries."""
+    per-category allowance" / model versions / body, one per line. This release takes an entry
+    of the one before (fewer fields on the first line) for a miss; that release reads this
+    one's as made under another catalogue, re-checks it and stamps it its way: during a
+    rolling deploy, old and new replicas re-rank each other's entries (never a wrong answer)."""
 
     fingerprint: str
     catalog: str

@@ -101,8 +101,9 @@ def ranks(data: EvalData, scorer: Scorer, k: int, batch: int | None = None
         ties = (scores == held_score[:, None]).sum(axis=1) - 1
         out[lo:hi] = np.where(np.isfinite(held_score), better + 1 + ties / 2, np.inf)
         top = np.argpartition(-scores, tops.shape[1] - 1, axis=1)[:, :tops.shape[1]]
-        # Places no score fills (fewer than k items scored: SASRec's candidates, a user a
-        # model does not know) hold arbitrary -inf items: -1, which coverage leaves out.
+        # Places no score fills (fewer than k items scored: SASRec's candidate lists) hold
+        # arbitrary -inf items: -1, which coverage leaves out. (A user ALS or Item2Vec does
+        # not know scores 0 everywhere: a tie, still counted.)
         top[~np.isfinite(scores[rows[:, None], top])] = -1
         tops[lo:hi] = top
     return out, tops

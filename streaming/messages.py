@@ -18,9 +18,12 @@ def decode(record: ConsumerRecord) -> Event | str:
     if record.value is None:
         return "empty message value"
     try:
+        logged_ms = record.timestamp if record.timestamp and record.timestamp > 0 else None
+        # The time too: offsets start again at 0 in a topic made again, and the archiver
+        # would take a new message for the one already stored under the same id.
         return Event.from_json_bytes(
-            record.value, f"{record.topic}/{record.partition}/{record.offset}",
-            record.timestamp if record.timestamp and record.timestamp > 0 else None)
+            record.value, f"{record.topic}/{record.partition}/{record.offset}/{logged_ms}",
+            logged_ms)
     except ValidationError as exc:
         reasons = "; ".join(f"{e['field']}: {e['reason']}" for e in describe_errors(exc))
         return f"invalid event: {reasons}"

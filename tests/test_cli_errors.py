@@ -4,6 +4,7 @@ before any work starts (no traceback, no stack started, nothing sent)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -90,11 +91,12 @@ def test_data_synthetic_checks_days_up_front(tmp_path: Path, days: str) -> None:
 
 
 def test_train_refuses_a_window_end_in_the_future_as_the_dag_does() -> None:
-    """Not an experiment, so the gate could promote it: its window ending in 2031, every
+    """Not an experiment, so the gate could promote it: its window ending in two years, every
     scheduled run would have been refused as a backfill until then."""
-    result = CliRunner().invoke(app, ["train", "als", "--window-end", "2031-01-01"])
+    later = f"{datetime.now(UTC).year + 2}-01-01"
+    result = CliRunner().invoke(app, ["train", "als", "--window-end", later])
     assert result.exit_code == 2, result.output
-    assert ("Invalid value for --window-end: window_end '2031-01-01' is in the future"
+    assert (f"Invalid value for --window-end: window_end '{later}' is in the future"
             in _said(result))
 
 

@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from reco.data.schema import EVENTS_SCHEMA, DataFileError, write_table
 from reco.data.synthetic import SyntheticConfig, generate
 from reco.replay import ReplayOptions, ReplayStopped, event_rows, replay_async, replay_file
-from reco.replay_rows import Rejected, last_event_ms, read_batches
+from reco.replay_rows import Rejected, json_body, last_event_ms, read_batches
 from reco.settings import Settings
 from reco.stack.health import free_port
 from reco.stack.servers import REPO_ROOT
@@ -439,6 +439,18 @@ def test_values_the_api_takes_but_orjson_does_not_are_replayed(
     assert {"n": 18446744073709551616} in contexts
     assert dict(pg.execute("SELECT item_id, price FROM items").fetchall()) == {
         "i0": Decimal("12.34"), "i1": Decimal("5.00")}
+
+
+def test_a_rows_json_does_not_depend_on_the_rows_beside_it() -> None:
+    """One row past orjson's integers sent the whole batch through the standard library,
+    which wrote another row's NaN as a token no JSON reader takes: both rows refused."""
+    big, nan = {"context": {"n": 18446744073709551616}}, {"context": {"x": float("nan")}}
+    assert json.loads(json_body("events", [big, nan])) == {"events": [big, {"context": {
+        "x": None}}]}
+    both = list(event_rows(pa.table({
+        "user_id": ["u"], "item_id": ["a"], "event_type": ["view"], "timestamp": [T0],
+        "context": ['{"n": 18446744073709551616, "x": NaN}']}).to_batches()))
+    assert both[0].reason.startswith("context: not representable in JSON")
 
 
 def test_a_value_json_cannot_carry_rejects_its_row_only() -> None:

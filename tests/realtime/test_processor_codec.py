@@ -145,6 +145,10 @@ def test_a_message_without_id_or_time_gets_the_same_ones_at_every_read() -> None
     elsewhere = ConsumerRecord("events", 2, 8, LOG_MS, 0, b"u1", message(event_id=...), None,
                                0, 0, [])
     assert decode(elsewhere).event_id != first.event_id
+    # The same place in a topic made again (offsets from 0): another time, another id.
+    again_later = ConsumerRecord("events", 2, 7, LOG_MS + 1, 0, b"u1", message(event_id=...),
+                                 None, 0, 0, [])
+    assert decode(again_later).event_id != first.event_id
 
 
 def packed_by_hiredis(*commands: tuple) -> bytes:
