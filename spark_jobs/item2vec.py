@@ -98,8 +98,14 @@ def _fit_gensim(sentences: list[list[str]], p: Item2VecParams) -> tuple[np.ndarr
 def _fit_spark(spark: SparkSession, sessions_dir: Path,
                p: Item2VecParams) -> tuple[np.ndarray, np.ndarray]:
     from pyspark.ml.feature import Word2Vec
+    from pyspark.sql import functions as F
 
     sessions = spark.read.parquet(str(sessions_dir)).select("items")
+    counts = sessions.select(F.explode("items").alias("item")).groupBy("item").count()
+    # No item seen min_count times: Spark's "vocabulary size should be > 0", which Airflow
+    # would retry; `fit` says why instead.
+    if counts.where(F.col("count") >= p.min_count).limit(1).count() == 0:
+        return np.empty(0, dtype=str), np.empty((0, p.vector_size), dtype=np.float32)
     w2v = Word2Vec(vectorSize=p.vector_size, windowSize=p.window, minCount=p.min_count,
                    maxIter=p.epochs, stepSize=p.alpha, seed=p.seed, inputCol="items",
                    numPartitions=1)

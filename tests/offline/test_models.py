@@ -84,10 +84,7 @@ def _assert_item_neighbours(model: str, version: str, report: dict, redis_client
     assert sum(i.startswith("g0-") for i in ids[:10]) >= 8, ids[:10]
 
 
-@pytest.mark.parametrize("sessions", [[], [["a"], ["b"]]])
-def test_item2vec_with_nothing_to_learn_says_so_and_is_not_retried(tmp_path: Path, sessions):
-    """No session, or no item seen `min_count` times: gensim's "you must first build
-    vocabulary" RuntimeError came first, and Airflow retried it as if a server were down."""
+def _nothing_to_learn(tmp_path: Path, sessions: list, engine: str, spark=None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -97,4 +94,16 @@ def test_item2vec_with_nothing_to_learn_says_so_and_is_not_retried(tmp_path: Pat
                    tmp_path / "sessions.parquet")
     params = item2vec.Item2VecParams(min_count=2)
     with pytest.raises(BadRunInput, match="^no sessions with two or more items in the window"):
-        item2vec.fit(tmp_path / "sessions.parquet", params)
+        item2vec.fit(tmp_path / "sessions.parquet", params, engine, spark)
+
+
+@pytest.mark.parametrize("sessions", [[], [["a"], ["b"]]])
+def test_item2vec_with_nothing_to_learn_says_so_and_is_not_retried(tmp_path: Path, sessions):
+    """No session, or no item seen `min_count` times: gensim's "you must first build
+    vocabulary" RuntimeError came first, and Airflow retried it as if a server were down."""
+    _nothing_to_learn(tmp_path, sessions, "local")
+
+
+@pytest.mark.spark
+def test_item2vec_on_spark_with_nothing_to_learn_says_so(tmp_path: Path, spark):
+    _nothing_to_learn(tmp_path, [["a"], ["b"]], "spark", spark)
