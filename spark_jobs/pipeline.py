@@ -291,25 +291,14 @@ def train_step(cfg: PipelineConfig, extracted: dict,
     except BaseException:
         tracking.finish_run(cfg.mlflow_tracking_uri, run_id, failed=True)
         if model_id is not None:
-            _discard_model(cfg, model_id, registry_version)
+            from spark_jobs import registry_retention
+
+            registry_retention.discard_failed(cfg, model_id, registry_version)
         raise
     return {**extracted, "model_dir": str(model_dir), "eval_model_dir": str(eval_model_dir),
             "run_id": run_id, "version": version, "model_id": model_id,
             "registry_version": registry_version,
             "timings": {**extracted.get("timings", {}), **timings}}
-
-
-def _discard_model(cfg: PipelineConfig, model_id: str, registry_version: str | None) -> None:
-    """A failed train's MLflow model and registry version: the retry logs its own, and this
-    one's files (the published lists) would otherwise stay for ever."""
-    from spark_jobs import registry_retention
-
-    try:
-        registry_retention.discard(cfg.mlflow_tracking_uri, cfg.model, model_id,
-                                   registry_version)
-    except Exception as exc:  # noqa: BLE001 - the train's own error is the one to raise
-        log.warning("%s: the failed run's model %s was not deleted: %s", cfg.model, model_id,
-                    exc)
 
 
 def evaluate_step(cfg: PipelineConfig, trained: dict) -> dict:
@@ -402,29 +391,9 @@ def publish_step(cfg: PipelineConfig, gated: dict) -> dict:
     if Path(cfg.run_dir).is_dir():
         (Path(cfg.run_dir) / FINISHED_MARKER).touch()
     prune_runs(cfg)
-    return {**state, "registry_retention": _prune_registry(cfg)}
+    from spark_jobs import registry_retention
 
-
-def _prune_registry(cfg: PipelineConfig) -> dict:
-    """`registry_retention.prune_registry` under the model's publish lock, so no gate promotes
-    and no publish marks another version serving while it reads them. Never fails the publish,
-    which is done: a failure is a warning, and the next publish tries again."""
-    import redis
-
-    from spark_jobs import publish, registry_retention
-
-    if not cfg.keep_versions:
-        return registry_retention.Retention(cfg.model).as_dict()
-    try:
-        with (redis.Redis.from_url(cfg.redis_url) as client,
-              publish.held_lock(client, cfg.model) as lock):
-            return registry_retention.prune_registry(
-                cfg.mlflow_tracking_uri, cfg.model, cfg.keep_versions,
-                renew=lambda: publish.renew(lock)).as_dict()
-    except Exception as exc:  # noqa: BLE001 - the lists are published: report, do not fail
-        log.warning("%s registry retention failed: %s", cfg.model, exc, exc_info=True)
-        return {**registry_retention.Retention(cfg.model).as_dict(),
-                "error": f"{type(exc).__name__}: {exc}"}
+    return {**state, "registry_retention": registry_retention.after_publish(cfg)}
 
 
 def _serve(cfg: PipelineConfig, gated: dict) -> dict:

@@ -16,14 +16,18 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+import redis
 from mlflow import MlflowClient
 from mlflow.entities import LifecycleStage, Run
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from spark_jobs import tracking
+from spark_jobs import publish, tracking
+
+if TYPE_CHECKING:
+    from spark_jobs.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +139,7 @@ def _run_active(mlflow: MlflowClient, run_id: str) -> bool:
 
 
 def _run(mlflow: MlflowClient, run_id: str) -> Run | None:
-    try:
-        return mlflow.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code != tracking.NOT_FOUND:
-            raise
-        return None
+    return tracking.unless_missing(lambda: mlflow.get_run(run_id))
 
 
 def _delete_model_files(mlflow: MlflowClient, tracking_uri: str, mv: ModelVersion) -> None:
@@ -162,40 +161,57 @@ def _delete_model_files(mlflow: MlflowClient, tracking_uri: str, mv: ModelVersio
                  mv.name, mv.version, source)
 
 
-def discard(tracking_uri: str, model: str, model_id: str, registry_version: str | None
-            ) -> None:
-    """Delete a failed run's registry version (if it got that far) and its logged model with
-    its files."""
-    mlflow = tracking.client(tracking_uri)
-    if registry_version is not None:
-        mlflow.delete_model_version(tracking.REGISTERED_MODELS[model], registry_version)
-    tracking.delete_logged_model(tracking_uri, model_id)
+def after_publish(cfg: PipelineConfig) -> dict:
+    """`prune_registry` under the model's publish lock, so no gate promotes and no publish
+    marks another version serving while it reads them. Never fails the publish, which is done:
+    a failure is a warning, and the next publish tries again."""
+    if not cfg.keep_versions:
+        return Retention(cfg.model).as_dict()
+    try:
+        with (redis.Redis.from_url(cfg.redis_url) as client,
+              publish.held_lock(client, cfg.model) as lock):
+            return prune_registry(cfg.mlflow_tracking_uri, cfg.model, cfg.keep_versions,
+                                  renew=lambda: publish.renew(lock)).as_dict()
+    except Exception as exc:  # noqa: BLE001 - the lists are published: report, do not fail
+        log.warning("%s registry retention failed: %s", cfg.model, exc, exc_info=True)
+        return {**Retention(cfg.model).as_dict(), "error": f"{type(exc).__name__}: {exc}"}
+
+
+def discard_failed(cfg: PipelineConfig, model_id: str, registry_version: str | None) -> None:
+    """Delete a failed train's registry version (if it got that far) and its logged model
+    with its files: the retry logs its own, and these (the published lists) would otherwise
+    stay for ever. Best effort: the train's own error is the one to raise."""
+    try:
+        if registry_version is not None:
+            tracking.client(cfg.mlflow_tracking_uri).delete_model_version(
+                tracking.REGISTERED_MODELS[cfg.model], registry_version)
+        tracking.delete_logged_model(cfg.mlflow_tracking_uri, model_id)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("%s: the failed run's model %s was not deleted: %s", cfg.model, model_id,
+                    exc)
 
 
 def why_unservable(tracking_uri: str, model: str, registry_version: str) -> str | None:
     """Why `registry_version` of `model` cannot be served (pruned by retention, or no such
     version), or None when it can."""
-    name = tracking.REGISTERED_MODELS[model]
-    try:
-        mv = tracking.client(tracking_uri).get_model_version(name, registry_version)
-    except MlflowException as exc:
-        if exc.error_code != tracking.NOT_FOUND:
-            raise
-        run = _pruned_run(tracking_uri, model, registry_version)
+    mlflow = tracking.client(tracking_uri)
+    mv = tracking.unless_missing(lambda: mlflow.get_model_version(
+        tracking.REGISTERED_MODELS[model], registry_version))
+    if mv is None:
+        run = _pruned_run(mlflow, model, registry_version)
         if run is None:
             return f"{model} has no registry version {registry_version}"
         return _pruned(model, registry_version, run.data.tags[tracking.PRUNED_TAG],
                        run.info.run_id)
     if tracking.PRUNED_TAG in mv.tags:
-        run = _run(tracking.client(tracking_uri), mv.run_id) if mv.run_id else None
+        run = _run(mlflow, mv.run_id) if mv.run_id else None
         return _pruned(model, registry_version, mv.tags[tracking.PRUNED_TAG],
                        run.info.run_id if run else None)
     return None
 
 
-def _pruned_run(tracking_uri: str, model: str, registry_version: str):
+def _pruned_run(mlflow: MlflowClient, model: str, registry_version: str) -> Run | None:
     """The run whose registry version `registry_version` retention deleted, or None."""
-    mlflow = tracking.client(tracking_uri)
     runs = mlflow.search_runs(
         [tracking.experiment_id(mlflow, model)],
         f"tags.`{tracking.PRUNED_VERSION_TAG}` = '{int(registry_version)}'", max_results=1)

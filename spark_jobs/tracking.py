@@ -6,8 +6,10 @@ import logging
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -17,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from spark_jobs import BadRunInput, as_utc
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXPERIMENTS = {"item2vec": "item2vec", "als": "als", "sasrec": "sasrec",
                "served": "served-evaluation"}  # the demo's scores of the API's answers
@@ -162,19 +165,27 @@ def log_model(tracking_uri: str, run_id: str, model: str, model_dir: Path,
     return logged.model_id
 
 
+def unless_missing(read: Callable[[], T]) -> T | None:
+    """`read()`, or None when MLflow answers that what it reads does not exist."""
+    try:
+        return read()
+    except MlflowException as exc:
+        if exc.error_code != NOT_FOUND:
+            raise
+        return None
+
+
 def delete_logged_model(tracking_uri: str, model_id: str) -> None:
     """Its artifacts first, then the logged model (soft-deleted: `mlflow gc` purges it): once
     deleted, its artifact location can no longer be read. Gone already: nothing to do."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     mlflow_client = client(tracking_uri)
-    try:
-        location = mlflow_client.get_logged_model(model_id).artifact_location
-    except MlflowException as exc:
-        if exc.error_code != NOT_FOUND:
-            raise
+    logged = unless_missing(lambda: mlflow_client.get_logged_model(model_id))
+    if logged is None:
         return
-    get_artifact_repository(location, tracking_uri=tracking_uri).delete_artifacts()
+    get_artifact_repository(logged.artifact_location, tracking_uri=tracking_uri
+                            ).delete_artifacts()
     mlflow_client.delete_logged_model(model_id)
 
 
