@@ -236,8 +236,9 @@ class RecoService:
         self.ranking_key = ranking_key(self.config, settings.seen_max, settings.catalogue_only)
         self.with_cf = settings.w_cf > 0  # ALS's lists only matter with a CF weight
         self.with_seq = settings.w_seq > 0  # and SASRec's user lists with a seq weight
-        self.unused_models = frozenset([*([] if self.with_cf else [ALS]),
-                                        *([] if self.with_seq else [SASREC])])
+        self.unused_models = frozenset(model for model, used in ((ALS, self.with_cf),
+                                                                  (SASREC, self.with_seq))
+                                       if not used)
         self.io = ThreadReads(store) if settings.reco_redis_in_threads else AsyncReads(store)
         self.lists = ItemListCache(settings.reco_list_cache_items,
                                    settings.reco_coview_cache_ttl_s,
