@@ -43,10 +43,21 @@ def postgres_accepts(port: int) -> bool:
         return False
 
 
+# Ports already handed out by this process: the kernel may give a closed ephemeral port again
+# at once, and two servers configured in one go were then told to share it.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now and that this process has not handed out before."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out and port + 1 not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("found no free port that was not handed out before")
 
 
 def free_port_pair() -> int:
@@ -59,6 +70,7 @@ def free_port_pair() -> int:
                 sock.bind(("127.0.0.1", port + 1))
             except OSError:
                 continue
+        _handed_out.add(port + 1)
         return port
     raise RuntimeError("found no two consecutive free ports")
 
