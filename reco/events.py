@@ -78,38 +78,14 @@ class Event(BaseModel):
     def _parse_timestamp(cls, value: Any, info: ValidationInfo) -> int:
         if value is None:
             return (info.context or {}).get("default_timestamp_ms") or int(time.time() * 1000)
-        if isinstance(value, bool):
-            raise ValueError(_TIMESTAMP_FORMS)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("must be a finite number of epoch milliseconds")
-        floor = (info.context or {}).get("min_timestamp_ms", MIN_TIMESTAMP_MS)
-        if isinstance(value, int | float):
-            if value < 0:  # checked before int(): -0.5 would pass as 0
-                raise ValueError("must not be negative")
-            if value < floor:
-                raise ValueError(f"must be at least {MIN_TIMESTAMP_MS} (1973-03-03T09:46:40Z): "
-                                 "a smaller number is epoch seconds, and milliseconds are "
-                                 "expected")
-            return int(value)
-        if isinstance(value, str):
-            ms = _rfc3339_ms(value)
-            if ms < floor:
-                raise ValueError("must be at or after 1973-03-03T09:46:40Z")
-            return ms
-        raise ValueError(_TIMESTAMP_FORMS)
+        return epoch_ms(value, (info.context or {}).get("min_timestamp_ms", MIN_TIMESTAMP_MS))
 
     @field_validator("timestamp")
     @classmethod
     def _in_range(cls, value: int, info: ValidationInfo) -> int:
         # Bounds are checked on replay too: the archiver cannot store a time past year 9999.
-        if value < 0:
-            raise ValueError("must not be negative")
-        if value > MAX_TIMESTAMP_MS:
-            raise ValueError(f"must be at most {MAX_TIMESTAMP_MS} (9999-12-31T23:59:59.999Z)")
-        skew_s = (info.context or {}).get("max_future_skew_s", MAX_FUTURE_SKEW_S)
-        if value > (time.time() + skew_s) * 1000:
-            raise ValueError(f"is more than {int(skew_s)} seconds in the future")
-        return value
+        return within_range(value, (info.context or {}).get("max_future_skew_s",
+                                                            MAX_FUTURE_SKEW_S))
 
     @field_validator("context")
     @classmethod
@@ -183,6 +159,40 @@ def _nesting_problem(value: dict[str, Any]) -> str | None:
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
     return None
+
+
+def epoch_ms(value: Any, floor: int = MIN_TIMESTAMP_MS) -> int:
+    """Epoch milliseconds of a client's time: an RFC 3339 date-time with an offset, or epoch
+    milliseconds from `floor` on (the rule of event timestamps and item `created_at` alike)."""
+    if isinstance(value, bool):
+        raise ValueError(_TIMESTAMP_FORMS)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number of epoch milliseconds")
+    if isinstance(value, int | float):
+        if value < 0:  # checked before int(): -0.5 would pass as 0
+            raise ValueError("must not be negative")
+        if value < floor:
+            raise ValueError(f"must be at least {MIN_TIMESTAMP_MS} (1973-03-03T09:46:40Z): "
+                             "a smaller number is epoch seconds, and milliseconds are expected")
+        return int(value)
+    if isinstance(value, str):
+        ms = _rfc3339_ms(value)
+        if ms < floor:
+            raise ValueError("must be at or after 1973-03-03T09:46:40Z")
+        return ms
+    raise ValueError(_TIMESTAMP_FORMS)
+
+
+def within_range(ms: int, max_future_skew_s: float = MAX_FUTURE_SKEW_S) -> int:
+    """`ms` if it is neither negative, nor past year 9999, nor further ahead of this host's
+    clock than `max_future_skew_s`."""
+    if ms < 0:
+        raise ValueError("must not be negative")
+    if ms > MAX_TIMESTAMP_MS:
+        raise ValueError(f"must be at most {MAX_TIMESTAMP_MS} (9999-12-31T23:59:59.999Z)")
+    if ms > (time.time() + max_future_skew_s) * 1000:
+        raise ValueError(f"is more than {int(max_future_skew_s)} seconds in the future")
+    return ms
 
 
 def _rfc3339_ms(value: str) -> int:

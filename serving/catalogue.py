@@ -28,7 +28,7 @@ import redis.asyncio as aredis
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from reco import keys
-from reco.events import Identifier, small_object_problem
+from reco.events import Identifier, epoch_ms, small_object_problem, within_range
 from reco.timing import POSTGRES_QUERY_SECONDS, timed
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ Category = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 class ItemIn(BaseModel):
-    """Catalogue fields of one item; `created_at` (RFC 3339 / epoch ms) defaults to first upsert."""
+    """Catalogue fields of one item; `created_at` (as an event's timestamp: RFC 3339 with an
+    offset or epoch ms, from 1973 on, at most 5 minutes ahead) defaults to the first upsert."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -72,26 +73,12 @@ class ItemIn(BaseModel):
 
     @field_validator("created_at", mode="before")
     @classmethod
-    def _epoch_ms(cls, value: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                return datetime.fromtimestamp(value / 1000.0, tz=UTC)
-            except (OverflowError, OSError, ValueError):  # was a 500 (tests/security fuzz)
-                raise ValueError("epoch milliseconds out of range") from None
-        return value
-
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
+    def _client_time(cls, value: Any) -> datetime | None:
+        # The events' rule: epoch seconds were taken for January 1970, times without an offset
+        # for UTC, and a date years ahead led the new arrivals until it came.
         if value is None:
             return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        try:
-            value.astimezone(UTC)
-        except OverflowError:  # 0001-01-01T00:00+01:00 is year 0 in UTC: was a 500 (fuzz)
-            raise ValueError("must fall within years 1 to 9999 in UTC") from None
-        return value
+        return datetime.fromtimestamp(within_range(epoch_ms(value)) / 1000.0, tz=UTC)
 
 
 def _unstorable(value: Any) -> str | None:

@@ -437,6 +437,30 @@ async def test_catalogue_upserts_postgres_and_redis(
         "revision": revisions["i2"]}
 
 
+@pytest.mark.parametrize(("created_at", "reason"), [
+    # Epoch seconds were stored as January 1970: an item launched today was never "new".
+    (1_795_836_951, "must be at least 100000000000 (1973-03-03T09:46:40Z): a smaller number is "
+                    "epoch seconds, and milliseconds are expected"),
+    # A number in a string, a time without an offset and a bare date were each read their own way.
+    ("1795836951", "must be an RFC 3339 date-time with an offset (2026-01-02T03:04:05Z) or "
+                   "epoch milliseconds"),
+    ("2026-11-01T10:00:00", "must be an RFC 3339 date-time with an offset "
+                            "(2026-01-02T03:04:05Z) or epoch milliseconds"),
+    # A typo in the year led every new visitor's new arrivals until that year.
+    ("9999-01-01T00:00:00Z", "is more than 300 seconds in the future"),
+])
+async def test_item_created_at_follows_the_event_timestamp_rules(
+    ingest: httpx.AsyncClient, pg: psycopg.Connection, kafka_topics: dict, created_at: object,
+    reason: str,
+) -> None:
+    put = await ingest.put("/items/i1", json={"created_at": created_at})
+    patch = await ingest.patch("/items/i1", json={"created_at": created_at})
+    assert (put.status_code, patch.status_code) == (422, 422)
+    assert [(e["field"], e["reason"]) for e in put.json()["detail"]] == [("created_at", reason)]
+    assert [(e["field"], e["reason"]) for e in patch.json()["detail"]] == [("created_at", reason)]
+    assert pg.execute("SELECT count(*) FROM items").fetchone() == (0,)
+
+
 async def test_a_patch_changes_only_the_fields_it_names(
     ingest: httpx.AsyncClient, pg: psycopg.Connection, redis_client: redis.Redis,
     settings: Settings, kafka_topics: dict,
