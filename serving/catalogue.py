@@ -6,7 +6,7 @@ created_at epoch seconds, title) for business rules and the new-arrivals filler 
 afterwards, each hash only from a newer revision than its own (two replicas' writes can land
 out of order).
 
-Each upsert also stamps its items in `item:changes` (item -> epoch ms) and INCRs
+Each upsert also stamps its items in `item:changes` (item -> epoch ms by Redis's clock) and INCRs
 `item:catalog_version`, in the same pipeline after the hashes: the recommendation API then
 re-reads just those items at its next snapshot refresh (`popular_snapshot_refresh_s`, 5 s),
 so an item set out of stock stops being recommended within one refresh, cached responses
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -241,7 +240,7 @@ async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> N
         absent = [k for k, v in fields.items() if v is None]
         await mirror(keys=[keys.item_meta(item_id)],
                      args=[revision, len(present) // 2, *present, *absent], client=pipe)
-    announce_changes(pipe, [row[0] for row in rows], time.time() * 1000)
+    announce_changes(pipe, [row[0] for row in rows])
     replies = await pipe.execute()
     stale = [row[0] for row, applied in zip(rows, replies[:len(rows)], strict=True)
              if not applied]
@@ -251,14 +250,23 @@ async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> N
                     "past Redis' revisions (setval).", len(stale), stale[:10])
 
 
-def announce_changes(pipe: aredis.client.Pipeline, item_ids: Sequence[str], now_ms: float
-                     ) -> None:
+# Change entries are stamped with Redis's clock, not the ingest host's: a replica whose clock ran
+# ahead stamped entries that hid other replicas' later changes from the readers' window
+# (serving/catalogue_sync.py), and their stock changes waited for the next full reload.
+ANNOUNCE_CHANGES = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - ARGV[1]))
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
+return redis.call('INCR', KEYS[2])
+"""
+
+
+def announce_changes(pipe: aredis.client.Pipeline, item_ids: Sequence[str]) -> None:
     """Queue the change entries, their trim and the version INCR after the hash writes: one
     pipeline runs in order, so a server that sees the new version sees the hashes too."""
     if not item_ids:
         return
-    pipe.zadd(keys.ITEM_META_CHANGES, dict.fromkeys(item_ids, now_ms))
-    pipe.zremrangebyscore(keys.ITEM_META_CHANGES, "-inf",
-                          f"({now_ms - keys.ITEM_META_CHANGES_KEEP_MS}")
-    pipe.zremrangebyrank(keys.ITEM_META_CHANGES, 0, -keys.ITEM_META_CHANGES_MAX - 1)
-    pipe.incr(keys.ITEM_META_VERSION)
+    pipe.eval(ANNOUNCE_CHANGES, 2, keys.ITEM_META_CHANGES, keys.ITEM_META_VERSION,
+              keys.ITEM_META_CHANGES_KEEP_MS, keys.ITEM_META_CHANGES_MAX, *item_ids)

@@ -34,9 +34,9 @@ from reco.settings import Settings
 log = logging.getLogger(__name__)
 META_FIELDS = ("category", "price", "in_stock", "created_at")
 SCAN_COUNT = 2000
-# Changes are re-read from this long before the newest applied: entries from ingest hosts with
-# clocks behind, or landing after a later one was read, still get applied. Entries re-read
-# with the score already applied are skipped (a new upsert of the item re-scores it).
+# Changes are re-read from this long before the newest applied: entries are stamped by Redis's
+# clock (serving/catalogue.py), which NTP may step back a little. Entries re-read with the
+# score already applied are skipped (a new upsert of the item re-scores it).
 CHANGE_MARGIN_MS = 60_000.0
 
 
