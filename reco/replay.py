@@ -400,9 +400,9 @@ def replay_file(
     Raises `DataFileError` before sending anything when a file or column is unusable."""
     file = open_events(events_path)
     catalogue = read_items(items_path) if items_path else None
-    offset = _offset(last_event_ms(file), shift_to_now, now_ms)
+    offset = _offset(last_event_ms(file, str(events_path)), shift_to_now, now_ms)
     rows = event_rows(read_batches(file, events_path), offset)
-    items = item_rows(catalogue, offset) if catalogue is not None else None
+    items = item_rows(catalogue, str(items_path), offset) if catalogue is not None else None
     return asyncio.run(replay_async(rows, opts, items, progress))
 
 
@@ -415,7 +415,7 @@ def replay_table(
     check_events(events.schema, "events table")
     if items is not None:
         check_items(items.schema, "items table")
-    offset = _offset(table_last_ms(events), shift_to_now, now_ms)
+    offset = _offset(table_last_ms(events, "events table"), shift_to_now, now_ms)
     rows = event_rows(events.to_batches(max_chunksize=10_000), offset)
-    item_list = item_rows(items, offset) if items is not None else None
+    item_list = item_rows(items, "items table", offset) if items is not None else None
     return asyncio.run(replay_async(rows, opts, item_list, progress))

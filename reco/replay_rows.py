@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reco.data.schema import EVENTS_FILE, ITEMS_FILE, DataFileError, open_parquet, require_columns
+from reco.events import MIN_TIMESTAMP_MS
 
 EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "timestamp", "session_id",
                  "context")
@@ -122,11 +123,19 @@ def epoch_ms(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.cast(pc.cast(column, pa.timestamp("ms", tz), safe=False), pa.int64())
 
 
-def _max_ms(column: pa.Array | pa.ChunkedArray) -> int | None:
-    return pc.max(epoch_ms(column)).as_py()
+def _max_ms(column: pa.Array | pa.ChunkedArray, name: str, where: str) -> int | None:
+    """The column's latest time in epoch ms. Integers all before 1973-03-03 are refused: epoch
+    seconds, which the shift to now would squeeze 1000-fold into plausible milliseconds (a
+    month of events sent as 43 minutes, each passing the API's checks)."""
+    latest = pc.max(epoch_ms(column)).as_py()
+    if latest is not None and pa.types.is_integer(column.type) and latest < MIN_TIMESTAMP_MS:
+        raise DataFileError(f"{where}: column {name} ends at {latest}, before "
+                            f"{MIN_TIMESTAMP_MS} (1973-03-03) in epoch milliseconds: epoch "
+                            "seconds? Multiply them by 1000")
+    return latest
 
 
-def last_event_ms(file: pq.ParquetFile) -> int | None:
+def last_event_ms(file: pq.ParquetFile, where: str) -> int | None:
     """The latest `timestamp` in epoch ms, from the row-group statistics when every group has
     them (no data read); None when no event has one."""
     if "timestamp" not in file.schema_arrow.names:
@@ -137,13 +146,15 @@ def last_event_ms(file: pq.ParquetFile) -> int | None:
     for group in range(meta.num_row_groups):
         stats = meta.row_group(group).column(leaf).statistics
         if stats is None or not stats.has_min_max:
-            return _max_ms(file.read(columns=["timestamp"])["timestamp"])
+            return _max_ms(file.read(columns=["timestamp"])["timestamp"], "timestamp", where)
         maxima.append(stats.max)
-    return _max_ms(pa.array(maxima, type=file.schema_arrow.field("timestamp").type))
+    return _max_ms(pa.array(maxima, type=file.schema_arrow.field("timestamp").type),
+                   "timestamp", where)
 
 
-def table_last_ms(table: pa.Table) -> int | None:
-    return _max_ms(table["timestamp"]) if "timestamp" in table.schema.names else None
+def table_last_ms(table: pa.Table, where: str) -> int | None:
+    return (_max_ms(table["timestamp"], "timestamp", where)
+            if "timestamp" in table.schema.names else None)
 
 
 def derived_event_id(row: dict[str, Any], position: int) -> str:
@@ -228,8 +239,10 @@ def event_rows(batches: Iterable[pa.RecordBatch], offset_ms: int = 0) -> Iterato
             position += 1
 
 
-def item_rows(table: pa.Table, offset_ms: int = 0) -> list[Row]:
+def item_rows(table: pa.Table, where: str, offset_ms: int = 0) -> list[Row]:
     """Catalogue rows for POST /items/batch (attributes parsed, created_at shifted like events)."""
+    if "created_at" in table.schema.names:
+        _max_ms(table["created_at"], "created_at", where)
     rows: list[Row] = []
     for row in pa.table(_columns(table, ITEM_COLUMNS, ("item_id",), "created_at")).to_pylist():
         row = {k: v for k, v in row.items() if v is not None}

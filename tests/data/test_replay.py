@@ -412,9 +412,30 @@ def test_arrow_timestamp_columns_are_sent_as_epoch_milliseconds(tmp_path: Path) 
     pq.write_table(pa.table({"user_id": ["u", "u"], "item_id": ["a", "b"],
                              "event_type": ["view", "click"], "timestamp": times}), path)
     file = pq.ParquetFile(path)
-    assert last_event_ms(file) == 1_767_312_000_000
+    assert last_event_ms(file, "f") == 1_767_312_000_000
     rows = list(event_rows(read_batches(file, path), offset_ms=5))
     assert [r["timestamp"] for r in rows] == [1_767_225_600_128, 1_767_312_000_005]
+
+
+@pytest.mark.parametrize("column", ["timestamp", "created_at"])
+def test_integer_times_in_epoch_seconds_are_refused_before_sending(tmp_path: Path,
+                                                                    column: str) -> None:
+    """The shift to now turned a month of epoch seconds into 43 minutes of plausible
+    milliseconds, each event passing the API's 1973 floor."""
+    seconds = [1_764_000_000, 1_766_592_000]  # 2025-11-24 .. 2025-12-24
+    events = {"user_id": ["u", "u"], "item_id": ["a", "b"], "event_type": ["view", "view"],
+              "timestamp": [s * 1000 for s in seconds]}
+    items = {"item_id": ["a", "b"], "created_at": [s * 1000 for s in seconds]}
+    (events if column == "timestamp" else items)[column] = seconds
+    pq.write_table(pa.table(events), tmp_path / "events.parquet")
+    pq.write_table(pa.table(items), tmp_path / "items.parquet")
+    unreachable = ReplayOptions(url="http://127.0.0.1:9", max_retries=0)
+    with pytest.raises(DataFileError) as refused:
+        replay_file(tmp_path / "events.parquet", unreachable, tmp_path / "items.parquet")
+    where = tmp_path / ("events.parquet" if column == "timestamp" else "items.parquet")
+    assert str(refused.value) == (
+        f"{where}: column {column} ends at 1766592000, before 100000000000 (1973-03-03) in "
+        "epoch milliseconds: epoch seconds? Multiply them by 1000")
 
 
 @pytest.mark.integration
