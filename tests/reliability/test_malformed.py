@@ -5,6 +5,7 @@ other shapes, oversized ones, and values the archiver once could not store."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import orjson
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 import redis
 
+from reco import keys
 from reco.events import MAX_TIMESTAMP_MS
 from reco.settings import Settings
 from streaming.messages import DLQ_KEY_MAX_BYTES, DLQ_RAW_MAX_CHARS, DLQ_REASON_MAX_CHARS
@@ -68,17 +70,23 @@ async def test_malformed_messages_are_dead_lettered_with_reasons(
     # the last millisecond of year 9999.
     odd = ev("u2", "B", context={"big": 2**70, "text": "a\x00b", "nan": float("nan")})
     last = ev("u3", "B", timestamp=MAX_TIMESTAMP_MS)
+    # From a producer other than the ingest API, dated years ahead: its forward-decayed weight
+    # outweighed all of today's popularity, and it stayed first in u4's recent list. Archived,
+    # but no feature: a dead letter from the processor.
+    ahead = ev("u4", "D", timestamp=int((time.time() + 5 * 365 * 86400) * 1000))
     after = [ev(f"u{n}", "C") for n in range(5)]
     # Every message on one key: one partition, so the good events sit behind the bad ones.
     messages = [(b"k", orjson.dumps(before))] + [(b"k", v) for v, _ in BAD.values()]
     messages += [(b"k", json.dumps(odd).encode()), (b"k", orjson.dumps(last))]
+    messages += [(b"k", orjson.dumps(ahead))]
     messages += [(b"k", orjson.dumps(e)) for e in after]
+    too_late = {len(BAD) + 2: last, len(BAD) + 3: ahead}  # offset -> event
     await produce_fast(settings, messages)
     consumers = Consumers()
     consumers.start("processor", settings)
     consumers.start("archiver", settings)
     try:
-        good = [before, odd, last, *after]
+        good = [before, odd, *after]
         await wait_for(lambda: seen_count(redis_client, good) == len(good), "good events")
         await wait_for(lambda: _committed(settings, settings.group_processor, len(messages)),
                        "processor committed past every bad message")
@@ -87,9 +95,16 @@ async def test_malformed_messages_are_dead_lettered_with_reasons(
     finally:
         await consumers.stop_all()
 
-    dead = await read_topic(settings, settings.topic_dlq, len(BAD))
-    assert len(dead) == len(BAD)
+    dead = await read_topic(settings, settings.topic_dlq, len(BAD) + len(too_late))
+    assert len(dead) == len(BAD) + len(too_late)
     letters = [orjson.loads(m.value) for m in sorted(dead, key=lambda m: m.offset)]
+    assert [d["reason"] for d in letters[len(BAD):]] == [
+        f"invalid event: timestamp: {e['timestamp']} is more than an hour ahead of the "
+        "processor's clock" for e in too_late.values()]
+    assert [d["offset"] for d in letters[len(BAD):]] == list(too_late)
+    assert seen_count(redis_client, list(too_late.values())) == 0
+    assert redis_client.zscore(keys.ITEM_POPULARITY, "D") is None
+    letters = letters[:len(BAD)]
     assert [d["reason"] for d in letters] == [reason for _, reason in BAD.values()]
     assert [d["offset"] for d in letters] == list(range(1, len(BAD) + 1))
     assert all(d["topic"] == settings.topic_events for d in letters)
@@ -101,7 +116,8 @@ async def test_malformed_messages_are_dead_lettered_with_reasons(
     assert letters[-2]["reason_truncated"] is True and "reason_truncated" not in garbage
 
     rows = archived(settings)
-    assert sorted(r[0] for r in rows) == sorted(e["event_id"] for e in good)
+    assert sorted(r[0] for r in rows) == sorted(e["event_id"]
+                                                for e in [*good, *too_late.values()])
     stored = pg.execute("SELECT context FROM events WHERE event_id = %s",
                         (odd["event_id"],)).fetchone()[0]
     assert stored == {"big": 2**70, "text": "ab", "nan": None}
