@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -129,8 +130,8 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
 
     state = Path(settings.state_dir)
     end = as_utc(window_end or datetime.now(UTC))
-    if run_dir is None:
-        run_dir = runs_dir(settings, model) / end.strftime("%Y%m%dT%H%M%S")
+    if run_dir is None:  # one per run: two runs of one window overwrote each other's files
+        run_dir = runs_dir(settings, model) / f"{end:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     values = dict(
         model=model, engine=engine or default_engine(settings, model),
         run_dir=str(run_dir), runs_dir=str(runs_dir(settings, model)),

@@ -37,7 +37,11 @@ def test_a_window_end_without_a_zone_is_utc_whatever_the_hosts_zone(host_in_new_
     cfg = pipeline.config_from_settings(settings, "als", window_end=datetime(2024, 1, 1))
     assert cfg.window_end == "2024-01-01T00:00:00+00:00"
     assert cfg.window[1] == datetime(2024, 1, 1, tzinfo=UTC)
-    assert Path(cfg.run_dir).name == "20240101T000000"
+    assert Path(cfg.run_dir).name.startswith("20240101T000000-")
+    # Another run of the window (other hyperparameters, another engine) has its own folder:
+    # they shared one and overwrote each other's extract and model.
+    again = pipeline.config_from_settings(settings, "als", window_end=datetime(2024, 1, 1))
+    assert again.run_dir != cfg.run_dir and Path(again.run_dir).parent == Path(cfg.run_dir).parent
     paris = datetime(2024, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))
     cfg = pipeline.config_from_settings(settings, "als", window_end=paris)
     assert cfg.window_end == "2023-12-31T23:00:00+00:00"
