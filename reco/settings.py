@@ -223,6 +223,9 @@ class Settings(BaseSettings):
     offline_keep_versions: int = Field(default=10, ge=0)
     spark_jars_dir: Path | None = None  # JDBC driver jar cache; default state_dir / "jars"
     train_window_days: AtLeastOne = 30
+    # PostgreSQL `events` kept this many days by the daily `maintenance` DAG (0: every event,
+    # ~275 bytes each with its indexes). Longer than the training window (checked).
+    events_retention_days: AtLeastZero = 0
     recency_half_life_days: Positive = 3650.0  # ALS confidence age decay; ~none won on validation
     jdbc_partitions: AtLeastOne = 4
     eval_k: AtLeastOne = 10
@@ -346,6 +349,11 @@ class Settings(BaseSettings):
             _refuse_insecure_auth(self)
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("RECO_TLS_CERTFILE and RECO_TLS_KEYFILE must be set together")
+        if 0 < self.events_retention_days <= self.train_window_days:
+            raise ValueError(
+                f"RECO_EVENTS_RETENTION_DAYS ({self.events_retention_days}) must be 0 (keep "
+                f"every event) or more than RECO_TRAIN_WINDOW_DAYS ({self.train_window_days}): "
+                "training reads that many days of events")
         return self
 
     @field_validator("catalogue_only", mode="before")

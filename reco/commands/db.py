@@ -55,3 +55,16 @@ def carry_seen_sets() -> None:
     moved = carry(redis.Redis.from_url(settings.redis_url), settings.seen_max,
                   settings.seen_ttl_s)
     console.print(f"moved {moved} seen sets" if moved else "no unbounded seen sets left")
+
+
+@app.command("prune-events")
+def prune_events() -> None:
+    """Delete the PostgreSQL events older than RECO_EVENTS_RETENTION_DAYS (the daily
+    `maintenance` DAG does it; 0, the default, keeps every event)."""
+    from reco.events_retention import prune_events as prune
+
+    pruned = prune(get_settings())
+    if pruned.cutoff is None:
+        console.print("RECO_EVENTS_RETENTION_DAYS is 0: every event is kept")
+    else:
+        console.print(f"deleted {pruned.deleted} events from before {pruned.cutoff.isoformat()}")

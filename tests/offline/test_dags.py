@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,6 +19,7 @@ from tests import servers
 from tests.offline import synthetic
 
 DAGS = {"item2vec_daily": "item2vec", "als_weekly": "als", "sasrec_daily": "sasrec"}
+OTHER_DAGS = ("serve_champions", "maintenance")
 # Small but learnable hyperparameters per model (see test_models.py).
 HYPERPARAMETERS = {
     "item2vec": {"vector_size": 32, "epochs": 30, "window": 3, "sample": 0.0},
@@ -68,11 +69,15 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
 
     assert bag.import_errors == {}
-    assert set(bag.dags) == {*DAGS, "serve_champions"}
+    assert set(bag.dags) == {*DAGS, *OTHER_DAGS}
     serve = bag.dags["serve_champions"]
     assert serve.timetable.summary == "*/5 * * * *" and serve.max_active_runs == 1
     assert serve.is_paused_upon_creation is False and serve.catchup is False
     assert [t.task_id for t in serve.tasks] == ["serve"]
+    maintenance = bag.dags["maintenance"]
+    assert maintenance.timetable.summary == "0 4 * * *" and maintenance.catchup is False
+    assert maintenance.is_paused_upon_creation is False
+    assert [t.task_id for t in maintenance.tasks] == ["prune_events"]
     # Daily at 02:00 and 02:30, weekly on Sunday 03:00 UTC; unpausing never starts a past slot.
     assert bag.dags["item2vec_daily"].timetable.summary == "0 2 * * *"
     assert bag.dags["sasrec_daily"].timetable.summary == "30 2 * * *"
@@ -173,7 +178,7 @@ def test_dags_are_unpaused_when_airflow_first_stores_them(airflow_env):
     assert listed.returncode == 0, listed.stderr[-3000:]
     rows = json.loads(listed.stdout.splitlines()[-1])  # after Airflow's log lines
     assert {row["dag_id"]: row["is_paused"] for row in rows} == dict.fromkeys(
-        [*DAGS, "serve_champions"], "False")
+        [*DAGS, *OTHER_DAGS], "False")
 
 
 @pytest.mark.airflow
@@ -201,7 +206,7 @@ def test_reco_airflow_runs_the_cli_on_the_stacks_database(airflow_env, postgres_
     assert stored.returncode == 0, stored.stdout[-3000:] + stored.stderr[-3000:]
     assert listed.returncode == 0, listed.stderr[-3000:]
     rows = json.loads(listed.stdout.splitlines()[-1])  # after Airflow's log lines
-    assert {row["dag_id"] for row in rows} == {*DAGS, "serve_champions"}
+    assert {row["dag_id"] for row in rows} == {*DAGS, *OTHER_DAGS}
     stack = Settings(pg_port=postgres_server.port)
     assert conn.stdout.splitlines()[-1] == stack.pg_url(stack.pg_airflow_database,
                                                         driver="postgresql+psycopg2")
@@ -283,3 +288,20 @@ def test_the_serve_champions_dag_serves_a_rollback_made_in_mlflow(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
     assert redis_client.exists(keys.user_cf("u1", "v1"))
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_the_maintenance_dag_deletes_events_past_their_retention(airflow_env, settings, pg):
+    old, recent = datetime.now(UTC) - timedelta(days=400), datetime.now(UTC)
+    for user, at in (("old", old), ("recent", recent)):
+        pg.execute("INSERT INTO events (event_id, user_id, item_id, event_type, event_time) "
+                   "VALUES (gen_random_uuid(), %s, 'i1', 'view', %s)", (user, at))
+    env = {**airflow_env, "RECO_PG_PORT": str(settings.pg_port),
+           "RECO_EVENTS_RETENTION_DAYS": "365"}
+
+    result = subprocess.run([stack_servers.venv_bin("airflow"), "dags", "test", "maintenance"],
+                            env=env, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert pg.execute("SELECT user_id FROM events").fetchall() == [("recent",)]
