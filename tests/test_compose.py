@@ -277,6 +277,8 @@ def test_long_running_services_restart_and_init_jobs_run_once() -> None:
     for name, service in SERVICES.items():
         expected = "no" if name in one_shot else "unless-stopped"
         assert service.get("restart") == expected, name
+        # Rotated logs: the json-file driver's default keeps every line for ever.
+        assert service["logging"]["options"]["max-size"] == "20m", name
 
 
 def test_postgres_is_healthy_only_once_it_accepts_tcp() -> None:

@@ -114,10 +114,11 @@ def redis_command(data_dir: Path, port: int, persist: bool = True) -> list[str]:
         raise ServerSetupError("redis-server not found: apt-get install redis-server")
     cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
            "--daemonize", "no", "--protected-mode", "yes", "--databases", "64"]
+    # Persisted by the append-only file alone: snapshots beside it ("--save 60 1") rewrote the
+    # whole dataset every minute of traffic.
+    cmd += ["--appendonly", "yes" if persist else "no", "--save", ""]
     if persist:
-        cmd += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "60 1"]
-    else:
-        cmd += ["--appendonly", "no", "--save", ""]
+        cmd += ["--appendfsync", "everysec"]
     return cmd
 
 
