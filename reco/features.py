@@ -11,7 +11,9 @@ exact without ever rescanning the set, and readers normalise per request (the fa
 Doubles overflow past 2**1023, so event times must stay within ~1,000 half-lives after L
 (24h half-life: ~2.8 years). The default landmark (Settings.popularity_landmark_s) is
 1.79e9 (2026-09-20), good until ~2029-06. Before that, move the landmark forward by D seconds and
-multiply the stored scores by 2**(-D / half_life) once (ZUNIONSTORE k 1 k WEIGHTS f per key).
+multiply the stored scores by 2**(-D / half_life) once (ZUNIONSTORE k 1 k WEIGHTS f per key),
+with the processors stopped: one still on the old landmark would add at the old scale, and its
+prune (streaming/popularity_prune.py) would take the rescaled members for faded ones.
 Events past the limit are not scored (`FeatureUpdates.unscored`) rather than corrupting the set.
 Co-view affinity is forward-decayed the same way (its own half-life, the same landmark), so a
 set trimmed to its best members lets new partners in as old pairs age.

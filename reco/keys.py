@@ -72,6 +72,19 @@ def category_popularity(category: str) -> str:
     return f"item:popularity:cat:{category}"
 
 
+# Set of the categories whose `category_popularity` set the processor has written (added in the
+# transaction that writes the set, never removed): the periodic prune reads it instead of a
+# SCAN of the whole keyspace. Outside `item:popularity:cat:*`, which a SCAN may match.
+POPULARITY_CATEGORIES = "item:popularity_categories"
+# Category sets written before that set existed are found once by a SCAN with this pattern,
+# after which the marker is set.
+POPULARITY_CATEGORY_PATTERN = category_popularity("*")
+POPULARITY_CATEGORIES_SCANNED = "item:popularity_categories_scanned"
+# Held (SET NX EX) by the processor replica pruning the popularity sets: at most one prune
+# per RECO_POPULARITY_PRUNE_S across replicas. Never released: its expiry is the period.
+POPULARITY_PRUNE_LOCK = "processor:popularity_prune"
+
+
 def trending_bucket(bucket_start_s: int) -> str:
     """Sorted set of weighted counts for one time bucket; the last hour is the union of buckets."""
     return f"item:trending:{bucket_start_s}"

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # Doubles limit event times to ~1,000 half-lives after it (see reco/features.py): 1.79e9 is
     # 2026-09-20, good until ~2029-06 with a 24h half-life (1.7e9 overflowed from 2026-08).
     popularity_landmark_s: Finite = 1_790_000_000.0
+    # One processor replica removes the popularity members that have faded to nothing at most
+    # this often (streaming/popularity_prune.py); 0: never (the sets then keep every id seen).
+    popularity_prune_s: AtLeastZero = 3600
     coview_max: AtLeastOne = 200
     # Co-view affinity decays like popularity (forward decay, same landmark): plain counts never
     # aged, so once an item's set was full of pairs counted twice or more, a new partner (one

@@ -224,6 +224,8 @@ class FeatureStore:
         cmds.zincrby(keys.ITEM_POPULARITY, up.popularity)
         for category, scores in up.category_popularity.items():
             cmds.zincrby(keys.category_popularity(category), scores)
+        if up.category_popularity:  # with the sets: the prune lists them from here
+            cmds.variadic("SADD", keys.POPULARITY_CATEGORIES, list(up.category_popularity))
         for bucket, counts in up.trending.items():
             key = keys.trending_bucket(bucket)
             cmds.zincrby(key, counts)

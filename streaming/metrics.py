@@ -23,6 +23,9 @@ DLQ_PUBLISHED = Counter("dlq_messages_published_total", "Messages sent to the de
 EVENTS_UNSCORED = Counter(
     "events_popularity_unscored_total",
     "Events beyond the popularity landmark's range (move the landmark, see reco/features.py)")
+POPULARITY_PRUNED = Counter(
+    "popularity_pruned_total",
+    "Faded members removed from the popularity sets (streaming/popularity_prune.py)", ["set"])
 EVENTS_ARCHIVED = Counter(
     "events_archived_total", "Events written to PostgreSQL (inserted, not counting duplicates)")
 CONSUMER_LAG = Gauge(

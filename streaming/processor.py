@@ -29,6 +29,7 @@ from streaming.metrics import (
     serve_metrics,
 )
 from streaming.overlap import run_overlapped
+from streaming.popularity_prune import prune_periodically
 from streaming.redis_pipe import RedisPipe
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
     dlq = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                            enable_idempotence=True)
     consumer, commits = loop.make_consumer(settings, settings.group_processor)
+    # Off the batch loop, on its own connection; one replica per RECO_POPULARITY_PRUNE_S.
+    pruning = asyncio.create_task(prune_periodically(settings, stop))
     try:
         if not await loop.start_with_retry(dlq, stop, settings.consumer_backoff_max_s):
             return
@@ -93,6 +96,8 @@ async def run_async(settings: Settings, stop: asyncio.Event) -> None:
                              batch_max=settings.consumer_batch_max,
                              backoff_max_s=settings.consumer_backoff_max_s)
     finally:
+        pruning.cancel()
+        await asyncio.wait([pruning])  # not `await pruning`: our own cancellation must propagate
         await consumer.stop()
         await dlq.stop()
         await client.close()

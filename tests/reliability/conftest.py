@@ -44,10 +44,12 @@ def seen_count(r: redis.Redis, events: list[dict]) -> int:
 
 def dump(r: redis.Redis) -> dict[str, Any]:
     """Every key's value (not TTLs); sorted sets as {member: score}. Not the processor's applied
-    positions: they name the topic, and reference runs read their own."""
+    positions: they name the topic, and reference runs read their own. Nor the popularity
+    prune's period key and SCAN marker: whether a run got to them depends on its timing."""
     out: dict[str, Any] = {}
+    prune = {keys.POPULARITY_PRUNE_LOCK, keys.POPULARITY_CATEGORIES_SCANNED}
     for key in r.scan_iter(count=1000):
-        if key.startswith(keys.APPLIED_POSITION_PATTERN.rstrip("*")):
+        if key.startswith(keys.APPLIED_POSITION_PATTERN.rstrip("*")) or key in prune:
             continue
         kind = r.type(key)
         if kind == "string":
@@ -58,6 +60,8 @@ def dump(r: redis.Redis) -> dict[str, Any]:
             out[key] = r.hgetall(key)
         elif kind == "zset":
             out[key] = dict(r.zrange(key, 0, -1, withscores=True))
+        elif kind == "set":
+            out[key] = sorted(r.smembers(key))
         else:
             out[key] = kind
     return out
