@@ -97,6 +97,13 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float
         await admin.close()
 
 
+# Records carry the broker's clock, not the producer's: the processor takes records below its
+# applied offset, but newer than any it applied, for those of a topic deleted and made again
+# (streaming/applied_positions.py); with the producers' clocks, an ingest host running slow
+# made them look older, and they were skipped as applied.
+TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
+
+
 async def _create_missing(admin: AIOKafkaAdminClient, topics: dict[str, int],
                           replication: int | None) -> set[str]:
     """The topics created now (another process creating one at the same moment: not ours)."""
@@ -105,7 +112,8 @@ async def _create_missing(admin: AIOKafkaAdminClient, topics: dict[str, int],
     if topics.keys() - existing:
         brokers = len((await admin.describe_cluster())["brokers"])
         factor = replication_factor(replication, brokers)
-        missing = [NewTopic(name=name, num_partitions=parts, replication_factor=factor)
+        missing = [NewTopic(name=name, num_partitions=parts, replication_factor=factor,
+                            topic_configs=TOPIC_CONFIGS)
                    for name, parts in topics.items() if name not in existing]
         response = await admin.create_topics(missing)
         failed = creation_errors(response.topic_errors)

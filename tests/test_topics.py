@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from typer.testing import CliRunner
 
@@ -50,6 +52,32 @@ def test_topics_are_created_once_with_as_many_replicas_as_brokers(
     asyncio.run(ensure_topics(bootstrap, {name: 3}))
     asyncio.run(ensure_topics(bootstrap, {name: 3}))  # exists already: fine
     assert asyncio.run(_replicas(bootstrap, name)) == [1, 1, 1]  # one broker
+
+
+async def _produce_and_read(bootstrap: str, topic: str, timestamp_ms: int):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"{}", timestamp_ms=timestamp_ms)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        return await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+
+
+def test_records_carry_the_brokers_clock_not_the_producers(kafka_server: ServerProcess) -> None:
+    """The processor tells a recreated topic's records from redeliveries by their time; an
+    ingest host whose clock ran slow made them look applied, and they were skipped."""
+    bootstrap, name = f"127.0.0.1:{kafka_server.port}", _name()
+    asyncio.run(ensure_topics(bootstrap, {name: 1}))
+    before_ms = int(time.time() * 1000)
+    record = asyncio.run(_produce_and_read(bootstrap, name, before_ms - 3_600_000))
+    assert record.timestamp_type == 1  # LogAppendTime
+    assert before_ms - 1000 <= record.timestamp <= int(time.time() * 1000) + 1000
 
 
 @pytest.mark.parametrize(("topic", "partitions", "replication", "reason"), [
