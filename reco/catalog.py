@@ -102,6 +102,19 @@ class ItemIndex:
         popular = rows[np.argsort(-scores, kind="stable")]
         return replace(base, popularity=pop, popular_rows=popular[pop[popular] > 0], _filler={})
 
+    def with_row_popularity(self, popularity: np.ndarray,
+                            popular_rows: np.ndarray | None = None) -> ItemIndex:
+        """A copy with this popularity by row (float64, `len(ids) + 1` long, the unknown row's
+        0; the copy takes the array): `with_popularity` without the id lookups, for offline
+        replays that change the snapshot for every ranked user. `popular_rows`: the rows > 0,
+        most popular first, equal ones by row descending (sorted here when not given), the
+        order the API's snapshot has when rows are in id order (Redis orders equal scores by
+        member, descending)."""
+        if popular_rows is None:
+            positive = np.flatnonzero(popularity[:-1] > 0)
+            popular_rows = positive[np.lexsort((-positive, -popularity[positive]))]
+        return replace(self, popularity=popularity, popular_rows=popular_rows, _filler={})
+
     def with_metadata(self, records: Mapping[str, Mapping[str, Any]], version: str = ""
                       ) -> ItemIndex:
         """A copy with these items' metadata replaced (same record form as `build`), in the

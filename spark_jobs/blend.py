@@ -1,26 +1,33 @@
 """Offline evaluation of the full blend, scored by `reco.ranking.rank` (the API's own code).
 
-Features are rebuilt from the training events with the processor's pure functions
-(`reco.features.plan_batch`): each user's recent items and times, co-view lists and
-forward-decayed popularity; the model contributes its published lists. Each evaluated user is
-ranked at the time of their held-out event, exactly as the API would rank them. Events are
-replayed in event order (`reco.event_order`), the order the processor saw them in.
+Each evaluated user is ranked at the time t of their held-out event (the recency signal's "now")
+with features rebuilt by the processor's pure functions (`reco.features`):
+- recent and seen items: the user's own training events, which all precede the held-out event
+  (the split holds out each user's last event in event order); the whole history, without the
+  recent list's TTL (as the demo, which replays the history in minutes, serves them);
+- co-view lists and forward-decayed popularity: as of t, from the training events of every
+  user that precede the held-out event in event order (`reco.event_order`) within the last
+  `replay_s` seconds before t (`spark_jobs.blend_replay`);
+- the model's published lists (KNN, ALS, SASRec): NOT as of t. The models are trained on all
+  the training events, other users' later ones included: the leave-last-out protocol
+  (README, "Quality"), which the model-alone metrics and their popularity baseline
+  (`EvalData.popularity`, summed over all the training events) follow too.
+Other users' held-out events are in no feature, even those before t (the processor would have
+applied them): they are not training events.
 """
 
 from __future__ import annotations
 
-from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from reco.event_order import newest_distinct, newest_seen, sort_events
+from reco.event_order import newest_distinct, newest_seen
 from spark_jobs import extract as ex
 from spark_jobs.evaluate import EvalData, hit_curve, metrics
 from spark_jobs.files import read_parquet
-
-_Event = namedtuple("_Event", "user_id item_id event_type timestamp_s")
 
 
 def lists_by_owner(owner_ids: np.ndarray, idx: np.ndarray, scores: np.ndarray,
@@ -62,62 +69,66 @@ def user_histories(events: pd.DataFrame, users: set[str], recent_max: int, seen_
             {u: (items[:recent_max], times[u][:recent_max]) for u, items in distinct.items()})
 
 
-def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: dict,
+def rankings(data: EvalData, model: str, model_dir: Path, k: int, rank_config: dict,
              feature_params: dict, coview_max: int, max_users: int = 2000,
-             replay_s: float = 7 * 86400.0, seed: int = 0) -> dict:
-    """Blend metrics (same keys as the model-alone ones) on up to `max_users` users.
+             replay_s: float = 7 * 86400.0, seed: int = 0
+             ) -> Iterator[tuple[str, str, list[str]]]:
+    """(user, held-out item, the user's top k) of up to `max_users` users, in the order of
+    their held-out events.
 
     Each item's co-view list keeps its `coview_max` best partners, as the processor trims it
-    (RECO_COVIEW_MAX): what is measured is what is served.
-
-    Co-view and popularity replay only the window's last `replay_s` seconds (the co-view TTL:
-    what the serving store would still hold); recent items come from the whole history.
+    (RECO_COVIEW_MAX): what is measured is what is served. Co-view and popularity replay the
+    `replay_s` seconds before each user's held-out event (the co-view TTL: what the serving
+    store would still hold; popularity, which Redis never expires, is cut there too, after
+    2**(replay_s / half-life) of decay).
     """
     from reco.catalog import ItemIndex
-    from reco.features import FeatureParams, plan_batch
+    from reco.features import FeatureParams
     from reco.ranking import RankConfig, UserFeatures, rank
     from reco.rules import Filters
+    from spark_jobs.blend_replay import AsOfFeatures
 
     config = RankConfig(**rank_config)
     params = FeatureParams(**feature_params)
     events = read_parquet(data.extract_dir / ex.TRAIN_EVENTS,
                           ["user_id", "item_id", "event_type", "ts", "event_id"])
-    last_ts = float(events["ts"].max()) if len(events) else 0.0
-    replay = sort_events(events[events["ts"] >= last_ts - replay_s], "ts")
-    # Plain Python columns: iterating Arrow-backed pandas rows costs more than the replay.
-    columns = [replay[c].tolist() for c in ("user_id", "item_id", "event_type", "ts")]
-    updates = plan_batch((_Event(*row) for row in zip(*columns, strict=True)), {}, {}, params,
-                         now_s=last_ts)
-    coview = {}
-    for item, partners in updates.coview.items():
-        top = sorted(partners.items(), key=lambda kv: -kv[1])[:coview_max]
-        coview[item] = ([p for p, _ in top], np.asarray([s for _, s in top]))
-    index = ItemIndex.build({item: {} for item in data.item_ids.tolist()},
-                            updates.popularity.items())
-    lists = model_features(model, model_dir, config.neighbours_n)
-
-    held = read_parquet(data.extract_dir / ex.HOLDOUT, ["user_id", "item_id", "ts"])
+    held = read_parquet(data.extract_dir / ex.HOLDOUT, ["user_id", "item_id", "ts", "event_id"])
     if len(held) > max_users:
         held = held.sample(n=max_users, random_state=seed)
     seen, recent = user_histories(events, set(held["user_id"]), params.recent_max,
                                   params.seen_max)
-    ranks, tops = [], []
-    for user, target, t in zip(*(held[c].tolist() for c in ("user_id", "item_id", "ts")),
-                               strict=True):
-        if user not in recent:
-            continue
+    held = held[held["user_id"].isin(recent)]  # no training event: nothing to rank from
+    lists = model_features(model, model_dir, config.neighbours_n)
+    as_of = AsOfFeatures(events, held["ts"].to_numpy(np.float64),
+                         held["event_id"].astype(str).tolist(),
+                         ItemIndex.build({item: {} for item in data.item_ids.tolist()}), params,
+                         replay_s, coview_max)
+    users, targets, held_ts = (held[c].tolist() for c in ("user_id", "item_id", "ts"))
+    for n in as_of.order.tolist():
+        index = as_of.at(n)
+        user = users[n]
         items, times = recent[user]
         sources = items[: config.recent_n]
         features = UserFeatures(
-            recent=items, recent_times=dict(zip(items, times, strict=True)), now=float(t),
-            coview={s: coview[s] for s in sources if s in coview},
+            recent=items, recent_times=dict(zip(items, times, strict=True)),
+            now=float(held_ts[n]), coview=as_of.coview(sources),
             knn={s: lists["knn"][s] for s in sources if s in lists.get("knn", {})},
             item_cf={s: lists["item_cf"][s] for s in sources if s in lists.get("item_cf", {})},
             user_cf=lists.get("user_cf", {}).get(user),
             user_seq=lists.get("user_seq", {}).get(user), seen=seen.get(user, ()))
-        ranked = [s.item_id for s in rank(features, index, config, Filters(), k).items]
+        yield user, targets[n], [s.item_id for s in rank(features, index, config, Filters(),
+                                                          k).items]
+
+
+def evaluate(data: EvalData, model: str, model_dir: Path, k: int, rank_config: dict,
+             feature_params: dict, coview_max: int, max_users: int = 2000,
+             replay_s: float = 7 * 86400.0, seed: int = 0) -> dict:
+    """Blend metrics (same keys as the model-alone ones) of the `rankings`."""
+    ranks, tops = [], []
+    for _, target, ranked in rankings(data, model, model_dir, k, rank_config, feature_params,
+                                      coview_max, max_users, replay_s, seed):
         ranks.append(ranked.index(target) + 1 if target in ranked else np.inf)
-        tops.append([index.row.get(i, -1) for i in ranked] + [-1] * (k - len(ranked)))
+        tops.append([data.items.get(i, -1) for i in ranked] + [-1] * (k - len(ranked)))
     rank_arr = np.asarray(ranks, dtype=float)
     top_arr = np.asarray(tops, dtype=np.int64).reshape(-1, k)
     result = metrics(rank_arr, top_arr, len(data.item_ids), k)

@@ -80,21 +80,24 @@ def split_leave_last_out(events: DataFrame, user_col: str = "user_id", item_col:
     Events on the held-out item are dropped from that user's history too, so the held-out
     item is one the user has not seen in training (full ranking excludes seen items). Events
     sharing its time stay. Users with no other history are not evaluated and keep all their
-    events for training.
+    events for training. The held-out rows keep their event id: the blend evaluation places
+    them among the training events in event order.
     """
     last = Window.partitionBy(user_col).orderBy(
         *spark_order(ts_col, newest_first=True, tie_col=tie_col))
     ranked = events.withColumn("_rn", F.row_number().over(last))
     holdout = ranked.where("_rn = 1").select(
-        user_col, F.col(item_col).alias("_held"), F.col(ts_col).alias("_held_ts"))
+        user_col, F.col(item_col).alias("_held"), F.col(ts_col).alias("_held_ts"),
+        F.col(tie_col).alias("_held_tie"))
     history = (
         events.join(holdout, user_col)
         .where(F.col(item_col) != F.col("_held"))
-        .drop("_held", "_held_ts")
+        .drop("_held", "_held_ts", "_held_tie")
     )
     evaluable = history.select(user_col).distinct()
     held = holdout.join(evaluable, user_col).select(
-        user_col, F.col("_held").alias(item_col), F.col("_held_ts").alias(ts_col))
+        user_col, F.col("_held").alias(item_col), F.col("_held_ts").alias(ts_col),
+        F.col("_held_tie").alias(tie_col))
     # Users that cannot be evaluated keep all their events for training.
     train = history.unionByName(events.join(evaluable, user_col, "left_anti"))
     return train, held

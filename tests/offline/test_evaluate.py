@@ -69,8 +69,8 @@ def tiny_extract(folder: Path) -> Path:
     events.to_parquet(folder / ex.TRAIN_EVENTS)
     events.assign(confidence=1.0)[["user_id", "item_id", "confidence"]].to_parquet(
         folder / ex.INTERACTIONS)
-    pd.DataFrame({"user_id": ["u0"], "item_id": ["t"], "ts": [20_060.0]}).to_parquet(
-        folder / ex.HOLDOUT)
+    pd.DataFrame({"user_id": ["u0"], "item_id": ["t"], "ts": [20_060.0],
+                  "event_id": ["e99"]}).to_parquet(folder / ex.HOLDOUT)
     return folder
 
 

@@ -39,6 +39,9 @@ def test_spark_jobs_order_timestamp_ties_as_the_split_and_the_processor(spark) -
         columns="timestamp")
     train, held = ex.split_leave_last_out(spark.createDataFrame(events))
     assert dict(held.select("user_id", "item_id").collect()) == TEST
+    # With its event id: the blend evaluation places it among the training events.
+    assert dict(held.select("user_id", "event_id").collect()) == {"a": "e33", "b": "f9",
+                                                                 "c": "g2"}
 
     # One session per user (a gap longer than the data): the user's items in event order.
     in_order = {"a": ["i1", "i3", "i5", "i4", "i2", "i9", "i7"], "b": ["j1", "j3", "j4"],
