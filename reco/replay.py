@@ -386,9 +386,14 @@ async def replay_async(
     return summary
 
 
-def _offset(last_ms: int | None, shift_to_now: bool, now_ms: int | None) -> int:
-    # Without any timestamp there is nothing to shift: the API stamps each event on arrival.
-    return shift_offset_ms(last_ms, now_ms) if shift_to_now and last_ms is not None else 0
+def _shift(last_ms: int | None, shift_to_now: bool, now_ms: int | None
+           ) -> tuple[int, int | None]:
+    """The offset to add to every time, and where it puts the last event (None: no shift).
+    Without any timestamp there is nothing to shift: the API stamps each event on arrival."""
+    if not shift_to_now or last_ms is None:
+        return 0, None
+    offset = shift_offset_ms(last_ms, now_ms)
+    return offset, last_ms + offset
 
 
 def replay_file(
@@ -400,9 +405,10 @@ def replay_file(
     Raises `DataFileError` before sending anything when a file or column is unusable."""
     file = open_events(events_path)
     catalogue = read_items(items_path) if items_path else None
-    offset = _offset(last_event_ms(file, str(events_path)), shift_to_now, now_ms)
+    offset, latest = _shift(last_event_ms(file, str(events_path)), shift_to_now, now_ms)
     rows = event_rows(read_batches(file, events_path), offset)
-    items = item_rows(catalogue, str(items_path), offset) if catalogue is not None else None
+    items = (item_rows(catalogue, str(items_path), offset, latest) if catalogue is not None
+             else None)
     return asyncio.run(replay_async(rows, opts, items, progress))
 
 
@@ -415,7 +421,8 @@ def replay_table(
     check_events(events.schema, "events table")
     if items is not None:
         check_items(items.schema, "items table")
-    offset = _offset(table_last_ms(events, "events table"), shift_to_now, now_ms)
+    offset, latest = _shift(table_last_ms(events, "events table"), shift_to_now, now_ms)
     rows = event_rows(events.to_batches(max_chunksize=10_000), offset)
-    item_list = item_rows(items, "items table", offset) if items is not None else None
+    item_list = (item_rows(items, "items table", offset, latest) if items is not None
+                 else None)
     return asyncio.run(replay_async(rows, opts, item_list, progress))

@@ -239,8 +239,11 @@ def event_rows(batches: Iterable[pa.RecordBatch], offset_ms: int = 0) -> Iterato
             position += 1
 
 
-def item_rows(table: pa.Table, where: str, offset_ms: int = 0) -> list[Row]:
-    """Catalogue rows for POST /items/batch (attributes parsed, created_at shifted like events)."""
+def item_rows(table: pa.Table, where: str, offset_ms: int = 0,
+              latest_ms: int | None = None) -> list[Row]:
+    """Catalogue rows for POST /items/batch (attributes parsed, created_at shifted like events,
+    and at most `latest_ms`: where the shift put the last event, now; an item the export has
+    from after the event log ended was refused as dated in the future)."""
     if "created_at" in table.schema.names:
         _max_ms(table["created_at"], "created_at", where)
     rows: list[Row] = []
@@ -248,5 +251,7 @@ def item_rows(table: pa.Table, where: str, offset_ms: int = 0) -> list[Row]:
         row = {k: v for k, v in row.items() if v is not None}
         if "created_at" in row:
             row["created_at"] = int(row["created_at"]) + offset_ms
+            if latest_ms is not None:
+                row["created_at"] = min(row["created_at"], latest_ms)
         rows.append(_parse_json(row, "attributes") or _unsendable(row) or row)
     return rows

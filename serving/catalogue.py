@@ -24,10 +24,23 @@ from typing import Annotated, Any
 import asyncpg
 import orjson
 import redis.asyncio as aredis
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from reco import keys
-from reco.events import Identifier, epoch_ms, small_object_problem, within_range
+from reco.events import (
+    MAX_FUTURE_SKEW_S,
+    Identifier,
+    epoch_ms,
+    small_object_problem,
+    within_range,
+)
 from reco.timing import POSTGRES_QUERY_SECONDS, timed
 
 log = logging.getLogger(__name__)
@@ -38,7 +51,8 @@ Category = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 class ItemIn(BaseModel):
     """Catalogue fields of one item; `created_at` (as an event's timestamp: RFC 3339 with an
-    offset or epoch ms, from 1973 on, at most 5 minutes ahead) defaults to the first upsert."""
+    offset or epoch ms, from 1973 on, at most RECO_MAX_FUTURE_SKEW_S ahead) defaults to the first
+    upsert."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -72,12 +86,13 @@ class ItemIn(BaseModel):
 
     @field_validator("created_at", mode="before")
     @classmethod
-    def _client_time(cls, value: Any) -> datetime | None:
+    def _client_time(cls, value: Any, info: ValidationInfo) -> datetime | None:
         # The events' rule: epoch seconds were taken for January 1970, times without an offset
         # for UTC, and a date years ahead led the new arrivals until it came.
         if value is None:
             return None
-        return datetime.fromtimestamp(within_range(epoch_ms(value)) / 1000.0, tz=UTC)
+        skew_s = (info.context or {}).get("max_future_skew_s", MAX_FUTURE_SKEW_S)
+        return datetime.fromtimestamp(within_range(epoch_ms(value), skew_s) / 1000.0, tz=UTC)
 
 
 def _unstorable(value: Any) -> str | None:

@@ -227,7 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.put("/items/{item_id:path}", dependencies=writes, **ingest_openapi.ITEM)
     async def put_item(item_id: Annotated[str, Path(json_schema_extra=PATH_ID_SCHEMA)],
                        request: Request) -> Response:
-        item = parse_item(await read(request), catalogue.ItemIn)
+        item = parse_item(await read(request), catalogue.ItemIn, context)
         full = with_path_id(item_id, item)
         await items.upsert([full])
         ingest_metrics.ITEMS_UPSERTED.inc()
@@ -237,7 +237,7 @@ def create_app(settings: Settings) -> FastAPI:
                description=catalogue.ItemPatch.__doc__, **ingest_openapi.ITEM_PATCH)
     async def patch_item(item_id: Annotated[str, Path(json_schema_extra=PATH_ID_SCHEMA)],
                          request: Request) -> Response:
-        patch = parse_item(await read(request), catalogue.ItemPatch)
+        patch = parse_item(await read(request), catalogue.ItemPatch, context)
         if not await items.patch(check_path_id(item_id), patch):
             return json_response({"detail": f"no item {item_id!r}: PUT /items/{{item_id}} "
                                             "creates one"}, 404)
@@ -246,7 +246,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/items/batch", dependencies=writes, **ingest_openapi.ITEM_BATCH)
     async def post_items(request: Request) -> Response:
-        batch = parse_item_batch(await read(request))
+        batch = parse_item_batch(await read(request), context)
         ids = await items.upsert(batch.items)
         ingest_metrics.ITEMS_UPSERTED.inc(len(ids))
         return json_response({"item_ids": [it.item_id for it in batch.items]})

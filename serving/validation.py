@@ -145,17 +145,18 @@ def parse_event_batch(body: bytes, context: dict[str, Any], max_events: int) -> 
     return events
 
 
-def parse_item(body: bytes, kind: type[ItemT]) -> ItemT:
-    """One item's fields: `ItemIn` (PUT, the whole item) or `ItemPatch` (PATCH)."""
+def parse_item(body: bytes, kind: type[ItemT], context: dict | None = None) -> ItemT:
+    """One item's fields: `ItemIn` (PUT, the whole item) or `ItemPatch` (PATCH); `context`:
+    the events' validation context (`max_future_skew_s`)."""
     try:
-        return kind.model_validate_json(body)
+        return kind.model_validate_json(body, context=context)
     except ValidationError as exc:
         raise InvalidInput(describe_errors(exc)) from None
 
 
-def parse_item_batch(body: bytes) -> ItemBatch:
+def parse_item_batch(body: bytes, context: dict | None = None) -> ItemBatch:
     try:
-        batch = ItemBatch.model_validate_json(body)
+        batch = ItemBatch.model_validate_json(body, context=context)
     except ValidationError as exc:
         raise InvalidInput(with_batch_index(describe_errors(exc))) from None
     _refuse_duplicates("items", "item_id", (item.item_id for item in batch.items))

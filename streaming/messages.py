@@ -58,7 +58,8 @@ class StreamEvent(msgspec.Struct, frozen=True, gc=False):
     timestamp: int  # epoch milliseconds
     partition: int = -1  # -1: not read from Kafka (no position)
     offset: int = -1
-    log_ms: int = -1  # the record's Kafka timestamp (the producer's clock), epoch ms
+    # The record's Kafka timestamp, epoch ms: the broker's clock (LogAppendTime, reco/topics.py)
+    log_ms: int = -1
 
     @property
     def timestamp_s(self) -> float:
@@ -105,20 +106,21 @@ def decode_for_features(record: ConsumerRecord) -> StreamEvent | str:
                        event.timestamp, record.partition, record.offset, record.timestamp)
 
 
-# The ingest API refuses times more than 5 minutes ahead, so only another producer's message
-# gets here dated later than this past the processor's clock: one dated years ahead outweighed
-# all of today's popularity (forward decay grows with the time) and stayed first in its user's
-# recent list. It goes to the DLQ; the archiver still stores it. An hour leaves room for clocks
-# that disagree.
-FEATURES_MAX_AHEAD_MS = 3_600_000
+# The ingest API refuses times more than RECO_MAX_FUTURE_SKEW_S ahead, so only another
+# producer's message gets here dated more than that plus this past the processor's clock: one
+# dated years ahead outweighed all of today's popularity (forward decay grows with the time)
+# and stayed first in its user's recent list. It goes to the DLQ; the archiver still stores it.
+# The hour leaves room for clocks that disagree.
+CLOCK_DISAGREEMENT_MS = 3_600_000
 
 
 def split_for_features(
-    records: Sequence[ConsumerRecord], now_ms: float | None = None,
+    records: Sequence[ConsumerRecord], max_future_skew_s: float, now_ms: float | None = None,
 ) -> tuple[list[StreamEvent], list[tuple[ConsumerRecord, str]]]:
-    """`split` for the feature processor; events dated over `FEATURES_MAX_AHEAD_MS` past
-    `now_ms` (the clock) are bad too."""
-    latest = (time.time() * 1000 if now_ms is None else now_ms) + FEATURES_MAX_AHEAD_MS
+    """`split` for the feature processor; events dated more than `max_future_skew_s` (the
+    ingest API's limit) plus `CLOCK_DISAGREEMENT_MS` past `now_ms` (the clock) are bad too."""
+    ahead_ms = max_future_skew_s * 1000 + CLOCK_DISAGREEMENT_MS
+    latest = (time.time() * 1000 if now_ms is None else now_ms) + ahead_ms
     events: list[StreamEvent] = []
     bad: list[tuple[ConsumerRecord, str]] = []
     for record in records:
@@ -126,8 +128,8 @@ def split_for_features(
         if isinstance(decoded, str):
             bad.append((record, decoded))
         elif decoded.timestamp > latest:
-            bad.append((record, f"invalid event: timestamp: {decoded.timestamp} is more than an "
-                                "hour ahead of the processor's clock"))
+            bad.append((record, f"invalid event: timestamp: {decoded.timestamp} is more than "
+                                f"{ahead_ms / 1000:.0f} seconds ahead of the processor's clock"))
         else:
             events.append(decoded)
     return events, bad

@@ -99,7 +99,7 @@ async def run_overlapped(
             return pending is None or await flush()
         started = time.perf_counter()
         offsets = loop.next_offsets(batches)
-        events, bad = split_for_features(records)
+        events, bad = split_for_features(records, processor.settings.max_future_skew_s)
         previous = pending
         planning = asyncio.create_task(
             store.plan(events, after=previous.plan if previous else None))

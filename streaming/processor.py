@@ -1,8 +1,9 @@
 """Feature processor: consumer group `reco-processor`, topic `events` -> Redis features.
 
 It is also the one consumer that publishes bad messages to the DLQ (the archiver skips them),
-so each bad message is dead-lettered once. Run with `reco run processor`; scale by running
-more copies (partitions are the unit).
+so each bad message is dead-lettered once. Events dated too far ahead for the features
+(streaming/messages.py) are dead-lettered here and still archived. Run with `reco run
+processor`; scale by running more copies (partitions are the unit).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Processor:
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
         """The plain path: apply a batch and wait for it (also the overlapped loop's fallback)."""
-        events, bad = split_for_features(records)
+        events, bad = split_for_features(records, self.settings.max_future_skew_s)
         # Redis first: on a retry its positions and markers make it a no-op, so only the DLQ
         # can repeat.
         result = await self.store.apply(events) if events else None

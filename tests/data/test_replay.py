@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from reco.data.schema import EVENTS_SCHEMA, DataFileError, write_table
 from reco.data.synthetic import SyntheticConfig, generate
 from reco.replay import ReplayOptions, ReplayStopped, event_rows, replay_async, replay_file
-from reco.replay_rows import Rejected, json_body, last_event_ms, read_batches
+from reco.replay_rows import Rejected, item_rows, json_body, last_event_ms, read_batches
 from reco.settings import Settings
 from reco.stack.health import free_port
 from reco.stack.servers import REPO_ROOT
@@ -415,6 +415,18 @@ def test_arrow_timestamp_columns_are_sent_as_epoch_milliseconds(tmp_path: Path) 
     assert last_event_ms(file, "f") == 1_767_312_000_000
     rows = list(event_rows(read_batches(file, path), offset_ms=5))
     assert [r["timestamp"] for r in rows] == [1_767_225_600_128, 1_767_312_000_005]
+
+
+def test_items_created_after_the_last_event_arrive_now_not_in_the_future() -> None:
+    """An export's catalogue often has items added after its event log ends: shifted with the
+    events, they were dated in the future and refused by the API."""
+    items = pa.table({"item_id": ["old", "late"],
+                      "created_at": [1_700_000_000_000, 1_700_000_900_000]})
+    offset, latest = 5_000, 1_700_000_005_000  # the last event, 1_700_000_000_000, moved here
+    rows = item_rows(items, "items", offset, latest)
+    assert [r["created_at"] for r in rows] == [1_700_000_005_000, 1_700_000_005_000]
+    assert [r["created_at"] for r in item_rows(items, "items", offset)] == [
+        1_700_000_005_000, 1_700_000_905_000]  # --keep-time: as they are
 
 
 @pytest.mark.parametrize("column", ["timestamp", "created_at"])

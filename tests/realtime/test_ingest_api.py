@@ -11,11 +11,13 @@ import orjson
 import psycopg
 import pytest
 import redis
+from pydantic import ValidationError
 
 from reco import keys
 from reco.events import ID_REASON, MAX_CONTEXT_DEPTH, Event
 from reco.settings import Settings
 from reco.stack.health import free_port
+from serving import catalogue
 from serving.ingest import create_app
 from tests.realtime.conftest import end_offsets, read_topic
 
@@ -459,6 +461,16 @@ async def test_item_created_at_follows_the_event_timestamp_rules(
     assert [(e["field"], e["reason"]) for e in put.json()["detail"]] == [("created_at", reason)]
     assert [(e["field"], e["reason"]) for e in patch.json()["detail"]] == [("created_at", reason)]
     assert pg.execute("SELECT count(*) FROM items").fetchone() == (0,)
+
+
+def test_item_created_at_takes_the_apis_future_skew_setting() -> None:
+    """As events do (RECO_MAX_FUTURE_SKEW_S): an item dated 20 minutes ahead is refused at the
+    default 300 s and taken with 3600 s."""
+    ahead = {"created_at": int((time.time() + 1200) * 1000)}
+    with pytest.raises(ValidationError, match="is more than 300 seconds in the future"):
+        catalogue.ItemIn.model_validate(ahead)
+    item = catalogue.ItemIn.model_validate(ahead, context={"max_future_skew_s": 3600})
+    assert item.created_at is not None and item.created_at.timestamp() > time.time() + 1000
 
 
 async def test_a_patch_changes_only_the_fields_it_names(
