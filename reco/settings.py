@@ -62,6 +62,8 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # The local stack's KRaft controller port; default the broker's + 1.
+    kafka_controller_port: int | None = Field(default=None, ge=1, le=65535)
     topic_events: str = "events"
     topic_dlq: str = "events.dlq"
     topic_partitions: AtLeastOne = 3

@@ -23,7 +23,7 @@ from reco.settings import Settings
 from reco.stack import local
 from reco.stack import servers as stack_servers
 from reco.stack.components import Component, build_components, process_env, settings_env
-from reco.stack.health import free_port, free_port_pair, wait_until
+from reco.stack.health import free_port, wait_until
 from reco.stack.prometheus import ALERT_RULES
 from reco.stack.supervisor import Supervisor, _pid_alive
 from tests.servers import JARS_DIR, scratch_dir
@@ -41,10 +41,12 @@ INFRA = {"postgres", "redis", "kafka"}
 def stack_settings() -> Settings:
     state = scratch_dir("stack")
     (state / "jars").symlink_to(JARS_DIR)  # reuse the Maven download of the session
-    kafka_port = free_port_pair()  # the controller listens on kafka_port + 1
+    # Its own controller port: kafka_port + 1 stayed unbound until Kafka started, and an
+    # outgoing connection could take it meanwhile (the kernel gives those even ports).
+    kafka_port = free_port()
     return Settings(
         state_dir=state, pg_port=free_port(), redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}", kafka_controller_port=free_port(),
         mlflow_port=free_port(), airflow_port=free_port(),
     )
 

@@ -230,9 +230,9 @@ def build_components(settings: Settings) -> list[Component]:
             health=lambda: tcp_open(host, _kafka_port(settings)),
             url=f"kafka://{settings.kafka_bootstrap}",
             prepare=lambda: servers.prepare_kafka(
-                paths.jars, kafka_data, _kafka_port(settings), _kafka_port(settings) + 1),
+                paths.jars, kafka_data, _kafka_port(settings), _controller_port(settings)),
             ready=kafka_ready, startup_timeout_s=90,
-            ports=(_kafka_port(settings), _kafka_port(settings) + 1),
+            ports=(_kafka_port(settings), _controller_port(settings)),
         ),
         Component(
             "mlflow",
@@ -349,3 +349,7 @@ def _redis_port(settings: Settings) -> int:
 
 def _kafka_port(settings: Settings) -> int:
     return int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+
+
+def _controller_port(settings: Settings) -> int:
+    return settings.kafka_controller_port or _kafka_port(settings) + 1

@@ -54,25 +54,10 @@ def free_port() -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port not in _handed_out and port + 1 not in _handed_out:
+        if port not in _handed_out:
             _handed_out.add(port)
             return port
     raise RuntimeError("found no free port that was not handed out before")
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too: the local Kafka's controller listens on the
-    broker's port + 1 (a free port alone left that one to chance: "Address already in use")."""
-    for _ in range(100):
-        port = free_port()
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        _handed_out.add(port + 1)
-        return port
-    raise RuntimeError("found no two consecutive free ports")
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.25,

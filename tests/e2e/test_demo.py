@@ -12,7 +12,7 @@ from reco.served_evaluation import log_to_mlflow
 from reco.settings import Settings
 from reco.stack import local
 from reco.stack.headline import read_headlines
-from reco.stack.health import free_port, free_port_pair
+from reco.stack.health import free_port
 from tests.servers import JARS_DIR, scratch_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(1500)]
@@ -22,10 +22,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(
 def demo_settings() -> Settings:
     state = scratch_dir("demo")
     (state / "jars").symlink_to(JARS_DIR)
-    mlflow_port, kafka_port = free_port(), free_port_pair()  # controller: kafka_port + 1
+    mlflow_port, kafka_port = free_port(), free_port()
     return Settings(
         state_dir=state, pg_port=free_port(), redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        kafka_bootstrap=f"127.0.0.1:{kafka_port}", mlflow_port=mlflow_port,
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}", kafka_controller_port=free_port(),
+        mlflow_port=mlflow_port,
         mlflow_tracking_uri=f"http://127.0.0.1:{mlflow_port}", airflow_port=free_port(),
         ingest_port=free_port(), reco_port=free_port(), prometheus_port=free_port(),
         redis_exporter_port=free_port(), postgres_exporter_port=free_port(),

@@ -158,12 +158,12 @@ def test_a_publish_longer_than_the_locks_expiry_keeps_the_lock(redis_url):
     others_got_it: list[bool] = []
 
     def slow_batch(written: int) -> None:
-        time.sleep(0.4)  # 7 batches: ~2.8 s under a lock that expires after 1 s
+        time.sleep(0.8)  # 7 batches: ~5.6 s under a lock that expires after 2 s
         other = redis.Redis.from_url(redis_url).lock(keys.publish_lock("item2vec"), timeout=5)
         others_got_it.append(other.acquire(blocking=False))
 
     publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500,
-                    after_batch=slow_batch, lock_timeout_s=1.0)
+                    after_batch=slow_batch, lock_timeout_s=2.0)
 
     assert others_got_it == [False] * 7
     assert not client.exists(keys.publish_lock("item2vec"))  # released at the end

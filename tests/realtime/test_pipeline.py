@@ -33,6 +33,14 @@ DAY = 86_400.0
 T = int(time.time()) - 600  # ten minutes ago: inside the trending hour and the future-skew rule
 
 
+@pytest.fixture(autouse=True)
+def _ten_minutes_ago() -> None:
+    """T again at each test: set once at collection, it left the trending hour when the suite
+    reached this file ~50 minutes later (a slow CI run)."""
+    global T
+    T = int(time.time()) - 600
+
+
 def ev(user: str, item: str, t_s: float, event_type: str = "view") -> dict:
     return {"event_id": str(uuid.uuid4()), "user_id": user, "item_id": item,
             "event_type": event_type, "timestamp": int(t_s * 1000)}

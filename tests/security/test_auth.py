@@ -264,12 +264,12 @@ def test_verified_token_cache_still_enforces_expiry() -> None:
     from serving.security import AuthError, JwtCheck
 
     check = JwtCheck(Settings(jwt_secret=JWT_SECRET, jwt_leeway_s=0))
-    token = make_token("u1", expires_in_s=1.2)
+    token = make_token("u1", expires_in_s=2.5)  # exp is whole seconds: 1.5 to 2.5 s from now
     assert check.subject(f"Bearer {token}") == "u1"
     assert check.subject(f"Bearer {token}") == "u1"  # from the cache
     forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     with pytest.raises(AuthError, match="token signature is invalid"):
         check.subject(f"Bearer {forged}")  # the cache is keyed by the whole token
-    time.sleep(1.5)
+    time.sleep(3.0)
     with pytest.raises(AuthError, match="token expired"):
         check.subject(f"Bearer {token}")
