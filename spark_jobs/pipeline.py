@@ -55,6 +55,7 @@ class PipelineConfig:
     run_tags: dict = field(default_factory=dict)  # MLflow tags of the run (its Airflow DAG run)
     hold: str = ""  # why the gate may not promote this run (dag_steps.promotion_hold); '': it may
     experiment: bool = False  # overrides what its schedule trains (dag_steps.overrides)
+    events_retention_days: int = 0  # RECO_EVENTS_RETENTION_DAYS: older events are gone
     jdbc_url: str = ""
     pg_user: str = ""
     pg_password: str = field(default="", repr=False)
@@ -137,6 +138,7 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
         run_dir=str(run_dir), runs_dir=str(runs_dir(settings, model)),
         keep_runs=settings.offline_keep_runs, keep_versions=settings.offline_keep_versions,
         window_days=window_days or settings.train_window_days, window_end=end.isoformat(),
+        events_retention_days=settings.events_retention_days,
         params=dict(params or {}), jdbc_url=settings.jdbc_url, pg_user=settings.pg_user,
         pg_password=settings.pg_password.get_secret_value(), database_url=settings.database_url,
         redis_url=settings.redis_url, mlflow_tracking_uri=settings.mlflow_tracking_uri,
@@ -224,10 +226,18 @@ def _connect(cfg: PipelineConfig) -> Connection[TupleRow]:
     return psycopg.connect(cfg.database_url, autocommit=True)
 
 
-def extract_step(cfg: PipelineConfig, spark: SparkSession | None = None) -> dict:
+def extract_step(cfg: PipelineConfig, spark: SparkSession | None = None,
+                 now: datetime | None = None) -> dict:
     started = time.perf_counter()
-    spark = spark or spark_session(cfg)
     start, end = cfg.window
+    kept_from = (now or datetime.now(UTC)) - timedelta(days=cfg.events_retention_days)
+    if cfg.events_retention_days and start < kept_from:
+        # Trained on what is left, the run would pass for one of the whole window.
+        raise BadRunInput(
+            f"the window starts at {start:%Y-%m-%d %H:%M} UTC, before the events kept "
+            f"(RECO_EVENTS_RETENTION_DAYS={cfg.events_retention_days}: from "
+            f"{kept_from:%Y-%m-%d %H:%M} UTC): shorten window_days or move window_end")
+    spark = spark or spark_session(cfg)
     source = ex.JdbcSource(cfg.jdbc_url, cfg.pg_user, cfg.pg_password, cfg.jdbc_partitions)
     out = Path(cfg.run_dir) / "extract"
     manifest = ex.extract(spark, source, start, end, cfg.event_weights, cfg.session_gap_s,

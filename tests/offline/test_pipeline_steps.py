@@ -31,6 +31,22 @@ def host_in_new_york(monkeypatch):
     time.tzset()
 
 
+def test_a_window_reaching_past_the_events_retention_is_refused(tmp_path) -> None:
+    """A window (a backfill, a longer window_days) reaching before the retention trained on
+    what was left, and passed for a run of the whole window."""
+    from spark_jobs import BadRunInput
+
+    settings = Settings(state_dir=tmp_path, events_retention_days=90)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    cfg = pipeline.config_from_settings(settings, "als", window_end=datetime(2026, 3, 10),
+                                        window_days=10)
+    with pytest.raises(BadRunInput, match=(
+            r"the window starts at 2026-02-28 00:00 UTC, before the events kept "
+            r"\(RECO_EVENTS_RETENTION_DAYS=90: from 2026-03-03 00:00 UTC\): shorten "
+            r"window_days or move window_end")):
+        pipeline.extract_step(cfg, now=now)
+
+
 def test_a_window_end_without_a_zone_is_utc_whatever_the_hosts_zone(host_in_new_york, tmp_path):
     settings = Settings(state_dir=tmp_path)
     # What `reco train als --window-end 2024-01-01` passes.
