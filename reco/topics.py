@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from reco.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class TopicCreationFailed(RuntimeError):
@@ -81,6 +84,8 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float
     admin = await _start_admin(bootstrap, timeout_s)
     try:
         created = await _create_missing(admin, topics, replication)
+        await asyncio.to_thread(_use_broker_time, bootstrap, [t for t in topics
+                                                              if t not in created], timeout_s)
         counts = {name: topics[name] for name in created}
         counts |= await _partition_counts(admin, [t for t in topics if t not in created])
         grow = {name: wanted for name, wanted in topics.items()
@@ -121,6 +126,40 @@ async def _create_missing(admin: AIOKafkaAdminClient, topics: dict[str, int],
             raise TopicCreationFailed("the broker refused to create " + "; ".join(failed))
         created = {topic for topic, code, *_ in response.topic_errors if code == 0}
     return created
+
+
+def _use_broker_time(bootstrap: str, names: list[str], timeout_s: float) -> None:
+    """Give existing topics `TOPIC_CONFIGS` (those of earlier releases kept the producers'
+    clock), by an incremental change: their other settings stay as the operator set them."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
+
+    if not names:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, n) for n in names])
+        stale = [res.name for res, future in described.items()
+                 if any(future.result(timeout_s)[key].value != value
+                        for key, value in TOPIC_CONFIGS.items())]
+        if not stale:
+            return
+        changes = [ConfigResource(ResourceType.TOPIC, name, incremental_configs=[
+            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+            for key, value in TOPIC_CONFIGS.items()]) for name in stale]
+        for future in admin.incremental_alter_configs(changes).values():
+            future.result(timeout_s)
+    except KafkaException as exc:
+        raise TopicCreationFailed(f"the broker refused to set {TOPIC_CONFIGS} on "
+                                  f"{', '.join(names)}: {exc}") from exc
+    log.warning("%s: records now carry the broker's clock (%s)", ", ".join(stale),
+                TOPIC_CONFIGS)
 
 
 def partition_mismatches(wanted: dict[str, int], counts: dict[str, int]) -> list[str]:

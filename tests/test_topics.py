@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from typer.testing import CliRunner
 
 from reco.cli import app
@@ -78,6 +78,35 @@ def test_records_carry_the_brokers_clock_not_the_producers(kafka_server: ServerP
     record = asyncio.run(_produce_and_read(bootstrap, name, before_ms - 3_600_000))
     assert record.timestamp_type == 1  # LogAppendTime
     assert before_ms - 1000 <= record.timestamp <= int(time.time() * 1000) + 1000
+
+
+async def _create_with_producer_time(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name=topic, num_partitions=1, replication_factor=1,
+                                            topic_configs={"retention.ms": "3600000"})])
+    finally:
+        await admin.close()
+
+
+def _topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept until the answer is in
+    [future] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+    return {name: entry.value for name, entry in future.result(30).items()}
+
+
+def test_a_topic_of_an_earlier_release_gets_the_brokers_clock_and_keeps_its_settings(
+        kafka_server: ServerProcess) -> None:
+    bootstrap, name = f"127.0.0.1:{kafka_server.port}", _name()
+    asyncio.run(_create_with_producer_time(bootstrap, name))
+    assert _topic_config(bootstrap, name)["message.timestamp.type"] == "CreateTime"
+    asyncio.run(ensure_topics(bootstrap, {name: 1}))
+    config = _topic_config(bootstrap, name)
+    assert config["message.timestamp.type"] == "LogAppendTime"
+    assert config["retention.ms"] == "3600000"  # the operator's own setting stays
 
 
 @pytest.mark.parametrize(("topic", "partitions", "replication", "reason"), [
