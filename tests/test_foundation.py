@@ -183,3 +183,10 @@ def test_a_cache_ttl_of_zero_is_refused_at_start(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RECO_CACHE_TTL_S", "0")
     with pytest.raises(ValueError, match="cache_ttl_s"):
         Settings()
+
+
+def test_redis_persists_by_its_append_only_file_alone(redis_client) -> None:
+    """As the stack starts it (tests/servers.py uses its command): snapshots every minute of
+    traffic beside the append-only file rewrote the whole dataset each time."""
+    assert redis_client.config_get("save") == {"save": ""}
+    assert redis_client.config_get("appendonly") == {"appendonly": "yes"}
