@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,11 +12,11 @@ import pandas as pd
 import pytest
 
 from reco.catalog import ItemIndex
-from reco.features import FeatureParams
+from reco.features import FeatureParams, plan_batch
 from reco.ranking import RankConfig
 from spark_jobs import blend
 from spark_jobs import extract as ex
-from spark_jobs.blend_replay import reordered
+from spark_jobs.blend_replay import AsOfFeatures, reordered
 from spark_jobs.evaluate import EvalData, evaluate_blend
 
 T0 = 1_790_000_000.0  # the popularity landmark: forward decay neither overflows nor underflows
@@ -100,3 +101,130 @@ def test_popular_rows_merged_in_are_the_rows_sorted_again() -> None:
         pop[changed] = rng.integers(0, 4, len(changed)) * 0.5  # 0 drops a row
         order = reordered(order, pop, changed)
         assert order.tolist() == base.with_row_popularity(pop.copy()).popular_rows.tolist()
+
+
+# AsOfFeatures on its own, against a replay of each window alone.
+_Ev = namedtuple("_Ev", "user_id item_id event_type timestamp_s event_id")
+# Half-lives of a minute and events on whole minutes after the landmark: every affinity and
+# popularity increment is a power of two, so every sum is exact whatever the order of additions.
+MINUTE_PARAMS = FeatureParams(event_weights={"view": 1.0}, landmark_s=T0, half_life_s=60.0,
+                              coview_half_life_s=60.0)
+
+
+def as_of_features(events: list[_Ev], held: list[tuple[float, str]], params: FeatureParams,
+                   replay_s: float, coview_max: int, items: list[str]
+                   ) -> tuple[AsOfFeatures, dict[str, tuple[dict, dict]]]:
+    """Each held-out event's co-view lists (item -> [(partner, score)]) and popularity
+    (item -> score, popular items only), read in `order` as `blend.rankings` does."""
+    frame = pd.DataFrame(events).rename(columns={"timestamp_s": "ts"})
+    as_of = AsOfFeatures(frame, np.array([t for t, _ in held]), [i for _, i in held],
+                         ItemIndex.build({item: {} for item in items}), params, replay_s,
+                         coview_max)
+    out = {}
+    for n in as_of.order.tolist():
+        index = as_of.at(n)
+        coview = {item: list(zip(ids, scores.tolist(), strict=True))
+                  for item, (ids, scores) in as_of.coview(items).items()}
+        out[held[n][1]] = (coview, {index.ids[r]: float(index.popularity[r])
+                                    for r in index.popular_rows.tolist()})
+    return as_of, out
+
+
+def replayed(events: list[_Ev], held_t: float, held_id: str, params: FeatureParams,
+             replay_s: float, coview_max: int) -> tuple[dict, dict]:
+    """The same from one `plan_batch` over the window alone (the training events before the
+    held-out one in event order, from `replay_s` before it), users' recent items from a replay
+    of every event before the window."""
+    before = sorted((e for e in events if (e.timestamp_s, e.event_id) < (held_t, held_id)),
+                    key=lambda e: (e.timestamp_s, e.event_id))
+    start = held_t - replay_s
+    recent = plan_batch([e for e in before if e.timestamp_s < start], {}, {}, params,
+                        held_t).recent
+    up = plan_batch([e for e in before if e.timestamp_s >= start], recent, {}, params, held_t)
+    coview = {item: sorted(partners.items(), key=lambda ps: (ps[1], ps[0]),
+                           reverse=True)[:coview_max] for item, partners in up.coview.items()}
+    return coview, dict(up.popularity)
+
+
+def minute_events(rows: list[tuple[str, str, int, str]]) -> list[_Ev]:
+    return [_Ev(user, item, "view", T0 + 60 * minute, event_id)
+            for user, item, minute, event_id in rows]
+
+
+def test_pairs_and_items_leave_with_the_chunks_of_an_earlier_window() -> None:
+    """h1's window starts 3 minutes after h0's: what only h0's window had (b-x, d-e, the first
+    a-b co-view) is gone at h1, exactly as in a replay of h1's window alone."""
+    events = minute_events([
+        ("v0", "a", 4, "e01"),  # before both windows: partner of v0's later views only
+        ("u0", "a", 5, "e02"), ("v4", "x", 5, "e03"),
+        ("v0", "b", 6, "e04"),  # a-b 2**6
+        ("v3", "d", 6, "e05"), ("v1", "a", 7, "e06"),
+        ("v3", "e", 7, "e07"),  # d-e 2**7
+        ("v4", "b", 7, "e08"),  # b-x 2**7
+        ("v1", "c", 8, "e09"),  # a-c 2**8, in both windows
+        ("v2", "b", 9, "e10"),
+        # h0's second: after it by event id, so in h1's window only.
+        ("v5", "y", 10, "y0"), ("v5", "z", 10, "z0"),  # y-z 2**10
+        ("v2", "a", 11, "e11"),  # a-b 2**11
+        ("v5", "w", 11, "e12"),  # w-z, w-y 2**11 each: a tie, by partner id descending
+        ("v0", "c", 12, "e13"),  # c-b, c-a 2**12 each (v0's b and a are within 30 minutes)
+    ])
+    held = [(T0 + 600, "h0"), (T0 + 780, "h1")]  # windows: minutes [5, 10) and [8, 13)
+    items = ["a", "b", "c", "d", "e", "w", "x", "y", "z"]
+    as_of, got = as_of_features(events, held, MINUTE_PARAMS, 300.0, 200, items)
+    assert as_of.first_chunk > 0  # h1 dropped the chunks only h0's window had
+    assert got["h0"] == (
+        {"a": [("c", 256.0), ("b", 64.0)], "b": [("x", 128.0), ("a", 64.0)],
+         "c": [("a", 256.0)], "d": [("e", 128.0)], "e": [("d", 128.0)], "x": [("b", 128.0)]},
+        {"b": 704.0, "c": 256.0, "a": 160.0, "e": 128.0, "d": 64.0, "x": 32.0})
+    assert got["h1"] == (
+        {"a": [("c", 4352.0), ("b", 2048.0)], "b": [("c", 4096.0), ("a", 2048.0)],
+         "c": [("a", 4352.0), ("b", 4096.0)], "w": [("z", 2048.0), ("y", 2048.0)],
+         "y": [("w", 2048.0), ("z", 1024.0)], "z": [("w", 2048.0), ("y", 1024.0)]},
+        {"c": 4352.0, "a": 2048.0, "w": 2048.0, "y": 1024.0, "z": 1024.0, "b": 512.0})
+    for t, held_id in held:
+        assert got[held_id] == replayed(events, t, held_id, MINUTE_PARAMS, 300.0, 200)
+
+
+def test_partners_with_equal_increments_tie_whatever_left_the_window() -> None:
+    """q's partners a and b got the same affinity from one view in h1's window; a also had an
+    older one with q, which left the window. They tie, as in a replay of the window, and b
+    comes first by id: a total over all chunks less its twin over the dropped ones would keep
+    that older affinity's rounding."""
+    events = [_Ev(u, item, "view", T0 + dt, f"e{n:02d}") for n, (u, item, dt) in enumerate([
+        ("p", "q", 330.0), ("p", "a", 350.0),  # q-a 2**(350/60): no whole power of two
+        ("r", "a", 700.0), ("r", "b", 710.0), ("r", "q", 720.0)])]  # q-a, q-b 2**12
+    held = [(T0 + 400, "h0"), (T0 + 780, "h1")]
+    as_of, got = as_of_features(events, held, MINUTE_PARAMS, 300.0, 200, ["q"])
+    assert as_of.first_chunk > 0
+    assert got["h0"][0] == {"q": [("a", 2 ** (350 / 60))]}
+    assert got["h1"][0] == {"q": [("b", 4096.0), ("a", 4096.0)]}
+    assert got["h1"][0]["q"] == replayed(events, T0 + 780, "h1", MINUTE_PARAMS, 300.0,
+                                         200)[0]["q"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_co_view_and_popularity_equal_a_replay_of_each_window_alone(seed: int) -> None:
+    """Random events (many in one second, ordered by id), windows overlapping and leaving
+    chunks behind, partners coming and going, lists cut at 3 partners with ties: exactly the
+    replay of each window."""
+    rng = np.random.default_rng(seed)
+    params = FeatureParams(event_weights={"view": 1.0, "cart": 3.0, "purchase": 5.0},
+                           landmark_s=T0, half_life_s=1.0, coview_half_life_s=1.0,
+                           coview_window_s=6.0, coview_recent_n=3, recent_max=5)
+    items = [f"i{n:02d}" for n in range(20)]
+    # Whole seconds after the landmark, half-lives of a second: sums of powers of two, exact.
+    events = [_Ev(f"u{rng.integers(6)}", items[rng.integers(20)],
+                  ("view", "view", "cart", "purchase")[rng.integers(4)],
+                  T0 + float(rng.integers(40)), f"{rng.integers(16**6):06x}")
+              for _ in range(300)]
+    held = [(T0 + float(rng.integers(45)), f"{rng.integers(16**6):06x}") for _ in range(25)]
+    as_of, got = as_of_features(events, held, params, 12.0, 3, items)
+    assert as_of.first_chunk > 0
+    cut = tied = 0
+    for t, held_id in held:
+        want = replayed(events, t, held_id, params, 12.0, 3)
+        assert got[held_id] == want
+        cut += sum(len(partners) == 3 for partners in want[0].values())
+        tied += sum(len({s for _, s in ps}) < len(ps) for ps in want[0].values())
+    assert cut and tied  # the test saw lists cut at coview_max and equal scores
