@@ -92,7 +92,8 @@ def test_a_publish_keeps_the_newest_run_folders_of_its_model(tmp_path):
     state = pipeline.publish_step(cfg, {"gate": {"accepted": False, "champion_run_id": None}})
 
     assert state["published"] is None
-    assert sorted(p.name for p in runs.iterdir()) == ["20240101T000000", "run-1", "run-2"]
+    assert sorted(p.name for p in runs.iterdir()) == sorted([Path(cfg.run_dir).name, "run-1",
+                                                             "run-2"])
     assert other_model.exists()
     # A run folder chosen outside the offline dir (a test's, a benchmark's) prunes nothing.
     elsewhere = dataclasses.replace(cfg, run_dir=str(tmp_path / "bench" / "run"))
