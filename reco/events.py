@@ -84,8 +84,7 @@ class Event(BaseModel):
     @classmethod
     def _in_range(cls, value: int, info: ValidationInfo) -> int:
         # Bounds are checked on replay too: the archiver cannot store a time past year 9999.
-        return within_range(value, (info.context or {}).get("max_future_skew_s",
-                                                            MAX_FUTURE_SKEW_S))
+        return within_range(value, future_skew_s(info))
 
     @field_validator("context")
     @classmethod
@@ -181,6 +180,12 @@ def epoch_ms(value: Any, floor: int = MIN_TIMESTAMP_MS) -> int:
             raise ValueError("must be at or after 1973-03-03T09:46:40Z")
         return ms
     raise ValueError(_TIMESTAMP_FORMS)
+
+
+def future_skew_s(info: ValidationInfo) -> float:
+    """How far ahead of this host's clock a time may be, from the validation context (the API
+    passes RECO_MAX_FUTURE_SKEW_S)."""
+    return (info.context or {}).get("max_future_skew_s", MAX_FUTURE_SKEW_S)
 
 
 def within_range(ms: int, max_future_skew_s: float = MAX_FUTURE_SKEW_S) -> int:

@@ -35,9 +35,9 @@ from pydantic import (
 
 from reco import keys
 from reco.events import (
-    MAX_FUTURE_SKEW_S,
     Identifier,
     epoch_ms,
+    future_skew_s,
     small_object_problem,
     within_range,
 )
@@ -91,8 +91,8 @@ class ItemIn(BaseModel):
         # for UTC, and a date years ahead led the new arrivals until it came.
         if value is None:
             return None
-        skew_s = (info.context or {}).get("max_future_skew_s", MAX_FUTURE_SKEW_S)
-        return datetime.fromtimestamp(within_range(epoch_ms(value), skew_s) / 1000.0, tz=UTC)
+        return datetime.fromtimestamp(within_range(epoch_ms(value), future_skew_s(info)) / 1000.0,
+                                      tz=UTC)
 
 
 def _unstorable(value: Any) -> str | None:

@@ -231,7 +231,7 @@ def extract_step(cfg: PipelineConfig, spark: SparkSession | None = None,
     started = time.perf_counter()
     start, end = cfg.window
     kept_from = (now or datetime.now(UTC)) - timedelta(days=cfg.events_retention_days)
-    if cfg.events_retention_days and start < kept_from:
+    if cfg.events_retention_days and start < kept_from:  # 0 keeps every event
         # Trained on what is left, the run would pass for one of the whole window.
         raise BadRunInput(
             f"the window starts at {start:%Y-%m-%d %H:%M} UTC, before the events kept "

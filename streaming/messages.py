@@ -115,12 +115,12 @@ CLOCK_DISAGREEMENT_MS = 3_600_000
 
 
 def split_for_features(
-    records: Sequence[ConsumerRecord], max_future_skew_s: float, now_ms: float | None = None,
+    records: Sequence[ConsumerRecord], max_future_skew_s: float,
 ) -> tuple[list[StreamEvent], list[tuple[ConsumerRecord, str]]]:
     """`split` for the feature processor; events dated more than `max_future_skew_s` (the
-    ingest API's limit) plus `CLOCK_DISAGREEMENT_MS` past `now_ms` (the clock) are bad too."""
+    ingest API's limit) plus `CLOCK_DISAGREEMENT_MS` past the clock are bad too."""
     ahead_ms = max_future_skew_s * 1000 + CLOCK_DISAGREEMENT_MS
-    latest = (time.time() * 1000 if now_ms is None else now_ms) + ahead_ms
+    latest = time.time() * 1000 + ahead_ms
     events: list[StreamEvent] = []
     bad: list[tuple[ConsumerRecord, str]] = []
     for record in records:
