@@ -56,6 +56,7 @@ def fill(r: redis.Redis, rng: np.random.Generator) -> list[str]:
         pipe.hset(keys.item_meta(f"i{n}"), mapping={
             "category": f"cat{category[n]}", "price": 10.0, "in_stock": "1",
             "created_at": now - n})
+        pipe.sadd(keys.ITEM_IDS, f"i{n}")
         pipe.zadd(keys.ITEM_POPULARITY, {f"i{n}": float(score[n])})
         pipe.zadd(keys.category_popularity(f"cat{category[n]}"), {f"i{n}": float(score[n])})
         if len(pipe) >= 6000:

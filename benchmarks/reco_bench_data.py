@@ -60,6 +60,7 @@ def fill(r: redis.Redis, s: Sizes, rng: np.random.Generator) -> dict[str, float]
             "category": f"cat{int(order[n]) % s.categories}", "price": float(price[n]),
             "in_stock": "1" if stock[n] else "0", "created_at": float(created[n]),
             "title": f"Item {n}"})
+        pipe.sadd(keys.ITEM_IDS, item)
         if len(pipe) >= 5000:
             pipe.execute()
     pipe.set(keys.ITEM_META_VERSION, 1)

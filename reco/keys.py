@@ -23,7 +23,13 @@ ITEM_META_CHANGES = "item:changes"
 # servers apply fewer changes than this in place, so a trimmed set never looks complete).
 ITEM_META_CHANGES_KEEP_MS = 86_400_000
 ITEM_META_CHANGES_MAX = 100_000
-ITEM_META_PATTERN = "item:meta:*"  # SCAN pattern for the catalogue reload
+# Set of every item id with an `item_meta` hash, added to with each upsert's change entries: the
+# catalogue reload reads it instead of a SCAN of the whole keyspace, whose cost grows with every
+# user's keys. Hashes written before it existed are found once by a SCAN with
+# `ITEM_META_PATTERN`, after which the marker is set.
+ITEM_IDS = "item:ids"
+ITEM_META_PATTERN = "item:meta:*"
+ITEM_IDS_SCANNED = "item:ids_scanned"
 MODEL_PUBLISHED_AT = "model:published_at"  # hash: model name -> publish epoch seconds
 
 

@@ -6,11 +6,12 @@ created_at epoch seconds, title) for business rules and the new-arrivals filler 
 afterwards, each hash only from a newer revision than its own (two replicas' writes can land
 out of order).
 
-Each upsert also stamps its items in `item:changes` (item -> epoch ms by Redis's clock) and INCRs
-`item:catalog_version`, in the same pipeline after the hashes: the recommendation API then
-re-reads just those items at its next snapshot refresh (`popular_snapshot_refresh_s`, 5 s),
-so an item set out of stock stops being recommended within one refresh, cached responses
-included (re-checked when hit under a newer catalogue version: serving/reco_service.py).
+Each upsert also stamps its items in `item:changes` (item -> epoch ms by Redis's clock), adds
+them to `item:ids` (the ids the API's full reload reads) and INCRs `item:catalog_version`, in
+the same pipeline after the hashes: the recommendation API then re-reads just those items at its
+next snapshot refresh (`popular_snapshot_refresh_s`, 5 s), so an item set out of stock stops
+being recommended within one refresh, cached responses included (re-checked when hit under a
+newer catalogue version: serving/reco_service.py).
 """
 
 from __future__ import annotations
@@ -271,7 +272,10 @@ async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> N
 ANNOUNCE_CHANGES = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-for i = 3, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], now, ARGV[i])
+  redis.call('SADD', KEYS[3], ARGV[i])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - ARGV[1]))
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
 return redis.call('INCR', KEYS[2])
@@ -279,9 +283,10 @@ return redis.call('INCR', KEYS[2])
 
 
 def announce_changes(pipe: aredis.client.Pipeline, item_ids: Sequence[str]) -> None:
-    """Queue the change entries, their trim and the version INCR after the hash writes: one
-    pipeline runs in order, so a server that sees the new version sees the hashes too."""
+    """Queue the change entries, their trim, the ids' addition to `keys.ITEM_IDS` and the
+    version INCR after the hash writes: one pipeline runs in order, so a server that sees the new
+    version sees the hashes too."""
     if not item_ids:
         return
-    pipe.eval(ANNOUNCE_CHANGES, 2, keys.ITEM_META_CHANGES, keys.ITEM_META_VERSION,
+    pipe.eval(ANNOUNCE_CHANGES, 3, keys.ITEM_META_CHANGES, keys.ITEM_META_VERSION, keys.ITEM_IDS,
               keys.ITEM_META_CHANGES_KEEP_MS, keys.ITEM_META_CHANGES_MAX, *item_ids)

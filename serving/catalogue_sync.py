@@ -75,7 +75,7 @@ class CatalogueSync:
                 return self._apply_changes(current, changes, new, meta_version)
             log.info("catalogue version %r: %s, reloading all", meta_version,
                      f"over {bound} changed items" if changes else "no change entries")
-        # Read before the scan: changes stamped after it are re-read at the next version move.
+        # Read before the reload: changes stamped after it are re-read at the next version move.
         newest = self.client.zrange(keys.ITEM_META_CHANGES, -1, -1, withscores=True)
         catalog = self._loaded(self.load_catalog(meta_version or "", popular), meta_version)
         self._changes_ms = newest[0][1] if newest else 0.0
@@ -124,24 +124,43 @@ class CatalogueSync:
         return catalog
 
     def load_catalog(self, version: str, popular: Sequence[str] = ()) -> ItemIndex:
-        """Every `item:meta:*` hash; the id -> row map is laid out `popular` ids first
-        (`ItemIndex.with_lookup_order`)."""
-        prefix = len(keys.item_meta(""))
+        """The metadata hash of every item in `keys.ITEM_IDS`; the id -> row map is laid out
+        `popular` ids first (`ItemIndex.with_lookup_order`)."""
+        self.add_ids_written_before_the_set()
         records: dict[str, dict] = {}
         cursor = 0
         while True:
-            # Hashes only: a previous release's version counter may still be a string here.
-            cursor, found = self.client.scan(cursor, match=keys.ITEM_META_PATTERN,
-                                             count=SCAN_COUNT, _type="hash")
-            records.update(self.read_meta([k[prefix:].decode() for k in found]))
+            cursor, found = self.client.sscan(keys.ITEM_IDS, cursor, count=SCAN_COUNT)
+            records.update(self.read_meta([item.decode() for item in found]))
             if cursor == 0:
                 break
             time.sleep(0)  # let request handling have the GIL between chunks
+        records = {item: meta for item, meta in records.items() if meta}  # no hash: no item
         log.info("loaded %d items of catalogue version %r", len(records), version)
         catalog = ItemIndex.build(records, version=version,
                                   catalogue_only=self.settings.catalogue_only)
         catalog.newest_rows()  # the new-arrivals filler's order, computed in this thread
         return catalog.with_lookup_order(popular)
+
+    def add_ids_written_before_the_set(self) -> None:
+        """Once per Redis: the ids of the metadata hashes that releases before `keys.ITEM_IDS`
+        wrote, found by a SCAN of the keyspace, added to the set."""
+        if self.client.exists(keys.ITEM_IDS_SCANNED):
+            return
+        prefix = len(keys.item_meta(""))
+        cursor, added = 0, 0
+        while True:
+            # Hashes only: a previous release's version counter may still be a string here.
+            cursor, found = self.client.scan(cursor, match=keys.ITEM_META_PATTERN,
+                                             count=SCAN_COUNT, _type="hash")
+            if found:
+                added += self.client.sadd(keys.ITEM_IDS, *[key[prefix:] for key in found])
+            if cursor == 0:
+                break
+            time.sleep(0)
+        self.client.set(keys.ITEM_IDS_SCANNED, "1")
+        log.info("catalogue ids: %d item(s) written before %s existed added to it", added,
+                 keys.ITEM_IDS)
 
     def read_meta(self, item_ids: Sequence[str]) -> dict[str, dict]:
         """The `META_FIELDS` of each item (empty without a hash), in pipelined chunks of HMGET
@@ -152,7 +171,13 @@ class CatalogueSync:
             pipe = self.client.pipeline(transaction=False)
             for item in part:
                 pipe.hmget(keys.item_meta(item), META_FIELDS)
-            for item, values in zip(part, pipe.execute(), strict=True):
+            for item, values in zip(part, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(values, redis.ResponseError):
+                    # Another type at the item's key: a previous release's version counter at
+                    # `item:meta:version` (keys.ITEM_META_VERSION_LEGACY). Not an item.
+                    log.warning("item %r: %s is no metadata hash (%s)", item,
+                                keys.item_meta(item), values)
+                    values = [None] * len(META_FIELDS)
                 records[item] = {f: v.decode() for f, v in zip(META_FIELDS, values, strict=True)
                                  if v is not None}
             if lo:

@@ -257,12 +257,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/ready", **ingest_openapi.READY)
     async def ready() -> Response:
-        broker, database = await asyncio.gather(publisher.check(), items.check())
-        # Events need only the broker: with PostgreSQL down they are still acknowledged (the
-        # archiver catches up), and a balancer reading 503 would drop every replica at once.
-        ok = broker
-        return json_response({"broker": broker, "database": database}, 200 if ok else 503,
-                             None if ok else retry_after)
+        (broker, topic), database = await asyncio.gather(publisher.check(), items.check())
+        # Events need only the broker and their topic: with PostgreSQL down they are still
+        # acknowledged (the archiver catches up), and a balancer reading 503 would drop every
+        # replica at once.
+        ok = broker and topic
+        return json_response({"broker": broker, "topic": topic, "database": database},
+                             200 if ok else 503, None if ok else retry_after)
 
     @app.get("/metrics", response_class=PlainTextResponse,  # documented as text
              description=HEAD_TOO)

@@ -111,12 +111,15 @@ ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
 HEALTH = {"responses": {200: _json(_object(status={"enum": ["ok"]}), "The process answers")},
           "description": HEAD_TOO}
 _READINESS = _object(broker={"type": "boolean", "description": "the Kafka broker answers"},
+                     topic={"type": "boolean", "description": "the events topic exists, with "
+                            "a leader for each partition"},
                      database={"type": "boolean", "description": "PostgreSQL answers"})
 READY = {"responses": {
-    200: _json(_READINESS, "Ready: the broker answers, so events are acknowledged; with "
-                           "database false, catalogue writes answer 503 meanwhile"),
-    503: {**_json(_READINESS, "Not ready: the broker does not answer; retry after "
-                              "Retry-After"),
+    200: _json(_READINESS, "Ready: the broker answers and the events topic is there, so events "
+                           "are acknowledged; with database false, catalogue writes answer 503 "
+                           "meanwhile"),
+    503: {**_json(_READINESS, "Not ready: the broker does not answer, or the events topic is "
+                              "missing or without a leader; retry after Retry-After"),
           "headers": {"Retry-After": {"schema": {"type": "integer"},
                                       "description": "seconds"}}}},
     "description": HEAD_TOO}

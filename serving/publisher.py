@@ -156,8 +156,13 @@ class Publisher:
         self._loop = asyncio.get_running_loop()
         self._producer = self._new_producer()
         self._poller = self._loop.call_later(POLL_IDLE_S, self._poll)
-        if not await self.check():
+        broker, topic = await self.check()
+        if not broker:
             log.warning("broker %s not reachable yet; the producer keeps trying",
+                        self.settings.kafka_bootstrap)
+        elif not topic:
+            log.warning("topic %r missing or without a leader on %s: events answer 503 until "
+                        "it is there (`reco topics create`)", self.topic,
                         self.settings.kafka_bootstrap)
 
     def _poll(self) -> None:
@@ -283,17 +288,22 @@ class Publisher:
         reason = error if isinstance(error, str) else f"broker did not acknowledge: {error.str()}"
         return BrokerUnavailable("broker not connected" if self._down else reason, _ids(events))
 
-    async def check(self) -> bool:
-        """Readiness: a metadata round trip to the broker succeeds."""
+    async def check(self) -> tuple[bool, bool]:
+        """Readiness: whether a metadata round trip to the broker succeeds, and whether it
+        shows the events topic with a leader for each partition (without, every event waits
+        `ingest_ack_timeout_s` for a 503: a topic deleted, or not created yet)."""
         producer = self._producer
         if producer is None:
-            return False
+            return False, False
         try:
             # No topic named: asking about one can make the broker auto-create it.
             meta = await asyncio.to_thread(producer.list_topics, None, 2.0)
         except KafkaException:
-            return False
-        return bool(meta.brokers)
+            return False, False
+        topic = meta.topics.get(self.topic)
+        led = (topic is not None and topic.error is None and bool(topic.partitions)
+               and all(p.leader >= 0 for p in topic.partitions.values()))
+        return bool(meta.brokers), led
 
 
 def _ids(events: Sequence[Event]) -> list[str]:

@@ -68,3 +68,30 @@ def prune_events() -> None:
         console.print("RECO_EVENTS_RETENTION_DAYS is 0: every event is kept")
     else:
         console.print(f"deleted {pruned.deleted} events from before {pruned.cutoff.isoformat()}")
+
+
+@app.command("mirror-items")
+def mirror_items() -> None:
+    """Copy every PostgreSQL catalogue item into Redis's item metadata again: after Redis lost
+    its data, or after an upgrade from a release before `item:ids` (safe to run again, beside
+    live upserts)."""
+    import asyncio
+
+    import asyncpg
+    import redis.asyncio as aredis
+
+    from serving.catalogue_mirror import mirror_catalogue
+
+    settings = get_settings()
+
+    async def run():
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+        client = aredis.Redis.from_url(settings.redis_url)
+        try:
+            return await mirror_catalogue(pool, client)
+        finally:
+            await pool.close()
+            await client.aclose()
+
+    done = asyncio.run(run())
+    console.print(f"{done.items} catalogue items, {done.written} of them written to Redis")

@@ -43,6 +43,7 @@ def put_meta(r: redis.Redis, item: str, category: str, price: float = 10.0,
     r.hset(keys.item_meta(item), mapping={"category": category, "price": price,
                                           "in_stock": "1" if in_stock else "0",
                                           "created_at": created_at, "title": item})
+    r.sadd(keys.ITEM_IDS, item)  # as the catalogue's writer does (serving/catalogue.py)
 
 
 @contextmanager

@@ -90,6 +90,7 @@ def put_many(r, items: dict[str, tuple[str, float]]) -> None:
     for item, (category, created_at) in items.items():
         pipe.hset(keys.item_meta(item), mapping={"category": category, "price": 10.0,
                                                  "in_stock": "1", "created_at": created_at})
+    pipe.sadd(keys.ITEM_IDS, *items)
     pipe.execute()
 
 

@@ -31,6 +31,7 @@ def shop(r: redis.Redis) -> None:
         for j in range(10 + 300 // (k + 1)):
             item, score = f"c{k}-{j}", round(float(rng.pareto(1.0)) * 10, 1) + 0.1
             pipe.hset(keys.item_meta(item), mapping={"category": f"c{k}", "price": 1.0})
+            pipe.sadd(keys.ITEM_IDS, item)
             pipe.zadd(keys.ITEM_POPULARITY, {item: score})
             pipe.zadd(keys.category_popularity(f"c{k}"), {item: score / 2})
     pipe.zadd(keys.ITEM_POPULARITY, {"no-meta": 500.0})

@@ -236,6 +236,7 @@ def test_on_loop_refresh_matches_the_blocking_one(redis_url: str, settings: Sett
     r = redis.Redis.from_url(redis_url)
     for n in range(30):
         r.hset(keys.item_meta(f"i{n}"), mapping={"category": f"c{n % 3}", "price": n})
+        r.sadd(keys.ITEM_IDS, f"i{n}")
     r.zadd(keys.ITEM_POPULARITY, {f"i{n}": float(n % 7 + n / 100) for n in range(30)})
     r.zadd(keys.ITEM_POPULARITY, {"no-meta": 3.5})  # popular, unknown to the catalogue
     monkeypatch.setattr("serving.popularity_snapshot.CHUNK", 4)  # many slices
@@ -264,6 +265,7 @@ def test_on_loop_refresh_counts_a_member_seen_in_two_chunks_once(redis_url: str,
     r = redis.Redis.from_url(redis_url)
     for n in range(10):
         r.hset(keys.item_meta(f"i{n}"), mapping={"category": "c", "price": n})
+        r.sadd(keys.ITEM_IDS, f"i{n}")
     r.zadd(keys.ITEM_POPULARITY, {**{f"i{n}": float(n) for n in range(10)}, "no-meta": 0.5})
     monkeypatch.setattr("serving.popularity_snapshot.CHUNK", 4)
     signals = GlobalSignals(settings)

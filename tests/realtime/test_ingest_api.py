@@ -305,7 +305,8 @@ async def test_unreachable_broker_is_503_with_retry_after(settings: Settings) ->
     assert one.json()["event_ids"] == [EVENT_ID]
     ids = batch.json()["event_ids"]
     assert len(set(ids)) == 2 and all(uuid.UUID(i).version == 4 for i in ids)
-    assert ready.status_code == 503 and ready.json() == {"broker": False, "database": False}
+    assert ready.status_code == 503 and ready.json() == {
+        "broker": False, "topic": False, "database": False}
     assert ready_head.status_code == 503 and ready_head.headers["retry-after"] == "5"
     assert health.status_code == 200
     # The 503 is documented with its body and header.
@@ -381,8 +382,24 @@ async def test_readiness_probes_answer_within_their_timeout_while_postgres_hangs
             probes = await asyncio.gather(*(client.get("/ready") for _ in range(3)))
             took = time.monotonic() - started
     assert [(p.status_code, p.json()) for p in probes] == [
-        (200, {"broker": True, "database": False})] * 3
+        (200, {"broker": True, "topic": True, "database": False})] * 3
     assert took < 9.0  # each within its own 2 s; it was 15 s (5 s each, in turn)
+
+
+async def test_a_missing_events_topic_makes_the_replica_not_ready(
+    settings: Settings, pg: psycopg.Connection, kafka_topics: dict
+) -> None:
+    """The broker answers but the events topic is not there (deleted, or not created yet, and
+    the broker creates none by itself): every event waited for its ack timeout and got a 503
+    while /ready said 200, so a balancer kept sending them."""
+    app = create_app(settings.model_copy(update={"topic_events": f"missing-{uuid.uuid4().hex}"}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            ready = await client.get("/ready")
+    assert (ready.status_code, ready.json()) == (503, {
+        "broker": True, "topic": False, "database": True})
+    assert ready.headers["retry-after"] == "5"
 
 
 async def test_an_event_over_the_message_size_is_413_not_503(
@@ -617,7 +634,8 @@ async def test_health_ready_metrics(
 ) -> None:
     assert (await ingest.get("/health")).json() == {"status": "ok"}
     ready = await ingest.get("/ready")
-    assert ready.status_code == 200 and ready.json() == {"broker": True, "database": True}
+    assert ready.status_code == 200 and ready.json() == {
+        "broker": True, "topic": True, "database": True}
     for path in ("/health", "/ready", "/metrics"):  # uptime monitors probe with HEAD
         head = await ingest.head(path)
         assert (head.status_code, head.content) == (200, b""), path
@@ -629,7 +647,8 @@ async def test_health_ready_metrics(
             degraded = await client.get("/ready")
             accepted = await client.post("/events", json=event())
             item = await client.put("/items/i1", json={"category": "shoes"})
-    assert (degraded.status_code, degraded.json()) == (200, {"broker": True, "database": False})
+    assert (degraded.status_code, degraded.json()) == (200, {
+        "broker": True, "topic": True, "database": False})
     assert (accepted.status_code, item.status_code) == (202, 503)
 
     def counts() -> tuple[float, float]:

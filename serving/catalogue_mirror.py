@@ -1,0 +1,49 @@
+"""Copy the PostgreSQL catalogue (the source of truth) into Redis's item metadata again.
+
+Upserts mirror each item as they store it (serving/catalogue.py). This walks every stored item,
+for when Redis lost its data (a new server, a restore from an older file) or holds items that
+releases before `keys.ITEM_IDS` wrote after the API listed them. Items whose hash holds their
+stored revision already are only added to `keys.ITEM_IDS`; the others are mirrored as an upsert
+mirrors them (a newer revision in Redis wins), so the API re-reads just those. Safe to run at
+any time, beside live upserts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aredis
+
+from reco import keys
+from serving.catalogue import mirror_items
+
+PAGE_ROWS = 1000
+# Every stored item in item_id order from after $1, as UPSERT_ITEMS returns it.
+STORED_ITEMS = """
+SELECT item_id, title, category, price, in_stock, extract(epoch FROM created_at), revision
+FROM items WHERE item_id > $1 ORDER BY item_id LIMIT $2
+"""
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    items: int  # stored items read
+    written: int  # of them, mirrored because Redis lacked them or held an older revision
+
+
+async def mirror_catalogue(pool: asyncpg.Pool, client: aredis.Redis,
+                           page_rows: int = PAGE_ROWS) -> Mirrored:
+    """Every stored item mirrored into Redis, a page of `page_rows` at a time."""
+    after, items, written = "", 0, 0
+    while rows := await pool.fetch(STORED_ITEMS, after, page_rows):
+        pipe = client.pipeline(transaction=False)
+        for row in rows:
+            pipe.hget(keys.item_meta(row[0]), "revision")
+        held = await pipe.execute()
+        behind = [row for row, revision in zip(rows, held, strict=True)
+                  if revision is None or int(revision) < row[6]]
+        await client.sadd(keys.ITEM_IDS, *[row[0] for row in rows])
+        await mirror_items(client, behind)
+        items, written, after = items + len(rows), written + len(behind), rows[-1][0]
+    return Mirrored(items, written)

@@ -1,0 +1,122 @@
+"""The catalogue's id set (`item:ids`): what the full reload reads instead of a SCAN of the
+keyspace, how hashes of earlier releases join it, and `reco db mirror-items`, which copies the
+PostgreSQL catalogue into Redis again (real Redis and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import psycopg
+import redis
+import redis.asyncio as aredis
+from typer.testing import CliRunner
+
+from reco import keys
+from reco.cli import app
+from reco.settings import Settings, get_settings
+from serving.catalogue import ItemWithId
+from serving.catalogue_mirror import Mirrored, mirror_catalogue
+from serving.catalogue_sync import CatalogueSync
+from tests.api.test_catalog_updates import upsert
+
+
+def loaded(settings: Settings) -> dict[str, str]:
+    """item -> category of a full reload."""
+    sync = CatalogueSync(settings)
+    try:
+        catalog = sync.load_catalog("v")
+    finally:
+        sync.close()
+    return {item: catalog.categories[catalog.category[catalog.row[item]]] for item in catalog.ids}
+
+
+def mirror(settings: Settings, page_rows: int = 2) -> Mirrored:
+    async def run() -> Mirrored:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+        client = aredis.Redis.from_url(settings.redis_url)
+        try:
+            return await mirror_catalogue(pool, client, page_rows=page_rows)
+        finally:
+            await pool.close()
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_upserts_list_their_items_and_the_reload_reads_only_the_list(
+        redis_client: redis.Redis, settings: Settings, pg: psycopg.Connection) -> None:
+    upsert(settings, ItemWithId(item_id="a", category="c1"), ItemWithId(item_id="b", category="c2"))
+    assert redis_client.smembers(keys.ITEM_IDS) == {"a", "b"}
+    redis_client.set(keys.ITEM_IDS_SCANNED, "1")  # listed: no SCAN from here on
+    # A hash no writer listed is not found, and a listed id without a hash is no item.
+    redis_client.hset(keys.item_meta("unlisted"), "category", "c3")
+    redis_client.sadd(keys.ITEM_IDS, "gone")
+    assert loaded(settings) == {"a": "c1", "b": "c2"}
+
+
+def test_hashes_written_before_the_list_are_found_once_by_a_scan(
+        redis_client: redis.Redis, settings: Settings) -> None:
+    for n in range(5):  # as a release before `item:ids` wrote them
+        redis_client.hset(keys.item_meta(f"old{n}"), mapping={"category": "c1", "in_stock": "1"})
+    redis_client.set(keys.ITEM_META_VERSION_LEGACY, "41")  # a string there: skipped by type
+    redis_client.sadd(keys.ITEM_IDS, "new")  # an upsert of this release, before the reload
+    redis_client.hset(keys.item_meta("new"), "category", "c2")
+    assert loaded(settings) == {**{f"old{n}": "c1" for n in range(5)}, "new": "c2"}
+    assert redis_client.smembers(keys.ITEM_IDS) == {f"old{n}" for n in range(5)} | {"new"}
+    assert redis_client.get(keys.ITEM_IDS_SCANNED) == "1"
+    # Once: a hash written later without its id is not looked for again.
+    redis_client.hset(keys.item_meta("later"), "category", "c3")
+    assert "later" not in loaded(settings)
+
+
+def test_a_listed_id_whose_key_holds_another_type_is_no_item(
+        redis_client: redis.Redis, settings: Settings, caplog) -> None:
+    """An item named "version" listed while a previous release's counter is still a string at
+    its key (`keys.ITEM_META_VERSION_LEGACY`): the reload goes on without it."""
+    redis_client.set(keys.ITEM_IDS_SCANNED, "1")
+    redis_client.sadd(keys.ITEM_IDS, "version", "a")
+    redis_client.hset(keys.item_meta("a"), "category", "c1")
+    redis_client.set(keys.ITEM_META_VERSION_LEGACY, "41")
+    with caplog.at_level("WARNING", logger="serving.catalogue_sync"):
+        assert loaded(settings) == {"a": "c1"}
+    assert "item 'version': item:meta:version is no metadata hash" in caplog.text
+
+
+def test_mirror_items_rebuilds_the_redis_catalogue_from_postgres(
+        redis_client: redis.Redis, settings: Settings, pg: psycopg.Connection) -> None:
+    items = [ItemWithId(item_id=f"i{n}", category=f"c{n % 2}", price=n, in_stock=n != 3)
+             for n in range(5)]
+    upsert(settings, *items)
+    hashes = {i.item_id: redis_client.hgetall(keys.item_meta(i.item_id)) for i in items}
+    redis_client.flushdb()  # Redis lost its data
+    assert mirror(settings) == Mirrored(items=5, written=5)
+    assert {i: redis_client.hgetall(keys.item_meta(i)) for i in hashes} == hashes
+    assert redis_client.smembers(keys.ITEM_IDS) == set(hashes)
+    assert redis_client.get(keys.ITEM_META_VERSION) == "3"  # pages of 2: the API re-reads them
+    assert loaded(settings) == {f"i{n}": f"c{n % 2}" for n in range(5)}
+
+    # Again: nothing is behind, nothing is written or announced.
+    assert mirror(settings) == Mirrored(items=5, written=0)
+    assert redis_client.get(keys.ITEM_META_VERSION) == "3"
+    # A hash at an older revision is brought up to date; a listed-only loss is listed again.
+    redis_client.hset(keys.item_meta("i1"), mapping={"revision": "0", "category": "stale"})
+    redis_client.srem(keys.ITEM_IDS, "i4")
+    assert mirror(settings, page_rows=1000) == Mirrored(items=5, written=1)
+    assert redis_client.hgetall(keys.item_meta("i1")) == hashes["i1"]
+    assert redis_client.smembers(keys.ITEM_IDS) == set(hashes)
+
+
+def test_reco_db_mirror_items(redis_client: redis.Redis, settings: Settings,
+                              pg: psycopg.Connection) -> None:
+    upsert(settings, ItemWithId(item_id="a", category="c1"))
+    redis_client.flushdb()
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["db", "mirror-items"], env={
+            "RECO_PG_PORT": str(settings.pg_port), "RECO_REDIS_URL": settings.redis_url})
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.output.split()) == "1 catalogue items, 1 of them written to Redis"
+    assert redis_client.hget(keys.item_meta("a"), "category") == "c1"
