@@ -112,14 +112,14 @@ HEALTH = {"responses": {200: _json(_object(status={"enum": ["ok"]}), "The proces
           "description": HEAD_TOO}
 _READINESS = _object(broker={"type": "boolean", "description": "the Kafka broker answers"},
                      topic={"type": "boolean", "description": "the events topic exists, with "
-                            "a leader for each partition"},
+                            "a partition leader"},
                      database={"type": "boolean", "description": "PostgreSQL answers"})
 READY = {"responses": {
     200: _json(_READINESS, "Ready: the broker answers and the events topic is there, so events "
                            "are acknowledged; with database false, catalogue writes answer 503 "
                            "meanwhile"),
     503: {**_json(_READINESS, "Not ready: the broker does not answer, or the events topic is "
-                              "missing or without a leader; retry after Retry-After"),
+                              "missing or has no partition leader; retry after Retry-After"),
           "headers": {"Retry-After": {"schema": {"type": "integer"},
                                       "description": "seconds"}}}},
     "description": HEAD_TOO}

@@ -161,7 +161,7 @@ class Publisher:
             log.warning("broker %s not reachable yet; the producer keeps trying",
                         self.settings.kafka_bootstrap)
         elif not topic:
-            log.warning("topic %r missing or without a leader on %s: events answer 503 until "
+            log.warning("topic %r missing or leaderless on %s: events answer 503 until "
                         "it is there (`reco topics create`)", self.topic,
                         self.settings.kafka_bootstrap)
 
@@ -290,8 +290,10 @@ class Publisher:
 
     async def check(self) -> tuple[bool, bool]:
         """Readiness: whether a metadata round trip to the broker succeeds, and whether it
-        shows the events topic with a leader for each partition (without, every event waits
-        `ingest_ack_timeout_s` for a 503: a topic deleted, or not created yet)."""
+        shows the events topic with a partition leader to write to (without the topic, every
+        event waited `ingest_ack_timeout_s` for a 503: deleted, or not created yet). One led
+        partition is enough: a leader election elsewhere delays only the users it holds, and
+        every replica failing its probe at once would refuse them all."""
         producer = self._producer
         if producer is None:
             return False, False
@@ -301,8 +303,8 @@ class Publisher:
         except KafkaException:
             return False, False
         topic = meta.topics.get(self.topic)
-        led = (topic is not None and topic.error is None and bool(topic.partitions)
-               and all(p.leader >= 0 for p in topic.partitions.values()))
+        led = (topic is not None and topic.error is None
+               and any(p.leader >= 0 for p in topic.partitions.values()))
         return bool(meta.brokers), led
 
 
