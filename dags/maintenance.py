@@ -1,6 +1,8 @@
 """Airflow DAG, daily at 04:00 UTC: delete the PostgreSQL events older than
 RECO_EVENTS_RETENTION_DAYS (0, the default, keeps every event; `reco db prune-events` does the
-same by hand)."""
+same by hand), and Airflow's task log files older than RECO_AIRFLOW_HISTORY_DAYS (30; 0 keeps
+them). Airflow's metadata rows are cleaned by `reco db prune-airflow`, outside any task: Airflow
+3 gives task code no access to its database (reco/airflow_history.py)."""
 
 from datetime import timedelta
 
@@ -10,7 +12,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 @dag(
     dag_id="maintenance",
-    description="Housekeeping: events past their retention",
+    description="Housekeeping: events past their retention, old Airflow task logs",
     schedule=CronTriggerTimetable("0 4 * * *", timezone="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -28,7 +30,21 @@ def maintenance():
 
         return prune_events(Settings()).deleted
 
+    @task
+    def prune_airflow_logs() -> int:
+        from pathlib import Path
+
+        from airflow.sdk.configuration import conf
+
+        from reco.airflow_history import prune_task_logs
+        from reco.settings import Settings
+
+        # The folder this worker writes task logs to, as Airflow is configured here.
+        folder = Path(conf.get("logging", "base_log_folder"))
+        return prune_task_logs(folder, Settings().airflow_history_days).files
+
     prune_events()
+    prune_airflow_logs()
 
 
 maintenance()

@@ -231,6 +231,11 @@ class Settings(BaseSettings):
     # PostgreSQL `events` kept this many days by the daily `maintenance` DAG (0: every event,
     # ~275 bytes each with its indexes). Longer than the training window (checked).
     events_retention_days: AtLeastZero = 0
+    # Airflow's own history kept this many days (0: all): the `maintenance` DAG deletes older
+    # task log files, `reco db prune-airflow` older metadata rows (dag runs, task instances,
+    # XComs, audit log) with `airflow db clean`. A serve_champions run every 5 minutes adds 288
+    # runs a day.
+    airflow_history_days: AtLeastZero = 30
     recency_half_life_days: Positive = 3650.0  # ALS confidence age decay; ~none won on validation
     jdbc_partitions: AtLeastOne = 4
     eval_k: AtLeastOne = 10

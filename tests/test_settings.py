@@ -80,6 +80,9 @@ REFUSED = [
     ("RECO_INGEST_PORT", "0", "must be greater than or equal to 1"),
     ("RECO_PROCESSOR_METRICS_PORT", "70000", "must be less than or equal to 65535"),
     ("RECO_INGEST_PORT", "abc", "must be a valid integer, unable to parse string as an integer"),
+    ("RECO_AIRFLOW_HISTORY_DAYS", "-1", "must be greater than or equal to 0"),
+    ("RECO_AIRFLOW_HISTORY_DAYS", "30d",
+     "must be a valid integer, unable to parse string as an integer"),
 ]
 
 
@@ -95,6 +98,7 @@ def test_start_up_refuses_values_that_break_a_process(monkeypatch: pytest.Monkey
     ("RECO_POPULARITY_HALF_LIFE_H", "24"), ("RECO_MAX_FUTURE_SKEW_S", "0"),
     ("RECO_RATE_LIMIT_INGEST_PER_S", "0"), ("RECO_PROCESSOR_METRICS_PORT", "-1"),
     ("RECO_RECO_POPULAR_FILLER_N", "0"), ("RECO_MAX_CATEGORY_SHARE", "1"),
+    ("RECO_AIRFLOW_HISTORY_DAYS", "0"),  # keeps Airflow's history
 ])
 def test_start_up_keeps_the_meaningful_edges(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                              name: str, value: str) -> None:

@@ -95,3 +95,33 @@ def mirror_items() -> None:
 
     done = asyncio.run(run())
     console.print(f"{done.items} catalogue items, {done.written} of them written to Redis")
+
+
+@app.command("prune-airflow")
+def prune_airflow() -> None:
+    """Delete Airflow's history older than RECO_AIRFLOW_HISTORY_DAYS (30; 0 keeps it): its
+    metadata rows (`airflow db clean`: dag runs, task instances, XComs, audit log, jobs) and
+    the local stack's task log files. Runs outside Airflow's tasks, which Airflow 3 keeps
+    away from its database; docker-compose's `airflow-housekeeping` service runs it daily."""
+    from reco.airflow_history import (
+        AirflowCleanFailed,
+        base_log_folder,
+        clean_metadata,
+        prune_task_logs,
+    )
+    from reco.stack.airflow_cli import airflow_cli_env
+
+    settings = get_settings()
+    if not settings.airflow_history_days:
+        console.print("RECO_AIRFLOW_HISTORY_DAYS is 0: Airflow's history is kept")
+        return
+    env = airflow_cli_env(settings)
+    try:
+        cutoff = clean_metadata(settings, env)
+    except AirflowCleanFailed as exc:
+        typer.echo(str(exc), err=True)  # Airflow's output: not Rich markup
+        raise typer.Exit(1) from exc
+    logs = prune_task_logs(base_log_folder(env), settings.airflow_history_days)
+    # One line, unwrapped: it ends up in the housekeeping service's log.
+    typer.echo(f"Airflow's history from before {cutoff:%Y-%m-%d %H:%M} UTC deleted: metadata "
+               f"rows, {logs.files} log files, {logs.folders} folders")

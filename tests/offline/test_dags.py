@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from reco import keys, neighbours
@@ -77,7 +79,10 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
     maintenance = bag.dags["maintenance"]
     assert maintenance.timetable.summary == "0 4 * * *" and maintenance.catchup is False
     assert maintenance.is_paused_upon_creation is False
-    assert [t.task_id for t in maintenance.tasks] == ["prune_events"]
+    assert sorted(t.task_id for t in maintenance.tasks) == ["prune_airflow_logs",
+                                                            "prune_events"]
+    for t in maintenance.tasks:  # independent: one failing must not stop the other
+        assert not t.upstream_task_ids and t.retries >= 1
     # Daily at 02:00 and 02:30, weekly on Sunday 03:00 UTC; unpausing never starts a past slot.
     assert bag.dags["item2vec_daily"].timetable.summary == "0 2 * * *"
     assert bag.dags["sasrec_daily"].timetable.summary == "30 2 * * *"
@@ -305,3 +310,123 @@ def test_the_maintenance_dag_deletes_events_past_their_retention(airflow_env, se
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert pg.execute("SELECT user_id FROM events").fetchall() == [("recent",)]
+
+
+def write_log(path: Path, days_ago: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("log line\n")
+    at = (datetime.now(UTC) - timedelta(days=days_ago)).timestamp()
+    os.utime(path, (at, at))
+    return path
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_the_maintenance_dag_deletes_airflow_task_logs_past_the_history(airflow_env, settings,
+                                                                        pg, tmp_path):
+    logs = tmp_path / "airflow-logs"
+    run = logs / "dag_id=serve_champions" / "run_id=scheduled__{}" / "task_id=serve"
+    old = write_log(Path(str(run).format("old")) / "attempt=1.log", 31)
+    new = write_log(Path(str(run).format("new")) / "attempt=1.log", 29)
+    env = {**airflow_env, "RECO_PG_PORT": str(settings.pg_port),
+           "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(logs)}  # the default horizon: 30 days
+
+    result = subprocess.run([stack_servers.venv_bin("airflow"), "dags", "test", "maintenance"],
+                            env=env, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not old.exists() and not old.parent.parent.exists()  # the run's folder too
+    assert new.exists()
+
+    # 0 keeps every log file.
+    old = write_log(old, 4000)
+    result = subprocess.run([stack_servers.venv_bin("airflow"), "dags", "test", "maintenance"],
+                            env={**env, "RECO_AIRFLOW_HISTORY_DAYS": "0"}, capture_output=True,
+                            text=True, timeout=300)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert old.exists() and new.exists()
+
+
+def airflow_rows(conn: psycopg.Connection, run_id: str) -> dict[str, int]:
+    """Rows Airflow keeps about one dag run, per table."""
+    return {table: conn.execute(f"SELECT count(*) FROM {table} WHERE run_id = %s",
+                                (run_id,)).fetchone()[0]
+            for table in ("dag_run", "task_instance", "xcom", "log")}
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_reco_db_prune_airflow_deletes_airflow_history_past_the_horizon(
+        airflow_env, settings, pg, tmp_path):
+    """Metadata rows (dag runs, task instances, XComs, audit log) and log files older than
+    RECO_AIRFLOW_HISTORY_DAYS go, newer ones stay; 0 keeps all. Two real maintenance runs,
+    one made 40 days old."""
+    airflow = stack_servers.venv_bin("airflow")
+    env = {**airflow_env, "RECO_PG_PORT": str(settings.pg_port)}
+    airflow_db = Settings(pg_port=settings.pg_port).pg_url("airflow")
+    run_ids = []
+    for _ in range(2):
+        result = subprocess.run([airflow, "dags", "test", "maintenance"], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        with psycopg.connect(airflow_db) as conn:
+            run_ids.append(conn.execute("SELECT run_id FROM dag_run WHERE dag_id = 'maintenance' "
+                                        "ORDER BY id DESC LIMIT 1").fetchone()[0])
+    old_run, new_run = run_ids
+    state = tmp_path / "state"
+    stack_logs = state / "airflow" / "logs" / "dag_id=maintenance"
+    old_log = write_log(stack_logs / f"run_id={old_run}" / "attempt=1.log", 40)
+    new_log = write_log(stack_logs / f"run_id={new_run}" / "attempt=1.log", 1)
+    with psycopg.connect(airflow_db, autocommit=True) as conn:
+        assert all(airflow_rows(conn, old_run).values()), airflow_rows(conn, old_run)
+        for table, column in (("dag_run", "start_date"), ("task_instance", "start_date"),
+                              ("xcom", "timestamp"), ("log", "dttm")):
+            conn.execute(f"UPDATE {table} SET {column} = {column} - interval '40 days' "
+                         "WHERE run_id = %s", (old_run,))
+        cli_env = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("AIRFLOW", "RECO_")) and k != "PYTHONPATH"}
+        cli_env |= {"HOME": str(tmp_path), "RECO_STATE_DIR": str(state),
+                    "RECO_PG_PORT": str(settings.pg_port)}
+
+        def prune(**more: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "reco.cli", "db", "prune-airflow"],
+                                  env=cli_env | more, cwd=stack_servers.REPO_ROOT,
+                                  capture_output=True, text=True, timeout=600)
+
+        kept = prune(RECO_AIRFLOW_HISTORY_DAYS="0")
+
+        assert kept.returncode == 0, kept.stdout[-3000:] + kept.stderr[-3000:]
+        assert "RECO_AIRFLOW_HISTORY_DAYS is 0" in kept.stdout
+        assert all(airflow_rows(conn, old_run).values()) and old_log.exists()
+
+        pruned = prune()  # the default: 30 days
+
+        assert pruned.returncode == 0, pruned.stdout[-3000:] + pruned.stderr[-3000:]
+        assert "1 log files" in pruned.stdout, pruned.stdout
+        assert airflow_rows(conn, old_run) == dict.fromkeys(airflow_rows(conn, old_run), 0)
+        assert all(airflow_rows(conn, new_run).values()), airflow_rows(conn, new_run)
+        assert not old_log.exists() and new_log.exists()
+        # No archive tables left behind (--skip-archive).
+        assert conn.execute("SELECT count(*) FROM pg_tables "
+                            "WHERE tablename LIKE '\\_airflow\\_deleted\\_\\_%'").fetchone() == (0,)
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_a_task_cannot_run_airflow_db_clean(airflow_env):
+    """Why the metadata is not cleaned by the maintenance DAG: Airflow 3's Task SDK replaces
+    the task process's database URL before running task code (`block_orm_access`, which
+    `airflow dags test` skips: it runs tasks in-process), and a child `airflow db clean`
+    inherits it. If this starts passing, a task could do it."""
+    code = ("import subprocess, sys, airflow.settings\n"
+            "from airflow.sdk.execution_time.supervisor import block_orm_access\n"
+            "block_orm_access()\n"
+            "sys.exit(subprocess.run([sys.argv[1], 'db', 'clean', '--clean-before-timestamp',"
+            " '2000-01-01', '--yes', '--skip-archive']).returncode)\n")
+
+    result = subprocess.run([sys.executable, "-c", code, stack_servers.venv_bin("airflow")],
+                            env=airflow_env, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode != 0
+    assert "Could not parse SQLAlchemy URL" in result.stderr, result.stderr[-3000:]
