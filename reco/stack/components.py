@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -259,6 +260,15 @@ def build_components(settings: Settings) -> list[Component]:
             "airflow-dag-processor", [airflow, "dag-processor"],
             health=lambda: _airflow_component_healthy(settings, "dag_processor"),
             startup_timeout_s=120,
+        ),
+        # Airflow's metadata past RECO_AIRFLOW_HISTORY_DAYS, a day after each start and daily
+        # after (docker-compose's airflow-housekeeping): no task may touch Airflow's database
+        # (reco/airflow_history.py). Nothing to check but the loop running.
+        Component(
+            "airflow-housekeeping",
+            ["sh", "-c", f"while sleep 86400; do {shlex.join(_reco('db', 'prune-airflow'))}; "
+                         "done"],
+            health=lambda: True,
         ),
         *apps,
         Component(
