@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     postgres_exporter_port: Port = 9187
     # The machine's disk space, memory and CPU for Prometheus
     node_exporter_port: Port = 9100
-    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    # Default (empty): the local stack's MLflow, http://127.0.0.1:<mlflow_port>.
+    mlflow_tracking_uri: str = ""
     processor_metrics_port: MetricsPort = 9101
     archiver_metrics_port: MetricsPort = 9102
     # Copies `reco up` runs of each consumer (partitions are the unit of scale).
@@ -347,6 +348,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value  # compose passes unset optional vars as ""
+
+    @model_validator(mode="after")
+    def _tracking_uri_follows_the_port(self) -> Settings:
+        # A fixed default kept pointing at port 5000 when only RECO_MLFLOW_PORT moved: the stack
+        # started MLflow on the new port, and every run logged to whatever answered on 5000.
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"http://127.0.0.1:{self.mlflow_port}"
+        return self
 
     @model_validator(mode="after")
     def _refuse_local_secrets_in_production(self) -> Settings:

@@ -185,3 +185,16 @@ def test_catalogue_only_refuses_other_words(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("RECO_CATALOGUE_ONLY", "sometimes")
     with pytest.raises(ValidationError, match="catalogue_only"):
         Settings()
+
+
+def test_the_mlflow_address_follows_its_port_unless_given(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """Only RECO_MLFLOW_PORT moved: the stack started MLflow there, and every process was
+    still told http://127.0.0.1:5000 (another stack's MLflow, or nothing)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RECO_MLFLOW_TRACKING_URI", raising=False)
+    assert Settings().mlflow_tracking_uri == "http://127.0.0.1:5000"
+    monkeypatch.setenv("RECO_MLFLOW_PORT", "25000")
+    assert Settings().mlflow_tracking_uri == "http://127.0.0.1:25000"
+    monkeypatch.setenv("RECO_MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert Settings().mlflow_tracking_uri == "http://mlflow:5000"
