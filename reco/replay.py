@@ -33,12 +33,14 @@ from reco.replay_rows import (
     check_events,
     check_items,
     event_rows,
+    file_digest,
     item_rows,
     json_body,
     last_event_ms,
     open_events,
     read_batches,
     read_items,
+    table_digest,
     table_last_ms,
 )
 
@@ -406,7 +408,7 @@ def replay_file(
     file = open_events(events_path)
     catalogue = read_items(items_path) if items_path else None
     offset, latest = _shift(last_event_ms(file, str(events_path)), shift_to_now, now_ms)
-    rows = event_rows(read_batches(file, events_path), offset)
+    rows = event_rows(read_batches(file, events_path), offset, file_digest(events_path))
     items = (item_rows(catalogue, str(items_path), offset, latest) if catalogue is not None
              else None)
     return asyncio.run(replay_async(rows, opts, items, progress))
@@ -422,7 +424,7 @@ def replay_table(
     if items is not None:
         check_items(items.schema, "items table")
     offset, latest = _shift(table_last_ms(events, "events table"), shift_to_now, now_ms)
-    rows = event_rows(events.to_batches(max_chunksize=10_000), offset)
+    rows = event_rows(events.to_batches(max_chunksize=10_000), offset, table_digest(events))
     item_list = (item_rows(items, "items table", offset, latest) if items is not None
                  else None)
     return asyncio.run(replay_async(rows, opts, item_list, progress))

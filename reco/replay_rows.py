@@ -4,13 +4,16 @@ Columns are checked before anything is sent (`DataFileError` names the file or c
 reason). Times are epoch milliseconds: integer columns as they are, Arrow timestamp and date
 columns converted (timezone-naive ones read as UTC). A row without an `event_id` gets one
 derived from its content (before the time shift) and its position in the file, so replaying
-the same file again sends the same ids and the consumers count each event once. Decimal
+the same file again sends the same ids and the consumers count each event once. A row without
+a time also takes the file's digest: it is stamped on arrival, so equal rows of two files are
+two events (one id would have counted the second file's as a duplicate). Decimal
 columns (prices as Spark writes them) are sent as numbers. A row the API could not take at all
 (a `context` that is not JSON, a value JSON cannot carry) becomes a `Rejected` with its reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Iterator
@@ -157,11 +160,27 @@ def table_last_ms(table: pa.Table, where: str) -> int | None:
             if "timestamp" in table.schema.names else None)
 
 
-def derived_event_id(row: dict[str, Any], position: int) -> str:
+def derived_event_id(row: dict[str, Any], position: int, source: str) -> str:
     """uuid5 of a row's content and its position in the file: the same on every run, and
-    different for equal rows at other positions (two identical clicks are two events)."""
+    different for equal rows at other positions (two identical clicks are two events). A row
+    without a timestamp adds `source`, its file's digest (`file_digest`, `table_digest`)."""
     content = orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str).decode()
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{position}:{content}"))
+    name = f"{position}:{content}" if "timestamp" in row else f"{source}:{position}:{content}"
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def table_digest(table: pa.Table) -> str:
+    """SHA-256 of a table's Arrow IPC stream: the same for the same table built the same way."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
 def to_json(value: Any) -> bytes:
@@ -204,12 +223,12 @@ def _parse_json(row: dict[str, Any], name: str) -> Rejected | None:
     return None
 
 
-def _clean(row: dict[str, Any], position: int, offset_ms: int) -> Row:
+def _clean(row: dict[str, Any], position: int, offset_ms: int, source: str) -> Row:
     out = {k: v for k, v in row.items() if v is not None}
     # A client-side id makes a retried batch, and the same file sent again, idempotent
     # downstream (the processor's markers and the archiver dedup on it).
     if "event_id" not in out:
-        out["event_id"] = derived_event_id(out, position)
+        out["event_id"] = derived_event_id(out, position, source)
     if "timestamp" in out:
         out["timestamp"] = int(out["timestamp"]) + offset_ms
     return _parse_json(out, "context") or _unsendable(out) or out
@@ -229,13 +248,15 @@ def _columns(data: pa.RecordBatch | pa.Table, names: Iterable[str], text: Iterab
     return columns
 
 
-def event_rows(batches: Iterable[pa.RecordBatch], offset_ms: int = 0) -> Iterator[Row]:
-    """Event dicts as the API takes them: ids as text, None fields left out, time shifted."""
+def event_rows(batches: Iterable[pa.RecordBatch], offset_ms: int = 0,
+               source: str = "") -> Iterator[Row]:
+    """Event dicts as the API takes them: ids as text, None fields left out, time shifted;
+    `source` is the digest of the file they come from (`derived_event_id`)."""
     position = 0
     for batch in batches:
         columns = _columns(batch, EVENT_COLUMNS, ("user_id", "item_id"), "timestamp")
         for row in pa.RecordBatch.from_pydict(columns).to_pylist():
-            yield _clean(row, position, offset_ms)
+            yield _clean(row, position, offset_ms, source)
             position += 1
 
 

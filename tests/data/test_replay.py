@@ -486,6 +486,24 @@ def test_a_rows_json_does_not_depend_on_the_rows_beside_it() -> None:
     assert both[0].reason.startswith("context: not representable in JSON")
 
 
+@pytest.mark.integration
+def test_untimed_equal_rows_of_two_files_are_two_events(
+    ingest_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    """Rows without a time are stamped on arrival, so an equal row in another file is another
+    event. Its id came from content and position alone: the second file's view got the first
+    file's id and was counted as a duplicate, while the replay said accepted."""
+    row = {"user_id": "r1", "item_id": "sku-1", "event_type": "view"}
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.Table.from_pylist([row]), first)
+    pq.write_table(pa.Table.from_pylist([row, {**row, "item_id": "sku-2"}]), second)
+    opts = ReplayOptions(url=ingest_url, batch_size=16, lanes=1)
+    for path in (first, second, first):  # the first file sent again keeps its ids
+        assert replay_file(path, opts).to_dict()["failed"] == 0
+    ids = [orjson.loads(r.value)["event_id"] for r in asyncio.run(_consume(settings, 4))]
+    assert len(ids) == 4 and ids[0] == ids[3] and len(set(ids)) == 3
+
+
 def test_a_value_json_cannot_carry_rejects_its_row_only() -> None:
     table = pa.table({"user_id": ["u", "u"], "item_id": ["a", "b"],
                       "event_type": ["view", "view"], "timestamp": [T0, T0 + 1],
