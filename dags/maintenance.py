@@ -1,8 +1,10 @@
 """Airflow DAG, daily at 04:00 UTC: delete the PostgreSQL events older than
 RECO_EVENTS_RETENTION_DAYS (0, the default, keeps every event; `reco db prune-events` does the
 same by hand), and Airflow's task log files older than RECO_AIRFLOW_HISTORY_DAYS (30; 0 keeps
-them). Airflow's metadata rows are cleaned by `reco db prune-airflow`, outside any task: Airflow
-3 gives task code no access to its database (reco/airflow_history.py)."""
+them); and copy into Redis the catalogue items PostgreSQL holds newer than Redis (an ingest API
+stopped while Redis refused its writes; `reco db mirror-items` by hand). Airflow's metadata rows
+are cleaned by `reco db prune-airflow`, outside any task: Airflow 3 gives task code no access to
+its database (reco/airflow_history.py)."""
 
 from datetime import timedelta
 
@@ -12,7 +14,8 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 @dag(
     dag_id="maintenance",
-    description="Housekeeping: events past their retention, old Airflow task logs",
+    description="Housekeeping: events past their retention, old Airflow task logs, the "
+                "catalogue's Redis mirror",
     schedule=CronTriggerTimetable("0 4 * * *", timezone="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -43,8 +46,16 @@ def maintenance():
         folder = Path(conf.get("logging", "base_log_folder"))
         return prune_task_logs(folder, Settings().airflow_history_days).files
 
+    @task
+    def mirror_catalogue() -> int:
+        from reco.settings import Settings
+        from serving.catalogue_mirror import mirror_catalogue_of
+
+        return mirror_catalogue_of(Settings()).written
+
     prune_events()
     prune_airflow_logs()
+    mirror_catalogue()
 
 
 maintenance()

@@ -196,10 +196,12 @@ MERGED_ATTRIBUTES = """
 SELECT (attributes || $2::jsonb) - $3::text[] FROM items WHERE item_id = $1 FOR UPDATE
 """
 # KEYS[1] = item:meta:{id}; ARGV = revision, n, n field/value pairs, fields to delete. Writes
-# only a revision newer than the hash's: a slower replica's older upsert lands as a no-op.
+# only a revision newer than the hash's: a slower replica's older upsert lands as a no-op (0).
+# The same revision again (a mirror retried: serving/owed_mirrors.py) answers -1.
 MIRROR_ITEM = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '-1')
-if current >= tonumber(ARGV[1]) then return 0 end
+if current == tonumber(ARGV[1]) then return -1 end
+if current > tonumber(ARGV[1]) then return 0 end
 local n = tonumber(ARGV[2])
 local set = {'revision', ARGV[1]}
 for i = 3, 2 + 2 * n do set[#set + 1] = ARGV[i] end
@@ -213,21 +215,26 @@ async def upsert_items(
     pool: asyncpg.Pool, client: aredis.Redis, items: Sequence[ItemWithId]
 ) -> list[str]:
     """Upsert into PostgreSQL, then mirror the stored rows into Redis; returns the item ids."""
+    rows = await store_items(pool, items)
+    await mirror_items(client, rows)
+    return [row[0] for row in rows]
+
+
+async def store_items(pool: asyncpg.Pool, items: Sequence[ItemWithId]) -> list[asyncpg.Record]:
+    """Upsert into PostgreSQL; returns the stored rows (`UPSERT_ITEMS`'s) to mirror."""
     columns = (
         [it.item_id for it in items], [it.title for it in items], [it.category for it in items],
         [it.price for it in items], [it.in_stock for it in items],
         [orjson.dumps(it.attributes).decode() for it in items], [it.created_at for it in items],
     )
     with timed(POSTGRES_QUERY_SECONDS, "upsert_items"):
-        rows = await pool.fetch(UPSERT_ITEMS, *columns)
-    await mirror_items(client, rows)
-    return [row[0] for row in rows]
+        return await pool.fetch(UPSERT_ITEMS, *columns)
 
 
-async def patch_item(pool: asyncpg.Pool, client: aredis.Redis, item_id: str,
-                     patch: ItemPatch) -> bool:
-    """Change the given fields of a stored item, then mirror it; False if there is none.
-    AttributesRefused when the merged attributes would be over the limits."""
+async def store_patch(pool: asyncpg.Pool, item_id: str,
+                      patch: ItemPatch) -> asyncpg.Record | None:
+    """Change the given fields of a stored item; returns its row to mirror, None if there is
+    none. AttributesRefused when the merged attributes would be over the limits."""
     changes = patch.changes()
     with timed(POSTGRES_QUERY_SECONDS, "patch_item"):
         async with pool.acquire() as conn, conn.transaction():
@@ -236,11 +243,7 @@ async def patch_item(pool: asyncpg.Pool, client: aredis.Redis, item_id: str,
                 problem = merged is not None and attributes_problem(orjson.loads(merged))
                 if problem:
                     raise AttributesRefused(f"merged into the stored ones, they {problem}")
-            row = await conn.fetchrow(PATCH_ITEM, item_id, *changes)
-    if row is None:
-        return False
-    await mirror_items(client, [row])
-    return True
+            return await conn.fetchrow(PATCH_ITEM, item_id, *changes)
 
 
 async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> None:
@@ -259,7 +262,7 @@ async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> N
     announce_changes(pipe, [row[0] for row in rows])
     replies = await pipe.execute()
     stale = [row[0] for row, applied in zip(rows, replies[:len(rows)], strict=True)
-             if not applied]
+             if applied == 0]
     if stale:  # a replica's newer write won (a race); if it never ends, see the warning
         log.warning("%d item(s) not mirrored, Redis holds a newer revision: %s. If PostgreSQL "
                     "was restored from an older backup than Redis, move item_revision_seq "

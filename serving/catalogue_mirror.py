@@ -1,21 +1,24 @@
 """Copy the PostgreSQL catalogue (the source of truth) into Redis's item metadata again.
 
 Upserts mirror each item as they store it (serving/catalogue.py). This walks every stored item,
-for when Redis lost its data (a new server, a restore from an older file) or holds items that
-releases before `keys.ITEM_IDS` wrote after the API listed them. Items whose hash holds their
-stored revision already are only added to `keys.ITEM_IDS`; the others are mirrored as an upsert
-mirrors them (a newer revision in Redis wins), so the API re-reads just those. Safe to run at
-any time, beside live upserts.
+for when Redis lost its data (a new server, a restore from an older file), an ingest API stopped
+with writes Redis had refused (serving/owed_mirrors.py; the daily `maintenance` DAG runs it), or
+Redis holds items that releases before `keys.ITEM_IDS` wrote after the API listed them. Items
+whose hash holds their stored revision already are only added to `keys.ITEM_IDS`; the others
+are mirrored as an upsert mirrors them (a newer revision in Redis wins), so the API re-reads
+just those. Safe to run at any time, beside live upserts.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aredis
 
 from reco import keys
+from reco.settings import Settings
 from serving.catalogue import mirror_items
 
 PAGE_ROWS = 1000
@@ -47,3 +50,19 @@ async def mirror_catalogue(pool: asyncpg.Pool, client: aredis.Redis,
         await mirror_items(client, behind)
         items, written, after = items + len(rows), written + len(behind), rows[-1][0]
     return Mirrored(items, written)
+
+
+def mirror_catalogue_of(settings: Settings) -> Mirrored:
+    """`mirror_catalogue` on the PostgreSQL and Redis of `settings` (`reco db mirror-items`, the
+    `maintenance` DAG)."""
+
+    async def run() -> Mirrored:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+        client = aredis.Redis.from_url(settings.redis_url)
+        try:
+            return await mirror_catalogue(pool, client)
+        finally:
+            await pool.close()
+            await client.aclose()
+
+    return asyncio.run(run())

@@ -35,6 +35,7 @@ from serving import catalogue, cors, ingest_metrics, ingest_openapi, security, t
 from serving.errors import invalid_response, request_errors
 from serving.hot_routes import HEAD_TOO, HotRoutes, RequestEndpoint, accept_head
 from serving.http_metrics import HTTPMetrics
+from serving.owed_mirrors import OwedMirrors
 from serving.publisher import EventTooLarge, Publisher, PublishFailed
 from serving.rate_limit import RateLimited
 from serving.validation import (
@@ -85,6 +86,7 @@ class Catalogue:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis = aredis.Redis.from_url(settings.redis_url)
+        self.owed = OwedMirrors(self.redis)
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
 
@@ -102,15 +104,30 @@ class Catalogue:
     async def upsert(self, items: list[catalogue.ItemWithId]) -> list[str]:
         pool = await self.pool()
         async with _stores_answering():
-            return await catalogue.upsert_items(pool, self.redis, items)
+            rows = await catalogue.store_items(pool, items)
+            await self._mirror(rows)
+        return [row[0] for row in rows]
 
     async def patch(self, item_id: str, patch: catalogue.ItemPatch) -> bool:
         pool = await self.pool()
         try:
             async with _stores_answering():
-                return await catalogue.patch_item(pool, self.redis, item_id, patch)
+                row = await catalogue.store_patch(pool, item_id, patch)
+                if row is None:
+                    return False
+                await self._mirror([row])
+                return True
         except catalogue.AttributesRefused as exc:
             raise InvalidInput([error_entry(["attributes"], "attributes", str(exc))]) from None
+
+    async def _mirror(self, rows: list[asyncpg.Record]) -> None:
+        """Mirror stored rows into Redis; rows it refuses are owed (mirrored again in the
+        background) before the 503: PostgreSQL holds them, retried or not."""
+        try:
+            await catalogue.mirror_items(self.redis, rows)
+        except (OSError, *_REDIS_TRANSIENT):
+            self.owed.owe(rows)
+            raise
 
     async def check(self) -> bool:
         try:
@@ -125,6 +142,7 @@ class Catalogue:
         return True
 
     async def close(self) -> None:
+        await self.owed.stop()
         if self._pool is not None:
             await self._pool.close()
         await self.redis.aclose()
@@ -145,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await publisher.start()
+        items.owed.start()
         heap.settle()
         try:
             yield

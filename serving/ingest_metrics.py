@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Sequence
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from reco.events import EVENT_TYPES, Event
 
@@ -16,6 +16,8 @@ PUBLISH_FAILURES = Counter(
     "kafka_publish_failures_total", "Requests answered 503 because the broker did not ack")
 REJECTED = Counter("ingest_requests_rejected_total", "Requests refused", ["status"])
 ITEMS_UPSERTED = Counter("catalogue_items_upserted_total", "Catalogue items upserted")
+MIRRORS_OWED = Gauge("catalogue_mirrors_owed",
+                     "Catalogue items stored in PostgreSQL that Redis has not taken yet")
 
 # Label children resolved once: a labels() lookup per request costs more than the increment.
 _BY_TYPE = {t: EVENTS_INGESTED.labels(t) for t in EVENT_TYPES}

@@ -55,6 +55,8 @@ def test_the_log_stays_append_only_outside_the_declared_cutoff(pg: psycopg.Conne
         pg.execute("DELETE FROM events WHERE event_time < %s", (NOW - timedelta(days=50),))
     with pytest.raises(psycopg.errors.RaiseException, match="append-only: UPDATE"):
         pg.execute("UPDATE events SET item_id = 'i2'")
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only: TRUNCATE"):
+        pg.execute("TRUNCATE events")  # a statement: the per-row trigger never saw it
     assert kept(pg) == ["u1"]
 
 

@@ -74,26 +74,10 @@ def prune_events() -> None:
 def mirror_items() -> None:
     """Copy every PostgreSQL catalogue item into Redis's item metadata again: after Redis lost
     its data, or after an upgrade from a release before `item:ids` (safe to run again, beside
-    live upserts)."""
-    import asyncio
+    live upserts; the daily `maintenance` DAG runs it too)."""
+    from serving.catalogue_mirror import mirror_catalogue_of
 
-    import asyncpg
-    import redis.asyncio as aredis
-
-    from serving.catalogue_mirror import mirror_catalogue
-
-    settings = get_settings()
-
-    async def run():
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
-        client = aredis.Redis.from_url(settings.redis_url)
-        try:
-            return await mirror_catalogue(pool, client)
-        finally:
-            await pool.close()
-            await client.aclose()
-
-    done = asyncio.run(run())
+    done = mirror_catalogue_of(get_settings())
     console.print(f"{done.items} catalogue items, {done.written} of them written to Redis")
 
 

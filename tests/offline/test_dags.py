@@ -79,8 +79,8 @@ def test_dag_files_import_cleanly_with_tags_retries_and_params(monkeypatch, tmp_
     maintenance = bag.dags["maintenance"]
     assert maintenance.timetable.summary == "0 4 * * *" and maintenance.catchup is False
     assert maintenance.is_paused_upon_creation is False
-    assert sorted(t.task_id for t in maintenance.tasks) == ["prune_airflow_logs",
-                                                            "prune_events"]
+    assert sorted(t.task_id for t in maintenance.tasks) == [
+        "mirror_catalogue", "prune_airflow_logs", "prune_events"]
     for t in maintenance.tasks:  # independent: one failing must not stop the other
         assert not t.upstream_task_ids and t.retries >= 1
     # Daily at 02:00 and 02:30, weekly on Sunday 03:00 UTC; unpausing never starts a past slot.
@@ -297,19 +297,27 @@ def test_the_serve_champions_dag_serves_a_rollback_made_in_mlflow(
 
 @pytest.mark.airflow
 @pytest.mark.integration
-def test_the_maintenance_dag_deletes_events_past_their_retention(airflow_env, settings, pg):
+def test_the_maintenance_dag_deletes_events_past_their_retention(airflow_env, settings, pg,
+                                                                  redis_client):
+    """It also mirrors the catalogue items PostgreSQL holds and Redis lacks (an ingest API
+    stopped while Redis refused its writes)."""
     old, recent = datetime.now(UTC) - timedelta(days=400), datetime.now(UTC)
     for user, at in (("old", old), ("recent", recent)):
         pg.execute("INSERT INTO events (event_id, user_id, item_id, event_type, event_time) "
                    "VALUES (gen_random_uuid(), %s, 'i1', 'view', %s)", (user, at))
+    pg.execute("INSERT INTO items (item_id, category, in_stock) VALUES ('unmirrored', 'c1', "
+               "false)")
     env = {**airflow_env, "RECO_PG_PORT": str(settings.pg_port),
-           "RECO_EVENTS_RETENTION_DAYS": "365"}
+           "RECO_REDIS_URL": settings.redis_url, "RECO_EVENTS_RETENTION_DAYS": "365"}
 
     result = subprocess.run([stack_servers.venv_bin("airflow"), "dags", "test", "maintenance"],
                             env=env, capture_output=True, text=True, timeout=300)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert pg.execute("SELECT user_id FROM events").fetchall() == [("recent",)]
+    meta = redis_client.hgetall(keys.item_meta("unmirrored"))
+    assert (meta["category"], meta["in_stock"]) == ("c1", "0")
+    assert redis_client.smembers(keys.ITEM_IDS) == {"unmirrored"}
 
 
 def write_log(path: Path, days_ago: float) -> Path:
@@ -323,12 +331,14 @@ def write_log(path: Path, days_ago: float) -> Path:
 @pytest.mark.airflow
 @pytest.mark.integration
 def test_the_maintenance_dag_deletes_airflow_task_logs_past_the_history(airflow_env, settings,
-                                                                        pg, tmp_path):
+                                                                        pg, redis_client,
+                                                                        tmp_path):
     logs = tmp_path / "airflow-logs"
     run = logs / "dag_id=serve_champions" / "run_id=scheduled__{}" / "task_id=serve"
     old = write_log(Path(str(run).format("old")) / "attempt=1.log", 31)
     new = write_log(Path(str(run).format("new")) / "attempt=1.log", 29)
     env = {**airflow_env, "RECO_PG_PORT": str(settings.pg_port),
+           "RECO_REDIS_URL": settings.redis_url,
            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(logs)}  # the default horizon: 30 days
 
     result = subprocess.run([stack_servers.venv_bin("airflow"), "dags", "test", "maintenance"],
@@ -358,12 +368,13 @@ def airflow_rows(conn: psycopg.Connection, run_id: str) -> dict[str, int]:
 @pytest.mark.airflow
 @pytest.mark.integration
 def test_reco_db_prune_airflow_deletes_airflow_history_past_the_horizon(
-        airflow_env, settings, pg, tmp_path):
+        airflow_env, settings, pg, redis_client, tmp_path):
     """Metadata rows (dag runs, task instances, XComs, audit log) and log files older than
     RECO_AIRFLOW_HISTORY_DAYS go, newer ones stay; 0 keeps all. Two real maintenance runs,
     one made 40 days old."""
     airflow = stack_servers.venv_bin("airflow")
-    env = {**airflow_env, "RECO_PG_PORT": str(settings.pg_port)}
+    env = {**airflow_env, "RECO_PG_PORT": str(settings.pg_port),
+           "RECO_REDIS_URL": settings.redis_url}
     airflow_db = Settings(pg_port=settings.pg_port).pg_url("airflow")
     run_ids = []
     for _ in range(2):

@@ -19,6 +19,7 @@ from reco.settings import Settings
 from reco.stack.health import free_port
 from serving import catalogue
 from serving.ingest import create_app
+from tests.api.conftest import out_of_memory
 from tests.realtime.conftest import end_offsets, read_topic
 
 pytestmark = pytest.mark.integration
@@ -734,3 +735,34 @@ async def test_a_body_that_trickles_in_gets_a_408(settings: Settings, kafka_topi
     assert late.json() == {"detail": "body not received within 0.3 s "
                                      "(RECO_BODY_READ_TIMEOUT_S); 18 bytes came"}
     assert await end_offsets(settings, settings.topic_events) == 0
+
+
+async def test_catalogue_writes_redis_refused_are_mirrored_once_it_takes_writes(
+    settings: Settings, pg: psycopg.Connection, redis_client: redis.Redis, kafka_topics: dict
+) -> None:
+    """PostgreSQL stored the write and Redis refused it (503, retry): a client that never
+    retried left a new item unserved, or a sold-out one on sale, until its next write."""
+    app = create_app(settings)
+    app.state.catalogue.owed.retry_s = 0.2
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            assert (await client.put("/items/old", json={"category": "c1"})).status_code == 200
+            with out_of_memory(redis_client):
+                new = await client.put("/items/new", json={"category": "hats"})
+                sold_out = await client.patch("/items/old", json={"in_stock": False})
+                await asyncio.sleep(0.6)  # retries refused meanwhile
+                assert not redis_client.exists(keys.item_meta("new"))
+                owed = _sample((await client.get("/metrics")).text, "catalogue_mirrors_owed")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not redis_client.exists(keys.item_meta("new")):
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)  # the gauge is set after the mirror
+            after = _sample((await client.get("/metrics")).text, "catalogue_mirrors_owed")
+    assert (new.status_code, sold_out.status_code) == (503, 503)
+    assert pg.execute("SELECT item_id, in_stock FROM items ORDER BY item_id").fetchall() == [
+        ("new", True), ("old", False)]
+    assert redis_client.hget(keys.item_meta("new"), "category") == "hats"
+    assert redis_client.hget(keys.item_meta("old"), "in_stock") == "0"
+    assert redis_client.smembers(keys.ITEM_IDS) == {"new", "old"}
+    assert (owed, after) == (2, 0)
