@@ -246,9 +246,11 @@ async def store_patch(pool: asyncpg.Pool, item_id: str,
             return await conn.fetchrow(PATCH_ITEM, item_id, *changes)
 
 
-async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> None:
+async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]],
+                       warn_stale: bool = True) -> None:
     """Write stored rows (`UPSERT_ITEMS`'s) to their Redis hashes, each only if its revision is
-    newer than the one there, then announce them."""
+    newer than the one there, then announce them. `warn_stale`: log the rows a newer revision
+    kept out (not for a retry, which a client's own retried write may have overtaken)."""
     mirror = client.register_script(MIRROR_ITEM)
     pipe = client.pipeline(transaction=False)
     for item_id, title, category, price, in_stock, created_at, revision in rows:
@@ -263,7 +265,7 @@ async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]]) -> N
     replies = await pipe.execute()
     stale = [row[0] for row, applied in zip(rows, replies[:len(rows)], strict=True)
              if applied == 0]
-    if stale:  # a replica's newer write won (a race); if it never ends, see the warning
+    if stale and warn_stale:  # a newer write won (a race); if it never ends, see the warning
         log.warning("%d item(s) not mirrored, Redis holds a newer revision: %s. If PostgreSQL "
                     "was restored from an older backup than Redis, move item_revision_seq "
                     "past Redis' revisions (setval).", len(stale), stale[:10])

@@ -52,7 +52,8 @@ class OwedMirrors:
         if not owed:
             return True
         try:
-            await mirror_items(self.client, list(owed.values()))
+            # The client's own retry may have stored and mirrored a newer revision meanwhile.
+            await mirror_items(self.client, list(owed.values()), warn_stale=False)
         except (OSError, redis_errors.RedisError) as exc:
             log.debug("owed mirrors still refused: %r", exc)
             return False
