@@ -33,7 +33,8 @@ CLEAN_TIMEOUT_S = 3600.0
 
 
 class AirflowCleanFailed(RuntimeError):
-    """`airflow db clean` exited non-zero (its output's tail is in the message)."""
+    """`airflow db clean` exited non-zero (its output's tail is in the message) or ran over its
+    time."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,12 @@ def clean_metadata(settings: Settings, airflow_env: Mapping[str, str],
     # otherwise (a table silently growing for months).
     command = [servers.venv_bin("airflow"), "db", "clean", "--clean-before-timestamp",
                cutoff.isoformat(), "--yes", "--skip-archive", "--error-on-cleanup-failure"]
-    result = subprocess.run(command, env=dict(airflow_env), capture_output=True, text=True,
-                            timeout=CLEAN_TIMEOUT_S)
+    try:
+        result = subprocess.run(command, env=dict(airflow_env), capture_output=True, text=True,
+                                timeout=CLEAN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise AirflowCleanFailed(f"airflow db clean ran over {CLEAN_TIMEOUT_S:.0f} s and was "
+                                 "stopped; what it deleted stays deleted") from exc
     if result.returncode != 0:
         raise AirflowCleanFailed(f"airflow db clean exited {result.returncode}:\n"
                                  f"{(result.stdout + result.stderr)[-3000:]}")

@@ -25,11 +25,13 @@ ITEM_META_CHANGES_KEEP_MS = 86_400_000
 ITEM_META_CHANGES_MAX = 100_000
 # Set of every item id with an `item_meta` hash, added to with each upsert's change entries: the
 # catalogue reload reads it instead of a SCAN of the whole keyspace, whose cost grows with every
-# user's keys. Hashes written before it existed are found once by a SCAN with
-# `ITEM_META_PATTERN`, after which the marker is set.
+# user's keys. It is read only once it holds `ITEM_IDS_COMPLETE`, which the full mirror from
+# PostgreSQL adds after listing every item (`reco db mirror-items`, the daily maintenance DAG):
+# until then (hashes of releases before the set, the set lost or evicted, marker and all) the
+# reload SCANs for `ITEM_META_PATTERN` as before. No item id is empty.
 ITEM_IDS = "item:ids"
+ITEM_IDS_COMPLETE = ""
 ITEM_META_PATTERN = "item:meta:*"
-ITEM_IDS_SCANNED = "item:ids_scanned"
 MODEL_PUBLISHED_AT = "model:published_at"  # hash: model name -> publish epoch seconds
 
 

@@ -14,6 +14,7 @@ become API rows in `reco.replay_rows`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import zlib
 from collections import Counter
@@ -408,7 +409,9 @@ def replay_file(
     file = open_events(events_path)
     catalogue = read_items(items_path) if items_path else None
     offset, latest = _shift(last_event_ms(file, str(events_path)), shift_to_now, now_ms)
-    rows = event_rows(read_batches(file, events_path), offset, file_digest(events_path))
+    # The digest reads the whole file again: only for a row without a time, once.
+    rows = event_rows(read_batches(file, events_path), offset,
+                      functools.cache(functools.partial(file_digest, events_path)))
     items = (item_rows(catalogue, str(items_path), offset, latest) if catalogue is not None
              else None)
     return asyncio.run(replay_async(rows, opts, items, progress))
@@ -424,7 +427,8 @@ def replay_table(
     if items is not None:
         check_items(items.schema, "items table")
     offset, latest = _shift(table_last_ms(events, "events table"), shift_to_now, now_ms)
-    rows = event_rows(events.to_batches(max_chunksize=10_000), offset, table_digest(events))
+    rows = event_rows(events.to_batches(max_chunksize=10_000), offset,
+                      functools.cache(functools.partial(table_digest, events)))
     item_list = (item_rows(items, "items table", offset, latest) if items is not None
                  else None)
     return asyncio.run(replay_async(rows, opts, item_list, progress))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,12 +160,13 @@ def table_last_ms(table: pa.Table, where: str) -> int | None:
             if "timestamp" in table.schema.names else None)
 
 
-def derived_event_id(row: dict[str, Any], position: int, source: str) -> str:
+def derived_event_id(row: dict[str, Any], position: int, source: Callable[[], str]) -> str:
     """uuid5 of a row's content and its position in the file: the same on every run, and
     different for equal rows at other positions (two identical clicks are two events). A row
-    without a timestamp adds `source`, its file's digest (`file_digest`, `table_digest`)."""
+    without a timestamp adds `source()`, its file's digest (`file_digest`, `table_digest`),
+    asked for only then."""
     content = orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str).decode()
-    name = f"{position}:{content}" if "timestamp" in row else f"{source}:{position}:{content}"
+    name = f"{position}:{content}" if "timestamp" in row else f"{source()}:{position}:{content}"
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
 
 
@@ -223,7 +224,7 @@ def _parse_json(row: dict[str, Any], name: str) -> Rejected | None:
     return None
 
 
-def _clean(row: dict[str, Any], position: int, offset_ms: int, source: str) -> Row:
+def _clean(row: dict[str, Any], position: int, offset_ms: int, source: Callable[[], str]) -> Row:
     out = {k: v for k, v in row.items() if v is not None}
     # A client-side id makes a retried batch, and the same file sent again, idempotent
     # downstream (the processor's markers and the archiver dedup on it).
@@ -249,9 +250,9 @@ def _columns(data: pa.RecordBatch | pa.Table, names: Iterable[str], text: Iterab
 
 
 def event_rows(batches: Iterable[pa.RecordBatch], offset_ms: int = 0,
-               source: str = "") -> Iterator[Row]:
+               source: Callable[[], str] = str) -> Iterator[Row]:
     """Event dicts as the API takes them: ids as text, None fields left out, time shifted;
-    `source` is the digest of the file they come from (`derived_event_id`)."""
+    `source()` is the digest of the file they come from (`derived_event_id`)."""
     position = 0
     for batch in batches:
         columns = _columns(batch, EVENT_COLUMNS, ("user_id", "item_id"), "timestamp")

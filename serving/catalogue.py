@@ -97,7 +97,7 @@ class ItemIn(BaseModel):
 
 
 def _unstorable(value: Any) -> str | None:
-    """Why a JSON value cannot be stored as jsonb by `upsert_items`, or None."""
+    """Why a JSON value cannot be stored as jsonb by `store_items`, or None."""
     if isinstance(value, str):
         return "must not contain NUL characters" if "\x00" in value else None
     if isinstance(value, bool):
@@ -209,15 +209,6 @@ redis.call('HSET', KEYS[1], unpack(set))
 if #ARGV > 2 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
 return 1
 """
-
-
-async def upsert_items(
-    pool: asyncpg.Pool, client: aredis.Redis, items: Sequence[ItemWithId]
-) -> list[str]:
-    """Upsert into PostgreSQL, then mirror the stored rows into Redis; returns the item ids."""
-    rows = await store_items(pool, items)
-    await mirror_items(client, rows)
-    return [row[0] for row in rows]
 
 
 async def store_items(pool: asyncpg.Pool, items: Sequence[ItemWithId]) -> list[asyncpg.Record]:

@@ -11,7 +11,7 @@ everything when more than `catalog_update_max_share` of the catalogue changed si
 refresh, or when the version moved and the window holds no change entry at all (another
 writer, e.g. benchmarks/reco_bench_data.py; a bump by another writer within a minute of an
 upsert waits for the periodic full reload). On 100,000 items, updating 100 changed ones took
-~5 ms here (Redis reads included), a full reload ~1.6 s.
+~5 ms here (Redis reads included), a full reload ~1.6-2 s.
 
 Everything here blocks (a Python loop over every item on a full reload): the refresh on the
 event loop runs it in a thread (serving/reco_snapshots.py).
@@ -23,7 +23,7 @@ import dataclasses
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import redis
 
@@ -124,16 +124,11 @@ class CatalogueSync:
         return catalog
 
     def load_catalog(self, version: str, popular: Sequence[str] = ()) -> ItemIndex:
-        """The metadata hash of every item in `keys.ITEM_IDS`; the id -> row map is laid out
-        `popular` ids first (`ItemIndex.with_lookup_order`)."""
-        self.add_ids_written_before_the_set()
+        """The metadata hash of every item; the id -> row map is laid out `popular` ids first
+        (`ItemIndex.with_lookup_order`)."""
         records: dict[str, dict] = {}
-        cursor = 0
-        while True:
-            cursor, found = self.client.sscan(keys.ITEM_IDS, cursor, count=SCAN_COUNT)
-            records.update(self.read_meta([item.decode() for item in found]))
-            if cursor == 0:
-                break
+        for item_ids in self._item_ids():
+            records.update(self.read_meta(item_ids))
             time.sleep(0)  # let request handling have the GIL between chunks
         records = {item: meta for item, meta in records.items() if meta}  # no hash: no item
         log.info("loaded %d items of catalogue version %r", len(records), version)
@@ -142,25 +137,26 @@ class CatalogueSync:
         catalog.newest_rows()  # the new-arrivals filler's order, computed in this thread
         return catalog.with_lookup_order(popular)
 
-    def add_ids_written_before_the_set(self) -> None:
-        """Once per Redis: the ids of the metadata hashes that releases before `keys.ITEM_IDS`
-        wrote, found by a SCAN of the keyspace, added to the set."""
-        if self.client.exists(keys.ITEM_IDS_SCANNED):
-            return
+    def _item_ids(self) -> Iterator[list[str]]:
+        """The catalogue's item ids in chunks: `keys.ITEM_IDS` once it is known complete, else
+        the metadata hashes a SCAN of the keyspace finds (read-only either way)."""
+        complete = self.client.sismember(keys.ITEM_IDS, keys.ITEM_IDS_COMPLETE)
+        if not complete:
+            log.info("%s not known complete (no full mirror since it was lost or created): "
+                     "scanning the keyspace", keys.ITEM_IDS)
         prefix = len(keys.item_meta(""))
-        cursor, added = 0, 0
+        cursor = 0
         while True:
-            # Hashes only: a previous release's version counter may still be a string here.
-            cursor, found = self.client.scan(cursor, match=keys.ITEM_META_PATTERN,
-                                             count=SCAN_COUNT, _type="hash")
-            if found:
-                added += self.client.sadd(keys.ITEM_IDS, *[key[prefix:] for key in found])
+            if complete:
+                cursor, found = self.client.sscan(keys.ITEM_IDS, cursor, count=SCAN_COUNT)
+                yield [item.decode() for item in found if item]
+            else:
+                # Hashes only: a previous release's version counter may still be a string here.
+                cursor, found = self.client.scan(cursor, match=keys.ITEM_META_PATTERN,
+                                                 count=SCAN_COUNT, _type="hash")
+                yield [key[prefix:].decode() for key in found]
             if cursor == 0:
-                break
-            time.sleep(0)
-        self.client.set(keys.ITEM_IDS_SCANNED, "1")
-        log.info("catalogue ids: %d item(s) written before %s existed added to it", added,
-                 keys.ITEM_IDS)
+                return
 
     def read_meta(self, item_ids: Sequence[str]) -> dict[str, dict]:
         """The `META_FIELDS` of each item (empty without a hash), in pipelined chunks of HMGET

@@ -67,7 +67,10 @@ class OwedMirrors:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.retry_s)
-            await self.retry()
+            try:
+                await self.retry()
+            except Exception:  # noqa: BLE001 - a surprise must not end the retries for good
+                log.exception("retrying owed catalogue mirrors failed")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -77,6 +80,7 @@ class OwedMirrors:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         if self.rows:
             log.warning("stopping with %d catalogue item(s) not mirrored into Redis: the "
                         "maintenance DAG's mirror (or `reco db mirror-items`) copies them",

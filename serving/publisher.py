@@ -24,7 +24,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -108,6 +108,13 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         # Errors and worse: its connection failures also reach error_cb, which logs them.
         "log_level": 3,
     }
+
+
+class BrokerCheck(NamedTuple):
+    """Readiness of the publishing side (`Publisher.check`)."""
+
+    broker: bool  # a metadata round trip succeeded
+    topic: bool  # the events topic is there, with a partition leader
 
 
 class Publisher:
@@ -288,7 +295,7 @@ class Publisher:
         reason = error if isinstance(error, str) else f"broker did not acknowledge: {error.str()}"
         return BrokerUnavailable("broker not connected" if self._down else reason, _ids(events))
 
-    async def check(self) -> tuple[bool, bool]:
+    async def check(self) -> BrokerCheck:
         """Readiness: whether a metadata round trip to the broker succeeds, and whether it
         shows the events topic with a partition leader to write to (without the topic, every
         event waited `ingest_ack_timeout_s` for a 503: deleted, or not created yet). One led
@@ -296,16 +303,16 @@ class Publisher:
         every replica failing its probe at once would refuse them all."""
         producer = self._producer
         if producer is None:
-            return False, False
+            return BrokerCheck(False, False)
         try:
             # No topic named: asking about one can make the broker auto-create it.
             meta = await asyncio.to_thread(producer.list_topics, None, 2.0)
         except KafkaException:
-            return False, False
+            return BrokerCheck(False, False)
         topic = meta.topics.get(self.topic)
         led = (topic is not None and topic.error is None
                and any(p.leader >= 0 for p in topic.partitions.values()))
-        return bool(meta.brokers), led
+        return BrokerCheck(bool(meta.brokers), led)
 
 
 def _ids(events: Sequence[Event]) -> list[str]:

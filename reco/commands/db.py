@@ -71,7 +71,7 @@ def prune_events() -> None:
 
 
 @app.command("mirror-items")
-def mirror_items() -> None:
+def mirror_catalogue_items() -> None:
     """Copy every PostgreSQL catalogue item into Redis's item metadata again: after Redis lost
     its data, or after an upgrade from a release before `item:ids` (safe to run again, beside
     live upserts; the daily `maintenance` DAG runs it too)."""

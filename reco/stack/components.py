@@ -261,13 +261,14 @@ def build_components(settings: Settings) -> list[Component]:
             health=lambda: _airflow_component_healthy(settings, "dag_processor"),
             startup_timeout_s=120,
         ),
-        # Airflow's metadata past RECO_AIRFLOW_HISTORY_DAYS, a day after each start and daily
-        # after (docker-compose's airflow-housekeeping): no task may touch Airflow's database
-        # (reco/airflow_history.py). Nothing to check but the loop running.
+        # Airflow's metadata past RECO_AIRFLOW_HISTORY_DAYS, an hour after each start (not in
+        # the way of `reco up` and the demo) and daily after, as docker-compose's
+        # airflow-housekeeping: no task may touch Airflow's database (reco/airflow_history.py).
+        # Nothing to check but the loop running.
         Component(
             "airflow-housekeeping",
-            ["sh", "-c", f"while sleep 86400; do {shlex.join(_reco('db', 'prune-airflow'))}; "
-                         "done"],
+            ["sh", "-c", f"sleep 3600; while true; do {shlex.join(_reco('db', 'prune-airflow'))}; "
+                         "sleep 86400; done"],
             health=lambda: True,
         ),
         *apps,

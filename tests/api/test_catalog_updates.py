@@ -1,5 +1,5 @@
 """Catalogue upserts reach the recommendation API in place: same row space, no full reload
-(real Redis; real PostgreSQL where the upsert goes through `upsert_items`)."""
+(real Redis; real PostgreSQL where the upsert goes through the ingest API's `Catalogue`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from reco import keys
 from reco.catalog import UNKNOWN_CATEGORY, ItemIndex
 from reco.ranking import RankConfig, UserFeatures, rank
 from reco.settings import Settings
-from serving.catalogue import UPSERT_ITEMS, ItemWithId, announce_changes, mirror_items, upsert_items
+from serving.catalogue import UPSERT_ITEMS, ItemWithId, announce_changes, mirror_items
+from serving.ingest import Catalogue
 from serving.reco_service import RecoParams
 from serving.reco_snapshots import GlobalSignals
 from tests.api.conftest import put_meta
@@ -65,16 +66,15 @@ def test_with_metadata_updates_rows_in_the_same_space() -> None:
 
 
 def upsert(settings: Settings, *items: ItemWithId) -> list[str]:
-    """`upsert_items` as the ingest API runs it, on its own pool and client."""
+    """The items upserted as the ingest API does (its `Catalogue`), on their own pool and
+    client."""
 
     async def run() -> list[str]:
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
-        client = aredis.Redis.from_url(settings.redis_url)
+        catalogue = Catalogue(settings)
         try:
-            return await upsert_items(pool, client, items)
+            return await catalogue.upsert(list(items))
         finally:
-            await pool.close()
-            await client.aclose()
+            await catalogue.close()
 
     return asyncio.run(run())
 

@@ -1,6 +1,6 @@
 """The catalogue's id set (`item:ids`): what the full reload reads instead of a SCAN of the
-keyspace, how hashes of earlier releases join it, and `reco db mirror-items`, which copies the
-PostgreSQL catalogue into Redis again (real Redis and PostgreSQL)."""
+keyspace once the full mirror marked it complete, and `reco db mirror-items`, which copies the
+PostgreSQL catalogue into Redis again and marks it (real Redis and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -44,38 +44,41 @@ def mirror(settings: Settings, page_rows: int = 2) -> Mirrored:
     return asyncio.run(run())
 
 
-def test_upserts_list_their_items_and_the_reload_reads_only_the_list(
+def test_upserts_list_their_items_and_the_reload_reads_only_a_complete_list(
         redis_client: redis.Redis, settings: Settings, pg: psycopg.Connection) -> None:
     upsert(settings, ItemWithId(item_id="a", category="c1"), ItemWithId(item_id="b", category="c2"))
     assert redis_client.smembers(keys.ITEM_IDS) == {"a", "b"}
-    redis_client.set(keys.ITEM_IDS_SCANNED, "1")  # listed: no SCAN from here on
+    redis_client.sadd(keys.ITEM_IDS, keys.ITEM_IDS_COMPLETE)  # what the full mirror adds
     # A hash no writer listed is not found, and a listed id without a hash is no item.
     redis_client.hset(keys.item_meta("unlisted"), "category", "c3")
     redis_client.sadd(keys.ITEM_IDS, "gone")
     assert loaded(settings) == {"a": "c1", "b": "c2"}
 
 
-def test_hashes_written_before_the_list_are_found_once_by_a_scan(
-        redis_client: redis.Redis, settings: Settings) -> None:
-    for n in range(5):  # as a release before `item:ids` wrote them
-        redis_client.hset(keys.item_meta(f"old{n}"), mapping={"category": "c1", "in_stock": "1"})
+def test_until_the_list_is_known_complete_the_reload_scans_and_writes_nothing(
+        redis_client: redis.Redis, settings: Settings, pg: psycopg.Connection) -> None:
+    """Hashes of a release before the list, an old ingest replica still writing them during a
+    rolling upgrade, or the list lost (evicted, deleted) with its marker: every full reload
+    finds them by a SCAN, as before, until the full mirror lists everything."""
+    upsert(settings, *[ItemWithId(item_id=f"old{n}", category="c1") for n in range(5)])
+    redis_client.delete(keys.ITEM_IDS)  # as a release before `item:ids` left Redis
     redis_client.set(keys.ITEM_META_VERSION_LEGACY, "41")  # a string there: skipped by type
-    redis_client.sadd(keys.ITEM_IDS, "new")  # an upsert of this release, before the reload
-    redis_client.hset(keys.item_meta("new"), "category", "c2")
-    assert loaded(settings) == {**{f"old{n}": "c1" for n in range(5)}, "new": "c2"}
-    assert redis_client.smembers(keys.ITEM_IDS) == {f"old{n}" for n in range(5)} | {"new"}
-    assert redis_client.get(keys.ITEM_IDS_SCANNED) == "1"
-    # Once: a hash written later without its id is not looked for again.
-    redis_client.hset(keys.item_meta("later"), "category", "c3")
-    assert "later" not in loaded(settings)
+    assert loaded(settings) == {f"old{n}": "c1" for n in range(5)}
+    assert not redis_client.exists(keys.ITEM_IDS)  # read-only: Redis may refuse writes
+    assert mirror(settings) == Mirrored(items=5, written=0)  # the hashes are up to date
+    assert redis_client.smembers(keys.ITEM_IDS) == {f"old{n}" for n in range(5)} | {
+        keys.ITEM_IDS_COMPLETE}
+    redis_client.hset(keys.item_meta("stray"), "category", "c3")  # a writer that lists nothing
+    assert loaded(settings) == {f"old{n}": "c1" for n in range(5)}
+    redis_client.delete(keys.ITEM_IDS)  # lost, marker and all: scanning again
+    assert loaded(settings) == {**{f"old{n}": "c1" for n in range(5)}, "stray": "c3"}
 
 
 def test_a_listed_id_whose_key_holds_another_type_is_no_item(
         redis_client: redis.Redis, settings: Settings, caplog) -> None:
     """An item named "version" listed while a previous release's counter is still a string at
     its key (`keys.ITEM_META_VERSION_LEGACY`): the reload goes on without it."""
-    redis_client.set(keys.ITEM_IDS_SCANNED, "1")
-    redis_client.sadd(keys.ITEM_IDS, "version", "a")
+    redis_client.sadd(keys.ITEM_IDS, keys.ITEM_IDS_COMPLETE, "version", "a")
     redis_client.hset(keys.item_meta("a"), "category", "c1")
     redis_client.set(keys.ITEM_META_VERSION_LEGACY, "41")
     with caplog.at_level("WARNING", logger="serving.catalogue_sync"):
@@ -92,7 +95,7 @@ def test_mirror_items_rebuilds_the_redis_catalogue_from_postgres(
     redis_client.flushdb()  # Redis lost its data
     assert mirror(settings) == Mirrored(items=5, written=5)
     assert {i: redis_client.hgetall(keys.item_meta(i)) for i in hashes} == hashes
-    assert redis_client.smembers(keys.ITEM_IDS) == set(hashes)
+    assert redis_client.smembers(keys.ITEM_IDS) == set(hashes) | {keys.ITEM_IDS_COMPLETE}
     assert redis_client.get(keys.ITEM_META_VERSION) == "3"  # pages of 2: the API re-reads them
     assert loaded(settings) == {f"i{n}": f"c{n % 2}" for n in range(5)}
 
@@ -104,7 +107,21 @@ def test_mirror_items_rebuilds_the_redis_catalogue_from_postgres(
     redis_client.srem(keys.ITEM_IDS, "i4")
     assert mirror(settings, page_rows=1000) == Mirrored(items=5, written=1)
     assert redis_client.hgetall(keys.item_meta("i1")) == hashes["i1"]
-    assert redis_client.smembers(keys.ITEM_IDS) == set(hashes)
+    assert redis_client.smembers(keys.ITEM_IDS) == set(hashes) | {keys.ITEM_IDS_COMPLETE}
+
+
+def test_the_mirror_skips_an_item_whose_key_holds_another_type(
+        redis_client: redis.Redis, settings: Settings, pg: psycopg.Connection, caplog) -> None:
+    """An item named "version" while a previous release's counter is a string at its key: the
+    mirror stopped at its page, and every item after it in id order stayed unmirrored."""
+    upsert(settings, *[ItemWithId(item_id=i, category="c1") for i in ("a", "version", "zz")])
+    redis_client.flushdb()
+    redis_client.set(keys.ITEM_META_VERSION_LEGACY, "41")
+    with caplog.at_level("WARNING", logger="serving.catalogue_mirror"):
+        assert mirror(settings, page_rows=1000) == Mirrored(items=3, written=2)
+    assert "not mirrored, their key holds another type: ['version']" in caplog.text
+    assert redis_client.hget(keys.item_meta("zz"), "category") == "c1"
+    assert redis_client.smembers(keys.ITEM_IDS) == {"a", "zz", keys.ITEM_IDS_COMPLETE}
 
 
 def test_reco_db_mirror_items(redis_client: redis.Redis, settings: Settings,

@@ -317,7 +317,7 @@ def test_the_maintenance_dag_deletes_events_past_their_retention(airflow_env, se
     assert pg.execute("SELECT user_id FROM events").fetchall() == [("recent",)]
     meta = redis_client.hgetall(keys.item_meta("unmirrored"))
     assert (meta["category"], meta["in_stock"]) == ("c1", "0")
-    assert redis_client.smembers(keys.ITEM_IDS) == {"unmirrored"}
+    assert redis_client.smembers(keys.ITEM_IDS) == {"unmirrored", keys.ITEM_IDS_COMPLETE}
 
 
 def write_log(path: Path, days_ago: float) -> Path:

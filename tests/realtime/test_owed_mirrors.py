@@ -1,0 +1,66 @@
+"""The ingest API's owed mirrors (serving/owed_mirrors.py): stored catalogue rows Redis refused,
+mirrored again in the background; which revision of an item is owed (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+import redis.asyncio as aredis
+
+from reco import keys
+from serving.owed_mirrors import OwedMirrors
+
+
+def row(item: str, revision: int, category: str = "c1") -> tuple:
+    """A stored row as UPSERT_ITEMS returns it."""
+    return (item, None, category, None, True, 1.7e9, revision)
+
+
+async def test_an_item_owes_its_newest_revision(redis_url: str,
+                                                redis_client: redis.Redis) -> None:
+    client = aredis.Redis.from_url(redis_url)
+    owed = OwedMirrors(client)
+    try:
+        owed.owe([row("a", 5, "new")])
+        owed.owe([row("a", 3, "old"), row("b", 1)])  # an older write refused after a newer one
+        assert {item: r[6] for item, r in owed.rows.items()} == {"a": 5, "b": 1}
+        assert await owed.retry()
+    finally:
+        await client.aclose()
+    assert owed.rows == {}
+    assert redis_client.hmget(keys.item_meta("a"), "category", "revision") == ["new", "5"]
+
+
+async def test_a_row_owed_again_during_a_retry_stays_owed(redis_url: str,
+                                                          redis_client: redis.Redis) -> None:
+    """The retry mirrors what was owed when it started; a newer revision owed meanwhile is for
+    the next retry, not dropped with the row the retry took."""
+    client = aredis.Redis.from_url(redis_url)
+    owed = OwedMirrors(client)
+    try:
+        owed.owe([row("a", 1)])
+        retry = asyncio.ensure_future(owed.retry())
+        await asyncio.sleep(0)  # the retry took its rows and waits for Redis
+        owed.owe([row("a", 2, "newer")])
+        assert await retry
+        assert [r[6] for r in owed.rows.values()] == [2]
+        assert redis_client.hget(keys.item_meta("a"), "revision") == "1"
+        assert await owed.retry()
+    finally:
+        await client.aclose()
+    assert owed.rows == {}
+    assert redis_client.hmget(keys.item_meta("a"), "category", "revision") == ["newer", "2"]
+
+
+async def test_a_retry_redis_refuses_keeps_the_rows(redis_client: redis.Redis) -> None:
+    from reco.stack.health import free_port
+
+    client = aredis.Redis(port=free_port(), socket_connect_timeout=0.5)  # nothing listens
+    owed = OwedMirrors(client)
+    try:
+        owed.owe([row("a", 1)])
+        assert not await owed.retry()
+    finally:
+        await client.aclose()
+    assert list(owed.rows) == ["a"]
