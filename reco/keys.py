@@ -1,7 +1,10 @@
 """Every Redis key the platform uses, built here and nowhere else.
 
 Each key names one user or one item (or one global structure), so no command or script
-ever spans keys of different users or items and the layout works on Redis Cluster.
+ever spans keys of different users or items. The catalogue's scripts also write global
+structures beside an item's hash (`item:ids`, `item:changes`, the version): on Redis Cluster
+those would have to share the item's hash slot, which they do not: the platform runs on one
+Redis server, not on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ ITEM_META_CHANGES = "item:changes"
 # servers apply fewer changes than this in place, so a trimmed set never looks complete).
 ITEM_META_CHANGES_KEEP_MS = 86_400_000
 ITEM_META_CHANGES_MAX = 100_000
-# Set of every item id with an `item_meta` hash, added to with each upsert's change entries: the
+# Set of every item id with an `item_meta` hash, added to by the script that writes the hash: the
 # catalogue reload reads it instead of a SCAN of the whole keyspace, whose cost grows with every
 # user's keys. It is read only once it holds `ITEM_IDS_COMPLETE`, which the full mirror from
-# PostgreSQL adds after listing every item (`reco db mirror-items`, the daily maintenance DAG):
-# until then (hashes of releases before the set, the set lost or evicted, marker and all) the
-# reload SCANs for `ITEM_META_PATTERN` as before. No item id is empty.
+# PostgreSQL adds after listing every item (`reco db mirror-items`, the daily maintenance DAG)
+# if its own token (`ITEM_IDS_MIRROR_TOKEN`) survived the pass, i.e. the set was not lost
+# meanwhile: until then (hashes of releases before the set, the set lost or evicted, marker and
+# all) the reload SCANs for `ITEM_META_PATTERN` as before. Item ids are never empty and hold no
+# space, so neither member is taken for an item.
 ITEM_IDS = "item:ids"
 ITEM_IDS_COMPLETE = ""
+ITEM_IDS_MIRROR_TOKEN = " mirror {}"  # .format(a run's uuid)
 ITEM_META_PATTERN = "item:meta:*"
 MODEL_PUBLISHED_AT = "model:published_at"  # hash: model name -> publish epoch seconds
 

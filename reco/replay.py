@@ -14,7 +14,6 @@ become API rows in `reco.replay_rows`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 import zlib
 from collections import Counter
@@ -35,6 +34,7 @@ from reco.replay_rows import (
     check_items,
     event_rows,
     file_digest,
+    file_has_untimed_rows,
     item_rows,
     json_body,
     last_event_ms,
@@ -42,6 +42,7 @@ from reco.replay_rows import (
     read_batches,
     read_items,
     table_digest,
+    table_has_untimed_rows,
     table_last_ms,
 )
 
@@ -409,9 +410,9 @@ def replay_file(
     file = open_events(events_path)
     catalogue = read_items(items_path) if items_path else None
     offset, latest = _shift(last_event_ms(file, str(events_path)), shift_to_now, now_ms)
-    # The digest reads the whole file again: only for a row without a time, once.
-    rows = event_rows(read_batches(file, events_path), offset,
-                      functools.cache(functools.partial(file_digest, events_path)))
+    # The digest reads the whole file again: only when a row may lack a time, before sending.
+    source = file_digest(events_path) if file_has_untimed_rows(file) else ""
+    rows = event_rows(read_batches(file, events_path), offset, source)
     items = (item_rows(catalogue, str(items_path), offset, latest) if catalogue is not None
              else None)
     return asyncio.run(replay_async(rows, opts, items, progress))
@@ -427,8 +428,8 @@ def replay_table(
     if items is not None:
         check_items(items.schema, "items table")
     offset, latest = _shift(table_last_ms(events, "events table"), shift_to_now, now_ms)
-    rows = event_rows(events.to_batches(max_chunksize=10_000), offset,
-                      functools.cache(functools.partial(table_digest, events)))
+    source = table_digest(events) if table_has_untimed_rows(events) else ""
+    rows = event_rows(events.to_batches(max_chunksize=10_000), offset, source)
     item_list = (item_rows(items, "items table", offset, latest) if items is not None
                  else None)
     return asyncio.run(replay_async(rows, opts, item_list, progress))

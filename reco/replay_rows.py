@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,11 +143,8 @@ def last_event_ms(file: pq.ParquetFile, where: str) -> int | None:
     them (no data read); None when no event has one."""
     if "timestamp" not in file.schema_arrow.names:
         return None
-    meta = file.metadata
-    leaf = [meta.schema.column(i).path for i in range(meta.num_columns)].index("timestamp")
     maxima = []
-    for group in range(meta.num_row_groups):
-        stats = meta.row_group(group).column(leaf).statistics
+    for stats in _timestamp_statistics(file):
         if stats is None or not stats.has_min_max:
             return _max_ms(file.read(columns=["timestamp"])["timestamp"], "timestamp", where)
         maxima.append(stats.max)
@@ -155,18 +152,38 @@ def last_event_ms(file: pq.ParquetFile, where: str) -> int | None:
                    "timestamp", where)
 
 
+def _timestamp_statistics(file: pq.ParquetFile) -> Iterator[Any]:
+    """The `timestamp` column's statistics in each row group (None where a group has none)."""
+    meta = file.metadata
+    leaf = [meta.schema.column(i).path for i in range(meta.num_columns)].index("timestamp")
+    for group in range(meta.num_row_groups):
+        yield meta.row_group(group).column(leaf).statistics
+
+
+def file_has_untimed_rows(file: pq.ParquetFile) -> bool:
+    """Whether an event may lack a time: no `timestamp` column, or nulls in it (from the
+    row-group statistics; missing statistics count as yes)."""
+    if "timestamp" not in file.schema_arrow.names:
+        return True
+    return any(stats is None or not stats.has_null_count or stats.null_count
+               for stats in _timestamp_statistics(file))
+
+
+def table_has_untimed_rows(table: pa.Table) -> bool:
+    return "timestamp" not in table.schema.names or table["timestamp"].null_count > 0
+
+
 def table_last_ms(table: pa.Table, where: str) -> int | None:
     return (_max_ms(table["timestamp"], "timestamp", where)
             if "timestamp" in table.schema.names else None)
 
 
-def derived_event_id(row: dict[str, Any], position: int, source: Callable[[], str]) -> str:
+def derived_event_id(row: dict[str, Any], position: int, source: str) -> str:
     """uuid5 of a row's content and its position in the file: the same on every run, and
     different for equal rows at other positions (two identical clicks are two events). A row
-    without a timestamp adds `source()`, its file's digest (`file_digest`, `table_digest`),
-    asked for only then."""
+    without a timestamp adds `source`, its file's digest (`file_digest`, `table_digest`)."""
     content = orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str).decode()
-    name = f"{position}:{content}" if "timestamp" in row else f"{source()}:{position}:{content}"
+    name = f"{position}:{content}" if "timestamp" in row else f"{source}:{position}:{content}"
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
 
 
@@ -224,7 +241,7 @@ def _parse_json(row: dict[str, Any], name: str) -> Rejected | None:
     return None
 
 
-def _clean(row: dict[str, Any], position: int, offset_ms: int, source: Callable[[], str]) -> Row:
+def _clean(row: dict[str, Any], position: int, offset_ms: int, source: str) -> Row:
     out = {k: v for k, v in row.items() if v is not None}
     # A client-side id makes a retried batch, and the same file sent again, idempotent
     # downstream (the processor's markers and the archiver dedup on it).
@@ -250,9 +267,10 @@ def _columns(data: pa.RecordBatch | pa.Table, names: Iterable[str], text: Iterab
 
 
 def event_rows(batches: Iterable[pa.RecordBatch], offset_ms: int = 0,
-               source: Callable[[], str] = str) -> Iterator[Row]:
+               source: str = "") -> Iterator[Row]:
     """Event dicts as the API takes them: ids as text, None fields left out, time shifted;
-    `source()` is the digest of the file they come from (`derived_event_id`)."""
+    `source` is the digest of the file they come from, for rows without a time
+    (`derived_event_id`)."""
     position = 0
     for batch in batches:
         columns = _columns(batch, EVENT_COLUMNS, ("user_id", "item_id"), "timestamp")

@@ -6,12 +6,12 @@ created_at epoch seconds, title) for business rules and the new-arrivals filler 
 afterwards, each hash only from a newer revision than its own (two replicas' writes can land
 out of order).
 
-Each upsert also stamps its items in `item:changes` (item -> epoch ms by Redis's clock), adds
-them to `item:ids` (the ids the API's full reload reads) and INCRs `item:catalog_version`, in
-the same pipeline after the hashes: the recommendation API then re-reads just those items at its
-next snapshot refresh (`popular_snapshot_refresh_s`, 5 s), so an item set out of stock stops
-being recommended within one refresh, cached responses included (re-checked when hit under a
-newer catalogue version: serving/reco_service.py).
+Each hash write also lists its item in `item:ids` (the ids the API's full reload reads). Each
+upsert then stamps its items in `item:changes` (item -> epoch ms by Redis's clock) and INCRs
+`item:catalog_version`, in the same pipeline after the hashes: the recommendation API then
+re-reads just those items at its next snapshot refresh (`popular_snapshot_refresh_s`, 5 s), so
+an item set out of stock stops being recommended within one refresh, cached responses included
+(re-checked when hit under a newer catalogue version: serving/reco_service.py).
 """
 
 from __future__ import annotations
@@ -195,18 +195,22 @@ RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_
 MERGED_ATTRIBUTES = """
 SELECT (attributes || $2::jsonb) - $3::text[] FROM items WHERE item_id = $1 FOR UPDATE
 """
-# KEYS[1] = item:meta:{id}; ARGV = revision, n, n field/value pairs, fields to delete. Writes
-# only a revision newer than the hash's: a slower replica's older upsert lands as a no-op (0).
-# The same revision again (a mirror retried: serving/owed_mirrors.py) answers -1.
+# KEYS[1] = item:meta:{id}, KEYS[2] = item:ids; ARGV = item id, revision, n, n field/value
+# pairs, fields to delete. Lists the item (in the same script as its hash: a crash or failover
+# never keeps one without the other), then writes only a revision newer than the hash's: a
+# slower replica's older upsert lands as a no-op (0). The same revision again (a mirror retried:
+# serving/owed_mirrors.py) answers -1.
 MIRROR_ITEM = """
+redis.call('SADD', KEYS[2], ARGV[1])
+local revision = tonumber(ARGV[2])
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '-1')
-if current == tonumber(ARGV[1]) then return -1 end
-if current > tonumber(ARGV[1]) then return 0 end
-local n = tonumber(ARGV[2])
-local set = {'revision', ARGV[1]}
-for i = 3, 2 + 2 * n do set[#set + 1] = ARGV[i] end
+if current == revision then return -1 end
+if current > revision then return 0 end
+local n = tonumber(ARGV[3])
+local set = {'revision', ARGV[2]}
+for i = 4, 3 + 2 * n do set[#set + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(set))
-if #ARGV > 2 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
+if #ARGV > 3 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n)) end
 return 1
 """
 
@@ -250,8 +254,8 @@ async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]],
                   "in_stock": "1" if in_stock else "0", "created_at": repr(float(created_at))}
         present = [x for k, v in fields.items() if v is not None for x in (k, v)]
         absent = [k for k, v in fields.items() if v is None]
-        await mirror(keys=[keys.item_meta(item_id)],
-                     args=[revision, len(present) // 2, *present, *absent], client=pipe)
+        await mirror(keys=[keys.item_meta(item_id), keys.ITEM_IDS],
+                     args=[item_id, revision, len(present) // 2, *present, *absent], client=pipe)
     announce_changes(pipe, [row[0] for row in rows])
     replies = await pipe.execute()
     stale = [row[0] for row, applied in zip(rows, replies[:len(rows)], strict=True)
@@ -268,10 +272,7 @@ async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]],
 ANNOUNCE_CHANGES = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-for i = 3, #ARGV do
-  redis.call('ZADD', KEYS[1], now, ARGV[i])
-  redis.call('SADD', KEYS[3], ARGV[i])
-end
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - ARGV[1]))
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
 return redis.call('INCR', KEYS[2])
@@ -279,10 +280,9 @@ return redis.call('INCR', KEYS[2])
 
 
 def announce_changes(pipe: aredis.client.Pipeline, item_ids: Sequence[str]) -> None:
-    """Queue the change entries, their trim, the ids' addition to `keys.ITEM_IDS` and the
-    version INCR after the hash writes: one pipeline runs in order, so a server that sees the new
-    version sees the hashes too."""
+    """Queue the change entries, their trim and the version INCR after the hash writes: one
+    pipeline runs in order, so a server that sees the new version sees the hashes too."""
     if not item_ids:
         return
-    pipe.eval(ANNOUNCE_CHANGES, 3, keys.ITEM_META_CHANGES, keys.ITEM_META_VERSION, keys.ITEM_IDS,
+    pipe.eval(ANNOUNCE_CHANGES, 2, keys.ITEM_META_CHANGES, keys.ITEM_META_VERSION,
               keys.ITEM_META_CHANGES_KEEP_MS, keys.ITEM_META_CHANGES_MAX, *item_ids)

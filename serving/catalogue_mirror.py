@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 
 import asyncpg
@@ -39,10 +40,20 @@ class Mirrored:
     written: int  # of them, sent to be mirrored: Redis lacked them or held an older revision
 
 
+# Marks the set complete only if this pass's token is still in it: a set lost (deleted,
+# evicted) during the pass would miss the items of the pages listed before.
+MARK_COMPLETE = """
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+return redis.call('SADD', KEYS[1], ARGV[2]) + 1
+"""
+
+
 async def mirror_catalogue(pool: asyncpg.Pool, client: aredis.Redis,
                            page_rows: int = PAGE_ROWS) -> Mirrored:
     """Every stored item mirrored into Redis, a page of `page_rows` at a time, then the id set
-    marked complete."""
+    marked complete (unless it was lost during the pass: the next pass marks it)."""
+    token = keys.ITEM_IDS_MIRROR_TOKEN.format(uuid.uuid4())
+    await client.sadd(keys.ITEM_IDS, token)
     after, items, written = "", 0, 0
     while rows := await pool.fetch(STORED_ITEMS, after, page_rows):
         pipe = client.pipeline(transaction=False)
@@ -60,7 +71,9 @@ async def mirror_catalogue(pool: asyncpg.Pool, client: aredis.Redis,
         await client.sadd(keys.ITEM_IDS, *[row[0] for row in rows if row[0] not in blocked])
         await mirror_items(client, behind)
         items, written, after = items + len(rows), written + len(behind), rows[-1][0]
-    await client.sadd(keys.ITEM_IDS, keys.ITEM_IDS_COMPLETE)
+    if not await client.eval(MARK_COMPLETE, 1, keys.ITEM_IDS, token, keys.ITEM_IDS_COMPLETE):
+        log.warning("%s was lost during the mirror: not marked complete, so full reloads keep "
+                    "scanning the keyspace until the next mirror", keys.ITEM_IDS)
     return Mirrored(items, written)
 
 

@@ -138,24 +138,40 @@ class CatalogueSync:
         return catalog.with_lookup_order(popular)
 
     def _item_ids(self) -> Iterator[list[str]]:
-        """The catalogue's item ids in chunks: `keys.ITEM_IDS` once it is known complete, else
-        the metadata hashes a SCAN of the keyspace finds (read-only either way)."""
-        complete = self.client.sismember(keys.ITEM_IDS, keys.ITEM_IDS_COMPLETE)
-        if not complete:
-            log.info("%s not known complete (no full mirror since it was lost or created): "
-                     "scanning the keyspace", keys.ITEM_IDS)
+        """The catalogue's item ids in chunks (read-only, repeats allowed): `keys.ITEM_IDS` once
+        it is known complete, with the items changed within the day (an earlier release's
+        ingest replica announces its upserts without listing them); else the metadata hashes a
+        SCAN of the keyspace finds."""
+        if self.client.sismember(keys.ITEM_IDS, keys.ITEM_IDS_COMPLETE):
+            yield from self._listed_ids()
+            # Still marked: the set read was the complete one, not a new one started after it
+            # was lost (evicted, deleted) while this reload read it.
+            if self.client.sismember(keys.ITEM_IDS, keys.ITEM_IDS_COMPLETE):
+                return
+        log.info("%s not known complete (no full mirror since it was lost or created): "
+                 "scanning the keyspace", keys.ITEM_IDS)
         prefix = len(keys.item_meta(""))
         cursor = 0
         while True:
-            if complete:
-                cursor, found = self.client.sscan(keys.ITEM_IDS, cursor, count=SCAN_COUNT)
-                yield [item.decode() for item in found if item]
-            else:
-                # Hashes only: a previous release's version counter may still be a string here.
-                cursor, found = self.client.scan(cursor, match=keys.ITEM_META_PATTERN,
-                                                 count=SCAN_COUNT, _type="hash")
-                yield [key[prefix:].decode() for key in found]
+            # Hashes only: a previous release's version counter may still be a string here.
+            cursor, found = self.client.scan(cursor, match=keys.ITEM_META_PATTERN,
+                                             count=SCAN_COUNT, _type="hash")
+            yield [key[prefix:].decode() for key in found]
             if cursor == 0:
+                return
+
+    def _listed_ids(self) -> Iterator[list[str]]:
+        cursor = 0
+        while True:
+            cursor, found = self.client.sscan(keys.ITEM_IDS, cursor, count=SCAN_COUNT)
+            # Neither the marker nor a mirror's token (no item id is empty or holds a space).
+            yield [item.decode() for item in found if item and b" " not in item]
+            if cursor == 0:
+                break
+        for lo in range(0, keys.ITEM_META_CHANGES_MAX, SCAN_COUNT):
+            changed = self.client.zrange(keys.ITEM_META_CHANGES, lo, lo + SCAN_COUNT - 1)
+            yield [item.decode() for item in changed]
+            if len(changed) < SCAN_COUNT:
                 return
 
     def read_meta(self, item_ids: Sequence[str]) -> dict[str, dict]:

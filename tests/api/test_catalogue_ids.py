@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from reco import keys
 from reco.cli import app
 from reco.settings import Settings, get_settings
+from serving import catalogue_mirror
 from serving.catalogue import ItemWithId
 from serving.catalogue_mirror import Mirrored, mirror_catalogue
 from serving.catalogue_sync import CatalogueSync
@@ -61,10 +62,12 @@ def test_until_the_list_is_known_complete_the_reload_scans_and_writes_nothing(
     rolling upgrade, or the list lost (evicted, deleted) with its marker: every full reload
     finds them by a SCAN, as before, until the full mirror lists everything."""
     upsert(settings, *[ItemWithId(item_id=f"old{n}", category="c1") for n in range(5)])
-    redis_client.delete(keys.ITEM_IDS)  # as a release before `item:ids` left Redis
+    redis_client.srem(keys.ITEM_IDS, "old0", "old1")  # written by a release before the list
     redis_client.set(keys.ITEM_META_VERSION_LEGACY, "41")  # a string there: skipped by type
+    before = {key: redis_client.dump(key) for key in redis_client.keys("*")}
     assert loaded(settings) == {f"old{n}": "c1" for n in range(5)}
-    assert not redis_client.exists(keys.ITEM_IDS)  # read-only: Redis may refuse writes
+    # Read-only (Redis may refuse writes): every key as it was.
+    assert {key: redis_client.dump(key) for key in redis_client.keys("*")} == before
     assert mirror(settings) == Mirrored(items=5, written=0)  # the hashes are up to date
     assert redis_client.smembers(keys.ITEM_IDS) == {f"old{n}" for n in range(5)} | {
         keys.ITEM_IDS_COMPLETE}
@@ -72,6 +75,63 @@ def test_until_the_list_is_known_complete_the_reload_scans_and_writes_nothing(
     assert loaded(settings) == {f"old{n}": "c1" for n in range(5)}
     redis_client.delete(keys.ITEM_IDS)  # lost, marker and all: scanning again
     assert loaded(settings) == {**{f"old{n}": "c1" for n in range(5)}, "stray": "c3"}
+
+
+def test_a_complete_list_still_finds_what_an_earlier_release_upserts(
+        redis_client: redis.Redis, settings: Settings, pg: psycopg.Connection) -> None:
+    """An earlier release's ingest replica, still running after the mirror marked the list,
+    writes hashes it does not list but announces them in `item:changes`, which a reload reads
+    too (kept a day: the mirror runs daily)."""
+    upsert(settings, ItemWithId(item_id="a", category="c1"))
+    mirror(settings)
+    redis_client.hset(keys.item_meta("old-replica"), "category", "c2")
+    redis_client.zadd(keys.ITEM_META_CHANGES, {"old-replica": 1.7e12})
+    assert loaded(settings) == {"a": "c1", "old-replica": "c2"}
+
+
+def test_a_list_lost_during_the_mirror_is_not_marked_complete(
+        redis_client: redis.Redis, settings: Settings, pg: psycopg.Connection,
+        monkeypatch) -> None:
+    """Deleted (or evicted) after the first page was listed: the pages after it went into a new
+    set, which the marker then declared complete, and the first page's items were left out of
+    every full reload."""
+    upsert(settings, *[ItemWithId(item_id=f"i{n}", category="c1") for n in range(6)])
+    redis_client.delete(keys.ITEM_IDS)
+    original = catalogue_mirror.mirror_items
+    pages = []
+
+    async def losing_the_set_after_the_first_page(client, rows, **kw):
+        await original(client, rows, **kw)
+        pages.append(rows)
+        if len(pages) == 1:
+            redis_client.delete(keys.ITEM_IDS)
+
+    monkeypatch.setattr(catalogue_mirror, "mirror_items", losing_the_set_after_the_first_page)
+    mirror(settings)
+    assert len(pages) == 3 and not redis_client.sismember(keys.ITEM_IDS, keys.ITEM_IDS_COMPLETE)
+    assert loaded(settings) == {f"i{n}": "c1" for n in range(6)}  # by a SCAN
+    monkeypatch.undo()
+    mirror(settings)  # the next pass marks it
+    assert redis_client.smembers(keys.ITEM_IDS) == {f"i{n}" for n in range(6)} | {
+        keys.ITEM_IDS_COMPLETE}
+
+
+def test_a_list_lost_while_a_reload_reads_it_is_read_again_by_a_scan(
+        redis_client: redis.Redis, settings: Settings, pg: psycopg.Connection,
+        monkeypatch) -> None:
+    """Evicted after the reload saw the marker, and started again by an upsert: the reload read
+    a set of one item as the catalogue."""
+    upsert(settings, *[ItemWithId(item_id=f"i{n}", category="c1") for n in range(6)])
+    mirror(settings)
+    original = CatalogueSync._listed_ids
+
+    def losing_the_set(self):
+        redis_client.delete(keys.ITEM_IDS)
+        upsert(settings, ItemWithId(item_id="i0", category="c1"))
+        yield from original(self)
+
+    monkeypatch.setattr(CatalogueSync, "_listed_ids", losing_the_set)
+    assert loaded(settings) == {f"i{n}": "c1" for n in range(6)}
 
 
 def test_a_listed_id_whose_key_holds_another_type_is_no_item(

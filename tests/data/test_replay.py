@@ -30,7 +30,15 @@ from pydantic import SecretStr
 from reco.data.schema import EVENTS_SCHEMA, DataFileError, write_table
 from reco.data.synthetic import SyntheticConfig, generate
 from reco.replay import ReplayOptions, ReplayStopped, event_rows, replay_async, replay_file
-from reco.replay_rows import Rejected, item_rows, json_body, last_event_ms, read_batches
+from reco.replay_rows import (
+    Rejected,
+    file_has_untimed_rows,
+    item_rows,
+    json_body,
+    last_event_ms,
+    read_batches,
+    table_has_untimed_rows,
+)
 from reco.settings import Settings
 from reco.stack.health import free_port
 from reco.stack.servers import REPO_ROOT
@@ -502,6 +510,20 @@ def test_untimed_equal_rows_of_two_files_are_two_events(
         assert replay_file(path, opts).to_dict()["failed"] == 0
     ids = [orjson.loads(r.value)["event_id"] for r in asyncio.run(_consume(settings, 4))]
     assert len(ids) == 4 and ids[0] == ids[3] and len(set(ids)) == 3
+
+
+def test_a_file_is_digested_only_when_a_row_may_lack_a_time(tmp_path: Path) -> None:
+    """The digest reads the whole file again: not for a file whose every row has a time."""
+    timed, nulls, untimed = (tmp_path / f"{n}.parquet" for n in ("timed", "nulls", "untimed"))
+    row = {"user_id": "u", "item_id": "a", "event_type": "view"}
+    pq.write_table(pa.Table.from_pylist([{**row, "timestamp": T0}] * 3), timed)
+    pq.write_table(pa.Table.from_pylist([{**row, "timestamp": T0}, {**row, "timestamp": None}]),
+                   nulls)
+    pq.write_table(pa.Table.from_pylist([row]), untimed)
+    assert [file_has_untimed_rows(pq.ParquetFile(p)) for p in (timed, nulls, untimed)] == [
+        False, True, True]
+    assert [table_has_untimed_rows(pq.read_table(p)) for p in (timed, nulls, untimed)] == [
+        False, True, True]
 
 
 def test_a_value_json_cannot_carry_rejects_its_row_only() -> None:

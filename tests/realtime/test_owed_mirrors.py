@@ -64,3 +64,32 @@ async def test_a_retry_redis_refuses_keeps_the_rows(redis_client: redis.Redis) -
     finally:
         await client.aclose()
     assert list(owed.rows) == ["a"]
+
+
+async def test_the_retries_go_on_after_a_surprise(redis_url: str,
+                                                  redis_client: redis.Redis) -> None:
+    """An exception no retry expects ended the background task: nothing owed was mirrored
+    again, and stopping the API raised it."""
+    client = aredis.Redis.from_url(redis_url)
+    owed = OwedMirrors(client, retry_s=0.05)
+    retry, calls = owed.retry, []
+
+    async def surprising_once() -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("surprise")
+        return await retry()
+
+    owed.retry = surprising_once
+    owed.owe([row("a", 1)])
+    owed.start()
+    try:
+        for _ in range(100):
+            if not owed.rows:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await owed.stop()
+        await client.aclose()
+    assert len(calls) >= 2 and owed.rows == {}
+    assert redis_client.hget(keys.item_meta("a"), "revision") == "1"
