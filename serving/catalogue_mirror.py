@@ -62,13 +62,14 @@ async def mirror_catalogue(pool: asyncpg.Pool, client: aredis.Redis,
         held = await pipe.execute(raise_on_error=False)
         # Another type at an item's key (a previous release's counter at `item:meta:version`)
         # leaves that item out, not the pages after it.
-        blocked = {row[0] for row, revision in zip(rows, held, strict=True)
-                   if isinstance(revision, redis_errors.ResponseError)}
+        blocked = [row[0] for row, revision in zip(rows, held, strict=True)
+                   if isinstance(revision, redis_errors.ResponseError)]
         if blocked:
-            log.warning("not mirrored, their key holds another type: %s", sorted(blocked))
-        behind = [row for row, revision in zip(rows, held, strict=True) if row[0] not in blocked
-                  and (revision is None or int(revision) < row[6])]
-        await client.sadd(keys.ITEM_IDS, *[row[0] for row in rows if row[0] not in blocked])
+            log.warning("not mirrored, their key holds another type: %s", blocked)
+        listed = [(row, revision) for row, revision in zip(rows, held, strict=True)
+                  if row[0] not in blocked]
+        behind = [row for row, revision in listed if revision is None or int(revision) < row[6]]
+        await client.sadd(keys.ITEM_IDS, *[row[0] for row, _ in listed])
         await mirror_items(client, behind)
         items, written, after = items + len(rows), written + len(behind), rows[-1][0]
     if not await client.eval(MARK_COMPLETE, 1, keys.ITEM_IDS, token, keys.ITEM_IDS_COMPLETE):

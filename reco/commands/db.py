@@ -86,7 +86,8 @@ def prune_airflow() -> None:
     """Delete Airflow's history older than RECO_AIRFLOW_HISTORY_DAYS (30; 0 keeps it): its
     metadata rows (`airflow db clean`: dag runs, task instances, XComs, audit log, jobs) and
     the local stack's task log files. Runs outside Airflow's tasks, which Airflow 3 keeps
-    away from its database; docker-compose's `airflow-housekeeping` service runs it daily."""
+    away from its database; the `airflow-housekeeping` process of the local stack and service
+    of docker-compose run it daily."""
     from reco.airflow_history import (
         AirflowCleanFailed,
         base_log_folder,
