@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, ClassVar, Literal, NotRequired, TypedDict
 
 import pydantic_core
 from pydantic import (
@@ -73,6 +73,8 @@ class Event(BaseModel):
     session_id: Identifier | None = None
     context: dict[str, Any] | None = None
 
+    kafka_headers: ClassVar[None] = None  # erasures have one (reco.erasure); events none
+
     @field_validator("timestamp", mode="before")
     @classmethod
     def _parse_timestamp(cls, value: Any, info: ValidationInfo) -> int:
@@ -103,6 +105,10 @@ class Event(BaseModel):
     @property
     def timestamp_s(self) -> float:
         return self.timestamp / 1000.0
+
+    @property
+    def message_id(self) -> str:
+        return str(self.event_id)
 
     def to_json_bytes(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

@@ -9,6 +9,8 @@ Redis server, not on Redis Cluster.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # Global structures
 ITEM_POPULARITY = "item:popularity"
 MODEL_VERSIONS = "model:versions"  # hash: model name -> active published version
@@ -133,6 +135,22 @@ def model_items(model: str, version: str) -> str:
 def reco_cache(user_id: str, variant: str = "") -> str:
     """Cached response; `variant` encodes the request parameters that change the answer."""
     return f"cache:reco:{user_id}" + (f":{variant}" if variant else "")
+
+
+def user_erasable(user_id: str, versions: Mapping[str, str]) -> list[str]:
+    """Every key holding one user's data, for the user's erasure (reco/erasure.py): the
+    features, the response cache's base entry, and the ALS and SASRec lists of the serving
+    `versions` (model name -> version, as `MODEL_VERSIONS` holds them). The cache's variant
+    entries (`reco_cache(user, variant)`) cannot be listed without a SCAN: with the user's
+    latest event gone their fingerprint no longer matches, so they are never served again,
+    and they expire within RECO_CACHE_TTL_S."""
+    found = [user_recent(user_id), user_recent_times(user_id), user_seen(user_id),
+             user_seen_unbounded(user_id), user_last_event(user_id), reco_cache(user_id)]
+    if "als" in versions:
+        found.append(user_cf(user_id, versions["als"]))
+    if "sasrec" in versions:
+        found.append(user_seq(user_id, versions["sasrec"]))
+    return found
 
 
 def event_seen(event_id: str) -> str:

@@ -1,4 +1,5 @@
-"""Event ingest API (port 8080): events to Kafka, catalogue upserts to PostgreSQL + Redis.
+"""Event ingest API (port 8080): events and user erasures to Kafka, catalogue upserts to
+PostgreSQL + Redis.
 
 Routes only read the body, call the parsing and publishing functions and map their errors:
 422 (loc, field, reason: serving/errors.py, as the recommendation API's), 413 (body over
@@ -29,7 +30,9 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reco import heap
+from reco.erasure import Erasure
 from reco.events import PATH_ID_SCHEMA, error_entry
+from reco.privacy import pseudonym
 from reco.settings import Settings
 from serving import catalogue, cors, ingest_metrics, ingest_openapi, security, tls
 from serving.errors import invalid_response, request_errors
@@ -270,6 +273,21 @@ def create_app(settings: Settings) -> FastAPI:
         ingest_metrics.ITEMS_UPSERTED.inc(len(ids))
         return json_response({"item_ids": [it.item_id for it in batch.items]})
 
+    @app.delete("/users/{user_id:path}", status_code=202, dependencies=writes,
+                **ingest_openapi.USER_ERASURE)
+    async def erase_user(user_id: Annotated[str, Path(json_schema_extra=PATH_ID_SCHEMA)]
+                         ) -> Response:
+        erasure = Erasure.of(check_path_id(user_id, "user_id"))
+        try:
+            await publisher.publish((erasure,))
+        except PublishFailed as exc:
+            ingest_metrics.count_rejected(503)
+            return json_response({"detail": f"{exc}; retry: erasing again is harmless"}, 503,
+                                 retry_after)
+        ingest_metrics.USER_ERASURES.inc()
+        log.info("erasure %s of %s queued", erasure.erasure_id, pseudonym(erasure.user_id))
+        return json_response({"user_id": user_id, "erasure_id": erasure.erasure_id}, 202)
+
     @app.get("/health", **ingest_openapi.HEALTH)
     async def health() -> Response:
         return json_response({"status": "ok"})
@@ -298,7 +316,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(HotRoutes, routes={
         ("POST", route.path): (RequestEndpoint(route.endpoint, error_response, check), route)
         for route in app.routes if isinstance(route, APIRoute) and route.path in HOT_PATHS})
-    cors.allow_cross_origin(app, settings, ("GET", "POST", "PUT", "PATCH"),
+    cors.allow_cross_origin(app, settings, ("GET", "POST", "PUT", "PATCH", "DELETE"),
                             ("Content-Type", security.API_KEY_HEADER))
     app.add_middleware(HTTPMetrics)  # added last: outermost, so it times the hot routes too
     return app

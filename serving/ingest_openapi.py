@@ -108,6 +108,24 @@ ITEM_PATCH = _route(
 ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
                     _object(item_ids={"type": "array", "items": _ID}))
 
+USER_ERASURE = {
+    "description": "Erase what is stored about a user: their events in PostgreSQL, their "
+                   "`users` row and their features in Redis (recent items, seen items, "
+                   "ALS and SASRec lists). The erasure is queued behind the user's events "
+                   "already sent, so none of those escapes it; events sent after it are kept. "
+                   "202 means the broker holds the request; `user_erasures` records it once "
+                   "PostgreSQL's part is done. Repeating it is harmless.",
+    "responses": {
+        202: _json(_object(user_id=_ID, erasure_id={"type": "string", "format": "uuid"}),
+                   "Accepted: the erasure is queued"),
+        **{status: answer for status, answer in _COMMON.items() if status not in (413, 415)},
+        404: _json(_DETAIL, "No route: the id '.' or '..' written as such, a segment clients "
+                            "remove; send it as %2E or %2E%2E"),
+        503: _json(_DETAIL, "Broker unavailable; retry after Retry-After (repeating an "
+                            "erasure is harmless)"),
+    },
+}
+
 HEALTH = {"responses": {200: _json(_object(status={"enum": ["ok"]}), "The process answers")},
           "description": HEAD_TOO}
 _READINESS = _object(broker={"type": "boolean", "description": "the Kafka broker answers"},

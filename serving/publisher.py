@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from reco.erasure import Erasure
 from reco.events import Event
 from reco.settings import Settings
 
@@ -44,6 +45,9 @@ ERROR_LOG_EVERY_S = 60.0  # the same broker error (a refused reconnect) logged o
 # in librdkafka and in the broker per event than 0-0.5 ms, measured on the benchmark's broker)
 # for at most 1 ms more latency. librdkafka sends one partition per produce request.
 LINGER_MS = 1.0
+
+
+Message = Event | Erasure  # what goes on the events topic, keyed by user id
 
 
 class PublishFailed(Exception):
@@ -128,7 +132,7 @@ class Publisher:
         self._waiting = 0  # publish() calls awaiting acks: the poll is busy while > 0
         # Requests of this loop iteration, produced together right after it (call_soon): one
         # burst of produce() calls and one wake-up of librdkafka's thread instead of one each.
-        self._outbox: list[tuple[Sequence[Event], _Request]] = []
+        self._outbox: list[tuple[Sequence[Message], _Request]] = []
         # The same requests in deadline order (one timeout for all): the poll fails those
         # past it. Cheaper than an asyncio.timeout() per request (~15 us each).
         self._deadlines: deque[_Request] = deque()
@@ -241,8 +245,9 @@ class Publisher:
     def connected(self) -> bool:
         return self._producer is not None
 
-    async def publish(self, events: Sequence[Event]) -> None:
-        """Send every event, then wait for all acks; raises PublishFailed on any failure."""
+    async def publish(self, events: Sequence[Message]) -> None:
+        """Send every event (or erasure), then wait for all acks; raises PublishFailed on any
+        failure."""
         if self._producer is None:
             raise BrokerUnavailable("publisher not started", _ids(events))
         loop = self._loop
@@ -278,7 +283,7 @@ class Publisher:
             for k, e in enumerate(events):
                 try:
                     producer.produce(topic, e.to_json_bytes(), e.user_id.encode(),
-                                     on_delivery=delivered)
+                                     headers=e.kafka_headers, on_delivery=delivered)
                 except (BufferError, KafkaException) as exc:  # queue full, fatal state, too large
                     request.not_sent(len(events) - k, _too_large(exc) or
                                      f"broker did not take the events: {exc!r}")
@@ -288,7 +293,7 @@ class Publisher:
                     request.not_sent(len(events) - k, f"events not produced: {exc!r}")
                     break
 
-    def _failure(self, error: KafkaError | str, events: Sequence[Event]) -> PublishFailed:
+    def _failure(self, error: KafkaError | str, events: Sequence[Message]) -> PublishFailed:
         if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
             return EventTooLarge(f"an event is over the broker's message size limit: "
                                  f"{error.str()}", _ids(events))
@@ -315,8 +320,8 @@ class Publisher:
         return BrokerCheck(bool(meta.brokers), led)
 
 
-def _ids(events: Sequence[Event]) -> list[str]:
-    return [str(e.event_id) for e in events]
+def _ids(events: Sequence[Message]) -> list[str]:
+    return [e.message_id for e in events]
 
 
 def _too_large(exc: Exception) -> KafkaError | None:

@@ -163,12 +163,13 @@ def parse_item_batch(body: bytes, context: dict | None = None) -> ItemBatch:
     return batch
 
 
-def check_path_id(item_id: str) -> str:
-    """A path's item id, refused as PUT refuses it (a PATCH would only find no such item)."""
+def check_path_id(item_id: str, name: str = "item_id") -> str:
+    """A path's id (`name`), refused as PUT refuses an item id (a PATCH would only find no
+    such item)."""
     try:
         return ITEM_ID.validate_python(item_id)
     except ValidationError as exc:
-        raise InvalidInput(describe_errors(exc, prefix=("path", "item_id"))) from None
+        raise InvalidInput(describe_errors(exc, prefix=("path", name))) from None
 
 
 def with_path_id(item_id: str, item: ItemIn) -> ItemWithId:

@@ -1,5 +1,6 @@
 """Event archiver: consumer group `event-archiver`, topic `events` -> PostgreSQL `events`, and
-each user's earliest event -> `users.first_seen`.
+each user's earliest event -> `users.first_seen`; a user's erasure (reco/erasure.py) deletes
+the user's events and `users` row and records it in `user_erasures`.
 
 Batches are inserted with ON CONFLICT (event_id) DO NOTHING in one transaction, and offsets are
 committed only after that commit, so every acknowledged event lands exactly once however often
@@ -22,12 +23,15 @@ import asyncpg
 import orjson
 from aiokafka.structs import ConsumerRecord
 
+from reco import erasure, privacy
+from reco.erasure import Erasure
 from reco.events import Event
+from reco.privacy import pseudonym
 from reco.settings import Settings
 from reco.timing import POSTGRES_QUERY_SECONDS, timed
 from streaming import consumer as loop
 from streaming.messages import decode
-from streaming.metrics import EVENTS_ARCHIVED, PROCESSING_ERRORS, serve_metrics
+from streaming.metrics import EVENTS_ARCHIVED, PROCESSING_ERRORS, USERS_ERASED, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,31 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
+# A batch's erasures, before its inserts and in the same transaction: each erased user's
+# events and `users` row go, and the audit row records how many events went (a redelivered
+# erasure finds its row there and keeps it).
+ERASE_USERS = """
+WITH gone AS (
+    DELETE FROM events WHERE user_id = ANY($2::text[]) RETURNING user_id
+), users_gone AS (
+    DELETE FROM users WHERE user_id = ANY($2::text[])
+), counted AS (
+    SELECT user_id, count(*) AS n FROM gone GROUP BY user_id
+)
+INSERT INTO user_erasures (erasure_id, user_pseudonym, requested_at, events_deleted)
+SELECT e.erasure_id, e.pseudonym, e.requested_at, coalesce(c.n, 0)
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+    AS e(erasure_id, user_id, pseudonym, requested_at)
+LEFT JOIN counted c USING (user_id)
+ON CONFLICT (erasure_id) DO NOTHING
+"""
+
+
+def erasure_row(erasure: Erasure) -> tuple[Any, ...]:
+    return (erasure.erasure_id, erasure.user_id, pseudonym(erasure.user_id),
+            datetime.fromtimestamp(erasure.requested_at / 1000.0, tz=UTC))
+
+
 class Archiver:
     """The batch handler; holds one connection and reopens it after a failure."""
 
@@ -99,24 +128,36 @@ class Archiver:
         self.conn: asyncpg.Connection | None = None
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        rows = []
+        rows: list[tuple[Any, ...]] = []
+        erasures: dict[str, Erasure] = {}  # user -> the batch's last erasure of the user
         for record in records:
-            decoded = decode(record)
+            decoded = (erasure.decode(record.value) if erasure.is_erasure(record.headers)
+                       else decode(record))
             if isinstance(decoded, str):
                 PROCESSING_ERRORS.labels(self.settings.group_archiver, "invalid_message").inc()
+            elif isinstance(decoded, Erasure):
+                # The user's events before it in this batch go with the rest; later ones stay.
+                rows = [row for row in rows if row[1] != decoded.user_id]
+                erasures[decoded.user_id] = decoded
             else:
                 rows.append(event_row(decoded, record))
-        if rows:
-            await self._insert(rows)
+        if rows or erasures:
+            await self._write(rows, [erasure_row(e) for e in erasures.values()])
 
-    async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+    async def _write(self, rows: list[tuple[Any, ...]], erased: list[tuple[Any, ...]]) -> None:
         try:
             if self.conn is None or self.conn.is_closed():
                 self.conn = await asyncpg.connect(
                     self.settings.database_url, timeout=5,
                     command_timeout=self.settings.archiver_pg_timeout_s)
-            with timed(POSTGRES_QUERY_SECONDS, "archive_events"):
-                inserted = await self.conn.fetchval(INSERT_EVENTS, *zip(*rows, strict=True))
+            inserted = 0
+            async with self.conn.transaction():
+                if erased:
+                    await self._erase(erased)
+                if rows:
+                    with timed(POSTGRES_QUERY_SECONDS, "archive_events"):
+                        inserted = await self.conn.fetchval(INSERT_EVENTS,
+                                                            *zip(*rows, strict=True))
         except Exception:
             # Reconnect on the retry, whatever failed: asyncpg's InternalClientError (seen
             # when PostgreSQL stopped mid-query) is none of its connection errors, and a
@@ -124,6 +165,18 @@ class Archiver:
             await self.close()
             raise
         EVENTS_ARCHIVED.inc(inserted)
+        if erased:
+            USERS_ERASED.labels(self.settings.group_archiver).inc(len(erased))
+            for row in erased:
+                log.info("erasure %s of %s: events and user row deleted", row[0], row[2])
+
+    async def _erase(self, erased: list[tuple[Any, ...]]) -> None:
+        users = [row[1] for row in erased]
+        # The append-only trigger lets these users' rows go, in this transaction only (sql/008).
+        await self.conn.execute("SELECT set_config('reco.erase_users', $1, true)",
+                                " ".join(users))
+        with timed(POSTGRES_QUERY_SECONDS, "erase_users"):
+            await self.conn.execute(ERASE_USERS, *zip(*erased, strict=True))
 
     async def close(self) -> None:
         if self.conn is not None:
@@ -155,6 +208,7 @@ def run(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serve_metrics(settings.archiver_metrics_port, settings.group_archiver,
                   "RECO_ARCHIVER_METRICS_PORT")
+    privacy.configure(settings.log_pseudonym_key)  # the audit rows' pseudonyms
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import chain
 
 import hiredis
@@ -27,7 +27,7 @@ from reco import keys
 from reco.features import FeatureParams, FeatureUpdates, RecentItems, plan_batch
 from reco.settings import Settings
 from streaming.applied_positions import LogEnd, Position, find_replays, spans_of
-from streaming.messages import StreamEvent
+from streaming.messages import StreamErasure, StreamEvent
 from streaming.redis_pipe import Packed, RedisPipe, TransactionAborted, raise_first_error
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class AppliedBatch:
     applied: list[StreamEvent]
     duplicates: int
     unscored: int
+    erased: list[StreamErasure] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class PlannedBatch:
 
     fresh: list[StreamEvent]
     duplicates: int
+    erased: list[StreamErasure]  # the batch's erasures not applied before
     updates: FeatureUpdates
     commands: Packed
     # Partition -> its applied position before the batch (as read or carried; None: none yet),
@@ -68,7 +70,7 @@ class PlannedBatch:
 
     @property
     def result(self) -> AppliedBatch:
-        return AppliedBatch(self.fresh, self.duplicates, self.updates.unscored)
+        return AppliedBatch(self.fresh, self.duplicates, self.updates.unscored, self.erased)
 
 
 class FeatureStore:
@@ -82,52 +84,83 @@ class FeatureStore:
         self.params = FeatureParams.from_settings(settings)
         self._categories: dict[str, tuple[str | None, float]] = {}  # item -> (category, expiry)
 
-    async def apply(self, events: Sequence[StreamEvent]) -> AppliedBatch:
+    async def apply(self, events: Sequence[StreamEvent],
+                    erasures: Sequence[StreamErasure] = ()) -> AppliedBatch:
         for _ in range(WRITE_ATTEMPTS - 1):
             try:
-                return await self._apply_once(events)
+                return await self._apply_once(events, erasures)
             except WriteConflict:
                 continue  # markers appeared since the plan: plan again without those events
-        return await self._apply_once(events)
+        return await self._apply_once(events, erasures)
 
-    async def _apply_once(self, events: Sequence[StreamEvent]) -> AppliedBatch:
-        planned = await self.plan(events)
+    async def _apply_once(self, events: Sequence[StreamEvent],
+                          erasures: Sequence[StreamErasure]) -> AppliedBatch:
+        planned = await self.plan(events, erasures=erasures)
         if planned.commands:
             await self.write(planned)
         return planned.result
 
-    async def plan(self, events: Sequence[StreamEvent],
-                   after: PlannedBatch | None = None) -> PlannedBatch:
+    async def plan(self, events: Sequence[StreamEvent], after: PlannedBatch | None = None,
+                   erasures: Sequence[StreamErasure] = ()) -> PlannedBatch:
         """Read the state the batch needs and compute its writes.
 
         `after` is a planned batch whose write may still be in flight: its users' recent
         items, event ids and partition positions are taken from it instead of Redis (one
         partition, hence this process, owns each user, so nothing else changes them
-        meanwhile)."""
+        meanwhile).
+
+        An erasure deletes its user's keys before the batch's writes, and the user's events
+        before it in the batch are dropped: the user's state starts afresh from the events
+        after it. Positions, not markers, recognise an erasure applied before."""
         firsts = _first_copies(events)
-        spans = spans_of(events)
+        positioned = [*events, *erasures]
+        spans = spans_of(positioned)
         carried: dict[str, RecentItems] = {}
         before: dict[int, Position | None] = {}
         if after is not None:
             if after.fresh:
                 written = {e.event_id for e in after.fresh}
                 firsts = [j for j in firsts if events[j].event_id not in written]
-                carried = after.updates.recent
+            # A user it erases starts empty (unless its later events gave a state): Redis may
+            # still hold the old state, its DEL not written yet.
+            carried = {**{x.user_id: RecentItems() for x in after.erased},
+                       **after.updates.recent}
             before = {p: after.positions[p] for p in spans if p in after.positions}
         seen, recent, categories, stored = await self._read_state(
             [events[j] for j in firsts], carried, [p for p in spans if p not in before])
         before.update(stored)
-        replays = find_replays(events, spans, before, self.log_end, self.topic)
+        replays = find_replays(positioned, spans, before, self.log_end, self.topic)
         if replays.applied:
             log.info("%s: %d of %d records were applied before (below their partition's "
-                     "applied offset): skipped", self.topic, len(replays.applied), len(events))
+                     "applied offset): skipped", self.topic, len(replays.applied),
+                     len(positioned))
+        n = len(events)
+        # The user's last erasure of the batch: one takes all before it.
+        erasing = {x.user_id: x for i, x in enumerate(erasures) if n + i not in replays.applied}
         fresh = [events[j] for j, was_seen in zip(firsts, seen, strict=True)
                  if not was_seen and j not in replays.applied]
+        if erasing:
+            kept = [e for e in fresh if e.user_id not in erasing
+                    or not erasing[e.user_id].precedes(e)]
+            erased_events, fresh = len(fresh) - len(kept), kept
+            recent.update((user, RecentItems()) for user in erasing)
+        else:
+            erased_events = 0
         updates = (plan_batch(fresh, recent, categories, self.params, time.time()) if fresh
                    else FeatureUpdates())
-        return PlannedBatch(fresh, len(events) - len(fresh), updates,
-                            self._commands(fresh, updates, replays.positions), before,
-                            replays.positions)
+        erased_keys = await self._erasable(erasing)
+        return PlannedBatch(fresh, len(events) - len(fresh) - erased_events,
+                            list(erasing.values()), updates,
+                            self._commands(fresh, updates, replays.positions, erased_keys),
+                            before, replays.positions)
+
+    async def _erasable(self, erasing: Mapping[str, StreamErasure]) -> list[str]:
+        """The keys of the erased users' data, with the serving model versions' lists."""
+        if not erasing:
+            return []
+        reply = (await self.redis.execute([("HGETALL", keys.MODEL_VERSIONS)]))[0]
+        versions = {k.decode(): v.decode() for k, v in zip(reply[::2], reply[1::2], strict=True)}
+        return [key for user in erasing for key in keys.user_erasable(user, versions)]
 
     async def write(self, planned: PlannedBatch) -> None:
         """Apply the plan atomically, unless one of its events got a marker, or one of its
@@ -197,14 +230,17 @@ class FeatureStore:
         return seen, recent, categories, positions
 
     def _commands(self, events: Sequence[StreamEvent], up: FeatureUpdates,
-                  positions: dict[int, Position]) -> Packed:
+                  positions: dict[int, Position], erased_keys: Sequence[str] = ()) -> Packed:
         """The batch's writes. Commands on one key keep their order; those on different keys
         commute, so runs of one shape (a DEL or EXPIRE per key) are packed together. A batch
-        of records all applied before still moves its partitions' positions forward."""
+        of records all applied before still moves its partitions' positions forward. Erased
+        users' keys go first: the batch's events after the erasure write them afresh."""
         s = self.settings
         cmds = Packed()
         for partition, position in positions.items():
             cmds.add("SET", keys.applied_position(self.topic, partition), position.dump())
+        if erased_keys:
+            cmds.add("DEL", *erased_keys)
         if not events:
             return cmds
         # The batch's final state replaces the old one inside the transaction (single writer).

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import msgspec
 import orjson
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
+from reco import erasure
 from reco.events import EVENT_TYPES, MAX_CONTEXT_KEYS, MAX_TIMESTAMP_MS, Event, describe_errors
 
 
@@ -30,21 +32,6 @@ def decode(record: ConsumerRecord) -> Event | str:
         return f"invalid event: {reasons}"
     except Exception as exc:  # noqa: BLE001 - any failure is a DLQ reason, not a stuck batch
         return f"undecodable event: {exc!r}"
-
-
-def split(
-    records: Sequence[ConsumerRecord],
-) -> tuple[list[Event], list[tuple[ConsumerRecord, str]]]:
-    """The batch's events, and its bad messages with the reason."""
-    events: list[Event] = []
-    bad: list[tuple[ConsumerRecord, str]] = []
-    for record in records:
-        decoded = decode(record)
-        if isinstance(decoded, str):
-            bad.append((record, decoded))
-        else:
-            events.append(decoded)
-    return events, bad
 
 
 class StreamEvent(msgspec.Struct, frozen=True, gc=False):
@@ -114,16 +101,55 @@ def decode_for_features(record: ConsumerRecord) -> StreamEvent | str:
 CLOCK_DISAGREEMENT_MS = 3_600_000
 
 
-def split_for_features(
-    records: Sequence[ConsumerRecord], max_future_skew_s: float,
-) -> tuple[list[StreamEvent], list[tuple[ConsumerRecord, str]]]:
-    """`split` for the feature processor; events dated more than `max_future_skew_s` (the
-    ingest API's limit) plus `CLOCK_DISAGREEMENT_MS` past the clock are bad too."""
+class StreamErasure(msgspec.Struct, frozen=True, gc=False):
+    """A user's erasure (reco/erasure.py) and where its record sits in the topic."""
+
+    erasure_id: str
+    user_id: str
+    partition: int
+    offset: int
+    log_ms: int
+
+    def precedes(self, event: StreamEvent) -> bool:
+        """Whether it comes after `event` in the topic (one partition holds a user's records;
+        one from another partition cannot be placed, and is kept)."""
+        return event.partition == self.partition and event.offset < self.offset
+
+
+def decode_erasure(record: ConsumerRecord) -> StreamErasure | str:
+    decoded = erasure.decode(record.value)
+    if isinstance(decoded, str):
+        return decoded
+    return StreamErasure(decoded.erasure_id, decoded.user_id, record.partition, record.offset,
+                         record.timestamp)
+
+
+class FeatureRecords(NamedTuple):
+    """A batch as the feature processor reads it, each list in topic order."""
+
+    events: list[StreamEvent]
+    bad: list[tuple[ConsumerRecord, str]]
+    erasures: list[StreamErasure]
+
+
+def split_for_features(records: Sequence[ConsumerRecord],
+                       max_future_skew_s: float) -> FeatureRecords:
+    """The batch's valid events, its bad messages with the reason (dead-lettered), and its
+    erasures. Events dated more than `max_future_skew_s` (the ingest API's limit) plus
+    `CLOCK_DISAGREEMENT_MS` past the clock are bad too."""
     ahead_ms = max_future_skew_s * 1000 + CLOCK_DISAGREEMENT_MS
     latest = time.time() * 1000 + ahead_ms
     events: list[StreamEvent] = []
     bad: list[tuple[ConsumerRecord, str]] = []
+    erasures: list[StreamErasure] = []
     for record in records:
+        if record.headers and erasure.is_erasure(record.headers):
+            decoded_erasure = decode_erasure(record)
+            if isinstance(decoded_erasure, str):
+                bad.append((record, decoded_erasure))
+            else:
+                erasures.append(decoded_erasure)
+            continue
         decoded = decode_for_features(record)
         if isinstance(decoded, str):
             bad.append((record, decoded))
@@ -132,7 +158,7 @@ def split_for_features(
                                 f"{ahead_ms / 1000:.0f} seconds ahead of the processor's clock"))
         else:
             events.append(decoded)
-    return events, bad
+    return FeatureRecords(events, bad, erasures)
 
 
 # Characters of the original message kept in a DLQ record. Escaping can make a character six

@@ -28,6 +28,9 @@ POPULARITY_PRUNED = Counter(
     "Faded members removed from the popularity sets (streaming/popularity_prune.py)", ["set"])
 EVENTS_ARCHIVED = Counter(
     "events_archived_total", "Events written to PostgreSQL (inserted, not counting duplicates)")
+USERS_ERASED = Counter(
+    "users_erased_total", "User erasures applied, by consumer (events in PostgreSQL, features in "
+    "Redis)", ["consumer"])
 CONSUMER_LAG = Gauge(
     "kafka_consumer_lag", "Messages behind the partition's high watermark",
     ["group", "topic", "partition"])

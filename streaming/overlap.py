@@ -99,10 +99,11 @@ async def run_overlapped(
             return pending is None or await flush()
         started = time.perf_counter()
         offsets = loop.next_offsets(batches)
-        events, bad = split_for_features(records, processor.settings.max_future_skew_s)
+        batch = split_for_features(records, processor.settings.max_future_skew_s)
         previous = pending
         planning = asyncio.create_task(
-            store.plan(events, after=previous.plan if previous else None))
+            store.plan(batch.events, after=previous.plan if previous else None,
+                       erasures=batch.erasures))
         writing = (asyncio.create_task(store.write(previous.plan))
                    if previous is not None and previous.plan.commands else None)
         try:
@@ -121,7 +122,7 @@ async def run_overlapped(
             return await plainly(records, offsets)
         if previous is not None:
             await commits.commit(previous.offsets)
-        pending = _Planned(records, offsets, bad, planned)
+        pending = _Planned(records, offsets, batch.bad, planned)
         BATCH_SECONDS.labels(group).set(time.perf_counter() - started)
         return True
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from reco import privacy
+from reco.privacy import pseudonym
 from reco.settings import Settings
 from streaming import consumer as loop
 from streaming.applied_positions import LogEnd
@@ -27,6 +29,7 @@ from streaming.metrics import (
     EVENTS_PROCESSED,
     EVENTS_UNSCORED,
     PROCESSING_ERRORS,
+    USERS_ERASED,
     serve_metrics,
 )
 from streaming.overlap import run_overlapped
@@ -46,11 +49,12 @@ class Processor:
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
         """The plain path: apply a batch and wait for it (also the overlapped loop's fallback)."""
-        events, bad = split_for_features(records, self.settings.max_future_skew_s)
+        batch = split_for_features(records, self.settings.max_future_skew_s)
         # Redis first: on a retry its positions and markers make it a no-op, so only the DLQ
         # can repeat.
-        result = await self.store.apply(events) if events else None
-        await self.finish(result, bad)
+        result = (await self.store.apply(batch.events, batch.erasures)
+                  if batch.events or batch.erasures else None)
+        await self.finish(result, batch.bad)
 
     async def finish(self, result: AppliedBatch | None,
                      bad: list[tuple[ConsumerRecord, str]]) -> None:
@@ -62,6 +66,11 @@ class Processor:
                 EVENTS_PROCESSED.labels(event_type).inc(count)
             EVENTS_DUPLICATE.inc(result.duplicates)
             EVENTS_UNSCORED.inc(result.unscored)
+            if result.erased:
+                USERS_ERASED.labels(self.settings.group_processor).inc(len(result.erased))
+                for erased in result.erased:
+                    log.info("erasure %s of %s: features deleted", erased.erasure_id,
+                             pseudonym(erased.user_id))
 
     async def _dead_letter(self, bad: list[tuple[ConsumerRecord, str]]) -> None:
         futures = []
@@ -119,6 +128,7 @@ def run(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serve_metrics(settings.processor_metrics_port, settings.group_processor,
                   "RECO_PROCESSOR_METRICS_PORT")
+    privacy.configure(settings.log_pseudonym_key)  # erasures are logged by pseudonym
 
     async def main() -> None:
         stop = asyncio.Event()

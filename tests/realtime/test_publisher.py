@@ -79,7 +79,9 @@ class _Unserialisable:
     """An event whose serialisation fails (a bug, not a broker error)."""
 
     event_id = uuid.UUID("0f8fad5b-d9cb-469f-a165-70867728950e")
+    message_id = str(event_id)
     user_id = "user-x"
+    kafka_headers = None
 
     def to_json_bytes(self) -> bytes:
         raise ValueError("cannot serialise")

@@ -37,6 +37,7 @@ WRITES = [
     ("POST", "/events/batch", {"events": [event()]}),
     ("PUT", "/items/i1", {"category": "shoes"}),
     ("POST", "/items/batch", {"items": [{"item_id": "i2", "category": "hats"}]}),
+    ("DELETE", "/users/u9", None),
 ]
 
 

@@ -1,0 +1,70 @@
+"""Erasing a user's data (GDPR's right to erasure): the message that asks for it.
+
+An erasure travels on the events topic, keyed by the user id like the user's events. Kafka
+keeps each partition's order, so every consumer meets it after each event of the user sent
+before it and before any sent after it: no event in flight escapes it, and no later one is
+lost to it. The feature processor then deletes the user's features from Redis, the archiver
+the user's events and `users` row from PostgreSQL, each as one more record of its batch
+(at-least-once, idempotent). A Kafka header marks the message, so no consumer takes it for an
+event; consumers from before erasures dead-letter it (upgrade them first).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Sequence
+
+import msgspec
+
+from reco.events import ID_PATTERN
+
+KIND_HEADER = "reco-kind"
+ERASURE_KIND = b"erase-user"
+HEADERS: list[tuple[str, bytes]] = [(KIND_HEADER, ERASURE_KIND)]
+
+
+class Erasure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Erase everything stored about `user_id` up to this message."""
+
+    erasure_id: str  # canonical UUID text: the audit row's key (`user_erasures`)
+    user_id: str
+    requested_at: int  # epoch ms
+
+    kafka_headers = HEADERS
+
+    @classmethod
+    def of(cls, user_id: str) -> Erasure:
+        return cls(str(uuid.uuid4()), user_id, int(time.time() * 1000))
+
+    @property
+    def message_id(self) -> str:
+        return self.erasure_id
+
+    def to_json_bytes(self) -> bytes:
+        return msgspec.json.encode(self)
+
+
+_decoder = msgspec.json.Decoder(Erasure)
+_USER_ID = re.compile(ID_PATTERN)
+
+
+def is_erasure(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    """Whether a record with these Kafka headers is an erasure (a consumer record's are a
+    sequence of (name, value) pairs)."""
+    return bool(headers) and (KIND_HEADER, ERASURE_KIND) in [tuple(h) for h in headers]
+
+
+def decode(value: bytes | None) -> Erasure | str:
+    """The erasure in an erasure record's value, or why it is not one (the DLQ reason)."""
+    if value is None:
+        return "invalid erasure: empty message value"
+    try:
+        erasure = _decoder.decode(value)
+        uuid.UUID(erasure.erasure_id)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        return f"invalid erasure: {exc}"
+    if len(erasure.user_id) > 128 or not _USER_ID.match(erasure.user_id):
+        return "invalid erasure: user_id is not an id (1-128 printable ASCII, no spaces)"
+    return erasure

@@ -1,0 +1,247 @@
+"""A user's erasure (reco/erasure.py): the processor's part in Redis, the archiver's in
+PostgreSQL, and the whole path from `DELETE /users/{id}` through a real broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import msgspec
+import orjson
+import psycopg
+import pytest
+import redis
+from aiokafka.structs import ConsumerRecord
+
+from reco import erasure, keys
+from reco.erasure import Erasure
+from reco.privacy import pseudonym
+from reco.settings import Settings
+from streaming.archiver import Archiver
+from streaming.feature_store import FeatureStore
+from streaming.messages import StreamErasure, StreamEvent, split_for_features
+from streaming.redis_pipe import RedisPipe
+from tests.realtime.conftest import Consumers, read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+
+T_MS = int(time.time() * 1000) - 60_000
+VERSIONS = {"als": "als-v1", "sasrec": "seq-v1", "item2vec": "i2v-v1"}
+
+
+def ev(user: str, item: str, offset: int) -> StreamEvent:
+    """An event of partition 0 at `offset` (its log time follows the offset)."""
+    return StreamEvent(str(uuid.uuid4()), user, item, "view", T_MS + offset, 0, offset,
+                       T_MS + offset)
+
+
+def erase(user: str, offset: int) -> StreamErasure:
+    return StreamErasure(str(uuid.uuid4()), user, 0, offset, T_MS + offset)
+
+
+def user_state(r: redis.Redis, user: str) -> dict[str, object]:
+    return {"recent": r.lrange(keys.user_recent(user), 0, -1),
+            "times": sorted(r.hgetall(keys.user_recent_times(user))),
+            "seen": r.zrange(keys.user_seen(user), 0, -1),
+            "last": r.get(keys.user_last_event(user))}
+
+
+def published_lists(r: redis.Redis, user: str) -> None:
+    """The user's ALS and SASRec lists and cached answer, as publishing and the API write them."""
+    r.hset(keys.MODEL_VERSIONS, mapping=VERSIONS)
+    r.set(keys.user_cf(user, "als-v1"), b"[]")
+    r.set(keys.user_seq(user, "seq-v1"), b"[]")
+    r.set(keys.reco_cache(user), b"{}")
+    r.sadd(keys.user_seen_unbounded(user), "old")
+
+
+async def test_an_erasure_deletes_the_users_features_and_keeps_later_events(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    r = redis_client
+    client = RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings, log_end=lambda p: 100)
+    try:
+        await store.apply([ev("u1", "a", 0), ev("u1", "b", 1), ev("u2", "a", 2)])
+        published_lists(r, "u1")
+        published_lists(r, "u2")
+        u2_before = user_state(r, "u2")
+        popularity = r.zscore(keys.ITEM_POPULARITY, "a")
+
+        before, after = ev("u1", "c", 3), ev("u1", "d", 5)
+        batch = [before, after, ev("u2", "e", 6)]
+        gone = erase("u1", 4)
+        applied = await store.apply(batch, [gone])
+
+        assert applied.erased == [gone]
+        assert [e.item_id for e in applied.applied] == ["d", "e"]  # c came before the erasure
+        assert applied.duplicates == 0
+        assert user_state(r, "u1") == {"recent": ["d"], "times": ["d"], "seen": ["d"],
+                                       "last": after.event_id}
+        for key in (keys.user_cf("u1", "als-v1"), keys.user_seq("u1", "seq-v1"),
+                    keys.reco_cache("u1"), keys.user_seen_unbounded("u1")):
+            assert not r.exists(key), key
+        # Other users keep everything; aggregates keep what was counted.
+        assert user_state(r, "u2")["recent"] == ["e", *u2_before["recent"]]
+        assert r.exists(keys.user_cf("u2", "als-v1"), keys.user_seq("u2", "seq-v1")) == 2
+        assert r.zscore(keys.ITEM_POPULARITY, "a") == popularity
+
+        # Redelivered (the offsets were not committed): the erasure is recognised as applied by
+        # the partition's position and does not erase the events after it.
+        again = await store.apply(batch, [gone])
+        assert again.erased == [] and again.applied == []
+        assert user_state(r, "u1")["recent"] == ["d"]
+    finally:
+        await client.close()
+
+
+async def test_an_erasure_planned_before_the_previous_batch_is_written_starts_afresh(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """The overlapped loop plans batch k+1 while batch k's write is in flight: a user erased in
+    k must not get the state Redis still holds from before the erasure."""
+    r = redis_client
+    client, writer = RedisPipe(settings.redis_url), RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings, writer, log_end=lambda p: 100)
+    try:
+        await store.apply([ev("u1", "a", 0), ev("u1", "b", 1)])
+        first = await store.plan([], erasures=[erase("u1", 2)])
+        second = await store.plan([ev("u1", "c", 3)], after=first)  # k not written yet
+        await store.write(first)
+        await store.write(second)
+        assert user_state(r, "u1")["recent"] == ["c"]
+        assert r.zrange(keys.user_seen("u1"), 0, -1) == ["c"]
+    finally:
+        await client.close()
+        await writer.close()
+
+
+def record(user: str, offset: int, item: str = "A") -> ConsumerRecord:
+    value = orjson.dumps({"event_id": str(uuid.uuid4()), "user_id": user, "item_id": item,
+                          "event_type": "view", "timestamp": T_MS + offset})
+    return ConsumerRecord("events", 0, offset, T_MS + offset, 0, user.encode(), value, None, 0,
+                          0, [])
+
+
+def erasure_record(user: str, offset: int, value: bytes | None = None) -> ConsumerRecord:
+    message = Erasure.of(user)
+    return ConsumerRecord("events", 0, offset, T_MS + offset, 0, user.encode(),
+                          message.to_json_bytes() if value is None else value, None, 0, 0,
+                          erasure.HEADERS)
+
+
+def events_of(pg: psycopg.Connection) -> list[tuple[str, str]]:
+    return pg.execute("SELECT user_id, item_id FROM events ORDER BY kafka_offset").fetchall()
+
+
+async def test_the_archiver_deletes_the_users_events_and_records_the_erasure(
+    pg: psycopg.Connection, settings: Settings
+) -> None:
+    archiver = Archiver(settings)
+    try:
+        await archiver([record("u1", 0, "a"), record("u2", 1, "a"), record("u1", 2, "b")])
+        gone = erasure_record("u1", 4)
+        batch = [record("u1", 3, "c"), gone, record("u1", 5, "d"), record("u2", 6, "e")]
+        await archiver(batch)
+
+        assert events_of(pg) == [("u2", "a"), ("u1", "d"), ("u2", "e")]
+        # u1 is new from its event after the erasure on.
+        first_seen = dict(pg.execute(
+            "SELECT user_id, (extract(epoch FROM first_seen) * 1000)::bigint FROM users"))
+        assert first_seen == {"u1": T_MS + 5, "u2": T_MS + 1}
+        audit = pg.execute("SELECT erasure_id::text, user_pseudonym, events_deleted "
+                           "FROM user_erasures").fetchall()
+        erasure_id = orjson.loads(gone.value)["erasure_id"]
+        assert audit == [(erasure_id, pseudonym("u1"), 2)]  # c never got in
+        assert "u1" not in str(audit)
+
+        await archiver(batch)  # redelivered: the same rows, the audit row kept
+        assert events_of(pg) == [("u2", "a"), ("u1", "d"), ("u2", "e")]
+        assert pg.execute("SELECT count(*) FROM user_erasures").fetchone()[0] == 1
+    finally:
+        await archiver.close()
+
+
+async def test_a_malformed_erasure_erases_nothing(
+    pg: psycopg.Connection, settings: Settings
+) -> None:
+    archiver = Archiver(settings)
+    try:
+        await archiver([record("u1", 0)])
+        await archiver([erasure_record("u1", 1, b'{"user_id": "u1"}')])
+        assert events_of(pg) == [("u1", "A")]
+        bad = split_for_features([erasure_record("u1", 1, b'{"user_id": "u1"}')], 300)
+        assert bad.erasures == [] and bad.bad[0][1].startswith("invalid erasure: ")
+    finally:
+        await archiver.close()
+
+
+def test_the_event_log_stays_append_only_outside_an_erasure(pg: psycopg.Connection) -> None:
+    pg.execute("INSERT INTO events (event_id, user_id, item_id, event_type, event_time) VALUES "
+               "(gen_random_uuid(), 'u1', 'A', 'view', now()), "
+               "(gen_random_uuid(), 'u2', 'A', 'view', now())")
+    pg.commit()
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        pg.execute("DELETE FROM events WHERE user_id = 'u2'")
+    pg.rollback()
+    with pg.transaction():
+        pg.execute("SELECT set_config('reco.erase_users', 'u1 u3', true)")
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            pg.execute("DELETE FROM events")  # u2's row is not declared
+    with pg.transaction():
+        pg.execute("SELECT set_config('reco.erase_users', 'u1 u3', true)")
+        assert pg.execute("DELETE FROM events WHERE user_id = 'u1'").rowcount == 1
+    assert pg.execute("SELECT user_id FROM events").fetchall() == [("u2",)]
+
+
+def test_an_erasure_message_round_trips() -> None:
+    message = Erasure.of("u-1")
+    assert erasure.decode(message.to_json_bytes()) == message
+    assert erasure.is_erasure(erasure.HEADERS) and not erasure.is_erasure([])
+    assert erasure.decode(msgspec.json.encode(
+        {**msgspec.structs.asdict(message), "user_id": "a b"})).startswith("invalid erasure")
+    assert erasure.decode(b"nope").startswith("invalid erasure")
+
+
+async def test_delete_user_erases_through_the_broker_and_later_events_stay(
+    ingest: httpx.AsyncClient, consumers: Consumers, settings: Settings, pg: psycopg.Connection,
+    redis_client: redis.Redis, kafka_topics: dict,
+) -> None:
+    r = redis_client
+    now_ms = int(time.time() * 1000)
+    events = [{"user_id": user, "item_id": item, "event_type": "view", "timestamp": now_ms + k}
+              for k, (user, item) in enumerate([("u1", "A"), ("u1", "B"), ("u2", "A")])]
+    assert (await ingest.post("/events/batch", json={"events": events})).status_code == 202
+    answer = await ingest.delete("/users/u1")
+    assert answer.status_code == 202
+    erasure_id = answer.json()["erasure_id"]
+    assert answer.json() == {"user_id": "u1", "erasure_id": erasure_id}
+    later = {"user_id": "u1", "item_id": "C", "event_type": "view", "timestamp": now_ms + 9}
+    assert (await ingest.post("/events", json=later)).status_code == 202
+
+    # On the topic: keyed by the user, marked by its header, between the user's events.
+    records = await read_topic(settings, settings.topic_events, 5)
+    marked = [rec for rec in records if erasure.is_erasure(rec.headers)]
+    assert [(rec.key, orjson.loads(rec.value)["erasure_id"]) for rec in marked] == [
+        (b"u1", erasure_id)]
+
+    consumers.start("processor", settings)
+    consumers.start("archiver", settings)
+    await wait_for(lambda: pg.execute("SELECT count(*) FROM user_erasures").fetchone()[0],
+                   "the archiver's erasure")
+    await wait_for(lambda: r.lrange(keys.user_recent("u1"), 0, -1) == ["C"],
+                   "the processor's erasure")
+    await wait_for(lambda: len(pg.execute("SELECT 1 FROM events").fetchall()) == 2,
+                   "the later event archived")
+    assert sorted(pg.execute("SELECT user_id, item_id FROM events").fetchall()) == [
+        ("u1", "C"), ("u2", "A")]
+    assert r.zrange(keys.user_seen("u1"), 0, -1) == ["C"]
+    assert r.lrange(keys.user_recent("u2"), 0, -1) == ["A"]
+
+
+async def test_delete_user_refuses_an_id_that_is_not_one(ingest: httpx.AsyncClient) -> None:
+    answer = await ingest.delete("/users/" + "x" * 129)
+    assert answer.status_code == 422
+    assert [(e["loc"], e["field"]) for e in answer.json()["detail"]] == [
+        (["path", "user_id"], "path.user_id")]
