@@ -24,9 +24,11 @@ def configure(key: SecretStr | str) -> None:
     _key = (key.get_secret_value() if isinstance(key, SecretStr) else key).encode()
 
 
-def pseudonym(user_id: str) -> str:
-    """`u:` + the first 16 hex digits of HMAC-SHA256(key, user_id)."""
-    return "u:" + hmac.new(_key, user_id.encode(), hashlib.sha256).hexdigest()[:16]
+def pseudonym(user_id: str, key: str | None = None) -> str:
+    """`u:` + the first 16 hex digits of HMAC-SHA256(key, user_id); the configured key by
+    default."""
+    secret = _key if key is None else key.encode()
+    return "u:" + hmac.new(secret, user_id.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 # A secret this long is a random string no word holds by chance: redacted wherever it appears.

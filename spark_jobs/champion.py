@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from spark_jobs import BadRunInput, publish, registry_retention, tracking
+from spark_jobs import BadRunInput, erased_users, publish, registry_retention, tracking
 
 if TYPE_CHECKING:
     from redis.lock import Lock
@@ -43,8 +43,9 @@ def serve_locked(cfg: PipelineConfig, client: redis.Redis, lock: Lock, registry_
         model_dir = tracking.download_model(cfg.mlflow_tracking_uri, cfg.model,
                                             registry_version, work_dir)
         publish.renew(lock)  # the download may have taken a while
-    result = publish.publish_locked(client, lock, cfg.model, version,
-                                    publish.model_lists(cfg.model, model_dir, version),
+    lists = publish.model_lists(cfg.model, model_dir, version,
+                                erased_users.left_out(cfg, model_dir))
+    result = publish.publish_locked(client, lock, cfg.model, version, lists,
                                     cfg.publish_batch, cfg.publish_grace_s)
     _record(cfg, registry_version, version)
     return {"published": version, "keys_written": result.keys_written,

@@ -174,6 +174,9 @@ def extract(spark: SparkSession, source: JdbcSource, start: datetime, end: datet
     if unknown:
         raise ValueError(f"unknown extract datasets: {sorted(unknown)}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Before the read: a user erased after this may still be in what it reads
+    # (spark_jobs/erased_users.py).
+    read_at = datetime.now(UTC)
     parts = max(1, source.partitions)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -205,6 +208,7 @@ def extract(spark: SparkSession, source: JdbcSource, start: datetime, end: datet
     manifest = {
         "window_start": start.astimezone(UTC).isoformat(),
         "window_end": end.astimezone(UTC).isoformat(),
+        "read_at": read_at.isoformat(),
         "events": int(counts["events"]), "users": int(counts["users"]),
         "items": int(counts["items"]),
         "train_events": parquet_rows(out_dir / TRAIN_EVENTS) if TRAIN_EVENTS in datasets

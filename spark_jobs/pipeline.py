@@ -60,6 +60,7 @@ class PipelineConfig:
     pg_user: str = ""
     pg_password: str = field(default="", repr=False)
     database_url: str = field(default="", repr=False)
+    log_pseudonym_key: str = field(default="", repr=False)  # user_erasures' pseudonyms
     redis_url: str = ""
     mlflow_tracking_uri: str = ""
     event_weights: dict = field(default_factory=dict)
@@ -141,6 +142,7 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
         events_retention_days=settings.events_retention_days,
         params=dict(params or {}), jdbc_url=settings.jdbc_url, pg_user=settings.pg_user,
         pg_password=settings.pg_password.get_secret_value(), database_url=settings.database_url,
+        log_pseudonym_key=settings.log_pseudonym_key.get_secret_value(),
         redis_url=settings.redis_url, mlflow_tracking_uri=settings.mlflow_tracking_uri,
         event_weights=dict(settings.event_weights), session_gap_s=settings.session_gap_s,
         half_life_days=settings.recency_half_life_days, jdbc_partitions=settings.jdbc_partitions,
@@ -252,7 +254,7 @@ def extract_step(cfg: PipelineConfig, spark: SparkSession | None = None,
 
 def train_step(cfg: PipelineConfig, extracted: dict,
                spark: SparkSession | None = None) -> dict:
-    from spark_jobs import als, item2vec, sasrec
+    from spark_jobs import als, erased_users, item2vec, sasrec
 
     extract_dir = Path(extracted["extract_dir"])
     manifest = json.loads((extract_dir / ex.MANIFEST).read_text())
@@ -285,7 +287,8 @@ def train_step(cfg: PipelineConfig, extracted: dict,
         model.save(model_dir)
         _log_loss_curves(cfg.mlflow_tracking_uri, run_id, evaluated, model)
         (model_dir / "params.json").write_text(json.dumps(
-            {"model": cfg.model, "engine": cfg.engine, **hp.used_by(cfg.engine)}, indent=2))
+            {"model": cfg.model, "engine": cfg.engine, **hp.used_by(cfg.engine),
+             erased_users.READ_AT: manifest.get("read_at")}, indent=2))
         version = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{run_id[:8]}"
         model_id = tracking.log_model(cfg.mlflow_tracking_uri, run_id, cfg.model, model_dir,
                                       version, {**hp.used_by(cfg.engine), "engine": cfg.engine})

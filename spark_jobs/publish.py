@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,21 +48,27 @@ class PublishResult:
 
 
 def _lists(ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, key_of: Callable[[str], str],
-           targets: np.ndarray, with_codes: bool = False) -> Iterator[tuple[str, bytes]]:
-    """One list per owner; `with_codes` adds the targets' positions in `targets` (users' lists:
-    the API maps the model's item list once instead of each list's ids)."""
+           targets: np.ndarray, with_codes: bool = False,
+           left_out: Container[str] = frozenset()) -> Iterator[tuple[str, bytes]]:
+    """One list per owner but those `left_out`; `with_codes` adds the targets' positions in
+    `targets` (users' lists: the API maps the model's item list once instead of each list's
+    ids)."""
     targets_list = targets.tolist()
     # float64 rounded to 6 digits serialises short (float32 -> float prints ~17 digits).
     rounded = np.round(scores.astype(np.float64), 6)
     for row, owner in enumerate(ids.tolist()):
+        if owner in left_out:
+            continue
         ok = np.isfinite(rounded[row])
         picked = idx[row][ok]
         yield key_of(owner), neighbours.encode(
             [targets_list[j] for j in picked], rounded[row][ok], picked if with_codes else None)
 
 
-def model_lists(model: str, model_dir: Path, version: str) -> Iterator[tuple[str, bytes]]:
-    """(key, value) of every list a trained model publishes."""
+def model_lists(model: str, model_dir: Path, version: str,
+                left_out_users: Container[str] = frozenset()) -> Iterator[tuple[str, bytes]]:
+    """(key, value) of every list a trained model publishes, without the lists of
+    `left_out_users` (erased: spark_jobs/erased_users.py)."""
     with np.load(model_dir / "model.npz") as data:
         arrays = {name: data[name] for name in data.files}
     items = arrays["item_ids"]
@@ -74,11 +80,13 @@ def model_lists(model: str, model_dir: Path, version: str) -> Iterator[tuple[str
                           lambda i: keys.item_cf_neighbours(i, version), items)
         yield keys.model_items(model, version), orjson.dumps(items.tolist())
         yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
-                          lambda u: keys.user_cf(u, version), items, with_codes=True)
+                          lambda u: keys.user_cf(u, version), items, with_codes=True,
+                          left_out=left_out_users)
     elif model == "sasrec":
         yield keys.model_items(model, version), orjson.dumps(items.tolist())
         yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
-                          lambda u: keys.user_seq(u, version), items, with_codes=True)
+                          lambda u: keys.user_seq(u, version), items, with_codes=True,
+                          left_out=left_out_users)
     else:
         raise ValueError(f"unknown model {model!r}")
 
