@@ -16,6 +16,7 @@ PUBLISH_FAILURES = Counter(
     "kafka_publish_failures_total", "Requests answered 503 because the broker did not ack")
 REJECTED = Counter("ingest_requests_rejected_total", "Requests refused", ["status"])
 ITEMS_UPSERTED = Counter("catalogue_items_upserted_total", "Catalogue items upserted")
+ITEMS_DELETED = Counter("catalogue_items_deleted_total", "Catalogue items deleted")
 MIRRORS_OWED = Gauge("catalogue_mirrors_owed",
                      "Catalogue items stored in PostgreSQL that Redis has not taken yet")
 

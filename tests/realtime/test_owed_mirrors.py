@@ -14,7 +14,7 @@ from serving.owed_mirrors import OwedMirrors
 
 def row(item: str, revision: int, category: str = "c1") -> tuple:
     """A stored row as UPSERT_ITEMS returns it."""
-    return (item, None, category, None, True, 1.7e9, revision)
+    return (item, None, category, None, True, 1.7e9, revision, False)
 
 
 async def test_an_item_owes_its_newest_revision(redis_url: str,
