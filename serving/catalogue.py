@@ -235,8 +235,8 @@ if current >= revision then
     if current == revision then return -1 end
     return 0
 end
+redis.call('SADD', KEYS[2], ARGV[1])  -- first: out of memory, nothing is written
 if deleted then redis.call('DEL', KEYS[1]) end
-redis.call('SADD', KEYS[2], ARGV[1])
 local n = tonumber(ARGV[3])
 local set = {'revision', ARGV[2]}
 for i = 4, 3 + 2 * n do set[#set + 1] = ARGV[i] end
@@ -246,16 +246,23 @@ return 1
 """
 # KEYS as MIRROR_ITEM's; ARGV = item id, revision, seconds the tombstone lives. Over an older
 # revision, replaces the hash by a tombstone holding only this revision (which keeps older
-# upserts out, as any newer revision does) and unlists the item; answers as MIRROR_ITEM.
+# upserts out, as any newer revision does) and unlists the item; answers as MIRROR_ITEM. HSET
+# goes first: Redis out of memory refuses it (SREM, DEL, HDEL pass), and a script refused
+# half-way keeps what it did before (nothing then: no hash removed without its tombstone).
 MIRROR_DELETE = """
 local revision = tonumber(ARGV[2])
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '-1')
 if current > revision then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-if current == revision then return -1 end
-redis.call('DEL', KEYS[1])
+if current == revision then
+    redis.call('SREM', KEYS[2], ARGV[1])
+    return -1
+end
 redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'deleted', '1')
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if field ~= 'revision' and field ~= 'deleted' then redis.call('HDEL', KEYS[1], field) end
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
