@@ -115,13 +115,14 @@ class ItemIndex:
             popular_rows = positive[np.lexsort((-positive, -popularity[positive]))]
         return replace(self, popularity=popularity, popular_rows=popular_rows, _filler={})
 
-    def with_metadata(self, records: Mapping[str, Mapping[str, Any]], version: str = ""
-                      ) -> ItemIndex:
+    def with_metadata(self, records: Mapping[str, Mapping[str, Any]], version: str = "",
+                      removed: Sequence[str] = ()) -> ItemIndex:
         """A copy with these items' metadata replaced (same record form as `build`), in the
         same row space: known items keep their rows, others are appended as `with_popularity`
-        appends them. The popularity snapshot is kept; the filler cache starts empty (stock and
-        categories decide eligibility). `self` is left as it was: requests still ranking
-        with it keep a consistent snapshot."""
+        appends them; the `removed` items (deleted from the catalogue) keep their rows as items
+        without metadata, as a full reload would not list them. The popularity snapshot is
+        kept; the filler cache starts empty (stock and categories decide eligibility). `self`
+        is left as it was: requests still ranking with it keep a consistent snapshot."""
         base = self._with_rows(list(records))
         index = replace(base, category=base.category.copy(), price=base.price.copy(),
                         in_stock=base.in_stock.copy(), created_at=base.created_at.copy(),
@@ -131,6 +132,9 @@ class ItemIndex:
         rows = index.rows(list(records))
         index._write_meta(rows.tolist(), records.values())
         index.listed[rows] = True
+        gone = index.rows([item for item in removed if item in index.row])
+        index._write_meta(gone.tolist(), repeat({}, len(gone)))
+        index.listed[gone] = False
         index._apply_catalogue_only()  # "auto": the first catalogue item turns it on
         return index
 

@@ -80,8 +80,21 @@ def co_view(item_id: str) -> str:
 
 
 def item_meta(item_id: str) -> str:
-    """Hash with the catalogue fields business rules need: category, price, in_stock, created_at."""
+    """Hash with the catalogue fields business rules need: category, price, in_stock, created_at
+    (and the `revision` it mirrors). A deleted item's is a tombstone, `revision` and `deleted`
+    only (serving/catalogue.py): it holds none of the catalogue's fields, so their readers (the
+    processor's HGET of the category, the API's HMGET) find no item, as without a hash."""
     return f"item:meta:{item_id}"
+
+
+# How long a tombstone keeps an older revision of its item out of Redis. An older write lands
+# late when it was read or stored before the delete: an ingest request mirroring what it just
+# stored (seconds), a full mirror's page (seconds), or an ingest replica's owed mirror, retried
+# for as long as Redis refuses that replica. A week outlasts any of these an operator lets run;
+# past it the daily full mirror (`reco db mirror-items`, which removes from Redis the items
+# PostgreSQL holds deleted) undoes a later one within a day. Forever would cost memory (and
+# reload SCANs) for every item ever deleted.
+ITEM_TOMBSTONE_TTL_S = 7 * 86_400
 
 
 def category_popularity(category: str) -> str:

@@ -1,4 +1,4 @@
-"""Catalogue upserts: PostgreSQL `items` (source of truth) and the Redis item metadata.
+"""Catalogue writes: PostgreSQL `items` (source of truth) and the Redis item metadata.
 
 The recommendation API reads `item:meta:{item_id}` (category, price, in_stock "1"/"0",
 created_at epoch seconds, title) for business rules and the new-arrivals filler (newest
@@ -12,6 +12,11 @@ upsert then stamps its items in `item:changes` (item -> epoch ms by Redis's cloc
 re-reads just those items at its next snapshot refresh (`popular_snapshot_refresh_s`, 5 s), so
 an item set out of stock stops being recommended within one refresh, cached responses included
 (re-checked when hit under a newer catalogue version: serving/reco_service.py).
+
+A delete keeps the PostgreSQL row as a tombstone (`deleted_at`, sql/007) at a new revision, and
+replaces the hash by a tombstone of that revision (`MIRROR_DELETE`), unlisted from `item:ids`
+and announced like an upsert: an older upsert landing later is kept out as any older revision
+is, and a later PUT, newer, takes the item back.
 """
 
 from __future__ import annotations
@@ -157,7 +162,9 @@ class ItemBatch(BaseModel):
     items: Annotated[list[ItemWithId], Field(min_length=1, max_length=1000)]
 
 
-# created_at: set on first insert (now() unless given), kept on update unless given again.
+# created_at: set on first insert (now() unless given), kept on update unless given again; a
+# deleted item put again is a new arrival (now() unless given). The last column of the rows
+# these statements return says whether the row is a deleted item's (see `mirror_items`).
 UPSERT_ITEMS = """
 WITH src AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::bool[],
@@ -171,12 +178,14 @@ ON CONFLICT (item_id) DO UPDATE SET
     title = EXCLUDED.title, category = EXCLUDED.category, price = EXCLUDED.price,
     in_stock = EXCLUDED.in_stock, attributes = EXCLUDED.attributes, updated_at = now(),
     created_at = COALESCE((SELECT s.created_at FROM src s WHERE s.item_id = i.item_id),
-                          i.created_at),
+                          CASE WHEN i.deleted_at IS NULL THEN i.created_at ELSE now() END),
+    deleted_at = NULL,
     revision = nextval('item_revision_seq')  -- taken under the row lock: in commit order
-RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at), revision
+RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at), revision,
+          false
 """
-# The row as UPSERT_ITEMS returns it; no row when the item does not exist (a patch creates
-# nothing: without its other fields it would go on sale with none).
+# The row as UPSERT_ITEMS returns it; no row when the item does not exist or was deleted (a
+# patch creates nothing: without its other fields it would go on sale with none).
 PATCH_ITEM = """
 UPDATE items SET
     title = CASE WHEN $2 THEN $3 ELSE title END,
@@ -187,25 +196,47 @@ UPDATE items SET
     created_at = COALESCE($11, created_at),
     updated_at = now(),
     revision = nextval('item_revision_seq')
-WHERE item_id = $1
-RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at), revision
+WHERE item_id = $1 AND deleted_at IS NULL
+RETURNING item_id, title, category, price, in_stock, extract(epoch FROM created_at), revision,
+          false
 """
 # What PATCH_ITEM's merge would leave, the row locked until the update: each patch is held to
 # the limits, but repeated ones grew attributes past them.
 MERGED_ATTRIBUTES = """
-SELECT (attributes || $2::jsonb) - $3::text[] FROM items WHERE item_id = $1 FOR UPDATE
+SELECT (attributes || $2::jsonb) - $3::text[] FROM items
+WHERE item_id = $1 AND deleted_at IS NULL FOR UPDATE
+"""
+# (item id, revision, deleted by this statement) of a deleted item: one deleted now takes the
+# next revision under the row lock, as upserts do. One deleted before answers its tombstone too
+# (false), so that a client retrying after a 503 has it mirrored again; no row: no such item.
+DELETE_ITEM = """
+WITH deleted AS (
+    UPDATE items SET deleted_at = now(), updated_at = now(),
+                     revision = nextval('item_revision_seq')
+    WHERE item_id = $1 AND deleted_at IS NULL
+    RETURNING item_id, revision
+)
+SELECT item_id, revision, true FROM deleted
+UNION ALL
+SELECT item_id, revision, false FROM items WHERE item_id = $1 AND deleted_at IS NOT NULL
 """
 # KEYS[1] = item:meta:{id}, KEYS[2] = item:ids; ARGV = item id, revision, n, n field/value
-# pairs, fields to delete. Lists the item (in the same script as its hash: a crash or failover
-# never keeps one without the other), then writes only a revision newer than the hash's: a
-# slower replica's older upsert lands as a no-op (0). The same revision again (a mirror retried:
-# serving/owed_mirrors.py) answers -1.
+# pairs, fields to delete. Writes only a revision newer than the hash's: a slower replica's
+# older upsert lands as a no-op (0), a deleted item's tombstone (`MIRROR_DELETE`) included. The
+# same revision again (a mirror retried: serving/owed_mirrors.py) answers -1. Lists the item
+# unless its hash is a tombstone (in the same script as its hash: a crash or failover never
+# keeps one without the other). A newer upsert replaces a tombstone whole: its expiry goes too.
 MIRROR_ITEM = """
-redis.call('SADD', KEYS[2], ARGV[1])
 local revision = tonumber(ARGV[2])
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '-1')
-if current == revision then return -1 end
-if current > revision then return 0 end
+local deleted = redis.call('HEXISTS', KEYS[1], 'deleted') == 1
+if current >= revision then
+    if not deleted then redis.call('SADD', KEYS[2], ARGV[1]) end
+    if current == revision then return -1 end
+    return 0
+end
+redis.call('SADD', KEYS[2], ARGV[1])  -- first: out of memory, nothing is written
+if deleted then redis.call('DEL', KEYS[1]) end
 local n = tonumber(ARGV[3])
 local set = {'revision', ARGV[2]}
 for i = 4, 3 + 2 * n do set[#set + 1] = ARGV[i] end
@@ -213,6 +244,32 @@ redis.call('HSET', KEYS[1], unpack(set))
 if #ARGV > 3 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n)) end
 return 1
 """
+# KEYS as MIRROR_ITEM's; ARGV = item id, revision, seconds the tombstone lives. Over an older
+# revision, replaces the hash by a tombstone holding only this revision (which keeps older
+# upserts out, as any newer revision does) and unlists the item; answers as MIRROR_ITEM. HSET
+# goes first: Redis out of memory refuses it (SREM, DEL, HDEL pass), and a script refused
+# half-way keeps what it did before (nothing then: no hash removed without its tombstone).
+MIRROR_DELETE = """
+local revision = tonumber(ARGV[2])
+local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '-1')
+if current > revision then return 0 end
+if current == revision then
+    redis.call('SREM', KEYS[2], ARGV[1])
+    return -1
+end
+redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'deleted', '1')
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if field ~= 'revision' and field ~= 'deleted' then redis.call('HDEL', KEYS[1], field) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def tombstone(item_id: str, revision: int) -> tuple[Any, ...]:
+    """A deleted item's row to mirror, in the shape of `UPSERT_ITEMS`'s."""
+    return (item_id, None, None, None, None, None, revision, True)
 
 
 async def store_items(pool: asyncpg.Pool, items: Sequence[ItemWithId]) -> list[asyncpg.Record]:
@@ -241,21 +298,42 @@ async def store_patch(pool: asyncpg.Pool, item_id: str,
             return await conn.fetchrow(PATCH_ITEM, item_id, *changes)
 
 
+async def store_delete(pool: asyncpg.Pool,
+                       item_id: str) -> tuple[tuple[Any, ...], bool] | None:
+    """Delete a stored item (its row stays as a tombstone); returns its `tombstone` row to
+    mirror and whether this call deleted it (False: deleted before), None if there is none."""
+    with timed(POSTGRES_QUERY_SECONDS, "delete_item"):
+        found = await pool.fetchrow(DELETE_ITEM, item_id)
+    return None if found is None else (tombstone(found[0], found[1]), found[2])
+
+
+def _hash_fields(row: Sequence[Any]) -> list[Any]:
+    """`MIRROR_ITEM`'s arguments after the revision for an `UPSERT_ITEMS` row."""
+    _, title, category, price, in_stock, created_at = row[:6]
+    fields = {"title": title, "category": category,
+              "price": None if price is None else str(price),
+              "in_stock": "1" if in_stock else "0", "created_at": repr(float(created_at))}
+    present = [x for k, v in fields.items() if v is not None for x in (k, v)]
+    absent = [k for k, v in fields.items() if v is None]
+    return [len(present) // 2, *present, *absent]
+
+
 async def mirror_items(client: aredis.Redis, rows: Sequence[Sequence[Any]],
                        warn_stale: bool = True) -> None:
-    """Write stored rows (`UPSERT_ITEMS`'s) to their Redis hashes, each only if its revision is
-    newer than the one there, then announce them. `warn_stale`: log the rows a newer revision
-    kept out (not for a retry, which a client's own retried write may have overtaken)."""
+    """Write stored rows (`UPSERT_ITEMS`'s, or a deleted item's `tombstone`) to their Redis
+    hashes, each only if its revision is newer than the one there, then announce them.
+    `warn_stale`: log the rows a newer revision kept out (not for a retry, which a client's own
+    retried write may have overtaken)."""
     mirror = client.register_script(MIRROR_ITEM)
+    delete = client.register_script(MIRROR_DELETE)
     pipe = client.pipeline(transaction=False)
-    for item_id, title, category, price, in_stock, created_at, revision in rows:
-        fields = {"title": title, "category": category,
-                  "price": None if price is None else str(price),
-                  "in_stock": "1" if in_stock else "0", "created_at": repr(float(created_at))}
-        present = [x for k, v in fields.items() if v is not None for x in (k, v)]
-        absent = [k for k, v in fields.items() if v is None]
-        await mirror(keys=[keys.item_meta(item_id), keys.ITEM_IDS],
-                     args=[item_id, revision, len(present) // 2, *present, *absent], client=pipe)
+    for row in rows:
+        item_keys = [keys.item_meta(row[0]), keys.ITEM_IDS]
+        if row[7]:
+            await delete(keys=item_keys, args=[row[0], row[6], keys.ITEM_TOMBSTONE_TTL_S],
+                         client=pipe)
+        else:
+            await mirror(keys=item_keys, args=[row[0], row[6], *_hash_fields(row)], client=pipe)
     announce_changes(pipe, [row[0] for row in rows])
     replies = await pipe.execute()
     stale = [row[0] for row, applied in zip(rows, replies[:len(rows)], strict=True)

@@ -11,7 +11,8 @@ everything when more than `catalog_update_max_share` of the catalogue changed si
 refresh, or when the version moved and the window holds no change entry at all (another
 writer, e.g. benchmarks/reco_bench_data.py; a bump by another writer within a minute of an
 upsert waits for the periodic full reload). On 100,000 items, updating 100 changed ones took
-~5 ms here (Redis reads included), a full reload ~1.6-2 s.
+~5 ms here (Redis reads included), a full reload ~1.6-2 s. A deleted item's tombstone
+(serving/catalogue.py) holds none of `META_FIELDS`: read as no hash, it leaves the catalogue.
 
 Everything here blocks (a Python loop over every item on a full reload): the refresh on the
 event loop runs it in a thread (serving/reco_snapshots.py).
@@ -88,7 +89,10 @@ class CatalogueSync:
         re-read and updated in place."""
         if new:
             records = self.read_meta(new)
-            catalog = current.with_metadata(records, meta_version or "")
+            # No catalogue field: the item was deleted (a tombstone, or its hash expired).
+            gone = [item for item, meta in records.items() if not meta]
+            catalog = current.with_metadata({k: v for k, v in records.items() if v},
+                                            meta_version or "", removed=gone)
             catalog.newest_rows()  # here in the thread, not on the first request
         else:
             # All applied already (an upsert landed between the version read and the change

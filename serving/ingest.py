@@ -1,4 +1,4 @@
-"""Event ingest API (port 8080): events and user erasures to Kafka, catalogue upserts to
+"""Event ingest API (port 8080): events and user erasures to Kafka, catalogue writes to
 PostgreSQL + Redis.
 
 Routes only read the body, call the parsing and publishing functions and map their errors:
@@ -122,6 +122,18 @@ class Catalogue:
                 return True
         except catalogue.AttributesRefused as exc:
             raise InvalidInput([error_entry(["attributes"], "attributes", str(exc))]) from None
+
+    async def delete(self, item_id: str) -> bool:
+        """Delete a stored item; False when there is none (or it was deleted before: its
+        tombstone is mirrored again all the same, for a client retrying after a 503)."""
+        pool = await self.pool()
+        async with _stores_answering():
+            found = await catalogue.store_delete(pool, item_id)
+            if found is None:
+                return False
+            row, deleted_now = found
+            await self._mirror([row])
+            return deleted_now
 
     async def _mirror(self, rows: list[asyncpg.Record]) -> None:
         """Mirror stored rows into Redis; rows it refuses are owed (mirrored again in the
@@ -264,6 +276,14 @@ def create_app(settings: Settings) -> FastAPI:
             return json_response({"detail": f"no item {item_id!r}: PUT /items/{{item_id}} "
                                             "creates one"}, 404)
         ingest_metrics.ITEMS_UPSERTED.inc()
+        return json_response({"item_id": item_id})
+
+    @app.delete("/items/{item_id:path}", dependencies=writes, **ingest_openapi.ITEM_DELETE)
+    async def delete_item(item_id: Annotated[str, Path(json_schema_extra=PATH_ID_SCHEMA)]
+                          ) -> Response:
+        if not await items.delete(check_path_id(item_id)):
+            return json_response({"detail": f"no item {item_id!r} (or deleted already)"}, 404)
+        ingest_metrics.ITEMS_DELETED.inc()
         return json_response({"item_id": item_id})
 
     @app.post("/items/batch", dependencies=writes, **ingest_openapi.ITEM_BATCH)

@@ -17,6 +17,7 @@ PUBLISH_FAILURES = Counter(
 REJECTED = Counter("ingest_requests_rejected_total", "Requests refused", ["status"])
 ITEMS_UPSERTED = Counter("catalogue_items_upserted_total", "Catalogue items upserted")
 USER_ERASURES = Counter("user_erasures_requested_total", "User erasures queued on the events topic")
+ITEMS_DELETED = Counter("catalogue_items_deleted_total", "Catalogue items deleted")
 MIRRORS_OWED = Gauge("catalogue_mirrors_owed",
                      "Catalogue items stored in PostgreSQL that Redis has not taken yet")
 

@@ -105,6 +105,14 @@ ITEM_PATCH = _route(
     _inline(ItemPatch.model_json_schema()), 200, _object(item_id=_ID),
     {404: _json(_DETAIL, "No such item (PUT creates items), or the id '.' or '..' written "
                          "as such")})
+# No body; the id is checked as PUT's.
+ITEM_DELETE = {"responses": {
+    200: _json(_object(item_id=_ID), "Deleted: no longer recommended once the recommendation "
+                                     "API's catalogue refreshed; a later PUT creates it again"),
+    404: _json(_DETAIL, "No such item, or deleted already (or the id '.' or '..' written as "
+                        "such)"),
+    **{status: _COMMON[status] for status in (401, 422, 429)},
+    503: _json(_DETAIL, "Database unavailable; retry after Retry-After")}}
 ITEM_BATCH = _route(_inline(ItemBatch.model_json_schema()), 200,
                     _object(item_ids={"type": "array", "items": _ID}))
 

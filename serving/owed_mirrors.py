@@ -1,12 +1,13 @@
 """Catalogue rows PostgreSQL stored but Redis did not take, mirrored again in the background.
 
-A catalogue write stores the item in PostgreSQL, then mirrors it into Redis (serving/catalogue.py).
+A catalogue write stores the item (or a delete's tombstone) in PostgreSQL, then mirrors it into
+Redis (serving/catalogue.py).
 With Redis down or refusing writes, the request answers 503 and a retry is safe, but the row is
 stored already: a client that never retries left the item unserved, or a sold-out one on sale,
 until its next write. The ingest API keeps such rows here and mirrors them again every
 `RETRY_S` until Redis takes them. An older revision never overwrites a newer one (the mirror
-script compares revisions), so a late retry cannot undo a later write. Held in memory only: rows
-owed when the process stops are mirrored by the daily `maintenance` DAG
+scripts compare revisions), so a late retry cannot undo a later write, a delete included. Held
+in memory only: rows owed when the process stops are mirrored by the daily `maintenance` DAG
 (serving/catalogue_mirror.py).
 """
 

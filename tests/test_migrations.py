@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from reco import db
 from reco.cli import app
 from reco.settings import Settings, get_settings
+from reco.stack import servers as stack_servers
 from reco.stack.health import free_port
 
 
@@ -96,3 +98,20 @@ def test_cli_migrate_waits_for_a_postgres_that_is_still_starting(monkeypatch) ->
         servers.remove(server)
     assert code == 0, output
     assert output.startswith("applied: 001_core_tables")
+
+
+def test_item_tombstones_migrate_a_catalogue_in_use(tmp_path: Path, pg, settings: Settings
+                                                      ) -> None:
+    """sql/007 on a database migrated up to sql/006 that holds items: they stay live items."""
+    name = f"upgrade_{free_port()}"
+    base = settings.model_copy(update={"pg_database": name})
+    stack_servers.ensure_databases(settings.pg_port, settings.pg_user,
+                                   settings.pg_password.get_secret_value(), [name])
+    for path in db.migration_files():
+        if path.name < "007":
+            (tmp_path / path.name).write_text(path.read_text())
+    db.migrate(base, sql_dir=tmp_path)
+    with psycopg.connect(base.database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items (item_id, category) VALUES ('a', 'c1')")
+        assert db.migrate(base) == ["007_item_tombstones"]
+        assert conn.execute("SELECT item_id, deleted_at FROM items").fetchall() == [("a", None)]

@@ -73,12 +73,15 @@ def prune_events() -> None:
 @app.command("mirror-items")
 def mirror_catalogue_items() -> None:
     """Copy every PostgreSQL catalogue item into Redis's item metadata again: after Redis lost
-    its data, or after an upgrade from a release before `item:ids` (safe to run again, beside
-    live upserts; the daily `maintenance` DAG runs it too)."""
+    its data, or after an upgrade from a release before `item:ids`; items deleted in PostgreSQL
+    are removed from Redis (safe to run again, beside live upserts; the daily `maintenance` DAG
+    runs it too)."""
     from serving.catalogue_mirror import mirror_catalogue_of
 
     done = mirror_catalogue_of(get_settings())
-    console.print(f"{done.items} catalogue items, {done.written} of them written to Redis")
+    deleted = f" and {done.deleted} deleted ones" if done.deleted else ""
+    console.print(f"{done.items} catalogue items{deleted}, {done.written} of them written to "
+                  "Redis")
 
 
 @app.command("prune-airflow")

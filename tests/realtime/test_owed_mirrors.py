@@ -9,12 +9,13 @@ import redis
 import redis.asyncio as aredis
 
 from reco import keys
+from serving.catalogue import tombstone
 from serving.owed_mirrors import OwedMirrors
 
 
 def row(item: str, revision: int, category: str = "c1") -> tuple:
     """A stored row as UPSERT_ITEMS returns it."""
-    return (item, None, category, None, True, 1.7e9, revision)
+    return (item, None, category, None, True, 1.7e9, revision, False)
 
 
 async def test_an_item_owes_its_newest_revision(redis_url: str,
@@ -93,3 +94,20 @@ async def test_the_retries_go_on_after_a_surprise(redis_url: str,
         await client.aclose()
     assert len(calls) >= 2 and owed.rows == {}
     assert redis_client.hget(keys.item_meta("a"), "revision") == "1"
+
+
+async def test_a_delete_owed_after_an_upsert_is_the_revision_mirrored(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    """An upsert and then the item's delete, both refused: the delete (newer) is what is owed,
+    and an older upsert owed later (another request's, slower) does not replace it."""
+    client = aredis.Redis.from_url(redis_url)
+    owed = OwedMirrors(client)
+    try:
+        owed.owe([row("a", 1)])
+        owed.owe([tombstone("a", 2)])
+        owed.owe([row("a", 1)])
+        assert await owed.retry()
+    finally:
+        await client.aclose()
+    assert redis_client.hgetall(keys.item_meta("a")) == {"revision": "2", "deleted": "1"}
+    assert not redis_client.sismember(keys.ITEM_IDS, "a")
