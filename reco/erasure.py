@@ -15,10 +15,16 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
 from reco.events import ID_PATTERN
+from reco.privacy import pseudonym
+
+if TYPE_CHECKING:
+    from reco.settings import Settings
 
 KIND_HEADER = "reco-kind"
 ERASURE_KIND = b"erase-user"
@@ -44,6 +50,28 @@ class Erasure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def to_json_bytes(self) -> bytes:
         return msgspec.json.encode(self)
+
+
+class Recorded(NamedTuple):
+    """An erasure the archiver applied (a `user_erasures` row)."""
+
+    erasure_id: str
+    requested_at: datetime
+    erased_at: datetime
+    events_deleted: int
+
+
+def recorded(settings: Settings, user_id: str) -> list[Recorded]:
+    """The erasures of `user_id` PostgreSQL has applied, oldest first (matched by the user's
+    pseudonym: the rows do not hold the id)."""
+    from reco import db
+
+    key = settings.log_pseudonym_key.get_secret_value()
+    with db.connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT erasure_id::text, requested_at, erased_at, events_deleted FROM user_erasures"
+            " WHERE user_pseudonym = %s ORDER BY erased_at", (pseudonym(user_id, key),))
+        return [Recorded(*row) for row in rows]
 
 
 _decoder = msgspec.json.Decoder(Erasure)

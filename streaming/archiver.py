@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 from aiokafka.structs import ConsumerRecord
 
-from reco import erasure, privacy
+from reco import erasure
 from reco.erasure import Erasure
 from reco.events import Event
 from reco.privacy import pseudonym
@@ -115,8 +115,8 @@ ON CONFLICT (erasure_id) DO NOTHING
 """
 
 
-def erasure_row(erasure: Erasure) -> tuple[Any, ...]:
-    return (erasure.erasure_id, erasure.user_id, pseudonym(erasure.user_id),
+def erasure_row(erasure: Erasure, pseudonym_key: str) -> tuple[Any, ...]:
+    return (erasure.erasure_id, erasure.user_id, pseudonym(erasure.user_id, pseudonym_key),
             datetime.fromtimestamp(erasure.requested_at / 1000.0, tz=UTC))
 
 
@@ -142,7 +142,8 @@ class Archiver:
             else:
                 rows.append(event_row(decoded, record))
         if rows or erasures:
-            await self._write(rows, [erasure_row(e) for e in erasures.values()])
+            key = self.settings.log_pseudonym_key.get_secret_value()
+            await self._write(rows, [erasure_row(e, key) for e in erasures.values()])
 
     async def _write(self, rows: list[tuple[Any, ...]], erased: list[tuple[Any, ...]]) -> None:
         try:
@@ -208,7 +209,6 @@ def run(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serve_metrics(settings.archiver_metrics_port, settings.group_archiver,
                   "RECO_ARCHIVER_METRICS_PORT")
-    privacy.configure(settings.log_pseudonym_key)  # the audit rows' pseudonyms
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -70,6 +70,23 @@ def prune_events() -> None:
         console.print(f"deleted {pruned.deleted} events from before {pruned.cutoff.isoformat()}")
 
 
+@app.command()
+def erasures(
+    user_id: Annotated[str, typer.Argument(help="The user whose erasures to list.")],
+) -> None:
+    """List the erasures of a user PostgreSQL has applied (`DELETE /users/{id}`; the rows name
+    the user by pseudonym); exit status 1 when there is none yet."""
+    from reco.erasure import recorded
+
+    found = recorded(get_settings(), user_id)
+    for row in found:
+        console.print(f"erasure {row.erasure_id}: requested {row.requested_at.isoformat()}, "
+                      f"applied {row.erased_at.isoformat()}, {row.events_deleted} events deleted")
+    if not found:
+        console.print(f"no erasure of {user_id!r} applied (yet)")
+        raise typer.Exit(1)
+
+
 @app.command("mirror-items")
 def mirror_catalogue_items() -> None:
     """Copy every PostgreSQL catalogue item into Redis's item metadata again: after Redis lost

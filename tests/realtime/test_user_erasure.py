@@ -13,11 +13,13 @@ import psycopg
 import pytest
 import redis
 from aiokafka.structs import ConsumerRecord
+from typer.testing import CliRunner
 
 from reco import erasure, keys
+from reco.cli import app
 from reco.erasure import Erasure
 from reco.privacy import pseudonym
-from reco.settings import Settings
+from reco.settings import Settings, get_settings
 from streaming.archiver import Archiver
 from streaming.feature_store import FeatureStore
 from streaming.messages import StreamErasure, StreamEvent, split_for_features
@@ -153,7 +155,8 @@ async def test_the_archiver_deletes_the_users_events_and_records_the_erasure(
         audit = pg.execute("SELECT erasure_id::text, user_pseudonym, events_deleted "
                            "FROM user_erasures").fetchall()
         erasure_id = orjson.loads(gone.value)["erasure_id"]
-        assert audit == [(erasure_id, pseudonym("u1"), 2)]  # c never got in
+        key = settings.log_pseudonym_key.get_secret_value()
+        assert audit == [(erasure_id, pseudonym("u1", key), 2)]  # c never got in
         assert "u1" not in str(audit)
 
         await archiver(batch)  # redelivered: the same rows, the audit row kept
@@ -245,3 +248,26 @@ async def test_delete_user_refuses_an_id_that_is_not_one(ingest: httpx.AsyncClie
     assert answer.status_code == 422
     assert [(e["loc"], e["field"]) for e in answer.json()["detail"]] == [
         (["path", "user_id"], "path.user_id")]
+
+
+async def test_reco_db_erasures_lists_a_users_applied_erasures(
+    pg: psycopg.Connection, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archiver = Archiver(settings)
+    try:
+        await archiver([record("u1", 0)])
+        await archiver([erasure_record("u1", 1)])
+    finally:
+        await archiver.close()
+    monkeypatch.setenv("RECO_PG_PORT", str(settings.pg_port))
+    get_settings.cache_clear()
+    try:
+        erased = CliRunner().invoke(app, ["db", "erasures", "u1"])
+        never = CliRunner().invoke(app, ["db", "erasures", "u2"])
+    finally:
+        get_settings.cache_clear()
+    [(erasure_id,)] = pg.execute("SELECT erasure_id::text FROM user_erasures").fetchall()
+    said, not_said = (" ".join(result.output.split()) for result in (erased, never))
+    assert erased.exit_code == 0 and f"erasure {erasure_id}" in said
+    assert "1 events deleted" in said
+    assert never.exit_code == 1 and "no erasure of 'u2' applied" in not_said
