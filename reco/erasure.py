@@ -11,16 +11,15 @@ event; consumers from before erasures dead-letter it (upgrade them first).
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import msgspec
 
-from reco.events import ID_PATTERN
+from reco.events import CANONICAL_UUID_RE, IDENTIFIER_RE, MAX_TIMESTAMP_MS
 from reco.privacy import pseudonym
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ class Erasure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     erasure_id: str  # canonical UUID text: the audit row's key (`user_erasures`)
     user_id: str
-    requested_at: int  # epoch ms
+    requested_at: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIMESTAMP_MS)]  # epoch ms
 
     kafka_headers = HEADERS
 
@@ -75,7 +74,6 @@ def recorded(settings: Settings, user_id: str) -> list[Recorded]:
 
 
 _decoder = msgspec.json.Decoder(Erasure)
-_USER_ID = re.compile(ID_PATTERN)
 
 
 def is_erasure(headers: Sequence[tuple[str, bytes]] | None) -> bool:
@@ -90,9 +88,10 @@ def decode(value: bytes | None) -> Erasure | str:
         return "invalid erasure: empty message value"
     try:
         erasure = _decoder.decode(value)
-        uuid.UUID(erasure.erasure_id)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return f"invalid erasure: {exc}"
-    if len(erasure.user_id) > 128 or not _USER_ID.match(erasure.user_id):
+    if not CANONICAL_UUID_RE.fullmatch(erasure.erasure_id):
+        return "invalid erasure: erasure_id is not a UUID in canonical form"
+    if not IDENTIFIER_RE.fullmatch(erasure.user_id):
         return "invalid erasure: user_id is not an id (1-128 printable ASCII, no spaces)"
     return erasure

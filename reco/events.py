@@ -26,6 +26,10 @@ EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase")
 # 1-128 printable ASCII characters without whitespace.
 ID_PATTERN = r"^[!-~]+$"
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+# The same rule for hand-written checks (fullmatch: `$` would let a final newline through).
+IDENTIFIER_RE = re.compile(r"[!-~]{1,128}")
+# A UUID as str(uuid.UUID) writes it.
+CANONICAL_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # What clients read instead of pydantic's "String should match pattern '^[!-~]+$'".
 ID_REASON = "must be printable ASCII characters ('!' to '~') without spaces"
 # A '+' in a query string is a space once decoded (form encoding): "a+b" arrives as "a b".

@@ -41,6 +41,13 @@ ITEM_IDS_COMPLETE = ""
 ITEM_IDS_MIRROR_TOKEN = " mirror {}"  # .format(a run's uuid)
 ITEM_META_PATTERN = "item:meta:*"
 MODEL_PUBLISHED_AT = "model:published_at"  # hash: model name -> publish epoch seconds
+# Sorted set: pseudonym of each erased user (reco.privacy, never the id) -> epoch ms the
+# processor applied the erasure, written in the transaction that deletes the user's keys.
+# Publishing reads it to leave the users out of a model read before their erasure, and again
+# after its switch for erasures that raced it (spark_jobs/erased_users.py). Entries older than
+# USER_ERASURES_KEEP_MS are trimmed; PostgreSQL's `user_erasures` keeps every one.
+USER_ERASURES = "user:erasures"
+USER_ERASURES_KEEP_MS = 90 * 86_400_000
 
 
 def user_recent(user_id: str) -> str:

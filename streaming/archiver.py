@@ -96,8 +96,8 @@ def _without_nul(value: Any) -> Any:
 
 
 # A batch's erasures, before its inserts and in the same transaction: each erased user's
-# events and `users` row go, and the audit row records how many events went (a redelivered
-# erasure finds its row there and keeps it).
+# events and `users` row go, and each erasure gets its audit row, the user's first of the
+# batch with how many events went (a redelivered erasure finds its row there and keeps it).
 ERASE_USERS = """
 WITH gone AS (
     DELETE FROM events WHERE user_id = ANY($2::text[]) RETURNING user_id
@@ -107,17 +107,19 @@ WITH gone AS (
     SELECT user_id, count(*) AS n FROM gone GROUP BY user_id
 )
 INSERT INTO user_erasures (erasure_id, user_pseudonym, requested_at, events_deleted)
-SELECT e.erasure_id, e.pseudonym, e.requested_at, coalesce(c.n, 0)
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
-    AS e(erasure_id, user_id, pseudonym, requested_at)
+SELECT e.erasure_id, e.pseudonym, e.requested_at,
+       CASE WHEN e.first THEN coalesce(c.n, 0) ELSE 0 END
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[])
+    AS e(erasure_id, user_id, pseudonym, requested_at, first)
 LEFT JOIN counted c USING (user_id)
 ON CONFLICT (erasure_id) DO NOTHING
 """
 
 
-def erasure_row(erasure: Erasure, pseudonym_key: str) -> tuple[Any, ...]:
+def erasure_row(erasure: Erasure, pseudonym_key: str, first: bool) -> tuple[Any, ...]:
+    """`first`: the user's first erasure of the batch, which the deleted events count for."""
     return (erasure.erasure_id, erasure.user_id, pseudonym(erasure.user_id, pseudonym_key),
-            datetime.fromtimestamp(erasure.requested_at / 1000.0, tz=UTC))
+            datetime.fromtimestamp(erasure.requested_at / 1000.0, tz=UTC), first)
 
 
 class Archiver:
@@ -129,21 +131,22 @@ class Archiver:
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
         rows: list[tuple[Any, ...]] = []
-        erasures: dict[str, Erasure] = {}  # user -> the batch's last erasure of the user
+        erased: list[tuple[Any, ...]] = []
+        key = self.settings.log_pseudonym_key.get_secret_value()
         for record in records:
             decoded = (erasure.decode(record.value) if erasure.is_erasure(record.headers)
                        else decode(record))
-            if isinstance(decoded, str):
-                PROCESSING_ERRORS.labels(self.settings.group_archiver, "invalid_message").inc()
-            elif isinstance(decoded, Erasure):
+            if isinstance(decoded, Erasure):
                 # The user's events before it in this batch go with the rest; later ones stay.
                 rows = [row for row in rows if row[1] != decoded.user_id]
-                erasures[decoded.user_id] = decoded
+                first = all(row[1] != decoded.user_id for row in erased)
+                erased.append(erasure_row(decoded, key, first))
+            elif isinstance(decoded, str):
+                PROCESSING_ERRORS.labels(self.settings.group_archiver, "invalid_message").inc()
             else:
                 rows.append(event_row(decoded, record))
-        if rows or erasures:
-            key = self.settings.log_pseudonym_key.get_secret_value()
-            await self._write(rows, [erasure_row(e, key) for e in erasures.values()])
+        if rows or erased:
+            await self._write(rows, erased)
 
     async def _write(self, rows: list[tuple[Any, ...]], erased: list[tuple[Any, ...]]) -> None:
         try:

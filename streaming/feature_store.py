@@ -25,6 +25,7 @@ import hiredis
 
 from reco import keys
 from reco.features import FeatureParams, FeatureUpdates, RecentItems, plan_batch
+from reco.privacy import pseudonym
 from reco.settings import Settings
 from streaming.applied_positions import LogEnd, Position, find_replays, spans_of
 from streaming.messages import StreamErasure, StreamEvent
@@ -61,6 +62,7 @@ class PlannedBatch:
     fresh: list[StreamEvent]
     duplicates: int
     erased: list[StreamErasure]  # the batch's erasures not applied before
+    versions: dict[str, str] | None  # the serving model versions they erase lists of
     updates: FeatureUpdates
     commands: Packed
     # Partition -> its applied position before the batch (as read or carried; None: none yet),
@@ -82,6 +84,7 @@ class FeatureStore:
         self.topic = settings.topic_events
         self.log_end = log_end  # the consumer's view of each partition's log end
         self.params = FeatureParams.from_settings(settings)
+        self._key = settings.log_pseudonym_key.get_secret_value()  # erased users' pseudonyms
         self._categories: dict[str, tuple[str | None, float]] = {}  # item -> (category, expiry)
 
     async def apply(self, events: Sequence[StreamEvent],
@@ -111,7 +114,8 @@ class FeatureStore:
 
         An erasure deletes its user's keys before the batch's writes, and the user's events
         before it in the batch are dropped: the user's state starts afresh from the events
-        after it. Positions, not markers, recognise an erasure applied before."""
+        after it. Positions and markers recognise an erasure applied before, as they do
+        events."""
         firsts = _first_copies(events)
         positioned = [*events, *erasures]
         spans = spans_of(positioned)
@@ -135,8 +139,10 @@ class FeatureStore:
                      "applied offset): skipped", self.topic, len(replays.applied),
                      len(positioned))
         n = len(events)
+        erased, versions = await self._erasure_state(
+            [x for i, x in enumerate(erasures) if n + i not in replays.applied])
         # The user's last erasure of the batch: one takes all before it.
-        erasing = {x.user_id: x for i, x in enumerate(erasures) if n + i not in replays.applied}
+        erasing = {x.user_id: x for x in erased}
         fresh = [events[j] for j, was_seen in zip(firsts, seen, strict=True)
                  if not was_seen and j not in replays.applied]
         if erasing:
@@ -148,30 +154,61 @@ class FeatureStore:
             erased_events = 0
         updates = (plan_batch(fresh, recent, categories, self.params, time.time()) if fresh
                    else FeatureUpdates())
-        erased_keys = await self._erasable(erasing)
-        return PlannedBatch(fresh, len(events) - len(fresh) - erased_events,
-                            list(erasing.values()), updates,
-                            self._commands(fresh, updates, replays.positions, erased_keys),
-                            before, replays.positions)
+        commands = Packed()
+        if erased:  # first: the batch's later events of the user write afresh
+            self._erasure_commands(commands, erased, erasing, versions or {})
+        self._commands(commands, fresh, updates, replays.positions)
+        return PlannedBatch(fresh, len(events) - len(fresh) - erased_events, erased, versions,
+                            updates, commands, before, replays.positions)
 
-    async def _erasable(self, erasing: Mapping[str, StreamErasure]) -> list[str]:
-        """The keys of the erased users' data, with the serving model versions' lists."""
-        if not erasing:
-            return []
-        reply = (await self.redis.execute([("HGETALL", keys.MODEL_VERSIONS)]))[0]
-        versions = {k.decode(): v.decode() for k, v in zip(reply[::2], reply[1::2], strict=True)}
-        return [key for user in erasing for key in keys.user_erasable(user, versions)]
+    async def _erasure_state(self, erasures: Sequence[StreamErasure]
+                             ) -> tuple[list[StreamErasure], dict[str, str] | None]:
+        """The erasures without a marker (not applied before: the same erasure twice in the
+        batch counts once), and the serving model versions, whose users' lists they delete
+        (None without erasures)."""
+        distinct = list({x.erasure_id: x for x in erasures}.values())
+        if not distinct:
+            return [], None
+        check = Packed()
+        check.each("EXISTS", [keys.event_seen(x.erasure_id) for x in distinct])
+        check.add("HGETALL", keys.MODEL_VERSIONS)
+        replies = await self.redis.execute(check)
+        return ([x for x, marked in zip(distinct, replies[:-1], strict=True) if not marked],
+                _versions(replies[-1]))
+
+    def _erasure_commands(self, cmds: Packed, erased: Sequence[StreamErasure],
+                          erasing: Mapping[str, StreamErasure], versions: Mapping[str, str]
+                          ) -> None:
+        """Delete the erased users' keys; their latest event becomes the erasure (a cached
+        answer's fingerprint then differs, whatever it held); record them for publishing
+        (`keys.USER_ERASURES`); mark the erasures applied."""
+        s = self.settings
+        cmds.add("DEL", *[key for user in erasing for key in keys.user_erasable(user, versions)])
+        for user, x in erasing.items():
+            cmds.add("SET", keys.user_last_event(user), x.erasure_id, "EX", str(s.recent_ttl_s))
+        now_ms = int(time.time() * 1000)
+        cmds.variadic("ZADD", keys.USER_ERASURES, [
+            part for user in erasing for part in (str(now_ms), pseudonym(user, self._key))])
+        cmds.add("ZREMRANGEBYSCORE", keys.USER_ERASURES, "-inf",
+                 str(now_ms - keys.USER_ERASURES_KEEP_MS))
+        cmds.each("SET", [keys.event_seen(x.erasure_id) for x in erased], "1", "EX",
+                  str(s.dedup_ttl_s))
 
     async def write(self, planned: PlannedBatch) -> None:
         """Apply the plan atomically, unless one of its events got a marker, or one of its
         partitions another position, since it was planned (WriteConflict: plan again). WATCH
         first, so a change after the check aborts EXEC."""
         markers = [_marker(e) for e in planned.fresh]
+        markers += [keys.event_seen(x.erasure_id) for x in planned.erased]
         partitions = list(planned.positions_before)
         position_keys = [keys.applied_position(self.topic, p) for p in partitions]
+        # An erasure deletes the lists of the versions it read: a switch since then (a publish)
+        # must make it plan again, or the new version's lists of the user would stay.
+        versions_key = [keys.MODEL_VERSIONS] if planned.versions is not None else []
         check = Packed()
-        check.add("WATCH", *markers, *position_keys)
+        check.add("WATCH", *markers, *position_keys, *versions_key)
         check.each("GET", position_keys)
+        check.each("HGETALL", versions_key)
         if markers:
             check.add("EXISTS", *markers)
         async with self.writer.watching():
@@ -179,8 +216,10 @@ class FeatureStore:
             now = replies[1:1 + len(partitions)]
             moved = any(Position.parse(raw) != planned.positions_before[p]
                         for p, raw in zip(partitions, now, strict=True))
+            switched = bool(versions_key) and (
+                _versions(replies[1 + len(partitions)]) != planned.versions)
             marked = bool(markers) and bool(replies[-1])
-            if marked or moved:
+            if marked or moved or switched:
                 await self.writer.execute([("UNWATCH",)])
                 raise WriteConflict("events of the batch were applied meanwhile (before the "
                                     "write)")
@@ -229,20 +268,17 @@ class FeatureStore:
         cached.update((item, (cat, now + CATEGORY_CACHE_S)) for item, cat in fetched.items())
         return seen, recent, categories, positions
 
-    def _commands(self, events: Sequence[StreamEvent], up: FeatureUpdates,
-                  positions: dict[int, Position], erased_keys: Sequence[str] = ()) -> Packed:
-        """The batch's writes. Commands on one key keep their order; those on different keys
-        commute, so runs of one shape (a DEL or EXPIRE per key) are packed together. A batch
-        of records all applied before still moves its partitions' positions forward. Erased
-        users' keys go first: the batch's events after the erasure write them afresh."""
+    def _commands(self, cmds: Packed, events: Sequence[StreamEvent], up: FeatureUpdates,
+                  positions: dict[int, Position]) -> None:
+        """The batch's writes, added to `cmds`. Commands on one key keep their order; those on
+        different keys commute, so runs of one shape (a DEL or EXPIRE per key) are packed
+        together. A batch of records all applied before still moves its partitions' positions
+        forward."""
         s = self.settings
-        cmds = Packed()
         for partition, position in positions.items():
             cmds.add("SET", keys.applied_position(self.topic, partition), position.dump())
-        if erased_keys:
-            cmds.add("DEL", *erased_keys)
         if not events:
-            return cmds
+            return
         # The batch's final state replaces the old one inside the transaction (single writer).
         recent_keys = [keys.user_recent(user) for user in up.recent]
         times_keys = [keys.user_recent_times(user) for user in up.recent]
@@ -282,7 +318,6 @@ class FeatureStore:
             cmds.each("ZREMRANGEBYRANK", seen_keys, "0", str(-(s.seen_max + 1)))  # the newest
             cmds.each("EXPIRE", seen_keys, str(s.seen_ttl_s))
         cmds.each("SET", [_marker(e) for e in events], "1", "EX", str(s.dedup_ttl_s))
-        return cmds
 
 
 def _last_touches(events: Sequence[StreamEvent]) -> dict[str, dict[str, int]]:
@@ -293,6 +328,11 @@ def _last_touches(events: Sequence[StreamEvent]) -> dict[str, dict[str, int]]:
         if times.get(e.item_id, -1) < e.timestamp:
             times[e.item_id] = e.timestamp
     return by_user
+
+
+def _versions(reply: list[bytes]) -> dict[str, str]:
+    """`keys.MODEL_VERSIONS` from its HGETALL reply."""
+    return {k.decode(): v.decode() for k, v in zip(reply[::2], reply[1::2], strict=True)}
 
 
 def _marker(event: StreamEvent) -> str:

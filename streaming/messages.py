@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -13,7 +12,15 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from reco import erasure
-from reco.events import EVENT_TYPES, MAX_CONTEXT_KEYS, MAX_TIMESTAMP_MS, Event, describe_errors
+from reco.events import (
+    CANONICAL_UUID_RE,
+    EVENT_TYPES,
+    IDENTIFIER_RE,
+    MAX_CONTEXT_KEYS,
+    MAX_TIMESTAMP_MS,
+    Event,
+    describe_errors,
+)
 
 
 def decode(record: ConsumerRecord) -> Event | str:
@@ -67,8 +74,6 @@ class _Wire(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _wire = msgspec.json.Decoder(_Wire)
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_IDENTIFIER = re.compile(r"[!-~]{1,128}")  # reco.events.Identifier
 
 
 def decode_for_features(record: ConsumerRecord) -> StreamEvent | str:
@@ -79,10 +84,10 @@ def decode_for_features(record: ConsumerRecord) -> StreamEvent | str:
         w = _wire.decode(record.value)
     except (msgspec.DecodeError, ValueError, TypeError):  # bad UTF-8; no value (None)
         w = None
-    if (w is not None and _CANONICAL_UUID.fullmatch(w.event_id)
-            and _IDENTIFIER.fullmatch(w.user_id) and _IDENTIFIER.fullmatch(w.item_id)
+    if (w is not None and CANONICAL_UUID_RE.fullmatch(w.event_id)
+            and IDENTIFIER_RE.fullmatch(w.user_id) and IDENTIFIER_RE.fullmatch(w.item_id)
             and w.event_type in EVENT_TYPES and 0 <= w.timestamp <= MAX_TIMESTAMP_MS
-            and (w.session_id is None or _IDENTIFIER.fullmatch(w.session_id))
+            and (w.session_id is None or IDENTIFIER_RE.fullmatch(w.session_id))
             and (w.context is None or len(w.context) <= MAX_CONTEXT_KEYS)):
         return StreamEvent(w.event_id, w.user_id, w.item_id, w.event_type, w.timestamp,
                            record.partition, record.offset, record.timestamp)

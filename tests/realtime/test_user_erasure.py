@@ -21,7 +21,7 @@ from reco.erasure import Erasure
 from reco.privacy import pseudonym
 from reco.settings import Settings, get_settings
 from streaming.archiver import Archiver
-from streaming.feature_store import FeatureStore
+from streaming.feature_store import FeatureStore, WriteConflict
 from streaming.messages import StreamErasure, StreamEvent, split_for_features
 from streaming.redis_pipe import RedisPipe
 from tests.realtime.conftest import Consumers, read_topic, wait_for
@@ -119,6 +119,66 @@ async def test_an_erasure_planned_before_the_previous_batch_is_written_starts_af
         await writer.close()
 
 
+async def test_a_redelivered_erasure_is_recognised_by_its_marker_where_positions_cannot(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """While the log end is unknown (a partition just revoked) positions decide nothing: the
+    erasure's marker keeps a redelivery from wiping what the events after it built."""
+    r = redis_client
+    client = RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings)  # log end unknown
+    try:
+        await store.apply([ev("u1", "a", 0)])
+        batch, gone = [ev("u1", "b", 2)], [erase("u1", 1)]
+        await store.apply(batch, gone)
+        again = await store.apply(batch, gone)
+        assert again.erased == [] and again.applied == []
+        assert user_state(r, "u1")["recent"] == ["b"]
+    finally:
+        await client.close()
+
+
+async def test_an_erasure_records_the_users_pseudonym_and_becomes_the_latest_event(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    r = redis_client
+    client = RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings)
+    try:
+        await store.apply([ev("u1", "a", 0)])
+        gone = erase("u1", 1)
+        await store.apply([], [gone])
+        # A cached answer's fingerprint held the old latest event: it no longer matches, even
+        # for a user whose recent list had expired.
+        assert r.get(keys.user_last_event("u1")) == gone.erasure_id
+        key = settings.log_pseudonym_key.get_secret_value()
+        assert r.zrange(keys.USER_ERASURES, 0, -1) == [pseudonym("u1", key)]
+        assert not r.exists(keys.user_recent("u1"), keys.user_seen("u1"))
+    finally:
+        await client.close()
+
+
+async def test_a_version_switch_between_plan_and_write_makes_the_erasure_plan_again(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A publish switching versions after the erasure read them: the new version's list of
+    the user must go too."""
+    r = redis_client
+    published_lists(r, "u1")
+    client = RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings)
+    try:
+        planned = await store.plan([], erasures=[erase("u1", 1)])
+        r.set(keys.user_cf("u1", "als-v2"), b"[]")
+        r.hset(keys.MODEL_VERSIONS, "als", "als-v2")
+        with pytest.raises(WriteConflict):
+            await store.write(planned)
+        await store.apply([], [erase("u1", 1)])
+        assert not r.exists(keys.user_cf("u1", "als-v2"))
+    finally:
+        await client.close()
+
+
 def record(user: str, offset: int, item: str = "A") -> ConsumerRecord:
     value = orjson.dumps({"event_id": str(uuid.uuid4()), "user_id": user, "item_id": item,
                           "event_type": "view", "timestamp": T_MS + offset})
@@ -166,16 +226,44 @@ async def test_the_archiver_deletes_the_users_events_and_records_the_erasure(
         await archiver.close()
 
 
-async def test_a_malformed_erasure_erases_nothing(
+MALFORMED = [
+    b'{"user_id": "u1"}',
+    b'{"erasure_id": "%s", "user_id": "u1", "requested_at": 4611686018427387904}',
+    b'{"erasure_id": "%s", "user_id": "u1", "requested_at": -1}',
+    b'{"erasure_id": "urn:uuid:%s", "user_id": "u1", "requested_at": 0}',
+    b'{"erasure_id": "{%s}", "user_id": "u1", "requested_at": 0}',
+    b'{"erasure_id": "%s", "user_id": "u1\\n", "requested_at": 0}',
+]
+
+
+@pytest.mark.parametrize("value", MALFORMED)
+async def test_a_malformed_erasure_erases_nothing_and_never_wedges_the_archiver(
+    pg: psycopg.Connection, settings: Settings, value: bytes
+) -> None:
+    if b"%s" in value:
+        value = value % str(uuid.uuid4()).encode()
+    archiver = Archiver(settings)
+    try:
+        await archiver([record("u1", 0)])
+        await archiver([erasure_record("u1", 1, value), record("u1", 2, "B")])
+        assert events_of(pg) == [("u1", "A"), ("u1", "B")]
+        bad = split_for_features([erasure_record("u1", 1, value)], 300)
+        assert bad.erasures == [] and bad.bad[0][1].startswith("invalid erasure: ")
+    finally:
+        await archiver.close()
+
+
+async def test_two_erasures_of_a_user_in_one_batch_each_get_their_audit_row(
     pg: psycopg.Connection, settings: Settings
 ) -> None:
     archiver = Archiver(settings)
     try:
-        await archiver([record("u1", 0)])
-        await archiver([erasure_record("u1", 1, b'{"user_id": "u1"}')])
-        assert events_of(pg) == [("u1", "A")]
-        bad = split_for_features([erasure_record("u1", 1, b'{"user_id": "u1"}')], 300)
-        assert bad.erasures == [] and bad.bad[0][1].startswith("invalid erasure: ")
+        await archiver([record("u1", 0), record("u1", 1)])
+        first, second = erasure_record("u1", 2), erasure_record("u1", 3)
+        await archiver([first, second])
+        audit = dict(pg.execute("SELECT erasure_id::text, events_deleted FROM user_erasures"))
+        assert audit == {orjson.loads(first.value)["erasure_id"]: 2,
+                         orjson.loads(second.value)["erasure_id"]: 0}
     finally:
         await archiver.close()
 
