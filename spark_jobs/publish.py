@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,11 @@ KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user", "cf_items"),
          "sasrec": ("seq_user", "seq_items")}
 
 
+# The models that publish a list per user, and its key.
+USER_LIST_KEY: dict[str, Callable[[str, str], str]] = {"als": keys.user_cf,
+                                                       "sasrec": keys.user_seq}
+
+
 @dataclass(frozen=True)
 class PublishResult:
     model: str
@@ -49,8 +54,8 @@ class PublishResult:
 
 def _lists(ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, key_of: Callable[[str], str],
            targets: np.ndarray, with_codes: bool = False,
-           left_out: Container[str] = frozenset()) -> Iterator[tuple[str, bytes]]:
-    """One list per owner but those `left_out`; `with_codes` adds the targets' positions in
+           left_out: Container[str] = frozenset()) -> Iterator[tuple[str, bytes | None]]:
+    """One list per owner, None for those `left_out`; `with_codes` adds the targets' positions in
     `targets` (users' lists: the API maps the model's item list once instead of each list's
     ids)."""
     targets_list = targets.tolist()
@@ -58,6 +63,7 @@ def _lists(ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, key_of: Callabl
     rounded = np.round(scores.astype(np.float64), 6)
     for row, owner in enumerate(ids.tolist()):
         if owner in left_out:
+            yield key_of(owner), None  # deleted: an earlier publish of the version wrote it
             continue
         ok = np.isfinite(rounded[row])
         picked = idx[row][ok]
@@ -66,9 +72,10 @@ def _lists(ids: np.ndarray, idx: np.ndarray, scores: np.ndarray, key_of: Callabl
 
 
 def model_lists(model: str, model_dir: Path, version: str,
-                left_out_users: Container[str] = frozenset()) -> Iterator[tuple[str, bytes]]:
-    """(key, value) of every list a trained model publishes, without the lists of
-    `left_out_users` (erased: spark_jobs/erased_users.py)."""
+                left_out_users: Container[str] = frozenset()
+                ) -> Iterator[tuple[str, bytes | None]]:
+    """(key, value) of every list a trained model publishes; value None for the lists of
+    `left_out_users` (erased: spark_jobs/erased_users.py), which publishing deletes."""
     with np.load(model_dir / "model.npz") as data:
         arrays = {name: data[name] for name in data.files}
     items = arrays["item_ids"]
@@ -80,15 +87,23 @@ def model_lists(model: str, model_dir: Path, version: str,
                           lambda i: keys.item_cf_neighbours(i, version), items)
         yield keys.model_items(model, version), orjson.dumps(items.tolist())
         yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
-                          lambda u: keys.user_cf(u, version), items, with_codes=True,
+                          lambda u: USER_LIST_KEY[model](u, version), items, with_codes=True,
                           left_out=left_out_users)
     elif model == "sasrec":
         yield keys.model_items(model, version), orjson.dumps(items.tolist())
         yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
-                          lambda u: keys.user_seq(u, version), items, with_codes=True,
+                          lambda u: USER_LIST_KEY[model](u, version), items, with_codes=True,
                           left_out=left_out_users)
     else:
         raise ValueError(f"unknown model {model!r}")
+
+
+def delete_user_lists(client: redis.Redis, model: str, version: str,
+                      users: Iterable[str]) -> int:
+    """Delete these users' lists of one published version (erased users)."""
+    key_of = USER_LIST_KEY.get(model)
+    found = [key_of(user, version) for user in users] if key_of else []
+    return client.unlink(*found) if found else 0
 
 
 def _versions(client: redis.Redis, kinds: tuple[str, ...]) -> dict[str, list[str]]:
@@ -158,7 +173,8 @@ def renew(lock: Lock) -> None:
 
 
 def publish(client: redis.Redis, model: str, version: str,
-            lists: Iterator[tuple[str, bytes]], batch: int = 5000, grace_s: int = 3600,
+            lists: Iterator[tuple[str, bytes | None]], batch: int = 5000,
+            grace_s: int = 3600,
             after_batch: Callable[[int], None] | None = None,
             lock_timeout_s: float = PUBLISH_LOCK_S) -> PublishResult:
     """Write every list of `version`, switch to it, then retire older versions, holding the
@@ -172,7 +188,8 @@ def publish(client: redis.Redis, model: str, version: str,
 
 
 def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
-                   lists: Iterator[tuple[str, bytes]], batch: int = 5000, grace_s: int = 3600,
+                   lists: Iterator[tuple[str, bytes | None]], batch: int = 5000,
+                   grace_s: int = 3600,
                    after_batch: Callable[[int], None] | None = None) -> PublishResult:
     """`publish` for a caller that holds the model's lock (`held_lock`) and checked, under it,
     that `version` is still the one to serve."""
@@ -186,7 +203,10 @@ def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
     try:
         pipe = client.pipeline(transaction=False)
         for key, value in lists:
-            pipe.set(key, value)
+            if value is None:
+                pipe.unlink(key)
+            else:
+                pipe.set(key, value)
             if len(pipe) >= batch:
                 pipe.execute()
                 written += batch

@@ -56,18 +56,48 @@ def test_a_publish_leaves_out_users_erased_after_the_models_data_was_read(
 
 def test_a_rollback_to_a_champion_trained_before_an_erasure_leaves_the_user_out(
         offline_settings, pg, redis_client, tmp_path):
-    """v1 read its data, then u1 was erased (deleting u1's v2 lists); rolling back to v1 in
-    MLflow must not bring u1's v1 list back."""
+    """v1 read its data, then u1 was erased (the processor deleting u1's v2 list); rolling back
+    to v1 in MLflow within the grace period, while v1's lists still expire in Redis, must not
+    serve u1's v1 list again."""
     cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
     uri = cfg.mlflow_tracking_uri
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion'),"
                " ('als', 'v2', 'champion')")
     pipeline.publish_step(cfg, accepted(uri, "v1", trained(tmp_path / "v1", NOW)))
     pipeline.publish_step(cfg, accepted(uri, "v2", trained(tmp_path / "v2", NOW)))
-    redis_client.unlink(*redis_client.scan_iter(match=keys.version_prefix("cf_user", "v1")))
+    assert redis_client.ttl(keys.user_cf("u1", "v1")) > 0  # expiring, still there
     erased(pg, cfg, "u1", NOW + timedelta(minutes=30))
 
     tracking.set_champion(uri, "als", "1")
     assert champion.serve_champion(cfg)["published"] == "v1"
     assert not redis_client.exists(keys.user_cf("u1", "v1"))
     assert redis_client.exists(keys.user_cf("u2", "v1"))
+
+
+def test_an_erasure_the_processor_applied_while_the_version_was_written_is_caught(
+        offline_settings, pg, redis_client, tmp_path):
+    """The processor recorded u1's erasure (Redis) after the publish's first look and before
+    its switch, and the archiver has not yet (PostgreSQL): u1's new list goes after the switch.
+    (The model read its data 'after' the erasure's time here, so only the second look sees it.)"""
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    key = cfg.log_pseudonym_key
+    in_a_minute = int((NOW + timedelta(minutes=1)).timestamp() * 1000)
+    redis_client.zadd(keys.USER_ERASURES, {pseudonym("u1", key): in_a_minute})
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
+    pipeline.publish_step(cfg, accepted(cfg.mlflow_tracking_uri, "v1",
+                                        trained(tmp_path / "v1", NOW + timedelta(hours=1))))
+    assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
+    assert not redis_client.exists(keys.user_cf("u1", "v1"))
+    assert redis_client.exists(keys.user_cf("u2", "v1"))
+
+
+def test_erasures_the_processor_recorded_count_before_the_archiver_records_them(
+        offline_settings, pg, redis_client, tmp_path):
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    an_hour_ago = int((NOW - timedelta(hours=1)).timestamp() * 1000)
+    redis_client.zadd(keys.USER_ERASURES, {pseudonym("u2", cfg.log_pseudonym_key): an_hour_ago})
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
+    pipeline.publish_step(cfg, accepted(cfg.mlflow_tracking_uri, "v1",
+                                        trained(tmp_path / "v1", NOW - timedelta(hours=2))))
+    assert redis_client.exists(keys.user_cf("u1", "v1"))
+    assert not redis_client.exists(keys.user_cf("u2", "v1"))
