@@ -9,11 +9,14 @@ Redis server, not on Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 
 # Global structures
 ITEM_POPULARITY = "item:popularity"
 MODEL_VERSIONS = "model:versions"  # hash: model name -> active published version
+# Hash: model name -> the version a publish is writing (set before its first list, removed at
+# its switch): an erasure deletes the user's lists of these versions too.
+MODEL_PUBLISHING = "model:publishing"
 # Counter that writers of item:meta:* INCR after a change, so servers update their catalogue.
 # Outside `item:meta:*`: inside, an item with the id "version" would share its key.
 ITEM_META_VERSION = "item:catalog_version"
@@ -41,13 +44,24 @@ ITEM_IDS_COMPLETE = ""
 ITEM_IDS_MIRROR_TOKEN = " mirror {}"  # .format(a run's uuid)
 ITEM_META_PATTERN = "item:meta:*"
 MODEL_PUBLISHED_AT = "model:published_at"  # hash: model name -> publish epoch seconds
-# Sorted set: pseudonym of each erased user (reco.privacy, never the id) -> epoch ms the
-# processor applied the erasure, written in the transaction that deletes the user's keys.
-# Publishing reads it to leave the users out of a model read before their erasure, and again
-# after its switch for erasures that raced it (spark_jobs/erased_users.py). Entries older than
-# USER_ERASURES_KEEP_MS are trimmed; PostgreSQL's `user_erasures` keeps every one.
+# Sorted set: `user_erasure_member` of each erasure the processor applied -> epoch ms it did,
+# written in the transaction that deletes the user's keys. Publishing reads it to leave erased
+# users out of a model (spark_jobs/erased_users.py), whether or not the archiver has recorded
+# the erasure in PostgreSQL's `user_erasures` yet, which keeps every one; entries older than
+# USER_ERASURES_KEEP_MS are trimmed.
 USER_ERASURES = "user:erasures"
 USER_ERASURES_KEEP_MS = 90 * 86_400_000
+
+
+def user_erasure_member(user_pseudonym: str, erasure_id: str) -> str:
+    """The user by pseudonym (reco.privacy: never the id) and the erasure's id."""
+    return f"{user_pseudonym} {erasure_id}"
+
+
+def parse_user_erasure_member(member: str) -> tuple[str, str]:
+    """(pseudonym, erasure id): the inverse of `user_erasure_member`."""
+    user_pseudonym, erasure_id = member.split(" ", 1)
+    return user_pseudonym, erasure_id
 
 
 def user_recent(user_id: str) -> str:
@@ -146,6 +160,10 @@ def user_seq(user_id: str, version: str) -> str:
     return f"user:seq:{version}:{user_id}"
 
 
+# The models that publish a list per user, and its key.
+USER_LISTS = {"als": user_cf, "sasrec": user_seq}
+
+
 def model_items(model: str, version: str) -> str:
     """JSON list of the item ids one published model version numbers its items by: its users'
     lists carry these numbers beside the ids (`reco.neighbours.encode`)."""
@@ -157,19 +175,17 @@ def reco_cache(user_id: str, variant: str = "") -> str:
     return f"cache:reco:{user_id}" + (f":{variant}" if variant else "")
 
 
-def user_erasable(user_id: str, versions: Mapping[str, str]) -> list[str]:
+def user_erasable(user_id: str, versions: Iterable[tuple[str, str]]) -> list[str]:
     """Every key holding one user's data, for the user's erasure (reco/erasure.py): the
-    features, the response cache's base entry, and the ALS and SASRec lists of the serving
-    `versions` (model name -> version, as `MODEL_VERSIONS` holds them). The cache's variant
-    entries (`reco_cache(user, variant)`) cannot be listed without a SCAN: with the user's
-    latest event gone their fingerprint no longer matches, so they are never served again,
+    features, the response cache's base entry, and the ALS and SASRec lists of `versions`
+    ((model name, version) pairs: the serving and the publishing ones). The cache's variant
+    entries (`reco_cache(user, variant)`) cannot be listed without a SCAN: the erasure sets
+    the user's latest event, which their fingerprint holds, so they are never served again,
     and they expire within RECO_CACHE_TTL_S."""
     found = [user_recent(user_id), user_recent_times(user_id), user_seen(user_id),
              user_seen_unbounded(user_id), user_last_event(user_id), reco_cache(user_id)]
-    if "als" in versions:
-        found.append(user_cf(user_id, versions["als"]))
-    if "sasrec" in versions:
-        found.append(user_seq(user_id, versions["sasrec"]))
+    found += [USER_LISTS[model](user_id, version) for model, version in versions
+              if model in USER_LISTS]
     return found
 
 

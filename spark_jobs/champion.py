@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,18 +44,20 @@ def serve_locked(cfg: PipelineConfig, client: redis.Redis, lock: Lock, registry_
                                             registry_version, work_dir)
         publish.renew(lock)  # the download may have taken a while
     users = erased_users.ModelUsers(model_dir, cfg.log_pseudonym_key)
-    started = datetime.now(UTC)
-    left_out = erased_users.erased_since_read(users, cfg.database_url, client)
-    lists = publish.model_lists(cfg.model, model_dir, version, left_out)
-    result = publish.publish_locked(client, lock, cfg.model, version, lists,
-                                    cfg.publish_batch, cfg.publish_grace_s)
-    # Erased while the version was written, before the switch: the processor deleted only
-    # the previous version's lists.
-    late = users.matching(erased_users.in_redis(client, started - erased_users.VISIBILITY_MARGIN))
-    publish.delete_user_lists(client, cfg.model, version, late - left_out)
-    if left_out or late:
-        log.info("%s %s: lists of %d erased user(s) left out", cfg.model, version,
-                 len(left_out | late))
+    publish.announce(client, cfg.model, version)  # erasures from now on delete its lists too
+    left_out = erased_users.erased(users, cfg.database_url, client)
+
+    def erased_meanwhile() -> None:
+        late = erased_users.erased(users, cfg.database_url, client) - left_out
+        publish.delete_user_lists(client, cfg.model, version, late)
+        if left_out or late:
+            log.info("%s %s: lists of %d erased user(s) left out", cfg.model, version,
+                     len(left_out | late))
+
+    result = publish.publish_locked(client, lock, cfg.model, version,
+                                    publish.model_lists(cfg.model, model_dir, version, left_out),
+                                    cfg.publish_batch, cfg.publish_grace_s,
+                                    before_switch=erased_meanwhile)
     _record(cfg, registry_version, version)
     return {"published": version, "keys_written": result.keys_written,
             "publish_s": result.seconds}

@@ -164,7 +164,8 @@ DATASETS = (TRAIN_EVENTS, HOLDOUT, INTERACTIONS, SESSIONS, INTERACTIONS_FULL, SE
 
 def extract(spark: SparkSession, source: JdbcSource, start: datetime, end: datetime,
             weights: dict[str, float], session_gap_s: float, half_life_days: float,
-            out_dir: Path, datasets: tuple[str, ...] = DATASETS) -> dict:
+            out_dir: Path, datasets: tuple[str, ...] = DATASETS,
+            read_at: datetime | None = None) -> dict:
     """Read the window, write the Parquet `datasets` (all by default) and a manifest.
 
     The manifest's `timings` hold seconds per Spark action (`read_s` is the JDBC read into
@@ -174,9 +175,9 @@ def extract(spark: SparkSession, source: JdbcSource, start: datetime, end: datet
     if unknown:
         raise ValueError(f"unknown extract datasets: {sorted(unknown)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Before the read: a user erased after this may still be in what it reads
-    # (spark_jobs/erased_users.py).
-    read_at = datetime.now(UTC)
+    # Before the read (PostgreSQL's clock, given by the caller): a user erased after this may
+    # still be in what it reads (spark_jobs/erased_users.py).
+    read_at = read_at or datetime.now(UTC)
     parts = max(1, source.partitions)
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -242,8 +242,11 @@ def extract_step(cfg: PipelineConfig, spark: SparkSession | None = None,
     spark = spark or spark_session(cfg)
     source = ex.JdbcSource(cfg.jdbc_url, cfg.pg_user, cfg.pg_password, cfg.jdbc_partitions)
     out = Path(cfg.run_dir) / "extract"
+    from spark_jobs import erased_users
+
     manifest = ex.extract(spark, source, start, end, cfg.event_weights, cfg.session_gap_s,
-                          cfg.half_life_days, out, EXTRACT_DATASETS[cfg.model])
+                          cfg.half_life_days, out, EXTRACT_DATASETS[cfg.model],
+                          read_at=erased_users.database_now(cfg.database_url))
     if manifest["train_events"] == 0:
         raise BadRunInput(f"no training events between {start} and {end}: the window "
                           "(window_end, window_days) holds none")

@@ -36,11 +36,6 @@ KINDS = {"item2vec": ("knn",), "als": ("cf_item", "cf_user", "cf_items"),
          "sasrec": ("seq_user", "seq_items")}
 
 
-# The models that publish a list per user, and its key.
-USER_LIST_KEY: dict[str, Callable[[str, str], str]] = {"als": keys.user_cf,
-                                                       "sasrec": keys.user_seq}
-
-
 @dataclass(frozen=True)
 class PublishResult:
     model: str
@@ -87,12 +82,12 @@ def model_lists(model: str, model_dir: Path, version: str,
                           lambda i: keys.item_cf_neighbours(i, version), items)
         yield keys.model_items(model, version), orjson.dumps(items.tolist())
         yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
-                          lambda u: USER_LIST_KEY[model](u, version), items, with_codes=True,
+                          lambda u: keys.USER_LISTS[model](u, version), items, with_codes=True,
                           left_out=left_out_users)
     elif model == "sasrec":
         yield keys.model_items(model, version), orjson.dumps(items.tolist())
         yield from _lists(arrays["user_ids"], arrays["cand_idx"], arrays["cand_scores"],
-                          lambda u: USER_LIST_KEY[model](u, version), items, with_codes=True,
+                          lambda u: keys.USER_LISTS[model](u, version), items, with_codes=True,
                           left_out=left_out_users)
     else:
         raise ValueError(f"unknown model {model!r}")
@@ -101,7 +96,7 @@ def model_lists(model: str, model_dir: Path, version: str,
 def delete_user_lists(client: redis.Redis, model: str, version: str,
                       users: Iterable[str]) -> int:
     """Delete these users' lists of one published version (erased users)."""
-    key_of = USER_LIST_KEY.get(model)
+    key_of = keys.USER_LISTS.get(model)
     found = [key_of(user, version) for user in users] if key_of else []
     return client.unlink(*found) if found else 0
 
@@ -187,12 +182,20 @@ def publish(client: redis.Redis, model: str, version: str,
         return publish_locked(client, lock, model, version, lists, batch, grace_s, after_batch)
 
 
+def announce(client: redis.Redis, model: str, version: str) -> None:
+    """Say that `version` is being written (`keys.MODEL_PUBLISHING`): from here on, a user's
+    erasure deletes the user's lists of it too. Its switch, or its failure, ends that."""
+    client.hset(keys.MODEL_PUBLISHING, model, version)
+
+
 def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
                    lists: Iterator[tuple[str, bytes | None]], batch: int = 5000,
                    grace_s: int = 3600,
-                   after_batch: Callable[[int], None] | None = None) -> PublishResult:
+                   after_batch: Callable[[int], None] | None = None,
+                   before_switch: Callable[[], None] | None = None) -> PublishResult:
     """`publish` for a caller that holds the model's lock (`held_lock`) and checked, under it,
-    that `version` is still the one to serve."""
+    that `version` is still the one to serve. `before_switch` runs once every list is
+    written."""
     started = time.perf_counter()
     kinds = KINDS[model]
     previous = current_version(client, model)
@@ -218,9 +221,12 @@ def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
         renew(lock)
         if after_batch:
             after_batch(written)
+        if before_switch:
+            before_switch()
         with client.pipeline(transaction=True) as switch:
             switch.hset(keys.MODEL_VERSIONS, model, version)
             switch.hset(keys.MODEL_PUBLISHED_AT, model, int(time.time()))
+            switch.hdel(keys.MODEL_PUBLISHING, model)
             switch.execute()
     except redis.exceptions.LockNotOwnedError:
         raise  # another publisher may hold the lock and be writing this version: leave it
@@ -234,6 +240,8 @@ def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
             serving = version
         if serving != version:
             _delete_version(client, kinds, version, batch)
+            with contextlib.suppress(redis.RedisError):
+                client.hdel(keys.MODEL_PUBLISHING, model)
         raise
     expiring, deleted = retire_others(client, lock, model, version, previous, batch, grace_s)
     return PublishResult(model, version, previous, written, expiring, deleted,

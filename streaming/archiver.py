@@ -137,6 +137,8 @@ class Archiver:
             decoded = (erasure.decode(record.value) if erasure.is_erasure(record.headers)
                        else decode(record))
             if isinstance(decoded, Erasure):
+                if any(row[0] == decoded.erasure_id for row in erased):
+                    continue  # a copy: the first one took the events before it
                 # The user's events before it in this batch go with the rest; later ones stay.
                 rows = [row for row in rows if row[1] != decoded.user_id]
                 first = all(row[1] != decoded.user_id for row in erased)

@@ -62,7 +62,8 @@ class PlannedBatch:
     fresh: list[StreamEvent]
     duplicates: int
     erased: list[StreamErasure]  # the batch's erasures not applied before
-    versions: dict[str, str] | None  # the serving model versions they erase lists of
+    # The model versions (serving, publishing) whose users' lists they erase; None: no erasure.
+    versions: Versions | None
     updates: FeatureUpdates
     commands: Packed
     # Partition -> its applied position before the batch (as read or carried; None: none yet),
@@ -156,39 +157,44 @@ class FeatureStore:
                    else FeatureUpdates())
         commands = Packed()
         if erased:  # first: the batch's later events of the user write afresh
-            self._erasure_commands(commands, erased, erasing, versions or {})
+            self._erasure_commands(commands, erased, erasing, versions or ({}, {}))
         self._commands(commands, fresh, updates, replays.positions)
         return PlannedBatch(fresh, len(events) - len(fresh) - erased_events, erased, versions,
                             updates, commands, before, replays.positions)
 
     async def _erasure_state(self, erasures: Sequence[StreamErasure]
-                             ) -> tuple[list[StreamErasure], dict[str, str] | None]:
-        """The erasures without a marker (not applied before: the same erasure twice in the
-        batch counts once), and the serving model versions, whose users' lists they delete
-        (None without erasures)."""
-        distinct = list({x.erasure_id: x for x in erasures}.values())
+                             ) -> tuple[list[StreamErasure], Versions | None]:
+        """The erasures without a marker (not applied before; the same erasure twice in the
+        batch counts once, at its first copy), and the model versions, serving and being
+        published, whose users' lists they delete (None without erasures)."""
+        distinct: dict[str, StreamErasure] = {}
+        for x in erasures:
+            distinct.setdefault(x.erasure_id, x)
         if not distinct:
             return [], None
         check = Packed()
-        check.each("EXISTS", [keys.event_seen(x.erasure_id) for x in distinct])
-        check.add("HGETALL", keys.MODEL_VERSIONS)
+        check.each("EXISTS", [keys.event_seen(x) for x in distinct])
+        check.each("HGETALL", list(VERSION_HASHES))
         replies = await self.redis.execute(check)
-        return ([x for x, marked in zip(distinct, replies[:-1], strict=True) if not marked],
-                _versions(replies[-1]))
+        marked = replies[:len(distinct)]
+        return ([x for x, done in zip(distinct.values(), marked, strict=True) if not done],
+                _versions(replies[len(distinct):]))
 
     def _erasure_commands(self, cmds: Packed, erased: Sequence[StreamErasure],
-                          erasing: Mapping[str, StreamErasure], versions: Mapping[str, str]
-                          ) -> None:
+                          erasing: Mapping[str, StreamErasure], versions: Versions) -> None:
         """Delete the erased users' keys; their latest event becomes the erasure (a cached
         answer's fingerprint then differs, whatever it held); record them for publishing
         (`keys.USER_ERASURES`); mark the erasures applied."""
         s = self.settings
-        cmds.add("DEL", *[key for user in erasing for key in keys.user_erasable(user, versions)])
+        lists = [pair for hash_ in versions for pair in hash_.items()]
+        cmds.add("DEL", *[key for user in erasing for key in keys.user_erasable(user, lists)])
         for user, x in erasing.items():
             cmds.add("SET", keys.user_last_event(user), x.erasure_id, "EX", str(s.recent_ttl_s))
         now_ms = int(time.time() * 1000)
         cmds.variadic("ZADD", keys.USER_ERASURES, [
-            part for user in erasing for part in (str(now_ms), pseudonym(user, self._key))])
+            part for user, x in erasing.items()
+            for part in (str(now_ms), keys.user_erasure_member(pseudonym(user, self._key),
+                                                               x.erasure_id))])
         cmds.add("ZREMRANGEBYSCORE", keys.USER_ERASURES, "-inf",
                  str(now_ms - keys.USER_ERASURES_KEEP_MS))
         cmds.each("SET", [keys.event_seen(x.erasure_id) for x in erased], "1", "EX",
@@ -202,13 +208,13 @@ class FeatureStore:
         markers += [keys.event_seen(x.erasure_id) for x in planned.erased]
         partitions = list(planned.positions_before)
         position_keys = [keys.applied_position(self.topic, p) for p in partitions]
-        # An erasure deletes the lists of the versions it read: a switch since then (a publish)
-        # must make it plan again, or the new version's lists of the user would stay.
-        versions_key = [keys.MODEL_VERSIONS] if planned.versions is not None else []
+        # An erasure deletes the lists of the versions it read: a publish starting or switching
+        # since then must make it plan again, or that version's lists of the user would stay.
+        versions_keys = list(VERSION_HASHES) if planned.versions is not None else []
         check = Packed()
-        check.add("WATCH", *markers, *position_keys, *versions_key)
+        check.add("WATCH", *markers, *position_keys, *versions_keys)
         check.each("GET", position_keys)
-        check.each("HGETALL", versions_key)
+        check.each("HGETALL", versions_keys)
         if markers:
             check.add("EXISTS", *markers)
         async with self.writer.watching():
@@ -216,8 +222,9 @@ class FeatureStore:
             now = replies[1:1 + len(partitions)]
             moved = any(Position.parse(raw) != planned.positions_before[p]
                         for p, raw in zip(partitions, now, strict=True))
-            switched = bool(versions_key) and (
-                _versions(replies[1 + len(partitions)]) != planned.versions)
+            at = 1 + len(partitions)
+            switched = bool(versions_keys) and (
+                _versions(replies[at:at + len(versions_keys)]) != planned.versions)
             marked = bool(markers) and bool(replies[-1])
             if marked or moved or switched:
                 await self.writer.execute([("UNWATCH",)])
@@ -330,9 +337,14 @@ def _last_touches(events: Sequence[StreamEvent]) -> dict[str, dict[str, int]]:
     return by_user
 
 
-def _versions(reply: list[bytes]) -> dict[str, str]:
-    """`keys.MODEL_VERSIONS` from its HGETALL reply."""
-    return {k.decode(): v.decode() for k, v in zip(reply[::2], reply[1::2], strict=True)}
+Versions = tuple[dict[str, str], ...]  # model -> version, per hash of VERSION_HASHES
+VERSION_HASHES = (keys.MODEL_VERSIONS, keys.MODEL_PUBLISHING)
+
+
+def _versions(replies: Sequence[list[bytes]]) -> Versions:
+    """The VERSION_HASHES from their HGETALL replies."""
+    return tuple({k.decode(): v.decode() for k, v in zip(r[::2], r[1::2], strict=True)}
+                 for r in replies)
 
 
 def _marker(event: StreamEvent) -> str:

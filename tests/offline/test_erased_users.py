@@ -4,7 +4,11 @@ that its data already reflected."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +16,10 @@ import pytest
 
 from reco import keys
 from reco.privacy import pseudonym
-from spark_jobs import champion, erased_users, pipeline, tracking
+from spark_jobs import champion, erased_users, pipeline, publish, tracking
+from streaming.feature_store import FeatureStore
+from streaming.messages import StreamErasure
+from streaming.redis_pipe import RedisPipe
 from tests.offline.test_pipeline_steps import accepted, tiny_als
 
 pytestmark = pytest.mark.integration
@@ -74,30 +81,87 @@ def test_a_rollback_to_a_champion_trained_before_an_erasure_leaves_the_user_out(
     assert redis_client.exists(keys.user_cf("u2", "v1"))
 
 
-def test_an_erasure_the_processor_applied_while_the_version_was_written_is_caught(
-        offline_settings, pg, redis_client, tmp_path):
-    """The processor recorded u1's erasure (Redis) after the publish's first look and before
-    its switch, and the archiver has not yet (PostgreSQL): u1's new list goes after the switch.
-    (The model read its data 'after' the erasure's time here, so only the second look sees it.)"""
-    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
-    key = cfg.log_pseudonym_key
-    in_a_minute = int((NOW + timedelta(minutes=1)).timestamp() * 1000)
-    redis_client.zadd(keys.USER_ERASURES, {pseudonym("u1", key): in_a_minute})
+def erase_through_the_processor(settings, user: str) -> None:
+    """The processor applying `user`'s erasure (real Redis)."""
+    async def run() -> None:
+        client = RedisPipe(settings.redis_url)
+        try:
+            erasure = StreamErasure(str(uuid.uuid4()), user, 0, 0, int(time.time() * 1000))
+            await FeatureStore(client, settings).apply([], [erasure])
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
+def publish_erasing_u1(monkeypatch, offline_settings, pg, tmp_path, when: str) -> None:
+    """Publish v1 (one key per pipelined batch) while the processor erases u1: after the
+    first key, before u1's list is written ("writing"), or once every list is written and
+    the publish's last look is done, just before its switch ("switching")."""
+    cfg = dataclasses.replace(
+        pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run"),
+        publish_batch=1)
+    original = publish.publish_locked
+
+    def erasing(*args, **kwargs):
+        if when == "writing":
+            erased_once: list[int] = []
+
+            def after_batch(written: int) -> None:
+                if not erased_once:
+                    erased_once.append(written)
+                    erase_through_the_processor(offline_settings, "u1")
+            kwargs["after_batch"] = after_batch
+        else:
+            last_look = kwargs["before_switch"]
+
+            def before_switch() -> None:
+                last_look()
+                erase_through_the_processor(offline_settings, "u1")
+            kwargs["before_switch"] = before_switch
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(publish, "publish_locked", erasing)
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
     pipeline.publish_step(cfg, accepted(cfg.mlflow_tracking_uri, "v1",
-                                        trained(tmp_path / "v1", NOW + timedelta(hours=1))))
+                                        trained(tmp_path / "v1", NOW)))
+
+
+@pytest.mark.parametrize("when", ["writing", "switching"])
+def test_an_erasure_applied_while_the_version_is_written_leaves_none_of_its_lists(
+        monkeypatch, offline_settings, pg, redis_client, tmp_path, when):
+    """Writing: the processor deletes the serving version's lists only, and u1's new list is
+    written after: the publish's last look deletes it. Switching: the last look came before
+    the erasure, which deletes the announced version's list itself."""
+    publish_erasing_u1(monkeypatch, offline_settings, pg, tmp_path, when)
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
+    assert not redis_client.hexists(keys.MODEL_PUBLISHING, "als")
     assert not redis_client.exists(keys.user_cf("u1", "v1"))
     assert redis_client.exists(keys.user_cf("u2", "v1"))
 
 
-def test_erasures_the_processor_recorded_count_before_the_archiver_records_them(
-        offline_settings, pg, redis_client, tmp_path):
+def recorded_by_the_processor(redis_client, cfg, user: str, erasure_id: str,
+                              at: datetime) -> None:
+    member = keys.user_erasure_member(pseudonym(user, cfg.log_pseudonym_key), erasure_id)
+    redis_client.zadd(keys.USER_ERASURES, {member: int(at.timestamp() * 1000)})
+
+
+@pytest.mark.parametrize("archived_before_the_read", [False, True])
+def test_an_erasure_the_processor_applied_counts_until_the_archiver_shows_it_came_first(
+        offline_settings, pg, redis_client, tmp_path, archived_before_the_read):
+    """The processor erased u1 three hours ago; the model read its data an hour ago. Without
+    the archiver's record (it lags: u1's events may still have been read) u1 is left out; with
+    it applied before the read, u1 came back and the model knows only what followed."""
     cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
-    an_hour_ago = int((NOW - timedelta(hours=1)).timestamp() * 1000)
-    redis_client.zadd(keys.USER_ERASURES, {pseudonym("u2", cfg.log_pseudonym_key): an_hour_ago})
+    erasure_id = str(uuid.uuid4())
+    recorded_by_the_processor(redis_client, cfg, "u1", erasure_id, NOW - timedelta(hours=3))
+    if archived_before_the_read:
+        at = NOW - timedelta(hours=3)
+        pg.execute("INSERT INTO user_erasures (erasure_id, user_pseudonym, requested_at,"
+                   " erased_at, events_deleted) VALUES (%s, %s, %s, %s, 1)",
+                   (erasure_id, pseudonym("u1", cfg.log_pseudonym_key), at, at))
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
     pipeline.publish_step(cfg, accepted(cfg.mlflow_tracking_uri, "v1",
-                                        trained(tmp_path / "v1", NOW - timedelta(hours=2))))
-    assert redis_client.exists(keys.user_cf("u1", "v1"))
-    assert not redis_client.exists(keys.user_cf("u2", "v1"))
+                                        trained(tmp_path / "v1", NOW - timedelta(hours=1))))
+    assert bool(redis_client.exists(keys.user_cf("u1", "v1"))) is archived_before_the_read
+    assert redis_client.exists(keys.user_cf("u2", "v1"))

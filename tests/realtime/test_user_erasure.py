@@ -152,7 +152,8 @@ async def test_an_erasure_records_the_users_pseudonym_and_becomes_the_latest_eve
         # for a user whose recent list had expired.
         assert r.get(keys.user_last_event("u1")) == gone.erasure_id
         key = settings.log_pseudonym_key.get_secret_value()
-        assert r.zrange(keys.USER_ERASURES, 0, -1) == [pseudonym("u1", key)]
+        assert r.zrange(keys.USER_ERASURES, 0, -1) == [
+            keys.user_erasure_member(pseudonym("u1", key), gone.erasure_id)]
         assert not r.exists(keys.user_recent("u1"), keys.user_seen("u1"))
     finally:
         await client.close()
@@ -177,6 +178,53 @@ async def test_a_version_switch_between_plan_and_write_makes_the_erasure_plan_ag
         assert not r.exists(keys.user_cf("u1", "als-v2"))
     finally:
         await client.close()
+
+
+async def test_an_erasure_deletes_the_lists_of_the_version_being_published(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    r = redis_client
+    published_lists(r, "u1")
+    r.hset(keys.MODEL_PUBLISHING, "als", "als-v2")
+    r.set(keys.user_cf("u1", "als-v2"), b"[]")
+    client = RedisPipe(settings.redis_url)
+    try:
+        await FeatureStore(client, settings).apply([], [erase("u1", 1)])
+        assert not r.exists(keys.user_cf("u1", "als-v1"), keys.user_cf("u1", "als-v2"))
+        # A publish starting between the plan and the write makes it plan again.
+        store = FeatureStore(client, settings)
+        planned = await store.plan([], erasures=[erase("u1", 2)])
+        r.hset(keys.MODEL_PUBLISHING, "sasrec", "seq-v2")
+        with pytest.raises(WriteConflict):
+            await store.write(planned)
+    finally:
+        await client.close()
+
+
+async def test_a_copy_of_an_erasure_in_the_same_batch_drops_nothing_after_the_first(
+    settings: Settings, redis_client: redis.Redis, pg: psycopg.Connection
+) -> None:
+    """The same erasure twice (a producer's retry) around an event: the event came after the
+    erasure, and stays, in Redis and in PostgreSQL."""
+    client = RedisPipe(settings.redis_url)
+    try:
+        first = erase("u1", 1)
+        copy = msgspec.structs.replace(first, offset=3, log_ms=first.log_ms + 2)
+        applied = await FeatureStore(client, settings).apply([ev("u1", "b", 2)], [first, copy])
+        assert [e.item_id for e in applied.applied] == ["b"]
+        assert user_state(redis_client, "u1")["recent"] == ["b"]
+    finally:
+        await client.close()
+    archiver = Archiver(settings)
+    try:
+        message = erasure_record("u1", 1)
+        again = ConsumerRecord("events", 0, 3, T_MS + 3, 0, b"u1", message.value, None, 0, 0,
+                               erasure.HEADERS)
+        await archiver([message, record("u1", 2, "B"), again])
+        assert events_of(pg) == [("u1", "B")]
+        assert pg.execute("SELECT count(*) FROM user_erasures").fetchone()[0] == 1
+    finally:
+        await archiver.close()
 
 
 def record(user: str, offset: int, item: str = "A") -> ConsumerRecord:
