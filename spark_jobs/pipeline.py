@@ -230,6 +230,8 @@ def _connect(cfg: PipelineConfig) -> Connection[TupleRow]:
 
 def extract_step(cfg: PipelineConfig, spark: SparkSession | None = None,
                  now: datetime | None = None) -> dict:
+    from spark_jobs import erased_users
+
     started = time.perf_counter()
     start, end = cfg.window
     kept_from = (now or datetime.now(UTC)) - timedelta(days=cfg.events_retention_days)
@@ -242,8 +244,6 @@ def extract_step(cfg: PipelineConfig, spark: SparkSession | None = None,
     spark = spark or spark_session(cfg)
     source = ex.JdbcSource(cfg.jdbc_url, cfg.pg_user, cfg.pg_password, cfg.jdbc_partitions)
     out = Path(cfg.run_dir) / "extract"
-    from spark_jobs import erased_users
-
     manifest = ex.extract(spark, source, start, end, cfg.event_weights, cfg.session_gap_s,
                           cfg.half_life_days, out, EXTRACT_DATASETS[cfg.model],
                           read_at=erased_users.database_now(cfg.database_url))
