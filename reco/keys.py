@@ -58,10 +58,11 @@ def user_erasure_member(user_pseudonym: str, erasure_id: str) -> str:
     return f"{user_pseudonym} {erasure_id}"
 
 
-def parse_user_erasure_member(member: str) -> tuple[str, str]:
-    """(pseudonym, erasure id): the inverse of `user_erasure_member`."""
-    user_pseudonym, erasure_id = member.split(" ", 1)
-    return user_pseudonym, erasure_id
+def parse_user_erasure_member(member: str) -> tuple[str, str | None]:
+    """(pseudonym, erasure id): the inverse of `user_erasure_member`; no id for a member
+    written otherwise (by hand)."""
+    user_pseudonym, _, erasure_id = member.partition(" ")
+    return user_pseudonym, erasure_id or None
 
 
 def user_recent(user_id: str) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from reco import keys
 from spark_jobs import BadRunInput, erased_users, publish, registry_retention, tracking
 
 if TYPE_CHECKING:
@@ -43,9 +44,29 @@ def serve_locked(cfg: PipelineConfig, client: redis.Redis, lock: Lock, registry_
         model_dir = tracking.download_model(cfg.mlflow_tracking_uri, cfg.model,
                                             registry_version, work_dir)
         publish.renew(lock)  # the download may have taken a while
+    if cfg.model in keys.USER_LISTS:
+        result = _publish_without_erased_users(cfg, client, lock, version, model_dir)
+    else:
+        result = publish.publish_locked(client, lock, cfg.model, version,
+                                        publish.model_lists(cfg.model, model_dir, version),
+                                        cfg.publish_batch, cfg.publish_grace_s)
+    _record(cfg, registry_version, version)
+    return {"published": version, "keys_written": result.keys_written,
+            "publish_s": result.seconds}
+
+
+def _publish_without_erased_users(cfg: PipelineConfig, client: redis.Redis, lock: Lock,
+                                  version: str, model_dir: Path) -> publish.PublishResult:
+    """Publish a model with users' lists, leaving out (deleting) those of the users erased
+    since it read its data: a first look before the writes, a second before the switch
+    (spark_jobs/erased_users.py)."""
     users = erased_users.ModelUsers(model_dir, cfg.log_pseudonym_key)
     publish.announce(client, cfg.model, version)  # erasures from now on delete its lists too
-    left_out = erased_users.erased(users, cfg.database_url, client)
+    try:
+        left_out = erased_users.erased(users, cfg.database_url, client)
+    except BaseException:
+        publish.withdraw(client, cfg.model, version)
+        raise
 
     def erased_meanwhile() -> None:
         late = erased_users.erased(users, cfg.database_url, client) - left_out
@@ -54,13 +75,10 @@ def serve_locked(cfg: PipelineConfig, client: redis.Redis, lock: Lock, registry_
             log.info("%s %s: lists of %d erased user(s) left out", cfg.model, version,
                      len(left_out | late))
 
-    result = publish.publish_locked(client, lock, cfg.model, version,
-                                    publish.model_lists(cfg.model, model_dir, version, left_out),
-                                    cfg.publish_batch, cfg.publish_grace_s,
-                                    before_switch=erased_meanwhile)
-    _record(cfg, registry_version, version)
-    return {"published": version, "keys_written": result.keys_written,
-            "publish_s": result.seconds}
+    return publish.publish_locked(client, lock, cfg.model, version,
+                                  publish.model_lists(cfg.model, model_dir, version, left_out),
+                                  cfg.publish_batch, cfg.publish_grace_s,
+                                  before_switch=erased_meanwhile)
 
 
 def _refuse_unservable(cfg: PipelineConfig, registry_version: str) -> None:

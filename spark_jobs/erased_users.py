@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,15 +69,20 @@ class ModelUsers:
         self.key = pseudonym_key
         self._by_pseudonym: dict[str, str] | None = None
 
-    def matching(self, pseudonyms: Iterable[str]) -> frozenset[str]:
-        wanted = set(pseudonyms)
-        if not wanted:
-            return frozenset()
+    def matching(self, pseudonyms: Collection[str]) -> frozenset[str]:
+        """The model's users among these pseudonyms."""
+        by_pseudonym = self._hashed() if pseudonyms else {}
+        return frozenset(by_pseudonym[p] for p in pseudonyms if p in by_pseudonym)
+
+    def holds(self, user_pseudonym: str) -> bool:
+        return user_pseudonym in self._hashed()
+
+    def _hashed(self) -> dict[str, str]:
         if self._by_pseudonym is None:
             with np.load(self.model_dir / MODEL_FILE) as data:
                 users = data["user_ids"].tolist() if "user_ids" in data.files else []
             self._by_pseudonym = {pseudonym(u, self.key): u for u in users}
-        return frozenset(self._by_pseudonym[p] for p in wanted if p in self._by_pseudonym)
+        return self._by_pseudonym
 
 
 def erased(users: ModelUsers, database_url: str, client: redis.Redis) -> frozenset[str]:
@@ -86,17 +91,19 @@ def erased(users: ModelUsers, database_url: str, client: redis.Redis) -> frozens
 
     read = read_at(users.model_dir)
     since = None if read is None else read - VISIBILITY_MARGIN
-    in_redis = [keys.parse_user_erasure_member(m.decode() if isinstance(m, bytes) else m)
-                for m in client.zrange(keys.USER_ERASURES, 0, -1)]
+    parsed = [keys.parse_user_erasure_member(m.decode() if isinstance(m, bytes) else m)
+              for m in client.zrange(keys.USER_ERASURES, 0, -1)]
+    in_redis = [(p, e) for p, e in parsed if users.holds(p)]
     with psycopg.connect(database_url) as conn:
         query, args = "SELECT user_pseudonym FROM user_erasures", ()
         if since is not None:
             query, args = query + " WHERE erased_at >= %s", (since,)
         found = {row[0] for row in conn.execute(query, args)}
+        ids = [e for _, e in in_redis if e is not None]
         seen_before = set()
-        if since is not None and in_redis:
+        if since is not None and ids:
             seen_before = {row[0] for row in conn.execute(
                 "SELECT erasure_id::text FROM user_erasures WHERE erased_at < %s"
-                " AND erasure_id = ANY(%s::uuid[])", (since, [e for _, e in in_redis]))}
+                " AND erasure_id = ANY(%s::uuid[])", (since, ids))}
     found.update(p for p, erasure_id in in_redis if erasure_id not in seen_before)
     return users.matching(found)

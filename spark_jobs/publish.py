@@ -188,6 +188,19 @@ def announce(client: redis.Redis, model: str, version: str) -> None:
     client.hset(keys.MODEL_PUBLISHING, model, version)
 
 
+def withdraw(client: redis.Redis, model: str, version: str) -> None:
+    """End `announce` of a publish that stopped before its switch (best effort: a stale entry
+    only makes erasures delete lists that do not exist)."""
+    with contextlib.suppress(redis.RedisError):
+        if current_publishing(client, model) == version:
+            client.hdel(keys.MODEL_PUBLISHING, model)
+
+
+def current_publishing(client: redis.Redis, model: str) -> str | None:
+    value = client.hget(keys.MODEL_PUBLISHING, model)
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
                    lists: Iterator[tuple[str, bytes | None]], batch: int = 5000,
                    grace_s: int = 3600,
@@ -240,8 +253,7 @@ def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
             serving = version
         if serving != version:
             _delete_version(client, kinds, version, batch)
-            with contextlib.suppress(redis.RedisError):
-                client.hdel(keys.MODEL_PUBLISHING, model)
+            withdraw(client, model, version)
         raise
     expiring, deleted = retire_others(client, lock, model, version, previous, batch, grace_s)
     return PublishResult(model, version, previous, written, expiring, deleted,

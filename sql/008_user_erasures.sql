@@ -6,7 +6,10 @@ CREATE TABLE user_erasures (
     user_pseudonym  text NOT NULL,
     requested_at    timestamptz NOT NULL,
     erased_at       timestamptz NOT NULL DEFAULT now(),
-    events_deleted  bigint NOT NULL
+    events_deleted  bigint NOT NULL,
+    -- where the archiver read it: a redelivery is told from a copy sent again with its id
+    kafka_partition integer,
+    kafka_offset    bigint
 );
 CREATE INDEX user_erasures_pseudonym_idx ON user_erasures (user_pseudonym);
 

@@ -106,20 +106,33 @@ WITH gone AS (
 ), counted AS (
     SELECT user_id, count(*) AS n FROM gone GROUP BY user_id
 )
-INSERT INTO user_erasures (erasure_id, user_pseudonym, requested_at, events_deleted)
+INSERT INTO user_erasures (erasure_id, user_pseudonym, requested_at, events_deleted,
+                           kafka_partition, kafka_offset)
 SELECT e.erasure_id, e.pseudonym, e.requested_at,
-       CASE WHEN e.first THEN coalesce(c.n, 0) ELSE 0 END
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[])
-    AS e(erasure_id, user_id, pseudonym, requested_at, first)
+       CASE WHEN e.first THEN coalesce(c.n, 0) ELSE 0 END, e.kafka_partition, e.kafka_offset
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::int[],
+            $7::bigint[])
+    AS e(erasure_id, user_id, pseudonym, requested_at, first, kafka_partition, kafka_offset)
 LEFT JOIN counted c USING (user_id)
 ON CONFLICT (erasure_id) DO NOTHING
 """
 
 
-def erasure_row(erasure: Erasure, pseudonym_key: str, first: bool) -> tuple[Any, ...]:
+# Where the batch's erasures the archiver applied before were read: the same record again is a
+# redelivery (its batch's events before it still go); another one is a copy, sent again later
+# with the same id, which must not delete the events that came after the first.
+KNOWN_ERASURES = """
+SELECT erasure_id::text, kafka_partition, kafka_offset FROM user_erasures
+WHERE erasure_id = ANY($1::uuid[])
+"""
+
+
+def erasure_row(erasure: Erasure, record: ConsumerRecord, pseudonym_key: str, first: bool
+                ) -> tuple[Any, ...]:
     """`first`: the user's first erasure of the batch, which the deleted events count for."""
     return (erasure.erasure_id, erasure.user_id, pseudonym(erasure.user_id, pseudonym_key),
-            datetime.fromtimestamp(erasure.requested_at / 1000.0, tz=UTC), first)
+            datetime.fromtimestamp(erasure.requested_at / 1000.0, tz=UTC), first,
+            record.partition, record.offset)
 
 
 class Archiver:
@@ -130,27 +143,44 @@ class Archiver:
         self.conn: asyncpg.Connection | None = None
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        rows: list[tuple[Any, ...]] = []
-        erased: list[tuple[Any, ...]] = []
-        key = self.settings.log_pseudonym_key.get_secret_value()
+        valid: list[tuple[Event | Erasure, ConsumerRecord]] = []
         for record in records:
             decoded = (erasure.decode(record.value) if erasure.is_erasure(record.headers)
                        else decode(record))
-            if isinstance(decoded, Erasure):
-                if any(row[0] == decoded.erasure_id for row in erased):
-                    continue  # a copy: the first one took the events before it
-                # The user's events before it in this batch go with the rest; later ones stay.
-                rows = [row for row in rows if row[1] != decoded.user_id]
-                first = all(row[1] != decoded.user_id for row in erased)
-                erased.append(erasure_row(decoded, key, first))
-            elif isinstance(decoded, str):
+            if isinstance(decoded, str):
                 PROCESSING_ERRORS.labels(self.settings.group_archiver, "invalid_message").inc()
             else:
-                rows.append(event_row(decoded, record))
-        if rows or erased:
-            await self._write(rows, erased)
+                valid.append((decoded, record))
+        if valid:
+            await self._write(valid)
 
-    async def _write(self, rows: list[tuple[Any, ...]], erased: list[tuple[Any, ...]]) -> None:
+    def _rows(self, valid: list[tuple[Event | Erasure, ConsumerRecord]],
+              known: dict[str, tuple[int | None, int | None]]
+              ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The batch's event rows and its new erasures' rows. An erasure takes the user's
+        events before it in the batch (the rest of them are deleted), and so does its
+        redelivery, `known` (applied before) at the same position; a copy of one, in the batch
+        or `known` at another position, takes nothing."""
+        rows: list[tuple[Any, ...]] = []
+        erased: list[tuple[Any, ...]] = []
+        key = self.settings.log_pseudonym_key.get_secret_value()
+        for decoded, record in valid:
+            if not isinstance(decoded, Erasure):
+                rows.append(event_row(decoded, record))
+                continue
+            seen_at = known.get(decoded.erasure_id)
+            redelivered = seen_at == (record.partition, record.offset)
+            if ((seen_at is not None and not redelivered)
+                    or any(row[0] == decoded.erasure_id for row in erased)):
+                continue  # a copy
+            if not redelivered:
+                first = all(row[1] != decoded.user_id for row in erased)
+                erased.append(erasure_row(decoded, record, key, first))
+            rows = [row for row in rows if row[1] != decoded.user_id]
+        return rows, erased
+
+    async def _write(self, valid: list[tuple[Event | Erasure, ConsumerRecord]]) -> None:
+        erasure_ids = [x.erasure_id for x, _ in valid if isinstance(x, Erasure)]
         try:
             if self.conn is None or self.conn.is_closed():
                 self.conn = await asyncpg.connect(
@@ -158,6 +188,10 @@ class Archiver:
                     command_timeout=self.settings.archiver_pg_timeout_s)
             inserted = 0
             async with self.conn.transaction():
+                known = ({row[0]: (row[1], row[2])
+                          for row in await self.conn.fetch(KNOWN_ERASURES, erasure_ids)}
+                         if erasure_ids else {})
+                rows, erased = self._rows(valid, known)
                 if erased:
                     await self._erase(erased)
                 if rows:

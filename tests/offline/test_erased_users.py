@@ -165,3 +165,17 @@ def test_an_erasure_the_processor_applied_counts_until_the_archiver_shows_it_cam
                                         trained(tmp_path / "v1", NOW - timedelta(hours=1))))
     assert bool(redis_client.exists(keys.user_cf("u1", "v1"))) is archived_before_the_read
     assert redis_client.exists(keys.user_cf("u2", "v1"))
+
+
+def test_an_entry_without_an_erasure_id_counts_and_stops_nothing(
+        offline_settings, pg, redis_client, tmp_path):
+    """A member written otherwise (by hand: the pseudonym alone) is an erasure that always
+    counts, not a publish failing on it for 90 days."""
+    cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
+    redis_client.zadd(keys.USER_ERASURES, {pseudonym("u1", cfg.log_pseudonym_key): 1})
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
+    pipeline.publish_step(cfg, accepted(cfg.mlflow_tracking_uri, "v1",
+                                        trained(tmp_path / "v1", NOW - timedelta(hours=1))))
+    assert not redis_client.exists(keys.user_cf("u1", "v1"))
+    assert redis_client.exists(keys.user_cf("u2", "v1"))
+    assert not redis_client.hexists(keys.MODEL_PUBLISHING, "als")

@@ -316,6 +316,24 @@ async def test_two_erasures_of_a_user_in_one_batch_each_get_their_audit_row(
         await archiver.close()
 
 
+async def test_a_copy_of_an_applied_erasure_sent_later_keeps_the_events_since(
+    pg: psycopg.Connection, settings: Settings
+) -> None:
+    """The same erasure id again, later in the topic (a client repeating its request with
+    the id it was given): the events between the two stay."""
+    archiver = Archiver(settings)
+    try:
+        message = erasure_record("u1", 1)
+        await archiver([record("u1", 0), message])
+        copy = ConsumerRecord("events", 0, 3, T_MS + 3, 0, b"u1", message.value, None, 0, 0,
+                              erasure.HEADERS)
+        await archiver([record("u1", 2, "B"), copy])
+        assert events_of(pg) == [("u1", "B")]
+        assert pg.execute("SELECT kafka_offset FROM user_erasures").fetchall() == [(1,)]
+    finally:
+        await archiver.close()
+
+
 def test_the_event_log_stays_append_only_outside_an_erasure(pg: psycopg.Connection) -> None:
     pg.execute("INSERT INTO events (event_id, user_id, item_id, event_type, event_time) VALUES "
                "(gen_random_uuid(), 'u1', 'A', 'view', now()), "
