@@ -95,9 +95,9 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-# A batch's erasures, before its inserts and in the same transaction: each erased user's
+# A batch's new erasures, before its inserts and in the same transaction: each erased user's
 # events and `users` row go, and each erasure gets its audit row, the user's first of the
-# batch with how many events went (a redelivered erasure finds its row there and keeps it).
+# batch with how many events went, and where it was read (KNOWN_ERASURES).
 ERASE_USERS = """
 WITH gone AS (
     DELETE FROM events WHERE user_id = ANY($2::text[]) RETURNING user_id
