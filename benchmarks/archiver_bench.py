@@ -1,13 +1,16 @@
-"""What the archiver's statement costs PostgreSQL per event, next to inserting the events alone.
+"""What the archiver's transaction costs PostgreSQL per event, next to inserting the events alone.
 
     .venv/bin/python benchmarks/archiver_bench.py [--turns 10] [--batches 10] [--batch 2000]
 
 The archiver inserts each batch in one statement that also records every new user's earliest
-event in `users` (`streaming.archiver.INSERT_EVENTS`). The baseline is the same insert into
-`events` without the users, as the archiver ran before. Both run on one fresh PostgreSQL (the
-tests' server setup), taking turns so that the machine's noise and the tables' growth fall on
-both alike; each turn sends `--batches` batches of `--batch` events from Zipf-drawn users of
-100,000. Writes benchmarks/reports/archiver.md and prints its table.
+event in `users` (`streaming.archiver.INSERT_EVENTS`), in a transaction that first locks the
+batch's partitions' archived positions and then moves them on (`CLAIM_POSITIONS`,
+`MOVE_POSITIONS`). The baseline is the same insert into `events` without the users, as the
+archiver ran first; the middle side is the statement without the positions, as it ran before
+sql/009. All run on one fresh PostgreSQL (the tests' server setup), taking turns so that the
+machine's noise and the tables' growth fall on each alike; each turn sends `--batches` batches
+of `--batch` events from Zipf-drawn users of 100,000. Writes benchmarks/reports/archiver.md
+and prints its table.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import asyncio
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -27,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from reco import db  # noqa: E402
 from reco.settings import Settings  # noqa: E402
-from streaming.archiver import INSERT_EVENTS  # noqa: E402
+from streaming.archiver import CLAIM_POSITIONS, INSERT_EVENTS, MOVE_POSITIONS  # noqa: E402
 from tests.servers import remove, start_postgres  # noqa: E402
 
 REPORT = ROOT / "benchmarks" / "reports" / "archiver.md"
@@ -39,7 +44,26 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timesta
                      $6::text[], $7::jsonb[], $8::int[], $9::bigint[])
 ON CONFLICT (event_id) DO NOTHING
 """
-SIDES = {"events only (before)": EVENTS_ONLY, "events and users (archiver)": INSERT_EVENTS}
+
+
+async def one_statement(statement: str, conn: asyncpg.Connection, columns: list[list]) -> None:
+    await conn.execute(statement, *columns)
+
+
+async def with_positions(conn: asyncpg.Connection, columns: list[list]) -> None:
+    """The archiver's transaction: the batch is one partition's, `columns[8]` its offsets."""
+    async with conn.transaction():
+        await conn.fetch(CLAIM_POSITIONS, "events", [0])
+        await conn.execute(INSERT_EVENTS, *columns)
+        await conn.execute(MOVE_POSITIONS, "events", [0], [columns[8][-1] + 1], [0])
+
+
+Side = Callable[[asyncpg.Connection, list[list]], Awaitable[None]]
+SIDES: dict[str, Side] = {
+    "events only": partial(one_statement, EVENTS_ONLY),
+    "events and users": partial(one_statement, INSERT_EVENTS),
+    "positions, events and users (archiver)": with_positions,
+}
 
 
 def batch_columns(rng: np.random.Generator, size: int, start: datetime) -> list[list]:
@@ -58,12 +82,12 @@ async def measure(url: str, turns: int, batches: int, size: int) -> dict[str, li
     start = datetime(2026, 1, 1, tzinfo=UTC)
     try:
         for turn in range(turns + 1):  # turn 0 warms both up and is not counted
-            for side, statement in (SIDES.items() if turn % 2 else reversed(SIDES.items())):
+            for side, write in (SIDES.items() if turn % 2 else reversed(SIDES.items())):
                 work = [batch_columns(rng, size, start + timedelta(minutes=turn * batches + b))
                         for b in range(batches)]
                 began = time.perf_counter()
                 for columns in work:
-                    await conn.execute(statement, *columns)
+                    await write(conn, columns)
                 if turn:
                     seconds[side].append(time.perf_counter() - began)
     finally:
@@ -76,10 +100,10 @@ def report(seconds: dict[str, list[float]], turns: int, batches: int, size: int)
     base = np.median(seconds[next(iter(SIDES))])
     rows = [f"| {side} | {events / np.median(s):,.0f} | {np.median(s) / events * 1e6:.1f} | "
             f"{np.median(s) / base:.2f} |" for side, s in seconds.items()]
-    header = "| statement | events/s (median turn) | us per event | time, of events only |"
+    header = "| writes | events/s (median turn) | us per event | time, of events only |"
     table = "\n".join([header, "|---|---:|---:|---:|", *rows])
     REPORT.write_text(
-        f"# The archiver's statement\n\n"
+        f"# The archiver's transaction\n\n"
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `benchmarks/archiver_bench.py`, "
         f"{turns} turns of {batches} batches of {size:,} events per side, one connection.\n\n"
         f"{table}\n")

@@ -137,3 +137,34 @@ def find_replays(records: Sequence[Positioned], spans: Mapping[int, Span],
     applied = frozenset(j for j, r in enumerate(records)
                         if r.partition in check and check[r.partition].covers(r))
     return Replays(applied, positions)
+
+
+def find_rewrites(records: Sequence[Positioned], spans: Mapping[int, Span],
+                  stored: Mapping[int, Position | None], topic: str) -> Replays:
+    """`find_replays` for a consumer whose positions are stored with its writes, in one
+    database transaction that locks them (the archiver's PostgreSQL): a second copy of the
+    consumer (one expelled from the group mid-batch) then reads what the first wrote, and its
+    stale batch finds itself applied. It reads no log end, which such a copy no longer knows.
+
+    Every record below a partition's applied offset was applied, so none of them is newer than
+    the newest applied: one that is comes from another log (the topic recreated, or truncated),
+    and the partition's position starts afresh. Mistaking a replay for another log costs
+    nothing but the idempotent writes the consumer makes anyway."""
+    positions: dict[int, Position] = {}
+    check: dict[int, Position] = {}
+    for partition, span in spans.items():
+        position = stored.get(partition)
+        if position is not None and span.first_offset < position.next_offset:
+            check[partition] = position
+        positions[partition] = span.held if position is None else position.merged(span.held)
+    other_log = {r.partition for r in records if r.partition in check
+                 and r.offset < check[r.partition].next_offset
+                 and r.log_ms > check[r.partition].newest_ms}
+    for partition in other_log:
+        log.warning("%s[%d]: records below the applied offset %d are newer than any applied: "
+                    "the topic was recreated or truncated; its applied position starts afresh",
+                    topic, partition, check.pop(partition).next_offset)
+        positions[partition] = spans[partition].held
+    applied = frozenset(j for j, r in enumerate(records)
+                        if r.partition in check and check[r.partition].covers(r))
+    return Replays(applied, positions)

@@ -4,9 +4,11 @@ the user's events and `users` row and records it in `user_erasures`.
 
 Batches are inserted with ON CONFLICT (event_id) DO NOTHING in one transaction, and offsets are
 committed only after that commit, so every acknowledged event lands exactly once however often
-it is redelivered. While PostgreSQL is down the batch is retried with exponential backoff and
-nothing is committed. Invalid messages are skipped here and dead-lettered by the processor.
-Run with `reco run archiver`.
+it is redelivered. The transaction also locks and moves on each partition's archived position
+(sql/009): records below it were archived and are skipped, so a copy of the archiver still
+writing a batch after the group moved its partitions on cannot undo a later erasure. While
+PostgreSQL is down the batch is retried with exponential backoff and nothing is committed.
+Invalid messages are skipped here and dead-lettered by the processor. Run with `reco run archiver`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -30,6 +32,7 @@ from reco.privacy import pseudonym
 from reco.settings import Settings
 from reco.timing import POSTGRES_QUERY_SECONDS, timed
 from streaming import consumer as loop
+from streaming.applied_positions import Position, Replays, Span, find_rewrites, spans_of
 from streaming.messages import decode
 from streaming.metrics import EVENTS_ARCHIVED, PROCESSING_ERRORS, USERS_ERASED, serve_metrics
 
@@ -127,6 +130,30 @@ WHERE erasure_id = ANY($1::uuid[])
 """
 
 
+# The batch's partitions' positions, their rows locked until the transaction ends (a no-op
+# update locks an existing row; a new one holds NULLs), in partition order against deadlocks.
+CLAIM_POSITIONS = """
+INSERT INTO archived_positions AS a (topic, kafka_partition)
+SELECT $1, p FROM unnest($2::int[]) AS p ORDER BY p
+ON CONFLICT (topic, kafka_partition) DO UPDATE SET topic = a.topic
+RETURNING kafka_partition, next_offset, newest_ms
+"""
+
+MOVE_POSITIONS = """
+UPDATE archived_positions AS a SET next_offset = v.next_offset, newest_ms = v.newest_ms
+FROM unnest($2::int[], $3::bigint[], $4::bigint[]) AS v(p, next_offset, newest_ms)
+WHERE a.topic = $1 AND a.kafka_partition = v.p
+"""
+
+
+class At(NamedTuple):
+    """Where a record sits in the topic (applied_positions.Positioned)."""
+
+    partition: int
+    offset: int
+    log_ms: int
+
+
 def erasure_row(erasure: Erasure, record: ConsumerRecord, pseudonym_key: str, first: bool
                 ) -> tuple[Any, ...]:
     """`first`: the user's first erasure of the batch, which the deleted events count for."""
@@ -152,7 +179,7 @@ class Archiver:
             else:
                 valid.append((decoded, record))
         if valid:
-            await self._write(valid)
+            await self._write(records, valid)
 
     def _rows(self, valid: list[tuple[Event | Erasure, ConsumerRecord]],
               known: dict[str, tuple[int | None, int | None]]
@@ -179,8 +206,11 @@ class Archiver:
             rows = [row for row in rows if row[1] != decoded.user_id]
         return rows, erased
 
-    async def _write(self, valid: list[tuple[Event | Erasure, ConsumerRecord]]) -> None:
-        erasure_ids = [x.erasure_id for x, _ in valid if isinstance(x, Erasure)]
+    async def _write(self, records: Sequence[ConsumerRecord],
+                     valid: list[tuple[Event | Erasure, ConsumerRecord]]) -> None:
+        at = [At(r.partition, r.offset, r.timestamp if r.timestamp is not None else -1)
+              for r in records]
+        spans = spans_of(at)
         try:
             if self.conn is None or self.conn.is_closed():
                 self.conn = await asyncpg.connect(
@@ -188,6 +218,11 @@ class Archiver:
                     command_timeout=self.settings.archiver_pg_timeout_s)
             inserted = 0
             async with self.conn.transaction():
+                replays = await self._claim_positions(at, spans)
+                if replays.applied:
+                    done = {(at[j].partition, at[j].offset) for j in replays.applied}
+                    valid = [(x, r) for x, r in valid if (r.partition, r.offset) not in done]
+                erasure_ids = [x.erasure_id for x, _ in valid if isinstance(x, Erasure)]
                 known = ({row[0]: (row[1], row[2])
                           for row in await self.conn.fetch(KNOWN_ERASURES, erasure_ids)}
                          if erasure_ids else {})
@@ -198,6 +233,11 @@ class Archiver:
                     with timed(POSTGRES_QUERY_SECONDS, "archive_events"):
                         inserted = await self.conn.fetchval(INSERT_EVENTS,
                                                             *zip(*rows, strict=True))
+                partitions = sorted(replays.positions)
+                await self.conn.execute(
+                    MOVE_POSITIONS, self.settings.topic_events, partitions,
+                    [replays.positions[p].next_offset for p in partitions],
+                    [replays.positions[p].newest_ms for p in partitions])
         except Exception:
             # Reconnect on the retry, whatever failed: asyncpg's InternalClientError (seen
             # when PostgreSQL stopped mid-query) is none of its connection errors, and a
@@ -209,6 +249,18 @@ class Archiver:
             USERS_ERASED.labels(self.settings.group_archiver).inc(len(erased))
             for row in erased:
                 log.info("erasure %s of %s: events and user row deleted", row[0], row[2])
+
+    async def _claim_positions(self, at: list[At], spans: dict[int, Span]) -> Replays:
+        """Lock the batch's partitions' positions (a copy of this archiver writing the same
+        partitions waits here for this transaction) and find the records they cover."""
+        topic = self.settings.topic_events
+        stored = {row[0]: None if row[1] is None else Position(row[1], row[2])
+                  for row in await self.conn.fetch(CLAIM_POSITIONS, topic, sorted(spans))}
+        replays = find_rewrites(at, spans, stored, topic)
+        if replays.applied:
+            log.info("%s: %d of %d records were archived before (below their partition's "
+                     "archived offset): skipped", topic, len(replays.applied), len(at))
+        return replays
 
     async def _erase(self, erased: list[tuple[Any, ...]]) -> None:
         users = [row[1] for row in erased]

@@ -164,9 +164,11 @@ class FeatureStore:
 
     async def _erasure_state(self, erasures: Sequence[StreamErasure]
                              ) -> tuple[list[StreamErasure], Versions | None]:
-        """The erasures without a marker (not applied before; the same erasure twice in the
-        batch counts once, at its first copy), and the model versions, serving and being
-        published, whose users' lists they delete (None without erasures)."""
+        """The erasures not applied before (no marker, nor a record in `keys.USER_ERASURES`,
+        which outlives the markers: a copy sent again a day later must not wipe what the user
+        did since; the same erasure twice in the batch counts once, at its first copy), and
+        the model versions, serving and being published, whose users' lists they delete (None
+        without erasures)."""
         distinct: dict[str, StreamErasure] = {}
         for x in erasures:
             distinct.setdefault(x.erasure_id, x)
@@ -174,11 +176,17 @@ class FeatureStore:
             return [], None
         check = Packed()
         check.each("EXISTS", [keys.event_seen(x) for x in distinct])
+        for x in distinct.values():
+            check.add("ZSCORE", keys.USER_ERASURES,
+                      keys.user_erasure_member(pseudonym(x.user_id, self._key), x.erasure_id))
         check.each("HGETALL", list(VERSION_HASHES))
         replies = await self.redis.execute(check)
-        marked = replies[:len(distinct)]
-        return ([x for x, done in zip(distinct.values(), marked, strict=True) if not done],
-                _versions(replies[len(distinct):]))
+        n = len(distinct)
+        marked, recorded = replies[:n], replies[n:2 * n]
+        return ([x for x, was_marked, was_recorded
+                 in zip(distinct.values(), marked, recorded, strict=True)
+                 if not was_marked and was_recorded is None],
+                _versions(replies[2 * n:]))
 
     def _erasure_commands(self, cmds: Packed, erased: Sequence[StreamErasure],
                           erasing: Mapping[str, StreamErasure], versions: Versions) -> None:

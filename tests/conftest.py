@@ -18,7 +18,7 @@ from reco.stack import servers as stack_servers
 from reco.topics import ensure_topics
 from tests import servers
 
-APP_TABLES = ("events", "items", "users", "models", "user_erasures")
+APP_TABLES = ("events", "items", "users", "models", "user_erasures", "archived_positions")
 # py4j logs "Closing down clientserver connection" from a destructor at interpreter exit, after
 # pytest closed the streams its handlers write to: a "--- Logging error ---" trace after the run.
 logging.getLogger("py4j").setLevel(logging.WARNING)

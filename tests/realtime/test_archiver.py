@@ -11,7 +11,8 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from reco.settings import Settings
-from streaming.archiver import Archiver
+from streaming.applied_positions import Position, find_rewrites, spans_of
+from streaming.archiver import Archiver, At
 
 T_MS = 1_760_000_000_000
 
@@ -67,3 +68,34 @@ async def test_a_statement_that_hangs_times_out_and_the_retry_archives(
         assert pg.execute("SELECT count(*) FROM events").fetchone()[0] == 1
     finally:
         await archiver.close()
+
+
+def positions(pg: psycopg.Connection) -> list[tuple[int, int, int]]:
+    return pg.execute("SELECT kafka_partition, next_offset, newest_ms FROM archived_positions "
+                      "ORDER BY kafka_partition").fetchall()
+
+
+async def test_a_recreated_topics_records_are_archived_though_below_the_position(
+        pg: psycopg.Connection, settings: Settings) -> None:
+    """Offsets start again at 0 in a topic made again; its records are newer than any archived,
+    which no record below the archived offset of the same log can be."""
+    archiver = Archiver(settings)
+    try:
+        await archiver([record("u1", T_MS + i, i) for i in range(5)])
+        assert positions(pg) == [(0, 5, T_MS + 4)]
+        again = [record("u2", T_MS + 1_000 + i, i) for i in range(2)]
+        await archiver(again)
+        assert positions(pg) == [(0, 2, T_MS + 1_001)]
+        await archiver([*again, record("u2", T_MS + 1_001, 2)])  # its newest time, a new offset
+        assert pg.execute("SELECT count(*) FROM events WHERE user_id = 'u2'").fetchone()[0] == 3
+        assert positions(pg) == [(0, 3, T_MS + 1_001)]
+    finally:
+        await archiver.close()
+
+
+def test_rewrites_are_the_records_below_the_stored_position() -> None:
+    at = [At(0, 8, 108), At(1, 3, 203), At(0, 9, 109), At(0, 10, 110), At(2, 0, 300)]
+    stored = {0: Position(10, 109), 1: Position(2, 201), 2: None}
+    replays = find_rewrites(at, spans_of(at), stored, "events")
+    assert replays.applied == {0, 2}
+    assert replays.positions == {0: Position(11, 110), 1: Position(4, 203), 2: Position(1, 300)}

@@ -3,6 +3,7 @@ PostgreSQL, and the whole path from `DELETE /users/{id}` through a real broker."
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -134,6 +135,26 @@ async def test_a_redelivered_erasure_is_recognised_by_its_marker_where_positions
         again = await store.apply(batch, gone)
         assert again.erased == [] and again.applied == []
         assert user_state(r, "u1")["recent"] == ["b"]
+    finally:
+        await client.close()
+
+
+async def test_a_copy_of_an_erasure_after_its_marker_expired_is_recognised_by_its_record(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """`user:erasures` keeps the erasure for 90 days, its marker only RECO_DEDUP_TTL_S: a copy
+    sent again later must not wipe what the user did since."""
+    client = RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings.model_copy(update={"dedup_ttl_s": 1}))
+    try:
+        gone = erase("u1", 1)
+        await store.apply([ev("u1", "a", 0)], [gone])
+        await store.apply([ev("u1", "b", 2)])
+        await wait_for(lambda: not redis_client.exists(keys.event_seen(gone.erasure_id)),
+                       "the erasure's marker to expire")
+        again = await store.apply([], [gone])
+        assert again.erased == []
+        assert user_state(redis_client, "u1")["recent"] == ["b"]
     finally:
         await client.close()
 
@@ -425,3 +446,55 @@ async def test_reco_db_erasures_lists_a_users_applied_erasures(
     assert erased.exit_code == 0 and f"erasure {erasure_id}" in said
     assert "1 events deleted" in said
     assert never.exit_code == 1 and "no erasure of 'u2' applied" in not_said
+
+
+async def test_an_expelled_archiver_writing_late_cannot_bring_erased_events_back(
+    pg: psycopg.Connection, settings: Settings
+) -> None:
+    """The group moved the partition on while a copy of the archiver still held its batch: the
+    new owner archived that batch and a later erasure, then the stale copy writes."""
+    owner, stale = Archiver(settings), Archiver(settings)
+    early = [record("u1", 0, "a"), record("u2", 1, "a"), record("u1", 2, "b")]
+    try:
+        await owner(early)
+        await owner([erasure_record("u1", 3), record("u2", 4, "b")])
+        await stale(early)
+        assert events_of(pg) == [("u2", "a"), ("u2", "b")]
+        # Its later records, those the owner has not archived, still land.
+        await stale([record("u1", 4, "x"), record("u2", 5, "c")])
+        assert events_of(pg) == [("u2", "a"), ("u2", "b"), ("u2", "c")]
+    finally:
+        await owner.close()
+        await stale.close()
+
+
+async def test_a_stale_archiver_waits_for_the_owners_transaction_then_skips_its_batch(
+    pg: psycopg.Connection, settings: Settings
+) -> None:
+    """Both write at once: the first to lock the partition's position wins, the other reads
+    the position it moved on."""
+    owner, stale = Archiver(settings), Archiver(settings)
+    early = [record("u1", 0, "a"), record("u1", 1, "b")]
+    try:
+        with psycopg.connect(settings.database_url) as holder:
+            holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            owning = asyncio.create_task(owner([*early, erasure_record("u1", 2)]))
+            await wait_for(lambda: blocked_on(pg, "users"), "the owner to wait for users")
+            staling = asyncio.create_task(stale(early))
+            await wait_for(lambda: blocked_on(pg, "archived_positions"),
+                           "the stale copy to wait for the position")
+            holder.rollback()
+        await asyncio.wait_for(asyncio.gather(owning, staling), 10)
+        assert events_of(pg) == []
+        assert pg.execute("SELECT next_offset FROM archived_positions").fetchall() == [(3,)]
+    finally:
+        await owner.close()
+        await stale.close()
+
+
+def blocked_on(pg: psycopg.Connection, table: str) -> bool:
+    """Whether some session waits for a lock on `table` (a row's or the table's)."""
+    return pg.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "WHERE a.wait_event_type = 'Lock' AND a.query ILIKE %s",
+        (f"%{table}%",)).fetchone()[0] > 0
