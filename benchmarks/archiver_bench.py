@@ -1,6 +1,6 @@
 """What the archiver's transaction costs PostgreSQL per event, next to inserting the events alone.
 
-    .venv/bin/python benchmarks/archiver_bench.py [--turns 10] [--batches 10] [--batch 2000]
+    .venv/bin/python benchmarks/archiver_bench.py [--turns 12] [--batches 10] [--batch 2000]
 
 The archiver inserts each batch in one statement that also records every new user's earliest
 event in `users` (`streaming.archiver.INSERT_EVENTS`), in a transaction that first locks the
@@ -47,7 +47,8 @@ ON CONFLICT (event_id) DO NOTHING
 
 
 async def one_statement(statement: str, conn: asyncpg.Connection, columns: list[list]) -> None:
-    await conn.execute(statement, *columns)
+    async with conn.transaction():
+        await conn.execute(statement, *columns)
 
 
 async def with_positions(conn: asyncpg.Connection, columns: list[list]) -> None:
@@ -59,7 +60,7 @@ async def with_positions(conn: asyncpg.Connection, columns: list[list]) -> None:
 
 
 Side = Callable[[asyncpg.Connection, list[list]], Awaitable[None]]
-SIDES: dict[str, Side] = {
+SIDES: dict[str, Side] = {  # each in a transaction, as the archiver writes
     "events only": partial(one_statement, EVENTS_ONLY),
     "events and users": partial(one_statement, INSERT_EVENTS),
     "positions, events and users (archiver)": with_positions,
@@ -81,8 +82,9 @@ async def measure(url: str, turns: int, batches: int, size: int) -> dict[str, li
     seconds: dict[str, list[float]] = {side: [] for side in SIDES}
     start = datetime(2026, 1, 1, tzinfo=UTC)
     try:
-        for turn in range(turns + 1):  # turn 0 warms both up and is not counted
-            for side, write in (SIDES.items() if turn % 2 else reversed(SIDES.items())):
+        for turn in range(turns + 1):  # turn 0 warms every side up and is not counted
+            sides = list(SIDES.items())
+            for side, write in sides[turn % 3:] + sides[:turn % 3]:  # each goes first in turn
                 work = [batch_columns(rng, size, start + timedelta(minutes=turn * batches + b))
                         for b in range(batches)]
                 began = time.perf_counter()
@@ -112,7 +114,7 @@ def report(seconds: dict[str, list[float]], turns: int, batches: int, size: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--turns", type=int, default=12)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--batch", type=int, default=2000, help="events per batch "
                         "(RECO_CONSUMER_BATCH_MAX's default)")

@@ -148,8 +148,9 @@ def find_rewrites(records: Sequence[Positioned], spans: Mapping[int, Span],
 
     Every record below a partition's applied offset was applied, so none of them is newer than
     the newest applied: one that is comes from another log (the topic recreated, or truncated),
-    and the partition's position starts afresh. Mistaking a replay for another log costs
-    nothing but the idempotent writes the consumer makes anyway."""
+    and the partition's position starts afresh. That needs the broker's clock (LogAppendTime,
+    reco/topics.py): a replay taken for another log is written again, which `event_id` makes
+    harmless except for the events of a user erased since, which come back."""
     positions: dict[int, Position] = {}
     check: dict[int, Position] = {}
     for partition, span in spans.items():

@@ -62,6 +62,7 @@ class PlannedBatch:
     fresh: list[StreamEvent]
     duplicates: int
     erased: list[StreamErasure]  # the batch's erasures not applied before
+    dropped: list[StreamEvent]  # fresh events before an erasure of their user: never applied
     # The model versions (serving, publishing) whose users' lists they erase; None: no erasure.
     versions: Versions | None
     updates: FeatureUpdates
@@ -123,8 +124,8 @@ class FeatureStore:
         carried: dict[str, RecentItems] = {}
         before: dict[int, Position | None] = {}
         if after is not None:
-            if after.fresh:
-                written = {e.event_id for e in after.fresh}
+            if after.fresh or after.dropped:
+                written = {e.event_id for e in (*after.fresh, *after.dropped)}
                 firsts = [j for j in firsts if events[j].event_id not in written]
             # A user it erases starts empty (unless its later events gave a state): Redis may
             # still hold the old state, its DEL not written yet.
@@ -146,29 +147,25 @@ class FeatureStore:
         erasing = {x.user_id: x for x in erased}
         fresh = [events[j] for j, was_seen in zip(firsts, seen, strict=True)
                  if not was_seen and j not in replays.applied]
-        if erasing:
-            kept = [e for e in fresh if e.user_id not in erasing
-                    or not erasing[e.user_id].precedes(e)]
-            erased_events, fresh = len(fresh) - len(kept), kept
-            recent.update((user, RecentItems()) for user in erasing)
-        else:
-            erased_events = 0
+        dropped = [e for e in fresh if e.user_id in erasing and erasing[e.user_id].precedes(e)]
+        if dropped:
+            fresh = [e for e in fresh if e.user_id not in erasing
+                     or not erasing[e.user_id].precedes(e)]
+        recent.update((user, RecentItems()) for user in erasing)
         updates = (plan_batch(fresh, recent, categories, self.params, time.time()) if fresh
                    else FeatureUpdates())
         commands = Packed()
         if erased:  # first: the batch's later events of the user write afresh
-            self._erasure_commands(commands, erased, erasing, versions or ({}, {}))
+            self._erasure_commands(commands, erased, erasing, dropped, versions or ({}, {}))
         self._commands(commands, fresh, updates, replays.positions)
-        return PlannedBatch(fresh, len(events) - len(fresh) - erased_events, erased, versions,
-                            updates, commands, before, replays.positions)
+        return PlannedBatch(fresh, len(events) - len(fresh) - len(dropped), erased, dropped,
+                            versions, updates, commands, before, replays.positions)
 
     async def _erasure_state(self, erasures: Sequence[StreamErasure]
                              ) -> tuple[list[StreamErasure], Versions | None]:
-        """The erasures not applied before (no marker, nor a record in `keys.USER_ERASURES`,
-        which outlives the markers: a copy sent again a day later must not wipe what the user
-        did since; the same erasure twice in the batch counts once, at its first copy), and
-        the model versions, serving and being published, whose users' lists they delete (None
-        without erasures)."""
+        """The erasures without a marker (not applied before; the same erasure twice in the
+        batch counts once, at its first copy), and the model versions, serving and being
+        published, whose users' lists they delete (None without erasures)."""
         distinct: dict[str, StreamErasure] = {}
         for x in erasures:
             distinct.setdefault(x.erasure_id, x)
@@ -176,23 +173,18 @@ class FeatureStore:
             return [], None
         check = Packed()
         check.each("EXISTS", [keys.event_seen(x) for x in distinct])
-        for x in distinct.values():
-            check.add("ZSCORE", keys.USER_ERASURES,
-                      keys.user_erasure_member(pseudonym(x.user_id, self._key), x.erasure_id))
         check.each("HGETALL", list(VERSION_HASHES))
         replies = await self.redis.execute(check)
-        n = len(distinct)
-        marked, recorded = replies[:n], replies[n:2 * n]
-        return ([x for x, was_marked, was_recorded
-                 in zip(distinct.values(), marked, recorded, strict=True)
-                 if not was_marked and was_recorded is None],
-                _versions(replies[2 * n:]))
+        marked = replies[:len(distinct)]
+        return ([x for x, done in zip(distinct.values(), marked, strict=True) if not done],
+                _versions(replies[len(distinct):]))
 
     def _erasure_commands(self, cmds: Packed, erased: Sequence[StreamErasure],
-                          erasing: Mapping[str, StreamErasure], versions: Versions) -> None:
+                          erasing: Mapping[str, StreamErasure], dropped: Sequence[StreamEvent],
+                          versions: Versions) -> None:
         """Delete the erased users' keys; their latest event becomes the erasure (a cached
         answer's fingerprint then differs, whatever it held); record them for publishing
-        (`keys.USER_ERASURES`); mark the erasures applied."""
+        (`keys.USER_ERASURES`); mark the erasures, and the events they drop, applied."""
         s = self.settings
         lists = [pair for hash_ in versions for pair in hash_.items()]
         cmds.add("DEL", *[key for user in erasing for key in keys.user_erasable(user, lists)])
@@ -205,8 +197,10 @@ class FeatureStore:
                                                                x.erasure_id))])
         cmds.add("ZREMRANGEBYSCORE", keys.USER_ERASURES, "-inf",
                  str(now_ms - keys.USER_ERASURES_KEEP_MS))
-        cmds.each("SET", [keys.event_seen(x.erasure_id) for x in erased], "1", "EX",
-                  str(s.dedup_ttl_s))
+        # As long as the record: a redelivery that positions cannot place (or a copy sent
+        # again) must neither erase what came after nor apply what the erasure dropped.
+        cmds.each("SET", [*(keys.event_seen(x.erasure_id) for x in erased), *map(_marker, dropped)],
+                  "1", "EX", str(keys.USER_ERASURES_KEEP_MS // 1000))
 
     async def write(self, planned: PlannedBatch) -> None:
         """Apply the plan atomically, unless one of its events got a marker, or one of its

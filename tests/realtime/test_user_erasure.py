@@ -139,22 +139,30 @@ async def test_a_redelivered_erasure_is_recognised_by_its_marker_where_positions
         await client.close()
 
 
-async def test_a_copy_of_an_erasure_after_its_marker_expired_is_recognised_by_its_record(
+async def test_erasures_and_the_events_they_drop_stay_marked_past_the_dedup_window(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
-    """`user:erasures` keeps the erasure for 90 days, its marker only RECO_DEDUP_TTL_S: a copy
-    sent again later must not wipe what the user did since."""
+    """A redelivery that positions cannot place (log end unknown), a day later: the event the
+    erasure dropped is not applied, and neither erasure wipes what came after, though the
+    events' own markers (RECO_DEDUP_TTL_S) have expired."""
     client = RedisPipe(settings.redis_url)
     store = FeatureStore(client, settings.model_copy(update={"dedup_ttl_s": 1}))
     try:
-        gone = erase("u1", 1)
-        await store.apply([ev("u1", "a", 0)], [gone])
-        await store.apply([ev("u1", "b", 2)])
-        await wait_for(lambda: not redis_client.exists(keys.event_seen(gone.erasure_id)),
-                       "the erasure's marker to expire")
-        again = await store.apply([], [gone])
-        assert again.erased == []
-        assert user_state(redis_client, "u1")["recent"] == ["b"]
+        first, second = erase("u1", 1), erase("u1", 2)
+        dropped = ev("u1", "a", 0)
+        await store.apply([dropped], [first, second])
+        later = ev("u1", "b", 3)
+        await store.apply([later])
+        await wait_for(lambda: not redis_client.exists(keys.event_seen(later.event_id)),
+                       "the dedup window to pass")
+
+        again = await store.apply([dropped], [first, second])
+        assert again.erased == [] and again.applied == []
+        # A copy of the first erasure sent again, after a new event: the event is the user's.
+        copy = StreamErasure(first.erasure_id, "u1", 0, 5, T_MS + 5)
+        await store.apply([ev("u1", "c", 4)], [copy])
+        assert user_state(redis_client, "u1")["recent"] == ["c", "b"]
+        assert redis_client.ttl(keys.event_seen(first.erasure_id)) > 86_400
     finally:
         await client.close()
 
@@ -289,6 +297,11 @@ async def test_the_archiver_deletes_the_users_events_and_records_the_erasure(
         assert "u1" not in str(audit)
 
         await archiver(batch)  # redelivered: the same rows, the audit row kept
+        assert events_of(pg) == [("u2", "a"), ("u1", "d"), ("u2", "e")]
+        assert pg.execute("SELECT count(*) FROM user_erasures").fetchone()[0] == 1
+        # Archived before sql/009 (no position): the erasure's own record still tells.
+        pg.execute("DELETE FROM archived_positions")
+        await archiver(batch)
         assert events_of(pg) == [("u2", "a"), ("u1", "d"), ("u2", "e")]
         assert pg.execute("SELECT count(*) FROM user_erasures").fetchone()[0] == 1
     finally:
@@ -461,8 +474,8 @@ async def test_an_expelled_archiver_writing_late_cannot_bring_erased_events_back
         await stale(early)
         assert events_of(pg) == [("u2", "a"), ("u2", "b")]
         # Its later records, those the owner has not archived, still land.
-        await stale([record("u1", 4, "x"), record("u2", 5, "c")])
-        assert events_of(pg) == [("u2", "a"), ("u2", "b"), ("u2", "c")]
+        await stale([record("u1", 5, "x"), record("u2", 6, "c")])
+        assert events_of(pg) == [("u2", "a"), ("u2", "b"), ("u1", "x"), ("u2", "c")]
     finally:
         await owner.close()
         await stale.close()
