@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import socket
 import threading
@@ -14,6 +15,7 @@ import orjson
 import pytest
 import redis
 from redis.backoff import NoBackoff
+from redis.lock import Lock
 from redis.retry import Retry
 
 from reco import keys, neighbours
@@ -185,12 +187,118 @@ def test_a_publish_that_lost_its_lock_stops_and_leaves_the_keys_alone(redis_url)
     assert client.exists(keys.item_knn(ITEMS[0], "v1"))
 
 
-class ExecReplyDropper:
-    """A TCP proxy to Redis that loses the reply to every EXEC: Redis runs the transaction,
-    then the client's connection is reset (what a timeout or a network blip looks like)."""
+def leaving_out(lists, left_out: set[str]):
+    """`lists` with these keys' values None (an erased owner's list: publishing deletes it)."""
+    for key, value in lists:
+        yield key, None if key in left_out else value
 
-    def __init__(self, upstream: tuple[str, int]):
+
+def take_over_lock(client: redis.Redis) -> Lock:
+    """The publish lock expires (a stalled publisher), then another publisher takes it."""
+    client.delete(keys.publish_lock("item2vec"))
+    other = client.lock(keys.publish_lock("item2vec"), timeout=60)
+    assert other.acquire(blocking=False)
+    return other
+
+
+@pytest.mark.integration
+def test_a_publisher_that_stalled_past_its_lock_writes_nothing_more(redis_url):
+    """Renewed only after each batch, a stalled publisher's lock expired, another publish of
+    the same version left out an erased user's list, then the stalled one wrote a whole batch,
+    that list in it, before its renewal failed."""
+    client = redis.Redis.from_url(redis_url)
+    erased = keys.item_knn(ITEMS[600], "v1")
+
+    def stalled(written: int) -> None:
+        if written == 500:
+            client.delete(keys.publish_lock("item2vec"))  # expired while A stalled
+            publish.publish(redis.Redis.from_url(redis_url), "item2vec", "v1",
+                            leaving_out(lists_of("v1"), {erased}), batch=500)
+
+    with pytest.raises(redis.exceptions.LockNotOwnedError):
+        publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500,
+                        after_batch=stalled)
+
+    assert not client.exists(erased)
+    assert read_lists(client, ITEMS[:1])[0] == "v1"
+    assert client.exists(keys.item_knn(ITEMS[-1], "v1"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("lost", ["taken", "expired"])
+def test_a_lock_lost_between_its_check_and_the_exec_writes_nothing(redis_url, monkeypatch,
+                                                                     lost):
+    """WATCH: the lock's token matched, then it was taken, or it expired, before EXEC."""
+    client = redis.Redis.from_url(redis_url)
+    multi = redis.client.Pipeline.multi
+    transactions: list[int] = []
+
+    def about_to_expire(written: int) -> None:
+        if lost == "expired" and written == 500:
+            client.pexpire(keys.publish_lock("item2vec"), 100)
+
+    def losing_the_lock_at_the_second(pipe) -> None:
+        transactions.append(1)
+        if len(transactions) == 2:  # after the GET of the lock, before the writes and EXEC
+            if lost == "taken":
+                take_over_lock(redis.Redis.from_url(redis_url))
+            else:
+                time.sleep(0.2)  # untouched, the lock expires
+        multi(pipe)
+
+    monkeypatch.setattr(redis.client.Pipeline, "multi", losing_the_lock_at_the_second)
+    with pytest.raises(redis.exceptions.LockNotOwnedError, match="changed before the write"):
+        publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500,
+                        after_batch=about_to_expire)
+
+    assert client.exists(keys.item_knn(ITEMS[499], "v1"))  # the first transaction's
+    assert not any(client.exists(keys.item_knn(item, "v1")) for item in ITEMS[500:1000])
+
+
+@pytest.mark.integration
+def test_a_publisher_that_lost_its_lock_before_the_switch_does_not_switch(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+    with (publish.held_lock(client, "item2vec") as lock,
+          pytest.raises(redis.exceptions.LockNotOwnedError)):
+        publish.publish_locked(client, lock, "item2vec", "v2", lists_of("v2"), batch=500,
+                               before_switch=lambda: take_over_lock(client))
+    assert publish.current_version(client, "item2vec") == "v1"
+    assert client.ttl(keys.item_knn(ITEMS[0], "v1")) == -1  # not retired
+
+
+@pytest.mark.integration
+def test_retiring_under_a_lost_lock_expires_and_deletes_nothing(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    for version in ("v1", "v2", "v3"):
+        client.mset(dict(lists_of(version)))
+    with publish.held_lock(client, "item2vec") as lock:
+        take_over_lock(client)
+        with pytest.raises(redis.exceptions.LockNotOwnedError):
+            publish.retire_others(client, lock, "item2vec", "v3", "v2", batch=500)
+    pipe = client.pipeline(transaction=False)
+    for version in ("v1", "v2"):
+        for item in ITEMS:
+            pipe.ttl(keys.item_knn(item, version))
+    assert set(pipe.execute()) == {-1}  # none deleted (-2), none expiring
+
+
+@pytest.mark.integration
+def test_a_client_that_decodes_replies_holds_its_lock_too(redis_url):
+    """The fence compares the lock's stored token, a str under decode_responses."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+    assert publish.is_serving(client, "item2vec", "v1")
+
+
+class ExecReplyDropper:
+    """A TCP proxy to Redis that loses the reply to every EXEC sent with `marker` (the switch's
+    transaction names `keys.MODEL_VERSIONS`): Redis runs the transaction, then the client's
+    connection is reset (what a timeout or a network blip looks like)."""
+
+    def __init__(self, upstream: tuple[str, int], marker: bytes):
         self.upstream = upstream
+        self.marker = marker
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = [self.listener]
@@ -210,11 +318,10 @@ class ExecReplyDropper:
             threading.Thread(target=self._to_client, args=(server, client, sent_exec),
                              daemon=True).start()
 
-    @staticmethod
-    def _to_server(client: socket.socket, server: socket.socket, sent_exec) -> None:
+    def _to_server(self, client: socket.socket, server: socket.socket, sent_exec) -> None:
         try:
             while data := client.recv(65536):
-                if b"EXEC\r\n" in data.upper():
+                if b"EXEC\r\n" in data.upper() and self.marker in data:
                     sent_exec.set()
                 server.sendall(data)
         except OSError:
@@ -240,16 +347,26 @@ class ExecReplyDropper:
             sock.close()
 
 
-@pytest.fixture
-def lossy_client(redis_url) -> Iterator[redis.Redis]:
-    """A client whose transactions run in Redis but whose EXEC replies never arrive."""
+@contextlib.contextmanager
+def losing_replies(redis_url: str, marker: bytes) -> Iterator[redis.Redis]:
+    """A client whose transactions run in Redis but whose EXEC replies, of transactions sent
+    with `marker`, never arrive."""
     url = urlparse(redis_url)
-    proxy = ExecReplyDropper((url.hostname, url.port))
+    proxy = ExecReplyDropper((url.hostname, url.port), marker)
     client = redis.Redis(host="127.0.0.1", port=proxy.port, db=int(url.path.strip("/")),
                          retry=Retry(NoBackoff(), 0))
-    yield client
-    client.close()
-    proxy.close()
+    try:
+        yield client
+    finally:
+        client.close()
+        proxy.close()
+
+
+@pytest.fixture
+def lossy_client(redis_url) -> Iterator[redis.Redis]:
+    """A client whose switches run in Redis but whose replies never arrive."""
+    with losing_replies(redis_url, keys.MODEL_VERSIONS.encode()) as client:
+        yield client
 
 
 @pytest.mark.integration
@@ -273,6 +390,20 @@ def test_a_switch_whose_reply_is_lost_keeps_the_new_version_serving(redis_url, l
         assert publish.retire_others(client, lock, "item2vec", "v2", None, batch=500,
                                      grace_s=60) == (len(ITEMS), 0)
     assert 0 < client.ttl(old_key) <= 60 and client.ttl(keys.item_knn(ITEMS[0], "v2")) == -1
+
+
+@pytest.mark.integration
+def test_a_write_whose_reply_is_lost_fails_as_a_connection_error(redis_url):
+    """redis-py raises WatchError for a connection lost while watching: taken for a lost lock,
+    it left the version's written keys behind under a misleading error."""
+    client = redis.Redis.from_url(redis_url)
+    publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500)
+    with (losing_replies(redis_url, b"item:knn:v2:") as lossy,
+          pytest.raises(redis.ConnectionError)):
+        publish.publish(lossy, "item2vec", "v2", lists_of("v2"), batch=500)
+    assert read_lists(client, ITEMS[:1])[0] == "v1"
+    assert list(client.scan_iter(match=keys.version_prefix("knn", "v2"))) == []
+    assert not client.exists(keys.publish_lock("item2vec"))
 
 
 @pytest.mark.integration
