@@ -192,7 +192,9 @@ def user_erasable(user_id: str, versions: Iterable[tuple[str, str]]) -> list[str
 
 def event_seen(event_id: str) -> str:
     """Marker that the processor has applied an event: one event sent twice (a client's retry)
-    is applied once while the marker lives (RECO_DEDUP_TTL_S)."""
+    is applied once while the marker lives (RECO_DEDUP_TTL_S). Erasures, and the events they
+    drop, are marked as long as `USER_ERASURES` keeps them (an erasure's marker holds the
+    "partition offset" it was read at)."""
     return f"event:seen:{event_id}"
 
 

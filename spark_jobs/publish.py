@@ -122,18 +122,20 @@ def _versions(client: redis.Redis, kinds: tuple[str, ...]) -> dict[str, list[str
     return found
 
 
-def _delete_version(client: redis.Redis, kinds: tuple[str, ...], version: str,
+def _delete_version(client: redis.Redis, lock: Lock, kinds: tuple[str, ...], version: str,
                     batch: int) -> int:
+    """Delete `version`'s keys, fenced: another publisher of the same version may hold the lock
+    now (LockNotOwnedError, and its keys stay)."""
     deleted = 0
     for kind in kinds:
         chunk: list[str] = []
         for key in client.scan_iter(match=keys.version_prefix(kind, version), count=10_000):
             chunk.append(key)
             if len(chunk) >= batch:
-                deleted += client.unlink(*chunk)
+                deleted += sum(_fenced(client, lock, [("UNLINK", k) for k in chunk]))
                 chunk = []
         if chunk:
-            deleted += client.unlink(*chunk)
+            deleted += sum(_fenced(client, lock, [("UNLINK", k) for k in chunk]))
     return deleted
 
 
@@ -298,8 +300,10 @@ def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
         except redis.RedisError:
             serving = version
         if serving != version:
-            _delete_version(client, kinds, version, batch)
-            withdraw(client, model, version)
+            # Lost meanwhile: the keys and the announcement may be another publisher's now.
+            with contextlib.suppress(redis.exceptions.LockNotOwnedError):
+                _delete_version(client, lock, kinds, version, batch)
+                withdraw(client, model, version)
         raise
     expiring, deleted = retire_others(client, lock, model, version, previous, batch, grace_s)
     return PublishResult(model, version, previous, written, expiring, deleted,

@@ -87,6 +87,8 @@ class FeatureStore:
         self.log_end = log_end  # the consumer's view of each partition's log end
         self.params = FeatureParams.from_settings(settings)
         self._key = settings.log_pseudonym_key.get_secret_value()  # erased users' pseudonyms
+        # How long erasures, and the events they drop, stay marked: as their record lasts.
+        self._erasure_mark_s = max(keys.USER_ERASURES_KEEP_MS // 1000, settings.dedup_ttl_s)
         self._categories: dict[str, tuple[str | None, float]] = {}  # item -> (category, expiry)
 
     async def apply(self, events: Sequence[StreamEvent],
@@ -141,50 +143,62 @@ class FeatureStore:
                      "applied offset): skipped", self.topic, len(replays.applied),
                      len(positioned))
         n = len(events)
-        erased, versions = await self._erasure_state(
+        erased, redelivered, versions = await self._erasure_state(
             [x for i, x in enumerate(erasures) if n + i not in replays.applied])
-        # The user's last erasure of the batch: one takes all before it.
+        # The user's last erasure of the batch: one takes all before it. One applied before,
+        # met again at its own position, still drops them (it dropped them then), erasing
+        # nothing: what Redis holds of the user came after it.
         erasing = {x.user_id: x for x in erased}
+        dropping = {x.user_id: x for x in sorted((*erased, *redelivered),
+                                                 key=lambda x: (x.partition, x.offset))}
         fresh = [events[j] for j, was_seen in zip(firsts, seen, strict=True)
                  if not was_seen and j not in replays.applied]
-        dropped = [e for e in fresh if e.user_id in erasing and erasing[e.user_id].precedes(e)]
+        dropped = [e for e in fresh if e.user_id in dropping and dropping[e.user_id].precedes(e)]
         if dropped:
-            fresh = [e for e in fresh if e.user_id not in erasing
-                     or not erasing[e.user_id].precedes(e)]
+            fresh = [e for e in fresh if e.user_id not in dropping
+                     or not dropping[e.user_id].precedes(e)]
         recent.update((user, RecentItems()) for user in erasing)
         updates = (plan_batch(fresh, recent, categories, self.params, time.time()) if fresh
                    else FeatureUpdates())
         commands = Packed()
         if erased:  # first: the batch's later events of the user write afresh
-            self._erasure_commands(commands, erased, erasing, dropped, versions or ({}, {}))
+            self._erasure_commands(commands, erased, erasing, versions or ({}, {}))
+        # As long as the erasure's record: a redelivery that positions cannot place must not
+        # apply them once their own markers' RECO_DEDUP_TTL_S has passed.
+        if dropped:
+            commands.each("SET", [_marker(e) for e in dropped], "1", "EX",
+                          str(self._erasure_mark_s))
         self._commands(commands, fresh, updates, replays.positions)
         return PlannedBatch(fresh, len(events) - len(fresh) - len(dropped), erased, dropped,
                             versions, updates, commands, before, replays.positions)
 
     async def _erasure_state(self, erasures: Sequence[StreamErasure]
-                             ) -> tuple[list[StreamErasure], Versions | None]:
+                             ) -> tuple[list[StreamErasure], list[StreamErasure],
+                                        Versions | None]:
         """The erasures without a marker (not applied before; the same erasure twice in the
-        batch counts once, at its first copy), and the model versions, serving and being
-        published, whose users' lists they delete (None without erasures)."""
+        batch counts once, at its first copy), those whose marker names their own position
+        (applied before: a redelivery; elsewhere, it is a copy sent again, which drops
+        nothing), and the model versions, serving and being published, whose users' lists
+        the first delete (None without erasures)."""
         distinct: dict[str, StreamErasure] = {}
         for x in erasures:
             distinct.setdefault(x.erasure_id, x)
         if not distinct:
-            return [], None
+            return [], [], None
         check = Packed()
-        check.each("EXISTS", [keys.event_seen(x) for x in distinct])
+        check.each("GET", [keys.event_seen(x) for x in distinct])
         check.each("HGETALL", list(VERSION_HASHES))
         replies = await self.redis.execute(check)
-        marked = replies[:len(distinct)]
-        return ([x for x, done in zip(distinct.values(), marked, strict=True) if not done],
+        marks = dict(zip(distinct.values(), replies[:len(distinct)], strict=True))
+        return ([x for x, mark in marks.items() if mark is None],
+                [x for x, mark in marks.items() if mark == _erasure_mark(x)],
                 _versions(replies[len(distinct):]))
 
     def _erasure_commands(self, cmds: Packed, erased: Sequence[StreamErasure],
-                          erasing: Mapping[str, StreamErasure], dropped: Sequence[StreamEvent],
-                          versions: Versions) -> None:
+                          erasing: Mapping[str, StreamErasure], versions: Versions) -> None:
         """Delete the erased users' keys; their latest event becomes the erasure (a cached
         answer's fingerprint then differs, whatever it held); record them for publishing
-        (`keys.USER_ERASURES`); mark the erasures, and the events they drop, applied."""
+        (`keys.USER_ERASURES`); mark the erasures applied, each with its position."""
         s = self.settings
         lists = [pair for hash_ in versions for pair in hash_.items()]
         cmds.add("DEL", *[key for user in erasing for key in keys.user_erasable(user, lists)])
@@ -197,10 +211,11 @@ class FeatureStore:
                                                                x.erasure_id))])
         cmds.add("ZREMRANGEBYSCORE", keys.USER_ERASURES, "-inf",
                  str(now_ms - keys.USER_ERASURES_KEEP_MS))
-        # As long as the record: a redelivery that positions cannot place (or a copy sent
-        # again) must neither erase what came after nor apply what the erasure dropped.
-        cmds.each("SET", [*(keys.event_seen(x.erasure_id) for x in erased), *map(_marker, dropped)],
-                  "1", "EX", str(keys.USER_ERASURES_KEEP_MS // 1000))
+        # As long as the record: a redelivery that positions cannot place, or a copy sent
+        # again, must not erase what came after.
+        for x in erased:
+            cmds.add("SET", keys.event_seen(x.erasure_id), _erasure_mark(x).decode(), "EX",
+                     self._erasure_mark_s)
 
     async def write(self, planned: PlannedBatch) -> None:
         """Apply the plan atomically, unless one of its events got a marker, or one of its
@@ -351,6 +366,11 @@ def _versions(replies: Sequence[list[bytes]]) -> Versions:
 
 def _marker(event: StreamEvent) -> str:
     return keys.event_seen(event.event_id)
+
+
+def _erasure_mark(x: StreamErasure) -> bytes:
+    """An erasure's marker value: where it was read, which tells its redelivery from a copy."""
+    return b"%d %d" % (x.partition, x.offset)
 
 
 def _first_copies(events: Sequence[StreamEvent]) -> list[int]:

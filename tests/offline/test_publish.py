@@ -187,6 +187,22 @@ def test_a_publish_that_lost_its_lock_stops_and_leaves_the_keys_alone(redis_url)
     assert client.exists(keys.item_knn(ITEMS[0], "v1"))
 
 
+@pytest.mark.integration
+def test_a_publish_failing_after_its_lock_was_taken_leaves_the_keys_to_the_new_holder(redis_url):
+    """Its cleanup after another failure is fenced too: the keys may be those of another
+    attempt writing the same version under the lock it now holds."""
+    client = redis.Redis.from_url(redis_url)
+
+    def taken_then_failing(written: int) -> None:
+        take_over_lock(client)
+        raise RuntimeError("the list source failed")
+
+    with pytest.raises(RuntimeError, match="list source"):
+        publish.publish(client, "item2vec", "v1", lists_of("v1"), batch=500,
+                        after_batch=taken_then_failing)
+    assert client.exists(keys.item_knn(ITEMS[0], "v1"))
+
+
 def leaving_out(lists, left_out: set[str]):
     """`lists` with these keys' values None (an erased owner's list: publishing deletes it)."""
     for key, value in lists:

@@ -167,6 +167,28 @@ async def test_erasures_and_the_events_they_drop_stay_marked_past_the_dedup_wind
         await client.close()
 
 
+async def test_a_redelivered_erasure_drops_the_events_before_it_again_erasing_nothing(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Met again at its own position (its marker says where it was read) past the dedup
+    window, positions unable to place it: the user's event before it, applied in an earlier
+    batch, is not applied again, and what came after stays."""
+    client = RedisPipe(settings.redis_url)
+    store = FeatureStore(client, settings.model_copy(update={"dedup_ttl_s": 1}))
+    try:
+        before, gone, after = ev("u1", "a", 0), erase("u1", 1), ev("u1", "b", 2)
+        await store.apply([before])
+        await store.apply([], [gone])
+        await store.apply([after])
+        await wait_for(lambda: not redis_client.exists(keys.event_seen(before.event_id)),
+                       "the dedup window to pass")
+        again = await store.apply([before], [gone])
+        assert again.erased == [] and again.applied == []
+        assert user_state(redis_client, "u1")["recent"] == ["b"]
+    finally:
+        await client.close()
+
+
 async def test_an_erasure_records_the_users_pseudonym_and_becomes_the_latest_event(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
