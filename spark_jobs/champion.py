@@ -65,7 +65,7 @@ def _publish_without_erased_users(cfg: PipelineConfig, client: redis.Redis, lock
     try:
         left_out = erased_users.erased(users, cfg.database_url, client)
     except BaseException:
-        publish.withdraw(client, cfg.model, version)
+        publish.withdraw(client, lock, cfg.model, version)
         raise
 
     def erased_meanwhile() -> None:

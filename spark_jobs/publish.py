@@ -195,7 +195,7 @@ def _fenced(client: redis.Redis, lock: Lock, commands: Sequence[tuple[Any, ...]]
                     stored = stored.encode()
                 if stored is None or stored != lock.local.token:
                     raise redis.exceptions.LockNotOwnedError(
-                        f"{lock.name} expired or another publisher holds it", lock_name=lock.name)
+                        f"{lock.name} expired or another publisher holds it")
                 pipe.multi()
                 for command in commands[lo:lo + FENCE_BATCH]:
                     pipe.execute_command(*command)
@@ -207,7 +207,7 @@ def _fenced(client: redis.Redis, lock: Lock, commands: Sequence[tuple[Any, ...]]
                 if isinstance(lost, redis.ConnectionError | redis.TimeoutError):
                     raise lost from None
                 raise redis.exceptions.LockNotOwnedError(
-                    f"{lock.name} changed before the write ran", lock_name=lock.name) from e
+                    f"{lock.name} changed before the write ran") from e
     return replies
 
 
@@ -255,12 +255,13 @@ def announce(client: redis.Redis, model: str, version: str) -> None:
     client.hset(keys.MODEL_PUBLISHING, model, version)
 
 
-def withdraw(client: redis.Redis, model: str, version: str) -> None:
+def withdraw(client: redis.Redis, lock: Lock, model: str, version: str) -> None:
     """End `announce` of a publish that stopped before its switch (best effort: a stale entry
-    only makes erasures delete lists that do not exist)."""
-    with contextlib.suppress(redis.RedisError):
+    only makes erasures delete lists that do not exist). Fenced: with the lock lost, the entry
+    may be another attempt's at the same version, whose erasures must keep deleting."""
+    with contextlib.suppress(redis.RedisError):  # LockNotOwnedError too
         if current_publishing(client, model) == version:
-            client.hdel(keys.MODEL_PUBLISHING, model)
+            _fenced(client, lock, [("HDEL", keys.MODEL_PUBLISHING, model)])
 
 
 def current_publishing(client: redis.Redis, model: str) -> str | None:
@@ -303,7 +304,7 @@ def publish_locked(client: redis.Redis, lock: Lock, model: str, version: str,
             # Lost meanwhile: the keys and the announcement may be another publisher's now.
             with contextlib.suppress(redis.exceptions.LockNotOwnedError):
                 _delete_version(client, lock, kinds, version, batch)
-                withdraw(client, model, version)
+                withdraw(client, lock, model, version)
         raise
     expiring, deleted = retire_others(client, lock, model, version, previous, batch, grace_s)
     return PublishResult(model, version, previous, written, expiring, deleted,

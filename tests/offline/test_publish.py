@@ -203,6 +203,26 @@ def test_a_publish_failing_after_its_lock_was_taken_leaves_the_keys_to_the_new_h
     assert client.exists(keys.item_knn(ITEMS[0], "v1"))
 
 
+@pytest.mark.integration
+def test_a_publish_failing_before_any_write_keeps_the_new_holders_announcement(redis_url):
+    """No key to delete, so no fenced deletion refused: the withdrawal is fenced itself, or
+    the announcement of another attempt at the same version would go, and erasures applied
+    while it writes would leave that version's lists of the user."""
+    client = redis.Redis.from_url(redis_url)
+
+    def failing_lists():
+        take_over_lock(client)
+        publish.announce(client, "item2vec", "v1")  # the new holder's
+        raise RuntimeError("the list source failed")
+        yield  # a generator
+
+    with publish.held_lock(client, "item2vec") as lock:
+        publish.announce(client, "item2vec", "v1")
+        with pytest.raises(RuntimeError, match="list source"):
+            publish.publish_locked(client, lock, "item2vec", "v1", failing_lists())
+    assert publish.current_publishing(client, "item2vec") == "v1"
+
+
 def leaving_out(lists, left_out: set[str]):
     """`lists` with these keys' values None (an erased owner's list: publishing deletes it)."""
     for key, value in lists:
@@ -308,9 +328,10 @@ def test_a_client_that_decodes_replies_holds_its_lock_too(redis_url):
 
 
 class ExecReplyDropper:
-    """A TCP proxy to Redis that loses the reply to every EXEC sent with `marker` (the switch's
-    transaction names `keys.MODEL_VERSIONS`): Redis runs the transaction, then the client's
-    connection is reset (what a timeout or a network blip looks like)."""
+    """A TCP proxy to Redis that loses the reply to the first EXEC sent with `marker` (the
+    switch's transaction names `keys.MODEL_VERSIONS`): Redis runs the transaction, then the
+    client's connection is reset (what a timeout or a network blip looks like). Later ones,
+    a cleanup's, get through."""
 
     def __init__(self, upstream: tuple[str, int], marker: bytes):
         self.upstream = upstream
@@ -318,6 +339,7 @@ class ExecReplyDropper:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = [self.listener]
+        self.dropped = threading.Event()  # one reply lost already
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -336,8 +358,15 @@ class ExecReplyDropper:
 
     def _to_server(self, client: socket.socket, server: socket.socket, sent_exec) -> None:
         try:
+            marked = False  # since the last MULTI: a transaction's commands span reads
             while data := client.recv(65536):
-                if b"EXEC\r\n" in data.upper() and self.marker in data:
+                upper = data.upper()
+                if b"MULTI\r\n" in upper:
+                    marked = self.marker in data[upper.rindex(b"MULTI\r\n"):]
+                else:
+                    marked = marked or self.marker in data
+                if b"EXEC\r\n" in upper and marked and not self.dropped.is_set():
+                    self.dropped.set()
                     sent_exec.set()
                 server.sendall(data)
         except OSError:
