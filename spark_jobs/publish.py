@@ -188,7 +188,8 @@ def _fenced(client: redis.Redis, lock: Lock, commands: Sequence[tuple[Any, ...]]
     for lo in range(0, len(commands), FENCE_BATCH):
         with client.pipeline(transaction=True) as pipe:
             try:
-                # EXEC fails if the lock's key is written, deleted or expires after WATCH.
+                # EXEC fails if the lock's key is written, deleted or expires after WATCH,
+                # our own renewal (PEXPIRE) included: `renew` runs only between calls.
                 pipe.watch(lock.name)
                 stored = pipe.get(lock.name)
                 if isinstance(stored, str):  # a client with decode_responses
