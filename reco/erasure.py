@@ -62,14 +62,14 @@ class Recorded(NamedTuple):
 
 def recorded(settings: Settings, user_id: str) -> list[Recorded]:
     """The erasures of `user_id` PostgreSQL has applied, oldest first (matched by the user's
-    pseudonym: the rows do not hold the id)."""
+    pseudonym under every configured key: the rows do not hold the id)."""
     from reco import db
 
-    key = settings.log_pseudonym_key.get_secret_value()
+    pseudonyms = [pseudonym(user_id, key) for key in settings.pseudonym_keys]
     with db.connect(settings) as conn:
         rows = conn.execute(
             "SELECT erasure_id::text, requested_at, erased_at, events_deleted FROM user_erasures"
-            " WHERE user_pseudonym = %s ORDER BY erased_at", (pseudonym(user_id, key),))
+            " WHERE user_pseudonym = ANY(%s) ORDER BY erased_at", (pseudonyms,))
         return [Recorded(*row) for row in rows]
 
 

@@ -273,6 +273,16 @@ class Settings(BaseSettings):
     tls_keyfile: Path | None = None
     # Keyed hash for user ids in logs (reco/privacy.py).
     log_pseudonym_key: SecretStr = SecretStr(_LOCAL_SECRET)
+    # Keys it replaced, comma-separated: erasures recorded under them (user_erasures,
+    # user:erasures) still match their users; new pseudonyms use log_pseudonym_key only.
+    log_pseudonym_previous_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list)
+
+    @property
+    def pseudonym_keys(self) -> list[str]:
+        """Every key a recorded pseudonym may have been made with, the current one first."""
+        return [k.get_secret_value()
+                for k in (self.log_pseudonym_key, *self.log_pseudonym_previous_keys)]
 
     @property
     def database_url(self) -> str:
@@ -292,7 +302,7 @@ class Settings(BaseSettings):
     def event_weight(self, event_type: str) -> float:
         return self.event_weights[event_type]
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "log_pseudonym_previous_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

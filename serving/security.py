@@ -92,6 +92,7 @@ def configure_logging(settings: Settings) -> None:
     secrets += [s.get_secret_value() for s in (settings.jwt_secret, settings.pg_password,
                                                settings.airflow_secret,
                                                settings.log_pseudonym_key)]
+    secrets += settings.pseudonym_keys[1:]
     privacy.install_redaction(secrets)
 
 

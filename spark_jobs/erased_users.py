@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,9 +64,9 @@ def read_at(model_dir: Path) -> datetime | None:
 class ModelUsers:
     """The users of one trained model, hashed (once, when first needed) to match erasures."""
 
-    def __init__(self, model_dir: Path, pseudonym_key: str) -> None:
+    def __init__(self, model_dir: Path, pseudonym_keys: Sequence[str]) -> None:
         self.model_dir = model_dir
-        self.key = pseudonym_key
+        self.keys = pseudonym_keys  # the current one, then those it replaced
         self._by_pseudonym: dict[str, str] | None = None
 
     def matching(self, pseudonyms: Collection[str]) -> frozenset[str]:
@@ -81,7 +81,8 @@ class ModelUsers:
         if self._by_pseudonym is None:
             with np.load(self.model_dir / MODEL_FILE) as data:
                 users = data["user_ids"].tolist() if "user_ids" in data.files else []
-            self._by_pseudonym = {pseudonym(u, self.key): u for u in users}
+            # Erasures recorded before a key's rotation hold the old key's pseudonyms.
+            self._by_pseudonym = {pseudonym(u, key): u for key in self.keys for u in users}
         return self._by_pseudonym
 
 

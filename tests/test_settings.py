@@ -52,6 +52,17 @@ def test_the_settings_dump_masks_every_secret(tmp_path: Path) -> None:
         assert value not in result.stdout, name
 
 
+def test_previous_pseudonym_keys_are_a_comma_separated_list_kept_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECO_LOG_PSEUDONYM_KEY", "pseudonym-key-0123456789")
+    monkeypatch.setenv("RECO_LOG_PSEUDONYM_PREVIOUS_KEYS",
+                       " old-key-0123456789abc, older-key-0123456789,")
+    settings = Settings()
+    assert settings.pseudonym_keys == ["pseudonym-key-0123456789", "old-key-0123456789abc",
+                                       "older-key-0123456789"]
+    assert "old" not in settings.model_dump_json()
+
+
 # Values that passed start-up and then broke a process, each with the reason it is refused.
 REFUSED = [
     # 0 divided every event by zero (the batch retried forever), < 0 inverted the decay, and

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from reco import keys
 from reco.privacy import pseudonym
@@ -59,6 +60,28 @@ def test_a_publish_leaves_out_users_erased_after_the_models_data_was_read(
     assert redis_client.hget(keys.MODEL_VERSIONS, "als") == "v1"
     assert bool(redis_client.exists(keys.user_cf("u1", "v1"))) is u1_published
     assert redis_client.exists(keys.user_cf("u2", "v1"))
+
+
+@pytest.mark.parametrize("keeps_the_old_key", [True, False])
+def test_erasures_recorded_before_a_key_rotation_match_while_the_old_key_is_listed(
+        offline_settings, pg, redis_client, tmp_path, keeps_the_old_key):
+    """u1's erasure was recorded in PostgreSQL, u2's in Redis, under the key used then; the
+    key changed since."""
+    old = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "old")
+    erased(pg, old, "u1", NOW)
+    redis_client.zadd(keys.USER_ERASURES, {keys.user_erasure_member(
+        pseudonym("u2", old.log_pseudonym_key), str(uuid.uuid4())): 1})
+    rotated = offline_settings.model_copy(update={
+        "log_pseudonym_key": SecretStr("new-pseudonym-key-0123456789"),
+        "log_pseudonym_previous_keys": [offline_settings.log_pseudonym_key]
+        if keeps_the_old_key else []})
+    cfg = pipeline.config_from_settings(rotated, "als", run_dir=tmp_path / "run")
+    pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
+    pipeline.publish_step(cfg, accepted(cfg.mlflow_tracking_uri, "v1",
+                                        trained(tmp_path / "v1", NOW - timedelta(hours=1))))
+
+    published = {u for u in ("u1", "u2") if redis_client.exists(keys.user_cf(u, "v1"))}
+    assert published == (set() if keeps_the_old_key else {"u1", "u2"})
 
 
 def test_a_rollback_to_a_champion_trained_before_an_erasure_leaves_the_user_out(

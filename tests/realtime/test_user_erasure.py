@@ -14,6 +14,7 @@ import psycopg
 import pytest
 import redis
 from aiokafka.structs import ConsumerRecord
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from reco import erasure, keys
@@ -481,6 +482,22 @@ async def test_reco_db_erasures_lists_a_users_applied_erasures(
     assert erased.exit_code == 0 and f"erasure {erasure_id}" in said
     assert "1 events deleted" in said
     assert never.exit_code == 1 and "no erasure of 'u2' applied" in not_said
+
+
+async def test_erasures_recorded_under_a_previous_key_are_found_while_it_is_listed(
+    pg: psycopg.Connection, settings: Settings
+) -> None:
+    archiver = Archiver(settings)
+    try:
+        await archiver([erasure_record("u1", 0)])
+    finally:
+        await archiver.close()
+    rotated = settings.model_copy(update={
+        "log_pseudonym_key": SecretStr("new-pseudonym-key-0123456789")})
+    assert erasure.recorded(rotated, "u1") == []
+    listed = rotated.model_copy(update={
+        "log_pseudonym_previous_keys": [settings.log_pseudonym_key]})
+    assert [r.events_deleted for r in erasure.recorded(listed, "u1")] == [0]
 
 
 async def test_an_expelled_archiver_writing_late_cannot_bring_erased_events_back(
