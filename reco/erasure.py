@@ -11,18 +11,23 @@ event; consumers from before erasures dead-letter it (upgrade them first).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import msgspec
 
+from reco import keys
 from reco.events import CANONICAL_UUID_RE, IDENTIFIER_RE, MAX_TIMESTAMP_MS
 from reco.privacy import pseudonym
 
 if TYPE_CHECKING:
+    import asyncpg
+    from redis import asyncio as aredis
+
     from reco.settings import Settings
 
 KIND_HEADER = "reco-kind"
@@ -58,6 +63,43 @@ class Recorded(NamedTuple):
     requested_at: datetime
     erased_at: datetime
     events_deleted: int
+
+
+class Progress(NamedTuple):
+    """How far one erasure got: the processor's part (Redis) and the archiver's (PostgreSQL)."""
+
+    erasure_id: str
+    features: bool
+    archive: Recorded | None
+
+    @property
+    def done(self) -> bool:
+        """Both parts applied. The processor's marker lasts as long as `user:erasures` keeps
+        the erasure (90 days); an archive record older than that vouches for it alone."""
+        if self.archive is None:
+            return False
+        kept_since = datetime.now(self.archive.erased_at.tzinfo) - timedelta(
+            milliseconds=keys.USER_ERASURES_KEEP_MS)
+        return self.features or self.archive.erased_at < kept_since
+
+    def as_json(self) -> dict[str, object]:
+        archive = self.archive
+        return {"erasure_id": self.erasure_id, "status": "done" if self.done else "pending",
+                "features_erased": self.features, "archive_erased": archive is not None,
+                "erased_at": None if archive is None else archive.erased_at.isoformat(),
+                "events_deleted": None if archive is None else archive.events_deleted}
+
+
+RECORDED = ("SELECT erasure_id::text, requested_at, erased_at, events_deleted FROM user_erasures"
+            " WHERE erasure_id = $1::uuid")
+
+
+async def progress(pool: asyncpg.Pool, client: aredis.Redis, erasure_id: str) -> Progress:
+    """What each consumer has applied of `erasure_id` (an id never issued reads as one still
+    in flight: neither part knows it)."""
+    features, row = await asyncio.gather(client.exists(keys.event_seen(erasure_id)),
+                                         pool.fetchrow(RECORDED, erasure_id))
+    return Progress(erasure_id, bool(features), None if row is None else Recorded(*row))
 
 
 def recorded(settings: Settings, user_id: str) -> list[Recorded]:

@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reco import heap
-from reco.erasure import Erasure
+from reco.erasure import Erasure, progress
 from reco.events import PATH_ID_SCHEMA, error_entry
 from reco.privacy import pseudonym
 from reco.settings import Settings
@@ -47,6 +47,7 @@ from serving.validation import (
     PayloadTooLarge,
     UnsupportedMediaType,
     check_path_id,
+    check_path_uuid,
     parse_event,
     parse_event_batch,
     parse_item,
@@ -307,6 +308,14 @@ def create_app(settings: Settings) -> FastAPI:
         ingest_metrics.USER_ERASURES.inc()
         log.info("erasure %s of %s queued", erasure.erasure_id, pseudonym(erasure.user_id))
         return json_response({"user_id": user_id, "erasure_id": erasure.erasure_id}, 202)
+
+    @app.get("/erasures/{erasure_id}", dependencies=writes, **ingest_openapi.ERASURE_PROGRESS)
+    async def get_erasure(erasure_id: str) -> Response:
+        erasure_id = check_path_uuid(erasure_id, "erasure_id")
+        pool = await items.pool()
+        async with _stores_answering():
+            found = await progress(pool, items.redis, erasure_id)
+        return json_response(found.as_json())
 
     @app.get("/health", **ingest_openapi.HEALTH)
     async def health() -> Response:

@@ -134,6 +134,25 @@ USER_ERASURE = {
     },
 }
 
+_NULLABLE = {"type": ["string", "null"], "format": "date-time"}
+ERASURE_PROGRESS = {
+    "description": "How far an erasure (the `erasure_id` DELETE /users/{id} answered) got: "
+                   "`features_erased` once the stream processor deleted the user's features "
+                   "from Redis, `archive_erased` once the archiver deleted the user's events "
+                   "from PostgreSQL (with when, and how many); `status` is `done` when both "
+                   "are. An id never issued reads as `pending`, as one still in flight does.",
+    "responses": {
+        200: _json(_object(erasure_id={"type": "string", "format": "uuid"},
+                           status={"enum": ["pending", "done"]},
+                           features_erased={"type": "boolean"},
+                           archive_erased={"type": "boolean"},
+                           erased_at=_NULLABLE,
+                           events_deleted={"type": ["integer", "null"]}),
+                   "The erasure's progress"),
+        **{status: _COMMON[status] for status in (401, 422, 429)},
+        503: _json(_DETAIL, "PostgreSQL or Redis unavailable; retry after Retry-After")},
+}
+
 HEALTH = {"responses": {200: _json(_object(status={"enum": ["ok"]}), "The process answers")},
           "description": HEAD_TOO}
 _READINESS = _object(broker={"type": "boolean", "description": "the Kafka broker answers"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Hashable, Iterable
 from typing import Any, TypeVar
 
@@ -170,6 +171,15 @@ def check_path_id(item_id: str, name: str = "item_id") -> str:
         return ITEM_ID.validate_python(item_id)
     except ValidationError as exc:
         raise InvalidInput(describe_errors(exc, prefix=("path", name))) from None
+
+
+def check_path_uuid(value: str, name: str) -> str:
+    """A path's UUID (`name`), in its canonical form."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidInput([error_entry(["path", name], f"path.{name}",
+                                        "must be a UUID")]) from None
 
 
 def with_path_id(item_id: str, item: ItemIn) -> ItemWithId:

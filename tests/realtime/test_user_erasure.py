@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import msgspec
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from reco import erasure, keys
 from reco.cli import app
-from reco.erasure import Erasure
+from reco.erasure import Erasure, Progress, Recorded
 from reco.privacy import pseudonym
 from reco.settings import Settings, get_settings
 from streaming.archiver import Archiver
@@ -433,6 +434,11 @@ async def test_delete_user_erases_through_the_broker_and_later_events_stay(
     assert answer.json() == {"user_id": "u1", "erasure_id": erasure_id}
     later = {"user_id": "u1", "item_id": "C", "event_type": "view", "timestamp": now_ms + 9}
     assert (await ingest.post("/events", json=later)).status_code == 202
+    queued = await ingest.get(f"/erasures/{erasure_id.upper()}")
+    assert queued.status_code == 200
+    assert queued.json() == {"erasure_id": erasure_id, "status": "pending",
+                             "features_erased": False, "archive_erased": False,
+                             "erased_at": None, "events_deleted": None}
 
     # On the topic: keyed by the user, marked by its header, between the user's events.
     records = await read_topic(settings, settings.topic_events, 5)
@@ -452,6 +458,13 @@ async def test_delete_user_erases_through_the_broker_and_later_events_stay(
         ("u1", "C"), ("u2", "A")]
     assert r.zrange(keys.user_seen("u1"), 0, -1) == ["C"]
     assert r.lrange(keys.user_recent("u2"), 0, -1) == ["A"]
+    done = (await ingest.get(f"/erasures/{erasure_id}")).json()
+    # events_deleted: 0 when the erasure shared the batch of the events it dropped.
+    erased_at, deleted = pg.execute("SELECT erased_at, events_deleted FROM user_erasures"
+                                    ).fetchone()
+    assert done == {"erasure_id": erasure_id, "status": "done", "features_erased": True,
+                    "archive_erased": True, "erased_at": erased_at.isoformat(),
+                    "events_deleted": deleted}
 
 
 async def test_delete_user_refuses_an_id_that_is_not_one(ingest: httpx.AsyncClient) -> None:
@@ -459,6 +472,24 @@ async def test_delete_user_refuses_an_id_that_is_not_one(ingest: httpx.AsyncClie
     assert answer.status_code == 422
     assert [(e["loc"], e["field"]) for e in answer.json()["detail"]] == [
         (["path", "user_id"], "path.user_id")]
+
+
+async def test_an_erasures_progress_needs_a_uuid(ingest: httpx.AsyncClient) -> None:
+    answer = await ingest.get("/erasures/not-a-uuid")
+    assert answer.status_code == 422
+    assert [(e["loc"], e["field"], e["reason"]) for e in answer.json()["detail"]] == [
+        (["path", "erasure_id"], "path.erasure_id", "must be a UUID")]
+
+
+def test_an_erasure_is_done_once_archived_and_applied_or_archived_before_the_record_window(
+) -> None:
+    long_ago = datetime.now(UTC) - timedelta(days=91)
+    archived = Recorded(str(uuid.uuid4()), long_ago, long_ago, 3)
+    assert not Progress(archived.erasure_id, True, None).done
+    assert Progress(archived.erasure_id, True, archived).done
+    assert Progress(archived.erasure_id, False, archived).done  # the marker expired since
+    recent = archived._replace(erased_at=datetime.now(UTC))
+    assert not Progress(archived.erasure_id, False, recent).done
 
 
 async def test_reco_db_erasures_lists_a_users_applied_erasures(

@@ -38,6 +38,7 @@ WRITES = [
     ("PUT", "/items/i1", {"category": "shoes"}),
     ("POST", "/items/batch", {"items": [{"item_id": "i2", "category": "hats"}]}),
     ("DELETE", "/users/u9", None),
+    ("GET", f"/erasures/{uuid.uuid4()}", None),  # a read, but of what users asked erased
 ]
 
 
