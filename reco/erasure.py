@@ -12,6 +12,7 @@ event; consumers from before erasures dead-letter it (upgrade them first).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -74,13 +75,14 @@ class Progress(NamedTuple):
 
     @property
     def done(self) -> bool:
-        """Both parts applied. The processor's marker lasts as long as `user:erasures` keeps
-        the erasure (90 days); an archive record older than that vouches for it alone."""
+        """Both parts applied. The processor's marker lasts 90 days from when it applied the
+        erasure, which is after the request: past 90 days from the request, the archive's
+        record vouches for both."""
         if self.archive is None:
             return False
-        kept_since = datetime.now(self.archive.erased_at.tzinfo) - timedelta(
+        marked_since = datetime.now(self.archive.requested_at.tzinfo) - timedelta(
             milliseconds=keys.USER_ERASURES_KEEP_MS)
-        return self.features or self.archive.erased_at < kept_since
+        return self.features or self.archive.requested_at < marked_since
 
     def as_json(self) -> dict[str, object]:
         archive = self.archive
@@ -90,6 +92,7 @@ class Progress(NamedTuple):
                 "events_deleted": None if archive is None else archive.events_deleted}
 
 
+APPLIED_MARK_RE = re.compile(rb"-?\d+ -?\d+")  # "partition offset"
 RECORDED = ("SELECT erasure_id::text, requested_at, erased_at, events_deleted FROM user_erasures"
             " WHERE erasure_id = $1::uuid")
 
@@ -97,9 +100,12 @@ RECORDED = ("SELECT erasure_id::text, requested_at, erased_at, events_deleted FR
 async def progress(pool: asyncpg.Pool, client: aredis.Redis, erasure_id: str) -> Progress:
     """What each consumer has applied of `erasure_id` (an id never issued reads as one still
     in flight: neither part knows it)."""
-    features, row = await asyncio.gather(client.exists(keys.event_seen(erasure_id)),
-                                         pool.fetchrow(RECORDED, erasure_id))
-    return Progress(erasure_id, bool(features), None if row is None else Recorded(*row))
+    mark, row = await asyncio.gather(client.get(keys.event_seen(erasure_id)),
+                                     pool.fetchrow(RECORDED, erasure_id))
+    # The processor marks an erasure with where it read it; an event's marker (a client may
+    # have sent an event under this id) holds "1".
+    features = mark is not None and APPLIED_MARK_RE.fullmatch(mark) is not None
+    return Progress(erasure_id, features, None if row is None else Recorded(*row))
 
 
 def recorded(settings: Settings, user_id: str) -> list[Recorded]:

@@ -442,6 +442,11 @@ def _refuse_insecure_auth(s: Settings) -> None:
     if pseudonym_key == _LOCAL_SECRET or len(pseudonym_key) < MIN_SECRET_CHARS:
         raise ValueError(f"RECO_LOG_PSEUDONYM_KEY must be set to a real secret "
                          f"({MIN_SECRET_CHARS}+ characters) when RECO_ENV=production")
+    # Each was a production key once; a short one is a mistake (a key split at a comma).
+    if any(len(k) < MIN_SECRET_CHARS for k in s.pseudonym_keys[1:]):
+        raise ValueError(f"RECO_LOG_PSEUDONYM_PREVIOUS_KEYS must hold keys of "
+                         f"{MIN_SECRET_CHARS}+ characters, comma-separated (a key holds no "
+                         f"comma) when RECO_ENV=production")
 
 
 @lru_cache

@@ -310,7 +310,8 @@ def create_app(settings: Settings) -> FastAPI:
         return json_response({"user_id": user_id, "erasure_id": erasure.erasure_id}, 202)
 
     @app.get("/erasures/{erasure_id}", dependencies=writes, **ingest_openapi.ERASURE_PROGRESS)
-    async def get_erasure(erasure_id: str) -> Response:
+    async def get_erasure(erasure_id: Annotated[str, Path(json_schema_extra={"format": "uuid"})]
+                          ) -> Response:
         erasure_id = check_path_uuid(erasure_id, "erasure_id")
         pool = await items.pool()
         async with _stores_answering():

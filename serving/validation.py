@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Hashable, Iterable
 from typing import Any, TypeVar
 
@@ -12,7 +11,14 @@ import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
-from reco.events import ErrorEntry, Event, Identifier, describe_errors, error_entry
+from reco.events import (
+    CANONICAL_UUID_RE,
+    ErrorEntry,
+    Event,
+    Identifier,
+    describe_errors,
+    error_entry,
+)
 from serving.catalogue import ItemBatch, ItemIn, ItemWithId
 from serving.errors import with_batch_index
 
@@ -174,12 +180,14 @@ def check_path_id(item_id: str, name: str = "item_id") -> str:
 
 
 def check_path_uuid(value: str, name: str) -> str:
-    """A path's UUID (`name`), in its canonical form."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
+    """A path's UUID (`name`) as the API writes them (8-4-4-4-12 hex digits), upper case
+    taken: `uuid.UUID` also takes forms ("0x...", other scripts' digits) that read as
+    another id."""
+    lowered = value.lower()
+    if not CANONICAL_UUID_RE.fullmatch(lowered):
         raise InvalidInput([error_entry(["path", name], f"path.{name}",
-                                        "must be a UUID")]) from None
+                                        "must be a UUID (8-4-4-4-12 hexadecimal digits)")])
+    return lowered
 
 
 def with_path_id(item_id: str, item: ItemIn) -> ItemWithId:

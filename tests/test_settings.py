@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -209,3 +211,15 @@ def test_the_mlflow_address_follows_its_port_unless_given(monkeypatch: pytest.Mo
     assert Settings().mlflow_tracking_uri == "http://127.0.0.1:25000"
     monkeypatch.setenv("RECO_MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert Settings().mlflow_tracking_uri == "http://mlflow:5000"
+
+
+def test_the_apis_logs_redact_previous_pseudonym_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.security import configure_logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    configure_logging(Settings(log_pseudonym_previous_keys="old-key-0123456789abc"))
+    logging.getLogger("reco.test").warning("key old-key-0123456789abc in a message")
+    assert "old-key" not in stream.getvalue() and "in a message" in stream.getvalue()

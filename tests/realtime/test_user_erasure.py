@@ -462,9 +462,9 @@ async def test_delete_user_erases_through_the_broker_and_later_events_stay(
     # events_deleted: 0 when the erasure shared the batch of the events it dropped.
     erased_at, deleted = pg.execute("SELECT erased_at, events_deleted FROM user_erasures"
                                     ).fetchone()
+    assert datetime.fromisoformat(done.pop("erased_at")) == erased_at
     assert done == {"erasure_id": erasure_id, "status": "done", "features_erased": True,
-                    "archive_erased": True, "erased_at": erased_at.isoformat(),
-                    "events_deleted": deleted}
+                    "archive_erased": True, "events_deleted": deleted}
 
 
 async def test_delete_user_refuses_an_id_that_is_not_one(ingest: httpx.AsyncClient) -> None:
@@ -478,18 +478,38 @@ async def test_an_erasures_progress_needs_a_uuid(ingest: httpx.AsyncClient) -> N
     answer = await ingest.get("/erasures/not-a-uuid")
     assert answer.status_code == 422
     assert [(e["loc"], e["field"], e["reason"]) for e in answer.json()["detail"]] == [
-        (["path", "erasure_id"], "path.erasure_id", "must be a UUID")]
+        (["path", "erasure_id"], "path.erasure_id",
+         "must be a UUID (8-4-4-4-12 hexadecimal digits)")]
+    # uuid.UUID would take these, the first two for other ids.
+    for other_form in ("0x" + "1" * 30, "\u0661" * 32, f"urn:uuid:{uuid.uuid4()}"):
+        assert (await ingest.get(f"/erasures/{other_form}")).status_code == 422, other_form
 
 
-def test_an_erasure_is_done_once_archived_and_applied_or_archived_before_the_record_window(
+def test_an_erasure_is_done_once_archived_and_applied_or_requested_before_the_mark_window(
 ) -> None:
     long_ago = datetime.now(UTC) - timedelta(days=91)
     archived = Recorded(str(uuid.uuid4()), long_ago, long_ago, 3)
     assert not Progress(archived.erasure_id, True, None).done
     assert Progress(archived.erasure_id, True, archived).done
     assert Progress(archived.erasure_id, False, archived).done  # the marker expired since
-    recent = archived._replace(erased_at=datetime.now(UTC))
+    # Archived 80 days ago, 11 days after the request: the processor's marker (from about
+    # the request) may have expired already.
+    late = archived._replace(erased_at=datetime.now(UTC) - timedelta(days=80))
+    assert Progress(archived.erasure_id, False, late).done
+    recent = archived._replace(requested_at=datetime.now(UTC), erased_at=datetime.now(UTC))
     assert not Progress(archived.erasure_id, False, recent).done
+
+
+async def test_an_events_marker_under_an_erasures_id_is_not_taken_for_its_erasure(
+    ingest: httpx.AsyncClient, redis_client: redis.Redis, pg: psycopg.Connection
+) -> None:
+    """A client may send an event under any id: its dedup marker holds "1", not the position
+    the processor writes for an erasure."""
+    event_id = str(uuid.uuid4())
+    redis_client.set(keys.event_seen(event_id), "1")
+    assert (await ingest.get(f"/erasures/{event_id}")).json()["features_erased"] is False
+    redis_client.set(keys.event_seen(event_id), "0 17")
+    assert (await ingest.get(f"/erasures/{event_id}")).json()["features_erased"] is True
 
 
 async def test_reco_db_erasures_lists_a_users_applied_erasures(
