@@ -12,7 +12,6 @@ event; consumers from before erasures dead-letter it (upgrade them first).
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -92,7 +91,6 @@ class Progress(NamedTuple):
                 "events_deleted": None if archive is None else archive.events_deleted}
 
 
-APPLIED_MARK_RE = re.compile(rb"-?\d+ -?\d+")  # "partition offset"
 RECORDED = ("SELECT erasure_id::text, requested_at, erased_at, events_deleted FROM user_erasures"
             " WHERE erasure_id = $1::uuid")
 
@@ -102,9 +100,8 @@ async def progress(pool: asyncpg.Pool, client: aredis.Redis, erasure_id: str) ->
     in flight: neither part knows it)."""
     mark, row = await asyncio.gather(client.get(keys.event_seen(erasure_id)),
                                      pool.fetchrow(RECORDED, erasure_id))
-    # The processor marks an erasure with where it read it; an event's marker (a client may
-    # have sent an event under this id) holds "1".
-    features = mark is not None and APPLIED_MARK_RE.fullmatch(mark) is not None
+    # Not an event's marker (a client may have sent an event under this id).
+    features = mark is not None and keys.ERASURE_MARK_RE.fullmatch(mark) is not None
     return Progress(erasure_id, features, None if row is None else Recorded(*row))
 
 

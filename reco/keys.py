@@ -9,6 +9,7 @@ Redis server, not on Redis Cluster.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 # Global structures
@@ -51,6 +52,15 @@ MODEL_PUBLISHED_AT = "model:published_at"  # hash: model name -> publish epoch s
 # USER_ERASURES_KEEP_MS are trimmed.
 USER_ERASURES = "user:erasures"
 USER_ERASURES_KEEP_MS = 90 * 86_400_000
+
+
+def erasure_mark(partition: int, offset: int) -> bytes:
+    """The value of an applied erasure's `event_seen` marker: where the processor read it,
+    which tells its redelivery from a copy (an event's marker holds "1")."""
+    return b"%d %d" % (partition, offset)
+
+
+ERASURE_MARK_RE = re.compile(rb"-?\d+ -?\d+")  # an `erasure_mark`
 
 
 def user_erasure_member(user_pseudonym: str, erasure_id: str) -> str:

@@ -369,8 +369,7 @@ def _marker(event: StreamEvent) -> str:
 
 
 def _erasure_mark(x: StreamErasure) -> bytes:
-    """An erasure's marker value: where it was read, which tells its redelivery from a copy."""
-    return b"%d %d" % (x.partition, x.offset)
+    return keys.erasure_mark(x.partition, x.offset)
 
 
 def _first_copies(events: Sequence[StreamEvent]) -> list[int]:
