@@ -60,8 +60,7 @@ def _publish_without_erased_users(cfg: PipelineConfig, client: redis.Redis, lock
     """Publish a model with users' lists, leaving out (deleting) those of the users erased
     since it read its data: a first look before the writes, a second before the switch
     (spark_jobs/erased_users.py)."""
-    users = erased_users.ModelUsers(model_dir, (cfg.log_pseudonym_key,
-                                                *cfg.log_pseudonym_previous_keys))
+    users = erased_users.ModelUsers(model_dir, cfg.pseudonym_keys)
     publish.announce(client, cfg.model, version)  # erasures from now on delete its lists too
     try:
         left_out = erased_users.erased(users, cfg.database_url, client)

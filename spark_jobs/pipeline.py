@@ -60,8 +60,8 @@ class PipelineConfig:
     pg_user: str = ""
     pg_password: str = field(default="", repr=False)
     database_url: str = field(default="", repr=False)
-    log_pseudonym_key: str = field(default="", repr=False)  # user_erasures' pseudonyms
-    log_pseudonym_previous_keys: tuple[str, ...] = field(default=(), repr=False)  # older ones
+    # Settings.pseudonym_keys: erasures' pseudonyms, the current key first.
+    pseudonym_keys: tuple[str, ...] = field(default=(), repr=False)
     redis_url: str = ""
     mlflow_tracking_uri: str = ""
     event_weights: dict = field(default_factory=dict)
@@ -143,8 +143,7 @@ def config_from_settings(settings: Settings, model: str, run_dir: Path | None = 
         events_retention_days=settings.events_retention_days,
         params=dict(params or {}), jdbc_url=settings.jdbc_url, pg_user=settings.pg_user,
         pg_password=settings.pg_password.get_secret_value(), database_url=settings.database_url,
-        log_pseudonym_key=settings.log_pseudonym_key.get_secret_value(),
-        log_pseudonym_previous_keys=tuple(settings.pseudonym_keys[1:]),
+        pseudonym_keys=tuple(settings.pseudonym_keys),
         redis_url=settings.redis_url, mlflow_tracking_uri=settings.mlflow_tracking_uri,
         event_weights=dict(settings.event_weights), session_gap_s=settings.session_gap_s,
         half_life_days=settings.recency_half_life_days, jdbc_partitions=settings.jdbc_partitions,

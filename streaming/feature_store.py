@@ -153,10 +153,12 @@ class FeatureStore:
                                                  key=lambda x: (x.partition, x.offset))}
         fresh = [events[j] for j, was_seen in zip(firsts, seen, strict=True)
                  if not was_seen and j not in replays.applied]
-        dropped = [e for e in fresh if e.user_id in dropping and dropping[e.user_id].precedes(e)]
+        def is_dropped(e: StreamEvent) -> bool:
+            return e.user_id in dropping and dropping[e.user_id].precedes(e)
+
+        dropped = [e for e in fresh if is_dropped(e)]
         if dropped:
-            fresh = [e for e in fresh if e.user_id not in dropping
-                     or not dropping[e.user_id].precedes(e)]
+            fresh = [e for e in fresh if not is_dropped(e)]
         recent.update((user, RecentItems()) for user in erasing)
         updates = (plan_batch(fresh, recent, categories, self.params, time.time()) if fresh
                    else FeatureUpdates())
@@ -191,7 +193,8 @@ class FeatureStore:
         replies = await self.redis.execute(check)
         marks = dict(zip(distinct.values(), replies[:len(distinct)], strict=True))
         return ([x for x, mark in marks.items() if mark is None],
-                [x for x, mark in marks.items() if mark == _erasure_mark(x)],
+                [x for x, mark in marks.items() if mark == keys.erasure_mark(x.partition,
+                                                                              x.offset)],
                 _versions(replies[len(distinct):]))
 
     def _erasure_commands(self, cmds: Packed, erased: Sequence[StreamErasure],
@@ -214,7 +217,8 @@ class FeatureStore:
         # As long as the record: a redelivery that positions cannot place, or a copy sent
         # again, must not erase what came after.
         for x in erased:
-            cmds.add("SET", keys.event_seen(x.erasure_id), _erasure_mark(x).decode(), "EX",
+            cmds.add("SET", keys.event_seen(x.erasure_id),
+                     keys.erasure_mark(x.partition, x.offset).decode(), "EX",
                      self._erasure_mark_s)
 
     async def write(self, planned: PlannedBatch) -> None:
@@ -366,10 +370,6 @@ def _versions(replies: Sequence[list[bytes]]) -> Versions:
 
 def _marker(event: StreamEvent) -> str:
     return keys.event_seen(event.event_id)
-
-
-def _erasure_mark(x: StreamErasure) -> bytes:
-    return keys.erasure_mark(x.partition, x.offset)
 
 
 def _first_copies(events: Sequence[StreamEvent]) -> list[int]:

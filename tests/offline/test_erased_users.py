@@ -39,7 +39,7 @@ def trained(folder: Path, read_at: datetime | None) -> Path:
 def erased(pg, cfg: pipeline.PipelineConfig, user: str, at: datetime) -> None:
     pg.execute("INSERT INTO user_erasures (erasure_id, user_pseudonym, requested_at, erased_at,"
                " events_deleted) VALUES (gen_random_uuid(), %s, %s, %s, 3)",
-               (pseudonym(user, cfg.log_pseudonym_key), at, at))
+               (pseudonym(user, cfg.pseudonym_keys[0]), at, at))
 
 
 @pytest.mark.parametrize(("read_hours_ago", "erased_hours_ago", "u1_published"), [
@@ -70,7 +70,7 @@ def test_erasures_recorded_before_a_key_rotation_match_while_the_old_key_is_list
     old = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "old")
     erased(pg, old, "u1", NOW)
     redis_client.zadd(keys.USER_ERASURES, {keys.user_erasure_member(
-        pseudonym("u2", old.log_pseudonym_key), str(uuid.uuid4())): 1})
+        pseudonym("u2", old.pseudonym_keys[0]), str(uuid.uuid4())): 1})
     rotated = offline_settings.model_copy(update={
         "log_pseudonym_key": SecretStr("new-pseudonym-key-0123456789"),
         "log_pseudonym_previous_keys": [offline_settings.log_pseudonym_key]
@@ -165,7 +165,7 @@ def test_an_erasure_applied_while_the_version_is_written_leaves_none_of_its_list
 
 def recorded_by_the_processor(redis_client, cfg, user: str, erasure_id: str,
                               at: datetime) -> None:
-    member = keys.user_erasure_member(pseudonym(user, cfg.log_pseudonym_key), erasure_id)
+    member = keys.user_erasure_member(pseudonym(user, cfg.pseudonym_keys[0]), erasure_id)
     redis_client.zadd(keys.USER_ERASURES, {member: int(at.timestamp() * 1000)})
 
 
@@ -182,7 +182,7 @@ def test_an_erasure_the_processor_applied_counts_until_the_archiver_shows_it_cam
         at = NOW - timedelta(hours=3)
         pg.execute("INSERT INTO user_erasures (erasure_id, user_pseudonym, requested_at,"
                    " erased_at, events_deleted) VALUES (%s, %s, %s, %s, 1)",
-                   (erasure_id, pseudonym("u1", cfg.log_pseudonym_key), at, at))
+                   (erasure_id, pseudonym("u1", cfg.pseudonym_keys[0]), at, at))
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
     pipeline.publish_step(cfg, accepted(cfg.mlflow_tracking_uri, "v1",
                                         trained(tmp_path / "v1", NOW - timedelta(hours=1))))
@@ -195,7 +195,7 @@ def test_an_entry_without_an_erasure_id_counts_and_stops_nothing(
     """A member written otherwise (by hand: the pseudonym alone) is an erasure that always
     counts, not a publish failing on it for 90 days."""
     cfg = pipeline.config_from_settings(offline_settings, "als", run_dir=tmp_path / "run")
-    redis_client.zadd(keys.USER_ERASURES, {pseudonym("u1", cfg.log_pseudonym_key): 1})
+    redis_client.zadd(keys.USER_ERASURES, {pseudonym("u1", cfg.pseudonym_keys[0]): 1})
     pg.execute("INSERT INTO models (name, version, status) VALUES ('als', 'v1', 'champion')")
     pipeline.publish_step(cfg, accepted(cfg.mlflow_tracking_uri, "v1",
                                         trained(tmp_path / "v1", NOW - timedelta(hours=1))))
